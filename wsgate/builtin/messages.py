@@ -1,0 +1,56 @@
+"""The spec's message types: subscribe, unsubscribe, publish, broadcast, ping."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .. import hookimpl, protocol
+from ..connection import Connection
+from ..hookspecs import Handler
+from ..protocol import ClientError, Message
+
+
+def _room(message: Message) -> str:
+    if not message.room:
+        raise ClientError(protocol.ROOM_REQUIRED)
+    return message.room
+
+
+async def subscribe(client: Connection, message: Message) -> None:
+    room = _room(message)
+    count = client.gateway.hub.join(client, room)
+    client.enqueue(
+        protocol.encode(protocol.SUBSCRIBED, room=room, data={"room": room, "client_count": count})
+    )
+
+
+async def unsubscribe(client: Connection, message: Message) -> None:
+    room = _room(message)
+    client.gateway.hub.leave(client, room)
+    client.enqueue(protocol.encode(protocol.UNSUBSCRIBED, room=room, data={"room": room}))
+
+
+async def publish(client: Connection, message: Message) -> None:
+    room = _room(message)
+    if room not in client.rooms:
+        raise ClientError(protocol.NOT_SUBSCRIBED)
+    await client.gateway.publish(room, message.data, client_id=client.id)
+
+
+async def broadcast(client: Connection, message: Message) -> None:
+    await client.gateway.broadcast(message.data, client_id=client.id)
+
+
+async def ping(client: Connection, message: Message) -> None:
+    client.enqueue(protocol.encode(protocol.PONG))
+
+
+@hookimpl
+def wsgate_message_handlers() -> Mapping[str, Handler]:
+    return {
+        protocol.SUBSCRIBE: subscribe,
+        protocol.UNSUBSCRIBE: unsubscribe,
+        protocol.PUBLISH: publish,
+        protocol.BROADCAST: broadcast,
+        protocol.PING: ping,
+    }

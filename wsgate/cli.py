@@ -1,0 +1,98 @@
+"""The `wsgate` command (also `python -m wsgate`): parse arguments, load settings, serve.
+
+Problems a user can fix (a bad setting, a broken plugin, a busy port) end with
+one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .config import ConfigError, Settings, load_settings
+from .keys import GATEWAY
+from .registry import PluginError
+
+log = logging.getLogger("wsgate")
+
+EXIT_USAGE = 2  # bad settings or plugins, as argparse uses for bad arguments
+EXIT_FAILURE = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    try:
+        settings = load_settings(args.settings, {"websocket": overrides} if overrides else None)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    logging.basicConfig(
+        level=settings.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.websocket.enabled:
+        log.warning("websocket.enabled is false: serving /health only, no /ws endpoint")
+    try:
+        asyncio.run(serve(settings))
+    except PluginError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        ws = settings.websocket
+        return _fail(f"cannot listen on {ws.host}:{ws.port}: {exc.strerror or exc}", EXIT_FAILURE)
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return EXIT_FAILURE
+    return 0
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: refuse new clients, close every client with 1001, exit.
+
+    The listener stays open while draining so load balancers see `/health` answer 503.
+    """
+    ws = settings.websocket
+    app = await create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=ws.timeout / 4)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, ws.host, ws.port)
+        await site.start()
+        for address in runner.addresses:
+            log.info("wsgate %s listening on %s:%s", __version__, *address[:2])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await app[GATEWAY].drain(ws.timeout * 3 / 4)
+    finally:
+        await runner.cleanup()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsgate", description="Run the wsgate WebSocket gateway (settings: README, Configuration)."
+    )
+    parser.add_argument("--host", help="interface to listen on (overrides websocket.host)")
+    parser.add_argument("--port", type=int, help="port to listen on (overrides websocket.port)")
+    parser.add_argument(
+        "--settings", metavar="FILE", help="settings file (default: $WSGATE_SETTINGS or ./settings.toml)"
+    )
+    parser.add_argument("--version", action="version", version=f"wsgate {__version__}")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"wsgate: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,338 @@
+"""Settings: the only module that reads settings files and the environment.
+
+dynaconf loads `settings.toml` (and `WSGATE_<TABLE>__<KEY>` variables); the
+spec's own `WEBSOCKET_*` variables are laid over that; the result is checked
+against the typed dataclasses below and frozen. Components receive a
+`Settings` object and never look anywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SETTINGS_FILE = "settings.toml"
+SETTINGS_FILE_ENV = "WSGATE_SETTINGS"
+SPEC_ENV_PREFIX = "WEBSOCKET_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(Exception):
+    """A setting cannot be used; the message is one line naming the key, the value and what is expected."""
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    duration: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """Declare one setting: its default, its meaning (the README table is checked against it) and its bounds."""
+    meta = {"doc": doc, "duration": duration, "min": minimum, "max": maximum, "choices": choices}
+    if isinstance(default, (tuple, list)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    max_connections: int = setting(0, "Global max connections (0 = unlimited)", minimum=0)
+    max_connections_per_room: int = setting(0, "Per-room limit (0 = unlimited)", minimum=0)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    enabled: bool = setting(False, "Serve the `/ws` endpoint (when false only `/health` is served)")
+    host: str = setting("0.0.0.0", "Server host interface")
+    port: int = setting(8081, "Server port (0 picks a free port)", minimum=0, maximum=65535)
+    timeout: float = setting(
+        30.0, "Graceful shutdown budget: clients are closed and the process exits within it",
+        duration=True, minimum=0.001,
+    )
+    read_buffer_size: int = setting(
+        1024, "Accepted for compatibility; aiohttp sizes its read buffers itself", minimum=1
+    )
+    write_buffer_size: int = setting(
+        1024, "Accepted for compatibility; aiohttp sizes its write buffers itself", minimum=1
+    )
+    max_message_size: int = setting(
+        512000, "Largest accepted client frame in bytes; larger closes with 1009", minimum=1
+    )
+    ping_interval: float = setting(
+        54.0, "Interval between keepalive pings", duration=True, minimum=0.001
+    )
+    pong_wait: float = setting(
+        60.0, "A client silent (no pong, no message) this long is dropped; must exceed ping_interval",
+        duration=True, minimum=0.001,
+    )
+    write_wait: float = setting(
+        10.0, "A write to a client that cannot complete in this time drops the client",
+        duration=True, minimum=0.001,
+    )
+    compression: bool = setting(False, "Negotiate permessage-deflate (costs CPU and memory per client)")
+    send_queue_size: int = setting(
+        256, "Messages buffered per client; a client that falls further behind is closed with 1008",
+        minimum=1,
+    )
+    max_room_name_length: int = setting(256, "Longest accepted room name, in characters", minimum=1)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class PluginsSettings:
+    disabled: tuple[str, ...] = setting((), "Plugin names not to load (built-in or entry point)")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str = setting("INFO", "Log level", choices=LOG_LEVELS)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    plugins: PluginsSettings = field(default_factory=PluginsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+
+# --- public entry point -----------------------------------------------------------
+
+
+def load_settings(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Read the settings file, then `WSGATE_*` and `WEBSOCKET_*` variables, then `overrides`.
+
+    `path` defaults to `$WSGATE_SETTINGS`, then `./settings.toml` (silently absent is fine
+    for the default only). `overrides` is a nested mapping (used by the CLI flags and tests).
+    Raises ConfigError with a one-line message for any bad value.
+    """
+    explicit = path if path is not None else os.environ.get(SETTINGS_FILE_ENV)
+    file = Path(explicit if explicit else DEFAULT_SETTINGS_FILE)
+    if explicit and not file.is_file():
+        raise ConfigError(f"settings file {str(file)!r} not found")
+    raw = _read_dynaconf(file if file.is_file() else None)
+    _merge(raw, _spec_environment())
+    if overrides:
+        _merge(raw, _lower_keys(dict(overrides)))
+    settings = _build(Settings, raw, "")
+    _check_relations(settings)
+    return settings
+
+
+def iter_settings(
+    cls: type[Any] = Settings, prefix: str = ""
+) -> typing.Iterator[tuple[str, dataclasses.Field[Any], Any]]:
+    """Yield (dotted key, field, type) for every leaf setting; used by docs and tests."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from iter_settings(hints[f.name], key + ".")
+        else:
+            yield key, f, hints[f.name]
+
+
+def env_name(key: str) -> str:
+    """The environment variable that sets `key`: the spec's name for websocket keys."""
+    table, _, rest = key.partition(".")
+    if table == "websocket":
+        return SPEC_ENV_PREFIX + rest.replace(".", "_").upper()
+    return f"WSGATE_{table.upper()}__{rest.replace('.', '__').upper()}"
+
+
+# --- loading ----------------------------------------------------------------------
+
+
+def _read_dynaconf(file: Path | None) -> dict[str, Any]:
+    from dynaconf import Dynaconf  # imported here: only loading needs it
+
+    try:
+        loaded = Dynaconf(
+            settings_files=[str(file)] if file else [],
+            envvar_prefix="WSGATE",
+            environments=False,
+        ).as_dict()
+    except Exception as exc:  # dynaconf raises many types for an unreadable file
+        where = str(file) if file else "environment"
+        raise ConfigError(f"cannot read settings from {where}: {exc}") from None
+    raw = _lower_keys(loaded)
+    raw.pop("settings", None)  # WSGATE_SETTINGS names the file, it is not a setting
+    return raw
+
+
+def _spec_environment() -> dict[str, Any]:
+    """The spec's WEBSOCKET_* variables as a nested mapping (values stay strings; _build converts)."""
+    found: dict[str, Any] = {}
+    for key, _field, _type in iter_settings(WebSocketSettings, "websocket."):
+        value = os.environ.get(env_name(key))
+        if value is not None:
+            _merge(found, _nest(key, _FromEnv(env_name(key), value)))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class _FromEnv:
+    """A raw string from a spec variable; remembers the variable for error messages."""
+
+    name: str
+    text: str
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    head, _, rest = key.partition(".")
+    return {head: _nest(rest, value) if rest else value}
+
+
+def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _lower_keys(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k).lower(): _lower_keys(v) for k, v in value.items()}
+    return value
+
+
+# --- validation -------------------------------------------------------------------
+
+
+def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
+    table = prefix.rstrip(".") or "settings"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"invalid setting {table} = {_show(raw)}: expected a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {prefix}{unknown[0]}: expected one of {', '.join(sorted(names))}"
+        )
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            values[f.name] = _build(kind, raw[f.name], f"{prefix}{f.name}.")
+        else:
+            values[f.name] = _convert(f"{prefix}{f.name}", f, kind, raw[f.name])
+    return cls(**values)
+
+
+def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
+    label = f"{key} ({value.name})" if isinstance(value, _FromEnv) else key
+    shown = _show(value.text if isinstance(value, _FromEnv) else value)
+    meta = f.metadata
+
+    def fail(expected: str) -> typing.NoReturn:
+        raise ConfigError(f"invalid setting {label} = {shown}: expected {expected}")
+
+    text = value.text if isinstance(value, _FromEnv) else None
+    result: Any
+    if meta["duration"]:
+        raw = text if text is not None else value
+        if not isinstance(raw, str):
+            fail('a duration string such as "54s", "500ms" or "1m"')
+        seconds = parse_duration(raw)
+        if seconds is None:
+            fail('a duration such as "54s", "500ms" or "1m" (units: ns, us, ms, s, m, h)')
+        result = seconds
+    elif kind is bool:
+        if text is not None:
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                fail("true or false")
+            result = lowered in ("true", "1", "yes")
+        elif isinstance(value, bool):
+            result = value
+        else:
+            fail("true or false")
+    elif kind is int:
+        if text is not None:
+            if not re.fullmatch(r"\s*-?\d+\s*", text):
+                fail("an integer")
+            result = int(text)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            result = value
+        else:
+            fail("an integer")
+    elif kind is str:
+        raw = text if text is not None else value
+        if not isinstance(raw, str):
+            fail("a string")
+        result = raw
+        if meta["choices"]:
+            result = raw.upper()
+            if result not in meta["choices"]:
+                fail("one of " + ", ".join(meta["choices"]))
+    elif typing.get_origin(kind) is tuple:
+        raw = [s.strip() for s in text.split(",") if s.strip()] if text is not None else value
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(s, str) for s in raw):
+            fail("a list of strings")
+        result = tuple(raw)
+    else:  # pragma: no cover - a new setting type without a converter is a programming error
+        raise TypeError(f"no converter for {key}: {kind!r}")
+
+    if isinstance(result, (int, float)) and not isinstance(result, bool):
+        low, high = meta["min"], meta["max"]
+        if (low is not None and result < low) or (high is not None and result > high):
+            if high is None:
+                fail(f"a value of at least {_show_bound(low, meta['duration'])}")
+            fail(f"a value from {_show_bound(low, meta['duration'])} to {_show_bound(high, meta['duration'])}")
+    return result
+
+
+def _check_relations(settings: Settings) -> None:
+    ws = settings.websocket
+    if ws.pong_wait <= ws.ping_interval:
+        raise ConfigError(
+            f"invalid setting websocket.pong_wait = {_show_duration(ws.pong_wait)}: "
+            f"expected a duration greater than websocket.ping_interval ({_show_duration(ws.ping_interval)})"
+        )
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _show_bound(bound: float | None, duration: bool) -> str:
+    if bound is None:
+        return "any"
+    return _show_duration(bound) if duration else str(bound)
+
+
+def _show_duration(seconds: float) -> str:
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float | None:
+    """Parse a Go-style duration ("54s", "500ms", "1m30s") into seconds; None when malformed."""
+    text = text.strip()
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None:
+            return None
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    return total if pos else None

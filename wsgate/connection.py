@@ -1,0 +1,182 @@
+"""One connected client: identity, rooms, a bounded outbox with its writer, keepalive.
+
+The view's handler task is the only reader. Everything that sends to the client
+only appends pre-encoded bytes to the outbox (no await, no per-recipient encode);
+one writer task per client drains it, so a slow peer only ever slows itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+from collections import deque
+from collections.abc import Generator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from . import protocol
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+_TIMER_SLACK = 0.005  # asyncio may run a timer this early; never reschedule for a few microseconds
+
+
+class State(enum.Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Sent:
+    """What `Connection.send` returns: awaiting it is allowed and completes at once.
+
+    The frame is already in the outbox; plugin code may `await client.send(...)` or not.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())
+
+
+SENT = Sent()
+
+
+class Connection:
+    """A client as handlers and plugins see it: `id`, `rooms`, `gateway`, `send()`."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, gateway: Gateway) -> None:
+        settings = gateway.settings.websocket
+        self.id = str(uuid.uuid4())
+        self.gateway = gateway
+        self.rooms: set[str] = set()
+        self.remote = request.remote
+        self.state = State.OPEN
+        self.close_reason = ""
+        self._ws = ws
+        self._transport = request.transport
+        self._loop = asyncio.get_running_loop()
+        self._outbox: deque[bytes] = deque()
+        self._outbox_limit = settings.send_queue_size
+        self._wake = asyncio.Event()
+        self._ping_interval = settings.ping_interval
+        self._pong_wait = settings.pong_wait
+        self._write_wait = settings.write_wait
+        self.last_seen = self._loop.time()
+        self._next_ping = self.last_seen + self._ping_interval
+        self._ping_due = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.state.value} rooms={len(self.rooms)}>"
+
+    # --- sending -----------------------------------------------------------------
+
+    def send(self, payload: Mapping[str, Any]) -> Sent:
+        """Send one JSON object to this client (stamped with `timestamp` if it has none)."""
+        obj = dict(payload)
+        obj.setdefault("timestamp", protocol.now_ms())
+        self.enqueue(protocol.dumps(obj))
+        return SENT
+
+    def send_error(self, err: protocol.ClientError) -> None:
+        """Answer this client with an `error` message."""
+        self.enqueue(protocol.encode_error(err))
+
+    def enqueue(self, frame: bytes) -> None:
+        """Queue one pre-encoded text frame; a client whose outbox is full is dropped."""
+        if self.state is not State.OPEN:
+            return
+        if len(self._outbox) >= self._outbox_limit:
+            self.gateway.metrics.error("slow_consumer")
+            log.warning("client %s is too slow (%d messages queued); closing", self.id, len(self._outbox))
+            self.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
+            return
+        self._outbox.append(frame)
+        self._wake.set()
+
+    # --- life cycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer and the keepalive timer (called once the client is admitted)."""
+        self._writer = asyncio.create_task(self._write_loop(), name=f"wsgate-writer-{self.id}")
+        self._timer = self._loop.call_at(self._next_ping, self._keepalive)
+
+    def touch(self) -> None:
+        """Note that the client sent something (any frame, pongs included)."""
+        self.last_seen = self._loop.time()
+
+    def drop(self, code: int, reason: str) -> None:
+        """Close this client with `code` from any context, without waiting; idempotent."""
+        if self.state is not State.OPEN:
+            return
+        self.state = State.CLOSING
+        self.close_reason = reason
+        self._outbox.clear()
+        self._closer = asyncio.create_task(self._close(code, reason), name=f"wsgate-close-{self.id}")
+
+    async def stop(self) -> None:
+        """Release everything this client holds; called by the reader when it finishes."""
+        self.state = State.CLOSED
+        self._outbox.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        if self._closer is not None:
+            await self._closer
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()  # it may be stuck on a peer that stopped reading
+        try:
+            async with asyncio.timeout(self._write_wait):
+                await self._ws.close(code=code, message=reason.encode())
+        except TimeoutError:
+            if self._transport is not None:
+                self._transport.abort()
+
+    # --- writer and keepalive ----------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        ws, outbox, wake = self._ws, self._outbox, self._wake
+        while True:
+            await wake.wait()
+            wake.clear()
+            try:
+                async with asyncio.timeout(self._write_wait):
+                    if self._ping_due:
+                        self._ping_due = False
+                        await ws.ping()
+                    while outbox:
+                        await ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
+            except TimeoutError:
+                self.gateway.metrics.error("write_timeout")
+                log.warning("client %s: a write did not complete in %ss; closing", self.id, self._write_wait)
+                self.drop(protocol.CLOSE_POLICY_VIOLATION, "write timeout")
+                return
+            except ConnectionResetError:
+                return  # the peer is gone; the reader sees it and cleans up
+
+    def _keepalive(self) -> None:
+        now = self._loop.time()
+        if now - self.last_seen >= self._pong_wait - _TIMER_SLACK:
+            log.info("client %s sent nothing for %ss; closing", self.id, self._pong_wait)
+            self.drop(protocol.CLOSE_GOING_AWAY, "keepalive timeout")
+            return
+        if now >= self._next_ping:
+            self._ping_due = True
+            self._wake.set()
+            self._next_ping = now + self._ping_interval
+        self._timer = self._loop.call_at(
+            min(self._next_ping, self.last_seen + self._pong_wait), self._keepalive
+        )

@@ -1,0 +1,42 @@
+"""decode -> look up the handler -> await it -> answer errors. One call per client frame."""
+
+from __future__ import annotations
+
+import logging
+
+from . import protocol
+from .connection import Connection
+from .metrics import Metrics
+from .protocol import ClientError
+from .registry import HandlerRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Routes each decoded message to its plugin handler; nothing a client sends escapes as an exception."""
+
+    def __init__(self, registry: HandlerRegistry, metrics: Metrics, max_room_length: int) -> None:
+        self._registry = registry
+        self._metrics = metrics
+        self._max_room_length = max_room_length
+
+    async def dispatch(self, client: Connection, frame: str) -> None:
+        kind = None
+        try:
+            message = protocol.decode(frame, self._max_room_length)
+            kind = message.type
+            handler = self._registry.get(kind)
+            if handler is None:
+                raise ClientError(protocol.UNKNOWN_TYPE)
+            await handler(client, message)
+        except ClientError as err:
+            self.reject(client, err)
+        except Exception:
+            log.exception("handler for %r failed (client %s)", kind, client.id)
+            self.reject(client, ClientError(protocol.INTERNAL_ERROR))
+
+    def reject(self, client: Connection, err: ClientError) -> None:
+        """Count `err` and answer it to the client."""
+        self._metrics.error(protocol.ERROR_REASONS.get(err.text, "rejected"))
+        client.send_error(err)

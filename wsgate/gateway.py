@@ -1,0 +1,76 @@
+"""The running gateway as application code and plugins see it.
+
+Reached as `app[wsgate.keys.GATEWAY]` from aiohttp code, or `client.gateway`
+from a handler. It publishes through the broker, so code written against it
+keeps working when the gateway scales out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from . import protocol
+from .broker import Broker
+from .config import Settings
+from .dispatch import Dispatcher
+from .hub import Hub
+from .metrics import Metrics
+from .registry import HandlerRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Settings, hub, broker, handlers and metrics of one running gateway, with its public API."""
+
+    def __init__(
+        self, settings: Settings, broker: Broker, registry: HandlerRegistry, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.registry = registry
+        self.metrics = metrics
+        self.hub = Hub(settings.websocket.limits)
+        self.dispatcher = Dispatcher(registry, metrics, settings.websocket.max_room_name_length)
+        self.draining = False
+
+    async def publish(
+        self, room: str, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None
+    ) -> int:
+        """Send `{"type": type, "room": room, "data": data}` to every member of `room`.
+
+        This is the spec's RoomBroadcast / NotifyRoom. `client_id` names the sender
+        (absent for server messages). Returns how many local clients it was queued for.
+        """
+        frame = protocol.encode(type, room=room, data=data, client_id=client_id)
+        return await self.broker.publish(room, frame)
+
+    async def broadcast(
+        self, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None
+    ) -> int:
+        """Send `{"type": type, "data": data}` to every connected client (the spec's Broadcast / NotifyAllClients)."""
+        frame = protocol.encode(type, data=data, client_id=client_id)
+        return await self.broker.publish(None, frame)
+
+    def health(self) -> dict[str, Any]:
+        """The `/health` body: status and live counts."""
+        return {
+            "status": "draining" if self.draining else "healthy",
+            "clients": len(self.hub.connections),
+            "rooms": len(self.hub.rooms),
+        }
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new clients, close every client with 1001 and wait (at most `timeout`) until all are gone."""
+        if not self.draining:
+            self.draining = True
+            log.info("draining: closing %d clients", len(self.hub.connections))
+        for conn in list(self.hub.connections.values()):
+            conn.drop(protocol.CLOSE_GOING_AWAY, "server shutting down")
+        try:
+            async with asyncio.timeout(timeout):
+                await self.hub.empty.wait()
+        except TimeoutError:
+            log.warning("draining: %d clients still open after %ss", len(self.hub.connections), timeout)

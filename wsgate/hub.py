@@ -1,0 +1,79 @@
+"""The local room index: which connections exist, which rooms they are in, and fan-out.
+
+Fan-out takes bytes encoded once and appends them to each member's outbox: no
+await, no encode, no metrics call per recipient. Nothing here awaits, so
+iterating a room while delivering is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .config import LimitsSettings
+from .connection import Connection
+from .protocol import NOT_SUBSCRIBED, ROOM_FULL, ClientError
+
+
+class Hub:
+    """Connections and rooms of this process, with the spec's connection limits."""
+
+    def __init__(self, limits: LimitsSettings) -> None:
+        self._limits = limits
+        self.connections: dict[str, Connection] = {}
+        self.rooms: dict[str, set[Connection]] = {}
+        self.empty = asyncio.Event()  # set while no client is connected (shutdown waits on it)
+        self.empty.set()
+
+    def admit(self, conn: Connection) -> bool:
+        """Add a new connection; False when `max_connections` is reached."""
+        limit = self._limits.max_connections
+        if limit and len(self.connections) >= limit:
+            return False
+        self.connections[conn.id] = conn
+        self.empty.clear()
+        return True
+
+    def remove(self, conn: Connection) -> None:
+        """Forget a connection and take it out of every room it was in."""
+        if self.connections.pop(conn.id, None) is None:
+            return
+        for room in list(conn.rooms):
+            self._leave(conn, room)
+        if not self.connections:
+            self.empty.set()
+
+    def join(self, conn: Connection, room: str) -> int:
+        """Add `conn` to `room` (joining twice is harmless); returns the room's member count."""
+        members = self.rooms.get(room)
+        if members is None:
+            members = self.rooms[room] = set()
+        elif conn in members:
+            return len(members)
+        limit = self._limits.max_connections_per_room
+        if limit and len(members) >= limit:
+            raise ClientError(ROOM_FULL)
+        members.add(conn)
+        conn.rooms.add(room)
+        return len(members)
+
+    def leave(self, conn: Connection, room: str) -> None:
+        """Take `conn` out of `room`; ClientError when it was not a member."""
+        if room not in conn.rooms:
+            raise ClientError(NOT_SUBSCRIBED)
+        self._leave(conn, room)
+
+    def _leave(self, conn: Connection, room: str) -> None:
+        conn.rooms.discard(room)
+        members = self.rooms.get(room)
+        if members is None:
+            return
+        members.discard(conn)
+        if not members:
+            del self.rooms[room]  # a room exists while it has members
+
+    def deliver(self, room: str | None, frame: bytes) -> int:
+        """Queue `frame` for every local member of `room` (every connection when None); returns how many."""
+        targets = self.connections.values() if room is None else self.rooms.get(room, ())
+        for conn in targets:
+            conn.enqueue(frame)
+        return len(targets)

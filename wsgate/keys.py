@@ -1,0 +1,13 @@
+"""Every piece of application state, as typed aiohttp AppKeys (no module-level singletons)."""
+
+from __future__ import annotations
+
+import pluggy
+from aiohttp import web
+
+from .config import Settings
+from .gateway import Gateway
+
+SETTINGS = web.AppKey("wsgate.settings", Settings)
+PLUGIN_MANAGER = web.AppKey("wsgate.plugin_manager", pluggy.PluginManager)
+GATEWAY = web.AppKey("wsgate.gateway", Gateway)

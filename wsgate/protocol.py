@@ -1,0 +1,179 @@
+"""The wire protocol: message names, exact error texts, close codes, decode and encode.
+
+The spec's shapes and texts are a contract with existing clients; extensions add
+fields or message types and never change these.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+# Client -> server message types (the spec's own).
+SUBSCRIBE: Final = "subscribe"
+UNSUBSCRIBE: Final = "unsubscribe"
+PUBLISH: Final = "publish"
+BROADCAST: Final = "broadcast"
+PING: Final = "ping"
+
+# Server -> client message types.
+CONNECTED: Final = "connected"
+SUBSCRIBED: Final = "subscribed"
+UNSUBSCRIBED: Final = "unsubscribed"
+MESSAGE: Final = "message"
+ERROR: Final = "error"
+PONG: Final = "pong"
+
+CONNECTED_TEXT: Final = "Connected to WebSocket server"
+
+# Error texts from the spec, exactly.
+INVALID_JSON: Final = "invalid JSON format"
+UNKNOWN_TYPE: Final = "unknown message type"
+ROOM_REQUIRED: Final = "room name is required"
+NOT_SUBSCRIBED: Final = "not subscribed to this room"
+ROOM_FULL: Final = "room is at maximum capacity"
+SERVER_FULL: Final = "server is at maximum capacity"
+# Error texts wsgate adds (documented in README "Protocol").
+ROOM_TOO_LONG: Final = "room name is too long"
+BINARY_NOT_SUPPORTED: Final = "binary frames are not supported"
+INTERNAL_ERROR: Final = "internal error"
+
+# Close codes (RFC 6455 section 7.4.1).
+CLOSE_GOING_AWAY: Final = 1001  # server shutdown, keepalive timeout
+CLOSE_POLICY_VIOLATION: Final = 1008  # slow consumer, write timeout
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+CLOSE_TRY_AGAIN_LATER: Final = 1013  # server at maximum capacity
+
+
+class ClientError(Exception):
+    """Answered to the client as `{"type":"error","error":text}`; the connection stays open.
+
+    `text` is one of the documented error texts; `detail`, when given, is sent as an
+    extra `detail` field that says precisely what was wrong.
+    """
+
+    def __init__(self, text: str, detail: str | None = None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One decoded client message: the spec's fields, plus the whole object for extensions."""
+
+    type: str
+    room: str | None
+    data: Any
+    fields: dict[str, Any]
+
+
+def decode(text: str | bytes, max_room_length: int) -> Message:
+    """Parse one client frame; raise ClientError with the spec's text when it is not a valid message."""
+    obj = loads(text)
+    if not isinstance(obj, dict):
+        raise ClientError(INVALID_JSON, "a message must be a JSON object")
+    kind = obj.get("type")
+    if kind is None or kind == "":
+        raise ClientError(UNKNOWN_TYPE, "the message has no type")
+    if not isinstance(kind, str):
+        raise ClientError(INVALID_JSON, "field 'type' must be a string")
+    room = obj.get("room")
+    if room is not None:
+        if not isinstance(room, str):
+            raise ClientError(INVALID_JSON, "field 'room' must be a string")
+        if len(room) > max_room_length:
+            raise ClientError(ROOM_TOO_LONG, f"room names are at most {max_room_length} characters")
+    return Message(kind, room, obj.get("data"), obj)
+
+
+# orjson reads integers beyond 64 bits as floats; a run of 20 digits sends the frame
+# to the stdlib parser, which keeps them exact (digits inside strings only cost speed).
+_LONG_DIGITS = re.compile(r"\d{20}")
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode JSON with orjson; the stdlib decodes frames that may hold integers beyond 64 bits."""
+    if _LONG_DIGITS.search(text if isinstance(text, str) else text.decode("utf-8", "replace")) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ClientError(INVALID_JSON, "the frame is not valid JSON") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode JSON as UTF-8 bytes with orjson, falling back to the stdlib for integers beyond 64 bits."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError subclasses TypeError
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def now_ms() -> int:
+    """Unix time in milliseconds: the `timestamp` of every server message."""
+    return time.time_ns() // 1_000_000
+
+
+_ABSENT: Any = object()
+
+
+def encode(
+    type: str,
+    *,
+    room: str | None = None,
+    data: Any = _ABSENT,
+    client_id: str | None = None,
+    error: str | None = None,
+    **extra: Any,
+) -> bytes:
+    """Build one server message in the spec's key order, stamped with `timestamp`.
+
+    Keys that are None (or `data` when not given) are left out, as the spec's
+    `omitempty` fields are; `extra` adds extension fields before `timestamp`.
+    """
+    obj: dict[str, Any] = {"type": type}
+    if room is not None:
+        obj["room"] = room
+    if data is not _ABSENT:
+        obj["data"] = data
+    if client_id is not None:
+        obj["client_id"] = client_id
+    if error is not None:
+        obj["error"] = error
+    obj.update(extra)
+    obj["timestamp"] = now_ms()
+    return dumps(obj)
+
+
+def encode_error(err: ClientError) -> bytes:
+    """The `error` message for a ClientError (with `detail` when it has one)."""
+    if err.detail is None:
+        return encode(ERROR, error=err.text)
+    return encode(ERROR, error=err.text, detail=err.detail)
+
+
+ERROR_REASONS: Final = {
+    INVALID_JSON: "invalid_json",
+    UNKNOWN_TYPE: "unknown_type",
+    ROOM_REQUIRED: "room_required",
+    NOT_SUBSCRIBED: "not_subscribed",
+    ROOM_FULL: "room_full",
+    SERVER_FULL: "server_full",
+    ROOM_TOO_LONG: "room_too_long",
+    BINARY_NOT_SUPPORTED: "binary_frame",
+    INTERNAL_ERROR: "handler_error",
+}
+"""Error text -> metrics label; texts from plugins count as `rejected` (labels stay bounded)."""

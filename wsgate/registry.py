@@ -1,0 +1,41 @@
+"""The message-type table: which handler, from which plugin, serves each type."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .hookspecs import Handler
+
+
+class PluginError(Exception):
+    """A plugin cannot be used; the message is one line naming the plugin(s)."""
+
+
+class HandlerRegistry:
+    """Message type -> handler, filled once at start-up; read on every message."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self._owners: dict[str, str] = {}
+
+    def register(self, plugin: str, handlers: Mapping[str, Handler]) -> None:
+        """Add one plugin's handlers; a type claimed twice raises PluginError naming both plugins."""
+        for kind, handler in handlers.items():
+            if not isinstance(kind, str) or not kind:
+                raise PluginError(f"plugin {plugin!r} registers an invalid message type {kind!r}")
+            if not callable(handler):
+                raise PluginError(f"plugin {plugin!r} registers a non-callable handler for {kind!r}")
+            owner = self._owners.get(kind)
+            if owner is not None:
+                raise PluginError(
+                    f"message type {kind!r} is claimed by both plugin {owner!r} and plugin {plugin!r}"
+                )
+            self._handlers[kind] = handler
+            self._owners[kind] = plugin
+
+    def get(self, kind: str) -> Handler | None:
+        return self._handlers.get(kind)
+
+    def owners(self) -> Mapping[str, str]:
+        """Message type -> name of the plugin that handles it."""
+        return dict(self._owners)

@@ -1,0 +1,88 @@
+"""HTTP endpoints: `/ws` (the WebSocket protocol) and `/health`."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from . import protocol
+from .connection import Connection
+from .gateway import Gateway
+from .keys import GATEWAY
+from .protocol import ClientError
+
+log = logging.getLogger(__name__)
+
+
+async def health_view(request: web.Request) -> web.Response:
+    """`{"status":"healthy","clients":N,"rooms":M}`; 503 with `"draining"` during shutdown."""
+    gateway = request.app[GATEWAY]
+    return web.json_response(gateway.health(), status=503 if gateway.draining else 200)
+
+
+async def ws_view(request: web.Request) -> web.StreamResponse:
+    """Upgrade, admit (or refuse at capacity), then read until the client goes away."""
+    gateway = request.app[GATEWAY]
+    if gateway.draining:
+        return web.json_response({"error": "server is shutting down"}, status=503)
+    settings = gateway.settings.websocket
+    ws = web.WebSocketResponse(
+        max_msg_size=settings.max_message_size,
+        compress=settings.compression,
+        autoping=False,  # pings and pongs reach the read loop: they count as signs of life
+        timeout=settings.write_wait,  # how long a close handshake may take
+    )
+    await ws.prepare(request)
+    conn = Connection(ws, request, gateway)
+    if not gateway.hub.admit(conn):
+        await _refuse_full(ws, gateway)
+        return ws
+    log.info("client %s connected from %s", conn.id, conn.remote)
+    try:
+        conn.start()
+        conn.enqueue(
+            protocol.encode(
+                protocol.CONNECTED, data={"client_id": conn.id, "message": protocol.CONNECTED_TEXT}
+            )
+        )
+        await _read_loop(ws, conn, gateway)
+    finally:
+        gateway.hub.remove(conn)
+        await conn.stop()
+        log.info(
+            "client %s disconnected (code %s%s)",
+            conn.id, ws.close_code, f", {conn.close_reason}" if conn.close_reason else "",
+        )
+    return ws
+
+
+async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gateway) -> None:
+    dispatcher = gateway.dispatcher
+    binary_error = ClientError(protocol.BINARY_NOT_SUPPORTED, "send JSON messages as text frames")
+    while True:
+        msg = await ws.receive()
+        conn.touch()
+        kind = msg.type
+        if kind is WSMsgType.TEXT:
+            await dispatcher.dispatch(conn, msg.data)
+        elif kind is WSMsgType.BINARY:
+            dispatcher.reject(conn, binary_error)
+        elif kind is WSMsgType.PING:
+            await ws.pong(msg.data)
+        elif kind is WSMsgType.PONG:
+            continue
+        else:  # CLOSE, CLOSING, CLOSED or ERROR: aiohttp has answered the close already
+            if kind is WSMsgType.ERROR and ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+                gateway.metrics.error("message_too_big")
+            return
+
+
+async def _refuse_full(ws: web.WebSocketResponse, gateway: Gateway) -> None:
+    """The spec's answer at `max_connections`: the error message, then close 1013."""
+    gateway.metrics.error("server_full")
+    try:
+        await ws.send_frame(protocol.encode_error(ClientError(protocol.SERVER_FULL)), WSMsgType.TEXT)
+        await ws.close(code=protocol.CLOSE_TRY_AGAIN_LATER, message=protocol.SERVER_FULL.encode())
+    except ConnectionResetError:
+        pass  # the client left first
