@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -66,6 +67,9 @@ async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gatew
         kind = msg.type
         if kind is WSMsgType.TEXT:
             await dispatcher.dispatch(conn, msg.data)
+            # Let the writers run before the next frame: a burst already buffered from one
+            # client must not fill every recipient's outbox before any of them can flush.
+            await asyncio.sleep(0)
         elif kind is WSMsgType.BINARY:
             dispatcher.reject(conn, binary_error)
         elif kind is WSMsgType.PING:
