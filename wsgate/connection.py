@@ -121,6 +121,9 @@ class Connection:
         self.state = State.CLOSING
         self.close_reason = reason
         self._outbox.clear()
+        # Leave the rooms now (next turn: we may be inside a fan-out over one of them),
+        # not after a close handshake that a stalled peer can hold up for write_wait.
+        self._loop.call_soon(self.gateway.hub.remove, self)
         self._closer = asyncio.create_task(self._close(code, reason), name=f"wsgate-close-{self.id}")
 
     async def stop(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from . import protocol
 from .connection import Connection
@@ -77,7 +77,8 @@ async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gatew
         elif kind is WSMsgType.PONG:
             continue
         else:  # CLOSE, CLOSING, CLOSED or ERROR: aiohttp has answered the close already
-            if kind is WSMsgType.ERROR and ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+            error = msg.data if kind is WSMsgType.ERROR else None
+            if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
                 gateway.metrics.error("message_too_big")
             return
 

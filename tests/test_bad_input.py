@@ -1,0 +1,131 @@
+"""Malformed input gets the right error, keeps the connection usable and never hurts the server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import aiohttp
+import pytest
+
+from .conftest import Server, StartServer, wait_until
+
+
+async def assert_still_usable(client) -> None:  # type: ignore[no-untyped-def]
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+
+
+@pytest.mark.parametrize(
+    ("frame", "error", "detail"),
+    [
+        ("not json", "invalid JSON format", "the frame is not valid JSON"),
+        ("{\"type\": \"ping\"", "invalid JSON format", "the frame is not valid JSON"),
+        ("", "invalid JSON format", "the frame is not valid JSON"),
+        ("NaN", "invalid JSON format", "the frame is not valid JSON"),
+        ("[]", "invalid JSON format", "a message must be a JSON object"),
+        ("\"x\"", "invalid JSON format", "a message must be a JSON object"),
+        ("5", "invalid JSON format", "a message must be a JSON object"),
+        ("null", "invalid JSON format", "a message must be a JSON object"),
+        ("{}", "unknown message type", "the message has no type"),
+        ("{\"type\": \"\"}", "unknown message type", "the message has no type"),
+        ("{\"type\": null}", "unknown message type", "the message has no type"),
+        ("{\"type\": 5}", "invalid JSON format", "field 'type' must be a string"),
+        ("{\"type\": [\"subscribe\"]}", "invalid JSON format", "field 'type' must be a string"),
+        ("{\"type\": \"subscribe\", \"room\": 5}", "invalid JSON format", "field 'room' must be a string"),
+        ("{\"type\": \"subscribe\", \"room\": {\"a\": 1}}", "invalid JSON format", "field 'room' must be a string"),
+        ("{\"type\": \"nope\"}", "unknown message type", None),
+        ("{\"type\": \"Subscribe\", \"room\": \"a\"}", "unknown message type", None),
+    ],
+)
+async def test_malformed_message_gets_its_error(server: Server, frame: str, error: str, detail: str | None) -> None:
+    client = await server.connect()
+    reply = await client.request(frame)
+    assert reply["type"] == "error"
+    assert reply["error"] == error
+    assert reply.get("detail") == detail
+    assert isinstance(reply["timestamp"], int)
+    await assert_still_usable(client)
+
+
+async def test_room_name_longer_than_the_maximum(start: StartServer) -> None:
+    server = await start(websocket={"max_room_name_length": 8})
+    client = await server.connect()
+    reply = await client.request({"type": "subscribe", "room": "x" * 9})
+    assert reply["error"] == "room name is too long"
+    assert (await client.subscribe("x" * 8))["room"] == "x" * 8
+
+
+async def test_default_room_name_limit_is_256(server: Server) -> None:
+    client = await server.connect()
+    assert (await client.request({"type": "subscribe", "room": "r" * 257}))["error"] == "room name is too long"
+    assert (await client.subscribe("r" * 256))["data"]["client_count"] == 1
+
+
+async def test_binary_frame_gets_an_error_and_the_connection_stays(server: Server) -> None:
+    client = await server.connect()
+    await client.ws.send_bytes(b'{"type":"ping"}')
+    reply = await client.recv()
+    assert reply["type"] == "error"
+    assert reply["error"] == "binary frames are not supported"
+    await assert_still_usable(client)
+
+
+async def test_frame_over_max_message_size_closes_with_1009(start: StartServer) -> None:
+    server = await start(websocket={"max_message_size": 1024})
+    client = await server.connect()
+    await client.send({"type": "ping", "pad": "x" * 900})  # under the limit: fine
+    assert (await client.recv())["type"] == "pong"
+    await client.send({"type": "ping", "pad": "x" * 2000})
+    closing = await client.closed()
+    assert closing.data == 1009
+    await wait_until(server.gateway.hub.empty)
+    assert server.gateway.metrics.error_count("message_too_big") == 1
+
+
+async def test_invalid_utf8_closes_with_1007(server: Server) -> None:
+    client = await server.connect()
+    # aiohttp's client only sends str as text; write a raw text frame with bad UTF-8
+    await client.ws._writer.send_frame(b"\xff\xfe", aiohttp.WSMsgType.TEXT)
+    closing = await client.closed()
+    assert closing.data == 1007
+
+
+async def test_flood_of_malformed_frames_leaves_the_server_responsive(start: StartServer, caplog: pytest.LogCaptureFixture) -> None:
+    server = await start(websocket={"send_queue_size": 20_000})
+    flooder, bystander = await server.connect(), await server.connect()
+    await bystander.subscribe("calm")
+    tasks_before = len(asyncio.all_tasks())
+
+    async def flood() -> None:
+        for n in range(10_000):
+            await flooder.ws.send_str("{bad" if n % 2 else "[]")
+
+    async def read_errors() -> int:
+        count = 0
+        while count < 10_000:
+            assert (await flooder.recv())["type"] == "error"
+            count += 1
+        return count
+
+    flooding = asyncio.gather(flood(), read_errors())
+    for n in range(20):  # the bystander is served while the flood runs
+        assert (await bystander.request({"type": "publish", "room": "calm", "data": n}))["data"] == n
+    assert (await flooding)[1] == 10_000
+    await assert_still_usable(flooder)
+    assert server.gateway.metrics.error_count("invalid_json") == 10_000
+    assert len(asyncio.all_tasks()) == tasks_before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_no_input_logs_a_traceback(server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    client = await server.connect()
+    frames = ["{", "[]", "{}", '{"type":1}', '{"type":"subscribe","room":[]}', '{"type":"publish","room":"x"}',
+              '{"type":"publish"}', '{"type":"broadcast"}', json.dumps({"type": "x" * 10_000}),
+              '{"type":"subscribe","room":"' + "\\ud800" + '"}', '{"type":"broadcast","data":' + "[" * 5000 + "]" * 5000 + "}"]
+    for frame in frames:
+        await client.send(frame)
+    replies = [await client.recv() for _ in frames]
+    assert all(r["type"] in ("error", "subscribed", "message") for r in replies), replies
+    await assert_still_usable(client)
+    assert not [r for r in caplog.records if r.exc_info]

@@ -1,0 +1,123 @@
+"""max_connections, max_connections_per_room, slow clients and write_wait."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+
+import pytest
+
+from .conftest import Server, StartServer, wait_until
+
+
+async def test_connection_over_the_limit_gets_the_error_then_1013(start: StartServer) -> None:
+    server = await start(websocket={"limits": {"max_connections": 2}})
+    first, second = await server.connect(), await server.connect()
+    refused = await server.raw()
+    msg = await refused.receive_json(timeout=5)
+    assert msg["type"] == "error"
+    assert msg["error"] == "server is at maximum capacity"
+    closing = await refused.receive(timeout=5)
+    assert closing.data == 1013
+    assert server.gateway.metrics.error_count("server_full") == 1
+    assert (await server.health())[1]["clients"] == 2
+    # a slot frees when any client leaves
+    await first.ws.close()
+    third = await server.connect()
+    assert (await third.request({"type": "ping"}))["type"] == "pong"
+    assert (await second.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_zero_means_unlimited(start: StartServer) -> None:
+    server = await start(websocket={"limits": {"max_connections": 0, "max_connections_per_room": 0}})
+    clients = [await server.connect() for _ in range(50)]
+    for client in clients:
+        await client.subscribe("big")
+    assert (await server.health())[1]["clients"] == 50
+
+
+async def test_room_over_the_limit_answers_room_full_and_keeps_the_client(start: StartServer) -> None:
+    server = await start(websocket={"limits": {"max_connections_per_room": 2}})
+    a, b, c = await server.connect(), await server.connect(), await server.connect()
+    await a.subscribe("small")
+    await b.subscribe("small")
+    reply = await c.request({"type": "subscribe", "room": "small"})
+    assert reply["type"] == "error"
+    assert reply["error"] == "room is at maximum capacity"
+    assert (await b.subscribe("small"))["data"]["client_count"] == 2  # a member re-subscribing is fine
+    await c.subscribe("other")  # the refused client stays connected and usable
+    await a.request({"type": "unsubscribe", "room": "small"})
+    assert (await c.subscribe("small"))["data"]["client_count"] == 2
+
+
+class StalledClient:
+    """A client that completes the handshake, subscribes, reads its answer and then never reads again."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.setblocking(False)
+
+    async def join(self, port: int, room: str) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self.sock, ("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        handshake = (
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        payload = f'{{"type":"subscribe","room":"{room}"}}'.encode()
+        mask = os.urandom(4)  # clients must mask their frames
+        frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await loop.sock_sendall(self.sock, handshake.encode() + frame)
+        seen = b""
+        async with asyncio.timeout(5):
+            while b'"subscribed"' not in seen:
+                chunk = await loop.sock_recv(self.sock, 4096)
+                assert chunk, "server closed the connection"
+                seen += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("reason", ["slow consumer", "write timeout"])
+async def test_a_stalled_reader_is_dropped_and_nobody_else_slows_down(start: StartServer, reason: str) -> None:
+    if reason == "slow consumer":
+        settings = {"send_queue_size": 64, "write_wait": "30s"}
+    else:  # a huge outbox: the write deadline must be what catches the stalled peer
+        settings = {"send_queue_size": 1_000_000, "write_wait": "300ms"}
+    server = await start(websocket=settings)
+    publisher, subscriber = await server.connect(), await server.connect()
+    await publisher.subscribe("flood")
+    await subscriber.subscribe("flood")
+    stalled = StalledClient()
+    try:
+        await stalled.join(server.test_server.port, "flood")  # type: ignore[arg-type]
+        assert len(server.gateway.hub.rooms["flood"]) == 3
+        stalled_conn = next(c for c in server.gateway.hub.rooms["flood"] if c.id not in (publisher.id, subscriber.id))
+
+        payload = "x" * 8192
+        total = 0
+        received = 0
+        # flood until the stalled client has been dropped; everyone else reads everything, in order
+        while stalled_conn in server.gateway.hub.rooms["flood"] and total < 5_000:
+            for _ in range(100):
+                await publisher.send({"type": "publish", "room": "flood", "data": [total, payload]})
+                total += 1
+            for _ in range(100):
+                assert (await subscriber.recv())["data"][0] == received
+                assert (await publisher.recv())["data"][0] == received
+                received += 1
+            assert len(stalled_conn._outbox) <= settings["send_queue_size"]  # memory stays bounded
+        assert stalled_conn not in server.gateway.hub.rooms["flood"], "the stalled client was never dropped"
+        assert stalled_conn.close_reason == reason
+        metric = "slow_consumer" if reason == "slow consumer" else "write_timeout"
+        assert server.gateway.metrics.error_count(metric) == 1
+        # the room keeps working at full speed for the others
+        await publisher.send({"type": "publish", "room": "flood", "data": "after"})
+        assert (await subscriber.recv())["data"] == "after"
+    finally:
+        stalled.close()
