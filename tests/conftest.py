@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,34 @@ async def server(start: StartServer) -> Server:
 
 async def wait_until(event: asyncio.Event) -> None:
     await asyncio.wait_for(event.wait(), TIMEOUT)
+
+
+class StalledClient:
+    """A client that completes the handshake, subscribes, reads its answer and then never reads again."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.setblocking(False)
+
+    async def join(self, port: int, room: str) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self.sock, ("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        handshake = (
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        payload = f'{{"type":"subscribe","room":"{room}"}}'.encode()
+        mask = os.urandom(4)  # clients must mask their frames
+        frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await loop.sock_sendall(self.sock, handshake.encode() + frame)
+        seen = b""
+        async with asyncio.timeout(5):
+            while b'"subscribed"' not in seen:
+                chunk = await loop.sock_recv(self.sock, 4096)
+                assert chunk, "server closed the connection"
+                seen += chunk
+
+    def close(self) -> None:
+        self.sock.close()

@@ -37,13 +37,14 @@ async def test_a_silent_client_is_dropped_after_pong_wait(start: StartServer) ->
     server = await start(websocket=FAST)
     silent = await server.connect(autoping=False)  # never answers pings, never sends
     await silent.subscribe("room")
+    conn = server.gateway.hub.connections[silent.id]
     loop = asyncio.get_running_loop()
     started = loop.time()
     closing = await silent.closed()
     assert closing.data == 1001
     assert closing.extra == "keepalive timeout"
     assert loop.time() - started >= 0.25
-    await wait_until(server.gateway.hub.empty)
+    await wait_until(conn.closed)
     assert (await server.health())[1] == {"status": "healthy", "clients": 0, "rooms": 0}
 
 

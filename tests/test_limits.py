@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import os
-import socket
-
 import pytest
 
-from .conftest import Server, StartServer, wait_until
+from .conftest import StalledClient, StartServer
 
 
 async def test_connection_over_the_limit_gets_the_error_then_1013(start: StartServer) -> None:
@@ -50,37 +45,6 @@ async def test_room_over_the_limit_answers_room_full_and_keeps_the_client(start:
     await c.subscribe("other")  # the refused client stays connected and usable
     await a.request({"type": "unsubscribe", "room": "small"})
     assert (await c.subscribe("small"))["data"]["client_count"] == 2
-
-
-class StalledClient:
-    """A client that completes the handshake, subscribes, reads its answer and then never reads again."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.setblocking(False)
-
-    async def join(self, port: int, room: str) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(self.sock, ("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        handshake = (
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        payload = f'{{"type":"subscribe","room":"{room}"}}'.encode()
-        mask = os.urandom(4)  # clients must mask their frames
-        frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await loop.sock_sendall(self.sock, handshake.encode() + frame)
-        seen = b""
-        async with asyncio.timeout(5):
-            while b'"subscribed"' not in seen:
-                chunk = await loop.sock_recv(self.sock, 4096)
-                assert chunk, "server closed the connection"
-                seen += chunk
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.mark.parametrize("reason", ["slow consumer", "write timeout"])

@@ -74,6 +74,7 @@ class Connection:
         self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self.closed = asyncio.Event()  # set once the client is gone and everything is released
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} rooms={len(self.rooms)}>"
@@ -132,11 +133,18 @@ class Connection:
         self._outbox.clear()
         if self._timer is not None:
             self._timer.cancel()
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-        if self._closer is not None:
-            await self._closer
+        try:
+            if self._writer is not None:
+                self._writer.cancel()
+                await asyncio.gather(self._writer, return_exceptions=True)
+            if self._closer is not None:
+                await self._closer
+        finally:  # aiohttp may cancel the handler when the peer vanishes: still finish
+            self.closed.set()
+            log.info(
+                "client %s disconnected (code %s%s)",
+                self.id, self._ws.close_code, f", {self.close_reason}" if self.close_reason else "",
+            )
 
     async def _close(self, code: int, reason: str) -> None:
         if self._writer is not None and self._writer is not asyncio.current_task():

@@ -67,10 +67,13 @@ class Gateway:
         if not self.draining:
             self.draining = True
             log.info("draining: closing %d clients", len(self.hub.connections))
-        for conn in list(self.hub.connections.values()):
+        clients = list(self.hub.connections.values())
+        for conn in clients:
             conn.drop(protocol.CLOSE_GOING_AWAY, "server shutting down")
         try:
             async with asyncio.timeout(timeout):
-                await self.hub.empty.wait()
+                for conn in clients:
+                    await conn.closed.wait()
         except TimeoutError:
-            log.warning("draining: %d clients still open after %ss", len(self.hub.connections), timeout)
+            still_open = sum(not conn.closed.is_set() for conn in clients)
+            log.warning("draining: %d clients still open after %ss", still_open, timeout)

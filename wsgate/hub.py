@@ -7,8 +7,6 @@ iterating a room while delivering is safe.
 
 from __future__ import annotations
 
-import asyncio
-
 from .config import LimitsSettings
 from .connection import Connection
 from .protocol import NOT_SUBSCRIBED, ROOM_FULL, ClientError
@@ -21,8 +19,6 @@ class Hub:
         self._limits = limits
         self.connections: dict[str, Connection] = {}
         self.rooms: dict[str, set[Connection]] = {}
-        self.empty = asyncio.Event()  # set while no client is connected (shutdown waits on it)
-        self.empty.set()
 
     def admit(self, conn: Connection) -> bool:
         """Add a new connection; False when `max_connections` is reached."""
@@ -30,7 +26,6 @@ class Hub:
         if limit and len(self.connections) >= limit:
             return False
         self.connections[conn.id] = conn
-        self.empty.clear()
         return True
 
     def remove(self, conn: Connection) -> None:
@@ -39,8 +34,6 @@ class Hub:
             return
         for room in list(conn.rooms):
             self._leave(conn, room)
-        if not self.connections:
-            self.empty.set()
 
     def join(self, conn: Connection, room: str) -> int:
         """Add `conn` to `room` (joining twice is harmless); returns the room's member count."""

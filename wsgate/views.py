@@ -51,10 +51,6 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
     finally:
         gateway.hub.remove(conn)
         await conn.stop()
-        log.info(
-            "client %s disconnected (code %s%s)",
-            conn.id, ws.close_code, f", {conn.close_reason}" if conn.close_reason else "",
-        )
     return ws
 
 

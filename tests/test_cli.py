@@ -1,0 +1,109 @@
+"""`python -m wsgate` as a real process: flags, start-up errors, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from .processes import ROOT, environment, run_wsgate, spawn, start_wsgate
+
+
+async def test_help_lists_the_flags() -> None:
+    process = await spawn(sys.executable, "-m", "wsgate", "--help", stdout=True)
+    out, _ = await process.proc.communicate()
+    assert process.proc.returncode == 0
+    for flag in ("--host", "--port", "--settings FILE", "--help"):
+        assert flag in out.decode()
+
+
+async def test_serves_the_protocol_on_the_requested_port_and_settings(tmp_path: Path) -> None:
+    settings = tmp_path / "custom.toml"
+    settings.write_text('[websocket]\nenabled = true\n[websocket.limits]\nmax_connections_per_room = 1\n')
+    server = await start_wsgate("--settings", str(settings))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.url("/ws")) as a, session.ws_connect(server.url("/ws")) as b:
+                assert (await a.receive_json())["type"] == "connected"
+                assert (await b.receive_json())["type"] == "connected"
+                await a.send_json({"type": "subscribe", "room": "solo"})
+                assert (await a.receive_json())["type"] == "subscribed"
+                await b.send_json({"type": "subscribe", "room": "solo"})
+                assert (await b.receive_json())["error"] == "room is at maximum capacity"
+    finally:
+        await server.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        ((), {"WEBSOCKET_PORT": "abc"}, "wsgate: invalid setting websocket.port (WEBSOCKET_PORT) = 'abc': expected an integer"),
+        ((), {"WEBSOCKET_PING_INTERVAL": "5 parsecs"}, "wsgate: invalid setting websocket.ping_interval (WEBSOCKET_PING_INTERVAL) = '5 parsecs'"),
+        (("--settings", "/nonexistent/settings.toml"), {}, "wsgate: settings file '/nonexistent/settings.toml' not found"),
+        ((), {"WSGATE_WEBSOCKET__LIMITS__MAX_CONNECTIONS": "-1"}, "wsgate: invalid setting websocket.limits.max_connections = -1"),
+        ((), {"WSGATE_PLUGINS__DISABLED": "[1]"}, "wsgate: invalid setting plugins.disabled = [1]: expected a list of strings"),
+    ],
+)
+async def test_a_bad_setting_exits_2_with_one_line(args: tuple[str, ...], env: dict[str, str], line: str) -> None:
+    code, stderr = await run_wsgate(*args, env=environment(**env))
+    assert code == 2
+    assert stderr.strip().startswith(line), stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert "Traceback" not in stderr
+
+
+async def test_a_bad_flag_exits_2() -> None:
+    code, stderr = await run_wsgate("--port", "abc")
+    assert code == 2
+    assert "invalid int value: 'abc'" in stderr
+
+
+async def test_a_busy_port_is_one_line() -> None:
+    server = await start_wsgate()
+    try:
+        code, stderr = await run_wsgate("--host", "127.0.0.1", "--port", str(server.port))
+        assert code == 1
+        assert stderr.strip().splitlines()[-1].startswith(f"wsgate: cannot listen on 127.0.0.1:{server.port}")
+        assert "Traceback" not in stderr
+    finally:
+        await server.kill()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_closes_every_client_with_1001_and_exits_0(signum: int) -> None:
+    server = await start_wsgate(env=environment(WEBSOCKET_TIMEOUT="5s"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            clients = [await session.ws_connect(server.url("/ws")) for _ in range(3)]
+            for ws in clients:
+                assert (await ws.receive_json())["type"] == "connected"
+                await ws.send_json({"type": "subscribe", "room": "r"})
+                assert (await ws.receive_json())["type"] == "subscribed"
+            started = asyncio.get_running_loop().time()
+            server.proc.send_signal(signum)
+            for ws in clients:
+                closing = await ws.receive(timeout=5)
+                assert closing.type is aiohttp.WSMsgType.CLOSE
+                assert (closing.data, closing.extra) == (1001, "server shutting down")
+        assert await server.finish(timeout=5) == 0
+        assert asyncio.get_running_loop().time() - started < 5
+        assert "Traceback" not in "".join(server.lines)
+    finally:
+        await server.kill()
+
+
+async def test_make_run_settings_file_is_the_default() -> None:
+    server = await start_wsgate()  # cwd is the repository: ./settings.toml enables /ws
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.url("/ws")) as ws:
+                assert (await ws.receive_json())["data"]["message"] == "Connected to WebSocket server"
+            async with session.get(server.url("/health")) as resp:
+                assert await resp.json() == {"status": "healthy", "clients": 0, "rooms": 0}
+    finally:
+        await server.kill()
+    assert (ROOT / "settings.toml").is_file()

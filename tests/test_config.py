@@ -1,0 +1,144 @@
+"""Settings: defaults match the spec, file and environment layering, and one-line errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from wsgate.config import ConfigError, Settings, env_name, iter_settings, load_settings, parse_duration
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_spec_defaults() -> None:
+    ws = load_settings().websocket  # no file in the (temporary) working directory
+    assert (ws.enabled, ws.host, ws.port) == (False, "0.0.0.0", 8081)
+    assert (ws.timeout, ws.ping_interval, ws.pong_wait, ws.write_wait) == (30, 54, 60, 10)
+    assert (ws.read_buffer_size, ws.write_buffer_size, ws.max_message_size) == (1024, 1024, 512000)
+    assert (ws.limits.max_connections, ws.limits.max_connections_per_room) == (0, 0)
+    assert ws.compression is False
+    assert ws.send_queue_size == 256
+
+
+def test_shipped_settings_file_loads_and_enables_the_gateway() -> None:
+    settings = load_settings(ROOT / "settings.toml")
+    assert settings.websocket.enabled is True
+    assert settings.websocket.port == 8081
+    assert settings == Settings(websocket=type(settings.websocket)(enabled=True))
+
+
+def test_file_values_are_read(tmp_path: Path) -> None:
+    path = write(tmp_path, '[websocket]\nport = 9000\nping_interval = "500ms"\npong_wait = "1m"\n'
+                           '[websocket.limits]\nmax_connections = 5\n[logging]\nlevel = "debug"\n')
+    settings = load_settings(path)
+    assert settings.websocket.port == 9000
+    assert settings.websocket.ping_interval == 0.5
+    assert settings.websocket.pong_wait == 60
+    assert settings.websocket.limits.max_connections == 5
+    assert settings.logging.level == "DEBUG"
+
+
+def test_spec_environment_variables_override_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "[websocket]\nport = 9000\n[websocket.limits]\nmax_connections = 5\n")
+    monkeypatch.setenv("WEBSOCKET_PORT", "9100")
+    monkeypatch.setenv("WEBSOCKET_ENABLED", "true")
+    monkeypatch.setenv("WEBSOCKET_PING_INTERVAL", "30s")
+    monkeypatch.setenv("WEBSOCKET_PONG_WAIT", "35s")
+    monkeypatch.setenv("WEBSOCKET_LIMITS_MAX_CONNECTIONS", "50000")
+    monkeypatch.setenv("WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM", "5000")
+    ws = load_settings(path).websocket
+    assert (ws.port, ws.enabled, ws.ping_interval, ws.pong_wait) == (9100, True, 30, 35)
+    assert (ws.limits.max_connections, ws.limits.max_connections_per_room) == (50000, 5000)
+
+
+def test_wsgate_variables_set_nested_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSGATE_LOGGING__LEVEL", "warning")
+    monkeypatch.setenv("WSGATE_PLUGINS__DISABLED", '["messages"]')
+    monkeypatch.setenv("WSGATE_WEBSOCKET__LIMITS__MAX_CONNECTIONS", "7")
+    settings = load_settings()
+    assert settings.logging.level == "WARNING"
+    assert settings.plugins.disabled == ("messages",)
+    assert settings.websocket.limits.max_connections == 7
+
+
+def test_settings_file_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "other.toml"
+    path.write_text("[websocket]\nport = 9200\n")
+    monkeypatch.setenv("WSGATE_SETTINGS", str(path))
+    assert load_settings().websocket.port == 9200
+
+
+def test_settings_are_immutable() -> None:
+    settings = load_settings()
+    with pytest.raises(AttributeError):
+        settings.websocket.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ('[websocket]\nport = "abc"\n', {}, "invalid setting websocket.port = 'abc': expected an integer"),
+        ("", {"WEBSOCKET_PORT": "abc"}, "invalid setting websocket.port (WEBSOCKET_PORT) = 'abc': expected an integer"),
+        ("[websocket]\nport = 70000\n", {}, "invalid setting websocket.port = 70000: expected a value from 0 to 65535"),
+        ("[websocket.limits]\nmax_connections = -1\n", {}, "invalid setting websocket.limits.max_connections = -1: expected a value of at least 0"),
+        ("", {"WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM": "-5"}, "invalid setting websocket.limits.max_connections_per_room (WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM) = '-5': expected a value of at least 0"),
+        ('[websocket]\nping_interval = "54x"\n', {}, "invalid setting websocket.ping_interval = '54x': expected a duration such as \"54s\", \"500ms\" or \"1m\" (units: ns, us, ms, s, m, h)"),
+        ("[websocket]\nping_interval = 54\n", {}, "invalid setting websocket.ping_interval = 54: expected a duration string such as \"54s\", \"500ms\" or \"1m\""),
+        ('[websocket]\nping_interval = "60s"\npong_wait = "60s"\n', {}, "invalid setting websocket.pong_wait = 60s: expected a duration greater than websocket.ping_interval (60s)"),
+        ("", {"WEBSOCKET_PONG_WAIT": "10s"}, "invalid setting websocket.pong_wait = 10s: expected a duration greater than websocket.ping_interval (54s)"),
+        ("[websocket]\nportt = 1\n", {}, "unknown setting websocket.portt: expected one of compression, enabled, host, limits,"),
+        ("[websocket.limits]\nmax_conections = 1\n", {}, "unknown setting websocket.limits.max_conections: expected one of max_connections, max_connections_per_room"),
+        ("[websockets]\nport = 1\n", {}, "unknown setting websockets: expected one of logging, plugins, websocket"),
+        ("[websocket]\nenabled = \"yes\"\n", {}, "invalid setting websocket.enabled = 'yes': expected true or false"),
+        ("", {"WEBSOCKET_ENABLED": "maybe"}, "invalid setting websocket.enabled (WEBSOCKET_ENABLED) = 'maybe': expected true or false"),
+        ("[logging]\nlevel = \"loud\"\n", {}, "invalid setting logging.level = 'loud': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("[plugins]\ndisabled = \"x\"\n", {}, "invalid setting plugins.disabled = 'x': expected a list of strings"),
+        ("[websocket]\nlimits = 3\n", {}, "invalid setting websocket.limits = 3: expected a table"),
+        ("[websocket\nport=", {}, "cannot read settings from"),
+    ],
+)
+def test_bad_values_name_the_key_the_value_and_what_is_expected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_settings_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="settings file '.*nowhere.toml' not found"):
+        load_settings(tmp_path / "nowhere.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("54s", 54), ("500ms", 0.5), ("1m", 60), ("1m30s", 90), ("1.5h", 5400), ("250us", 0.00025), ("0", 0)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "54", "s", "5 s", "1d", "-1s", "1m-3s", "abc"])
+def test_bad_durations(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| `([A-Z_]+)` \|", readme, flags=re.M))
+    expected = {key: env_name(key) for key, _field, _type in iter_settings()}
+    assert rows == expected
+    for key, field, _type in iter_settings():
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{key}` |"))
+        assert field.metadata["doc"] in row, key
