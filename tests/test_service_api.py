@@ -1,0 +1,65 @@
+"""Pushing from Python code in the same process: the spec's NotifyAllClients / NotifyRoom."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from wsgate.app import create_app
+from wsgate.keys import GATEWAY
+
+from .conftest import Server, make_settings
+
+
+async def test_broadcast_from_application_code_reaches_every_client(server: Server) -> None:
+    clients = [await server.connect() for _ in range(3)]
+    gateway = server.app[GATEWAY]
+    reached = await gateway.broadcast({"event": "deploy", "data": {"version": 2}}, type="notification")
+    assert reached == 3
+    for client in clients:
+        msg = await client.recv()
+        assert msg["type"] == "notification"
+        assert msg["data"] == {"event": "deploy", "data": {"version": 2}}
+        assert "client_id" not in msg and "room" not in msg
+        assert isinstance(msg["timestamp"], int)
+
+
+async def test_publish_from_application_code_reaches_the_room_only(server: Server) -> None:
+    member, outsider = await server.connect(), await server.connect()
+    await member.subscribe("orders")
+    reached = await server.app[GATEWAY].publish("orders", {"id": 7}, type="room_update")
+    assert reached == 1
+    msg = await member.recv()
+    assert (msg["type"], msg["room"], msg["data"]) == ("room_update", "orders", {"id": 7})
+    assert (await outsider.request({"type": "ping"}))["type"] == "pong"  # nothing was queued for it
+    assert await server.app[GATEWAY].publish("empty-room", 1) == 0
+
+
+async def test_default_type_is_message(server: Server) -> None:
+    client = await server.connect()
+    await client.subscribe("news")
+    await server.app[GATEWAY].publish("news", "hello")
+    assert (await client.recv())["type"] == "message"
+
+
+async def test_an_aiohttp_route_of_the_application_can_push(aiohttp_server: Any) -> None:
+    """As in README: a service endpoint added next to /ws that notifies a room."""
+
+    async def notify(request: web.Request) -> web.Response:
+        reached = await request.app[GATEWAY].publish("alerts", await request.json(), type="room_update")
+        return web.json_response({"reached": reached})
+
+    app = await create_app(make_settings())
+    app.router.add_post("/notify", notify)
+    server = Server(await aiohttp_server(app), aiohttp.ClientSession())
+    try:
+        client = await server.connect()
+        await client.subscribe("alerts")
+        async with server.session.post(server.url("/notify"), json={"level": "high"}) as resp:
+            assert await resp.json() == {"reached": 1}
+        msg = await client.recv()
+        assert (msg["type"], msg["room"], msg["data"]) == ("room_update", "alerts", {"level": "high"})
+    finally:
+        await server.session.close()
