@@ -124,7 +124,7 @@ def load_settings(
     _merge(raw, _spec_environment())
     if overrides:
         _merge(raw, _lower_keys(dict(overrides)))
-    settings = _build(Settings, raw, "")
+    settings: Settings = _build(Settings, raw, "")
     _check_relations(settings)
     return settings
 
@@ -154,7 +154,7 @@ def env_name(key: str) -> str:
 
 
 def _read_dynaconf(file: Path | None) -> dict[str, Any]:
-    from dynaconf import Dynaconf  # imported here: only loading needs it
+    from dynaconf import Dynaconf  # type: ignore[import-untyped]  # only loading needs it
 
     try:
         loaded = Dynaconf(
@@ -165,7 +165,7 @@ def _read_dynaconf(file: Path | None) -> dict[str, Any]:
     except Exception as exc:  # dynaconf raises many types for an unreadable file
         where = str(file) if file else "environment"
         raise ConfigError(f"cannot read settings from {where}: {exc}") from None
-    raw = _lower_keys(loaded)
+    raw: dict[str, Any] = _lower_keys(loaded)
     raw.pop("settings", None)  # WSGATE_SETTINGS names the file, it is not a setting
     return raw
 
@@ -226,7 +226,7 @@ def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
         if f.name not in raw:
             continue
         kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             values[f.name] = _build(kind, raw[f.name], f"{prefix}{f.name}.")
         else:
             values[f.name] = _convert(f"{prefix}{f.name}", f, kind, raw[f.name])

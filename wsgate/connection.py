@@ -42,7 +42,7 @@ class Sent:
     __slots__ = ()
 
     def __await__(self) -> Generator[Any, None, None]:
-        return iter(())
+        yield from ()
 
 
 SENT = Sent()

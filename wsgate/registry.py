@@ -18,8 +18,12 @@ class HandlerRegistry:
         self._handlers: dict[str, Handler] = {}
         self._owners: dict[str, str] = {}
 
-    def register(self, plugin: str, handlers: Mapping[str, Handler]) -> None:
+    def register(self, plugin: str, handlers: object) -> None:
         """Add one plugin's handlers; a type claimed twice raises PluginError naming both plugins."""
+        if not isinstance(handlers, Mapping):
+            raise PluginError(
+                f"plugin {plugin!r}: wsgate_message_handlers must return a mapping, not {type(handlers).__name__}"
+            )
         for kind, handler in handlers.items():
             if not isinstance(kind, str) or not kind:
                 raise PluginError(f"plugin {plugin!r} registers an invalid message type {kind!r}")
