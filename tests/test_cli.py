@@ -107,3 +107,52 @@ async def test_make_run_settings_file_is_the_default() -> None:
     finally:
         await server.kill()
     assert (ROOT / "settings.toml").is_file()
+
+
+def fake_distribution(root: Path, name: str, entry_points: str, modules: dict[str, str] | None = None) -> Path:
+    """A distribution visible to importlib.metadata through PYTHONPATH, without installing anything."""
+    info = root / f"{name}-0.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(f"[wsgate]\n{entry_points}\n")
+    for module, source in (modules or {}).items():
+        (root / f"{module}.py").write_text(source)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("entry_points", "modules", "line"),
+    [
+        ("broken = no_such_module", {}, "wsgate: plugin 'broken' (no_such_module) failed to load: "
+         "ModuleNotFoundError: No module named 'no_such_module'"),
+        ("raising = raising_plugin", {"raising_plugin": "raise RuntimeError('boom at import')\n"},
+         "wsgate: plugin 'raising' (raising_plugin) failed to load: RuntimeError: boom at import"),
+        ("typo = typo_plugin", {"typo_plugin": "from wsgate import hookimpl\n\n@hookimpl\ndef wsgate_mesage_handlers():\n    return {}\n"},
+         "wsgate: plugin 'typo': unknown hook 'wsgate_mesage_handlers'"),
+        ("clash = clash_plugin", {"clash_plugin": "from wsgate import hookimpl\n\nasync def h(c, m):\n    pass\n\n"
+                                                  "@hookimpl\ndef wsgate_message_handlers():\n    return {'ping': h}\n"},
+         "wsgate: message type 'ping' is claimed by both plugin 'messages' and plugin 'clash'"),
+        ("failing = failing_plugin", {"failing_plugin": "from wsgate import hookimpl\n\n"
+                                                        "@hookimpl\ndef wsgate_message_handlers():\n    return 1 / 0\n"},
+         "wsgate: plugin 'failing': wsgate_message_handlers raised ZeroDivisionError: division by zero"),
+    ],
+)
+async def test_a_broken_plugin_stops_start_up_with_one_line(
+    tmp_path: Path, entry_points: str, modules: dict[str, str], line: str
+) -> None:
+    root = fake_distribution(tmp_path, "wsgate_fake", entry_points, modules)
+    code, stderr = await run_wsgate(env=environment(PYTHONPATH=str(root)))
+    assert code == 2, stderr
+    assert stderr.strip().startswith(line), stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+
+async def test_a_disabled_broken_plugin_is_not_loaded(tmp_path: Path) -> None:
+    root = fake_distribution(tmp_path, "wsgate_fake", "broken = no_such_module")
+    server = await start_wsgate(env=environment(PYTHONPATH=str(root), WSGATE_PLUGINS__DISABLED='["broken"]'))
+    await server.kill()
+
+
+async def test_unrelated_wsgate_variables_are_not_settings() -> None:
+    server = await start_wsgate(env=environment(WSGATE_TEST_REDIS_URL="redis://127.0.0.1:6379", WSGATE_FOO="1"))
+    await server.kill()

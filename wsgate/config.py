@@ -166,7 +166,11 @@ def _read_dynaconf(file: Path | None) -> dict[str, Any]:
         where = str(file) if file else "environment"
         raise ConfigError(f"cannot read settings from {where}: {exc}") from None
     raw: dict[str, Any] = _lower_keys(loaded)
-    raw.pop("settings", None)  # WSGATE_SETTINGS names the file, it is not a setting
+    # Settings come from WSGATE_<TABLE>__<KEY>; other WSGATE_* names (WSGATE_SETTINGS, a
+    # test suite's WSGATE_TEST_REDIS_URL, ...) are not settings and must not stop start-up.
+    for name in os.environ:
+        if name.startswith("WSGATE_") and "__" not in name:
+            raw.pop(name[len("WSGATE_"):].lower(), None)
     return raw
 
 
@@ -280,10 +284,9 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
             if result not in meta["choices"]:
                 fail("one of " + ", ".join(meta["choices"]))
     elif typing.get_origin(kind) is tuple:
-        raw = [s.strip() for s in text.split(",") if s.strip()] if text is not None else value
-        if not isinstance(raw, (list, tuple)) or not all(isinstance(s, str) for s in raw):
-            fail("a list of strings")
-        result = tuple(raw)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+            fail('a list of strings, e.g. ["a", "b"]')
+        result = tuple(value)
     else:  # pragma: no cover - a new setting type without a converter is a programming error
         raise TypeError(f"no converter for {key}: {kind!r}")
 

@@ -63,11 +63,16 @@ class Gateway:
         }
 
     async def drain(self, timeout: float) -> None:
-        """Refuse new clients, close every client with 1001 and wait (at most `timeout`) until all are gone."""
-        if not self.draining:
-            self.draining = True
-            log.info("draining: closing %d clients", len(self.hub.connections))
+        """Refuse new clients, close every client with 1001 and wait (at most `timeout`) until all are gone.
+
+        Only the first call does anything: the CLI drains before aiohttp's own shutdown calls it again.
+        """
+        if self.draining:
+            return
+        self.draining = True
         clients = list(self.hub.connections.values())
+        if clients:
+            log.info("draining: closing %d clients", len(clients))
         for conn in clients:
             conn.drop(protocol.CLOSE_GOING_AWAY, "server shutting down")
         try:
