@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from wsgate.config import ConfigError, Settings, env_name, iter_settings, load_settings, parse_duration
+from wsgate.config import (
+    ConfigError,
+    Settings,
+    env_name,
+    iter_settings,
+    load_settings,
+    parse_duration,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
+from .processes import ROOT
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -1,0 +1,69 @@
+"""The README's Python examples, run as written."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .conftest import Client, Server, StartServer
+from .processes import ROOT
+
+
+def readme_block(first_line: str) -> str:
+    """The fenced python block of README.md whose first line is `first_line`."""
+    for block in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"README has no python block starting with {first_line!r}")
+
+
+def write_module(directory: Path, name: str, source: str) -> Any:
+    path = directory / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_service_example(tmp_path: Path, aiohttp_server: Any) -> None:
+    (tmp_path / "settings.toml").write_text("[websocket]\nenabled = true\n")  # the cwd of every test
+    myservice = write_module(tmp_path, "myservice", readme_block("# myservice.py"))
+    server = Server(await aiohttp_server(await myservice.make_app()), aiohttp.ClientSession())
+    try:
+        client = await server.connect()
+        await client.subscribe("clock")
+        tick = await client.recv()  # the background task publishes every second
+        assert (tick["type"], tick["room"]) == ("room_update", "clock")
+        async with server.session.post(server.url("/notify"), json={"event": "deploy"}) as resp:
+            assert await resp.json() == {"queued": 1}
+        while (msg := await client.recv())["type"] != "notification":
+            assert msg["type"] == "room_update"
+        assert msg["data"] == {"event": "deploy"}
+    finally:
+        await server.session.close()
+
+
+async def test_echo_plugin_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: StartServer) -> None:
+    (tmp_path / "wsgate_echo.py").write_text(readme_block("# wsgate_echo.py"))
+    info = tmp_path / "wsgate_echo-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: wsgate-echo\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[wsgate]\necho = wsgate_echo\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # "installed": importlib.metadata finds the entry point
+    try:
+        server = await start()
+        client: Client = await server.connect()
+        reply = await client.request({"type": "echo", "data": [1, 2]})
+        assert (reply["type"], reply["data"]) == ("echo", [1, 2])
+        assert (await client.request({"type": "echo"}))["error"] == "nothing to echo"
+        assert server.gateway.registry.owners()["echo"] == "echo"
+    finally:
+        sys.modules.pop("wsgate_echo", None)
