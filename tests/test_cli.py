@@ -123,10 +123,11 @@ def fake_distribution(root: Path, name: str, entry_points: str, modules: dict[st
 @pytest.mark.parametrize(
     ("entry_points", "modules", "line"),
     [
-        ("broken = no_such_module", {}, "wsgate: plugin 'broken' (no_such_module) failed to load: "
+        ("broken = no_such_module", {}, "wsgate: plugin 'broken' (entry point no_such_module from wsgate_fake 0.0) failed to load: "
          "ModuleNotFoundError: No module named 'no_such_module'"),
         ("raising = raising_plugin", {"raising_plugin": "raise RuntimeError('boom at import')\n"},
-         "wsgate: plugin 'raising' (raising_plugin) failed to load: RuntimeError: boom at import"),
+         "wsgate: plugin 'raising' (entry point raising_plugin from wsgate_fake 0.0) failed to load: "
+         "RuntimeError: boom at import"),
         ("typo = typo_plugin", {"typo_plugin": "from wsgate import hookimpl\n\n@hookimpl\ndef wsgate_mesage_handlers():\n    return {}\n"},
          "wsgate: plugin 'typo': unknown hook 'wsgate_mesage_handlers'"),
         ("clash = clash_plugin", {"clash_plugin": "from wsgate import hookimpl\n\nasync def h(c, m):\n    pass\n\n"

@@ -6,42 +6,49 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
 
 from .broker import MemoryBroker
 from .config import Settings, load_settings
 from .gateway import Gateway
-from .keys import GATEWAY, PLUGIN_MANAGER, SETTINGS
+from .keys import GATEWAY, SETTINGS
 from .metrics import Metrics
-from .plugins import build_registry, make_plugin_manager
+from .plugins import load_plugins
 from .views import health_view, ws_view
 
 
-async def create_app(settings: Settings | None = None) -> web.Application:
-    """Build the application: settings (loaded when not given), plugins, gateway, routes."""
+async def create_app(settings: Settings | None = None, plugins: Iterable[object] = ()) -> web.Application:
+    """Build the application: settings (loaded when not given), plugins, gateway, routes.
+
+    `plugins` registers extra plugin objects (modules or instances) next to the
+    discovered ones: how tests and embedding applications add their own.
+    """
     settings = settings if settings is not None else load_settings()
-    pm = make_plugin_manager(settings)
-    gateway = Gateway(settings, MemoryBroker(), build_registry(pm), Metrics())
+    gateway = Gateway(settings, MemoryBroker(), load_plugins(settings, plugins), Metrics())
 
     app = web.Application()
     app[SETTINGS] = settings
-    app[PLUGIN_MANAGER] = pm
     app[GATEWAY] = gateway
     app.router.add_get("/health", health_view)
     if settings.websocket.enabled:
         app.router.add_get("/ws", ws_view)
-    app.cleanup_ctx.append(_broker)
+    app.cleanup_ctx.append(_run_gateway)
     app.on_shutdown.append(_close_clients)
     return app
 
 
-async def _broker(app: web.Application) -> AsyncIterator[None]:
+async def _run_gateway(app: web.Application) -> AsyncIterator[None]:
+    """Broker first, then plugin services and start-up hooks; torn down in reverse."""
     gateway = app[GATEWAY]
     await gateway.broker.start(gateway.hub.deliver)
-    yield
-    await gateway.broker.close()
+    try:
+        await gateway.plugins.start(gateway)
+        yield
+    finally:
+        await gateway.plugins.stop(gateway)
+        await gateway.broker.close()
 
 
 async def _close_clients(app: web.Application) -> None:

@@ -15,6 +15,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 DEFAULT_SETTINGS_FILE = "settings.toml"
@@ -89,7 +90,17 @@ class WebSocketSettings:
 
 @dataclass(frozen=True, slots=True)
 class PluginsSettings:
-    disabled: tuple[str, ...] = setting((), "Plugin names not to load (built-in or entry point)")
+    disabled: tuple[str, ...] = setting((), "Plugin names not to load (built-in, entry point or module)")
+    modules: tuple[str, ...] = setting((), "Dotted module paths to load as plugins without packaging them")
+    strict: bool = setting(True, "A plugin that fails to load stops start-up (false: skip it with a warning)")
+    startup_timeout: float = setting(
+        10.0, "Longest a plugin's start-up or shutdown (and a service's start/close) may take",
+        duration=True, minimum=0.001,
+    )
+    options: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: MappingProxyType({}), metadata={"tables": True}
+    )
+    """Every other `[plugins.<name>]` table: that plugin's own settings, read-only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +147,8 @@ def iter_settings(
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
+        if f.metadata.get("tables"):
+            continue
         if dataclasses.is_dataclass(hints[f.name]):
             yield from iter_settings(hints[f.name], key + ".")
         else:
@@ -219,15 +232,18 @@ def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"invalid setting {table} = {_show(raw)}: expected a table")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting {prefix}{unknown[0]}: expected one of {', '.join(sorted(names))}"
-        )
+    tables = next((f.name for f in dataclasses.fields(cls) if f.metadata.get("tables")), None)
+    names = {f.name for f in dataclasses.fields(cls)} - {tables}
     values: dict[str, Any] = {}
+    for unknown in sorted(set(raw) - names):
+        if tables is None or not isinstance(raw[unknown], Mapping):
+            expected = ", ".join(sorted(names)) + (f", or a [{prefix}<name>] table" if tables else "")
+            raise ConfigError(f"unknown setting {prefix}{unknown}: expected one of {expected}")
+        values.setdefault(tables, {})[unknown] = _freeze(raw[unknown])
+    if tables in values:
+        values[tables] = MappingProxyType(values[tables])
     for f in dataclasses.fields(cls):
-        if f.name not in raw:
+        if f.name not in raw or f.name == tables:
             continue
         kind = hints[f.name]
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
@@ -297,6 +313,15 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
                 fail(f"a value of at least {_show_bound(low, meta['duration'])}")
             fail(f"a value from {_show_bound(low, meta['duration'])} to {_show_bound(high, meta['duration'])}")
     return result
+
+
+def _freeze(value: Any) -> Any:
+    """Read-only copies of nested tables and lists (plugin settings stay immutable too)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
 
 
 def _check_relations(settings: Settings) -> None:

@@ -49,12 +49,15 @@ SENT = Sent()
 
 
 class Connection:
-    """A client as handlers and plugins see it: `id`, `rooms`, `gateway`, `send()`."""
+    """A client as handlers and plugins see it: `id`, `identity`, `rooms`, `gateway`, `send()`."""
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request, gateway: Gateway) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, request: web.Request, gateway: Gateway, identity: object = None
+    ) -> None:
         settings = gateway.settings.websocket
         self.id = str(uuid.uuid4())
         self.gateway = gateway
+        self.identity = identity  # what an authentication plugin returned; None when anonymous
         self.rooms: set[str] = set()
         self.remote = request.remote
         self.state = State.OPEN

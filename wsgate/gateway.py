@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from . import protocol
@@ -17,24 +18,29 @@ from .config import Settings
 from .dispatch import Dispatcher
 from .hub import Hub
 from .metrics import Metrics
-from .registry import HandlerRegistry
+from .plugins import Plugins
 
 log = logging.getLogger(__name__)
 
 
 class Gateway:
-    """Settings, hub, broker, handlers and metrics of one running gateway, with its public API."""
+    """Settings, hub, broker, plugins, services and metrics of one running gateway, with its public API."""
 
-    def __init__(
-        self, settings: Settings, broker: Broker, registry: HandlerRegistry, metrics: Metrics
-    ) -> None:
+    def __init__(self, settings: Settings, broker: Broker, plugins: Plugins, metrics: Metrics) -> None:
         self.settings = settings
         self.broker = broker
-        self.registry = registry
+        self.plugins = plugins
         self.metrics = metrics
+        self.registry = plugins.build_registry()
         self.hub = Hub(settings.websocket.limits)
-        self.dispatcher = Dispatcher(registry, metrics, settings.websocket.max_room_name_length)
+        self.dispatcher = Dispatcher(self.registry, metrics, settings.websocket.max_room_name_length)
         self.draining = False
+        self.services: Mapping[str, object] = plugins.collect_services(self)
+        """Services provided by plugins (`wsgate_services`), by name: the spec's service layer."""
+
+    def plugin_settings(self, name: str) -> Mapping[str, Any]:
+        """The `[plugins.<name>]` table of the settings file (empty when absent), read-only."""
+        return self.plugins.options(name)
 
     async def publish(
         self, room: str, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None

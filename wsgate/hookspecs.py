@@ -1,7 +1,10 @@
 """Hook specifications: the contract between wsgate and its plugins.
 
-Every hook is prefixed `wsgate_`, is called with keyword arguments, and is
-documented here: when it is called, with what, and what its result means.
+Every hook is prefixed `wsgate_` and called with keyword arguments; an
+implementation may accept any subset of them. Any hook may be implemented
+as `async def`: wsgate awaits the result (and, for firstresult hooks, decides
+after awaiting). Hooks on the per-message path (`wsgate_authorize`) cost
+nothing when no plugin implements them.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+from aiohttp import web
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .gateway import Gateway
     from .protocol import Message
 
 hookspec = pluggy.HookspecMarker("wsgate")
@@ -25,10 +30,92 @@ Handler = Callable[["Connection", "Message"], Awaitable[Any]]
 def wsgate_message_handlers() -> Mapping[str, Handler]:
     """Return the message types this plugin handles, mapped to their async handlers.
 
-    Called once at start-up, before the server accepts connections. Every plugin's
-    mapping is merged into one table; two plugins claiming the same type stop
-    start-up with an error naming the type and both plugins. A handler answers
-    through `client.send(...)`, raises `wsgate.ClientError(text)` to answer an
-    `error` message, and reaches the running gateway as `client.gateway`.
+    Called once at start-up, before the server accepts connections (must not be
+    async). Every plugin's mapping is merged into one table; two plugins claiming
+    the same type stop start-up with an error naming the type and both plugins.
+
+    A handler answers through `client.send({...})`, raises `wsgate.ClientError(text)`
+    to answer `{"type":"error","error":text}`, and reaches the running gateway as
+    `client.gateway`. Any other exception answers `internal error` and is logged.
     """
+    raise AssertionError("hookspec bodies are never run")
+
+
+@hookspec
+def wsgate_services(gateway: Gateway) -> Mapping[str, object]:
+    """Return named services (the spec's service layer) this plugin provides.
+
+    Called once at start-up (must not be async), before `wsgate_startup`. Each
+    service is reachable as `gateway.services[name]` by handlers and other plugins.
+    The gateway owns their life cycle: a service with an `async start()` method is
+    started at start-up (within `plugins.startup_timeout`) and one with an
+    `async close()` method is closed at shutdown, in reverse order. Two plugins
+    providing the same name stop start-up naming both.
+    """
+    raise AssertionError("hookspec bodies are never run")
+
+
+@hookspec
+def wsgate_startup(gateway: Gateway) -> Awaitable[None] | None:
+    """The gateway is starting: open resources (connections, files, background tasks).
+
+    Called once per plugin after services are started and before the first client
+    is accepted. Each plugin must finish within `plugins.startup_timeout`; an
+    exception or a timeout stops start-up with a line naming the plugin.
+    """
+    raise AssertionError("hookspec bodies are never run")
+
+
+@hookspec
+def wsgate_shutdown(gateway: Gateway) -> Awaitable[None] | None:
+    """The gateway is stopping: close what `wsgate_startup` opened.
+
+    Called once per plugin, in reverse registration order, after every client
+    has been closed. Errors and timeouts (`plugins.startup_timeout`) are logged;
+    shutdown goes on for the other plugins.
+    """
+    raise AssertionError("hookspec bodies are never run")
+
+
+@hookspec(firstresult=True)
+def wsgate_authenticate(request: web.Request) -> object | Awaitable[object] | None:
+    """Decide who is connecting, before the WebSocket upgrade.
+
+    Called for every request to `/ws`, with the aiohttp request (headers, query,
+    cookies). Return an identity (any object; it becomes `client.identity`) to
+    accept, or None for no opinion (the next plugin is asked; when every plugin
+    has no opinion the client connects anonymously, `client.identity is None`).
+    Raise `aiohttp.web.HTTPUnauthorized` / `HTTPForbidden` (or any HTTPException)
+    to refuse: that response is sent and no WebSocket is opened. firstresult.
+    """
+    raise AssertionError("hookspec bodies are never run")
+
+
+@hookspec(firstresult=True)
+def wsgate_authorize(
+    client: Connection, action: str, room: str | None
+) -> bool | str | None | Awaitable[bool | str | None]:
+    """May `client` perform `action` ("subscribe", "publish" or "broadcast") on `room`?
+
+    Called before each built-in subscribe, publish and broadcast (`room` is None
+    for broadcast); never called when no plugin implements it. Return None for no
+    opinion, True to allow, False to deny with the error `not allowed`, or a
+    string to deny with that error text. firstresult: the first answer that is not
+    None decides.
+    """
+    raise AssertionError("hookspec bodies are never run")
+
+
+@hookspec
+def wsgate_client_connected(client: Connection) -> Awaitable[None] | None:
+    """A client was admitted; called after its `connected` message was queued.
+
+    Exceptions are logged and do not affect the client.
+    """
+    raise AssertionError("hookspec bodies are never run")
+
+
+@hookspec
+def wsgate_client_disconnected(client: Connection) -> Awaitable[None] | None:
+    """A client is gone; called once it has left every room. Exceptions are logged."""
     raise AssertionError("hookspec bodies are never run")

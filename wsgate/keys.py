@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pluggy
 from aiohttp import web
 
 from .config import Settings
 from .gateway import Gateway
 
 SETTINGS = web.AppKey("wsgate.settings", Settings)
-PLUGIN_MANAGER = web.AppKey("wsgate.plugin_manager", pluggy.PluginManager)
 GATEWAY = web.AppKey("wsgate.gateway", Gateway)

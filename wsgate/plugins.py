@@ -1,60 +1,239 @@
-"""The plugin manager: built-in plugins and entry-point plugins, through one path."""
+"""Plugins: discovery (built-ins, entry points, settings), and calling their hooks from async code.
+
+Built-in behaviour is registered exactly like third-party plugins. pluggy is
+synchronous, so hooks are called here one implementation at a time and any
+awaitable result is awaited; firstresult hooks are decided after awaiting.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.metadata
-from collections.abc import Mapping
+import inspect
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
 from .config import Settings
+from .protocol import ClientError
 from .registry import HandlerRegistry, PluginError
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .gateway import Gateway
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "wsgate"
 BUILTIN_PLUGINS: Mapping[str, str] = {
     "messages": "wsgate.builtin.messages",  # subscribe, unsubscribe, publish, broadcast, ping
 }
+NOT_ALLOWED = "not allowed"
 
 
-def make_plugin_manager(settings: Settings) -> pluggy.PluginManager:
-    """A fresh manager with the built-ins and every installed `wsgate` entry point, minus `plugins.disabled`.
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """What `python -m wsgate plugins` shows about one loaded plugin."""
 
-    A plugin that cannot be loaded raises PluginError with one line naming it.
+    name: str
+    source: str
+    hooks: tuple[str, ...]
+    message_types: tuple[str, ...]
+
+
+def load_plugins(settings: Settings, extra: Iterable[object] = ()) -> Plugins:
+    """Register built-ins, `plugins.modules`, entry points and `extra` objects (tests), minus `plugins.disabled`.
+
+    A plugin that cannot be loaded raises PluginError with one line naming it, or is
+    skipped with a warning when `plugins.strict` is false.
     """
+    config = settings.plugins
     pm = pluggy.PluginManager("wsgate")
     pm.add_hookspecs(hookspecs)
-    for name in settings.plugins.disabled:
+    sources: dict[str, str] = {}
+    for name in config.disabled:
         pm.set_blocked(name)
-    for name, module in BUILTIN_PLUGINS.items():
-        if not pm.is_blocked(name):
-            pm.register(importlib.import_module(module), name=name)
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if pm.is_blocked(entry_point.name) or pm.has_plugin(entry_point.name):
-            continue
+
+    def register(name: str, source: str, load: Any) -> None:
+        if pm.is_blocked(name) or pm.has_plugin(name):
+            return
         try:
-            pm.register(entry_point.load(), name=entry_point.name)
+            pm.register(load(), name=name)
         except Exception as exc:
-            raise PluginError(
-                f"plugin {entry_point.name!r} ({entry_point.value}) failed to load: {type(exc).__name__}: {exc}"
-            ) from None
+            message = f"plugin {name!r} ({source}) failed to load: {type(exc).__name__}: {exc}"
+            if config.strict:
+                raise PluginError(message) from None
+            log.warning("%s; skipped (plugins.strict = false)", message)
+            return
+        sources[name] = source
+
+    for name, module in BUILTIN_PLUGINS.items():
+        register(name, "builtin", lambda module=module: importlib.import_module(module))
+    for module in config.modules:
+        register(module, "settings: plugins.modules", lambda module=module: importlib.import_module(module))
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+        register(ep.name, f"entry point {ep.value} from {dist}", ep.load)
+    for obj in extra:
+        name = getattr(obj, "__name__", None) or type(obj).__name__
+        register(name, "registered by the application", lambda obj=obj: obj)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {pm.get_name(exc.plugin)!r}: {exc}") from None
-    return pm
+    return Plugins(pm, sources, settings)
 
 
-def build_registry(pm: pluggy.PluginManager) -> HandlerRegistry:
-    """Collect every plugin's message handlers into one table (in registration order), naming conflicts."""
-    registry = HandlerRegistry()
-    for impl in pm.hook.wsgate_message_handlers.get_hookimpls():
+class Plugins:
+    """The loaded plugins, and the gateway's only way of calling their hooks."""
+
+    def __init__(self, pm: pluggy.PluginManager, sources: Mapping[str, str], settings: Settings) -> None:
+        self.pm = pm
+        self.sources = dict(sources)
+        self._timeout = settings.plugins.startup_timeout
+        self._options = settings.plugins.options
+        self._started: list[tuple[str, Any]] = []  # (what, thing) to stop, in start order
+        # Per-message and per-connection hooks are skipped entirely when nobody implements them.
+        self.authenticates = self._implemented("wsgate_authenticate")
+        self.authorizes = self._implemented("wsgate_authorize")
+        self.watches_clients = self._implemented("wsgate_client_connected") or self._implemented(
+            "wsgate_client_disconnected"
+        )
+
+    def options(self, name: str) -> Mapping[str, Any]:
+        """The `[plugins.<name>]` settings table (empty when absent), read-only."""
+        return self._options.get(name, MappingProxyType({}))
+
+    # --- start-up ---------------------------------------------------------------------
+
+    def build_registry(self) -> HandlerRegistry:
+        """Every plugin's message handlers in one table (in registration order), naming conflicts."""
+        registry = HandlerRegistry()
+        for impl in self._impls("wsgate_message_handlers"):
+            registry.register(impl.plugin_name, self._call_sync(impl, "wsgate_message_handlers", {}))
+        return registry
+
+    def collect_services(self, gateway: Gateway) -> Mapping[str, object]:
+        """Every plugin's services by name; a name provided twice raises PluginError naming both."""
+        services: dict[str, object] = {}
+        owners: dict[str, str] = {}
+        for impl in self._impls("wsgate_services"):
+            provided = self._call_sync(impl, "wsgate_services", {"gateway": gateway})
+            if not isinstance(provided, Mapping):
+                raise PluginError(f"plugin {impl.plugin_name!r}: wsgate_services must return a mapping")
+            for name, service in provided.items():
+                if name in owners:
+                    raise PluginError(
+                        f"service {name!r} is provided by both plugin {owners[name]!r} "
+                        f"and plugin {impl.plugin_name!r}"
+                    )
+                owners[name] = impl.plugin_name
+                services[name] = service
+        return MappingProxyType(services)
+
+    async def start(self, gateway: Gateway) -> None:
+        """Start services, then call `wsgate_startup` on each plugin, each within `startup_timeout`."""
+        for name, service in gateway.services.items():
+            start = getattr(service, "start", None)
+            if callable(start):
+                await self._bounded(f"service {name!r}", start())
+            self._started.append(("service", (name, service)))
+        for impl in self._impls("wsgate_startup"):
+            result = self._call_sync(impl, "wsgate_startup", {"gateway": gateway})
+            await self._bounded(f"plugin {impl.plugin_name!r}", result)
+            self._started.append(("plugin", impl))
+
+    async def stop(self, gateway: Gateway) -> None:
+        """Undo `start` in reverse order; failures are logged so every plugin gets its turn."""
+        while self._started:
+            kind, thing = self._started.pop()
+            try:
+                if kind == "plugin":
+                    result = self._call_sync(thing, "wsgate_shutdown", {"gateway": gateway})
+                    await self._bounded(f"plugin {thing.plugin_name!r}", result)
+                elif callable(close := getattr(thing[1], "close", None)):
+                    await self._bounded(f"service {thing[0]!r}", close())
+            except Exception:
+                log.exception("shutdown of %s failed", kind)
+
+    # --- per connection and per message ----------------------------------------------
+
+    async def authenticate(self, request: Any) -> object | None:
+        """The first identity a plugin returns for this request, or None (anonymous)."""
+        identity: object | None = await self._first("wsgate_authenticate", {"request": request})
+        return identity
+
+    async def authorize(self, client: Connection, action: str, room: str | None) -> None:
+        """Raise ClientError when a plugin denies `action`; return when allowed or nobody objects."""
+        verdict = await self._first("wsgate_authorize", {"client": client, "action": action, "room": room})
+        if verdict is False:
+            raise ClientError(NOT_ALLOWED)
+        if isinstance(verdict, str):
+            raise ClientError(verdict)
+
+    async def notify(self, hook: str, client: Connection) -> None:
+        """Call a client life-cycle hook on every plugin; failures are logged, never raised."""
+        for impl in reversed(self._impls(hook)):
+            try:
+                result = impl.function(*[{"client": client}[arg] for arg in impl.argnames])
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("plugin %r: %s failed for client %s", impl.plugin_name, hook, client.id)
+
+    # --- listing ----------------------------------------------------------------------
+
+    def describe(self, registry: HandlerRegistry) -> list[PluginInfo]:
+        """One PluginInfo per loaded plugin, in registration order."""
+        owners = registry.owners()
+        infos = []
+        for name, source in self.sources.items():
+            plugin = self.pm.get_plugin(name)
+            hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or ()))
+            types = tuple(kind for kind, owner in owners.items() if owner == name)
+            infos.append(PluginInfo(name, source, hooks, types))
+        return infos
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _implemented(self, hook: str) -> bool:
+        return bool(self._impls(hook))
+
+    def _impls(self, hook: str) -> list[pluggy.HookImpl]:
+        impls: list[pluggy.HookImpl] = getattr(self.pm.hook, hook).get_hookimpls()
+        return impls
+
+    def _call_sync(self, impl: pluggy.HookImpl, hook: str, kwargs: Mapping[str, Any]) -> Any:
+        """Call one implementation with the arguments it asks for; errors name the plugin."""
         try:
-            handlers = impl.function()
+            return impl.function(*[kwargs[arg] for arg in impl.argnames])
         except Exception as exc:
-            raise PluginError(
-                f"plugin {impl.plugin_name!r}: wsgate_message_handlers raised {type(exc).__name__}: {exc}"
-            ) from None
-        registry.register(impl.plugin_name, handlers)
-    return registry
+            raise PluginError(f"plugin {impl.plugin_name!r}: {hook} raised {type(exc).__name__}: {exc}") from None
+
+    async def _bounded(self, what: str, result: Any) -> None:
+        if not inspect.isawaitable(result):
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await result
+        except TimeoutError:
+            raise PluginError(f"{what} did not finish within plugins.startup_timeout ({self._timeout:g}s)") from None
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"{what} failed: {type(exc).__name__}: {exc}") from None
+
+    async def _first(self, hook: str, kwargs: Mapping[str, Any]) -> Any:
+        for impl in reversed(self._impls(hook)):  # pluggy's call order: last registered first
+            result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                return result
+        return None

@@ -27,6 +27,16 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     if gateway.draining:
         return web.json_response({"error": "server is shutting down"}, status=503)
+    identity = None
+    if gateway.plugins.authenticates:
+        try:
+            identity = await gateway.plugins.authenticate(request)
+        except web.HTTPException:
+            raise  # the plugin's refusal (401, 403, ...), sent before any upgrade
+        except Exception:
+            log.exception("an authentication plugin failed for %s", request.remote)
+            gateway.metrics.error("handler_error")
+            return web.json_response({"error": protocol.INTERNAL_ERROR}, status=500)
     settings = gateway.settings.websocket
     ws = web.WebSocketResponse(
         max_msg_size=settings.max_message_size,
@@ -35,7 +45,7 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
         timeout=settings.write_wait,  # how long a close handshake may take
     )
     await ws.prepare(request)
-    conn = Connection(ws, request, gateway)
+    conn = Connection(ws, request, gateway, identity)
     if not gateway.hub.admit(conn):
         await _refuse_full(ws, gateway)
         return ws
@@ -47,10 +57,16 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
                 protocol.CONNECTED, data={"client_id": conn.id, "message": protocol.CONNECTED_TEXT}
             )
         )
+        if gateway.plugins.watches_clients:
+            await gateway.plugins.notify("wsgate_client_connected", conn)
         await _read_loop(ws, conn, gateway)
     finally:
         gateway.hub.remove(conn)
-        await conn.stop()
+        try:
+            await conn.stop()
+        finally:
+            if gateway.plugins.watches_clients:
+                await gateway.plugins.notify("wsgate_client_disconnected", conn)
     return ws
 
 

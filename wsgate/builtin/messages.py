@@ -16,8 +16,16 @@ def _room(message: Message) -> str:
     return message.room
 
 
+async def _authorize(client: Connection, action: str, room: str | None) -> None:
+    """Ask `wsgate_authorize` plugins, only when there are any (the per-message path stays free)."""
+    plugins = client.gateway.plugins
+    if plugins.authorizes:
+        await plugins.authorize(client, action, room)
+
+
 async def subscribe(client: Connection, message: Message) -> None:
     room = _room(message)
+    await _authorize(client, protocol.SUBSCRIBE, room)
     count = client.gateway.hub.join(client, room)
     client.enqueue(
         protocol.encode(protocol.SUBSCRIBED, room=room, data={"room": room, "client_count": count})
@@ -34,10 +42,12 @@ async def publish(client: Connection, message: Message) -> None:
     room = _room(message)
     if room not in client.rooms:
         raise ClientError(protocol.NOT_SUBSCRIBED)
+    await _authorize(client, protocol.PUBLISH, room)
     await client.gateway.publish(room, message.data, client_id=client.id)
 
 
 async def broadcast(client: Connection, message: Message) -> None:
+    await _authorize(client, protocol.BROADCAST, None)
     await client.gateway.broadcast(message.data, client_id=client.id)
 
 
