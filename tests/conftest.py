@@ -1,27 +1,23 @@
-"""Shared fixtures: real gateways on free ports, real WebSocket clients, hermetic settings."""
+"""Shared fixtures: hermetic settings, a default gateway, a client that never reads.
+
+Gateways and clients come from wsgate's own pytest plugin, `wsgate.testing`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from wsgate.app import create_app
-from wsgate.config import Settings, load_settings
-from wsgate.gateway import Gateway
-from wsgate.keys import GATEWAY
+pytest.register_assert_rewrite("wsgate.testing")
 
-TIMEOUT = 5.0  # upper bound on waiting for an event that must happen
+from wsgate.testing import Server, StartServer  # noqa: E402
+
+pytest_plugins = ["wsgate.testing"]
 
 
 @pytest.fixture(autouse=True)
@@ -33,104 +29,10 @@ def hermetic_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     monkeypatch.chdir(tmp_path)
 
 
-def make_settings(**tables: dict[str, Any]) -> Settings:
-    """Settings from defaults plus `tables` (e.g. websocket={"port": 0}); /ws always enabled."""
-    websocket = {"enabled": True, **tables.pop("websocket", {})}
-    return load_settings(overrides={"websocket": websocket, **tables})
-
-
-class Client:
-    """A real WebSocket client that reads JSON messages with a bounded wait."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.id = ""
-
-    async def send(self, obj: Any) -> None:
-        await self.ws.send_str(obj if isinstance(obj, str) else json.dumps(obj))
-
-    async def recv(self) -> dict[str, Any]:
-        msg = await self.ws.receive(timeout=TIMEOUT)
-        assert msg.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg}"
-        result: dict[str, Any] = json.loads(msg.data)
-        return result
-
-    async def request(self, obj: Any) -> dict[str, Any]:
-        """Send one message and return the next message received."""
-        await self.send(obj)
-        return await self.recv()
-
-    async def subscribe(self, room: str) -> dict[str, Any]:
-        reply = await self.request({"type": "subscribe", "room": room})
-        assert reply["type"] == "subscribed", reply
-        return reply
-
-    async def closed(self) -> aiohttp.WSMessage:
-        """Wait for the server's close frame; returns it (its .data is the close code)."""
-        while True:
-            msg = await self.ws.receive(timeout=TIMEOUT)
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
-                return msg
-
-
-class Server:
-    """A gateway running on a free port, with helpers to connect clients to it."""
-
-    def __init__(self, test_server: TestServer, session: aiohttp.ClientSession) -> None:
-        self.test_server = test_server
-        self.session = session
-        self.app: web.Application = test_server.app  # type: ignore[assignment]
-
-    @property
-    def gateway(self) -> Gateway:
-        return self.app[GATEWAY]
-
-    def url(self, path: str) -> str:
-        return str(self.test_server.make_url(path))
-
-    async def raw(self, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
-        return await self.session.ws_connect(self.url("/ws"), **kwargs)
-
-    async def connect(self, **kwargs: Any) -> Client:
-        client = Client(await self.raw(**kwargs))
-        hello = await client.recv()
-        assert hello["type"] == "connected", hello
-        client.id = hello["data"]["client_id"]
-        return client
-
-    async def health(self) -> tuple[int, dict[str, Any]]:
-        async with self.session.get(self.url("/health")) as resp:
-            return resp.status, await resp.json()
-
-
-StartServer = Callable[..., Awaitable[Server]]
-
-
 @pytest.fixture
-async def start(aiohttp_server: Any) -> AsyncIterator[StartServer]:
-    """`server = await start(websocket={...})` runs a gateway with those settings on a free port."""
-    sessions: list[aiohttp.ClientSession] = []
-
-    async def _start(**tables: dict[str, Any]) -> Server:
-        app = await create_app(make_settings(**tables))
-        test_server = await aiohttp_server(app)
-        session = aiohttp.ClientSession()
-        sessions.append(session)
-        return Server(test_server, session)
-
-    yield _start
-    for session in sessions:
-        await session.close()
-
-
-@pytest.fixture
-async def server(start: StartServer) -> Server:
+async def server(wsgate_server: StartServer) -> Server:
     """A gateway with default settings."""
-    return await start()
-
-
-async def wait_until(event: asyncio.Event) -> None:
-    await asyncio.wait_for(event.wait(), TIMEOUT)
+    return await wsgate_server()
 
 
 class StalledClient:

@@ -9,7 +9,7 @@ import logging
 import aiohttp
 import pytest
 
-from .conftest import Server, StartServer, wait_until
+from wsgate.testing import Server, StartServer, wait_until
 
 
 async def assert_still_usable(client) -> None:  # type: ignore[no-untyped-def]
@@ -48,8 +48,8 @@ async def test_malformed_message_gets_its_error(server: Server, frame: str, erro
     await assert_still_usable(client)
 
 
-async def test_room_name_longer_than_the_maximum(start: StartServer) -> None:
-    server = await start(websocket={"max_room_name_length": 8})
+async def test_room_name_longer_than_the_maximum(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(websocket={"max_room_name_length": 8})
     client = await server.connect()
     reply = await client.request({"type": "subscribe", "room": "x" * 9})
     assert reply["error"] == "room name is too long"
@@ -71,8 +71,8 @@ async def test_binary_frame_gets_an_error_and_the_connection_stays(server: Serve
     await assert_still_usable(client)
 
 
-async def test_frame_over_max_message_size_closes_with_1009(start: StartServer) -> None:
-    server = await start(websocket={"max_message_size": 1024})
+async def test_frame_over_max_message_size_closes_with_1009(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(websocket={"max_message_size": 1024})
     client = await server.connect()
     conn = server.gateway.hub.connections[client.id]
     await client.send({"type": "ping", "pad": "x" * 900})  # under the limit: fine
@@ -92,8 +92,8 @@ async def test_invalid_utf8_closes_with_1007(server: Server) -> None:
     assert closing.data == 1007
 
 
-async def test_flood_of_malformed_frames_leaves_the_server_responsive(start: StartServer, caplog: pytest.LogCaptureFixture) -> None:
-    server = await start(websocket={"send_queue_size": 20_000})
+async def test_flood_of_malformed_frames_leaves_the_server_responsive(wsgate_server: StartServer, caplog: pytest.LogCaptureFixture) -> None:
+    server = await wsgate_server(websocket={"send_queue_size": 20_000})
     flooder, bystander = await server.connect(), await server.connect()
     await bystander.subscribe("calm")
     tasks_before = len(asyncio.all_tasks())

@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 
-from .conftest import TIMEOUT, Client, StartServer, wait_until
+from wsgate.testing import TIMEOUT, Client, StartServer, wait_until
 
 FAST = {"ping_interval": "100ms", "pong_wait": "300ms"}
 
@@ -20,8 +20,8 @@ async def next_ping(client: Client) -> float:
         assert msg.type is aiohttp.WSMsgType.TEXT, msg
 
 
-async def test_pings_every_ping_interval_and_answering_keeps_the_client(start: StartServer) -> None:
-    server = await start(websocket=FAST)
+async def test_pings_every_ping_interval_and_answering_keeps_the_client(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(websocket=FAST)
     client = await server.connect(autoping=False)
     pings = []
     while len(pings) < 8:  # 8 intervals: well past pong_wait
@@ -33,8 +33,8 @@ async def test_pings_every_ping_interval_and_answering_keeps_the_client(start: S
     assert (await server.health())[1]["clients"] == 1
 
 
-async def test_a_silent_client_is_dropped_after_pong_wait(start: StartServer) -> None:
-    server = await start(websocket=FAST)
+async def test_a_silent_client_is_dropped_after_pong_wait(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(websocket=FAST)
     silent = await server.connect(autoping=False)  # never answers pings, never sends
     await silent.subscribe("room")
     conn = server.gateway.hub.connections[silent.id]
@@ -48,8 +48,8 @@ async def test_a_silent_client_is_dropped_after_pong_wait(start: StartServer) ->
     assert (await server.health())[1] == {"status": "healthy", "clients": 0, "rooms": 0}
 
 
-async def test_any_message_counts_as_a_sign_of_life(start: StartServer) -> None:
-    server = await start(websocket=FAST)
+async def test_any_message_counts_as_a_sign_of_life(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(websocket=FAST)
     client = await server.connect(autoping=False)  # never answers a ping with a pong...
     for _ in range(8):
         await next_ping(client)

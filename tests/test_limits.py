@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import StalledClient, StartServer
+from wsgate.testing import StartServer
+
+from .conftest import StalledClient
 
 
-async def test_connection_over_the_limit_gets_the_error_then_1013(start: StartServer) -> None:
-    server = await start(websocket={"limits": {"max_connections": 2}})
+async def test_connection_over_the_limit_gets_the_error_then_1013(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(websocket={"limits": {"max_connections": 2}})
     first, second = await server.connect(), await server.connect()
     refused = await server.raw()
     msg = await refused.receive_json(timeout=5)
@@ -25,16 +27,16 @@ async def test_connection_over_the_limit_gets_the_error_then_1013(start: StartSe
     assert (await second.request({"type": "ping"}))["type"] == "pong"
 
 
-async def test_zero_means_unlimited(start: StartServer) -> None:
-    server = await start(websocket={"limits": {"max_connections": 0, "max_connections_per_room": 0}})
+async def test_zero_means_unlimited(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(websocket={"limits": {"max_connections": 0, "max_connections_per_room": 0}})
     clients = [await server.connect() for _ in range(50)]
     for client in clients:
         await client.subscribe("big")
     assert (await server.health())[1]["clients"] == 50
 
 
-async def test_room_over_the_limit_answers_room_full_and_keeps_the_client(start: StartServer) -> None:
-    server = await start(websocket={"limits": {"max_connections_per_room": 2}})
+async def test_room_over_the_limit_answers_room_full_and_keeps_the_client(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(websocket={"limits": {"max_connections_per_room": 2}})
     a, b, c = await server.connect(), await server.connect(), await server.connect()
     await a.subscribe("small")
     await b.subscribe("small")
@@ -48,12 +50,12 @@ async def test_room_over_the_limit_answers_room_full_and_keeps_the_client(start:
 
 
 @pytest.mark.parametrize("reason", ["slow consumer", "write timeout"])
-async def test_a_stalled_reader_is_dropped_and_nobody_else_slows_down(start: StartServer, reason: str) -> None:
+async def test_a_stalled_reader_is_dropped_and_nobody_else_slows_down(wsgate_server: StartServer, reason: str) -> None:
     if reason == "slow consumer":
         settings = {"send_queue_size": 64, "write_wait": "30s"}
     else:  # a huge outbox: the write deadline must be what catches the stalled peer
         settings = {"send_queue_size": 1_000_000, "write_wait": "300ms"}
-    server = await start(websocket=settings)
+    server = await wsgate_server(websocket=settings)
     publisher, subscriber = await server.connect(), await server.connect()
     await publisher.subscribe("flood")
     await subscriber.subscribe("flood")

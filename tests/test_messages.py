@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 
-from .conftest import Server
+from wsgate.testing import Server
 
 
 def assert_timestamp(msg: dict) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wsgate.registry import HandlerRegistry, PluginError
-
-from .conftest import StartServer
+from wsgate.testing import StartServer
 
 
 async def handler(client: object, message: object) -> None:
@@ -33,13 +32,13 @@ def test_malformed_registrations_are_refused(handlers: object, message: str) -> 
         HandlerRegistry().register("bad", handlers)
 
 
-async def test_builtin_types_are_registered_by_the_messages_plugin(start: StartServer) -> None:
-    server = await start()
+async def test_builtin_types_are_registered_by_the_messages_plugin(wsgate_server: StartServer) -> None:
+    server = await wsgate_server()
     owners = server.gateway.registry.owners()
     assert owners == dict.fromkeys(["subscribe", "unsubscribe", "publish", "broadcast", "ping"], "messages")
 
 
-async def test_disabling_the_builtin_plugin_removes_its_types(start: StartServer) -> None:
-    server = await start(plugins={"disabled": ["messages"]})
+async def test_disabling_the_builtin_plugin_removes_its_types(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(plugins={"disabled": ["messages"]})
     client = await server.connect()
     assert (await client.request({"type": "ping"}))["error"] == "unknown message type"

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import Client, Server, StartServer
+from wsgate.testing import Client, Server, StartServer
+
 from .processes import ROOT
 
 
@@ -51,7 +52,7 @@ async def test_service_example(tmp_path: Path, aiohttp_server: Any) -> None:
         await server.session.close()
 
 
-async def test_echo_plugin_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: StartServer) -> None:
+async def test_echo_plugin_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wsgate_server: StartServer) -> None:
     (tmp_path / "wsgate_echo.py").write_text(readme_block("# wsgate_echo.py"))
     info = tmp_path / "wsgate_echo-0.1.0.dist-info"
     info.mkdir()
@@ -59,7 +60,7 @@ async def test_echo_plugin_example(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (info / "entry_points.txt").write_text("[wsgate]\necho = wsgate_echo\n")
     monkeypatch.syspath_prepend(str(tmp_path))  # "installed": importlib.metadata finds the entry point
     try:
-        server = await start()
+        server = await wsgate_server()
         client: Client = await server.connect()
         reply = await client.request({"type": "echo", "data": [1, 2]})
         assert (reply["type"], reply["data"]) == ("echo", [1, 2])

@@ -9,8 +9,7 @@ from aiohttp import web
 
 from wsgate.app import create_app
 from wsgate.keys import GATEWAY
-
-from .conftest import Server, make_settings
+from wsgate.testing import Server, make_settings
 
 
 async def test_broadcast_from_application_code_reaches_every_client(server: Server) -> None:

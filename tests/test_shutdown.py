@@ -6,7 +6,9 @@ import asyncio
 
 import aiohttp
 
-from .conftest import Server, StalledClient, StartServer
+from wsgate.testing import Server, StartServer
+
+from .conftest import StalledClient
 
 
 async def test_drain_closes_clients_with_1001_and_refuses_new_ones(server: Server) -> None:
@@ -23,8 +25,8 @@ async def test_drain_closes_clients_with_1001_and_refuses_new_ones(server: Serve
         assert await resp.json() == {"error": "server is shutting down"}
 
 
-async def test_drain_gives_up_on_a_client_that_cannot_be_closed_in_time(start: StartServer) -> None:
-    server = await start(websocket={"write_wait": "30s", "send_queue_size": 100_000})
+async def test_drain_gives_up_on_a_client_that_cannot_be_closed_in_time(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(websocket={"write_wait": "30s", "send_queue_size": 100_000})
     publisher = await server.connect()
     await publisher.subscribe("flood")
     stalled = StalledClient()
@@ -45,8 +47,8 @@ async def test_drain_gives_up_on_a_client_that_cannot_be_closed_in_time(start: S
         stalled.close()
 
 
-async def test_app_shutdown_closes_clients_with_1001(start: StartServer) -> None:
-    server = await start()
+async def test_app_shutdown_closes_clients_with_1001(wsgate_server: StartServer) -> None:
+    server = await wsgate_server()
     client = await server.connect()
     closing = asyncio.ensure_future(client.closed())
     await server.test_server.close()  # aiohttp's runner cleanup, as under gunicorn

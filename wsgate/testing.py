@@ -1,0 +1,135 @@
+"""A pytest plugin for testing wsgate plugins against a real gateway.
+
+Enable it in your `conftest.py` with `pytest_plugins = ["wsgate.testing"]`
+(it needs pytest-aiohttp, which `wsgate[test]` installs). Then::
+
+    async def test_echo(wsgate_server):
+        server = await wsgate_server(my_plugin, websocket={"max_message_size": 4096})
+        client = await server.connect()
+        reply = await client.request({"type": "echo", "data": 1})
+        assert reply["data"] == 1
+
+Every gateway listens on a free port of 127.0.0.1 and is spoken to over real
+WebSocket connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from .app import create_app
+from .config import Settings, load_settings
+from .gateway import Gateway
+from .keys import GATEWAY
+
+TIMEOUT = 5.0
+"""Upper bound, in seconds, on waiting for something that must happen."""
+
+
+def make_settings(**tables: Any) -> Settings:
+    """Defaults plus `tables` (e.g. `websocket={"ping_interval": "1s"}`), with `/ws` enabled.
+
+    `./settings.toml` and the environment apply as usual.
+    """
+    websocket = {"enabled": True, **tables.pop("websocket", {})}
+    return load_settings(overrides={"websocket": websocket, **tables})
+
+
+class Client:
+    """A real WebSocket client that reads JSON messages with a bounded wait."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.id = ""
+
+    async def send(self, obj: Any) -> None:
+        """Send a JSON value (a str is sent as it is, to test malformed input)."""
+        await self.ws.send_str(obj if isinstance(obj, str) else json.dumps(obj))
+
+    async def recv(self) -> dict[str, Any]:
+        """The next message; fails on anything but a text frame or after TIMEOUT."""
+        msg = await self.ws.receive(timeout=TIMEOUT)
+        assert msg.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {msg}"
+        result: dict[str, Any] = json.loads(msg.data)
+        return result
+
+    async def request(self, obj: Any) -> dict[str, Any]:
+        """Send one message and return the next message received."""
+        await self.send(obj)
+        return await self.recv()
+
+    async def subscribe(self, room: str) -> dict[str, Any]:
+        reply = await self.request({"type": "subscribe", "room": room})
+        assert reply["type"] == "subscribed", reply
+        return reply
+
+    async def closed(self) -> aiohttp.WSMessage:
+        """Wait for the server's close frame and return it (`.data` is the close code)."""
+        while True:
+            msg = await self.ws.receive(timeout=TIMEOUT)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                return msg
+
+
+class Server:
+    """A gateway running on a free port, with helpers to connect clients to it."""
+
+    def __init__(self, test_server: TestServer, session: aiohttp.ClientSession) -> None:
+        self.test_server = test_server
+        self.session = session
+        self.app: web.Application = test_server.app  # type: ignore[assignment]
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.app[GATEWAY]
+
+    def url(self, path: str) -> str:
+        return str(self.test_server.make_url(path))
+
+    async def raw(self, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
+        """A bare aiohttp WebSocket to `/ws` (its `connected` message not yet read)."""
+        return await self.session.ws_connect(self.url("/ws"), **kwargs)
+
+    async def connect(self, **kwargs: Any) -> Client:
+        """A client whose `connected` message has been read (`client.id` is set)."""
+        client = Client(await self.raw(**kwargs))
+        hello = await client.recv()
+        assert hello["type"] == "connected", hello
+        client.id = hello["data"]["client_id"]
+        return client
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        async with self.session.get(self.url("/health")) as resp:
+            return resp.status, await resp.json()
+
+
+StartServer = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def wsgate_server(aiohttp_server: Any) -> AsyncIterator[StartServer]:
+    """`await wsgate_server(*plugins, **tables)`: a running gateway with extra plugins and settings."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def start(*plugins: object, **tables: Any) -> Server:
+        app = await create_app(make_settings(**tables), plugins=plugins)
+        server = Server(await aiohttp_server(app), aiohttp.ClientSession())
+        sessions.append(server.session)
+        return server
+
+    yield start
+    for session in sessions:
+        await session.close()
+
+
+async def wait_until(event: asyncio.Event) -> None:
+    """Wait for `event`, failing after TIMEOUT."""
+    await asyncio.wait_for(event.wait(), TIMEOUT)
