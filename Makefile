@@ -19,8 +19,10 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+EXAMPLE_PLUGINS := $(wildcard plugins/*/pyproject.toml)
+
+$(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml $(EXAMPLE_PLUGINS)
+	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(EXAMPLE_PLUGINS),-e $(dir $(p)))
 	touch $@ $(VENV)/.installed
 
 clean:

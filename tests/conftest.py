@@ -13,11 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("wsgate.testing")
-
-from wsgate.testing import Server, StartServer  # noqa: E402
-
-pytest_plugins = ["wsgate.testing"]
+from wsgate.testing import Server, StartServer
 
 
 @pytest.fixture(autouse=True)

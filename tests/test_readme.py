@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from wsgate.testing import Client, Server, StartServer
+from wsgate.testing import Server, StartServer
 
 from .processes import ROOT
 
@@ -53,18 +53,17 @@ async def test_service_example(tmp_path: Path, aiohttp_server: Any) -> None:
 
 
 async def test_echo_plugin_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wsgate_server: StartServer) -> None:
-    (tmp_path / "wsgate_echo.py").write_text(readme_block("# wsgate_echo.py"))
-    info = tmp_path / "wsgate_echo-0.1.0.dist-info"
+    # the README's module, "installed" under another name: the real wsgate-echo may be installed too
+    (tmp_path / "readme_echo.py").write_text(readme_block("# wsgate_echo.py"))
+    info = tmp_path / "readme_echo-0.1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: wsgate-echo\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[wsgate]\necho = wsgate_echo\n")
-    monkeypatch.syspath_prepend(str(tmp_path))  # "installed": importlib.metadata finds the entry point
-    try:
-        server = await wsgate_server()
-        client: Client = await server.connect()
-        reply = await client.request({"type": "echo", "data": [1, 2]})
-        assert (reply["type"], reply["data"]) == ("echo", [1, 2])
-        assert (await client.request({"type": "echo"}))["error"] == "nothing to echo"
-        assert server.gateway.registry.owners()["echo"] == "echo"
-    finally:
-        sys.modules.pop("wsgate_echo", None)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: readme-echo\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[wsgate]\nreadme_echo = readme_echo\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # importlib.metadata now finds the entry point
+    monkeypatch.delitem(sys.modules, "readme_echo", raising=False)
+    server = await wsgate_server(plugins={"disabled": ["echo"]})
+    client = await server.connect()
+    reply = await client.request({"type": "echo", "data": [1, 2]})
+    assert (reply["type"], reply["data"]) == ("echo", [1, 2])
+    assert (await client.request({"type": "echo"}))["error"] == "nothing to echo"
+    assert server.gateway.registry.owners()["echo"] == "readme_echo"

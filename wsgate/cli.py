@@ -19,6 +19,7 @@ from . import __version__
 from .app import create_app
 from .config import ConfigError, Settings, load_settings
 from .keys import GATEWAY
+from .plugins import load_plugins
 from .registry import PluginError
 
 log = logging.getLogger("wsgate")
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "plugins":
+        try:
+            print_plugins(settings)
+        except PluginError as exc:
+            return _fail(str(exc), EXIT_USAGE)
+        return 0
     if not settings.websocket.enabled:
         log.warning("websocket.enabled is false: serving /health only, no /ws endpoint")
     try:
@@ -80,9 +87,22 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
 
 
+def print_plugins(settings: Settings) -> None:
+    """`wsgate plugins`: every loaded plugin, where it came from, its hooks and message types."""
+    plugins = load_plugins(settings)
+    for info in plugins.describe(plugins.build_registry()):
+        print(f"{info.name}: {info.source}")
+        print(f"  hooks: {', '.join(info.hooks) or '-'}")
+        print(f"  message types: {', '.join(info.message_types) or '-'}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsgate", description="Run the wsgate WebSocket gateway (settings: README, Configuration)."
+    )
+    parser.add_argument(
+        "command", nargs="?", choices=["run", "plugins"], default="run",
+        help="run: serve (the default); plugins: list loaded plugins, their hooks and message types",
     )
     parser.add_argument("--host", help="interface to listen on (overrides websocket.host)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides websocket.port)")

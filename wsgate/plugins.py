@@ -64,7 +64,10 @@ def load_plugins(settings: Settings, extra: Iterable[object] = ()) -> Plugins:
         if pm.is_blocked(name) or pm.has_plugin(name):
             return
         try:
-            pm.register(load(), name=name)
+            plugin = load()
+            if pm.is_registered(plugin):  # e.g. a test passing a module its entry point loaded already
+                return
+            pm.register(plugin, name=name)
         except Exception as exc:
             message = f"plugin {name!r} ({source}) failed to load: {type(exc).__name__}: {exc}"
             if config.strict:

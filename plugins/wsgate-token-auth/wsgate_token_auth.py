@@ -1,0 +1,59 @@
+"""wsgate plugin: static bearer tokens checked before the WebSocket upgrade, and private rooms.
+
+Settings (`[plugins.token_auth]`, all optional; with none set the plugin lets everyone in):
+    tokens = { "s3cret-token" = "alice" }   # token -> user id
+    required = false                         # true: no token, no WebSocket (401)
+    private_rooms = ["private-*"]            # rooms (glob patterns) only authenticated clients may use
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from wsgate import Connection, hookimpl
+from wsgate.keys import GATEWAY
+
+NAME = "token_auth"
+
+
+def _refuse(reason: str) -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(
+        text=f'{{"error": "{reason}"}}', content_type="application/json",
+        headers={"WWW-Authenticate": 'Bearer realm="wsgate"'},
+    )
+
+
+@hookimpl
+def wsgate_authenticate(request: web.Request) -> Mapping[str, Any] | None:
+    """`Authorization: Bearer <token>` -> identity `{"user": ...}`; a wrong token is refused with 401."""
+    options = request.app[GATEWAY].plugin_settings(NAME)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        if options.get("required", False):
+            raise _refuse("missing token")
+        return None  # anonymous, as the spec has it
+    user = options.get("tokens", {}).get(token.strip()) if scheme.lower() == "bearer" else None
+    if user is None:
+        raise _refuse("invalid token")
+    return {"user": user}
+
+
+@hookimpl
+def wsgate_authorize(client: Connection, action: str, room: str | None) -> bool | None:
+    """Anonymous clients may not subscribe or publish to a private room."""
+    if room is None or client.identity is not None:
+        return None
+    patterns = client.gateway.plugin_settings(NAME).get("private_rooms", ())
+    return False if any(fnmatch.fnmatchcase(room, p) for p in patterns) else None
+
+
+@hookimpl
+async def wsgate_client_connected(client: Connection) -> None:
+    """Tell an authenticated client who the gateway thinks it is."""
+    if isinstance(client.identity, Mapping):
+        await client.send({"type": "authenticated", "data": {"user": client.identity["user"]}})
