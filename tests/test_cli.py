@@ -157,3 +157,46 @@ async def test_a_disabled_broken_plugin_is_not_loaded(tmp_path: Path) -> None:
 async def test_unrelated_wsgate_variables_are_not_settings() -> None:
     server = await start_wsgate(env=environment(WSGATE_TEST_REDIS_URL="redis://127.0.0.1:6379", WSGATE_FOO="1"))
     await server.kill()
+
+
+async def test_plugins_command_lists_sources_hooks_and_message_types(tmp_path: Path) -> None:
+    process = await spawn(sys.executable, "-m", "wsgate", "plugins", stdout=True)
+    out, err = await process.proc.communicate()
+    assert process.proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert "messages: builtin\n  hooks: wsgate_message_handlers\n  message types: subscribe, unsubscribe, publish, broadcast, ping\n" in text
+    assert "echo: entry point wsgate_echo from wsgate-echo 0.1.0\n" in text
+    assert "users: entry point wsgate_users from wsgate-users 0.1.0\n  hooks: wsgate_message_handlers, wsgate_services\n" in text
+
+
+async def test_an_installed_distribution_adds_its_message_type_without_settings(tmp_path: Path) -> None:
+    """Build a plugin distribution from scratch, pip-install it into this venv, use it, uninstall it."""
+    project = tmp_path / "wsgate-shout"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "wsgate-shout"\nversion = "1.0"\n\n'
+        '[project.entry-points.wsgate]\nshout = "wsgate_shout"\n\n'
+        '[tool.setuptools]\npy-modules = ["wsgate_shout"]\n'
+    )
+    (project / "wsgate_shout.py").write_text(
+        "from wsgate import hookimpl\n\n"
+        "async def shout(client, message):\n"
+        "    await client.send({'type': 'shout', 'data': str(message.data).upper()})\n\n"
+        "@hookimpl\ndef wsgate_message_handlers():\n    return {'shout': shout}\n"
+    )
+    pip = (sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet")
+    install = await spawn(*pip, "install", "--no-deps", str(project))
+    assert await install.finish(timeout=120) == 0, "".join(install.lines)
+    try:
+        server = await start_wsgate()
+        try:
+            async with aiohttp.ClientSession() as session, session.ws_connect(server.url("/ws")) as ws:
+                assert (await ws.receive_json())["type"] == "connected"
+                await ws.send_json({"type": "shout", "data": "hello"})
+                assert (await ws.receive_json())["data"] == "HELLO"
+        finally:
+            await server.kill()
+    finally:
+        uninstall = await spawn(*pip, "uninstall", "--yes", "wsgate-shout")
+        assert await uninstall.finish(timeout=60) == 0, "".join(uninstall.lines)

@@ -117,5 +117,9 @@ def wsgate_client_connected(client: Connection) -> Awaitable[None] | None:
 
 @hookspec
 def wsgate_client_disconnected(client: Connection) -> Awaitable[None] | None:
-    """A client is gone; called once it has left every room. Exceptions are logged."""
+    """A client is gone: called once per client, after it has left every room and its socket is closed.
+
+    `client.rooms` is empty by then; `client.id` and `client.identity` are still set.
+    Exceptions are logged and do not affect other clients.
+    """
     raise AssertionError("hookspec bodies are never run")

@@ -84,7 +84,11 @@ def load_plugins(settings: Settings, extra: Iterable[object] = ()) -> Plugins:
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
         register(ep.name, f"entry point {ep.value} from {dist}", ep.load)
     for obj in extra:
-        name = getattr(obj, "__name__", None) or type(obj).__name__
+        base = getattr(obj, "__name__", None) or type(obj).__name__
+        name, n = base, 1
+        while pm.has_plugin(name) and not pm.is_registered(obj):
+            n += 1
+            name = f"{base}#{n}"
         register(name, "registered by the application", lambda obj=obj: obj)
     try:
         pm.check_pending()
@@ -147,23 +151,26 @@ class Plugins:
             if callable(start):
                 await self._bounded(f"service {name!r}", start())
             self._started.append(("service", (name, service)))
-        for impl in self._impls("wsgate_startup"):
-            result = self._call_sync(impl, "wsgate_startup", {"gateway": gateway})
-            await self._bounded(f"plugin {impl.plugin_name!r}", result)
-            self._started.append(("plugin", impl))
+        startup = {impl.plugin_name: impl for impl in self._impls("wsgate_startup")}
+        for name in self.sources:  # registration order
+            if name in startup:
+                result = self._call_sync(startup[name], "wsgate_startup", {"gateway": gateway})
+                await self._bounded(f"plugin {name!r}", result)
+            self._started.append(("plugin", name))
 
     async def stop(self, gateway: Gateway) -> None:
-        """Undo `start` in reverse order; failures are logged so every plugin gets its turn."""
+        """Undo `start` in reverse order, for what did start; failures are logged so everyone gets a turn."""
+        shutdown = {impl.plugin_name: impl for impl in self._impls("wsgate_shutdown")}
         while self._started:
             kind, thing = self._started.pop()
             try:
-                if kind == "plugin":
-                    result = self._call_sync(thing, "wsgate_shutdown", {"gateway": gateway})
-                    await self._bounded(f"plugin {thing.plugin_name!r}", result)
-                elif callable(close := getattr(thing[1], "close", None)):
+                if kind == "plugin" and thing in shutdown:
+                    result = self._call_sync(shutdown[thing], "wsgate_shutdown", {"gateway": gateway})
+                    await self._bounded(f"plugin {thing!r}", result)
+                elif kind == "service" and callable(close := getattr(thing[1], "close", None)):
                     await self._bounded(f"service {thing[0]!r}", close())
             except Exception:
-                log.exception("shutdown of %s failed", kind)
+                log.exception("shutdown of %s %r failed", kind, thing if kind == "plugin" else thing[0])
 
     # --- per connection and per message ----------------------------------------------
 
