@@ -85,7 +85,8 @@ class Server:
     def __init__(self, test_server: TestServer, session: aiohttp.ClientSession) -> None:
         self.test_server = test_server
         self.session = session
-        self.app: web.Application = test_server.app  # type: ignore[assignment]
+        assert isinstance(test_server.app, web.Application)
+        self.app = test_server.app
 
     @property
     def gateway(self) -> Gateway:
@@ -96,7 +97,8 @@ class Server:
 
     async def raw(self, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
         """A bare aiohttp WebSocket to `/ws` (its `connected` message not yet read)."""
-        return await self.session.ws_connect(self.url("/ws"), **kwargs)
+        ws: aiohttp.ClientWebSocketResponse = await self.session.ws_connect(self.url("/ws"), **kwargs)
+        return ws
 
     async def connect(self, **kwargs: Any) -> Client:
         """A client whose `connected` message has been read (`client.id` is set)."""
