@@ -200,3 +200,18 @@ async def test_an_installed_distribution_adds_its_message_type_without_settings(
     finally:
         uninstall = await spawn(*pip, "uninstall", "--yes", "wsgate-shout")
         assert await uninstall.finish(timeout=60) == 0, "".join(uninstall.lines)
+
+
+async def test_a_start_up_hook_that_hangs_stops_the_process_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "slow_start.py").write_text(
+        "import asyncio\nfrom wsgate import hookimpl\n\n"
+        "@hookimpl\nasync def wsgate_startup(gateway):\n    await asyncio.Event().wait()\n"
+    )
+    env = environment(PYTHONPATH=str(tmp_path), WSGATE_PLUGINS__MODULES='["slow_start"]',
+                      WSGATE_PLUGINS__STARTUP_TIMEOUT='"300ms"')
+    code, stderr = await run_wsgate("--port", "0", env=env)
+    assert code == 2, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "wsgate: plugin 'slow_start' did not finish within plugins.startup_timeout (0.3s)"
+    )
+    assert "Traceback" not in stderr

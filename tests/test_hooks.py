@@ -354,3 +354,13 @@ def test_hook_specifications_document_themselves() -> None:
         doc = getattr(hookspecs, name).__doc__ or ""
         assert "Called" in doc or "called" in doc, name
         assert len(doc.split()) > 15, name
+
+
+async def test_table_hooks_must_not_be_async() -> None:
+    class AsyncHandlers:
+        @hookimpl
+        async def wsgate_message_handlers(self) -> Mapping[str, Any]:
+            return {}
+
+    with pytest.raises(PluginError, match="plugin 'AsyncHandlers': wsgate_message_handlers must be a plain function, not async"):
+        await create_app(make_settings(), plugins=[AsyncHandlers()])

@@ -123,7 +123,7 @@ class Plugins:
         """Every plugin's message handlers in one table (in registration order), naming conflicts."""
         registry = HandlerRegistry()
         for impl in self._impls("wsgate_message_handlers"):
-            registry.register(impl.plugin_name, self._call_sync(impl, "wsgate_message_handlers", {}))
+            registry.register(impl.plugin_name, self._call_at_load(impl, "wsgate_message_handlers", {}))
         return registry
 
     def collect_services(self, gateway: Gateway) -> Mapping[str, object]:
@@ -131,7 +131,7 @@ class Plugins:
         services: dict[str, object] = {}
         owners: dict[str, str] = {}
         for impl in self._impls("wsgate_services"):
-            provided = self._call_sync(impl, "wsgate_services", {"gateway": gateway})
+            provided = self._call_at_load(impl, "wsgate_services", {"gateway": gateway})
             if not isinstance(provided, Mapping):
                 raise PluginError(f"plugin {impl.plugin_name!r}: wsgate_services must return a mapping")
             for name, service in provided.items():
@@ -225,6 +225,14 @@ class Plugins:
             return impl.function(*[kwargs[arg] for arg in impl.argnames])
         except Exception as exc:
             raise PluginError(f"plugin {impl.plugin_name!r}: {hook} raised {type(exc).__name__}: {exc}") from None
+
+    def _call_at_load(self, impl: pluggy.HookImpl, hook: str, kwargs: Mapping[str, Any]) -> Any:
+        """For the hooks that build tables at load time, which cannot wait: async is refused, not leaked."""
+        result = self._call_sync(impl, hook, kwargs)
+        if inspect.iscoroutine(result):
+            result.close()
+            raise PluginError(f"plugin {impl.plugin_name!r}: {hook} must be a plain function, not async")
+        return result
 
     async def _bounded(self, what: str, result: Any) -> None:
         if not inspect.isawaitable(result):
