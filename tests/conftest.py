@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wsgate.testing import Server, StartServer
+from wsgate.testing import TIMEOUT, Server, StartServer
 
 
 @pytest.fixture(autouse=True)
@@ -47,16 +47,21 @@ class StalledClient:
             "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
-        payload = f'{{"type":"subscribe","room":"{room}"}}'.encode()
-        mask = os.urandom(4)  # clients must mask their frames
-        frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await loop.sock_sendall(self.sock, handshake.encode() + frame)
+        await loop.sock_sendall(self.sock, handshake.encode())
+        await self.send(0x1, f'{{"type":"subscribe","room":"{room}"}}'.encode())
         seen = b""
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(TIMEOUT):
             while b'"subscribed"' not in seen:
                 chunk = await loop.sock_recv(self.sock, 4096)
                 assert chunk, "server closed the connection"
                 seen += chunk
+
+    async def send(self, opcode: int, payload: bytes) -> None:
+        """Send one frame (text 0x1, ping 0x9, ...), masked as clients must."""
+        assert len(payload) < 126
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await asyncio.get_running_loop().sock_sendall(self.sock, bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
 
     def close(self) -> None:
         self.sock.close()

@@ -130,3 +130,16 @@ async def test_no_input_logs_a_traceback(server: Server, caplog: pytest.LogCaptu
     assert all(r["type"] in ("error", "subscribed", "message") for r in replies), replies
     await assert_still_usable(client)
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_data_nested_too_deeply_to_encode_is_refused_not_crashed(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await server.connect()
+    await client.subscribe("deep")
+    deep = "[" * 1000 + "]" * 1000  # orjson reads 1024 levels but writes 255; the stdlib gives up below 1000
+    reply = await client.request('{"type":"publish","room":"deep","data":' + deep + "}")
+    assert (reply["error"], reply["detail"]) == ("invalid JSON format", "the message is nested too deeply")
+    ok = "[" * 200 + "]" * 200
+    assert (await client.request('{"type":"publish","room":"deep","data":' + ok + "}"))["type"] == "message"
+    assert not [r for r in caplog.records if r.exc_info]

@@ -212,6 +212,6 @@ async def test_a_start_up_hook_that_hangs_stops_the_process_with_one_line(tmp_pa
     code, stderr = await run_wsgate("--port", "0", env=env)
     assert code == 2, stderr
     assert stderr.strip().splitlines()[-1] == (
-        "wsgate: plugin 'slow_start' did not finish within plugins.startup_timeout (0.3s)"
+        "wsgate: plugin 'slow_start': wsgate_startup did not finish within plugins.startup_timeout (0.3s)"
     )
     assert "Traceback" not in stderr

@@ -97,6 +97,7 @@ def test_settings_are_immutable() -> None:
         ("[websocket]\nport = 70000\n", {}, "invalid setting websocket.port = 70000: expected a value from 0 to 65535"),
         ("[websocket.limits]\nmax_connections = -1\n", {}, "invalid setting websocket.limits.max_connections = -1: expected a value of at least 0"),
         ("", {"WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM": "-5"}, "invalid setting websocket.limits.max_connections_per_room (WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM) = '-5': expected a value of at least 0"),
+        ('[websocket]\nping_interval = "1' + "0" * 400 + 's"\n', {}, "invalid setting websocket.ping_interval = '1000"),
         ('[websocket]\nping_interval = "54x"\n', {}, "invalid setting websocket.ping_interval = '54x': expected a duration such as \"54s\", \"500ms\" or \"1m\" (units: ns, us, ms, s, m, h)"),
         ("[websocket]\nping_interval = 54\n", {}, "invalid setting websocket.ping_interval = 54: expected a duration string such as \"54s\", \"500ms\" or \"1m\""),
         ('[websocket]\nping_interval = "60s"\npong_wait = "60s"\n', {}, "invalid setting websocket.pong_wait = 60s: expected a duration greater than websocket.ping_interval (60s)"),
@@ -149,3 +150,11 @@ def test_readme_configuration_table_lists_every_setting() -> None:
     for key, field, _type in iter_settings():
         row = next(line for line in readme.splitlines() if line.startswith(f"| `{key}` |"))
         assert field.metadata["doc"] in row, key
+
+
+def test_plugin_tables_keep_the_case_of_their_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[plugins.Token_Auth]\ntokens = { "S3cret-Token" = "Alice" }\n')
+    monkeypatch.setenv("WSGATE_PLUGINS__USERS__DATABASE", "Users.sqlite3")
+    options = load_settings(path).plugins.options
+    assert dict(options["token_auth"]["tokens"]) == {"S3cret-Token": "Alice"}
+    assert options["users"]["database"] == "Users.sqlite3"

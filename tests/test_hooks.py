@@ -262,7 +262,7 @@ class BrokenStart:
 @pytest.mark.parametrize(
     ("plugin", "message"),
     [
-        (SlowStart(), r"plugin 'SlowStart' did not finish within plugins.startup_timeout \(0.2s\)"),
+        (SlowStart(), r"plugin 'SlowStart': wsgate_startup did not finish within plugins.startup_timeout \(0.2s\)"),
         (BrokenStart(), r"plugin 'BrokenStart': wsgate_startup raised OSError: database unreachable"),
     ],
 )
@@ -364,3 +364,57 @@ async def test_table_hooks_must_not_be_async() -> None:
 
     with pytest.raises(PluginError, match="plugin 'AsyncHandlers': wsgate_message_handlers must be a plain function, not async"):
         await create_app(make_settings(), plugins=[AsyncHandlers()])
+
+
+@pytest.mark.parametrize(("verdict", "error"), [("", "not allowed"), (0, "not allowed"), ([], "not allowed"), ("no", "no")])
+async def test_authorization_fails_closed_on_odd_answers(wsgate_server: StartServer, verdict: object, error: str) -> None:
+    class Odd:
+        @hookimpl
+        def wsgate_authorize(self) -> object:
+            return verdict
+
+    server = await wsgate_server(Odd(), plugins=NO_EXAMPLES)
+    client = await server.connect()
+    assert (await client.request({"type": "subscribe", "room": "r"}))["error"] == error
+
+
+async def test_a_hanging_client_hook_is_cut_off_and_the_client_served(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Hanging:
+        @hookimpl
+        async def wsgate_client_connected(self) -> None:
+            await asyncio.Event().wait()
+
+    server = await wsgate_server(Hanging(), plugins={"startup_timeout": "200ms"})
+    client = await server.connect()
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+    assert any("wsgate_client_connected did not finish within" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_service_whose_plain_start_raises_stops_start_up_naming_it(aiohttp_server: Any) -> None:
+    class Broken:
+        def start(self) -> None:
+            raise OSError("disk full")
+
+    class Provider:
+        @hookimpl
+        def wsgate_services(self) -> Mapping[str, object]:
+            return {"broken": Broken()}
+
+    app = await create_app(make_settings(), plugins=[Provider()])
+    with pytest.raises(PluginError, match="service 'broken': start raised OSError: disk full"):
+        await aiohttp_server(app)
+
+
+async def test_services_hook_sees_an_empty_services_mapping(wsgate_server: StartServer) -> None:
+    class Peek:
+        seen: object = None
+
+        @hookimpl
+        def wsgate_services(self, gateway: Gateway) -> Mapping[str, object]:
+            Peek.seen = dict(gateway.services)
+            return {}
+
+    await wsgate_server(Peek())
+    assert Peek.seen == {}

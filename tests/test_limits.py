@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from wsgate.testing import StartServer
+from wsgate.testing import TIMEOUT, StartServer, wait_until
 
 from .conftest import StalledClient
 
@@ -77,13 +79,41 @@ async def test_a_stalled_reader_is_dropped_and_nobody_else_slows_down(wsgate_ser
                 assert (await subscriber.recv())["data"][0] == received
                 assert (await publisher.recv())["data"][0] == received
                 received += 1
-            assert len(stalled_conn._outbox) <= settings["send_queue_size"]  # memory stays bounded
+            if reason == "slow consumer":
+                assert len(stalled_conn._outbox) <= settings["send_queue_size"]  # memory stays bounded
         assert stalled_conn not in server.gateway.hub.rooms["flood"], "the stalled client was never dropped"
+        await wait_until(stalled_conn.closed)  # really disconnected, not only forgotten
         assert stalled_conn.close_reason == reason
         metric = "slow_consumer" if reason == "slow consumer" else "write_timeout"
         assert server.gateway.metrics.error_count(metric) == 1
         # the room keeps working at full speed for the others
         await publisher.send({"type": "publish", "room": "flood", "data": "after"})
         assert (await subscriber.recv())["data"] == "after"
+    finally:
+        stalled.close()
+
+
+async def test_a_client_pinging_without_reading_never_blocks_its_reader(wsgate_server: StartServer) -> None:
+    """Pongs go through the writer: with the socket full, the client's next message is still read."""
+    server = await wsgate_server(websocket={"send_queue_size": 100_000, "write_wait": "30s"})
+    publisher = await server.connect()
+    await publisher.subscribe("flood")
+    stalled = StalledClient()
+    try:
+        await stalled.join(server.test_server.port, "flood")  # type: ignore[arg-type]
+        conn = next(c for c in server.gateway.hub.rooms["flood"] if c.id != publisher.id)
+        for n in range(2_000):  # fill every buffer between the server and the stalled client
+            await publisher.send({"type": "publish", "room": "flood", "data": [n, "x" * 8192]})
+            await publisher.recv()
+        assert conn._outbox, "the stalled client's writer should be stuck"
+        for _ in range(3_000):  # more pongs than aiohttp writes before it waits (256 KiB)
+            await stalled.send(0x9, b"x" * 125)
+        await stalled.send(0x1, b'{"type":"subscribe","room":"second"}')
+        watcher = await server.connect()
+        await watcher.subscribe("second")
+        async with asyncio.timeout(TIMEOUT):
+            while len(server.gateway.hub.rooms["second"]) < 2:  # each request is a full turn of the server
+                await watcher.request({"type": "ping"})
+        assert conn.rooms == {"flood", "second"}
     finally:
         stalled.close()

@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(settings))
     except PluginError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    except OSError as exc:
-        ws = settings.websocket
-        return _fail(f"cannot listen on {ws.host}:{ws.port}: {exc.strerror or exc}", EXIT_FAILURE)
+    except ListenError as exc:
+        return _fail(str(exc), EXIT_FAILURE)
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return EXIT_FAILURE
     return 0
@@ -69,22 +68,34 @@ async def serve(settings: Settings) -> None:
     """
     ws = settings.websocket
     app = await create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=ws.timeout / 4)
+    # The shutdown budget is websocket.timeout: half for clients to close, and aiohttp's own
+    # handler shutdown (which may wait its timeout twice) gets a fifth, twice.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=ws.timeout / 5)
     await runner.setup()
     try:
         site = web.TCPSite(runner, ws.host, ws.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {ws.host}:{ws.port}: {exc.strerror or exc}") from None
         for address in runner.addresses:
             log.info("wsgate %s listening on %s:%s", __version__, *address[:2])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for signum in signals:
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
+        for signum in signals:  # a second Ctrl-C interrupts the drain
+            loop.remove_signal_handler(signum)
         log.info("shutting down")
-        await app[GATEWAY].drain(ws.timeout * 3 / 4)
+        await app[GATEWAY].drain(ws.timeout / 2)
     finally:
         await runner.cleanup()
+
+
+class ListenError(Exception):
+    """The listening socket cannot be opened (address in use, permission, bad host)."""
 
 
 def print_plugins(settings: Settings) -> None:

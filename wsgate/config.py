@@ -9,6 +9,7 @@ against the typed dataclasses below and frozen. Components receive a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -218,9 +219,14 @@ def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
             into[key] = dict(value) if isinstance(value, Mapping) else value
 
 
-def _lower_keys(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k).lower(): _lower_keys(v) for k, v in value.items()}
+def _lower_keys(value: Any, depth: int = 3) -> Any:
+    """Lower-case setting names (dynaconf upper-cases names from the environment).
+
+    Only the first `depth` levels are names (table, [sub-table or plugin,] key): values
+    below them, such as a plugin's `tokens = { "S3cret" = "alice" }`, keep their case.
+    """
+    if isinstance(value, Mapping) and depth > 0:
+        return {str(k).lower(): _lower_keys(v, depth - 1) for k, v in value.items()}
     return value
 
 
@@ -268,7 +274,7 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
         if not isinstance(raw, str):
             fail('a duration string such as "54s", "500ms" or "1m"')
         seconds = parse_duration(raw)
-        if seconds is None:
+        if seconds is None or not math.isfinite(seconds):
             fail('a duration such as "54s", "500ms" or "1m" (units: ns, us, ms, s, m, h)')
         result = seconds
     elif kind is bool:

@@ -74,6 +74,7 @@ class Connection:
         self.last_seen = self._loop.time()
         self._next_ping = self.last_seen + self._ping_interval
         self._ping_due = False
+        self._pong: bytes | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -152,30 +153,49 @@ class Connection:
     async def _close(self, code: int, reason: str) -> None:
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()  # it may be stuck on a peer that stopped reading
+        clean = False
         try:
             async with asyncio.timeout(self._write_wait):
                 await self._ws.close(code=code, message=reason.encode())
+            clean = True
         except TimeoutError:
-            if self._transport is not None:
-                self._transport.abort()
+            pass
+        except asyncio.CancelledError:
+            # aiohttp's writers share one "drained" future: cancelling a writer stuck on a
+            # stalled peer cancels it, and close() fails at once. Only our own cancellation spreads.
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+        finally:
+            if not clean and self._transport is not None:
+                self._transport.abort()  # close() would wait forever to flush to a stalled peer
 
     # --- writer and keepalive ----------------------------------------------------
 
+    def queue_pong(self, payload: bytes) -> None:
+        """Answer a client's ping through the writer (the reader must never wait on a write)."""
+        self._pong = payload  # only the latest ping needs an answer (RFC 6455 5.5.3)
+        self._wake.set()
+
     async def _write_loop(self) -> None:
-        ws, outbox, wake = self._ws, self._outbox, self._wake
+        ws, outbox, wake, write_wait = self._ws, self._outbox, self._wake, self._write_wait
         while True:
             await wake.wait()
             wake.clear()
             try:
-                async with asyncio.timeout(self._write_wait):
-                    if self._ping_due:
-                        self._ping_due = False
+                if self._pong is not None:
+                    payload, self._pong = self._pong, None
+                    async with asyncio.timeout(write_wait):
+                        await ws.pong(payload)
+                if self._ping_due:
+                    self._ping_due = False
+                    async with asyncio.timeout(write_wait):
                         await ws.ping()
-                    while outbox:
+                while outbox:
+                    async with asyncio.timeout(write_wait):  # the spec's write deadline, per write
                         await ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
             except TimeoutError:
                 self.gateway.metrics.error("write_timeout")
-                log.warning("client %s: a write did not complete in %ss; closing", self.id, self._write_wait)
+                log.warning("client %s: a write did not complete in %ss; closing", self.id, write_wait)
                 self.drop(protocol.CLOSE_POLICY_VIOLATION, "write timeout")
                 return
             except ConnectionResetError:

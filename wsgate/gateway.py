@@ -35,8 +35,9 @@ class Gateway:
         self.hub = Hub(settings.websocket.limits)
         self.dispatcher = Dispatcher(self.registry, metrics, settings.websocket.max_room_name_length)
         self.draining = False
-        self.services: Mapping[str, object] = plugins.collect_services(self)
+        self.services: Mapping[str, object] = {}
         """Services provided by plugins (`wsgate_services`), by name: the spec's service layer."""
+        self.services = plugins.collect_services(self)
 
     def plugin_settings(self, name: str) -> Mapping[str, Any]:
         """The `[plugins.<name>]` table of the settings file (empty when absent), read-only."""

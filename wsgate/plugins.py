@@ -12,7 +12,7 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -90,10 +90,18 @@ def load_plugins(settings: Settings, extra: Iterable[object] = ()) -> Plugins:
             n += 1
             name = f"{base}#{n}"
         register(name, "registered by the application", lambda obj=obj: obj)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {pm.get_name(exc.plugin)!r}: {exc}") from None
+    while True:  # a typo in a hook name is caught here, and obeys plugins.strict like a failed import
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or repr(exc.plugin)
+            message = f"plugin {name!r}: {' '.join(str(exc).split())}"
+            if config.strict:
+                raise PluginError(message) from None
+            log.warning("%s; skipped (plugins.strict = false)", message)
+            pm.unregister(exc.plugin)
+            sources.pop(name, None)
     return Plugins(pm, sources, settings)
 
 
@@ -115,7 +123,7 @@ class Plugins:
 
     def options(self, name: str) -> Mapping[str, Any]:
         """The `[plugins.<name>]` settings table (empty when absent), read-only."""
-        return self._options.get(name, MappingProxyType({}))
+        return self._options.get(name.lower(), MappingProxyType({}))
 
     # --- start-up ---------------------------------------------------------------------
 
@@ -147,15 +155,13 @@ class Plugins:
     async def start(self, gateway: Gateway) -> None:
         """Start services, then call `wsgate_startup` on each plugin, each within `startup_timeout`."""
         for name, service in gateway.services.items():
-            start = getattr(service, "start", None)
-            if callable(start):
-                await self._bounded(f"service {name!r}", start())
+            if callable(start := getattr(service, "start", None)):
+                await self._bounded(f"service {name!r}: start", start)
             self._started.append(("service", (name, service)))
         startup = {impl.plugin_name: impl for impl in self._impls("wsgate_startup")}
         for name in self.sources:  # registration order
             if name in startup:
-                result = self._call_sync(startup[name], "wsgate_startup", {"gateway": gateway})
-                await self._bounded(f"plugin {name!r}", result)
+                await self._bounded(f"plugin {name!r}: wsgate_startup", self._bind(startup[name], gateway=gateway))
             self._started.append(("plugin", name))
 
     async def stop(self, gateway: Gateway) -> None:
@@ -165,12 +171,11 @@ class Plugins:
             kind, thing = self._started.pop()
             try:
                 if kind == "plugin" and thing in shutdown:
-                    result = self._call_sync(shutdown[thing], "wsgate_shutdown", {"gateway": gateway})
-                    await self._bounded(f"plugin {thing!r}", result)
+                    await self._bounded(f"plugin {thing!r}: wsgate_shutdown", self._bind(shutdown[thing], gateway=gateway))
                 elif kind == "service" and callable(close := getattr(thing[1], "close", None)):
-                    await self._bounded(f"service {thing[0]!r}", close())
-            except Exception:
-                log.exception("shutdown of %s %r failed", kind, thing if kind == "plugin" else thing[0])
+                    await self._bounded(f"service {thing[0]!r}: close", close)
+            except PluginError as exc:
+                log.error("shutdown: %s", exc, exc_info=exc.__cause__)
 
     # --- per connection and per message ----------------------------------------------
 
@@ -182,20 +187,18 @@ class Plugins:
     async def authorize(self, client: Connection, action: str, room: str | None) -> None:
         """Raise ClientError when a plugin denies `action`; return when allowed or nobody objects."""
         verdict = await self._first("wsgate_authorize", {"client": client, "action": action, "room": room})
-        if verdict is False:
-            raise ClientError(NOT_ALLOWED)
-        if isinstance(verdict, str):
-            raise ClientError(verdict)
+        if verdict is None or verdict is True:
+            return
+        # anything else denies (fail closed): a non-empty string is the error text
+        raise ClientError(verdict if isinstance(verdict, str) and verdict else NOT_ALLOWED)
 
     async def notify(self, hook: str, client: Connection) -> None:
-        """Call a client life-cycle hook on every plugin; failures are logged, never raised."""
+        """Call a client life-cycle hook on every plugin, each within `startup_timeout`; failures are logged."""
         for impl in reversed(self._impls(hook)):
             try:
-                result = impl.function(*[{"client": client}[arg] for arg in impl.argnames])
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("plugin %r: %s failed for client %s", impl.plugin_name, hook, client.id)
+                await self._bounded(f"plugin {impl.plugin_name!r}: {hook}", self._bind(impl, client=client))
+            except PluginError as exc:
+                log.error("%s (client %s)", exc, client.id, exc_info=exc.__cause__)
 
     # --- listing ----------------------------------------------------------------------
 
@@ -219,33 +222,33 @@ class Plugins:
         impls: list[pluggy.HookImpl] = getattr(self.pm.hook, hook).get_hookimpls()
         return impls
 
-    def _call_sync(self, impl: pluggy.HookImpl, hook: str, kwargs: Mapping[str, Any]) -> Any:
-        """Call one implementation with the arguments it asks for; errors name the plugin."""
+    def _call_at_load(self, impl: pluggy.HookImpl, hook: str, kwargs: Mapping[str, Any]) -> Any:
+        """Call a hook that builds a table at load time: errors name the plugin; async is refused, not leaked."""
         try:
-            return impl.function(*[kwargs[arg] for arg in impl.argnames])
+            result = self._bind(impl, **kwargs)()
         except Exception as exc:
             raise PluginError(f"plugin {impl.plugin_name!r}: {hook} raised {type(exc).__name__}: {exc}") from None
-
-    def _call_at_load(self, impl: pluggy.HookImpl, hook: str, kwargs: Mapping[str, Any]) -> Any:
-        """For the hooks that build tables at load time, which cannot wait: async is refused, not leaked."""
-        result = self._call_sync(impl, hook, kwargs)
         if inspect.iscoroutine(result):
             result.close()
             raise PluginError(f"plugin {impl.plugin_name!r}: {hook} must be a plain function, not async")
         return result
 
-    async def _bounded(self, what: str, result: Any) -> None:
-        if not inspect.isawaitable(result):
-            return
+    @staticmethod
+    def _bind(impl: pluggy.HookImpl, **kwargs: Any) -> Callable[[], Any]:
+        """A call of `impl` with the hook arguments it asks for (implementations may take a subset)."""
+        return lambda: impl.function(*[kwargs[arg] for arg in impl.argnames])
+
+    async def _bounded(self, what: str, call: Callable[[], Any]) -> None:
+        """Run `call` (sync or async) within `plugins.startup_timeout`; any failure is a PluginError naming `what`."""
         try:
             async with asyncio.timeout(self._timeout):
-                await result
+                result = call()
+                if inspect.isawaitable(result):
+                    await result
         except TimeoutError:
             raise PluginError(f"{what} did not finish within plugins.startup_timeout ({self._timeout:g}s)") from None
-        except PluginError:
-            raise
         except Exception as exc:
-            raise PluginError(f"{what} failed: {type(exc).__name__}: {exc}") from None
+            raise PluginError(f"{what} raised {type(exc).__name__}: {exc}") from exc
 
     async def _first(self, hook: str, kwargs: Mapping[str, Any]) -> Any:
         for impl in reversed(self._impls(hook)):  # pluggy's call order: last registered first

@@ -115,11 +115,18 @@ def _reject_constant(name: str) -> Any:
 
 
 def dumps(obj: Any) -> bytes:
-    """Encode JSON as UTF-8 bytes with orjson, falling back to the stdlib for integers beyond 64 bits."""
+    """Encode JSON as UTF-8 bytes with orjson, falling back to the stdlib for integers beyond 64 bits.
+
+    Raises ClientError (`invalid JSON format`) for data nested too deeply to encode.
+    """
     try:
         return orjson.dumps(obj)
     except TypeError:  # orjson.JSONEncodeError subclasses TypeError
+        pass
+    try:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
+    except RecursionError:  # orjson decodes 1024 levels but encodes only 255; the stdlib fewer than 1000
+        raise ClientError(INVALID_JSON, "the message is nested too deeply") from None
 
 
 def now_ms() -> int:

@@ -1,7 +1,8 @@
 """A pytest plugin for testing wsgate plugins against a real gateway.
 
-Enable it in your `conftest.py` with `pytest_plugins = ["wsgate.testing"]`
-(it needs pytest-aiohttp, which `wsgate[test]` installs). Then::
+pytest loads it by itself wherever wsgate is installed (a `pytest11` entry
+point; do not also list it in `pytest_plugins`). It needs pytest-aiohttp,
+which `wsgate[test]` installs. Then::
 
     async def test_echo(wsgate_server):
         server = await wsgate_server(my_plugin, websocket={"max_message_size": 4096})

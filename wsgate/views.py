@@ -45,6 +45,9 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
         timeout=settings.write_wait,  # how long a close handshake may take
     )
     await ws.prepare(request)
+    if gateway.draining:  # began while we authenticated or upgraded: drain() would not see this client
+        await ws.close(code=protocol.CLOSE_GOING_AWAY, message=b"server shutting down")
+        return ws
     conn = Connection(ws, request, gateway, identity)
     if not gateway.hub.admit(conn):
         await _refuse_full(ws, gateway)
@@ -85,7 +88,7 @@ async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gatew
         elif kind is WSMsgType.BINARY:
             dispatcher.reject(conn, binary_error)
         elif kind is WSMsgType.PING:
-            await ws.pong(msg.data)
+            conn.queue_pong(msg.data)
         elif kind is WSMsgType.PONG:
             continue
         else:  # CLOSE, CLOSING, CLOSED or ERROR: aiohttp has answered the close already
