@@ -67,3 +67,12 @@ async def test_echo_plugin_example(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert (reply["type"], reply["data"]) == ("echo", [1, 2])
     assert (await client.request({"type": "echo"}))["error"] == "nothing to echo"
     assert server.gateway.registry.owners()["echo"] == "readme_echo"
+
+
+def test_hook_reference_lists_every_hook_specification() -> None:
+    from wsgate import hookspecs
+
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^#### `(wsgate_[a-z_]+)\(", readme, flags=re.M))
+    specified = {name for name in dir(hookspecs) if name.startswith("wsgate_")}
+    assert documented == specified
