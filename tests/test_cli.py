@@ -103,7 +103,8 @@ async def test_make_run_settings_file_is_the_default() -> None:
             async with session.ws_connect(server.url("/ws")) as ws:
                 assert (await ws.receive_json())["data"]["message"] == "Connected to WebSocket server"
             async with session.get(server.url("/health")) as resp:
-                assert await resp.json() == {"status": "healthy", "clients": 0, "rooms": 0}
+                assert {k: v for k, v in (await resp.json()).items() if k in ("status", "clients", "rooms")} == {
+                    "status": "healthy", "clients": 0, "rooms": 0}
     finally:
         await server.kill()
     assert (ROOT / "settings.toml").is_file()

@@ -45,7 +45,7 @@ async def test_a_silent_client_is_dropped_after_pong_wait(wsgate_server: StartSe
     assert closing.extra == "keepalive timeout"
     assert loop.time() - started >= 0.25
     await wait_until(conn.closed)
-    assert (await server.health())[1] == {"status": "healthy", "clients": 0, "rooms": 0}
+    assert (await server.counts())[1] == {"status": "healthy", "clients": 0, "rooms": 0}
 
 
 async def test_any_message_counts_as_a_sign_of_life(wsgate_server: StartServer) -> None:

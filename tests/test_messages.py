@@ -145,12 +145,12 @@ async def test_messages_arrive_in_the_order_sent(server: Server) -> None:
 
 
 async def test_health_reports_live_counts(server: Server) -> None:
-    assert await server.health() == (200, {"status": "healthy", "clients": 0, "rooms": 0})
+    assert await server.counts() == (200, {"status": "healthy", "clients": 0, "rooms": 0})
     a, b = await server.connect(), await server.connect()
     await a.subscribe("one")
     await b.subscribe("two")
     await b.subscribe("one")
-    assert await server.health() == (200, {"status": "healthy", "clients": 2, "rooms": 2})
+    assert await server.counts() == (200, {"status": "healthy", "clients": 2, "rooms": 2})
 
 
 async def test_room_disappears_with_its_last_member(server: Server) -> None:
@@ -164,4 +164,4 @@ async def test_room_disappears_with_its_last_member(server: Server) -> None:
     await a.request({"type": "ping"})
     # b's close handshake completed before close() returned; the server forgets it in the same turn
     assert "two" not in gateway.hub.rooms
-    assert (await server.health())[1] == {"status": "healthy", "clients": 1, "rooms": 0}
+    assert (await server.counts())[1] == {"status": "healthy", "clients": 1, "rooms": 0}

@@ -21,8 +21,7 @@ async def test_drain_closes_clients_with_1001_and_refuses_new_ones(server: Serve
     for client in clients:
         closing = await client.closed()
         assert closing.data == 1001
-    status, body = await server.health()
-    assert (status, body) == (503, {"status": "draining", "clients": 0, "rooms": 0})
+    assert await server.counts() == (503, {"status": "draining", "clients": 0, "rooms": 0})
     async with server.session.get(server.url("/ws")) as resp:
         assert resp.status == 503
         assert await resp.json() == {"error": "server is shutting down"}

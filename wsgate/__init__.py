@@ -6,12 +6,12 @@ the types a handler receives, and `ClientError` to answer a client with an error
 
 from __future__ import annotations
 
-import pluggy
-
-from .connection import Connection
-from .protocol import ClientError, Message
-
 __version__ = "0.1.0"
+
+import pluggy  # noqa: E402
+
+from .connection import Connection  # noqa: E402
+from .protocol import ClientError, Message  # noqa: E402
 
 hookimpl = pluggy.HookimplMarker("wsgate")
 

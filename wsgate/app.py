@@ -6,49 +6,81 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 
+import aiohttp_cors
 from aiohttp import web
 
 from .broker import MemoryBroker
 from .config import Settings, load_settings
 from .gateway import Gateway
 from .keys import GATEWAY, SETTINGS
-from .metrics import Metrics
+from .logs import configure_logging
 from .plugins import load_plugins
-from .views import health_view, ws_view
+from .views import health_view, metrics_view, ws_view
+
+GAUGE_INTERVAL = 1.0  # seconds between refreshes of the client/room/throughput gauges
 
 
 async def create_app(settings: Settings | None = None, plugins: Iterable[object] = ()) -> web.Application:
     """Build the application: settings (loaded when not given), plugins, gateway, routes.
 
     `plugins` registers extra plugin objects (modules or instances) next to the
-    discovered ones: how tests and embedding applications add their own.
+    discovered ones: how tests and embedding applications add their own. When
+    settings are loaded here (gunicorn), logging is configured from them too.
     """
-    settings = settings if settings is not None else load_settings()
-    gateway = Gateway(settings, MemoryBroker(), load_plugins(settings, plugins), Metrics())
+    if settings is None:
+        settings = load_settings()
+        configure_logging(settings.logging)
+    gateway = Gateway(settings, MemoryBroker(), load_plugins(settings, plugins))
 
     app = web.Application()
     app[SETTINGS] = settings
     app[GATEWAY] = gateway
-    app.router.add_get("/health", health_view)
+    http_routes = [app.router.add_get("/health", health_view)]
+    if settings.metrics.enabled:
+        http_routes.append(app.router.add_get(settings.metrics.path, metrics_view))
     if settings.websocket.enabled:
-        app.router.add_get("/ws", ws_view)
+        app.router.add_get("/ws", ws_view)  # not CORS: browsers do not apply it to WebSockets
+    _allow_cross_origin(app, http_routes, settings.cors.allowed_origins)
     app.cleanup_ctx.append(_run_gateway)
     app.on_shutdown.append(_close_clients)
     return app
 
 
+def _allow_cross_origin(app: web.Application, routes: list[web.AbstractRoute], origins: Iterable[str]) -> None:
+    """CORS (aiohttp-cors) for the HTTP endpoints: only `cors.allowed_origins` may read them."""
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_headers="*", allow_methods=["GET"], max_age=3600
+    )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    for route in routes:
+        cors.add(route)
+
+
 async def _run_gateway(app: web.Application) -> AsyncIterator[None]:
     """Broker first, then plugin services and start-up hooks; torn down in reverse."""
     gateway = app[GATEWAY]
-    await gateway.broker.start(gateway.hub.deliver)
+    await gateway.broker.start(gateway.deliver)
     try:
         await gateway.plugins.start(gateway)
+        gauges = asyncio.create_task(_refresh_gauges(gateway), name="wsgate-gauges")
         yield
+        gauges.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gauges
     finally:
         await gateway.plugins.stop(gateway)
         await gateway.broker.close()
+
+
+async def _refresh_gauges(gateway: Gateway) -> None:
+    """Every second: clients, rooms and throughput into their gauges (each worker its own, under gunicorn)."""
+    while True:
+        gateway.metrics.sample(len(gateway.hub.connections), len(gateway.hub.rooms))
+        await asyncio.sleep(GAUGE_INTERVAL)
 
 
 async def _close_clients(app: web.Application) -> None:

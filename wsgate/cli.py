@@ -17,8 +17,11 @@ from aiohttp import web
 
 from . import __version__
 from .app import create_app
-from .config import ConfigError, Settings, load_settings
+from .broker import MemoryBroker
+from .config import ConfigError, Settings, describe_settings, load_settings
+from .gateway import Gateway
 from .keys import GATEWAY
+from .logs import configure_logging
 from .plugins import load_plugins
 from .registry import PluginError
 
@@ -35,23 +38,30 @@ def main(argv: list[str] | None = None) -> int:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
+    cli = {"websocket": overrides} if overrides else None
     try:
-        settings = load_settings(args.settings, {"websocket": overrides} if overrides else None)
+        settings = load_settings(args.settings, cli)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    logging.basicConfig(
-        level=settings.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if args.command == "plugins":
-        try:
-            print_plugins(settings)
-        except PluginError as exc:
-            return _fail(str(exc), EXIT_USAGE)
-        return 0
-    if not settings.websocket.enabled:
-        log.warning("websocket.enabled is false: serving /health only, no /ws endpoint")
+    configure_logging(settings.logging)
     try:
-        asyncio.run(serve(settings))
+        if args.command == "config":
+            for key, value, source in describe_settings(settings, args.settings, cli):
+                print(f"{key} = {value}  # {source}")
+        elif args.command == "plugins":
+            plugins = load_plugins(settings)
+            for info in plugins.describe(plugins.build_registry()):
+                print(f"{info.name}: {info.source}")
+                print(f"  hooks: {', '.join(info.hooks) or '-'}")
+                print(f"  message types: {', '.join(info.message_types) or '-'}")
+        elif args.command == "check":
+            gateway = Gateway(settings, MemoryBroker(), load_plugins(settings))  # loads plugins, builds tables
+            print(f"ok: {len(gateway.plugins.sources)} plugins, {len(gateway.registry.owners())} message types, "
+                  f"{len(gateway.services)} services")
+        else:
+            if not settings.websocket.enabled:
+                log.warning("websocket.enabled is false: serving /health only, no /ws endpoint")
+            asyncio.run(serve(settings))
     except PluginError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ListenError as exc:
@@ -70,7 +80,8 @@ async def serve(settings: Settings) -> None:
     app = await create_app(settings)
     # The shutdown budget is websocket.timeout: half for clients to close, and aiohttp's own
     # handler shutdown (which may wait its timeout twice) gets a fifth, twice.
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=ws.timeout / 5)
+    access_log = logging.getLogger("aiohttp.access") if settings.logging.access_log else None
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=ws.timeout / 5, access_log=access_log)
     await runner.setup()
     try:
         site = web.TCPSite(runner, ws.host, ws.port)
@@ -98,22 +109,14 @@ class ListenError(Exception):
     """The listening socket cannot be opened (address in use, permission, bad host)."""
 
 
-def print_plugins(settings: Settings) -> None:
-    """`wsgate plugins`: every loaded plugin, where it came from, its hooks and message types."""
-    plugins = load_plugins(settings)
-    for info in plugins.describe(plugins.build_registry()):
-        print(f"{info.name}: {info.source}")
-        print(f"  hooks: {', '.join(info.hooks) or '-'}")
-        print(f"  message types: {', '.join(info.message_types) or '-'}")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsgate", description="Run the wsgate WebSocket gateway (settings: README, Configuration)."
     )
     parser.add_argument(
-        "command", nargs="?", choices=["run", "plugins"], default="run",
-        help="run: serve (the default); plugins: list loaded plugins, their hooks and message types",
+        "command", nargs="?", choices=["run", "config", "check", "plugins"], default="run",
+        help="run: serve (the default); config: print the effective settings and where each came from; "
+        "check: validate settings and plugins (exit 0 or 2); plugins: list plugins, hooks and message types",
     )
     parser.add_argument("--host", help="interface to listen on (overrides websocket.host)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides websocket.port)")

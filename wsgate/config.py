@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import re
+import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ DEFAULT_SETTINGS_FILE = "settings.toml"
 SETTINGS_FILE_ENV = "WSGATE_SETTINGS"
 SPEC_ENV_PREFIX = "WEBSOCKET_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(Exception):
@@ -37,9 +39,14 @@ def setting(
     minimum: float | None = None,
     maximum: float | None = None,
     choices: tuple[str, ...] | None = None,
+    pattern: tuple[str, str] | None = None,
+    secret: bool = False,
 ) -> Any:
     """Declare one setting: its default, its meaning (the README table is checked against it) and its bounds."""
-    meta = {"doc": doc, "duration": duration, "min": minimum, "max": maximum, "choices": choices}
+    meta = {
+        "doc": doc, "duration": duration, "min": minimum, "max": maximum, "choices": choices,
+        "pattern": pattern, "secret": secret,
+    }
     if isinstance(default, (tuple, list)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -105,14 +112,32 @@ class PluginsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    enabled: bool = setting(True, "Serve Prometheus metrics over HTTP")
+    path: str = setting("/metrics", "Path of the metrics endpoint", pattern=(r"/\S*", 'a path starting with "/"'))
+
+
+@dataclass(frozen=True, slots=True)
+class CorsSettings:
+    allowed_origins: tuple[str, ...] = setting(
+        (), 'Origins allowed to read the HTTP endpoints from a browser (exact, or "*"); none by default'
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = setting("INFO", "Log level", choices=LOG_LEVELS)
+    format: str = setting("text", "text: one readable line per record; json: one JSON object per line",
+                          choices=LOG_FORMATS)
+    access_log: bool = setting(True, "Log every HTTP request (python -m wsgate; gunicorn has its own flag)")
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
     plugins: PluginsSettings = field(default_factory=PluginsSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
@@ -128,17 +153,90 @@ def load_settings(
     for the default only). `overrides` is a nested mapping (used by the CLI flags and tests).
     Raises ConfigError with a one-line message for any bad value.
     """
-    explicit = path if path is not None else os.environ.get(SETTINGS_FILE_ENV)
-    file = Path(explicit if explicit else DEFAULT_SETTINGS_FILE)
-    if explicit and not file.is_file():
-        raise ConfigError(f"settings file {str(file)!r} not found")
-    raw = _read_dynaconf(file if file.is_file() else None)
+    raw = _read_dynaconf(settings_file(path))
     _merge(raw, _spec_environment())
     if overrides:
         _merge(raw, _lower_keys(dict(overrides)))
     settings: Settings = _build(Settings, raw, "")
     _check_relations(settings)
     return settings
+
+
+def settings_file(path: str | Path | None = None) -> Path | None:
+    """The settings file to read: `path`, else `$WSGATE_SETTINGS`, else `./settings.toml` if it exists."""
+    explicit = path if path is not None else os.environ.get(SETTINGS_FILE_ENV)
+    file = Path(explicit if explicit else DEFAULT_SETTINGS_FILE)
+    if explicit and not file.is_file():
+        raise ConfigError(f"settings file {str(file)!r} not found")
+    return file if file.is_file() else None
+
+
+SECRET_NAME = re.compile(r"secret|token|password|passwd|key", re.I)
+
+
+def describe_settings(
+    settings: Settings, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> list[tuple[str, str, str]]:
+    """(key, value, where it came from) for every setting, secrets masked: `wsgate config`.
+
+    Sources, strongest first: command line, environment (the variable's name), file, default.
+    """
+    file = settings_file(path)
+    in_file = _lower_keys(tomllib.loads(file.read_text())) if file else {}
+    from_cli = {key for key, _ in _flatten(_lower_keys(dict(overrides or {})))}
+    leaves = [(key, _get(settings, key), bool(f.metadata["secret"])) for key, f, _ in iter_settings()]
+    for name, table in settings.plugins.options.items():
+        leaves += [(f"plugins.{name}.{key}", value, bool(SECRET_NAME.search(key))) for key, value in _flatten(table)]
+    rows = []
+    for key, value, secret in leaves:
+        parts = key.split(".")  # a table value may come whole from one variable: try the key's ancestors
+        names = [env_name(key)] + [f"WSGATE_{'__'.join(parts[:n]).upper()}" for n in range(len(parts), 1, -1)]
+        variable = next((name for name in names if name in os.environ), None)
+        if key in from_cli:
+            source = "command line"
+        elif variable:
+            source = f"environment {variable}"
+        elif _has(in_file, key):
+            source = f"file {file}"
+        else:
+            source = "default"
+        rows.append((key, "***" if secret and value else _show_value(value), source))
+    return rows
+
+
+def _get(settings: Settings, key: str) -> Any:
+    value: Any = settings
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _has(table: Mapping[str, Any], key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(table, Mapping) or part not in table:
+            return False
+        table = table[part]
+    return True
+
+
+def _show_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f'"{_show_duration(value)}"'
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_show_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return _show(value)
 
 
 def iter_settings(
@@ -302,9 +400,11 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
             fail("a string")
         result = raw
         if meta["choices"]:
-            result = raw.upper()
-            if result not in meta["choices"]:
+            result = next((c for c in meta["choices"] if c.lower() == raw.lower()), None)
+            if result is None:
                 fail("one of " + ", ".join(meta["choices"]))
+        if meta["pattern"] and not re.fullmatch(meta["pattern"][0], raw):
+            fail(meta["pattern"][1])
     elif typing.get_origin(kind) is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
             fail('a list of strings, e.g. ["a", "b"]')

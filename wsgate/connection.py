@@ -71,7 +71,7 @@ class Connection:
         self._ping_interval = settings.ping_interval
         self._pong_wait = settings.pong_wait
         self._write_wait = settings.write_wait
-        self.last_seen = self._loop.time()
+        self.last_seen = self.opened_at = self._loop.time()
         self._next_ping = self.last_seen + self._ping_interval
         self._ping_due = False
         self._pong: bytes | None = None
@@ -97,12 +97,23 @@ class Connection:
         self.enqueue(protocol.encode_error(err))
 
     def enqueue(self, frame: bytes) -> None:
-        """Queue one pre-encoded text frame; a client whose outbox is full is dropped."""
+        """Queue one pre-encoded text frame for this client alone (counted as one delivery)."""
+        self.gateway.metrics.messages_delivered(1)
+        self.put(frame)
+
+    def put(self, frame: bytes) -> None:
+        """Queue a frame without counting it: the hub counts a whole fan-out once.
+
+        A client whose outbox is full is dropped (close 1008): it never slows the others.
+        """
         if self.state is not State.OPEN:
             return
         if len(self._outbox) >= self._outbox_limit:
             self.gateway.metrics.error("slow_consumer")
-            log.warning("client %s is too slow (%d messages queued); closing", self.id, len(self._outbox))
+            log.warning(
+                "client %s is too slow (%d messages queued); closing", self.id, len(self._outbox),
+                extra={"client_id": self.id},
+            )
             self.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
             return
         self._outbox.append(frame)
@@ -145,9 +156,11 @@ class Connection:
                 await self._closer
         finally:  # aiohttp may cancel the handler when the peer vanishes: still finish
             self.closed.set()
+            self.gateway.metrics.connection_closed(self.close_reason, self._loop.time() - self.opened_at)
             log.info(
                 "client %s disconnected (code %s%s)",
                 self.id, self._ws.close_code, f", {self.close_reason}" if self.close_reason else "",
+                extra={"client_id": self.id, "remote": self.remote, "close_code": self._ws.close_code},
             )
 
     async def _close(self, code: int, reason: str) -> None:
@@ -195,7 +208,10 @@ class Connection:
                         await ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
             except TimeoutError:
                 self.gateway.metrics.error("write_timeout")
-                log.warning("client %s: a write did not complete in %ss; closing", self.id, write_wait)
+                log.warning(
+                    "client %s: a write did not complete in %ss; closing", self.id, write_wait,
+                    extra={"client_id": self.id},
+                )
                 self.drop(protocol.CLOSE_POLICY_VIOLATION, "write timeout")
                 return
             except ConnectionResetError:
@@ -204,7 +220,9 @@ class Connection:
     def _keepalive(self) -> None:
         now = self._loop.time()
         if now - self.last_seen >= self._pong_wait - _TIMER_SLACK:
-            log.info("client %s sent nothing for %ss; closing", self.id, self._pong_wait)
+            log.info(
+                "client %s sent nothing for %ss; closing", self.id, self._pong_wait, extra={"client_id": self.id}
+            )
             self.drop(protocol.CLOSE_GOING_AWAY, "keepalive timeout")
             return
         if now >= self._next_ping:

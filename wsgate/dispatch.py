@@ -26,6 +26,9 @@ class Dispatcher:
         try:
             message = protocol.decode(frame, self._max_room_length)
             kind = message.type
+            self._metrics.message_received(kind)
+            if log.isEnabledFor(logging.DEBUG):  # per-message logging only at debug, and free otherwise
+                log.debug("client %s sent %r", client.id, kind, extra={"client_id": client.id, "room": message.room})
             handler = self._registry.get(kind)
             if handler is None:
                 raise ClientError(protocol.UNKNOWN_TYPE)
@@ -33,7 +36,7 @@ class Dispatcher:
         except ClientError as err:
             self.reject(client, err)
         except Exception:
-            log.exception("handler for %r failed (client %s)", kind, client.id)
+            log.exception("handler for %r failed (client %s)", kind, client.id, extra={"client_id": client.id})
             self.reject(client, ClientError(protocol.INTERNAL_ERROR))
 
     def reject(self, client: Connection, err: ClientError) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import protocol
+from . import __version__, protocol
 from .broker import Broker
 from .config import Settings
 from .dispatch import Dispatcher
@@ -26,15 +27,16 @@ log = logging.getLogger(__name__)
 class Gateway:
     """Settings, hub, broker, plugins, services and metrics of one running gateway, with its public API."""
 
-    def __init__(self, settings: Settings, broker: Broker, plugins: Plugins, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, broker: Broker, plugins: Plugins) -> None:
         self.settings = settings
         self.broker = broker
         self.plugins = plugins
-        self.metrics = metrics
         self.registry = plugins.build_registry()
+        self.metrics = Metrics(self.registry.owners())
         self.hub = Hub(settings.websocket.limits)
-        self.dispatcher = Dispatcher(self.registry, metrics, settings.websocket.max_room_name_length)
+        self.dispatcher = Dispatcher(self.registry, self.metrics, settings.websocket.max_room_name_length)
         self.draining = False
+        self.started_at = time.monotonic()
         self.services: Mapping[str, object] = {}
         """Services provided by plugins (`wsgate_services`), by name: the spec's service layer."""
         self.services = plugins.collect_services(self)
@@ -61,12 +63,20 @@ class Gateway:
         frame = protocol.encode(type, data=data, client_id=client_id)
         return await self.broker.publish(None, frame)
 
+    def deliver(self, room: str | None, frame: bytes) -> int:
+        """Hand a frame from the broker to this node's clients, counting the fan-out once."""
+        count = self.hub.deliver(room, frame)
+        self.metrics.messages_delivered(count)
+        return count
+
     def health(self) -> dict[str, Any]:
-        """The `/health` body: status and live counts."""
+        """The `/health` body: the spec's status and live counts, then uptime and version."""
         return {
             "status": "draining" if self.draining else "healthy",
             "clients": len(self.hub.connections),
             "rooms": len(self.hub.rooms),
+            "uptime_seconds": round(time.monotonic() - self.started_at, 3),
+            "version": __version__,
         }
 
     async def drain(self, timeout: float) -> None:

@@ -68,5 +68,5 @@ class Hub:
         """Queue `frame` for every local member of `room` (every connection when None); returns how many."""
         targets = self.connections.values() if room is None else self.rooms.get(room, ())
         for conn in targets:
-            conn.enqueue(frame)
+            conn.put(frame)
         return len(targets)

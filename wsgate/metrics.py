@@ -1,27 +1,143 @@
-"""Prometheus metrics, in a registry owned by one application (tests build many apps)."""
+"""Prometheus metrics, in a registry owned by one application (tests build many apps).
+
+Nothing here is called per recipient: a fan-out is counted once, adding N.
+Under gunicorn with `PROMETHEUS_MULTIPROC_DIR` set, prometheus-client keeps
+values in per-process files and a scrape sums them over the workers.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "Throughput"]
+
+THROUGHPUT_WINDOW = 10.0  # seconds over which websocket_messages_per_second is averaged
+
+# Why a connection ended -> the `reason` label of websocket_connections_closed_total.
+CLOSE_REASONS = {
+    "": "client",  # the client closed, or the connection was lost
+    "slow consumer": "slow_consumer",
+    "write timeout": "write_timeout",
+    "keepalive timeout": "keepalive_timeout",
+    "server shutting down": "shutdown",
+    "message too big": "message_too_big",
+}
+
+
+class Throughput:
+    """Events per second over the last `window` seconds, from samples of a running total."""
+
+    def __init__(self, window: float = THROUGHPUT_WINDOW) -> None:
+        self._window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def sample(self, now: float, total: int) -> float:
+        """Record `total` at time `now`; return the rate over the window (0 until two samples)."""
+        samples = self._samples
+        samples.append((now, total))
+        while len(samples) > 2 and now - samples[1][0] >= self._window:
+            samples.popleft()
+        (first_time, first_total) = samples[0]
+        elapsed = now - first_time
+        return (total - first_total) / elapsed if elapsed > 0 else 0.0
 
 
 class Metrics:
-    """The gateway's counters; per-recipient code never calls in here."""
+    """The gateway's metrics (see README "Operations" for what each one means)."""
 
-    def __init__(self) -> None:
+    def __init__(self, message_types: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.errors = Counter(
-            "websocket_errors",
-            "Errors by reason (invalid_json, unknown_type, slow_consumer, ...).",
-            ["reason"],
-            registry=self.registry,
+        reg = self.registry
+        self.clients = Gauge(
+            "websocket_clients_total", "Connected clients.", registry=reg, multiprocess_mode="livesum"
         )
+        self.rooms = Gauge(
+            "websocket_rooms_total", "Rooms with at least one member (per process).",
+            registry=reg, multiprocess_mode="livesum",
+        )
+        self.throughput = Gauge(
+            "websocket_messages_per_second",
+            f"Messages delivered to clients per second, averaged over {THROUGHPUT_WINDOW:g}s.",
+            registry=reg, multiprocess_mode="livesum",
+        )
+        self.errors = Counter(
+            "websocket_errors", "Errors by reason (invalid_json, unknown_type, slow_consumer, ...).",
+            ["reason"], registry=reg,
+        )
+        self.received = Counter(
+            "websocket_messages_received", "Messages received from clients, by message type.",
+            ["type"], registry=reg,
+        )
+        self.delivered = Counter(
+            "websocket_messages_delivered", "Messages queued for delivery to clients.", registry=reg
+        )
+        self.opened = Counter("websocket_connections_opened", "Connections accepted.", registry=reg)
+        self.closed = Counter(
+            "websocket_connections_closed", "Connections ended, by reason.", ["reason"], registry=reg
+        )
+        self.duration = Histogram(
+            "websocket_connection_duration_seconds", "How long connections lasted.", registry=reg,
+            buckets=(1, 10, 60, 300, 1800, 3600, 4 * 3600, 24 * 3600, float("inf")),
+        )
+        # Children of labelled counters are looked up once, not per message.
+        self._received_by_type = {kind: self.received.labels(kind) for kind in message_types}
+        self._received_other = self.received.labels("unknown")
+        self._delivered_total = 0
+        self._rate = Throughput()
+
+    # --- counting (cheap: one call per message or per fan-out) ------------------------
+
+    def message_received(self, kind: str) -> None:
+        """Count one client message; types no plugin handles share the label `unknown`."""
+        self._received_by_type.get(kind, self._received_other).inc()
+
+    def messages_delivered(self, count: int) -> None:
+        """Count `count` messages queued to clients (a whole fan-out at once)."""
+        if count:
+            self._delivered_total += count
+            self.delivered.inc(count)
 
     def error(self, reason: str) -> None:
         """Count one error; `reason` is from a fixed, documented set (never a room or client id)."""
         self.errors.labels(reason).inc()
 
+    def connection_opened(self) -> None:
+        self.opened.inc()
+
+    def connection_closed(self, close_reason: str, seconds: float) -> None:
+        self.closed.labels(CLOSE_REASONS.get(close_reason, "other")).inc()
+        self.duration.observe(seconds)
+
+    # --- gauges and exposition -----------------------------------------------------
+
+    def sample(self, clients: int, rooms: int, now: float | None = None) -> None:
+        """Refresh the gauges: called every second by the gateway, and on each scrape."""
+        self.clients.set(clients)
+        self.rooms.set(rooms)
+        self.throughput.set(self._rate.sample(time.monotonic() if now is None else now, self._delivered_total))
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this app's registry, or every worker's files in multiprocess mode."""
+        if values.ValueClass is values.MutexValue:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
     def error_count(self, reason: str) -> float:
-        """The current count for `reason` (for /health-style reports and tests)."""
+        """The current count for `reason` (used by tests and reports)."""
         value = self.registry.get_sample_value("websocket_errors_total", {"reason": reason})
         return value or 0.0

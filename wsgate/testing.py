@@ -110,8 +110,14 @@ class Server:
         return client
 
     async def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of `/health`."""
         async with self.session.get(self.url("/health")) as resp:
             return resp.status, await resp.json()
+
+    async def counts(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, the spec's part of `/health`: status, clients, rooms)."""
+        status, body = await self.health()
+        return status, {key: body[key] for key in ("status", "clients", "rooms")}
 
 
 StartServer = Callable[..., Awaitable[Server]]

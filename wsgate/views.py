@@ -1,4 +1,4 @@
-"""HTTP endpoints: `/ws` (the WebSocket protocol) and `/health`."""
+"""HTTP endpoints: `/ws` (the WebSocket protocol), `/health` and `/metrics`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from . import protocol
 from .connection import Connection
 from .gateway import Gateway
 from .keys import GATEWAY
+from .metrics import CONTENT_TYPE_LATEST
 from .protocol import ClientError
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,13 @@ async def health_view(request: web.Request) -> web.Response:
     """`{"status":"healthy","clients":N,"rooms":M}`; 503 with `"draining"` during shutdown."""
     gateway = request.app[GATEWAY]
     return web.json_response(gateway.health(), status=503 if gateway.draining else 200)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    """The Prometheus text format (summed over workers under gunicorn's multiprocess mode)."""
+    gateway = request.app[GATEWAY]
+    gateway.metrics.sample(len(gateway.hub.connections), len(gateway.hub.rooms))
+    return web.Response(body=gateway.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def ws_view(request: web.Request) -> web.StreamResponse:
@@ -52,7 +60,8 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
     if not gateway.hub.admit(conn):
         await _refuse_full(ws, gateway)
         return ws
-    log.info("client %s connected from %s", conn.id, conn.remote)
+    gateway.metrics.connection_opened()
+    log.info("client %s connected from %s", conn.id, conn.remote, extra={"client_id": conn.id, "remote": conn.remote})
     try:
         conn.start()
         conn.enqueue(
@@ -95,6 +104,7 @@ async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gatew
             error = msg.data if kind is WSMsgType.ERROR else None
             if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
                 gateway.metrics.error("message_too_big")
+                conn.close_reason = "message too big"
             return
 
 

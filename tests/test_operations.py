@@ -1,0 +1,123 @@
+"""CORS on the HTTP endpoints, logging formats, and the config / check commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from wsgate.config import LoggingSettings
+from wsgate.logs import JsonFormatter, configure_logging
+from wsgate.testing import StartServer
+
+from .processes import environment, run_wsgate, spawn
+
+ORIGIN = "https://dashboard.example.com"
+
+
+@pytest.mark.parametrize("path", ["/health", "/metrics"])
+async def test_cors_preflight_and_request_from_an_allowed_origin(wsgate_server: StartServer, path: str) -> None:
+    server = await wsgate_server(cors={"allowed_origins": [ORIGIN]})
+    preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "GET"}
+    async with server.session.options(server.url(path), headers=preflight) as resp:
+        assert resp.status == 200
+        assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+        assert "GET" in resp.headers["Access-Control-Allow-Methods"]
+    async with server.session.get(server.url(path), headers={"Origin": ORIGIN}) as resp:
+        assert resp.status == 200
+        assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+
+
+async def test_no_cors_for_other_origins_or_by_default(wsgate_server: StartServer) -> None:
+    configured = await wsgate_server(cors={"allowed_origins": [ORIGIN]})
+    default = await wsgate_server()
+    for server, origin in ((configured, "https://evil.example.com"), (default, ORIGIN)):
+        preflight = {"Origin": origin, "Access-Control-Request-Method": "GET"}
+        async with server.session.options(server.url("/health"), headers=preflight) as resp:
+            assert resp.status == 403
+            assert "Access-Control-Allow-Origin" not in resp.headers
+        async with server.session.get(server.url("/health"), headers={"Origin": origin}) as resp:
+            assert resp.status == 200  # served, but a browser may not read it
+            assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+def test_json_log_lines_carry_context_fields() -> None:
+    record = logging.LogRecord("wsgate.views", logging.INFO, __file__, 1, "client %s connected", ("abc",), None)
+    record.client_id = "abc"
+    record.room = "chat"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "INFO"
+    assert line["logger"] == "wsgate.views"
+    assert line["message"] == "client abc connected"
+    assert (line["client_id"], line["room"]) == ("abc", "chat")
+    assert line["timestamp"].endswith("+00:00")
+
+
+def test_configure_logging_sets_level_and_format() -> None:
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        configure_logging(LoggingSettings(level="WARNING", format="json"))
+        assert root.level == logging.WARNING
+        assert len(root.handlers) == 1 and isinstance(root.handlers[0].formatter, JsonFormatter)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.setLevel(saved[0])
+        for handler in saved[1]:
+            root.addHandler(handler)
+
+
+async def test_json_logs_from_a_real_process_with_connection_open_and_close() -> None:
+    env = environment(WSGATE_LOGGING__FORMAT="json", WSGATE_LOGGING__ACCESS_LOG="false")
+    process = await spawn(sys.executable, "-m", "wsgate", "--host", "127.0.0.1", "--port", "0", env=env)
+    try:
+        line = json.loads((await process.wait_for_line(r'listening on 127\.0\.0\.1:\d+')).string)
+        process.port = int(line["message"].rsplit(":", 1)[1])
+        async with aiohttp.ClientSession() as session, session.ws_connect(process.url("/ws")) as ws:
+            client_id = (await ws.receive_json())["data"]["client_id"]
+        opened = json.loads((await process.wait_for_line(r' connected from ')).string)
+        closed = json.loads((await process.wait_for_line(r' disconnected ')).string)
+        assert opened["client_id"] == closed["client_id"] == client_id
+        assert opened["remote"] == "127.0.0.1"
+        assert closed["close_code"] == 1000
+        assert not any("aiohttp.access" in seen for seen in process.lines)  # access log off
+    finally:
+        await process.kill()
+
+
+async def test_config_command_shows_values_sources_and_masks_secrets(tmp_path: Path) -> None:
+    settings = tmp_path / "s.toml"
+    settings.write_text('[websocket]\nenabled = true\nport = 9000\n[plugins.token_auth]\ntokens = { "t0p" = "alice" }\n')
+    env = environment(WEBSOCKET_PING_INTERVAL="30s", WEBSOCKET_PONG_WAIT="35s", WSGATE_LOGGING__LEVEL="debug")
+    process = await spawn(sys.executable, "-m", "wsgate", "config", "--settings", str(settings), "--host", "10.0.0.1",
+                          env=env, stdout=True)
+    out, err = await process.proc.communicate()
+    assert process.proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert f"websocket.port = 9000  # file {settings}" in lines
+    assert 'websocket.host = "10.0.0.1"  # command line' in lines
+    assert 'websocket.ping_interval = "30s"  # environment WEBSOCKET_PING_INTERVAL' in lines
+    assert 'logging.level = "DEBUG"  # environment WSGATE_LOGGING__LEVEL' in lines
+    assert 'websocket.write_wait = "10s"  # default' in lines
+    assert f"plugins.token_auth.tokens.t0p = ***  # file {settings}" in lines
+    assert "alice" not in out.decode()
+
+
+async def test_check_command() -> None:
+    code, stderr = await run_wsgate("check")
+    assert code == 0, stderr
+    code, stderr = await run_wsgate("check", env=environment(WEBSOCKET_PORT="-1"))
+    assert (code, stderr.strip()) == (2, "wsgate: invalid setting websocket.port (WEBSOCKET_PORT) = '-1': expected a value from 0 to 65535")
+    code, stderr = await run_wsgate("check", env=environment(WSGATE_PLUGINS__MODULES='["nowhere_module"]'))
+    assert code == 2 and stderr.startswith("wsgate: plugin 'nowhere_module'"), stderr
+
+
+async def test_check_prints_a_summary() -> None:
+    process = await spawn(sys.executable, "-m", "wsgate", "check", stdout=True)
+    out, _ = await process.proc.communicate()
+    assert out.decode().startswith("ok: ")
