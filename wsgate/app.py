@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp_cors
 from aiohttp import web
 
-from .broker import MemoryBroker
 from .config import Settings, load_settings
 from .gateway import Gateway
 from .keys import GATEWAY, SETTINGS
@@ -34,7 +33,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     if settings is None:
         settings = load_settings()
         configure_logging(settings.logging)
-    gateway = Gateway(settings, MemoryBroker(), load_plugins(settings, plugins))
+    gateway = Gateway(settings, load_plugins(settings, plugins))
 
     app = web.Application()
     app[SETTINGS] = settings

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from . import __version__
 from .app import create_app
-from .broker import MemoryBroker
+from .broker import BrokerError
 from .config import ConfigError, Settings, describe_settings, load_settings
 from .gateway import Gateway
 from .keys import GATEWAY
@@ -55,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  hooks: {', '.join(info.hooks) or '-'}")
                 print(f"  message types: {', '.join(info.message_types) or '-'}")
         elif args.command == "check":
-            gateway = Gateway(settings, MemoryBroker(), load_plugins(settings))  # loads plugins, builds tables
+            gateway = Gateway(settings, load_plugins(settings))  # loads plugins, builds tables (connects nothing)
             print(f"ok: {len(gateway.plugins.sources)} plugins, {len(gateway.registry.owners())} message types, "
                   f"{len(gateway.services)} services")
         else:
             if not settings.websocket.enabled:
                 log.warning("websocket.enabled is false: serving /health only, no /ws endpoint")
             asyncio.run(serve(settings))
-    except PluginError as exc:
+    except (PluginError, BrokerError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ListenError as exc:
         return _fail(str(exc), EXIT_FAILURE)

@@ -112,6 +112,29 @@ class PluginsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    url: str = setting(
+        "", 'Empty: in-memory (one process). "redis://host:6379/0": rooms span every node sharing that Redis',
+        pattern=(r"|(redis|rediss|unix)://\S+", 'empty, or a URL starting with redis://, rediss:// or unix://'),
+    )
+    prefix: str = setting("wsgate", "Prefix of the Redis channel names (separate clusters on one Redis)",
+                          pattern=(r"[A-Za-z0-9_.:-]+", "letters, digits and _ . : -"))
+    required: bool = setting(True, "Redis unreachable at start-up stops start-up (false: start degraded and retry)")
+    connect_timeout: float = setting(5.0, "How long to wait for Redis when connecting", duration=True, minimum=0.001)
+    publish_queue: int = setting(
+        10000, "Messages waiting to go to Redis; beyond this they reach local clients only (counted)", minimum=1
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    key: str = setting("", "Bearer key for POST /api/publish and /api/broadcast; empty disables the API",
+                       secret=True)
+    server_id: str = setting("", "client_id stamped on messages sent through the API (empty: no client_id)")
+    max_body_size: int = setting(512000, "Largest accepted API request body, in bytes", minimum=1)
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSettings:
     enabled: bool = setting(True, "Serve Prometheus metrics over HTTP")
     path: str = setting("/metrics", "Path of the metrics endpoint", pattern=(r"/\S*", 'a path starting with "/"'))
@@ -136,6 +159,8 @@ class LoggingSettings:
 class Settings:
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
     plugins: PluginsSettings = field(default_factory=PluginsSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import __version__, protocol
-from .broker import Broker
+from .broker import Broker, make_broker
 from .config import Settings
 from .dispatch import Dispatcher
 from .hub import Hub
@@ -27,13 +27,13 @@ log = logging.getLogger(__name__)
 class Gateway:
     """Settings, hub, broker, plugins, services and metrics of one running gateway, with its public API."""
 
-    def __init__(self, settings: Settings, broker: Broker, plugins: Plugins) -> None:
+    def __init__(self, settings: Settings, plugins: Plugins) -> None:
         self.settings = settings
-        self.broker = broker
         self.plugins = plugins
         self.registry = plugins.build_registry()
         self.metrics = Metrics(self.registry.owners())
-        self.hub = Hub(settings.websocket.limits)
+        self.broker: Broker = make_broker(settings.broker, self.metrics)
+        self.hub = Hub(settings.websocket.limits, self.broker)
         self.dispatcher = Dispatcher(self.registry, self.metrics, settings.websocket.max_room_name_length)
         self.draining = False
         self.started_at = time.monotonic()
@@ -75,6 +75,7 @@ class Gateway:
             "status": "draining" if self.draining else "healthy",
             "clients": len(self.hub.connections),
             "rooms": len(self.hub.rooms),
+            "broker": self.broker.state,
             "uptime_seconds": round(time.monotonic() - self.started_at, 3),
             "version": __version__,
         }

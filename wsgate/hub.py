@@ -7,6 +7,7 @@ iterating a room while delivering is safe.
 
 from __future__ import annotations
 
+from .broker import Broker
 from .config import LimitsSettings
 from .connection import Connection
 from .protocol import NOT_SUBSCRIBED, ROOM_FULL, ClientError
@@ -15,8 +16,9 @@ from .protocol import NOT_SUBSCRIBED, ROOM_FULL, ClientError
 class Hub:
     """Connections and rooms of this process, with the spec's connection limits."""
 
-    def __init__(self, limits: LimitsSettings) -> None:
+    def __init__(self, limits: LimitsSettings, broker: Broker) -> None:
         self._limits = limits
+        self._broker = broker  # told when a room gains its first or loses its last local member
         self.connections: dict[str, Connection] = {}
         self.rooms: dict[str, set[Connection]] = {}
 
@@ -40,6 +42,7 @@ class Hub:
         members = self.rooms.get(room)
         if members is None:
             members = self.rooms[room] = set()
+            self._broker.room_added(room)
         elif conn in members:
             return len(members)
         limit = self._limits.max_connections_per_room
@@ -63,6 +66,7 @@ class Hub:
         members.discard(conn)
         if not members:
             del self.rooms[room]  # a room exists while it has members
+            self._broker.room_removed(room)
 
     def deliver(self, room: str | None, frame: bytes) -> int:
         """Queue `frame` for every local member of `room` (every connection when None); returns how many."""

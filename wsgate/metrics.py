@@ -92,6 +92,16 @@ class Metrics:
             "websocket_connection_duration_seconds", "How long connections lasted.", registry=reg,
             buckets=(1, 10, 60, 300, 1800, 3600, 4 * 3600, 24 * 3600, float("inf")),
         )
+        self.broker_errors = Counter(
+            "websocket_broker_errors", "Failed broker operations (Redis unreachable, publish failed).", registry=reg
+        )
+        self.broker_reconnects = Counter(
+            "websocket_broker_reconnects", "Times the broker reconnected after losing Redis.", registry=reg
+        )
+        self.broker_dropped_messages = Counter(
+            "websocket_broker_dropped_messages",
+            "Messages delivered locally but not relayed to other nodes (Redis away or too slow).", registry=reg,
+        )
         # Children of labelled counters are looked up once, not per message.
         self._received_by_type = {kind: self.received.labels(kind) for kind in message_types}
         self._received_other = self.received.labels("unknown")
@@ -113,6 +123,15 @@ class Metrics:
     def error(self, reason: str) -> None:
         """Count one error; `reason` is from a fixed, documented set (never a room or client id)."""
         self.errors.labels(reason).inc()
+
+    def broker_error(self) -> None:
+        self.broker_errors.inc()
+
+    def broker_reconnected(self) -> None:
+        self.broker_reconnects.inc()
+
+    def broker_dropped(self, count: int) -> None:
+        self.broker_dropped_messages.inc(count)
 
     def connection_opened(self) -> None:
         self.opened.inc()

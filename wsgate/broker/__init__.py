@@ -1,6 +1,19 @@
 """The backplane between gateway nodes: a narrow interface and its implementations."""
 
-from .base import Broker, Deliver
+from __future__ import annotations
+
+from ..config import BrokerSettings
+from ..metrics import Metrics
+from .base import Broker, BrokerError, Deliver
 from .memory import MemoryBroker
 
-__all__ = ["Broker", "Deliver", "MemoryBroker"]
+__all__ = ["Broker", "BrokerError", "Deliver", "MemoryBroker", "make_broker"]
+
+
+def make_broker(settings: BrokerSettings, metrics: Metrics) -> Broker:
+    """The broker `broker.url` asks for: in-memory when empty, Redis otherwise."""
+    if not settings.url:
+        return MemoryBroker()
+    from .redis import RedisBroker  # only Redis users need redis-py
+
+    return RedisBroker(settings, metrics)

@@ -27,6 +27,7 @@ async def subscribe(client: Connection, message: Message) -> None:
     room = _room(message)
     await _authorize(client, protocol.SUBSCRIBE, room)
     count = client.gateway.hub.join(client, room)
+    await client.gateway.broker.wait_receiving(room)  # `subscribed` means: messages from every node arrive
     client.enqueue(
         protocol.encode(protocol.SUBSCRIBED, room=room, data={"room": room, "client_count": count})
     )

@@ -1,0 +1,248 @@
+"""The Redis broker: rooms that span processes and machines, over Redis pub/sub.
+
+- A frame published here is delivered to local clients at once and sent to Redis
+  as `node id + frame bytes` on `<prefix>:room:<room>` (or `<prefix>:broadcast`).
+  Other nodes deliver the bytes as they are; a node skips its own frames, so every
+  client gets each frame exactly once. One sender task pipelines PUBLISH commands
+  in order, so each publisher's order is kept on every node.
+- A node subscribes only to rooms it has members in (plus the broadcast channel).
+- If Redis goes away, local delivery goes on; the node reconnects with backoff and
+  re-subscribes. Frames published meanwhile do not reach other nodes (at most once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .base import BrokerError, Deliver
+
+if TYPE_CHECKING:
+    from ..config import BrokerSettings
+    from ..metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+NODE_ID_LENGTH = 32  # uuid4().hex
+SUBSCRIBE_WAIT = 2.0  # longest a subscribe waits for Redis to confirm before answering anyway
+BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
+PIPELINE_BATCH = 512
+
+
+class RedisBroker:
+    """See the module docstring; `state` is `ok` or `degraded`."""
+
+    def __init__(self, settings: BrokerSettings, metrics: Metrics, node_id: str | None = None) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self.node_id = (node_id or uuid.uuid4().hex).encode()
+        assert len(self.node_id) == NODE_ID_LENGTH
+        prefix = settings.prefix
+        self._room_prefix = f"{prefix}:room:".encode()
+        self._broadcast = f"{prefix}:broadcast".encode()
+        self._deliver: Deliver | None = None
+        self._redis: Any = None
+        self._pubsub: Any = None
+        self._outgoing: deque[tuple[bytes, bytes]] = deque()
+        self._outgoing_ready = asyncio.Event()
+        self._wanted: set[str] = set()  # rooms with local members
+        self._subscribed: set[str] = set()  # rooms Redis has been asked for on the current connection
+        self._confirmed: dict[bytes, asyncio.Event] = {}  # channel -> set once Redis confirmed it
+        self._resync = asyncio.Event()
+        self._receiving = False
+        self._sending = True
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def state(self) -> str:
+        return "ok" if self._receiving and self._sending else "degraded"
+
+    # --- life cycle -------------------------------------------------------------------
+
+    async def start(self, deliver: Deliver) -> None:
+        try:
+            import redis.asyncio as aioredis
+        except ImportError:
+            raise BrokerError("broker.url names Redis, but redis-py is missing: pip install 'wsgate[redis]'") from None
+        self._deliver = deliver
+        try:
+            self._redis = aioredis.from_url(
+                self._settings.url, socket_connect_timeout=self._settings.connect_timeout,
+                client_name=f"wsgate-{self.node_id.decode()[:8]}",
+            )
+        except ValueError as exc:
+            raise BrokerError(f"invalid setting broker.url = {self._settings.url!r}: {exc}") from None
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout):
+                await self._redis.ping()
+                await self._connect_pubsub()
+        except (OSError, TimeoutError, aioredis.RedisError) as exc:
+            message = f"cannot reach Redis at {self._settings.url}: {_describe(exc)}"
+            if self._settings.required:
+                await self._redis.aclose()
+                raise BrokerError(message) from None
+            log.error("broker: %s; starting degraded (broker.required = false), retrying", message)
+            self._metrics.broker_error()
+        self._tasks = [
+            asyncio.create_task(self._receive_loop(), name="wsgate-redis-receive"),
+            asyncio.create_task(self._subscription_loop(), name="wsgate-redis-subscriptions"),
+            asyncio.create_task(self._send_loop(), name="wsgate-redis-send"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._drop_pubsub()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    # --- publishing -------------------------------------------------------------------
+
+    async def publish(self, room: str | None, frame: bytes) -> int:
+        assert self._deliver is not None, "broker used before start()"
+        count = self._deliver(room, frame)
+        if len(self._outgoing) >= self._settings.publish_queue:
+            self._metrics.broker_dropped(1)  # Redis cannot keep up (or is away): other nodes miss this one
+        else:
+            channel = self._broadcast if room is None else self._room_prefix + room.encode()
+            self._outgoing.append((channel, self.node_id + frame))
+            self._outgoing_ready.set()
+        return count
+
+    async def _send_loop(self) -> None:
+        import redis.asyncio as aioredis
+
+        backoff = BACKOFF_START
+        while True:
+            await self._outgoing_ready.wait()
+            self._outgoing_ready.clear()
+            while self._outgoing:
+                batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), PIPELINE_BATCH))]
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for channel, payload in batch:
+                            pipe.publish(channel, payload)
+                        await pipe.execute()
+                except (OSError, aioredis.RedisError) as exc:
+                    self._metrics.broker_dropped(len(batch))
+                    self._metrics.broker_error()
+                    if self._sending:
+                        log.warning("broker: publishing to Redis failed (%s); other nodes miss messages "
+                                    "until it is back, local delivery goes on", _describe(exc))
+                    self._sending = False
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                if not self._sending:
+                    log.info("broker: publishing to Redis works again")
+                    self._sending = True
+                backoff = BACKOFF_START
+
+    # --- receiving --------------------------------------------------------------------
+
+    def room_added(self, room: str) -> None:
+        self._wanted.add(room)
+        self._resync.set()
+
+    def room_removed(self, room: str) -> None:
+        self._wanted.discard(room)
+        self._resync.set()
+
+    async def wait_receiving(self, room: str) -> None:
+        """Return once Redis confirmed the subscription for `room` (bounded; immediate when degraded)."""
+        if not self._receiving:
+            return
+        event = self._confirmed.setdefault(self._room_prefix + room.encode(), asyncio.Event())
+        try:
+            async with asyncio.timeout(SUBSCRIBE_WAIT):
+                await event.wait()
+        except TimeoutError:
+            pass  # answer the client anyway; messages from other nodes follow once Redis catches up
+
+    async def _connect_pubsub(self) -> None:
+        pubsub = self._redis.pubsub()
+        rooms = set(self._wanted)
+        await pubsub.subscribe(self._broadcast, *(self._room_prefix + r.encode() for r in rooms))
+        self._pubsub, self._subscribed = pubsub, rooms
+        self._receiving = True
+
+    async def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        self._receiving = False
+        self._subscribed = set()
+        self._confirmed.clear()
+        if pubsub is not None:
+            try:
+                await pubsub.aclose()
+            except Exception:  # the connection is already broken; nothing more to release
+                log.debug("broker: closing the broken pub/sub connection failed", exc_info=True)
+
+    async def _receive_loop(self) -> None:
+        import redis.asyncio as aioredis
+
+        backoff = BACKOFF_START
+        while True:
+            try:
+                if self._pubsub is None:
+                    await self._connect_pubsub()
+                    self._metrics.broker_reconnected()
+                    log.info("broker: reconnected to Redis; receiving %d rooms again", len(self._subscribed))
+                    self._resync.set()
+                message = await self._pubsub.get_message(timeout=None)
+                backoff = BACKOFF_START
+                if message is not None:
+                    self._on_message(message)
+            except (OSError, aioredis.RedisError) as exc:
+                if self._receiving:
+                    log.warning("broker: lost the connection to Redis (%s); reconnecting, local delivery goes on",
+                                _describe(exc))
+                self._metrics.broker_error()
+                await self._drop_pubsub()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind == "subscribe":
+            self._confirmed.setdefault(channel, asyncio.Event()).set()
+            return
+        if kind == "unsubscribe":
+            self._confirmed.pop(channel, None)
+            return
+        if kind != "message":
+            return
+        payload: bytes = message["data"]
+        if payload[:NODE_ID_LENGTH] == self.node_id:
+            return  # delivered locally when it was published
+        room = None if channel == self._broadcast else channel[len(self._room_prefix):].decode()
+        assert self._deliver is not None
+        self._deliver(room, payload[NODE_ID_LENGTH:])
+
+    async def _subscription_loop(self) -> None:
+        """Bring Redis in line with the rooms that have local members (coalescing quick joins and leaves)."""
+        import redis.asyncio as aioredis
+
+        while True:
+            await self._resync.wait()
+            self._resync.clear()
+            pubsub = self._pubsub
+            if pubsub is None:
+                continue  # the receive loop subscribes everything when it reconnects
+            add, remove = self._wanted - self._subscribed, self._subscribed - self._wanted
+            try:
+                if add:
+                    await pubsub.subscribe(*(self._room_prefix + r.encode() for r in add))
+                if remove:
+                    await pubsub.unsubscribe(*(self._room_prefix + r.encode() for r in remove))
+            except (OSError, aioredis.RedisError):
+                continue  # the receive loop notices the broken connection and reconnects
+            if pubsub is self._pubsub:
+                self._subscribed = (self._subscribed | add) - remove
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
