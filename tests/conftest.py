@@ -9,6 +9,8 @@ import asyncio
 import base64
 import os
 import socket
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,73 @@ class StalledClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# Read before the hermetic fixture removes WSGATE_* variables.
+REDIS_URL = os.environ.get("WSGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture
+async def redis_url() -> str:
+    """The test Redis (WSGATE_TEST_REDIS_URL); a test that needs it fails, never skips, without it."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (OSError, aioredis.RedisError) as exc:
+        pytest.fail(f"these tests need Redis at {REDIS_URL} (WSGATE_TEST_REDIS_URL): {exc}; "
+                    'start one with: redis-server --daemonize yes --port 6379 --save "" --appendonly no')
+    finally:
+        await client.aclose()
+    return REDIS_URL
+
+
+@pytest.fixture
+def broker_prefix() -> str:
+    """A channel prefix of this test's own, so runs sharing one Redis never see each other."""
+    return f"wsgate-test-{uuid.uuid4().hex[:12]}"
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, which the test may stop and restart."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.dir = tmp_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        import redis.asyncio as aioredis
+
+        self.proc = await asyncio.create_subprocess_exec(
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(self.dir), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        client = aioredis.from_url(self.url)
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    try:
+                        await client.ping()
+                        return
+                    except (OSError, aioredis.RedisError):
+                        await asyncio.sleep(0.02)  # the server is still starting; it has no event to wait on
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    yield server
+    await server.stop()

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp_cors
 from aiohttp import web
 
+from .api import broadcast_view, publish_view
 from .config import Settings, load_settings
 from .gateway import Gateway
 from .keys import GATEWAY, SETTINGS
@@ -41,6 +42,9 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     http_routes = [app.router.add_get("/health", health_view)]
     if settings.metrics.enabled:
         http_routes.append(app.router.add_get(settings.metrics.path, metrics_view))
+    if settings.api.key:  # the publish API exists only with a key
+        http_routes.append(app.router.add_post("/api/publish", publish_view))
+        http_routes.append(app.router.add_post("/api/broadcast", broadcast_view))
     if settings.websocket.enabled:
         app.router.add_get("/ws", ws_view)  # not CORS: browsers do not apply it to WebSockets
     _allow_cross_origin(app, http_routes, settings.cors.allowed_origins)
@@ -52,7 +56,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
 def _allow_cross_origin(app: web.Application, routes: list[web.AbstractRoute], origins: Iterable[str]) -> None:
     """CORS (aiohttp-cors) for the HTTP endpoints: only `cors.allowed_origins` may read them."""
     options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
-        allow_headers="*", allow_methods=["GET"], max_age=3600
+        allow_headers="*", allow_methods=["GET", "POST"], max_age=3600
     )
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in routes:

@@ -142,3 +142,10 @@ async def wsgate_server(aiohttp_server: Any) -> AsyncIterator[StartServer]:
 async def wait_until(event: asyncio.Event) -> None:
     """Wait for `event`, failing after TIMEOUT."""
     await asyncio.wait_for(event.wait(), TIMEOUT)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Wait until `condition()` holds, checking every 10 ms; for state with no event to wait on."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)

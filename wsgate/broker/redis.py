@@ -54,7 +54,9 @@ class RedisBroker:
         self._resync = asyncio.Event()
         self._receiving = False
         self._sending = True
+        self.receiving = asyncio.Event()  # set while subscribed to Redis (tests and health can wait on it)
         self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
 
     @property
     def state(self) -> str:
@@ -93,9 +95,13 @@ class RedisBroker:
         ]
 
     async def close(self) -> None:
+        self._closed = True  # loops also stop by themselves: redis-py can swallow a cancellation
+        self._resync.set()
+        self._outgoing_ready.set()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._settings.connect_timeout)
         await self._drop_pubsub()
         if self._redis is not None:
             await self._redis.aclose()
@@ -117,7 +123,7 @@ class RedisBroker:
         import redis.asyncio as aioredis
 
         backoff = BACKOFF_START
-        while True:
+        while not self._closed:
             await self._outgoing_ready.wait()
             self._outgoing_ready.clear()
             while self._outgoing:
@@ -169,10 +175,12 @@ class RedisBroker:
         await pubsub.subscribe(self._broadcast, *(self._room_prefix + r.encode() for r in rooms))
         self._pubsub, self._subscribed = pubsub, rooms
         self._receiving = True
+        self.receiving.set()
 
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         self._receiving = False
+        self.receiving.clear()
         self._subscribed = set()
         self._confirmed.clear()
         if pubsub is not None:
@@ -185,7 +193,7 @@ class RedisBroker:
         import redis.asyncio as aioredis
 
         backoff = BACKOFF_START
-        while True:
+        while not self._closed:
             try:
                 if self._pubsub is None:
                     await self._connect_pubsub()
@@ -226,11 +234,11 @@ class RedisBroker:
         """Bring Redis in line with the rooms that have local members (coalescing quick joins and leaves)."""
         import redis.asyncio as aioredis
 
-        while True:
+        while not self._closed:
             await self._resync.wait()
             self._resync.clear()
             pubsub = self._pubsub
-            if pubsub is None:
+            if pubsub is None or self._closed:
                 continue  # the receive loop subscribes everything when it reconnects
             add, remove = self._wanted - self._subscribed, self._subscribed - self._wanted
             try:

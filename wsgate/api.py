@@ -1,0 +1,69 @@
+"""The server-side publish API: services in any language push to clients over HTTP.
+
+`POST /api/publish {"room": R, "data": ANY, "type"?: T}` and `POST /api/broadcast
+{"data": ANY, "type"?: T}`, with `Authorization: Bearer <api.key>`. Delivered
+cluster-wide through the broker; the answer says how many local clients got it.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from . import protocol
+from .keys import GATEWAY
+from .protocol import ClientError
+
+INVALID_KEY = "invalid API key"
+BODY_TOO_LARGE = "request body too large"
+
+
+async def publish_view(request: web.Request) -> web.Response:
+    return await _send(request, to_room=True)
+
+
+async def broadcast_view(request: web.Request) -> web.Response:
+    return await _send(request, to_room=False)
+
+
+async def _send(request: web.Request, to_room: bool) -> web.Response:
+    gateway = request.app[GATEWAY]
+    api = gateway.settings.api
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), api.key.encode()):
+        return _error(401, INVALID_KEY, headers={"WWW-Authenticate": 'Bearer realm="wsgate-api"'})
+    if (request.content_length or 0) > api.max_body_size:
+        return _error(413, BODY_TOO_LARGE)
+    body = await request.content.read(api.max_body_size + 1)
+    if len(body) > api.max_body_size:
+        return _error(413, BODY_TOO_LARGE)
+    try:
+        obj = protocol.loads(body)
+        if not isinstance(obj, dict):
+            raise ClientError(protocol.INVALID_JSON, "the body must be a JSON object")
+        kind = obj.get("type", protocol.MESSAGE)
+        if not isinstance(kind, str) or not kind:
+            raise ClientError(protocol.INVALID_JSON, "field 'type' must be a non-empty string")
+        data: Any = obj.get("data")
+        client_id = api.server_id or None
+        if not to_room:
+            delivered = await gateway.broadcast(data, type=kind, client_id=client_id)
+        else:
+            room = obj.get("room")
+            if room is not None and not isinstance(room, str):
+                raise ClientError(protocol.INVALID_JSON, "field 'room' must be a string")
+            if not room:
+                raise ClientError(protocol.ROOM_REQUIRED)
+            if len(room) > gateway.settings.websocket.max_room_name_length:
+                raise ClientError(protocol.ROOM_TOO_LONG)
+            delivered = await gateway.publish(room, data, type=kind, client_id=client_id)
+    except ClientError as err:
+        return _error(400, err.text, detail=err.detail)
+    return web.json_response({"delivered": delivered})
+
+
+def _error(status: int, text: str, *, detail: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": text} if detail is None else {"error": text, "detail": detail}
+    return web.json_response(body, status=status, headers=headers)
