@@ -110,6 +110,10 @@ def test_settings_are_immutable() -> None:
         ("[logging]\nlevel = \"loud\"\n", {}, "invalid setting logging.level = 'loud': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
         ("[plugins]\ndisabled = \"x\"\n", {}, "invalid setting plugins.disabled = 'x': expected a list of strings"),
         ("[websocket]\nlimits = 3\n", {}, "invalid setting websocket.limits = 3: expected a table"),
+        ('[metrics]\npath = "/health"\n', {}, "invalid setting metrics.path = '/health': expected a path other than"),
+        ('[metrics]\npath = "metrics"\n', {}, "invalid setting metrics.path = 'metrics': expected a path starting with \"/\""),
+        ('[broker]\nurl = "http://redis"\n', {}, "invalid setting broker.url = 'http://redis': expected empty, or a URL"),
+        ('[api]\nmax_body_size = 0\n', {}, "invalid setting api.max_body_size = 0: expected a value of at least 1"),
         ("[websocket\nport=", {}, "cannot read settings from"),
     ],
 )
@@ -158,3 +162,10 @@ def test_plugin_tables_keep_the_case_of_their_values(tmp_path: Path, monkeypatch
     options = load_settings(path).plugins.options
     assert dict(options["token_auth"]["tokens"]) == {"S3cret-Token": "Alice"}
     assert options["users"]["database"] == "Users.sqlite3"
+
+
+def test_settings_files_must_be_toml(tmp_path: Path) -> None:
+    other = tmp_path / "settings.yaml"
+    other.write_text("websocket:\n  port: 1\n")
+    with pytest.raises(ConfigError, match=r"settings file '.*settings.yaml' must be TOML"):
+        load_settings(other)

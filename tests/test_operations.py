@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -57,13 +58,21 @@ def test_json_log_lines_carry_context_fields() -> None:
     assert line["timestamp"].endswith("+00:00")
 
 
-def test_configure_logging_sets_level_and_format() -> None:
+def test_configure_logging_installs_its_handler_once_and_respects_others() -> None:
     root = logging.getLogger()
     saved = (root.level, list(root.handlers))
     try:
+        for handler in saved[1]:
+            root.removeHandler(handler)
         configure_logging(LoggingSettings(level="WARNING", format="json"))
+        configure_logging(LoggingSettings(level="WARNING", format="json"))  # replaces its own handler
         assert root.level == logging.WARNING
         assert len(root.handlers) == 1 and isinstance(root.handlers[0].formatter, JsonFormatter)
+        foreign = logging.NullHandler()
+        root.removeHandler(root.handlers[0])
+        root.addHandler(foreign)  # e.g. gunicorn --log-config: kept, only the level changes
+        configure_logging(LoggingSettings(level="ERROR", format="text"))
+        assert root.handlers == [foreign] and root.level == logging.ERROR
     finally:
         for handler in list(root.handlers):
             root.removeHandler(handler)
@@ -72,20 +81,25 @@ def test_configure_logging_sets_level_and_format() -> None:
             root.addHandler(handler)
 
 
-async def test_json_logs_from_a_real_process_with_connection_open_and_close() -> None:
-    env = environment(WSGATE_LOGGING__FORMAT="json", WSGATE_LOGGING__ACCESS_LOG="false")
+@pytest.mark.parametrize("access_log", [True, False])
+async def test_json_logs_from_a_real_process_with_connection_open_and_close(access_log: bool) -> None:
+    env = environment(WSGATE_LOGGING__FORMAT="json", WSGATE_LOGGING__ACCESS_LOG=str(access_log).lower())
     process = await spawn(sys.executable, "-m", "wsgate", "--host", "127.0.0.1", "--port", "0", env=env)
     try:
-        line = json.loads((await process.wait_for_line(r'listening on 127\.0\.0\.1:\d+')).string)
+        line = json.loads((await process.wait_for_line(r"listening on 127\.0\.0\.1:\d+")).string)
         process.port = int(line["message"].rsplit(":", 1)[1])
         async with aiohttp.ClientSession() as session, session.ws_connect(process.url("/ws")) as ws:
             client_id = (await ws.receive_json())["data"]["client_id"]
-        opened = json.loads((await process.wait_for_line(r' connected from ')).string)
-        closed = json.loads((await process.wait_for_line(r' disconnected ')).string)
+        opened = json.loads((await process.wait_for_line(r" connected from ")).string)
+        closed = json.loads((await process.wait_for_line(r" disconnected ")).string)
         assert opened["client_id"] == closed["client_id"] == client_id
         assert opened["remote"] == "127.0.0.1"
         assert closed["close_code"] == 1000
-        assert not any("aiohttp.access" in seen for seen in process.lines)  # access log off
+        process.proc.send_signal(signal.SIGTERM)  # everything the server logs is in by the time it exits
+        assert await process.finish(timeout=10) == 0
+        access = [seen for seen in process.lines if '"logger": "aiohttp.access"' in seen]
+        assert bool(access) is access_log
+        assert all(json.loads(line) for line in "".join(process.lines).splitlines() if line.strip())
     finally:
         await process.kill()
 
@@ -104,8 +118,8 @@ async def test_config_command_shows_values_sources_and_masks_secrets(tmp_path: P
     assert 'websocket.ping_interval = "30s"  # environment WEBSOCKET_PING_INTERVAL' in lines
     assert 'logging.level = "DEBUG"  # environment WSGATE_LOGGING__LEVEL' in lines
     assert 'websocket.write_wait = "10s"  # default' in lines
-    assert f"plugins.token_auth.tokens.t0p = ***  # file {settings}" in lines
-    assert "alice" not in out.decode()
+    assert f"plugins.token_auth.tokens = ***  # file {settings}" in lines
+    assert "alice" not in out.decode() and "t0p" not in out.decode()
 
 
 async def test_check_command() -> None:

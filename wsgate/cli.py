@@ -22,6 +22,7 @@ from .config import ConfigError, Settings, describe_settings, load_settings
 from .gateway import Gateway
 from .keys import GATEWAY
 from .logs import configure_logging
+from .metrics import MetricsError
 from .plugins import load_plugins
 from .registry import PluginError
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             if not settings.websocket.enabled:
                 log.warning("websocket.enabled is false: serving /health only, no /ws endpoint")
             asyncio.run(serve(settings))
-    except (PluginError, BrokerError) as exc:
+    except (PluginError, BrokerError, MetricsError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ListenError as exc:
         return _fail(str(exc), EXIT_FAILURE)

@@ -193,6 +193,8 @@ def settings_file(path: str | Path | None = None) -> Path | None:
     file = Path(explicit if explicit else DEFAULT_SETTINGS_FILE)
     if explicit and not file.is_file():
         raise ConfigError(f"settings file {str(file)!r} not found")
+    if file.suffix != ".toml":
+        raise ConfigError(f"settings file {str(file)!r} must be TOML (named *.toml)")
     return file if file.is_file() else None
 
 
@@ -207,11 +209,13 @@ def describe_settings(
     Sources, strongest first: command line, environment (the variable's name), file, default.
     """
     file = settings_file(path)
-    in_file = _lower_keys(tomllib.loads(file.read_text())) if file else {}
+    files = [f for f in (file, file.with_name(f"{file.stem}.local.toml")) if f and f.is_file()] if file else []
+    contents = [(f, _lower_keys(tomllib.loads(f.read_text()))) for f in reversed(files)]  # the local file wins
     from_cli = {key for key, _ in _flatten(_lower_keys(dict(overrides or {})))}
     leaves = [(key, _get(settings, key), bool(f.metadata["secret"])) for key, f, _ in iter_settings()]
     for name, table in settings.plugins.options.items():
-        leaves += [(f"plugins.{name}.{key}", value, bool(SECRET_NAME.search(key))) for key, value in _flatten(table)]
+        for key, value in table.items():  # a secret-looking name masks its whole value, keys included
+            leaves.append((f"plugins.{name}.{key}", value, bool(SECRET_NAME.search(key))))
     rows = []
     for key, value, secret in leaves:
         parts = key.split(".")  # a table value may come whole from one variable: try the key's ancestors
@@ -221,12 +225,18 @@ def describe_settings(
             source = "command line"
         elif variable:
             source = f"environment {variable}"
-        elif _has(in_file, key):
-            source = f"file {file}"
+        elif found := next((f for f, content in contents if _has(content, key)), None):
+            source = f"file {found}"
         else:
             source = "default"
-        rows.append((key, "***" if secret and value else _show_value(value), source))
+        shown = "***" if secret and value else _show_value(_mask_password(value))
+        rows.append((key, shown, source))
     return rows
+
+
+def _mask_password(value: Any) -> Any:
+    """`redis://user:secret@host` -> `redis://user:***@host`."""
+    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", value) if isinstance(value, str) else value
 
 
 def _get(settings: Settings, key: str) -> Any:
@@ -255,6 +265,8 @@ def _has(table: Mapping[str, Any], key: str) -> bool:
 
 
 def _show_value(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_show_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, float):
         return f'"{_show_duration(value)}"'
     if isinstance(value, (tuple, list)):
@@ -455,7 +467,15 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+RESERVED_PATHS = ("/ws", "/health", "/api/publish", "/api/broadcast")
+
+
 def _check_relations(settings: Settings) -> None:
+    if settings.metrics.path in RESERVED_PATHS:
+        raise ConfigError(
+            f"invalid setting metrics.path = {settings.metrics.path!r}: expected a path other than "
+            + ", ".join(RESERVED_PATHS)
+        )
     ws = settings.websocket
     if ws.pong_wait <= ws.ping_interval:
         raise ConfigError(

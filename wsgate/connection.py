@@ -62,6 +62,7 @@ class Connection:
         self.remote = request.remote
         self.state = State.OPEN
         self.close_reason = ""
+        self.close_code: int | None = None  # the code the server closed with (None: the client closed first)
         self._ws = ws
         self._transport = request.transport
         self._loop = asyncio.get_running_loop()
@@ -98,16 +99,17 @@ class Connection:
 
     def enqueue(self, frame: bytes) -> None:
         """Queue one pre-encoded text frame for this client alone (counted as one delivery)."""
-        self.gateway.metrics.messages_delivered(1)
-        self.put(frame)
+        if self.put(frame):
+            self.gateway.metrics.messages_delivered(1)
 
-    def put(self, frame: bytes) -> None:
+    def put(self, frame: bytes) -> bool:
         """Queue a frame without counting it: the hub counts a whole fan-out once.
 
         A client whose outbox is full is dropped (close 1008): it never slows the others.
+        Returns whether the frame was queued.
         """
         if self.state is not State.OPEN:
-            return
+            return False
         if len(self._outbox) >= self._outbox_limit:
             self.gateway.metrics.error("slow_consumer")
             log.warning(
@@ -115,9 +117,10 @@ class Connection:
                 extra={"client_id": self.id},
             )
             self.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
-            return
+            return False
         self._outbox.append(frame)
         self._wake.set()
+        return True
 
     # --- life cycle --------------------------------------------------------------
 
@@ -136,6 +139,7 @@ class Connection:
             return
         self.state = State.CLOSING
         self.close_reason = reason
+        self.close_code = code
         self._outbox.clear()
         # Leave the rooms now (next turn: we may be inside a fan-out over one of them),
         # not after a close handshake that a stalled peer can hold up for write_wait.
@@ -157,10 +161,11 @@ class Connection:
         finally:  # aiohttp may cancel the handler when the peer vanishes: still finish
             self.closed.set()
             self.gateway.metrics.connection_closed(self.close_reason, self._loop.time() - self.opened_at)
+            code = self.close_code if self.close_code is not None else self._ws.close_code
             log.info(
                 "client %s disconnected (code %s%s)",
-                self.id, self._ws.close_code, f", {self.close_reason}" if self.close_reason else "",
-                extra={"client_id": self.id, "remote": self.remote, "close_code": self._ws.close_code},
+                self.id, code, f", {self.close_reason}" if self.close_reason else "",
+                extra={"client_id": self.id, "remote": self.remote, "close_code": code},
             )
 
     async def _close(self, code: int, reason: str) -> None:

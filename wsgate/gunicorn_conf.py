@@ -8,7 +8,6 @@ sums every worker; the hooks below keep that directory right.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,12 @@ def _metrics_dir() -> Path | None:
 
 
 def on_starting(server: Any) -> None:
-    """Start every run with an empty metrics directory (stale files would add old counts)."""
+    """Start every run without old metric files (they would add old counts); the directory itself stays."""
     directory = _metrics_dir()
     if directory is not None:
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
+        directory.mkdir(parents=True, exist_ok=True)  # may be a mount point or a symlink: never remove it
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
 
 
 def child_exit(server: Any, worker: Any) -> None:

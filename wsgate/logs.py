@@ -38,12 +38,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class _WsgateHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The stderr handler wsgate installs (so a second call replaces it, not somebody else's)."""
+
+
 def configure_logging(settings: LoggingSettings) -> None:
-    """Send every log record to stderr in the configured format and level (replaces earlier set-up)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if settings.format == "json" else logging.Formatter(TEXT_FORMAT))
+    """Log to stderr in the configured format, at the configured level.
+
+    Handlers someone else installed (gunicorn's --log-config, pytest) are kept: then only
+    the level is set, and their format applies.
+    """
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
     root.setLevel(settings.level)
+    for old in [h for h in root.handlers if isinstance(h, _WsgateHandler)]:
+        root.removeHandler(old)
+    if root.handlers:
+        return
+    handler = _WsgateHandler()
+    handler.setFormatter(JsonFormatter() if settings.format == "json" else logging.Formatter(TEXT_FORMAT))
+    root.addHandler(handler)

@@ -22,7 +22,7 @@ from prometheus_client import (
     values,
 )
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "Throughput"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsError", "Throughput"]
 
 THROUGHPUT_WINDOW = 10.0  # seconds over which websocket_messages_per_second is averaged
 
@@ -55,10 +55,23 @@ class Throughput:
         return (total - first_total) / elapsed if elapsed > 0 else 0.0
 
 
+class MetricsError(Exception):
+    """Metrics cannot be kept (in multiprocess mode: the directory is missing or not writable)."""
+
+
 class Metrics:
     """The gateway's metrics (see README "Operations" for what each one means)."""
 
     def __init__(self, message_types: Iterable[str] = ()) -> None:
+        try:
+            self._create(message_types)
+        except OSError as exc:  # multiprocess mode writes a file per metric and process
+            raise MetricsError(
+                f"cannot keep metrics ({exc.strerror or exc}: {exc.filename}); "
+                "PROMETHEUS_MULTIPROC_DIR must name an existing, writable directory"
+            ) from None
+
+    def _create(self, message_types: Iterable[str]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.clients = Gauge(

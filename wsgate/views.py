@@ -104,7 +104,7 @@ async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gatew
             error = msg.data if kind is WSMsgType.ERROR else None
             if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
                 gateway.metrics.error("message_too_big")
-                conn.close_reason = "message too big"
+                conn.close_reason, conn.close_code = "message too big", WSCloseCode.MESSAGE_TOO_BIG
             return
 
 
