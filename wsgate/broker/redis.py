@@ -197,6 +197,8 @@ class RedisBroker:
             try:
                 if self._pubsub is None:
                     await self._connect_pubsub()
+                    self._sending = True  # Redis answers again: let the next publish prove otherwise
+                    self._outgoing_ready.set()
                     self._metrics.broker_reconnected()
                     log.info("broker: reconnected to Redis; receiving %d rooms again", len(self._subscribed))
                     self._resync.set()
