@@ -1,8 +1,12 @@
-"""One connected client: identity, rooms, a bounded outbox with its writer, keepalive.
+"""One connected client: identity, rooms, a bounded outbox, keepalive; and the Flusher.
 
 The view's handler task is the only reader. Everything that sends to the client
-only appends pre-encoded bytes to the outbox (no await, no per-recipient encode);
-one writer task per client drains it, so a slow peer only ever slows itself.
+appends a complete, pre-built WebSocket frame to its outbox: no await, no encode,
+no per-recipient call beyond the append. At the end of the event-loop turn the
+Flusher writes each outbox that got frames with ONE transport write, however many
+frames piled up, so the kernel gets several frames per system call. A client
+whose socket is full is left to its own writer task, which waits (at most
+`write_wait`) for it to drain: a slow peer only ever slows itself.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
+from aiohttp.abc import AbstractStreamWriter
 
 from . import protocol
 
@@ -48,11 +53,38 @@ class Sent:
 SENT = Sent()
 
 
+class Flusher:
+    """Writes, once per event-loop turn, every outbox that received frames during that turn."""
+
+    __slots__ = ("_dirty", "_scheduled")
+
+    def __init__(self) -> None:
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+
+    def mark(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+
 class Connection:
     """A client as handlers and plugins see it: `id`, `identity`, `rooms`, `gateway`, `send()`."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, request: web.Request, gateway: Gateway, identity: object = None
+        self,
+        ws: web.WebSocketResponse,
+        stream: AbstractStreamWriter,
+        request: web.Request,
+        gateway: Gateway,
+        identity: object = None,
     ) -> None:
         settings = gateway.settings.websocket
         self.id = str(uuid.uuid4())
@@ -64,10 +96,16 @@ class Connection:
         self.close_reason = ""
         self.close_code: int | None = None  # the code the server closed with (None: the client closed first)
         self._ws = ws
+        self._stream = stream
         self._transport = request.transport
+        self._high_water = self._transport.get_write_buffer_limits()[1] if self._transport else 0
+        self._raw = not ws.compress  # frames go to the socket as they are, unless deflate was negotiated
         self._loop = asyncio.get_running_loop()
-        self._outbox: deque[bytes] = deque()
+        self._flusher = gateway.flusher
+        self._outbox: deque[bytes] = deque()  # complete WebSocket frames, header included
         self._outbox_limit = settings.send_queue_size
+        self._marked = False  # in the flusher's list for this turn
+        self._blocked = False  # the socket is full: the writer task waits for it to drain
         self._wake = asyncio.Event()
         self._ping_interval = settings.ping_interval
         self._pong_wait = settings.pong_wait
@@ -97,30 +135,53 @@ class Connection:
         """Answer this client with an `error` message."""
         self.enqueue(protocol.encode_error(err))
 
-    def enqueue(self, frame: bytes) -> None:
-        """Queue one pre-encoded text frame for this client alone (counted as one delivery)."""
-        if self.put(frame):
+    def enqueue(self, payload: bytes) -> None:
+        """Queue one encoded message for this client alone (counted as one delivery)."""
+        if self.put(protocol.frame(payload)):
             self.gateway.metrics.messages_delivered(1)
 
     def put(self, frame: bytes) -> bool:
-        """Queue a frame without counting it: the hub counts a whole fan-out once.
+        """Queue a complete WebSocket frame; the hub builds it once for a whole fan-out.
 
         A client whose outbox is full is dropped (close 1008): it never slows the others.
         Returns whether the frame was queued.
         """
         if self.state is not State.OPEN:
             return False
-        if len(self._outbox) >= self._outbox_limit:
+        outbox = self._outbox
+        if len(outbox) >= self._outbox_limit:
             self.gateway.metrics.error("slow_consumer")
             log.warning(
-                "client %s is too slow (%d messages queued); closing", self.id, len(self._outbox),
+                "client %s is too slow (%d messages queued); closing", self.id, len(outbox),
                 extra={"client_id": self.id},
             )
             self.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
             return False
-        self._outbox.append(frame)
-        self._wake.set()
+        outbox.append(frame)
+        if not self._marked:
+            self._marked = True
+            self._flusher.mark(self)
         return True
+
+    def flush(self) -> None:
+        """Write the whole outbox with one system call, unless the socket is full (then the writer waits)."""
+        self._marked = False
+        outbox = self._outbox
+        if self._blocked or not outbox or self.state is not State.OPEN:
+            return
+        if not self._raw:
+            self._wake.set()  # deflate: the writer sends frame by frame through aiohttp
+            return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            outbox.clear()
+            return
+        if transport.get_write_buffer_size() > self._high_water:
+            self._blocked = True
+            self._wake.set()
+            return
+        transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+        outbox.clear()
 
     # --- life cycle --------------------------------------------------------------
 
@@ -195,6 +256,7 @@ class Connection:
         self._wake.set()
 
     async def _write_loop(self) -> None:
+        """Control frames, a full socket and deflate: everything that may have to wait, bounded by write_wait."""
         ws, outbox, wake, write_wait = self._ws, self._outbox, self._wake, self._write_wait
         while True:
             await wake.wait()
@@ -208,9 +270,14 @@ class Connection:
                     self._ping_due = False
                     async with asyncio.timeout(write_wait):
                         await ws.ping()
-                while outbox:
-                    async with asyncio.timeout(write_wait):  # the spec's write deadline, per write
-                        await ws.send_frame(outbox.popleft(), WSMsgType.TEXT)
+                if self._blocked:
+                    async with asyncio.timeout(write_wait):  # the spec's write deadline
+                        await self._stream.drain()
+                    self._blocked = False
+                    self.flush()
+                while outbox and not self._raw:
+                    async with asyncio.timeout(write_wait):
+                        await ws.send_frame(protocol.frame_payload(outbox.popleft()), WSMsgType.TEXT)
             except TimeoutError:
                 self.gateway.metrics.error("write_timeout")
                 log.warning(

@@ -16,6 +16,7 @@ from typing import Any
 from . import __version__, protocol
 from .broker import Broker, make_broker
 from .config import Settings
+from .connection import Flusher
 from .dispatch import Dispatcher
 from .hub import Hub
 from .metrics import Metrics
@@ -34,6 +35,7 @@ class Gateway:
         self.metrics = Metrics(self.registry.owners())
         self.broker: Broker = make_broker(settings.broker, self.metrics)
         self.hub = Hub(settings.websocket.limits, self.broker)
+        self.flusher = Flusher()
         self.dispatcher = Dispatcher(self.registry, self.metrics, settings.websocket.max_room_name_length)
         self.draining = False
         self.started_at = time.monotonic()

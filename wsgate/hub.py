@@ -10,6 +10,7 @@ from __future__ import annotations
 from .broker import Broker
 from .config import LimitsSettings
 from .connection import Connection
+from . import protocol
 from .protocol import NOT_SUBSCRIBED, ROOM_FULL, ClientError
 
 
@@ -68,9 +69,14 @@ class Hub:
             del self.rooms[room]  # a room exists while it has members
             self._broker.room_removed(room)
 
-    def deliver(self, room: str | None, frame: bytes) -> int:
-        """Queue `frame` for every local member of `room` (every connection when None); returns how many."""
+    def deliver(self, room: str | None, payload: bytes) -> int:
+        """Queue an encoded message for every local member of `room` (everyone when None); returns how many.
+
+        The WebSocket frame is built once here; each member gets the same bytes.
+        """
         targets = self.connections.values() if room is None else self.rooms.get(room, ())
-        for conn in targets:
-            conn.put(frame)
+        if targets:
+            frame = protocol.frame(payload)
+            for conn in targets:
+                conn.put(frame)
         return len(targets)

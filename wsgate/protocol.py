@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -184,3 +185,22 @@ ERROR_REASONS: Final = {
     INTERNAL_ERROR: "handler_error",
 }
 """Error text -> metrics label; texts from plugins count as `rejected` (labels stay bounded)."""
+
+
+_TEXT_FIN = 0x81  # FIN + text opcode; server frames are never masked
+
+
+def frame(payload: bytes) -> bytes:
+    """A complete unmasked WebSocket text frame: built once, written to every recipient as it is."""
+    size = len(payload)
+    if size < 126:
+        return bytes((_TEXT_FIN, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", _TEXT_FIN, 126, size) + payload
+    return struct.pack("!BBQ", _TEXT_FIN, 127, size) + payload
+
+
+def frame_payload(frame: bytes) -> bytes:
+    """The payload of a frame built by `frame` (for connections that need aiohttp to deflate it)."""
+    size = frame[1]
+    return frame[2 if size < 126 else 4 if size == 126 else 10 :]

@@ -16,6 +16,8 @@ from .protocol import ClientError
 
 log = logging.getLogger(__name__)
 
+READ_BATCH = 32  # frames one client may have handled before others get a turn (well under send_queue_size)
+
 
 async def health_view(request: web.Request) -> web.Response:
     """`{"status":"healthy","clients":N,"rooms":M}`; 503 with `"draining"` during shutdown."""
@@ -52,11 +54,11 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
         autoping=False,  # pings and pongs reach the read loop: they count as signs of life
         timeout=settings.write_wait,  # how long a close handshake may take
     )
-    await ws.prepare(request)
+    stream = await ws.prepare(request)
     if gateway.draining:  # began while we authenticated or upgraded: drain() would not see this client
         await ws.close(code=protocol.CLOSE_GOING_AWAY, message=b"server shutting down")
         return ws
-    conn = Connection(ws, request, gateway, identity)
+    conn = Connection(ws, stream, request, gateway, identity)
     if not gateway.hub.admit(conn):
         await _refuse_full(ws, gateway)
         return ws
@@ -85,15 +87,19 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
 async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gateway) -> None:
     dispatcher = gateway.dispatcher
     binary_error = ClientError(protocol.BINARY_NOT_SUPPORTED, "send JSON messages as text frames")
+    batch = 0
     while True:
         msg = await ws.receive()
         conn.touch()
         kind = msg.type
         if kind is WSMsgType.TEXT:
             await dispatcher.dispatch(conn, msg.data)
-            # Let the writers run before the next frame: a burst already buffered from one
-            # client must not fill every recipient's outbox before any of them can flush.
-            await asyncio.sleep(0)
+            # receive() does not yield while frames are buffered. Yield every READ_BATCH frames
+            # so outboxes are flushed (several frames per write) before a burst could fill them.
+            batch += 1
+            if batch >= READ_BATCH:
+                batch = 0
+                await asyncio.sleep(0)
         elif kind is WSMsgType.BINARY:
             dispatcher.reject(conn, binary_error)
         elif kind is WSMsgType.PING:
