@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if not settings.websocket.enabled:
                 log.warning("websocket.enabled is false: serving /health only, no /ws endpoint")
-            asyncio.run(serve(settings))
+            run_loop(serve(settings), settings.runtime.uvloop)
     except (PluginError, BrokerError, MetricsError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ListenError as exc:
@@ -70,6 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return EXIT_FAILURE
     return 0
+
+
+def run_loop(main: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
+    """asyncio.run, on uvloop when it is installed and wanted (it makes every socket operation cheaper)."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 async def serve(settings: Settings) -> None:

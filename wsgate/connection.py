@@ -15,7 +15,6 @@ import asyncio
 import enum
 import logging
 import uuid
-from collections import deque
 from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +77,13 @@ class Flusher:
 class Connection:
     """A client as handlers and plugins see it: `id`, `identity`, `rooms`, `gateway`, `send()`."""
 
+    __slots__ = (
+        "id", "gateway", "identity", "rooms", "remote", "state", "close_reason", "close_code", "last_seen",
+        "opened_at", "closed", "_ws", "_stream", "_transport", "_high_water", "_raw", "_loop", "_flusher",
+        "_outbox", "_outbox_limit", "_marked", "_blocked", "_ping_interval", "_pong_wait", "_write_wait",
+        "_next_ping", "_ping_due", "_pong", "_timer", "_writer", "_closer",
+    )
+
     def __init__(
         self,
         ws: web.WebSocketResponse,
@@ -102,11 +108,10 @@ class Connection:
         self._raw = not ws.compress  # frames go to the socket as they are, unless deflate was negotiated
         self._loop = asyncio.get_running_loop()
         self._flusher = gateway.flusher
-        self._outbox: deque[bytes] = deque()  # complete WebSocket frames, header included
+        self._outbox: list[bytes] = []  # complete WebSocket frames, header included
         self._outbox_limit = settings.send_queue_size
         self._marked = False  # in the flusher's list for this turn
         self._blocked = False  # the socket is full: the writer task waits for it to drain
-        self._wake = asyncio.Event()
         self._ping_interval = settings.ping_interval
         self._pong_wait = settings.pong_wait
         self._write_wait = settings.write_wait
@@ -170,7 +175,7 @@ class Connection:
         if self._blocked or not outbox or self.state is not State.OPEN:
             return
         if not self._raw:
-            self._wake.set()  # deflate: the writer sends frame by frame through aiohttp
+            self._need_writer()  # deflate: the writer sends frame by frame through aiohttp
             return
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -178,7 +183,7 @@ class Connection:
             return
         if transport.get_write_buffer_size() > self._high_water:
             self._blocked = True
-            self._wake.set()
+            self._need_writer()
             return
         transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
         outbox.clear()
@@ -186,8 +191,7 @@ class Connection:
     # --- life cycle --------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the writer and the keepalive timer (called once the client is admitted)."""
-        self._writer = asyncio.create_task(self._write_loop(), name=f"wsgate-writer-{self.id}")
+        """Start the keepalive timer (called once the client is admitted)."""
         self._timer = self._loop.call_at(self._next_ping, self._keepalive)
 
     def touch(self) -> None:
@@ -251,17 +255,38 @@ class Connection:
     # --- writer and keepalive ----------------------------------------------------
 
     def queue_pong(self, payload: bytes) -> None:
-        """Answer a client's ping through the writer (the reader must never wait on a write)."""
+        """Answer a client's ping without the reader ever waiting on a write."""
         self._pong = payload  # only the latest ping needs an answer (RFC 6455 5.5.3)
-        self._wake.set()
+        self._send_control()
+
+    def _send_control(self) -> None:
+        """Write a due ping or pong straight to the socket, or leave it to the writer when it must wait."""
+        transport = self._transport
+        if self._blocked or not self._raw or transport is None or transport.is_closing():
+            self._need_writer()
+            return
+        if self._pong is not None:
+            transport.write(protocol.control_frame(protocol.PONG_OPCODE, self._pong))
+            self._pong = None
+        if self._ping_due:
+            transport.write(protocol.PING_FRAME)
+            self._ping_due = False
+
+    def _need_writer(self) -> None:
+        """Make sure a writer task runs: one exists only while something has to wait (most clients: never)."""
+        if self.state is State.OPEN and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.create_task(self._write_loop(), name=f"wsgate-writer-{self.id}")
 
     async def _write_loop(self) -> None:
-        """Control frames, a full socket and deflate: everything that may have to wait, bounded by write_wait."""
-        ws, outbox, wake, write_wait = self._ws, self._outbox, self._wake, self._write_wait
-        while True:
-            await wake.wait()
-            wake.clear()
-            try:
+        """What may have to wait: a full socket, control frames behind it, deflate; each bounded by write_wait."""
+        ws, outbox, write_wait = self._ws, self._outbox, self._write_wait
+        try:
+            while True:
+                if self._blocked:
+                    async with asyncio.timeout(write_wait):  # the spec's write deadline
+                        await self._stream.drain()
+                    self._blocked = False
+                    self.flush()
                 if self._pong is not None:
                     payload, self._pong = self._pong, None
                     async with asyncio.timeout(write_wait):
@@ -270,24 +295,20 @@ class Connection:
                     self._ping_due = False
                     async with asyncio.timeout(write_wait):
                         await ws.ping()
-                if self._blocked:
-                    async with asyncio.timeout(write_wait):  # the spec's write deadline
-                        await self._stream.drain()
-                    self._blocked = False
-                    self.flush()
                 while outbox and not self._raw:
                     async with asyncio.timeout(write_wait):
-                        await ws.send_frame(protocol.frame_payload(outbox.popleft()), WSMsgType.TEXT)
-            except TimeoutError:
-                self.gateway.metrics.error("write_timeout")
-                log.warning(
-                    "client %s: a write did not complete in %ss; closing", self.id, write_wait,
-                    extra={"client_id": self.id},
-                )
-                self.drop(protocol.CLOSE_POLICY_VIOLATION, "write timeout")
-                return
-            except ConnectionResetError:
-                return  # the peer is gone; the reader sees it and cleans up
+                        await ws.send_frame(protocol.frame_payload(outbox.pop(0)), WSMsgType.TEXT)
+                if not (self._blocked or self._pong is not None or self._ping_due or (outbox and not self._raw)):
+                    return  # nothing left that waits: the next need starts a new writer
+        except TimeoutError:
+            self.gateway.metrics.error("write_timeout")
+            log.warning(
+                "client %s: a write did not complete in %ss; closing", self.id, write_wait,
+                extra={"client_id": self.id},
+            )
+            self.drop(protocol.CLOSE_POLICY_VIOLATION, "write timeout")
+        except ConnectionResetError:
+            pass  # the peer is gone; the reader sees it and cleans up
 
     def _keepalive(self) -> None:
         now = self._loop.time()
@@ -299,7 +320,7 @@ class Connection:
             return
         if now >= self._next_ping:
             self._ping_due = True
-            self._wake.set()
+            self._send_control()
             self._next_ping = now + self._ping_interval
         self._timer = self._loop.call_at(
             min(self._next_ping, self.last_seen + self._pong_wait), self._keepalive

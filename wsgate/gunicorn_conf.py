@@ -13,7 +13,12 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-worker_class = "aiohttp.GunicornWebWorker"
+try:  # uvloop when the [speed] extra is installed
+    import uvloop  # noqa: F401
+
+    worker_class = "aiohttp.GunicornUVLoopWebWorker"
+except ImportError:
+    worker_class = "aiohttp.GunicornWebWorker"
 graceful_timeout = 35  # longer than websocket.timeout (30s by default): clients get 1001, not a kill
 bind = "0.0.0.0:8081"
 

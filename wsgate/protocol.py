@@ -204,3 +204,13 @@ def frame_payload(frame: bytes) -> bytes:
     """The payload of a frame built by `frame` (for connections that need aiohttp to deflate it)."""
     size = frame[1]
     return frame[2 if size < 126 else 4 if size == 126 else 10 :]
+
+
+PONG_OPCODE: Final = 0xA
+PING_FRAME: Final = bytes((0x89, 0))  # FIN + ping, empty payload
+
+
+def control_frame(opcode: int, payload: bytes) -> bytes:
+    """An unmasked control frame (ping/pong); RFC 6455 allows at most 125 payload bytes."""
+    payload = payload[:125]
+    return bytes((0x80 | opcode, len(payload))) + payload

@@ -1,0 +1,345 @@
+"""The load generator: picows clients (compiled, so the generator is not the bottleneck) on uvloop.
+
+One scenario per run; prints one JSON object with the figures and the generator's
+own CPU use (a fraction of one core: near 1.0 means the figure is void).
+
+    python benchmarks/loadgen.py fanout --url ws://127.0.0.1:8081/ws --subscribers 1000 --window 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+
+import uvloop
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+PAD = "x" * 40  # with the envelope, a ~100-byte message
+CONNECT_CONCURRENCY = 200
+
+
+class Counter(asyncio.Protocol):
+    """A subscriber that only counts bytes once subscribed: no per-frame Python work at all.
+
+    Every benchmark message has the same size, so deliveries = bytes / frame size.
+    """
+
+    def __init__(self, host: str, room: str) -> None:
+        self.host, self.room = host, room
+        self.upgraded = asyncio.get_running_loop().create_future()
+        self.subscribed = asyncio.get_running_loop().create_future()
+        self.buffer = b""
+        self.bytes = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(  # type: ignore[attr-defined]
+            f"GET /ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self.subscribed.done():
+            self.bytes += len(data)
+            return
+        self.buffer += data
+        if not self.upgraded.done():
+            head, sep, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            if not sep:
+                self.buffer = head
+                return
+            self.upgraded.set_result(None)
+            payload = json.dumps({"type": "subscribe", "room": self.room}).encode()
+            mask = os.urandom(4)
+            self.transport.write(bytes((0x81, 0x80 | len(payload))) + mask  # type: ignore[attr-defined]
+                                 + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        while len(self.buffer) >= 2:  # parse frames only until `subscribed`
+            size = self.buffer[1] & 0x7F
+            head = 2 if size < 126 else 4 if size == 126 else 10
+            if size >= 126:
+                if len(self.buffer) < head:
+                    return
+                size = int.from_bytes(self.buffer[2:head], "big")
+            if len(self.buffer) < head + size:
+                return
+            payload, self.buffer = self.buffer[head:head + size], self.buffer[head + size:]
+            if b'"subscribed"' in payload:
+                self.bytes = len(self.buffer)
+                self.subscribed.set_result(None)
+                return
+
+
+async def counters(url: str, count: int, room: str) -> list[Counter]:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def one() -> Counter:
+        async with gate:
+            _, counter = await loop.create_connection(lambda: Counter(host, room), host, int(port))
+            await asyncio.wait_for(counter.subscribed, 30)
+            return counter
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+class Client(WSListener):
+    """Counts text frames; optionally records latency from the `t` (monotonic ns) a message carries."""
+
+    def __init__(self, on_message: Callable[[Client, bytes], None] | None = None) -> None:
+        self.transport: WSTransport | None = None
+        self.received = 0
+        self.latencies: list[int] | None = None
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.on_message = on_message
+        self.frame_size = 0
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type != WSMsgType.TEXT:
+            return
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(frame.get_payload_as_bytes())
+            return
+        self.received += 1
+        if self.latencies is not None or self.on_message is not None:
+            payload = frame.get_payload_as_bytes()
+            if self.latencies is not None:
+                start = payload.find(b'["', payload.find(b'"data"')) + 2  # tolerant of `: ` spacing
+                if start > 1:
+                    self.latencies.append(time.monotonic_ns() - int(payload[start:start + 20]))
+                    self.frame_size = len(payload) + (2 if len(payload) < 126 else 4)
+            if self.on_message is not None:
+                self.on_message(self, payload)
+
+    def send(self, obj: object) -> None:
+        assert self.transport is not None
+        self.transport.send(WSMsgType.TEXT, json.dumps(obj, separators=(",", ":")).encode())
+
+    async def request(self, obj: object) -> dict:
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.send(obj)
+        reply = json.loads(await asyncio.wait_for(self.waiter, 30))
+        self.waiter = None
+        return reply
+
+
+async def connect(url: str, count: int, factory: Callable[[], Client] = Client) -> list[Client]:
+    """`count` connected clients whose `connected` message has been read."""
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def one() -> Client:
+        async with gate:
+            client = factory()
+            client.waiter = asyncio.get_running_loop().create_future()
+            await ws_connect(lambda: client, url, max_frame_size=1 << 20)
+            await asyncio.wait_for(client.waiter, 30)  # "connected"
+            client.waiter = None
+            return client
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+def message(seq: int) -> dict:
+    """Fixed-size data (zero-padded numbers in strings), so every delivered frame has the same length."""
+    return {"type": "publish", "room": "bench", "data": [f"{time.monotonic_ns():020d}", f"{seq:010d}", PAD]}
+
+
+def percentile(values: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6  # ms
+
+
+class CpuClock:
+    """This process's CPU time over a wall-clock interval, as a fraction of one core."""
+
+    def __enter__(self) -> CpuClock:
+        self.cpu0, self.wall0 = self._cpu(), time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.share = (self._cpu() - self.cpu0) / (time.monotonic() - self.wall0)
+
+    @staticmethod
+    def _cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+
+async def fanout(urls: list[str], subscribers: int, window: int, duration: float, sampled: int = 20) -> dict:
+    """1 publisher keeping `window` messages in flight to `subscribers` in one room (spread over `urls`).
+
+    `sampled` subscribers parse every message for latency; the rest only count bytes.
+    """
+    sampled = min(sampled, subscribers)
+    samplers = await connect(urls[0], sampled)
+    for client in samplers:
+        assert (await client.request({"type": "subscribe", "room": "bench"}))["type"] == "subscribed"
+    rest: list[Counter] = []
+    share = subscribers - sampled
+    for i, url in enumerate(urls):
+        rest += await counters(url, share // len(urls) + (1 if i < share % len(urls) else 0), "bench")
+    state = {"sent": 0, "running": True}
+
+    def on_own_copy(publisher: Client, payload: bytes) -> None:
+        if state["running"]:
+            state["sent"] += 1
+            publisher.send(message(state["sent"]))
+
+    (publisher,) = await connect(urls[0], 1, lambda: Client(on_own_copy))
+    assert (await publisher.request({"type": "subscribe", "room": "bench"}))["type"] == "subscribed"
+    for client in samplers:
+        client.latencies = []
+    for _ in range(window):
+        state["sent"] += 1
+        publisher.send(message(state["sent"]))
+    await asyncio.sleep(1.0)  # warm-up
+    frame_size = samplers[0].frame_size
+
+    def delivered() -> float:
+        return sum(c.received for c in samplers) + sum(c.bytes for c in rest) / frame_size
+
+    for client in samplers:
+        client.latencies = []
+    before = delivered()
+    with CpuClock() as cpu:
+        await asyncio.sleep(duration)
+        during = delivered() - before
+    state["running"] = False
+    latencies = [lat for c in samplers for lat in c.latencies or ()]
+    sent = state["sent"]
+    deadline = time.monotonic() + 10
+    while delivered() < sent * subscribers and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)  # in-flight messages still arriving
+    return {"deliveries_per_s": during / duration, "p50_ms": percentile(latencies, 0.5),
+            "p99_ms": percentile(latencies, 0.99), "loss": round(sent * subscribers - delivered()),
+            "loadgen_cpu": cpu.share}
+
+
+async def settle(clients: list[Client], expected: int, timeout: float = 10.0) -> None:
+    """Wait (bounded) until every client has `expected` messages or the counts stop moving."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        total = sum(c.received for c in clients)
+        if all(c.received >= expected for c in clients) or total == last:
+            return
+        last = total
+        await asyncio.sleep(0.3)
+
+
+async def many_rooms(url: str, rooms: int, window: int, duration: float) -> dict:
+    """`rooms` rooms of 2 clients; in each, one client keeps `window` messages in flight."""
+    clients = await connect(url, rooms * 2)
+    running = {"on": True}
+
+    def again(publisher: Client, payload: bytes) -> None:
+        if running["on"]:
+            publisher.send({"type": "publish", "room": publisher.room, "data": [time.monotonic_ns(), 0, PAD]})  # type: ignore[attr-defined]
+
+    for i, client in enumerate(clients):
+        room = f"room-{i // 2}"
+        client.room = room  # type: ignore[attr-defined]
+        assert (await client.request({"type": "subscribe", "room": room}))["type"] == "subscribed"
+        if i % 2 == 0:
+            client.on_message = again
+    for i in range(0, len(clients), 2):
+        for _ in range(window):
+            again(clients[i], b"")
+    await asyncio.sleep(1.0)
+    before = sum(c.received for c in clients)
+    with CpuClock() as cpu:
+        await asyncio.sleep(duration)
+        delivered = sum(c.received for c in clients) - before
+    running["on"] = False
+    return {"deliveries_per_s": delivered / duration, "loadgen_cpu": cpu.share}
+
+
+async def idle(url: str, connections: int) -> dict:
+    """Connect `connections` clients; time it; then time one broadcast reaching all of them."""
+    with CpuClock() as cpu:
+        started = time.monotonic()
+        clients = await connect(url, connections)
+        connect_s = time.monotonic() - started
+    print(json.dumps({"connected": connections}), flush=True)  # run.py measures server memory now
+    sys.stdin.readline()
+    done = asyncio.Event()
+    remaining = {"n": len(clients)}
+
+    def arrived(client: Client, payload: bytes) -> None:
+        remaining["n"] -= 1
+        if remaining["n"] == 0:
+            done.set()
+
+    for client in clients:
+        client.on_message = arrived
+    started = time.monotonic()
+    clients[0].send({"type": "broadcast", "data": "wake up"})
+    await asyncio.wait_for(done.wait(), 120)
+    broadcast_s = time.monotonic() - started
+    return {"connect_s": connect_s, "broadcast_s": broadcast_s, "loadgen_cpu": cpu.share}
+
+
+async def latency(url: str, subscribers: int, rate: float, duration: float) -> dict:
+    """`subscribers` in one room, one publisher at a steady `rate` messages/s."""
+    subs = await connect(url, subscribers)
+    for client in subs:
+        assert (await client.request({"type": "subscribe", "room": "bench"}))["type"] == "subscribed"
+        client.latencies = []
+    (publisher,) = await connect(url, 1)
+    assert (await publisher.request({"type": "subscribe", "room": "bench"}))["type"] == "subscribed"
+    with CpuClock() as cpu:
+        interval, seq = 1.0 / rate, 0
+        next_at = time.monotonic()
+        end = next_at + duration
+        while next_at < end:
+            seq += 1
+            publisher.send(message(seq))
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    await settle(subs, seq)
+    values = [lat for c in subs for lat in c.latencies or ()]
+    return {"p50_ms": percentile(values, 0.5), "p99_ms": percentile(values, 0.99),
+            "loss": sum(seq - c.received for c in subs), "loadgen_cpu": cpu.share}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=["fanout", "many_rooms", "idle", "latency"])
+    parser.add_argument("--url", action="append", required=True)
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--rooms", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=10000)
+    parser.add_argument("--rate", type=float, default=100)
+    parser.add_argument("--duration", type=float, default=3.0)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.scenario == "fanout":
+        job = fanout(args.url, args.subscribers, args.window, args.duration)
+    elif args.scenario == "many_rooms":
+        job = many_rooms(args.url[0], args.rooms, args.window, args.duration)
+    elif args.scenario == "idle":
+        job = idle(args.url[0], args.connections)
+    else:
+        job = latency(args.url[0], args.subscribers, args.rate, args.duration)
+    result = uvloop.run(job)
+    print(json.dumps(result), flush=True)
+    os._exit(0)  # thousands of sockets: let the kernel close them
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Run every benchmark scenario against wsgate and the naive baseline; print and record the table.
+
+    make bench              # or: .venv/bin/python benchmarks/run.py [--runs 3] [--only fanout-1000-w32]
+
+The server under test is pinned to core 0 (`taskset -c 0`), the load generator
+(benchmarks/loadgen.py) to core 1. Every figure is the median of `--runs` runs
+(min and max beside it), and every wsgate figure is also given as a ratio to the
+naive baseline measured in the same run. Results go to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PYTHON = sys.executable
+NO_EXAMPLE_PLUGINS = '["echo", "users", "token_auth"]'
+REDIS_URL = os.environ.get("WSGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+
+# name: (loadgen arguments, servers it runs on, figures to report)
+SCENARIOS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
+    "fanout-100-w32": (["fanout", "--subscribers", "100", "--window", "32"], ("naive", "wsgate"),
+                       ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+    "fanout-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("naive", "wsgate"),
+                        ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+    "fanout-1000-w128": (["fanout", "--subscribers", "1000", "--window", "128"], ("naive", "wsgate"),
+                         ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+    "fanout-5000-w32": (["fanout", "--subscribers", "5000", "--window", "32"], ("naive", "wsgate"),
+                        ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+    "many-rooms-2000x2": (["many_rooms", "--rooms", "2000", "--window", "4"], ("naive", "wsgate"),
+                          ("deliveries_per_s",)),
+    "idle-10000": (["idle", "--connections", "10000"], ("naive", "wsgate"),
+                   ("rss_kb_per_connection", "connect_s", "broadcast_s")),
+    "latency-100-at-100/s": (["latency", "--subscribers", "100", "--rate", "100", "--duration", "5"],
+                             ("naive", "wsgate"), ("p50_ms", "p99_ms", "loss")),
+    "cross-node-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("wsgate", "wsgate-2-nodes"),
+                            ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+    "echo-plugin-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("wsgate", "wsgate-plugins"),
+                             ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+}
+HIGHER_IS_BETTER = {"deliveries_per_s"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def start_server(kind: str, prefix: str) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+    """Start the server(s) of `kind` pinned to core 0; returns the processes and their /ws URLs."""
+    env = {**os.environ, "WSGATE_LOGGING__LEVEL": "WARNING", "WSGATE_LOGGING__ACCESS_LOG": "false",
+           "WSGATE_PLUGINS__DISABLED": NO_EXAMPLE_PLUGINS, "WEBSOCKET_ENABLED": "true",
+           "WEBSOCKET_LIMITS_MAX_CONNECTIONS": "0", "WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM": "0"}
+    if kind == "wsgate-plugins":
+        env.pop("WSGATE_PLUGINS__DISABLED")  # every installed plugin, echo included
+    nodes = 2 if kind == "wsgate-2-nodes" else 1
+    if nodes == 2:
+        env.update(WSGATE_BROKER__URL=REDIS_URL, WSGATE_BROKER__PREFIX=prefix)
+    procs, urls = [], []
+    for _ in range(nodes):
+        port = free_port()
+        if kind == "naive":
+            command = [PYTHON, str(HERE / "baselines" / "naive_hub.py"), "--port", str(port)]
+        else:
+            command = [PYTHON, "-m", "wsgate", "--host", "127.0.0.1", "--port", str(port)]
+        procs.append(subprocess.Popen(["taskset", "-c", "0", *command], env=env, cwd=ROOT,
+                                      preexec_fn=raise_fd_limit, stdout=subprocess.DEVNULL))
+        urls.append(f"ws://127.0.0.1:{port}/ws")
+        wait_listening(port)
+    return procs, urls
+
+
+def wait_listening(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def run_once(scenario: str, kind: str) -> dict[str, float]:
+    args, _, _ = SCENARIOS[scenario]
+    procs, urls = start_server(kind, f"bench-{uuid.uuid4().hex[:8]}")
+    try:
+        command = ["taskset", "-c", "1", PYTHON, str(HERE / "loadgen.py"), *args]
+        for url in urls:
+            command += ["--url", url]
+        if args[0] == "idle":
+            before = rss_kb(procs[0].pid)
+            gen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert gen.stdout and gen.stdin
+            connected = json.loads(gen.stdout.readline())["connected"]
+            time.sleep(1.0)  # let the server settle before reading its memory
+            after = rss_kb(procs[0].pid)
+            gen.stdin.write("go\n")
+            gen.stdin.flush()
+            result: dict[str, float] = json.loads(gen.stdout.readline())
+            gen.wait(60)
+            result["rss_kb_per_connection"] = (after - before) / connected
+        else:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(f"{scenario} on {kind} failed:\n{done.stderr[-2000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def fmt(value: float, metric: str) -> str:
+    if metric == "deliveries_per_s":
+        return f"{value:,.0f}"
+    if metric == "loss":
+        return f"{value:.0f}"
+    if metric == "rss_kb_per_connection":
+        return f"{value:.1f}"
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run just these scenarios")
+    parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args()
+    if shutil.which("taskset") is None:
+        sys.exit("benchmarks need taskset (util-linux)")
+    rows = []
+    for scenario in args.only or SCENARIOS:
+        _, kinds, metrics = SCENARIOS[scenario]
+        results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+        for run in range(args.runs):
+            for kind in kinds:  # alternate servers within each run: drift hits both alike
+                result = run_once(scenario, kind)
+                results[kind].append(result)
+                print(f"{scenario} run {run + 1} {kind}: {json.dumps(result)}", flush=True)
+        baseline = kinds[0]
+        for kind in kinds:
+            for metric in metrics:
+                stats = summary([r[metric] for r in results[kind]])
+                base = statistics.median(r[metric] for r in results[baseline])
+                ratio = ""
+                if kind != baseline and base and metric != "loss":
+                    ratio = f"{stats['median'] / base:.2f}x" if metric in HIGHER_IS_BETTER else f"{base / stats['median']:.2f}x"
+                cpu = statistics.median(r["loadgen_cpu"] for r in results[kind])
+                rows.append((scenario, kind, metric, fmt(stats["median"], metric), fmt(stats["min"], metric),
+                             fmt(stats["max"], metric), ratio, f"{cpu:.0%}"))
+    write_results(rows, args)
+
+
+def write_results(rows: list[tuple[str, ...]], args: argparse.Namespace) -> None:
+    header = ("scenario", "server", "figure", "median", "min", "max", "vs first server", "loadgen CPU")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    table = "\n".join(lines)
+    print(table)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    Path(args.output).write_text(f"""# Benchmark results
+
+Measured {datetime.date.today().isoformat()} on {os.cpu_count()} cores ({cpu}), Python {platform.python_version()},
+with `make bench` ({"benchmarks/run.py --runs " + str(args.runs)}). The server under test runs pinned to core 0,
+the load generator (picows clients on uvloop) to core 1. Each figure is the median of {args.runs} runs (min and max
+beside it). "vs first server" is the ratio to the first server of the scenario, measured in the same run
+(higher is better: deliveries divide, latencies and seconds are inverted). A load-generator CPU near 100% would
+make a figure void.
+
+- naive: benchmarks/baselines/naive_hub.py, json.dumps + `await send_str` per recipient.
+- wsgate: `python -m wsgate`, in-memory broker, example plugins disabled.
+- wsgate-2-nodes: two wsgate processes sharing Redis (both on core 0); subscribers split over both, the publisher on the first.
+- wsgate-plugins: wsgate with every installed plugin enabled (echo, users, token-auth).
+
+{table}
+""")
+
+
+if __name__ == "__main__":
+    main()
