@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test clean
+.PHONY: run test bench clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m wsgate
@@ -24,6 +24,14 @@ EXAMPLE_PLUGINS := $(wildcard plugins/*/pyproject.toml)
 $(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml $(EXAMPLE_PLUGINS)
 	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(EXAMPLE_PLUGINS),-e $(dir $(p)))
 	touch $@ $(VENV)/.installed
+
+# Load test on loopback: the server pinned to core 0, picows clients to core 1 (a few minutes).
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/run.py
+
+$(VENV)/.installed-bench: $(VENV)/bin/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info
