@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from wsgate.testing import TIMEOUT, Server, StartServer
+from wsgate.connection import Connection
+from wsgate.testing import TIMEOUT, Client, Server, StartServer
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +68,22 @@ class StalledClient:
 
     def close(self) -> None:
         self.sock.close()
+
+    async def stuck_in_flood(self, server: Server) -> tuple[Client, Connection]:
+        """Join `flood` on `server` and let a publisher flood it until this client's socket is full.
+
+        Needs a large `send_queue_size` and `write_wait`. Returns the publisher and the server's
+        connection object for this client, whose outbox then holds frames it cannot write.
+        """
+        publisher = await server.connect()
+        await publisher.subscribe("flood")
+        await self.join(server.test_server.port, "flood")  # type: ignore[arg-type]
+        conn = next(c for c in server.gateway.hub.rooms["flood"] if c.id != publisher.id)
+        for n in range(2_000):  # far more than the socket buffers between us hold
+            await publisher.send({"type": "publish", "room": "flood", "data": [n, "x" * 8192]})
+            await publisher.recv()
+        assert conn._outbox, "the stalled client's socket should be full"
+        return publisher, conn
 
 
 # Read before the hermetic fixture removes WSGATE_* variables.

@@ -40,24 +40,29 @@ class Node:
 MakeNode = Callable[[], Awaitable[Node]]
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def make_node(request: pytest.FixtureRequest, redis_url: str, broker_prefix: str) -> AsyncIterator[MakeNode]:
-    """Builds started nodes of one backend; redis nodes share a prefix, so they form one cluster."""
+@pytest.fixture
+async def start_node() -> AsyncIterator[Callable[[Broker], Awaitable[Node]]]:
+    """`await start_node(broker)`: the broker started, delivering into a recording Node; closed afterwards."""
     nodes: list[Node] = []
 
-    async def make() -> Node:
-        broker: Broker = (
-            MemoryBroker() if request.param == "memory"
-            else RedisBroker(BrokerSettings(url=redis_url, prefix=broker_prefix), Metrics())
-        )
+    async def start(broker: Broker) -> Node:
         node = Node(broker)
         await broker.start(node.deliver)
         nodes.append(node)
         return node
 
-    yield make
+    yield start
     for node in nodes:
         await node.broker.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_node(request: pytest.FixtureRequest, start_node: Callable[[Broker], Awaitable[Node]],
+              redis_url: str, broker_prefix: str) -> MakeNode:
+    """Builds started nodes of one backend; redis nodes share a prefix, so they form one cluster."""
+    if request.param == "memory":
+        return lambda: start_node(MemoryBroker())
+    return lambda: start_node(RedisBroker(BrokerSettings(url=redis_url, prefix=broker_prefix), Metrics()))
 
 
 # --- the contract every broker keeps -------------------------------------------------------
@@ -86,22 +91,12 @@ async def test_room_added_and_removed_are_idempotent_enough(make_node: MakeNode)
 
 
 @pytest.fixture
-async def cluster(redis_url: str, broker_prefix: str) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
-    nodes: list[Node] = []
-
-    async def make(**settings: object) -> Node:
-        broker = RedisBroker(BrokerSettings(url=redis_url, prefix=broker_prefix, **settings), Metrics())  # type: ignore[arg-type]
-        node = Node(broker)
-        await broker.start(node.deliver)
-        nodes.append(node)
-        return node
-
-    yield make
-    for node in nodes:
-        await node.broker.close()
+def cluster(start_node: Callable[[Broker], Awaitable[Node]], redis_url: str, broker_prefix: str) -> MakeNode:
+    """Started Redis nodes sharing one prefix: one cluster."""
+    return lambda: start_node(RedisBroker(BrokerSettings(url=redis_url, prefix=broker_prefix), Metrics()))
 
 
-async def test_frames_cross_nodes_as_the_same_bytes_exactly_once_in_order(cluster: Callable[..., Awaitable[Node]]) -> None:
+async def test_frames_cross_nodes_as_the_same_bytes_exactly_once_in_order(cluster: MakeNode) -> None:
     a, b, c = await cluster(), await cluster(), await cluster()
     for node in (b, c):
         node.broker.room_added("room")
@@ -116,7 +111,7 @@ async def test_frames_cross_nodes_as_the_same_bytes_exactly_once_in_order(cluste
     assert len(a.delivered) == 301  # its own, locally, once
 
 
-async def test_a_node_never_receives_its_own_frames_twice(cluster: Callable[..., Awaitable[Node]]) -> None:
+async def test_a_node_never_receives_its_own_frames_twice(cluster: MakeNode) -> None:
     a, b = await cluster(), await cluster()
     a.broker.room_added("r")
     await a.broker.wait_receiving("r")
@@ -128,7 +123,7 @@ async def test_a_node_never_receives_its_own_frames_twice(cluster: Callable[...,
 
 
 async def test_a_node_subscribes_only_to_rooms_with_local_members(
-    cluster: Callable[..., Awaitable[Node]], redis_url: str, broker_prefix: str
+    cluster: MakeNode, redis_url: str, broker_prefix: str
 ) -> None:
     a = await cluster()
     redis = aioredis.from_url(redis_url)

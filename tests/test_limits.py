@@ -96,16 +96,9 @@ async def test_a_stalled_reader_is_dropped_and_nobody_else_slows_down(wsgate_ser
 async def test_a_client_pinging_without_reading_never_blocks_its_reader(wsgate_server: StartServer) -> None:
     """Pongs go through the writer: with the socket full, the client's next message is still read."""
     server = await wsgate_server(websocket={"send_queue_size": 100_000, "write_wait": "30s"})
-    publisher = await server.connect()
-    await publisher.subscribe("flood")
     stalled = StalledClient()
     try:
-        await stalled.join(server.test_server.port, "flood")  # type: ignore[arg-type]
-        conn = next(c for c in server.gateway.hub.rooms["flood"] if c.id != publisher.id)
-        for n in range(2_000):  # fill every buffer between the server and the stalled client
-            await publisher.send({"type": "publish", "room": "flood", "data": [n, "x" * 8192]})
-            await publisher.recv()
-        assert conn._outbox, "the stalled client's writer should be stuck"
+        _, conn = await stalled.stuck_in_flood(server)
         for _ in range(3_000):  # more pongs than aiohttp writes before it waits (256 KiB)
             await stalled.send(0x9, b"x" * 125)
         await stalled.send(0x1, b'{"type":"subscribe","room":"second"}')

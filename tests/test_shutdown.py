@@ -29,16 +29,9 @@ async def test_drain_closes_clients_with_1001_and_refuses_new_ones(server: Serve
 
 async def test_drain_closes_a_stalled_client_at_once(wsgate_server: StartServer) -> None:
     server = await wsgate_server(websocket={"write_wait": "30s", "send_queue_size": 100_000})
-    publisher = await server.connect()
-    await publisher.subscribe("flood")
     stalled = StalledClient()
     try:
-        await stalled.join(server.test_server.port, "flood")  # type: ignore[arg-type]
-        conn = next(c for c in server.gateway.hub.rooms["flood"] if c.id != publisher.id)
-        for n in range(2_000):  # far more than the socket buffers hold: its writer is stuck
-            await publisher.send({"type": "publish", "room": "flood", "data": [n, "x" * 8192]})
-            await publisher.recv()
-        assert conn._outbox, "the stalled client's writer should be stuck"
+        publisher, conn = await stalled.stuck_in_flood(server)
         await server.gateway.drain(timeout=5)  # no close handshake to wait for: the socket is aborted
         assert conn.closed.is_set()
         assert (await publisher.closed()).data == 1001
