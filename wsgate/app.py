@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable
 
 import aiohttp_cors
@@ -20,6 +21,8 @@ from .keys import GATEWAY, SETTINGS
 from .logs import configure_logging
 from .plugins import load_plugins
 from .views import health_view, metrics_view, ws_view
+
+log = logging.getLogger(__name__)
 
 GAUGE_INTERVAL = 1.0  # seconds between refreshes of the client/room/throughput gauges
 
@@ -35,6 +38,8 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         settings = load_settings()
         configure_logging(settings.logging)
     gateway = Gateway(settings, load_plugins(settings, plugins))
+    if "*" in settings.security.allowed_origins:
+        log.warning('security.allowed_origins is ["*"]: any web page may open WebSockets to this gateway')
 
     app = web.Application()
     app[SETTINGS] = settings

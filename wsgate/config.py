@@ -135,6 +135,14 @@ class ApiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    allowed_origins: tuple[str, ...] = setting(
+        (), 'Origins (exact, e.g. "https://app.example.com") allowed to open /ws from a browser; '
+        'empty: same host and no Origin only; ["*"]: any'
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSettings:
     uvloop: bool = setting(False, "Run on uvloop when installed (the [speed] extra); off: measured slower for fan-out")
 
@@ -166,6 +174,7 @@ class Settings:
     plugins: PluginsSettings = field(default_factory=PluginsSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
@@ -25,6 +26,20 @@ async def health_view(request: web.Request) -> web.Response:
     return web.json_response(gateway.health(), status=503 if gateway.draining else 200)
 
 
+ORIGIN_NOT_ALLOWED = "origin not allowed"
+
+
+def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
+    """Cross-Site WebSocket Hijacking guard: browsers send Origin, and CORS does not cover WebSockets.
+
+    Exact matches only (no substring or suffix matching). With no list, only pages served
+    from this same host may connect; `"*"` allows any origin.
+    """
+    if allowed:
+        return "*" in allowed or origin in allowed
+    return urlsplit(origin).netloc.lower() == host.lower()
+
+
 async def metrics_view(request: web.Request) -> web.Response:
     """The Prometheus text format (summed over workers under gunicorn's multiprocess mode)."""
     gateway = request.app[GATEWAY]
@@ -37,6 +52,11 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     if gateway.draining:
         return web.json_response({"error": "server is shutting down"}, status=503)
+    origin = request.headers.get("Origin")
+    if origin is not None and not origin_allowed(origin, request.host, gateway.settings.security.allowed_origins):
+        gateway.metrics.error("origin_rejected")
+        log.warning("refused a WebSocket from origin %r (%s)", origin, request.remote, extra={"remote": request.remote})
+        return web.json_response({"error": ORIGIN_NOT_ALLOWED}, status=403)
     identity = None
     if gateway.plugins.authenticates:
         try:
