@@ -1,8 +1,9 @@
 """Hook specifications: the contract between wsgate and its plugins.
 
 Every hook is prefixed `wsgate_` and called with keyword arguments; an
-implementation may accept any subset of them. Any hook may be implemented
-as `async def`: wsgate awaits the result (and, for firstresult hooks, decides
+implementation may accept any subset of them. Every hook except the two that
+build tables at load time (`wsgate_message_handlers`, `wsgate_services`) may be
+`async def`: wsgate awaits the result (and, for firstresult hooks, decides
 after awaiting). Hooks on the per-message path (`wsgate_authorize`) cost
 nothing when no plugin implements them.
 """
