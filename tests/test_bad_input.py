@@ -49,7 +49,7 @@ async def test_malformed_message_gets_its_error(server: Server, frame: str, erro
 
 
 async def test_room_name_longer_than_the_maximum(wsgate_server: StartServer) -> None:
-    server = await wsgate_server(websocket={"max_room_name_length": 8})
+    server = await wsgate_server(websocket={"limits": {"max_room_name_length": 8}})
     client = await server.connect()
     reply = await client.request({"type": "subscribe", "room": "x" * 9})
     assert reply["error"] == "room name is too long"
@@ -132,9 +132,25 @@ async def test_no_input_logs_a_traceback(server: Server, caplog: pytest.LogCaptu
     assert not [r for r in caplog.records if r.exc_info]
 
 
+async def test_message_nested_deeper_than_max_json_depth_is_refused(server: Server) -> None:
+    client = await server.connect()
+    await client.subscribe("deep")
+    at_limit = "[" * 31 + "]" * 31  # the message object is level 1: data may nest 31 more (max_json_depth = 32)
+    reply = await client.request('{"type":"publish","room":"deep","data":' + at_limit + "}")
+    assert reply["type"] == "message"
+    reply = await client.request('{"type":"publish","room":"deep","data":{"a":' + at_limit + "}}")
+    assert (reply["error"], reply["detail"]) == (
+        "message is nested too deeply", "arrays and objects may nest at most 32 levels"
+    )
+    # brackets inside strings are not nesting
+    assert (await client.request('{"type":"publish","room":"deep","data":"' + "[" * 100 + '"}'))["type"] == "message"
+    assert server.gateway.metrics.error_count("too_deep") == 1
+
+
 async def test_data_nested_too_deeply_to_encode_is_refused_not_crashed(
-    server: Server, caplog: pytest.LogCaptureFixture
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    server = await wsgate_server(websocket={"limits": {"max_json_depth": 2000}})
     client = await server.connect()
     await client.subscribe("deep")
     deep = "[" * 1000 + "]" * 1000  # orjson reads 1024 levels but writes 255; the stdlib gives up below 1000

@@ -103,7 +103,7 @@ def test_settings_are_immutable() -> None:
         ('[websocket]\nping_interval = "60s"\npong_wait = "60s"\n', {}, "invalid setting websocket.pong_wait = 60s: expected a duration greater than websocket.ping_interval (60s)"),
         ("", {"WEBSOCKET_PONG_WAIT": "10s"}, "invalid setting websocket.pong_wait = 10s: expected a duration greater than websocket.ping_interval (54s)"),
         ("[websocket]\nportt = 1\n", {}, "unknown setting websocket.portt: expected one of compression, enabled, host, limits,"),
-        ("[websocket.limits]\nmax_conections = 1\n", {}, "unknown setting websocket.limits.max_conections: expected one of max_connections, max_connections_per_room"),
+        ("[websocket.limits]\nmax_conections = 1\n", {}, "unknown setting websocket.limits.max_conections: expected one of burst, bytes_per_second, max_connections, max_connections_per_ip,"),
         ("[websockets]\nport = 1\n", {}, "unknown setting websockets: expected one of api, broker, cors, logging, metrics, plugins, runtime, security, websocket"),
         ("[websocket]\nenabled = \"yes\"\n", {}, "invalid setting websocket.enabled = 'yes': expected true or false"),
         ("", {"WEBSOCKET_ENABLED": "maybe"}, "invalid setting websocket.enabled (WEBSOCKET_ENABLED) = 'maybe': expected true or false"),
@@ -115,6 +115,13 @@ def test_settings_are_immutable() -> None:
         ('[broker]\nurl = "http://redis"\n', {}, "invalid setting broker.url = 'http://redis': expected empty, or a URL"),
         ('[api]\nmax_body_size = 0\n', {}, "invalid setting api.max_body_size = 0: expected a value of at least 1"),
         ("[websocket\nport=", {}, "cannot read settings from"),
+        ('[websocket.limits]\nmessages_per_second = "fast"\n', {}, "invalid setting websocket.limits.messages_per_second = 'fast': expected a number"),
+        ("", {"WEBSOCKET_LIMITS_MESSAGES_PER_SECOND": "ten"}, "invalid setting websocket.limits.messages_per_second (WEBSOCKET_LIMITS_MESSAGES_PER_SECOND) = 'ten': expected a number"),
+        ("", {"WEBSOCKET_LIMITS_MESSAGES_PER_SECOND": "nan"}, "invalid setting websocket.limits.messages_per_second (WEBSOCKET_LIMITS_MESSAGES_PER_SECOND) = 'nan': expected a finite number"),
+        ("[websocket.limits]\nmessages_per_second = -1.5\n", {}, "invalid setting websocket.limits.messages_per_second = -1.5: expected a value of at least 0"),
+        ('[websocket.limits]\nroom_name_pattern = "[a-z"\n', {}, "invalid setting websocket.limits.room_name_pattern = '[a-z': expected a regular expression (unterminated character set"),
+        ("[websocket.limits]\nmax_json_depth = 0\n", {}, "invalid setting websocket.limits.max_json_depth = 0: expected a value of at least 1"),
+        ('[websocket.limits]\nrate_limit_grace = "soon"\n', {}, "invalid setting websocket.limits.rate_limit_grace = 'soon': expected a duration"),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_expected(

@@ -107,7 +107,8 @@ async def test_json_logs_from_a_real_process_with_connection_open_and_close(acce
 async def test_config_command_shows_values_sources_and_masks_secrets(tmp_path: Path) -> None:
     settings = tmp_path / "s.toml"
     settings.write_text('[websocket]\nenabled = true\nport = 9000\n[plugins.token_auth]\ntokens = { "t0p" = "alice" }\n')
-    env = environment(WEBSOCKET_PING_INTERVAL="30s", WEBSOCKET_PONG_WAIT="35s", WSGATE_LOGGING__LEVEL="debug")
+    env = environment(WEBSOCKET_PING_INTERVAL="30s", WEBSOCKET_PONG_WAIT="35s", WSGATE_LOGGING__LEVEL="debug",
+                      WEBSOCKET_LIMITS_MESSAGES_PER_SECOND="2.5")
     process = await spawn(sys.executable, "-m", "wsgate", "config", "--settings", str(settings), "--host", "10.0.0.1",
                           env=env, stdout=True)
     out, err = await process.proc.communicate()
@@ -118,6 +119,7 @@ async def test_config_command_shows_values_sources_and_masks_secrets(tmp_path: P
     assert 'websocket.ping_interval = "30s"  # environment WEBSOCKET_PING_INTERVAL' in lines
     assert 'logging.level = "DEBUG"  # environment WSGATE_LOGGING__LEVEL' in lines
     assert 'websocket.write_wait = "10s"  # default' in lines
+    assert "websocket.limits.messages_per_second = 2.5  # environment WEBSOCKET_LIMITS_MESSAGES_PER_SECOND" in lines
     assert f"plugins.token_auth.tokens = ***  # file {settings}" in lines
     assert "alice" not in out.decode() and "t0p" not in out.decode()
 

@@ -56,8 +56,7 @@ async def _send(request: web.Request, to_room: bool) -> web.Response:
                 raise ClientError(protocol.INVALID_JSON, "field 'room' must be a string")
             if not room:
                 raise ClientError(protocol.ROOM_REQUIRED)
-            if len(room) > gateway.settings.websocket.max_room_name_length:
-                raise ClientError(protocol.ROOM_TOO_LONG)
+            gateway.decoder.check_room(room)
             delivered = await gateway.publish(room, data, type=kind, client_id=client_id)
     except ClientError as err:
         return _error(400, err.text, detail=err.detail)

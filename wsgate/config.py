@@ -56,6 +56,29 @@ def setting(
 class LimitsSettings:
     max_connections: int = setting(0, "Global max connections (0 = unlimited)", minimum=0)
     max_connections_per_room: int = setting(0, "Per-room limit (0 = unlimited)", minimum=0)
+    max_connections_per_ip: int = setting(
+        0, "Connections one client address may hold; more get 429 before the upgrade (0 = unlimited)", minimum=0
+    )
+    max_rooms_per_client: int = setting(0, "Rooms one client may be in at once (0 = unlimited)", minimum=0)
+    max_room_name_length: int = setting(256, "Longest accepted room name, in characters", minimum=1)
+    room_name_pattern: str = setting(
+        "", 'Regular expression every room name must match in full, e.g. "[A-Za-z0-9:_.-]+" '
+        "(empty: any name without control characters)"
+    )
+    max_json_depth: int = setting(32, "Deepest accepted nesting of arrays and objects in a client message", minimum=1)
+    messages_per_second: float = setting(
+        0.0, "Messages a client may send per second, sustained (token bucket; 0 = unlimited)", minimum=0
+    )
+    burst: int = setting(
+        0, "Messages a client may send at once above the sustained rate (0: one second's worth)", minimum=0
+    )
+    bytes_per_second: int = setting(
+        0, "Characters of text frames a client may send per second, sustained; bursts of one second (0 = unlimited)",
+        minimum=0,
+    )
+    rate_limit_grace: float = setting(
+        10.0, "A client kept over a rate limit this long is closed with 1008", duration=True, minimum=0.001
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +115,6 @@ class WebSocketSettings:
         256, "Messages buffered per client; a client that falls further behind is closed with 1008",
         minimum=1,
     )
-    max_room_name_length: int = setting(256, "Longest accepted room name, in characters", minimum=1)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
 
 
@@ -227,12 +249,15 @@ def describe_settings(
     files = [f for f in (file, file.with_name(f"{file.stem}.local.toml")) if f and f.is_file()] if file else []
     contents = [(f, _lower_keys(tomllib.loads(f.read_text()))) for f in reversed(files)]  # the local file wins
     from_cli = {key for key, _ in _flatten(_lower_keys(dict(overrides or {})))}
-    leaves = [(key, _get(settings, key), bool(f.metadata["secret"])) for key, f, _ in iter_settings()]
+    leaves = [
+        (key, _get(settings, key), bool(f.metadata["secret"]), bool(f.metadata["duration"]))
+        for key, f, _ in iter_settings()
+    ]
     for name, table in settings.plugins.options.items():
         for key, value in table.items():  # a secret-looking name masks its whole value, keys included
-            leaves.append((f"plugins.{name}.{key}", value, bool(SECRET_NAME.search(key))))
+            leaves.append((f"plugins.{name}.{key}", value, bool(SECRET_NAME.search(key)), False))
     rows = []
-    for key, value, secret in leaves:
+    for key, value, secret, duration in leaves:
         parts = key.split(".")  # a table value may come whole from one variable: try the key's ancestors
         names = [env_name(key)] + [f"WSGATE_{'__'.join(parts[:n]).upper()}" for n in range(len(parts), 1, -1)]
         variable = next((name for name in names if name in os.environ), None)
@@ -244,7 +269,7 @@ def describe_settings(
             source = f"file {found}"
         else:
             source = "default"
-        shown = "***" if secret and value else _show_value(_mask_password(value))
+        shown = "***" if secret and value else _show_value(_mask_password(value), duration)
         rows.append((key, shown, source))
     return rows
 
@@ -279,10 +304,11 @@ def _has(table: Mapping[str, Any], key: str) -> bool:
     return True
 
 
-def _show_value(value: Any) -> str:
+def _show_value(value: Any, duration: bool = False) -> str:
+    """A value as TOML would spell it; durations in the file's own notation ("54s")."""
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{k} = {_show_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, float):
+    if duration:
         return f'"{_show_duration(value)}"'
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_show_value(v) for v in value) + "]"
@@ -446,6 +472,18 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
             result = value
         else:
             fail("an integer")
+    elif kind is float:
+        if text is not None:
+            try:
+                result = float(text)
+            except ValueError:
+                fail("a number")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            result = float(value)
+        else:
+            fail("a number")
+        if not math.isfinite(result):
+            fail("a finite number")
     elif kind is str:
         raw = text if text is not None else value
         if not isinstance(raw, str):
@@ -491,6 +529,13 @@ def _check_relations(settings: Settings) -> None:
             f"invalid setting metrics.path = {settings.metrics.path!r}: expected a path other than "
             + ", ".join(RESERVED_PATHS)
         )
+    pattern = settings.websocket.limits.room_name_pattern
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(
+            f"invalid setting websocket.limits.room_name_pattern = {pattern!r}: expected a regular expression ({exc})"
+        ) from None
     ws = settings.websocket
     if ws.pong_wait <= ws.ping_interval:
         raise ConfigError(

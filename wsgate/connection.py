@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
 from . import protocol
+from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -81,7 +82,7 @@ class Connection:
         "id", "gateway", "identity", "rooms", "remote", "state", "close_reason", "close_code", "last_seen",
         "opened_at", "closed", "_ws", "_stream", "_transport", "_high_water", "_raw", "_loop", "_flusher",
         "_outbox", "_outbox_limit", "_marked", "_blocked", "_ping_interval", "_pong_wait", "_write_wait",
-        "_next_ping", "_ping_due", "_pong", "_timer", "_writer", "_closer",
+        "_next_ping", "_ping_due", "_pong", "_timer", "_writer", "_closer", "limiter",
     )
 
     def __init__(
@@ -116,6 +117,8 @@ class Connection:
         self._pong_wait = settings.pong_wait
         self._write_wait = settings.write_wait
         self.last_seen = self.opened_at = self._loop.time()
+        limits = settings.limits
+        self.limiter = RateLimiter(limits, self.last_seen) if RateLimiter.needed(limits) else None
         self._next_ping = self.last_seen + self._ping_interval
         self._ping_due = False
         self._pong: bytes | None = None

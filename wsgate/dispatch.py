@@ -7,7 +7,8 @@ import logging
 from . import protocol
 from .connection import Connection
 from .metrics import Metrics
-from .protocol import ClientError
+from .protocol import ClientError, Decoder
+from .ratelimit import Verdict
 from .registry import HandlerRegistry
 
 log = logging.getLogger(__name__)
@@ -16,15 +17,32 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     """Routes each decoded message to its plugin handler; nothing a client sends escapes as an exception."""
 
-    def __init__(self, registry: HandlerRegistry, metrics: Metrics, max_room_length: int) -> None:
+    def __init__(self, registry: HandlerRegistry, metrics: Metrics, decoder: Decoder) -> None:
         self._registry = registry
         self._metrics = metrics
-        self._max_room_length = max_room_length
+        self._decoder = decoder
+        self._rate_limited = ClientError(protocol.RATE_LIMITED, "the message was dropped; send less often")
+
+    def within_rate(self, client: Connection, size: int) -> bool:
+        """Account for a frame of `size` characters; False (answered, or the client closed) when over its limits."""
+        limiter = client.limiter
+        if limiter is None:
+            return True
+        verdict = limiter.check(size, client.last_seen)
+        if verdict is Verdict.ALLOW:
+            return True
+        self.reject(client, self._rate_limited)
+        if verdict is Verdict.CLOSE:
+            log.warning("client %s stayed over its rate limit; closing", client.id, extra={"client_id": client.id})
+            client.drop(protocol.CLOSE_POLICY_VIOLATION, protocol.RATE_LIMITED)
+        return False
 
     async def dispatch(self, client: Connection, frame: str) -> None:
+        if client.limiter is not None and not self.within_rate(client, len(frame)):
+            return
         kind = None
         try:
-            message = protocol.decode(frame, self._max_room_length)
+            message = self._decoder.decode(frame)
             kind = message.type
             self._metrics.message_received(kind)
             if log.isEnabledFor(logging.DEBUG):  # per-message logging only at debug, and free otherwise

@@ -21,6 +21,7 @@ from .dispatch import Dispatcher
 from .hub import Hub
 from .metrics import Metrics
 from .plugins import Plugins
+from .protocol import Decoder
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class Gateway:
         self.broker: Broker = make_broker(settings.broker, self.metrics)
         self.hub = Hub(settings.websocket.limits, self.broker)
         self.flusher = Flusher()
-        self.dispatcher = Dispatcher(self.registry, self.metrics, settings.websocket.max_room_name_length)
+        limits = settings.websocket.limits
+        self.decoder = Decoder(limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern)
+        self.dispatcher = Dispatcher(self.registry, self.metrics, self.decoder)
         self.draining = False
         self.started_at = time.monotonic()
         self.services: Mapping[str, object] = {}

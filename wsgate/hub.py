@@ -11,7 +11,7 @@ from .broker import Broker
 from .config import LimitsSettings
 from .connection import Connection
 from . import protocol
-from .protocol import NOT_SUBSCRIBED, ROOM_FULL, ClientError
+from .protocol import NOT_SUBSCRIBED, ROOM_FULL, TOO_MANY_ROOMS, ClientError
 
 
 class Hub:
@@ -22,6 +22,22 @@ class Hub:
         self._broker = broker  # told when a room gains its first or loses its last local member
         self.connections: dict[str, Connection] = {}
         self.rooms: dict[str, set[Connection]] = {}
+        self.addresses: dict[str, int] = {}  # connections (and upgrades under way) per client address
+
+    def claim_address(self, address: str) -> bool:
+        """Count one more connection from `address`; False (nothing counted) at `max_connections_per_ip`."""
+        count = self.addresses.get(address, 0)
+        limit = self._limits.max_connections_per_ip
+        if limit and count >= limit:
+            return False
+        self.addresses[address] = count + 1
+        return True
+
+    def release_address(self, address: str) -> None:
+        """Undo one `claim_address` (the map only holds addresses that have connections)."""
+        count = self.addresses.pop(address, 0) - 1
+        if count > 0:
+            self.addresses[address] = count
 
     def admit(self, conn: Connection) -> bool:
         """Add a new connection; False when `max_connections` is reached."""
@@ -41,11 +57,14 @@ class Hub:
     def join(self, conn: Connection, room: str) -> int:
         """Add `conn` to `room` (joining twice is harmless); returns the room's member count."""
         members = self.rooms.get(room)
+        if members is not None and conn in members:
+            return len(members)
+        limit = self._limits.max_rooms_per_client
+        if limit and len(conn.rooms) >= limit:
+            raise ClientError(TOO_MANY_ROOMS, f"a client may be in at most {limit} rooms")
         if members is None:
             members = self.rooms[room] = set()
             self._broker.room_added(room)
-        elif conn in members:
-            return len(members)
         limit = self._limits.max_connections_per_room
         if limit and len(members) >= limit:
             raise ClientError(ROOM_FULL)
@@ -70,13 +89,12 @@ class Hub:
             self._broker.room_removed(room)
 
     def deliver(self, room: str | None, payload: bytes) -> int:
-        """Queue an encoded message for every local member of `room` (everyone when None); returns how many.
+        """Queue an encoded message for every local member of `room` (everyone when None); returns how many took it.
 
         The WebSocket frame is built once here; each member gets the same bytes.
         """
         targets = self.connections.values() if room is None else self.rooms.get(room, ())
-        if targets:
-            frame = protocol.frame(payload)
-            for conn in targets:
-                conn.put(frame)
-        return len(targets)
+        if not targets:
+            return 0
+        frame = protocol.frame(payload)
+        return sum([conn.put(frame) for conn in targets])  # a list comprehension: the fastest loop here

@@ -34,6 +34,7 @@ CLOSE_REASONS = {
     "keepalive timeout": "keepalive_timeout",
     "server shutting down": "shutdown",
     "message too big": "message_too_big",
+    "rate limit exceeded": "rate_limited",
 }
 
 

@@ -21,7 +21,7 @@ import pluggy
 
 from . import hookspecs
 from .config import Settings
-from .protocol import ClientError
+from .protocol import NOT_ALLOWED, ClientError
 from .registry import HandlerRegistry, PluginError
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ ENTRY_POINT_GROUP = "wsgate"
 BUILTIN_PLUGINS: Mapping[str, str] = {
     "messages": "wsgate.builtin.messages",  # subscribe, unsubscribe, publish, broadcast, ping
 }
-NOT_ALLOWED = "not allowed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,11 @@ SERVER_FULL: Final = "server is at maximum capacity"
 ROOM_TOO_LONG: Final = "room name is too long"
 BINARY_NOT_SUPPORTED: Final = "binary frames are not supported"
 INTERNAL_ERROR: Final = "internal error"
+INVALID_ROOM: Final = "invalid room name"
+TOO_DEEP: Final = "message is nested too deeply"
+TOO_MANY_ROOMS: Final = "too many rooms"
+RATE_LIMITED: Final = "rate limit exceeded"
+NOT_ALLOWED: Final = "not allowed"
 
 # Close codes (RFC 6455 section 7.4.1).
 CLOSE_GOING_AWAY: Final = 1001  # server shutdown, keepalive timeout
@@ -74,23 +79,65 @@ class Message:
     fields: dict[str, Any]
 
 
-def decode(text: str | bytes, max_room_length: int) -> Message:
-    """Parse one client frame; raise ClientError with the spec's text when it is not a valid message."""
-    obj = loads(text)
-    if not isinstance(obj, dict):
-        raise ClientError(INVALID_JSON, "a message must be a JSON object")
-    kind = obj.get("type")
-    if kind is None or kind == "":
-        raise ClientError(UNKNOWN_TYPE, "the message has no type")
-    if not isinstance(kind, str):
-        raise ClientError(INVALID_JSON, "field 'type' must be a string")
-    room = obj.get("room")
-    if room is not None:
-        if not isinstance(room, str):
-            raise ClientError(INVALID_JSON, "field 'room' must be a string")
-        if len(room) > max_room_length:
-            raise ClientError(ROOM_TOO_LONG, f"room names are at most {max_room_length} characters")
-    return Message(kind, room, obj.get("data"), obj)
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Decoder:
+    """Turns client frames into Messages, enforcing the input limits (`[websocket.limits]`)."""
+
+    __slots__ = ("_max_room_length", "_max_depth", "_room_pattern")
+
+    def __init__(self, max_room_length: int = 256, max_depth: int = 32, room_pattern: str = "") -> None:
+        self._max_room_length = max_room_length
+        self._max_depth = max_depth
+        self._room_pattern = re.compile(room_pattern) if room_pattern else None
+
+    def decode(self, text: str | bytes) -> Message:
+        """Parse one client frame; raise ClientError with a documented text when it is not a valid message."""
+        obj = loads(text)
+        if not isinstance(obj, dict):
+            raise ClientError(INVALID_JSON, "a message must be a JSON object")
+        # Only a frame with more brackets than the limit can be too deep: count them (fast, in C) first.
+        if (text.count("[") + text.count("{") if isinstance(text, str) else text.count(b"[") + text.count(b"{")) > (
+            self._max_depth
+        ) and _depth_exceeds(obj, self._max_depth):
+            raise ClientError(TOO_DEEP, f"arrays and objects may nest at most {self._max_depth} levels")
+        kind = obj.get("type")
+        if kind is None or kind == "":
+            raise ClientError(UNKNOWN_TYPE, "the message has no type")
+        if not isinstance(kind, str):
+            raise ClientError(INVALID_JSON, "field 'type' must be a string")
+        room = obj.get("room")
+        if room is not None:
+            if not isinstance(room, str):
+                raise ClientError(INVALID_JSON, "field 'room' must be a string")
+            self.check_room(room)
+        return Message(kind, room, obj.get("data"), obj)
+
+    def check_room(self, room: str) -> str:
+        """`room` if it is an acceptable room name; ClientError otherwise (the HTTP API checks with this too)."""
+        if len(room) > self._max_room_length:
+            raise ClientError(ROOM_TOO_LONG, f"room names are at most {self._max_room_length} characters")
+        if self._room_pattern is None:
+            if _CONTROL_CHARACTERS.search(room):
+                raise ClientError(INVALID_ROOM, "room names may not contain control characters")
+        elif not self._room_pattern.fullmatch(room):
+            raise ClientError(INVALID_ROOM, f"room names must match {self._room_pattern.pattern}")
+        return room
+
+
+def _depth_exceeds(obj: Any, limit: int) -> bool:
+    """Whether arrays and objects in `obj` nest deeper than `limit` (the message itself is level 1)."""
+    level: list[Any] = [obj]
+    for _ in range(limit):
+        level = [
+            child for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return False
+    return True
 
 
 # orjson reads integers beyond 64 bits as floats; a run of 20 digits sends the frame
@@ -183,6 +230,11 @@ ERROR_REASONS: Final = {
     ROOM_TOO_LONG: "room_too_long",
     BINARY_NOT_SUPPORTED: "binary_frame",
     INTERNAL_ERROR: "handler_error",
+    INVALID_ROOM: "invalid_room",
+    TOO_DEEP: "too_deep",
+    TOO_MANY_ROOMS: "too_many_rooms",
+    RATE_LIMITED: "rate_limited",
+    NOT_ALLOWED: "not_allowed",
 }
 """Error text -> metrics label; texts from plugins count as `rejected` (labels stay bounded)."""
 

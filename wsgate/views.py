@@ -27,6 +27,7 @@ async def health_view(request: web.Request) -> web.Response:
 
 
 ORIGIN_NOT_ALLOWED = "origin not allowed"
+TOO_MANY_FROM_ADDRESS = "too many connections from this address"
 
 
 def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
@@ -57,6 +58,17 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
         gateway.metrics.error("origin_rejected")
         log.warning("refused a WebSocket from origin %r (%s)", origin, request.remote, extra={"remote": request.remote})
         return web.json_response({"error": ORIGIN_NOT_ALLOWED}, status=403)
+    address = request.remote or ""
+    if not gateway.hub.claim_address(address):  # counted, not logged: a storm must not flood the log too
+        gateway.metrics.error("address_limit")
+        return web.json_response({"error": TOO_MANY_FROM_ADDRESS}, status=429)
+    try:
+        return await _open(request, gateway)
+    finally:
+        gateway.hub.release_address(address)
+
+
+async def _open(request: web.Request, gateway: Gateway) -> web.StreamResponse:
     identity = None
     if gateway.plugins.authenticates:
         try:
@@ -121,7 +133,8 @@ async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gatew
                 batch = 0
                 await asyncio.sleep(0)
         elif kind is WSMsgType.BINARY:
-            dispatcher.reject(conn, binary_error)
+            if dispatcher.within_rate(conn, len(msg.data)):
+                dispatcher.reject(conn, binary_error)
         elif kind is WSMsgType.PING:
             conn.queue_pong(msg.data)
         elif kind is WSMsgType.PONG:

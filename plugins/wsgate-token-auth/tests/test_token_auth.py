@@ -41,4 +41,4 @@ async def test_anonymous_clients_stay_out_of_private_rooms(wsgate_server: StartS
     anonymous = await server.connect()
     assert (await anonymous.request({"type": "subscribe", "room": "private-ops"}))["error"] == "not allowed"
     assert (await anonymous.subscribe("lobby"))["room"] == "lobby"
-    assert server.gateway.metrics.error_count("rejected") == 1
+    assert server.gateway.metrics.error_count("not_allowed") == 1
