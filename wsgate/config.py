@@ -164,6 +164,50 @@ class SecuritySettings:
     )
 
 
+REQUIREMENT = (
+    r"anyone|identity|plugin|nobody|claim:\S+", "anyone, identity, claim:<name>, plugin or nobody"
+)
+ROOM_RULE = re.compile(rf"\s*(?P<pattern>\S+)\s*=\s*(?P<requirement>{REQUIREMENT[0]})\s*")
+"""One `auth.rooms` entry: a room pattern (no spaces), `=`, a requirement."""
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    secret: str = setting("", "Shared secret for HS256 tokens; setting it (or public_key) turns the JWT authenticator on",
+                          secret=True)
+    public_key: str = setting(
+        "", "PEM public key, or the path of a PEM file, for RS256/ES256 tokens (turns the JWT authenticator on)"
+    )
+    algorithms: tuple[str, ...] = setting(
+        (), "Accepted signature algorithms (empty: HS256 with secret; RS256 and ES256 with public_key)"
+    )
+    audience: str = setting("", "Required `aud` claim (empty: not checked)")
+    issuer: str = setting("", "Required `iss` claim (empty: not checked)")
+    leeway: float = setting(30.0, "Clock difference allowed when checking `exp` and `nbf`", duration=True, minimum=0)
+    query_param: bool = setting(
+        False, "Also accept the token as `?token=` (off: query strings end up in access and proxy logs)"
+    )
+    rooms_claim: str = setting(
+        "rooms", "Claim listing the rooms (names or glob patterns) a token may subscribe and publish to"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret or self.public_key)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    required: bool = setting(False, "Refuse (401, before the upgrade) clients no authenticator identified")
+    rooms: tuple[str, ...] = setting(
+        (), 'Room rules "<pattern> = <requirement>", first match wins, e.g. '
+        '["private-* = identity", "user:{sub} = identity", "ops:* = claim:admin"]'
+    )
+    broadcast: str = setting("anyone", "Who may broadcast: anyone, identity, claim:<name>, plugin or nobody",
+                             pattern=REQUIREMENT)
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeSettings:
     uvloop: bool = setting(False, "Run on uvloop when installed (the [speed] extra); off: measured slower for fan-out")
@@ -197,6 +241,7 @@ class Settings:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
@@ -536,6 +581,15 @@ def _check_relations(settings: Settings) -> None:
         raise ConfigError(
             f"invalid setting websocket.limits.room_name_pattern = {pattern!r}: expected a regular expression ({exc})"
         ) from None
+    for rule in settings.auth.rooms:
+        if not ROOM_RULE.fullmatch(rule):
+            raise ConfigError(
+                f"invalid setting auth.rooms entry {rule!r}: expected \"<room pattern> = <requirement>\" "
+                f"with a requirement of {REQUIREMENT[1]}"
+            )
+    jwt = settings.auth.jwt
+    if jwt.secret and jwt.public_key:
+        raise ConfigError("invalid setting auth.jwt: expected secret or public_key, not both")
     ws = settings.websocket
     if ws.pong_wait <= ws.ping_interval:
         raise ConfigError(

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import __version__, protocol
+from .auth import AccessPolicy
 from .broker import Broker, make_broker
 from .config import Settings
 from .connection import Flusher
@@ -40,6 +41,7 @@ class Gateway:
         limits = settings.websocket.limits
         self.decoder = Decoder(limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern)
         self.dispatcher = Dispatcher(self.registry, self.metrics, self.decoder)
+        self.access = AccessPolicy(settings.auth)
         self.draining = False
         self.started_at = time.monotonic()
         self.services: Mapping[str, object] = {}

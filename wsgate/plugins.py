@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from . import hookspecs
-from .config import Settings
+from .config import ConfigError, Settings
 from .protocol import NOT_ALLOWED, ClientError
 from .registry import HandlerRegistry, PluginError
 
@@ -31,9 +31,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "wsgate"
-BUILTIN_PLUGINS: Mapping[str, str] = {
-    "messages": "wsgate.builtin.messages",  # subscribe, unsubscribe, publish, broadcast, ping
-}
+
+
+def _messages(settings: Settings) -> object:
+    return importlib.import_module("wsgate.builtin.messages")  # subscribe, unsubscribe, publish, broadcast, ping
+
+
+def _jwt(settings: Settings) -> object | None:
+    if not settings.auth.jwt.enabled:
+        return None  # not registered at all: nothing runs per connection
+    from .builtin.jwt_auth import JwtAuthenticator
+
+    return JwtAuthenticator(settings.auth.jwt)
+
+
+BUILTIN_PLUGINS: Mapping[str, Callable[[Settings], object | None]] = {"messages": _messages, "jwt": _jwt}
+"""Built-in plugins by name: each factory returns the plugin, or None when its settings leave it off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +77,13 @@ def load_plugins(settings: Settings, extra: Iterable[object] = ()) -> Plugins:
             return
         try:
             plugin = load()
+            if plugin is None:
+                return
             if pm.is_registered(plugin):  # e.g. a test passing a module its entry point loaded already
                 return
             pm.register(plugin, name=name)
+        except ConfigError:
+            raise  # a built-in's bad setting: the one-line message names the key
         except Exception as exc:
             message = f"plugin {name!r} ({source}) failed to load: {type(exc).__name__}: {exc}"
             if config.strict:
@@ -75,8 +92,8 @@ def load_plugins(settings: Settings, extra: Iterable[object] = ()) -> Plugins:
             return
         sources[name] = source
 
-    for name, module in BUILTIN_PLUGINS.items():
-        register(name, "builtin", lambda module=module: importlib.import_module(module))
+    for name, factory in BUILTIN_PLUGINS.items():
+        register(name, "builtin", lambda factory=factory: factory(settings))
     for module in config.modules:
         register(module, "settings: plugins.modules", lambda module=module: importlib.import_module(module))
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -183,9 +200,16 @@ class Plugins:
         identity: object | None = await self._first("wsgate_authenticate", {"request": request})
         return identity
 
-    async def authorize(self, client: Connection, action: str, room: str | None) -> None:
-        """Raise ClientError when a plugin denies `action`; return when allowed or nobody objects."""
-        verdict = await self._first("wsgate_authorize", {"client": client, "action": action, "room": room})
+    async def authorize(self, client: Connection, action: str, room: str | None, *, required: bool = False) -> None:
+        """Raise ClientError when a plugin denies `action`; return when allowed or nobody objects.
+
+        `required`: a room rule leaves this to plugins, so no opinion at all denies too.
+        """
+        verdict = None
+        if self.authorizes:
+            verdict = await self._first("wsgate_authorize", {"client": client, "action": action, "room": room})
+        if verdict is None and required:
+            raise ClientError(NOT_ALLOWED, "no plugin approved this")
         if verdict is None or verdict is True:
             return
         # anything else denies (fail closed): a non-empty string is the error text

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from . import protocol
+from .auth import SUBPROTOCOL, unauthorized, user_id_of
 from .connection import Connection
 from .gateway import Gateway
 from .keys import GATEWAY
@@ -28,6 +29,7 @@ async def health_view(request: web.Request) -> web.Response:
 
 ORIGIN_NOT_ALLOWED = "origin not allowed"
 TOO_MANY_FROM_ADDRESS = "too many connections from this address"
+AUTHENTICATION_REQUIRED = "authentication required"
 
 
 def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
@@ -79,8 +81,12 @@ async def _open(request: web.Request, gateway: Gateway) -> web.StreamResponse:
             log.exception("an authentication plugin failed for %s", request.remote)
             gateway.metrics.error("handler_error")
             return web.json_response({"error": protocol.INTERNAL_ERROR}, status=500)
+    if identity is None and gateway.settings.auth.required:
+        gateway.metrics.error("auth_required")
+        raise unauthorized(AUTHENTICATION_REQUIRED, "connect with a token (auth.required is on)")
     settings = gateway.settings.websocket
     ws = web.WebSocketResponse(
+        protocols=(SUBPROTOCOL,) if gateway.settings.auth.jwt.enabled else (),  # the token's carrier, chosen back
         max_msg_size=settings.max_message_size,
         compress=settings.compression,
         autoping=False,  # pings and pongs reach the read loop: they count as signs of life
@@ -100,7 +106,7 @@ async def _open(request: web.Request, gateway: Gateway) -> web.StreamResponse:
         conn.start()
         conn.enqueue(
             protocol.encode(
-                protocol.CONNECTED, data={"client_id": conn.id, "message": protocol.CONNECTED_TEXT}
+                protocol.CONNECTED, data=_connected_data(conn)
             )
         )
         if gateway.plugins.watches_clients:
@@ -145,6 +151,14 @@ async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gatew
                 gateway.metrics.error("message_too_big")
                 conn.close_reason, conn.close_code = "message too big", WSCloseCode.MESSAGE_TOO_BIG
             return
+
+
+def _connected_data(conn: Connection) -> dict[str, str]:
+    """The spec's `connected` data; with `user_id` added for an authenticated client."""
+    data = {"client_id": conn.id, "message": protocol.CONNECTED_TEXT}
+    if (user_id := user_id_of(conn.identity)) is not None:
+        data["user_id"] = user_id
+    return data
 
 
 async def _refuse_full(ws: web.WebSocketResponse, gateway: Gateway) -> None:

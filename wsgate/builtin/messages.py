@@ -17,10 +17,11 @@ def _room(message: Message) -> str:
 
 
 async def _authorize(client: Connection, action: str, room: str | None) -> None:
-    """Ask `wsgate_authorize` plugins, only when there are any (the per-message path stays free)."""
-    plugins = client.gateway.plugins
-    if plugins.authorizes:
-        await plugins.authorize(client, action, room)
+    """The `[auth]` rules first, then `wsgate_authorize` plugins only when there are any or a rule needs them."""
+    gateway = client.gateway
+    plugin_decides = gateway.access.check(client, action, room)
+    if plugin_decides or gateway.plugins.authorizes:
+        await gateway.plugins.authorize(client, action, room, required=plugin_decides)
 
 
 async def subscribe(client: Connection, message: Message) -> None:

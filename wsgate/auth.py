@@ -1,0 +1,143 @@
+"""Who a client is (`Identity`) and what the settings let it do (`AccessPolicy`).
+
+The policy is the floor set by the operator in `[auth]`: room rules, the
+token's `rooms` claim and who may broadcast. Plugins (`wsgate_authorize`) are
+asked after it and can only narrow it, or grant what a rule leaves to them
+(`plugin`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .config import ROOM_RULE, AuthSettings
+from .protocol import NOT_ALLOWED, ClientError
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated client: `user_id` (the token's `sub`) and every claim of its token."""
+
+    user_id: str
+    claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def claims_of(identity: object) -> Mapping[str, Any]:
+    """The claims of any identity: an Identity's claims, a plugin's mapping itself, else none."""
+    if isinstance(identity, Identity):
+        return identity.claims
+    if isinstance(identity, Mapping):
+        return identity
+    return MappingProxyType({})
+
+
+def user_id_of(identity: object) -> str | None:
+    """The user id reported in `connected` (None for anonymous clients and identities without one)."""
+    user_id = identity.user_id if isinstance(identity, Identity) else None
+    return user_id if isinstance(user_id, str) else None
+
+
+SUBPROTOCOL = "bearer"
+"""Browsers send a token as the WebSocket subprotocols `bearer, <token>`; the server answers `bearer`."""
+
+
+def unauthorized(text: str, detail: str) -> web.HTTPUnauthorized:
+    """401 before the upgrade, with the same `error`/`detail` shape as WebSocket errors."""
+    return web.HTTPUnauthorized(
+        text=json.dumps({"error": text, "detail": detail}), content_type="application/json",
+        headers={"WWW-Authenticate": 'Bearer realm="wsgate"'},
+    )
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRule:
+    """`pattern = requirement`: `*` and `?` are wildcards; `{claim}` must equal that claim of the client."""
+
+    pattern: str
+    requirement: str
+    regex: re.Pattern[str]
+    placeholders: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> RoomRule:
+        match = ROOM_RULE.fullmatch(text)
+        assert match is not None, text  # config checked every rule at load
+        pattern = match["pattern"]
+        parts: list[str] = []
+        names: list[str] = []
+        pos = 0
+        for placeholder in _PLACEHOLDER.finditer(pattern):
+            parts.append(_glob(pattern[pos:placeholder.start()]))
+            parts.append(f"(?P<_{len(names)}>.+?)")
+            names.append(placeholder[1])
+            pos = placeholder.end()
+        parts.append(_glob(pattern[pos:]))
+        return cls(pattern, match["requirement"], re.compile("".join(parts)), tuple(names))
+
+
+def _glob(text: str) -> str:
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text)
+
+
+class AccessPolicy:
+    """The `[auth]` rules, checked before plugins on every subscribe, publish and broadcast."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._rules = tuple(RoomRule.parse(rule) for rule in settings.rooms)
+        self._broadcast = settings.broadcast
+        self._rooms_claim = settings.jwt.rooms_claim
+
+    def check(self, client: Connection, action: str, room: str | None) -> bool:
+        """Raise ClientError (`not allowed`) when the settings deny `action`; True when a plugin must decide."""
+        identity = client.identity
+        if room is None:
+            return self._meets(self._broadcast, identity, "broadcast")
+        if identity is not None:
+            allowed = claims_of(identity).get(self._rooms_claim)
+            if allowed is not None:
+                patterns = (allowed,) if isinstance(allowed, str) else allowed
+                if not isinstance(patterns, (list, tuple)) or not any(
+                    isinstance(p, str) and fnmatch.fnmatchcase(room, p) for p in patterns
+                ):
+                    raise ClientError(NOT_ALLOWED, f"the token's {self._rooms_claim!r} claim does not include {room!r}")
+        for rule in self._rules:
+            match = rule.regex.fullmatch(room)
+            if match is None:
+                continue
+            if rule.placeholders:
+                claims = claims_of(identity)
+                for n, name in enumerate(rule.placeholders):
+                    if identity is None or str(claims.get(name, "")) != match[f"_{n}"]:
+                        raise ClientError(NOT_ALLOWED, f"room {room!r} belongs to another {name}")
+            return self._meets(rule.requirement, identity, f"room {room!r}")
+        return False
+
+    @staticmethod
+    def _meets(requirement: str, identity: object, what: str) -> bool:
+        if requirement == "anyone":
+            return False
+        if requirement == "plugin":
+            return True
+        if requirement == "nobody":
+            raise ClientError(NOT_ALLOWED, f"{what} is closed to clients")
+        if identity is None:
+            raise ClientError(NOT_ALLOWED, f"{what} requires authentication")
+        if requirement.startswith("claim:"):
+            claim = requirement[len("claim:"):]
+            if not claims_of(identity).get(claim):
+                raise ClientError(NOT_ALLOWED, f"{what} requires the {claim!r} claim")
+        return False

@@ -1,0 +1,112 @@
+"""The built-in JWT authenticator (`[auth.jwt]`): a token checked before the upgrade becomes an Identity.
+
+The token is read from, in order: `Authorization: Bearer <token>`; the
+`Sec-WebSocket-Protocol` header as the pair `bearer, <token>` (browsers cannot
+set headers on a WebSocket; the server answers with the `bearer` protocol); and,
+only with `query_param = true`, `?token=<token>`. No token: anonymous (unless
+`auth.required`). A token that is present but not valid: 401, no WebSocket.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jwt
+from aiohttp import web
+
+from .. import hookimpl
+from ..auth import SUBPROTOCOL, Identity, unauthorized
+from ..config import ConfigError, JwtSettings
+from ..keys import GATEWAY
+
+log = logging.getLogger(__name__)
+
+INVALID_TOKEN = "invalid token"
+MIN_SECRET_BYTES = 32  # an HS256 key shorter than the hash can be brute-forced offline from one token
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (jwt.ExpiredSignatureError, "the token has expired"),
+    (jwt.ImmatureSignatureError, "the token is not valid yet"),
+    (jwt.InvalidAudienceError, "the token is for another audience"),
+    (jwt.InvalidIssuerError, "the token is from another issuer"),
+    (jwt.InvalidSignatureError, "the token's signature does not verify"),
+    (jwt.InvalidAlgorithmError, "the token's algorithm is not accepted"),
+    (jwt.DecodeError, "the token is malformed"),
+)
+
+
+class JwtAuthenticator:
+    """A `wsgate_authenticate` plugin; one instance per gateway, holding its verification key."""
+
+    def __init__(self, settings: JwtSettings) -> None:
+        self._settings = settings
+        self._key = settings.secret or _public_key(settings.public_key)
+        self._algorithms = list(settings.algorithms) or (["HS256"] if settings.secret else ["RS256", "ES256"])
+        family = ("HS",) if settings.secret else ("RS", "ES", "PS", "EdDSA")
+        for name in self._algorithms:
+            if name not in jwt.algorithms.get_default_algorithms() or not name.startswith(family):
+                raise ConfigError(
+                    f"invalid setting auth.jwt.algorithms = {self._algorithms}: {name!r} cannot verify with "
+                    f"{'auth.jwt.secret' if settings.secret else 'auth.jwt.public_key'} "
+                    f"(expected {' or '.join(f + '...' for f in family)} algorithms)"
+                )
+        if settings.secret and len(settings.secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"invalid setting auth.jwt.secret: expected at least {MIN_SECRET_BYTES} bytes (RFC 7518, 3.2), "
+                "e.g. from: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        self._options = {"require": ["exp", "sub"]}
+
+    @hookimpl
+    def wsgate_authenticate(self, request: web.Request) -> Identity | None:
+        token = self.token(request)
+        if token is None:
+            return None
+        settings = self._settings
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, self._key, algorithms=self._algorithms, audience=settings.audience or None,
+                issuer=settings.issuer or None, leeway=settings.leeway, options=self._options,  # type: ignore[arg-type]
+            )
+        except jwt.InvalidTokenError as exc:
+            if isinstance(exc, jwt.MissingRequiredClaimError):
+                reason = f"the token lacks the {exc.claim!r} claim"
+            else:
+                reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), INVALID_TOKEN)
+            request.app[GATEWAY].metrics.error("auth_failed")
+            log.info("refused a token from %s: %s", request.remote, reason, extra={"remote": request.remote})
+            raise unauthorized(INVALID_TOKEN, reason) from None
+        if not isinstance(claims["sub"], str) or not claims["sub"]:
+            request.app[GATEWAY].metrics.error("auth_failed")
+            raise unauthorized(INVALID_TOKEN, "the token's sub claim must be a non-empty string")
+        return Identity(claims["sub"], MappingProxyType(claims))
+
+    def token(self, request: web.Request) -> str | None:
+        """The token a request carries, from the first place that has one."""
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if SUBPROTOCOL in offered[:-1]:
+            return offered[offered.index(SUBPROTOCOL) + 1] or None
+        if self._settings.query_param:
+            return request.query.get("token") or None
+        return None
+
+
+def _public_key(value: str) -> Any:
+    """The key from PEM text or a PEM file; ConfigError naming the setting when it is neither."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    text = value
+    if not value.lstrip().startswith("-----BEGIN"):
+        try:
+            text = Path(value).read_text()
+        except OSError as exc:
+            raise ConfigError(f"invalid setting auth.jwt.public_key: cannot read {value!r} ({exc.strerror})") from None
+    try:
+        return load_pem_public_key(text.encode())
+    except ValueError:
+        raise ConfigError("invalid setting auth.jwt.public_key: expected a PEM public key") from None
