@@ -14,9 +14,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from wsgate.connection import Connection
 from wsgate.testing import TIMEOUT, Client, Server, StartServer
+
+
+# Property tests run on shared CI machines: no per-example deadline (their cost is the example count).
+hypothesis_settings.register_profile("wsgate", deadline=None)
+hypothesis_settings.load_profile("wsgate")
 
 
 @pytest.fixture(autouse=True)

@@ -92,7 +92,10 @@ async def _open(request: web.Request, gateway: Gateway) -> web.StreamResponse:
         autoping=False,  # pings and pongs reach the read loop: they count as signs of life
         timeout=settings.write_wait,  # how long a close handshake may take
     )
-    stream = await ws.prepare(request)
+    try:
+        stream = await ws.prepare(request)
+    except ConnectionResetError:  # the client left during the handshake: nothing to serve, nothing to log
+        return ws
     if gateway.draining:  # began while we authenticated or upgraded: drain() would not see this client
         await ws.close(code=protocol.CLOSE_GOING_AWAY, message=b"server shutting down")
         return ws
