@@ -76,3 +76,19 @@ def test_hook_reference_lists_every_hook_specification() -> None:
     documented = set(re.findall(r"^#### `(wsgate_[a-z_]+)\(", readme, flags=re.M))
     specified = {name for name in dir(hookspecs) if name.startswith("wsgate_")}
     assert documented == specified
+
+
+def test_every_toml_example_is_valid_settings(tmp_path: Path) -> None:
+    """Each TOML block of the README that holds wsgate tables loads (plugin tables aside) without error."""
+    from wsgate.config import load_settings
+
+    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    checked = 0
+    for n, block in enumerate(blocks):
+        if "[project" in block or "[build-system]" in block:
+            continue  # a plugin's pyproject.toml
+        path = tmp_path / f"example{n}.toml"
+        path.write_text(block)
+        load_settings(path)
+        checked += 1
+    assert checked >= 3

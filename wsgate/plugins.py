@@ -130,6 +130,7 @@ class Plugins:
         self._timeout = settings.plugins.startup_timeout
         self._options = settings.plugins.options
         self._started: list[tuple[str, Any]] = []  # (what, thing) to stop, in start order
+        self._call_order: dict[str, list[tuple[Callable[..., Any], tuple[str, ...]]]] = {}
         # Per-message and per-connection hooks are skipped entirely when nobody implements them.
         self.authenticates = self._implemented("wsgate_authenticate")
         self.authorizes = self._implemented("wsgate_authorize")
@@ -274,8 +275,13 @@ class Plugins:
             raise PluginError(f"{what} raised {type(exc).__name__}: {exc}") from exc
 
     async def _first(self, hook: str, kwargs: Mapping[str, Any]) -> Any:
-        for impl in reversed(self._impls(hook)):  # pluggy's call order: last registered first
-            result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+        calls = self._call_order.get(hook)
+        if calls is None:  # the plugin set is fixed once loaded: work the order out once per hook
+            calls = self._call_order[hook] = [
+                (impl.function, impl.argnames) for impl in reversed(self._impls(hook))  # pluggy's order
+            ]
+        for function, argnames in calls:
+            result = function(*[kwargs[arg] for arg in argnames])
             if inspect.isawaitable(result):
                 result = await result
             if result is not None:
