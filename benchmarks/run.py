@@ -52,6 +52,15 @@ SCENARIOS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
                             ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
     "echo-plugin-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("wsgate", "wsgate-plugins"),
                              ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+    "limits-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("wsgate", "wsgate-limits"),
+                        ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+}
+# wsgate-limits: every per-message check on, none of them refusing the benchmark's traffic.
+LIMITS = {
+    "WEBSOCKET_LIMITS_MESSAGES_PER_SECOND": "1000000", "WEBSOCKET_LIMITS_BYTES_PER_SECOND": "1000000000",
+    "WEBSOCKET_LIMITS_MAX_ROOMS_PER_CLIENT": "100", "WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_IP": "100000",
+    "WEBSOCKET_LIMITS_ROOM_NAME_PATTERN": "[a-z0-9:-]+",
+    "WSGATE_AUTH__ROOMS": '["private-* = identity", "user:{sub} = identity", "ops:* = claim:admin"]',
 }
 HIGHER_IS_BETTER = {"deliveries_per_s"}
 
@@ -74,6 +83,8 @@ def start_server(kind: str, prefix: str) -> tuple[list[subprocess.Popen[bytes]],
            "WEBSOCKET_LIMITS_MAX_CONNECTIONS": "0", "WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM": "0"}
     if kind == "wsgate-plugins":
         env.pop("WSGATE_PLUGINS__DISABLED")  # every installed plugin, echo included
+    if kind == "wsgate-limits":
+        env.update(LIMITS)
     nodes = 2 if kind == "wsgate-2-nodes" else 1
     if nodes == 2:
         env.update(WSGATE_BROKER__URL=REDIS_URL, WSGATE_BROKER__PREFIX=prefix)
@@ -210,6 +221,8 @@ make a figure void.
 - wsgate: `python -m wsgate`, in-memory broker, example plugins disabled.
 - wsgate-2-nodes: two wsgate processes sharing Redis (both on core 0); subscribers split over both, the publisher on the first.
 - wsgate-plugins: wsgate with every installed plugin enabled (echo, users, token-auth).
+- wsgate-limits: wsgate with rate limits, rooms-per-client, address limit, a room-name pattern and three room rules
+  on (set high enough that nothing is refused): the cost of the per-message checks.
 
 {table}
 """)
