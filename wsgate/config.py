@@ -209,6 +209,30 @@ class AuthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HistorySettings:
+    rooms: tuple[str, ...] = setting(
+        (), 'Glob patterns of rooms that keep history, e.g. ["chat:*"]; their messages carry offset and epoch'
+    )
+    size: int = setting(100, "Messages kept per room", minimum=1, maximum=1_000_000)
+    ttl: float = setting(
+        600.0, "How long a room's history outlives its last message (then its epoch changes)",
+        duration=True, minimum=1,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownSettings:
+    mode: str = setting(
+        "drain", "drain: close every client at once with 1001; restart: close with 1012 (Service Restart) "
+        "in jittered batches over `window`, so clients come back gradually", choices=("drain", "restart"),
+    )
+    window: float = setting(
+        5.0, "restart mode: the time over which clients are closed (at most a quarter of websocket.timeout)",
+        duration=True, minimum=0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSettings:
     uvloop: bool = setting(False, "Run on uvloop when installed (the [speed] extra); off: measured slower for fan-out")
 
@@ -242,6 +266,8 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
+    shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
@@ -591,6 +617,12 @@ def _check_relations(settings: Settings) -> None:
     if jwt.secret and jwt.public_key:
         raise ConfigError("invalid setting auth.jwt: expected secret or public_key, not both")
     ws = settings.websocket
+    if settings.shutdown.mode == "restart" and settings.shutdown.window > ws.timeout / 4:
+        raise ConfigError(
+            f"invalid setting shutdown.window = {_show_duration(settings.shutdown.window)}: expected at most a "
+            f"quarter of websocket.timeout ({_show_duration(ws.timeout / 4)}): the drain gets half of it, "
+            "and closing takes time too"
+        )
     if ws.pong_wait <= ws.ping_interval:
         raise ConfigError(
             f"invalid setting websocket.pong_wait = {_show_duration(ws.pong_wait)}: "

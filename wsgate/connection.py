@@ -148,6 +148,23 @@ class Connection:
         if self.put(protocol.frame(payload)):
             self.gateway.metrics.messages_delivered(1)
 
+    def enqueue_many(self, payloads: list[bytes]) -> None:
+        """Queue encoded messages for this client alone as ONE outbox entry (a history replay).
+
+        A replay is bounded by `history.size`; taking one slot, it never trips the
+        slow-consumer limit that guards live traffic. With deflate, frames must stay apart.
+        """
+        if not payloads or self.state is not State.OPEN:
+            return
+        frames = [protocol.frame(payload) for payload in payloads]
+        if self._raw:
+            if self.put(b"".join(frames)):
+                self.gateway.metrics.messages_delivered(len(frames))
+            return
+        self._outbox.extend(frames)
+        self.gateway.metrics.messages_delivered(len(frames))
+        self._need_writer()
+
     def put(self, frame: bytes) -> bool:
         """Queue a complete WebSocket frame; the hub builds it once for a whole fan-out.
 

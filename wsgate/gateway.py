@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,12 +20,15 @@ from .broker import Broker, make_broker
 from .config import Settings
 from .connection import Flusher
 from .dispatch import Dispatcher
+from .history import HistoryRooms
 from .hub import Hub
 from .metrics import Metrics
 from .plugins import Plugins
 from .protocol import Decoder
 
 log = logging.getLogger(__name__)
+
+RESTART_BATCH_INTERVAL = 0.1  # seconds between batches of clients closed by a restart drain
 
 
 class Gateway:
@@ -35,8 +39,9 @@ class Gateway:
         self.plugins = plugins
         self.registry = plugins.build_registry()
         self.metrics = Metrics(self.registry.owners())
-        self.broker: Broker = make_broker(settings.broker, self.metrics)
-        self.hub = Hub(settings.websocket.limits, self.broker)
+        self.broker: Broker = make_broker(settings.broker, settings.history, self.metrics)
+        self.history_rooms = HistoryRooms(settings.history.rooms)
+        self.hub = Hub(settings.websocket.limits, self.broker, settings.websocket.send_queue_size)
         self.flusher = Flusher()
         limits = settings.websocket.limits
         self.decoder = Decoder(limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern)
@@ -60,6 +65,10 @@ class Gateway:
         This is the spec's RoomBroadcast / NotifyRoom. `client_id` names the sender
         (absent for server messages). Returns how many local clients it was queued for.
         """
+        if self.history_rooms.kept(room):  # offset and epoch are stamped in by the broker
+            head = protocol.encode(type, room=room, data=data, client_id=client_id)[:-1]
+            await self.broker.publish_history(room, head)
+            return len(self.hub.rooms.get(room, ()))
         frame = protocol.encode(type, room=room, data=data, client_id=client_id)
         return await self.broker.publish(room, frame)
 
@@ -88,20 +97,35 @@ class Gateway:
         }
 
     async def drain(self, timeout: float) -> None:
-        """Refuse new clients, close every client with 1001 and wait (at most `timeout`) until all are gone.
+        """Refuse new clients, close every client and wait (at most `timeout`) until all are gone.
 
-        Only the first call does anything: the CLI drains before aiohttp's own shutdown calls it again.
+        `shutdown.mode = "drain"` closes everyone at once with 1001. `"restart"` closes with 1012
+        in shuffled batches spread over `shutdown.window`, so reconnecting clients arrive at the
+        other nodes gradually, not as one storm. Only the first call does anything: the CLI drains
+        before aiohttp's own shutdown calls it again.
         """
         if self.draining:
             return
         self.draining = True
+        shutdown = self.settings.shutdown
+        restart = shutdown.mode == "restart"
+        code, reason = (
+            (protocol.CLOSE_SERVICE_RESTART, "service restart") if restart
+            else (protocol.CLOSE_GOING_AWAY, "server shutting down")
+        )
         clients = list(self.hub.connections.values())
+        random.shuffle(clients)
+        batches = max(1, min(len(clients), round(shutdown.window / RESTART_BATCH_INTERVAL))) if restart else 1
         if clients:
-            log.info("draining: closing %d clients", len(clients))
-        for conn in clients:
-            conn.drop(protocol.CLOSE_GOING_AWAY, "server shutting down")
+            log.info("draining: closing %d clients (%s, %d batches)", len(clients), shutdown.mode, batches)
         try:
             async with asyncio.timeout(timeout):
+                size = max(1, -(-len(clients) // batches))
+                for start in range(0, len(clients), size):
+                    if start:
+                        await asyncio.sleep(shutdown.window / batches)
+                    for conn in clients[start:start + size]:
+                        conn.drop(code, reason)
                 for conn in clients:
                     await conn.closed.wait()
         except TimeoutError:

@@ -96,10 +96,11 @@ def wsgate_authenticate(request: web.Request) -> object | Awaitable[object] | No
 def wsgate_authorize(
     client: Connection, action: str, room: str | None
 ) -> bool | str | None | Awaitable[bool | str | None]:
-    """May `client` perform `action` ("subscribe", "publish" or "broadcast") on `room`?
+    """May `client` perform `action` ("subscribe", "publish", "broadcast" or "history") on `room`?
 
-    Called before each built-in subscribe, publish and broadcast (`room` is None
-    for broadcast); never called when no plugin implements it. Return None for no
+    Called before each built-in subscribe, publish, broadcast and history (`room`
+    is None for broadcast), after the `[auth]` rules allowed it; never called when
+    no plugin implements it and no rule leaves the decision to plugins. Return None for no
     opinion, True to allow, False to deny with the error `not allowed`, or a
     string to deny with that error text. firstresult: the first answer that is not
     None decides.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .broker import Broker
 from .config import LimitsSettings
 from .connection import Connection
+from .history import offset_of
 from . import protocol
 from .protocol import NOT_SUBSCRIBED, ROOM_FULL, TOO_MANY_ROOMS, ClientError
 
@@ -17,11 +18,14 @@ from .protocol import NOT_SUBSCRIBED, ROOM_FULL, TOO_MANY_ROOMS, ClientError
 class Hub:
     """Connections and rooms of this process, with the spec's connection limits."""
 
-    def __init__(self, limits: LimitsSettings, broker: Broker) -> None:
+    def __init__(self, limits: LimitsSettings, broker: Broker, hold_limit: int = 256) -> None:
         self._limits = limits
+        self._hold_limit = hold_limit  # messages held for one recovering client (send_queue_size)
         self._broker = broker  # told when a room gains its first or loses its last local member
         self.connections: dict[str, Connection] = {}
         self.rooms: dict[str, set[Connection]] = {}
+        self.holding: dict[str, dict[Connection, list[bytes]]] = {}  # room -> recovering client -> held payloads
+        self.fences: dict[str, dict[Connection, int]] = {}  # room -> recovered client -> offset it has up to
         self.addresses: dict[str, int] = {}  # connections (and upgrades under way) per client address
 
     def claim_address(self, address: str) -> bool:
@@ -54,23 +58,51 @@ class Hub:
         for room in list(conn.rooms):
             self._leave(conn, room)
 
-    def join(self, conn: Connection, room: str) -> int:
-        """Add `conn` to `room` (joining twice is harmless); returns the room's member count."""
-        members = self.rooms.get(room)
-        if members is not None and conn in members:
-            return len(members)
+    def join(self, conn: Connection, room: str, *, hold: bool = False) -> int:
+        """Add `conn` to `room` (joining twice is harmless); returns the room's member count.
+
+        `hold`: the client is recovering history. Messages for it are held back, not sent,
+        until `release` hands them over (so replayed and live messages can be put in order).
+        """
+        if room in conn.rooms:
+            return self._count(room)
         limit = self._limits.max_rooms_per_client
         if limit and len(conn.rooms) >= limit:
             raise ClientError(TOO_MANY_ROOMS, f"a client may be in at most {limit} rooms")
+        members = self.rooms.get(room)
         if members is None:
             members = self.rooms[room] = set()
             self._broker.room_added(room)
         limit = self._limits.max_connections_per_room
-        if limit and len(members) >= limit:
+        if limit and self._count(room) >= limit:
             raise ClientError(ROOM_FULL)
-        members.add(conn)
+        if hold:
+            self.holding.setdefault(room, {})[conn] = []
+        else:
+            members.add(conn)
         conn.rooms.add(room)
-        return len(members)
+        return self._count(room)
+
+    def release(self, conn: Connection, room: str, read_up_to: int | None = None) -> list[bytes]:
+        """End a `hold`: the client becomes an ordinary member; returns what was held for it, in order.
+
+        `read_up_to`: the history offset the client was sent up to. Messages up to it may still be
+        on their way from Redis (pub/sub can trail the script that read the history): they are
+        fenced off for this client until a newer one passes.
+        """
+        held = self.holding.get(room)
+        payloads = held.pop(conn, []) if held is not None else []
+        if held is not None and not held:
+            del self.holding[room]
+        if room in conn.rooms:
+            self.rooms[room].add(conn)
+            if read_up_to is not None:
+                self.fences.setdefault(room, {})[conn] = read_up_to
+        return payloads
+
+    def _count(self, room: str) -> int:
+        held = self.holding.get(room)
+        return len(self.rooms.get(room, ())) + (len(held) if held else 0)
 
     def leave(self, conn: Connection, room: str) -> None:
         """Take `conn` out of `room`; ClientError when it was not a member."""
@@ -80,11 +112,17 @@ class Hub:
 
     def _leave(self, conn: Connection, room: str) -> None:
         conn.rooms.discard(room)
+        for table in (self.holding, self.fences):
+            entry = table.get(room)
+            if entry is not None:
+                entry.pop(conn, None)
+                if not entry:
+                    del table[room]
         members = self.rooms.get(room)
         if members is None:
             return
         members.discard(conn)
-        if not members:
+        if not members and room not in self.holding:
             del self.rooms[room]  # a room exists while it has members
             self._broker.room_removed(room)
 
@@ -93,8 +131,33 @@ class Hub:
 
         The WebSocket frame is built once here; each member gets the same bytes.
         """
+        if self.holding and room is not None and (held := self.holding.get(room)):
+            self._hold(held, payload)
         targets = self.connections.values() if room is None else self.rooms.get(room, ())
         if not targets:
             return 0
         frame = protocol.frame(payload)
+        if self.fences and room is not None and (fenced := self.fences.get(room)):
+            skip = self._fenced_off(room, fenced, payload)
+            if skip:
+                return sum([conn.put(frame) for conn in targets if conn not in skip])
         return sum([conn.put(frame) for conn in targets])  # a list comprehension: the fastest loop here
+
+    def _hold(self, held: dict[Connection, list[bytes]], payload: bytes) -> None:
+        for conn, payloads in held.items():
+            if len(payloads) >= self._hold_limit:  # its history read is stuck: treat it as a slow consumer
+                conn.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
+            else:
+                payloads.append(payload)
+
+    def _fenced_off(self, room: str, fenced: dict[Connection, int], payload: bytes) -> set[Connection]:
+        """Recovered clients that were already sent this message; fences end once a newer one passes."""
+        offset = offset_of(payload)
+        if offset is None:
+            return set()
+        skip = {conn for conn, up_to in fenced.items() if up_to >= offset}
+        for conn in [conn for conn in fenced if conn not in skip]:
+            del fenced[conn]
+        if not fenced:
+            del self.fences[room]
+        return skip

@@ -33,6 +33,7 @@ CLOSE_REASONS = {
     "write timeout": "write_timeout",
     "keepalive timeout": "keepalive_timeout",
     "server shutting down": "shutdown",
+    "service restart": "restart",
     "message too big": "message_too_big",
     "rate limit exceeded": "rate_limited",
 }

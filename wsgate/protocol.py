@@ -21,6 +21,7 @@ UNSUBSCRIBE: Final = "unsubscribe"
 PUBLISH: Final = "publish"
 BROADCAST: Final = "broadcast"
 PING: Final = "ping"
+HISTORY: Final = "history"  # wsgate: the last messages of a room that keeps history (also the answer's type)
 
 # Server -> client message types.
 CONNECTED: Final = "connected"
@@ -48,11 +49,14 @@ TOO_DEEP: Final = "message is nested too deeply"
 TOO_MANY_ROOMS: Final = "too many rooms"
 RATE_LIMITED: Final = "rate limit exceeded"
 NOT_ALLOWED: Final = "not allowed"
+NO_HISTORY: Final = "room has no history"
+HISTORY_UNAVAILABLE: Final = "history is unavailable"
 
 # Close codes (RFC 6455 section 7.4.1).
 CLOSE_GOING_AWAY: Final = 1001  # server shutdown, keepalive timeout
 CLOSE_POLICY_VIOLATION: Final = 1008  # slow consumer, write timeout
 CLOSE_MESSAGE_TOO_BIG: Final = 1009
+CLOSE_SERVICE_RESTART: Final = 1012  # shutdown.mode = "restart": reconnect (to another node) and resume
 CLOSE_TRY_AGAIN_LATER: Final = 1013  # server at maximum capacity
 
 
@@ -235,6 +239,8 @@ ERROR_REASONS: Final = {
     TOO_MANY_ROOMS: "too_many_rooms",
     RATE_LIMITED: "rate_limited",
     NOT_ALLOWED: "not_allowed",
+    NO_HISTORY: "no_history",
+    HISTORY_UNAVAILABLE: "history_unavailable",
 }
 """Error text -> metrics label; texts from plugins count as `rejected` (labels stay bounded)."""
 

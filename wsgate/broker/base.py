@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from ..history import Position, Replay
+
 Deliver = Callable[[str | None, bytes], int]
 """Hand an encoded frame to this node's local members of a room (None: every client)."""
 
@@ -30,6 +32,19 @@ class Broker(Protocol):
 
     async def publish(self, room: str | None, frame: bytes) -> int:
         """Deliver `frame` to `room` (None: everyone) here and on every other node; returns local recipients."""
+
+    async def publish_history(self, room: str, head: bytes) -> None:
+        """Publish to a room that keeps history: stamp the room's next offset and epoch into `head`
+        (an encoded message without its closing brace), keep it, deliver it everywhere in offset order."""
+
+    async def history_position(self, room: str) -> Position:
+        """The room's current offset and epoch (created, at offset 0, if the room has none yet)."""
+
+    async def history_replay(self, room: str, since: Position) -> Replay:
+        """The messages after `since`, read together with the position they lead up to."""
+
+    async def history_last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
+        """The position and the last `limit` kept messages of a room, oldest first."""
 
     def room_added(self, room: str) -> None:
         """This node's first member joined `room`: start receiving it from other nodes."""

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from ..config import HistorySettings
+from ..history import MemoryHistory, Position, Replay
 from .base import Deliver
 
 
 class MemoryBroker:
-    """Delivers in-process, synchronously, so per-publisher order is kept trivially."""
+    """Delivers in-process, synchronously, so per-publisher order is kept trivially; keeps history in memory."""
 
     state = "ok"
 
-    def __init__(self) -> None:
+    def __init__(self, history: HistorySettings | None = None) -> None:
         self._deliver: Deliver | None = None
+        self.history = MemoryHistory(history or HistorySettings())
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -20,6 +23,18 @@ class MemoryBroker:
         if self._deliver is None:
             raise RuntimeError("broker used before start()")
         return self._deliver(room, frame)
+
+    async def publish_history(self, room: str, head: bytes) -> None:
+        await self.publish(room, self.history.append(room, head))
+
+    async def history_position(self, room: str) -> Position:
+        return self.history.position(room)
+
+    async def history_replay(self, room: str, since: Position) -> Replay:
+        return self.history.replay(room, since)
+
+    async def history_last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
+        return self.history.last(room, limit)
 
     def room_added(self, room: str) -> None:
         pass  # every room is local

@@ -18,6 +18,8 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ..config import HistorySettings
+from ..history import Position, Replay, new_epoch, replay_from
 from .base import BrokerError, Deliver
 
 if TYPE_CHECKING:
@@ -30,13 +32,53 @@ NODE_ID_LENGTH = 32  # uuid4().hex
 SUBSCRIBE_WAIT = 2.0  # longest a subscribe waits for Redis to confirm before answering anyway
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 PIPELINE_BATCH = 512
+EVERY_NODE = b"h" * NODE_ID_LENGTH  # sender mark of history messages: no node skips them (ids are hex)
+
+# History: a hash <prefix>:history:<room>:meta {epoch, offset} and a stream <prefix>:history:<room>:stream
+# whose entry ids are the offsets ("<offset>-0"). Both expire `ttl` after the last message; a room
+# without them starts a new epoch at offset 0. Scripts run atomically, so offsets are given out,
+# kept and published in one order that every node sees.
+_ENSURE = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+"""
+PUBLISH_SCRIPT = _ENSURE + """
+local n = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local payload = ARGV[3] .. ',"offset":' .. n .. ',"epoch":"' .. epoch .. '"}'
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], n .. '-0', 'p', payload)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. payload)
+return n
+"""
+READ_SCRIPT = _ENSURE + """
+local offset = redis.call('HGET', KEYS[1], 'offset')
+local entries
+local entries = {}
+if ARGV[3] == 'after' then
+  entries = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[4]) + 1) .. '-0', '+')
+elseif ARGV[3] == 'last' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[4])
+end
+return {epoch, offset, entries}
+"""
 
 
 class RedisBroker:
     """See the module docstring; `state` is `ok` or `degraded`."""
 
-    def __init__(self, settings: BrokerSettings, metrics: Metrics, node_id: str | None = None) -> None:
+    def __init__(
+        self, settings: BrokerSettings, metrics: Metrics, node_id: str | None = None,
+        history: HistorySettings | None = None,
+    ) -> None:
         self._settings = settings
+        self._history = history or HistorySettings()
+        self._history_prefix = f"{settings.prefix}:history:"
         self._metrics = metrics
         self.node_id = (node_id or uuid.uuid4().hex).encode()
         assert len(self.node_id) == NODE_ID_LENGTH
@@ -57,6 +99,8 @@ class RedisBroker:
         self.receiving = asyncio.Event()  # set while subscribed to Redis (tests and health can wait on it)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._publish_script: Any = None
+        self._read_script: Any = None
 
     @property
     def state(self) -> str:
@@ -77,6 +121,8 @@ class RedisBroker:
             )
         except ValueError as exc:
             raise BrokerError(f"invalid setting broker.url = {self._settings.url!r}: {exc}") from None
+        self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
+        self._read_script = self._redis.register_script(READ_SCRIPT)
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
                 await self._redis.ping()
@@ -118,6 +164,58 @@ class RedisBroker:
             self._outgoing.append((channel, self.node_id + frame))
             self._outgoing_ready.set()
         return count
+
+    # --- history ----------------------------------------------------------------------
+
+    def _history_keys(self, room: str) -> list[str]:
+        return [f"{self._history_prefix}{room}:meta", f"{self._history_prefix}{room}:stream"]
+
+    def _ttl_ms(self) -> int:
+        return max(1, round(self._history.ttl * 1000))
+
+    async def publish_history(self, room: str, head: bytes) -> None:
+        """One script gives out the offset, keeps the message and publishes it to every node, this one
+        included: so every node delivers a room's messages in offset order."""
+        import redis.asyncio as aioredis
+
+        channel = self._room_prefix + room.encode()
+        try:
+            await self._publish_script(
+                keys=self._history_keys(room),
+                args=[new_epoch(), self._ttl_ms(), head, self._history.size, channel, EVERY_NODE],
+            )
+        except (OSError, aioredis.RedisError) as exc:
+            self._metrics.broker_error()
+            self._metrics.broker_dropped(1)
+            log.warning("broker: keeping a message of %r in Redis failed (%s); delivered here only, "
+                        "without an offset", room, _describe(exc))
+            assert self._deliver is not None
+            self._deliver(room, head + b"}")
+
+    async def _read(self, room: str, mode: str, count: int) -> tuple[Position, list[tuple[int, bytes]]]:
+        import redis.asyncio as aioredis
+
+        try:
+            epoch, offset, entries = await self._read_script(
+                keys=self._history_keys(room), args=[new_epoch(), self._ttl_ms(), mode, count]
+            )
+        except (OSError, aioredis.RedisError) as exc:
+            self._metrics.broker_error()
+            raise BrokerError(f"reading the history of {room!r} from Redis failed: {_describe(exc)}") from None
+        kept = [(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in entries]
+        return Position(int(offset), epoch.decode()), kept
+
+    async def history_position(self, room: str) -> Position:
+        position, _ = await self._read(room, "none", 0)
+        return position
+
+    async def history_replay(self, room: str, since: Position) -> Replay:
+        position, after = await self._read(room, "after", since.offset)
+        return replay_from(position, after, since)
+
+    async def history_last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
+        position, newest_first = await self._read(room, "last", limit)
+        return position, [payload for _, payload in reversed(newest_first)]
 
     async def _send_loop(self) -> None:
         import redis.asyncio as aioredis

@@ -1,11 +1,20 @@
-"""The spec's message types: subscribe, unsubscribe, publish, broadcast, ping."""
+"""The spec's message types (subscribe, unsubscribe, publish, broadcast, ping) and wsgate's `history`.
+
+`subscribe` to a room that keeps history reports the room's `offset` and `epoch`;
+with `"since": {"offset": K, "epoch": E}` it first sends every message after K
+that the client missed, then live ones, with no gap and no duplicate.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from typing import Any
+
 from .. import hookimpl, protocol
+from ..broker import BrokerError
 from ..connection import Connection
+from ..history import Position, Replay, offset_of
 from ..hookspecs import Handler
 from ..protocol import ClientError, Message
 
@@ -26,11 +35,80 @@ async def _authorize(client: Connection, action: str, room: str | None) -> None:
 
 async def subscribe(client: Connection, message: Message) -> None:
     room = _room(message)
+    since = _since(message)
     await _authorize(client, protocol.SUBSCRIBE, room)
-    count = client.gateway.hub.join(client, room)
-    await client.gateway.broker.wait_receiving(room)  # `subscribed` means: messages from every node arrive
+    gateway = client.gateway
+    if gateway.history_rooms.kept(room):
+        await _subscribe_with_history(client, room, since)
+        return
+    count = gateway.hub.join(client, room)
+    await gateway.broker.wait_receiving(room)  # `subscribed` means: messages from every node arrive
+    data: dict[str, Any] = {"room": room, "client_count": count}
+    if since is not None:
+        data["recovered"] = False  # nothing is kept for this room: the client must reload its state
+    client.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
+
+
+async def _subscribe_with_history(client: Connection, room: str, since: Position | None) -> None:
+    """Join holding live messages back, read the history, then send: `subscribed`, what was missed, what was held."""
+    gateway = client.gateway
+    hub, broker = gateway.hub, gateway.broker
+    already = room in client.rooms  # live already: it has missed nothing since it joined
+    count = hub.join(client, room, hold=not already)
+    replay: Replay | None = None
+    try:
+        await broker.wait_receiving(room)
+        if since is None or already:
+            replay = Replay(await broker.history_position(room), recovered=True)
+        else:
+            replay = await broker.history_replay(room, since)
+    except BrokerError:
+        if not already and room in client.rooms:
+            hub.leave(client, room)
+        raise ClientError(protocol.HISTORY_UNAVAILABLE, "the history store cannot be reached; try again") from None
+    finally:
+        held = [] if already else hub.release(client, room, replay.position.offset if replay else None)
+    if room not in client.rooms or replay is None:
+        return  # the client went away meanwhile
+    position = replay.position
+    data: dict[str, Any] = {"room": room, "client_count": count, "offset": position.offset, "epoch": position.epoch}
+    if since is not None:
+        data["recovered"] = replay.recovered
+    client.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
+    newer = [payload for payload in held if (offset_of(payload) or position.offset + 1) > position.offset]
+    client.enqueue_many(replay.messages + newer)  # what it missed, then what arrived while reading
+
+
+def _since(message: Message) -> Position | None:
+    since = message.fields.get("since")
+    if since is None:
+        return None
+    offset = since.get("offset") if isinstance(since, dict) else None
+    epoch = since.get("epoch") if isinstance(since, dict) else None
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or not isinstance(epoch, str):
+        raise ClientError(protocol.INVALID_JSON, "field 'since' must be {\"offset\": <integer >= 0>, \"epoch\": <string>}")
+    return Position(offset, epoch)
+
+
+async def history(client: Connection, message: Message) -> None:
+    """`{"type":"history","room":R,"limit":N}` -> the last N kept messages, oldest first, and the position."""
+    room = _room(message)
+    gateway = client.gateway
+    size = gateway.settings.history.size
+    limit = message.fields.get("limit", size)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ClientError(protocol.INVALID_JSON, "field 'limit' must be a positive integer")
+    await _authorize(client, protocol.HISTORY, room)
+    if not gateway.history_rooms.kept(room):
+        raise ClientError(protocol.NO_HISTORY, "history.rooms does not include this room")
+    try:
+        position, payloads = await gateway.broker.history_last(room, min(limit, size))
+    except BrokerError:
+        raise ClientError(protocol.HISTORY_UNAVAILABLE, "the history store cannot be reached; try again") from None
     client.enqueue(
-        protocol.encode(protocol.SUBSCRIBED, room=room, data={"room": room, "client_count": count})
+        b'{"type":"history","room":%s,"data":{"offset":%d,"epoch":%s,"messages":[%s]},"timestamp":%d}'
+        % (protocol.dumps(room), position.offset, protocol.dumps(position.epoch), b",".join(payloads),
+           protocol.now_ms())
     )
 
 
@@ -65,4 +143,5 @@ def wsgate_message_handlers() -> Mapping[str, Handler]:
         protocol.PUBLISH: publish,
         protocol.BROADCAST: broadcast,
         protocol.PING: ping,
+        protocol.HISTORY: history,
     }

@@ -1,0 +1,194 @@
+"""Room history: offsets and epochs, recovery on re-subscribe, `history`, on the memory broker and on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from wsgate.config import HistorySettings
+from wsgate.history import HistoryRooms, MemoryHistory, Position, offset_of
+from wsgate.testing import Client, Server, StartServer
+
+Start = Callable[..., Awaitable[Server]]
+HISTORY = {"rooms": ["chat:*"], "size": 1000}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def start(request: pytest.FixtureRequest, wsgate_server: StartServer, redis_url: str, broker_prefix: str) -> Start:
+    """`await start(**tables)`: a gateway keeping history for chat:*, on each broker (Redis: one cluster per test)."""
+
+    async def begin(**tables: Any) -> Server:
+        tables.setdefault("history", HISTORY)
+        if request.param == "redis":
+            tables["broker"] = {"url": redis_url, "prefix": broker_prefix}
+        return await wsgate_server(**tables)
+
+    return begin
+
+
+async def publish_all(client: Client, room: str, numbers: range) -> list[dict[str, Any]]:
+    """Publish each number and read the sender's own copies (so everything is kept before returning)."""
+    for n in numbers:
+        await client.send({"type": "publish", "room": room, "data": n})
+    return [await client.recv() for _ in numbers]
+
+
+async def test_messages_carry_offsets_and_epochs_only_in_rooms_with_history(start: Start) -> None:
+    server = await start()
+    client = await server.connect()
+    subscribed = await client.subscribe("chat:1")
+    epoch = subscribed["data"]["epoch"]
+    assert subscribed["data"]["offset"] == 0  # the position exists before the first message
+    got = await publish_all(client, "chat:1", range(3))
+    assert [(m["data"], m["offset"], m["epoch"]) for m in got] == [(0, 1, epoch), (1, 2, epoch), (2, 3, epoch)]
+    assert list(got[0])[:5] == ["type", "room", "data", "client_id", "timestamp"]  # the guide's fields first
+    plain = await client.subscribe("lobby")
+    assert set(plain["data"]) == {"room", "client_count"}  # the guide's shape, unchanged
+    message = (await publish_all(client, "lobby", range(1)))[0]
+    assert set(message) == {"type", "room", "data", "client_id", "timestamp"}
+
+
+async def test_a_client_recovers_what_it_missed_exactly_once_in_order(start: Start) -> None:
+    server = await start()
+    publisher, reader = await server.connect(), await server.connect()
+    await publisher.subscribe("chat:1")
+    subscribed = await reader.subscribe("chat:1")
+    seen = await publish_all(publisher, "chat:1", range(10))
+    last = [await reader.recv() for _ in range(10)][-1]
+    await reader.ws.close()  # the network blips
+    await publish_all(publisher, "chat:1", range(10, 510))
+    again = await server.connect()
+    since = {"offset": last["offset"], "epoch": last["epoch"]}
+    answer = await again.request({"type": "subscribe", "room": "chat:1", "since": since})
+    assert answer["data"] == {"room": "chat:1", "client_count": 2, "offset": 510,
+                              "epoch": subscribed["data"]["epoch"], "recovered": True}
+    missed = [await again.recv() for _ in range(500)]
+    assert [m["data"] for m in missed] == list(range(10, 510))
+    assert [m["offset"] for m in missed] == list(range(11, 511))
+    await publish_all(publisher, "chat:1", range(510, 512))
+    assert [(await again.recv())["data"] for _ in range(2)] == [510, 511]  # then live, no gap
+    assert (await again.request({"type": "ping"}))["type"] == "pong"  # and nothing twice
+    assert seen[0]["offset"] == 1
+
+
+async def test_recovery_is_refused_when_the_epoch_changed_or_history_was_trimmed(start: Start) -> None:
+    server = await start(history={"rooms": ["chat:*"], "size": 5})
+    client = await server.connect()
+    epoch = (await client.subscribe("chat:1"))["data"]["epoch"]
+    await publish_all(client, "chat:1", range(20))
+    other = await server.connect()
+    for since in ({"offset": 2, "epoch": epoch}, {"offset": 20, "epoch": "another-epoch"},
+                  {"offset": 99, "epoch": epoch}):
+        answer = await other.request({"type": "subscribe", "room": "chat:1", "since": since})
+        assert (answer["data"]["recovered"], answer["data"]["offset"]) == (False, 20), since
+        await other.request({"type": "unsubscribe", "room": "chat:1"})
+    answer = await other.request({"type": "subscribe", "room": "chat:1", "since": {"offset": 15, "epoch": epoch}})
+    assert answer["data"]["recovered"] is True  # 16..20 are still kept
+    assert [(await other.recv())["offset"] for _ in range(5)] == [16, 17, 18, 19, 20]
+
+
+async def test_history_returns_the_last_messages(start: Start) -> None:
+    server = await start()
+    client = await server.connect()
+    await client.subscribe("chat:1")
+    await publish_all(client, "chat:1", range(7))
+    answer = await client.request({"type": "history", "room": "chat:1", "limit": 3})
+    assert answer["type"] == "history" and answer["room"] == "chat:1"
+    assert answer["data"]["offset"] == 7
+    assert [(m["data"], m["offset"]) for m in answer["data"]["messages"]] == [(4, 5), (5, 6), (6, 7)]
+    everything = await client.request({"type": "history", "room": "chat:1"})
+    assert len(everything["data"]["messages"]) == 7
+    fresh = await client.request({"type": "history", "room": "chat:empty"})  # not subscribed: allowed
+    assert (fresh["data"]["offset"], fresh["data"]["messages"]) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("request_", "error", "detail"),
+    [
+        ({"type": "history", "room": "lobby"}, "room has no history", "history.rooms does not include this room"),
+        ({"type": "history", "room": "chat:1", "limit": 0}, "invalid JSON format", "field 'limit' must be a positive integer"),
+        ({"type": "history", "room": "chat:1", "limit": "5"}, "invalid JSON format", "field 'limit' must be a positive integer"),
+        ({"type": "history"}, "room name is required", None),
+        ({"type": "subscribe", "room": "chat:1", "since": {"offset": -1, "epoch": "x"}}, "invalid JSON format",
+         'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}'),
+        ({"type": "subscribe", "room": "chat:1", "since": 5}, "invalid JSON format",
+         'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}'),
+    ],
+)
+async def test_bad_history_requests(wsgate_server: StartServer, request_: dict[str, Any], error: str,
+                                    detail: str | None) -> None:
+    server = await wsgate_server(history=HISTORY)
+    client = await server.connect()
+    answer = await client.request(request_)
+    assert (answer["error"], answer.get("detail")) == (error, detail)
+    assert not server.gateway.hub.rooms
+
+
+async def test_since_on_a_room_without_history_is_not_recovered(wsgate_server: StartServer) -> None:
+    client = await (await wsgate_server(history=HISTORY)).connect()
+    answer = await client.request({"type": "subscribe", "room": "lobby", "since": {"offset": 3, "epoch": "e"}})
+    assert answer["data"] == {"room": "lobby", "client_count": 1, "recovered": False}
+
+
+async def test_replay_and_live_delivery_race_without_gap_or_duplicate(start: Start) -> None:
+    """A publisher keeps publishing while a client re-subscribes with `since` again and again."""
+    server = await start()
+    publisher, reader = await server.connect(), await server.connect()
+    await publisher.subscribe("chat:race")
+    await reader.subscribe("chat:race")
+    total = 600
+
+    async def publish() -> None:
+        for n in range(total):
+            await publisher.send({"type": "publish", "room": "chat:race", "data": n})
+            if n % 50 == 0:
+                await asyncio.sleep(0)
+
+    running = asyncio.create_task(publish())
+    received: list[int] = []
+    position: dict[str, Any] | None = None
+    while len(received) < total:
+        message = await reader.recv()
+        if message["type"] == "message":
+            received.append(message["data"])
+            position = {"offset": message["offset"], "epoch": message["epoch"]}
+        if len(received) % 97 == 0 and position is not None:  # reconnect, mid-stream, every so often
+            await reader.ws.close()
+            reader = await server.connect()
+            answer = await reader.request({"type": "subscribe", "room": "chat:race", "since": position})
+            assert answer["data"]["recovered"] is True
+            position = None
+    await running
+    assert received == list(range(total))
+    assert (await reader.request({"type": "ping"}))["type"] == "pong"
+
+
+def test_memory_history_expires_and_starts_a_new_epoch() -> None:
+    now = [0.0]
+    store = MemoryHistory(HistorySettings(rooms=("*",), size=3, ttl=10.0), clock=lambda: now[0])
+    first = store.position("r")
+    payloads = [store.append("r", b'{"type":"message","data":%d' % n) for n in range(5)]
+    assert [offset_of(p) for p in payloads] == [1, 2, 3, 4, 5]
+    assert store.last("r", 10)[1] == payloads[2:]  # size 3
+    replay = store.replay("r", Position(2, first.epoch))
+    assert (replay.recovered, replay.messages) == (True, payloads[2:])
+    assert not store.replay("r", Position(1, first.epoch)).recovered  # offset 2 was trimmed
+    now[0] = 9.0
+    assert store.position("r") == Position(5, first.epoch)  # reading does not extend the history's life
+    now[0] = 10.5
+    assert len(store) == 1
+    renewed = store.position("r")
+    assert renewed.offset == 0 and renewed.epoch != first.epoch
+    now[0] = 30.0
+    store.position("other")  # sweeps
+    assert len(store) == 1
+
+
+def test_rooms_without_history_cost_a_falsy_check() -> None:
+    assert not HistoryRooms(())
+    assert not HistoryRooms(()).kept("chat:1")
+    rooms = HistoryRooms(("chat:*", "news"))
+    assert rooms.kept("chat:1") and rooms.kept("news") and not rooms.kept("newsroom") and not rooms.kept(None)

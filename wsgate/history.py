@@ -1,0 +1,159 @@
+"""Room history: offsets and epochs, which rooms keep history, and the in-memory store.
+
+A message published to a room with history gets the room's next `offset`
+(1, 2, 3, ...) and the room's `epoch`, a random name for one unbroken run of
+offsets. When history is lost (the memory broker restarted, the history
+expired, Redis lost the stream) the room starts a new epoch, and a client that
+remembers an offset of the old one is told it cannot recover.
+
+Both are stamped into the encoded message once, at publish time:
+`stamp(head, offset, epoch)` closes an encoded object whose closing brace was
+left off. Every node and every replay then sends the same bytes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import HistorySettings
+
+OFFSET_FIELD = b',"offset":'
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a room's history stands: the last offset given out (0: none yet) in `epoch`."""
+
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """The answer to "what did I miss since `since`": the messages after it, in order, or recovered=False."""
+
+    position: Position
+    recovered: bool
+    messages: list[bytes] = field(default_factory=list)
+
+
+def stamp(head: bytes, offset: int, epoch: str) -> bytes:
+    """An encoded message (`head`: its JSON without the closing brace) with `offset` and `epoch` added."""
+    return b'%s,"offset":%d,"epoch":"%s"}' % (head, offset, epoch.encode())
+
+
+def offset_of(payload: bytes) -> int | None:
+    """The offset stamped into a payload by `stamp` (None: a message that could not be given one)."""
+    start = payload.rfind(OFFSET_FIELD)
+    if start < 0:
+        return None
+    start += len(OFFSET_FIELD)
+    return int(payload[start:payload.index(b",", start)])
+
+
+def new_epoch() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class HistoryRooms:
+    """Which rooms keep history (`history.rooms` glob patterns); free to ask when there are none."""
+
+    CACHE_LIMIT = 10_000  # answers remembered; the cache is emptied when full (room names are unbounded)
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self._patterns = patterns
+        self._known: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._patterns)
+
+    def kept(self, room: str | None) -> bool:
+        if not self._patterns or room is None:
+            return False
+        answer = self._known.get(room)
+        if answer is None:
+            if len(self._known) >= self.CACHE_LIMIT:
+                self._known.clear()
+            answer = self._known[room] = any(fnmatch.fnmatchcase(room, p) for p in self._patterns)
+        return answer
+
+
+class _Room:
+    __slots__ = ("epoch", "offset", "entries", "last_used")
+
+    def __init__(self, size: int, now: float) -> None:
+        self.epoch = new_epoch()
+        self.offset = 0
+        self.entries: deque[tuple[int, bytes]] = deque(maxlen=size)  # (offset, payload)
+        self.last_used = now
+
+
+class MemoryHistory:
+    """History kept in this process (the memory broker's): the last `size` messages per room.
+
+    A room's state (epoch, offset, messages) is forgotten `ttl` after its last message (or
+    its creation); the next use starts a new epoch. Expired rooms are swept every `ttl / 4`.
+    """
+
+    def __init__(self, settings: HistorySettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._size = settings.size
+        self._ttl = settings.ttl
+        self._clock = clock
+        self._rooms: dict[str, _Room] = {}
+        self._next_sweep = clock() + settings.ttl / 4
+
+    def _room(self, room: str) -> _Room:
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        state = self._rooms.get(room)
+        if state is None or now - state.last_used > self._ttl:
+            state = self._rooms[room] = _Room(self._size, now)
+        return state
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self._ttl / 4
+        expired = [name for name, state in self._rooms.items() if now - state.last_used > self._ttl]
+        for name in expired:
+            del self._rooms[name]
+
+    def append(self, room: str, head: bytes) -> bytes:
+        """Give the next offset to a message (`head` as for `stamp`), keep it, and return its bytes."""
+        state = self._room(room)
+        state.offset += 1
+        state.last_used = self._clock()
+        payload = stamp(head, state.offset, state.epoch)
+        state.entries.append((state.offset, payload))
+        return payload
+
+    def position(self, room: str) -> Position:
+        state = self._room(room)
+        return Position(state.offset, state.epoch)
+
+    def replay(self, room: str, since: Position) -> Replay:
+        state = self._room(room)
+        return replay_from(Position(state.offset, state.epoch), [e for e in state.entries if e[0] > since.offset], since)
+
+    def last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
+        state = self._room(room)
+        entries = list(state.entries)[-limit:] if limit else []
+        return Position(state.offset, state.epoch), [payload for _, payload in entries]
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+
+def replay_from(position: Position, after: list[tuple[int, bytes]], since: Position) -> Replay:
+    """What a client at `since` missed, from a room's `position` and the kept `(offset, payload)`
+    entries after `since.offset`, oldest first (read together with the position)."""
+    if since.epoch != position.epoch or since.offset > position.offset:
+        return Replay(position, recovered=False)
+    first = after[0][0] if after else position.offset + 1
+    if first != since.offset + 1:
+        return Replay(position, recovered=False)  # trimmed past the client's position
+    return Replay(position, recovered=True, messages=[payload for _, payload in after])
