@@ -74,6 +74,26 @@ async def test_a_client_recovers_what_it_missed_exactly_once_in_order(start: Sta
     assert seen[0]["offset"] == 1
 
 
+async def test_a_client_resumes_on_another_node(wsgate_server: StartServer, redis_url: str,
+                                                broker_prefix: str) -> None:
+    """With Redis, every node sees the same history: miss 500 messages published on A, resume on B."""
+    broker = {"url": redis_url, "prefix": broker_prefix}
+    a, b = await wsgate_server(broker=broker, history=HISTORY), await wsgate_server(broker=broker, history=HISTORY)
+    publisher, reader = await a.connect(), await b.connect()
+    await publisher.subscribe("chat:x")
+    await reader.subscribe("chat:x")
+    await publish_all(publisher, "chat:x", range(3))
+    last = [await reader.recv() for _ in range(3)][-1]
+    await reader.ws.close()
+    await publish_all(publisher, "chat:x", range(3, 503))
+    resumed = await b.connect()
+    since = {"offset": last["offset"], "epoch": last["epoch"]}
+    answer = await resumed.request({"type": "subscribe", "room": "chat:x", "since": since})
+    assert (answer["data"]["recovered"], answer["data"]["offset"]) == (True, 503)
+    assert [(await resumed.recv())["data"] for _ in range(500)] == list(range(3, 503))
+    assert (await resumed.request({"type": "ping"}))["type"] == "pong"
+
+
 async def test_recovery_is_refused_when_the_epoch_changed_or_history_was_trimmed(start: Start) -> None:
     server = await start(history={"rooms": ["chat:*"], "size": 5})
     client = await server.connect()
@@ -192,3 +212,24 @@ def test_rooms_without_history_cost_a_falsy_check() -> None:
     assert not HistoryRooms(()).kept("chat:1")
     rooms = HistoryRooms(("chat:*", "news"))
     assert rooms.kept("chat:1") and rooms.kept("news") and not rooms.kept("newsroom") and not rooms.kept(None)
+
+
+async def test_lost_redis_history_starts_a_new_epoch(wsgate_server: StartServer, redis_url: str,
+                                                     broker_prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    server = await wsgate_server(broker={"url": redis_url, "prefix": broker_prefix}, history=HISTORY)
+    client = await server.connect()
+    epoch = (await client.subscribe("chat:1"))["data"]["epoch"]
+    await publish_all(client, "chat:1", range(3))
+    redis = aioredis.from_url(redis_url)
+    try:  # what a Redis restart without persistence, or an expiry, does
+        assert await redis.delete(f"{broker_prefix}:history:chat:1:meta", f"{broker_prefix}:history:chat:1:stream") == 2
+    finally:
+        await redis.aclose()
+    other = await server.connect()
+    answer = await other.request({"type": "subscribe", "room": "chat:1", "since": {"offset": 3, "epoch": epoch}})
+    assert answer["data"]["recovered"] is False
+    assert answer["data"]["offset"] == 0 and answer["data"]["epoch"] != epoch
+    message = (await publish_all(client, "chat:1", range(1)))[0]
+    assert (message["offset"], message["epoch"]) == (1, answer["data"]["epoch"])

@@ -92,3 +92,17 @@ def test_every_toml_example_is_valid_settings(tmp_path: Path) -> None:
         load_settings(path)
         checked += 1
     assert checked >= 3
+
+
+async def test_resume_example(tmp_path: Path, wsgate_server: StartServer, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    server = await wsgate_server(history={"rooms": ["chat:*"]})
+    resume = write_module(tmp_path, "resume", readme_block("# resume.py"))
+    running = asyncio.create_task(resume.main(server.url("/ws")))
+    try:
+        async with asyncio.timeout(5):
+            while "{'text': 'hi'}" not in capsys.readouterr().out:
+                await asyncio.sleep(0.01)  # polling printed output: there is no event to wait on
+    finally:
+        running.cancel()

@@ -1,0 +1,66 @@
+"""`wsgate.client.GatewayClient` against a real gateway: requests, reconnecting, resuming, failed recovery."""
+
+from __future__ import annotations
+
+import pytest
+
+from wsgate.client import GatewayClient, GatewayError
+from wsgate.history import Position
+from wsgate.testing import Server, StartServer
+
+HISTORY = {"rooms": ["chat:*"], "size": 1000}
+
+
+@pytest.fixture
+async def server(wsgate_server: StartServer) -> Server:
+    return await wsgate_server(history=HISTORY)
+
+
+def connection_of(server: Server, client: GatewayClient):  # type: ignore[no-untyped-def]
+    return server.gateway.hub.connections[client.client_id]  # type: ignore[index]
+
+
+async def test_requests(server: Server) -> None:
+    async with GatewayClient(server.url("/ws")) as client:
+        subscribed = await client.subscribe("chat:a")
+        assert (subscribed["room"], subscribed["offset"]) == ("chat:a", 0)
+        await client.publish("chat:a", {"text": "hi"})
+        message = await client.receive()
+        assert (message["data"], message["offset"], message["client_id"]) == ({"text": "hi"}, 1, client.client_id)
+        assert client.positions["chat:a"] == Position(1, subscribed["epoch"])
+        assert (await client.history("chat:a"))["messages"][0]["data"] == {"text": "hi"}
+        assert await client.ping() > 0
+        with pytest.raises(GatewayError) as refused:
+            await client.history("lobby")
+        assert (refused.value.text, refused.value.detail) == ("room has no history", "history.rooms does not include this room")
+        await client.broadcast("everyone")
+        assert (await client.receive())["data"] == "everyone"
+        await client.unsubscribe("chat:a")
+        assert "chat:a" not in client.positions
+
+
+async def test_after_a_disconnection_it_reconnects_and_gets_what_it_missed(server: Server) -> None:
+    publisher = await server.connect()
+    await publisher.subscribe("chat:a")
+    async with GatewayClient(server.url("/ws"), backoff=(0.01, 0.1)) as client:
+        await client.subscribe("chat:a")
+        for n in range(5):
+            await publisher.request({"type": "publish", "room": "chat:a", "data": n})
+        assert [(await client.receive())["data"] for _ in range(5)] == list(range(5))
+        connection_of(server, client).drop(1012, "service restart")
+        for n in range(5, 55):  # published while it is away (or coming back)
+            await publisher.request({"type": "publish", "room": "chat:a", "data": n})
+        assert [(await client.receive())["data"] for _ in range(50)] == list(range(5, 55))
+        await client.connected()
+        assert client.connects == 2
+        assert await client.ping() > 0
+
+
+async def test_a_recovery_that_fails_is_passed_on_to_the_application(server: Server) -> None:
+    async with GatewayClient(server.url("/ws"), backoff=(0.01, 0.1)) as client:
+        await client.subscribe("chat:a")
+        client.positions["chat:a"] = Position(7, "an-epoch-that-is-gone")
+        connection_of(server, client).drop(1012, "service restart")
+        notice = await client.receive()
+        assert notice["type"] == "subscribed" and notice["data"]["recovered"] is False
+        assert client.positions["chat:a"] == Position(0, notice["data"]["epoch"])  # resumes from the new epoch
