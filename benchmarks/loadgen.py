@@ -150,9 +150,14 @@ async def connect(url: str, count: int, factory: Callable[[], Client] = Client) 
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
-def message(seq: int) -> dict:
-    """Fixed-size data (zero-padded numbers in strings), so every delivered frame has the same length."""
-    return {"type": "publish", "room": "bench", "data": [f"{time.monotonic_ns():020d}", f"{seq:010d}", PAD]}
+def message(seq: int, offsets: bool = False) -> dict:
+    """Fixed-size data (zero-padded numbers in strings), so every delivered frame has the same length.
+
+    `offsets`: the room keeps history, so the server adds `"offset": seq` (the publisher is the room's
+    only one): the padding gives up as many characters as the offset takes.
+    """
+    pad = PAD[: len(PAD) - len(str(seq))] if offsets else PAD
+    return {"type": "publish", "room": "bench", "data": [f"{time.monotonic_ns():020d}", f"{seq:010d}", pad]}
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -191,12 +196,14 @@ async def fanout(urls: list[str], subscribers: int, window: int, duration: float
     share = subscribers - sampled
     for i, url in enumerate(urls):
         rest += await counters(url, share // len(urls) + (1 if i < share % len(urls) else 0), "bench")
-    state = {"sent": 0, "running": True}
+    state = {"sent": 0, "running": True, "offsets": False}
 
     def on_own_copy(publisher: Client, payload: bytes) -> None:
+        if not state["offsets"] and b'"offset":' in payload:
+            state["offsets"] = True  # from now on frames keep their size despite growing offsets
         if state["running"]:
             state["sent"] += 1
-            publisher.send(message(state["sent"]))
+            publisher.send(message(state["sent"], bool(state["offsets"])))
 
     (publisher,) = await connect(urls[0], 1, lambda: Client(on_own_copy))
     assert (await publisher.request({"type": "subscribe", "room": "bench"}))["type"] == "subscribed"

@@ -54,6 +54,11 @@ SCENARIOS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
                              ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
     "limits-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("wsgate", "wsgate-limits"),
                         ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+    "history-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("wsgate", "wsgate-history"),
+                         ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+    "history-2-nodes-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"],
+                                 ("wsgate-2-nodes", "wsgate-2-nodes-history"),
+                                 ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
 }
 # wsgate-limits: every per-message check on, none of them refusing the benchmark's traffic.
 LIMITS = {
@@ -85,7 +90,9 @@ def start_server(kind: str, prefix: str) -> tuple[list[subprocess.Popen[bytes]],
         env.pop("WSGATE_PLUGINS__DISABLED")  # every installed plugin, echo included
     if kind == "wsgate-limits":
         env.update(LIMITS)
-    nodes = 2 if kind == "wsgate-2-nodes" else 1
+    if kind.endswith("-history"):
+        env["WSGATE_HISTORY__ROOMS"] = '["bench"]'
+    nodes = 2 if kind.startswith("wsgate-2-nodes") else 1
     if nodes == 2:
         env.update(WSGATE_BROKER__URL=REDIS_URL, WSGATE_BROKER__PREFIX=prefix)
     procs, urls = [], []
@@ -221,6 +228,8 @@ make a figure void.
 - wsgate: `python -m wsgate`, in-memory broker, example plugins disabled.
 - wsgate-2-nodes: two wsgate processes sharing Redis (both on core 0); subscribers split over both, the publisher on the first.
 - wsgate-plugins: wsgate with every installed plugin enabled (echo, users, token-auth).
+- wsgate-history, wsgate-2-nodes-history: the same servers with history kept for the benchmark's room
+  (`history.rooms = ["bench"]`, 100 messages): every message gets an offset (in Redis: one Lua script per message).
 - wsgate-limits: wsgate with rate limits, rooms-per-client, address limit, a room-name pattern and three room rules
   on (set high enough that nothing is refused): the cost of the per-message checks.
 
