@@ -165,7 +165,7 @@ async def test_plugins_command_lists_sources_hooks_and_message_types(tmp_path: P
     out, err = await process.proc.communicate()
     assert process.proc.returncode == 0, err.decode()
     text = out.decode()
-    assert "messages: builtin\n  hooks: wsgate_message_handlers\n  message types: subscribe, unsubscribe, publish, broadcast, ping, history\n" in text
+    assert "messages: builtin\n  hooks: wsgate_message_handlers\n  message types: subscribe, unsubscribe, publish, broadcast, ping, history, presence\n" in text
     assert "echo: entry point wsgate_echo from wsgate-echo 0.1.0\n" in text
     assert "users: entry point wsgate_users from wsgate-users 0.1.0\n  hooks: wsgate_message_handlers, wsgate_services\n" in text
 

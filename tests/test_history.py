@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from wsgate.config import HistorySettings
-from wsgate.history import HistoryRooms, MemoryHistory, Position, offset_of
+from wsgate.history import MemoryHistory, Position, offset_of
+from wsgate.rooms import RoomPatterns
 from wsgate.testing import Client, Server, StartServer
 
 Start = Callable[..., Awaitable[Server]]
@@ -208,10 +209,10 @@ def test_memory_history_expires_and_starts_a_new_epoch() -> None:
 
 
 def test_rooms_without_history_cost_a_falsy_check() -> None:
-    assert not HistoryRooms(())
-    assert not HistoryRooms(()).kept("chat:1")
-    rooms = HistoryRooms(("chat:*", "news"))
-    assert rooms.kept("chat:1") and rooms.kept("news") and not rooms.kept("newsroom") and not rooms.kept(None)
+    assert not RoomPatterns(())
+    assert not RoomPatterns(()).match("chat:1")
+    rooms = RoomPatterns(("chat:*", "news"))
+    assert rooms.match("chat:1") and rooms.match("news") and not rooms.match("newsroom") and not rooms.match(None)
 
 
 async def test_lost_redis_history_starts_a_new_epoch(wsgate_server: StartServer, redis_url: str,
@@ -233,3 +234,19 @@ async def test_lost_redis_history_starts_a_new_epoch(wsgate_server: StartServer,
     assert answer["data"]["offset"] == 0 and answer["data"]["epoch"] != epoch
     message = (await publish_all(client, "chat:1", range(1)))[0]
     assert (message["offset"], message["epoch"]) == (1, answer["data"]["epoch"])
+
+
+async def test_a_burst_of_history_reads_queues_for_redis_connections(redis_url: str, broker_prefix: str) -> None:
+    """300 subscribes to rooms with history at once must wait for pooled connections, not fail."""
+    from wsgate.broker.redis import POOL_SIZE, RedisBroker
+    from wsgate.config import BrokerSettings
+    from wsgate.metrics import Metrics
+
+    broker = RedisBroker(BrokerSettings(url=redis_url, prefix=broker_prefix), Metrics(),
+                         history=HistorySettings(rooms=("chat:*",)))
+    await broker.start(lambda room, frame: 0)
+    try:
+        positions = await asyncio.gather(*(broker.history_position(f"chat:{n % 7}") for n in range(10 * POOL_SIZE)))
+        assert {p.offset for p in positions} == {0} and len({p.epoch for p in positions}) == 7
+    finally:
+        await broker.close()

@@ -36,7 +36,7 @@ async def test_builtin_types_are_registered_by_the_messages_plugin(wsgate_server
     server = await wsgate_server()
     owners = server.gateway.registry.owners()
     builtin = {kind: owner for kind, owner in owners.items() if owner == "messages"}
-    assert builtin == dict.fromkeys(["subscribe", "unsubscribe", "publish", "broadcast", "ping", "history"], "messages")
+    assert builtin == dict.fromkeys(["subscribe", "unsubscribe", "publish", "broadcast", "ping", "history", "presence"], "messages")
 
 
 async def test_disabling_the_builtin_plugin_removes_its_types(wsgate_server: StartServer) -> None:

@@ -74,11 +74,14 @@ async def _run_gateway(app: web.Application) -> AsyncIterator[None]:
     await gateway.broker.start(gateway.deliver)
     try:
         await gateway.plugins.start(gateway)
-        gauges = asyncio.create_task(_refresh_gauges(gateway), name="wsgate-gauges")
+        tasks = [asyncio.create_task(_refresh_gauges(gateway), name="wsgate-gauges")]
+        if gateway.presence.rooms and gateway.settings.presence.events:
+            tasks.append(asyncio.create_task(gateway.presence.run(), name="wsgate-presence-events"))
         yield
-        gauges.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await gauges
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     finally:
         await gateway.plugins.stop(gateway)
         await gateway.broker.close()

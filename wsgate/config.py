@@ -221,6 +221,22 @@ class HistorySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceSettings:
+    rooms: tuple[str, ...] = setting(
+        (), 'Glob patterns of rooms whose members can be listed with a presence request, e.g. ["chat:*"]'
+    )
+    claims: tuple[str, ...] = setting((), "Claims of authenticated members shown in presence answers and events")
+    events: bool = setting(False, "Send presence_diff messages (joins and leaves) to the members of those rooms")
+    interval: float = setting(
+        1.0, "Joins and leaves are gathered this long into one presence_diff per room", duration=True, minimum=0.01
+    )
+    node_ttl: float = setting(
+        15.0, "Redis: members of a node that stopped (crashed) disappear from presence within this time",
+        duration=True, minimum=1,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownSettings:
     mode: str = setting(
         "drain", "drain: close every client at once with 1001; restart: close with 1012 (Service Restart) "
@@ -267,6 +283,7 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
+    presence: PresenceSettings = field(default_factory=PresenceSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)

@@ -20,10 +20,11 @@ from .broker import Broker, make_broker
 from .config import Settings
 from .connection import Flusher
 from .dispatch import Dispatcher
-from .history import HistoryRooms
+from .rooms import RoomPatterns
 from .hub import Hub
 from .metrics import Metrics
 from .plugins import Plugins
+from .presence import Presence
 from .protocol import Decoder
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,12 @@ class Gateway:
         self.plugins = plugins
         self.registry = plugins.build_registry()
         self.metrics = Metrics(self.registry.owners())
-        self.broker: Broker = make_broker(settings.broker, settings.history, self.metrics)
-        self.history_rooms = HistoryRooms(settings.history.rooms)
+        self.broker: Broker = make_broker(settings, self.metrics)
+        self.history_rooms = RoomPatterns(settings.history.rooms)
         self.hub = Hub(settings.websocket.limits, self.broker, settings.websocket.send_queue_size)
+        self.presence = Presence(settings.presence, self.broker)
+        if self.presence.rooms:
+            self.hub.presence = self.presence  # rooms without presence cost nothing on join and leave
         self.flusher = Flusher()
         limits = settings.websocket.limits
         self.decoder = Decoder(limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern)
@@ -65,7 +69,7 @@ class Gateway:
         This is the spec's RoomBroadcast / NotifyRoom. `client_id` names the sender
         (absent for server messages). Returns how many local clients it was queued for.
         """
-        if self.history_rooms.kept(room):  # offset and epoch are stamped in by the broker
+        if self.history_rooms.match(room):  # offset and epoch are stamped in by the broker
             head = protocol.encode(type, room=room, data=data, client_id=client_id)[:-1]
             await self.broker.publish_history(room, head)
             return len(self.hub.rooms.get(room, ()))

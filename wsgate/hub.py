@@ -11,6 +11,7 @@ from .broker import Broker
 from .config import LimitsSettings
 from .connection import Connection
 from .history import offset_of
+from .presence import Presence
 from . import protocol
 from .protocol import NOT_SUBSCRIBED, ROOM_FULL, TOO_MANY_ROOMS, ClientError
 
@@ -26,6 +27,7 @@ class Hub:
         self.rooms: dict[str, set[Connection]] = {}
         self.holding: dict[str, dict[Connection, list[bytes]]] = {}  # room -> recovering client -> held payloads
         self.fences: dict[str, dict[Connection, int]] = {}  # room -> recovered client -> offset it has up to
+        self.presence: Presence | None = None  # told of joins and leaves in presence rooms, when configured
         self.addresses: dict[str, int] = {}  # connections (and upgrades under way) per client address
 
     def claim_address(self, address: str) -> bool:
@@ -81,6 +83,8 @@ class Hub:
         else:
             members.add(conn)
         conn.rooms.add(room)
+        if self.presence is not None and self.presence.rooms.match(room):
+            self.presence.joined(conn, room)
         return self._count(room)
 
     def release(self, conn: Connection, room: str, read_up_to: int | None = None) -> list[bytes]:
@@ -112,6 +116,8 @@ class Hub:
 
     def _leave(self, conn: Connection, room: str) -> None:
         conn.rooms.discard(room)
+        if self.presence is not None and self.presence.rooms.match(room):
+            self.presence.left(conn, room)
         for table in (self.holding, self.fences):
             entry = table.get(room)
             if entry is not None:

@@ -22,6 +22,8 @@ PUBLISH: Final = "publish"
 BROADCAST: Final = "broadcast"
 PING: Final = "ping"
 HISTORY: Final = "history"  # wsgate: the last messages of a room that keeps history (also the answer's type)
+PRESENCE: Final = "presence"  # wsgate: the members of a room with presence (also the answer's type)
+PRESENCE_DIFF: Final = "presence_diff"  # wsgate: joins and leaves of a room with presence events
 
 # Server -> client message types.
 CONNECTED: Final = "connected"
@@ -51,6 +53,8 @@ RATE_LIMITED: Final = "rate limit exceeded"
 NOT_ALLOWED: Final = "not allowed"
 NO_HISTORY: Final = "room has no history"
 HISTORY_UNAVAILABLE: Final = "history is unavailable"
+NO_PRESENCE: Final = "room has no presence"
+PRESENCE_UNAVAILABLE: Final = "presence is unavailable"
 
 # Close codes (RFC 6455 section 7.4.1).
 CLOSE_GOING_AWAY: Final = 1001  # server shutdown, keepalive timeout
@@ -241,6 +245,8 @@ ERROR_REASONS: Final = {
     NOT_ALLOWED: "not_allowed",
     NO_HISTORY: "no_history",
     HISTORY_UNAVAILABLE: "history_unavailable",
+    NO_PRESENCE: "no_presence",
+    PRESENCE_UNAVAILABLE: "presence_unavailable",
 }
 """Error text -> metrics label; texts from plugins count as `rejected` (labels stay bounded)."""
 

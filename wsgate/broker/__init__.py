@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import BrokerSettings, HistorySettings
+from ..config import Settings
 from ..metrics import Metrics
 from .base import Broker, BrokerError, Deliver
 from .memory import MemoryBroker
@@ -10,10 +10,10 @@ from .memory import MemoryBroker
 __all__ = ["Broker", "BrokerError", "Deliver", "MemoryBroker", "make_broker"]
 
 
-def make_broker(settings: BrokerSettings, history: HistorySettings, metrics: Metrics) -> Broker:
+def make_broker(settings: Settings, metrics: Metrics) -> Broker:
     """The broker `broker.url` asks for: in-memory when empty, Redis otherwise."""
-    if not settings.url:
-        return MemoryBroker(history)
+    if not settings.broker.url:
+        return MemoryBroker(settings.history)
     from .redis import RedisBroker  # only Redis users need redis-py
 
-    return RedisBroker(settings, metrics, history=history)
+    return RedisBroker(settings.broker, metrics, history=settings.history, node_ttl=settings.presence.node_ttl)

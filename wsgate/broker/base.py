@@ -46,6 +46,15 @@ class Broker(Protocol):
     async def history_last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
         """The position and the last `limit` kept messages of a room, oldest first."""
 
+    def presence_join(self, room: str, client_id: str, member: bytes) -> None:
+        """A local client joined a room with presence (`member`: its encoded description); without waiting."""
+
+    def presence_leave(self, room: str, client_id: str) -> None:
+        """A local client left a room with presence; without waiting."""
+
+    async def presence_members(self, room: str) -> list[bytes]:
+        """The encoded members of `room` on the other nodes (the local ones are the hub's)."""
+
     def room_added(self, room: str) -> None:
         """This node's first member joined `room`: start receiving it from other nodes."""
 

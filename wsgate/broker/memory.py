@@ -36,6 +36,15 @@ class MemoryBroker:
     async def history_last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
         return self.history.last(room, limit)
 
+    def presence_join(self, room: str, client_id: str, member: bytes) -> None:
+        pass  # one process: the hub knows every member
+
+    def presence_leave(self, room: str, client_id: str) -> None:
+        pass
+
+    async def presence_members(self, room: str) -> list[bytes]:
+        return []
+
     def room_added(self, room: str) -> None:
         pass  # every room is local
 

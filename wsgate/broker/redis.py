@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import deque
@@ -32,6 +33,7 @@ NODE_ID_LENGTH = 32  # uuid4().hex
 SUBSCRIBE_WAIT = 2.0  # longest a subscribe waits for Redis to confirm before answering anyway
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 PIPELINE_BATCH = 512
+POOL_SIZE = 32  # Redis connections for commands (pub/sub has its own)
 EVERY_NODE = b"h" * NODE_ID_LENGTH  # sender mark of history messages: no node skips them (ids are hex)
 
 # History: a hash <prefix>:history:<room>:meta {epoch, offset} and a stream <prefix>:history:<room>:stream
@@ -56,6 +58,20 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('PUBLISH', ARGV[5], ARGV[6] .. payload)
 return n
 """
+PRESENCE_SCRIPT = """
+local entries = redis.call('HGETALL', KEYS[1])
+local alive, found = {}, {}
+for i = 1, #entries, 2 do
+  local node = string.sub(entries[i + 1], 1, 32)
+  if alive[node] == nil then alive[node] = redis.call('EXISTS', ARGV[1] .. node) == 1 end
+  if not alive[node] then
+    redis.call('HDEL', KEYS[1], entries[i])
+  elseif node ~= ARGV[2] then
+    table.insert(found, string.sub(entries[i + 1], 33))
+  end
+end
+return found
+"""
 READ_SCRIPT = _ENSURE + """
 local offset = redis.call('HGET', KEYS[1], 'offset')
 local entries
@@ -74,7 +90,7 @@ class RedisBroker:
 
     def __init__(
         self, settings: BrokerSettings, metrics: Metrics, node_id: str | None = None,
-        history: HistorySettings | None = None,
+        history: HistorySettings | None = None, node_ttl: float = 15.0,
     ) -> None:
         self._settings = settings
         self._history = history or HistorySettings()
@@ -101,6 +117,13 @@ class RedisBroker:
         self._closed = False
         self._publish_script: Any = None
         self._read_script: Any = None
+        self._presence_script: Any = None
+        self._node_ttl = node_ttl
+        self._node_key = f"{settings.prefix}:node:{self.node_id.decode()}"
+        self._presence_prefix = f"{settings.prefix}:presence:"
+        self._present: dict[str, dict[str, bytes]] = {}  # room -> local client id -> member (the truth)
+        self._presence_changes: dict[tuple[str, str], bytes | None] = {}  # (room, client) -> member, None: left
+        self._presence_ready = asyncio.Event()
 
     @property
     def state(self) -> str:
@@ -111,18 +134,29 @@ class RedisBroker:
     async def start(self, deliver: Deliver) -> None:
         try:
             import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
         except ImportError:
             raise BrokerError("broker.url names Redis, but redis-py is missing: pip install 'wsgate[redis]'") from None
         self._deliver = deliver
         try:
-            self._redis = aioredis.from_url(
-                self._settings.url, socket_connect_timeout=self._settings.connect_timeout,
+            # A bounded pool that makes callers wait for a connection: a burst of subscribes to rooms
+            # with history must queue up, not fail with "Too many connections".
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self._settings.url, max_connections=POOL_SIZE, timeout=self._settings.connect_timeout,
+                socket_connect_timeout=self._settings.connect_timeout,
+                # A pooled connection that Redis closed (a restart) fails on first use: try once more on a
+                # fresh one rather than lose the message. A command that failed this way never ran.
+                retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
                 client_name=f"wsgate-{self.node_id.decode()[:8]}",
             )
+            self._redis = aioredis.Redis.from_pool(pool)
         except ValueError as exc:
             raise BrokerError(f"invalid setting broker.url = {self._settings.url!r}: {exc}") from None
         self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
         self._read_script = self._redis.register_script(READ_SCRIPT)
+        self._presence_script = self._redis.register_script(PRESENCE_SCRIPT)
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
                 await self._redis.ping()
@@ -138,6 +172,7 @@ class RedisBroker:
             asyncio.create_task(self._receive_loop(), name="wsgate-redis-receive"),
             asyncio.create_task(self._subscription_loop(), name="wsgate-redis-subscriptions"),
             asyncio.create_task(self._send_loop(), name="wsgate-redis-send"),
+            asyncio.create_task(self._presence_loop(), name="wsgate-redis-presence"),
         ]
 
     async def close(self) -> None:
@@ -150,6 +185,9 @@ class RedisBroker:
             await asyncio.wait(self._tasks, timeout=self._settings.connect_timeout)
         await self._drop_pubsub()
         if self._redis is not None:
+            with contextlib.suppress(Exception):  # best effort: the key expires by itself otherwise
+                async with asyncio.timeout(self._settings.connect_timeout):
+                    await self._redis.delete(self._node_key)  # our members vanish from presence at once
             await self._redis.aclose()
 
     # --- publishing -------------------------------------------------------------------
@@ -246,6 +284,79 @@ class RedisBroker:
                     self._sending = True
                 backoff = BACKOFF_START
 
+    # --- presence ---------------------------------------------------------------------
+
+    def presence_join(self, room: str, client_id: str, member: bytes) -> None:
+        self._present.setdefault(room, {})[client_id] = member
+        self._presence_changes[(room, client_id)] = member
+        self._presence_ready.set()
+
+    def presence_leave(self, room: str, client_id: str) -> None:
+        members = self._present.get(room)
+        if members is not None:
+            members.pop(client_id, None)
+            if not members:
+                del self._present[room]
+        self._presence_changes[(room, client_id)] = None
+        self._presence_ready.set()
+
+    async def presence_members(self, room: str) -> list[bytes]:
+        """Members of `room` on the other live nodes (entries of nodes that stopped are dropped)."""
+        import redis.asyncio as aioredis
+
+        try:
+            found: list[bytes] = await self._presence_script(
+                keys=[self._presence_prefix + room], args=[f"{self._settings.prefix}:node:", self.node_id]
+            )
+        except (OSError, aioredis.RedisError) as exc:
+            self._metrics.broker_error()
+            raise BrokerError(f"reading the presence of {room!r} from Redis failed: {_describe(exc)}") from None
+        return found
+
+    async def _presence_loop(self) -> None:
+        """Write joins and leaves; every node_ttl / 3 prove this node alive and keep its rooms' keys.
+
+        Local membership is the truth: after a failure everything is written again.
+        """
+        import redis.asyncio as aioredis
+
+        beat = self._node_ttl / 3
+        ttl_ms = round(self._node_ttl * 1000)
+        rewrite = True
+        loop = asyncio.get_running_loop()
+        next_beat = 0.0
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_beat - loop.time())):
+                    await self._presence_ready.wait()
+            self._presence_ready.clear()
+            changes, self._presence_changes = self._presence_changes, {}
+            beating = loop.time() >= next_beat
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    if rewrite:
+                        changes = {}
+                        for room, members in self._present.items():
+                            pipe.hset(self._presence_prefix + room, mapping={
+                                client: self.node_id + member for client, member in members.items()
+                            })
+                    for (room, client), member in changes.items():
+                        if member is None:
+                            pipe.hdel(self._presence_prefix + room, client)
+                        else:
+                            pipe.hset(self._presence_prefix + room, client, self.node_id + member)
+                    if beating or rewrite:
+                        pipe.set(self._node_key, b"1", px=ttl_ms)
+                        for room in self._present:
+                            pipe.pexpire(self._presence_prefix + room, 2 * ttl_ms)
+                    await pipe.execute()
+                rewrite = False
+                if beating:
+                    next_beat = loop.time() + beat
+            except (OSError, aioredis.RedisError):
+                rewrite = True  # write the whole local truth once Redis is back
+                next_beat = loop.time() + min(beat, BACKOFF_MAX)
+
     # --- receiving --------------------------------------------------------------------
 
     def room_added(self, room: str) -> None:
@@ -270,7 +381,12 @@ class RedisBroker:
     async def _connect_pubsub(self) -> None:
         pubsub = self._redis.pubsub()
         rooms = set(self._wanted)
-        await pubsub.subscribe(self._broadcast, *(self._room_prefix + r.encode() for r in rooms))
+        try:
+            await pubsub.subscribe(self._broadcast, *(self._room_prefix + r.encode() for r in rooms))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # give its connection back to the pool, or retries drain the pool
+            raise
         self._pubsub, self._subscribed = pubsub, rooms
         self._receiving = True
         self.receiving.set()

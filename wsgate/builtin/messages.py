@@ -38,7 +38,7 @@ async def subscribe(client: Connection, message: Message) -> None:
     since = _since(message)
     await _authorize(client, protocol.SUBSCRIBE, room)
     gateway = client.gateway
-    if gateway.history_rooms.kept(room):
+    if gateway.history_rooms.match(room):
         await _subscribe_with_history(client, room, since)
         return
     count = gateway.hub.join(client, room)
@@ -99,7 +99,7 @@ async def history(client: Connection, message: Message) -> None:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise ClientError(protocol.INVALID_JSON, "field 'limit' must be a positive integer")
     await _authorize(client, protocol.HISTORY, room)
-    if not gateway.history_rooms.kept(room):
+    if not gateway.history_rooms.match(room):
         raise ClientError(protocol.NO_HISTORY, "history.rooms does not include this room")
     try:
         position, payloads = await gateway.broker.history_last(room, min(limit, size))
@@ -135,6 +135,23 @@ async def ping(client: Connection, message: Message) -> None:
     client.enqueue(protocol.encode(protocol.PONG))
 
 
+async def presence(client: Connection, message: Message) -> None:
+    """`{"type":"presence","room":R}` -> the room's members on every node, and how many."""
+    room = _room(message)
+    gateway = client.gateway
+    await _authorize(client, protocol.PRESENCE, room)
+    if not gateway.presence.rooms.match(room):
+        raise ClientError(protocol.NO_PRESENCE, "presence.rooms does not include this room")
+    try:
+        members = await gateway.presence.members(room)
+    except BrokerError:
+        raise ClientError(protocol.PRESENCE_UNAVAILABLE, "the presence store cannot be reached; try again") from None
+    client.enqueue(
+        b'{"type":"presence","room":%s,"data":{"count":%d,"members":[%s]},"timestamp":%d}'
+        % (protocol.dumps(room), len(members), b",".join(members), protocol.now_ms())
+    )
+
+
 @hookimpl
 def wsgate_message_handlers() -> Mapping[str, Handler]:
     return {
@@ -144,4 +161,5 @@ def wsgate_message_handlers() -> Mapping[str, Handler]:
         protocol.BROADCAST: broadcast,
         protocol.PING: ping,
         protocol.HISTORY: history,
+        protocol.PRESENCE: presence,
     }

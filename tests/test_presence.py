@@ -1,0 +1,120 @@
+"""Presence: members of a room on every node, join/leave events in batches, and a crashed node's members expiring."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+import jwt
+
+from wsgate.testing import Client, Server, StartServer
+
+from .processes import environment, start_wsgate
+
+SECRET = "presence-test-secret-" + "x" * 40
+PRESENCE = {"rooms": ["chat:*"], "claims": ["name"]}
+NO_EXAMPLE_AUTH = {"disabled": ["token_auth"]}
+
+
+def token(sub: str, **claims: Any) -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time()) + 60, **claims}, SECRET, algorithm="HS256")
+
+
+async def as_user(server: Server, sub: str, **claims: Any) -> Client:
+    client = Client(await server.raw(headers={"Authorization": f"Bearer {token(sub, **claims)}"}))
+    client.id = (await client.recv())["data"]["client_id"]
+    return client
+
+
+def members(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(answer["data"]["members"], key=lambda m: m["client_id"])
+
+
+async def test_presence_lists_members_with_user_ids_and_chosen_claims(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(presence=PRESENCE, auth={"jwt": {"secret": SECRET}}, plugins=NO_EXAMPLE_AUTH)
+    alice = await as_user(server, "alice", name="Alice", role="secret-role")
+    anonymous = await server.connect()
+    for client in (alice, anonymous):
+        await client.subscribe("chat:1")
+    answer = await anonymous.request({"type": "presence", "room": "chat:1"})
+    assert (answer["type"], answer["room"], answer["data"]["count"]) == ("presence", "chat:1", 2)
+    expected = [{"client_id": alice.id, "user_id": "alice", "claims": {"name": "Alice"}},
+                {"client_id": anonymous.id}]
+    assert members(answer) == sorted(expected, key=lambda m: m["client_id"])
+    await alice.request({"type": "unsubscribe", "room": "chat:1"})
+    answer = await anonymous.request({"type": "presence", "room": "chat:1"})
+    assert members(answer) == [{"client_id": anonymous.id}]
+    refused = await anonymous.request({"type": "presence", "room": "lobby"})
+    assert (refused["error"], refused["detail"]) == ("room has no presence", "presence.rooms does not include this room")
+
+
+async def test_joins_and_leaves_arrive_in_batches(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(presence={"rooms": ["chat:*"], "events": True, "interval": "300ms"})
+    watcher = await server.connect()
+    await watcher.subscribe("chat:1")
+    first = await watcher.recv()  # its own join
+    assert first["type"] == "presence_diff" and first["data"] == {"joins": [{"client_id": watcher.id}], "leaves": []}
+    crowd = [await server.connect() for _ in range(50)]
+    for client in crowd:  # 50 joins in a burst
+        await client.send({"type": "subscribe", "room": "chat:1"})
+    for client in crowd:
+        assert (await client.recv())["type"] == "subscribed"
+    diff = await watcher.recv()
+    assert diff["type"] == "presence_diff"
+    assert {m["client_id"] for m in diff["data"]["joins"]} == {c.id for c in crowd}  # one message, not 50
+    leaving = crowd[0]
+    await leaving.ws.close()
+    diff = await watcher.recv()
+    assert diff["data"] == {"joins": [], "leaves": [{"client_id": leaving.id}]}
+
+
+async def test_presence_spans_nodes(wsgate_server: StartServer, redis_url: str, broker_prefix: str) -> None:
+    broker = {"url": redis_url, "prefix": broker_prefix}
+    a, b = await wsgate_server(broker=broker, presence=PRESENCE), await wsgate_server(broker=broker, presence=PRESENCE)
+    on_a, on_b = await a.connect(), await b.connect()
+    await on_a.subscribe("chat:1")
+    await on_b.subscribe("chat:1")
+    async with asyncio.timeout(5):
+        while True:  # b writes its member to Redis in the background: poll, there is no event to wait on
+            answer = await on_a.request({"type": "presence", "room": "chat:1"})
+            if answer["data"]["count"] == 2:
+                break
+            await asyncio.sleep(0.02)
+    assert {m["client_id"] for m in answer["data"]["members"]} == {on_a.id, on_b.id}
+
+
+async def test_members_of_a_crashed_node_expire_within_node_ttl(
+    wsgate_server: StartServer, redis_url: str, broker_prefix: str
+) -> None:
+    a = await wsgate_server(broker={"url": redis_url, "prefix": broker_prefix}, presence={**PRESENCE, "node_ttl": "1s"})
+    env = environment(WEBSOCKET_ENABLED="true", WSGATE_BROKER__URL=redis_url, WSGATE_BROKER__PREFIX=broker_prefix,
+                      WSGATE_PRESENCE__ROOMS='["chat:*"]', WSGATE_PRESENCE__NODE_TTL="1s")
+    b = await start_wsgate(env=env)
+    try:
+        watcher = await a.connect()
+        await watcher.subscribe("chat:1")
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(b.url("/ws"))
+            await ws.receive_json()
+            await ws.send_str(json.dumps({"type": "subscribe", "room": "chat:1"}))
+            assert (await ws.receive_json())["type"] == "subscribed"
+
+            async def count() -> int:
+                answer = await watcher.request({"type": "presence", "room": "chat:1"})
+                return int(answer["data"]["count"])
+
+            async with asyncio.timeout(5):
+                while await count() != 2:
+                    await asyncio.sleep(0.02)
+            b.proc.kill()  # a crash: no leave, no clean-up
+            await b.proc.wait()
+            started = time.monotonic()
+            async with asyncio.timeout(5):
+                while await count() != 1:
+                    await asyncio.sleep(0.05)
+            assert time.monotonic() - started < 3.0  # node_ttl (1 s), with room for a loaded machine
+    finally:
+        await b.kill()

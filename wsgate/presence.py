@@ -1,0 +1,92 @@
+"""Presence: who is in a room (rooms matched by `presence.rooms`), across nodes with Redis, and join/leave events.
+
+Each node knows its own members (the hub); with Redis every node also writes
+them to a hash per room, tagged with its node id, and proves it is alive every
+`node_ttl / 3`. A `presence` request merges the local members with those of
+the other live nodes, so members of a node that crashed vanish within
+`node_ttl`. With `presence.events`, joins and leaves are gathered for
+`presence.interval` and sent as one `presence_diff` per room: a room of 5,000
+members that all reconnect costs one message per interval, not 5,000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from . import protocol
+from .auth import claims_of, user_id_of
+from .config import PresenceSettings
+from .rooms import RoomPatterns
+
+if TYPE_CHECKING:
+    from .broker import Broker
+    from .connection import Connection
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    """Members of presence rooms, presence answers and the batched `presence_diff` events."""
+
+    def __init__(self, settings: PresenceSettings, broker: Broker) -> None:
+        self.rooms = RoomPatterns(settings.rooms)
+        self._settings = settings
+        self._broker = broker
+        self._members: dict[str, dict[str, dict[str, Any]]] = {}  # room -> local client id -> member
+        self._joins: dict[str, dict[str, dict[str, Any]]] = {}  # room -> client id -> member, since the last diff
+        self._leaves: dict[str, dict[str, dict[str, Any]]] = {}
+        self._changed = asyncio.Event()
+
+    def describe(self, conn: Connection) -> dict[str, Any]:
+        """A member as others see it: client id, and user id and the chosen claims when authenticated."""
+        member: dict[str, Any] = {"client_id": conn.id}
+        user_id = user_id_of(conn.identity)
+        if user_id is not None:
+            member["user_id"] = user_id
+        if self._settings.claims and conn.identity is not None:
+            claims = claims_of(conn.identity)
+            chosen = {name: claims[name] for name in self._settings.claims if name in claims}
+            if chosen:
+                member["claims"] = chosen
+        return member
+
+    def joined(self, conn: Connection, room: str) -> None:
+        member = self.describe(conn)
+        self._members.setdefault(room, {})[conn.id] = member
+        self._broker.presence_join(room, conn.id, protocol.dumps(member))
+        if self._settings.events and self._leaves.get(room, {}).pop(conn.id, None) is None:
+            self._joins.setdefault(room, {})[conn.id] = member  # (left and came back: no change to report)
+            self._changed.set()
+
+    def left(self, conn: Connection, room: str) -> None:
+        members = self._members.get(room)
+        member = members.pop(conn.id, None) if members is not None else None
+        if members is not None and not members:
+            del self._members[room]
+        if member is None:
+            return
+        self._broker.presence_leave(room, conn.id)
+        if self._settings.events and self._joins.get(room, {}).pop(conn.id, None) is None:
+            self._leaves.setdefault(room, {})[conn.id] = member  # (joined and left: no change to report)
+            self._changed.set()
+
+    async def members(self, room: str) -> list[bytes]:
+        """Every member of `room`, encoded: this node's, then the other nodes' (BrokerError if unreachable)."""
+        local = [protocol.dumps(member) for member in self._members.get(room, {}).values()]
+        return local + await self._broker.presence_members(room)
+
+    async def run(self) -> None:
+        """Send the gathered joins and leaves every `interval` while there are any."""
+        while True:
+            await self._changed.wait()
+            await asyncio.sleep(self._settings.interval)  # gather one interval's worth
+            self._changed.clear()
+            joins, self._joins = self._joins, {}
+            leaves, self._leaves = self._leaves, {}
+            for room in joins.keys() | leaves.keys():
+                data = {"joins": list(joins.get(room, {}).values()), "leaves": list(leaves.get(room, {}).values())}
+                if data["joins"] or data["leaves"]:
+                    frame = protocol.encode(protocol.PRESENCE_DIFF, room=room, data=data)
+                    await self._broker.publish(room, frame)  # to the members on every node
