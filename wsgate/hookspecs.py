@@ -96,9 +96,9 @@ def wsgate_authenticate(request: web.Request) -> object | Awaitable[object] | No
 def wsgate_authorize(
     client: Connection, action: str, room: str | None
 ) -> bool | str | None | Awaitable[bool | str | None]:
-    """May `client` perform `action` ("subscribe", "publish", "broadcast" or "history") on `room`?
+    """May `client` perform `action` ("subscribe", "publish", "broadcast", "history", "presence") on `room`?
 
-    Called before each built-in subscribe, publish, broadcast and history (`room`
+    Called before each built-in subscribe, publish, broadcast, history and presence (`room`
     is None for broadcast), after the `[auth]` rules allowed it; never called when
     no plugin implements it and no rule leaves the decision to plugins. Return None for no
     opinion, True to allow, False to deny with the error `not allowed`, or a

@@ -104,7 +104,7 @@ class RedisBroker:
         self._deliver: Deliver | None = None
         self._redis: Any = None
         self._pubsub: Any = None
-        self._outgoing: deque[tuple[bytes, bytes]] = deque()
+        self._outgoing: deque[tuple[str | None, bytes, bytes]] = deque()  # (room if kept in history, channel, bytes)
         self._outgoing_ready = asyncio.Event()
         self._wanted: set[str] = set()  # rooms with local members
         self._subscribed: set[str] = set()  # rooms Redis has been asked for on the current connection
@@ -199,7 +199,7 @@ class RedisBroker:
             self._metrics.broker_dropped(1)  # Redis cannot keep up (or is away): other nodes miss this one
         else:
             channel = self._broadcast if room is None else self._room_prefix + room.encode()
-            self._outgoing.append((channel, self.node_id + frame))
+            self._outgoing.append((None, channel, self.node_id + frame))
             self._outgoing_ready.set()
         return count
 
@@ -212,23 +212,19 @@ class RedisBroker:
         return max(1, round(self._history.ttl * 1000))
 
     async def publish_history(self, room: str, head: bytes) -> None:
-        """One script gives out the offset, keeps the message and publishes it to every node, this one
-        included: so every node delivers a room's messages in offset order."""
-        import redis.asyncio as aioredis
-
-        channel = self._room_prefix + room.encode()
-        try:
-            await self._publish_script(
-                keys=self._history_keys(room),
-                args=[new_epoch(), self._ttl_ms(), head, self._history.size, channel, EVERY_NODE],
-            )
-        except (OSError, aioredis.RedisError) as exc:
-            self._metrics.broker_error()
+        """Queued like any publish, but sent as one script that gives out the offset, keeps the message
+        and publishes it to every node, this one included: every node delivers in offset order."""
+        if len(self._outgoing) >= self._settings.publish_queue:
             self._metrics.broker_dropped(1)
-            log.warning("broker: keeping a message of %r in Redis failed (%s); delivered here only, "
-                        "without an offset", room, _describe(exc))
-            assert self._deliver is not None
-            self._deliver(room, head + b"}")
+            self._deliver_unkept(room, head)
+            return
+        self._outgoing.append((room, self._room_prefix + room.encode(), head))
+        self._outgoing_ready.set()
+
+    def _deliver_unkept(self, room: str, head: bytes) -> None:
+        """Redis cannot keep a message: this node's clients still get it, without an offset."""
+        assert self._deliver is not None
+        self._deliver(room, head + b"}")
 
     async def _read(self, room: str, mode: str, count: int) -> tuple[Position, list[tuple[int, bytes]]]:
         import redis.asyncio as aioredis
@@ -266,12 +262,19 @@ class RedisBroker:
                 batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), PIPELINE_BATCH))]
                 try:
                     async with self._redis.pipeline(transaction=False) as pipe:
-                        for channel, payload in batch:
-                            pipe.publish(channel, payload)
+                        for kept, channel, payload in batch:
+                            if kept is None:
+                                pipe.publish(channel, payload)
+                            else:  # in order with the plain publishes: one queue, one pipeline
+                                args = [new_epoch(), self._ttl_ms(), payload, self._history.size, channel, EVERY_NODE]
+                                await self._publish_script(keys=self._history_keys(kept), args=args, client=pipe)
                         await pipe.execute()
                 except (OSError, aioredis.RedisError) as exc:
                     self._metrics.broker_dropped(len(batch))
                     self._metrics.broker_error()
+                    for kept, _, payload in batch:
+                        if kept is not None:
+                            self._deliver_unkept(kept, payload)
                     if self._sending:
                         log.warning("broker: publishing to Redis failed (%s); other nodes miss messages "
                                     "until it is back, local delivery goes on", _describe(exc))
