@@ -20,7 +20,7 @@ from .gateway import Gateway
 from .keys import GATEWAY, SETTINGS
 from .logs import configure_logging
 from .plugins import load_plugins
-from .views import health_view, metrics_view, ws_view
+from .views import client_js_view, health_view, metrics_view, ws_view
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         http_routes.append(app.router.add_post("/api/broadcast", broadcast_view))
     if settings.websocket.enabled:
         app.router.add_get("/ws", ws_view)  # not CORS: browsers do not apply it to WebSockets
+        app.router.add_get("/client.js", client_js_view)
     _allow_cross_origin(app, http_routes, settings.cors.allowed_origins)
     app.cleanup_ctx.append(_run_gateway)
     app.on_shutdown.append(_close_clients)

@@ -608,7 +608,7 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-RESERVED_PATHS = ("/ws", "/health", "/api/publish", "/api/broadcast")
+RESERVED_PATHS = ("/ws", "/health", "/client.js", "/api/publish", "/api/broadcast")
 
 
 def _check_relations(settings: Settings) -> None:

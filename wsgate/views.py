@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
@@ -19,6 +20,14 @@ from .protocol import ClientError
 log = logging.getLogger(__name__)
 
 READ_BATCH = 32  # frames one client may have handled before others get a turn (well under send_queue_size)
+
+
+CLIENT_JS = Path(__file__).parent / "static" / "client.js"
+
+
+async def client_js_view(request: web.Request) -> web.FileResponse:
+    """The JavaScript client, an ES module: `import { WsgateClient } from "/client.js"`."""
+    return web.FileResponse(CLIENT_JS, headers={"Content-Type": "text/javascript; charset=utf-8"})
 
 
 async def health_view(request: web.Request) -> web.Response:

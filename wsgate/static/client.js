@@ -1,0 +1,244 @@
+// wsgate JavaScript client: an ES module, served by the gateway at /client.js.
+//
+//   import { WsgateClient } from "/client.js";
+//   const client = new WsgateClient("wss://gateway.example.com/ws", { token });
+//   client.on("message", (message) => console.log(message.room, message.data));
+//   await client.connect();
+//   await client.subscribe("chat:lobby");
+//   client.publish("chat:lobby", { text: "hi" });
+//
+// It reconnects after any disconnection (exponential backoff with full jitter),
+// subscribes again to its rooms and, for rooms that keep history, asks for what
+// it missed (`since` its last offset): no gap, no duplicate. A room that could
+// not be recovered is reported with a "recovery_failed" event: reload its state.
+
+/**
+ * @typedef {Object} ServerMessage
+ * @property {string} type
+ * @property {string} [room]
+ * @property {*} [data]
+ * @property {string} [client_id]
+ * @property {string} [error]
+ * @property {string} [detail]
+ * @property {number} timestamp
+ * @property {number} [offset]  rooms with history: the message's place in the room
+ * @property {string} [epoch]   rooms with history: the run of offsets it belongs to
+ */
+
+/**
+ * @typedef {Object} ClientOptions
+ * @property {string} [token]           sent as the subprotocol pair ["bearer", token]
+ * @property {number} [minBackoff=100]  milliseconds before the first reconnection attempt (at most)
+ * @property {number} [maxBackoff=10000]
+ * @property {number} [requestTimeout=10000]
+ * @property {typeof WebSocket} [WebSocket] a WebSocket implementation (defaults to the browser's)
+ */
+
+/** An `error` answer from the gateway. */
+export class GatewayError extends Error {
+  /** @param {string} text @param {string} [detail] */
+  constructor(text, detail) {
+    super(detail ? `${text}: ${detail}` : text);
+    this.name = "GatewayError";
+    this.text = text;
+    this.detail = detail;
+  }
+}
+
+export class WsgateClient {
+  /** @param {string} url @param {ClientOptions} [options] */
+  constructor(url, options = {}) {
+    this.url = url;
+    this.options = { minBackoff: 100, maxBackoff: 10000, requestTimeout: 10000, ...options };
+    /** @type {string | null} */
+    this.clientId = null;
+    /** @type {string | null} */
+    this.userId = null;
+    /** The last offset seen in each room with history: where a reconnection resumes.
+     * @type {Map<string, {offset: number, epoch: string}>} */
+    this.positions = new Map();
+    /** How many connections were opened (1 + reconnections). */
+    this.connects = 0;
+    /** @type {Set<string>} */
+    this.rooms = new Set();
+    /** @type {Map<string, Set<Function>>} */
+    this.handlers = new Map();
+    /** @type {WebSocket | null} */
+    this.ws = null;
+    this.closing = false;
+    this.attempt = 0;
+    /** Requests waiting for their answer, in order (answers carry no id; the gateway answers in order).
+     * @type {Array<{expect: (m: ServerMessage) => boolean, resolve: Function, reject: Function, timer: any}>} */
+    this.pending = [];
+    this.started = false;
+    /** Resolved while connected; replaced by a pending one while reconnecting. @type {Promise<void>} */
+    this.ready = new Promise((resolve) => { this.readyResolve = resolve; });
+  }
+
+  /**
+   * Listen for "message" (room messages and broadcasts), "open", "close", "recovered",
+   * "recovery_failed", "error" (a GatewayError that answers no request), or any other server
+   * message type ("presence_diff", types added by plugins).
+   * @param {string} event @param {(payload: any) => void} handler @returns {() => void} unsubscribe
+   */
+  on(event, handler) {
+    if (!this.handlers.has(event)) this.handlers.set(event, new Set());
+    this.handlers.get(event).add(handler);
+    return () => this.handlers.get(event)?.delete(handler);
+  }
+
+  /** @param {string} event @param {any} payload */
+  emit(event, payload) {
+    for (const handler of this.handlers.get(event) ?? []) handler(payload);
+  }
+
+  /** Open the connection; resolves once connected (and subscribed again after a reconnection). */
+  connect() {
+    if (!this.started) {
+      this.started = true;
+      this.open();
+    }
+    return this.ready;
+  }
+
+  /** Close for good (no reconnection). */
+  close() {
+    this.closing = true;
+    this.ws?.close(1000);
+  }
+
+  /**
+   * Join a room (and again after every reconnection). Resolves with the `subscribed` data,
+   * rejects with a GatewayError.
+   * @param {string} room @returns {Promise<any>}
+   */
+  async subscribe(room) {
+    this.rooms.add(room);
+    await this.connect();
+    return this.subscribeNow(room);
+  }
+
+  /** @param {string} room */
+  async unsubscribe(room) {
+    this.rooms.delete(room);
+    this.positions.delete(room);
+    await this.request({ type: "unsubscribe", room }, (m) => m.type === "unsubscribed" && m.room === room);
+  }
+
+  /** Send to a room the client is subscribed to. @param {string} room @param {*} data */
+  publish(room, data) {
+    this.send({ type: "publish", room, data });
+  }
+
+  /** Send to every connected client. @param {*} data */
+  broadcast(data) {
+    this.send({ type: "broadcast", data });
+  }
+
+  /** Round-trip time of a ping, in milliseconds. @returns {Promise<number>} */
+  async ping() {
+    const started = performance.now();
+    await this.request({ type: "ping" }, (m) => m.type === "pong");
+    return performance.now() - started;
+  }
+
+  /** The last `limit` kept messages of a room. @param {string} room @param {number} [limit] */
+  async history(room, limit) {
+    const answer = await this.request({ type: "history", room, ...(limit ? { limit } : {}) },
+      (m) => m.type === "history" && m.room === room);
+    return answer.data;
+  }
+
+  // --- internals ---------------------------------------------------------------------
+
+  open() {
+    const Socket = this.options.WebSocket ?? WebSocket;
+    const ws = this.options.token ? new Socket(this.url, ["bearer", this.options.token]) : new Socket(this.url);
+    this.ws = ws;
+    ws.onmessage = (event) => this.receive(JSON.parse(event.data));
+    ws.onclose = (event) => this.closed(ws, event);
+  }
+
+  /** @param {WebSocket} ws @param {CloseEvent} event */
+  closed(ws, event) {
+    if (this.ws !== ws) return;
+    this.ws = null;
+    for (const waiting of this.pending.splice(0)) {
+      clearTimeout(waiting.timer);
+      waiting.reject(new Error(`connection closed (${event.code})`));
+    }
+    this.emit("close", { code: event.code, reason: event.reason });
+    if (this.closing) return;
+    this.ready = new Promise((resolve) => { this.readyResolve = resolve; });
+    const ceiling = Math.min(this.options.maxBackoff, this.options.minBackoff * 2 ** this.attempt++);
+    setTimeout(() => this.open(), Math.random() * ceiling); // full jitter: a fleet does not return at once
+  }
+
+  /** @param {ServerMessage} message */
+  async receive(message) {
+    if (message.type === "connected") {
+      this.clientId = message.data.client_id;
+      this.userId = message.data.user_id ?? null;
+      this.connects += 1;
+      this.attempt = 0;
+      try {
+        for (const room of this.rooms) await this.subscribeNow(room);
+      } catch (error) {
+        this.emit("error", error);
+      }
+      this.emit("open", { clientId: this.clientId, connects: this.connects });
+      this.readyResolve();
+      return;
+    }
+    if (message.type === "message" && message.room !== undefined && message.offset !== undefined) {
+      this.positions.set(message.room, { offset: message.offset, epoch: message.epoch });
+    }
+    const waiting = this.pending[0];
+    if (waiting && (message.type === "error" || waiting.expect(message))) {
+      this.pending.shift();
+      clearTimeout(waiting.timer);
+      if (message.type === "error") waiting.reject(new GatewayError(message.error, message.detail));
+      else waiting.resolve(message);
+      return;
+    }
+    if (message.type === "error") this.emit("error", new GatewayError(message.error, message.detail));
+    else this.emit(message.type, message); // "message", "presence_diff", extension types
+  }
+
+  /** @param {string} room */
+  async subscribeNow(room) {
+    const since = this.positions.get(room);
+    const request = { type: "subscribe", room, ...(since ? { since } : {}) };
+    const answer = await this.request(request, (m) => m.type === "subscribed" && m.room === room);
+    const data = answer.data;
+    if (data.epoch !== undefined && (!since || !data.recovered)) {
+      this.positions.set(room, { offset: data.offset, epoch: data.epoch }); // from here on, nothing missed
+    }
+    if (since) this.emit(data.recovered ? "recovered" : "recovery_failed", { room, data });
+    return data;
+  }
+
+  /** @param {object} message */
+  send(message) {
+    if (!this.ws || this.ws.readyState !== 1) throw new Error("not connected");
+    this.ws.send(JSON.stringify(message));
+  }
+
+  /** @param {object} message @param {(m: ServerMessage) => boolean} expect @returns {Promise<ServerMessage>} */
+  request(message, expect) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending = this.pending.filter((waiting) => waiting.timer !== timer);
+        reject(new Error(`no answer to ${message.type} within ${this.options.requestTimeout} ms`));
+      }, this.options.requestTimeout);
+      this.pending.push({ expect, resolve, reject, timer });
+      try {
+        this.send(message);
+      } catch (error) {
+        this.pending.pop();
+        clearTimeout(timer);
+        reject(error);
+      }
+    });
+  }
+}
