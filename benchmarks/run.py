@@ -59,6 +59,9 @@ SCENARIOS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
     "history-2-nodes-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"],
                                  ("wsgate-2-nodes", "wsgate-2-nodes-history"),
                                  ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+    "history-2-nodes-1000-w128": (["fanout", "--subscribers", "1000", "--window", "128"],
+                                  ("wsgate-2-nodes", "wsgate-2-nodes-history"),
+                                  ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
 }
 # wsgate-limits: every per-message check on, none of them refusing the benchmark's traffic.
 LIMITS = {

@@ -250,3 +250,18 @@ async def test_a_burst_of_history_reads_queues_for_redis_connections(redis_url: 
         assert {p.offset for p in positions} == {0} and len({p.epoch for p in positions}) == 7
     finally:
         await broker.close()
+
+
+async def test_while_redis_is_down_history_messages_reach_local_clients_without_an_offset(
+    wsgate_server: StartServer, private_redis: Any, broker_prefix: str
+) -> None:
+    server = await wsgate_server(broker={"url": private_redis.url, "prefix": broker_prefix}, history=HISTORY)
+    client = await server.connect()
+    await client.subscribe("chat:1")
+    assert (await publish_all(client, "chat:1", range(1)))[0]["offset"] == 1
+    await private_redis.stop()
+    during = (await publish_all(client, "chat:1", range(1, 2)))[0]
+    assert during["data"] == 1 and "offset" not in during  # at most once, as for other messages
+    answer = await client.request({"type": "history", "room": "chat:1"})
+    assert (answer["error"], answer["detail"]) == ("history is unavailable", "the history store cannot be reached; try again")
+    assert server.gateway.metrics.error_count("history_unavailable") == 1

@@ -69,3 +69,27 @@ async def test_restarting_one_of_two_nodes_while_publishing_loses_and_repeats_no
     assert "draining: closing 12 clients (restart, 5 batches)" in caplog.text
     for client in clients:
         await client.close()
+
+
+async def test_sigterm_in_restart_mode_closes_with_1012_and_exits_0() -> None:
+    import signal
+
+    import aiohttp
+
+    from .processes import environment, start_wsgate
+
+    server = await start_wsgate(env=environment(WEBSOCKET_TIMEOUT="8s", WSGATE_SHUTDOWN__MODE="restart",
+                                                WSGATE_SHUTDOWN__WINDOW="500ms"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            clients = [await session.ws_connect(server.url("/ws")) for _ in range(10)]
+            for ws in clients:
+                assert (await ws.receive_json())["type"] == "connected"
+            server.proc.send_signal(signal.SIGTERM)
+            for ws in clients:
+                closing = await ws.receive(timeout=5)
+                assert (closing.type, closing.data, closing.extra) == (aiohttp.WSMsgType.CLOSE, 1012, "service restart")
+        assert await server.finish(timeout=8) == 0
+        assert "draining: closing 10 clients (restart, 5 batches)" in "".join(server.lines)
+    finally:
+        await server.kill()
