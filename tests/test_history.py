@@ -265,3 +265,19 @@ async def test_while_redis_is_down_history_messages_reach_local_clients_without_
     answer = await client.request({"type": "history", "room": "chat:1"})
     assert (answer["error"], answer["detail"]) == ("history is unavailable", "the history store cannot be reached; try again")
     assert server.gateway.metrics.error_count("history_unavailable") == 1
+
+
+async def test_live_messages_held_for_a_recovering_client_are_bounded(wsgate_server: StartServer) -> None:
+    """While a client's history is read its live messages wait, up to ten outboxes' worth; then it is dropped."""
+    server = await wsgate_server(history=HISTORY, websocket={"send_queue_size": 2})
+    client = await server.connect()
+    conn = server.gateway.hub.connections[client.id]
+    hub = server.gateway.hub
+    hub.join(conn, "chat:h", hold=True)  # as subscribe does before reading the history
+    for n in range(20):
+        hub.deliver("chat:h", b'{"type":"message","room":"chat:h","data":%d,"offset":%d,"epoch":"e"}' % (n, n + 1))
+    assert len(hub.holding["chat:h"][conn]) == 20  # nothing sent yet: all held, in order
+    hub.deliver("chat:h", b'{"type":"message","room":"chat:h","data":20,"offset":21,"epoch":"e"}')
+    closing = await client.ws.receive(timeout=5)
+    assert (closing.data, closing.extra) == (1008, "slow consumer")
+    assert server.gateway.metrics.error_count("slow_consumer") == 1

@@ -29,6 +29,7 @@ from .protocol import Decoder
 
 log = logging.getLogger(__name__)
 
+HOLD_FACTOR = 10
 RESTART_BATCH_INTERVAL = 0.1  # seconds between batches of clients closed by a restart drain
 
 
@@ -42,7 +43,8 @@ class Gateway:
         self.metrics = Metrics(self.registry.owners())
         self.broker: Broker = make_broker(settings, self.metrics)
         self.history_rooms = RoomPatterns(settings.history.rooms)
-        self.hub = Hub(settings.websocket.limits, self.broker, settings.websocket.send_queue_size)
+        # A recovering client's live messages wait while its history is read: up to ten outboxes' worth.
+        self.hub = Hub(settings.websocket.limits, self.broker, HOLD_FACTOR * settings.websocket.send_queue_size)
         self.presence = Presence(settings.presence, self.broker)
         if self.presence.rooms:
             self.hub.presence = self.presence  # rooms without presence cost nothing on join and leave

@@ -7,21 +7,26 @@ iterating a room while delivering is safe.
 
 from __future__ import annotations
 
+import logging
+
 from .broker import Broker
 from .config import LimitsSettings
-from .connection import Connection
+from .connection import Connection, State
 from .history import offset_of
 from .presence import Presence
 from . import protocol
 from .protocol import NOT_SUBSCRIBED, ROOM_FULL, TOO_MANY_ROOMS, ClientError
 
 
+log = logging.getLogger(__name__)
+
+
 class Hub:
     """Connections and rooms of this process, with the spec's connection limits."""
 
-    def __init__(self, limits: LimitsSettings, broker: Broker, hold_limit: int = 256) -> None:
+    def __init__(self, limits: LimitsSettings, broker: Broker, hold_limit: int = 2560) -> None:
         self._limits = limits
-        self._hold_limit = hold_limit  # messages held for one recovering client (send_queue_size)
+        self._hold_limit = hold_limit  # messages held for one recovering client while its history is read
         self._broker = broker  # told when a room gains its first or loses its last local member
         self.connections: dict[str, Connection] = {}
         self.rooms: dict[str, set[Connection]] = {}
@@ -151,7 +156,11 @@ class Hub:
 
     def _hold(self, held: dict[Connection, list[bytes]], payload: bytes) -> None:
         for conn, payloads in held.items():
-            if len(payloads) >= self._hold_limit:  # its history read is stuck: treat it as a slow consumer
+            if len(payloads) >= self._hold_limit:  # the read (bounded by broker.connect_timeout) is too slow
+                if conn.state is State.OPEN:
+                    conn.gateway.metrics.error("slow_consumer")
+                    log.warning("client %s: %d messages arrived while its history was read; closing",
+                                conn.id, len(payloads), extra={"client_id": conn.id})
                 conn.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
             else:
                 payloads.append(payload)

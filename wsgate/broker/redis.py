@@ -34,6 +34,7 @@ SUBSCRIBE_WAIT = 2.0  # longest a subscribe waits for Redis to confirm before an
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 PIPELINE_BATCH = 512
 POOL_SIZE = 32  # Redis connections for commands (pub/sub has its own)
+RECEIVE_BATCH = 32  # messages from Redis delivered before other tasks (the flusher) get a turn
 EVERY_NODE = b"h" * NODE_ID_LENGTH  # sender mark of history messages: no node skips them (ids are hex)
 
 # History: a hash <prefix>:history:<room>:meta {epoch, offset} and a stream <prefix>:history:<room>:stream
@@ -230,10 +231,11 @@ class RedisBroker:
         import redis.asyncio as aioredis
 
         try:
-            epoch, offset, entries = await self._read_script(
-                keys=self._history_keys(room), args=[new_epoch(), self._ttl_ms(), mode, count]
-            )
-        except (OSError, aioredis.RedisError) as exc:
+            async with asyncio.timeout(self._settings.connect_timeout):  # a recovering client is waiting
+                epoch, offset, entries = await self._read_script(
+                    keys=self._history_keys(room), args=[new_epoch(), self._ttl_ms(), mode, count]
+                )
+        except (OSError, TimeoutError, aioredis.RedisError) as exc:
             self._metrics.broker_error()
             raise BrokerError(f"reading the history of {room!r} from Redis failed: {_describe(exc)}") from None
         kept = [(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in entries]
@@ -410,6 +412,7 @@ class RedisBroker:
         import redis.asyncio as aioredis
 
         backoff = BACKOFF_START
+        received = 0
         while not self._closed:
             try:
                 if self._pubsub is None:
@@ -423,6 +426,11 @@ class RedisBroker:
                 backoff = BACKOFF_START
                 if message is not None:
                     self._on_message(message)
+                    received += 1
+                    if received % RECEIVE_BATCH == 0:
+                        # get_message does not yield while Redis has sent more: let the flusher write
+                        # outboxes before a burst from Redis fills them (as the read loop does for clients)
+                        await asyncio.sleep(0)
             except (OSError, aioredis.RedisError) as exc:
                 if self._receiving:
                     log.warning("broker: lost the connection to Redis (%s); reconnecting, local delivery goes on",
