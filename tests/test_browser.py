@@ -8,6 +8,7 @@ CI=true, where a missing browser fails the run.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,11 @@ from typing import Any
 import pytest
 
 from wsgate.testing import StartServer
+
+try:
+    from playwright.async_api import expect
+except ImportError:  # pragma: no cover - the test extra installs it
+    expect = None
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 HISTORY = {"rooms": ["chat:*"], "size": 1000}
@@ -91,3 +97,89 @@ async def test_client_js_is_served_as_a_module(wsgate_server: StartServer) -> No
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/javascript")
         assert "export class WsgateClient" in await resp.text()
+
+
+ARTIFACTS = os.path.join(os.path.dirname(__file__), "artifacts")
+PASSWORD = "correct horse battery staple"
+
+
+async def test_the_dashboard_shows_live_figures_and_acts(wsgate_server: StartServer, page: Any) -> None:
+    server = await wsgate_server(dashboard={"enabled": True, "password": PASSWORD})
+    await page.goto(server.url("/dashboard"))
+    await page.get_by_label("Password, or an admin JWT").fill("not it")
+    await page.get_by_role("button", name="Log in").click()
+    await page.get_by_role("alert").wait_for()  # refused, and told so
+    await page.get_by_label("Password, or an admin JWT").fill(PASSWORD)
+    await page.get_by_role("button", name="Log in").click()
+    assert PASSWORD not in await page.content()
+
+    clients = [await server.connect() for _ in range(5)]
+    for client in clients:
+        await client.subscribe("chat:live")
+    # (locator assertions, not evaluated strings: the page's Content-Security-Policy forbids eval)
+    await expect(page.locator("#clients")).to_have_text("6")  # 5 + the dashboard itself
+    await expect(page.locator("#rooms")).to_have_text("1")
+    await expect(page.locator("#room-table")).to_contain_text("chat:live")
+    await expect(page.locator("#chart-in")).to_have_attribute("points", re.compile(r"^\S+ \S+ \S+"))  # it moves
+
+    # publish from the form: a subscribed client gets it
+    await page.get_by_label("Room", exact=True).first.fill("chat:live")
+    await page.get_by_label("Data (JSON)").fill('{"from": "operator"}')
+    await page.get_by_role("button", name="Publish").click()
+    assert (await clients[0].recv())["data"] == {"from": "operator"}
+
+    # tail a room: its traffic appears
+    await page.locator("#tail-room").fill("chat:live")
+    await page.get_by_role("button", name="Tail").click()
+    await expect(page.locator("#status")).to_have_text("Tailing chat:live")
+    await clients[1].send({"type": "publish", "room": "chat:live", "data": "tailed"})
+    await expect(page.locator("#tail-log")).to_contain_text("tailed")
+
+    # disconnect a client, after confirming
+    page.once("dialog", lambda dialog: dialog.accept())
+    await page.locator("#disconnect-id").fill(clients[4].id)
+    await page.get_by_role("button", name="Disconnect").click()
+    closing = await clients[4].closed()
+    assert (closing.data, closing.extra) == (1008, "disconnected by an operator")
+    await expect(page.locator("#clients")).to_have_text("5")
+
+    await page.set_viewport_size({"width": 1280, "height": 1100})
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    await page.screenshot(path=os.path.join(ARTIFACTS, "dashboard.png"), full_page=True)
+
+
+async def test_the_js_client_recovers_after_the_server_restarts(
+    wsgate_server: StartServer, page: Any, redis_url: str, broker_prefix: str, aiohttp_server: Any
+) -> None:
+    """With Redis, history outlives a gateway: the client comes back to the restarted gateway and catches up."""
+    from aiohttp.test_utils import TestServer
+
+    from wsgate.app import create_app
+    from wsgate.testing import make_settings
+
+    tables = {"broker": {"url": redis_url, "prefix": broker_prefix}, "history": HISTORY}
+    first = TestServer(await create_app(make_settings(**tables)))
+    await first.start_server()
+    port = first.port
+    publisher_node = await wsgate_server(**tables)
+    publisher = await publisher_node.connect()
+    await publisher.subscribe("chat:browser")
+    try:
+        await page.goto(str(first.make_url("/health")))
+        await page.evaluate(START)
+        for n in range(5):
+            await publisher.request({"type": "publish", "room": "chat:browser", "data": n})
+        await page.wait_for_function("window.received.length >= 5")
+        await first.close()  # the gateway goes away
+        for n in range(5, 30):
+            await publisher.request({"type": "publish", "room": "chat:browser", "data": n})
+        second = TestServer(await create_app(make_settings(**tables)), port=port)
+        await second.start_server()  # and comes back on the same address
+        try:
+            await page.wait_for_function("window.received.length >= 30")
+            assert await page.evaluate("window.received") == list(range(30))
+            assert await page.evaluate("window.events.includes('recovered')")
+        finally:
+            await second.close()
+    finally:
+        await first.close()

@@ -104,7 +104,7 @@ def test_settings_are_immutable() -> None:
         ("", {"WEBSOCKET_PONG_WAIT": "10s"}, "invalid setting websocket.pong_wait = 10s: expected a duration greater than websocket.ping_interval (54s)"),
         ("[websocket]\nportt = 1\n", {}, "unknown setting websocket.portt: expected one of compression, enabled, host, limits,"),
         ("[websocket.limits]\nmax_conections = 1\n", {}, "unknown setting websocket.limits.max_conections: expected one of burst, bytes_per_second, max_connections, max_connections_per_ip,"),
-        ("[websockets]\nport = 1\n", {}, "unknown setting websockets: expected one of api, auth, broker, cors, history, logging, metrics, plugins, presence, runtime, security, shutdown, websocket"),
+        ("[websockets]\nport = 1\n", {}, "unknown setting websockets: expected one of api, auth, broker, cors, dashboard, history, logging, metrics, plugins, presence, runtime, security, shutdown, websocket"),
         ("[websocket]\nenabled = \"yes\"\n", {}, "invalid setting websocket.enabled = 'yes': expected true or false"),
         ("", {"WEBSOCKET_ENABLED": "maybe"}, "invalid setting websocket.enabled (WEBSOCKET_ENABLED) = 'maybe': expected true or false"),
         ("[logging]\nlevel = \"loud\"\n", {}, "invalid setting logging.level = 'loud': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp_cors
 from aiohttp import web
 
+from . import dashboard
 from .api import broadcast_view, publish_view
 from .config import Settings, load_settings
 from .gateway import Gateway
@@ -53,6 +54,8 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     if settings.websocket.enabled:
         app.router.add_get("/ws", ws_view)  # not CORS: browsers do not apply it to WebSockets
         app.router.add_get("/client.js", client_js_view)
+        if settings.dashboard.enabled:
+            dashboard.add_routes(app)
     _allow_cross_origin(app, http_routes, settings.cors.allowed_origins)
     app.cleanup_ctx.append(_run_gateway)
     app.on_shutdown.append(_close_clients)

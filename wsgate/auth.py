@@ -11,6 +11,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .config import ROOM_RULE, AuthSettings
+from .config import ROOM_RULE, AuthSettings, DashboardSettings
 from .protocol import NOT_ALLOWED, ClientError
 
 if TYPE_CHECKING:
@@ -141,3 +143,25 @@ class AccessPolicy:
             if not claims_of(identity).get(claim):
                 raise ClientError(NOT_ALLOWED, f"{what} requires the {claim!r} claim")
         return False
+
+
+class DashboardSessions:
+    """Dashboard logins: random tokens with an expiry, kept by the gateway (not in any global)."""
+
+    def __init__(self, settings: DashboardSettings) -> None:
+        self._settings = settings
+        self._expiry: dict[str, float] = {}
+
+    def create(self) -> str:
+        now = time.monotonic()
+        self._expiry = {token: until for token, until in self._expiry.items() if until > now}  # forget old ones
+        token = secrets.token_urlsafe(32)
+        self._expiry[token] = now + self._settings.session_ttl
+        return token
+
+    def valid(self, token: str | None) -> bool:
+        until = self._expiry.get(token or "")
+        return until is not None and until > time.monotonic()
+
+    def end(self, token: str | None) -> None:
+        self._expiry.pop(token or "", None)

@@ -249,6 +249,18 @@ class ShutdownSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardSettings:
+    enabled: bool = setting(False, "Serve the operator dashboard at /dashboard (needs a password or the JWT authenticator)")
+    password: str = setting("", "Password of the dashboard's login form (at least 12 characters)", secret=True)
+    admin_claim: str = setting(
+        "admin", "A JWT whose claim of this name is true also logs in (with the JWT authenticator on)"
+    )
+    session_ttl: float = setting(
+        12 * 3600.0, "How long a dashboard login lasts", duration=True, minimum=60
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSettings:
     uvloop: bool = setting(False, "Run on uvloop when installed (the [speed] extra); off: measured slower for fan-out")
 
@@ -285,6 +297,7 @@ class Settings:
     history: HistorySettings = field(default_factory=HistorySettings)
     presence: PresenceSettings = field(default_factory=PresenceSettings)
     shutdown: ShutdownSettings = field(default_factory=ShutdownSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
@@ -608,7 +621,7 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-RESERVED_PATHS = ("/ws", "/health", "/client.js", "/api/publish", "/api/broadcast")
+RESERVED_PATHS = ("/ws", "/health", "/client.js", "/dashboard", "/api/publish", "/api/broadcast")
 
 
 def _check_relations(settings: Settings) -> None:
@@ -630,6 +643,14 @@ def _check_relations(settings: Settings) -> None:
                 f"invalid setting auth.rooms entry {rule!r}: expected \"<room pattern> = <requirement>\" "
                 f"with a requirement of {REQUIREMENT[1]}"
             )
+    dashboard = settings.dashboard
+    if dashboard.enabled and not dashboard.password and not settings.auth.jwt.enabled:
+        raise ConfigError(
+            "invalid setting dashboard.enabled = true: expected dashboard.password (or the JWT authenticator, "
+            "[auth.jwt]) so that only operators can log in"
+        )
+    if dashboard.password and len(dashboard.password) < 12:
+        raise ConfigError("invalid setting dashboard.password: expected at least 12 characters")
     jwt = settings.auth.jwt
     if jwt.secret and jwt.public_key:
         raise ConfigError("invalid setting auth.jwt: expected secret or public_key, not both")

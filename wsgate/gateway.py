@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import __version__, protocol
-from .auth import AccessPolicy
+from .auth import AccessPolicy, DashboardSessions
 from .broker import Broker, make_broker
 from .config import Settings
 from .connection import Flusher
@@ -53,6 +53,8 @@ class Gateway:
         self.decoder = Decoder(limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern)
         self.dispatcher = Dispatcher(self.registry, self.metrics, self.decoder)
         self.access = AccessPolicy(settings.auth)
+        self.dashboard = DashboardSessions(settings.dashboard) if settings.dashboard.enabled else None
+        """Dashboard logins (None when the dashboard is off)."""
         self.draining = False
         self.started_at = time.monotonic()
         self.services: Mapping[str, object] = {}

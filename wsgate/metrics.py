@@ -7,6 +7,8 @@ values in per-process files and a scrape sums them over the workers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -36,6 +38,7 @@ CLOSE_REASONS = {
     "service restart": "restart",
     "message too big": "message_too_big",
     "rate limit exceeded": "rate_limited",
+    "disconnected by an operator": "operator",
 }
 
 
@@ -121,12 +124,14 @@ class Metrics:
         self._received_by_type = {kind: self.received.labels(kind) for kind in message_types}
         self._received_other = self.received.labels("unknown")
         self._delivered_total = 0
+        self._received_total = 0
         self._rate = Throughput()
 
     # --- counting (cheap: one call per message or per fan-out) ------------------------
 
     def message_received(self, kind: str) -> None:
         """Count one client message; types no plugin handles share the label `unknown`."""
+        self._received_total += 1
         self._received_by_type.get(kind, self._received_other).inc()
 
     def messages_delivered(self, count: int) -> None:
@@ -170,6 +175,14 @@ class Metrics:
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return generate_latest(merged)
+
+    def totals(self) -> dict[str, Any]:
+        """Messages received and delivered so far, and errors by reason (the dashboard's figures)."""
+        errors = {
+            sample.labels["reason"]: sample.value
+            for metric in self.errors.collect() for sample in metric.samples if sample.name.endswith("_total")
+        }
+        return {"received": self._received_total, "delivered": self._delivered_total, "errors": errors}
 
     def error_count(self, reason: str) -> float:
         """The current count for `reason` (used by tests and reports)."""

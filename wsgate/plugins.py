@@ -45,7 +45,15 @@ def _jwt(settings: Settings) -> object | None:
     return JwtAuthenticator(settings.auth.jwt)
 
 
-BUILTIN_PLUGINS: Mapping[str, Callable[[Settings], object | None]] = {"messages": _messages, "jwt": _jwt}
+def _dashboard(settings: Settings) -> object | None:
+    from .builtin.dashboard import build
+
+    return build(settings)
+
+
+BUILTIN_PLUGINS: Mapping[str, Callable[[Settings], object | None]] = {
+    "messages": _messages, "jwt": _jwt, "dashboard": _dashboard,
+}
 """Built-in plugins by name: each factory returns the plugin, or None when its settings leave it off."""
 
 

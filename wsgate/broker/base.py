@@ -55,6 +55,9 @@ class Broker(Protocol):
     async def presence_members(self, room: str) -> list[bytes]:
         """The encoded members of `room` on the other nodes (the local ones are the hub's)."""
 
+    async def share_stats(self, stats: bytes) -> list[bytes]:
+        """Publish this node's dashboard figures; returns every live node's (this one's included)."""
+
     def room_added(self, room: str) -> None:
         """This node's first member joined `room`: start receiving it from other nodes."""
 

@@ -45,6 +45,9 @@ class MemoryBroker:
     async def presence_members(self, room: str) -> list[bytes]:
         return []
 
+    async def share_stats(self, stats: bytes) -> list[bytes]:
+        return [stats]  # the only node
+
     def room_added(self, room: str) -> None:
         pass  # every room is local
 

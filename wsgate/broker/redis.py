@@ -34,6 +34,7 @@ SUBSCRIBE_WAIT = 2.0  # longest a subscribe waits for Redis to confirm before an
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 PIPELINE_BATCH = 512
 POOL_SIZE = 32  # Redis connections for commands (pub/sub has its own)
+STATS_TTL = 5.0  # seconds a node's dashboard figures outlive its last report
 RECEIVE_BATCH = 32  # messages from Redis delivered before other tasks (the flusher) get a turn
 EVERY_NODE = b"h" * NODE_ID_LENGTH  # sender mark of history messages: no node skips them (ids are hex)
 
@@ -361,6 +362,16 @@ class RedisBroker:
             except (OSError, aioredis.RedisError):
                 rewrite = True  # write the whole local truth once Redis is back
                 next_beat = loop.time() + min(beat, BACKOFF_MAX)
+
+    # --- dashboard ----------------------------------------------------------------------
+
+    async def share_stats(self, stats: bytes) -> list[bytes]:
+        """Each node keeps its figures under <prefix>:stats:<node> for a few seconds; read them all."""
+        prefix = f"{self._settings.prefix}:stats:"
+        await self._redis.set(prefix + self.node_id.decode(), stats, px=round(STATS_TTL * 1000))
+        keys = [key async for key in self._redis.scan_iter(match=prefix + "*", count=100)]
+        values = await self._redis.mget(keys) if keys else []
+        return [value for value in values if value]
 
     # --- receiving --------------------------------------------------------------------
 

@@ -64,12 +64,8 @@ class JwtAuthenticator:
         token = self.token(request)
         if token is None:
             return None
-        settings = self._settings
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token, self._key, algorithms=self._algorithms, audience=settings.audience or None,
-                issuer=settings.issuer or None, leeway=settings.leeway, options=self._options,  # type: ignore[arg-type]
-            )
+            claims = self._decode(token)
         except jwt.InvalidTokenError as exc:
             if isinstance(exc, jwt.MissingRequiredClaimError):
                 reason = f"the token lacks the {exc.claim!r} claim"
@@ -82,6 +78,22 @@ class JwtAuthenticator:
             request.app[GATEWAY].metrics.error("auth_failed")
             raise unauthorized(INVALID_TOKEN, "the token's sub claim must be a non-empty string")
         return Identity(claims["sub"], MappingProxyType(claims))
+
+    def verify(self, token: str) -> dict[str, Any] | None:
+        """The claims of a valid token with a usable `sub`, else None (the dashboard's admin login)."""
+        try:
+            claims = self._decode(token)
+        except jwt.InvalidTokenError:
+            return None
+        return claims if isinstance(claims["sub"], str) and claims["sub"] else None
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        settings = self._settings
+        claims: dict[str, Any] = jwt.decode(
+            token, self._key, algorithms=self._algorithms, audience=settings.audience or None,
+            issuer=settings.issuer or None, leeway=settings.leeway, options=self._options,  # type: ignore[arg-type]
+        )
+        return claims
 
     def token(self, request: web.Request) -> str | None:
         """The token a request carries, from the first place that has one."""
