@@ -146,6 +146,9 @@ async def test_the_dashboard_shows_live_figures_and_acts(wsgate_server: StartSer
     await page.set_viewport_size({"width": 1280, "height": 1100})
     os.makedirs(ARTIFACTS, exist_ok=True)
     await page.screenshot(path=os.path.join(ARTIFACTS, "dashboard.png"), full_page=True)
+    await page.set_viewport_size({"width": 390, "height": 844})  # a phone: one column, nothing wider than the screen
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    await page.screenshot(path=os.path.join(ARTIFACTS, "dashboard-phone.png"), full_page=True)
 
 
 async def test_the_js_client_recovers_after_the_server_restarts(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -127,3 +128,20 @@ async def test_dashboard_messages_are_for_operators_only(wsgate_server: StartSer
     forged = Client(await server.raw(headers={"Cookie": "wsgate_dashboard=forged"}))
     await forged.recv()
     assert (await forged.request({"type": "dashboard_watch"}))["error"] == "not allowed"
+
+
+async def test_with_redis_the_dashboard_lists_every_node(wsgate_server: StartServer, redis_url: str,
+                                                         broker_prefix: str) -> None:
+    tables = {"broker": {"url": redis_url, "prefix": broker_prefix}, "dashboard": DASHBOARD}
+    a, b = await wsgate_server(**tables), await wsgate_server(**tables)
+    on_b = [await b.connect() for _ in range(2)]
+    cookie = (await login(a, PASSWORD)).cookies["wsgate_dashboard"].value
+    ops = await operator(a, cookie)
+    await ops.request({"type": "dashboard_watch"})
+    async with asyncio.timeout(10):
+        while True:  # b reports its figures once a second
+            stats = await ops.recv()
+            nodes = {node["node"]: node["clients"] for node in stats["data"]["nodes"]}
+            if sorted(nodes.values()) == [1, len(on_b)]:  # figures up to a second old: wait for current ones
+                break
+    assert nodes == {a.gateway.broker.node_id.decode(): 1, b.gateway.broker.node_id.decode(): 2}  # type: ignore[attr-defined]

@@ -118,7 +118,7 @@ class Dashboard:
     # --- figures --------------------------------------------------------------------------
 
     async def _report(self, gateway: Gateway) -> None:
-        """Every second: this node's figures, shared through the broker, pushed to every watcher."""
+        """Every second: this node's figures, shared through the broker; every node's, pushed to the watchers."""
         before, then = gateway.metrics.totals(), time.monotonic()
         while True:
             await asyncio.sleep(STATS_INTERVAL)
@@ -126,13 +126,13 @@ class Dashboard:
             elapsed = max(now - then, 1e-6)
             figures = _figures(gateway, totals, before, elapsed)
             before, then = totals, now
-            if not self._watchers:
-                continue
-            try:
+            try:  # every node shares its figures, watched or not: a dashboard on any node shows them all
                 nodes = [protocol.loads(node) for node in await gateway.broker.share_stats(protocol.dumps(figures))]
             except Exception:  # a broken Redis must not stop the dashboard: show this node alone
                 log.debug("dashboard: sharing figures failed", exc_info=True)
                 nodes = [figures]
+            if not self._watchers:
+                continue
             payload = protocol.encode("dashboard_stats", data={"node": figures, "nodes": nodes})
             for watcher in list(self._watchers):
                 watcher.enqueue(payload)
