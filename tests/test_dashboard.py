@@ -25,10 +25,18 @@ async def login(server: Server, secret: str) -> aiohttp.ClientResponse:
         return resp
 
 
-async def operator(server: Server, cookie: str) -> Client:
-    client = Client(await server.raw(headers={"Cookie": f"wsgate_dashboard={cookie}"}))
+async def operator(server: Server, cookie: str, **headers: str) -> Client:
+    client = Client(await server.raw(headers={"Cookie": f"wsgate_dashboard={cookie}", **headers}))
     client.id = (await client.recv())["data"]["client_id"]
     return client
+
+
+async def answer(client: Client, request: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Send `request` and return the first `kind` (or error) message: dashboard_stats arrive every second too."""
+    await client.send(request)
+    while (message := await client.recv())["type"] not in (kind, "error"):
+        pass
+    return message
 
 
 async def test_the_dashboard_is_off_by_default(server: Server) -> None:
@@ -87,6 +95,45 @@ async def test_an_admin_jwt_logs_in_too(wsgate_server: StartServer) -> None:
     assert (await client.request({"type": "dashboard_watch"}))["type"] == "dashboard_watching"
 
 
+async def test_no_claim_a_user_can_put_in_a_token_makes_an_operator(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(dashboard={"enabled": True}, auth={"jwt": {"secret": SECRET}},
+                                 plugins={"disabled": ["token_auth"]})
+    now = int(time.time())
+    for claims in ({"operator": True}, {"dashboard_session": "guessed"}, {"admin": "yes"}):
+        forged = jwt.encode({"sub": "mallory", "exp": now + 60, **claims}, SECRET, algorithm="HS256")
+        client = Client(await server.raw(headers={"Authorization": f"Bearer {forged}"}))
+        await client.recv()
+        assert (await client.request({"type": "dashboard_watch"}))["error"] == "not allowed", claims
+
+
+async def test_logging_out_ends_the_rights_of_open_sockets(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(dashboard=DASHBOARD)
+    cookie = (await login(server, PASSWORD)).cookies["wsgate_dashboard"].value
+    ops = await operator(server, cookie)
+    assert (await ops.request({"type": "dashboard_watch"}))["type"] == "dashboard_watching"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.url("/dashboard/logout"), headers={"Cookie": f"wsgate_dashboard={cookie}"},
+                                allow_redirects=False) as resp:
+            assert resp.status == 302
+    refused = await answer(ops, {"type": "dashboard_publish", "room": "r", "data": 1}, "dashboard_published")
+    assert refused["error"] == "not allowed"
+
+
+async def test_other_sites_cannot_use_an_operator_login(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(dashboard=DASHBOARD, security={"allowed_origins": ["https://app.example.com"]})
+    async with aiohttp.ClientSession() as session:  # login CSRF: a form on another site
+        async with session.post(server.url("/dashboard/login"), data={"secret": PASSWORD}, allow_redirects=False,
+                                headers={"Origin": "https://evil.example"}) as resp:
+            assert resp.status == 403 and "Set-Cookie" not in resp.headers
+    cookie = (await login(server, PASSWORD)).cookies["wsgate_dashboard"].value
+    # a page of an allowed origin, with the operator's cookie riding along, gets an ordinary connection
+    app_page = await operator(server, cookie, Origin="https://app.example.com")
+    assert (await app_page.request({"type": "dashboard_watch"}))["error"] == "not allowed"
+    # the dashboard's own page is allowed even though allowed_origins does not list this host
+    own_page = await operator(server, cookie, Origin=server.url("/").rstrip("/"))
+    assert (await own_page.request({"type": "dashboard_watch"}))["type"] == "dashboard_watching"
+
+
 async def test_operators_watch_publish_tail_and_disconnect(wsgate_server: StartServer) -> None:
     server = await wsgate_server(dashboard=DASHBOARD)
     cookie = (await login(server, PASSWORD)).cookies["wsgate_dashboard"].value
@@ -100,19 +147,17 @@ async def test_operators_watch_publish_tail_and_disconnect(wsgate_server: StartS
     node = stats["data"]["node"]
     assert (node["clients"], node["rooms"], node["top_rooms"], node["broker"]) == (4, 1, [["chat:ops", 3]], "ok")
     assert stats["data"]["nodes"] == [node]
-    answer = await ops.request({"type": "dashboard_publish", "room": "chat:ops", "data": {"note": "maintenance"}})
-    assert answer == {"type": "dashboard_published", "room": "chat:ops", "data": {"delivered": 3},
-                      "timestamp": answer["timestamp"]}
+    published = await answer(ops, {"type": "dashboard_publish", "room": "chat:ops", "data": {"note": "maintenance"}},
+                             "dashboard_published")
+    assert published == {"type": "dashboard_published", "room": "chat:ops", "data": {"delivered": 3},
+                         "timestamp": published["timestamp"]}
     assert (await members[0].recv())["data"] == {"note": "maintenance"}
-    tailing = await ops.request({"type": "dashboard_tail", "room": "chat:ops"})
-    assert tailing["type"] == "dashboard_tailing"
+    assert (await answer(ops, {"type": "dashboard_tail", "room": "chat:ops"}, "dashboard_tailing"))["room"] == "chat:ops"
     await members[1].send({"type": "publish", "room": "chat:ops", "data": "seen by the operator"})
     while (message := await ops.recv())["type"] != "message":
         pass  # dashboard_stats keep coming
     assert message["data"] == "seen by the operator"
-    gone = await ops.request({"type": "dashboard_disconnect", "client_id": members[2].id})
-    while gone["type"] != "dashboard_disconnected":
-        gone = await ops.recv()
+    gone = await answer(ops, {"type": "dashboard_disconnect", "client_id": members[2].id}, "dashboard_disconnected")
     assert gone["data"] == {"client_id": members[2].id, "found": True}
     closing = await members[2].closed()
     assert (closing.data, closing.extra) == (1008, "disconnected by an operator")

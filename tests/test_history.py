@@ -123,7 +123,9 @@ async def test_history_returns_the_last_messages(start: Start) -> None:
     everything = await client.request({"type": "history", "room": "chat:1"})
     assert len(everything["data"]["messages"]) == 7
     fresh = await client.request({"type": "history", "room": "chat:empty"})  # not subscribed: allowed
-    assert (fresh["data"]["offset"], fresh["data"]["messages"]) == (0, [])
+    assert fresh["data"] == {"offset": 0, "epoch": "", "messages": []}  # and reading created nothing
+    subscribed = await client.subscribe("chat:empty")
+    assert subscribed["data"]["offset"] == 0 and subscribed["data"]["epoch"]  # subscribing does create it
 
 
 @pytest.mark.parametrize(
@@ -134,6 +136,8 @@ async def test_history_returns_the_last_messages(start: Start) -> None:
         ({"type": "history", "room": "chat:1", "limit": "5"}, "invalid JSON format", "field 'limit' must be a positive integer"),
         ({"type": "history"}, "room name is required", None),
         ({"type": "subscribe", "room": "chat:1", "since": {"offset": -1, "epoch": "x"}}, "invalid JSON format",
+         'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}'),
+        ({"type": "subscribe", "room": "chat:1", "since": {"offset": 10**30, "epoch": "x"}}, "invalid JSON format",
          'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}'),
         ({"type": "subscribe", "room": "chat:1", "since": 5}, "invalid JSON format",
          'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}'),
@@ -281,3 +285,34 @@ async def test_live_messages_held_for_a_recovering_client_are_bounded(wsgate_ser
     closing = await client.ws.receive(timeout=5)
     assert (closing.data, closing.extra) == (1008, "slow consumer")
     assert server.gateway.metrics.error_count("slow_consumer") == 1
+
+
+async def test_a_long_replay_over_a_compressed_connection_is_not_a_slow_consumer(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(history=HISTORY, websocket={"compression": True, "send_queue_size": 4})
+    publisher = await server.connect()
+    epoch = (await publisher.subscribe("chat:z"))["data"]["epoch"]
+    for n in range(50):  # one at a time: the publisher's own outbox holds only 4
+        await publisher.request({"type": "publish", "room": "chat:z", "data": n})
+    reader = await server.connect(compress=15)
+    answer = await reader.request({"type": "subscribe", "room": "chat:z", "since": {"offset": 0, "epoch": epoch}})
+    assert answer["data"]["recovered"] is True
+    assert [(await reader.recv())["data"] for _ in range(50)] == list(range(50))  # 50 frames, one outbox entry
+    assert (await reader.request({"type": "ping"}))["type"] == "pong"
+
+
+def test_an_offset_key_in_the_data_is_not_the_stamp() -> None:
+    assert offset_of(b'{"type":"message","data":{"kind":"page","offset":20},"timestamp":1}') is None
+    assert offset_of(b'{"type":"message","data":{"offset":999,"b":1},"timestamp":1}') is None
+    assert offset_of(b'{"type":"message","data":{"offset":5,"epoch":"ab"},"timestamp":1}') is None
+    assert offset_of(b'{"type":"message","data":{"offset":5},"timestamp":1,"offset":7,"epoch":"0a1b"}') == 7
+
+
+async def test_a_fenced_client_still_gets_messages_without_a_stamp(wsgate_server: StartServer) -> None:
+    """Messages delivered while Redis is down carry no offset; one whose data has an "offset" key must pass."""
+    server = await wsgate_server(history=HISTORY)
+    client = await server.connect()
+    await client.subscribe("chat:f")
+    hub, conn = server.gateway.hub, server.gateway.hub.connections[client.id]
+    hub.fences["chat:f"] = {conn: 50}  # as after a recovery up to offset 50
+    hub.deliver("chat:f", b'{"type":"message","room":"chat:f","data":{"offset":20},"timestamp":1}')
+    assert (await client.recv())["data"] == {"offset": 20}

@@ -69,7 +69,6 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 class RoomRule:
     """`pattern = requirement`: `*` and `?` are wildcards; `{claim}` must equal that claim of the client."""
 
-    pattern: str
     requirement: str
     regex: re.Pattern[str]
     placeholders: tuple[str, ...]
@@ -88,7 +87,7 @@ class RoomRule:
             names.append(placeholder[1])
             pos = placeholder.end()
         parts.append(_glob(pattern[pos:]))
-        return cls(pattern, match["requirement"], re.compile("".join(parts)), tuple(names))
+        return cls(match["requirement"], re.compile("".join(parts)), tuple(names))
 
 
 def _glob(text: str) -> str:
@@ -152,11 +151,13 @@ class DashboardSessions:
         self._settings = settings
         self._expiry: dict[str, float] = {}
 
-    def create(self) -> str:
+    def create(self, lifetime: float | None = None) -> str:
+        """A new login lasting `session_ttl`, or `lifetime` seconds if shorter (an admin JWT's remaining life)."""
         now = time.monotonic()
         self._expiry = {token: until for token, until in self._expiry.items() if until > now}  # forget old ones
         token = secrets.token_urlsafe(32)
-        self._expiry[token] = now + self._settings.session_ttl
+        ttl = self._settings.session_ttl
+        self._expiry[token] = now + (ttl if lifetime is None else min(ttl, lifetime))
         return token
 
     def valid(self, token: str | None) -> bool:

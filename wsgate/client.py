@@ -229,14 +229,19 @@ class GatewayClient:
                     reader = asyncio.create_task(self._read(ws))
                     try:
                         for room in sorted(self._rooms):
-                            await self._subscribe(room)
+                            try:
+                                await self._subscribe(room)
+                            except GatewayError as exc:  # one room failing must not keep the others out
+                                log.warning("wsgate client: subscribing again to %r failed: %s", room, exc)
+                                await self._inbox.put({"type": "error", "room": room, "error": exc.text,
+                                                       "detail": exc.detail})
                         self._connected.set()
                         await reader
                     finally:
                         reader.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await reader
-            except (aiohttp.ClientError, OSError, TimeoutError, GatewayError, KeyError, ValueError) as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError) as exc:
                 log.info("wsgate client: connection to %s failed or ended: %r", self.url, exc)
             finally:
                 self._ws = None

@@ -152,18 +152,10 @@ class Connection:
         """Queue encoded messages for this client alone as ONE outbox entry (a history replay).
 
         A replay is bounded by `history.size`; taking one slot, it never trips the
-        slow-consumer limit that guards live traffic. With deflate, frames must stay apart.
+        slow-consumer limit that guards live traffic (with deflate too: the writer splits it).
         """
-        if not payloads or self.state is not State.OPEN:
-            return
-        frames = [protocol.frame(payload) for payload in payloads]
-        if self._raw:
-            if self.put(b"".join(frames)):
-                self.gateway.metrics.messages_delivered(len(frames))
-            return
-        self._outbox.extend(frames)
-        self.gateway.metrics.messages_delivered(len(frames))
-        self._need_writer()
+        if payloads and self.put(b"".join(protocol.frame(payload) for payload in payloads)):
+            self.gateway.metrics.messages_delivered(len(payloads))
 
     def put(self, frame: bytes) -> bool:
         """Queue a complete WebSocket frame; the hub builds it once for a whole fan-out.
@@ -316,8 +308,9 @@ class Connection:
                     async with asyncio.timeout(write_wait):
                         await ws.ping()
                 while outbox and not self._raw:
-                    async with asyncio.timeout(write_wait):
-                        await ws.send_frame(protocol.frame_payload(outbox.pop(0)), WSMsgType.TEXT)
+                    for payload in protocol.frame_payloads(outbox.pop(0)):  # an entry may hold several frames
+                        async with asyncio.timeout(write_wait):
+                            await ws.send_frame(payload, WSMsgType.TEXT)
                 if not (self._blocked or self._pong is not None or self._ping_due or (outbox and not self._raw)):
                     return  # nothing left that waits: the next need starts a new writer
         except TimeoutError:

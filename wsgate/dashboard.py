@@ -10,8 +10,11 @@ that WebSocket: the page never polls HTTP.
 from __future__ import annotations
 
 import hmac
+import time
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -24,8 +27,14 @@ FILES = {
     "dashboard.css": "text/css", "dashboard.js": "text/javascript", "chart.js": "text/javascript",
     "login.js": "text/javascript",
 }
-OPERATOR = Identity("operator", {"operator": True})
-"""The identity of a dashboard logged in with the password."""
+SESSION_CLAIM = "dashboard_session"
+"""The claim of an operator identity that holds its session: checked on every operator message, so a
+logout or an expired login ends the rights of sockets already open."""
+
+
+def operator(session: str) -> Identity:
+    """The identity of a WebSocket opened by a logged-in dashboard."""
+    return Identity("operator", MappingProxyType({SESSION_CLAIM: session}))
 
 
 def add_routes(app: web.Application) -> None:
@@ -44,21 +53,27 @@ async def dashboard_view(request: web.Request) -> web.FileResponse:
 
 
 async def login_view(request: web.Request) -> web.StreamResponse:
+    _same_origin_only(request)
     gateway = request.app[GATEWAY]
     sessions, settings = gateway.dashboard, gateway.settings.dashboard
     assert sessions is not None
     form = await request.post()
     secret = str(form.get("secret", ""))
-    if not (_password_matches(secret, settings.password) or _is_admin_token(gateway, secret, settings.admin_claim)):
-        gateway.metrics.error("dashboard_login_failed")
-        raise web.HTTPFound("/dashboard?failed=1")
+    lifetime = None
+    if not _password_matches(secret, settings.password):
+        lifetime = _admin_token_lifetime(gateway, secret, settings.admin_claim)
+        if lifetime is None:
+            gateway.metrics.error("dashboard_login_failed")
+            raise web.HTTPFound("/dashboard?failed=1")
     response = web.HTTPFound("/dashboard")
-    response.set_cookie(COOKIE, sessions.create(), max_age=int(settings.session_ttl), httponly=True,
-                        samesite="Strict", path="/", secure=request.secure)
+    secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"  # TLS ends at a proxy
+    response.set_cookie(COOKIE, sessions.create(lifetime), max_age=int(settings.session_ttl), httponly=True,
+                        samesite="Strict", path="/", secure=secure)
     raise response
 
 
 async def logout_view(request: web.Request) -> web.StreamResponse:
+    _same_origin_only(request)
     sessions = request.app[GATEWAY].dashboard
     assert sessions is not None
     sessions.end(request.cookies.get(COOKIE))
@@ -84,14 +99,26 @@ def _page_headers() -> dict[str, str]:
     }
 
 
+def same_host(request: web.Request) -> bool:
+    """The request comes from a page of this host, or from no page at all (no Origin: not a browser form)."""
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+def _same_origin_only(request: web.Request) -> None:
+    """Login and logout forms posted from another site (CSRF) are refused."""
+    if not same_host(request) or request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        raise web.HTTPForbidden(text="cross-site request refused")
+
+
 def _password_matches(given: str, password: str) -> bool:
     return bool(password) and hmac.compare_digest(given.encode(), password.encode())
 
 
-def _is_admin_token(gateway: Any, token: str, claim: str) -> bool:
-    """A JWT the JWT authenticator accepts, whose `claim` is true."""
+def _admin_token_lifetime(gateway: Any, token: str, claim: str) -> float | None:
+    """Seconds left of a JWT the JWT authenticator accepts and whose `claim` is true; None otherwise."""
     authenticator = gateway.plugins.pm.get_plugin("jwt")
-    if authenticator is None or not token:
-        return False
-    claims = authenticator.verify(token)
-    return bool(claims and claims.get(claim))
+    claims = authenticator.verify(token) if authenticator is not None and token else None
+    if not claims or claims.get(claim) is not True:
+        return None
+    return max(0.0, float(claims["exp"]) - time.time())

@@ -13,6 +13,7 @@ left off. Every node and every replay then sends the same bytes.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import deque
@@ -46,13 +47,19 @@ def stamp(head: bytes, offset: int, epoch: str) -> bytes:
     return b'%s,"offset":%d,"epoch":"%s"}' % (head, offset, epoch.encode())
 
 
+_STAMP = re.compile(rb'(\d+),"epoch":"[0-9a-f]+"\}')
+
+
 def offset_of(payload: bytes) -> int | None:
-    """The offset stamped into a payload by `stamp` (None: a message that could not be given one)."""
+    """The offset `stamp` put at the end of a payload (None: a message that could not be given one).
+
+    Only the stamp counts: an `"offset"` key inside the message's data is not it.
+    """
     start = payload.rfind(OFFSET_FIELD)
     if start < 0:
         return None
-    start += len(OFFSET_FIELD)
-    return int(payload[start:payload.index(b",", start)])
+    match = _STAMP.fullmatch(payload, start + len(OFFSET_FIELD))
+    return int(match[1]) if match else None
 
 
 def new_epoch() -> str:
@@ -116,7 +123,10 @@ class MemoryHistory:
         return replay_from(Position(state.offset, state.epoch), [e for e in state.entries if e[0] > since.offset], since)
 
     def last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
-        state = self._room(room)
+        """The last `limit` messages; a room with no history yet is not created (epoch "")."""
+        state = self._rooms.get(room)
+        if state is None or self._clock() - state.last_used > self._ttl:
+            return Position(0, ""), []
         entries = list(state.entries)[-limit:] if limit else []
         return Position(state.offset, state.epoch), [payload for _, payload in entries]
 

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class Hub:
     """Connections and rooms of this process, with the spec's connection limits."""
 
-    def __init__(self, limits: LimitsSettings, broker: Broker, hold_limit: int = 2560) -> None:
+    def __init__(self, limits: LimitsSettings, broker: Broker, hold_limit: int) -> None:
         self._limits = limits
         self._hold_limit = hold_limit  # messages held for one recovering client while its history is read
         self._broker = broker  # told when a room gains its first or loses its last local member

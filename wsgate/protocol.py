@@ -11,6 +11,7 @@ import re
 import struct
 import time
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Final
 
 import orjson
@@ -126,10 +127,9 @@ class Decoder:
         """`room` if it is an acceptable room name; ClientError otherwise (the HTTP API checks with this too)."""
         if len(room) > self._max_room_length:
             raise ClientError(ROOM_TOO_LONG, f"room names are at most {self._max_room_length} characters")
-        if self._room_pattern is None:
-            if _CONTROL_CHARACTERS.search(room):
-                raise ClientError(INVALID_ROOM, "room names may not contain control characters")
-        elif not self._room_pattern.fullmatch(room):
+        if _CONTROL_CHARACTERS.search(room):  # never, whatever room_name_pattern allows
+            raise ClientError(INVALID_ROOM, "room names may not contain control characters")
+        if self._room_pattern is not None and not self._room_pattern.fullmatch(room):
             raise ClientError(INVALID_ROOM, f"room names must match {self._room_pattern.pattern}")
         return room
 
@@ -264,10 +264,20 @@ def frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", _TEXT_FIN, 127, size) + payload
 
 
-def frame_payload(frame: bytes) -> bytes:
-    """The payload of a frame built by `frame` (for connections that need aiohttp to deflate it)."""
-    size = frame[1]
-    return frame[2 if size < 126 else 4 if size == 126 else 10 :]
+def frame_payloads(frames: bytes) -> Iterator[bytes]:
+    """The payloads of frames built by `frame`, one after another (for connections that need aiohttp
+    to deflate them)."""
+    view, pos = memoryview(frames), 0
+    while pos < len(frames):
+        size = frames[pos + 1]
+        if size < 126:
+            head = 2
+        elif size == 126:
+            head, size = 4, int.from_bytes(frames[pos + 2:pos + 4], "big")
+        else:
+            head, size = 10, int.from_bytes(frames[pos + 2:pos + 10], "big")
+        yield bytes(view[pos + head:pos + head + size])
+        pos += head + size
 
 
 PONG_OPCODE: Final = 0xA

@@ -12,6 +12,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from . import protocol
 from .auth import SUBPROTOCOL, unauthorized, user_id_of
 from .connection import Connection
+from .dashboard import same_host
 from .gateway import Gateway
 from .keys import GATEWAY
 from .metrics import CONTENT_TYPE_LATEST
@@ -65,7 +66,9 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
     if gateway.draining:
         return web.json_response({"error": "server is shutting down"}, status=503)
     origin = request.headers.get("Origin")
-    if origin is not None and not origin_allowed(origin, request.host, gateway.settings.security.allowed_origins):
+    if origin is not None and not origin_allowed(origin, request.host, gateway.settings.security.allowed_origins) and not (
+        gateway.dashboard is not None and same_host(request)  # the dashboard's own page
+    ):
         gateway.metrics.error("origin_rejected")
         log.warning("refused a WebSocket from origin %r (%s)", origin, request.remote, extra={"remote": request.remote})
         return web.json_response({"error": ORIGIN_NOT_ALLOWED}, status=403)

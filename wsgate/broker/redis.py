@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -74,9 +75,12 @@ for i = 1, #entries, 2 do
 end
 return found
 """
-READ_SCRIPT = _ENSURE + """
+READ_SCRIPT = """
+if ARGV[3] == 'last' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'', '0', {}}  -- reading the last messages creates nothing
+end
+""" + _ENSURE + """
 local offset = redis.call('HGET', KEYS[1], 'offset')
-local entries
 local entries = {}
 if ARGV[3] == 'after' then
   entries = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[4]) + 1) .. '-0', '+')
@@ -311,10 +315,11 @@ class RedisBroker:
         import redis.asyncio as aioredis
 
         try:
-            found: list[bytes] = await self._presence_script(
-                keys=[self._presence_prefix + room], args=[f"{self._settings.prefix}:node:", self.node_id]
-            )
-        except (OSError, aioredis.RedisError) as exc:
+            async with asyncio.timeout(self._settings.connect_timeout):  # a client is waiting for the answer
+                found: list[bytes] = await self._presence_script(
+                    keys=[self._presence_prefix + room], args=[f"{self._settings.prefix}:node:", self.node_id]
+                )
+        except (OSError, TimeoutError, aioredis.RedisError) as exc:
             self._metrics.broker_error()
             raise BrokerError(f"reading the presence of {room!r} from Redis failed: {_describe(exc)}") from None
         return found
@@ -340,8 +345,7 @@ class RedisBroker:
             beating = loop.time() >= next_beat
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    if rewrite:
-                        changes = {}
+                    if rewrite:  # the whole local truth; the changes below still remove those who left
                         for room, members in self._present.items():
                             pipe.hset(self._presence_prefix + room, mapping={
                                 client: self.node_id + member for client, member in members.items()
@@ -361,17 +365,28 @@ class RedisBroker:
                     next_beat = loop.time() + beat
             except (OSError, aioredis.RedisError):
                 rewrite = True  # write the whole local truth once Redis is back
+                for key, member in changes.items():  # and keep the leaves: newer changes win
+                    self._presence_changes.setdefault(key, member)
                 next_beat = loop.time() + min(beat, BACKOFF_MAX)
 
     # --- dashboard ----------------------------------------------------------------------
 
     async def share_stats(self, stats: bytes) -> list[bytes]:
-        """Each node keeps its figures under <prefix>:stats:<node> for a few seconds; read them all."""
-        prefix = f"{self._settings.prefix}:stats:"
-        await self._redis.set(prefix + self.node_id.decode(), stats, px=round(STATS_TTL * 1000))
-        keys = [key async for key in self._redis.scan_iter(match=prefix + "*", count=100)]
-        values = await self._redis.mget(keys) if keys else []
-        return [value for value in values if value]
+        """Every node keeps its figures in one hash, <prefix>:stats, stamped with the time; stale ones are dropped."""
+        key, now = f"{self._settings.prefix}:stats", time.time()
+        await self._redis.hset(key, self.node_id, b"%.3f " % now + stats)
+        found: dict[bytes, bytes] = await self._redis.hgetall(key)
+        fresh: list[bytes] = []
+        stale: list[bytes] = []
+        for node, value in found.items():
+            stamp, _, figures = value.partition(b" ")
+            if now - float(stamp) < STATS_TTL:
+                fresh.append(figures)
+            else:
+                stale.append(node)  # a node that stopped reporting
+        if stale:
+            await self._redis.hdel(key, *stale)
+        return fresh
 
     # --- receiving --------------------------------------------------------------------
 

@@ -22,10 +22,11 @@ from typing import Any
 from aiohttp import web
 
 from .. import hookimpl, protocol
-from ..auth import claims_of
+from ..auth import Identity
+from .messages import room_of
 from ..config import Settings
 from ..connection import Connection
-from ..dashboard import COOKIE, OPERATOR
+from ..dashboard import COOKIE, SESSION_CLAIM, operator, same_host
 from ..gateway import Gateway
 from ..hookspecs import Handler
 from ..keys import GATEWAY
@@ -51,8 +52,12 @@ class Dashboard:
 
     @hookimpl
     def wsgate_authenticate(self, request: web.Request) -> object | None:
-        sessions = request.app[GATEWAY].dashboard
-        return OPERATOR if sessions is not None and sessions.valid(request.cookies.get(COOKIE)) else None
+        """The session cookie makes an operator, but only from the dashboard's own pages (or no page)."""
+        sessions, session = request.app[GATEWAY].dashboard, request.cookies.get(COOKIE)
+        if sessions is None or not sessions.valid(session) or not same_host(request):
+            return None
+        assert session is not None
+        return operator(session)
 
     @hookimpl
     def wsgate_message_handlers(self) -> Mapping[str, Handler]:
@@ -81,9 +86,19 @@ class Dashboard:
     # --- operator messages ----------------------------------------------------------------
 
     def _operator(self, client: Connection) -> None:
-        claims = claims_of(client.identity)
-        if not (claims.get("operator") or claims.get(self._admin_claim)):
+        if not self._is_operator(client):
             raise ClientError(protocol.NOT_ALLOWED, "dashboard messages are for operators")
+
+    def _is_operator(self, client: Connection) -> bool:
+        """A live dashboard login (checked every time: logging out ends it), or a JWT with the admin claim."""
+        identity = client.identity
+        if not isinstance(identity, Identity):
+            return False
+        sessions = client.gateway.dashboard
+        session = identity.claims.get(SESSION_CLAIM)
+        if isinstance(session, str):
+            return sessions is not None and sessions.valid(session)
+        return identity.claims.get(self._admin_claim) is True
 
     async def watch(self, client: Connection, message: Message) -> None:
         self._operator(client)
@@ -92,13 +107,13 @@ class Dashboard:
 
     async def publish(self, client: Connection, message: Message) -> None:
         self._operator(client)
-        room = _room(client, message)
+        room = room_of(message)
         delivered = await client.gateway.publish(room, message.data)
         client.enqueue(protocol.encode("dashboard_published", room=room, data={"delivered": delivered}))
 
     async def tail(self, client: Connection, message: Message) -> None:
         self._operator(client)
-        room = _room(client, message)
+        room = room_of(message)
         client.gateway.hub.join(client, room)
         await client.gateway.broker.wait_receiving(room)
         client.enqueue(protocol.encode("dashboard_tailing", room=room))
@@ -135,13 +150,10 @@ class Dashboard:
                 continue
             payload = protocol.encode("dashboard_stats", data={"node": figures, "nodes": nodes})
             for watcher in list(self._watchers):
-                watcher.enqueue(payload)
-
-
-def _room(client: Connection, message: Message) -> str:
-    if not message.room:
-        raise ClientError(protocol.ROOM_REQUIRED)
-    return message.room
+                if self._is_operator(watcher):
+                    watcher.enqueue(payload)
+                else:
+                    self._watchers.discard(watcher)  # logged out, or the login expired
 
 
 def _figures(gateway: Gateway, totals: dict[str, Any], before: dict[str, Any], elapsed: float) -> dict[str, Any]:

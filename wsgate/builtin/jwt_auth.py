@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 
 INVALID_TOKEN = "invalid token"
 MIN_SECRET_BYTES = 32  # an HS256 key shorter than the hash can be brute-forced offline from one token
+class _BadSubject(jwt.InvalidTokenError):
+    """`sub` is the user id: it must be a non-empty string."""
+
+
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (_BadSubject, "the token's sub claim must be a non-empty string"),
     (jwt.ExpiredSignatureError, "the token has expired"),
     (jwt.ImmatureSignatureError, "the token is not valid yet"),
     (jwt.InvalidAudienceError, "the token is for another audience"),
@@ -74,18 +79,14 @@ class JwtAuthenticator:
             request.app[GATEWAY].metrics.error("auth_failed")
             log.info("refused a token from %s: %s", request.remote, reason, extra={"remote": request.remote})
             raise unauthorized(INVALID_TOKEN, reason) from None
-        if not isinstance(claims["sub"], str) or not claims["sub"]:
-            request.app[GATEWAY].metrics.error("auth_failed")
-            raise unauthorized(INVALID_TOKEN, "the token's sub claim must be a non-empty string")
         return Identity(claims["sub"], MappingProxyType(claims))
 
     def verify(self, token: str) -> dict[str, Any] | None:
-        """The claims of a valid token with a usable `sub`, else None (the dashboard's admin login)."""
+        """The claims of a valid token, else None (the dashboard's admin login)."""
         try:
-            claims = self._decode(token)
+            return self._decode(token)
         except jwt.InvalidTokenError:
             return None
-        return claims if isinstance(claims["sub"], str) and claims["sub"] else None
 
     def _decode(self, token: str) -> dict[str, Any]:
         settings = self._settings
@@ -93,6 +94,8 @@ class JwtAuthenticator:
             token, self._key, algorithms=self._algorithms, audience=settings.audience or None,
             issuer=settings.issuer or None, leeway=settings.leeway, options=self._options,  # type: ignore[arg-type]
         )
+        if not isinstance(claims["sub"], str) or not claims["sub"]:
+            raise _BadSubject()
         return claims
 
     def token(self, request: web.Request) -> str | None:

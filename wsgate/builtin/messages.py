@@ -19,7 +19,8 @@ from ..hookspecs import Handler
 from ..protocol import ClientError, Message
 
 
-def _room(message: Message) -> str:
+def room_of(message: Message) -> str:
+    """The message's room; `room name is required` when it has none."""
     if not message.room:
         raise ClientError(protocol.ROOM_REQUIRED)
     return message.room
@@ -34,7 +35,7 @@ async def _authorize(client: Connection, action: str, room: str | None) -> None:
 
 
 async def subscribe(client: Connection, message: Message) -> None:
-    room = _room(message)
+    room = room_of(message)
     since = _since(message)
     await _authorize(client, protocol.SUBSCRIBE, room)
     gateway = client.gateway
@@ -62,10 +63,12 @@ async def _subscribe_with_history(client: Connection, room: str, since: Position
             replay = Replay(await broker.history_position(room), recovered=True)
         else:
             replay = await broker.history_replay(room, since)
-    except BrokerError:
+    except BaseException as exc:  # nothing to recover from: leave, so the client is not half subscribed
         if not already and room in client.rooms:
             hub.leave(client, room)
-        raise ClientError(protocol.HISTORY_UNAVAILABLE, "the history store cannot be reached; try again") from None
+        if isinstance(exc, BrokerError):
+            raise ClientError(protocol.HISTORY_UNAVAILABLE, "the history store cannot be reached; try again") from None
+        raise
     finally:
         held = [] if already else hub.release(client, room, replay.position.offset if replay else None)
     if room not in client.rooms or replay is None:
@@ -79,20 +82,25 @@ async def _subscribe_with_history(client: Connection, room: str, since: Position
     client.enqueue_many(replay.messages + newer)  # what it missed, then what arrived while reading
 
 
+MAX_OFFSET = 2**53  # exact in every client's numbers (and in Redis's Lua)
+
+
 def _since(message: Message) -> Position | None:
     since = message.fields.get("since")
     if since is None:
         return None
     offset = since.get("offset") if isinstance(since, dict) else None
     epoch = since.get("epoch") if isinstance(since, dict) else None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or not isinstance(epoch, str):
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_OFFSET or not isinstance(
+        epoch, str
+    ):
         raise ClientError(protocol.INVALID_JSON, "field 'since' must be {\"offset\": <integer >= 0>, \"epoch\": <string>}")
     return Position(offset, epoch)
 
 
 async def history(client: Connection, message: Message) -> None:
     """`{"type":"history","room":R,"limit":N}` -> the last N kept messages, oldest first, and the position."""
-    room = _room(message)
+    room = room_of(message)
     gateway = client.gateway
     size = gateway.settings.history.size
     limit = message.fields.get("limit", size)
@@ -113,13 +121,13 @@ async def history(client: Connection, message: Message) -> None:
 
 
 async def unsubscribe(client: Connection, message: Message) -> None:
-    room = _room(message)
+    room = room_of(message)
     client.gateway.hub.leave(client, room)
     client.enqueue(protocol.encode(protocol.UNSUBSCRIBED, room=room, data={"room": room}))
 
 
 async def publish(client: Connection, message: Message) -> None:
-    room = _room(message)
+    room = room_of(message)
     if room not in client.rooms:
         raise ClientError(protocol.NOT_SUBSCRIBED)
     await _authorize(client, protocol.PUBLISH, room)
@@ -137,7 +145,7 @@ async def ping(client: Connection, message: Message) -> None:
 
 async def presence(client: Connection, message: Message) -> None:
     """`{"type":"presence","room":R}` -> the room's members on every node, and how many."""
-    room = _room(message)
+    room = room_of(message)
     gateway = client.gateway
     await _authorize(client, protocol.PRESENCE, room)
     if not gateway.presence.rooms.match(room):

@@ -71,7 +71,8 @@ export class WsgateClient {
      * @type {Array<{expect: (m: ServerMessage) => boolean, resolve: Function, reject: Function, timer: any}>} */
     this.pending = [];
     this.started = false;
-    /** Resolved while connected; replaced by a pending one while reconnecting. @type {Promise<void>} */
+    this.isReady = false;
+    /** Resolved while connected; replaced by a pending one when a connection is lost. @type {Promise<void>} */
     this.ready = new Promise((resolve) => { this.readyResolve = resolve; });
   }
 
@@ -169,7 +170,10 @@ export class WsgateClient {
     }
     this.emit("close", { code: event.code, reason: event.reason });
     if (this.closing) return;
-    this.ready = new Promise((resolve) => { this.readyResolve = resolve; });
+    if (this.isReady) { // a new promise only once the last one was kept: callers of connect() never hang
+      this.isReady = false;
+      this.ready = new Promise((resolve) => { this.readyResolve = resolve; });
+    }
     const ceiling = Math.min(this.options.maxBackoff, this.options.minBackoff * 2 ** this.attempt++);
     setTimeout(() => this.open(), Math.random() * ceiling); // full jitter: a fleet does not return at once
   }
@@ -181,12 +185,15 @@ export class WsgateClient {
       this.userId = message.data.user_id ?? null;
       this.connects += 1;
       this.attempt = 0;
-      try {
-        for (const room of this.rooms) await this.subscribeNow(room);
-      } catch (error) {
-        this.emit("error", error);
+      for (const room of this.rooms) {
+        try {
+          await this.subscribeNow(room);
+        } catch (error) { // one room failing (history unavailable, ...) must not keep the others out
+          this.emit("error", error);
+        }
       }
       this.emit("open", { clientId: this.clientId, connects: this.connects });
+      this.isReady = true;
       this.readyResolve();
       return;
     }
