@@ -190,3 +190,12 @@ async def test_with_redis_the_dashboard_lists_every_node(wsgate_server: StartSer
             if sorted(nodes.values()) == [1, len(on_b)]:  # figures up to a second old: wait for current ones
                 break
     assert nodes == {a.gateway.broker.node_id.decode(): 1, b.gateway.broker.node_id.decode(): 2}  # type: ignore[attr-defined]
+
+
+async def test_guessing_the_password_is_cut_short(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(dashboard=DASHBOARD)
+    for _ in range(10):
+        assert (await login(server, "a wrong guess")).status == 302
+    assert (await login(server, "another wrong guess")).status == 429
+    assert (await login(server, PASSWORD)).status == 429  # even the right one, for a while
+    assert server.gateway.metrics.error_count("dashboard_login_failed") == 12

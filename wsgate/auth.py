@@ -147,9 +147,28 @@ class AccessPolicy:
 class DashboardSessions:
     """Dashboard logins: random tokens with an expiry, kept by the gateway (not in any global)."""
 
+    FAILURES_ALLOWED = 10  # failed logins per address within FAILURE_WINDOW before logins are refused
+    FAILURE_WINDOW = 600.0
+    ADDRESSES_KEPT = 10_000  # failure records kept at most (the oldest go first)
+
     def __init__(self, settings: DashboardSettings) -> None:
         self._settings = settings
         self._expiry: dict[str, float] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # address -> (failures, since)
+
+    def may_try(self, address: str) -> bool:
+        """False while `address` has failed too often: guessing the password is slowed to a crawl."""
+        count, since = self._failures.get(address, (0, 0.0))
+        if time.monotonic() - since > self.FAILURE_WINDOW:
+            self._failures.pop(address, None)
+            return True
+        return count < self.FAILURES_ALLOWED
+
+    def failed(self, address: str) -> None:
+        count, since = self._failures.pop(address, (0, time.monotonic()))
+        if len(self._failures) >= self.ADDRESSES_KEPT:
+            del self._failures[next(iter(self._failures))]
+        self._failures[address] = (count + 1, since)
 
     def create(self, lifetime: float | None = None) -> str:
         """A new login lasting `session_ttl`, or `lifetime` seconds if shorter (an admin JWT's remaining life)."""

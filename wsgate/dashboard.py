@@ -57,12 +57,17 @@ async def login_view(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     sessions, settings = gateway.dashboard, gateway.settings.dashboard
     assert sessions is not None
+    address = request.remote or ""
+    if not sessions.may_try(address):
+        gateway.metrics.error("dashboard_login_failed")
+        raise web.HTTPTooManyRequests(text="too many failed logins from this address; try again later")
     form = await request.post()
     secret = str(form.get("secret", ""))
     lifetime = None
     if not _password_matches(secret, settings.password):
         lifetime = _admin_token_lifetime(gateway, secret, settings.admin_claim)
         if lifetime is None:
+            sessions.failed(address)
             gateway.metrics.error("dashboard_login_failed")
             raise web.HTTPFound("/dashboard?failed=1")
     response = web.HTTPFound("/dashboard")
