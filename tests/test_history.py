@@ -316,3 +316,20 @@ async def test_a_fenced_client_still_gets_messages_without_a_stamp(wsgate_server
     hub.fences["chat:f"] = {conn: 50}  # as after a recovery up to offset 50
     hub.deliver("chat:f", b'{"type":"message","room":"chat:f","data":{"offset":20},"timestamp":1}')
     assert (await client.recv())["data"] == {"offset": 20}
+
+
+async def test_history_survives_redis_forgetting_its_scripts(wsgate_server: StartServer, private_redis: Any,
+                                                             broker_prefix: str) -> None:
+    """Scripts run by SHA; after SCRIPT FLUSH (what a Redis restart does) they are loaded again, nothing lost."""
+    import redis.asyncio as aioredis
+
+    server = await wsgate_server(broker={"url": private_redis.url, "prefix": broker_prefix}, history=HISTORY)
+    client = await server.connect()
+    await client.subscribe("chat:s")
+    assert (await publish_all(client, "chat:s", range(1)))[0]["offset"] == 1
+    redis = aioredis.from_url(private_redis.url)
+    try:
+        await redis.script_flush()
+    finally:
+        await redis.aclose()
+    assert [m["offset"] for m in await publish_all(client, "chat:s", range(1, 4))] == [2, 3, 4]

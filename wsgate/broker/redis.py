@@ -166,6 +166,7 @@ class RedisBroker:
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
                 await self._redis.ping()
+                await self._redis.script_load(PUBLISH_SCRIPT)  # sent by its SHA from now on
                 await self._connect_pubsub()
         except (OSError, TimeoutError, aioredis.RedisError) as exc:
             message = f"cannot reach Redis at {self._settings.url}: {_describe(exc)}"
@@ -268,14 +269,13 @@ class RedisBroker:
             while self._outgoing:
                 batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), PIPELINE_BATCH))]
                 try:
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for kept, channel, payload in batch:
-                            if kept is None:
-                                pipe.publish(channel, payload)
-                            else:  # in order with the plain publishes: one queue, one pipeline
-                                args = [new_epoch(), self._ttl_ms(), payload, self._history.size, channel, EVERY_NODE]
-                                await self._publish_script(keys=self._history_keys(kept), args=args, client=pipe)
-                        await pipe.execute()
+                    refused = await self._send_batch(batch)
+                    if refused:  # Redis ran the batch but refused these (never expected): count them, keep going
+                        self._metrics.broker_dropped(len(refused))
+                        self._metrics.broker_error()
+                        for kept, _, payload in refused:
+                            if kept is not None:
+                                self._deliver_unkept(kept, payload)
                 except (OSError, aioredis.RedisError) as exc:
                     self._metrics.broker_dropped(len(batch))
                     self._metrics.broker_error()
@@ -293,6 +293,30 @@ class RedisBroker:
                     log.info("broker: publishing to Redis works again")
                     self._sending = True
                 backoff = BACKOFF_START
+
+    async def _send_batch(self, batch: list[tuple[str | None, bytes, bytes]]) -> list[tuple[str | None, bytes, bytes]]:
+        """One pipeline, in order. History scripts run by their SHA: redis-py would otherwise ask
+        SCRIPT EXISTS before every pipeline, one more round trip per batch. If Redis lost the script
+        (a restart), it is loaded again and just those messages are sent once more, still in order.
+        Returns what Redis refused."""
+        from redis.exceptions import NoScriptError
+
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for kept, channel, payload in batch:
+                if kept is None:
+                    pipe.publish(channel, payload)
+                else:
+                    pipe.evalsha(self._publish_script.sha, 2, *self._history_keys(kept), new_epoch(), self._ttl_ms(),
+                                 payload, self._history.size, channel, EVERY_NODE)
+            results = await pipe.execute(raise_on_error=False)
+        refused = [item for item, result in zip(batch, results) if isinstance(result, Exception)]
+        if any(isinstance(result, NoScriptError) for result in results):
+            await self._redis.script_load(PUBLISH_SCRIPT)
+            again = [item for item, result in zip(batch, results) if isinstance(result, NoScriptError)]
+            others = [item for item, result in zip(batch, results)
+                      if isinstance(result, Exception) and not isinstance(result, NoScriptError)]
+            return others + await self._send_batch(again)
+        return refused
 
     # --- presence ---------------------------------------------------------------------
 
