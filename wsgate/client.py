@@ -206,7 +206,8 @@ class GatewayClient:
             self.positions[room] = Position(message["offset"], message["epoch"])
         answer = self._answer
         if answer is not None and not answer.done() and self._expected is not None:
-            if kind == "error" or (kind, room if self._expected[1] is not None else None) == self._expected:
+            expected_kind, expected_room = self._expected  # an expected room of None: any room (pong has none)
+            if kind == "error" or (kind == expected_kind and expected_room in (None, room)):
                 answer.set_result(message)
                 return True
         return kind in ("pong", "subscribed", "unsubscribed", "history", "connected")

@@ -78,8 +78,13 @@ async def _subscribe_with_history(client: Connection, room: str, since: Position
     if since is not None:
         data["recovered"] = replay.recovered
     client.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
-    newer = [payload for payload in held if (offset_of(payload) or position.offset + 1) > position.offset]
-    client.enqueue_many(replay.messages + newer)  # what it missed, then what arrived while reading
+    client.enqueue_many(replay.messages + [p for p in held if _newer(p, position.offset)])  # missed, then held
+
+
+def _newer(payload: bytes, read_up_to: int) -> bool:
+    """Held while the history was read, and not in it (a message without an offset always is)."""
+    offset = offset_of(payload)
+    return offset is None or offset > read_up_to
 
 
 MAX_OFFSET = 2**53  # exact in every client's numbers (and in Redis's Lua)
