@@ -84,7 +84,7 @@ class StalledClient:
         publisher = await server.connect()
         await publisher.subscribe("flood")
         await self.join(server.test_server.port, "flood")  # type: ignore[arg-type]
-        conn = next(c for c in server.gateway.hub.rooms["flood"] if c.id != publisher.id)
+        conn = next(c for c in server.hub.rooms["flood"] if c.id != publisher.id)
         for n in range(2_000):  # far more than the socket buffers between us hold
             await publisher.send({"type": "publish", "room": "flood", "data": [n, "x" * 8192]})
             await publisher.recv()

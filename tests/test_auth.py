@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from wsgate import Connection, hookimpl
+from wsgate import Client, hookimpl
 from wsgate.config import ConfigError
 from wsgate.testing import Client, Server, StartServer
 
@@ -59,19 +59,19 @@ async def test_a_valid_token_identifies_the_client(wsgate_server: StartServer) -
     hello = await ws.receive_json()
     assert hello["data"]["user_id"] == "alice"
     assert set(hello["data"]) == {"client_id", "message", "user_id"}
-    conn = server.gateway.hub.connections[hello["data"]["client_id"]]
+    conn = server.hub.connections[hello["data"]["client_id"]]
     assert (conn.identity.user_id, conn.identity.claims["role"]) == ("alice", "ops")  # type: ignore[attr-defined]
 
 
 async def test_anonymous_clients_still_connect_unless_auth_is_required(wsgate_server: StartServer) -> None:
     server = await jwt_server(wsgate_server)
     client = await server.connect()
-    assert server.gateway.hub.connections[client.id].identity is None
+    assert server.hub.connections[client.id].identity is None
     strict = await jwt_server(wsgate_server, required=True)
     assert await refusal(strict) == (
         401, {"error": "authentication required", "detail": "connect with a token (auth.required is on)"}
     )
-    assert strict.gateway.metrics.error_count("auth_required") == 2  # refusal() asks twice
+    assert strict.metrics.error_count("auth_required") == 2  # refusal() asks twice
 
 
 async def test_browsers_send_the_token_as_a_subprotocol(wsgate_server: StartServer) -> None:
@@ -125,8 +125,8 @@ async def test_bad_tokens_get_401_and_no_websocket(wsgate_server: StartServer, m
     server = await jwt_server(wsgate_server, jwt_settings={"audience": "wsgate", "issuer": "auth"})
     status, body = await refusal(server, **bearer(make()))
     assert (status, body) == (401, {"error": "invalid token", "detail": detail})
-    assert server.gateway.metrics.error_count("auth_failed") == 2
-    assert not server.gateway.hub.connections
+    assert server.metrics.error_count("auth_failed") == 2
+    assert not server.hub.connections
 
 
 async def test_leeway_tolerates_clock_difference(wsgate_server: StartServer) -> None:
@@ -179,7 +179,7 @@ async def test_the_rooms_claim_limits_where_a_token_may_go(wsgate_server: StartS
     await client.subscribe("news")
     reply = await client.request({"type": "subscribe", "room": "ops"})
     assert (reply["error"], reply["detail"]) == ("not allowed", "the token's 'rooms' claim does not include 'ops'")
-    assert server.gateway.metrics.error_count("not_allowed") == 1
+    assert server.metrics.error_count("not_allowed") == 1
 
 
 RULES = [
@@ -219,13 +219,13 @@ async def test_room_rules(wsgate_server: StartServer) -> None:
     assert await denied(admin, "vip-lounge") == "no plugin approved this"
     assert await denied(admin, "closed-archive") == "room 'closed-archive' is closed to clients"
     await anonymous.subscribe("lobby")  # no rule: open, as the spec has it
-    assert server.gateway.metrics.error_count("not_allowed") == 6
+    assert server.metrics.error_count("not_allowed") == 6
 
 
 async def test_rules_are_a_floor_plugins_cannot_lower(wsgate_server: StartServer) -> None:
     class AllowEverything:
         @hookimpl
-        def wsgate_authorize(self, client: Connection, action: str, room: str | None) -> bool:
+        def wsgate_authorize(self, client: Client, action: str, room: str | None) -> bool:
             return True
 
     server = await jwt_server(wsgate_server, AllowEverything(), rooms=RULES)
@@ -237,7 +237,7 @@ async def test_rules_are_a_floor_plugins_cannot_lower(wsgate_server: StartServer
 async def test_publish_is_checked_like_subscribe(wsgate_server: StartServer) -> None:
     class DenyPublish:
         @hookimpl
-        def wsgate_authorize(self, client: Connection, action: str, room: str | None) -> bool | None:
+        def wsgate_authorize(self, client: Client, action: str, room: str | None) -> bool | None:
             return action != "publish" if room == "vip-lounge" else None
 
     server = await jwt_server(wsgate_server, DenyPublish(), rooms=RULES)

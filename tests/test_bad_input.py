@@ -74,14 +74,14 @@ async def test_binary_frame_gets_an_error_and_the_connection_stays(server: Serve
 async def test_frame_over_max_message_size_closes_with_1009(wsgate_server: StartServer) -> None:
     server = await wsgate_server(websocket={"max_message_size": 1024})
     client = await server.connect()
-    conn = server.gateway.hub.connections[client.id]
+    conn = server.hub.connections[client.id]
     await client.send({"type": "ping", "pad": "x" * 900})  # under the limit: fine
     assert (await client.recv())["type"] == "pong"
     await client.send({"type": "ping", "pad": "x" * 2000})
     closing = await client.closed()
     assert closing.data == 1009
     await wait_until(conn.closed)
-    assert server.gateway.metrics.error_count("message_too_big") == 1
+    assert server.metrics.error_count("message_too_big") == 1
 
 
 async def test_invalid_utf8_closes_with_1007(server: Server) -> None:
@@ -114,7 +114,7 @@ async def test_flood_of_malformed_frames_leaves_the_server_responsive(wsgate_ser
         assert (await bystander.request({"type": "publish", "room": "calm", "data": n}))["data"] == n
     assert (await flooding)[1] == 10_000
     await assert_still_usable(flooder)
-    assert server.gateway.metrics.error_count("invalid_json") == 10_000
+    assert server.metrics.error_count("invalid_json") == 10_000
     assert len(asyncio.all_tasks()) == tasks_before
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
@@ -144,7 +144,7 @@ async def test_message_nested_deeper_than_max_json_depth_is_refused(server: Serv
     )
     # brackets inside strings are not nesting
     assert (await client.request('{"type":"publish","room":"deep","data":"' + "[" * 100 + '"}'))["type"] == "message"
-    assert server.gateway.metrics.error_count("too_deep") == 1
+    assert server.metrics.error_count("too_deep") == 1
 
 
 async def test_data_nested_too_deeply_to_encode_is_refused_not_crashed(

@@ -1,4 +1,7 @@
-"""The broker layer: one contract for every backend, then rooms spanning nodes over a real Redis."""
+"""The backplane: one contract for every broker and every presence store, then nodes over a real Redis.
+
+The memory backends' runs of the contract need no Redis (`-k memory`).
+"""
 
 from __future__ import annotations
 
@@ -6,33 +9,37 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-import redis.asyncio as aioredis
 
 from wsgate.broker import Broker, BrokerError, MemoryBroker
 from wsgate.broker.redis import RedisBroker
-from wsgate.config import BrokerSettings
+from wsgate.config import BrokerSettings, HistorySettings
+from wsgate.history import Position, offset_of
 from wsgate.metrics import Metrics
+from wsgate.presence import PresenceStore
+from wsgate.presence.memory import MemoryPresenceStore
+from wsgate.presence.redis import RedisPresenceStore
 from wsgate.testing import TIMEOUT
 
 from .conftest import PrivateRedis
 
+HISTORY = HistorySettings(rooms=("h*",), size=10, ttl=60.0)
+
 
 class Node:
-    """One started broker plus a record of what it delivered to its (pretend) local clients."""
+    """One started broker plus a record of what it received from other nodes."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.delivered: list[tuple[str | None, bytes]] = []
+        self.received: list[tuple[str | None, bytes]] = []
         self.arrived = asyncio.Event()
 
-    def deliver(self, room: str | None, frame: bytes) -> int:
-        self.delivered.append((room, frame))
+    def receive(self, room: str | None, message: bytes) -> None:
+        self.received.append((room, message))
         self.arrived.set()
-        return 1
 
     async def until(self, count: int) -> None:
         async with asyncio.timeout(TIMEOUT):
-            while len(self.delivered) < count:
+            while len(self.received) < count:
                 self.arrived.clear()
                 await self.arrived.wait()
 
@@ -42,12 +49,12 @@ MakeNode = Callable[[], Awaitable[Node]]
 
 @pytest.fixture
 async def start_node() -> AsyncIterator[Callable[[Broker], Awaitable[Node]]]:
-    """`await start_node(broker)`: the broker started, delivering into a recording Node; closed afterwards."""
+    """`await start_node(broker)`: the broker started, receiving into a recording Node; closed afterwards."""
     nodes: list[Node] = []
 
     async def start(broker: Broker) -> Node:
         node = Node(broker)
-        await broker.start(node.deliver)
+        await broker.start(node.receive)
         nodes.append(node)
         return node
 
@@ -56,35 +63,104 @@ async def start_node() -> AsyncIterator[Callable[[Broker], Awaitable[Node]]]:
         await node.broker.close()
 
 
+def redis_broker(url: str, prefix: str, **settings: object) -> RedisBroker:
+    return RedisBroker(BrokerSettings(url=url, prefix=prefix, **settings), Metrics(), history=HISTORY)  # type: ignore[arg-type]
+
+
 @pytest.fixture(params=["memory", "redis"])
 def make_node(request: pytest.FixtureRequest, start_node: Callable[[Broker], Awaitable[Node]],
-              redis_url: str, broker_prefix: str) -> MakeNode:
+              broker_prefix: str) -> MakeNode:
     """Builds started nodes of one backend; redis nodes share a prefix, so they form one cluster."""
     if request.param == "memory":
-        return lambda: start_node(MemoryBroker())
-    return lambda: start_node(RedisBroker(BrokerSettings(url=redis_url, prefix=broker_prefix), Metrics()))
+        return lambda: start_node(MemoryBroker(HISTORY))
+    redis_url = request.getfixturevalue("redis_url")
+    return lambda: start_node(redis_broker(redis_url, broker_prefix))
 
 
 # --- the contract every broker keeps -------------------------------------------------------
 
 
-async def test_publish_delivers_locally_at_once_and_counts(make_node: MakeNode) -> None:
+async def test_relay_never_waits_and_never_comes_back(make_node: MakeNode) -> None:
     node = await make_node()
     node.broker.room_added("r")
-    assert await node.broker.publish("r", b"one") == 1
-    assert await node.broker.publish(None, b"all") == 1
-    assert node.delivered == [("r", b"one"), (None, b"all")]  # no await needed: local delivery is immediate
+    await node.broker.wait_receiving("r")
+    node.broker.relay("r", b'{"n":1}')
+    node.broker.relay(None, b'{"n":2}')
+    stamped = await node.broker.append("h1", b'{"n":3')  # after the relays: it went out after them
+    assert offset_of(stamped) == 1
+    assert node.received == []  # a node delivers its own messages itself (the router), never twice
     assert node.broker.state == "ok"
 
 
-async def test_room_added_and_removed_are_idempotent_enough(make_node: MakeNode) -> None:
+async def test_append_gives_offsets_in_order_and_keeps_them(make_node: MakeNode) -> None:
+    node = await make_node()
+    stamped = [await node.broker.append("h1", b'{"n":%d' % n) for n in range(1, 4)]
+    assert [offset_of(m) for m in stamped] == [1, 2, 3]
+    position = await node.broker.history_position("h1")
+    assert position.offset == 3 and stamped[0].endswith(b'"epoch":"%s"}' % position.epoch.encode())
+    assert await node.broker.history_last("h1", 2) == (position, stamped[1:])
+    replay = await node.broker.history_replay("h1", Position(1, position.epoch))
+    assert (replay.recovered, replay.messages) == (True, stamped[1:])
+    assert not (await node.broker.history_replay("h1", Position(1, "another-epoch"))).recovered
+
+
+async def test_reading_the_last_messages_of_a_new_room_creates_nothing(make_node: MakeNode) -> None:
+    node = await make_node()
+    assert await node.broker.history_last("h-new", 5) == (Position(0, ""), [])
+
+
+async def test_room_interest_is_idempotent_enough(make_node: MakeNode) -> None:
     node = await make_node()
     for _ in range(3):
         node.broker.room_added("r")
         node.broker.room_removed("r")
     node.broker.room_added("r")
     await node.broker.wait_receiving("r")
-    assert await node.broker.publish("r", b"x") == 1
+
+
+# --- the contract every presence store keeps -------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_presence_store(request: pytest.FixtureRequest, broker_prefix: str) -> Callable[[bytes], PresenceStore]:
+    """Builds presence stores of one backend (for Redis: nodes of one cluster, by node id)."""
+    if request.param == "memory":
+        return lambda node_id: MemoryPresenceStore()
+    settings = BrokerSettings(url=request.getfixturevalue("redis_url"), prefix=broker_prefix)
+    return lambda node_id: RedisPresenceStore(settings, Metrics(), node_id=node_id, node_ttl=15.0)
+
+
+@pytest.fixture
+async def presence_stores(make_presence_store: Callable[[bytes], PresenceStore]) -> AsyncIterator[list[PresenceStore]]:
+    """Two started presence stores of one backend: two nodes."""
+    stores = [make_presence_store(node * 32) for node in (b"a", b"b")]
+    for store in stores:
+        await store.start()
+    yield stores
+    for store in stores:
+        await store.close()
+
+
+async def test_members_are_those_of_the_other_nodes(presence_stores: list[PresenceStore]) -> None:
+    a, b = presence_stores
+    a.join("p", "c1", b'{"client_id":"c1"}')
+    assert await a.members("p") == []  # a node's own members are the tracker's
+    if isinstance(a, MemoryPresenceStore):
+        assert await b.members("p") == []  # one process: there are no other nodes
+        return
+    async with asyncio.timeout(TIMEOUT):
+        while await b.members("p") != [b'{"client_id":"c1"}']:
+            await asyncio.sleep(0.01)  # written by a's background writer; nothing to wait on from b
+        a.leave("p", "c1")
+        while await b.members("p") != []:
+            await asyncio.sleep(0.01)
+
+
+async def test_figures_of_every_live_node(presence_stores: list[PresenceStore]) -> None:
+    a, b = presence_stores
+    assert await a.share_figures(b'{"node":"a"}') == [b'{"node":"a"}']
+    expected = [b'{"node":"b"}'] if isinstance(b, MemoryPresenceStore) else [b'{"node":"a"}', b'{"node":"b"}']
+    assert sorted(await b.share_figures(b'{"node":"b"}')) == expected
 
 
 # --- Redis: several nodes ------------------------------------------------------------------
@@ -93,38 +169,38 @@ async def test_room_added_and_removed_are_idempotent_enough(make_node: MakeNode)
 @pytest.fixture
 def cluster(start_node: Callable[[Broker], Awaitable[Node]], redis_url: str, broker_prefix: str) -> MakeNode:
     """Started Redis nodes sharing one prefix: one cluster."""
-    return lambda: start_node(RedisBroker(BrokerSettings(url=redis_url, prefix=broker_prefix), Metrics()))
+    return lambda: start_node(redis_broker(redis_url, broker_prefix))
 
 
-async def test_frames_cross_nodes_as_the_same_bytes_exactly_once_in_order(cluster: MakeNode) -> None:
+async def test_relayed_and_kept_messages_cross_nodes_exactly_once_in_order(cluster: MakeNode) -> None:
     a, b, c = await cluster(), await cluster(), await cluster()
     for node in (b, c):
-        node.broker.room_added("room")
-        await node.broker.wait_receiving("room")
-    frames = [f'{{"type":"message","data":{n}}}'.encode() for n in range(300)]
-    for frame in frames:
-        await a.broker.publish("room", frame)
-    await a.broker.publish(None, b"broadcast")
+        for room in ("room", "h1"):
+            node.broker.room_added(room)
+            await node.broker.wait_receiving(room)
+    sent: list[tuple[str | None, bytes]] = []
+    appended = []
+    for n in range(300):
+        if n % 3 == 0:
+            appended.append(a.broker.append("h1", b'{"n":%d' % n))  # not awaited: queued in order with relays
+            sent.append(("h1", b""))
+        else:
+            room = "room" if n % 3 == 1 else None
+            a.broker.relay(room, b'{"n":%d}' % n)
+            sent.append((room, b'{"n":%d}' % n))
+    stamped = iter([await future for future in appended])
+    expected = [(room, message or next(stamped)) for room, message in sent]
     for node in (b, c):
-        await node.until(301)
-        assert node.delivered == [("room", f) for f in frames] + [(None, b"broadcast")]
-    assert len(a.delivered) == 301  # its own, locally, once
-
-
-async def test_a_node_never_receives_its_own_frames_twice(cluster: MakeNode) -> None:
-    a, b = await cluster(), await cluster()
-    a.broker.room_added("r")
-    await a.broker.wait_receiving("r")
-    for n in range(50):
-        await a.broker.publish("r", str(n).encode())
-    await b.broker.publish(None, b"sync")  # relayed after a's frames went out: once a has it, it had its chance
-    await a.until(51)
-    assert [frame for _, frame in a.delivered] == [str(n).encode() for n in range(50)] + [b"sync"]
+        await node.until(300)
+        assert node.received == expected
+    assert a.received == []  # its own: delivered by its router, never received back
 
 
 async def test_a_node_subscribes_only_to_rooms_with_local_members(
     cluster: MakeNode, redis_url: str, broker_prefix: str
 ) -> None:
+    import redis.asyncio as aioredis
+
     a = await cluster()
     redis = aioredis.from_url(redis_url)
 
@@ -145,25 +221,25 @@ async def test_a_node_subscribes_only_to_rooms_with_local_members(
 
 
 async def test_unreachable_redis_at_start_up(broker_prefix: str) -> None:
-    settings = BrokerSettings(url="redis://127.0.0.1:1/0", prefix=broker_prefix, connect_timeout=1.0)
     with pytest.raises(BrokerError, match=r"cannot reach Redis at redis://127.0.0.1:1/0: "):
-        await RedisBroker(settings, Metrics()).start(lambda room, frame: 0)
-    lenient = RedisBroker(BrokerSettings(url="redis://127.0.0.1:1/0", prefix=broker_prefix,
-                                         connect_timeout=1.0, required=False), Metrics())
-    await lenient.start(lambda room, frame: 0)
+        await redis_broker("redis://127.0.0.1:1/0", broker_prefix, connect_timeout=1.0).start(lambda room, m: None)
+    lenient = redis_broker("redis://127.0.0.1:1/0", broker_prefix, connect_timeout=1.0, required=False)
+    await lenient.start(lambda room, m: None)
     try:
         assert lenient.state == "degraded"
-        assert await lenient.publish("r", b"x") == 0  # local delivery still answers
+        lenient.relay("r", b"x")  # never raises: other nodes miss it, counted
+        with pytest.raises(BrokerError):
+            await lenient.append("h1", b'{"n":1')  # not kept: the publisher is told, never a silent gap
     finally:
         await lenient.close()
 
 
-async def test_losing_redis_keeps_local_delivery_and_recovers(private_redis: PrivateRedis, broker_prefix: str) -> None:
+async def test_losing_redis_refuses_history_and_recovers(private_redis: PrivateRedis, broker_prefix: str) -> None:
     metrics = Metrics()
-    a = Node(RedisBroker(BrokerSettings(url=private_redis.url, prefix=broker_prefix), metrics))
-    b = Node(RedisBroker(BrokerSettings(url=private_redis.url, prefix=broker_prefix), Metrics()))
+    a = Node(RedisBroker(BrokerSettings(url=private_redis.url, prefix=broker_prefix), metrics, history=HISTORY))
+    b = Node(redis_broker(private_redis.url, broker_prefix))
     for node in (a, b):
-        await node.broker.start(node.deliver)
+        await node.broker.start(node.receive)
         node.broker.room_added("r")
         await node.broker.wait_receiving("r")
     try:
@@ -172,17 +248,18 @@ async def test_losing_redis_keeps_local_delivery_and_recovers(private_redis: Pri
         async with asyncio.timeout(TIMEOUT):
             while a.broker.state != "degraded":
                 await asyncio.sleep(0.01)
-        assert await a.broker.publish("r", b"during") == 1  # local clients still get it
-        assert a.delivered[-1] == ("r", b"during")
+        a.broker.relay("r", b"during")  # dropped for other nodes, counted
+        with pytest.raises(BrokerError):
+            await a.broker.append("h1", b'{"n":1')
         await private_redis.start()
         for node in (a, b):
             assert isinstance(node.broker, RedisBroker)
             await asyncio.wait_for(node.broker.receiving.wait(), 15)
             await node.broker.wait_receiving("r")
-        before = len(b.delivered)
-        await a.broker.publish("r", b"after")
-        await b.until(before + 1)
-        assert b.delivered[-1] == ("r", b"after")
+        a.broker.relay("r", b"after")
+        await b.until(1)
+        assert b.received[-1] == ("r", b"after")
+        assert offset_of(await a.broker.append("h1", b'{"n":2')) == 1  # a restarted Redis: a new epoch
         assert metrics.registry.get_sample_value("websocket_broker_reconnects_total") >= 1
         assert metrics.registry.get_sample_value("websocket_broker_errors_total") >= 1
     finally:

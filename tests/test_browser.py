@@ -69,7 +69,7 @@ async def test_the_js_client_recovers_what_it_missed_after_a_disconnection(
     for n in range(10):
         await publisher.request({"type": "publish", "room": "chat:browser", "data": n})
     await page.wait_for_function("window.received.length >= 10")
-    server.gateway.hub.connections[started["clientId"]].drop(1012, "service restart")  # the network blips
+    server.hub.connections[started["clientId"]].drop(1012, "service restart")  # the network blips
     for n in range(10, 60):  # published while it is away, or coming back
         await publisher.request({"type": "publish", "room": "chat:browser", "data": n})
     await page.wait_for_function("window.received.length >= 60 && window.client.connects === 2")

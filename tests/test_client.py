@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsgate.client import GatewayClient, GatewayError
+from wsgate.sdk.client import GatewayClient, GatewayError
 from wsgate.history import Position
 from wsgate.testing import Server, StartServer
 
@@ -17,7 +17,7 @@ async def server(wsgate_server: StartServer) -> Server:
 
 
 def connection_of(server: Server, client: GatewayClient):  # type: ignore[no-untyped-def]
-    return server.gateway.hub.connections[client.client_id]  # type: ignore[index]
+    return server.hub.connections[client.client_id]  # type: ignore[index]
 
 
 async def test_requests(server: Server) -> None:

@@ -63,7 +63,7 @@ async def test_login_sets_an_http_only_session_and_no_secret_reaches_the_page(ws
     refused = await login(server, "wrong password")
     assert (refused.status, refused.headers["Location"]) == (302, "/dashboard?failed=1")
     assert "Set-Cookie" not in refused.headers
-    assert server.gateway.metrics.error_count("dashboard_login_failed") == 1
+    assert server.metrics.error_count("dashboard_login_failed") == 1
     accepted = await login(server, PASSWORD)
     assert accepted.status == 302
     cookie = accepted.cookies["wsgate_dashboard"]
@@ -189,7 +189,7 @@ async def test_with_redis_the_dashboard_lists_every_node(wsgate_server: StartSer
             nodes = {node["node"]: node["clients"] for node in stats["data"]["nodes"]}
             if sorted(nodes.values()) == [1, len(on_b)]:  # figures up to a second old: wait for current ones
                 break
-    assert nodes == {a.gateway.broker.node_id.decode(): 1, b.gateway.broker.node_id.decode(): 2}  # type: ignore[attr-defined]
+    assert nodes == {a.broker.node_id.decode(): 1, b.broker.node_id.decode(): 2}  # type: ignore[attr-defined]
 
 
 async def test_guessing_the_password_is_cut_short(wsgate_server: StartServer) -> None:
@@ -198,4 +198,4 @@ async def test_guessing_the_password_is_cut_short(wsgate_server: StartServer) ->
         assert (await login(server, "a wrong guess")).status == 302
     assert (await login(server, "another wrong guess")).status == 429
     assert (await login(server, PASSWORD)).status == 429  # even the right one, for a while
-    assert server.gateway.metrics.error_count("dashboard_login_failed") == 12
+    assert server.metrics.error_count("dashboard_login_failed") == 12

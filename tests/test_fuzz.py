@@ -121,7 +121,7 @@ def traced() -> object:
 
 async def settled(server: Server) -> int:
     """Traced heap size once the gateway holds no client and garbage is collected."""
-    await eventually(lambda: not server.gateway.hub.connections and not server.gateway.hub.addresses)
+    await eventually(lambda: not server.hub.connections and not server.hub.addresses)
     gc.collect()
     return tracemalloc.get_traced_memory()[0]
 
@@ -153,7 +153,7 @@ async def test_fuzzed_frames_leave_the_server_healthy(
 
     memory = await settled(server)
     await eventually(lambda: len(asyncio.all_tasks()) <= baseline_tasks)
-    metrics = server.gateway.metrics
+    metrics = server.metrics
     print("heap growth", memory - baseline_memory, {r: metrics.error_count(r) for r in (  # noqa: T201
         "invalid_json", "too_deep", "binary_frame", "message_too_big")})
     # the fuzzing reached the dispatcher and the frame reader, not only the handshake

@@ -149,7 +149,7 @@ async def test_bad_history_requests(wsgate_server: StartServer, request_: dict[s
     client = await server.connect()
     answer = await client.request(request_)
     assert (answer["error"], answer.get("detail")) == (error, detail)
-    assert not server.gateway.hub.rooms
+    assert not server.hub.rooms
 
 
 async def test_since_on_a_room_without_history_is_not_recovered(wsgate_server: StartServer) -> None:
@@ -256,27 +256,31 @@ async def test_a_burst_of_history_reads_queues_for_redis_connections(redis_url: 
         await broker.close()
 
 
-async def test_while_redis_is_down_history_messages_reach_local_clients_without_an_offset(
+async def test_while_redis_is_down_history_messages_are_refused_never_sent_with_a_gap(
     wsgate_server: StartServer, private_redis: Any, broker_prefix: str
 ) -> None:
     server = await wsgate_server(broker={"url": private_redis.url, "prefix": broker_prefix}, history=HISTORY)
-    client = await server.connect()
+    client, member = await server.connect(), await server.connect()
     await client.subscribe("chat:1")
+    await member.subscribe("chat:1")
     assert (await publish_all(client, "chat:1", range(1)))[0]["offset"] == 1
+    assert (await member.recv())["offset"] == 1
     await private_redis.stop()
-    during = (await publish_all(client, "chat:1", range(1, 2)))[0]
-    assert during["data"] == 1 and "offset" not in during  # at most once, as for other messages
+    refused = await client.request({"type": "publish", "room": "chat:1", "data": 1})
+    assert refused["error"] == "history is unavailable"  # the publisher is told; nobody got it without an offset
+    assert refused["detail"].startswith("the message was not sent: ")
+    assert (await member.request({"type": "ping"}))["type"] == "pong"  # nothing arrived before the pong
     answer = await client.request({"type": "history", "room": "chat:1"})
     assert (answer["error"], answer["detail"]) == ("history is unavailable", "the history store cannot be reached; try again")
-    assert server.gateway.metrics.error_count("history_unavailable") == 1
+    assert server.metrics.error_count("history_unavailable") == 2
 
 
 async def test_live_messages_held_for_a_recovering_client_are_bounded(wsgate_server: StartServer) -> None:
     """While a client's history is read its live messages wait, up to ten outboxes' worth; then it is dropped."""
     server = await wsgate_server(history=HISTORY, websocket={"send_queue_size": 2})
     client = await server.connect()
-    conn = server.gateway.hub.connections[client.id]
-    hub = server.gateway.hub
+    conn = server.hub.connections[client.id]
+    hub = server.hub
     hub.join(conn, "chat:h", hold=True)  # as subscribe does before reading the history
     for n in range(20):
         hub.deliver("chat:h", b'{"type":"message","room":"chat:h","data":%d,"offset":%d,"epoch":"e"}' % (n, n + 1))
@@ -284,7 +288,7 @@ async def test_live_messages_held_for_a_recovering_client_are_bounded(wsgate_ser
     hub.deliver("chat:h", b'{"type":"message","room":"chat:h","data":20,"offset":21,"epoch":"e"}')
     closing = await client.ws.receive(timeout=5)
     assert (closing.data, closing.extra) == (1008, "slow consumer")
-    assert server.gateway.metrics.error_count("slow_consumer") == 1
+    assert server.metrics.error_count("slow_consumer") == 1
 
 
 async def test_a_long_replay_over_a_compressed_connection_is_not_a_slow_consumer(wsgate_server: StartServer) -> None:
@@ -312,7 +316,7 @@ async def test_a_fenced_client_still_gets_messages_without_a_stamp(wsgate_server
     server = await wsgate_server(history=HISTORY)
     client = await server.connect()
     await client.subscribe("chat:f")
-    hub, conn = server.gateway.hub, server.gateway.hub.connections[client.id]
+    hub, conn = server.hub, server.hub.connections[client.id]
     hub.fences["chat:f"] = {conn: 50}  # as after a recovery up to offset 50
     hub.deliver("chat:f", b'{"type":"message","room":"chat:f","data":{"offset":20},"timestamp":1}')
     assert (await client.recv())["data"] == {"offset": 20}

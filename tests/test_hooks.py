@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from wsgate import Connection, Message, hookimpl
+from wsgate import Client, Message, hookimpl
 from wsgate.app import create_app
 from wsgate.gateway import Gateway
 from wsgate.registry import PluginError
@@ -39,11 +39,11 @@ class Recorder:
         self.calls.append(("shutdown", gateway))
 
     @hookimpl
-    async def wsgate_client_connected(self, client: Connection) -> None:
+    async def wsgate_client_connected(self, client: Client) -> None:
         self.calls.append(("connected", client.id))
 
     @hookimpl
-    def wsgate_client_disconnected(self, client: Connection) -> None:
+    def wsgate_client_disconnected(self, client: Client) -> None:
         self.calls.append(("disconnected", (client.id, frozenset(client.rooms))))
         self.disconnected.set()
 
@@ -61,7 +61,7 @@ async def test_life_cycle_hooks(wsgate_server: StartServer) -> None:
     assert recorder.calls[-1] == ("shutdown", server.gateway)
 
 
-async def boom(client: Connection, message: Message) -> None:
+async def boom(client: Client, message: Message) -> None:
     raise RuntimeError("handler bug")
 
 
@@ -82,7 +82,7 @@ async def test_a_handler_that_raises_answers_internal_error_and_keeps_everything
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1
     assert client.id in tracebacks[0].getMessage() and "'boom'" in tracebacks[0].getMessage()
-    assert server.gateway.metrics.error_count("handler_error") == 1
+    assert server.metrics.error_count("handler_error") == 1
 
 
 class Sender:
@@ -90,7 +90,7 @@ class Sender:
 
     @hookimpl
     def wsgate_message_handlers(self) -> Mapping[str, Any]:
-        async def twice(client: Connection, message: Message) -> None:
+        async def twice(client: Client, message: Message) -> None:
             client.send({"type": "first"})
             await client.send({"type": "second", "timestamp": 1})
             await client.gateway.publish("room", message.data, type="third")
@@ -129,7 +129,7 @@ class Guard:
         self.asked: list[tuple[str, str | None]] = []
 
     @hookimpl
-    async def wsgate_authorize(self, client: Connection, action: str, room: str | None) -> bool | str | None:
+    async def wsgate_authorize(self, client: Client, action: str, room: str | None) -> bool | str | None:
         self.asked.append((action, room))
         if room == "secret":
             return "members only"
@@ -143,9 +143,9 @@ async def test_authentication_attaches_an_identity_or_refuses_before_the_upgrade
 ) -> None:
     server = await wsgate_server(Auth(), plugins=NO_EXAMPLES)
     client = await server.connect(params={"user": "ada"})
-    assert server.gateway.hub.connections[client.id].identity == {"user": "ada"}
+    assert server.hub.connections[client.id].identity == {"user": "ada"}
     anonymous = await server.connect()
-    assert server.gateway.hub.connections[anonymous.id].identity is None
+    assert server.hub.connections[anonymous.id].identity is None
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await server.raw(params={"user": "mallory"})
     assert refused.value.status == 403
@@ -188,10 +188,10 @@ async def test_firstresult_is_decided_after_awaiting(wsgate_server: StartServer)
 
 async def test_per_message_hooks_are_skipped_when_nobody_implements_them(wsgate_server: StartServer) -> None:
     server = await wsgate_server(plugins=NO_EXAMPLES)
-    plugins = server.gateway.plugins
+    plugins = server.plugins
     assert (plugins.authenticates, plugins.authorizes, plugins.watches_clients) == (False, False, False)
     guarded = await wsgate_server(Guard(), plugins=NO_EXAMPLES)
-    assert guarded.gateway.plugins.authorizes is True
+    assert guarded.plugins.authorizes is True
 
 
 class Clock:
@@ -220,7 +220,7 @@ class ClockPlugin:
 
     @hookimpl
     def wsgate_message_handlers(self) -> Mapping[str, Any]:
-        async def time(client: Connection, message: Message) -> None:
+        async def time(client: Client, message: Message) -> None:
             await client.send({"type": "time", "data": client.gateway.services["clock"].now()})  # type: ignore[attr-defined]
 
         return {"time": time}
@@ -329,7 +329,7 @@ async def test_plugins_modules_loads_a_module_without_packaging(
     server = await wsgate_server(plugins={"modules": ["dev_plugin"]})
     client = await server.connect()
     assert (await client.request({"type": "hello", "data": 1}))["data"] == 1
-    assert server.gateway.plugins.sources["dev_plugin"] == "settings: plugins.modules"
+    assert server.plugins.sources["dev_plugin"] == "settings: plugins.modules"
 
 
 async def test_a_module_that_fails_to_import_is_skipped_when_not_strict(

@@ -37,7 +37,7 @@ async def test_a_silent_client_is_dropped_after_pong_wait(wsgate_server: StartSe
     server = await wsgate_server(websocket=FAST)
     silent = await server.connect(autoping=False)  # never answers pings, never sends
     await silent.subscribe("room")
-    conn = server.gateway.hub.connections[silent.id]
+    conn = server.hub.connections[silent.id]
     loop = asyncio.get_running_loop()
     started = loop.time()
     closing = await silent.closed()

@@ -20,7 +20,7 @@ async def test_connection_over_the_limit_gets_the_error_then_1013(wsgate_server:
     assert msg["error"] == "server is at maximum capacity"
     closing = await refused.receive(timeout=5)
     assert closing.data == 1013
-    assert server.gateway.metrics.error_count("server_full") == 1
+    assert server.metrics.error_count("server_full") == 1
     assert (await server.health())[1]["clients"] == 2
     # a slot frees when any client leaves
     await first.ws.close()
@@ -64,14 +64,14 @@ async def test_a_stalled_reader_is_dropped_and_nobody_else_slows_down(wsgate_ser
     stalled = StalledClient()
     try:
         await stalled.join(server.test_server.port, "flood")  # type: ignore[arg-type]
-        assert len(server.gateway.hub.rooms["flood"]) == 3
-        stalled_conn = next(c for c in server.gateway.hub.rooms["flood"] if c.id not in (publisher.id, subscriber.id))
+        assert len(server.hub.rooms["flood"]) == 3
+        stalled_conn = next(c for c in server.hub.rooms["flood"] if c.id not in (publisher.id, subscriber.id))
 
         payload = "x" * 8192
         total = 0
         received = 0
         # flood until the stalled client has been dropped; everyone else reads everything, in order
-        while stalled_conn in server.gateway.hub.rooms["flood"] and total < 5_000:
+        while stalled_conn in server.hub.rooms["flood"] and total < 5_000:
             for _ in range(100):
                 await publisher.send({"type": "publish", "room": "flood", "data": [total, payload]})
                 total += 1
@@ -81,11 +81,11 @@ async def test_a_stalled_reader_is_dropped_and_nobody_else_slows_down(wsgate_ser
                 received += 1
             if reason == "slow consumer":
                 assert len(stalled_conn._outbox) <= settings["send_queue_size"]  # memory stays bounded
-        assert stalled_conn not in server.gateway.hub.rooms["flood"], "the stalled client was never dropped"
+        assert stalled_conn not in server.hub.rooms["flood"], "the stalled client was never dropped"
         await wait_until(stalled_conn.closed)  # really disconnected, not only forgotten
         assert stalled_conn.close_reason == reason
         metric = "slow_consumer" if reason == "slow consumer" else "write_timeout"
-        assert server.gateway.metrics.error_count(metric) == 1
+        assert server.metrics.error_count(metric) == 1
         # the room keeps working at full speed for the others
         await publisher.send({"type": "publish", "room": "flood", "data": "after"})
         assert (await subscriber.recv())["data"] == "after"
@@ -105,7 +105,7 @@ async def test_a_client_pinging_without_reading_never_blocks_its_reader(wsgate_s
         watcher = await server.connect()
         await watcher.subscribe("second")
         async with asyncio.timeout(TIMEOUT):
-            while len(server.gateway.hub.rooms["second"]) < 2:  # each request is a full turn of the server
+            while len(server.hub.rooms["second"]) < 2:  # each request is a full turn of the server
                 await watcher.request({"type": "ping"})
         assert conn.rooms == {"flood", "second"}
     finally:

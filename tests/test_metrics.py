@@ -58,8 +58,8 @@ async def test_the_specs_four_metrics_and_the_counters(wsgate_server: StartServe
 async def test_connections_closed_by_reason_and_their_duration(wsgate_server: StartServer) -> None:
     server = await wsgate_server(websocket={"max_message_size": 100})
     polite, big = await server.connect(), await server.connect()
-    polite_conn = server.gateway.hub.connections[polite.id]
-    big_conn = server.gateway.hub.connections[big.id]
+    polite_conn = server.hub.connections[polite.id]
+    big_conn = server.hub.connections[big.id]
     await polite.ws.close()
     await big.send({"type": "ping", "pad": "x" * 200})
     await wait_until(polite_conn.closed)

@@ -34,7 +34,7 @@ def test_malformed_registrations_are_refused(handlers: object, message: str) -> 
 
 async def test_builtin_types_are_registered_by_the_messages_plugin(wsgate_server: StartServer) -> None:
     server = await wsgate_server()
-    owners = server.gateway.registry.owners()
+    owners = server.registry.owners()
     builtin = {kind: owner for kind, owner in owners.items() if owner == "messages"}
     assert builtin == dict.fromkeys(["subscribe", "unsubscribe", "publish", "broadcast", "ping", "history", "presence"], "messages")
 

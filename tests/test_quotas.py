@@ -23,7 +23,7 @@ async def test_messages_over_the_rate_are_answered_and_dropped(wsgate_server: St
     assert {(r["error"], r["detail"]) for r in replies[5:]} == {
         ("rate limit exceeded", "the message was dropped; send less often")
     }
-    assert server.gateway.metrics.error_count("rate_limited") == 3
+    assert server.metrics.error_count("rate_limited") == 3
     # malformed frames and binary frames count too: a flood of garbage is limited like any other
     await client.send("not json")
     await client.ws.send_bytes(b"\x00")
@@ -50,7 +50,7 @@ async def test_a_client_kept_over_the_limit_for_the_grace_period_is_closed_with_
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 break
     assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1008, "rate limit exceeded")
-    registry = server.gateway.metrics.registry
+    registry = server.metrics.registry
     await eventually(
         lambda: registry.get_sample_value("websocket_connections_closed_total", {"reason": "rate_limited"}) == 1
     )
@@ -101,11 +101,11 @@ async def test_max_rooms_per_client(wsgate_server: StartServer) -> None:
     await client.subscribe("b")
     reply = await client.request({"type": "subscribe", "room": "c"})
     assert (reply["error"], reply["detail"]) == ("too many rooms", "a client may be in at most 2 rooms")
-    assert "c" not in server.gateway.hub.rooms
+    assert "c" not in server.hub.rooms
     await client.subscribe("a")  # already in it: not a new room
     await client.request({"type": "unsubscribe", "room": "b"})
     await client.subscribe("c")
-    assert server.gateway.metrics.error_count("too_many_rooms") == 1
+    assert server.metrics.error_count("too_many_rooms") == 1
 
 
 async def test_connections_per_address_are_refused_with_429_before_the_upgrade(wsgate_server: StartServer) -> None:
@@ -116,9 +116,9 @@ async def test_connections_per_address_are_refused_with_429_before_the_upgrade(w
     assert refused.value.status == 429
     async with server.session.get(server.url("/ws")) as resp:  # the body says why
         assert (resp.status, await resp.json()) == (429, {"error": "too many connections from this address"})
-    assert server.gateway.metrics.error_count("address_limit") == 2
+    assert server.metrics.error_count("address_limit") == 2
     await first.ws.close()
-    await eventually(lambda: server.gateway.hub.addresses.get("127.0.0.1") == 1)
+    await eventually(lambda: server.hub.addresses.get("127.0.0.1") == 1)
     third = await server.connect()
     assert (await third.request({"type": "ping"}))["type"] == "pong"
 
@@ -150,12 +150,12 @@ async def test_a_connection_storm_from_one_address_leaves_the_server_responsive(
         async with asyncio.timeout(60):
             await burst
         assert outcomes == {"open": 100, "429": 1900}
-        assert server.gateway.hub.addresses == {"127.0.0.2": 100, "127.0.0.1": 1}
+        assert server.hub.addresses == {"127.0.0.2": 100, "127.0.0.1": 1}
         assert (await server.counts())[1]["clients"] == 101
         assert (await bystander.request({"type": "ping"}))["type"] == "pong"
         for ws in held:
             await ws.close()
-    await eventually(lambda: server.gateway.hub.addresses == {"127.0.0.1": 1})
+    await eventually(lambda: server.hub.addresses == {"127.0.0.1": 1})
 
 
 @pytest.mark.parametrize("room", ["bad\nroom", "tab\there", "nul\x00", "del\x7f"])
@@ -174,7 +174,7 @@ async def test_room_name_pattern(wsgate_server: StartServer) -> None:
     assert reply["error"] == "invalid room name"
     reply = await client.request({"type": "subscribe", "room": "a\nb"})  # control characters: never, whatever the pattern
     assert reply["detail"] == "room names may not contain control characters"
-    assert server.gateway.metrics.error_count("invalid_room") == 3
+    assert server.metrics.error_count("invalid_room") == 3
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ async def test_echo_plugin_example(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     reply = await client.request({"type": "echo", "data": [1, 2]})
     assert (reply["type"], reply["data"]) == ("echo", [1, 2])
     assert (await client.request({"type": "echo"}))["error"] == "nothing to echo"
-    assert server.gateway.registry.owners()["echo"] == "readme_echo"
+    assert server.registry.owners()["echo"] == "readme_echo"
 
 
 def test_hook_reference_lists_every_hook_specification() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from wsgate.client import GatewayClient
+from wsgate.sdk.client import GatewayClient
 from wsgate.testing import TIMEOUT, Server, StartServer
 
 HISTORY = {"rooms": ["chat:*"], "size": 1000}
@@ -42,7 +42,7 @@ async def test_restarting_one_of_two_nodes_while_publishing_loses_and_repeats_no
     for client in clients:
         await client.connect()
         await client.subscribe("chat:live")
-    assert len(restarting.gateway.hub.connections) == 12
+    assert len(restarting.hub.connections) == 12
     publisher = await staying.connect()
     await publisher.subscribe("chat:live")
     caplog.set_level(logging.INFO, "wsgate.gateway")
@@ -51,7 +51,7 @@ async def test_restarting_one_of_two_nodes_while_publishing_loses_and_repeats_no
         await publisher.send({"type": "publish", "room": "chat:live", "data": n})
         assert (await publisher.recv())["data"] == n  # paced by its own round trip
         if n == 100:  # SIGTERM: /health turns 503, new clients are refused, clients get 1012 in batches
-            drain = asyncio.create_task(restarting.gateway.drain(5.0))
+            drain = asyncio.create_task(restarting.drain(5.0))
         elif drain is not None and drain.done():
             after_drain += 1
         n += 1
@@ -62,7 +62,7 @@ async def test_restarting_one_of_two_nodes_while_publishing_loses_and_repeats_no
         await client.connected()
         assert client.connects == 2 and client.url == urls[1]
     assert (await restarting.health())[0] == 503
-    restarted = restarting.gateway.metrics.registry.get_sample_value(
+    restarted = restarting.metrics.registry.get_sample_value(
         "websocket_connections_closed_total", {"reason": "restart"}
     )
     assert restarted == 12

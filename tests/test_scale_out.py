@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from wsgate.broker.redis import RedisBroker
-from wsgate.publisher import HttpPublisher, PublishError, RedisPublisher
+from wsgate.sdk.publisher import HttpPublisher, PublishError, RedisPublisher
 from wsgate.testing import Client, Server, StartServer, eventually
 
 from .conftest import PrivateRedis
@@ -77,18 +77,18 @@ async def test_redis_restart_keeps_clients_and_local_delivery_then_recovers(
     a, b = await wsgate_server(broker=settings), await wsgate_server(broker=settings)
     on_a, also_on_a, on_b = await joined(a, "r"), await joined(a, "r"), await joined(b, "r")
     await private_redis.stop()
-    await eventually(lambda: a.gateway.broker.state == "degraded")
+    await eventually(lambda: a.broker.state == "degraded")
     assert (await a.health())[1]["broker"] == "degraded"
     await on_a.send({"type": "publish", "room": "r", "data": "during"})
     assert (await on_a.recv())["data"] == "during"
     assert (await also_on_a.recv())["data"] == "during"  # local delivery never stopped
     await private_redis.start()
     for server in (a, b):
-        broker = server.gateway.broker
+        broker = server.broker
         assert isinstance(broker, RedisBroker)
         await asyncio.wait_for(broker.receiving.wait(), 15)
         await broker.wait_receiving("r")
-    await eventually(lambda: a.gateway.broker.state == "ok")
+    await eventually(lambda: a.broker.state == "ok")
     await on_a.send({"type": "publish", "room": "r", "data": "after"})
     assert (await on_b.recv())["data"] == "after"  # cross-node delivery is back
     for client in (on_a, also_on_a, on_b):  # nobody was dropped

@@ -36,7 +36,7 @@ async def test_a_foreign_origin_gets_403_before_the_upgrade(wsgate_server: Start
     assert refused.value.status == 403
     async with server.session.get(server.url("/ws"), headers={"Origin": "https://evil.example.com"}) as resp:
         assert (resp.status, await resp.json()) == (403, {"error": "origin not allowed"})
-    assert server.gateway.metrics.error_count("origin_rejected") == 2
+    assert server.metrics.error_count("origin_rejected") == 2
     allowed = await server.connect(headers={"Origin": "https://app.example.com"})
     assert (await allowed.request({"type": "ping"}))["type"] == "pong"
     without = await server.connect()  # non-browser clients send no Origin

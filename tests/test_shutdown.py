@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from wsgate import Connection, Message, hookimpl
+from wsgate import Client, Message, hookimpl
 from wsgate.testing import Server, StartServer, wait_until
 
 from .conftest import StalledClient
@@ -17,7 +17,7 @@ from .conftest import StalledClient
 async def test_drain_closes_clients_with_1001_and_refuses_new_ones(server: Server) -> None:
     clients = [await server.connect() for _ in range(3)]
     await clients[0].subscribe("room")
-    await server.gateway.drain(timeout=5)
+    await server.drain(timeout=5)
     for client in clients:
         closing = await client.closed()
         assert closing.data == 1001
@@ -32,7 +32,7 @@ async def test_drain_closes_a_stalled_client_at_once(wsgate_server: StartServer)
     stalled = StalledClient()
     try:
         publisher, conn = await stalled.stuck_in_flood(server)
-        await server.gateway.drain(timeout=5)  # no close handshake to wait for: the socket is aborted
+        await server.drain(timeout=5)  # no close handshake to wait for: the socket is aborted
         assert conn.closed.is_set()
         assert (await publisher.closed()).data == 1001
     finally:
@@ -44,7 +44,7 @@ class Stuck:
 
     @hookimpl
     def wsgate_message_handlers(self) -> Mapping[str, Any]:
-        async def hang(client: Connection, message: Message) -> None:
+        async def hang(client: Client, message: Message) -> None:
             await asyncio.Event().wait()
 
         return {"hang": hang}
@@ -53,12 +53,12 @@ class Stuck:
 async def test_drain_gives_up_on_clients_that_do_not_finish_within_the_timeout(wsgate_server: StartServer) -> None:
     server = await wsgate_server(Stuck(), websocket={"write_wait": "500ms"})
     busy, idle = await server.connect(), await server.connect()
-    conn = server.gateway.hub.connections[busy.id]
+    conn = server.hub.connections[busy.id]
     await busy.send({"type": "hang"})
     await idle.request({"type": "ping"})
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await server.gateway.drain(timeout=0.3)
+    await server.drain(timeout=0.3)
     assert 0.3 <= loop.time() - started < 3
     assert not conn.closed.is_set()  # its handler still runs: drain returned rather than hang
     assert (await idle.closed()).data == 1001

@@ -1,18 +1,20 @@
 """wsgate: a real-time WebSocket gateway for Python services.
 
 The public surface for plugin authors: `hookimpl` to mark hook implementations,
-the types a handler receives, and `ClientError` to answer a client with an error.
+the interfaces a plugin sees (`Client`, `Gateway`, `Handler`, `Message`,
+`Position`, `Identity`), and `ClientError` to answer a client with an error.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-import pluggy  # noqa: E402
-
-from .connection import Connection  # noqa: E402
+from .auth import Identity  # noqa: E402
+from .hookspecs import hookimpl  # noqa: E402
 from .protocol import ClientError, Message  # noqa: E402
+from .types import Client, Gateway, Handler, Position  # noqa: E402
 
-hookimpl = pluggy.HookimplMarker("wsgate")
+Connection = Client
+"""The name plugins used for `Client` before wsgate 0.2; kept so their annotations go on working."""
 
-__all__ = ["ClientError", "Connection", "Message", "__version__", "hookimpl"]
+__all__ = ["Client", "ClientError", "Connection", "Gateway", "Handler", "Identity", "Message", "Position", "__version__", "hookimpl"]

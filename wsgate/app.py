@@ -2,25 +2,49 @@
 
 `python -m wsgate` and gunicorn (`wsgate.app:create_app` with
 `aiohttp.GunicornWebWorker`, which awaits async factories) both enter here.
+Every component gets its collaborators in its constructor and is stored under
+its own AppKey (`wsgate.keys`):
+
+    settings ─► plugins ─► registry ─► metrics
+    broker (relay, room interest, history) ─┐
+    presence store ─► presence ─────────────┤
+                                            ├─► hub ─► router (the one route) ─► gateway (the façade)
+    decoder ─► dispatcher                   │
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 
 import aiohttp_cors
 from aiohttp import web
 
-from . import dashboard
-from .api import broadcast_view, publish_view
+from .broker import make_broker
+from .broker.redis_schema import new_sender_id
+from .builtin import BUILTIN_PLUGINS
 from .config import Settings, load_settings
+from .connection import Flusher
+from .dashboard import web as dashboard_web
+from .dispatch import Dispatcher
 from .gateway import Gateway
-from .keys import GATEWAY, SETTINGS
+from .hub import Hub
+from .keys import (
+    BROKER, DASHBOARD, DECODER, DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, PLUGINS, PRESENCE, PRESENCE_STORE, ROUTER,
+    SETTINGS, STARTED_AT,
+)
 from .logs import configure_logging
+from .metrics import Metrics
 from .plugins import load_plugins
+from .presence import Presence, make_presence_store
+from .protocol import Decoder
+from .publish_api import broadcast_view, publish_view
+from .rooms import RoomPatterns
+from .routing import Router
 from .views import client_js_view, health_view, metrics_view, ws_view
 
 log = logging.getLogger(__name__)
@@ -29,7 +53,7 @@ GAUGE_INTERVAL = 1.0  # seconds between refreshes of the client/room/throughput 
 
 
 async def create_app(settings: Settings | None = None, plugins: Iterable[object] = ()) -> web.Application:
-    """Build the application: settings (loaded when not given), plugins, gateway, routes.
+    """Build the application: settings (loaded when not given), plugins, components, routes.
 
     `plugins` registers extra plugin objects (modules or instances) next to the
     discovered ones: how tests and embedding applications add their own. When
@@ -38,13 +62,43 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     if settings is None:
         settings = load_settings()
         configure_logging(settings.logging)
-    gateway = Gateway(settings, load_plugins(settings, plugins))
     if "*" in settings.security.allowed_origins:
         log.warning('security.allowed_origins is ["*"]: any web page may open WebSockets to this gateway')
 
+    loaded = load_plugins(settings, BUILTIN_PLUGINS, plugins)
+    registry = loaded.build_registry()
+    metrics = Metrics(registry.owners())
+    node_id = new_sender_id()
+    broker = make_broker(settings, metrics, node_id)
+    presence_store = make_presence_store(settings, metrics, node_id)
+    presence = Presence(settings.presence, presence_store)
+    hub = Hub(
+        settings.websocket.limits, metrics, send_queue_size=settings.websocket.send_queue_size,
+        room_added=broker.room_added, room_removed=broker.room_removed, presence=presence,
+    )
+    router = Router(hub, broker, RoomPatterns(settings.history.rooms), metrics)
+    gateway = Gateway(
+        settings, plugins=loaded, hub=hub, router=router, broker=broker, presence=presence,
+        presence_store=presence_store, metrics=metrics, node_id=node_id.decode(),
+    )
+    gateway.services = loaded.collect_services(gateway)
+    limits = settings.websocket.limits
+    decoder = Decoder(limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern)
+
     app = web.Application()
     app[SETTINGS] = settings
+    app[PLUGINS] = loaded
+    app[METRICS] = metrics
+    app[HUB] = hub
+    app[BROKER] = broker
+    app[PRESENCE_STORE] = presence_store
+    app[PRESENCE] = presence
+    app[ROUTER] = router
+    app[DECODER] = decoder
+    app[DISPATCHER] = Dispatcher(registry, metrics, decoder)
     app[GATEWAY] = gateway
+    app[FLUSHER] = Flusher()
+    app[STARTED_AT] = time.monotonic()
     http_routes = [app.router.add_get("/health", health_view)]
     if settings.metrics.enabled:
         http_routes.append(app.router.add_get(settings.metrics.path, metrics_view))
@@ -54,10 +108,11 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     if settings.websocket.enabled:
         app.router.add_get("/ws", ws_view)  # not CORS: browsers do not apply it to WebSockets
         app.router.add_get("/client.js", client_js_view)
-        if settings.dashboard.enabled:
-            dashboard.add_routes(app)
+        if (dashboard := loaded.get("dashboard")) is not None:
+            app[DASHBOARD] = dashboard
+            dashboard_web.add_routes(app)
     _allow_cross_origin(app, http_routes, settings.cors.allowed_origins)
-    app.cleanup_ctx.append(_run_gateway)
+    app.cleanup_ctx.append(_run)
     app.on_shutdown.append(_close_clients)
     return app
 
@@ -72,32 +127,40 @@ def _allow_cross_origin(app: web.Application, routes: list[web.AbstractRoute], o
         cors.add(route)
 
 
-async def _run_gateway(app: web.Application) -> AsyncIterator[None]:
-    """Broker first, then plugin services and start-up hooks; torn down in reverse."""
-    gateway = app[GATEWAY]
-    await gateway.broker.start(gateway.deliver)
+async def _run(app: web.Application) -> AsyncIterator[None]:
+    """Broker and presence store first, then plugin services and start-up hooks; torn down in reverse."""
+    broker, presence_store, gateway, plugins = app[BROKER], app[PRESENCE_STORE], app[GATEWAY], app[PLUGINS]
+    await broker.start(app[ROUTER].receive)
     try:
-        await gateway.plugins.start(gateway)
-        tasks = [asyncio.create_task(_refresh_gauges(gateway), name="wsgate-gauges")]
-        if gateway.presence.rooms and gateway.settings.presence.events:
-            tasks.append(asyncio.create_task(gateway.presence.run(), name="wsgate-presence-events"))
-        yield
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await presence_store.start()
+        try:
+            await plugins.start(gateway)
+            tasks = [asyncio.create_task(_refresh_gauges(app), name="wsgate-gauges")]
+            presence = app[PRESENCE]
+            if presence.rooms and app[SETTINGS].presence.events:
+                events = presence.run(functools.partial(app[ROUTER].publish, history=False))  # the one route
+                tasks.append(asyncio.create_task(events, name="wsgate-presence-events"))
+            yield
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            await plugins.stop(gateway)
+            await presence_store.close()
     finally:
-        await gateway.plugins.stop(gateway)
-        await gateway.broker.close()
+        await broker.close()
 
 
-async def _refresh_gauges(gateway: Gateway) -> None:
+async def _refresh_gauges(app: web.Application) -> None:
     """Every second: clients, rooms and throughput into their gauges (each worker its own, under gunicorn)."""
+    hub, metrics = app[HUB], app[METRICS]
     while True:
-        gateway.metrics.sample(len(gateway.hub.connections), len(gateway.hub.rooms))
+        metrics.sample(len(hub.connections), len(hub.rooms))
         await asyncio.sleep(GAUGE_INTERVAL)
 
 
 async def _close_clients(app: web.Application) -> None:
     """On shutdown every client gets close code 1001 (a no-op if the CLI drained already)."""
-    await app[GATEWAY].drain(app[SETTINGS].websocket.timeout)
+    settings = app[SETTINGS]
+    await app[HUB].drain(settings.shutdown, settings.websocket.timeout)

@@ -11,20 +11,15 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from .config import ROOM_RULE, AuthSettings, DashboardSettings
+from .config import ROOM_RULE, AuthSettings
 from .protocol import NOT_ALLOWED, ClientError
-
-if TYPE_CHECKING:
-    from .connection import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +97,9 @@ class AccessPolicy:
         self._broadcast = settings.broadcast
         self._rooms_claim = settings.jwt.rooms_claim
 
-    def check(self, client: Connection, action: str, room: str | None) -> bool:
-        """Raise ClientError (`not allowed`) when the settings deny `action`; True when a plugin must decide."""
-        identity = client.identity
+    def check(self, identity: object, action: str, room: str | None) -> bool:
+        """Raise ClientError (`not allowed`) when the settings deny `action` to a client of this
+        `identity` (None: anonymous); True when a plugin must decide."""
         if room is None:
             return self._meets(self._broadcast, identity, "broadcast")
         if identity is not None:
@@ -142,46 +137,3 @@ class AccessPolicy:
             if not claims_of(identity).get(claim):
                 raise ClientError(NOT_ALLOWED, f"{what} requires the {claim!r} claim")
         return False
-
-
-class DashboardSessions:
-    """Dashboard logins: random tokens with an expiry, kept by the gateway (not in any global)."""
-
-    FAILURES_ALLOWED = 10  # failed logins per address within FAILURE_WINDOW before logins are refused
-    FAILURE_WINDOW = 600.0
-    ADDRESSES_KEPT = 10_000  # failure records kept at most (the oldest go first)
-
-    def __init__(self, settings: DashboardSettings) -> None:
-        self._settings = settings
-        self._expiry: dict[str, float] = {}
-        self._failures: dict[str, tuple[int, float]] = {}  # address -> (failures, since)
-
-    def may_try(self, address: str) -> bool:
-        """False while `address` has failed too often: guessing the password is slowed to a crawl."""
-        count, since = self._failures.get(address, (0, 0.0))
-        if time.monotonic() - since > self.FAILURE_WINDOW:
-            self._failures.pop(address, None)
-            return True
-        return count < self.FAILURES_ALLOWED
-
-    def failed(self, address: str) -> None:
-        count, since = self._failures.pop(address, (0, time.monotonic()))
-        if len(self._failures) >= self.ADDRESSES_KEPT:
-            del self._failures[next(iter(self._failures))]
-        self._failures[address] = (count + 1, since)
-
-    def create(self, lifetime: float | None = None) -> str:
-        """A new login lasting `session_ttl`, or `lifetime` seconds if shorter (an admin JWT's remaining life)."""
-        now = time.monotonic()
-        self._expiry = {token: until for token, until in self._expiry.items() if until > now}  # forget old ones
-        token = secrets.token_urlsafe(32)
-        ttl = self._settings.session_ttl
-        self._expiry[token] = now + (ttl if lifetime is None else min(ttl, lifetime))
-        return token
-
-    def valid(self, token: str | None) -> bool:
-        until = self._expiry.get(token or "")
-        return until is not None and until > time.monotonic()
-
-    def end(self, token: str | None) -> None:
-        self._expiry.pop(token or "", None)

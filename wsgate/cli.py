@@ -19,9 +19,9 @@ from aiohttp import web
 from . import __version__
 from .app import create_app
 from .broker import BrokerError
+from .builtin import BUILTIN_PLUGINS
 from .config import ConfigError, Settings, describe_settings, load_settings
-from .gateway import Gateway
-from .keys import GATEWAY
+from .keys import DISPATCHER, GATEWAY, HUB, PLUGINS
 from .logs import configure_logging
 from .metrics import MetricsError
 from .plugins import load_plugins
@@ -51,15 +51,16 @@ def main(argv: list[str] | None = None) -> int:
             for key, value, source in describe_settings(settings, args.settings, cli):
                 print(f"{key} = {value}  # {source}")
         elif args.command == "plugins":
-            plugins = load_plugins(settings)
+            plugins = load_plugins(settings, BUILTIN_PLUGINS)
             for info in plugins.describe(plugins.build_registry()):
                 print(f"{info.name}: {info.source}")
                 print(f"  hooks: {', '.join(info.hooks) or '-'}")
                 print(f"  message types: {', '.join(info.message_types) or '-'}")
         elif args.command == "check":
-            gateway = Gateway(settings, load_plugins(settings))  # loads plugins, builds tables (connects nothing)
-            print(f"ok: {len(gateway.plugins.sources)} plugins, {len(gateway.registry.owners())} message types, "
-                  f"{len(gateway.services)} services")
+            app = asyncio.run(create_app(settings))  # loads plugins, builds tables and services (connects nothing)
+            plugins = app[PLUGINS]
+            print(f"ok: {len(plugins.sources)} plugins, {len(app[DISPATCHER].registry.owners())} message types, "
+                  f"{len(app[GATEWAY].services)} services")
         else:
             if not settings.websocket.enabled:
                 log.warning("websocket.enabled is false: serving /health only, no /ws endpoint")
@@ -115,7 +116,7 @@ async def serve(settings: Settings) -> None:
         for signum in signals:  # a second Ctrl-C interrupts the drain
             loop.remove_signal_handler(signum)
         log.info("shutting down")
-        await app[GATEWAY].drain(ws.timeout / 2)
+        await app[HUB].drain(settings.shutdown, ws.timeout / 2)
     finally:
         await runner.cleanup()
 

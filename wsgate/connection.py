@@ -15,17 +15,17 @@ import asyncio
 import enum
 import logging
 import uuid
-from collections.abc import Generator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Mapping
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
 from . import protocol
+from .config import WebSocketSettings
+from .metrics import Metrics
 from .ratelimit import RateLimiter
-
-if TYPE_CHECKING:
-    from .gateway import Gateway
+from .wire import PING_FRAME, PONG_OPCODE, control_frame, frame_payloads, text_frame
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,15 @@ class Flusher:
 
 
 class Connection:
-    """A client as handlers and plugins see it: `id`, `identity`, `rooms`, `gateway`, `send()`."""
+    """One client's socket and state. Plugins see it through the narrow `wsgate.Client` protocol.
+
+    Collaborators come in the constructor: `settings` (timeouts, outbox size, limits),
+    the `flusher`, `metrics`, and `on_drop`, called on the next loop turn after the
+    client is dropped (the hub takes it out of its rooms).
+    """
 
     __slots__ = (
-        "id", "gateway", "identity", "rooms", "remote", "state", "close_reason", "close_code", "last_seen",
+        "id", "_metrics", "_on_drop", "identity", "rooms", "remote", "state", "close_reason", "close_code", "last_seen",
         "opened_at", "closed", "_ws", "_stream", "_transport", "_high_water", "_raw", "_loop", "_flusher",
         "_outbox", "_outbox_limit", "_marked", "_blocked", "_ping_interval", "_pong_wait", "_write_wait",
         "_next_ping", "_ping_due", "_pong", "_timer", "_writer", "_closer", "limiter",
@@ -90,12 +95,16 @@ class Connection:
         ws: web.WebSocketResponse,
         stream: AbstractStreamWriter,
         request: web.Request,
-        gateway: Gateway,
+        *,
+        settings: WebSocketSettings,
+        flusher: Flusher,
+        metrics: Metrics,
+        on_drop: Callable[[Connection], None],
         identity: object = None,
     ) -> None:
-        settings = gateway.settings.websocket
         self.id = str(uuid.uuid4())
-        self.gateway = gateway
+        self._metrics = metrics
+        self._on_drop = on_drop
         self.identity = identity  # what an authentication plugin returned; None when anonymous
         self.rooms: set[str] = set()
         self.remote = request.remote
@@ -108,7 +117,7 @@ class Connection:
         self._high_water = self._transport.get_write_buffer_limits()[1] if self._transport else 0
         self._raw = not ws.compress  # frames go to the socket as they are, unless deflate was negotiated
         self._loop = asyncio.get_running_loop()
-        self._flusher = gateway.flusher
+        self._flusher = flusher
         self._outbox: list[bytes] = []  # complete WebSocket frames, header included
         self._outbox_limit = settings.send_queue_size
         self._marked = False  # in the flusher's list for this turn
@@ -145,8 +154,8 @@ class Connection:
 
     def enqueue(self, payload: bytes) -> None:
         """Queue one encoded message for this client alone (counted as one delivery)."""
-        if self.put(protocol.frame(payload)):
-            self.gateway.metrics.messages_delivered(1)
+        if self.put(text_frame(payload)):
+            self._metrics.messages_delivered(1)
 
     def enqueue_many(self, payloads: list[bytes]) -> None:
         """Queue encoded messages for this client alone as ONE outbox entry (a history replay).
@@ -154,8 +163,8 @@ class Connection:
         A replay is bounded by `history.size`; taking one slot, it never trips the
         slow-consumer limit that guards live traffic (with deflate too: the writer splits it).
         """
-        if payloads and self.put(b"".join(protocol.frame(payload) for payload in payloads)):
-            self.gateway.metrics.messages_delivered(len(payloads))
+        if payloads and self.put(b"".join(text_frame(payload) for payload in payloads)):
+            self._metrics.messages_delivered(len(payloads))
 
     def put(self, frame: bytes) -> bool:
         """Queue a complete WebSocket frame; the hub builds it once for a whole fan-out.
@@ -167,7 +176,7 @@ class Connection:
             return False
         outbox = self._outbox
         if len(outbox) >= self._outbox_limit:
-            self.gateway.metrics.error("slow_consumer")
+            self._metrics.error("slow_consumer")
             log.warning(
                 "client %s is too slow (%d messages queued); closing", self.id, len(outbox),
                 extra={"client_id": self.id},
@@ -220,7 +229,7 @@ class Connection:
         self._outbox.clear()
         # Leave the rooms now (next turn: we may be inside a fan-out over one of them),
         # not after a close handshake that a stalled peer can hold up for write_wait.
-        self._loop.call_soon(self.gateway.hub.remove, self)
+        self._loop.call_soon(self._on_drop, self)
         self._closer = asyncio.create_task(self._close(code, reason), name=f"wsgate-close-{self.id}")
 
     async def stop(self) -> None:
@@ -237,7 +246,7 @@ class Connection:
                 await self._closer
         finally:  # aiohttp may cancel the handler when the peer vanishes: still finish
             self.closed.set()
-            self.gateway.metrics.connection_closed(self.close_reason, self._loop.time() - self.opened_at)
+            self._metrics.connection_closed(self.close_reason, self._loop.time() - self.opened_at)
             code = self.close_code if self.close_code is not None else self._ws.close_code
             log.info(
                 "client %s disconnected (code %s%s)",
@@ -278,10 +287,10 @@ class Connection:
             self._need_writer()
             return
         if self._pong is not None:
-            transport.write(protocol.control_frame(protocol.PONG_OPCODE, self._pong))
+            transport.write(control_frame(PONG_OPCODE, self._pong))
             self._pong = None
         if self._ping_due:
-            transport.write(protocol.PING_FRAME)
+            transport.write(PING_FRAME)
             self._ping_due = False
 
     def _need_writer(self) -> None:
@@ -308,13 +317,13 @@ class Connection:
                     async with asyncio.timeout(write_wait):
                         await ws.ping()
                 while outbox and not self._raw:
-                    for payload in protocol.frame_payloads(outbox.pop(0)):  # an entry may hold several frames
+                    for payload in frame_payloads(outbox.pop(0)):  # an entry may hold several frames
                         async with asyncio.timeout(write_wait):
                             await ws.send_frame(payload, WSMsgType.TEXT)
                 if not (self._blocked or self._pong is not None or self._ping_due or (outbox and not self._raw)):
                     return  # nothing left that waits: the next need starts a new writer
         except TimeoutError:
-            self.gateway.metrics.error("write_timeout")
+            self._metrics.error("write_timeout")
             log.warning(
                 "client %s: a write did not complete in %ss; closing", self.id, write_wait,
                 extra={"client_id": self.id},

@@ -1,11 +1,11 @@
-"""decode -> look up the handler -> await it -> answer errors. One call per client frame."""
+"""decode -> look up the handler -> await it -> answer errors. One call per client message."""
 
 from __future__ import annotations
 
 import logging
 
 from . import protocol
-from .connection import Connection
+from .clients import ConnectedClient
 from .metrics import Metrics
 from .protocol import ClientError, Decoder
 from .ratelimit import Verdict
@@ -18,13 +18,13 @@ class Dispatcher:
     """Routes each decoded message to its plugin handler; nothing a client sends escapes as an exception."""
 
     def __init__(self, registry: HandlerRegistry, metrics: Metrics, decoder: Decoder) -> None:
-        self._registry = registry
+        self.registry = registry
         self._metrics = metrics
         self._decoder = decoder
         self._rate_limited = ClientError(protocol.RATE_LIMITED, "the message was dropped; send less often")
 
-    def within_rate(self, client: Connection, size: int) -> bool:
-        """Account for a frame of `size` characters; False (answered, or the client closed) when over its limits."""
+    def within_rate(self, client: ConnectedClient, size: int) -> bool:
+        """Account for a message of `size` characters; False (answered, or the client closed) when over its limits."""
         limiter = client.limiter
         if limiter is None:
             return True
@@ -37,17 +37,18 @@ class Dispatcher:
             client.drop(protocol.CLOSE_POLICY_VIOLATION, protocol.RATE_LIMITED)
         return False
 
-    async def dispatch(self, client: Connection, frame: str) -> None:
-        if client.limiter is not None and not self.within_rate(client, len(frame)):
+    async def dispatch(self, client: ConnectedClient, text: str) -> None:
+        """Handle one text message from `client`; every failure is answered, none escapes."""
+        if client.limiter is not None and not self.within_rate(client, len(text)):
             return
         kind = None
         try:
-            message = self._decoder.decode(frame)
+            message = self._decoder.decode(text)
             kind = message.type
             self._metrics.message_received(kind)
             if log.isEnabledFor(logging.DEBUG):  # per-message logging only at debug, and free otherwise
                 log.debug("client %s sent %r", client.id, kind, extra={"client_id": client.id, "room": message.room})
-            handler = self._registry.get(kind)
+            handler = self.registry.get(kind)
             if handler is None:
                 raise ClientError(protocol.UNKNOWN_TYPE)
             await handler(client, message)
@@ -57,7 +58,7 @@ class Dispatcher:
             log.exception("handler for %r failed (client %s)", kind, client.id, extra={"client_id": client.id})
             self.reject(client, ClientError(protocol.INTERNAL_ERROR))
 
-    def reject(self, client: Connection, err: ClientError) -> None:
+    def reject(self, client: ConnectedClient, err: ClientError) -> None:
         """Count `err` and answer it to the client."""
         self._metrics.error(protocol.ERROR_REASONS.get(err.text, "rejected"))
         client.send_error(err)

@@ -1,141 +1,184 @@
-"""The running gateway as application code and plugins see it.
+"""The gateway façade: what application code and plugins may do, as `wsgate.Gateway` describes.
 
-Reached as `app[wsgate.keys.GATEWAY]` from aiohttp code, or `client.gateway`
-from a handler. It publishes through the broker, so code written against it
-keeps working when the gateway scales out.
+It holds no state of its own beyond references to the parts `create_app`
+wired together; each method composes them. Messages go through the router
+(the one route), room membership through the hub, history through the broker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
-import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import __version__, protocol
-from .auth import AccessPolicy, DashboardSessions
-from .broker import Broker, make_broker
+from . import protocol
+from .auth import AccessPolicy
+from .broker import Broker, BrokerError
+from .clients import ConnectedClient
 from .config import Settings
-from .connection import Flusher
-from .dispatch import Dispatcher
-from .rooms import RoomPatterns
+from .history import Position, Replay, offset_of
 from .hub import Hub
 from .metrics import Metrics
 from .plugins import Plugins
-from .presence import Presence
-from .protocol import Decoder
+from .presence import Presence, PresenceError, PresenceStore
+from .protocol import ClientError
+from .routing import Router
+from .types import Client
 
-log = logging.getLogger(__name__)
-
-HOLD_FACTOR = 10
-RESTART_BATCH_INTERVAL = 0.1  # seconds between batches of clients closed by a restart drain
+HISTORY_UNAVAILABLE = ClientError(protocol.HISTORY_UNAVAILABLE, "the history store cannot be reached; try again")
 
 
 class Gateway:
-    """Settings, hub, broker, plugins, services and metrics of one running gateway, with its public API."""
+    """Implements `wsgate.Gateway` (see there for every method's contract)."""
 
-    def __init__(self, settings: Settings, plugins: Plugins) -> None:
-        self.settings = settings
-        self.plugins = plugins
-        self.registry = plugins.build_registry()
-        self.metrics = Metrics(self.registry.owners())
-        self.broker: Broker = make_broker(settings, self.metrics)
-        self.history_rooms = RoomPatterns(settings.history.rooms)
-        # A recovering client's live messages wait while its history is read: up to ten outboxes' worth.
-        self.hub = Hub(settings.websocket.limits, self.broker, HOLD_FACTOR * settings.websocket.send_queue_size)
-        self.presence = Presence(settings.presence, self.broker)
-        if self.presence.rooms:
-            self.hub.presence = self.presence  # rooms without presence cost nothing on join and leave
-        self.flusher = Flusher()
-        limits = settings.websocket.limits
-        self.decoder = Decoder(limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern)
-        self.dispatcher = Dispatcher(self.registry, self.metrics, self.decoder)
-        self.access = AccessPolicy(settings.auth)
-        self.dashboard = DashboardSessions(settings.dashboard) if settings.dashboard.enabled else None
-        """Dashboard logins (None when the dashboard is off)."""
-        self.draining = False
-        self.started_at = time.monotonic()
+    def __init__(
+        self, settings: Settings, *, plugins: Plugins, hub: Hub, router: Router, broker: Broker,
+        presence: Presence, presence_store: PresenceStore, metrics: Metrics, node_id: str,
+    ) -> None:
+        self._settings = settings
+        self._plugins = plugins
+        self._hub = hub
+        self._router = router
+        self._broker = broker
+        self._presence = presence
+        self._presence_store = presence_store
+        self._metrics = metrics
+        self._access = AccessPolicy(settings.auth)
+        self._node_id = node_id
         self.services: Mapping[str, object] = {}
         """Services provided by plugins (`wsgate_services`), by name: the spec's service layer."""
-        self.services = plugins.collect_services(self)
 
     def plugin_settings(self, name: str) -> Mapping[str, Any]:
-        """The `[plugins.<name>]` table of the settings file (empty when absent), read-only."""
-        return self.plugins.options(name)
+        return self._plugins.options(name)
+
+    # --- messages ---------------------------------------------------------------------
 
     async def publish(
         self, room: str, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None
     ) -> int:
-        """Send `{"type": type, "room": room, "data": data}` to every member of `room`.
-
-        This is the spec's RoomBroadcast / NotifyRoom. `client_id` names the sender
-        (absent for server messages). Returns how many local clients it was queued for.
-        """
-        if self.history_rooms.match(room):  # offset and epoch are stamped in by the broker
-            head = protocol.encode(type, room=room, data=data, client_id=client_id)[:-1]
-            await self.broker.publish_history(room, head)
-            return len(self.hub.rooms.get(room, ()))
-        frame = protocol.encode(type, room=room, data=data, client_id=client_id)
-        return await self.broker.publish(room, frame)
+        message = protocol.encode(type, room=room, data=data, client_id=client_id)
+        try:
+            return await self._router.publish(room, message)
+        except BrokerError as exc:
+            raise ClientError(protocol.HISTORY_UNAVAILABLE, f"the message was not sent: {exc}") from None
 
     async def broadcast(
         self, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None
     ) -> int:
-        """Send `{"type": type, "data": data}` to every connected client (the spec's Broadcast / NotifyAllClients)."""
-        frame = protocol.encode(type, data=data, client_id=client_id)
-        return await self.broker.publish(None, frame)
+        return await self._router.publish(None, protocol.encode(type, data=data, client_id=client_id))
 
-    def deliver(self, room: str | None, frame: bytes) -> int:
-        """Hand a frame from the broker to this node's clients, counting the fan-out once."""
-        count = self.hub.deliver(room, frame)
-        self.metrics.messages_delivered(count)
+    # --- rooms ------------------------------------------------------------------------
+
+    async def authorize(self, client: Client, action: str, room: str | None) -> None:
+        plugin_decides = self._access.check(client.identity, action, room)
+        if plugin_decides or self._plugins.authorizes:
+            await self._plugins.authorize(client, action, room, required=plugin_decides)
+
+    async def join(self, client: Client, room: str) -> int:
+        count = self._hub.join(_connection(client), room)
+        await self._broker.wait_receiving(room)
         return count
 
-    def health(self) -> dict[str, Any]:
-        """The `/health` body: the spec's status and live counts, then uptime and version."""
+    async def subscribe(self, client: Client, room: str, *, since: Position | None = None) -> None:
+        conn = _connection(client)
+        if self._router.keeps_history(room):
+            await self._subscribe_with_history(conn, room, since)
+            return
+        count = await self.join(conn, room)  # `subscribed` means: messages from every node arrive
+        data: dict[str, Any] = {"room": room, "client_count": count}
+        if since is not None:
+            data["recovered"] = False  # nothing is kept for this room: the client must reload its state
+        conn.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
+
+    async def _subscribe_with_history(self, conn: ConnectedClient, room: str, since: Position | None) -> None:
+        """Join holding live messages back, read the history, then send: `subscribed`, what was missed, what was held."""
+        hub = self._hub
+        already = room in conn.rooms  # live already: it has missed nothing since it joined
+        count = hub.join(conn, room, hold=not already)
+        replay: Replay | None = None
+        try:
+            await self._broker.wait_receiving(room)
+            if since is None or already:
+                replay = Replay(await self._broker.history_position(room), recovered=True)
+            else:
+                replay = await self._broker.history_replay(room, since)
+        except BaseException as exc:  # nothing to recover from: leave, so the client is not half subscribed
+            if not already and room in conn.rooms:
+                hub.leave(conn, room)
+            if isinstance(exc, BrokerError):
+                raise HISTORY_UNAVAILABLE from None
+            raise
+        finally:
+            held = [] if already else hub.release(conn, room, replay.position.offset if replay else None)
+        if room not in conn.rooms or replay is None:
+            return  # the client went away meanwhile
+        position = replay.position
+        data: dict[str, Any] = {"room": room, "client_count": count, "offset": position.offset,
+                                "epoch": position.epoch}
+        if since is not None:
+            data["recovered"] = replay.recovered
+        conn.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
+        conn.enqueue_many(replay.messages + [m for m in held if _newer(m, position.offset)])  # missed, then held
+
+    def unsubscribe(self, client: Client, room: str) -> None:
+        self._hub.leave(_connection(client), room)
+
+    async def history(self, room: str, limit: int | None = None) -> tuple[Position, list[bytes]]:
+        if not self._router.keeps_history(room):
+            raise ClientError(protocol.NO_HISTORY, "history.rooms does not include this room")
+        size = self._settings.history.size
+        try:
+            return await self._broker.history_last(room, size if limit is None else min(limit, size))
+        except BrokerError:
+            raise HISTORY_UNAVAILABLE from None
+
+    async def presence(self, room: str) -> list[bytes]:
+        if not self._presence.rooms.match(room):
+            raise ClientError(protocol.NO_PRESENCE, "presence.rooms does not include this room")
+        try:
+            return await self._presence.members(room)
+        except PresenceError:
+            raise ClientError(protocol.PRESENCE_UNAVAILABLE, "the presence store cannot be reached; try again") from None
+
+    # --- clients and operations ---------------------------------------------------------
+
+    def client(self, client_id: str) -> Client | None:
+        conn = self._hub.connections.get(client_id)
+        return conn if isinstance(conn, ConnectedClient) else None
+
+    def stats(self, *, top_rooms: int = 20, sample_clients: int = 50) -> dict[str, Any]:
+        hub, totals = self._hub, self._metrics.totals()
+        rooms = sorted(hub.rooms.items(), key=lambda item: len(item[1]), reverse=True)[:top_rooms]
+        recent = list(hub.connections.values())[-sample_clients:] if sample_clients else []
         return {
-            "status": "draining" if self.draining else "healthy",
-            "clients": len(self.hub.connections),
-            "rooms": len(self.hub.rooms),
-            "broker": self.broker.state,
-            "uptime_seconds": round(time.monotonic() - self.started_at, 3),
-            "version": __version__,
+            "node": self._node_id,
+            "clients": len(hub.connections),
+            "rooms": len(hub.rooms),
+            "top_rooms": [[room, len(members)] for room, members in rooms],
+            "received": totals["received"],
+            "delivered": totals["delivered"],
+            "errors": totals["errors"],
+            "broker": self._broker.state,
+            "clients_sample": [{"client_id": c.id, "remote": c.remote, "rooms": len(c.rooms)} for c in recent],
         }
 
-    async def drain(self, timeout: float) -> None:
-        """Refuse new clients, close every client and wait (at most `timeout`) until all are gone.
-
-        `shutdown.mode = "drain"` closes everyone at once with 1001. `"restart"` closes with 1012
-        in shuffled batches spread over `shutdown.window`, so reconnecting clients arrive at the
-        other nodes gradually, not as one storm. Only the first call does anything: the CLI drains
-        before aiohttp's own shutdown calls it again.
-        """
-        if self.draining:
-            return
-        self.draining = True
-        shutdown = self.settings.shutdown
-        restart = shutdown.mode == "restart"
-        code, reason = (
-            (protocol.CLOSE_SERVICE_RESTART, "service restart") if restart
-            else (protocol.CLOSE_GOING_AWAY, "server shutting down")
-        )
-        clients = list(self.hub.connections.values())
-        random.shuffle(clients)
-        batches = max(1, min(len(clients), round(shutdown.window / RESTART_BATCH_INTERVAL))) if restart else 1
-        if clients:
-            log.info("draining: closing %d clients (%s, %d batches)", len(clients), shutdown.mode, batches)
+    async def share_figures(self, figures: Mapping[str, Any]) -> list[dict[str, Any]]:
+        encoded = protocol.dumps(dict(figures))
         try:
-            async with asyncio.timeout(timeout):
-                size = max(1, -(-len(clients) // batches))
-                for start in range(0, len(clients), size):
-                    if start:
-                        await asyncio.sleep(shutdown.window / batches)
-                    for conn in clients[start:start + size]:
-                        conn.drop(code, reason)
-                for conn in clients:
-                    await conn.closed.wait()
-        except TimeoutError:
-            still_open = sum(not conn.closed.is_set() for conn in clients)
-            log.warning("draining: %d clients still open after %ss", still_open, timeout)
+            shared = await self._presence_store.share_figures(encoded)
+        except (PresenceError, asyncio.TimeoutError):
+            shared = [encoded]  # a broken Redis must not stop the dashboard: show this node alone
+        return [protocol.loads(node) for node in shared]
+
+
+def _connection(client: Client) -> ConnectedClient:
+    """The connection behind a `Client` this gateway handed out (TypeError for anything else)."""
+    if not isinstance(client, ConnectedClient):
+        raise TypeError(f"expected a client of this gateway, got {type(client).__name__}")
+    return client
+
+
+def _newer(message: bytes, read_up_to: int) -> bool:
+    """Held while the history was read, and not in it (a message without an offset always is)."""
+    offset = offset_of(message)
+    return offset is None or offset > read_up_to

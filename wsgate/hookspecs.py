@@ -10,21 +10,16 @@ nothing when no plugin implements them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Mapping
 
 import pluggy
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from .connection import Connection
-    from .gateway import Gateway
-    from .protocol import Message
+from .types import Client, Gateway, Handler
 
 hookspec = pluggy.HookspecMarker("wsgate")
-
-Handler = Callable[["Connection", "Message"], Awaitable[Any]]
-"""`async def handler(client, message)`: handles one message type for one client."""
+hookimpl = pluggy.HookimplMarker("wsgate")
+"""Marks a plugin's hook implementations (re-exported as `wsgate.hookimpl`)."""
 
 
 @hookspec
@@ -35,9 +30,11 @@ def wsgate_message_handlers() -> Mapping[str, Handler]:
     async). Every plugin's mapping is merged into one table; two plugins claiming
     the same type stop start-up with an error naming the type and both plugins.
 
-    A handler answers through `client.send({...})`, raises `wsgate.ClientError(text)`
-    to answer `{"type":"error","error":text}`, and reaches the running gateway as
-    `client.gateway`. Any other exception answers `internal error` and is logged.
+    A handler (`wsgate.Handler`) gets a `wsgate.Client` and the decoded
+    `wsgate.Message`. It answers through `client.send({...})`, raises
+    `wsgate.ClientError(text)` to answer `{"type":"error","error":text}`, and
+    reaches the running gateway (`wsgate.Gateway`) as `client.gateway`. Any other
+    exception answers `internal error` and is logged.
     """
     raise AssertionError("hookspec bodies are never run")
 
@@ -94,7 +91,7 @@ def wsgate_authenticate(request: web.Request) -> object | Awaitable[object] | No
 
 @hookspec(firstresult=True)
 def wsgate_authorize(
-    client: Connection, action: str, room: str | None
+    client: Client, action: str, room: str | None
 ) -> bool | str | None | Awaitable[bool | str | None]:
     """May `client` perform `action` ("subscribe", "publish", "broadcast", "history", "presence") on `room`?
 
@@ -109,7 +106,7 @@ def wsgate_authorize(
 
 
 @hookspec
-def wsgate_client_connected(client: Connection) -> Awaitable[None] | None:
+def wsgate_client_connected(client: Client) -> Awaitable[None] | None:
     """A client was admitted; called after its `connected` message was queued.
 
     Exceptions are logged and do not affect the client.
@@ -118,7 +115,7 @@ def wsgate_client_connected(client: Connection) -> Awaitable[None] | None:
 
 
 @hookspec
-def wsgate_client_disconnected(client: Connection) -> Awaitable[None] | None:
+def wsgate_client_disconnected(client: Client) -> Awaitable[None] | None:
     """A client is gone: called once per client, after it has left every room and its socket is closed.
 
     `client.rooms` is empty by then; `client.id` and `client.identity` are still set.

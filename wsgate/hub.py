@@ -1,39 +1,55 @@
 """The local room index: which connections exist, which rooms they are in, and fan-out.
 
-Fan-out takes bytes encoded once and appends them to each member's outbox: no
-await, no encode, no metrics call per recipient. Nothing here awaits, so
-iterating a room while delivering is safe.
+Fan-out takes a message encoded once, builds its frame once, and appends the
+frame to each member's outbox: no await, no encode, no metrics call per
+recipient. Nothing here awaits, so iterating a room while delivering is safe.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+from collections.abc import Callable
 
-from .broker import Broker
-from .config import LimitsSettings
+from . import protocol
+from .config import LimitsSettings, ShutdownSettings
 from .connection import Connection, State
 from .history import offset_of
+from .metrics import Metrics
 from .presence import Presence
-from . import protocol
 from .protocol import NOT_SUBSCRIBED, ROOM_FULL, TOO_MANY_ROOMS, ClientError
-
+from .wire import text_frame
 
 log = logging.getLogger(__name__)
 
+HOLD_FACTOR = 10  # a recovering client's live messages wait while its history is read: up to ten outboxes' worth
+RESTART_BATCH_INTERVAL = 0.1  # seconds between batches of clients closed by a restart drain
+
+RoomInterest = Callable[[str], None]
+"""Told a room's name when it gains its first or loses its last local member (the broker subscribes or not)."""
+
 
 class Hub:
-    """Connections and rooms of this process, with the spec's connection limits."""
+    """Connections and rooms of this process, with the spec's connection limits, and the shutdown drain."""
 
-    def __init__(self, limits: LimitsSettings, broker: Broker, hold_limit: int) -> None:
+    def __init__(
+        self, limits: LimitsSettings, metrics: Metrics, *, send_queue_size: int,
+        room_added: RoomInterest, room_removed: RoomInterest, presence: Presence | None = None,
+    ) -> None:
         self._limits = limits
-        self._hold_limit = hold_limit  # messages held for one recovering client while its history is read
-        self._broker = broker  # told when a room gains its first or loses its last local member
+        self._metrics = metrics
+        self._hold_limit = HOLD_FACTOR * send_queue_size  # messages held for one recovering client
+        self._room_added = room_added
+        self._room_removed = room_removed
+        # Told of joins and leaves in presence rooms; rooms without presence cost nothing on join and leave.
+        self._presence = presence if presence is not None and presence.rooms else None
         self.connections: dict[str, Connection] = {}
         self.rooms: dict[str, set[Connection]] = {}
-        self.holding: dict[str, dict[Connection, list[bytes]]] = {}  # room -> recovering client -> held payloads
+        self.holding: dict[str, dict[Connection, list[bytes]]] = {}  # room -> recovering client -> held messages
         self.fences: dict[str, dict[Connection, int]] = {}  # room -> recovered client -> offset it has up to
-        self.presence: Presence | None = None  # told of joins and leaves in presence rooms, when configured
         self.addresses: dict[str, int] = {}  # connections (and upgrades under way) per client address
+        self.draining = False
 
     def claim_address(self, address: str) -> bool:
         """Count one more connection from `address`; False (nothing counted) at `max_connections_per_ip`."""
@@ -79,7 +95,7 @@ class Hub:
         members = self.rooms.get(room)
         if members is None:
             members = self.rooms[room] = set()
-            self._broker.room_added(room)
+            self._room_added(room)
         limit = self._limits.max_connections_per_room
         if limit and self._count(room) >= limit:
             raise ClientError(ROOM_FULL)
@@ -88,8 +104,8 @@ class Hub:
         else:
             members.add(conn)
         conn.rooms.add(room)
-        if self.presence is not None and self.presence.rooms.match(room):
-            self.presence.joined(conn, room)
+        if self._presence is not None and self._presence.rooms.match(room):
+            self._presence.joined(conn, room)
         return self._count(room)
 
     def release(self, conn: Connection, room: str, read_up_to: int | None = None) -> list[bytes]:
@@ -100,14 +116,14 @@ class Hub:
         fenced off for this client until a newer one passes.
         """
         held = self.holding.get(room)
-        payloads = held.pop(conn, []) if held is not None else []
+        messages = held.pop(conn, []) if held is not None else []
         if held is not None and not held:
             del self.holding[room]
         if room in conn.rooms:
             self.rooms[room].add(conn)
             if read_up_to is not None:
                 self.fences.setdefault(room, {})[conn] = read_up_to
-        return payloads
+        return messages
 
     def _count(self, room: str) -> int:
         held = self.holding.get(room)
@@ -121,8 +137,8 @@ class Hub:
 
     def _leave(self, conn: Connection, room: str) -> None:
         conn.rooms.discard(room)
-        if self.presence is not None and self.presence.rooms.match(room):
-            self.presence.left(conn, room)
+        if self._presence is not None and self._presence.rooms.match(room):
+            self._presence.left(conn, room)
         for table in (self.holding, self.fences):
             entry = table.get(room)
             if entry is not None:
@@ -135,39 +151,39 @@ class Hub:
         members.discard(conn)
         if not members and room not in self.holding:
             del self.rooms[room]  # a room exists while it has members
-            self._broker.room_removed(room)
+            self._room_removed(room)
 
-    def deliver(self, room: str | None, payload: bytes) -> int:
+    def deliver(self, room: str | None, message: bytes) -> int:
         """Queue an encoded message for every local member of `room` (everyone when None); returns how many took it.
 
         The WebSocket frame is built once here; each member gets the same bytes.
         """
         if self.holding and room is not None and (held := self.holding.get(room)):
-            self._hold(held, payload)
+            self._hold(held, message)
         targets = self.connections.values() if room is None else self.rooms.get(room, ())
         if not targets:
             return 0
-        frame = protocol.frame(payload)
+        frame = text_frame(message)
         if self.fences and room is not None and (fenced := self.fences.get(room)):
-            skip = self._fenced_off(room, fenced, payload)
+            skip = self._fenced_off(room, fenced, message)
             if skip:
                 return sum([conn.put(frame) for conn in targets if conn not in skip])
         return sum([conn.put(frame) for conn in targets])  # a list comprehension: the fastest loop here
 
-    def _hold(self, held: dict[Connection, list[bytes]], payload: bytes) -> None:
-        for conn, payloads in held.items():
-            if len(payloads) >= self._hold_limit:  # the read (bounded by broker.connect_timeout) is too slow
+    def _hold(self, held: dict[Connection, list[bytes]], message: bytes) -> None:
+        for conn, messages in held.items():
+            if len(messages) >= self._hold_limit:  # the read (bounded by broker.connect_timeout) is too slow
                 if conn.state is State.OPEN:
-                    conn.gateway.metrics.error("slow_consumer")
+                    self._metrics.error("slow_consumer")
                     log.warning("client %s: %d messages arrived while its history was read; closing",
-                                conn.id, len(payloads), extra={"client_id": conn.id})
+                                conn.id, len(messages), extra={"client_id": conn.id})
                 conn.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
             else:
-                payloads.append(payload)
+                messages.append(message)
 
-    def _fenced_off(self, room: str, fenced: dict[Connection, int], payload: bytes) -> set[Connection]:
+    def _fenced_off(self, room: str, fenced: dict[Connection, int], message: bytes) -> set[Connection]:
         """Recovered clients that were already sent this message; fences end once a newer one passes."""
-        offset = offset_of(payload)
+        offset = offset_of(message)
         if offset is None:
             return set()
         skip = {conn for conn, up_to in fenced.items() if up_to >= offset}
@@ -176,3 +192,38 @@ class Hub:
         if not fenced:
             del self.fences[room]
         return skip
+
+    async def drain(self, settings: ShutdownSettings, timeout: float) -> None:
+        """Refuse new clients, close every client and wait (at most `timeout`) until all are gone.
+
+        `shutdown.mode = "drain"` closes everyone at once with 1001. `"restart"` closes with 1012
+        in shuffled batches spread over `shutdown.window`, so reconnecting clients arrive at the
+        other nodes gradually, not as one storm. Only the first call does anything: the CLI drains
+        before aiohttp's own shutdown calls it again.
+        """
+        if self.draining:
+            return
+        self.draining = True
+        restart = settings.mode == "restart"
+        code, reason = (
+            (protocol.CLOSE_SERVICE_RESTART, "service restart") if restart
+            else (protocol.CLOSE_GOING_AWAY, "server shutting down")
+        )
+        clients = list(self.connections.values())
+        random.shuffle(clients)
+        batches = max(1, min(len(clients), round(settings.window / RESTART_BATCH_INTERVAL))) if restart else 1
+        if clients:
+            log.info("draining: closing %d clients (%s, %d batches)", len(clients), settings.mode, batches)
+        try:
+            async with asyncio.timeout(timeout):
+                size = max(1, -(-len(clients) // batches))
+                for start in range(0, len(clients), size):
+                    if start:
+                        await asyncio.sleep(settings.window / batches)
+                    for conn in clients[start:start + size]:
+                        conn.drop(code, reason)
+                for conn in clients:
+                    await conn.closed.wait()
+        except TimeoutError:
+            still_open = sum(not conn.closed.is_set() for conn in clients)
+            log.warning("draining: %d clients still open after %ss", still_open, timeout)

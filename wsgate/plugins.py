@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
@@ -23,38 +23,15 @@ from . import hookspecs
 from .config import ConfigError, Settings
 from .protocol import NOT_ALLOWED, ClientError
 from .registry import HandlerRegistry, PluginError
-
-if TYPE_CHECKING:
-    from .connection import Connection
-    from .gateway import Gateway
+from .types import Client, Gateway
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "wsgate"
 
 
-def _messages(settings: Settings) -> object:
-    return importlib.import_module("wsgate.builtin.messages")  # subscribe, unsubscribe, publish, broadcast, ping
-
-
-def _jwt(settings: Settings) -> object | None:
-    if not settings.auth.jwt.enabled:
-        return None  # not registered at all: nothing runs per connection
-    from .builtin.jwt_auth import JwtAuthenticator
-
-    return JwtAuthenticator(settings.auth.jwt)
-
-
-def _dashboard(settings: Settings) -> object | None:
-    from .builtin.dashboard import build
-
-    return build(settings)
-
-
-BUILTIN_PLUGINS: Mapping[str, Callable[[Settings], object | None]] = {
-    "messages": _messages, "jwt": _jwt, "dashboard": _dashboard,
-}
-"""Built-in plugins by name: each factory returns the plugin, or None when its settings leave it off."""
+BuiltinFactory = Callable[[Settings], object | None]
+"""Builds a built-in plugin from the settings, or returns None when its settings leave it off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +44,11 @@ class PluginInfo:
     message_types: tuple[str, ...]
 
 
-def load_plugins(settings: Settings, extra: Iterable[object] = ()) -> Plugins:
-    """Register built-ins, `plugins.modules`, entry points and `extra` objects (tests), minus `plugins.disabled`.
+def load_plugins(
+    settings: Settings, builtins: Mapping[str, BuiltinFactory] = MappingProxyType({}), extra: Iterable[object] = ()
+) -> Plugins:
+    """Register `builtins` (`wsgate.builtin.BUILTIN_PLUGINS`), `plugins.modules`, entry points and `extra`
+    objects (tests, embedding applications), minus `plugins.disabled`: all through the same path.
 
     A plugin that cannot be loaded raises PluginError with one line naming it, or is
     skipped with a warning when `plugins.strict` is false.
@@ -100,7 +80,7 @@ def load_plugins(settings: Settings, extra: Iterable[object] = ()) -> Plugins:
             return
         sources[name] = source
 
-    for name, factory in BUILTIN_PLUGINS.items():
+    for name, factory in builtins.items():
         register(name, "builtin", lambda factory=factory: factory(settings))
     for module in config.modules:
         register(module, "settings: plugins.modules", lambda module=module: importlib.import_module(module))
@@ -145,6 +125,10 @@ class Plugins:
         self.watches_clients = self._implemented("wsgate_client_connected") or self._implemented(
             "wsgate_client_disconnected"
         )
+
+    def get(self, name: str) -> Any:
+        """The registered plugin object called `name` (None when not loaded)."""
+        return self.pm.get_plugin(name)
 
     def options(self, name: str) -> Mapping[str, Any]:
         """The `[plugins.<name>]` settings table (empty when absent), read-only."""
@@ -209,7 +193,7 @@ class Plugins:
         identity: object | None = await self._first("wsgate_authenticate", {"request": request})
         return identity
 
-    async def authorize(self, client: Connection, action: str, room: str | None, *, required: bool = False) -> None:
+    async def authorize(self, client: Client, action: str, room: str | None, *, required: bool = False) -> None:
         """Raise ClientError when a plugin denies `action`; return when allowed or nobody objects.
 
         `required`: a room rule leaves this to plugins, so no opinion at all denies too.
@@ -224,7 +208,7 @@ class Plugins:
         # anything else denies (fail closed): a non-empty string is the error text
         raise ClientError(verdict if isinstance(verdict, str) and verdict else NOT_ALLOWED)
 
-    async def notify(self, hook: str, client: Connection) -> None:
+    async def notify(self, hook: str, client: Client) -> None:
         """Call a client life-cycle hook on every plugin, each within `startup_timeout`; failures are logged."""
         for impl in reversed(self._impls(hook)):
             try:

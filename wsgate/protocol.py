@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 import time
 from dataclasses import dataclass
-from collections.abc import Iterator
 from typing import Any, Final
 
 import orjson
@@ -86,6 +84,12 @@ class Message:
     room: str | None
     data: Any
     fields: dict[str, Any]
+
+    def require_room(self) -> str:
+        """The message's room; ClientError `room name is required` when it has none."""
+        if not self.room:
+            raise ClientError(ROOM_REQUIRED)
+        return self.room
 
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -249,42 +253,3 @@ ERROR_REASONS: Final = {
     PRESENCE_UNAVAILABLE: "presence_unavailable",
 }
 """Error text -> metrics label; texts from plugins count as `rejected` (labels stay bounded)."""
-
-
-_TEXT_FIN = 0x81  # FIN + text opcode; server frames are never masked
-
-
-def frame(payload: bytes) -> bytes:
-    """A complete unmasked WebSocket text frame: built once, written to every recipient as it is."""
-    size = len(payload)
-    if size < 126:
-        return bytes((_TEXT_FIN, size)) + payload
-    if size < 65536:
-        return struct.pack("!BBH", _TEXT_FIN, 126, size) + payload
-    return struct.pack("!BBQ", _TEXT_FIN, 127, size) + payload
-
-
-def frame_payloads(frames: bytes) -> Iterator[bytes]:
-    """The payloads of frames built by `frame`, one after another (for connections that need aiohttp
-    to deflate them)."""
-    view, pos = memoryview(frames), 0
-    while pos < len(frames):
-        size = frames[pos + 1]
-        if size < 126:
-            head = 2
-        elif size == 126:
-            head, size = 4, int.from_bytes(frames[pos + 2:pos + 4], "big")
-        else:
-            head, size = 10, int.from_bytes(frames[pos + 2:pos + 10], "big")
-        yield bytes(view[pos + head:pos + head + size])
-        pos += head + size
-
-
-PONG_OPCODE: Final = 0xA
-PING_FRAME: Final = bytes((0x89, 0))  # FIN + ping, empty payload
-
-
-def control_frame(opcode: int, payload: bytes) -> bytes:
-    """An unmasked control frame (ping/pong); RFC 6455 allows at most 125 payload bytes."""
-    payload = payload[:125]
-    return bytes((0x80 | opcode, len(payload))) + payload

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .hookspecs import Handler
+from .types import Handler
 
 
 class PluginError(Exception):

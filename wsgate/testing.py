@@ -27,9 +27,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from .app import create_app
+from .broker import Broker
 from .config import Settings, load_settings
 from .gateway import Gateway
-from .keys import GATEWAY
+from .hub import Hub
+from .keys import BROKER, DISPATCHER, GATEWAY, HUB, METRICS, PLUGINS, SETTINGS
+from .metrics import Metrics
+from .plugins import Plugins
+from .registry import HandlerRegistry
 
 TIMEOUT = 5.0
 """Upper bound, in seconds, on waiting for something that must happen."""
@@ -91,7 +96,34 @@ class Server:
 
     @property
     def gateway(self) -> Gateway:
+        """The façade plugins and application code use."""
         return self.app[GATEWAY]
+
+    @property
+    def hub(self) -> Hub:
+        """This node's connections and rooms (for assertions on server state)."""
+        return self.app[HUB]
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.app[METRICS]
+
+    @property
+    def broker(self) -> Broker:
+        return self.app[BROKER]
+
+    @property
+    def plugins(self) -> Plugins:
+        return self.app[PLUGINS]
+
+    @property
+    def registry(self) -> HandlerRegistry:
+        """Message type -> handler, and which plugin owns each type."""
+        return self.app[DISPATCHER].registry
+
+    async def drain(self, timeout: float) -> None:
+        """Shut the gateway's clients down as SIGTERM does (`shutdown.mode`), waiting at most `timeout`."""
+        await self.hub.drain(self.app[SETTINGS].shutdown, timeout)
 
     def url(self, path: str) -> str:
         return str(self.test_server.make_url(path))

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
-from . import protocol
+from . import __version__, protocol
 from .auth import SUBPROTOCOL, unauthorized, user_id_of
-from .connection import Connection
-from .dashboard import same_host
-from .gateway import Gateway
-from .keys import GATEWAY
-from .metrics import CONTENT_TYPE_LATEST
+from .clients import ConnectedClient
+from .dispatch import Dispatcher
+from .keys import BROKER, DASHBOARD, DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, PLUGINS, SETTINGS, STARTED_AT
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .origins import origin_allowed, same_host
 from .protocol import ClientError
 
 log = logging.getLogger(__name__)
 
-READ_BATCH = 32  # frames one client may have handled before others get a turn (well under send_queue_size)
+READ_BATCH = 32  # messages one client may have handled before others get a turn (well under send_queue_size)
 
 
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
@@ -32,9 +33,18 @@ async def client_js_view(request: web.Request) -> web.FileResponse:
 
 
 async def health_view(request: web.Request) -> web.Response:
-    """`{"status":"healthy","clients":N,"rooms":M}`; 503 with `"draining"` during shutdown."""
-    gateway = request.app[GATEWAY]
-    return web.json_response(gateway.health(), status=503 if gateway.draining else 200)
+    """`{"status":"healthy","clients":N,"rooms":M}` (the spec's), then `broker`, `uptime_seconds` and
+    `version`; 503 with `"draining"` during shutdown."""
+    hub = request.app[HUB]
+    body: dict[str, Any] = {
+        "status": "draining" if hub.draining else "healthy",
+        "clients": len(hub.connections),
+        "rooms": len(hub.rooms),
+        "broker": request.app[BROKER].state,
+        "uptime_seconds": round(time.monotonic() - request.app[STARTED_AT], 3),
+        "version": __version__,
+    }
+    return web.json_response(body, status=503 if hub.draining else 200)
 
 
 ORIGIN_NOT_ALLOWED = "origin not allowed"
@@ -42,103 +52,97 @@ TOO_MANY_FROM_ADDRESS = "too many connections from this address"
 AUTHENTICATION_REQUIRED = "authentication required"
 
 
-def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
-    """Cross-Site WebSocket Hijacking guard: browsers send Origin, and CORS does not cover WebSockets.
-
-    Exact matches only (no substring or suffix matching). With no list, only pages served
-    from this same host may connect; `"*"` allows any origin.
-    """
-    if allowed:
-        return "*" in allowed or origin in allowed
-    return urlsplit(origin).netloc.lower() == host.lower()
-
-
 async def metrics_view(request: web.Request) -> web.Response:
     """The Prometheus text format (summed over workers under gunicorn's multiprocess mode)."""
-    gateway = request.app[GATEWAY]
-    gateway.metrics.sample(len(gateway.hub.connections), len(gateway.hub.rooms))
-    return web.Response(body=gateway.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    hub, metrics = request.app[HUB], request.app[METRICS]
+    metrics.sample(len(hub.connections), len(hub.rooms))
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def ws_view(request: web.Request) -> web.StreamResponse:
     """Upgrade, admit (or refuse at capacity), then read until the client goes away."""
-    gateway = request.app[GATEWAY]
-    if gateway.draining:
+    app = request.app
+    hub, metrics, settings = app[HUB], app[METRICS], app[SETTINGS]
+    if hub.draining:
         return web.json_response({"error": "server is shutting down"}, status=503)
     origin = request.headers.get("Origin")
-    if origin is not None and not origin_allowed(origin, request.host, gateway.settings.security.allowed_origins) and not (
-        gateway.dashboard is not None and same_host(request)  # the dashboard's own page
+    if origin is not None and not origin_allowed(origin, request.host, settings.security.allowed_origins) and not (
+        DASHBOARD in app and same_host(request)  # the dashboard's own page
     ):
-        gateway.metrics.error("origin_rejected")
+        metrics.error("origin_rejected")
         log.warning("refused a WebSocket from origin %r (%s)", origin, request.remote, extra={"remote": request.remote})
         return web.json_response({"error": ORIGIN_NOT_ALLOWED}, status=403)
     address = request.remote or ""
-    if not gateway.hub.claim_address(address):  # counted, not logged: a storm must not flood the log too
-        gateway.metrics.error("address_limit")
+    if not hub.claim_address(address):  # counted, not logged: a storm must not flood the log too
+        metrics.error("address_limit")
         return web.json_response({"error": TOO_MANY_FROM_ADDRESS}, status=429)
     try:
-        return await _open(request, gateway)
+        return await _open(request)
     finally:
-        gateway.hub.release_address(address)
+        hub.release_address(address)
 
 
-async def _open(request: web.Request, gateway: Gateway) -> web.StreamResponse:
+async def _open(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    hub, metrics, plugins, settings = app[HUB], app[METRICS], app[PLUGINS], app[SETTINGS]
     identity = None
-    if gateway.plugins.authenticates:
+    if plugins.authenticates:
         try:
-            identity = await gateway.plugins.authenticate(request)
-        except web.HTTPException:
-            raise  # the plugin's refusal (401, 403, ...), sent before any upgrade
+            identity = await plugins.authenticate(request)
+        except web.HTTPException as refusal:  # the plugin's refusal (401, 403, ...), sent before any upgrade
+            if refusal.status == 401:
+                metrics.error("auth_failed")
+            raise
         except Exception:
             log.exception("an authentication plugin failed for %s", request.remote)
-            gateway.metrics.error("handler_error")
+            metrics.error("handler_error")
             return web.json_response({"error": protocol.INTERNAL_ERROR}, status=500)
-    if identity is None and gateway.settings.auth.required:
-        gateway.metrics.error("auth_required")
+    if identity is None and settings.auth.required:
+        metrics.error("auth_required")
         raise unauthorized(AUTHENTICATION_REQUIRED, "connect with a token (auth.required is on)")
-    settings = gateway.settings.websocket
+    ws_settings = settings.websocket
     ws = web.WebSocketResponse(
-        protocols=(SUBPROTOCOL,) if gateway.settings.auth.jwt.enabled else (),  # the token's carrier, chosen back
-        max_msg_size=settings.max_message_size,
-        compress=settings.compression,
+        protocols=(SUBPROTOCOL,) if settings.auth.jwt.enabled else (),  # the token's carrier, chosen back
+        max_msg_size=ws_settings.max_message_size,
+        compress=ws_settings.compression,
         autoping=False,  # pings and pongs reach the read loop: they count as signs of life
-        timeout=settings.write_wait,  # how long a close handshake may take
+        timeout=ws_settings.write_wait,  # how long a close handshake may take
     )
     try:
         stream = await ws.prepare(request)
     except ConnectionResetError:  # the client left during the handshake: nothing to serve, nothing to log
         return ws
-    if gateway.draining:  # began while we authenticated or upgraded: drain() would not see this client
+    if hub.draining:  # began while we authenticated or upgraded: drain() would not see this client
         await ws.close(code=protocol.CLOSE_GOING_AWAY, message=b"server shutting down")
         return ws
-    conn = Connection(ws, stream, request, gateway, identity)
-    if not gateway.hub.admit(conn):
-        await _refuse_full(ws, gateway)
+    conn = ConnectedClient(
+        ws, stream, request, settings=ws_settings, flusher=app[FLUSHER], metrics=metrics, on_drop=hub.remove,
+        identity=identity, gateway=app[GATEWAY],
+    )
+    if not hub.admit(conn):
+        await _refuse_full(ws, metrics)
         return ws
-    gateway.metrics.connection_opened()
+    metrics.connection_opened()
     log.info("client %s connected from %s", conn.id, conn.remote, extra={"client_id": conn.id, "remote": conn.remote})
     try:
         conn.start()
-        conn.enqueue(
-            protocol.encode(
-                protocol.CONNECTED, data=_connected_data(conn)
-            )
-        )
-        if gateway.plugins.watches_clients:
-            await gateway.plugins.notify("wsgate_client_connected", conn)
-        await _read_loop(ws, conn, gateway)
+        conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn)))
+        if plugins.watches_clients:
+            await plugins.notify("wsgate_client_connected", conn)
+        await _read_loop(ws, conn, app[DISPATCHER], metrics)
     finally:
-        gateway.hub.remove(conn)
+        hub.remove(conn)
         try:
             await conn.stop()
         finally:
-            if gateway.plugins.watches_clients:
-                await gateway.plugins.notify("wsgate_client_disconnected", conn)
+            if plugins.watches_clients:
+                await plugins.notify("wsgate_client_disconnected", conn)
     return ws
 
 
-async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gateway) -> None:
-    dispatcher = gateway.dispatcher
+async def _read_loop(
+    ws: web.WebSocketResponse, conn: ConnectedClient, dispatcher: Dispatcher, metrics: Metrics
+) -> None:
     binary_error = ClientError(protocol.BINARY_NOT_SUPPORTED, "send JSON messages as text frames")
     batch = 0
     while True:
@@ -147,7 +151,7 @@ async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gatew
         kind = msg.type
         if kind is WSMsgType.TEXT:
             await dispatcher.dispatch(conn, msg.data)
-            # receive() does not yield while frames are buffered. Yield every READ_BATCH frames
+            # receive() does not yield while frames are buffered. Yield every READ_BATCH messages
             # so outboxes are flushed (several frames per write) before a burst could fill them.
             batch += 1
             if batch >= READ_BATCH:
@@ -163,12 +167,12 @@ async def _read_loop(ws: web.WebSocketResponse, conn: Connection, gateway: Gatew
         else:  # CLOSE, CLOSING, CLOSED or ERROR: aiohttp has answered the close already
             error = msg.data if kind is WSMsgType.ERROR else None
             if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
-                gateway.metrics.error("message_too_big")
+                metrics.error("message_too_big")
                 conn.close_reason, conn.close_code = "message too big", WSCloseCode.MESSAGE_TOO_BIG
             return
 
 
-def _connected_data(conn: Connection) -> dict[str, str]:
+def _connected_data(conn: ConnectedClient) -> dict[str, str]:
     """The spec's `connected` data; with `user_id` added for an authenticated client."""
     data = {"client_id": conn.id, "message": protocol.CONNECTED_TEXT}
     if (user_id := user_id_of(conn.identity)) is not None:
@@ -176,9 +180,9 @@ def _connected_data(conn: Connection) -> dict[str, str]:
     return data
 
 
-async def _refuse_full(ws: web.WebSocketResponse, gateway: Gateway) -> None:
+async def _refuse_full(ws: web.WebSocketResponse, metrics: Metrics) -> None:
     """The spec's answer at `max_connections`: the error message, then close 1013."""
-    gateway.metrics.error("server_full")
+    metrics.error("server_full")
     try:
         await ws.send_frame(protocol.encode_error(ClientError(protocol.SERVER_FULL)), WSMsgType.TEXT)
         await ws.close(code=protocol.CLOSE_TRY_AGAIN_LATER, message=protocol.SERVER_FULL.encode())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from wsgate import ClientError, Connection, Message, hookimpl
+from wsgate import Client, ClientError, Message, hookimpl
 from wsgate.hookspecs import Handler
 
 
-async def echo(client: Connection, message: Message) -> None:
+async def echo(client: Client, message: Message) -> None:
     if message.data is None:
         raise ClientError("nothing to echo")  # answered as {"type":"error","error":"nothing to echo"}
     await client.send({"type": "echo", "data": message.data})

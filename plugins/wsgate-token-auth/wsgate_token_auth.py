@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from wsgate import Connection, hookimpl
+from wsgate import Client, hookimpl
 from wsgate.keys import GATEWAY
 
 NAME = "token_auth"
@@ -44,7 +44,7 @@ def wsgate_authenticate(request: web.Request) -> Mapping[str, Any] | None:
 
 
 @hookimpl
-def wsgate_authorize(client: Connection, action: str, room: str | None) -> bool | None:
+def wsgate_authorize(client: Client, action: str, room: str | None) -> bool | None:
     """Anonymous clients may not subscribe or publish to a private room."""
     if room is None or client.identity is not None:
         return None
@@ -53,7 +53,7 @@ def wsgate_authorize(client: Connection, action: str, room: str | None) -> bool 
 
 
 @hookimpl
-async def wsgate_client_connected(client: Connection) -> None:
+async def wsgate_client_connected(client: Client) -> None:
     """Tell an authenticated client who the gateway thinks it is."""
     if isinstance(client.identity, Mapping):
         await client.send({"type": "authenticated", "data": {"user": client.identity["user"]}})

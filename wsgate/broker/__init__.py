@@ -1,19 +1,19 @@
-"""The backplane between gateway nodes: a narrow interface and its implementations."""
+"""The backplane between gateway nodes: a narrow interface (relay, room interest, history) and its implementations."""
 
 from __future__ import annotations
 
 from ..config import Settings
 from ..metrics import Metrics
-from .base import Broker, BrokerError, Deliver
+from .base import Broker, BrokerError, Receive
 from .memory import MemoryBroker
 
-__all__ = ["Broker", "BrokerError", "Deliver", "MemoryBroker", "make_broker"]
+__all__ = ["Broker", "BrokerError", "MemoryBroker", "Receive", "make_broker"]
 
 
-def make_broker(settings: Settings, metrics: Metrics) -> Broker:
+def make_broker(settings: Settings, metrics: Metrics, node_id: bytes) -> Broker:
     """The broker `broker.url` asks for: in-memory when empty, Redis otherwise."""
     if not settings.broker.url:
         return MemoryBroker(settings.history)
     from .redis import RedisBroker  # only Redis users need redis-py
 
-    return RedisBroker(settings.broker, metrics, history=settings.history, node_ttl=settings.presence.node_ttl)
+    return RedisBroker(settings.broker, metrics, node_id=node_id, history=settings.history)

@@ -1,62 +1,62 @@
-"""What every broker provides. The hub holds a broker; it does not inherit from one."""
+"""What every broker provides: relay, room interest and history. Nothing else.
+
+The broker is the backplane between gateway nodes. It never delivers to local
+clients itself: the router (`wsgate.routing`) does that, in the order messages
+were published, and hands the broker the same bytes to relay. Presence storage
+is a separate interface (`wsgate.presence.base`), as centrifuge keeps
+`broker.go` and `presence.go` apart.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
 from ..history import Position, Replay
 
-Deliver = Callable[[str | None, bytes], int]
-"""Hand an encoded frame to this node's local members of a room (None: every client)."""
+Receive = Callable[[str | None, bytes], None]
+"""Called with a message another node published: its room (None: every client) and its encoded bytes."""
 
 
 class BrokerError(Exception):
-    """The broker cannot be used (bad URL, server unreachable at start-up); one line."""
+    """The broker cannot do what was asked (bad URL, server unreachable, history not kept); one line."""
 
 
 class Broker(Protocol):
-    """Carries encoded frames between gateway nodes.
+    """Carries encoded messages between gateway nodes, and keeps the history of rooms that have one.
 
-    `publish` delivers to this node's clients at once and relays the same bytes to
-    every other node, which delivers them without decoding: each client gets each
-    frame exactly once, in the order its publisher sent them.
+    Messages one node hands to `relay` and `append` reach every other node in that
+    order, and exactly once: a node never receives its own messages back.
     """
 
     @property
     def state(self) -> str:
         """`ok`, or `degraded` while other nodes cannot be reached (local delivery goes on)."""
 
-    async def start(self, deliver: Deliver) -> None:
-        """Connect; frames from other nodes are passed to `deliver` from now on. Raises BrokerError."""
+    async def start(self, receive: Receive) -> None:
+        """Connect; messages from other nodes are passed to `receive` from now on. Raises BrokerError."""
 
-    async def publish(self, room: str | None, frame: bytes) -> int:
-        """Deliver `frame` to `room` (None: everyone) here and on every other node; returns local recipients."""
+    # --- relay ----------------------------------------------------------------------
 
-    async def publish_history(self, room: str, head: bytes) -> None:
-        """Publish to a room that keeps history: stamp the room's next offset and epoch into `head`
-        (an encoded message without its closing brace), keep it, deliver it everywhere in offset order."""
+    def relay(self, room: str | None, message: bytes) -> None:
+        """Send `message` to `room` (None: everyone) on every other node, after what was handed over before.
 
-    async def history_position(self, room: str) -> Position:
-        """The room's current offset and epoch (created, at offset 0, if the room has none yet)."""
+        Never waits. When the other nodes cannot be reached the message is dropped and
+        counted (`websocket_broker_dropped_messages_total`): delivery across nodes is at most once.
+        """
 
-    async def history_replay(self, room: str, since: Position) -> Replay:
-        """The messages after `since`, read together with the position they lead up to."""
+    def append(self, room: str, head: bytes) -> asyncio.Future[bytes]:
+        """Keep a message in a room's history and relay it: the history path of `relay`.
 
-    async def history_last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
-        """The position and the last `limit` kept messages of a room, oldest first."""
+        `head` is the encoded message without its closing brace. The broker gives it the
+        room's next offset and the room's epoch (`history.stamp`), keeps it, and relays the
+        stamped bytes to the other nodes, in order with `relay`. The future gives the stamped
+        bytes, or fails with BrokerError when the message could not be kept (then it was not
+        relayed either).
+        """
 
-    def presence_join(self, room: str, client_id: str, member: bytes) -> None:
-        """A local client joined a room with presence (`member`: its encoded description); without waiting."""
-
-    def presence_leave(self, room: str, client_id: str) -> None:
-        """A local client left a room with presence; without waiting."""
-
-    async def presence_members(self, room: str) -> list[bytes]:
-        """The encoded members of `room` on the other nodes (the local ones are the hub's)."""
-
-    async def share_stats(self, stats: bytes) -> list[bytes]:
-        """Publish this node's dashboard figures; returns every live node's (this one's included)."""
+    # --- room interest --------------------------------------------------------------
 
     def room_added(self, room: str) -> None:
         """This node's first member joined `room`: start receiving it from other nodes."""
@@ -65,7 +65,18 @@ class Broker(Protocol):
         """This node's last member left `room`: stop receiving it."""
 
     async def wait_receiving(self, room: str) -> None:
-        """Return once frames for `room` from other nodes arrive here (so `subscribed` means it)."""
+        """Return once messages for `room` from other nodes arrive here (so `subscribed` means it)."""
+
+    # --- history --------------------------------------------------------------------
+
+    async def history_position(self, room: str) -> Position:
+        """The room's current offset and epoch (created, at offset 0, if the room has none yet)."""
+
+    async def history_replay(self, room: str, since: Position) -> Replay:
+        """The messages after `since`, read together with the position they lead up to. Raises BrokerError."""
+
+    async def history_last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
+        """The position and the last `limit` kept messages of a room, oldest first. Raises BrokerError."""
 
     async def close(self) -> None:
         """Disconnect and release resources."""

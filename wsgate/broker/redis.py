@@ -1,28 +1,31 @@
 """The Redis broker: rooms that span processes and machines, over Redis pub/sub.
 
-- A frame published here is delivered to local clients at once and sent to Redis
-  as `node id + frame bytes` on `<prefix>:room:<room>` (or `<prefix>:broadcast`).
-  Other nodes deliver the bytes as they are; a node skips its own frames, so every
-  client gets each frame exactly once. One sender task pipelines PUBLISH commands
-  in order, so each publisher's order is kept on every node.
+- The router hands every message to `relay` (or `append`, for rooms with history)
+  after delivering it to this node's clients. One sender task pipelines the
+  PUBLISH commands (and history scripts) in that order, so each publisher's
+  order is kept on every node. Other nodes deliver the bytes as they are; a node
+  skips its own messages (the layout: `redis_schema`).
 - A node subscribes only to rooms it has members in (plus the broadcast channel).
 - If Redis goes away, local delivery goes on; the node reconnects with backoff and
-  re-subscribes. Frames published meanwhile do not reach other nodes (at most once).
+  re-subscribes. Plain messages published meanwhile do not reach other nodes (at
+  most once); messages for rooms with history are refused, never kept with a gap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import time
-import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..config import HistorySettings
-from ..history import Position, Replay, new_epoch, replay_from
-from .base import BrokerError, Deliver
+from ..history import Position, Replay, new_epoch, replay_from, stamp
+from .base import BrokerError, Receive
+from .redis_schema import (
+    NODE_ID_LENGTH, PUBLISH_SCRIPT, READ_SCRIPT, RedisNames, connect, describe, new_sender_id,
+)
 
 if TYPE_CHECKING:
     from ..config import BrokerSettings
@@ -30,87 +33,48 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NODE_ID_LENGTH = 32  # uuid4().hex
 SUBSCRIBE_WAIT = 2.0  # longest a subscribe waits for Redis to confirm before answering anyway
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 PIPELINE_BATCH = 512
 POOL_SIZE = 32  # Redis connections for commands (pub/sub has its own)
-STATS_TTL = 5.0  # seconds a node's dashboard figures outlive its last report
 RECEIVE_BATCH = 32  # messages from Redis delivered before other tasks (the flusher) get a turn
-EVERY_NODE = b"h" * NODE_ID_LENGTH  # sender mark of history messages: no node skips them (ids are hex)
 
-# History: a hash <prefix>:history:<room>:meta {epoch, offset} and a stream <prefix>:history:<room>:stream
-# whose entry ids are the offsets ("<offset>-0"). Both expire `ttl` after the last message; a room
-# without them starts a new epoch at offset 0. Scripts run atomically, so offsets are given out,
-# kept and published in one order that every node sees.
-_ENSURE = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-"""
-PUBLISH_SCRIPT = _ENSURE + """
-local n = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local payload = ARGV[3] .. ',"offset":' .. n .. ',"epoch":"' .. epoch .. '"}'
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], n .. '-0', 'p', payload)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. payload)
-return n
-"""
-PRESENCE_SCRIPT = """
-local entries = redis.call('HGETALL', KEYS[1])
-local alive, found = {}, {}
-for i = 1, #entries, 2 do
-  local node = string.sub(entries[i + 1], 1, 32)
-  if alive[node] == nil then alive[node] = redis.call('EXISTS', ARGV[1] .. node) == 1 end
-  if not alive[node] then
-    redis.call('HDEL', KEYS[1], entries[i])
-  elseif node ~= ARGV[2] then
-    table.insert(found, string.sub(entries[i + 1], 33))
-  end
-end
-return found
-"""
-READ_SCRIPT = """
-if ARGV[3] == 'last' and redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'', '0', {}}  -- reading the last messages creates nothing
-end
-""" + _ENSURE + """
-local offset = redis.call('HGET', KEYS[1], 'offset')
-local entries = {}
-if ARGV[3] == 'after' then
-  entries = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[4]) + 1) .. '-0', '+')
-elseif ARGV[3] == 'last' then
-  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[4])
-end
-return {epoch, offset, entries}
-"""
+
+class _Outgoing:
+    """One message waiting for the sender: relayed as it is, or (`kept`) appended to a room's history."""
+
+    __slots__ = ("room", "channel", "data", "kept")
+
+    def __init__(self, room: str | None, channel: bytes, data: bytes, kept: asyncio.Future[bytes] | None) -> None:
+        self.room = room
+        self.channel = channel
+        self.data = data  # sender id + message (relay), or the head to stamp (history)
+        self.kept = kept  # history only: resolved with the stamped bytes
+
+    def fail(self, reason: str) -> None:
+        if self.kept is not None and not self.kept.done():
+            self.kept.set_exception(BrokerError(reason))
 
 
 class RedisBroker:
     """See the module docstring; `state` is `ok` or `degraded`."""
 
     def __init__(
-        self, settings: BrokerSettings, metrics: Metrics, node_id: str | None = None,
-        history: HistorySettings | None = None, node_ttl: float = 15.0,
+        self, settings: BrokerSettings, metrics: Metrics, node_id: bytes | None = None,
+        history: HistorySettings | None = None,
     ) -> None:
         self._settings = settings
         self._history = history or HistorySettings()
-        self._history_prefix = f"{settings.prefix}:history:"
         self._metrics = metrics
-        self.node_id = (node_id or uuid.uuid4().hex).encode()
+        self.node_id = node_id or new_sender_id()
         assert len(self.node_id) == NODE_ID_LENGTH
-        prefix = settings.prefix
-        self._room_prefix = f"{prefix}:room:".encode()
-        self._broadcast = f"{prefix}:broadcast".encode()
-        self._deliver: Deliver | None = None
+        self._names = names = RedisNames(settings.prefix)
+        self._room_prefix = names.room_prefix
+        self._broadcast = names.broadcast
+        self._receive: Receive | None = None
         self._redis: Any = None
         self._pubsub: Any = None
-        self._outgoing: deque[tuple[str | None, bytes, bytes]] = deque()  # (room if kept in history, channel, bytes)
+        self._outgoing: deque[_Outgoing] = deque()
         self._outgoing_ready = asyncio.Event()
         self._wanted: set[str] = set()  # rooms with local members
         self._subscribed: set[str] = set()  # rooms Redis has been asked for on the current connection
@@ -121,15 +85,8 @@ class RedisBroker:
         self.receiving = asyncio.Event()  # set while subscribed to Redis (tests and health can wait on it)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._publish_script: Any = None
+        self._publish_sha = ""
         self._read_script: Any = None
-        self._presence_script: Any = None
-        self._node_ttl = node_ttl
-        self._node_key = f"{settings.prefix}:node:{self.node_id.decode()}"
-        self._presence_prefix = f"{settings.prefix}:presence:"
-        self._present: dict[str, dict[str, bytes]] = {}  # room -> local client id -> member (the truth)
-        self._presence_changes: dict[tuple[str, str], bytes | None] = {}  # (room, client) -> member, None: left
-        self._presence_ready = asyncio.Event()
 
     @property
     def state(self) -> str:
@@ -137,39 +94,25 @@ class RedisBroker:
 
     # --- life cycle -------------------------------------------------------------------
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, receive: Receive) -> None:
         try:
             import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import ConnectionError as RedisConnectionError
         except ImportError:
             raise BrokerError("broker.url names Redis, but redis-py is missing: pip install 'wsgate[redis]'") from None
-        self._deliver = deliver
+        self._receive = receive
         try:
-            # A bounded pool that makes callers wait for a connection: a burst of subscribes to rooms
-            # with history must queue up, not fail with "Too many connections".
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self._settings.url, max_connections=POOL_SIZE, timeout=self._settings.connect_timeout,
-                socket_connect_timeout=self._settings.connect_timeout,
-                # A pooled connection that Redis closed (a restart) fails on first use: try once more on a
-                # fresh one rather than lose the message. A command that failed this way never ran.
-                retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
-                client_name=f"wsgate-{self.node_id.decode()[:8]}",
-            )
-            self._redis = aioredis.Redis.from_pool(pool)
+            self._redis = connect(self._settings.url, self._settings.connect_timeout,
+                                  f"wsgate-{self.node_id.decode()[:8]}", POOL_SIZE)
         except ValueError as exc:
             raise BrokerError(f"invalid setting broker.url = {self._settings.url!r}: {exc}") from None
-        self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
         self._read_script = self._redis.register_script(READ_SCRIPT)
-        self._presence_script = self._redis.register_script(PRESENCE_SCRIPT)
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
                 await self._redis.ping()
-                await self._redis.script_load(PUBLISH_SCRIPT)  # sent by its SHA from now on
+                await self._prepare()
                 await self._connect_pubsub()
         except (OSError, TimeoutError, aioredis.RedisError) as exc:
-            message = f"cannot reach Redis at {self._settings.url}: {_describe(exc)}"
+            message = f"cannot reach Redis at {self._settings.url}: {describe(exc)}"
             if self._settings.required:
                 await self._redis.aclose()
                 raise BrokerError(message) from None
@@ -179,8 +122,16 @@ class RedisBroker:
             asyncio.create_task(self._receive_loop(), name="wsgate-redis-receive"),
             asyncio.create_task(self._subscription_loop(), name="wsgate-redis-subscriptions"),
             asyncio.create_task(self._send_loop(), name="wsgate-redis-send"),
-            asyncio.create_task(self._presence_loop(), name="wsgate-redis-presence"),
         ]
+
+    async def _prepare(self) -> None:
+        """Load the history script (sent by its SHA from now on) and announce the history settings
+        to publishers outside the gateway (`RedisPublisher`). Run at start and on every reconnect."""
+        self._publish_sha = await self._redis.script_load(PUBLISH_SCRIPT)
+        history = self._history
+        await self._redis.set(self._names.history_config, json.dumps(
+            {"rooms": list(history.rooms), "size": history.size, "ttl": history.ttl}
+        ))
 
     async def close(self) -> None:
         self._closed = True  # loops also stop by themselves: redis-py can swallow a cancellation
@@ -190,48 +141,43 @@ class RedisBroker:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self._settings.connect_timeout)
+        for item in self._outgoing:
+            item.fail("the gateway is shutting down")
+        self._outgoing.clear()
         await self._drop_pubsub()
         if self._redis is not None:
-            with contextlib.suppress(Exception):  # best effort: the key expires by itself otherwise
-                async with asyncio.timeout(self._settings.connect_timeout):
-                    await self._redis.delete(self._node_key)  # our members vanish from presence at once
             await self._redis.aclose()
 
-    # --- publishing -------------------------------------------------------------------
+    # --- relay ------------------------------------------------------------------------
 
-    async def publish(self, room: str | None, frame: bytes) -> int:
-        assert self._deliver is not None, "broker used before start()"
-        count = self._deliver(room, frame)
+    def relay(self, room: str | None, message: bytes) -> None:
         if len(self._outgoing) >= self._settings.publish_queue:
             self._metrics.broker_dropped(1)  # Redis cannot keep up (or is away): other nodes miss this one
+            return
+        self._outgoing.append(_Outgoing(room, self._names.channel(room), self.node_id + message, None))
+        self._outgoing_ready.set()
+
+    def append(self, room: str, head: bytes) -> asyncio.Future[bytes]:
+        """Queued like any relay, but sent as one script that gives out the offset, keeps the message
+        and publishes it (marked as this node's: the router delivers it here)."""
+        kept: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        item = _Outgoing(room, self._names.channel(room), head, kept)
+        if len(self._outgoing) >= self._settings.publish_queue:
+            self._metrics.broker_dropped(1)
+            item.fail(f"{len(self._outgoing)} messages are waiting for Redis (broker.publish_queue)")
+        elif self._closed:
+            item.fail("the gateway is shutting down")
+        elif not self._sending:  # known down: say so now, not after the sender's next backoff
+            item.fail("Redis is unreachable")
         else:
-            channel = self._broadcast if room is None else self._room_prefix + room.encode()
-            self._outgoing.append((None, channel, self.node_id + frame))
+            self._outgoing.append(item)
             self._outgoing_ready.set()
-        return count
+        return kept
 
     # --- history ----------------------------------------------------------------------
 
-    def _history_keys(self, room: str) -> list[str]:
-        return [f"{self._history_prefix}{room}:meta", f"{self._history_prefix}{room}:stream"]
-
     def _ttl_ms(self) -> int:
         return max(1, round(self._history.ttl * 1000))
-
-    async def publish_history(self, room: str, head: bytes) -> None:
-        """Queued like any publish, but sent as one script that gives out the offset, keeps the message
-        and publishes it to every node, this one included: every node delivers in offset order."""
-        if len(self._outgoing) >= self._settings.publish_queue:
-            self._metrics.broker_dropped(1)
-            self._deliver_unkept(room, head)
-            return
-        self._outgoing.append((room, self._room_prefix + room.encode(), head))
-        self._outgoing_ready.set()
-
-    def _deliver_unkept(self, room: str, head: bytes) -> None:
-        """Redis cannot keep a message: this node's clients still get it, without an offset."""
-        assert self._deliver is not None
-        self._deliver(room, head + b"}")
 
     async def _read(self, room: str, mode: str, count: int) -> tuple[Position, list[tuple[int, bytes]]]:
         import redis.asyncio as aioredis
@@ -239,11 +185,11 @@ class RedisBroker:
         try:
             async with asyncio.timeout(self._settings.connect_timeout):  # a recovering client is waiting
                 epoch, offset, entries = await self._read_script(
-                    keys=self._history_keys(room), args=[new_epoch(), self._ttl_ms(), mode, count]
+                    keys=self._names.history_keys(room), args=[new_epoch(), self._ttl_ms(), mode, count]
                 )
         except (OSError, TimeoutError, aioredis.RedisError) as exc:
             self._metrics.broker_error()
-            raise BrokerError(f"reading the history of {room!r} from Redis failed: {_describe(exc)}") from None
+            raise BrokerError(f"reading the history of {room!r} from Redis failed: {describe(exc)}") from None
         kept = [(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in entries]
         return Position(int(offset), epoch.decode()), kept
 
@@ -259,6 +205,8 @@ class RedisBroker:
         position, newest_first = await self._read(room, "last", limit)
         return position, [payload for _, payload in reversed(newest_first)]
 
+    # --- sending ----------------------------------------------------------------------
+
     async def _send_loop(self) -> None:
         import redis.asyncio as aioredis
 
@@ -266,25 +214,22 @@ class RedisBroker:
         while not self._closed:
             await self._outgoing_ready.wait()
             self._outgoing_ready.clear()
-            while self._outgoing:
+            while self._outgoing and not self._closed:
                 batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), PIPELINE_BATCH))]
                 try:
-                    refused = await self._send_batch(batch)
+                    async with asyncio.timeout(self._settings.connect_timeout):
+                        refused = await self._send_batch(batch)
                     if refused:  # Redis ran the batch but refused these (never expected): count them, keep going
                         self._metrics.broker_dropped(len(refused))
                         self._metrics.broker_error()
-                        for kept, _, payload in refused:
-                            if kept is not None:
-                                self._deliver_unkept(kept, payload)
-                except (OSError, aioredis.RedisError) as exc:
+                except (OSError, TimeoutError, aioredis.RedisError) as exc:
                     self._metrics.broker_dropped(len(batch))
                     self._metrics.broker_error()
-                    for kept, _, payload in batch:
-                        if kept is not None:
-                            self._deliver_unkept(kept, payload)
+                    for item in batch:
+                        item.fail(f"Redis did not take the message: {describe(exc)}")
                     if self._sending:
                         log.warning("broker: publishing to Redis failed (%s); other nodes miss messages "
-                                    "until it is back, local delivery goes on", _describe(exc))
+                                    "until it is back, local delivery goes on", describe(exc))
                     self._sending = False
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
@@ -294,123 +239,37 @@ class RedisBroker:
                     self._sending = True
                 backoff = BACKOFF_START
 
-    async def _send_batch(self, batch: list[tuple[str | None, bytes, bytes]]) -> list[tuple[str | None, bytes, bytes]]:
+    async def _send_batch(self, batch: list[_Outgoing]) -> list[_Outgoing]:
         """One pipeline, in order. History scripts run by their SHA: redis-py would otherwise ask
         SCRIPT EXISTS before every pipeline, one more round trip per batch. If Redis lost the script
         (a restart), it is loaded again and just those messages are sent once more, still in order.
-        Returns what Redis refused."""
+        Returns what Redis refused (their futures have failed)."""
         from redis.exceptions import NoScriptError
 
         async with self._redis.pipeline(transaction=False) as pipe:
-            for kept, channel, payload in batch:
-                if kept is None:
-                    pipe.publish(channel, payload)
+            for item in batch:
+                if item.kept is None:
+                    pipe.publish(item.channel, item.data)
                 else:
-                    pipe.evalsha(self._publish_script.sha, 2, *self._history_keys(kept), new_epoch(), self._ttl_ms(),
-                                 payload, self._history.size, channel, EVERY_NODE)
+                    assert item.room is not None
+                    pipe.evalsha(self._publish_sha, 2, *self._names.history_keys(item.room), new_epoch(),
+                                 self._ttl_ms(), item.data, self._history.size, item.channel, self.node_id)
             results = await pipe.execute(raise_on_error=False)
-        refused = [item for item, result in zip(batch, results) if isinstance(result, Exception)]
-        if any(isinstance(result, NoScriptError) for result in results):
-            await self._redis.script_load(PUBLISH_SCRIPT)
-            again = [item for item, result in zip(batch, results) if isinstance(result, NoScriptError)]
-            others = [item for item, result in zip(batch, results)
-                      if isinstance(result, Exception) and not isinstance(result, NoScriptError)]
-            return others + await self._send_batch(again)
+        again = [item for item, result in zip(batch, results) if isinstance(result, NoScriptError)]
+        refused = []
+        for item, result in zip(batch, results):
+            if isinstance(result, NoScriptError):
+                continue
+            if isinstance(result, Exception):
+                item.fail(f"Redis refused the message: {describe(result)}")
+                refused.append(item)
+            elif item.kept is not None and not item.kept.done():
+                offset, epoch, _ = result
+                item.kept.set_result(stamp(item.data, int(offset), epoch.decode()))
+        if again:
+            await self._prepare()
+            refused += await self._send_batch(again)
         return refused
-
-    # --- presence ---------------------------------------------------------------------
-
-    def presence_join(self, room: str, client_id: str, member: bytes) -> None:
-        self._present.setdefault(room, {})[client_id] = member
-        self._presence_changes[(room, client_id)] = member
-        self._presence_ready.set()
-
-    def presence_leave(self, room: str, client_id: str) -> None:
-        members = self._present.get(room)
-        if members is not None:
-            members.pop(client_id, None)
-            if not members:
-                del self._present[room]
-        self._presence_changes[(room, client_id)] = None
-        self._presence_ready.set()
-
-    async def presence_members(self, room: str) -> list[bytes]:
-        """Members of `room` on the other live nodes (entries of nodes that stopped are dropped)."""
-        import redis.asyncio as aioredis
-
-        try:
-            async with asyncio.timeout(self._settings.connect_timeout):  # a client is waiting for the answer
-                found: list[bytes] = await self._presence_script(
-                    keys=[self._presence_prefix + room], args=[f"{self._settings.prefix}:node:", self.node_id]
-                )
-        except (OSError, TimeoutError, aioredis.RedisError) as exc:
-            self._metrics.broker_error()
-            raise BrokerError(f"reading the presence of {room!r} from Redis failed: {_describe(exc)}") from None
-        return found
-
-    async def _presence_loop(self) -> None:
-        """Write joins and leaves; every node_ttl / 3 prove this node alive and keep its rooms' keys.
-
-        Local membership is the truth: after a failure everything is written again.
-        """
-        import redis.asyncio as aioredis
-
-        beat = self._node_ttl / 3
-        ttl_ms = round(self._node_ttl * 1000)
-        rewrite = True
-        loop = asyncio.get_running_loop()
-        next_beat = 0.0
-        while not self._closed:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, next_beat - loop.time())):
-                    await self._presence_ready.wait()
-            self._presence_ready.clear()
-            changes, self._presence_changes = self._presence_changes, {}
-            beating = loop.time() >= next_beat
-            try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    if rewrite:  # the whole local truth; the changes below still remove those who left
-                        for room, members in self._present.items():
-                            pipe.hset(self._presence_prefix + room, mapping={
-                                client: self.node_id + member for client, member in members.items()
-                            })
-                    for (room, client), member in changes.items():
-                        if member is None:
-                            pipe.hdel(self._presence_prefix + room, client)
-                        else:
-                            pipe.hset(self._presence_prefix + room, client, self.node_id + member)
-                    if beating or rewrite:
-                        pipe.set(self._node_key, b"1", px=ttl_ms)
-                        for room in self._present:
-                            pipe.pexpire(self._presence_prefix + room, 2 * ttl_ms)
-                    await pipe.execute()
-                rewrite = False
-                if beating:
-                    next_beat = loop.time() + beat
-            except (OSError, aioredis.RedisError):
-                rewrite = True  # write the whole local truth once Redis is back
-                for key, member in changes.items():  # and keep the leaves: newer changes win
-                    self._presence_changes.setdefault(key, member)
-                next_beat = loop.time() + min(beat, BACKOFF_MAX)
-
-    # --- dashboard ----------------------------------------------------------------------
-
-    async def share_stats(self, stats: bytes) -> list[bytes]:
-        """Every node keeps its figures in one hash, <prefix>:stats, stamped with the time; stale ones are dropped."""
-        key, now = f"{self._settings.prefix}:stats", time.time()
-        await self._redis.hset(key, self.node_id, b"%.3f " % now + stats)
-        found: dict[bytes, bytes] = await self._redis.hgetall(key)
-        fresh: list[bytes] = []
-        stale: list[bytes] = []
-        for node, value in found.items():
-            stamp, _, figures = value.partition(b" ")
-            if now - float(stamp) < STATS_TTL:
-                fresh.append(figures)
-            else:
-                stale.append(node)  # a node that stopped reporting
-        if stale:
-            await self._redis.hdel(key, *stale)
-        return fresh
 
     # --- receiving --------------------------------------------------------------------
 
@@ -467,6 +326,7 @@ class RedisBroker:
             try:
                 if self._pubsub is None:
                     await self._connect_pubsub()
+                    await self._prepare()  # Redis may have restarted: scripts and settings are gone
                     self._sending = True  # Redis answers again: let the next publish prove otherwise
                     self._outgoing_ready.set()
                     self._metrics.broker_reconnected()
@@ -484,7 +344,7 @@ class RedisBroker:
             except (OSError, aioredis.RedisError) as exc:
                 if self._receiving:
                     log.warning("broker: lost the connection to Redis (%s); reconnecting, local delivery goes on",
-                                _describe(exc))
+                                describe(exc))
                 self._metrics.broker_error()
                 await self._drop_pubsub()
                 await asyncio.sleep(backoff)
@@ -504,8 +364,8 @@ class RedisBroker:
         if payload[:NODE_ID_LENGTH] == self.node_id:
             return  # delivered locally when it was published
         room = None if channel == self._broadcast else channel[len(self._room_prefix):].decode()
-        assert self._deliver is not None
-        self._deliver(room, payload[NODE_ID_LENGTH:])
+        assert self._receive is not None
+        self._receive(room, payload[NODE_ID_LENGTH:])
 
     async def _subscription_loop(self) -> None:
         """Bring Redis in line with the rooms that have local members (coalescing quick joins and leaves)."""
@@ -527,7 +387,3 @@ class RedisBroker:
                 continue  # the receive loop notices the broken connection and reconnects
             if pubsub is self._pubsub:
                 self._subscribed = (self._subscribed | add) - remove
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

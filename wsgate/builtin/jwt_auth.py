@@ -17,15 +17,16 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from .. import hookimpl
-from ..auth import SUBPROTOCOL, Identity, unauthorized
-from ..config import ConfigError, JwtSettings
-from ..keys import GATEWAY
+from wsgate import Identity, hookimpl
+from wsgate.auth import SUBPROTOCOL, unauthorized
+from wsgate.config import ConfigError, JwtSettings
 
 log = logging.getLogger(__name__)
 
 INVALID_TOKEN = "invalid token"
 MIN_SECRET_BYTES = 32  # an HS256 key shorter than the hash can be brute-forced offline from one token
+
+
 class _BadSubject(jwt.InvalidTokenError):
     """`sub` is the user id: it must be a non-empty string."""
 
@@ -76,7 +77,6 @@ class JwtAuthenticator:
                 reason = f"the token lacks the {exc.claim!r} claim"
             else:
                 reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), INVALID_TOKEN)
-            request.app[GATEWAY].metrics.error("auth_failed")
             log.info("refused a token from %s: %s", request.remote, reason, extra={"remote": request.remote})
             raise unauthorized(INVALID_TOKEN, reason) from None
         return Identity(claims["sub"], MappingProxyType(claims))

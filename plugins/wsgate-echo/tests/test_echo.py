@@ -25,4 +25,4 @@ async def test_echo_without_data_is_an_error(wsgate_server: StartServer) -> None
 
 async def test_echo_is_discovered_through_its_entry_point(wsgate_server: StartServer) -> None:
     server = await wsgate_server()  # no explicit plugin: the installed entry point provides it
-    assert server.gateway.registry.owners()["echo"] == "echo"
+    assert server.registry.owners()["echo"] == "echo"

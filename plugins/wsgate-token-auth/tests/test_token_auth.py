@@ -16,7 +16,7 @@ async def test_a_valid_token_becomes_the_identity(wsgate_server: StartServer) ->
     client = await server.connect(headers={"Authorization": "Bearer t-alice"})
     hello = await client.recv()
     assert hello == {"type": "authenticated", "data": {"user": "alice"}, "timestamp": hello["timestamp"]}
-    assert server.gateway.hub.connections[client.id].identity == {"user": "alice"}
+    assert server.hub.connections[client.id].identity == {"user": "alice"}
     assert (await client.subscribe("private-ops"))["room"] == "private-ops"
 
 
@@ -41,4 +41,4 @@ async def test_anonymous_clients_stay_out_of_private_rooms(wsgate_server: StartS
     anonymous = await server.connect()
     assert (await anonymous.request({"type": "subscribe", "room": "private-ops"}))["error"] == "not allowed"
     assert (await anonymous.subscribe("lobby"))["room"] == "lobby"
-    assert server.gateway.metrics.error_count("not_allowed") == 1
+    assert server.metrics.error_count("not_allowed") == 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from wsgate import ClientError, Connection, Message, hookimpl
+from wsgate import Client, ClientError, Message, hookimpl
 from wsgate.gateway import Gateway
 from wsgate.hookspecs import Handler
 
@@ -31,13 +31,13 @@ def _text_field(data: Any, name: str) -> str:
     return value.strip()
 
 
-def _service(client: Connection) -> UsersService:
+def _service(client: Client) -> UsersService:
     service = client.gateway.services["users"]
     assert isinstance(service, UsersService)
     return service
 
 
-async def get_user(client: Connection, message: Message) -> None:
+async def get_user(client: Client, message: Message) -> None:
     """`{"type":"get_user","data":{"email":...}}` -> `user_response` with the user."""
     email = _text_field(message.data, "email")
     user = await _service(client).get_user_by_email(email)
@@ -46,7 +46,7 @@ async def get_user(client: Connection, message: Message) -> None:
     await client.send({"type": "user_response", "data": {"email": email, "user": user}})
 
 
-async def create_user(client: Connection, message: Message) -> None:
+async def create_user(client: Client, message: Message) -> None:
     """`{"type":"create_user","data":{"email":...,"name":...}}` -> `user_created`, also told to `notify_room`."""
     email = _text_field(message.data, "email")
     name = _text_field(message.data, "name")

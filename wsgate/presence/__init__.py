@@ -13,16 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from . import protocol
-from .auth import claims_of, user_id_of
-from .config import PresenceSettings
-from .rooms import RoomPatterns
+from .. import protocol
+from ..auth import claims_of, user_id_of
+from ..config import PresenceSettings, Settings
+from ..metrics import Metrics
+from ..rooms import RoomPatterns
+from .base import PresenceError, PresenceStore
+from .memory import MemoryPresenceStore
 
 if TYPE_CHECKING:
-    from .broker import Broker
-    from .connection import Connection
+    from ..connection import Connection
+
+__all__ = ["Presence", "PresenceError", "PresenceStore", "make_presence_store"]
+
+Publish = Callable[[str, bytes], Awaitable[int]]
+"""Send an encoded message to a room's members on every node (the router's route, without history:
+presence events are not publications)."""
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +39,10 @@ log = logging.getLogger(__name__)
 class Presence:
     """Members of presence rooms, presence answers and the batched `presence_diff` events."""
 
-    def __init__(self, settings: PresenceSettings, broker: Broker) -> None:
+    def __init__(self, settings: PresenceSettings, store: PresenceStore) -> None:
         self.rooms = RoomPatterns(settings.rooms)
         self._settings = settings
-        self._broker = broker
+        self._store = store
         self._members: dict[str, dict[str, dict[str, Any]]] = {}  # room -> local client id -> member
         self._joins: dict[str, dict[str, dict[str, Any]]] = {}  # room -> client id -> member, since the last diff
         self._leaves: dict[str, dict[str, dict[str, Any]]] = {}
@@ -55,7 +64,7 @@ class Presence:
     def joined(self, conn: Connection, room: str) -> None:
         member = self.describe(conn)
         self._members.setdefault(room, {})[conn.id] = member
-        self._broker.presence_join(room, conn.id, protocol.dumps(member))
+        self._store.join(room, conn.id, protocol.dumps(member))
         if self._settings.events and self._leaves.get(room, {}).pop(conn.id, None) is None:
             self._joins.setdefault(room, {})[conn.id] = member  # (left and came back: no change to report)
             self._changed.set()
@@ -67,18 +76,18 @@ class Presence:
             del self._members[room]
         if member is None:
             return
-        self._broker.presence_leave(room, conn.id)
+        self._store.leave(room, conn.id)
         if self._settings.events and self._joins.get(room, {}).pop(conn.id, None) is None:
             self._leaves.setdefault(room, {})[conn.id] = member  # (joined and left: no change to report)
             self._changed.set()
 
     async def members(self, room: str) -> list[bytes]:
-        """Every member of `room`, encoded: this node's, then the other nodes' (BrokerError if unreachable)."""
+        """Every member of `room`, encoded: this node's, then the other nodes' (PresenceError if unreachable)."""
         local = [protocol.dumps(member) for member in self._members.get(room, {}).values()]
-        return local + await self._broker.presence_members(room)
+        return local + await self._store.members(room)
 
-    async def run(self) -> None:
-        """Send the gathered joins and leaves every `interval` while there are any."""
+    async def run(self, publish: Publish) -> None:
+        """Send the gathered joins and leaves every `interval` while there are any, through `publish`."""
         while True:
             await self._changed.wait()
             await asyncio.sleep(self._settings.interval)  # gather one interval's worth
@@ -88,5 +97,14 @@ class Presence:
             for room in joins.keys() | leaves.keys():
                 data = {"joins": list(joins.get(room, {}).values()), "leaves": list(leaves.get(room, {}).values())}
                 if data["joins"] or data["leaves"]:
-                    frame = protocol.encode(protocol.PRESENCE_DIFF, room=room, data=data)
-                    await self._broker.publish(room, frame)  # to the members on every node
+                    message = protocol.encode(protocol.PRESENCE_DIFF, room=room, data=data)
+                    await publish(room, message)  # to the members on every node
+
+
+def make_presence_store(settings: Settings, metrics: Metrics, node_id: bytes) -> PresenceStore:
+    """The presence store `broker.url` asks for: in this process when empty, Redis otherwise."""
+    if not settings.broker.url:
+        return MemoryPresenceStore()
+    from .redis import RedisPresenceStore  # only Redis users need redis-py
+
+    return RedisPresenceStore(settings.broker, metrics, node_id, settings.presence.node_ttl)

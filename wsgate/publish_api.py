@@ -2,7 +2,8 @@
 
 `POST /api/publish {"room": R, "data": ANY, "type"?: T}` and `POST /api/broadcast
 {"data": ANY, "type"?: T}`, with `Authorization: Bearer <api.key>`. Delivered
-cluster-wide through the broker; the answer says how many local clients got it.
+cluster-wide by the one route (`wsgate.routing`); the answer says how many local clients got it.
+503 `history is unavailable`: the room keeps history and the message cannot be kept now (nobody got it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from . import protocol
-from .keys import GATEWAY
+from .keys import DECODER, GATEWAY, SETTINGS
 from .protocol import ClientError
 
 INVALID_KEY = "invalid API key"
@@ -29,8 +30,7 @@ async def broadcast_view(request: web.Request) -> web.Response:
 
 
 async def _send(request: web.Request, to_room: bool) -> web.Response:
-    gateway = request.app[GATEWAY]
-    api = gateway.settings.api
+    gateway, api = request.app[GATEWAY], request.app[SETTINGS].api
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), api.key.encode()):
         return _error(401, INVALID_KEY, headers={"WWW-Authenticate": 'Bearer realm="wsgate-api"'})
@@ -56,10 +56,10 @@ async def _send(request: web.Request, to_room: bool) -> web.Response:
                 raise ClientError(protocol.INVALID_JSON, "field 'room' must be a string")
             if not room:
                 raise ClientError(protocol.ROOM_REQUIRED)
-            gateway.decoder.check_room(room)
+            request.app[DECODER].check_room(room)
             delivered = await gateway.publish(room, data, type=kind, client_id=client_id)
-    except ClientError as err:
-        return _error(400, err.text, detail=err.detail)
+    except ClientError as err:  # the room keeps history and it cannot be kept now: try again later
+        return _error(503 if err.text == protocol.HISTORY_UNAVAILABLE else 400, err.text, detail=err.detail)
     return web.json_response({"delivered": delivered})
 
 

@@ -21,16 +21,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import hookimpl, protocol
-from ..auth import Identity
-from .messages import room_of
-from ..config import Settings
-from ..connection import Connection
-from ..dashboard import COOKIE, SESSION_CLAIM, operator, same_host
-from ..gateway import Gateway
-from ..hookspecs import Handler
-from ..keys import GATEWAY
-from ..protocol import ClientError, Message
+from wsgate import Client, ClientError, Gateway, Handler, Identity, Message, hookimpl, protocol
+from wsgate.config import Settings
+from wsgate.origins import same_host
+
+from .sessions import COOKIE, SESSION_CLAIM, DashboardSessions, operator
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +40,9 @@ class Dashboard:
 
     def __init__(self, settings: Settings) -> None:
         self._admin_claim = settings.dashboard.admin_claim
-        self._watchers: set[Connection] = set()
+        self.sessions = DashboardSessions(settings.dashboard)
+        """Dashboard logins, shared with the dashboard's HTTP views (`wsgate.dashboard.web`)."""
+        self._watchers: set[Client] = set()
         self._task: asyncio.Task[None] | None = None
 
     # --- hooks --------------------------------------------------------------------------
@@ -53,8 +50,8 @@ class Dashboard:
     @hookimpl
     def wsgate_authenticate(self, request: web.Request) -> object | None:
         """The session cookie makes an operator, but only from the dashboard's own pages (or no page)."""
-        sessions, session = request.app[GATEWAY].dashboard, request.cookies.get(COOKIE)
-        if sessions is None or not sessions.valid(session) or not same_host(request):
+        session = request.cookies.get(COOKIE)
+        if not self.sessions.valid(session) or not same_host(request):
             return None
         assert session is not None
         return operator(session)
@@ -80,50 +77,48 @@ class Dashboard:
                 await self._task
 
     @hookimpl
-    def wsgate_client_disconnected(self, client: Connection) -> None:
+    def wsgate_client_disconnected(self, client: Client) -> None:
         self._watchers.discard(client)
 
     # --- operator messages ----------------------------------------------------------------
 
-    def _operator(self, client: Connection) -> None:
+    def _operator(self, client: Client) -> None:
         if not self._is_operator(client):
             raise ClientError(protocol.NOT_ALLOWED, "dashboard messages are for operators")
 
-    def _is_operator(self, client: Connection) -> bool:
+    def _is_operator(self, client: Client) -> bool:
         """A live dashboard login (checked every time: logging out ends it), or a JWT with the admin claim."""
         identity = client.identity
         if not isinstance(identity, Identity):
             return False
-        sessions = client.gateway.dashboard
         session = identity.claims.get(SESSION_CLAIM)
         if isinstance(session, str):
-            return sessions is not None and sessions.valid(session)
+            return self.sessions.valid(session)
         return identity.claims.get(self._admin_claim) is True
 
-    async def watch(self, client: Connection, message: Message) -> None:
+    async def watch(self, client: Client, message: Message) -> None:
         self._operator(client)
         self._watchers.add(client)
         client.enqueue(protocol.encode("dashboard_watching"))
 
-    async def publish(self, client: Connection, message: Message) -> None:
+    async def publish(self, client: Client, message: Message) -> None:
         self._operator(client)
-        room = room_of(message)
+        room = message.require_room()
         delivered = await client.gateway.publish(room, message.data)
         client.enqueue(protocol.encode("dashboard_published", room=room, data={"delivered": delivered}))
 
-    async def tail(self, client: Connection, message: Message) -> None:
+    async def tail(self, client: Client, message: Message) -> None:
         self._operator(client)
-        room = room_of(message)
-        client.gateway.hub.join(client, room)
-        await client.gateway.broker.wait_receiving(room)
+        room = message.require_room()
+        await client.gateway.join(client, room)
         client.enqueue(protocol.encode("dashboard_tailing", room=room))
 
-    async def disconnect(self, client: Connection, message: Message) -> None:
+    async def disconnect(self, client: Client, message: Message) -> None:
         self._operator(client)
         target_id = message.fields.get("client_id")
         if not isinstance(target_id, str):
             raise ClientError(protocol.INVALID_JSON, "field 'client_id' must be a string")
-        target = client.gateway.hub.connections.get(target_id)
+        target = client.gateway.client(target_id)
         if target is not None:
             log.info("operator %s disconnects client %s", client.id, target_id, extra={"client_id": target_id})
             target.drop(protocol.CLOSE_POLICY_VIOLATION, DISCONNECTED)
@@ -133,19 +128,16 @@ class Dashboard:
     # --- figures --------------------------------------------------------------------------
 
     async def _report(self, gateway: Gateway) -> None:
-        """Every second: this node's figures, shared through the broker; every node's, pushed to the watchers."""
-        before, then = gateway.metrics.totals(), time.monotonic()
+        """Every second: this node's figures, shared with every node; every node's, pushed to the watchers."""
+        before, then = gateway.stats(top_rooms=0, sample_clients=0), time.monotonic()
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            now, totals = time.monotonic(), gateway.metrics.totals()
+            now, stats = time.monotonic(), gateway.stats(top_rooms=TOP_ROOMS, sample_clients=SAMPLE_CLIENTS)
             elapsed = max(now - then, 1e-6)
-            figures = _figures(gateway, totals, before, elapsed)
-            before, then = totals, now
-            try:  # every node shares its figures, watched or not: a dashboard on any node shows them all
-                nodes = [protocol.loads(node) for node in await gateway.broker.share_stats(protocol.dumps(figures))]
-            except Exception:  # a broken Redis must not stop the dashboard: show this node alone
-                log.debug("dashboard: sharing figures failed", exc_info=True)
-                nodes = [figures]
+            figures = _figures(stats, before, elapsed)
+            before, then = stats, now
+            # every node shares its figures, watched or not: a dashboard on any node shows them all
+            nodes = await gateway.share_figures(figures)
             if not self._watchers:
                 continue
             payload = protocol.encode("dashboard_stats", data={"node": figures, "nodes": nodes})
@@ -156,23 +148,9 @@ class Dashboard:
                     self._watchers.discard(watcher)  # logged out, or the login expired
 
 
-def _figures(gateway: Gateway, totals: dict[str, Any], before: dict[str, Any], elapsed: float) -> dict[str, Any]:
-    hub = gateway.hub
-    rooms = sorted(hub.rooms.items(), key=lambda item: len(item[1]), reverse=True)[:TOP_ROOMS]
-    recent = list(hub.connections.values())[-SAMPLE_CLIENTS:]
-    return {
-        "node": getattr(gateway.broker, "node_id", b"local").decode(),
-        "clients": len(hub.connections),
-        "rooms": len(hub.rooms),
-        "top_rooms": [[room, len(members)] for room, members in rooms],
-        "in_per_s": round((totals["received"] - before["received"]) / elapsed, 1),
-        "out_per_s": round((totals["delivered"] - before["delivered"]) / elapsed, 1),
-        "errors": totals["errors"],
-        "broker": gateway.broker.state,
-        "clients_sample": [{"client_id": c.id, "remote": c.remote, "rooms": len(c.rooms)} for c in recent],
-    }
-
-
-def build(settings: Settings) -> Dashboard | None:
-    """The plugin for this gateway, or None when the dashboard is off (then nothing of it runs)."""
-    return Dashboard(settings) if settings.dashboard.enabled else None
+def _figures(stats: dict[str, Any], before: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """What the page shows of a node: its stats, with messages in and out per second instead of totals."""
+    figures = {key: value for key, value in stats.items() if key not in ("received", "delivered")}
+    figures["in_per_s"] = round((stats["received"] - before["received"]) / elapsed, 1)
+    figures["out_per_s"] = round((stats["delivered"] - before["delivered"]) / elapsed, 1)
+    return figures

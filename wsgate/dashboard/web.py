@@ -1,4 +1,4 @@
-"""The operator dashboard over HTTP: login, sessions, and its static files (`dashboard.enabled`).
+"""The operator dashboard over HTTP: the page, login, logout and its static files (`dashboard.enabled`).
 
 The page holds no secret: logging in (the password, or a JWT whose `admin_claim`
 is true) sets an HttpOnly, SameSite=Strict session cookie. The browser sends it
@@ -12,29 +12,19 @@ from __future__ import annotations
 import hmac
 import time
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .auth import Identity
-from .keys import GATEWAY
+from ..origins import same_host
+from ..keys import DASHBOARD, METRICS, PLUGINS, SETTINGS
+from .sessions import COOKIE
 
-STATIC = Path(__file__).parent / "static" / "dashboard"
-COOKIE = "wsgate_dashboard"
+STATIC = Path(__file__).parent / "static"
 FILES = {
     "dashboard.css": "text/css", "dashboard.js": "text/javascript", "chart.js": "text/javascript",
     "login.js": "text/javascript",
 }
-SESSION_CLAIM = "dashboard_session"
-"""The claim of an operator identity that holds its session: checked on every operator message, so a
-logout or an expired login ends the rights of sockets already open."""
-
-
-def operator(session: str) -> Identity:
-    """The identity of a WebSocket opened by a logged-in dashboard."""
-    return Identity("operator", MappingProxyType({SESSION_CLAIM: session}))
 
 
 def add_routes(app: web.Application) -> None:
@@ -46,29 +36,26 @@ def add_routes(app: web.Application) -> None:
 
 async def dashboard_view(request: web.Request) -> web.FileResponse:
     """The dashboard for a logged-in operator, the login form for anyone else."""
-    sessions = request.app[GATEWAY].dashboard
-    assert sessions is not None
+    sessions = request.app[DASHBOARD].sessions
     page = "index.html" if sessions.valid(request.cookies.get(COOKIE)) else "login.html"
     return web.FileResponse(STATIC / page, headers=_page_headers())
 
 
 async def login_view(request: web.Request) -> web.StreamResponse:
     _same_origin_only(request)
-    gateway = request.app[GATEWAY]
-    sessions, settings = gateway.dashboard, gateway.settings.dashboard
-    assert sessions is not None
+    sessions, settings, metrics = request.app[DASHBOARD].sessions, request.app[SETTINGS].dashboard, request.app[METRICS]
     address = request.remote or ""
     if not sessions.may_try(address):
-        gateway.metrics.error("dashboard_login_failed")
+        metrics.error("dashboard_login_failed")
         raise web.HTTPTooManyRequests(text="too many failed logins from this address; try again later")
     form = await request.post()
     secret = str(form.get("secret", ""))
     lifetime = None
     if not _password_matches(secret, settings.password):
-        lifetime = _admin_token_lifetime(gateway, secret, settings.admin_claim)
+        lifetime = _admin_token_lifetime(request.app[PLUGINS].get("jwt"), secret, settings.admin_claim)
         if lifetime is None:
             sessions.failed(address)
-            gateway.metrics.error("dashboard_login_failed")
+            metrics.error("dashboard_login_failed")
             raise web.HTTPFound("/dashboard?failed=1")
     response = web.HTTPFound("/dashboard")
     secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"  # TLS ends at a proxy
@@ -79,8 +66,7 @@ async def login_view(request: web.Request) -> web.StreamResponse:
 
 async def logout_view(request: web.Request) -> web.StreamResponse:
     _same_origin_only(request)
-    sessions = request.app[GATEWAY].dashboard
-    assert sessions is not None
+    sessions = request.app[DASHBOARD].sessions
     sessions.end(request.cookies.get(COOKIE))
     response = web.HTTPFound("/dashboard")
     response.del_cookie(COOKIE, path="/")
@@ -104,12 +90,6 @@ def _page_headers() -> dict[str, str]:
     }
 
 
-def same_host(request: web.Request) -> bool:
-    """The request comes from a page of this host, or from no page at all (no Origin: not a browser form)."""
-    origin = request.headers.get("Origin")
-    return origin is None or urlsplit(origin).netloc.lower() == request.host.lower()
-
-
 def _same_origin_only(request: web.Request) -> None:
     """Login and logout forms posted from another site (CSRF) are refused."""
     if not same_host(request) or request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
@@ -120,9 +100,9 @@ def _password_matches(given: str, password: str) -> bool:
     return bool(password) and hmac.compare_digest(given.encode(), password.encode())
 
 
-def _admin_token_lifetime(gateway: Any, token: str, claim: str) -> float | None:
-    """Seconds left of a JWT the JWT authenticator accepts and whose `claim` is true; None otherwise."""
-    authenticator = gateway.plugins.pm.get_plugin("jwt")
+def _admin_token_lifetime(authenticator: Any, token: str, claim: str) -> float | None:
+    """Seconds left of a JWT the JWT authenticator (the built-in `jwt` plugin, if on) accepts and whose
+    `claim` is true; None otherwise."""
     claims = authenticator.verify(token) if authenticator is not None and token else None
     if not claims or claims.get(claim) is not True:
         return None

@@ -1,0 +1,146 @@
+"""The Redis layout wsgate nodes share with each other and with `RedisPublisher`: names, marks, scripts.
+
+Every relayed message is `sender id (32 bytes) + message bytes` on
+`<prefix>:room:<room>` or `<prefix>:broadcast`. A node skips messages whose
+sender id is its own (it delivered them locally when they were published);
+publishers from outside use an id of their own, so every node delivers theirs.
+
+History: a hash `<prefix>:history:<room>:meta` {epoch, offset} and a stream
+`<prefix>:history:<room>:stream` whose entry ids are the offsets
+(`<offset>-0`). Both expire `history.ttl` after the last message; a room
+without them starts a new epoch at offset 0. `PUBLISH_SCRIPT` gives out the
+offset, keeps the message and publishes it in one atomic step, so offsets are
+given out, kept and relayed in one order that every node sees.
+
+`<prefix>:history:config` holds the gateways' `[history]` settings (JSON), so a
+`RedisPublisher` in another process stamps and keeps history exactly as the
+gateways do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+NODE_ID_LENGTH = 32  # uuid4().hex
+
+
+def new_sender_id() -> bytes:
+    """A random sender id: a node's, or an outside publisher's."""
+    return uuid.uuid4().hex.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RedisNames:
+    """Every key and channel name under one `broker.prefix`."""
+
+    prefix: str
+
+    @property
+    def broadcast(self) -> bytes:
+        return f"{self.prefix}:broadcast".encode()
+
+    @property
+    def room_prefix(self) -> bytes:
+        return f"{self.prefix}:room:".encode()
+
+    def channel(self, room: str | None) -> bytes:
+        """The pub/sub channel of `room` (None: the broadcast channel)."""
+        return self.broadcast if room is None else self.room_prefix + room.encode()
+
+    def history_keys(self, room: str) -> list[str]:
+        return [f"{self.prefix}:history:{room}:meta", f"{self.prefix}:history:{room}:stream"]
+
+    @property
+    def history_config(self) -> str:
+        return f"{self.prefix}:history:config"
+
+    def presence(self, room: str) -> str:
+        return f"{self.prefix}:presence:{room}"
+
+    @property
+    def node_prefix(self) -> str:
+        return f"{self.prefix}:node:"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
+
+
+_ENSURE = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+"""
+
+PUBLISH_SCRIPT = _ENSURE + """
+local n = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local payload = ARGV[3] .. ',"offset":' .. n .. ',"epoch":"' .. epoch .. '"}'
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], n .. '-0', 'p', payload)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local receivers = redis.call('PUBLISH', ARGV[5], ARGV[6] .. payload)
+return {n, epoch, receivers}
+"""
+"""KEYS: history_keys(room). ARGV: new epoch, ttl ms, head (no closing brace), size, channel, sender id.
+Returns {offset, epoch, receivers}; the stamped bytes are `history.stamp(head, offset, epoch)`."""
+
+READ_SCRIPT = """
+if ARGV[3] == 'last' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'', '0', {}}  -- reading the last messages creates nothing
+end
+""" + _ENSURE + """
+local offset = redis.call('HGET', KEYS[1], 'offset')
+local entries = {}
+if ARGV[3] == 'after' then
+  entries = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[4]) + 1) .. '-0', '+')
+elseif ARGV[3] == 'last' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[4])
+end
+return {epoch, offset, entries}
+"""
+"""KEYS: history_keys(room). ARGV: new epoch, ttl ms, mode (none, after, last), offset or count."""
+
+PRESENCE_SCRIPT = """
+local entries = redis.call('HGETALL', KEYS[1])
+local alive, found = {}, {}
+for i = 1, #entries, 2 do
+  local node = string.sub(entries[i + 1], 1, 32)
+  if alive[node] == nil then alive[node] = redis.call('EXISTS', ARGV[1] .. node) == 1 end
+  if not alive[node] then
+    redis.call('HDEL', KEYS[1], entries[i])
+  elseif node ~= ARGV[2] then
+    table.insert(found, string.sub(entries[i + 1], 33))
+  end
+end
+return found
+"""
+"""KEYS: presence(room). ARGV: node_prefix, this node's id. Returns the other live nodes' members."""
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line for logs and errors."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def connect(url: str, connect_timeout: float, client_name: str, max_connections: int) -> object:
+    """A redis-py client with a bounded pool that makes callers wait for a connection (a burst queues up,
+    it does not fail with "Too many connections"). Raises ImportError without redis-py, ValueError for a bad URL.
+
+    A pooled connection that Redis closed (a restart) fails on first use: it is tried once more on a fresh
+    one rather than lose the command. A command that failed this way never ran.
+    """
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=connect_timeout, socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError], client_name=client_name,
+    )
+    return aioredis.Redis.from_pool(pool)

@@ -1,0 +1,23 @@
+"""What plugins receive as a `wsgate.Client`: a Connection together with the gateway it belongs to.
+
+`Connection` knows nothing of the gateway (it gets its collaborators in its
+constructor); this subclass adds the one attribute plugins reach everything
+through, `client.gateway`, typed as the narrow `wsgate.Gateway` protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .connection import Connection
+from .types import Gateway
+
+
+class ConnectedClient(Connection):
+    """A Connection plus `gateway`: satisfies `wsgate.Client`."""
+
+    __slots__ = ("gateway",)
+
+    def __init__(self, *args: Any, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gateway = gateway

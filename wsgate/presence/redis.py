@@ -1,0 +1,162 @@
+"""Presence in Redis: a hash per room of `client id -> node id + member`, and a liveness key per node.
+
+Every node writes its own members and proves it is alive every `node_ttl / 3`
+(`<prefix>:node:<id>`, expiring after `node_ttl`). Reading a room merges the
+members of the other live nodes and drops those of nodes that stopped, so the
+members of a node that crashed vanish within `node_ttl`. Local membership is
+the truth: after a failure everything is written again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..broker.redis_schema import PRESENCE_SCRIPT, RedisNames, connect, describe
+from .base import PresenceError
+
+if TYPE_CHECKING:
+    from ..config import BrokerSettings
+    from ..metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+POOL_SIZE = 4
+BACKOFF_MAX = 5.0
+STATS_TTL = 5.0  # seconds a node's dashboard figures outlive its last report
+
+
+class RedisPresenceStore:
+    """See the module docstring."""
+
+    def __init__(self, settings: BrokerSettings, metrics: Metrics, node_id: bytes, node_ttl: float) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._node_id = node_id
+        self._node_ttl = node_ttl
+        self._names = RedisNames(settings.prefix)
+        self._node_key = self._names.node_prefix + node_id.decode()
+        self._redis: Any = None
+        self._script: Any = None
+        self._present: dict[str, dict[str, bytes]] = {}  # room -> local client id -> member (the truth)
+        self._changes: dict[tuple[str, str], bytes | None] = {}  # (room, client) -> member, None: left
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        self._redis = connect(self._settings.url, self._settings.connect_timeout,
+                              f"wsgate-{self._node_id.decode()[:8]}-presence", POOL_SIZE)
+        self._script = self._redis.register_script(PRESENCE_SCRIPT)
+        self._task = asyncio.create_task(self._write_loop(), name="wsgate-redis-presence")
+
+    async def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=self._settings.connect_timeout)
+            self._task.cancel()
+        if self._redis is not None:
+            with contextlib.suppress(Exception):  # best effort: the key expires by itself otherwise
+                async with asyncio.timeout(self._settings.connect_timeout):
+                    await self._redis.delete(self._node_key)  # our members vanish from presence at once
+            await self._redis.aclose()
+
+    def join(self, room: str, client_id: str, member: bytes) -> None:
+        self._present.setdefault(room, {})[client_id] = member
+        self._changes[(room, client_id)] = member
+        self._ready.set()
+
+    def leave(self, room: str, client_id: str) -> None:
+        members = self._present.get(room)
+        if members is not None:
+            members.pop(client_id, None)
+            if not members:
+                del self._present[room]
+        self._changes[(room, client_id)] = None
+        self._ready.set()
+
+    async def members(self, room: str) -> list[bytes]:
+        """Members of `room` on the other live nodes (entries of nodes that stopped are dropped)."""
+        import redis.asyncio as aioredis
+
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout):  # a client is waiting for the answer
+                found: list[bytes] = await self._script(
+                    keys=[self._names.presence(room)], args=[self._names.node_prefix, self._node_id]
+                )
+        except (OSError, TimeoutError, aioredis.RedisError) as exc:
+            self._metrics.broker_error()
+            raise PresenceError(f"reading the presence of {room!r} from Redis failed: {describe(exc)}") from None
+        return found
+
+    async def share_figures(self, figures: bytes) -> list[bytes]:
+        """Every node keeps its figures in one hash, <prefix>:stats, stamped with the time; stale ones are dropped."""
+        import redis.asyncio as aioredis
+
+        key, now = self._names.stats, time.time()
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout):
+                await self._redis.hset(key, self._node_id, b"%.3f " % now + figures)
+                found: dict[bytes, bytes] = await self._redis.hgetall(key)
+                fresh: list[bytes] = []
+                stale: list[bytes] = []
+                for node, value in found.items():
+                    stamp, _, node_figures = value.partition(b" ")
+                    if now - float(stamp) < STATS_TTL:
+                        fresh.append(node_figures)
+                    else:
+                        stale.append(node)  # a node that stopped reporting
+                if stale:
+                    await self._redis.hdel(key, *stale)
+        except (OSError, TimeoutError, aioredis.RedisError) as exc:
+            raise PresenceError(f"sharing figures through Redis failed: {describe(exc)}") from None
+        return fresh
+
+    async def _write_loop(self) -> None:
+        """Write joins and leaves; every node_ttl / 3 prove this node alive and keep its rooms' keys."""
+        import redis.asyncio as aioredis
+
+        beat = self._node_ttl / 3
+        ttl_ms = round(self._node_ttl * 1000)
+        rewrite = True
+        loop = asyncio.get_running_loop()
+        next_beat = 0.0
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_beat - loop.time())):
+                    await self._ready.wait()
+            self._ready.clear()
+            if self._closed:
+                return
+            changes, self._changes = self._changes, {}
+            beating = loop.time() >= next_beat
+            try:
+                async with asyncio.timeout(self._settings.connect_timeout), \
+                        self._redis.pipeline(transaction=False) as pipe:
+                    if rewrite:  # the whole local truth; the changes below still remove those who left
+                        for room, members in self._present.items():
+                            pipe.hset(self._names.presence(room), mapping={
+                                client: self._node_id + member for client, member in members.items()
+                            })
+                    for (room, client), member in changes.items():
+                        if member is None:
+                            pipe.hdel(self._names.presence(room), client)
+                        else:
+                            pipe.hset(self._names.presence(room), client, self._node_id + member)
+                    if beating or rewrite:
+                        pipe.set(self._node_key, b"1", px=ttl_ms)
+                        for room in self._present:
+                            pipe.pexpire(self._names.presence(room), 2 * ttl_ms)
+                    await pipe.execute()
+                rewrite = False
+                if beating:
+                    next_beat = loop.time() + beat
+            except (OSError, TimeoutError, aioredis.RedisError):
+                rewrite = True  # write the whole local truth once Redis is back
+                for key, member in changes.items():  # and keep the leaves: newer changes win
+                    self._changes.setdefault(key, member)
+                next_beat = loop.time() + min(beat, BACKOFF_MAX)

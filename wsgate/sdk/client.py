@@ -1,0 +1,264 @@
+"""An asyncio client for wsgate that stays connected and loses nothing it can recover.
+
+    async with GatewayClient("ws://localhost:8081/ws") as client:
+        await client.subscribe("chat:lobby")
+        await client.publish("chat:lobby", {"text": "hi"})
+        async for message in client:
+            print(message["data"])
+
+It reconnects after any disconnection (exponential backoff with full jitter, so
+a fleet of clients does not return in one storm), subscribes again to its rooms
+and, for rooms that keep history, asks for what it missed (`since` its last
+offset). A re-subscription that could not recover is passed on as the
+`subscribed` message itself, with `"recovered": false`: the application must
+reload that room's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from ..history import Position
+
+log = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    """The gateway answered a request with an `error` message; `text` is its `error`, `detail` its detail."""
+
+    def __init__(self, text: str, detail: str | None = None) -> None:
+        super().__init__(text if detail is None else f"{text}: {detail}")
+        self.text = text
+        self.detail = detail
+
+
+class GatewayClient:
+    """See the module docstring. Not thread-safe; one per event loop."""
+
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        *,
+        token: str | None = None,
+        backoff: tuple[float, float] = (0.1, 10.0),
+        request_timeout: float = 10.0,
+        queue_size: int = 10_000,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.urls = [url] if isinstance(url, str) else list(url)
+        """Tried in turn: after a disconnection the client moves on to the next (another node)."""
+        self.url = self.urls[0]
+        self.client_id: str | None = None
+        self.user_id: str | None = None
+        self.positions: dict[str, Position] = {}
+        """The last offset seen in each room that keeps history: where a reconnect resumes."""
+        self.connects = 0
+        """How many times a connection was established (1 + the reconnections)."""
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._backoff = backoff
+        self._request_timeout = request_timeout
+        self._session = session
+        self._own_session = session is None
+        self._rooms: set[str] = set()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._runner: asyncio.Task[None] | None = None
+        self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
+        self._lock = asyncio.Lock()  # one request waiting for its answer at a time (answers carry no id)
+        self._answer: asyncio.Future[dict[str, Any]] | None = None
+        self._expected: tuple[str, str | None] | None = None  # (type, room) of the awaited answer
+
+    # --- life cycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> GatewayClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Start the connection loop and wait (at most `request_timeout`) for the first connection."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="wsgate-client")
+        await self.connected()
+
+    async def connected(self) -> None:
+        """Wait until the client is connected and subscribed again to its rooms."""
+        async with asyncio.timeout(self._request_timeout):
+            await self._connected.wait()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._own_session and self._session is not None:
+            await self._session.close()
+
+    # --- requests ---------------------------------------------------------------------
+
+    async def subscribe(self, room: str) -> dict[str, Any]:
+        """Join `room` (and again after every reconnect); returns the `subscribed` data."""
+        self._rooms.add(room)
+        await self.connected()
+        return await self._subscribe(room)
+
+    async def unsubscribe(self, room: str) -> None:
+        self._rooms.discard(room)
+        self.positions.pop(room, None)
+        await self._request({"type": "unsubscribe", "room": room}, ("unsubscribed", room))
+
+    async def publish(self, room: str, data: Any) -> None:
+        """Send to `room` (the client must be subscribed to it); its own copy arrives like any other."""
+        await self._send({"type": "publish", "room": room, "data": data})
+
+    async def broadcast(self, data: Any) -> None:
+        await self._send({"type": "broadcast", "data": data})
+
+    async def history(self, room: str, limit: int | None = None) -> dict[str, Any]:
+        """The last `limit` kept messages of `room` and its position (the `history` answer's data)."""
+        request: dict[str, Any] = {"type": "history", "room": room}
+        if limit is not None:
+            request["limit"] = limit
+        answer = await self._request(request, ("history", room))
+        data: dict[str, Any] = answer["data"]
+        return data
+
+    async def ping(self) -> float:
+        """Round-trip time of a `ping`, in seconds."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._request({"type": "ping"}, ("pong", None))
+        return loop.time() - started
+
+    # --- receiving --------------------------------------------------------------------
+
+    async def receive(self) -> dict[str, Any]:
+        """The next message for the application (room messages, broadcasts, failed recoveries, extensions)."""
+        return await self._inbox.get()
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            yield await self._inbox.get()
+
+    # --- internals --------------------------------------------------------------------
+
+    async def _subscribe(self, room: str) -> dict[str, Any]:
+        request: dict[str, Any] = {"type": "subscribe", "room": room}
+        since = self.positions.get(room)
+        if since is not None:
+            request["since"] = {"offset": since.offset, "epoch": since.epoch}
+        answer = await self._request(request, ("subscribed", room))
+        data: dict[str, Any] = answer["data"]
+        if "epoch" in data and (since is None or not data.get("recovered")):
+            self.positions[room] = Position(data["offset"], data["epoch"])  # from here on, nothing missed
+        if since is not None and not data.get("recovered"):
+            await self._inbox.put(answer)  # the application must reload this room
+        return data
+
+    async def _send(self, obj: dict[str, Any]) -> None:
+        await self.connected()
+        assert self._ws is not None
+        await self._ws.send_str(json.dumps(obj))
+
+    async def _request(self, obj: dict[str, Any], expected: tuple[str, str | None]) -> dict[str, Any]:
+        async with self._lock:
+            self._answer = asyncio.get_running_loop().create_future()
+            self._expected = expected
+            try:
+                if self._ws is None:
+                    raise ConnectionResetError("not connected")
+                await self._ws.send_str(json.dumps(obj))
+                async with asyncio.timeout(self._request_timeout):
+                    answer = await self._answer
+            finally:
+                self._answer = self._expected = None
+        if answer["type"] == "error":
+            raise GatewayError(answer["error"], answer.get("detail"))
+        return answer
+
+    def _dispatch(self, message: dict[str, Any]) -> bool:
+        """Route one message; False when the application should see it."""
+        kind, room = message.get("type"), message.get("room")
+        if kind == "message" and room is not None and "offset" in message:
+            self.positions[room] = Position(message["offset"], message["epoch"])
+        answer = self._answer
+        if answer is not None and not answer.done() and self._expected is not None:
+            expected_kind, expected_room = self._expected  # an expected room of None: any room (pong has none)
+            if kind == "error" or (kind == expected_kind and expected_room in (None, room)):
+                answer.set_result(message)
+                return True
+        return kind in ("pong", "subscribed", "unsubscribed", "history", "connected")
+
+    async def _run(self) -> None:
+        attempt = 0
+        for turn in itertools.count():
+            if self._closing:
+                return
+            self.url = self.urls[turn % len(self.urls)]
+            try:
+                assert self._session is not None
+                async with self._session.ws_connect(self.url, headers=self._headers) as ws:
+                    hello = await ws.receive_json(timeout=self._request_timeout)
+                    self.client_id = hello["data"]["client_id"]
+                    self.user_id = hello["data"].get("user_id")
+                    self._ws = ws
+                    self.connects += 1
+                    attempt = 0
+                    reader = asyncio.create_task(self._read(ws))
+                    try:
+                        for room in sorted(self._rooms):
+                            try:
+                                await self._subscribe(room)
+                            except GatewayError as exc:  # one room failing must not keep the others out
+                                log.warning("wsgate client: subscribing again to %r failed: %s", room, exc)
+                                await self._inbox.put({"type": "error", "room": room, "error": exc.text,
+                                                       "detail": exc.detail})
+                        self._connected.set()
+                        await reader
+                    finally:
+                        reader.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await reader
+            except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError) as exc:
+                log.info("wsgate client: connection to %s failed or ended: %r", self.url, exc)
+            finally:
+                self._ws = None
+                self._connected.clear()
+                if self._answer is not None and not self._answer.done():
+                    self._answer.set_exception(ConnectionResetError("connection lost"))
+            if self._closing:
+                return
+            low, high = self._backoff
+            await asyncio.sleep(random.uniform(0, min(high, low * 2**attempt)))  # full jitter
+            attempt += 1
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            message = json.loads(msg.data)
+            if not self._dispatch(message):
+                await self._inbox.put(message)

@@ -1,0 +1,136 @@
+"""The interfaces plugins and application code program against: `Client`, `Gateway`, `Handler`.
+
+These are `typing.Protocol`s: narrow views of the running objects, so a plugin
+depends on what it may use and nothing else. Re-exported by `wsgate`. Built-in
+plugins use exactly these, as third-party plugins do. This module imports only
+the wire protocol and history positions, so every layer may name these types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Set
+from typing import Any, Protocol
+
+from .history import Position
+from .protocol import MESSAGE, Message
+
+__all__ = ["Client", "Gateway", "Handler", "Position"]
+
+
+class Client(Protocol):
+    """One connected client, as handlers and hooks receive it."""
+
+    @property
+    def id(self) -> str:
+        """The client's id (a UUID), as sent in `connected` and stamped as `client_id` on its messages."""
+
+    @property
+    def identity(self) -> object:
+        """What an authentication plugin returned (`wsgate_authenticate`); None when anonymous."""
+
+    @property
+    def rooms(self) -> Set[str]:
+        """The rooms the client is in (read-only: join and leave through the gateway)."""
+
+    @property
+    def remote(self) -> str | None:
+        """The peer address of the connection."""
+
+    @property
+    def gateway(self) -> Gateway:
+        """The running gateway."""
+
+    def send(self, payload: Mapping[str, Any]) -> Awaitable[None]:
+        """Send one JSON object to this client alone (stamped with `timestamp` if it has none).
+
+        Queued at once: awaiting the result is allowed and completes immediately.
+        Raises `ClientError` (`invalid JSON format`) for data JSON cannot carry.
+        """
+
+    def enqueue(self, message: bytes) -> None:
+        """Send one message that is already encoded JSON (`wsgate.protocol.encode`) to this client alone."""
+
+    def drop(self, code: int, reason: str) -> None:
+        """Close the connection with `code` (RFC 6455 section 7.4) and `reason`, without waiting; idempotent."""
+
+
+Handler = Callable[[Client, Message], Awaitable[Any]]
+"""`async def handler(client, message)`: handles one message type for one client."""
+
+
+class Gateway(Protocol):
+    """The running gateway: what handlers (`client.gateway`), hooks and application code may do.
+
+    Reached as `client.gateway` in a handler, as the `gateway` argument of
+    `wsgate_services`, `wsgate_startup` and `wsgate_shutdown`, and as
+    `app[wsgate.keys.GATEWAY]` from aiohttp code. Everything published through it
+    takes the one route (README "Architecture"), so code written against it keeps
+    working when the gateway scales out.
+    """
+
+    @property
+    def services(self) -> Mapping[str, object]:
+        """Services provided by plugins (`wsgate_services`), by name: the spec's service layer."""
+
+    def plugin_settings(self, name: str) -> Mapping[str, Any]:
+        """The `[plugins.<name>]` table of the settings file (empty when absent), read-only."""
+
+    # --- messages ---------------------------------------------------------------------
+
+    async def publish(self, room: str, data: Any, *, type: str = MESSAGE, client_id: str | None = None) -> int:
+        """Send `{"type": type, "room": room, "data": data}` to every member of `room`, on every node.
+
+        The spec's RoomBroadcast / NotifyRoom. `client_id` names the sender (absent for server
+        messages). In a room with history the message gets the room's next `offset` and its
+        `epoch`. Returns how many local clients it was queued for. Raises `ClientError`:
+        `invalid JSON format` for data JSON cannot carry, `history is unavailable` when the
+        room keeps history and the history store cannot keep it (then nobody got it).
+        """
+
+    async def broadcast(self, data: Any, *, type: str = MESSAGE, client_id: str | None = None) -> int:
+        """Send `{"type": type, "data": data}` to every connected client on every node (the spec's
+        Broadcast / NotifyAllClients). Returns how many local clients it was queued for."""
+
+    # --- rooms ------------------------------------------------------------------------
+
+    async def authorize(self, client: Client, action: str, room: str | None) -> None:
+        """Raise `ClientError` (`not allowed`, or a plugin's text) unless `client` may do `action` in `room`.
+
+        The `[auth]` rules first, then `wsgate_authorize` plugins. `action` is one of
+        subscribe, publish, broadcast (room None), history, presence, or a plugin's own.
+        """
+
+    async def subscribe(self, client: Client, room: str, *, since: Position | None = None) -> None:
+        """Join `room` and answer `subscribed` (the spec's message, with `offset` and `epoch` in a room
+        with history). With `since`, first send what the client missed, then live messages, with no
+        gap and no duplicate, or `recovered: false`. Raises `ClientError` (limits, `history is unavailable`).
+        Call `authorize` first: this does not."""
+
+    async def join(self, client: Client, room: str) -> int:
+        """Add `client` to `room` without an answer; returns the room's member count once messages
+        from every node arrive. Raises `ClientError` (limits)."""
+
+    def unsubscribe(self, client: Client, room: str) -> None:
+        """Take `client` out of `room`; `ClientError` (`not subscribed to this room`) when it is not in it."""
+
+    async def history(self, room: str, limit: int | None = None) -> tuple[Position, list[bytes]]:
+        """The room's position and its last `limit` kept messages (at most `history.size`), oldest first,
+        each already encoded. Raises `ClientError`: `room has no history`, `history is unavailable`."""
+
+    async def presence(self, room: str) -> list[bytes]:
+        """The encoded members of `room` on every node. Raises `ClientError`: `room has no presence`,
+        `presence is unavailable`."""
+
+    # --- clients and operations ---------------------------------------------------------
+
+    def client(self, client_id: str) -> Client | None:
+        """The client with this id on this node, if connected here."""
+
+    def stats(self, *, top_rooms: int = 20, sample_clients: int = 50) -> dict[str, Any]:
+        """This node's figures: `node`, `clients`, `rooms`, `top_rooms` ([room, members] by size),
+        `received` and `delivered` (messages so far), `errors` (by reason), `broker` (ok or degraded)
+        and `clients_sample` (the newest clients: id, address, rooms)."""
+
+    async def share_figures(self, figures: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Share this node's `figures` (any JSON object) and return every live node's, this one's
+        included; only this node's when the others cannot be reached."""
