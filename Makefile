@@ -8,7 +8,9 @@ BIN := $(VENV)/bin
 run: $(VENV)/.installed
 	$(BIN)/python -m wsgate
 
+# The layer contracts (setup.cfg [importlinter]) first, then the tests.
 test: $(VENV)/.installed-test
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 $(VENV)/bin/python:

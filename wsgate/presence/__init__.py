@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import protocol
 from ..auth import claims_of, user_id_of
@@ -24,8 +24,16 @@ from ..rooms import RoomPatterns
 from .base import PresenceError, PresenceStore
 from .memory import MemoryPresenceStore
 
-if TYPE_CHECKING:
-    from ..connection import Connection
+
+
+class Member(Protocol):
+    """What presence needs of a client: its id and identity."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def identity(self) -> object: ...
 
 __all__ = ["Presence", "PresenceError", "PresenceStore", "make_presence_store"]
 
@@ -48,7 +56,7 @@ class Presence:
         self._leaves: dict[str, dict[str, dict[str, Any]]] = {}
         self._changed = asyncio.Event()
 
-    def describe(self, conn: Connection) -> dict[str, Any]:
+    def describe(self, conn: Member) -> dict[str, Any]:
         """A member as others see it: client id, and user id and the chosen claims when authenticated."""
         member: dict[str, Any] = {"client_id": conn.id}
         user_id = user_id_of(conn.identity)
@@ -61,7 +69,7 @@ class Presence:
                 member["claims"] = chosen
         return member
 
-    def joined(self, conn: Connection, room: str) -> None:
+    def joined(self, conn: Member, room: str) -> None:
         member = self.describe(conn)
         self._members.setdefault(room, {})[conn.id] = member
         self._store.join(room, conn.id, protocol.dumps(member))
@@ -69,7 +77,7 @@ class Presence:
             self._joins.setdefault(room, {})[conn.id] = member  # (left and came back: no change to report)
             self._changed.set()
 
-    def left(self, conn: Connection, room: str) -> None:
+    def left(self, conn: Member, room: str) -> None:
         members = self._members.get(room)
         member = members.pop(conn.id, None) if members is not None else None
         if members is not None and not members:
