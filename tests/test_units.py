@@ -1,0 +1,248 @@
+"""Unit tests of the core on the memory broker: Router, Hub, Connection and Dispatcher, without a server.
+
+The functional tests (real sockets, real Redis) prove the whole; these pin each part's own promise.
+A Connection here writes to a recording transport instead of a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from wsgate import protocol
+from wsgate.broker import BrokerError, MemoryBroker
+from wsgate.clients import ConnectedClient
+from wsgate.config import LimitsSettings, WebSocketSettings
+from wsgate.connection import Flusher, State
+from wsgate.dispatch import Dispatcher
+from wsgate.hub import Hub
+from wsgate.metrics import Metrics
+from wsgate.protocol import ClientError, Decoder, Message
+from wsgate.registry import HandlerRegistry
+from wsgate.rooms import RoomPatterns
+from wsgate.routing import Router
+from wsgate.wire import frame_payloads
+
+
+class RecordingTransport:
+    """Stands in for the socket: records every write."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.writes = 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return 0, 65536
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+        self.writes += 1
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [json.loads(payload) for payload in frame_payloads(self.written)]
+
+
+class FakeRequest:
+    def __init__(self) -> None:
+        self.remote = "127.0.0.1"
+        self.transport = RecordingTransport()
+
+
+class FakeWebSocket:
+    compress = False
+    close_code = None
+
+    async def close(self, code: int, message: bytes) -> None:
+        pass
+
+
+class Parts:
+    """A hub, router and memory broker wired as create_app wires them."""
+
+    def __init__(self, send_queue_size: int = 100, limits: LimitsSettings | None = None) -> None:
+        self.metrics = Metrics()
+        self.broker = MemoryBroker()
+        self.settings = WebSocketSettings(send_queue_size=send_queue_size)
+        self.hub = Hub(limits or LimitsSettings(), self.metrics, send_queue_size=send_queue_size,
+                       room_added=self.broker.room_added, room_removed=self.broker.room_removed)
+        self.router = Router(self.hub, self.broker, RoomPatterns(("h*",)), self.metrics)
+        self.flusher = Flusher()
+
+    def connect(self) -> tuple[ConnectedClient, RecordingTransport]:
+        request = FakeRequest()
+        conn = ConnectedClient(FakeWebSocket(), None, request, settings=self.settings,  # type: ignore[arg-type]
+                               flusher=self.flusher, metrics=self.metrics, on_drop=self.hub.remove,
+                               gateway=None)  # type: ignore[arg-type]
+        assert self.hub.admit(conn)
+        return conn, request.transport
+
+
+async def turn() -> None:
+    """Let the flusher (scheduled with call_soon) run."""
+    await asyncio.sleep(0)
+
+
+# --- Router -------------------------------------------------------------------------------------
+
+
+class SlowHistory(MemoryBroker):
+    """A memory broker whose history appends complete only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[asyncio.Future[bytes], bytes]] = []
+        self.relayed: list[tuple[str | None, bytes]] = []
+
+    def relay(self, room: str | None, message: bytes) -> None:
+        self.relayed.append((room, message))
+
+    def append(self, room: str, head: bytes) -> asyncio.Future[bytes]:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pending.append((future, self.history.append(room, head)))
+        self.relayed.append((room, head))
+        return future
+
+
+async def test_router_delivers_locally_in_publish_order_behind_a_pending_offset() -> None:
+    parts = Parts()
+    broker = SlowHistory()
+    router = Router(parts.hub, broker, RoomPatterns(("h*",)), parts.metrics)
+    conn, transport = parts.connect()
+    for room in ("h1", "p1"):
+        parts.hub.join(conn, room)
+    first = asyncio.create_task(router.publish("h1", protocol.encode("message", room="h1", data=1)))
+    await turn()
+    second = asyncio.create_task(router.publish("p1", protocol.encode("message", room="p1", data=2)))
+    third = asyncio.create_task(router.publish(None, protocol.encode("message", data=3)))
+    await turn()
+    assert transport.written == b""  # 2 and 3 wait for 1's offset
+    assert [room for room, _ in broker.relayed] == ["h1", "p1", None]  # relayed in publish order at once
+    future, stamped = broker.pending.pop()
+    future.set_result(stamped)
+    assert await asyncio.gather(first, second, third) == [1, 1, 1]
+    await turn()
+    assert [(m["data"], m.get("offset")) for m in transport.messages()] == [(1, 1), (2, None), (3, None)]
+
+
+async def test_router_tells_the_publisher_when_history_cannot_be_kept_and_goes_on() -> None:
+    parts = Parts()
+    broker = SlowHistory()
+    router = Router(parts.hub, broker, RoomPatterns(("h*",)), parts.metrics)
+    conn, transport = parts.connect()
+    parts.hub.join(conn, "h1")
+    refused = asyncio.create_task(router.publish("h1", protocol.encode("message", room="h1", data=1)))
+    later = asyncio.create_task(router.publish(None, protocol.encode("message", data=2)))
+    await turn()
+    broker.pending[0][0].set_exception(BrokerError("Redis is unreachable"))
+    with pytest.raises(BrokerError):
+        await refused
+    assert await later == 1
+    await turn()
+    assert [m["data"] for m in transport.messages()] == [2]  # never 1 without an offset
+
+
+async def test_router_on_the_memory_broker_never_waits() -> None:
+    parts = Parts()
+    conn, transport = parts.connect()
+    parts.hub.join(conn, "h1")
+    assert await parts.router.publish("h1", protocol.encode("message", room="h1", data=1)) == 1
+    assert (len(conn._outbox), transport.writes) == (1, 0)  # queued without the loop ever turning
+    await turn()
+    assert transport.messages()[0]["offset"] == 1
+
+
+# --- Hub ------------------------------------------------------------------------------------------
+
+
+async def test_hub_counts_members_enforces_limits_and_forgets_empty_rooms() -> None:
+    added: list[str] = []
+    removed: list[str] = []
+    parts = Parts()
+    hub = Hub(LimitsSettings(max_rooms_per_client=1, max_connections_per_room=1), parts.metrics,
+              send_queue_size=10, room_added=added.append, room_removed=removed.append)
+    parts.hub = hub
+    a, _ = parts.connect()
+    b, _ = parts.connect()
+    assert hub.join(a, "r") == 1
+    assert hub.join(a, "r") == 1  # twice is harmless
+    with pytest.raises(ClientError, match=protocol.TOO_MANY_ROOMS):
+        hub.join(a, "s")
+    with pytest.raises(ClientError, match=protocol.ROOM_FULL):
+        hub.join(b, "r")
+    with pytest.raises(ClientError, match=protocol.NOT_SUBSCRIBED):
+        hub.leave(b, "r")
+    hub.remove(a)
+    assert (added, removed, hub.rooms) == (["r"], ["r"], {})  # the broker hears of the first and the last
+
+
+async def test_hub_builds_one_frame_for_a_whole_fan_out() -> None:
+    parts = Parts()
+    members = [parts.connect() for _ in range(3)]
+    for conn, _ in members:
+        parts.hub.join(conn, "r")
+    assert parts.hub.deliver("r", b'{"n":1}') == 3
+    frames = {id(conn._outbox[0]) for conn, _ in members}
+    assert len(frames) == 1  # the same bytes object in every outbox
+
+
+# --- Connection ---------------------------------------------------------------------------------
+
+
+async def test_connection_writes_every_queued_frame_with_one_system_call_per_turn() -> None:
+    parts = Parts()
+    conn, transport = parts.connect()
+    for n in range(5):
+        conn.enqueue(b'{"n":%d}' % n)
+    assert transport.writes == 0  # nothing written inside the turn
+    await turn()
+    assert (transport.writes, [m["n"] for m in transport.messages()]) == (1, [0, 1, 2, 3, 4])
+
+
+async def test_a_full_outbox_drops_the_slow_client_and_leaves_its_rooms() -> None:
+    parts = Parts(send_queue_size=2)
+    conn, _ = parts.connect()
+    parts.hub.join(conn, "r")
+    assert [conn.put(b"x") for _ in range(3)] == [True, True, False]
+    assert (conn.state, conn.close_code, conn.close_reason) == (State.CLOSING, 1008, "slow consumer")
+    await turn()  # the hub forgets it on the next turn (it may be inside a fan-out now)
+    assert parts.hub.rooms == {} and conn.id not in parts.hub.connections
+    assert parts.metrics.error_count("slow_consumer") == 1
+    await conn.stop()
+
+
+# --- Dispatcher ---------------------------------------------------------------------------------
+
+
+async def test_dispatcher_answers_every_failure_and_lets_nothing_escape() -> None:
+    parts = Parts()
+    conn, transport = parts.connect()
+    registry = HandlerRegistry()
+
+    async def crash(client: Any, message: Message) -> None:
+        raise RuntimeError("boom")
+
+    async def refuse(client: Any, message: Message) -> None:
+        raise ClientError("not today", "a detail")
+
+    registry.register("test", {"crash": crash, "refuse": refuse})
+    dispatcher = Dispatcher(registry, parts.metrics, Decoder())
+    for text in ("{", "[]", '{"type":"nope"}', '{"type":"crash"}', '{"type":"refuse"}'):
+        await dispatcher.dispatch(conn, text)
+    await turn()
+    assert [(m["error"], m.get("detail")) for m in transport.messages()] == [
+        (protocol.INVALID_JSON, "the frame is not valid JSON"),
+        (protocol.INVALID_JSON, "a message must be a JSON object"),
+        (protocol.UNKNOWN_TYPE, None),
+        (protocol.INTERNAL_ERROR, None),
+        ("not today", "a detail"),
+    ]
+    assert parts.metrics.error_count("handler_error") == 1
