@@ -25,7 +25,10 @@ from .protocol import ClientError
 from .routing import Router
 from .types import Client
 
-HISTORY_UNAVAILABLE = ClientError(protocol.HISTORY_UNAVAILABLE, "the history store cannot be reached; try again")
+
+
+def _history_unavailable() -> ClientError:
+    return ClientError(protocol.HISTORY_UNAVAILABLE, "the history store cannot be reached; try again")
 
 
 class Gateway:
@@ -106,7 +109,7 @@ class Gateway:
             if not already and room in conn.rooms:
                 hub.leave(conn, room)
             if isinstance(exc, BrokerError):
-                raise HISTORY_UNAVAILABLE from None
+                raise _history_unavailable() from None
             raise
         finally:
             held = [] if already else hub.release(conn, room, replay.position.offset if replay else None)
@@ -130,7 +133,7 @@ class Gateway:
         try:
             return await self._broker.history_last(room, size if limit is None else min(limit, size))
         except BrokerError:
-            raise HISTORY_UNAVAILABLE from None
+            raise _history_unavailable() from None
 
     async def presence(self, room: str) -> list[bytes]:
         if not self._presence.rooms.match(room):
