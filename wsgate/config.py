@@ -97,7 +97,7 @@ class WebSocketSettings:
         1024, "Accepted for compatibility; aiohttp sizes its write buffers itself", minimum=1
     )
     max_message_size: int = setting(
-        512000, "Largest accepted client frame in bytes; larger closes with 1009", minimum=1
+        512000, "Largest accepted client message in bytes; larger closes with 1009", minimum=1
     )
     ping_interval: float = setting(
         54.0, "Interval between keepalive pings", duration=True, minimum=0.001

@@ -106,11 +106,11 @@ class Decoder:
         self._room_pattern = re.compile(room_pattern) if room_pattern else None
 
     def decode(self, text: str | bytes) -> Message:
-        """Parse one client frame; raise ClientError with a documented text when it is not a valid message."""
+        """Parse one client message; raise ClientError with a documented text when it is not a valid message."""
         obj = loads(text)
         if not isinstance(obj, dict):
             raise ClientError(INVALID_JSON, "a message must be a JSON object")
-        # Only a frame with more brackets than the limit can be too deep: count them (fast, in C) first.
+        # Only a message with more brackets than the limit can be too deep: count them (fast, in C) first.
         if (text.count("[") + text.count("{") if isinstance(text, str) else text.count(b"[") + text.count(b"{")) > (
             self._max_depth
         ) and _depth_exceeds(obj, self._max_depth):
@@ -152,7 +152,7 @@ def _depth_exceeds(obj: Any, limit: int) -> bool:
     return True
 
 
-# orjson reads integers beyond 64 bits as floats; a run of 20 digits sends the frame
+# orjson reads integers beyond 64 bits as floats; a run of 20 digits sends the message
 # to the stdlib parser, which keeps them exact (digits inside strings only cost speed).
 _LONG_DIGITS = re.compile(r"\d{20}")
 

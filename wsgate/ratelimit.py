@@ -64,7 +64,7 @@ class RateLimiter:
 
     def check(self, size: int, now: float) -> Verdict:
         """Account for one message of `size` characters arriving at `now`."""
-        # A frame larger than the whole byte bucket can never pass: it is refused, never waited for.
+        # A message larger than the whole byte bucket can never pass: it is refused, never waited for.
         allowed = (self._messages is None or self._messages.take(1, now)) and (
             self._bytes is None or self._bytes.take(size, now)
         )
