@@ -589,6 +589,8 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
         raw = text if text is not None else value
         if not isinstance(raw, str):
             fail("a string")
+        if not _utf8(raw):
+            fail("text that UTF-8 can encode (no lone surrogates)")
         result = raw
         if meta["choices"]:
             result = next((c for c in meta["choices"] if c.lower() == raw.lower()), None)
@@ -599,6 +601,8 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
     elif typing.get_origin(kind) is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
             fail('a list of strings, e.g. ["a", "b"]')
+        if not all(_utf8(s) for s in value):
+            fail("text that UTF-8 can encode (no lone surrogates)")
         result = tuple(value)
     else:  # pragma: no cover - a new setting type without a converter is a programming error
         raise TypeError(f"no converter for {key}: {kind!r}")
@@ -610,6 +614,15 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
                 fail(f"a value of at least {_show_bound(low, meta['duration'])}")
             fail(f"a value from {_show_bound(low, meta['duration'])} to {_show_bound(high, meta['duration'])}")
     return result
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` can be encoded as UTF-8 (an environment variable with invalid bytes cannot)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _freeze(value: Any) -> Any:

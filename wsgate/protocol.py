@@ -7,6 +7,7 @@ fields or message types and never change these.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -152,41 +153,78 @@ def _depth_exceeds(obj: Any, limit: int) -> bool:
     return True
 
 
-# orjson reads integers beyond 64 bits as floats; a run of 20 digits sends the message
-# to the stdlib parser, which keeps them exact (digits inside strings only cost speed).
-_LONG_DIGITS = re.compile(r"\d{20}")
+# orjson reads integers beyond 64 bits as floats, and numbers beyond the double range as 0.0 (or refuses
+# them): a run of 20 digits, or an exponent of three digits, sends the message to the stdlib parser, which
+# keeps integers exact and checks each number (digits inside strings only cost speed).
+_NEEDS_STDLIB = re.compile(r"\d{20}|[eE][+-]?0*[1-9]\d{2}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_NONZERO_MANTISSA = re.compile(r"^[^eE]*[1-9]")
+LONE_SURROGATE = "the text holds a lone surrogate (\\ud800-\\udfff), which UTF-8 cannot encode"
 
 
 def loads(text: str | bytes) -> Any:
-    """Decode JSON with orjson; the stdlib decodes frames that may hold integers beyond 64 bits."""
-    if _LONG_DIGITS.search(text if isinstance(text, str) else text.decode("utf-8", "replace")) is None:
+    """Decode one JSON text strictly (RFC 8259); ClientError `invalid JSON format`, with a detail, otherwise.
+
+    Refused, so that nothing undecodable or unrepresentable reaches the hub, a broker or history:
+    text that is not JSON, the constants NaN and Infinity, strings with a lone surrogate escape
+    (they cannot be encoded as UTF-8), and numbers whose value a double cannot carry (they overflow
+    to infinity, or a non-zero value underflows to zero). Integers of any size are kept exactly.
+    """
+    raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    if _NEEDS_STDLIB.search(raw) is None:
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
-            pass
+            pass  # the stdlib parser says precisely why, or accepts what orjson cannot (a lone surrogate)
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_carried_float)
     except (ValueError, RecursionError):
         raise ClientError(INVALID_JSON, "the frame is not valid JSON") from None
+    if _SURROGATE_ESCAPE.search(raw) is not None:
+        try:
+            json.dumps(obj, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ClientError(INVALID_JSON, LONE_SURROGATE) from None
+    return obj
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def dumps(obj: Any) -> bytes:
-    """Encode JSON as UTF-8 bytes with orjson, falling back to the stdlib for integers beyond 64 bits.
+def _carried_float(literal: str) -> float:
+    """A JSON number as a double, or ClientError when the double cannot carry its value."""
+    value = float(literal)
+    if math.isinf(value):
+        raise ClientError(INVALID_JSON, f"the number {_shorten(literal)} is too large: it overflows to infinity")
+    if value == 0.0 and _NONZERO_MANTISSA.match(literal):
+        raise ClientError(INVALID_JSON, f"the number {_shorten(literal)} is too small: it underflows to zero")
+    return value
 
-    Raises ClientError (`invalid JSON format`) for data nested too deeply to encode.
+
+def _shorten(literal: str) -> str:
+    return literal if len(literal) <= 24 else f"{literal[:10]}...{literal[-10:]}"
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode strict JSON (RFC 8259) as UTF-8 bytes with orjson; the stdlib encodes integers beyond 64 bits.
+
+    Raises ClientError (`invalid JSON format`) for what strict JSON cannot carry: data nested too
+    deeply, infinite or NaN numbers, and strings with a lone surrogate. (orjson itself writes a
+    non-finite float as `null`: strict, though the value is lost.)
     """
     try:
         return orjson.dumps(obj)
     except TypeError:  # orjson.JSONEncodeError subclasses TypeError
         pass
     try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except RecursionError:  # orjson decodes 1024 levels but encodes only 255; the stdlib fewer than 1000
         raise ClientError(INVALID_JSON, "the message is nested too deeply") from None
+    except UnicodeEncodeError:
+        raise ClientError(INVALID_JSON, LONE_SURROGATE) from None
+    except ValueError:  # allow_nan=False: Infinity and NaN are not JSON
+        raise ClientError(INVALID_JSON, "numbers must be finite: JSON has no Infinity or NaN") from None
 
 
 def now_ms() -> int:

@@ -17,7 +17,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from wsgate import Identity, hookimpl
+from wsgate import ClientError, Identity, hookimpl, protocol
 from wsgate.auth import SUBPROTOCOL, unauthorized
 from wsgate.config import ConfigError, JwtSettings
 
@@ -31,8 +31,13 @@ class _BadSubject(jwt.InvalidTokenError):
     """`sub` is the user id: it must be a non-empty string."""
 
 
+class _BadClaims(jwt.InvalidTokenError):
+    """Claims end up in messages (`user_id`, presence): they must be strict JSON."""
+
+
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (_BadSubject, "the token's sub claim must be a non-empty string"),
+    (_BadClaims, "the token's claims are not strict JSON (a lone surrogate, or a number JSON cannot carry)"),
     (jwt.ExpiredSignatureError, "the token has expired"),
     (jwt.ImmatureSignatureError, "the token is not valid yet"),
     (jwt.InvalidAudienceError, "the token is for another audience"),
@@ -96,6 +101,10 @@ class JwtAuthenticator:
         )
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise _BadSubject()
+        try:  # PyJWT's JSON parser lets lone surrogates and Infinity through: claims reach messages and presence
+            protocol.dumps(claims)
+        except ClientError:
+            raise _BadClaims() from None
         return claims
 
     def token(self, request: web.Request) -> str | None:

@@ -1,0 +1,122 @@
+"""Strict JSON in and out (RFC 8259): text UTF-8 cannot encode and numbers a double cannot carry are refused
+at the decoder, everywhere a client or a backend can send them, and nothing wsgate sends is anything but JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from wsgate import Client, Message, hookimpl
+from wsgate.testing import Server, StartServer
+
+SURROGATE = "the text holds a lone surrogate (\\ud800-\\udfff), which UTF-8 cannot encode"
+TOO_LARGE = "the number {} is too large: it overflows to infinity"
+TOO_SMALL = "the number {} is too small: it underflows to zero"
+BIG = "123456789012345678901234567890"
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        ('{"type":"subscribe","room":"\\ud800"}', SURROGATE),  # the field report's input
+        ('{"type":"subscribe","room":"a\\udfffb"}', SURROGATE),
+        ('{"type":"subscribe","room":"r","since":{"offset":1,"epoch":"\\udc00"}}', SURROGATE),
+        ('{"type":"ping","data":{"\\ud800":1}}', SURROGATE),  # a key
+        ('{"type":"ping\\ud800"}', SURROGATE),
+        ('{"type":"publish","room":"r","data":["\\ude00", ' + BIG + "]}", SURROGATE),
+        ('{"type":"publish","room":"r","data":{"x":1e400,"id":' + BIG + "}}", TOO_LARGE.format("1e400")),  # reported
+        ('{"type":"publish","room":"r","data":{"x":1e400}}', TOO_LARGE.format("1e400")),
+        ('{"type":"publish","room":"r","data":-2.5E+999}', TOO_LARGE.format("-2.5E+999")),
+        ('{"type":"publish","room":"r","data":1e-400}', TOO_SMALL.format("1e-400")),
+        ('{"type":"publish","room":"r","data":0.' + "0" * 400 + "1}", TOO_SMALL.format("0.00000000...0000000001")),
+        ('{"type":"publish","room":"r","data":1' + "0" * 400 + ".5}", TOO_LARGE.format("1000000000...00000000.5")),
+    ],
+)
+async def test_the_decoder_refuses_what_cannot_be_carried(server: Server, text: str, detail: str) -> None:
+    client = await server.connect()
+    await client.subscribe("r")
+    reply = await client.request(text)
+    assert (reply["type"], reply["error"], reply["detail"]) == ("error", "invalid JSON format", detail)
+    assert (await client.request({"type": "ping"}))["type"] == "pong"  # nothing else was sent: refused whole
+    assert (await server.counts())[1]["rooms"] == 1
+
+
+async def test_what_can_be_carried_passes_exactly(server: Server) -> None:
+    client = await server.connect()
+    await client.subscribe("r")
+    text = '{"type":"publish","room":"r","data":{"pair":"\\ud83d\\ude00","big":' + BIG + ',"zero":0.0e-400,"e":1.5e300}}'
+    await client.send(text)
+    raw = (await client.ws.receive()).data
+    assert '"big":' + BIG in raw  # digit for digit
+    assert json.loads(raw)["data"] == {"pair": "\U0001F600", "big": int(BIG), "zero": 0.0, "e": 1.5e300}
+
+
+async def test_a_lone_surrogate_never_reaches_the_redis_broker(wsgate_server: StartServer, redis_url: str,
+                                                               broker_prefix: str) -> None:
+    """The field report: the subscription task died, the node went deaf and /health still said ok."""
+    broker = {"url": redis_url, "prefix": broker_prefix}
+    a, b = await wsgate_server(broker=broker), await wsgate_server(broker=broker)
+    client = await a.connect()
+    reply = await client.request('{"type":"subscribe","room":"\\ud800"}')
+    assert reply["detail"] == SURROGATE
+    await client.subscribe("after")
+    other = await b.connect()
+    await other.subscribe("after")
+    await other.send({"type": "publish", "room": "after", "data": 1})
+    assert (await client.recv())["data"] == 1  # the node still hears other nodes
+    assert (await a.health())[1]["broker"] == "ok"
+
+
+async def test_the_http_api_refuses_the_same(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(api={"key": "k"})
+    for body, detail in (('{"room":"\\ud800","data":1}', SURROGATE),
+                         ('{"room":"r","data":1e400}', TOO_LARGE.format("1e400"))):
+        async with server.session.post(server.url("/api/publish"), data=body,
+                                       headers={"Authorization": "Bearer k"}) as resp:
+            assert (resp.status, await resp.json()) == (400, {"error": "invalid JSON format", "detail": detail})
+
+
+class Sender:
+    """A plugin that sends what JSON cannot carry."""
+
+    @hookimpl
+    def wsgate_message_handlers(self) -> dict[str, Any]:
+        return {"bad_send": self.bad_send, "bad_publish": self.bad_publish}
+
+    async def bad_send(self, client: Client, message: Message) -> None:
+        await client.send({"n": int(BIG), "x": float("inf")})
+
+    async def bad_publish(self, client: Client, message: Message) -> None:
+        await client.gateway.publish("r", {"n": int(BIG), "s": "\udc00"})
+
+
+async def test_output_is_strict_json_whatever_a_plugin_sends(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(Sender())
+    client = await server.connect()
+    await client.subscribe("r")
+    reply = await client.request({"type": "bad_send"})
+    assert (reply["error"], reply["detail"]) == ("invalid JSON format", "numbers must be finite: JSON has no Infinity or NaN")
+    reply = await client.request({"type": "bad_publish"})
+    assert (reply["error"], reply["detail"]) == ("invalid JSON format", SURROGATE)
+    assert (await client.request({"type": "ping"}))["type"] == "pong"  # nobody got anything else
+
+
+async def test_a_token_whose_claims_json_cannot_carry_is_refused(wsgate_server: StartServer) -> None:
+    from .test_auth import bearer, jwt_server, refusal, token
+
+    server = await jwt_server(wsgate_server)
+    for claims in ({"sub": "\ud800"}, {"sub": "bob", "team": ["\udfff"]}):
+        status, body = await refusal(server, **bearer(token(**claims)))
+        assert (status, body["detail"]) == (
+            401, "the token's claims are not strict JSON (a lone surrogate, or a number JSON cannot carry)")
+
+
+def test_a_setting_utf8_cannot_encode_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsgate.config import ConfigError, load_settings
+
+    monkeypatch.setenv("WSGATE_API__SERVER_ID", "billing\udcff")  # an environment variable with an invalid byte
+    with pytest.raises(ConfigError, match=r"api.server_id.*: expected text that UTF-8 can encode"):
+        load_settings()
