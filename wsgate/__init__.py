@@ -11,10 +11,10 @@ __version__ = "0.1.0"
 
 from .auth import Identity  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
-from .protocol import ClientError, Message  # noqa: E402
+from .protocol import ClientError, ClientGone, Message  # noqa: E402
 from .types import Client, Gateway, Handler, Position  # noqa: E402
 
 Connection = Client
 """The name plugins used for `Client` before wsgate 0.2; kept so their annotations go on working."""
 
-__all__ = ["Client", "ClientError", "Connection", "Gateway", "Handler", "Identity", "Message", "Position", "__version__", "hookimpl"]
+__all__ = ["Client", "ClientError", "ClientGone", "Connection", "Gateway", "Handler", "Identity", "Message", "Position", "__version__", "hookimpl"]

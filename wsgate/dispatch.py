@@ -7,7 +7,7 @@ import logging
 from . import protocol
 from .clients import ConnectedClient
 from .metrics import Metrics
-from .protocol import ClientError, Decoder
+from .protocol import ClientError, ClientGone, Decoder
 from .ratelimit import Verdict
 from .registry import HandlerRegistry
 
@@ -54,6 +54,8 @@ class Dispatcher:
             await handler(client, message)
         except ClientError as err:
             self.reject(client, err)
+        except ClientGone:
+            log.debug("client %s left while its %r was handled", client.id, kind, extra={"client_id": client.id})
         except Exception:
             log.exception("handler for %r failed (client %s)", kind, client.id, extra={"client_id": client.id})
             self.reject(client, ClientError(protocol.INTERNAL_ERROR))

@@ -18,7 +18,7 @@ from .connection import Connection, State
 from .history import offset_of
 from .metrics import Metrics
 from .presence import Presence
-from .protocol import NOT_SUBSCRIBED, ROOM_FULL, TOO_MANY_ROOMS, ClientError
+from .protocol import NOT_SUBSCRIBED, ROOM_FULL, TOO_MANY_ROOMS, ClientError, ClientGone
 from .wire import text_frame
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,14 @@ class Hub:
     def join(self, conn: Connection, room: str, *, hold: bool = False) -> int:
         """Add `conn` to `room` (joining twice is harmless); returns the room's member count.
 
+        Raises ClientGone when `conn` is no longer open and admitted (every caller may have awaited
+        since it last looked), ClientError at the room limits.
+
         `hold`: the client is recovering history. Messages for it are held back, not sent,
         until `release` hands them over (so replayed and live messages can be put in order).
         """
+        if conn.state is not State.OPEN or self.connections.get(conn.id) is not conn:
+            raise ClientGone(conn.id)  # a handler awaited (a hook, Redis) and the client went meanwhile
         if room in conn.rooms:
             return self._count(room)
         limit = self._limits.max_rooms_per_client

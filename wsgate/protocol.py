@@ -77,6 +77,12 @@ class ClientError(Exception):
         self.detail = detail
 
 
+class ClientGone(Exception):
+    """The client left (or is being closed) while a handler or hook awaited: it is never joined,
+    counted or written to presence after that. Handlers need not catch it: the dispatcher ends the
+    message quietly (a hook that lets it escape is logged)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One decoded client message: the spec's fields, plus the whole object for extensions."""

@@ -103,12 +103,13 @@ class Gateway(Protocol):
     async def subscribe(self, client: Client, room: str, *, since: Position | None = None) -> None:
         """Join `room` and answer `subscribed` (the spec's message, with `offset` and `epoch` in a room
         with history). With `since`, first send what the client missed, then live messages, with no
-        gap and no duplicate, or `recovered: false`. Raises `ClientError` (limits, `history is unavailable`).
-        Call `authorize` first: this does not."""
+        gap and no duplicate, or `recovered: false`. Raises `ClientError` (limits, `history is unavailable`),
+        and `ClientGone` when the client left meanwhile. Call `authorize` first: this does not."""
 
     async def join(self, client: Client, room: str) -> int:
         """Add `client` to `room` without an answer; returns the room's member count once messages
-        from every node arrive. Raises `ClientError` (limits)."""
+        from every node arrive. Raises `ClientError` (limits), and `ClientGone` when the client left
+        meanwhile (it is never joined then)."""
 
     def unsubscribe(self, client: Client, room: str) -> None:
         """Take `client` out of `room`; `ClientError` (`not subscribed to this room`) when it is not in it."""
