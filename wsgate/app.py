@@ -72,9 +72,15 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     broker = make_broker(settings, metrics, node_id)
     presence_store = make_presence_store(settings, metrics, node_id)
     presence = Presence(settings.presence, presence_store)
+    router: Router
+
+    def room_removed(room: str) -> None:  # the broker stops receiving it, the router stops ordering it
+        broker.room_removed(room)
+        router.forget(room)
+
     hub = Hub(
         settings.websocket.limits, metrics, send_queue_size=settings.websocket.send_queue_size,
-        room_added=broker.room_added, room_removed=broker.room_removed, presence=presence,
+        room_added=broker.room_added, room_removed=room_removed, presence=presence,
     )
     router = Router(hub, broker, RoomPatterns(settings.history.rooms), metrics)
     gateway = Gateway(

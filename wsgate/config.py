@@ -144,7 +144,8 @@ class BrokerSettings:
     required: bool = setting(True, "Redis unreachable at start-up stops start-up (false: start degraded and retry)")
     connect_timeout: float = setting(5.0, "How long to wait for Redis when connecting", duration=True, minimum=0.001)
     publish_queue: int = setting(
-        10000, "Messages waiting to go to Redis; beyond this they reach local clients only (counted)", minimum=1
+        10000, "Messages waiting to go to Redis; beyond this they reach local clients only (counted), and messages "
+        "for rooms with history are refused", minimum=1
     )
 
 

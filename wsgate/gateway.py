@@ -7,7 +7,6 @@ wired together; each method composes them. Messages go through the router
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +23,6 @@ from .presence import Presence, PresenceError, PresenceStore
 from .protocol import ClientError
 from .routing import Router
 from .types import Client
-
 
 
 def _history_unavailable() -> ClientError:
@@ -116,6 +114,8 @@ class Gateway:
         if room not in conn.rooms or replay is None:
             return  # the client went away meanwhile
         position = replay.position
+        if not already:
+            self._router.expect(room, position)  # live messages after the read go out in offset order
         data: dict[str, Any] = {"room": room, "client_count": count, "offset": position.offset,
                                 "epoch": position.epoch}
         if since is not None:
@@ -168,10 +168,9 @@ class Gateway:
     async def share_figures(self, figures: Mapping[str, Any]) -> list[dict[str, Any]]:
         encoded = protocol.dumps(dict(figures))
         try:
-            shared = await self._presence_store.share_figures(encoded)
-        except (PresenceError, asyncio.TimeoutError):
-            shared = [encoded]  # a broken Redis must not stop the dashboard: show this node alone
-        return [protocol.loads(node) for node in shared]
+            return [protocol.loads(node) for node in await self._presence_store.share_figures(encoded)]
+        except (PresenceError, ClientError):  # Redis away, or a node's figures garbled: show this node alone
+            return [dict(figures)]
 
 
 def _connection(client: Client) -> ConnectedClient:

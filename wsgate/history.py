@@ -47,11 +47,11 @@ def stamp(head: bytes, offset: int, epoch: str) -> bytes:
     return b'%s,"offset":%d,"epoch":"%s"}' % (head, offset, epoch.encode())
 
 
-_STAMP = re.compile(rb'(\d+),"epoch":"[0-9a-f]+"\}')
+_STAMP = re.compile(rb'(\d+),"epoch":"([0-9a-f]+)"\}')
 
 
-def offset_of(payload: bytes) -> int | None:
-    """The offset `stamp` put at the end of a payload (None: a message that could not be given one).
+def stamp_of(payload: bytes) -> tuple[int, str] | None:
+    """The (offset, epoch) `stamp` put at the end of a payload (None: a message without one).
 
     Only the stamp counts: an `"offset"` key inside the message's data is not it.
     """
@@ -59,7 +59,13 @@ def offset_of(payload: bytes) -> int | None:
     if start < 0:
         return None
     match = _STAMP.fullmatch(payload, start + len(OFFSET_FIELD))
-    return int(match[1]) if match else None
+    return (int(match[1]), match[2].decode()) if match else None
+
+
+def offset_of(payload: bytes) -> int | None:
+    """The offset `stamp` put at the end of a payload (None: a message that could not be given one)."""
+    found = stamp_of(payload)
+    return found[0] if found else None
 
 
 def new_epoch() -> str:

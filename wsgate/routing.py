@@ -2,7 +2,8 @@
 
     encoded once ─► (room keeps history) broker.append: offset and epoch stamped, kept, relayed
                  └► (any other room, broadcasts) broker.relay, queued in the same order
-                 ─► local fan-out (hub.deliver), in the order messages were published on this node
+                 ─► local fan-out (hub.deliver), in the order messages were published on this node,
+                    and, in a room with history, in offset order
 
 A client's publish and broadcast, `gateway.publish`/`broadcast`, the HTTP API,
 the dashboard and presence events all come here. Messages from other nodes
@@ -12,6 +13,13 @@ publisher's messages reach every subscriber in the order sent, on every node,
 whatever the mix of plain rooms, rooms with history and broadcasts
 (python-socketio `AsyncPubSubManager.emit`: local first, the backend only transports).
 
+In a room with history, this node's own messages come back from the broker's
+answer and the other nodes' from the relay: two paths with no order between
+them. A room's offsets are contiguous, so each room with local members has a
+sequence that sends offsets out one after another; a message whose predecessor
+is still on its way waits for it, at most `gap_wait` (a relayed message can be
+lost while Redis is away: then what came after goes out without it).
+
 A message for a room with history is delivered only once it has its offset. When
 it cannot be kept (Redis away), it is delivered nowhere and the publisher gets
 BrokerError: a resuming client never meets a silent gap.
@@ -20,34 +28,69 @@ BrokerError: a resuming client never meets a silent gap.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 
-from .broker import Broker
+from .broker import Broker, BrokerError
+from .history import Position, stamp_of
 from .hub import Hub
 from .metrics import Metrics
 from .rooms import RoomPatterns
 
+log = logging.getLogger(__name__)
+
+GAP_WAIT = 2.0  # seconds a kept message waits for an earlier offset still on its way
+
 
 class _Waiting:
-    """A message published here whose local delivery waits for an earlier message's offset (or its own)."""
+    """A message published here whose local delivery waits for its offset, or for an earlier message's."""
 
-    __slots__ = ("room", "stamped", "delivered")
+    __slots__ = ("room", "kept", "stamped", "delivered", "offered", "finished")
 
-    def __init__(self, room: str | None, stamped: asyncio.Future[bytes], delivered: asyncio.Future[int]) -> None:
+    def __init__(self, room: str | None, kept: bool, stamped: asyncio.Future[bytes]) -> None:
         self.room = room
+        self.kept = kept
         self.stamped = stamped
-        self.delivered = delivered
+        self.delivered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.offered = False  # handed to its room's sequence
+        self.finished = False
+
+    def finish(self, count: int | None, error: BaseException | None = None) -> None:
+        self.finished = True
+        if self.delivered.done():  # the publisher went away: the message still went out
+            return
+        if error is not None:
+            self.delivered.set_exception(error)
+        else:
+            self.delivered.set_result(count or 0)
+
+
+class _Sequence:
+    """One room's delivery order on this node: `last` is the offset sent out last in `epoch`."""
+
+    __slots__ = ("epoch", "last", "held", "timer")
+
+    def __init__(self, epoch: str, last: int) -> None:
+        self.epoch = epoch
+        self.last = last
+        self.held: dict[int, tuple[bytes, _Waiting | None]] = {}  # offset -> message waiting for a predecessor
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class Router:
     """Publishes messages (local fan-out plus relay, with history where the room keeps it) and receives relayed ones."""
 
-    def __init__(self, hub: Hub, broker: Broker, history_rooms: RoomPatterns, metrics: Metrics) -> None:
+    def __init__(
+        self, hub: Hub, broker: Broker, history_rooms: RoomPatterns, metrics: Metrics, *, gap_wait: float = GAP_WAIT
+    ) -> None:
         self._hub = hub
         self._broker = broker
         self._history_rooms = history_rooms
         self._metrics = metrics
+        self._gap_wait = gap_wait
         self._waiting: deque[_Waiting] = deque()  # in publish order
+        self._delivering = False  # _deliver_ready is running (releases inside it must not re-enter)
+        self._sequences: dict[str, _Sequence] = {}  # rooms with history that have local members
 
     def keeps_history(self, room: str | None) -> bool:
         """Whether messages to `room` get offsets (`history.rooms`)."""
@@ -60,18 +103,22 @@ class Router:
         (presence events pass False: they are not publications). Returns how many local clients it was
         queued for. Raises BrokerError when the room keeps history and the message cannot be kept.
         """
-        loop = asyncio.get_running_loop()
-        if room is not None and (self._history_rooms.match(room) if history is None else history):
+        kept = room is not None and (self._history_rooms.match(room) if history is None else history)
+        if kept:
+            assert room is not None
             stamped = self._broker.append(room, message[:-1])
-            if not self._waiting and stamped.done():  # kept at once (the memory broker): nothing to wait for
-                return self._deliver(room, stamped.result())
+            if not self._waiting and stamped.done():  # kept at once (the memory broker)
+                count = self._sequenced(room, stamped.result(), None)
+                if count is not None:
+                    return count
+                return 0  # held behind an earlier offset: it goes out with it
         else:
             self._broker.relay(room, message)
             if not self._waiting:  # the common case: no offset pending, deliver now
                 return self._deliver(room, message)
-            stamped = loop.create_future()
+            stamped = asyncio.get_running_loop().create_future()
             stamped.set_result(message)
-        waiting = _Waiting(room, stamped, loop.create_future())
+        waiting = _Waiting(room, kept, stamped)
         self._waiting.append(waiting)
         if stamped.done():
             self._deliver_ready()
@@ -81,21 +128,129 @@ class Router:
 
     def receive(self, room: str | None, message: bytes) -> None:
         """A message another node published (the broker's callback): deliver it to this node's members."""
-        self._deliver(room, message)
+        if room is not None and self._history_rooms.match(room) and stamp_of(message) is not None:
+            self._sequenced(room, message, None)
+        else:
+            self._deliver(room, message)
+
+    def expect(self, room: str, position: Position) -> None:
+        """A recovering client read `room`'s history up to `position`: this node's sequence of the room
+        starts there, unless it already follows the room in that epoch."""
+        sequence = self._sequences.get(room)
+        if sequence is not None and sequence.epoch == position.epoch:
+            return
+        if sequence is not None:
+            self._release(room, sequence)
+        self._sequences[room] = _Sequence(position.epoch, position.offset)
+
+    def forget(self, room: str) -> None:
+        """`room` lost its last local member: stop following its offsets."""
+        sequence = self._sequences.pop(room, None)
+        if sequence is not None:
+            self._release(room, sequence)
+
+    # --- ordering ---------------------------------------------------------------------
 
     def _deliver_ready(self, _: object = None) -> None:
         """Deliver, in publish order, every waiting message whose offset (and every earlier one's) is known."""
-        waiting = self._waiting
-        while waiting and waiting[0].stamped.done():
-            entry = waiting.popleft()
-            error = entry.stamped.exception()
-            if error is not None:  # not kept: delivered nowhere, the publisher is told
-                if not entry.delivered.done():
-                    entry.delivered.set_exception(error)
-                continue
-            count = self._deliver(entry.room, entry.stamped.result())
-            if not entry.delivered.done():  # (the publisher may have gone: the message still goes out)
-                entry.delivered.set_result(count)
+        if self._delivering:
+            return  # called back from inside the loop below, which goes on by itself
+        self._delivering = True
+        try:
+            waiting = self._waiting
+            while waiting:
+                entry = waiting[0]
+                if not entry.finished:
+                    if entry.offered or not entry.stamped.done():
+                        return  # its offset, or its room's earlier offsets, are still on their way
+                    self._offer(entry)
+                    if not entry.finished:
+                        return
+                waiting.popleft()
+        finally:
+            self._delivering = False
+
+    def _offer(self, entry: _Waiting) -> None:
+        entry.offered = True
+        stamped = entry.stamped
+        error = BrokerError("the gateway is shutting down") if stamped.cancelled() else stamped.exception()
+        if error is not None:  # not kept: delivered nowhere, the publisher is told
+            entry.finish(None, error)
+        elif entry.kept and entry.room is not None:
+            count = self._sequenced(entry.room, stamped.result(), entry)
+            if count is not None:
+                entry.finish(count)
+        else:
+            entry.finish(self._deliver(entry.room, stamped.result()))
+
+    def _sequenced(self, room: str, message: bytes, entry: _Waiting | None) -> int | None:
+        """Deliver a kept message in its room's offset order; None when it waits for an earlier offset
+        (then `entry`, if any, is finished when it goes out)."""
+        offset, epoch = stamp_of(message) or (0, "")
+        sequence = self._sequences.get(room)
+        if sequence is None:
+            if room not in self._hub.rooms and room not in self._hub.holding:
+                return self._deliver(room, message)  # nobody here: nothing to order
+            sequence = self._sequences[room] = _Sequence(epoch, offset - 1)  # first seen: the order starts here
+        elif sequence.epoch != epoch:  # the history was lost and began again
+            self._release(room, sequence)
+            sequence.epoch, sequence.last = epoch, offset - 1
+        if offset <= sequence.last:
+            return 0  # already sent out (a recovering client read it from the history)
+        if offset > sequence.last + 1:
+            sequence.held[offset] = (message, entry)
+            if sequence.timer is None:
+                sequence.timer = asyncio.get_running_loop().call_later(self._gap_wait, self._gap_expired, room)
+            return None
+        count = self._deliver(room, message)
+        sequence.last = offset
+        if sequence.held:
+            self._release_consecutive(room, sequence)
+        return count
+
+    def _release_consecutive(self, room: str, sequence: _Sequence) -> None:
+        released = False
+        while (held := sequence.held.pop(sequence.last + 1, None)) is not None:
+            message, entry = held
+            sequence.last += 1
+            count = self._deliver(room, message)
+            if entry is not None:
+                entry.finish(count)
+                released = True
+        if not sequence.held and sequence.timer is not None:
+            sequence.timer.cancel()
+            sequence.timer = None
+        if released:
+            self._deliver_ready()
+
+    def _gap_expired(self, room: str) -> None:
+        sequence = self._sequences.get(room)
+        if sequence is None:
+            return
+        sequence.timer = None
+        if sequence.held:
+            first = min(sequence.held)
+            log.warning("room %r: offsets %d to %d did not arrive within %ss; sending what came after",
+                        room, sequence.last + 1, first - 1, self._gap_wait, extra={"room": room})
+            self._metrics.error("history_gap")
+            self._release(room, sequence)
+
+    def _release(self, room: str, sequence: _Sequence) -> None:
+        """Send out everything a sequence holds, in offset order, without waiting for what is missing."""
+        if sequence.timer is not None:
+            sequence.timer.cancel()
+            sequence.timer = None
+        held, sequence.held = sequence.held, {}
+        released = False
+        for offset in sorted(held):
+            message, entry = held[offset]
+            sequence.last = max(sequence.last, offset)
+            count = self._deliver(room, message)
+            if entry is not None:
+                entry.finish(count)
+                released = True
+        if released:
+            self._deliver_ready()
 
     def _deliver(self, room: str | None, message: bytes) -> int:
         count = self._hub.deliver(room, message)

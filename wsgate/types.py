@@ -9,7 +9,7 @@ the wire protocol and history positions, so every layer may name these types.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Set
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .history import Position
 from .protocol import MESSAGE, Message
@@ -17,6 +17,7 @@ from .protocol import MESSAGE, Message
 __all__ = ["Client", "Gateway", "Handler", "Position"]
 
 
+@runtime_checkable
 class Client(Protocol):
     """One connected client, as handlers and hooks receive it."""
 
@@ -58,6 +59,7 @@ Handler = Callable[[Client, Message], Awaitable[Any]]
 """`async def handler(client, message)`: handles one message type for one client."""
 
 
+@runtime_checkable
 class Gateway(Protocol):
     """The running gateway: what handlers (`client.gateway`), hooks and application code may do.
 

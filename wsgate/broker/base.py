@@ -26,8 +26,10 @@ class BrokerError(Exception):
 class Broker(Protocol):
     """Carries encoded messages between gateway nodes, and keeps the history of rooms that have one.
 
-    Messages one node hands to `relay` and `append` reach every other node in that
-    order, and exactly once: a node never receives its own messages back.
+    Messages one node hands to `relay` and `append` reach every other node that
+    receives their room, in that order, at most once (a node never receives its own
+    messages back; while the backplane is away, relayed messages are dropped and
+    appends fail).
     """
 
     @property

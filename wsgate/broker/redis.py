@@ -1,9 +1,8 @@
 """The Redis broker: rooms that span processes and machines, over Redis pub/sub.
 
 - The router hands every message to `relay` (or `append`, for rooms with history)
-  after delivering it to this node's clients. One sender task pipelines the
-  PUBLISH commands (and history scripts) in that order, so each publisher's
-  order is kept on every node. Other nodes deliver the bytes as they are; a node
+  in publish order. One sender task pipelines the PUBLISH commands (and history
+  scripts) in that order, so each publisher's order is kept on every node. Other nodes deliver the bytes as they are; a node
   skips its own messages (the layout: `redis_schema`).
 - A node subscribes only to rooms it has members in (plus the broadcast channel).
 - If Redis goes away, local delivery goes on; the node reconnects with backoff and
@@ -24,7 +23,7 @@ from ..config import HistorySettings
 from ..history import Position, Replay, new_epoch, replay_from, stamp
 from .base import BrokerError, Receive
 from .redis_schema import (
-    NODE_ID_LENGTH, PUBLISH_SCRIPT, READ_SCRIPT, RedisNames, connect, describe, new_sender_id,
+    NODE_ID_LENGTH, PUBLISH_SCRIPT, READ_SCRIPT, RedisNames, connect, describe, new_sender_id, publish_args,
 )
 
 if TYPE_CHECKING:
@@ -167,7 +166,7 @@ class RedisBroker:
             item.fail(f"{len(self._outgoing)} messages are waiting for Redis (broker.publish_queue)")
         elif self._closed:
             item.fail("the gateway is shutting down")
-        elif not self._sending:  # known down: say so now, not after the sender's next backoff
+        elif not (self._sending or self._receiving):  # Redis is away: say so now, not after the next backoff
             item.fail("Redis is unreachable")
         else:
             self._outgoing.append(item)
@@ -220,13 +219,16 @@ class RedisBroker:
                     async with asyncio.timeout(self._settings.connect_timeout):
                         refused = await self._send_batch(batch)
                     if refused:  # Redis ran the batch but refused these (never expected): count them, keep going
-                        self._metrics.broker_dropped(len(refused))
+                        self._metrics.broker_dropped(refused)
                         self._metrics.broker_error()
                 except (OSError, TimeoutError, aioredis.RedisError) as exc:
                     self._metrics.broker_dropped(len(batch))
                     self._metrics.broker_error()
+                    reason = (f"Redis did not answer within broker.connect_timeout ({self._settings.connect_timeout:g}s);"
+                              " the message may have been kept" if isinstance(exc, TimeoutError)
+                              else f"Redis did not take the message: {describe(exc)}")
                     for item in batch:
-                        item.fail(f"Redis did not take the message: {describe(exc)}")
+                        item.fail(reason)
                     if self._sending:
                         log.warning("broker: publishing to Redis failed (%s); other nodes miss messages "
                                     "until it is back, local delivery goes on", describe(exc))
@@ -234,41 +236,42 @@ class RedisBroker:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
+                finally:  # cancelled, or anything unexpected: no publisher waits forever
+                    for item in batch:
+                        item.fail("the gateway is shutting down" if self._closed else "the message was not sent")
                 if not self._sending:
                     log.info("broker: publishing to Redis works again")
                     self._sending = True
                 backoff = BACKOFF_START
 
-    async def _send_batch(self, batch: list[_Outgoing]) -> list[_Outgoing]:
-        """One pipeline, in order. History scripts run by their SHA: redis-py would otherwise ask
-        SCRIPT EXISTS before every pipeline, one more round trip per batch. If Redis lost the script
-        (a restart), it is loaded again and just those messages are sent once more, still in order.
-        Returns what Redis refused (their futures have failed)."""
-        from redis.exceptions import NoScriptError
+    async def _send_batch(self, batch: list[_Outgoing]) -> int:
+        """One pipeline, in order; returns how many messages Redis refused (their futures have failed).
 
+        A batch with history messages begins with SCRIPT LOAD, so a Redis that restarted (and lost the
+        script) still runs every message in this one pipeline, in order; the scripts then run by SHA
+        (redis-py would otherwise ask SCRIPT EXISTS before every pipeline: a round trip per batch).
+        """
+        size, ttl = self._history.size, self._history.ttl
+        with_history = any(item.kept is not None for item in batch)
         async with self._redis.pipeline(transaction=False) as pipe:
+            if with_history:
+                pipe.script_load(PUBLISH_SCRIPT)
             for item in batch:
                 if item.kept is None:
                     pipe.publish(item.channel, item.data)
                 else:
                     assert item.room is not None
-                    pipe.evalsha(self._publish_sha, 2, *self._names.history_keys(item.room), new_epoch(),
-                                 self._ttl_ms(), item.data, self._history.size, item.channel, self.node_id)
+                    pipe.evalsha(self._publish_sha, 2, *self._names.history_keys(item.room),
+                                 *publish_args(item.data, size, ttl, item.channel, self.node_id))
             results = await pipe.execute(raise_on_error=False)
-        again = [item for item, result in zip(batch, results) if isinstance(result, NoScriptError)]
-        refused = []
-        for item, result in zip(batch, results):
-            if isinstance(result, NoScriptError):
-                continue
+        refused = 0
+        for item, result in zip(batch, results[1:] if with_history else results):
             if isinstance(result, Exception):
                 item.fail(f"Redis refused the message: {describe(result)}")
-                refused.append(item)
+                refused += 1
             elif item.kept is not None and not item.kept.done():
                 offset, epoch, _ = result
                 item.kept.set_result(stamp(item.data, int(offset), epoch.decode()))
-        if again:
-            await self._prepare()
-            refused += await self._send_batch(again)
         return refused
 
     # --- receiving --------------------------------------------------------------------

@@ -22,6 +22,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from ..history import new_epoch
+
 NODE_ID_LENGTH = 32  # uuid4().hex
 
 
@@ -86,8 +88,14 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 local receivers = redis.call('PUBLISH', ARGV[5], ARGV[6] .. payload)
 return {n, epoch, receivers}
 """
-"""KEYS: history_keys(room). ARGV: new epoch, ttl ms, head (no closing brace), size, channel, sender id.
-Returns {offset, epoch, receivers}; the stamped bytes are `history.stamp(head, offset, epoch)`."""
+"""KEYS: history_keys(room). ARGV: `publish_args(...)`. Returns {offset, epoch, receivers}; the stamped
+bytes are `history.stamp(head, offset, epoch)`."""
+
+
+def publish_args(head: bytes, size: int, ttl: float, channel: bytes, sender: bytes) -> list[bytes | str | int]:
+    """ARGV of PUBLISH_SCRIPT: an epoch for a room that has none, the ttl in ms, the message without its
+    closing brace, how many messages to keep, the channel and the sender id."""
+    return [new_epoch(), max(1, round(ttl * 1000)), head, size, channel, sender]
 
 READ_SCRIPT = """
 if ARGV[3] == 'last' and redis.call('EXISTS', KEYS[1]) == 0 then

@@ -24,6 +24,13 @@ from ..rooms import RoomPatterns
 from .base import PresenceError, PresenceStore
 from .memory import MemoryPresenceStore
 
+__all__ = ["Member", "Presence", "PresenceError", "PresenceStore", "Publish", "make_presence_store"]
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[int]]
+"""Send an encoded message to a room's members on every node (the router's route, without history:
+presence events are not publications)."""
 
 
 class Member(Protocol):
@@ -34,14 +41,6 @@ class Member(Protocol):
 
     @property
     def identity(self) -> object: ...
-
-__all__ = ["Presence", "PresenceError", "PresenceStore", "make_presence_store"]
-
-Publish = Callable[[str, bytes], Awaitable[int]]
-"""Send an encoded message to a room's members on every node (the router's route, without history:
-presence events are not publications)."""
-
-log = logging.getLogger(__name__)
 
 
 class Presence:

@@ -106,10 +106,10 @@ class RedisPresenceStore:
                 stale: list[bytes] = []
                 for node, value in found.items():
                     stamp, _, node_figures = value.partition(b" ")
-                    if now - float(stamp) < STATS_TTL:
+                    if stamp.replace(b".", b"", 1).isdigit() and now - float(stamp) < STATS_TTL:
                         fresh.append(node_figures)
                     else:
-                        stale.append(node)  # a node that stopped reporting
+                        stale.append(node)  # a node that stopped reporting (or garbled)
                 if stale:
                     await self._redis.hdel(key, *stale)
         except (OSError, TimeoutError, aioredis.RedisError) as exc:

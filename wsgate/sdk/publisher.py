@@ -21,8 +21,7 @@ from typing import Any
 import aiohttp
 
 from .. import protocol
-from ..broker.redis_schema import PUBLISH_SCRIPT, RedisNames, describe, new_sender_id
-from ..history import new_epoch
+from ..broker.redis_schema import PUBLISH_SCRIPT, RedisNames, describe, new_sender_id, publish_args
 from ..rooms import RoomPatterns
 
 
@@ -69,9 +68,9 @@ class RedisPublisher:
     """Publishes onto the Redis broker's channels; every gateway node delivers it to its clients.
 
     Rooms the gateways keep history for (their `[history]` settings, which they announce
-    in Redis) get their offsets here exactly as a gateway gives them: a resuming client
-    misses nothing published this way. Raises PublishError (status 503) when no gateway
-    has announced its settings under `prefix`, or Redis refuses.
+    in Redis, the last node to start winning) get their offsets here exactly as a gateway
+    gives them: a resuming client misses nothing published this way. Raises PublishError
+    (status 503) when Redis cannot be reached or refuses.
     """
 
     SETTINGS_TTL = 5.0  # seconds the gateways' history settings are used before they are read again
@@ -93,10 +92,10 @@ class RedisPublisher:
         rooms, history = await self._history_settings()
         try:
             if rooms.match(room):
+                channel = self._names.channel(room)
                 _, _, receivers = await self._script(
                     keys=self._names.history_keys(room),
-                    args=[new_epoch(), max(1, round(history["ttl"] * 1000)), message[:-1], history["size"],
-                          self._names.channel(room), self._sender],
+                    args=publish_args(message[:-1], history["size"], history["ttl"], channel, self._sender),
                 )
                 return int(receivers)
             return int(await self._redis.publish(self._names.channel(room), self._sender + message))
@@ -122,9 +121,7 @@ class RedisPublisher:
                 raw = await self._redis.get(self._names.history_config)
             except self._failures as exc:
                 raise PublishError(503, f"cannot read the gateways' settings from Redis: {describe(exc)}") from None
-            if raw is None:
-                raise PublishError(503, f"no gateway has announced its settings under the prefix "
-                                        f"{self._names.prefix!r}: start one with this broker.url and broker.prefix")
-            history = json.loads(raw)
+            # No gateway has run under this prefix yet: no room keeps history, and no client waits.
+            history: dict[str, Any] = json.loads(raw) if raw is not None else {"rooms": [], "size": 0, "ttl": 0.0}
             self._history = (now, RoomPatterns(tuple(history["rooms"])), history)
         return self._history[1], self._history[2]

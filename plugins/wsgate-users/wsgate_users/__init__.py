@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from wsgate import Client, ClientError, Message, hookimpl
-from wsgate.gateway import Gateway
-from wsgate.hookspecs import Handler
+from wsgate import Client, ClientError, Gateway, Handler, Message, hookimpl
 
 from .service import User, UserExists, UsersService
 
