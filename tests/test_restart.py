@@ -45,7 +45,7 @@ async def test_restarting_one_of_two_nodes_while_publishing_loses_and_repeats_no
     assert len(restarting.hub.connections) == 12
     publisher = await staying.connect()
     await publisher.subscribe("chat:live")
-    caplog.set_level(logging.INFO, "wsgate.gateway")
+    caplog.set_level(logging.INFO, "wsgate.hub")
     n, drain, after_drain = 0, None, 0
     while after_drain < 50:  # publish before, during and after the restart
         await publisher.send({"type": "publish", "room": "chat:live", "data": n})

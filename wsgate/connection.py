@@ -232,6 +232,48 @@ class Connection:
         self._loop.call_soon(self._on_drop, self)
         self._closer = asyncio.create_task(self._close(code, reason), name=f"wsgate-close-{self.id}")
 
+    def close_gracefully(self, code: int, reason: str, timeout: float) -> None:
+        """Close after writing what is already queued (the shutdown drain), without waiting; idempotent.
+
+        New messages are no longer taken. The outbox is written, then the close frame (RFC 6455
+        section 7.1.2), then the close handshake is awaited: all within `timeout` seconds. A client
+        that reads gets everything that was queued for it; one that cannot take its queue in time is
+        counted (`websocket_errors_total{reason="drain_incomplete"}`), logged, and its socket aborted.
+        """
+        if self.state is not State.OPEN:
+            return
+        self.state = State.CLOSING
+        self.close_reason = reason
+        self.close_code = code
+        self._loop.call_soon(self._on_drop, self)  # out of its rooms now: nothing new is queued
+        self._closer = asyncio.create_task(self._finish(code, reason, timeout), name=f"wsgate-close-{self.id}")
+
+    async def _finish(self, code: int, reason: str, timeout: float) -> None:
+        queued = len(self._outbox)
+        written = clean = False
+        try:
+            async with asyncio.timeout(timeout):
+                if self._writer is not None and not self._writer.done():
+                    await asyncio.wait([self._writer])  # it waits for a full socket to drain, and deflates
+                if self._outbox and self._transport is not None and not self._transport.is_closing():
+                    frames = b"".join(self._outbox)  # bounded by send_queue_size: one write, then wait for it
+                    self._outbox.clear()
+                    self._transport.write(frames)
+                    await self._stream.drain()
+                written = True
+                await self._ws.close(code=code, message=reason.encode())
+            clean = True
+        except TimeoutError:
+            if not written:
+                self._metrics.error("drain_incomplete")
+                log.warning("client %s did not take the %d messages queued for it within %.3gs of the drain; "
+                            "closing", self.id, queued, timeout, extra={"client_id": self.id})
+        except ConnectionError:
+            pass  # the peer is gone; the reader sees it and cleans up
+        finally:
+            if not clean and self._transport is not None:
+                self._transport.abort()
+
     async def stop(self) -> None:
         """Release everything this client holds; called by the reader when it finishes."""
         self.state = State.CLOSED

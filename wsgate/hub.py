@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 HOLD_FACTOR = 10  # a recovering client's live messages wait while its history is read: up to ten outboxes' worth
 RESTART_BATCH_INTERVAL = 0.1  # seconds between batches of clients closed by a restart drain
+DRAIN_GRACE = 0.5  # seconds the drain waits past its budget for aborted clients' readers to finish
 
 RoomInterest = Callable[[str], None]
 """Told a room's name when it gains its first or loses its last local member (the broker subscribes or not)."""
@@ -199,9 +200,10 @@ class Hub:
         return skip
 
     async def drain(self, settings: ShutdownSettings, timeout: float) -> None:
-        """Refuse new clients, close every client and wait (at most `timeout`) until all are gone.
+        """Refuse new clients, close every client and wait (about `timeout`) until all are gone.
 
-        `shutdown.mode = "drain"` closes everyone at once with 1001. `"restart"` closes with 1012
+        Each client first gets what is already queued for it, then the close frame, within what is
+        left of `timeout` (`Connection.close_gracefully`). `shutdown.mode = "drain"` closes everyone at once with 1001. `"restart"` closes with 1012
         in shuffled batches spread over `shutdown.window`, so reconnecting clients arrive at the
         other nodes gradually, not as one storm. Only the first call does anything: the CLI drains
         before aiohttp's own shutdown calls it again.
@@ -219,14 +221,16 @@ class Hub:
         batches = max(1, min(len(clients), round(settings.window / RESTART_BATCH_INTERVAL))) if restart else 1
         if clients:
             log.info("draining: closing %d clients (%s, %d batches)", len(clients), settings.mode, batches)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout + DRAIN_GRACE):
                 size = max(1, -(-len(clients) // batches))
                 for start in range(0, len(clients), size):
                     if start:
                         await asyncio.sleep(settings.window / batches)
-                    for conn in clients[start:start + size]:
-                        conn.drop(code, reason)
+                    for conn in clients[start:start + size]:  # what is queued first, then the close frame
+                        conn.close_gracefully(code, reason, max(0.0, deadline - loop.time()))
                 for conn in clients:
                     await conn.closed.wait()
         except TimeoutError:
