@@ -35,7 +35,7 @@ from .gateway import Gateway
 from .hub import Hub
 from .keys import (
     BROKER, DASHBOARD, DECODER, DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, PLUGINS, PRESENCE, PRESENCE_STORE, ROUTER,
-    SETTINGS, STARTED_AT,
+    SETTINGS, STARTED_AT, SUPERVISOR,
 )
 from .logs import configure_logging
 from .metrics import Metrics
@@ -45,7 +45,8 @@ from .protocol import Decoder
 from .publish_api import broadcast_view, publish_view
 from .rooms import RoomPatterns
 from .routing import Router
-from .views import client_js_view, health_view, metrics_view, ws_view
+from .supervision import Supervisor
+from .views import client_js_view, health_view, metrics_view, ready_view, ws_view
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     registry = loaded.build_registry()
     metrics = Metrics(registry.owners())
     node_id = new_sender_id()
-    broker = make_broker(settings, metrics, node_id)
-    presence_store = make_presence_store(settings, metrics, node_id)
+    supervisor = Supervisor(metrics)
+    broker = make_broker(settings, metrics, node_id, supervisor)
+    presence_store = make_presence_store(settings, metrics, node_id, supervisor)
     presence = Presence(settings.presence, presence_store)
     router: Router
 
@@ -85,7 +87,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     router = Router(hub, broker, RoomPatterns(settings.history.rooms), metrics)
     gateway = Gateway(
         settings, plugins=loaded, hub=hub, router=router, broker=broker, presence=presence,
-        presence_store=presence_store, metrics=metrics, node_id=node_id.decode(),
+        presence_store=presence_store, metrics=metrics, supervisor=supervisor, node_id=node_id.decode(),
     )
     gateway.services = loaded.collect_services(gateway)
     limits = settings.websocket.limits
@@ -104,8 +106,9 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     app[DISPATCHER] = Dispatcher(registry, metrics, decoder)
     app[GATEWAY] = gateway
     app[FLUSHER] = Flusher()
+    app[SUPERVISOR] = supervisor
     app[STARTED_AT] = time.monotonic()
-    http_routes = [app.router.add_get("/health", health_view)]
+    http_routes = [app.router.add_get("/health", health_view), app.router.add_get("/ready", ready_view)]
     if settings.metrics.enabled:
         http_routes.append(app.router.add_get(settings.metrics.path, metrics_view))
     if settings.api.key:  # the publish API exists only with a key
@@ -136,26 +139,24 @@ def _allow_cross_origin(app: web.Application, routes: list[web.AbstractRoute], o
 async def _run(app: web.Application) -> AsyncIterator[None]:
     """Broker and presence store first, then plugin services and start-up hooks; torn down in reverse."""
     broker, presence_store, gateway, plugins = app[BROKER], app[PRESENCE_STORE], app[GATEWAY], app[PLUGINS]
+    supervisor = app[SUPERVISOR]
     await broker.start(app[ROUTER].receive)
     try:
         await presence_store.start()
         try:
             await plugins.start(gateway)
-            tasks = [asyncio.create_task(_refresh_gauges(app), name="wsgate-gauges")]
+            supervisor.spawn("gauges", functools.partial(_refresh_gauges, app))
             presence = app[PRESENCE]
-            if presence.rooms and app[SETTINGS].presence.events:
-                events = presence.run(functools.partial(app[ROUTER].publish, history=False))  # the one route
-                tasks.append(asyncio.create_task(events, name="wsgate-presence-events"))
+            if presence.rooms and app[SETTINGS].presence.events:  # events take the one route, without history
+                supervisor.spawn("presence-events", functools.partial(
+                    presence.run, functools.partial(app[ROUTER].publish, history=False)))
             yield
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
         finally:
             await plugins.stop(gateway)
             await presence_store.close()
     finally:
         await broker.close()
+        await supervisor.stop()
 
 
 async def _refresh_gauges(app: web.Application) -> None:

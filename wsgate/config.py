@@ -143,6 +143,10 @@ class BrokerSettings:
                           pattern=(r"[A-Za-z0-9_.:-]+", "letters, digits and _ . : -"))
     required: bool = setting(True, "Redis unreachable at start-up stops start-up (false: start degraded and retry)")
     connect_timeout: float = setting(5.0, "How long to wait for Redis when connecting", duration=True, minimum=0.001)
+    probe_interval: float = setting(
+        5.0, "How often a node checks that its Redis subscription still hears (it resubscribes when the probe is "
+        "not back within connect_timeout)", duration=True, minimum=0.01,
+    )
     publish_queue: int = setting(
         10000, "Messages waiting to go to Redis; beyond this they reach local clients only (counted), and messages "
         "for rooms with history are refused", minimum=1
@@ -635,7 +639,7 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-RESERVED_PATHS = ("/ws", "/health", "/client.js", "/dashboard", "/api/publish", "/api/broadcast")
+RESERVED_PATHS = ("/ws", "/health", "/ready", "/client.js", "/dashboard", "/api/publish", "/api/broadcast")
 
 
 def _check_relations(settings: Settings) -> None:

@@ -375,6 +375,15 @@ class Connection:
             pass  # the peer is gone; the reader sees it and cleans up
 
     def _keepalive(self) -> None:
+        """The keepalive timer (a callback, not a task): supervised by hand, it can never stop unseen."""
+        try:
+            self._keep_alive()
+        except Exception:
+            log.exception("client %s: the keepalive failed; closing", self.id, extra={"client_id": self.id})
+            self._metrics.task_restarted("keepalive")
+            self.drop(protocol.CLOSE_GOING_AWAY, "keepalive timeout")
+
+    def _keep_alive(self) -> None:
         now = self._loop.time()
         if now - self.last_seen >= self._pong_wait - _TIMER_SLACK:
             log.info(

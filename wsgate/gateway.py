@@ -7,7 +7,8 @@ wired together; each method composes them. Messages go through the router
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from . import protocol
@@ -22,6 +23,7 @@ from .plugins import Plugins
 from .presence import Presence, PresenceError, PresenceStore
 from .protocol import ClientError
 from .routing import Router
+from .supervision import Supervisor
 from .types import Client
 
 
@@ -34,7 +36,7 @@ class Gateway:
 
     def __init__(
         self, settings: Settings, *, plugins: Plugins, hub: Hub, router: Router, broker: Broker,
-        presence: Presence, presence_store: PresenceStore, metrics: Metrics, node_id: str,
+        presence: Presence, presence_store: PresenceStore, metrics: Metrics, supervisor: Supervisor, node_id: str,
     ) -> None:
         self._settings = settings
         self._plugins = plugins
@@ -44,6 +46,7 @@ class Gateway:
         self._presence = presence
         self._presence_store = presence_store
         self._metrics = metrics
+        self._supervisor = supervisor
         self._access = AccessPolicy(settings.auth)
         self._node_id = node_id
         self.services: Mapping[str, object] = {}
@@ -51,6 +54,9 @@ class Gateway:
 
     def plugin_settings(self, name: str) -> Mapping[str, Any]:
         return self._plugins.options(name)
+
+    def spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        return self._supervisor.spawn(name, run)
 
     # --- messages ---------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from .plugins import Plugins
 from .presence import Presence, PresenceStore
 from .protocol import Decoder
 from .routing import Router
+from .supervision import Supervisor
 
 SETTINGS = web.AppKey("wsgate.settings", Settings)
 PLUGINS = web.AppKey("wsgate.plugins", Plugins)
@@ -30,6 +31,7 @@ PRESENCE_STORE = web.AppKey("wsgate.presence_store", PresenceStore)
 PRESENCE = web.AppKey("wsgate.presence", Presence)
 ROUTER = web.AppKey("wsgate.router", Router)
 FLUSHER = web.AppKey("wsgate.flusher", Flusher)
+SUPERVISOR = web.AppKey("wsgate.supervisor", Supervisor)
 DECODER = web.AppKey("wsgate.decoder", Decoder)
 DISPATCHER = web.AppKey("wsgate.dispatcher", Dispatcher)
 GATEWAY = web.AppKey("wsgate.gateway", Gateway)

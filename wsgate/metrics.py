@@ -120,6 +120,10 @@ class Metrics:
             "websocket_broker_dropped_messages",
             "Messages delivered locally but not relayed to other nodes (Redis away or too slow).", registry=reg,
         )
+        self.task_restarts = Counter(
+            "wsgate_task_restarts", "Background tasks restarted after an unexpected exception, by task.",
+            ["task"], registry=reg,
+        )
         # Children of labelled counters are looked up once, not per message.
         self._received_by_type = {kind: self.received.labels(kind) for kind in message_types}
         self._received_other = self.received.labels("unknown")
@@ -146,6 +150,10 @@ class Metrics:
 
     def broker_error(self) -> None:
         self.broker_errors.inc()
+
+    def task_restarted(self, task: str) -> None:
+        """Count one restart of a supervised task (`task` is one of a fixed set of names)."""
+        self.task_restarts.labels(task).inc()
 
     def broker_reconnected(self) -> None:
         self.broker_reconnects.inc()

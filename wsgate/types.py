@@ -8,6 +8,7 @@ the wire protocol and history positions, so every layer may name these types.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Set
 from typing import Any, Protocol, runtime_checkable
 
@@ -76,6 +77,12 @@ class Gateway(Protocol):
 
     def plugin_settings(self, name: str) -> Mapping[str, Any]:
         """The `[plugins.<name>]` table of the settings file (empty when absent), read-only."""
+
+    def spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run `run()` as a supervised background task: an unexpected exception is logged, counted
+        (`wsgate_task_restarts_total{task=name}`) and `run()` is started again after a backoff; while it
+        waits, `/health` lists it and `/ready` answers 503. It stops when `run()` returns, when the
+        returned task is cancelled, or at shutdown (after `wsgate_shutdown`)."""
 
     # --- messages ---------------------------------------------------------------------
 

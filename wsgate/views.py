@@ -14,7 +14,9 @@ from . import __version__, protocol
 from .auth import SUBPROTOCOL, unauthorized, user_id_of
 from .clients import ConnectedClient
 from .dispatch import Dispatcher
-from .keys import BROKER, DASHBOARD, DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, PLUGINS, SETTINGS, STARTED_AT
+from .keys import (
+    BROKER, DASHBOARD, DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, PLUGINS, SETTINGS, STARTED_AT, SUPERVISOR,
+)
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .origins import origin_allowed, same_host
 from .protocol import ClientError
@@ -33,18 +35,37 @@ async def client_js_view(request: web.Request) -> web.FileResponse:
 
 
 async def health_view(request: web.Request) -> web.Response:
-    """`{"status":"healthy","clients":N,"rooms":M}` (the spec's), then `broker`, `uptime_seconds` and
-    `version`; 503 with `"draining"` during shutdown."""
-    hub = request.app[HUB]
+    """`{"status":"healthy","clients":N,"rooms":M}` (the spec's), then `broker`, `tasks` (how many background
+    tasks run, and which are down waiting to restart), `uptime_seconds` and `version`; 503 with `"draining"`
+    during shutdown."""
+    app = request.app
+    hub, supervisor = app[HUB], app[SUPERVISOR]
     body: dict[str, Any] = {
         "status": "draining" if hub.draining else "healthy",
         "clients": len(hub.connections),
         "rooms": len(hub.rooms),
-        "broker": request.app[BROKER].state,
-        "uptime_seconds": round(time.monotonic() - request.app[STARTED_AT], 3),
+        "broker": app[BROKER].state,
+        "tasks": {"running": supervisor.running, "down": supervisor.down},
+        "uptime_seconds": round(time.monotonic() - app[STARTED_AT], 3),
         "version": __version__,
     }
     return web.json_response(body, status=503 if hub.draining else 200)
+
+
+async def ready_view(request: web.Request) -> web.Response:
+    """Readiness for a load balancer: 200 `{"ready": true}`, or 503 `{"ready": false, "reasons": [...]}` while
+    draining, while the broker is degraded (other nodes are not heard) or while a background task is down."""
+    app = request.app
+    reasons = []
+    if app[HUB].draining:
+        reasons.append("draining")
+    if app[BROKER].state != "ok":
+        reasons.append(f"broker {app[BROKER].state}")
+    reasons += [f"task {name} is down" for name in app[SUPERVISOR].down]
+    body: dict[str, Any] = {"ready": not reasons}
+    if reasons:
+        body["reasons"] = reasons
+    return web.json_response(body, status=503 if reasons else 200)
 
 
 ORIGIN_NOT_ALLOWED = "origin not allowed"

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import HistorySettings
 from ..history import Position, Replay, new_epoch, replay_from, stamp
+from ..supervision import Supervisor
 from .base import BrokerError, Receive
 from .redis_schema import (
     NODE_ID_LENGTH, PUBLISH_SCRIPT, READ_SCRIPT, RedisNames, connect, describe, new_sender_id, publish_args,
@@ -37,6 +38,7 @@ BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 PIPELINE_BATCH = 512
 POOL_SIZE = 32  # Redis connections for commands (pub/sub has its own)
 RECEIVE_BATCH = 32  # messages from Redis delivered before other tasks (the flusher) get a turn
+RECEIVE_POLL = 1.0  # seconds the receive loop waits for a message before looking at its state again
 
 
 class _Outgoing:
@@ -60,9 +62,10 @@ class RedisBroker:
 
     def __init__(
         self, settings: BrokerSettings, metrics: Metrics, node_id: bytes | None = None,
-        history: HistorySettings | None = None,
+        history: HistorySettings | None = None, supervisor: Supervisor | None = None,
     ) -> None:
         self._settings = settings
+        self._supervisor = supervisor or Supervisor(metrics)
         self._history = history or HistorySettings()
         self._metrics = metrics
         self.node_id = node_id or new_sender_id()
@@ -70,6 +73,9 @@ class RedisBroker:
         self._names = names = RedisNames(settings.prefix)
         self._room_prefix = names.room_prefix
         self._broadcast = names.broadcast
+        self._probe_channel = names.probe(self.node_id)
+        self._probe_seen = asyncio.Event()
+        self._deaf = False  # the probe found the subscription deaf: the receive loop reconnects
         self._receive: Receive | None = None
         self._redis: Any = None
         self._pubsub: Any = None
@@ -117,10 +123,12 @@ class RedisBroker:
                 raise BrokerError(message) from None
             log.error("broker: %s; starting degraded (broker.required = false), retrying", message)
             self._metrics.broker_error()
+        spawn = self._supervisor.spawn
         self._tasks = [
-            asyncio.create_task(self._receive_loop(), name="wsgate-redis-receive"),
-            asyncio.create_task(self._subscription_loop(), name="wsgate-redis-subscriptions"),
-            asyncio.create_task(self._send_loop(), name="wsgate-redis-send"),
+            spawn("redis-receive", self._receive_loop),
+            spawn("redis-subscriptions", self._subscription_loop),
+            spawn("redis-send", self._send_loop),
+            spawn("redis-probe", self._probe_loop),
         ]
 
     async def _prepare(self) -> None:
@@ -299,7 +307,8 @@ class RedisBroker:
         pubsub = self._redis.pubsub()
         rooms = set(self._wanted)
         try:
-            await pubsub.subscribe(self._broadcast, *(self._room_prefix + r.encode() for r in rooms))
+            await pubsub.subscribe(self._broadcast, self._probe_channel,
+                                   *(self._room_prefix + r.encode() for r in rooms))
         except BaseException:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # give its connection back to the pool, or retries drain the pool
@@ -328,14 +337,23 @@ class RedisBroker:
         while not self._closed:
             try:
                 if self._pubsub is None:
-                    await self._connect_pubsub()
-                    await self._prepare()  # Redis may have restarted: scripts and settings are gone
+                    async with asyncio.timeout(self._settings.connect_timeout):
+                        await self._connect_pubsub()
+                        await self._prepare()  # Redis may have restarted: scripts and settings are gone
                     self._sending = True  # Redis answers again: let the next publish prove otherwise
                     self._outgoing_ready.set()
                     self._metrics.broker_reconnected()
                     log.info("broker: reconnected to Redis; receiving %d rooms again", len(self._subscribed))
                     self._resync.set()
-                message = await self._pubsub.get_message(timeout=None)
+                message = await self._pubsub.get_message(timeout=RECEIVE_POLL)
+                if self._deaf:
+                    self._deaf = False
+                    self._metrics.broker_error()
+                    log.warning("broker: the probe did not come back through pub/sub within %ss: the subscription "
+                                "is deaf (Redis dropped it, or the network holds it); subscribing again",
+                                self._settings.connect_timeout)
+                    await self._drop_pubsub()
+                    continue
                 backoff = BACKOFF_START
                 if message is not None:
                     self._on_message(message)
@@ -344,7 +362,7 @@ class RedisBroker:
                         # get_message does not yield while Redis has sent more: let the flusher write
                         # outboxes before a burst from Redis fills them (as the read loop does for clients)
                         await asyncio.sleep(0)
-            except (OSError, aioredis.RedisError) as exc:
+            except (OSError, TimeoutError, aioredis.RedisError) as exc:
                 if self._receiving:
                     log.warning("broker: lost the connection to Redis (%s); reconnecting, local delivery goes on",
                                 describe(exc))
@@ -362,6 +380,9 @@ class RedisBroker:
             self._confirmed.pop(channel, None)
             return
         if kind != "message":
+            return
+        if channel == self._probe_channel:
+            self._probe_seen.set()
             return
         payload: bytes = message["data"]
         if payload[:NODE_ID_LENGTH] == self.node_id:
@@ -390,3 +411,26 @@ class RedisBroker:
                 continue  # the receive loop notices the broken connection and reconnects
             if pubsub is self._pubsub:
                 self._subscribed = (self._subscribed | add) - remove
+
+    async def _probe_loop(self) -> None:
+        """Every `broker.probe_interval`, publish to this node's own probe channel and expect it back through
+        pub/sub within `broker.connect_timeout`. If it does not come (Redis dropped the subscriber with
+        CLIENT KILL or for its output buffer, and the connection still looks open), the receive loop
+        subscribes again: a node never stays deaf to the others while /health says ok."""
+        import redis.asyncio as aioredis
+
+        while not self._closed:
+            await asyncio.sleep(self._settings.probe_interval)
+            pubsub = self._pubsub
+            if pubsub is None or self._closed:
+                continue  # not subscribed: the receive loop is reconnecting anyway
+            self._probe_seen.clear()
+            try:
+                async with asyncio.timeout(self._settings.connect_timeout):  # there and back again
+                    await self._redis.publish(self._probe_channel, b"probe")
+                    await self._probe_seen.wait()
+            except (OSError, TimeoutError, aioredis.RedisError):
+                # Not heard, or Redis did not even take it (a network that holds packets without closing
+                # anything): subscribe again. If Redis is really away, that fails and the node is degraded.
+                if pubsub is self._pubsub:
+                    self._deaf = True

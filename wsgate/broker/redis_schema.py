@@ -50,6 +50,10 @@ class RedisNames:
         """The pub/sub channel of `room` (None: the broadcast channel)."""
         return self.broadcast if room is None else self.room_prefix + room.encode()
 
+    def probe(self, node_id: bytes) -> bytes:
+        """The channel a node publishes to itself to prove its subscription still hears Redis."""
+        return f"{self.prefix}:probe:".encode() + node_id
+
     def history_keys(self, room: str) -> list[str]:
         return [f"{self.prefix}:history:{room}:meta", f"{self.prefix}:history:{room}:stream"]
 

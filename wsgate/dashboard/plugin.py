@@ -67,7 +67,7 @@ class Dashboard:
 
     @hookimpl
     def wsgate_startup(self, gateway: Gateway) -> None:
-        self._task = asyncio.create_task(self._report(gateway), name="wsgate-dashboard")
+        self._task = gateway.spawn("dashboard-figures", lambda: self._report(gateway))
 
     @hookimpl
     async def wsgate_shutdown(self) -> None:

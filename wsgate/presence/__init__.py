@@ -21,6 +21,7 @@ from ..auth import claims_of, user_id_of
 from ..config import PresenceSettings, Settings
 from ..metrics import Metrics
 from ..rooms import RoomPatterns
+from ..supervision import Supervisor
 from .base import PresenceError, PresenceStore
 from .memory import MemoryPresenceStore
 
@@ -108,10 +109,12 @@ class Presence:
                     await publish(room, message)  # to the members on every node
 
 
-def make_presence_store(settings: Settings, metrics: Metrics, node_id: bytes) -> PresenceStore:
+def make_presence_store(
+    settings: Settings, metrics: Metrics, node_id: bytes, supervisor: Supervisor
+) -> PresenceStore:
     """The presence store `broker.url` asks for: in this process when empty, Redis otherwise."""
     if not settings.broker.url:
         return MemoryPresenceStore()
     from .redis import RedisPresenceStore  # only Redis users need redis-py
 
-    return RedisPresenceStore(settings.broker, metrics, node_id, settings.presence.node_ttl)
+    return RedisPresenceStore(settings.broker, metrics, node_id, settings.presence.node_ttl, supervisor)

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..broker.redis_schema import PRESENCE_SCRIPT, RedisNames, connect, describe
+from ..supervision import Supervisor
 from .base import PresenceError
 
 if TYPE_CHECKING:
@@ -32,8 +33,12 @@ STATS_TTL = 5.0  # seconds a node's dashboard figures outlive its last report
 class RedisPresenceStore:
     """See the module docstring."""
 
-    def __init__(self, settings: BrokerSettings, metrics: Metrics, node_id: bytes, node_ttl: float) -> None:
+    def __init__(
+        self, settings: BrokerSettings, metrics: Metrics, node_id: bytes, node_ttl: float,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self._settings = settings
+        self._supervisor = supervisor or Supervisor(metrics)
         self._metrics = metrics
         self._node_id = node_id
         self._node_ttl = node_ttl
@@ -51,7 +56,7 @@ class RedisPresenceStore:
         self._redis = connect(self._settings.url, self._settings.connect_timeout,
                               f"wsgate-{self._node_id.decode()[:8]}-presence", POOL_SIZE)
         self._script = self._redis.register_script(PRESENCE_SCRIPT)
-        self._task = asyncio.create_task(self._write_loop(), name="wsgate-redis-presence")
+        self._task = self._supervisor.spawn("redis-presence", self._write_loop)
 
     async def close(self) -> None:
         self._closed = True
