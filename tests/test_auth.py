@@ -58,7 +58,7 @@ async def test_a_valid_token_identifies_the_client(wsgate_server: StartServer) -
     ws = await server.raw(**bearer(token("alice", role="ops")))
     hello = await ws.receive_json()
     assert hello["data"]["user_id"] == "alice"
-    assert set(hello["data"]) == {"client_id", "message", "user_id"}
+    assert set(hello["data"]) == {"client_id", "message", "user_id", "expires_at"}  # expires_at: when to refresh
     conn = server.hub.connections[hello["data"]["client_id"]]
     assert (conn.identity.user_id, conn.identity.claims["role"]) == ("alice", "ops")  # type: ignore[attr-defined]
 

@@ -24,10 +24,18 @@ from .protocol import NOT_ALLOWED, ClientError
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """An authenticated client: `user_id` (the token's `sub`) and every claim of its token."""
+    """An authenticated client: `user_id` (the token's `sub`), every claim of its token, and when its rights
+    end: `expires_at`, Unix time in seconds (the token's `exp` plus the allowed leeway; None: never). A
+    connection is closed then (4001, "token expired") unless the client refreshes its token first."""
 
     user_id: str
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    expires_at: float | None = None
+
+
+def expires_at_of(identity: object) -> float | None:
+    """When an identity's rights end (Unix seconds), or None: only an Identity can expire."""
+    return identity.expires_at if isinstance(identity, Identity) else None
 
 
 def claims_of(identity: object) -> Mapping[str, Any]:

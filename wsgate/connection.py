@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
@@ -87,7 +88,7 @@ class Connection:
         "id", "_metrics", "_on_drop", "identity", "rooms", "remote", "state", "close_reason", "close_code", "last_seen",
         "opened_at", "closed", "_ws", "_stream", "_transport", "_high_water", "_raw", "_loop", "_flusher",
         "_outbox", "_outbox_limit", "_marked", "_blocked", "_ping_interval", "_pong_wait", "_write_wait",
-        "_next_ping", "_ping_due", "_pong", "_timer", "_writer", "_closer", "limiter",
+        "_next_ping", "_ping_due", "_pong", "_timer", "_writer", "_closer", "limiter", "_expiry",
     )
 
     def __init__(
@@ -134,6 +135,7 @@ class Connection:
         self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self.closed = asyncio.Event()  # set once the client is gone and everything is released
 
     def __repr__(self) -> str:
@@ -215,6 +217,17 @@ class Connection:
         """Start the keepalive timer (called once the client is admitted)."""
         self._timer = self._loop.call_at(self._next_ping, self._keepalive)
 
+    def expire_at(self, when: float | None) -> None:
+        """Close with 4001 "token expired" at Unix time `when` (seconds; None: never), replacing any earlier
+        deadline: the rights a token gave end with it, on sockets already open too."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if when is not None and self.state is State.OPEN:
+            self._expiry = self._loop.call_later(
+                max(0.0, when - time.time()), self.drop, protocol.CLOSE_TOKEN_EXPIRED, protocol.TOKEN_EXPIRED
+            )
+
     def touch(self) -> None:
         """Note that the client sent something (any frame, pongs included)."""
         self.last_seen = self._loop.time()
@@ -280,6 +293,8 @@ class Connection:
         self._outbox.clear()
         if self._timer is not None:
             self._timer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         try:
             if self._writer is not None:
                 self._writer.cancel()

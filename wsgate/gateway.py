@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from . import protocol
-from .auth import AccessPolicy
+from .auth import AccessPolicy, expires_at_of
 from .broker import Broker, BrokerError
 from .clients import ConnectedClient
 from .config import Settings
@@ -21,7 +21,8 @@ from .hub import Hub
 from .metrics import Metrics
 from .plugins import Plugins
 from .presence import Presence, PresenceError, PresenceStore
-from .protocol import ClientError
+from .connection import State
+from .protocol import ClientError, ClientGone
 from .routing import Router
 from .supervision import Supervisor
 from .types import Client
@@ -131,6 +132,23 @@ class Gateway:
 
     def unsubscribe(self, client: Client, room: str) -> None:
         self._hub.leave(_connection(client), room)
+
+    async def reauthenticate(self, client: Client, identity: object) -> list[str]:
+        conn = _connection(client)
+        if conn.state is not State.OPEN:
+            raise ClientGone(conn.id)
+        conn.identity = identity
+        conn.expire_at(expires_at_of(identity))
+        left = []
+        for room in sorted(conn.rooms):
+            try:
+                await self.authorize(conn, protocol.SUBSCRIBE, room)
+            except ClientError:
+                if room in conn.rooms:  # (it may have left meanwhile)
+                    self._hub.leave(conn, room)
+                    conn.enqueue(protocol.encode(protocol.UNSUBSCRIBED, room=room, data={"room": room}))
+                    left.append(room)
+        return left
 
     async def history(self, room: str, limit: int | None = None) -> tuple[Position, list[bytes]]:
         if not self._router.keeps_history(room):

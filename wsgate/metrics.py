@@ -39,6 +39,7 @@ CLOSE_REASONS = {
     "message too big": "message_too_big",
     "rate limit exceeded": "rate_limited",
     "disconnected by an operator": "operator",
+    "token expired": "token_expired",
 }
 
 

@@ -24,6 +24,8 @@ PING: Final = "ping"
 HISTORY: Final = "history"  # wsgate: the last messages of a room that keeps history (also the answer's type)
 PRESENCE: Final = "presence"  # wsgate: the members of a room with presence (also the answer's type)
 PRESENCE_DIFF: Final = "presence_diff"  # wsgate: joins and leaves of a room with presence events
+REFRESH: Final = "refresh"  # wsgate: a new token for this connection (the JWT authenticator)
+REFRESHED: Final = "refreshed"  # wsgate: the answer to refresh, with the new expiry
 
 # Server -> client message types.
 CONNECTED: Final = "connected"
@@ -55,6 +57,7 @@ NO_HISTORY: Final = "room has no history"
 HISTORY_UNAVAILABLE: Final = "history is unavailable"
 NO_PRESENCE: Final = "room has no presence"
 PRESENCE_UNAVAILABLE: Final = "presence is unavailable"
+INVALID_TOKEN: Final = "invalid token"
 
 # Close codes (RFC 6455 section 7.4.1).
 CLOSE_GOING_AWAY: Final = 1001  # server shutdown, keepalive timeout
@@ -62,6 +65,8 @@ CLOSE_POLICY_VIOLATION: Final = 1008  # slow consumer, write timeout
 CLOSE_MESSAGE_TOO_BIG: Final = 1009
 CLOSE_SERVICE_RESTART: Final = 1012  # shutdown.mode = "restart": reconnect (to another node) and resume
 CLOSE_TRY_AGAIN_LATER: Final = 1013  # server at maximum capacity
+CLOSE_TOKEN_EXPIRED: Final = 4001  # (private use, section 7.4.2) the token expired and was not refreshed
+TOKEN_EXPIRED: Final = "token expired"  # its close reason
 
 
 class ClientError(Exception):
@@ -295,5 +300,6 @@ ERROR_REASONS: Final = {
     HISTORY_UNAVAILABLE: "history_unavailable",
     NO_PRESENCE: "no_presence",
     PRESENCE_UNAVAILABLE: "presence_unavailable",
+    INVALID_TOKEN: "invalid_token",
 }
 """Error text -> metrics label; texts from plugins count as `rejected` (labels stay bounded)."""

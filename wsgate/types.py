@@ -123,6 +123,12 @@ class Gateway(Protocol):
     def unsubscribe(self, client: Client, room: str) -> None:
         """Take `client` out of `room`; `ClientError` (`not subscribed to this room`) when it is not in it."""
 
+    async def reauthenticate(self, client: Client, identity: object) -> list[str]:
+        """Give `client` a new identity (a refreshed token): its expiry moves to the new one's
+        (`Identity.expires_at`), and it leaves, with `unsubscribed`, every room the new identity may no
+        longer subscribe to (the `[auth]` rules, then `wsgate_authorize`). Returns the rooms it left.
+        Raises `ClientGone` when the client has left."""
+
     async def history(self, room: str, limit: int | None = None) -> tuple[Position, list[bytes]]:
         """The room's position and its last `limit` kept messages (at most `history.size`), oldest first,
         each already encoded. Raises `ClientError`: `room has no history`, `history is unavailable`."""

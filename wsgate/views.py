@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from . import __version__, protocol
-from .auth import SUBPROTOCOL, unauthorized, user_id_of
+from .auth import SUBPROTOCOL, expires_at_of, unauthorized, user_id_of
 from .clients import ConnectedClient
 from .dispatch import Dispatcher
 from .keys import (
@@ -147,6 +147,7 @@ async def _open(request: web.Request) -> web.StreamResponse:
     log.info("client %s connected from %s", conn.id, conn.remote, extra={"client_id": conn.id, "remote": conn.remote})
     try:
         conn.start()
+        conn.expire_at(expires_at_of(identity))
         conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn)))
         if plugins.watches_clients:
             await plugins.notify("wsgate_client_connected", conn)
@@ -193,11 +194,14 @@ async def _read_loop(
             return
 
 
-def _connected_data(conn: ConnectedClient) -> dict[str, str]:
-    """The spec's `connected` data; with `user_id` added for an authenticated client."""
-    data = {"client_id": conn.id, "message": protocol.CONNECTED_TEXT}
+def _connected_data(conn: ConnectedClient) -> dict[str, Any]:
+    """The spec's `connected` data; with `user_id` added for an authenticated client, and `expires_at`
+    (Unix time in milliseconds) when its token expires: refresh before then, or be closed with 4001."""
+    data: dict[str, Any] = {"client_id": conn.id, "message": protocol.CONNECTED_TEXT}
     if (user_id := user_id_of(conn.identity)) is not None:
         data["user_id"] = user_id
+    if (expires_at := expires_at_of(conn.identity)) is not None:
+        data["expires_at"] = round(expires_at * 1000)
     return data
 
 

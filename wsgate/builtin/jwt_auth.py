@@ -10,6 +10,7 @@ only with `query_param = true`, `?token=<token>`. No token: anonymous (unless
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -17,13 +18,13 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from wsgate import ClientError, Identity, hookimpl, protocol
+from wsgate import Client, ClientError, Handler, Identity, Message, hookimpl, protocol
 from wsgate.auth import SUBPROTOCOL, unauthorized
 from wsgate.config import ConfigError, JwtSettings
 
 log = logging.getLogger(__name__)
 
-INVALID_TOKEN = "invalid token"
+INVALID_TOKEN = protocol.INVALID_TOKEN
 MIN_SECRET_BYTES = 32  # an HS256 key shorter than the hash can be brute-forced offline from one token
 
 
@@ -78,13 +79,42 @@ class JwtAuthenticator:
         try:
             claims = self._decode(token)
         except jwt.InvalidTokenError as exc:
-            if isinstance(exc, jwt.MissingRequiredClaimError):
-                reason = f"the token lacks the {exc.claim!r} claim"
-            else:
-                reason = next((text for kind, text in _REASONS if isinstance(exc, kind)), INVALID_TOKEN)
+            reason = _reason(exc)
             log.info("refused a token from %s: %s", request.remote, reason, extra={"remote": request.remote})
             raise unauthorized(INVALID_TOKEN, reason) from None
-        return Identity(claims["sub"], MappingProxyType(claims))
+        return self._identity(claims)
+
+    @hookimpl
+    def wsgate_message_handlers(self) -> Mapping[str, Handler]:
+        return {protocol.REFRESH: self.refresh}
+
+    async def refresh(self, client: Client, message: Message) -> None:
+        """`{"type":"refresh","token":T}`: a new token for this connection, before the old one expires.
+
+        It must be valid and carry the same `sub`. The connection's expiry moves to the new token's,
+        rooms the new claims no longer allow are left (each with `unsubscribed`), and the answer is
+        `{"type":"refreshed","data":{"expires_at":ms}}`.
+        """
+        token = message.fields.get("token")
+        if not isinstance(token, str) or not token:
+            raise ClientError(protocol.INVALID_JSON, "field 'token' must be a non-empty string")
+        current = client.identity
+        if not isinstance(current, Identity) or current.expires_at is None:
+            raise ClientError(protocol.NOT_ALLOWED, "this connection was not opened with a token")
+        try:
+            claims = self._decode(token)
+        except jwt.InvalidTokenError as exc:
+            raise ClientError(INVALID_TOKEN, _reason(exc)) from None
+        if claims["sub"] != current.user_id:
+            raise ClientError(protocol.NOT_ALLOWED, "the new token is for another user (its sub differs)")
+        identity = self._identity(claims)
+        await client.gateway.reauthenticate(client, identity)
+        assert identity.expires_at is not None
+        client.enqueue(protocol.encode(protocol.REFRESHED, data={"expires_at": round(identity.expires_at * 1000)}))
+
+    def _identity(self, claims: dict[str, Any]) -> Identity:
+        """Its rights end at the token's `exp`, plus the leeway every check of `exp` allows."""
+        return Identity(claims["sub"], MappingProxyType(claims), expires_at=float(claims["exp"]) + self._settings.leeway)
 
     def verify(self, token: str) -> dict[str, Any] | None:
         """The claims of a valid token, else None (the dashboard's admin login)."""
@@ -118,6 +148,13 @@ class JwtAuthenticator:
         if self._settings.query_param:
             return request.query.get("token") or None
         return None
+
+
+def _reason(exc: jwt.InvalidTokenError) -> str:
+    """Why a token was refused, in one line."""
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"the token lacks the {exc.claim!r} claim"
+    return next((text for kind, text in _REASONS if isinstance(exc, kind)), INVALID_TOKEN)
 
 
 def _public_key(value: str) -> Any:

@@ -94,7 +94,8 @@ class Dashboard:
         session = identity.claims.get(SESSION_CLAIM)
         if isinstance(session, str):
             return self.sessions.valid(session)
-        return identity.claims.get(self._admin_claim) is True
+        expired = identity.expires_at is not None and identity.expires_at <= time.time()
+        return identity.claims.get(self._admin_claim) is True and not expired  # (the socket closes then too)
 
     async def watch(self, client: Client, message: Message) -> None:
         self._operator(client)

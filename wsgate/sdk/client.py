@@ -12,6 +12,12 @@ and, for rooms that keep history, asks for what it missed (`since` its last
 offset). A re-subscription that could not recover is passed on as the
 `subscribed` message itself, with `"recovered": false`: the application must
 reload that room's state.
+
+With `get_token` (a function, sync or async, returning a JWT), every connection
+asks it for a token, and the client refreshes the token by itself before it
+expires (`connected` says when): the gateway would otherwise close the
+connection with 4001 "token expired". Rooms the new token no longer allows are
+left by the gateway; their `unsubscribed` messages are passed on.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +39,9 @@ import aiohttp
 from ..history import Position
 
 log = logging.getLogger(__name__)
+
+REFRESH_MARGIN = 0.2  # refresh when this share of a token's remaining life is left (at least 1 s before, at most 60 s)
+TokenSource = Callable[[], "str | Awaitable[str]"]
 
 
 class GatewayError(Exception):
@@ -50,6 +61,7 @@ class GatewayClient:
         url: str | Sequence[str],
         *,
         token: str | None = None,
+        get_token: TokenSource | None = None,
         backoff: tuple[float, float] = (0.1, 10.0),
         request_timeout: float = 10.0,
         queue_size: int = 10_000,
@@ -64,7 +76,12 @@ class GatewayClient:
         """The last offset seen in each room that keeps history: where a reconnect resumes."""
         self.connects = 0
         """How many times a connection was established (1 + the reconnections)."""
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._token = token
+        self._get_token = get_token
+        self.expires_at: float | None = None
+        """When the connection's token expires (Unix seconds), from `connected` or `refreshed`."""
+        self.refreshes = 0
+        """How many times the token was refreshed on an open connection."""
         self._backoff = backoff
         self._request_timeout = request_timeout
         self._session = session
@@ -210,7 +227,11 @@ class GatewayClient:
             if kind == "error" or (kind == expected_kind and expected_room in (None, room)):
                 answer.set_result(message)
                 return True
-        return kind in ("pong", "subscribed", "unsubscribed", "history", "connected")
+        if kind == "unsubscribed" and room is not None:  # not asked for: the gateway took it out (a refresh)
+            self._rooms.discard(room)
+            self.positions.pop(room, None)
+            return False
+        return kind in ("pong", "subscribed", "history", "connected", "refreshed")
 
     async def _run(self) -> None:
         attempt = 0
@@ -220,14 +241,23 @@ class GatewayClient:
             self.url = self.urls[turn % len(self.urls)]
             try:
                 assert self._session is not None
-                async with self._session.ws_connect(self.url, headers=self._headers) as ws:
+                try:
+                    token = await self._token_now()
+                except Exception:  # the application's get_token failed: try again after the backoff
+                    log.exception("wsgate client: get_token failed")
+                    raise ConnectionError("no token") from None
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                async with self._session.ws_connect(self.url, headers=headers) as ws:
                     hello = await ws.receive_json(timeout=self._request_timeout)
                     self.client_id = hello["data"]["client_id"]
                     self.user_id = hello["data"].get("user_id")
+                    expires_at = hello["data"].get("expires_at")
+                    self.expires_at = expires_at / 1000 if expires_at is not None else None
                     self._ws = ws
                     self.connects += 1
                     attempt = 0
                     reader = asyncio.create_task(self._read(ws))
+                    refresher = asyncio.create_task(self._refresh_loop()) if self._get_token else None
                     try:
                         for room in sorted(self._rooms):
                             try:
@@ -239,9 +269,11 @@ class GatewayClient:
                         self._connected.set()
                         await reader
                     finally:
-                        reader.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await reader
+                        for task in (reader, refresher):
+                            if task is not None:
+                                task.cancel()
+                                with contextlib.suppress(asyncio.CancelledError):
+                                    await task
             except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError) as exc:
                 log.info("wsgate client: connection to %s failed or ended: %r", self.url, exc)
             finally:
@@ -254,6 +286,26 @@ class GatewayClient:
             low, high = self._backoff
             await asyncio.sleep(random.uniform(0, min(high, low * 2**attempt)))  # full jitter
             attempt += 1
+
+    async def _token_now(self) -> str | None:
+        if self._get_token is None:
+            return self._token
+        token = self._get_token()
+        return await token if inspect.isawaitable(token) else token
+
+    async def _refresh_loop(self) -> None:
+        """Send a fresh token (`refresh`) before the current one expires, for as long as the connection lasts."""
+        while self.expires_at is not None:
+            remaining = self.expires_at - time.time()
+            await asyncio.sleep(max(0.0, remaining - min(60.0, max(1.0, remaining * REFRESH_MARGIN))))
+            try:
+                answer = await self._request({"type": "refresh", "token": await self._token_now()}, ("refreshed", None))
+            except (GatewayError, ConnectionError, TimeoutError) as exc:
+                log.warning("wsgate client: refreshing the token failed: %s", exc)
+                await asyncio.sleep(1.0)  # try again; at the expiry the gateway closes and the client reconnects
+                continue
+            self.expires_at = answer["data"]["expires_at"] / 1000
+            self.refreshes += 1
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
