@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,6 +77,26 @@ async def test_the_js_client_recovers_what_it_missed_after_a_disconnection(
     assert await page.evaluate("window.received") == list(range(60))  # every message once, in order
     assert await page.evaluate("window.events") == ["open", "close", "recovered", "open"]
     assert await page.evaluate("window.client.ping()") > 0
+
+
+async def test_the_js_client_refreshes_its_token_by_itself(wsgate_server: StartServer, page: Any) -> None:
+    from .test_auth import NO_EXAMPLE_AUTH, SECRET, token
+
+    server = await wsgate_server(auth={"jwt": {"secret": SECRET, "leeway": "0s"}}, plugins=NO_EXAMPLE_AUTH)
+    tokens = [token(exp=int(time.time()) + 2 + 60 * n) for n in range(4)]  # the first expires in 1-2 s
+    await page.goto(server.url("/health"))
+    await page.evaluate("""async (tokens) => {
+        const { WsgateClient } = await import("/client.js");
+        window.issued = 0;
+        const getToken = async () => tokens[window.issued++];
+        window.client = new WsgateClient(location.origin.replace(/^http/, "ws") + "/ws", { getToken });
+        window.closes = [];
+        window.client.on("close", (event) => window.closes.push(event.code));
+        await window.client.connect();
+    }""", tokens)
+    await page.wait_for_function("window.client.refreshes >= 1", timeout=10_000)
+    assert await page.evaluate("[window.client.connects, window.issued, window.closes]") == [1, 2, []]
+    assert await page.evaluate("window.client.expiresAt") > (time.time() + 30) * 1000
 
 
 async def test_subscribe_rejects_with_the_gateway_error(wsgate_server: StartServer, page: Any) -> None:

@@ -11,6 +11,11 @@
 // subscribes again to its rooms and, for rooms that keep history, asks for what
 // it missed (`since` its last offset): no gap, no duplicate. A room that could
 // not be recovered is reported with a "recovery_failed" event: reload its state.
+//
+// With `getToken` (a function returning a JWT, or a promise of one), every connection
+// asks it for a token, and the client refreshes the token by itself before it expires
+// (`connected` says when); the gateway would otherwise close with 4001 "token expired".
+// Rooms the new token no longer allows are left: an "unsubscribed" event says which.
 
 /**
  * @typedef {Object} ServerMessage
@@ -28,6 +33,8 @@
 /**
  * @typedef {Object} ClientOptions
  * @property {string} [token]           sent as the subprotocol pair ["bearer", token]
+ * @property {() => (string | Promise<string>)} [getToken] asked for a token at every connection and
+ *           before the current one expires (then sent as `refresh`)
  * @property {number} [minBackoff=100]  milliseconds before the first reconnection attempt (at most)
  * @property {number} [maxBackoff=10000]
  * @property {number} [requestTimeout=10000]
@@ -59,6 +66,11 @@ export class WsgateClient {
     this.positions = new Map();
     /** How many connections were opened (1 + reconnections). */
     this.connects = 0;
+    /** When the connection's token expires, Unix time in milliseconds (null: it does not). @type {number | null} */
+    this.expiresAt = null;
+    /** How many times the token was refreshed on an open connection. */
+    this.refreshes = 0;
+    this.refreshTimer = null;
     /** @type {Set<string>} */
     this.rooms = new Set();
     /** @type {Map<string, Set<Function>>} */
@@ -105,6 +117,7 @@ export class WsgateClient {
   /** Close for good (no reconnection). */
   close() {
     this.closing = true;
+    clearTimeout(this.refreshTimer);
     this.ws?.close(1000);
   }
 
@@ -152,12 +165,44 @@ export class WsgateClient {
 
   // --- internals ---------------------------------------------------------------------
 
-  open() {
+  async open() {
     const Socket = this.options.WebSocket ?? WebSocket;
-    const ws = this.options.token ? new Socket(this.url, ["bearer", this.options.token]) : new Socket(this.url);
+    let token = this.options.token;
+    if (this.options.getToken) {
+      try {
+        token = await this.options.getToken();
+      } catch (error) { // the application's getToken failed: try again after the backoff
+        this.emit("error", error);
+        this.retry();
+        return;
+      }
+    }
+    const ws = token ? new Socket(this.url, ["bearer", token]) : new Socket(this.url);
     this.ws = ws;
     ws.onmessage = (event) => this.receive(JSON.parse(event.data));
     ws.onclose = (event) => this.closed(ws, event);
+  }
+
+  /** Refresh the token before it expires (a fifth of its remaining life, 1 s to 60 s before). */
+  scheduleRefresh() {
+    clearTimeout(this.refreshTimer);
+    if (this.expiresAt === null || !this.options.getToken) return;
+    const remaining = this.expiresAt - Date.now();
+    const early = Math.min(60000, Math.max(1000, remaining * 0.2));
+    this.refreshTimer = setTimeout(() => this.refresh(), Math.max(0, remaining - early));
+  }
+
+  async refresh() {
+    try {
+      const token = await this.options.getToken();
+      const answer = await this.request({ type: "refresh", token }, (m) => m.type === "refreshed");
+      this.expiresAt = answer.data.expires_at;
+      this.refreshes += 1;
+      this.scheduleRefresh();
+    } catch (error) { // try again soon; at the expiry the gateway closes and the client reconnects
+      this.emit("error", error);
+      if (this.ws) this.refreshTimer = setTimeout(() => this.refresh(), 1000);
+    }
   }
 
   /** @param {WebSocket} ws @param {CloseEvent} event */
@@ -168,8 +213,13 @@ export class WsgateClient {
       clearTimeout(waiting.timer);
       waiting.reject(new Error(`connection closed (${event.code})`));
     }
+    clearTimeout(this.refreshTimer);
     this.emit("close", { code: event.code, reason: event.reason });
     if (this.closing) return;
+    this.retry();
+  }
+
+  retry() {
     if (this.isReady) { // a new promise only once the last one was kept: callers of connect() never hang
       this.isReady = false;
       this.ready = new Promise((resolve) => { this.readyResolve = resolve; });
@@ -183,6 +233,8 @@ export class WsgateClient {
     if (message.type === "connected") {
       this.clientId = message.data.client_id;
       this.userId = message.data.user_id ?? null;
+      this.expiresAt = message.data.expires_at ?? null;
+      this.scheduleRefresh();
       this.connects += 1;
       this.attempt = 0;
       for (const room of this.rooms) {
@@ -208,8 +260,12 @@ export class WsgateClient {
       else waiting.resolve(message);
       return;
     }
+    if (message.type === "unsubscribed") { // not asked for: the gateway took it out (a refreshed token)
+      this.rooms.delete(message.room);
+      this.positions.delete(message.room);
+    }
     if (message.type === "error") this.emit("error", new GatewayError(message.error, message.detail));
-    else this.emit(message.type, message); // "message", "presence_diff", extension types
+    else this.emit(message.type, message); // "message", "presence_diff", "unsubscribed", extension types
   }
 
   /** @param {string} room */
