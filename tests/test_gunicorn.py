@@ -17,7 +17,7 @@ async def test_gunicorn_serves_the_protocol_and_shuts_down_gracefully(tmp_path: 
     settings.write_text("[websocket]\nenabled = true\n[websocket.limits]\nmax_connections = 10\n")
     server = await spawn(
         sys.executable, "-m", "gunicorn", "wsgate.app:create_app",
-        "--worker-class", "aiohttp.GunicornWebWorker", "--bind", "127.0.0.1:0", "--workers", "1",
+        "--worker-class", "wsgate.worker.GatewayWorker", "--bind", "127.0.0.1:0", "--workers", "1",
         "--graceful-timeout", "10",
         env=environment(WSGATE_SETTINGS=str(settings)),
     )

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp_cors
 from aiohttp import web
 
+from .admission import AcceptErrors, GatewayRunner
 from .broker import make_broker
 from .broker.redis_schema import new_sender_id
 from .builtin import BUILTIN_PLUGINS
@@ -93,7 +94,8 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     limits = settings.websocket.limits
     decoder = Decoder(limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern)
 
-    app = web.Application()
+    # aiohttp's keep-alive timeout also runs before the first request: unfinished requests are closed.
+    app = web.Application(handler_args={"keepalive_timeout": settings.security.request_timeout})
     app[SETTINGS] = settings
     app[PLUGINS] = loaded
     app[METRICS] = metrics
@@ -140,6 +142,9 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
     """Broker and presence store first, then plugin services and start-up hooks; torn down in reverse."""
     broker, presence_store, gateway, plugins = app[BROKER], app[PRESENCE_STORE], app[GATEWAY], app[PLUGINS]
     supervisor = app[SUPERVISOR]
+    loop = asyncio.get_running_loop()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(AcceptErrors())  # out of file descriptors: one line per interval
     await broker.start(app[ROUTER].receive)
     try:
         await presence_store.start()
@@ -157,6 +162,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
     finally:
         await broker.close()
         await supervisor.stop()
+        loop.set_exception_handler(previous_handler)
 
 
 async def _refresh_gauges(app: web.Application) -> None:

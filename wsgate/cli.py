@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .admission import GatewayRunner
 from .app import create_app
 from .broker import BrokerError
 from .builtin import BUILTIN_PLUGINS
@@ -97,7 +98,7 @@ async def serve(settings: Settings) -> None:
     # The shutdown budget is websocket.timeout: half for clients to close, and aiohttp's own
     # handler shutdown (which may wait its timeout twice) gets a fifth, twice.
     access_log = logging.getLogger("aiohttp.access") if settings.logging.access_log else None
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=ws.timeout / 5, access_log=access_log)
+    runner = GatewayRunner(app, handle_signals=False, shutdown_timeout=ws.timeout / 5, access_log=access_log)
     await runner.setup()
     try:
         site = web.TCPSite(runner, ws.host, ws.port)

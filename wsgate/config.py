@@ -167,6 +167,10 @@ class SecuritySettings:
         (), 'Origins (exact, e.g. "https://app.example.com") allowed to open /ws from a browser; '
         'empty: same host and no Origin only; ["*"]: any'
     )
+    request_timeout: float = setting(
+        10.0, "A connection that has not sent a complete HTTP request within this (slow or unfinished headers), "
+        "or an HTTP connection idle this long, is closed", duration=True, minimum=0.1,
+    )
 
 
 REQUIREMENT = (

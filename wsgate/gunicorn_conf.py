@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-worker_class = "aiohttp.GunicornWebWorker"  # not the uvloop worker: it measured slower for fan-out
+worker_class = "wsgate.worker.GatewayWorker"  # aiohttp's worker (not uvloop's: slower for fan-out), through GatewayRunner
 graceful_timeout = 35  # longer than websocket.timeout (30s by default): clients get 1001, not a kill
 bind = "0.0.0.0:8081"
 

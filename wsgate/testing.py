@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from .admission import GatewayRunner
 from .app import create_app
 from .broker import Broker
 from .config import Settings, load_settings
@@ -155,20 +156,31 @@ class Server:
 StartServer = Callable[..., Awaitable[Server]]
 
 
+class GatewayTestServer(TestServer):
+    """aiohttp's test server, serving through the `GatewayRunner` that `python -m wsgate` and gunicorn use."""
+
+    async def _make_runner(self, **kwargs: Any) -> GatewayRunner:
+        return GatewayRunner(self.app, **kwargs)
+
+
 @pytest.fixture
-async def wsgate_server(aiohttp_server: Any) -> AsyncIterator[StartServer]:
+async def wsgate_server() -> AsyncIterator[StartServer]:
     """`await wsgate_server(*plugins, **tables)`: a running gateway with extra plugins and settings."""
-    sessions: list[aiohttp.ClientSession] = []
+    servers: list[Server] = []
 
     async def start(*plugins: object, **tables: Any) -> Server:
         app = await create_app(make_settings(**tables), plugins=plugins)
-        server = Server(await aiohttp_server(app), aiohttp.ClientSession())
-        sessions.append(server.session)
+        test_server = GatewayTestServer(app, host="127.0.0.1")
+        await test_server.start_server()
+        server = Server(test_server, aiohttp.ClientSession())
+        servers.append(server)
         return server
 
     yield start
-    for session in sessions:
-        await session.close()
+    while servers:  # the newest first, as pytest-aiohttp does
+        server = servers.pop()
+        await server.session.close()
+        await server.test_server.close()
 
 
 async def wait_until(event: asyncio.Event) -> None:

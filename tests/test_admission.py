@@ -1,0 +1,115 @@
+"""Slow and unfinished HTTP requests cannot starve the server (the security review's slowloris).
+
+Sockets count against their address from accept() on, whatever their stage; a connection without a
+complete request within `security.request_timeout` is closed; running out of file descriptors is
+logged once per interval, and the server recovers by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+
+import aiohttp
+
+from wsgate.testing import StartServer
+
+from .processes import spawn
+
+SLOW_START = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+
+
+async def slow_client(port: int, source: str, stop: asyncio.Event) -> bytes:
+    """Connect from `source`, start a request and send one more header line every 200 ms until told to stop;
+    returns what the server answered before it closed the socket."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.bind((source, 0))
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, SLOW_START)
+        answer = b""
+        n = 0
+        while not stop.is_set():
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), 0.2)
+            except TimeoutError:
+                n += 1
+                try:
+                    await loop.sock_sendall(sock, b"X-Slow-%d: 1\r\n" % n)  # never the blank line that ends headers
+                except OSError:
+                    return answer
+                continue
+            if not chunk:
+                return answer  # closed by the server
+            answer += chunk
+        return b"still open"
+    except OSError:
+        return b"refused"
+    finally:
+        sock.close()
+
+
+async def test_slow_requests_from_one_address_do_not_starve_the_server(wsgate_server: StartServer) -> None:
+    """300 sockets from one address, each sending a header line now and then (max_connections_per_ip = 5)."""
+    server = await wsgate_server(websocket={"limits": {"max_connections_per_ip": 5}},
+                                 security={"request_timeout": "1s"})
+    port = server.test_server.port
+    assert port is not None
+    stop = asyncio.Event()
+    slow = [asyncio.create_task(slow_client(port, "127.0.0.2", stop)) for _ in range(300)]
+    try:
+        status, body = await server.health()  # from 127.0.0.1, meanwhile
+        assert (status, body["status"]) == (200, "healthy")
+        newcomer = await server.connect()
+        assert (await newcomer.request({"type": "ping"}))["type"] == "pong"
+        async with asyncio.timeout(10):  # every one is answered or closed, none is kept open
+            answers = await asyncio.gather(*slow)
+    finally:
+        stop.set()
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 429")]
+    timed_out = answers.count(b"")  # let in (five at a time), then closed after request_timeout, headers unfinished
+    assert len(refused) + timed_out == 300 and b'"too many connections from this address"' in refused[0]
+    assert 5 <= timed_out <= 30
+    assert server.metrics.error_count("address_limit") == len(refused)
+    assert "127.0.0.2" not in server.hub.addresses
+
+
+async def test_out_of_file_descriptors_is_logged_once_and_the_server_recovers() -> None:
+    """A server limited to 256 file descriptors; 300 slow sockets, each from its own address."""
+    process = await spawn("sh", "-c", f"ulimit -n 256 && exec {sys.executable} -m wsgate --host 127.0.0.1 --port 0",
+                          env=_env())
+    try:
+        match = await process.wait_for_line(r"listening on 127\.0\.0\.1:(\d+)")
+        port = int(match.group(1))
+        stop = asyncio.Event()
+        sources = [f"127.0.{1 + n // 250}.{1 + n % 250}" for n in range(300)]
+        slow = [asyncio.create_task(slow_client(port, source, stop)) for source in sources]
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(20):  # request_timeout frees descriptors; accepting resumes
+                while True:
+                    try:
+                        async with session.get(f"http://127.0.0.1:{port}/health",
+                                               timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                            if resp.status == 200:
+                                break
+                    except (aiohttp.ClientError, TimeoutError):
+                        pass
+                    await asyncio.sleep(0.1)  # the server is out of descriptors: nothing to wait on but time
+        stop.set()
+        await asyncio.gather(*slow)
+        process.proc.terminate()
+        await process.finish(20)
+        log = "".join(process.lines)
+        assert 1 <= log.count("cannot accept connections") <= 3, log[-3000:]  # it ran out, and said so once
+        assert "Traceback" not in log and "out of system resource" not in log, log[-3000:]
+    finally:
+        await process.kill()
+
+
+def _env() -> dict[str, str]:
+    from .processes import environment
+
+    return environment(WEBSOCKET_ENABLED="true", WSGATE_SECURITY__REQUEST_TIMEOUT="1s")

@@ -1,0 +1,107 @@
+"""Admission at the socket: what one address may hold, and what happens when file descriptors run out.
+
+aiohttp counts nothing before a request is parsed, so a client that opens
+hundreds of sockets and sends its headers one line at a time holds them all
+(slowloris). Three defences, each for every way wsgate is served (the CLI,
+gunicorn, the test server: all run a `GatewayRunner`):
+
+- `websocket.limits.max_connections_per_ip` counts sockets from the moment they
+  are accepted, whatever their stage (headers under way, HTTP, WebSocket). One
+  over the limit gets `429 {"error": "too many connections from this address"}`
+  at once and is closed.
+- `security.request_timeout` closes a connection that has not sent a complete
+  request within it, and an HTTP connection idle that long (aiohttp's
+  keep-alive timeout, which also runs before the first request).
+- When accept() fails for want of file descriptors, asyncio logs a traceback
+  per attempt; `AcceptErrors` makes that one line per interval, with a count.
+  asyncio retries by itself, and the server recovers as sockets are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web import RequestHandler
+
+from .hub import Hub
+from .keys import HUB, METRICS
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+TOO_MANY_FROM_ADDRESS = "too many connections from this address"
+_REFUSAL = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+)
+ACCEPT_LOG_INTERVAL = 10.0  # seconds between two log lines about failing accepts
+REFUSAL_LINGER = 1.0  # seconds a refused socket stays open so its peer can read the 429
+
+
+def guard_connections(server: web.Server, hub: Hub, metrics: Metrics) -> None:
+    """Count every accepted socket against its address (`Hub.claim_address`); refuse one over the limit.
+
+    Hooks the server's own connection callbacks, which every RequestHandler calls.
+    """
+    made, lost = server.connection_made, server.connection_lost
+    claimed: dict[RequestHandler, str] = {}
+
+    def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
+        made(handler, transport)
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else ""
+        if hub.claim_address(address):
+            claimed[handler] = address
+            return
+        metrics.error("address_limit")  # counted, not logged: a storm must not flood the log too
+        body = b'{"error": "%s"}' % TOO_MANY_FROM_ADDRESS.encode()
+        transport.pause_reading()  # its request is never parsed
+        transport.write(_REFUSAL % (len(body), body))
+        if transport.can_write_eof():
+            transport.write_eof()  # the answer, then FIN: closing at once would reset it away
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)
+
+    def connection_lost(handler: RequestHandler, exc: BaseException | None) -> None:
+        address = claimed.pop(handler, None)
+        if address is not None:
+            hub.release_address(address)
+        lost(handler, exc)
+
+    server.connection_made = connection_made  # type: ignore[method-assign]
+    server.connection_lost = connection_lost  # type: ignore[method-assign,assignment]
+
+
+class AcceptErrors:
+    """A loop exception handler that turns asyncio's per-attempt accept() tracebacks (EMFILE, ENFILE,
+    ENOBUFS, ENOMEM) into one warning per `interval`, and passes everything else on."""
+
+    def __init__(self, interval: float = ACCEPT_LOG_INTERVAL) -> None:
+        self._interval = interval
+        self._failed = 0
+        self._logged_at = -interval
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if "out of system resource" not in str(context.get("message", "")):
+            loop.default_exception_handler(context)
+            return
+        self._failed += 1
+        now = time.monotonic()
+        if now - self._logged_at >= self._interval:
+            error = context.get("exception")
+            log.warning("cannot accept connections: %s (%d failed accepts since the last report); asyncio "
+                        "retries every second, and accepting resumes as connections close",
+                        error.strerror if isinstance(error, OSError) else error, self._failed)
+            self._logged_at, self._failed = now, 0
+
+
+class GatewayRunner(web.AppRunner):
+    """An AppRunner whose server counts sockets per address from accept() on (`guard_connections`)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        guard_connections(server, self.app[HUB], self.app[METRICS])
+        return server

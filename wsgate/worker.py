@@ -1,0 +1,37 @@
+"""gunicorn's aiohttp worker, serving through `GatewayRunner` (the address limit counts sockets from accept()).
+
+    gunicorn wsgate.app:create_app --worker-class wsgate.worker.GatewayWorker
+
+`wsgate.gunicorn_conf` sets it. aiohttp's own `GunicornWebWorker` still works, without the socket-level
+address limit (`security.request_timeout` applies either way).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from aiohttp import web
+from aiohttp.worker import GunicornWebWorker
+
+from .admission import GatewayRunner
+
+
+class GatewayWorker(GunicornWebWorker):
+    """aiohttp's worker, with the application served by a GatewayRunner built from gunicorn's settings."""
+
+    async def _run(self) -> None:
+        make_app = self.wsgi
+
+        async def make_runner() -> web.AppRunner:
+            app = await make_app() if inspect.iscoroutinefunction(make_app) else make_app
+            cfg = self.cfg
+            return GatewayRunner(
+                app, logger=self.log, keepalive_timeout=cfg.keepalive,
+                access_log=self.log.access_log if cfg.accesslog else None,
+                access_log_format=self._get_valid_log_format(cfg.access_log_format),
+                shutdown_timeout=cfg.graceful_timeout / 100 * 95,
+            )
+
+        self.wsgi: Any = make_runner
+        await super()._run()
