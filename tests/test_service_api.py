@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -9,7 +10,7 @@ from aiohttp import web
 
 from wsgate.app import create_app
 from wsgate.keys import GATEWAY
-from wsgate.testing import Server, make_settings
+from wsgate.testing import Server, StartServer, make_settings
 
 
 async def test_broadcast_from_application_code_reaches_every_client(server: Server) -> None:
@@ -62,3 +63,28 @@ async def test_an_aiohttp_route_of_the_application_can_push(aiohttp_server: Any)
         assert (msg["type"], msg["room"], msg["data"]) == ("room_update", "alerts", {"level": "high"})
     finally:
         await server.session.close()
+
+
+async def test_a_body_in_several_pieces_is_read_whole_and_an_oversize_chunked_one_is_413(
+    wsgate_server: StartServer,
+) -> None:
+    """The security review: a body in two TCP segments got 400, an oversize chunked body 400 instead of 413."""
+    import asyncio
+
+    server = await wsgate_server(api={"key": "k", "max_body_size": 1000})
+    client = await server.connect()
+    await client.subscribe("orders")
+
+    async def pieces(*parts: bytes) -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+            await asyncio.sleep(0.05)  # separate writes on the wire: nothing to wait on but the gap itself
+
+    headers = {"Authorization": "Bearer k", "Content-Type": "application/json"}
+    async with server.session.post(server.url("/api/publish"), headers=headers,
+                                   data=pieces(b'{"room": "orders", ', b'"data": {"id": 7}}')) as resp:
+        assert (resp.status, await resp.json()) == (200, {"delivered": 1})
+    assert (await client.recv())["data"] == {"id": 7}
+    async with server.session.post(server.url("/api/publish"), headers=headers,
+                                   data=pieces(b'{"room": "orders", "data": "', b"x" * 600, b"x" * 600, b'"}')) as resp:
+        assert (resp.status, await resp.json()) == (413, {"error": "request body too large"})

@@ -92,7 +92,8 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     )
     gateway.services = loaded.collect_services(gateway)
     limits = settings.websocket.limits
-    decoder = Decoder(limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern)
+    decoder = Decoder(limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern,
+                      limits.max_number_digits)
 
     # aiohttp's keep-alive timeout also runs before the first request: unfinished requests are closed.
     app = web.Application(handler_args={"keepalive_timeout": settings.security.request_timeout})

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             if not settings.websocket.enabled:
                 log.warning("websocket.enabled is false: serving /health only, no /ws endpoint")
             run_loop(serve(settings), settings.runtime.uvloop)
-    except (PluginError, BrokerError, MetricsError) as exc:
+    except (ConfigError, PluginError, BrokerError, MetricsError) as exc:  # (a built-in plugin's bad setting)
         return _fail(str(exc), EXIT_USAGE)
     except ListenError as exc:
         return _fail(str(exc), EXIT_FAILURE)

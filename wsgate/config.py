@@ -66,6 +66,10 @@ class LimitsSettings:
         "(empty: any name without control characters)"
     )
     max_json_depth: int = setting(32, "Deepest accepted nesting of arrays and objects in a client message", minimum=1)
+    max_number_digits: int = setting(
+        100, "Most digits a number in a client message (or an API body) may have; more is refused "
+        "(converting long numbers costs time quadratic in their length)", minimum=20, maximum=4000,
+    )
     messages_per_second: float = setting(
         0.0, "Messages a client may send per second, sustained (token bucket; 0 = unlimited)", minimum=0
     )

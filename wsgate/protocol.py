@@ -10,6 +10,7 @@ import json
 import math
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -104,22 +105,42 @@ class Message:
         return self.room
 
 
+MAX_NUMBER_DIGITS = 100
+"""Default of `websocket.limits.max_number_digits`: the stdlib's conversions of long numbers are quadratic."""
+
+
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+_INVISIBLE = ("Cc", "Cf")  # Unicode controls (C0, DEL, C1 such as U+0085) and format characters (U+202E, U+200B)
+
+
+def _has_control(room: str) -> bool:
+    """Whether `room` holds a control or format character: invisible, or reordering what is shown."""
+    if room.isascii():
+        return _CONTROL_CHARACTERS.search(room) is not None
+    return any(unicodedata.category(ch) in _INVISIBLE for ch in room)
 
 
 class Decoder:
     """Turns client frames into Messages, enforcing the input limits (`[websocket.limits]`)."""
 
-    __slots__ = ("_max_room_length", "_max_depth", "_room_pattern")
+    __slots__ = ("_max_room_length", "_max_depth", "_room_pattern", "_max_digits")
 
-    def __init__(self, max_room_length: int = 256, max_depth: int = 32, room_pattern: str = "") -> None:
+    def __init__(
+        self, max_room_length: int = 256, max_depth: int = 32, room_pattern: str = "",
+        max_digits: int = MAX_NUMBER_DIGITS,
+    ) -> None:
         self._max_room_length = max_room_length
         self._max_depth = max_depth
         self._room_pattern = re.compile(room_pattern) if room_pattern else None
+        self._max_digits = max_digits
+
+    def loads(self, text: str | bytes) -> Any:
+        """`loads` with this decoder's digit limit (the HTTP API's bodies too)."""
+        return loads(text, self._max_digits)
 
     def decode(self, text: str | bytes) -> Message:
         """Parse one client message; raise ClientError with a documented text when it is not a valid message."""
-        obj = loads(text)
+        obj = loads(text, self._max_digits)
         if not isinstance(obj, dict):
             raise ClientError(INVALID_JSON, "a message must be a JSON object")
         # Only a message with more brackets than the limit can be too deep: count them (fast, in C) first.
@@ -143,7 +164,7 @@ class Decoder:
         """`room` if it is an acceptable room name; ClientError otherwise (the HTTP API checks with this too)."""
         if len(room) > self._max_room_length:
             raise ClientError(ROOM_TOO_LONG, f"room names are at most {self._max_room_length} characters")
-        if _CONTROL_CHARACTERS.search(room):  # never, whatever room_name_pattern allows
+        if _has_control(room):  # never, whatever room_name_pattern allows
             raise ClientError(INVALID_ROOM, "room names may not contain control characters")
         if self._room_pattern is not None and not self._room_pattern.fullmatch(room):
             raise ClientError(INVALID_ROOM, f"room names must match {self._room_pattern.pattern}")
@@ -173,13 +194,14 @@ _NONZERO_MANTISSA = re.compile(r"^[^eE]*[1-9]")
 LONE_SURROGATE = "the text holds a lone surrogate (\\ud800-\\udfff), which UTF-8 cannot encode"
 
 
-def loads(text: str | bytes) -> Any:
+def loads(text: str | bytes, max_digits: int = MAX_NUMBER_DIGITS) -> Any:
     """Decode one JSON text strictly (RFC 8259); ClientError `invalid JSON format`, with a detail, otherwise.
 
     Refused, so that nothing undecodable or unrepresentable reaches the hub, a broker or history:
     text that is not JSON, the constants NaN and Infinity, strings with a lone surrogate escape
-    (they cannot be encoded as UTF-8), and numbers whose value a double cannot carry (they overflow
-    to infinity, or a non-zero value underflows to zero). Integers of any size are kept exactly.
+    (they cannot be encoded as UTF-8), numbers whose value a double cannot carry (they overflow to
+    infinity, or a non-zero value underflows to zero), and numbers of more than `max_digits` digits
+    (their conversion costs time quadratic in their length). Integers up to that length are kept exactly.
     """
     raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
     if _NEEDS_STDLIB.search(raw) is None:
@@ -187,8 +209,17 @@ def loads(text: str | bytes) -> Any:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
             pass  # the stdlib parser says precisely why, or accepts what orjson cannot (a lone surrogate)
+
+    def parse_int(literal: str) -> int:
+        _check_digits(literal, max_digits)
+        return int(literal)
+
+    def parse_float(literal: str) -> float:
+        _check_digits(literal, max_digits)
+        return _carried_float(literal)
+
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_carried_float)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=parse_float, parse_int=parse_int)
     except (ValueError, RecursionError):
         raise ClientError(INVALID_JSON, "the frame is not valid JSON") from None
     if _SURROGATE_ESCAPE.search(raw) is not None:
@@ -197,6 +228,11 @@ def loads(text: str | bytes) -> Any:
         except UnicodeEncodeError:
             raise ClientError(INVALID_JSON, LONE_SURROGATE) from None
     return obj
+
+
+def _check_digits(literal: str, max_digits: int) -> None:
+    if sum(ch.isdigit() for ch in literal) > max_digits:
+        raise ClientError(INVALID_JSON, f"numbers may have at most {max_digits} digits")
 
 
 def _reject_constant(name: str) -> Any:

@@ -36,11 +36,13 @@ async def _send(request: web.Request, to_room: bool) -> web.Response:
         return _error(401, INVALID_KEY, headers={"WWW-Authenticate": 'Bearer realm="wsgate-api"'})
     if (request.content_length or 0) > api.max_body_size:
         return _error(413, BODY_TOO_LARGE)
-    body = await request.content.read(api.max_body_size + 1)
-    if len(body) > api.max_body_size:
-        return _error(413, BODY_TOO_LARGE)
+    body = bytearray()
+    async for chunk in request.content.iter_any():  # the whole body, however it arrives (segments, chunks)
+        body += chunk
+        if len(body) > api.max_body_size:
+            return _error(413, BODY_TOO_LARGE)
     try:
-        obj = protocol.loads(body)
+        obj = request.app[DECODER].loads(bytes(body))
         if not isinstance(obj, dict):
             raise ClientError(protocol.INVALID_JSON, "the body must be a JSON object")
         kind = obj.get("type", protocol.MESSAGE)
