@@ -222,6 +222,35 @@ async def test_room_rules(wsgate_server: StartServer) -> None:
     assert server.metrics.error_count("not_allowed") == 6
 
 
+async def test_a_placeholder_matches_exactly_the_claims_own_string(wsgate_server: StartServer) -> None:
+    """The security review: with `dm.{sub}.*`, bob could join dm.bob.smith.inbox and bob.smith could not."""
+    server = await jwt_server(wsgate_server, rooms=["dm.{sub}.inbox = identity", "org:{org} = identity"])
+    bob, bob_smith = await connect_as(server, "bob"), await connect_as(server, "bob.smith")
+    assert await denied(bob, "dm.bob.smith.inbox") == "room 'dm.bob.smith.inbox' belongs to another sub"
+    await bob_smith.subscribe("dm.bob.smith.inbox")
+    await bob.subscribe("dm.bob.inbox")
+    for org in (None, 7, True, ["x"]):  # placeholders take strings only: never 'org:None' or 'org:7'
+        member = await connect_as(server, "carol", org=org)
+        assert await denied(member, f"org:{org}") == f"room {f'org:{org}'!r} belongs to another org"
+    await (await connect_as(server, "dave", org="acme")).subscribe("org:acme")
+
+
+@pytest.mark.parametrize("rule", ["dm.{sub}.* = identity", "inbox:{sub}:* = identity", "*:{sub} = identity",
+                                  "{org}.{sub} = identity", "x{sub}? = identity"])
+def test_an_ambiguous_rule_is_refused_at_start_up(rule: str) -> None:
+    from wsgate.config import load_settings
+
+    with pytest.raises(ConfigError, match=r"ambiguous: a placeholder beside a wildcard or another placeholder"):
+        load_settings(overrides={"auth": {"rooms": [rule]}})
+
+
+@pytest.mark.parametrize("value", ["false", "0", "no", "true", 1, [0], {"a": 1}, None])
+async def test_a_claim_requirement_needs_exactly_true(wsgate_server: StartServer, value: Any) -> None:
+    server = await jwt_server(wsgate_server, rooms=RULES)
+    client = await connect_as(server, "eve", admin=value)
+    assert await denied(client, "ops:deploys") == "room 'ops:deploys' requires the 'admin' claim"
+
+
 async def test_rules_are_a_floor_plugins_cannot_lower(wsgate_server: StartServer) -> None:
     class AllowEverything:
         @hookimpl

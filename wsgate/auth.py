@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import ROOM_RULE, AuthSettings
+from .config import PLACEHOLDER, ROOM_RULE, AuthSettings
 from .protocol import NOT_ALLOWED, ClientError
 
 
@@ -65,32 +65,33 @@ def unauthorized(text: str, detail: str) -> web.HTTPUnauthorized:
     )
 
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
 @dataclass(frozen=True, slots=True)
 class RoomRule:
-    """`pattern = requirement`: `*` and `?` are wildcards; `{claim}` must equal that claim of the client."""
+    """`pattern = requirement`: `*` and `?` are wildcards; `{claim}` stands for exactly the client's own value
+    of that claim (a string). A rule has at most one placeholder and then no wildcard (config refuses the
+    ambiguous ones), so every room name under it has exactly one owner."""
 
     requirement: str
     regex: re.Pattern[str]
-    placeholders: tuple[str, ...]
+    placeholder: str | None  # the claim whose value the room must hold
+    affixes: tuple[str, str]  # with a placeholder: the text before and after it
 
     @classmethod
     def parse(cls, text: str) -> RoomRule:
         match = ROOM_RULE.fullmatch(text)
         assert match is not None, text  # config checked every rule at load
         pattern = match["pattern"]
-        parts: list[str] = []
-        names: list[str] = []
-        pos = 0
-        for placeholder in _PLACEHOLDER.finditer(pattern):
-            parts.append(_glob(pattern[pos:placeholder.start()]))
-            parts.append(f"(?P<_{len(names)}>.+?)")
-            names.append(placeholder[1])
-            pos = placeholder.end()
-        parts.append(_glob(pattern[pos:]))
-        return cls(match["requirement"], re.compile("".join(parts)), tuple(names))
+        found = PLACEHOLDER.search(pattern)
+        if found is None:
+            return cls(match["requirement"], re.compile(_glob(pattern)), None, ("", ""))
+        before, after = pattern[:found.start()], pattern[found.end():]
+        return cls(match["requirement"], re.compile(f"{re.escape(before)}.+{re.escape(after)}"), found[1],
+                   (before, after))
+
+    def owner(self, room: str) -> str:
+        """The placeholder's part of a room this rule matches."""
+        before, after = self.affixes
+        return room[len(before):len(room) - len(after)]
 
 
 def _glob(text: str) -> str:
@@ -122,11 +123,10 @@ class AccessPolicy:
             match = rule.regex.fullmatch(room)
             if match is None:
                 continue
-            if rule.placeholders:
-                claims = claims_of(identity)
-                for n, name in enumerate(rule.placeholders):
-                    if identity is None or str(claims.get(name, "")) != match[f"_{n}"]:
-                        raise ClientError(NOT_ALLOWED, f"room {room!r} belongs to another {name}")
+            if rule.placeholder is not None:
+                value = claims_of(identity).get(rule.placeholder) if identity is not None else None
+                if not isinstance(value, str) or value != rule.owner(room):  # strings only: never "None", "1"
+                    raise ClientError(NOT_ALLOWED, f"room {room!r} belongs to another {rule.placeholder}")
             return self._meets(rule.requirement, identity, f"room {room!r}")
         return False
 
@@ -142,6 +142,6 @@ class AccessPolicy:
             raise ClientError(NOT_ALLOWED, f"{what} requires authentication")
         if requirement.startswith("claim:"):
             claim = requirement[len("claim:"):]
-            if not claims_of(identity).get(claim):
+            if claims_of(identity).get(claim) is not True:  # exactly true: never "false", "0", [0]
                 raise ClientError(NOT_ALLOWED, f"{what} requires the {claim!r} claim")
         return False

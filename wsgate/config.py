@@ -180,6 +180,8 @@ class SecuritySettings:
 REQUIREMENT = (
     r"anyone|identity|plugin|nobody|claim:\S+", "anyone, identity, claim:<name>, plugin or nobody"
 )
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""`{claim}` in a room rule: the client's own value of that claim, exactly."""
 ROOM_RULE = re.compile(rf"\s*(?P<pattern>\S+)\s*=\s*(?P<requirement>{REQUIREMENT[0]})\s*")
 """One `auth.rooms` entry: a room pattern (no spaces), `=`, a requirement."""
 
@@ -664,10 +666,18 @@ def _check_relations(settings: Settings) -> None:
             f"invalid setting websocket.limits.room_name_pattern = {pattern!r}: expected a regular expression ({exc})"
         ) from None
     for rule in settings.auth.rooms:
-        if not ROOM_RULE.fullmatch(rule):
+        match = ROOM_RULE.fullmatch(rule)
+        if not match:
             raise ConfigError(
                 f"invalid setting auth.rooms entry {rule!r}: expected \"<room pattern> = <requirement>\" "
                 f"with a requirement of {REQUIREMENT[1]}"
+            )
+        placeholders = PLACEHOLDER.findall(match["pattern"])
+        if len(placeholders) > 1 or (placeholders and re.search(r"[*?]", PLACEHOLDER.sub("", match["pattern"]))):
+            raise ConfigError(
+                f"invalid setting auth.rooms entry {rule!r}: ambiguous: a placeholder beside a wildcard or another "
+                "placeholder lets one user's room name match another's (with {sub} and *, user 'bob' would match "
+                "'bob.smith''s rooms); use one placeholder and no wildcard, e.g. \"dm.{sub} = identity\""
             )
     dashboard = settings.dashboard
     if dashboard.enabled and not dashboard.password and not settings.auth.jwt.enabled:
