@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,8 @@ import jwt
 import pytest
 
 from wsgate.config import ConfigError
+from wsgate.dashboard.sessions import LoginThrottle
+from wsgate.keys import DASHBOARD as DASHBOARD_PLUGIN
 from wsgate.testing import Client, Server, StartServer
 
 PASSWORD = "correct horse battery staple"
@@ -192,10 +195,45 @@ async def test_with_redis_the_dashboard_lists_every_node(wsgate_server: StartSer
     assert nodes == {a.broker.node_id.decode(): 1, b.broker.node_id.decode(): 2}  # type: ignore[attr-defined]
 
 
-async def test_guessing_the_password_is_cut_short(wsgate_server: StartServer) -> None:
+async def test_guessing_the_password_is_slowed_but_the_operator_is_never_locked_out(
+    wsgate_server: StartServer,
+) -> None:
     server = await wsgate_server(dashboard=DASHBOARD)
-    for _ in range(10):
+    server.app[DASHBOARD_PLUGIN].throttle = LoginThrottle(free=3, base=0.2, most=0.4)  # the defaults: 3, 1 s, 30 s
+    for _ in range(3):  # the free attempts
         assert (await login(server, "a wrong guess")).status == 302
-    assert (await login(server, "another wrong guess")).status == 429
-    assert (await login(server, PASSWORD)).status == 429  # even the right one, for a while
-    assert server.metrics.error_count("dashboard_login_failed") == 12
+    refused = await login(server, PASSWORD)  # now every attempt waits its turn, even the right password's
+    assert (refused.status, refused.headers["Retry-After"]) == (429, "1")
+    for _ in range(5):  # a guesser keeps going: each failure doubles the wait, up to `most`
+        await asyncio.sleep(0.45)  # the wait itself is what is tested: time passing, not an event
+        assert (await login(server, "another wrong guess")).status == 302
+    await asyncio.sleep(0.45)  # never more than `most` after the last failure
+    accepted = await login(server, PASSWORD)
+    assert (accepted.status, accepted.headers["Location"]) == (302, "/dashboard")
+    assert "wsgate_dashboard" in accepted.cookies
+
+
+async def test_a_burst_of_slow_logins_gets_only_the_free_attempts_checked(wsgate_server: StartServer) -> None:
+    """The security review: 200 logins holding their bodies for a second, released together: all were checked."""
+    server = await wsgate_server(dashboard=DASHBOARD)
+    release = asyncio.Event()
+
+    async def held_body() -> AsyncIterator[bytes]:
+        yield b"secret="
+        await release.wait()
+        yield b"a+wrong+guess"
+
+    async def attempt(session: aiohttp.ClientSession) -> int:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with session.post(server.url("/dashboard/login"), data=held_body(), headers=headers,
+                                allow_redirects=False) as resp:
+            return resp.status
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        attempts = [asyncio.create_task(attempt(session)) for _ in range(200)]
+        async with asyncio.timeout(10):
+            while sum(task.done() for task in attempts) < 197:  # refused before their bodies are read
+                await asyncio.sleep(0.01)
+        release.set()
+        statuses = await asyncio.gather(*attempts)
+    assert statuses.count(429) == 197 and statuses.count(302) == 3  # only the free ones were checked

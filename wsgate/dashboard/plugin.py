@@ -25,7 +25,7 @@ from wsgate import Client, ClientError, Gateway, Handler, Identity, Message, hoo
 from wsgate.config import Settings
 from wsgate.origins import same_host
 
-from .sessions import COOKIE, SESSION_CLAIM, DashboardSessions, operator
+from .sessions import COOKIE, SESSION_CLAIM, DashboardSessions, LoginThrottle, operator
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class Dashboard:
         self._admin_claim = settings.dashboard.admin_claim
         self.sessions = DashboardSessions(settings.dashboard)
         """Dashboard logins, shared with the dashboard's HTTP views (`wsgate.dashboard.web`)."""
+        self.throttle = LoginThrottle()
+        """Slows password guessing (the login view's)."""
         self._watchers: set[Client] = set()
         self._task: asyncio.Task[None] | None = None
 

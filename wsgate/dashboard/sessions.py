@@ -26,31 +26,62 @@ def operator(session: str) -> Identity:
     return Identity("operator", MappingProxyType({SESSION_CLAIM: session}))
 
 
+class LoginThrottle:
+    """Slows password guessing per address with growing delays, never a lockout.
+
+    An address may have `free` attempts under way or failed; after that, attempts go one at a
+    time, each failure doubling the wait before the next (from `base` up to `most` seconds). The
+    attempt is reserved before the request body is even read, so a burst of slow requests cannot
+    all be checked. The right password always gets in within `most` seconds: the operator behind
+    the same proxy as a guesser is slowed, never locked out. A success forgets the address.
+    """
+
+    FREE, BASE, MOST = 3, 1.0, 30.0
+    FORGET_AFTER = 600.0  # seconds without an attempt after which an address starts over
+    ADDRESSES_KEPT = 10_000  # records kept at most (the oldest go first)
+
+    def __init__(self, free: int = FREE, base: float = BASE, most: float = MOST) -> None:
+        self._free, self._base, self._most = free, base, most
+        self._records: dict[str, list[float]] = {}  # address -> [failures, under way, not before, last seen]
+
+    def reserve(self, address: str) -> float:
+        """0.0: go ahead (the attempt now counts as under way); otherwise the seconds to wait first."""
+        now = time.monotonic()
+        record = self._records.get(address)
+        if record is not None and now - record[3] > self.FORGET_AFTER and not record[1]:
+            record = None
+        if record is None:
+            if len(self._records) >= self.ADDRESSES_KEPT:
+                del self._records[next(iter(self._records))]
+            record = self._records[address] = [0, 0, 0.0, now]
+        failures, under_way, not_before, _ = record
+        if failures + under_way >= self._free and (under_way or now < not_before):
+            return max(not_before - now, 1.0 if under_way else 0.0, 0.001)
+        record[1] += 1
+        record[3] = now
+        return 0.0
+
+    def finish(self, address: str, succeeded: bool) -> None:
+        """End a reserved attempt; a failure makes the next one wait longer."""
+        record = self._records.get(address)
+        if record is None:
+            return
+        if succeeded:
+            del self._records[address]
+            return
+        record[0] += 1
+        record[1] = max(0, record[1] - 1)
+        extra = record[0] - self._free
+        if extra >= 0:
+            record[2] = time.monotonic() + min(self._most, self._base * 2**extra)
+
+
 class DashboardSessions:
     """Dashboard logins: random tokens with an expiry, kept by the gateway (not in any global)."""
-
-    FAILURES_ALLOWED = 10  # failed logins per address within FAILURE_WINDOW before logins are refused
-    FAILURE_WINDOW = 600.0
-    ADDRESSES_KEPT = 10_000  # failure records kept at most (the oldest go first)
 
     def __init__(self, settings: DashboardSettings) -> None:
         self._settings = settings
         self._expiry: dict[str, float] = {}
-        self._failures: dict[str, tuple[int, float]] = {}  # address -> (failures, since)
-
-    def may_try(self, address: str) -> bool:
-        """False while `address` has failed too often: guessing the password is slowed to a crawl."""
-        count, since = self._failures.get(address, (0, 0.0))
-        if time.monotonic() - since > self.FAILURE_WINDOW:
-            self._failures.pop(address, None)
-            return True
-        return count < self.FAILURES_ALLOWED
-
-    def failed(self, address: str) -> None:
-        count, since = self._failures.pop(address, (0, time.monotonic()))
-        if len(self._failures) >= self.ADDRESSES_KEPT:
-            del self._failures[next(iter(self._failures))]
-        self._failures[address] = (count + 1, since)
 
     def create(self, lifetime: float | None = None) -> str:
         """A new login lasting `session_ttl`, or `lifetime` seconds if shorter (an admin JWT's remaining life)."""

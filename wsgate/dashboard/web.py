@@ -10,6 +10,7 @@ that WebSocket: the page never polls HTTP.
 from __future__ import annotations
 
 import hmac
+from math import ceil
 import time
 from pathlib import Path
 from typing import Any
@@ -43,20 +44,27 @@ async def dashboard_view(request: web.Request) -> web.FileResponse:
 
 async def login_view(request: web.Request) -> web.StreamResponse:
     _same_origin_only(request)
-    sessions, settings, metrics = request.app[DASHBOARD].sessions, request.app[SETTINGS].dashboard, request.app[METRICS]
+    dashboard, settings, metrics = request.app[DASHBOARD], request.app[SETTINGS].dashboard, request.app[METRICS]
+    sessions, throttle = dashboard.sessions, dashboard.throttle
     address = request.remote or ""
-    if not sessions.may_try(address):
+    wait = throttle.reserve(address)  # before any await: a burst of slow requests cannot all be checked
+    if wait:
         metrics.error("dashboard_login_failed")
-        raise web.HTTPTooManyRequests(text="too many failed logins from this address; try again later")
-    form = await request.post()
-    secret = str(form.get("secret", ""))
+        raise web.HTTPTooManyRequests(text=f"too many failed logins from this address; try again in {ceil(wait)}s",
+                                      headers={"Retry-After": str(ceil(wait))})
     lifetime = None
-    if not _password_matches(secret, settings.password):
-        lifetime = _admin_token_lifetime(request.app[PLUGINS].get("jwt"), secret, settings.admin_claim)
-        if lifetime is None:
-            sessions.failed(address)
-            metrics.error("dashboard_login_failed")
-            raise web.HTTPFound("/dashboard?failed=1")
+    succeeded = False
+    try:
+        form = await request.post()
+        secret = str(form.get("secret", ""))
+        if not _password_matches(secret, settings.password):
+            lifetime = _admin_token_lifetime(request.app[PLUGINS].get("jwt"), secret, settings.admin_claim)
+            if lifetime is None:
+                metrics.error("dashboard_login_failed")
+                raise web.HTTPFound("/dashboard?failed=1")
+        succeeded = True
+    finally:
+        throttle.finish(address, succeeded)
     response = web.HTTPFound("/dashboard")
     secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"  # TLS ends at a proxy
     response.set_cookie(COOKIE, sessions.create(lifetime), max_age=int(settings.session_ttl), httponly=True,
