@@ -28,7 +28,7 @@ from .admission import AcceptErrors, GatewayRunner
 from .broker import make_broker
 from .broker.redis_schema import new_sender_id
 from .builtin import BUILTIN_PLUGINS
-from .config import Settings, load_settings
+from .config import Settings, load_settings, secrets_of
 from .connection import Flusher
 from .dashboard import web as dashboard_web
 from .dispatch import Dispatcher
@@ -63,7 +63,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     """
     if settings is None:
         settings = load_settings()
-        configure_logging(settings.logging)
+        configure_logging(settings.logging, secrets_of(settings))
     if "*" in settings.security.allowed_origins:
         log.warning('security.allowed_origins is ["*"]: any web page may open WebSockets to this gateway')
 

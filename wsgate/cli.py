@@ -21,9 +21,10 @@ from .admission import GatewayRunner
 from .app import create_app
 from .broker import BrokerError
 from .builtin import BUILTIN_PLUGINS
-from .config import ConfigError, Settings, describe_settings, load_settings
+from .config import ConfigError, Settings, describe_settings, load_settings, secrets_of
 from .keys import DISPATCHER, GATEWAY, HUB, PLUGINS
 from .logs import configure_logging
+from .redaction import Redactor, redact_url
 from .metrics import MetricsError
 from .plugins import load_plugins
 from .registry import PluginError
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.settings, cli)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    configure_logging(settings.logging)
+    secrets = secrets_of(settings)
+    configure_logging(settings.logging, secrets)
     try:
         if args.command == "config":
             for key, value, source in describe_settings(settings, args.settings, cli):
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.warning("websocket.enabled is false: serving /health only, no /ws endpoint")
             run_loop(serve(settings), settings.runtime.uvloop)
     except (ConfigError, PluginError, BrokerError, MetricsError) as exc:  # (a built-in plugin's bad setting)
-        return _fail(str(exc), EXIT_USAGE)
+        return _fail(Redactor(secrets).redact(str(exc)), EXIT_USAGE)
     except ListenError as exc:
         return _fail(str(exc), EXIT_FAILURE)
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
@@ -145,5 +147,5 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"wsgate: {message}", file=sys.stderr)
+    print(f"wsgate: {redact_url(message)}", file=sys.stderr)
     return code

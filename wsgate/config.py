@@ -20,6 +20,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .redaction import MASK, SECRET_NAME, redact_url, url_secrets
+
 DEFAULT_SETTINGS_FILE = "settings.toml"
 SETTINGS_FILE_ENV = "WSGATE_SETTINGS"
 SPEC_ENV_PREFIX = "WEBSOCKET_"
@@ -351,7 +353,6 @@ def settings_file(path: str | Path | None = None) -> Path | None:
     return file if file.is_file() else None
 
 
-SECRET_NAME = re.compile(r"secret|token|password|passwd|key", re.I)
 
 
 def describe_settings(
@@ -385,14 +386,30 @@ def describe_settings(
             source = f"file {found}"
         else:
             source = "default"
-        shown = "***" if secret and value else _show_value(_mask_password(value), duration)
+        shown = MASK if secret and value else _show_value(redact_url(value) if isinstance(value, str) else value,
+                                                          duration)
         rows.append((key, shown, source))
     return rows
 
 
-def _mask_password(value: Any) -> Any:
-    """`redis://user:secret@host` -> `redis://user:***@host`."""
-    return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", value) if isinstance(value, str) else value
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret value the settings hold: secret settings, URL passwords, secret-named plugin options.
+    Logs and errors mask them (`wsgate.redaction.Redactor`)."""
+    found = [value for key, f, _ in iter_settings() if f.metadata["secret"] and (value := _get(settings, key))]
+    found += url_secrets(settings.broker.url)
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                walk(item, secret or bool(SECRET_NAME.search(str(name))))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item, secret)
+        elif secret and isinstance(value, (str, int)) and not isinstance(value, bool):
+            found.append(str(value))
+
+    walk(settings.plugins.options, False)
+    return [str(value) for value in found]
 
 
 def _get(settings: Settings, key: str) -> Any:
@@ -477,6 +494,10 @@ def _read_dynaconf(file: Path | None) -> dict[str, Any]:
     for name in os.environ:
         if name.startswith("WSGATE_") and "__" not in name:
             raw.pop(name[len("WSGATE_"):].lower(), None)
+    for key, _, kind in iter_settings():  # a text setting keeps its variable's text: 12345 is a key, not a number
+        variable = "WSGATE_" + key.replace(".", "__").upper()
+        if kind is str and variable in os.environ:
+            _merge(raw, _nest(key, _FromEnv(variable, os.environ[variable])))
     return raw
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from .config import LoggingSettings
+from .redaction import Redactor
 
 CONTEXT_FIELDS = ("client_id", "room", "remote", "close_code")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -33,7 +35,9 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = value
-        if record.exc_info:
+        if record.exc_text:  # already formatted, and masked, by the Redactor
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
 
@@ -42,18 +46,23 @@ class _WsgateHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The stderr handler wsgate installs (so a second call replaces it, not somebody else's)."""
 
 
-def configure_logging(settings: LoggingSettings) -> None:
-    """Log to stderr in the configured format, at the configured level.
+def configure_logging(settings: LoggingSettings, secrets: Iterable[str] = ()) -> None:
+    """Log to stderr in the configured format, at the configured level, with `secrets` (and every URL
+    password and token) masked in every record (`wsgate.redaction.Redactor`).
 
     Handlers someone else installed (gunicorn's --log-config, pytest) are kept: then only
-    the level is set, and their format applies.
+    the level is set, their format applies, and the masking is added to them.
     """
     root = logging.getLogger()
     root.setLevel(settings.level)
     for old in [h for h in root.handlers if isinstance(h, _WsgateHandler)]:
         root.removeHandler(old)
-    if root.handlers:
-        return
-    handler = _WsgateHandler()
-    handler.setFormatter(JsonFormatter() if settings.format == "json" else logging.Formatter(TEXT_FORMAT))
-    root.addHandler(handler)
+    if not root.handlers:
+        ours = _WsgateHandler()
+        ours.setFormatter(JsonFormatter() if settings.format == "json" else logging.Formatter(TEXT_FORMAT))
+        root.addHandler(ours)
+    redactor = Redactor(secrets)
+    for handler in root.handlers:
+        for old_filter in [f for f in handler.filters if isinstance(f, Redactor)]:
+            handler.removeFilter(old_filter)
+        handler.addFilter(redactor)

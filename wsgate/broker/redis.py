@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import HistorySettings
 from ..history import Position, Replay, new_epoch, replay_from, stamp
+from ..redaction import redact_url
 from ..supervision import Supervisor
 from .base import BrokerError, Receive
 from .redis_schema import (
@@ -109,7 +110,7 @@ class RedisBroker:
             self._redis = connect(self._settings.url, self._settings.connect_timeout,
                                   f"wsgate-{self.node_id.decode()[:8]}", POOL_SIZE)
         except ValueError as exc:
-            raise BrokerError(f"invalid setting broker.url = {self._settings.url!r}: {exc}") from None
+            raise BrokerError(f"invalid setting broker.url = {redact_url(self._settings.url)!r}: {exc}") from None
         self._read_script = self._redis.register_script(READ_SCRIPT)
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
@@ -117,7 +118,7 @@ class RedisBroker:
                 await self._prepare()
                 await self._connect_pubsub()
         except (OSError, TimeoutError, aioredis.RedisError) as exc:
-            message = f"cannot reach Redis at {self._settings.url}: {describe(exc)}"
+            message = f"cannot reach Redis at {redact_url(self._settings.url)}: {describe(exc)}"
             if self._settings.required:
                 await self._redis.aclose()
                 raise BrokerError(message) from None
