@@ -27,7 +27,7 @@ async def test_requests(server: Server) -> None:
         await client.publish("chat:a", {"text": "hi"})
         message = await client.receive()
         assert (message["data"], message["offset"], message["client_id"]) == ({"text": "hi"}, 1, client.client_id)
-        assert client.positions["chat:a"] == Position(1, subscribed["epoch"])
+        assert client.positions["chat:a"] == Position(1, message["epoch"])
         assert (await client.history("chat:a"))["messages"][0]["data"] == {"text": "hi"}
         assert await client.ping() > 0
         with pytest.raises(GatewayError) as refused:

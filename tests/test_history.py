@@ -41,10 +41,10 @@ async def test_messages_carry_offsets_and_epochs_only_in_rooms_with_history(star
     server = await start()
     client = await server.connect()
     subscribed = await client.subscribe("chat:1")
-    epoch = subscribed["data"]["epoch"]
-    assert subscribed["data"]["offset"] == 0  # the position exists before the first message
+    assert (subscribed["data"]["offset"], subscribed["data"]["epoch"]) == (0, "")  # no history yet: nothing created
     got = await publish_all(client, "chat:1", range(3))
-    assert [(m["data"], m["offset"], m["epoch"]) for m in got] == [(0, 1, epoch), (1, 2, epoch), (2, 3, epoch)]
+    epoch = got[0]["epoch"]  # the first message begins the room's history
+    assert epoch and [(m["data"], m["offset"], m["epoch"]) for m in got] == [(0, 1, epoch), (1, 2, epoch), (2, 3, epoch)]
     assert list(got[0])[:5] == ["type", "room", "data", "client_id", "timestamp"]  # the guide's fields first
     plain = await client.subscribe("lobby")
     assert set(plain["data"]) == {"room", "client_count"}  # the guide's shape, unchanged
@@ -65,7 +65,8 @@ async def test_a_client_recovers_what_it_missed_exactly_once_in_order(start: Sta
     since = {"offset": last["offset"], "epoch": last["epoch"]}
     answer = await again.request({"type": "subscribe", "room": "chat:1", "since": since})
     assert answer["data"] == {"room": "chat:1", "client_count": 2, "offset": 510,
-                              "epoch": subscribed["data"]["epoch"], "recovered": True}
+                              "epoch": seen[0]["epoch"], "recovered": True}
+    assert subscribed["data"]["epoch"] == ""  # it subscribed before the room had history
     missed = [await again.recv() for _ in range(500)]
     assert [m["data"] for m in missed] == list(range(10, 510))
     assert [m["offset"] for m in missed] == list(range(11, 511))
@@ -98,8 +99,8 @@ async def test_a_client_resumes_on_another_node(wsgate_server: StartServer, redi
 async def test_recovery_is_refused_when_the_epoch_changed_or_history_was_trimmed(start: Start) -> None:
     server = await start(history={"rooms": ["chat:*"], "size": 5})
     client = await server.connect()
-    epoch = (await client.subscribe("chat:1"))["data"]["epoch"]
-    await publish_all(client, "chat:1", range(20))
+    await client.subscribe("chat:1")
+    epoch = (await publish_all(client, "chat:1", range(20)))[0]["epoch"]
     other = await server.connect()
     for since in ({"offset": 2, "epoch": epoch}, {"offset": 20, "epoch": "another-epoch"},
                   {"offset": 99, "epoch": epoch}):
@@ -125,7 +126,7 @@ async def test_history_returns_the_last_messages(start: Start) -> None:
     fresh = await client.request({"type": "history", "room": "chat:empty"})  # not subscribed: allowed
     assert fresh["data"] == {"offset": 0, "epoch": "", "messages": []}  # and reading created nothing
     subscribed = await client.subscribe("chat:empty")
-    assert subscribed["data"]["offset"] == 0 and subscribed["data"]["epoch"]  # subscribing does create it
+    assert (subscribed["data"]["offset"], subscribed["data"]["epoch"]) == (0, "")  # nor does subscribing
 
 
 @pytest.mark.parametrize(
@@ -194,8 +195,9 @@ async def test_replay_and_live_delivery_race_without_gap_or_duplicate(start: Sta
 def test_memory_history_expires_and_starts_a_new_epoch() -> None:
     now = [0.0]
     store = MemoryHistory(HistorySettings(rooms=("*",), size=3, ttl=10.0), clock=lambda: now[0])
-    first = store.position("r")
+    assert (store.position("r"), len(store)) == (Position(0, ""), 0)  # reading creates nothing
     payloads = [store.append("r", b'{"type":"message","data":%d' % n) for n in range(5)]
+    first = store.position("r")
     assert [offset_of(p) for p in payloads] == [1, 2, 3, 4, 5]
     assert store.last("r", 10)[1] == payloads[2:]  # size 3
     replay = store.replay("r", Position(2, first.epoch))
@@ -205,11 +207,31 @@ def test_memory_history_expires_and_starts_a_new_epoch() -> None:
     assert store.position("r") == Position(5, first.epoch)  # reading does not extend the history's life
     now[0] = 10.5
     assert len(store) == 1
-    renewed = store.position("r")
-    assert renewed.offset == 0 and renewed.epoch != first.epoch
+    assert store.position("r") == Position(0, "")  # expired: the next message begins a new epoch
+    assert offset_of(renewed := store.append("r", b'{"n":1')) == 1 and first.epoch.encode() not in renewed
     now[0] = 30.0
     store.position("other")  # sweeps
-    assert len(store) == 1
+    assert len(store) == 0
+
+
+def test_memory_history_keeps_at_most_max_rooms() -> None:
+    """The security review: subscribing and publishing across distinct room names grew memory without bound."""
+    store = MemoryHistory(HistorySettings(rooms=("*",), max_rooms=100))
+    for n in range(1_000):
+        store.append(f"hist:{n}", b'{"n":1')
+        store.position(f"empty:{n}")  # reading rooms without history costs nothing
+    assert len(store) == 100
+    assert store.position("hist:999").offset == 1 and store.position("hist:0") == Position(0, "")  # oldest went
+
+
+def test_a_client_that_subscribed_before_any_history_recovers_all_of_it() -> None:
+    store = MemoryHistory(HistorySettings(rooms=("*",), size=3))
+    since = store.position("r")
+    assert since == Position(0, "") and store.replay("r", since).recovered  # still none: nothing missed
+    payloads = [store.append("r", b'{"n":%d' % n) for n in range(3)]
+    assert (store.replay("r", since).recovered, store.replay("r", since).messages) == (True, payloads)
+    store.append("r", b'{"n":3')  # offset 1 trimmed: not all of it is kept any more
+    assert not store.replay("r", since).recovered
 
 
 def test_rooms_without_history_cost_a_falsy_check() -> None:
@@ -225,8 +247,8 @@ async def test_lost_redis_history_starts_a_new_epoch(wsgate_server: StartServer,
 
     server = await wsgate_server(broker={"url": redis_url, "prefix": broker_prefix}, history=HISTORY)
     client = await server.connect()
-    epoch = (await client.subscribe("chat:1"))["data"]["epoch"]
-    await publish_all(client, "chat:1", range(3))
+    await client.subscribe("chat:1")
+    epoch = (await publish_all(client, "chat:1", range(3)))[0]["epoch"]
     redis = aioredis.from_url(redis_url)
     try:  # what a Redis restart without persistence, or an expiry, does
         assert await redis.delete(f"{broker_prefix}:history:chat:1:meta", f"{broker_prefix}:history:chat:1:stream") == 2
@@ -235,9 +257,9 @@ async def test_lost_redis_history_starts_a_new_epoch(wsgate_server: StartServer,
     other = await server.connect()
     answer = await other.request({"type": "subscribe", "room": "chat:1", "since": {"offset": 3, "epoch": epoch}})
     assert answer["data"]["recovered"] is False
-    assert answer["data"]["offset"] == 0 and answer["data"]["epoch"] != epoch
+    assert (answer["data"]["offset"], answer["data"]["epoch"]) == (0, "")  # no history now, and none created
     message = (await publish_all(client, "chat:1", range(1)))[0]
-    assert (message["offset"], message["epoch"]) == (1, answer["data"]["epoch"])
+    assert message["offset"] == 1 and message["epoch"] not in ("", epoch)
 
 
 async def test_a_burst_of_history_reads_queues_for_redis_connections(redis_url: str, broker_prefix: str) -> None:
@@ -251,7 +273,14 @@ async def test_a_burst_of_history_reads_queues_for_redis_connections(redis_url: 
     await broker.start(lambda room, frame: 0)
     try:
         positions = await asyncio.gather(*(broker.history_position(f"chat:{n % 7}") for n in range(10 * POOL_SIZE)))
-        assert {p.offset for p in positions} == {0} and len({p.epoch for p in positions}) == 7
+        assert set(positions) == {Position(0, "")}
+        import redis.asyncio as aioredis
+
+        redis = aioredis.from_url(redis_url)
+        try:
+            assert await redis.keys(f"{broker_prefix}:history:chat:*") == []  # reads left no key behind
+        finally:
+            await redis.aclose()
     finally:
         await broker.close()
 

@@ -235,6 +235,10 @@ class HistorySettings:
         600.0, "How long a room's history outlives its last message (then its epoch changes)",
         duration=True, minimum=1,
     )
+    max_rooms: int = setting(
+        100_000, "Rooms whose history the in-memory broker keeps at most (the least recently used go first; "
+        "with Redis, history.ttl and Redis's maxmemory bound it)", minimum=1,
+    )
 
 
 @dataclass(frozen=True, slots=True)

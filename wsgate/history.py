@@ -85,24 +85,36 @@ class _Room:
 class MemoryHistory:
     """History kept in this process (the memory broker's): the last `size` messages per room.
 
-    A room's state (epoch, offset, messages) is forgotten `ttl` after its last message (or
-    its creation); the next use starts a new epoch. Expired rooms are swept every `ttl / 4`.
+    A room's state (epoch, offset, messages) exists from its first message on (reading creates
+    nothing) and is forgotten `ttl` after its last message; the next message starts a new epoch.
+    Expired rooms are swept every `ttl / 4`, and at most `max_rooms` are kept (the least recently
+    published to go first): state that clients' choice of room names creates is bounded.
     """
 
     def __init__(self, settings: HistorySettings, clock: Callable[[], float] = time.monotonic) -> None:
         self._size = settings.size
         self._ttl = settings.ttl
+        self._max_rooms = settings.max_rooms
         self._clock = clock
-        self._rooms: dict[str, _Room] = {}
+        self._rooms: dict[str, _Room] = {}  # least recently published to first
         self._next_sweep = clock() + settings.ttl / 4
 
-    def _room(self, room: str) -> _Room:
+    def _existing(self, room: str) -> _Room | None:
         now = self._clock()
         if now >= self._next_sweep:
             self._sweep(now)
         state = self._rooms.get(room)
-        if state is None or now - state.last_used > self._ttl:
-            state = self._rooms[room] = _Room(self._size, now)
+        return state if state is not None and now - state.last_used <= self._ttl else None
+
+    def _room(self, room: str) -> _Room:
+        state = self._existing(room)
+        if state is None:
+            self._rooms.pop(room, None)  # (expired)
+            while len(self._rooms) >= self._max_rooms:
+                del self._rooms[next(iter(self._rooms))]
+            state = self._rooms[room] = _Room(self._size, self._clock())
+        else:
+            self._rooms[room] = self._rooms.pop(room)  # now the most recently used
         return state
 
     def _sweep(self, now: float) -> None:
@@ -121,18 +133,20 @@ class MemoryHistory:
         return payload
 
     def position(self, room: str) -> Position:
-        state = self._room(room)
-        return Position(state.offset, state.epoch)
+        state = self._existing(room)
+        return Position(state.offset, state.epoch) if state is not None else NO_HISTORY
 
     def replay(self, room: str, since: Position) -> Replay:
-        state = self._room(room)
+        state = self._existing(room)
+        if state is None:
+            return replay_from(NO_HISTORY, [], since)
         return replay_from(Position(state.offset, state.epoch), [e for e in state.entries if e[0] > since.offset], since)
 
     def last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
         """The last `limit` messages; a room with no history yet is not created (epoch "")."""
-        state = self._rooms.get(room)
-        if state is None or self._clock() - state.last_used > self._ttl:
-            return Position(0, ""), []
+        state = self._existing(room)
+        if state is None:
+            return NO_HISTORY, []
         entries = list(state.entries)[-limit:] if limit else []
         return Position(state.offset, state.epoch), [payload for _, payload in entries]
 
@@ -140,9 +154,25 @@ class MemoryHistory:
         return len(self._rooms)
 
 
+NO_HISTORY = Position(0, "")
+"""The position of a room that keeps no history yet: reading it creates nothing (epoch "")."""
+
+
 def replay_from(position: Position, after: list[tuple[int, bytes]], since: Position) -> Replay:
     """What a client at `since` missed, from a room's `position` and the kept `(offset, payload)`
-    entries after `since.offset`, oldest first (read together with the position)."""
+    entries after `since.offset`, oldest first (read together with the position).
+
+    `since.epoch == ""`: the room had no history when the client looked. It recovers when the
+    room still has none, or when its history is kept whole from offset 1 (one caveat: a history
+    that began, expired and began again while the client was away longer than `history.ttl` looks
+    whole too).
+    """
+    if since.epoch == "" and since.offset == 0:
+        if position.epoch == "" or position.offset == 0:
+            return Replay(position, recovered=True)
+        if after and after[0][0] == 1:
+            return Replay(position, recovered=True, messages=[payload for _, payload in after])
+        return Replay(position, recovered=False)
     if since.epoch != position.epoch or since.offset > position.offset:
         return Replay(position, recovered=False)
     first = after[0][0] if after else position.offset + 1

@@ -192,9 +192,9 @@ class Router:
             if room not in self._hub.rooms and room not in self._hub.holding:
                 return self._deliver(room, message)  # nobody here: nothing to order
             sequence = self._sequences[room] = _Sequence(epoch, offset - 1)  # first seen: the order starts here
-        elif sequence.epoch != epoch:  # the history was lost and began again
+        elif sequence.epoch != epoch:  # the history began (after an empty read), or was lost and began again
             self._release(room, sequence)
-            sequence.epoch, sequence.last = epoch, offset - 1
+            sequence.epoch, sequence.last = epoch, 0  # a new epoch's offsets start at 1
         if offset <= sequence.last:
             return 0  # already sent out (a recovering client read it from the history)
         if offset > sequence.last + 1:

@@ -102,10 +102,10 @@ def publish_args(head: bytes, size: int, ttl: float, channel: bytes, sender: byt
     return [new_epoch(), max(1, round(ttl * 1000)), head, size, channel, sender]
 
 READ_SCRIPT = """
-if ARGV[3] == 'last' and redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'', '0', {}}  -- reading the last messages creates nothing
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  return {'', '0', {}}  -- no history yet: reading creates nothing (a client's choice of names leaves no keys)
 end
-""" + _ENSURE + """
 local offset = redis.call('HGET', KEYS[1], 'offset')
 local entries = {}
 if ARGV[3] == 'after' then
@@ -115,7 +115,7 @@ elseif ARGV[3] == 'last' then
 end
 return {epoch, offset, entries}
 """
-"""KEYS: history_keys(room). ARGV: new epoch, ttl ms, mode (none, after, last), offset or count."""
+"""KEYS: history_keys(room). ARGV: (unused), (unused), mode (none, after, last), offset or count."""
 
 PRESENCE_SCRIPT = """
 local entries = redis.call('HGETALL', KEYS[1])
