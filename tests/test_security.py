@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from wsgate.testing import StartServer
-from wsgate.views import origin_allowed
+from wsgate.origins import origin_allowed
 
 
 @pytest.mark.parametrize(
@@ -60,3 +60,30 @@ async def test_a_wildcard_allows_any_origin_and_warns(wsgate_server: StartServer
     client = await server.connect(headers={"Origin": "https://anywhere.example.com"})
     assert (await client.request({"type": "ping"}))["type"] == "pong"
     assert any('allowed_origins is ["*"]' in r.getMessage() for r in caplog.records)
+
+
+async def test_allowed_hosts_refuses_a_dns_rebinding_page(wsgate_server: StartServer) -> None:
+    """The security review: with no allow-list, a page on evil.example resolving to this server sends
+    Host: evil.example and Origin: http://evil.example, and the same-host check accepted it."""
+    import aiohttp
+
+    rebinding = {"Host": "evil.example", "Origin": "http://evil.example"}
+    open_server = await wsgate_server()
+    ws = await open_server.raw(headers=rebinding)  # the documented default: any Host
+    await ws.close()
+    server = await wsgate_server(security={"allowed_hosts": ["127.0.0.1"]})
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await server.raw(headers=rebinding)
+    assert refused.value.status == 421
+    async with server.session.get(server.url("/health"), headers={"Host": "evil.example"}) as resp:
+        assert (resp.status, await resp.json()) == (421, {"error": "unknown host"})
+    client = await server.connect()  # Host: 127.0.0.1:<port>, allowed whatever the port
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+
+
+@pytest.mark.parametrize("host", ["http://gw.example", "gw.example/path", "gw.example:0", ":8081", "a b"])
+def test_an_allowed_host_that_cannot_match_is_refused_at_start_up(host: str) -> None:
+    from wsgate.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=r"security.allowed_hosts entry"):
+        load_settings(overrides={"security": {"allowed_hosts": [host]}})

@@ -39,6 +39,7 @@ from .keys import (
     SETTINGS, STARTED_AT, SUPERVISOR,
 )
 from .logs import configure_logging
+from .origins import host_guard
 from .metrics import Metrics
 from .plugins import load_plugins
 from .presence import Presence, make_presence_store
@@ -96,7 +97,11 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
                       limits.max_number_digits)
 
     # aiohttp's keep-alive timeout also runs before the first request: unfinished requests are closed.
-    app = web.Application(handler_args={"keepalive_timeout": settings.security.request_timeout})
+    allowed_hosts = settings.security.allowed_hosts
+    app = web.Application(
+        handler_args={"keepalive_timeout": settings.security.request_timeout},
+        middlewares=[host_guard(allowed_hosts)] if allowed_hosts else [],
+    )
     app[SETTINGS] = settings
     app[PLUGINS] = loaded
     app[METRICS] = metrics

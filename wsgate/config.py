@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from .redaction import MASK, SECRET_NAME, redact_url, url_secrets
 
@@ -172,6 +173,10 @@ class SecuritySettings:
     allowed_origins: tuple[str, ...] = setting(
         (), 'Origins (exact, e.g. "https://app.example.com") allowed to open /ws from a browser; '
         'empty: same host and no Origin only; ["*"]: any'
+    )
+    allowed_hosts: tuple[str, ...] = setting(
+        (), 'Host names this gateway serves (e.g. ["gw.example.com", "10.0.0.5:8081"]); other Host headers get 421. '
+        "Empty: any Host (then a DNS-rebinding page is \"same host\" to the Origin check)"
     )
     request_timeout: float = setting(
         10.0, "A connection that has not sent a complete HTTP request within this (slow or unfinished headers), "
@@ -704,6 +709,16 @@ def _check_relations(settings: Settings) -> None:
                 "placeholder lets one user's room name match another's (with {sub} and *, user 'bob' would match "
                 "'bob.smith''s rooms); use one placeholder and no wildcard, e.g. \"dm.{sub} = identity\""
             )
+    for host in settings.security.allowed_hosts:
+        try:
+            parts = urlsplit(f"//{host}")
+            valid = (bool(parts.hostname) and parts.netloc == host and (parts.port is None or parts.port > 0)
+                     and re.fullmatch(r"[^\s/?#@]+", host) is not None)
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(f"invalid setting security.allowed_hosts entry {host!r}: expected a host name, "
+                              'optionally with a port, as in a Host header (e.g. "gw.example.com" or "gw:8081")')
     dashboard = settings.dashboard
     if dashboard.enabled and not dashboard.password and not settings.auth.jwt.enabled:
         raise ConfigError(
