@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean
+.PHONY: run test bench conformance chaos clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m wsgate
@@ -34,6 +34,11 @@ bench: $(VENV)/.installed-bench
 $(VENV)/.installed-bench: $(VENV)/bin/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@
+
+# RFC 6455 conformance (Autobahn|Testsuite, ../shared/conformance/autobahn): 1-7, 9, 10, then 12.1 and 13.1
+# with compression. The first run on a machine builds the suite's root (about 4 minutes, needs root).
+conformance: $(VENV)/.installed
+	AUTOBAHN_XFAIL=7.9.5 PYTHON=$(BIN)/python conformance/run.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

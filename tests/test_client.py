@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from wsgate.sdk.client import GatewayClient, GatewayError
@@ -64,3 +67,37 @@ async def test_a_recovery_that_fails_is_passed_on_to_the_application(server: Ser
         notice = await client.receive()
         assert notice["type"] == "subscribed" and notice["data"]["recovered"] is False
         assert client.positions["chat:a"] == Position(0, notice["data"]["epoch"])  # resumes from the new epoch
+
+
+async def test_a_room_the_gateway_could_not_recover_yet_is_subscribed_again_later(
+    wsgate_server: StartServer, private_redis: Any, broker_prefix: str
+) -> None:
+    """Found by the chaos run: while Redis restarted, a re-subscription answered `history is unavailable`
+    and the client gave the room up until its next reconnection; it now tries again with backoff."""
+    server = await wsgate_server(broker={"url": private_redis.url, "prefix": broker_prefix, "required": False},
+                                 history=HISTORY)
+    publisher = await server.connect()
+    await publisher.subscribe("chat:r")
+    async with GatewayClient(server.url("/ws"), backoff=(0.01, 0.05)) as client:
+        await client.subscribe("chat:r")
+        await publisher.request({"type": "publish", "room": "chat:r", "data": 1})
+        assert (await client.receive())["data"] == 1
+        await private_redis.stop()
+        connection_of(server, client).drop(1012, "service restart")  # the network blips while Redis is away
+        async with asyncio.timeout(10):
+            while client.connects < 2:
+                await asyncio.sleep(0.01)  # the client's own backoff timer: nothing else to wait on
+        await private_redis.start()
+        async with asyncio.timeout(20):
+            while True:  # once Redis is back, the client's retry gets the room back, on the same connection
+                answer = await publisher.request({"type": "publish", "room": "chat:r", "data": 2})
+                if answer.get("type") == "message":
+                    break
+                await asyncio.sleep(0.2)  # the broker reconnects by itself
+        lost = await asyncio.wait_for(client.receive(), 20)  # this Redis keeps nothing across a restart:
+        assert (lost["type"], lost["data"]["recovered"]) == ("subscribed", False)  # told, not silently
+        await publisher.request({"type": "publish", "room": "chat:r", "data": 3})
+        async with asyncio.timeout(20):
+            while (await client.receive())["data"] != 3:  # (2 too, if the retry came before it was published)
+                pass
+        assert client.connects == 2  # in the room again, on the same connection

@@ -49,7 +49,7 @@ class RecordingTransport:
         self.writes += 1
 
     def messages(self) -> list[dict[str, Any]]:
-        return [json.loads(payload) for payload in frame_payloads(self.written)]
+        return [json.loads(payload) for _, payload in frame_payloads(self.written)]
 
 
 class FakeRequest:
@@ -265,3 +265,20 @@ async def test_router_sends_a_rooms_offsets_in_order_and_waits_a_bounded_time_fo
     await asyncio.sleep(0.1)  # the gap wait passes: 6 goes out without 4 and 5
     assert [m["data"] for m in transport.messages()] == [1, 2, 3, 6]
     assert parts.metrics.error_count("history_gap") == 1
+
+
+async def test_router_reads_a_missing_offset_from_the_history() -> None:
+    """A relayed message lost on the way (the node's subscription dropped): the sequence reads it from the history."""
+    parts = Parts()
+    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, gap_wait=0.05)
+    conn, transport = parts.connect()
+    parts.hub.join(conn, "h1")
+    kept = [parts.broker.history.append("h1", b'{"type":"message","room":"h1","data":%d' % n) for n in range(1, 7)]
+    router.expect("h1", Position(0, kept[0].rsplit(b'"epoch":"', 1)[1][:-2].decode()))
+    for n in (1, 2, 3, 6):  # 4 and 5 never came through pub/sub
+        router.receive("h1", kept[n - 1])
+    await turn()
+    assert [m["data"] for m in transport.messages()] == [1, 2, 3]
+    await asyncio.sleep(0.15)  # the gap wait passes; the history is read
+    assert [m["data"] for m in transport.messages()] == [1, 2, 3, 4, 5, 6]
+    assert parts.metrics.error_count("history_gap") == 0

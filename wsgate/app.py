@@ -151,7 +151,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(AcceptErrors())  # out of file descriptors: one line per interval
-    await broker.start(app[ROUTER].receive)
+    await broker.start(app[ROUTER].receive, app[ROUTER].resynced)
     try:
         await presence_store.start()
         try:

@@ -374,9 +374,9 @@ class Connection:
                     async with asyncio.timeout(write_wait):
                         await ws.ping()
                 while outbox and not self._raw:
-                    for payload in frame_payloads(outbox.pop(0)):  # an entry may hold several frames
+                    for opcode, payload in frame_payloads(outbox.pop(0)):  # an entry may hold several frames
                         async with asyncio.timeout(write_wait):
-                            await ws.send_frame(payload, WSMsgType.TEXT)
+                            await ws.send_frame(payload, WSMsgType(opcode))
                 if not (self._blocked or self._pong is not None or self._ping_due or (outbox and not self._raw)):
                     return  # nothing left that waits: the next need starts a new writer
         except TimeoutError:

@@ -17,8 +17,11 @@ In a room with history, this node's own messages come back from the broker's
 answer and the other nodes' from the relay: two paths with no order between
 them. A room's offsets are contiguous, so each room with local members has a
 sequence that sends offsets out one after another; a message whose predecessor
-is still on its way waits for it, at most `gap_wait` (a relayed message can be
-lost while Redis is away: then what came after goes out without it).
+is still on its way waits for it, at most `gap_wait`. Then the missing offsets
+are read from the room's history and sent in their place (a relayed message is
+lost when the node's subscription drops, e.g. while Redis restarts); the same
+catch-up runs for every room when the broker has subscribed again. Only what the
+history no longer holds is skipped, counted as `history_gap`.
 
 A message for a room with history is delivered only once it has its offset. When
 it cannot be kept (Redis away), it is delivered nowhere and the publisher gets
@@ -39,7 +42,7 @@ from .rooms import RoomPatterns
 
 log = logging.getLogger(__name__)
 
-GAP_WAIT = 2.0  # seconds a kept message waits for an earlier offset still on its way
+GAP_WAIT = 1.0  # seconds a kept message waits for an earlier offset still on its way, before reading it
 
 
 class _Waiting:
@@ -91,6 +94,7 @@ class Router:
         self._waiting: deque[_Waiting] = deque()  # in publish order
         self._delivering = False  # _deliver_ready is running (releases inside it must not re-enter)
         self._sequences: dict[str, _Sequence] = {}  # rooms with history that have local members
+        self._filling: dict[str, asyncio.Task[None]] = {}  # rooms whose missing offsets are being read
 
     def keeps_history(self, room: str | None) -> bool:
         """Whether messages to `room` get offsets (`history.rooms`)."""
@@ -142,6 +146,12 @@ class Router:
         if sequence is not None:
             self._release(room, sequence)
         self._sequences[room] = _Sequence(position.epoch, position.offset)
+
+    def resynced(self) -> None:
+        """The broker subscribed again after losing its connection: what was relayed meanwhile never came.
+        Every followed room catches up from its history."""
+        for room in list(self._sequences):
+            self._fill(room)
 
     def forget(self, room: str) -> None:
         """`room` lost its last local member: stop following its offsets."""
@@ -229,9 +239,32 @@ class Router:
             return
         sequence.timer = None
         if sequence.held:
-            first = min(sequence.held)
-            log.warning("room %r: offsets %d to %d did not arrive within %ss; sending what came after",
-                        room, sequence.last + 1, first - 1, self._gap_wait, extra={"room": room})
+            self._fill(room)
+
+    def _fill(self, room: str) -> None:
+        """Read what a room's sequence misses from its history (in a task); see the module docstring."""
+        if room not in self._filling:
+            task = asyncio.get_running_loop().create_task(self._read_missing(room), name=f"wsgate-fill-{room}")
+            self._filling[room] = task
+            task.add_done_callback(lambda _: self._filling.pop(room, None))
+
+    async def _read_missing(self, room: str) -> None:
+        sequence = self._sequences.get(room)
+        if sequence is None:
+            return
+        try:
+            replay = await self._broker.history_replay(room, Position(sequence.last, sequence.epoch))
+        except BrokerError:
+            replay = None
+        if self._sequences.get(room) is not sequence:
+            return  # the room lost its members meanwhile
+        if replay is not None and replay.recovered:
+            for message in replay.messages:
+                self._sequenced(room, message, None)  # earlier offsets go out; held later ones follow
+        if sequence.held:  # the history no longer holds them (or cannot be read): skip what is missing
+            log.warning("room %r: offsets %d to %d are lost (not relayed, no longer in the history); "
+                        "sending what came after", room, sequence.last + 1, min(sequence.held) - 1,
+                        extra={"room": room})
             self._metrics.error("history_gap")
             self._release(room, sequence)
 

@@ -11,32 +11,39 @@ import struct
 from collections.abc import Iterator
 from typing import Final
 
-_TEXT_FIN = 0x81  # FIN + text opcode; server frames are never masked
+TEXT_OPCODE: Final = 0x1
+BINARY_OPCODE: Final = 0x2
+_FIN = 0x80  # every frame wsgate builds is a whole message; server frames are never masked (section 5.1)
+
+
+def data_frame(payload: bytes, opcode: int = TEXT_OPCODE) -> bytes:
+    """A complete unmasked data frame (section 5.2): built once, written to every recipient as it is."""
+    first, size = _FIN | opcode, len(payload)
+    if size < 126:
+        return bytes((first, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", first, 126, size) + payload
+    return struct.pack("!BBQ", first, 127, size) + payload
 
 
 def text_frame(payload: bytes) -> bytes:
-    """A complete unmasked WebSocket text frame: built once, written to every recipient as it is."""
-    size = len(payload)
-    if size < 126:
-        return bytes((_TEXT_FIN, size)) + payload
-    if size < 65536:
-        return struct.pack("!BBH", _TEXT_FIN, 126, size) + payload
-    return struct.pack("!BBQ", _TEXT_FIN, 127, size) + payload
+    """A complete unmasked text frame: what every JSON message becomes."""
+    return data_frame(payload, TEXT_OPCODE)
 
 
-def frame_payloads(frames: bytes) -> Iterator[bytes]:
-    """The payloads of frames built by `text_frame`, one after another (for connections that need aiohttp
-    to deflate them)."""
+def frame_payloads(frames: bytes) -> Iterator[tuple[int, bytes]]:
+    """(opcode, payload) of each frame built by `data_frame`, one after another (for connections that need
+    aiohttp to deflate them)."""
     view, pos = memoryview(frames), 0
     while pos < len(frames):
-        size = frames[pos + 1]
+        opcode, size = frames[pos] & 0x0F, frames[pos + 1]
         if size < 126:
             head = 2
         elif size == 126:
             head, size = 4, int.from_bytes(frames[pos + 2:pos + 4], "big")
         else:
             head, size = 10, int.from_bytes(frames[pos + 2:pos + 10], "big")
-        yield bytes(view[pos + head:pos + head + size])
+        yield opcode, bytes(view[pos + head:pos + head + size])
         pos += head + size
 
 

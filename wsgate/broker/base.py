@@ -36,8 +36,10 @@ class Broker(Protocol):
     def state(self) -> str:
         """`ok`, or `degraded` while other nodes cannot be reached (local delivery goes on)."""
 
-    async def start(self, receive: Receive) -> None:
-        """Connect; messages from other nodes are passed to `receive` from now on. Raises BrokerError."""
+    async def start(self, receive: Receive, resynced: Callable[[], None] = lambda: None) -> None:
+        """Connect; messages from other nodes are passed to `receive` from now on, and `resynced` is called
+        each time the broker has subscribed again after losing its connection (what was relayed meanwhile
+        never arrived: rooms with history catch up from it). Raises BrokerError."""
 
     # --- relay ----------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from ..config import HistorySettings
 from ..history import MemoryHistory, Position, Replay
@@ -17,7 +18,7 @@ class MemoryBroker:
     def __init__(self, history: HistorySettings | None = None) -> None:
         self.history = MemoryHistory(history or HistorySettings())
 
-    async def start(self, receive: Receive) -> None:
+    async def start(self, receive: Receive, resynced: Callable[[], None] = lambda: None) -> None:
         pass  # nothing ever arrives from another node
 
     def relay(self, room: str | None, message: bytes) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import HistorySettings
@@ -78,6 +79,7 @@ class RedisBroker:
         self._probe_seen = asyncio.Event()
         self._deaf = False  # the probe found the subscription deaf: the receive loop reconnects
         self._receive: Receive | None = None
+        self._resynced: Callable[[], None] = lambda: None
         self._redis: Any = None
         self._pubsub: Any = None
         self._outgoing: deque[_Outgoing] = deque()
@@ -100,12 +102,13 @@ class RedisBroker:
 
     # --- life cycle -------------------------------------------------------------------
 
-    async def start(self, receive: Receive) -> None:
+    async def start(self, receive: Receive, resynced: Callable[[], None] = lambda: None) -> None:
         try:
             import redis.asyncio as aioredis
         except ImportError:
             raise BrokerError("broker.url names Redis, but redis-py is missing: pip install 'wsgate[redis]'") from None
         self._receive = receive
+        self._resynced = resynced
         try:
             self._redis = connect(self._settings.url, self._settings.connect_timeout,
                                   f"wsgate-{self.node_id.decode()[:8]}", POOL_SIZE)
@@ -346,6 +349,7 @@ class RedisBroker:
                     self._metrics.broker_reconnected()
                     log.info("broker: reconnected to Redis; receiving %d rooms again", len(self._subscribed))
                     self._resync.set()
+                    self._resynced()  # what was relayed while away never came: rooms with history catch up
                 message = await self._pubsub.get_message(timeout=RECEIVE_POLL)
                 if self._deaf:
                     self._deaf = False

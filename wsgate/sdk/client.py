@@ -40,6 +40,8 @@ from ..history import Position
 
 log = logging.getLogger(__name__)
 
+TRANSIENT = frozenset({"history is unavailable", "presence is unavailable"})
+"""Errors a re-subscription answers while the gateway's store is away: tried again with backoff, not given up."""
 REFRESH_MARGIN = 0.2  # refresh when this share of a token's remaining life is left (at least 1 s before, at most 60 s)
 TokenSource = Callable[[], "str | Awaitable[str]"]
 
@@ -258,18 +260,25 @@ class GatewayClient:
                     attempt = 0
                     reader = asyncio.create_task(self._read(ws))
                     refresher = asyncio.create_task(self._refresh_loop()) if self._get_token else None
+                    retrier = None
                     try:
+                        later = []
                         for room in sorted(self._rooms):
                             try:
                                 await self._subscribe(room)
                             except GatewayError as exc:  # one room failing must not keep the others out
                                 log.warning("wsgate client: subscribing again to %r failed: %s", room, exc)
-                                await self._inbox.put({"type": "error", "room": room, "error": exc.text,
-                                                       "detail": exc.detail})
+                                if exc.text in TRANSIENT:
+                                    later.append(room)  # (Redis away: the gateway will keep it again soon)
+                                else:
+                                    await self._inbox.put({"type": "error", "room": room, "error": exc.text,
+                                                           "detail": exc.detail})
                         self._connected.set()
+                        if later:
+                            retrier = asyncio.create_task(self._subscribe_later(later))
                         await reader
                     finally:
-                        for task in (reader, refresher):
+                        for task in (reader, refresher, retrier):
                             if task is not None:
                                 task.cancel()
                                 with contextlib.suppress(asyncio.CancelledError):
@@ -286,6 +295,27 @@ class GatewayClient:
             low, high = self._backoff
             await asyncio.sleep(random.uniform(0, min(high, low * 2**attempt)))  # full jitter
             attempt += 1
+
+    async def _subscribe_later(self, rooms: list[str]) -> None:
+        """Subscribe again, with backoff, to rooms the gateway could not recover just now (history away)."""
+        delay = 0.5
+        while rooms:
+            await asyncio.sleep(delay)
+            for room in list(rooms):
+                if room not in self._rooms:
+                    rooms.remove(room)  # unsubscribed meanwhile
+                    continue
+                try:
+                    await self._subscribe(room)
+                    rooms.remove(room)
+                except GatewayError as exc:
+                    if exc.text not in TRANSIENT:
+                        rooms.remove(room)
+                        await self._inbox.put({"type": "error", "room": room, "error": exc.text,
+                                               "detail": exc.detail})
+                except (ConnectionError, TimeoutError):
+                    return  # the connection went: the next one subscribes everything again
+            delay = min(delay * 2, 10.0)
 
     async def _token_now(self) -> str | None:
         if self._get_token is None:

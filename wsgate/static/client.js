@@ -41,6 +41,9 @@
  * @property {typeof WebSocket} [WebSocket] a WebSocket implementation (defaults to the browser's)
  */
 
+/** Errors a re-subscription answers while the gateway's store is away: tried again with backoff. */
+const TRANSIENT = new Set(["history is unavailable", "presence is unavailable"]);
+
 /** An `error` answer from the gateway. */
 export class GatewayError extends Error {
   /** @param {string} text @param {string} [detail] */
@@ -237,13 +240,16 @@ export class WsgateClient {
       this.scheduleRefresh();
       this.connects += 1;
       this.attempt = 0;
+      const later = [];
       for (const room of this.rooms) {
         try {
           await this.subscribeNow(room);
         } catch (error) { // one room failing (history unavailable, ...) must not keep the others out
-          this.emit("error", error);
+          if (error instanceof GatewayError && TRANSIENT.has(error.text)) later.push(room);
+          else this.emit("error", error);
         }
       }
+      if (later.length) this.subscribeLater(this.ws, later, 500);
       this.emit("open", { clientId: this.clientId, connects: this.connects });
       this.isReady = true;
       this.readyResolve();
@@ -266,6 +272,27 @@ export class WsgateClient {
     }
     if (message.type === "error") this.emit("error", new GatewayError(message.error, message.detail));
     else this.emit(message.type, message); // "message", "presence_diff", "unsubscribed", extension types
+  }
+
+  /**
+   * Subscribe again, with backoff, to rooms the gateway could not recover just now (its history store away).
+   * @param {WebSocket | null} ws @param {string[]} rooms @param {number} delay
+   */
+  subscribeLater(ws, rooms, delay) {
+    setTimeout(async () => {
+      if (this.ws !== ws || this.closing) return; // a new connection subscribes everything again
+      const still = [];
+      for (const room of rooms) {
+        if (!this.rooms.has(room)) continue;
+        try {
+          await this.subscribeNow(room);
+        } catch (error) {
+          if (error instanceof GatewayError && TRANSIENT.has(error.text)) still.push(room);
+          else this.emit("error", error);
+        }
+      }
+      if (still.length) this.subscribeLater(ws, still, Math.min(delay * 2, 10000));
+    }, delay);
   }
 
   /** @param {string} room */

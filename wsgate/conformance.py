@@ -1,0 +1,91 @@
+"""An echo server for the RFC 6455 conformance suite (Autobahn|Testsuite), through wsgate's own wire path.
+
+    python -m wsgate.conformance [--port 9001] [--compression]
+
+It serves `/echo` and nothing else a client could reach in a normal run: every text
+or binary message is sent back through the same path as live traffic (a frame built
+by `wsgate.wire`, the client's bounded outbox, the Flusher's one write per turn, the
+writer task when the socket is full or deflate is on) and pings are answered by
+wsgate's own control frames. The suite's 9.* cases send messages of up to 16 MB, so
+the message limit and outbox here are larger than a gateway's defaults. `make
+conformance` runs it (README "Conformance").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from aiohttp import WSMsgType, web
+
+from .admission import GatewayRunner
+from .app import create_app
+from .config import load_settings
+from .clients import ConnectedClient
+from .keys import FLUSHER, GATEWAY, HUB, METRICS, SETTINGS
+from .wire import BINARY_OPCODE, TEXT_OPCODE, data_frame
+
+MAX_MESSAGE = 32 * 1024 * 1024  # above the suite's largest (16 MB)
+
+
+async def echo_view(request: web.Request) -> web.StreamResponse:
+    """Echo every data message through the client's outbox; answer pings with wsgate's pongs."""
+    app = request.app
+    settings = app[SETTINGS].websocket
+    ws = web.WebSocketResponse(max_msg_size=settings.max_message_size, compress=settings.compression,
+                               autoping=False, timeout=settings.write_wait)
+    stream = await ws.prepare(request)
+    hub = app[HUB]
+    conn = ConnectedClient(ws, stream, request, settings=settings, flusher=app[FLUSHER], metrics=app[METRICS],
+                           on_drop=hub.remove, gateway=app[GATEWAY])
+    hub.admit(conn)
+    try:
+        conn.start()
+        while True:
+            msg = await ws.receive()
+            conn.touch()
+            if msg.type is WSMsgType.TEXT:
+                conn.put(data_frame(msg.data.encode(), TEXT_OPCODE))
+            elif msg.type is WSMsgType.BINARY:
+                conn.put(data_frame(msg.data, BINARY_OPCODE))
+            elif msg.type is WSMsgType.PING:
+                conn.queue_pong(msg.data)
+            elif msg.type is not WSMsgType.PONG:
+                return ws  # close, closing, closed or a protocol error: aiohttp has answered it
+    finally:
+        hub.remove(conn)
+        await conn.stop()
+
+
+async def serve(port: int, compression: bool) -> None:
+    settings = load_settings(overrides={"websocket": {
+        "enabled": True, "max_message_size": MAX_MESSAGE, "send_queue_size": 100_000, "compression": compression,
+        "write_wait": "30s", "ping_interval": "1h", "pong_wait": "2h",
+    }, "metrics": {"enabled": False}})
+    app = await create_app(settings)
+    app.router.add_get("/echo", echo_view)
+    runner = GatewayRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    print(f"conformance echo server on ws://127.0.0.1:{port}/echo (compression {'on' if compression else 'off'})",
+          file=sys.stderr, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--compression", action="store_true", help="negotiate permessage-deflate")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(serve(args.port, args.compression))
+
+
+if __name__ == "__main__":
+    main()
