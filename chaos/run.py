@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import base64
 import datetime
+import logging
 import os
 import platform
 import random
@@ -53,6 +54,7 @@ KEY = "chaos-api-key"
 PREFIX = "chaos"
 ROOMS = [f"chaos:{n}" for n in range(20)]
 SLOW_CONSUMERS = 3
+SLOW_LANE = "slow-lane"  # a plain room where 8 KB messages go 50 times a second: readers that stall fall behind
 
 
 def free_port() -> int:
@@ -204,6 +206,26 @@ async def slow_consumer(port: int, rooms: list[str], stop: asyncio.Event) -> Non
         sock.close()
 
 
+async def flood_slow_lane(url: str, stop: asyncio.Event) -> None:
+    """Publish 8 KB messages into SLOW_LANE, 50 a second, until told to stop."""
+    async with GatewayClient(url, backoff=(0.2, 2.0)) as client:
+        await client.subscribe(SLOW_LANE)
+        drain = asyncio.create_task(_discard(client))
+        payload = "x" * 8192
+        while not stop.is_set():
+            try:
+                await client.publish(SLOW_LANE, payload)
+            except (ConnectionError, TimeoutError, OSError):
+                pass
+            await asyncio.sleep(0.02)
+        drain.cancel()
+
+
+async def _discard(client: GatewayClient) -> None:
+    async for _ in client:
+        pass
+
+
 async def dropped_slow(node: Node) -> int:
     """How many clients node-a closed for not reading (slow consumer, write timeout), from its /metrics."""
     async with aiohttp.ClientSession() as session, session.get(node.http + "/metrics") as resp:
@@ -298,6 +320,7 @@ async def main() -> int:
     parser.add_argument("--period", type=float, default=1.0, help="seconds between two messages of one publisher")
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args()
+    logging.getLogger("wsgate.sdk").setLevel(logging.ERROR)  # clients' reconnect notes: expected here, by the thousand
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="wsgate-chaos-"))
     redis = Redis(workdir)
@@ -329,7 +352,9 @@ async def main() -> int:
         cutters = [asyncio.create_task(cutter(client)) for client in subscribers]
         d = args.duration
 
-        slow = [asyncio.create_task(slow_consumer(nodes[0].port, ROOMS, stop_faults)) for _ in range(SLOW_CONSUMERS)]
+        slow = [asyncio.create_task(slow_consumer(nodes[0].port, [SLOW_LANE, *ROOMS], stop_faults))
+                for _ in range(SLOW_CONSUMERS)]
+        flood = asyncio.create_task(flood_slow_lane(nodes[0].url, stop_faults))
 
         async def faults() -> None:
             await asyncio.sleep(0.2 * d)
@@ -349,7 +374,7 @@ async def main() -> int:
         events.append(f"slow consumers dropped by node-a: {await dropped_slow(nodes[0])} of {SLOW_CONSUMERS} "
                       "(they subscribed to every room and never read)")
         stop_faults.set()
-        await asyncio.gather(*slow)
+        await asyncio.gather(*slow, flood)
         for task in cutters:
             task.cancel()
         stop_publishing.set()
