@@ -44,8 +44,8 @@ async def test_serves_the_protocol_on_the_requested_port_and_settings(tmp_path: 
         ((), {"WEBSOCKET_PORT": "abc"}, "wsgate: invalid setting websocket.port (WEBSOCKET_PORT) = 'abc': expected an integer"),
         ((), {"WEBSOCKET_PING_INTERVAL": "5 parsecs"}, "wsgate: invalid setting websocket.ping_interval (WEBSOCKET_PING_INTERVAL) = '5 parsecs'"),
         (("--settings", "/nonexistent/settings.toml"), {}, "wsgate: settings file '/nonexistent/settings.toml' not found"),
-        ((), {"WSGATE_WEBSOCKET__LIMITS__MAX_CONNECTIONS": "-1"}, "wsgate: invalid setting websocket.limits.max_connections = -1"),
-        ((), {"WSGATE_PLUGINS__DISABLED": "[1]"}, "wsgate: invalid setting plugins.disabled = [1]: expected a list of strings"),
+        ((), {"WSGATE_WEBSOCKET__LIMITS__MAX_CONNECTIONS": "-1"}, "wsgate: invalid setting websocket.limits.max_connections (WSGATE_WEBSOCKET__LIMITS__MAX_CONNECTIONS) = '-1'"),
+        ((), {"WSGATE_PLUGINS__DISABLED": "[1]"}, "wsgate: invalid setting plugins.disabled (WSGATE_PLUGINS__DISABLED) = '[1]': expected a list of strings"),
         ((), {"WSGATE_AUTH__JWT__SECRET": "too-short"},  # checked by the built-in plugin as it loads
          "wsgate: invalid setting auth.jwt.secret: expected at least 32 bytes"),
     ],

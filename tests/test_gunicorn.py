@@ -55,7 +55,7 @@ async def test_two_workers_scrape_shows_the_sum_and_sigterm_closes_everyone(tmp_
     server = await spawn(
         sys.executable, "-m", "gunicorn", "-c", "python:wsgate.gunicorn_conf", "wsgate.app:create_app",
         "--bind", "127.0.0.1:0", "--workers", "2", "--graceful-timeout", "10",
-        env=environment(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)),
+        env=environment(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), WSGATE_BROKER__UNSHARED_WORKERS="true"),  # metrics only
     )
     try:
         server.port = int((await server.wait_for_line(r"Listening at: http://127\.0\.0\.1:(\d+)")).group(1))
@@ -91,3 +91,15 @@ async def test_two_workers_scrape_shows_the_sum_and_sigterm_closes_everyone(tmp_
         assert await server.finish(timeout=20) == 0
     finally:
         await server.kill()
+
+
+async def test_several_workers_without_a_shared_broker_refuse_to_start(tmp_path: Path) -> None:
+    """The first hour: `gunicorn -w 2` with the in-memory broker silently split rooms (5 of 8 subscribers got a
+    publish). Now it stops with one line saying what to do, unless allowed explicitly."""
+    process = await spawn(
+        sys.executable, "-m", "gunicorn", "-c", "python:wsgate.gunicorn_conf", "wsgate.app:create_app",
+        "--bind", "127.0.0.1:0", "--workers", "2", env=environment(WEBSOCKET_ENABLED="true"),
+    )
+    code = await process.finish(30)
+    log = "".join(process.lines)
+    assert code != 0 and "with the in-memory broker would split every room between them: set broker.url" in log, log

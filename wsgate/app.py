@@ -28,7 +28,7 @@ from .admission import AcceptErrors, GatewayRunner
 from .broker import make_broker
 from .broker.redis_schema import new_sender_id
 from .builtin import BUILTIN_PLUGINS
-from .config import Settings, load_settings, secrets_of
+from .config import Settings, inert_settings, load_settings, secrets_of, unknown_variables
 from .connection import Flusher
 from .dashboard import web as dashboard_web
 from .dispatch import Dispatcher
@@ -48,7 +48,7 @@ from .publish_api import broadcast_view, publish_view
 from .rooms import RoomPatterns
 from .routing import Router
 from .supervision import Supervisor
-from .views import client_js_view, health_view, metrics_view, ready_view, ws_view
+from .views import client_js_view, health_view, metrics_view, ready_view, ws_disabled_view, ws_view
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     if settings is None:
         settings = load_settings()
         configure_logging(settings.logging, secrets_of(settings))
+        for warning in unknown_variables() + inert_settings(settings):
+            log.warning("%s", warning)
     if "*" in settings.security.allowed_origins:
         log.warning('security.allowed_origins is ["*"]: any web page may open WebSockets to this gateway')
 
@@ -128,6 +130,8 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         if (dashboard := loaded.get("dashboard")) is not None:
             app[DASHBOARD] = dashboard
             dashboard_web.add_routes(app)
+    else:
+        app.router.add_get("/ws", ws_disabled_view)  # says why, rather than a bare 404
     _allow_cross_origin(app, http_routes, settings.cors.allowed_origins)
     app.cleanup_ctx.append(_run)
     app.on_shutdown.append(_close_clients)

@@ -21,7 +21,9 @@ from .admission import GatewayRunner
 from .app import create_app
 from .broker import BrokerError
 from .builtin import BUILTIN_PLUGINS
-from .config import ConfigError, Settings, describe_settings, load_settings, secrets_of
+from .config import (
+    ConfigError, Settings, describe_settings, inert_settings, load_settings, secrets_of, unknown_variables,
+)
 from .keys import DISPATCHER, GATEWAY, HUB, PLUGINS
 from .logs import configure_logging
 from .redaction import Redactor, redact_url
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), EXIT_USAGE)
     secrets = secrets_of(settings)
     configure_logging(settings.logging, secrets)
+    for warning in unknown_variables() + inert_settings(settings):
+        log.warning("%s", warning)
     try:
         if args.command == "config":
             for key, value, source in describe_settings(settings, args.settings, cli):
@@ -65,15 +69,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ok: {len(plugins.sources)} plugins, {len(app[DISPATCHER].registry.owners())} message types, "
                   f"{len(app[GATEWAY].services)} services")
         else:
-            if not settings.websocket.enabled:
-                log.warning("websocket.enabled is false: serving /health only, no /ws endpoint")
             run_loop(serve(settings), settings.runtime.uvloop)
     except (ConfigError, PluginError, BrokerError, MetricsError) as exc:  # (a built-in plugin's bad setting)
         return _fail(Redactor(secrets).redact(str(exc)), EXIT_USAGE)
     except ListenError as exc:
         return _fail(str(exc), EXIT_FAILURE)
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
-        return EXIT_FAILURE
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown, or one before the loop ran
+        return _fail("interrupted", EXIT_FAILURE)
     return 0
 
 
@@ -96,6 +98,11 @@ async def serve(settings: Settings) -> None:
     The listener stays open while draining so load balancers see `/health` answer 503.
     """
     ws = settings.websocket
+    stop = asyncio.Event()  # signals are caught from the start: a Ctrl-C right after "listening" drains too
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
     app = await create_app(settings)
     # The shutdown budget is websocket.timeout: half for clients to close, and aiohttp's own
     # handler shutdown (which may wait its timeout twice) gets a fifth, twice.
@@ -108,13 +115,10 @@ async def serve(settings: Settings) -> None:
             await site.start()
         except OSError as exc:
             raise ListenError(f"cannot listen on {ws.host}:{ws.port}: {exc.strerror or exc}") from None
+        plugins = app[PLUGINS]
+        log.info("plugins: %s", ", ".join(f"{name} ({source})" for name, source in plugins.sources.items()) or "none")
         for address in runner.addresses:
             log.info("wsgate %s listening on %s:%s", __version__, *address[:2])
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGTERM, signal.SIGINT)
-        for signum in signals:
-            loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         for signum in signals:  # a second Ctrl-C interrupts the drain
             loop.remove_signal_handler(signum)

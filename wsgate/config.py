@@ -9,6 +9,7 @@ against the typed dataclasses below and frozen. Components receive a
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -153,6 +154,10 @@ class BrokerSettings:
     probe_interval: float = setting(
         5.0, "How often a node checks that its Redis subscription still hears (it resubscribes when the probe is "
         "not back within connect_timeout)", duration=True, minimum=0.01,
+    )
+    unshared_workers: bool = setting(
+        False, "Allow several gunicorn workers with the in-memory broker (each keeps its own rooms: a publish "
+        "reaches only its worker's clients); without it they refuse to start"
     )
     publish_queue: int = setting(
         10000, "Messages waiting to go to Redis; beyond this they reach local clients only (counted), and messages "
@@ -503,11 +508,58 @@ def _read_dynaconf(file: Path | None) -> dict[str, Any]:
     for name in os.environ:
         if name.startswith("WSGATE_") and "__" not in name:
             raw.pop(name[len("WSGATE_"):].lower(), None)
-    for key, _, kind in iter_settings():  # a text setting keeps its variable's text: 12345 is a key, not a number
-        variable = "WSGATE_" + key.replace(".", "__").upper()
-        if kind is str and variable in os.environ:
+    for key, _, _kind in iter_settings():  # every variable keeps its text: 12345 is a key, 0 is false, and
+        variable = _variable(key)          # errors name the variable
+        if variable in os.environ:
             _merge(raw, _nest(key, _FromEnv(variable, os.environ[variable])))
     return raw
+
+
+def _variable(key: str) -> str:
+    return "WSGATE_" + key.replace(".", "__").upper()
+
+
+def inert_settings(settings: Settings) -> list[str]:
+    """Warnings about settings that do nothing as the others stand (a feature of /ws while /ws is off)."""
+    if settings.websocket.enabled:
+        return []
+    warnings = ["websocket.enabled is false (the spec's default): /ws answers 404 with the reason; set "
+                "websocket.enabled = true (WEBSOCKET_ENABLED=true) to serve WebSocket clients"]
+    inert = [name for name, value in (
+        ("history.rooms", settings.history.rooms), ("presence.rooms", settings.presence.rooms),
+        ("auth.rooms", settings.auth.rooms), ("auth.required", settings.auth.required),
+        ("dashboard.enabled", settings.dashboard.enabled),
+    ) if value]
+    if inert:
+        warnings.append(f"{', '.join(inert)} {'is' if len(inert) == 1 else 'are'} set, but take effect only on /ws, "
+                        "which is off")
+    return warnings
+
+
+NOT_SETTINGS = ("WSGATE_SETTINGS", "WSGATE_TEST_", "WSGATE_BENCH_")
+"""WSGATE_* names that are not settings: the settings file's path, and the test suite's and benchmarks' own."""
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per WEBSOCKET_* or WSGATE_* variable that is no setting (a typo is otherwise silently
+    ignored), with the closest real name."""
+    environ = os.environ if environ is None else environ
+    known: set[str] = set()
+    for key, _, _kind in iter_settings():
+        parts = key.split(".")
+        known.update("WSGATE_" + "__".join(parts[:n]).upper() for n in range(1, len(parts) + 1))
+        if key.startswith("websocket."):
+            known.add(env_name(key))
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(("WEBSOCKET_", "WSGATE_")) or name in known or name.startswith(NOT_SETTINGS):
+            continue
+        if name.startswith("WSGATE_PLUGINS__") and name.count("__") >= 2:
+            continue  # a plugin's own table: [plugins.<name>]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"environment variable {name} is not a setting and is ignored{hint}")
+    return warnings
 
 
 def _spec_environment() -> dict[str, Any]:
@@ -590,6 +642,11 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
         raise ConfigError(f"invalid setting {label} = {shown}: expected {expected}")
 
     text = value.text if isinstance(value, _FromEnv) else None
+    if text is not None and len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        try:  # a quoted TOML string, as dynaconf reads variables: "300ms"
+            text = str(tomllib.loads(f"value = {text}")["value"])
+        except tomllib.TOMLDecodeError:
+            pass
     result: Any
     if meta["duration"]:
         raw = text if text is not None else value
@@ -644,6 +701,11 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
         if meta["pattern"] and not re.fullmatch(meta["pattern"][0], raw):
             fail(meta["pattern"][1])
     elif typing.get_origin(kind) is tuple:
+        if text is not None:  # from a variable: a TOML or JSON list, e.g. ["a", "b"]
+            try:
+                value = tomllib.loads(f"value = {text}")["value"]
+            except tomllib.TOMLDecodeError:
+                fail('a list of strings, e.g. ["a", "b"]')
         if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
             fail('a list of strings, e.g. ["a", "b"]')
         if not all(_utf8(s) for s in value):
@@ -659,6 +721,17 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
                 fail(f"a value of at least {_show_bound(low, meta['duration'])}")
             fail(f"a value from {_show_bound(low, meta['duration'])} to {_show_bound(high, meta['duration'])}")
     return result
+
+
+def _is_origin(text: str) -> bool:
+    """Whether `text` can equal an Origin header (RFC 6454 serialization): scheme://host[:port], nothing more."""
+    try:
+        parts = urlsplit(text)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        return False
+    return (bool(parts.scheme) and bool(parts.hostname) and port_ok and not parts.path and not parts.query
+            and not parts.fragment and "@" not in parts.netloc and text == text.strip().lower())  # as browsers send it
 
 
 def _utf8(text: str) -> bool:
@@ -709,6 +782,14 @@ def _check_relations(settings: Settings) -> None:
                 "placeholder lets one user's room name match another's (with {sub} and *, user 'bob' would match "
                 "'bob.smith''s rooms); use one placeholder and no wildcard, e.g. \"dm.{sub} = identity\""
             )
+    for key, origins in (("security.allowed_origins", settings.security.allowed_origins),
+                         ("cors.allowed_origins", settings.cors.allowed_origins)):
+        for origin in origins:
+            if origin != "*" and not _is_origin(origin):
+                raise ConfigError(
+                    f"invalid setting {key} entry {origin!r}: expected an origin as browsers send it, "
+                    'scheme://host[:port] with no path or trailing slash (e.g. "http://127.0.0.1:8000"), or "*"'
+                )
     for host in settings.security.allowed_hosts:
         try:
             parts = urlsplit(f"//{host}")

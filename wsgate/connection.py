@@ -305,6 +305,7 @@ class Connection:
             self.closed.set()
             self._metrics.connection_closed(self.close_reason, self._loop.time() - self.opened_at)
             code = self.close_code if self.close_code is not None else self._ws.close_code
+            code = code or 1005  # a close frame without a status code: 1005, "no status received" (section 7.4.1)
             log.info(
                 "client %s disconnected (code %s%s)",
                 self.id, code, f", {self.close_reason}" if self.close_reason else "",

@@ -79,6 +79,12 @@ async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def ws_disabled_view(request: web.Request) -> web.Response:
+    """`/ws` while `websocket.enabled` is false (the spec's default): 404, saying why and how to turn it on."""
+    return web.json_response({"error": "the WebSocket endpoint is off", "detail": (
+        "websocket.enabled is false; set it to true in the settings file, or WEBSOCKET_ENABLED=true")}, status=404)
+
+
 async def ws_view(request: web.Request) -> web.StreamResponse:
     """Upgrade, admit (or refuse at capacity), then read until the client goes away."""
     app = request.app
@@ -90,7 +96,9 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
         DASHBOARD in app and same_host(request)  # the dashboard's own page
     ):
         metrics.error("origin_rejected")
-        log.warning("refused a WebSocket from origin %r (%s)", origin, request.remote, extra={"remote": request.remote})
+        log.warning("refused a WebSocket from origin %r (%s): add it to security.allowed_origins "
+                    "(e.g. WSGATE_SECURITY__ALLOWED_ORIGINS='[\"%s\"]'); cors.allowed_origins covers HTTP only",
+                    origin, request.remote, origin, extra={"remote": request.remote})
         return web.json_response({"error": ORIGIN_NOT_ALLOWED}, status=403)
     return await _open(request)  # (the address limit counts sockets from accept() on: wsgate.admission)
 

@@ -9,12 +9,17 @@ address limit (`security.request_timeout` applies either way).
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 from aiohttp import web
 from aiohttp.worker import GunicornWebWorker
 
 from .admission import GatewayRunner
+from .keys import SETTINGS
+
+
+WORKER_BOOT_ERROR = 3  # gunicorn's arbiter stops when a worker exits with this
 
 
 class GatewayWorker(GunicornWebWorker):
@@ -26,6 +31,12 @@ class GatewayWorker(GunicornWebWorker):
         async def make_runner() -> web.AppRunner:
             app = await make_app() if inspect.iscoroutinefunction(make_app) else make_app
             cfg = self.cfg
+            broker = app[SETTINGS].broker
+            if cfg.workers > 1 and not broker.url and not broker.unshared_workers:
+                print(f"wsgate: {cfg.workers} gunicorn workers with the in-memory broker would split every room "
+                      "between them: set broker.url (WSGATE_BROKER__URL=redis://...), run one worker (-w 1), or "
+                      "allow it with broker.unshared_workers = true", file=sys.stderr, flush=True)
+                sys.exit(WORKER_BOOT_ERROR)
             return GatewayRunner(
                 app, logger=self.log, keepalive_timeout=cfg.keepalive,
                 access_log=self.log.access_log if cfg.accesslog else None,

@@ -163,11 +163,11 @@ class GatewayClient:
         return data
 
     async def ping(self) -> float:
-        """Round-trip time of a `ping`, in seconds."""
+        """Round-trip time of a `ping`, in milliseconds (as the JavaScript client's and every `timestamp`)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         await self._request({"type": "ping"}, ("pong", None))
-        return loop.time() - started
+        return (loop.time() - started) * 1000
 
     # --- receiving --------------------------------------------------------------------
 
