@@ -99,6 +99,35 @@ async def test_the_js_client_refreshes_its_token_by_itself(wsgate_server: StartS
     assert await page.evaluate("window.client.expiresAt") > (time.time() + 30) * 1000
 
 
+async def test_a_page_on_another_origin_imports_the_client_and_connects(
+    wsgate_server: StartServer, page: Any, aiohttp_server: Any
+) -> None:
+    """The first hour: `import { WsgateClient } from "http://gateway/client.js"` from another origin was blocked
+    by CORS, and the WebSocket refused; with the page's origin allowed, both work."""
+    from aiohttp import web
+
+    async def app_page(request: web.Request) -> web.Response:
+        return web.Response(text="<!doctype html><title>app</title>", content_type="text/html")
+
+    other = web.Application()
+    other.router.add_get("/", app_page)
+    app_server = await aiohttp_server(other)
+    page_origin = f"http://127.0.0.1:{app_server.port}"
+    server = await wsgate_server(security={"allowed_origins": [page_origin]})
+    await page.goto(page_origin + "/")
+    connected = await page.evaluate("""async (gateway) => {
+        const { WsgateClient } = await import(gateway + "/client.js");
+        const client = new WsgateClient(gateway.replace(/^http/, "ws") + "/ws");
+        await client.connect();
+        return (await client.subscribe("lobby")).client_count;
+    }""", server.url("/").rstrip("/"))
+    assert connected == 1
+    async with server.session.get(server.url("/client.js"), headers={"Origin": page_origin}) as resp:
+        assert resp.headers["Access-Control-Allow-Origin"] == page_origin
+    async with server.session.get(server.url("/client.js"), headers={"Origin": "http://elsewhere.example"}) as resp:
+        assert "Access-Control-Allow-Origin" not in resp.headers
+
+
 async def test_subscribe_rejects_with_the_gateway_error(wsgate_server: StartServer, page: Any) -> None:
     server = await wsgate_server(websocket={"limits": {"max_room_name_length": 4}})
     await page.goto(server.url("/health"))

@@ -124,28 +124,38 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     if settings.api.key:  # the publish API exists only with a key
         http_routes.append(app.router.add_post("/api/publish", publish_view))
         http_routes.append(app.router.add_post("/api/broadcast", broadcast_view))
+    module_routes = []
     if settings.websocket.enabled:
         app.router.add_get("/ws", ws_view)  # not CORS: browsers do not apply it to WebSockets
-        app.router.add_get("/client.js", client_js_view)
+        module_routes.append(app.router.add_get("/client.js", client_js_view))
         if (dashboard := loaded.get("dashboard")) is not None:
             app[DASHBOARD] = dashboard
             dashboard_web.add_routes(app)
     else:
         app.router.add_get("/ws", ws_disabled_view)  # says why, rather than a bare 404
-    _allow_cross_origin(app, http_routes, settings.cors.allowed_origins)
+    _allow_cross_origin(app, http_routes, settings.cors.allowed_origins, module_routes,
+                        settings.security.allowed_origins)
     app.cleanup_ctx.append(_run)
     app.on_shutdown.append(_close_clients)
     return app
 
 
-def _allow_cross_origin(app: web.Application, routes: list[web.AbstractRoute], origins: Iterable[str]) -> None:
-    """CORS (aiohttp-cors) for the HTTP endpoints: only `cors.allowed_origins` may read them."""
+def _allow_cross_origin(
+    app: web.Application, routes: list[web.AbstractRoute], origins: Iterable[str],
+    module_routes: list[web.AbstractRoute], ws_origins: Iterable[str],
+) -> None:
+    """CORS (aiohttp-cors): only `cors.allowed_origins` may read the HTTP endpoints; `/client.js`, an ES module
+    that a page on another origin imports, is also readable by the pages that may open `/ws`
+    (`security.allowed_origins`)."""
     options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
         allow_headers="*", allow_methods=["GET", "POST"], max_age=3600
     )
     cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
     for route in routes:
         cors.add(route)
+    module_origins = dict.fromkeys([*origins, *ws_origins], options)
+    for route in module_routes:
+        cors.add(route, module_origins)
 
 
 async def _run(app: web.Application) -> AsyncIterator[None]:
