@@ -8,10 +8,24 @@ BIN := $(VENV)/bin
 run: $(VENV)/.installed
 	$(BIN)/python -m wsgate
 
-# The layer contracts (setup.cfg [importlinter]) first, then the tests.
+SHELL := /bin/bash
+
+# The layer contracts (setup.cfg [importlinter]) first, then the tests. With nothing answering on 6379 (and no
+# WSGATE_TEST_REDIS_URL), a private redis-server runs for the tests on a free port and stops after them.
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest
+	@if [ -z "$$WSGATE_TEST_REDIS_URL" ] && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null \
+	    && command -v redis-server >/dev/null; then \
+	  port=$$($(BIN)/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
+	  echo "make test: a private redis-server on 127.0.0.1:$$port"; \
+	  redis-server --daemonize yes --bind 127.0.0.1 --port $$port --save "" --appendonly no \
+	    --pidfile /tmp/wsgate-test-redis-$$port.pid --logfile /dev/null; \
+	  for _ in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null && break; sleep 0.1; done; \
+	  WSGATE_TEST_REDIS_URL=redis://127.0.0.1:$$port $(BIN)/python -m pytest; status=$$?; \
+	  kill $$(cat /tmp/wsgate-test-redis-$$port.pid); exit $$status; \
+	else \
+	  $(BIN)/python -m pytest; \
+	fi
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -113,9 +113,22 @@ async def redis_url() -> str:
 
 
 @pytest.fixture
-def broker_prefix() -> str:
-    """A channel prefix of this test's own, so runs sharing one Redis never see each other."""
-    return f"wsgate-test-{uuid.uuid4().hex[:12]}"
+async def broker_prefix() -> AsyncIterator[str]:
+    """A channel and key prefix of this test's own, so runs sharing one Redis never see each other; the keys
+    the test left (history, presence, figures, settings) are deleted afterwards."""
+    prefix = f"wsgate-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        keys = [key async for key in client.scan_iter(f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    except (OSError, aioredis.RedisError):
+        pass  # the test's own Redis (private_redis) is gone already, or there is none: nothing left behind
+    finally:
+        await client.aclose()
 
 
 class PrivateRedis:
