@@ -167,10 +167,13 @@ async def test_the_dashboard_shows_live_figures_and_acts(wsgate_server: StartSer
     for client in clients:
         await client.subscribe("chat:live")
     # (locator assertions, not evaluated strings: the page's Content-Security-Policy forbids eval)
-    await expect(page.locator("#clients")).to_have_text("6")  # 5 + the dashboard itself
+    await expect(page.locator("#clients")).to_have_text("6")  # 5 + the dashboard itself, and it says so:
+    await expect(page.locator("#operators")).to_have_text("incl. 1 dashboard")
     await expect(page.locator("#rooms")).to_have_text("1")
     await expect(page.locator("#room-table")).to_contain_text("chat:live")
     await expect(page.locator("#chart-in")).to_have_attribute("points", re.compile(r"^\S+ \S+ \S+"))  # it moves
+    points = await page.locator("#chart-in").get_attribute("points")
+    assert points is not None and points.split()[-1].startswith("600.0,")  # the newest at the right edge, "now"
 
     # publish from the form: a subscribed client gets it
     await page.get_by_label("Room", exact=True).first.fill("chat:live")
@@ -181,9 +184,15 @@ async def test_the_dashboard_shows_live_figures_and_acts(wsgate_server: StartSer
     # tail a room: its traffic appears
     await page.locator("#tail-room").fill("chat:live")
     await page.get_by_role("button", name="Tail").click()
-    await expect(page.locator("#status")).to_have_text("Tailing chat:live")
+    await expect(page.locator("#tail-status")).to_have_text("Tailing chat:live")  # in the tail card itself
     await clients[1].send({"type": "publish", "room": "chat:live", "data": "tailed"})
     await expect(page.locator("#tail-log")).to_contain_text("tailed")
+    for n in range(12):  # item numbers of two digits stay visible
+        await clients[1].send({"type": "publish", "room": "chat:live", "data": n})
+    await expect(page.locator("#tail-log li")).to_have_count(13)
+    await expect(page.locator("#tail-log")).to_have_css("padding-left", "56px")  # room for "13." (it clipped "1.")
+    async with server.session.get(server.url("/favicon.ico")) as resp:
+        assert (resp.status, resp.headers["Content-Type"]) == (200, "image/svg+xml")
 
     # disconnect a client, after confirming
     page.once("dialog", lambda dialog: dialog.accept())

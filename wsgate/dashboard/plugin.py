@@ -137,7 +137,7 @@ class Dashboard:
             await asyncio.sleep(STATS_INTERVAL)
             now, stats = time.monotonic(), gateway.stats(top_rooms=TOP_ROOMS, sample_clients=SAMPLE_CLIENTS)
             elapsed = max(now - then, 1e-6)
-            figures = _figures(stats, before, elapsed)
+            figures = _figures(stats, before, elapsed, {watcher.id for watcher in self._watchers})
             before, then = stats, now
             # every node shares its figures, watched or not: a dashboard on any node shows them all
             nodes = await gateway.share_figures(figures)
@@ -151,9 +151,13 @@ class Dashboard:
                     self._watchers.discard(watcher)  # logged out, or the login expired
 
 
-def _figures(stats: dict[str, Any], before: dict[str, Any], elapsed: float) -> dict[str, Any]:
-    """What the page shows of a node: its stats, with messages in and out per second instead of totals."""
+def _figures(stats: dict[str, Any], before: dict[str, Any], elapsed: float, operators: set[str]) -> dict[str, Any]:
+    """What the page shows of a node: its stats, with messages in and out per second instead of totals, and
+    its dashboards (`operators`: their own connections are clients too, and marked so)."""
     figures = {key: value for key, value in stats.items() if key not in ("received", "delivered")}
+    figures["operators"] = len(operators)
+    figures["clients_sample"] = [{**client, "operator": client["client_id"] in operators}
+                                 for client in stats["clients_sample"]]
     figures["in_per_s"] = round((stats["received"] - before["received"]) / elapsed, 1)
     figures["out_per_s"] = round((stats["delivered"] - before["delivered"]) / elapsed, 1)
     return figures

@@ -33,6 +33,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/dashboard/login", login_view)
     app.router.add_post("/dashboard/logout", logout_view)
     app.router.add_get("/dashboard/{name}", static_view)
+    app.router.add_get("/favicon.ico", favicon_view)
 
 
 async def dashboard_view(request: web.Request) -> web.FileResponse:
@@ -79,6 +80,12 @@ async def logout_view(request: web.Request) -> web.StreamResponse:
     response = web.HTTPFound("/dashboard")
     response.del_cookie(COOKIE, path="/")
     raise response
+
+
+async def favicon_view(request: web.Request) -> web.FileResponse:
+    """The dashboard's icon (an SVG; browsers ask for /favicon.ico on every page of the host)."""
+    return web.FileResponse(STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml",
+                                                             "Cache-Control": "max-age=86400"})
 
 
 async def static_view(request: web.Request) -> web.FileResponse:

@@ -3,7 +3,8 @@ import { WsgateClient } from "/client.js";
 import { RateChart } from "/dashboard/chart.js";
 
 const $ = (id) => document.getElementById(id);
-const status = (text) => { $("status").textContent = text; };
+/** Say something next to the card it is about (`where`: publish, tail, disconnect), or at the page's end. */
+const status = (text, where = "") => { $(where ? `${where}-status` : "status").textContent = text; };
 const chart = new RateChart($("chart"));
 const client = new WsgateClient(location.origin.replace(/^http/, "ws") + "/ws");
 
@@ -25,6 +26,8 @@ client.on("dashboard_stats", ({ data }) => {
   const nodes = data.nodes.length ? data.nodes : [node];
   const sum = (key) => nodes.reduce((total, n) => total + n[key], 0);
   $("clients").textContent = sum("clients");
+  const operators = sum("operators");
+  $("operators").textContent = operators ? `incl. ${operators} dashboard${operators > 1 ? "s" : ""}` : "";
   $("rooms").textContent = sum("rooms");
   $("in-rate").textContent = sum("in_per_s");
   $("out-rate").textContent = sum("out_per_s");
@@ -37,7 +40,7 @@ client.on("dashboard_stats", ({ data }) => {
   $("client-ids").replaceChildren(...node.clients_sample.map((c) => {
     const option = document.createElement("option");
     option.value = c.client_id;
-    option.label = `${c.remote ?? ""} · ${c.rooms} rooms`;
+    option.label = `${c.remote ?? ""} · ${c.rooms} rooms${c.operator ? " · dashboard" : ""}`;
     return option;
   }));
 });
@@ -66,16 +69,16 @@ $("publish-form").addEventListener("submit", async (event) => {
   try {
     data = JSON.parse($("publish-data").value);
   } catch (error) {
-    status(`Data is not JSON: ${error.message}`);
+    status(`Data is not JSON: ${error.message}`, "publish");
     return;
   }
   const room = $("publish-room").value;
   try {
     const answer = await client.request({ type: "dashboard_publish", room, data },
       (m) => m.type === "dashboard_published" && m.room === room);
-    status(`Published to ${room}: ${answer.data.delivered} clients on this node`);
+    status(`Published to ${room}: ${answer.data.delivered} clients on this node`, "publish");
   } catch (error) {
-    status(`Publish failed: ${error.message}`);
+    status(`Publish failed: ${error.message}`, "publish");
   }
 });
 
@@ -84,9 +87,9 @@ $("tail-form").addEventListener("submit", async (event) => {
   const room = $("tail-room").value;
   try {
     await client.request({ type: "dashboard_tail", room }, (m) => m.type === "dashboard_tailing" && m.room === room);
-    status(`Tailing ${room}`);
+    status(`Tailing ${room}`, "tail");
   } catch (error) {
-    status(`Tail failed: ${error.message}`);
+    status(`Tail failed: ${error.message}`, "tail");
   }
 });
 
@@ -97,9 +100,9 @@ $("disconnect-form").addEventListener("submit", async (event) => {
   try {
     const answer = await client.request({ type: "dashboard_disconnect", client_id: clientId },
       (m) => m.type === "dashboard_disconnected");
-    status(answer.data.found ? `Disconnected ${clientId}` : `No client ${clientId} on this node`);
+    status(answer.data.found ? `Disconnected ${clientId}` : `No client ${clientId} on this node`, "disconnect");
   } catch (error) {
-    status(`Disconnect failed: ${error.message}`);
+    status(`Disconnect failed: ${error.message}`, "disconnect");
   }
 });
 
