@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,8 @@ from .processes import environment, start_wsgate
 
 
 @pytest.mark.parametrize("origin", ["http://127.0.0.1:8000/", "http://127.0.0.1:8000/app", "127.0.0.1:8000",
-                                    "HTTP://Example.com", "http://x?y=1"])
+                                    "HTTP://Example.com", "http://x?y=1", "http://a.com:", "http://a.com:80",
+                                    "https://a.com:443", "http://a.com#", "http://u@a.com"])
 @pytest.mark.parametrize("key", ["security", "cors"])
 def test_an_origin_that_cannot_match_is_refused_at_start_up(origin: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"{key}.allowed_origins entry .*: expected an origin as browsers send it"):
@@ -91,3 +93,11 @@ async def test_a_close_without_a_status_code_is_logged_as_1005(
             await asyncio.sleep(0.01)  # the server logs as it finishes: nothing to wait on from here
     assert f"client {client.id} disconnected (code 1005)" in caplog.text
 
+
+
+def test_a_secret_setting_never_appears_in_its_error(tmp_path: Path) -> None:
+    settings = tmp_path / "settings.toml"
+    settings.write_text("[api]\nkey = 123456789012345\n")  # a number where text is expected
+    with pytest.raises(ConfigError) as refused:
+        load_settings(settings)
+    assert "123456789012345" not in str(refused.value) and "api.key = ***: expected a string" in str(refused.value)

@@ -133,3 +133,13 @@ async def test_numbers_longer_than_the_digit_limit_are_refused(wsgate_server: St
     reply = await client.request('{"type":"publish","room":"r","data":%s}' % ("9" * 40))
     assert reply["data"] == int("9" * 40)  # up to the limit: digit for digit
     assert (await client.request('{"type":"publish","room":"r","data":"%s"}' % ("9" * 500)))["data"] == "9" * 500
+
+
+def test_bytes_that_are_not_utf8_are_refused_whole() -> None:
+    """Found in review: the stdlib decodes bytes with surrogatepass, so CESU-8 surrogates came through."""
+    from wsgate.protocol import ClientError, loads
+
+    for body in (b'{"a":"\xed\xa0\x80"}', b'{"a":"\xff"}'):
+        with pytest.raises(ClientError) as refused:
+            loads(body)
+        assert refused.value.detail == "the text is not valid UTF-8"

@@ -282,3 +282,31 @@ async def test_router_reads_a_missing_offset_from_the_history() -> None:
     await asyncio.sleep(0.15)  # the gap wait passes; the history is read
     assert [m["data"] for m in transport.messages()] == [1, 2, 3, 4, 5, 6]
     assert parts.metrics.error_count("history_gap") == 0
+
+
+async def test_router_a_reader_of_a_new_epoch_does_not_skip_messages_for_members_already_here() -> None:
+    """Found in review: members joined when the room had no history (epoch ""); a new subscriber then read
+    (1, E) while message 1 was on its way; the members must still get message 1."""
+    parts = Parts()
+    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, gap_wait=0.05)
+    member, transport = parts.connect()
+    parts.hub.join(member, "h1")
+    router.expect("h1", Position(0, ""))  # what the member read
+    first = stamp(b'{"type":"message","room":"h1","data":1', 1, "e2")
+    router.expect("h1", Position(1, "e2"))  # a newcomer read offset 1 before it came through pub/sub
+    router.receive("h1", first)
+    await turn()
+    assert [m["data"] for m in transport.messages()] == [1]
+
+
+def test_a_supervised_task_name_is_taken_once() -> None:
+    from wsgate.supervision import Supervisor
+
+    async def scenario() -> None:
+        supervisor = Supervisor(Metrics())
+        supervisor.spawn("x", asyncio.Event().wait)
+        with pytest.raises(ValueError, match="running already"):
+            supervisor.spawn("x", asyncio.Event().wait)
+        await supervisor.stop()
+
+    asyncio.run(scenario())

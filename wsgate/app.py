@@ -165,7 +165,11 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(AcceptErrors())  # out of file descriptors: one line per interval
-    await broker.start(app[ROUTER].receive, app[ROUTER].resynced)
+    try:
+        await broker.start(app[ROUTER].receive, app[ROUTER].resynced)
+    except BaseException:
+        loop.set_exception_handler(previous_handler)
+        raise
     try:
         await presence_store.start()
         try:

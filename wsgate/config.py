@@ -72,7 +72,7 @@ class LimitsSettings:
     max_json_depth: int = setting(32, "Deepest accepted nesting of arrays and objects in a client message", minimum=1)
     max_number_digits: int = setting(
         100, "Most digits a number in a client message (or an API body) may have; more is refused "
-        "(converting long numbers costs time quadratic in their length)", minimum=20, maximum=4000,
+        "(converting long numbers costs time quadratic in their length)", minimum=40, maximum=4000,
     )
     messages_per_second: float = setting(
         0.0, "Messages a client may send per second, sustained (token bucket; 0 = unlimited)", minimum=0
@@ -635,7 +635,7 @@ def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
 
 def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
     label = f"{key} ({value.name})" if isinstance(value, _FromEnv) else key
-    shown = _show(value.text if isinstance(value, _FromEnv) else value)
+    shown = MASK if f.metadata["secret"] else _show(value.text if isinstance(value, _FromEnv) else value)
     meta = f.metadata
 
     def fail(expected: str) -> typing.NoReturn:
@@ -727,11 +727,15 @@ def _is_origin(text: str) -> bool:
     """Whether `text` can equal an Origin header (RFC 6454 serialization): scheme://host[:port], nothing more."""
     try:
         parts = urlsplit(text)
-        port_ok = parts.port is None or parts.port > 0
+        port = parts.port
     except ValueError:
         return False
-    return (bool(parts.scheme) and bool(parts.hostname) and port_ok and not parts.path and not parts.query
-            and not parts.fragment and "@" not in parts.netloc and text == text.strip().lower())  # as browsers send it
+    if not parts.scheme or not parts.hostname or port == 0:
+        return False
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    shown = f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+    return text == shown  # exactly as browsers serialize it: lower case, no default port, nothing after
 
 
 def _utf8(text: str) -> bool:

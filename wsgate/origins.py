@@ -28,10 +28,14 @@ UNKNOWN_HOST = "unknown host"
 
 def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     """Whether a Host header names one of `allowed` (case-insensitive; an entry without a port allows any port)."""
+    if "@" in host or "/" in host:
+        return False  # a Host header is host[:port], nothing else
     try:
         given = urlsplit(f"//{host}")
         name, port = given.hostname, given.port
     except ValueError:
+        return False
+    if port == 0:
         return False
     for entry in allowed:
         wanted = urlsplit(f"//{entry}")

@@ -203,7 +203,12 @@ def loads(text: str | bytes, max_digits: int = MAX_NUMBER_DIGITS) -> Any:
     infinity, or a non-zero value underflows to zero), and numbers of more than `max_digits` digits
     (their conversion costs time quadratic in their length). Integers up to that length are kept exactly.
     """
-    raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    if isinstance(text, bytes):  # (json.loads would decode bytes with surrogatepass: strict UTF-8 first)
+        try:
+            text = text.decode()
+        except UnicodeDecodeError:
+            raise ClientError(INVALID_JSON, "the text is not valid UTF-8") from None
+    raw = text
     if _NEEDS_STDLIB.search(raw) is None:
         try:
             return orjson.loads(text)

@@ -8,6 +8,7 @@ cluster-wide by the one route (`wsgate.routing`); the answer says how many local
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any
 
@@ -37,10 +38,14 @@ async def _send(request: web.Request, to_room: bool) -> web.Response:
     if (request.content_length or 0) > api.max_body_size:
         return _error(413, BODY_TOO_LARGE)
     body = bytearray()
-    async for chunk in request.content.iter_any():  # the whole body, however it arrives (segments, chunks)
-        body += chunk
-        if len(body) > api.max_body_size:
-            return _error(413, BODY_TOO_LARGE)
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].security.request_timeout):  # a dribbled body: bounded
+            async for chunk in request.content.iter_any():  # the whole body, however it arrives (segments, chunks)
+                body += chunk
+                if len(body) > api.max_body_size:
+                    return _error(413, BODY_TOO_LARGE)
+    except TimeoutError:
+        return _error(408, "request body too slow")
     try:
         obj = request.app[DECODER].loads(bytes(body))
         if not isinstance(obj, dict):

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlsplit
 
 MASK = "***"
-SECRET_NAME = re.compile(r"secret|token|password|passwd|pass|key|credential", re.I)
+SECRET_NAME = re.compile(r"(^|[_.-])(secret|token|password|passwd|pass|key|apikey|credentials?)s?($|[_.-])", re.I)
 """Setting and option names whose values are secrets."""
 
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@\s]*)@")

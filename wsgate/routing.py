@@ -141,11 +141,12 @@ class Router:
         """A recovering client read `room`'s history up to `position`: this node's sequence of the room
         starts there, unless it already follows the room in that epoch."""
         sequence = self._sequences.get(room)
-        if sequence is not None and sequence.epoch == position.epoch:
-            return
-        if sequence is not None:
-            self._release(room, sequence)
-        self._sequences[room] = _Sequence(position.epoch, position.offset)
+        if sequence is None:  # no member here follows the room yet: the order starts after what was read
+            self._sequences[room] = _Sequence(position.epoch, position.offset)
+        elif sequence.epoch != position.epoch:  # the history began (or began again) since the members joined:
+            self._release(room, sequence)       # follow the new epoch from its first offset, so that members
+            sequence.epoch, sequence.last = position.epoch, 0  # already here get messages the reader saw
+        # (the reader's own copies up to its position are fenced off by the hub)
 
     def resynced(self) -> None:
         """The broker subscribed again after losing its connection: what was relayed meanwhile never came.
@@ -254,7 +255,8 @@ class Router:
             return
         try:
             replay = await self._broker.history_replay(room, Position(sequence.last, sequence.epoch))
-        except BrokerError:
+        except Exception:  # (BrokerError: Redis away; anything else is logged) held messages still go out below
+            log.debug("room %r: reading missing offsets failed", room, exc_info=True)
             replay = None
         if self._sequences.get(room) is not sequence:
             return  # the room lost its members meanwhile

@@ -42,7 +42,10 @@ class Supervisor:
         return sum(not task.done() for task in self._tasks.values())
 
     def spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
-        """Run `run()` until it returns; restart it whenever it raises. Cancel the returned task to stop it."""
+        """Run `run()` until it returns; restart it whenever it raises. Cancel the returned task to stop it.
+        Raises ValueError when a task of that name is running (names label the metric and /health)."""
+        if name in self._tasks:
+            raise ValueError(f"a supervised task named {name!r} is running already")
         task = asyncio.create_task(self._supervise(name, run), name=f"wsgate-{name}")
         self._tasks[name] = task
         task.add_done_callback(lambda done: self._forget(name, done))

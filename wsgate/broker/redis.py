@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import HistorySettings
-from ..history import Position, Replay, new_epoch, replay_from, stamp
+from ..history import Position, Replay, replay_from, stamp
 from ..redaction import redact_url
 from ..supervision import Supervisor
 from .base import BrokerError, Receive
@@ -187,17 +187,12 @@ class RedisBroker:
 
     # --- history ----------------------------------------------------------------------
 
-    def _ttl_ms(self) -> int:
-        return max(1, round(self._history.ttl * 1000))
-
     async def _read(self, room: str, mode: str, count: int) -> tuple[Position, list[tuple[int, bytes]]]:
         import redis.asyncio as aioredis
 
         try:
             async with asyncio.timeout(self._settings.connect_timeout):  # a recovering client is waiting
-                epoch, offset, entries = await self._read_script(
-                    keys=self._names.history_keys(room), args=[new_epoch(), self._ttl_ms(), mode, count]
-                )
+                epoch, offset, entries = await self._read_script(keys=self._names.history_keys(room), args=[mode, count])
         except (OSError, TimeoutError, aioredis.RedisError) as exc:
             self._metrics.broker_error()
             raise BrokerError(f"reading the history of {room!r} from Redis failed: {describe(exc)}") from None
@@ -351,6 +346,8 @@ class RedisBroker:
                     self._resync.set()
                     self._resynced()  # what was relayed while away never came: rooms with history catch up
                 message = await self._pubsub.get_message(timeout=RECEIVE_POLL)
+                if message is not None:
+                    self._deaf = False  # it hears: whatever the probe thought
                 if self._deaf:
                     self._deaf = False
                     self._metrics.broker_error()

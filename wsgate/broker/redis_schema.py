@@ -108,14 +108,14 @@ if not epoch then
 end
 local offset = redis.call('HGET', KEYS[1], 'offset')
 local entries = {}
-if ARGV[3] == 'after' then
-  entries = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[4]) + 1) .. '-0', '+')
-elseif ARGV[3] == 'last' then
-  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[4])
+if ARGV[1] == 'after' then
+  entries = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[2]) + 1) .. '-0', '+')
+elseif ARGV[1] == 'last' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
 end
 return {epoch, offset, entries}
 """
-"""KEYS: history_keys(room). ARGV: (unused), (unused), mode (none, after, last), offset or count."""
+"""KEYS: history_keys(room). ARGV: mode (none, after, last), offset or count."""
 
 PRESENCE_SCRIPT = """
 local entries = redis.call('HGETALL', KEYS[1])

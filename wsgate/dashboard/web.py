@@ -9,6 +9,7 @@ that WebSocket: the page never polls HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from math import ceil
 import time
@@ -56,7 +57,11 @@ async def login_view(request: web.Request) -> web.StreamResponse:
     lifetime = None
     succeeded = False
     try:
-        form = await request.post()
+        try:  # a body dribbled in slowly would hold its reserved attempt: it gets request_timeout, no more
+            async with asyncio.timeout(request.app[SETTINGS].security.request_timeout):
+                form = await request.post()
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(text="the form did not arrive in time") from None
         secret = str(form.get("secret", ""))
         if not _password_matches(secret, settings.password):
             lifetime = _admin_token_lifetime(request.app[PLUGINS].get("jwt"), secret, settings.admin_claim)

@@ -281,7 +281,7 @@ class GatewayClient:
                         for task in (reader, refresher, retrier):
                             if task is not None:
                                 task.cancel()
-                                with contextlib.suppress(asyncio.CancelledError):
+                                with contextlib.suppress(asyncio.CancelledError, Exception):
                                     await task
             except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError) as exc:
                 log.info("wsgate client: connection to %s failed or ended: %r", self.url, exc)
@@ -330,8 +330,8 @@ class GatewayClient:
             await asyncio.sleep(max(0.0, remaining - min(60.0, max(1.0, remaining * REFRESH_MARGIN))))
             try:
                 answer = await self._request({"type": "refresh", "token": await self._token_now()}, ("refreshed", None))
-            except (GatewayError, ConnectionError, TimeoutError) as exc:
-                log.warning("wsgate client: refreshing the token failed: %s", exc)
+            except Exception as exc:  # (get_token itself may fail) the loop goes on: the client must not die
+                log.warning("wsgate client: refreshing the token failed: %r", exc)
                 await asyncio.sleep(1.0)  # try again; at the expiry the gateway closes and the client reconnects
                 continue
             self.expires_at = answer["data"]["expires_at"] / 1000

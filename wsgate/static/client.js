@@ -169,6 +169,7 @@ export class WsgateClient {
   // --- internals ---------------------------------------------------------------------
 
   async open() {
+    if (this.closing) return;
     const Socket = this.options.WebSocket ?? WebSocket;
     let token = this.options.token;
     if (this.options.getToken) {
@@ -179,6 +180,7 @@ export class WsgateClient {
         this.retry();
         return;
       }
+      if (this.closing) return; // closed while the token was fetched
     }
     const ws = token ? new Socket(this.url, ["bearer", token]) : new Socket(this.url);
     this.ws = ws;
@@ -192,19 +194,25 @@ export class WsgateClient {
     if (this.expiresAt === null || !this.options.getToken) return;
     const remaining = this.expiresAt - Date.now();
     const early = Math.min(60000, Math.max(1000, remaining * 0.2));
-    this.refreshTimer = setTimeout(() => this.refresh(), Math.max(0, remaining - early));
+    const delay = Math.max(0, remaining - early);
+    // setTimeout fires at once beyond 2^31-1 ms (about 24.8 days): wait in steps for longer-lived tokens
+    this.refreshTimer = delay > 2 ** 31 - 1 ? setTimeout(() => this.scheduleRefresh(), 2 ** 31 - 1)
+      : setTimeout(() => this.refresh(), delay);
   }
 
   async refresh() {
+    const ws = this.ws;
     try {
       const token = await this.options.getToken();
       const answer = await this.request({ type: "refresh", token }, (m) => m.type === "refreshed");
       this.expiresAt = answer.data.expires_at;
       this.refreshes += 1;
       this.scheduleRefresh();
-    } catch (error) { // try again soon; at the expiry the gateway closes and the client reconnects
+    } catch (error) { // try again soon, on this connection only; at the expiry the gateway closes it
       this.emit("error", error);
-      if (this.ws) this.refreshTimer = setTimeout(() => this.refresh(), 1000);
+      if (this.ws === ws && ws && ws.readyState === 1 && !this.closing) {
+        this.refreshTimer = setTimeout(() => this.refresh(), 1000);
+      }
     }
   }
 
@@ -223,6 +231,7 @@ export class WsgateClient {
   }
 
   retry() {
+    if (this.closing) return;
     if (this.isReady) { // a new promise only once the last one was kept: callers of connect() never hang
       this.isReady = false;
       this.ready = new Promise((resolve) => { this.readyResolve = resolve; });
