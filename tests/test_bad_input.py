@@ -159,3 +159,15 @@ async def test_data_nested_too_deeply_to_encode_is_refused_not_crashed(
     ok = "[" * 200 + "]" * 200
     assert (await client.request('{"type":"publish","room":"deep","data":' + ok + "}"))["type"] == "message"
     assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize(("sent", "answered"), [(1000, 1000), (1001, 1000), (4000, 1000), (1006, 1002), (1005, 1002),
+                                                (1015, 1002), (2999, 1002)])
+async def test_a_clients_close_is_answered_per_rfc6455(server: Server, sent: int, answered: int) -> None:
+    """Section 7.4: codes that may never be sent (1005, 1006, 1015) or are unassigned are a protocol error."""
+    import struct
+
+    client = await server.connect()
+    await client.ws._writer.send_frame(struct.pack("!H", sent), aiohttp.WSMsgType.CLOSE)  # type: ignore[attr-defined]
+    reply = await client.ws.receive(timeout=5)
+    assert (reply.type, reply.data) == (aiohttp.WSMsgType.CLOSE, answered)

@@ -25,7 +25,7 @@ from .app import create_app
 from .config import load_settings
 from .clients import ConnectedClient
 from .keys import FLUSHER, GATEWAY, HUB, METRICS, SETTINGS
-from .wire import BINARY_OPCODE, TEXT_OPCODE, data_frame
+from .wire import BINARY_OPCODE, TEXT_OPCODE, close_reply, data_frame
 
 MAX_MESSAGE = 32 * 1024 * 1024  # above the suite's largest (16 MB)
 
@@ -35,7 +35,7 @@ async def echo_view(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS].websocket
     ws = web.WebSocketResponse(max_msg_size=settings.max_message_size, compress=settings.compression,
-                               autoping=False, timeout=settings.write_wait)
+                               autoping=False, autoclose=False, timeout=settings.write_wait)
     stream = await ws.prepare(request)
     hub = app[HUB]
     conn = ConnectedClient(ws, stream, request, settings=settings, flusher=app[FLUSHER], metrics=app[METRICS],
@@ -52,8 +52,11 @@ async def echo_view(request: web.Request) -> web.StreamResponse:
                 conn.put(data_frame(msg.data, BINARY_OPCODE))
             elif msg.type is WSMsgType.PING:
                 conn.queue_pong(msg.data)
+            elif msg.type is WSMsgType.CLOSE:  # answered as the gateway answers it (views._read_loop)
+                await ws.close(code=close_reply(msg.data), drain=False)
+                return ws
             elif msg.type is not WSMsgType.PONG:
-                return ws  # close, closing, closed or a protocol error: aiohttp has answered it
+                return ws  # closing, closed or a protocol error: aiohttp has answered it
     finally:
         hub.remove(conn)
         await conn.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from .keys import (
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .origins import origin_allowed, same_host
 from .protocol import ClientError
+from .wire import close_reply
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ async def _open(request: web.Request) -> web.StreamResponse:
         max_msg_size=ws_settings.max_message_size,
         compress=ws_settings.compression,
         autoping=False,  # pings and pongs reach the read loop: they count as signs of life
+        autoclose=False,  # a client's close is answered by the read loop (wire.close_reply), not always 1000
         timeout=ws_settings.write_wait,  # how long a close handshake may take
     )
     try:
@@ -186,7 +189,10 @@ async def _read_loop(
             conn.queue_pong(msg.data)
         elif kind is WSMsgType.PONG:
             continue
-        else:  # CLOSE, CLOSING, CLOSED or ERROR: aiohttp has answered the close already
+        else:  # CLOSE (the client closed first: answered here), CLOSING, CLOSED or ERROR (aiohttp answered)
+            if kind is WSMsgType.CLOSE:
+                with contextlib.suppress(Exception):  # the peer may be gone already
+                    await ws.close(code=close_reply(msg.data), drain=False)
             error = msg.data if kind is WSMsgType.ERROR else None
             if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
                 metrics.error("message_too_big")

@@ -47,6 +47,16 @@ def frame_payloads(frames: bytes) -> Iterator[tuple[int, bytes]]:
         pos += head + size
 
 
+_ANSWERABLE = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015)) | frozenset(range(3000, 5000))
+PROTOCOL_ERROR: Final = 1002
+
+
+def close_reply(code: int) -> int:
+    """The code to answer a peer's close frame with (section 7.4): 1000, or 1002 when its code may never be
+    sent (1004-1006, 1015) or is not assigned; a close frame without a code (0 here) is answered 1000."""
+    return 1000 if code == 0 or code in _ANSWERABLE else PROTOCOL_ERROR
+
+
 PONG_OPCODE: Final = 0xA
 PING_FRAME: Final = bytes((0x89, 0))  # FIN + ping, empty payload
 
