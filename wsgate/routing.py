@@ -132,8 +132,8 @@ class Router:
 
     def receive(self, room: str | None, message: bytes) -> None:
         """A message another node published (the broker's callback): deliver it to this node's members."""
-        if room is not None and self._history_rooms.match(room) and stamp_of(message) is not None:
-            self._sequenced(room, message, None)
+        if room is not None and self._history_rooms.match(room):
+            self._sequenced(room, message, None)  # (a message without a stamp goes straight out there)
         else:
             self._deliver(room, message)
 
@@ -196,8 +196,11 @@ class Router:
 
     def _sequenced(self, room: str, message: bytes, entry: _Waiting | None) -> int | None:
         """Deliver a kept message in its room's offset order; None when it waits for an earlier offset
-        (then `entry`, if any, is finished when it goes out)."""
-        offset, epoch = stamp_of(message) or (0, "")
+        (then `entry`, if any, is finished when it goes out). The stamp is read once, here."""
+        stamp = stamp_of(message)
+        if stamp is None:  # not kept (e.g. a presence event): no offset to order by
+            return self._deliver(room, message)
+        offset, epoch = stamp
         sequence = self._sequences.get(room)
         if sequence is None:
             if room not in self._hub.rooms and room not in self._hub.holding:
