@@ -87,6 +87,7 @@ async def test_out_of_file_descriptors_is_logged_once_and_the_server_recovers() 
         stop = asyncio.Event()
         sources = [f"127.0.{1 + n // 250}.{1 + n % 250}" for n in range(300)]
         slow = [asyncio.create_task(slow_client(port, source, stop)) for source in sources]
+        await process.wait_for_line("cannot accept connections")  # it ran out, and said so
         async with aiohttp.ClientSession() as session:
             async with asyncio.timeout(20):  # request_timeout frees descriptors; accepting resumes
                 while True:
