@@ -10,10 +10,11 @@ run: $(VENV)/.installed
 
 SHELL := /bin/bash
 
-# The layer contracts (setup.cfg [importlinter]) first, then the tests. With nothing answering on 6379 (and no
+# The layer contracts (setup.cfg [importlinter]) and strict typing (setup.cfg [mypy]) first, then the tests. With nothing answering on 6379 (and no
 # WSGATE_TEST_REDIS_URL), a private redis-server runs for the tests on a free port and stops after them.
 test: $(VENV)/.installed-test
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	@if [ -z "$$WSGATE_TEST_REDIS_URL" ] && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null \
 	    && command -v redis-server >/dev/null; then \
 	  port=$$($(BIN)/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from wsgate.config import HistorySettings
-from wsgate.history import MemoryHistory, Position, offset_of
+from wsgate.history import MemoryHistory, Position, comes_after, offset_of, stamp
 from wsgate.rooms import RoomPatterns
 from wsgate.testing import Client, Server, StartServer
 
@@ -346,9 +346,31 @@ async def test_a_fenced_client_still_gets_messages_without_a_stamp(wsgate_server
     client = await server.connect()
     await client.subscribe("chat:f")
     hub, conn = server.hub, server.hub.connections[client.id]
-    hub.fences["chat:f"] = {conn: 50}  # as after a recovery up to offset 50
+    hub.fences["chat:f"] = {conn: Position(50, "e1")}  # as after a recovery up to offset 50
     hub.deliver("chat:f", b'{"type":"message","room":"chat:f","data":{"offset":20},"timestamp":1}')
     assert (await client.recv())["data"] == {"offset": 20}
+
+
+async def test_a_fenced_client_gets_the_messages_of_a_history_that_began_again(wsgate_server: StartServer) -> None:
+    """The client read up to (5, e1); Redis then lost the history, which began again as e2: e2's offsets 1
+    to 5 are new to the client, while e1's are what it has read."""
+    server = await wsgate_server(history=HISTORY)
+    client = await server.connect()
+    await client.subscribe("chat:f")
+    hub, conn = server.hub, server.hub.connections[client.id]
+    hub.fences["chat:f"] = {conn: Position(5, "e1")}
+    hub.deliver("chat:f", stamp(b'{"type":"message","room":"chat:f","data":"read"', 4, "e1"))
+    hub.deliver("chat:f", stamp(b'{"type":"message","room":"chat:f","data":"new"', 2, "e2"))
+    assert (await client.recv())["data"] == "new"
+
+
+def test_what_comes_after_a_read_position() -> None:
+    """A message held while the history was read goes out when the read did not include it (gateway.subscribe)."""
+    read = Position(5, "e1")
+    assert not comes_after(stamp(b'{"n":1', 5, "e1"), read)
+    assert comes_after(stamp(b'{"n":1', 6, "e1"), read)
+    assert comes_after(stamp(b'{"n":1', 2, "e2"), read)  # the history began again after the read
+    assert comes_after(b'{"n":1,"data":{"offset":1}}', read)  # no stamp: never in the history
 
 
 async def test_history_survives_redis_forgetting_its_scripts(wsgate_server: StartServer, private_redis: Any,

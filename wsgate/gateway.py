@@ -16,7 +16,7 @@ from .auth import AccessPolicy, expires_at_of
 from .broker import Broker, BrokerError
 from .clients import ConnectedClient
 from .config import Settings
-from .history import Position, Replay, offset_of
+from .history import Position, Replay, comes_after
 from .hub import Hub
 from .metrics import Metrics
 from .plugins import Plugins
@@ -117,7 +117,7 @@ class Gateway:
                 raise _history_unavailable() from None
             raise
         finally:
-            held = [] if already else hub.release(conn, room, replay.position.offset if replay else None)
+            held = [] if already else hub.release(conn, room, replay.position if replay else None)
         if room not in conn.rooms or replay is None:
             return  # the client went away meanwhile
         position = replay.position
@@ -128,7 +128,7 @@ class Gateway:
         if since is not None:
             data["recovered"] = replay.recovered
         conn.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
-        conn.enqueue_many(replay.messages + [m for m in held if _newer(m, position.offset)])  # missed, then held
+        conn.enqueue_many(replay.messages + [m for m in held if comes_after(m, position)])  # missed, then held
 
     def unsubscribe(self, client: Client, room: str) -> None:
         self._hub.leave(_connection(client), room)
@@ -202,9 +202,3 @@ def _connection(client: Client) -> ConnectedClient:
     if not isinstance(client, ConnectedClient):
         raise TypeError(f"expected a client of this gateway, got {type(client).__name__}")
     return client
-
-
-def _newer(message: bytes, read_up_to: int) -> bool:
-    """Held while the history was read, and not in it (a message without an offset always is)."""
-    offset = offset_of(message)
-    return offset is None or offset > read_up_to

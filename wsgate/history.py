@@ -68,6 +68,13 @@ def offset_of(payload: bytes) -> int | None:
     return found[0] if found else None
 
 
+def comes_after(payload: bytes, position: Position) -> bool:
+    """Whether a payload is one a reader of the history up to `position` has not seen: it has no stamp, or
+    another epoch (the history was lost and began again), or a later offset."""
+    found = stamp_of(payload)
+    return found is None or found[1] != position.epoch or found[0] > position.offset
+
+
 def new_epoch() -> str:
     return uuid.uuid4().hex[:12]
 

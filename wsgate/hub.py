@@ -15,7 +15,7 @@ from collections.abc import Callable
 from . import protocol
 from .config import LimitsSettings, ShutdownSettings
 from .connection import Connection, State
-from .history import offset_of
+from .history import Position, stamp_of
 from .metrics import Metrics
 from .presence import Presence
 from .protocol import NOT_SUBSCRIBED, ROOM_FULL, TOO_MANY_ROOMS, ClientError, ClientGone
@@ -48,7 +48,7 @@ class Hub:
         self.connections: dict[str, Connection] = {}
         self.rooms: dict[str, set[Connection]] = {}
         self.holding: dict[str, dict[Connection, list[bytes]]] = {}  # room -> recovering client -> held messages
-        self.fences: dict[str, dict[Connection, int]] = {}  # room -> recovered client -> offset it has up to
+        self.fences: dict[str, dict[Connection, Position]] = {}  # room -> recovered client -> what it has read
         self.addresses: dict[str, int] = {}  # connections (and upgrades under way) per client address
         self.draining = False
 
@@ -114,10 +114,10 @@ class Hub:
             self._presence.joined(conn, room)
         return self._count(room)
 
-    def release(self, conn: Connection, room: str, read_up_to: int | None = None) -> list[bytes]:
+    def release(self, conn: Connection, room: str, read_up_to: Position | None = None) -> list[bytes]:
         """End a `hold`: the client becomes an ordinary member; returns what was held for it, in order.
 
-        `read_up_to`: the history offset the client was sent up to. Messages up to it may still be
+        `read_up_to`: the history position the client was sent up to. Messages up to it may still be
         on their way from Redis (pub/sub can trail the script that read the history): they are
         fenced off for this client until a newer one passes.
         """
@@ -187,12 +187,14 @@ class Hub:
             else:
                 messages.append(message)
 
-    def _fenced_off(self, room: str, fenced: dict[Connection, int], message: bytes) -> set[Connection]:
-        """Recovered clients that were already sent this message; fences end once a newer one passes."""
-        offset = offset_of(message)
-        if offset is None:
-            return set()
-        skip = {conn for conn, up_to in fenced.items() if up_to >= offset}
+    def _fenced_off(self, room: str, fenced: dict[Connection, Position], message: bytes) -> set[Connection]:
+        """Recovered clients that were already sent this message; a fence ends once a message passes that
+        its client has not read (a later offset, or another epoch)."""
+        stamp = stamp_of(message)
+        if stamp is None:
+            return set()  # not kept (a presence event): no offset to compare
+        offset, epoch = stamp
+        skip = {conn for conn, up_to in fenced.items() if up_to.epoch == epoch and up_to.offset >= offset}
         for conn in [conn for conn in fenced if conn not in skip]:
             del fenced[conn]
         if not fenced:

@@ -21,7 +21,9 @@ is still on its way waits for it, at most `gap_wait`. Then the missing offsets
 are read from the room's history and sent in their place (a relayed message is
 lost when the node's subscription drops, e.g. while Redis restarts); the same
 catch-up runs for every room when the broker has subscribed again. Only what the
-history no longer holds is skipped, counted as `history_gap`.
+history no longer holds is skipped, counted as `history_gap`. When the history
+is lost and begins again (a new epoch), the sequence follows the new epoch; a
+late message of an epoch it has left goes out as it is and never turns it back.
 
 A message for a room with history is delivered only once it has its offset. When
 it cannot be kept (Redis away), it is delivered nowhere and the publisher gets
@@ -43,6 +45,7 @@ from .rooms import RoomPatterns
 log = logging.getLogger(__name__)
 
 GAP_WAIT = 1.0  # seconds a kept message waits for an earlier offset still on its way, before reading it
+LEFT_EPOCHS = 4  # epochs a room's sequence remembers having left: their late messages never turn it back
 
 
 class _Waiting:
@@ -69,15 +72,17 @@ class _Waiting:
 
 
 class _Sequence:
-    """One room's delivery order on this node: `last` is the offset sent out last in `epoch`."""
+    """One room's delivery order on this node: `last` is the offset sent out last in `epoch`; `left` holds
+    the epochs the room's history had before (the newest LEFT_EPOCHS)."""
 
-    __slots__ = ("epoch", "last", "held", "timer")
+    __slots__ = ("epoch", "last", "held", "timer", "left")
 
     def __init__(self, epoch: str, last: int) -> None:
         self.epoch = epoch
         self.last = last
         self.held: dict[int, tuple[bytes, _Waiting | None]] = {}  # offset -> message waiting for a predecessor
         self.timer: asyncio.TimerHandle | None = None
+        self.left: deque[str] = deque(maxlen=LEFT_EPOCHS)
 
 
 class Router:
@@ -143,10 +148,10 @@ class Router:
         sequence = self._sequences.get(room)
         if sequence is None:  # no member here follows the room yet: the order starts after what was read
             self._sequences[room] = _Sequence(position.epoch, position.offset)
-        elif sequence.epoch != position.epoch:  # the history began (or began again) since the members joined:
-            self._release(room, sequence)       # follow the new epoch from its first offset, so that members
-            sequence.epoch, sequence.last = position.epoch, 0  # already here get messages the reader saw
-        # (the reader's own copies up to its position are fenced off by the hub)
+        elif sequence.epoch != position.epoch and position.epoch not in sequence.left:
+            self._follow(room, sequence, position.epoch)  # the history began (or began again) since the members
+        # joined: from its first offset, so that they get what the reader saw (the reader's own copies up to
+        # its position are fenced off by the hub)
 
     def resynced(self) -> None:
         """The broker subscribed again after losing its connection: what was relayed meanwhile never came.
@@ -206,9 +211,10 @@ class Router:
             if room not in self._hub.rooms and room not in self._hub.holding:
                 return self._deliver(room, message)  # nobody here: nothing to order
             sequence = self._sequences[room] = _Sequence(epoch, offset - 1)  # first seen: the order starts here
-        elif sequence.epoch != epoch:  # the history began (after an empty read), or was lost and began again
-            self._release(room, sequence)
-            sequence.epoch, sequence.last = epoch, 0  # a new epoch's offsets start at 1
+        elif sequence.epoch != epoch:
+            if epoch in sequence.left:  # a late message of an epoch the history has left: it goes out as it
+                return self._deliver(room, message)  # is, and the order of the epoch followed now is kept
+            self._follow(room, sequence, epoch)
         if offset <= sequence.last:
             return 0  # already sent out (a recovering client read it from the history)
         if offset > sequence.last + 1:
@@ -272,6 +278,13 @@ class Router:
                         extra={"room": room})
             self._metrics.error("history_gap")
             self._release(room, sequence)
+
+    def _follow(self, room: str, sequence: _Sequence, epoch: str) -> None:
+        """The room's history began (after an empty read), or was lost and began again as `epoch`: send out
+        what the old epoch held, then follow the new one from offset 1."""
+        self._release(room, sequence)
+        sequence.left.append(sequence.epoch)
+        sequence.epoch, sequence.last = epoch, 0
 
     def _release(self, room: str, sequence: _Sequence) -> None:
         """Send out everything a sequence holds, in offset order, without waiting for what is missing."""
