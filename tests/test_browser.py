@@ -245,3 +245,27 @@ async def test_the_js_client_recovers_after_the_server_restarts(
             await second.close()
     finally:
         await first.close()
+
+
+async def test_the_js_client_subscribes_again_to_a_room_the_gateway_could_not_recover_yet(
+    wsgate_server: StartServer, page: Any, private_redis: Any, broker_prefix: str
+) -> None:
+    """As tests/test_client.py for the Python client: while Redis restarts, the re-subscription after a
+    network blip answers `history is unavailable`; the JS client tries again, on the same connection."""
+    server = await wsgate_server(broker={"url": private_redis.url, "prefix": broker_prefix, "required": False},
+                                 history=HISTORY)
+    publisher = await server.connect()
+    await publisher.subscribe("chat:browser")
+    await page.goto(server.url("/health"))
+    started = await page.evaluate(START)
+    await publisher.request({"type": "publish", "room": "chat:browser", "data": 1})
+    await page.wait_for_function("window.received.length >= 1")
+    await private_redis.stop()
+    server.hub.connections[started["clientId"]].drop(1012, "service restart")  # the network blips
+    await page.wait_for_function("window.client.connects === 2")  # back, without the room for now
+    assert "chat:browser" not in server.hub.connections[await page.evaluate("window.client.clientId")].rooms
+    await private_redis.start()
+    await page.wait_for_function("window.events.includes('recovery_failed')", timeout=20_000)  # told, not silently
+    await publisher.request({"type": "publish", "room": "chat:browser", "data": 3})
+    await page.wait_for_function("window.received.includes(3)", timeout=20_000)
+    assert await page.evaluate("window.client.connects") == 2  # in the room again, on the same connection
