@@ -171,3 +171,32 @@ async def test_a_clients_close_is_answered_per_rfc6455(server: Server, sent: int
     await client.ws._writer.send_frame(struct.pack("!H", sent), aiohttp.WSMsgType.CLOSE)  # type: ignore[attr-defined]
     reply = await client.ws.receive(timeout=5)
     assert (reply.type, reply.data) == (aiohttp.WSMsgType.CLOSE, answered)
+
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+async def test_a_client_that_leaves_during_its_handshake_leaves_no_traceback() -> None:
+    """Clients that reset or close their socket right after the upgrade request: each is one access-log
+    line (499 when it left before the answer), never aiohttp's "Unhandled exception"."""
+    from .processes import environment, start_wsgate
+
+    process = await start_wsgate(env=environment(WEBSOCKET_ENABLED="true"))
+    try:
+        for abort in (True, False) * 5:
+            _, writer = await asyncio.open_connection("127.0.0.1", process.port)
+            writer.write(UPGRADE)
+            await writer.drain()
+            if abort:
+                writer.transport.abort()  # RST
+            else:
+                writer.close()  # FIN
+        for _ in range(10):
+            await process.wait_for_line(r'"GET /ws HTTP/1\.1" \d{3} ')
+        process.proc.terminate()
+        await process.finish(20)
+    finally:
+        await process.kill()
+    log = "".join(process.lines)
+    assert "Traceback" not in log and "Unhandled exception" not in log, log

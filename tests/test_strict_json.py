@@ -13,6 +13,7 @@ from wsgate import Client, Message, hookimpl
 from wsgate.testing import Server, StartServer
 
 SURROGATE = "the text holds a lone surrogate (\\ud800-\\udfff), which UTF-8 cannot encode"
+NON_FINITE = "numbers must be finite: JSON has no Infinity or NaN"
 TOO_LARGE = "the number {} is too large: it overflows to infinity"
 TOO_SMALL = "the number {} is too small: it underflows to zero"
 BIG = "123456789012345678901234567890"
@@ -84,7 +85,8 @@ class Sender:
 
     @hookimpl
     def wsgate_message_handlers(self) -> dict[str, Any]:
-        return {"bad_send": self.bad_send, "bad_publish": self.bad_publish}
+        return {"bad_send": self.bad_send, "bad_publish": self.bad_publish, "plugin_send": self.send,
+                "plugin_publish": self.publish}
 
     async def bad_send(self, client: Client, message: Message) -> None:
         await client.send({"n": int(BIG), "x": float("inf")})
@@ -92,16 +94,34 @@ class Sender:
     async def bad_publish(self, client: Client, message: Message) -> None:
         await client.gateway.publish("r", {"n": int(BIG), "s": "\udc00"})
 
+    async def send(self, client: Client, message: Message) -> None:  # whatever the message's `data` names
+        await client.send({"x": VALUES[message.data]})
+
+    async def publish(self, client: Client, message: Message) -> None:
+        await client.gateway.publish("r", VALUES[message.data])
+
+
+VALUES: dict[str, Any] = {  # without a big integer, orjson encodes these (and writes null for the number)
+    "inf": float("inf"), "nan": float("nan"), "nested": {"a": [None, (1.5, -float("inf"))]},
+    "null": None, "finite": [None, 1e308, -0.0],
+}
+
 
 async def test_output_is_strict_json_whatever_a_plugin_sends(wsgate_server: StartServer) -> None:
     server = await wsgate_server(Sender())
     client = await server.connect()
     await client.subscribe("r")
     reply = await client.request({"type": "bad_send"})
-    assert (reply["error"], reply["detail"]) == ("invalid JSON format", "numbers must be finite: JSON has no Infinity or NaN")
+    assert (reply["error"], reply["detail"]) == ("invalid JSON format", NON_FINITE)
     reply = await client.request({"type": "bad_publish"})
     assert (reply["error"], reply["detail"]) == ("invalid JSON format", SURROGATE)
+    for kind in ("plugin_send", "plugin_publish"):
+        for name in ("inf", "nan", "nested"):
+            reply = await client.request({"type": kind, "data": name})
+            assert (reply["error"], reply["detail"]) == ("invalid JSON format", NON_FINITE), (kind, name)
     assert (await client.request({"type": "ping"}))["type"] == "pong"  # nobody got anything else
+    assert (await client.request({"type": "plugin_send", "data": "null"}))["x"] is None  # null itself still goes out
+    assert (await client.request({"type": "plugin_publish", "data": "finite"}))["data"] == [None, 1e308, -0.0]
 
 
 async def test_a_token_whose_claims_json_cannot_carry_is_refused(wsgate_server: StartServer) -> None:

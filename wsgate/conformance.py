@@ -25,6 +25,7 @@ from .app import create_app
 from .config import load_settings
 from .clients import ConnectedClient
 from .keys import FLUSHER, GATEWAY, HUB, METRICS, SETTINGS
+from .views import client_left, upgrade
 from .wire import BINARY_OPCODE, TEXT_OPCODE, close_reply, data_frame
 
 MAX_MESSAGE = 32 * 1024 * 1024  # above the suite's largest (16 MB)
@@ -36,7 +37,9 @@ async def echo_view(request: web.Request) -> web.StreamResponse:
     settings = app[SETTINGS].websocket
     ws = web.WebSocketResponse(max_msg_size=settings.max_message_size, compress=settings.compression,
                                autoping=False, autoclose=False, timeout=settings.write_wait)
-    stream = await ws.prepare(request)
+    stream = await upgrade(ws, request)
+    if stream is None:
+        return client_left()
     hub = app[HUB]
     conn = ConnectedClient(ws, stream, request, settings=settings, flusher=app[FLUSHER], metrics=app[METRICS],
                            on_drop=hub.remove, gateway=app[GATEWAY])

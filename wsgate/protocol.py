@@ -262,13 +262,16 @@ def dumps(obj: Any) -> bytes:
     """Encode strict JSON (RFC 8259) as UTF-8 bytes with orjson; the stdlib encodes integers beyond 64 bits.
 
     Raises ClientError (`invalid JSON format`) for what strict JSON cannot carry: data nested too
-    deeply, infinite or NaN numbers, and strings with a lone surrogate. (orjson itself writes a
-    non-finite float as `null`: strict, though the value is lost.)
+    deeply, infinite or NaN numbers, and strings with a lone surrogate.
     """
     try:
-        return orjson.dumps(obj)
+        encoded = orjson.dumps(obj)
     except TypeError:  # orjson.JSONEncodeError subclasses TypeError
         pass
+    else:  # orjson writes a non-finite float as `null`, losing the value without a word: look for one
+        if b"null" not in encoded or not _has_non_finite(obj):
+            return encoded
+        raise ClientError(INVALID_JSON, NON_FINITE)
     try:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except RecursionError:  # orjson decodes 1024 levels but encodes only 255; the stdlib fewer than 1000
@@ -276,7 +279,25 @@ def dumps(obj: Any) -> bytes:
     except UnicodeEncodeError:
         raise ClientError(INVALID_JSON, LONE_SURROGATE) from None
     except ValueError:  # allow_nan=False: Infinity and NaN are not JSON
-        raise ClientError(INVALID_JSON, "numbers must be finite: JSON has no Infinity or NaN") from None
+        raise ClientError(INVALID_JSON, NON_FINITE) from None
+
+
+NON_FINITE: Final = "numbers must be finite: JSON has no Infinity or NaN"
+
+
+def _has_non_finite(obj: Any) -> bool:
+    """Whether an infinite or NaN float is anywhere in `obj` (dicts, lists and tuples, as orjson walks them)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
 
 
 def now_ms() -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp.abc import AbstractStreamWriter
 
 from . import __version__, protocol
 from .auth import SUBPROTOCOL, expires_at_of, unauthorized, user_id_of
@@ -72,6 +73,7 @@ async def ready_view(request: web.Request) -> web.Response:
 
 ORIGIN_NOT_ALLOWED = "origin not allowed"
 AUTHENTICATION_REQUIRED = "authentication required"
+CLIENT_LEFT = 499  # the access log's status for a client that left during its handshake (nginx's code)
 
 
 async def metrics_view(request: web.Request) -> web.Response:
@@ -132,10 +134,9 @@ async def _open(request: web.Request) -> web.StreamResponse:
         autoclose=False,  # a client's close is answered by the read loop (wire.close_reply), not always 1000
         timeout=ws_settings.write_wait,  # how long a close handshake may take
     )
-    try:
-        stream = await ws.prepare(request)
-    except ConnectionResetError:  # the client left during the handshake: nothing to serve, nothing to log
-        return ws
+    stream = await upgrade(ws, request)
+    if stream is None:
+        return client_left()
     if hub.draining:  # began while we authenticated or upgraded: drain() would not see this client
         await ws.close(code=protocol.CLOSE_GOING_AWAY, message=b"server shutting down")
         return ws
@@ -209,6 +210,25 @@ def _connected_data(conn: ConnectedClient) -> dict[str, Any]:
     if (expires_at := expires_at_of(conn.identity)) is not None:
         data["expires_at"] = round(expires_at * 1000)
     return data
+
+
+async def upgrade(ws: web.WebSocketResponse, request: web.Request) -> AbstractStreamWriter | None:
+    """Answer the opening handshake (RFC 6455 section 4.2.2); None when the client left during it.
+
+    The view then returns `client_left()`: the unprepared WebSocketResponse would make aiohttp log
+    an "Unhandled exception" traceback as it closes it.
+    """
+    try:
+        return await ws.prepare(request)
+    except ConnectionError:  # reset, or a broken pipe
+        return None
+
+
+def client_left() -> web.Response:
+    """What a view returns for a client that left during its handshake: nothing reaches it (the closed
+    transport refuses the write, and aiohttp lets that pass quietly); the access log shows 499, the
+    status nginx logs for a client that closed its request."""
+    return web.Response(status=CLIENT_LEFT)
 
 
 async def _refuse_full(ws: web.WebSocketResponse, metrics: Metrics) -> None:
