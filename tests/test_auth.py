@@ -156,7 +156,7 @@ async def test_public_key_tokens(wsgate_server: StartServer, tmp_path: Path, kin
     [
         ({"public_key": "/nowhere/key.pem"}, "invalid setting auth.jwt.public_key: cannot read '/nowhere/key.pem'"),
         ({"public_key": "-----BEGIN PUBLIC KEY-----\nxx\n"}, "invalid setting auth.jwt.public_key: expected a PEM public key"),
-        ({"secret": "s", "public_key": "k"}, "invalid setting auth.jwt: expected secret or public_key, not both"),
+        ({"secret": "s", "public_key": "k"}, "invalid setting auth.jwt.secret and auth.jwt.public_key: expected one of them, not both"),
         ({"secret": "s", "algorithms": ["RS256"]}, "invalid setting auth.jwt.algorithms = ['RS256']: 'RS256' cannot verify with auth.jwt.secret"),
         ({"secret": "s", "algorithms": ["none"]}, "invalid setting auth.jwt.algorithms = ['none']: 'none' cannot verify"),
         ({"secret": "too-short"}, "invalid setting auth.jwt.secret: expected at least 32 bytes (RFC 7518, 3.2)"),

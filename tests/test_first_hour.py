@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import asyncio
 import logging
 import signal
@@ -24,6 +26,16 @@ def test_an_origin_that_cannot_match_is_refused_at_start_up(origin: str, key: st
         load_settings(overrides={key: {"allowed_origins": [origin]}})
 
 
+@pytest.mark.parametrize(("origin", "reason"), [
+    ("http://*.example.com", "wildcards are not matched"), ("https://*", "wildcards are not matched"),
+    ("ws://127.0.0.1:8000", "not the WebSocket's own URL"), ("wss://gw.example.com", "not the WebSocket's own URL"),
+    ("null", "every page without an origin of its own"), ("http://bücher.example", "as browsers send it"),
+])
+def test_an_origin_no_browser_sends_is_refused_with_the_reason(origin: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=rf"security.allowed_origins entry .*: expected .*{re.escape(reason)}"):
+        load_settings(overrides={"security": {"allowed_origins": [origin]}})
+
+
 async def test_a_refused_origin_is_logged_with_the_setting_to_change(
     wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -34,6 +46,11 @@ async def test_a_refused_origin_is_logged_with_the_setting_to_change(
         await server.raw(headers={"Origin": "http://127.0.0.1:8000"})
     assert ("add it to security.allowed_origins (e.g. WSGATE_SECURITY__ALLOWED_ORIGINS='[\"http://127.0.0.1:8000\"]')"
             in caplog.text)
+    caplog.clear()
+    with pytest.raises(aiohttp.WSServerHandshakeError):  # what file:// and sandboxed pages send
+        await server.raw(headers={"Origin": "null"})
+    assert "security.allowed_origins cannot list it: expected the origin of a page served over http(s)" in caplog.text
+    assert "add it to" not in caplog.text
 
 
 @pytest.mark.parametrize(("text", "value"), [("0", False), ("1", True), ("no", False), ("yes", True),
@@ -57,6 +74,10 @@ def test_variables_that_are_no_setting_are_named_with_the_closest_one() -> None:
         "environment variable WSGATE_WEBSOCKET_PORT is not a setting and is ignored; "
         "did you mean WSGATE_WEBSOCKET__PORT?",
     ]
+    assert unknown_variables({"WSGATE_SETINGS": "x", "WSGATE_SETTINGSS": "x", "WSGATE_TEST_REDIS_URL": "x"}) == [
+        "environment variable WSGATE_SETINGS is not a setting and is ignored; did you mean WSGATE_SETTINGS?",
+        "environment variable WSGATE_SETTINGSS is not a setting and is ignored; did you mean WSGATE_SETTINGS?",
+    ]
 
 
 async def test_ws_while_disabled_says_why_and_inert_settings_are_warned(wsgate_server: StartServer) -> None:
@@ -65,7 +86,9 @@ async def test_ws_while_disabled_says_why_and_inert_settings_are_warned(wsgate_s
         assert resp.status == 404
         assert (await resp.json())["error"] == "the WebSocket endpoint is off"
     settings = load_settings(overrides={"history": {"rooms": ["chat:*"]}})
-    assert inert_settings(settings)[1] == "history.rooms is set, but take effect only on /ws, which is off"
+    assert inert_settings(settings)[1] == "history.rooms is set, but takes effect only on /ws, which is off"
+    settings = load_settings(overrides={"presence": {"events": True}, "auth": {"jwt": {"secret": "s" * 40}}})
+    assert inert_settings(settings)[1] == "presence.events, auth.jwt are set, but take effect only on /ws, which is off"
 
 
 async def test_start_up_lists_plugins_and_warns_about_typos() -> None:

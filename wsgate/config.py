@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
+from .origins import host_problem, origin_problem
 from .redaction import MASK, SECRET_NAME, redact_url, url_secrets
 
 DEFAULT_SETTINGS_FILE = "settings.toml"
@@ -91,7 +91,8 @@ class LimitsSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebSocketSettings:
-    enabled: bool = setting(False, "Serve the `/ws` endpoint (when false only `/health` is served)")
+    enabled: bool = setting(False, "Serve the `/ws` endpoint (when false `/ws` answers 404 with a JSON reason; "
+                                   "`/health`, `/ready` and `/metrics` still answer)")
     host: str = setting("0.0.0.0", "Server host interface")
     port: int = setting(8081, "Server port (0 picks a free port)", minimum=0, maximum=65535)
     timeout: float = setting(
@@ -527,24 +528,26 @@ def inert_settings(settings: Settings) -> list[str]:
                 "websocket.enabled = true (WEBSOCKET_ENABLED=true) to serve WebSocket clients"]
     inert = [name for name, value in (
         ("history.rooms", settings.history.rooms), ("presence.rooms", settings.presence.rooms),
-        ("auth.rooms", settings.auth.rooms), ("auth.required", settings.auth.required),
+        ("presence.events", settings.presence.events), ("auth.rooms", settings.auth.rooms),
+        ("auth.required", settings.auth.required), ("auth.jwt", settings.auth.jwt.enabled),
         ("dashboard.enabled", settings.dashboard.enabled),
     ) if value]
     if inert:
-        warnings.append(f"{', '.join(inert)} {'is' if len(inert) == 1 else 'are'} set, but take effect only on /ws, "
-                        "which is off")
+        one = len(inert) == 1
+        warnings.append(f"{', '.join(inert)} {'is' if one else 'are'} set, but {'takes' if one else 'take'} effect "
+                        "only on /ws, which is off")
     return warnings
 
 
-NOT_SETTINGS = ("WSGATE_SETTINGS", "WSGATE_TEST_", "WSGATE_BENCH_")
-"""WSGATE_* names that are not settings: the settings file's path, and the test suite's and benchmarks' own."""
+NOT_SETTINGS = ("WSGATE_TEST_", "WSGATE_BENCH_")
+"""Beginnings of WSGATE_* names that are not settings: the test suite's and the benchmarks' own."""
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """One warning per WEBSOCKET_* or WSGATE_* variable that is no setting (a typo is otherwise silently
     ignored), with the closest real name."""
     environ = os.environ if environ is None else environ
-    known: set[str] = set()
+    known = {SETTINGS_FILE_ENV}
     for key, _, _kind in iter_settings():
         parts = key.split(".")
         known.update("WSGATE_" + "__".join(parts[:n]).upper() for n in range(1, len(parts) + 1))
@@ -618,7 +621,7 @@ def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
     for unknown in sorted(set(raw) - names):
         if tables is None or not isinstance(raw[unknown], Mapping):
             expected = ", ".join(sorted(names)) + (f", or a [{prefix}<name>] table" if tables else "")
-            raise ConfigError(f"unknown setting {prefix}{unknown}: expected one of {expected}")
+            raise ConfigError(f"unknown setting {_labelled(prefix + unknown, tables=True)}: expected one of {expected}")
         values.setdefault(tables, {})[unknown] = _freeze(raw[unknown])
     if tables in values:
         values[tables] = MappingProxyType(values[tables])
@@ -660,7 +663,7 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
         if text is not None:
             lowered = text.strip().lower()
             if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                fail("true or false")
+                fail("true or false (or 1/0, yes/no)")
             result = lowered in ("true", "1", "yes")
         elif isinstance(value, bool):
             result = value
@@ -723,21 +726,6 @@ def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
     return result
 
 
-def _is_origin(text: str) -> bool:
-    """Whether `text` can equal an Origin header (RFC 6454 serialization): scheme://host[:port], nothing more."""
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        return False
-    if not parts.scheme or not parts.hostname or port == 0:
-        return False
-    default = {"http": 80, "https": 443}.get(parts.scheme)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    shown = f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
-    return text == shown  # exactly as browsers serialize it: lower case, no default port, nothing after
-
-
 def _utf8(text: str) -> bool:
     """Whether `text` can be encoded as UTF-8 (an environment variable with invalid bytes cannot)."""
     try:
@@ -762,7 +750,7 @@ RESERVED_PATHS = ("/ws", "/health", "/ready", "/client.js", "/dashboard", "/api/
 def _check_relations(settings: Settings) -> None:
     if settings.metrics.path in RESERVED_PATHS:
         raise ConfigError(
-            f"invalid setting metrics.path = {settings.metrics.path!r}: expected a path other than "
+            f"invalid setting {_labelled('metrics.path')} = {settings.metrics.path!r}: expected a path other than "
             + ", ".join(RESERVED_PATHS)
         )
     pattern = settings.websocket.limits.room_name_pattern
@@ -770,63 +758,72 @@ def _check_relations(settings: Settings) -> None:
         re.compile(pattern)
     except re.error as exc:
         raise ConfigError(
-            f"invalid setting websocket.limits.room_name_pattern = {pattern!r}: expected a regular expression ({exc})"
+            f"invalid setting {_labelled('websocket.limits.room_name_pattern')} = {pattern!r}: "
+            f"expected a regular expression ({exc})"
         ) from None
     for rule in settings.auth.rooms:
         match = ROOM_RULE.fullmatch(rule)
         if not match:
             raise ConfigError(
-                f"invalid setting auth.rooms entry {rule!r}: expected \"<room pattern> = <requirement>\" "
+                f"invalid setting {_labelled('auth.rooms')} entry {rule!r}: expected \"<room pattern> = <requirement>\" "
                 f"with a requirement of {REQUIREMENT[1]}"
             )
         placeholders = PLACEHOLDER.findall(match["pattern"])
         if len(placeholders) > 1 or (placeholders and re.search(r"[*?]", PLACEHOLDER.sub("", match["pattern"]))):
             raise ConfigError(
-                f"invalid setting auth.rooms entry {rule!r}: ambiguous: a placeholder beside a wildcard or another "
+                f"invalid setting {_labelled('auth.rooms')} entry {rule!r}: ambiguous: a placeholder beside a wildcard "
+                "or another "
                 "placeholder lets one user's room name match another's (with {sub} and *, user 'bob' would match "
                 "'bob.smith''s rooms); use one placeholder and no wildcard, e.g. \"dm.{sub} = identity\""
             )
     for key, origins in (("security.allowed_origins", settings.security.allowed_origins),
                          ("cors.allowed_origins", settings.cors.allowed_origins)):
         for origin in origins:
-            if origin != "*" and not _is_origin(origin):
-                raise ConfigError(
-                    f"invalid setting {key} entry {origin!r}: expected an origin as browsers send it, "
-                    'scheme://host[:port] with no path or trailing slash (e.g. "http://127.0.0.1:8000"), or "*"'
-                )
+            if origin != "*" and (problem := origin_problem(origin)):
+                raise ConfigError(f"invalid setting {_labelled(key)} entry {origin!r}: {problem}")
     for host in settings.security.allowed_hosts:
-        try:
-            parts = urlsplit(f"//{host}")
-            valid = (bool(parts.hostname) and parts.netloc == host and (parts.port is None or parts.port > 0)
-                     and re.fullmatch(r"[^\s/?#@]+", host) is not None)
-        except ValueError:
-            valid = False
-        if not valid:
-            raise ConfigError(f"invalid setting security.allowed_hosts entry {host!r}: expected a host name, "
-                              'optionally with a port, as in a Host header (e.g. "gw.example.com" or "gw:8081")')
+        if problem := host_problem(host):
+            raise ConfigError(f"invalid setting {_labelled('security.allowed_hosts')} entry {host!r}: {problem}")
     dashboard = settings.dashboard
     if dashboard.enabled and not dashboard.password and not settings.auth.jwt.enabled:
         raise ConfigError(
-            "invalid setting dashboard.enabled = true: expected dashboard.password (or the JWT authenticator, "
+            f"invalid setting {_labelled('dashboard.enabled')} = true: expected dashboard.password (or the JWT "
+            "authenticator, "
             "[auth.jwt]) so that only operators can log in"
         )
     if dashboard.password and len(dashboard.password) < 12:
-        raise ConfigError("invalid setting dashboard.password: expected at least 12 characters")
+        raise ConfigError(f"invalid setting {_labelled('dashboard.password')}: expected at least 12 characters")
     jwt = settings.auth.jwt
     if jwt.secret and jwt.public_key:
-        raise ConfigError("invalid setting auth.jwt: expected secret or public_key, not both")
+        raise ConfigError(f"invalid setting {_labelled('auth.jwt.secret')} and {_labelled('auth.jwt.public_key')}: "
+                          "expected one of them, not both")
     ws = settings.websocket
     if settings.shutdown.mode == "restart" and settings.shutdown.window > ws.timeout / 4:
         raise ConfigError(
-            f"invalid setting shutdown.window = {_show_duration(settings.shutdown.window)}: expected at most a "
-            f"quarter of websocket.timeout ({_show_duration(ws.timeout / 4)}): the drain gets half of it, "
-            "and closing takes time too"
+            f"invalid setting {_labelled('shutdown.window')} = {_show_duration(settings.shutdown.window)}: expected "
+            f"at most a quarter of {_labelled('websocket.timeout')}, {_show_duration(ws.timeout / 4)} (the drain "
+            f"gets half of it, and closing takes time too), with {_labelled('shutdown.mode')} = \"restart\""
         )
     if ws.pong_wait <= ws.ping_interval:
         raise ConfigError(
-            f"invalid setting websocket.pong_wait = {_show_duration(ws.pong_wait)}: "
-            f"expected a duration greater than websocket.ping_interval ({_show_duration(ws.ping_interval)})"
+            f"invalid setting {_labelled('websocket.pong_wait')} = {_show_duration(ws.pong_wait)}: expected a "
+            f"duration greater than {_labelled('websocket.ping_interval')} = {_show_duration(ws.ping_interval)}"
         )
+
+
+def _labelled(key: str, *, tables: bool = False) -> str:
+    """`key`, followed by the variable that set it when one did: errors name what the user wrote.
+
+    `tables`: `key` may be a table, set by variables of its keys (WSGATE_METRIC__ENABLED sets `metric`).
+    """
+    for name in (env_name(key), _variable(key)):  # the spec's WEBSOCKET_* names are laid over WSGATE_*
+        if name in os.environ:
+            return f"{key} ({name})"
+    if tables:
+        names = sorted(name for name in os.environ if name.startswith(_variable(key) + "__"))
+        if names:
+            return f"{key} ({', '.join(names)})"
+    return key
 
 
 def _show(value: Any) -> str:

@@ -6,10 +6,55 @@ cover WebSockets (RFC 6455 section 10.2), so the server checks it itself.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+
+ORIGIN_EXPECTED = ('expected an origin as browsers send it, scheme://host[:port] with no path or trailing slash '
+                   '(e.g. "http://127.0.0.1:8000"), or "*"')
+_HOST_NAME = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")  # as browsers serialize it: lower case, IDNs in punycode
+
+
+def origin_problem(text: str) -> str | None:
+    """Why `text` can never equal an Origin header, or None when it can (`security.allowed_origins`,
+    `cors.allowed_origins`; RFC 6454 section 6.2: scheme "://" host [":" port], lower case, no default
+    port, nothing after). The reason reads as "expected ..."."""
+    if text == "null":
+        return ('expected the origin of a page served over http(s): "null" is sent by every page without an '
+                "origin of its own (file://, sandboxed frames, data: URLs), wherever it comes from")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return ORIGIN_EXPECTED
+    if parts.scheme in ("ws", "wss"):
+        return ("expected the origin of the page that opens the WebSocket (http:// or https://), "
+                "not the WebSocket's own URL")
+    hostname = parts.hostname or ""
+    if "*" in hostname:
+        return 'expected one exact origin per entry: wildcards are not matched (list each origin, or "*" for any)'
+    if not parts.scheme or not _HOST_NAME.fullmatch(hostname) or port == 0:
+        return ORIGIN_EXPECTED
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    host = f"[{hostname}]" if ":" in hostname else hostname
+    shown = f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+    return None if text == shown else ORIGIN_EXPECTED  # exactly as browsers serialize it
+
+
+def host_problem(entry: str) -> str | None:
+    """Why a `security.allowed_hosts` entry can never equal a Host header's host[:port], or None when it can."""
+    if entry == "*":
+        return "expected a host name: to allow any host, leave security.allowed_hosts empty"
+    try:
+        parts = urlsplit(f"//{entry}")
+        valid = (bool(parts.hostname) and parts.netloc == entry and (parts.port is None or parts.port > 0)
+                 and re.fullmatch(r"[^\s/?#@*]+", entry) is not None)
+    except ValueError:
+        valid = False
+    return None if valid else ('expected a host name, optionally with a port, as in a Host header '
+                               '(e.g. "gw.example.com" or "gw:8081")')
 
 
 def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:

@@ -20,7 +20,7 @@ from .keys import (
     BROKER, DASHBOARD, DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, PLUGINS, SETTINGS, STARTED_AT, SUPERVISOR,
 )
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .origins import origin_allowed, same_host
+from .origins import origin_allowed, origin_problem, same_host
 from .protocol import ClientError
 from .wire import close_reply
 
@@ -100,9 +100,13 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
         DASHBOARD in app and same_host(request)  # the dashboard's own page
     ):
         metrics.error("origin_rejected")
-        log.warning("refused a WebSocket from origin %r (%s): add it to security.allowed_origins "
-                    "(e.g. WSGATE_SECURITY__ALLOWED_ORIGINS='[\"%s\"]'); cors.allowed_origins covers HTTP only",
-                    origin, request.remote, origin, extra={"remote": request.remote})
+        if (problem := origin_problem(origin)) is None:
+            log.warning("refused a WebSocket from origin %r (%s): add it to security.allowed_origins "
+                        "(e.g. WSGATE_SECURITY__ALLOWED_ORIGINS='[\"%s\"]'); cors.allowed_origins covers HTTP only",
+                        origin, request.remote, origin, extra={"remote": request.remote})
+        else:  # never suggest an entry start-up would refuse
+            log.warning("refused a WebSocket from origin %r (%s); security.allowed_origins cannot list it: %s",
+                        origin, request.remote, problem, extra={"remote": request.remote})
         return web.json_response({"error": ORIGIN_NOT_ALLOWED}, status=403)
     return await _open(request)  # (the address limit counts sockets from accept() on: wsgate.admission)
 
