@@ -161,6 +161,7 @@ async def test_a_connection_storm_from_one_address_leaves_the_server_responsive(
 @pytest.mark.parametrize("room", [
     "bad\nroom", "tab\there", "nul\x00", "del\x7f",
     "next\x85line", "csi\x9b", "evil\u202etxt.exe", "zero\u200bwidth", "bom\ufeff", "tag\U000e0041",  # C1, format
+    "line\u2028sep", "para\u2029sep",  # line and paragraph separators
 ])
 async def test_room_names_with_control_characters_are_refused(server_client: Client, room: str) -> None:
     reply = await server_client.request({"type": "subscribe", "room": room})

@@ -110,11 +110,13 @@ MAX_NUMBER_DIGITS = 100
 
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-_INVISIBLE = ("Cc", "Cf")  # Unicode controls (C0, DEL, C1 such as U+0085) and format characters (U+202E, U+200B)
+_INVISIBLE = ("Cc", "Cf", "Zl", "Zp")  # Unicode controls (C0, DEL, C1 such as U+0085), format characters
+# (U+202E, U+200B) and the line and paragraph separators U+2028 and U+2029 (which end a line in logs and editors)
 
 
 def _has_control(room: str) -> bool:
-    """Whether `room` holds a control or format character: invisible, or reordering what is shown."""
+    """Whether `room` holds a control or format character or a line separator: invisible, reordering what is
+    shown, or breaking a line."""
     if room.isascii():
         return _CONTROL_CHARACTERS.search(room) is not None
     return any(unicodedata.category(ch) in _INVISIBLE for ch in room)
