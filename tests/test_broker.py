@@ -13,7 +13,7 @@ import pytest
 from wsgate.broker import Broker, BrokerError, MemoryBroker
 from wsgate.broker.redis import RedisBroker
 from wsgate.config import BrokerSettings, HistorySettings
-from wsgate.history import Position, offset_of
+from wsgate.history import Position, stamp_of
 from wsgate.metrics import Metrics
 from wsgate.presence import PresenceStore
 from wsgate.presence.memory import MemoryPresenceStore
@@ -87,7 +87,7 @@ async def test_relay_never_waits_and_never_comes_back(make_node: MakeNode) -> No
     node.broker.relay("r", b'{"n":1}')
     node.broker.relay(None, b'{"n":2}')
     stamped = await node.broker.append("h1", b'{"n":3')  # after the relays: it went out after them
-    assert offset_of(stamped) == 1
+    assert stamp_of(stamped)[0] == 1
     assert node.received == []  # a node delivers its own messages itself (the router), never twice
     assert node.broker.state == "ok"
 
@@ -95,7 +95,7 @@ async def test_relay_never_waits_and_never_comes_back(make_node: MakeNode) -> No
 async def test_append_gives_offsets_in_order_and_keeps_them(make_node: MakeNode) -> None:
     node = await make_node()
     stamped = [await node.broker.append("h1", b'{"n":%d' % n) for n in range(1, 4)]
-    assert [offset_of(m) for m in stamped] == [1, 2, 3]
+    assert [stamp_of(m)[0] for m in stamped] == [1, 2, 3]
     position = await node.broker.history_position("h1")
     assert position.offset == 3 and stamped[0].endswith(b'"epoch":"%s"}' % position.epoch.encode())
     assert await node.broker.history_last("h1", 2) == (position, stamped[1:])
@@ -259,7 +259,7 @@ async def test_losing_redis_refuses_history_and_recovers(private_redis: PrivateR
         a.broker.relay("r", b"after")
         await b.until(1)
         assert b.received[-1] == ("r", b"after")
-        assert offset_of(await a.broker.append("h1", b'{"n":2')) == 1  # a restarted Redis: a new epoch
+        assert stamp_of(await a.broker.append("h1", b'{"n":2'))[0] == 1  # a restarted Redis: a new epoch
         assert metrics.registry.get_sample_value("websocket_broker_reconnects_total") >= 1
         assert metrics.registry.get_sample_value("websocket_broker_errors_total") >= 1
     finally:

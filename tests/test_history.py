@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from wsgate.config import HistorySettings
-from wsgate.history import MemoryHistory, Position, comes_after, offset_of, stamp
+from wsgate.history import MemoryHistory, Position, comes_after, stamp, stamp_of
 from wsgate.rooms import RoomPatterns
 from wsgate.testing import Client, Server, StartServer
 
@@ -198,7 +198,7 @@ def test_memory_history_expires_and_starts_a_new_epoch() -> None:
     assert (store.position("r"), len(store)) == (Position(0, ""), 0)  # reading creates nothing
     payloads = [store.append("r", b'{"type":"message","data":%d' % n) for n in range(5)]
     first = store.position("r")
-    assert [offset_of(p) for p in payloads] == [1, 2, 3, 4, 5]
+    assert [stamp_of(p)[0] for p in payloads] == [1, 2, 3, 4, 5]
     assert store.last("r", 10)[1] == payloads[2:]  # size 3
     replay = store.replay("r", Position(2, first.epoch))
     assert (replay.recovered, replay.messages) == (True, payloads[2:])
@@ -208,7 +208,7 @@ def test_memory_history_expires_and_starts_a_new_epoch() -> None:
     now[0] = 10.5
     assert len(store) == 1
     assert store.position("r") == Position(0, "")  # expired: the next message begins a new epoch
-    assert offset_of(renewed := store.append("r", b'{"n":1')) == 1 and first.epoch.encode() not in renewed
+    assert stamp_of(renewed := store.append("r", b'{"n":1'))[0] == 1 and first.epoch.encode() not in renewed
     now[0] = 30.0
     store.position("other")  # sweeps
     assert len(store) == 0
@@ -334,10 +334,10 @@ async def test_a_long_replay_over_a_compressed_connection_is_not_a_slow_consumer
 
 
 def test_an_offset_key_in_the_data_is_not_the_stamp() -> None:
-    assert offset_of(b'{"type":"message","data":{"kind":"page","offset":20},"timestamp":1}') is None
-    assert offset_of(b'{"type":"message","data":{"offset":999,"b":1},"timestamp":1}') is None
-    assert offset_of(b'{"type":"message","data":{"offset":5,"epoch":"ab"},"timestamp":1}') is None
-    assert offset_of(b'{"type":"message","data":{"offset":5},"timestamp":1,"offset":7,"epoch":"0a1b"}') == 7
+    assert stamp_of(b'{"type":"message","data":{"kind":"page","offset":20},"timestamp":1}') is None
+    assert stamp_of(b'{"type":"message","data":{"offset":999,"b":1},"timestamp":1}') is None
+    assert stamp_of(b'{"type":"message","data":{"offset":5,"epoch":"ab"},"timestamp":1}') is None
+    assert stamp_of(b'{"type":"message","data":{"offset":5},"timestamp":1,"offset":7,"epoch":"0a1b"}') == (7, "0a1b")
 
 
 async def test_a_fenced_client_still_gets_messages_without_a_stamp(wsgate_server: StartServer) -> None:

@@ -62,12 +62,6 @@ def stamp_of(payload: bytes) -> tuple[int, str] | None:
     return (int(match[1]), match[2].decode()) if match else None
 
 
-def offset_of(payload: bytes) -> int | None:
-    """The offset `stamp` put at the end of a payload (None: a message that could not be given one)."""
-    found = stamp_of(payload)
-    return found[0] if found else None
-
-
 def comes_after(payload: bytes, position: Position) -> bool:
     """Whether a payload is one a reader of the history up to `position` has not seen: it has no stamp, or
     another epoch (the history was lost and began again), or a later offset."""
