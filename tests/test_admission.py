@@ -20,34 +20,34 @@ from .processes import spawn
 SLOW_START = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
 
+STILL_OPEN = b"still open"
+
+
 async def slow_client(port: int, source: str, stop: asyncio.Event) -> bytes:
     """Connect from `source`, start a request and send one more header line every 200 ms until told to stop;
-    returns what the server answered before it closed the socket."""
+    returns what the server answered before it closed (or reset) the socket, or STILL_OPEN."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setblocking(False)
     sock.bind((source, 0))
+    answer = b""
     try:
         await loop.sock_connect(sock, ("127.0.0.1", port))
         await loop.sock_sendall(sock, SLOW_START)
-        answer = b""
         n = 0
         while not stop.is_set():
             try:
                 chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), 0.2)
             except TimeoutError:
                 n += 1
-                try:
-                    await loop.sock_sendall(sock, b"X-Slow-%d: 1\r\n" % n)  # never the blank line that ends headers
-                except OSError:
-                    return answer
+                await loop.sock_sendall(sock, b"X-Slow-%d: 1\r\n" % n)  # never the blank line that ends headers
                 continue
             if not chunk:
                 return answer  # closed by the server
             answer += chunk
-        return b"still open"
-    except OSError:
-        return b"refused"
+        return STILL_OPEN
+    except OSError:  # reset by the server (a refused socket is aborted 1 s after its answer, read or not)
+        return answer
     finally:
         sock.close()
 
@@ -69,11 +69,12 @@ async def test_slow_requests_from_one_address_do_not_starve_the_server(wsgate_se
             answers = await asyncio.gather(*slow)
     finally:
         stop.set()
-    refused = [a for a in answers if a.startswith(b"HTTP/1.1 429")]
-    timed_out = answers.count(b"")  # let in (five at a time), then closed after request_timeout, headers unfinished
-    assert len(refused) + timed_out == 300 and b'"too many connections from this address"' in refused[0]
-    assert 5 <= timed_out <= 30
-    assert server.metrics.error_count("address_limit") == len(refused)
+    assert STILL_OPEN not in answers  # every socket was answered, timed out or reset: none is held
+    read_429 = [a for a in answers if a.startswith(b"HTTP/1.1 429")]  # (under load, a reset can come first)
+    assert read_429 and b'"too many connections from this address"' in read_429[0]
+    refused = server.metrics.error_count("address_limit")
+    assert len(read_429) <= refused and 5 <= 300 - refused <= 30  # the rest got in, five at a time, and timed out
+    assert set(answers) <= {b"", *read_429}
     assert "127.0.0.2" not in server.hub.addresses
 
 

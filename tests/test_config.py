@@ -108,6 +108,7 @@ def test_settings_are_immutable() -> None:
         ("", {"WEBSOCKET_LIMITS_ROOM_NAME_PATTERN": "["}, "invalid setting websocket.limits.room_name_pattern (WEBSOCKET_LIMITS_ROOM_NAME_PATTERN) = '[': expected a regular expression"),
         ("", {"WSGATE_AUTH__ROOMS": '["bad"]'}, "invalid setting auth.rooms (WSGATE_AUTH__ROOMS) entry 'bad': expected"),
         ("", {"WSGATE_SECURITY__ALLOWED_HOSTS": '["a/b"]'}, "invalid setting security.allowed_hosts (WSGATE_SECURITY__ALLOWED_HOSTS) entry 'a/b': expected a host name"),
+        ("", {"WSGATE_SECURITY__ALLOWED_HOSTS": '["bücher.example"]'}, "invalid setting security.allowed_hosts (WSGATE_SECURITY__ALLOWED_HOSTS) entry 'bücher.example': expected the host in ASCII, as browsers send it: an international name in punycode (xn--...)"),
         ("", {"WSGATE_SECURITY__ALLOWED_HOSTS": '["*"]'}, "invalid setting security.allowed_hosts (WSGATE_SECURITY__ALLOWED_HOSTS) entry '*': expected a host name: to allow any host, leave security.allowed_hosts empty"),
         ("", {"WSGATE_SECURITY__ALLOWED_ORIGINS": '["http://x/"]'}, "invalid setting security.allowed_origins (WSGATE_SECURITY__ALLOWED_ORIGINS) entry 'http://x/': expected an origin as browsers send it"),
         ("", {"WSGATE_DASHBOARD__ENABLED": "true", "WSGATE_DASHBOARD__PASSWORD": "short"}, "invalid setting dashboard.password (WSGATE_DASHBOARD__PASSWORD): expected at least 12 characters"),

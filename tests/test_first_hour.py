@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import asyncio
 import logging
+import re
 import signal
 from pathlib import Path
 
@@ -58,6 +57,17 @@ async def test_a_refused_origin_is_logged_with_the_setting_to_change(
 def test_booleans_from_variables_follow_the_readme(monkeypatch: pytest.MonkeyPatch, text: str, value: bool) -> None:
     monkeypatch.setenv("WSGATE_METRICS__ENABLED", text)
     assert load_settings().metrics.enabled is value
+
+
+def test_a_variable_for_a_whole_table_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Found in review: dynaconf put WSGATE_SECURITY in place of the file's [security], which then vanished
+    (and with it allowed_hosts, the DNS-rebinding guard) without a word."""
+    settings = tmp_path / "settings.toml"
+    settings.write_text('[security]\nallowed_hosts = ["gw.example.com"]\n')
+    monkeypatch.setenv("WSGATE_SECURITY", '{request_timeout="5s"}')
+    with pytest.raises(ConfigError, match=r"^environment variable WSGATE_SECURITY would replace the whole \[security\] "
+                                          r"table: set WSGATE_SECURITY__<KEY> for each key instead$"):
+        load_settings(settings)
 
 
 def test_an_error_names_the_variable_it_came_from(monkeypatch: pytest.MonkeyPatch) -> None:

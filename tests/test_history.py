@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from wsgate.config import HistorySettings
-from wsgate.history import MemoryHistory, Position, comes_after, stamp, stamp_of
+from wsgate.history import MemoryHistory, Position, comes_after, later_epoch, stamp, stamp_of
 from wsgate.rooms import RoomPatterns
 from wsgate.testing import Client, Server, StartServer
 
@@ -209,6 +209,7 @@ def test_memory_history_expires_and_starts_a_new_epoch() -> None:
     assert len(store) == 1
     assert store.position("r") == Position(0, "")  # expired: the next message begins a new epoch
     assert stamp_of(renewed := store.append("r", b'{"n":1'))[0] == 1 and first.epoch.encode() not in renewed
+    assert later_epoch(store.position("r").epoch, first.epoch)  # epochs sort by the time they began
     now[0] = 30.0
     store.position("other")  # sweeps
     assert len(store) == 0
@@ -260,6 +261,7 @@ async def test_lost_redis_history_starts_a_new_epoch(wsgate_server: StartServer,
     assert (answer["data"]["offset"], answer["data"]["epoch"]) == (0, "")  # no history now, and none created
     message = (await publish_all(client, "chat:1", range(1)))[0]
     assert message["offset"] == 1 and message["epoch"] not in ("", epoch)
+    assert later_epoch(message["epoch"], epoch) and not later_epoch(epoch, message["epoch"])  # by Redis's clock
 
 
 async def test_a_burst_of_history_reads_queues_for_redis_connections(redis_url: str, broker_prefix: str) -> None:
@@ -362,6 +364,19 @@ async def test_a_fenced_client_gets_the_messages_of_a_history_that_began_again(w
     hub.deliver("chat:f", stamp(b'{"type":"message","room":"chat:f","data":"read"', 4, "e1"))
     hub.deliver("chat:f", stamp(b'{"type":"message","room":"chat:f","data":"new"', 2, "e2"))
     assert (await client.recv())["data"] == "new"
+
+
+async def test_a_late_message_of_an_earlier_epoch_leaves_a_fence_standing(wsgate_server: StartServer) -> None:
+    """Found in review: the client read up to (10, e2); a late message of e1 goes to everyone, and what the
+    client read (e2's 9 and 10, still on their way) stays fenced off."""
+    server = await wsgate_server(history=HISTORY)
+    client = await server.connect()
+    await client.subscribe("chat:f")
+    hub, conn = server.hub, server.hub.connections[client.id]
+    hub.fences["chat:f"] = {conn: Position(10, "e2")}
+    for data, offset, epoch in ((70, 7, "e1"), (9, 9, "e2"), (10, 10, "e2"), (11, 11, "e2")):
+        hub.deliver("chat:f", stamp(b'{"type":"message","room":"chat:f","data":%d' % data, offset, epoch))
+    assert [(await client.recv())["data"] for _ in range(2)] == [70, 11]
 
 
 def test_what_comes_after_a_read_position() -> None:

@@ -141,10 +141,19 @@ async def test_every_publisher_keeps_history_so_a_resuming_client_misses_nothing
         await redis.close()
 
 
-async def test_a_redis_publisher_before_any_gateway_publishes_plainly(redis_url: str) -> None:
-    publisher = RedisPublisher(redis_url, prefix="wsgate-test-no-gateway-here")
+async def test_a_redis_publisher_before_any_gateway_publishes_plainly(
+    wsgate_server: StartServer, redis_url: str, broker_prefix: str
+) -> None:
+    """Then a gateway starts: found in review, the publisher's next message must be kept at once (the
+    absent settings were remembered for RedisPublisher.SETTINGS_TTL, a window of unkept messages)."""
+    publisher = RedisPublisher(redis_url, prefix=broker_prefix)
     try:
         assert await publisher.publish("h1", 1) == 0  # nobody listens, and no room keeps history yet
+        server = await wsgate_server(broker={"url": redis_url, "prefix": broker_prefix}, history=HISTORY)
+        client = await server.connect()
+        await client.subscribe("h1")
+        assert await publisher.publish("h1", 2) == 1
+        assert ((message := await client.recv())["data"], message["offset"]) == (2, 1)
     finally:
         await publisher.close()
 

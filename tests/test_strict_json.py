@@ -4,6 +4,8 @@ at the decoder, everywhere a client or a backend can send them, and nothing wsga
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 from typing import Any
 
@@ -101,8 +103,18 @@ class Sender:
         await client.gateway.publish("r", VALUES[message.data])
 
 
+@dataclasses.dataclass
+class Point:
+    x: float
+
+
+class Level(enum.Enum):
+    TOP = float("inf")
+
+
 VALUES: dict[str, Any] = {  # without a big integer, orjson encodes these (and writes null for the number)
     "inf": float("inf"), "nan": float("nan"), "nested": {"a": [None, (1.5, -float("inf"))]},
+    "dataclass": [None, Point(float("nan"))], "enum": {"level": Level.TOP, "n": None},
     "null": None, "finite": [None, 1e308, -0.0],
 }
 
@@ -116,7 +128,7 @@ async def test_output_is_strict_json_whatever_a_plugin_sends(wsgate_server: Star
     reply = await client.request({"type": "bad_publish"})
     assert (reply["error"], reply["detail"]) == ("invalid JSON format", SURROGATE)
     for kind in ("plugin_send", "plugin_publish"):
-        for name in ("inf", "nan", "nested"):
+        for name in ("inf", "nan", "nested", "dataclass", "enum"):
             reply = await client.request({"type": kind, "data": name})
             assert (reply["error"], reply["detail"]) == ("invalid JSON format", NON_FINITE), (kind, name)
     assert (await client.request({"type": "ping"}))["type"] == "pong"  # nobody got anything else
@@ -163,3 +175,13 @@ def test_bytes_that_are_not_utf8_are_refused_whole() -> None:
         with pytest.raises(ClientError) as refused:
             loads(body)
         assert refused.value.detail == "the text is not valid UTF-8"
+
+
+def test_a_message_that_contains_itself_is_refused_as_such() -> None:
+    from wsgate.protocol import ClientError, dumps
+
+    loop: dict[str, Any] = {"n": int(BIG)}  # (a big integer: the stdlib path, which reports the cycle)
+    loop["self"] = loop
+    with pytest.raises(ClientError) as caught:
+        dumps(loop)
+    assert caught.value.detail == "the message contains itself (a circular reference)"

@@ -316,6 +316,42 @@ async def test_router_a_late_message_of_an_epoch_the_history_left_does_not_turn_
     assert parts.metrics.error_count("history_gap") == 0
 
 
+def _kept(data: int, offset: int, epoch: str) -> bytes:
+    return stamp(b'{"type":"message","room":"h1","data":%d' % data, offset, epoch)
+
+
+async def test_router_a_sequence_begun_in_a_later_epoch_is_not_turned_back_by_an_earlier_one() -> None:
+    """Found in review: the sequence began in e2 (a reader's position); e1's 7, late, goes out once, and e2's
+    offsets stay in order, once each."""
+    parts = Parts()
+    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, gap_wait=60)
+    member, transport = parts.connect()
+    parts.hub.join(member, "h1")
+    router.expect("h1", Position(2, "e2"))
+    for data, offset, epoch in ((70, 7, "e1"), (4, 4, "e2"), (3, 3, "e2"), (3, 3, "e2"), (70, 7, "e1")):
+        router.receive("h1", _kept(data, offset, epoch))
+    router.expect("h1", Position(9, "e1"))  # a slow reader of the earlier epoch
+    router.receive("h1", _kept(5, 5, "e2"))
+    await turn()
+    assert [m["data"] for m in transport.messages()] == [70, 3, 4, 5]
+    assert parts.metrics.error_count("history_gap") == 0
+
+
+async def test_router_sends_a_late_message_of_an_earlier_epoch_once() -> None:
+    """A gap fill read e1's 5 from the history; e2 began; the relay's copy of e1's 5 arrives late, and e1's 7
+    and 6 later still (the two paths are not ordered): each goes out once."""
+    parts = Parts()
+    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, gap_wait=60)
+    member, transport = parts.connect()
+    parts.hub.join(member, "h1")
+    router.expect("h1", Position(4, "e1"))
+    for data, offset, epoch in ((5, 5, "e1"), (5, 5, "e1"), (10, 1, "e2"), (5, 5, "e1"), (7, 7, "e1"),
+                                (6, 6, "e1"), (7, 7, "e1"), (20, 2, "e2")):
+        router.receive("h1", _kept(data, offset, epoch))
+    await turn()
+    assert [m["data"] for m in transport.messages()] == [5, 10, 7, 6, 20]
+
+
 def test_a_supervised_task_name_is_taken_once() -> None:
     from wsgate.supervision import Supervisor
 

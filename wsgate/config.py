@@ -506,9 +506,14 @@ def _read_dynaconf(file: Path | None) -> dict[str, Any]:
     raw: dict[str, Any] = _lower_keys(loaded)
     # Settings come from WSGATE_<TABLE>__<KEY>; other WSGATE_* names (WSGATE_SETTINGS, a
     # test suite's WSGATE_TEST_REDIS_URL, ...) are not settings and must not stop start-up.
+    tables = {f.name for f in dataclasses.fields(Settings)}
     for name in os.environ:
         if name.startswith("WSGATE_") and "__" not in name:
-            raw.pop(name[len("WSGATE_"):].lower(), None)
+            table = name[len("WSGATE_"):].lower()
+            if table in tables:  # dynaconf put it in place of the file's whole table: nothing would say so
+                raise ConfigError(f"environment variable {name} would replace the whole [{table}] table: set "
+                                  f"{name}__<KEY> for each key instead")
+            raw.pop(table, None)
     for key, _, _kind in iter_settings():  # every variable keeps its text: 12345 is a key, 0 is false, and
         variable = _variable(key)          # errors name the variable
         if variable in os.environ:

@@ -1,8 +1,9 @@
 """Room history: offsets and epochs, which rooms keep history, and the in-memory store.
 
 A message published to a room with history gets the room's next `offset`
-(1, 2, 3, ...) and the room's `epoch`, a random name for one unbroken run of
-offsets. When history is lost (the memory broker restarted, the history
+(1, 2, 3, ...) and the room's `epoch`, the name of one unbroken run of
+offsets: when it began (so that a later epoch sorts after an earlier one) and a
+random part. When history is lost (the memory broker restarted, the history
 expired, Redis lost the stream) the room starts a new epoch, and a client that
 remembers an offset of the old one is told it cannot recover.
 
@@ -14,8 +15,8 @@ left off. Every node and every replay then sends the same bytes.
 from __future__ import annotations
 
 import re
+import secrets
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,7 +71,21 @@ def comes_after(payload: bytes, position: Position) -> bool:
 
 
 def new_epoch() -> str:
-    return uuid.uuid4().hex[:12]
+    """A new epoch: when it began, in hex seconds (8 digits) and microseconds (5), then `epoch_suffix()`.
+    Redis writes the same from its own clock (`PUBLISH_SCRIPT`), so one clock orders a room's epochs."""
+    now = time.time_ns() // 1000
+    return f"{now // 1_000_000:08x}{now % 1_000_000:05x}{epoch_suffix()}"
+
+
+def epoch_suffix() -> str:
+    """An epoch's random part (32 bits): two epochs begun in the same microsecond still differ."""
+    return secrets.token_hex(4)
+
+
+def later_epoch(epoch: str, than: str) -> bool:
+    """Whether `epoch` began after `than`. "" (no history yet) is the earliest; epochs written before they
+    carried their time (12 random digits) sort before every timed one."""
+    return (len(epoch), epoch) > (len(than), than)
 
 
 class _Room:

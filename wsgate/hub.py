@@ -15,7 +15,7 @@ from collections.abc import Callable
 from . import protocol
 from .config import LimitsSettings, ShutdownSettings
 from .connection import Connection, State
-from .history import Position, stamp_of
+from .history import Position, later_epoch, stamp_of
 from .metrics import Metrics
 from .presence import Presence
 from .protocol import NOT_SUBSCRIBED, ROOM_FULL, TOO_MANY_ROOMS, ClientError, ClientGone
@@ -189,14 +189,21 @@ class Hub:
 
     def _fenced_off(self, room: str, fenced: dict[Connection, Position], message: bytes) -> set[Connection]:
         """Recovered clients that were already sent this message; a fence ends once a message passes that
-        its client has not read (a later offset, or another epoch)."""
+        follows what its client read (a later offset, or a later epoch). A late message of an earlier
+        epoch goes to everyone and leaves the fences as they are."""
         stamp = stamp_of(message)
         if stamp is None:
             return set()  # not kept (a presence event): no offset to compare
         offset, epoch = stamp
-        skip = {conn for conn, up_to in fenced.items() if up_to.epoch == epoch and up_to.offset >= offset}
-        for conn in [conn for conn in fenced if conn not in skip]:
-            del fenced[conn]
+        skip = set()
+        for conn, up_to in list(fenced.items()):
+            if epoch == up_to.epoch:
+                if offset <= up_to.offset:
+                    skip.add(conn)
+                else:
+                    del fenced[conn]
+            elif later_epoch(epoch, up_to.epoch):
+                del fenced[conn]
         if not fenced:
             del self.fences[room]
         return skip

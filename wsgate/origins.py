@@ -14,6 +14,7 @@ from aiohttp import web
 
 ORIGIN_EXPECTED = ('expected an origin as browsers send it, scheme://host[:port] with no path or trailing slash '
                    '(e.g. "http://127.0.0.1:8000"), or "*"')
+PUNYCODE = "expected the host in ASCII, as browsers send it: an international name in punycode (xn--...)"
 _HOST_NAME = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")  # as browsers serialize it: lower case, IDNs in punycode
 
 
@@ -33,6 +34,8 @@ def origin_problem(text: str) -> str | None:
         return ("expected the origin of the page that opens the WebSocket (http:// or https://), "
                 "not the WebSocket's own URL")
     hostname = parts.hostname or ""
+    if not hostname.isascii():
+        return PUNYCODE
     if "*" in hostname:
         return 'expected one exact origin per entry: wildcards are not matched (list each origin, or "*" for any)'
     if not parts.scheme or not _HOST_NAME.fullmatch(hostname) or port == 0:
@@ -47,6 +50,8 @@ def host_problem(entry: str) -> str | None:
     """Why a `security.allowed_hosts` entry can never equal a Host header's host[:port], or None when it can."""
     if entry == "*":
         return "expected a host name: to allow any host, leave security.allowed_hosts empty"
+    if not entry.isascii():
+        return PUNYCODE
     try:
         parts = urlsplit(f"//{entry}")
         valid = (bool(parts.hostname) and parts.netloc == entry and (parts.port is None or parts.port > 0)

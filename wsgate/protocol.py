@@ -6,12 +6,14 @@ fields or message types and never change these.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 import time
 import unicodedata
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Final
 
 import orjson
@@ -280,7 +282,9 @@ def dumps(obj: Any) -> bytes:
         raise ClientError(INVALID_JSON, "the message is nested too deeply") from None
     except UnicodeEncodeError:
         raise ClientError(INVALID_JSON, LONE_SURROGATE) from None
-    except ValueError:  # allow_nan=False: Infinity and NaN are not JSON
+    except ValueError as exc:  # allow_nan=False: Infinity and NaN are not JSON
+        if "ircular" in str(exc):  # "Circular reference detected"
+            raise ClientError(INVALID_JSON, "the message contains itself (a circular reference)") from None
         raise ClientError(INVALID_JSON, NON_FINITE) from None
 
 
@@ -288,7 +292,8 @@ NON_FINITE: Final = "numbers must be finite: JSON has no Infinity or NaN"
 
 
 def _has_non_finite(obj: Any) -> bool:
-    """Whether an infinite or NaN float is anywhere in `obj` (dicts, lists and tuples, as orjson walks them)."""
+    """Whether an infinite or NaN float is anywhere in `obj`, wherever orjson looks: dicts, lists, tuples,
+    dataclasses and enums."""
     stack = [obj]
     while stack:
         item = stack.pop()
@@ -299,6 +304,10 @@ def _has_non_finite(obj: Any) -> bool:
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
+        elif isinstance(item, Enum):
+            stack.append(item.value)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
     return False
 
 

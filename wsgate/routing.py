@@ -22,8 +22,9 @@ are read from the room's history and sent in their place (a relayed message is
 lost when the node's subscription drops, e.g. while Redis restarts); the same
 catch-up runs for every room when the broker has subscribed again. Only what the
 history no longer holds is skipped, counted as `history_gap`. When the history
-is lost and begins again (a new epoch), the sequence follows the new epoch; a
-late message of an epoch it has left goes out as it is and never turns it back.
+is lost and begins again, the sequence follows the later epoch (epochs sort by
+the time they began); a late message of an earlier epoch goes out once, as it
+is, and never turns the sequence back.
 
 A message for a room with history is delivered only once it has its offset. When
 it cannot be kept (Redis away), it is delivered nowhere and the publisher gets
@@ -37,7 +38,7 @@ import logging
 from collections import deque
 
 from .broker import Broker, BrokerError
-from .history import Position, stamp_of
+from .history import Position, later_epoch, stamp_of
 from .hub import Hub
 from .metrics import Metrics
 from .rooms import RoomPatterns
@@ -45,7 +46,8 @@ from .rooms import RoomPatterns
 log = logging.getLogger(__name__)
 
 GAP_WAIT = 1.0  # seconds a kept message waits for an earlier offset still on its way, before reading it
-LEFT_EPOCHS = 4  # epochs a room's sequence remembers having left: their late messages never turn it back
+LEFT_EPOCHS = 4  # earlier epochs a room's sequence remembers: their late messages go out once, as they are
+LATE_OFFSETS = 1024  # late offsets remembered per earlier epoch (to send each once); past that, sent as they come
 
 
 class _Waiting:
@@ -71,18 +73,28 @@ class _Waiting:
             self.delivered.set_result(count or 0)
 
 
-class _Sequence:
-    """One room's delivery order on this node: `last` is the offset sent out last in `epoch`; `left` holds
-    the epochs the room's history had before (the newest LEFT_EPOCHS)."""
+class _Earlier:
+    """An earlier epoch of a room's history: offsets up to `last` went out in order, `late` ones after it."""
 
-    __slots__ = ("epoch", "last", "held", "timer", "left")
+    __slots__ = ("last", "late")
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+        self.late: set[int] = set()
+
+
+class _Sequence:
+    """One room's delivery order on this node: `last` is the offset sent out last in `epoch`; `earlier`
+    holds the room's earlier epochs seen here (the latest LEFT_EPOCHS), oldest first."""
+
+    __slots__ = ("epoch", "last", "held", "timer", "earlier")
 
     def __init__(self, epoch: str, last: int) -> None:
         self.epoch = epoch
         self.last = last
         self.held: dict[int, tuple[bytes, _Waiting | None]] = {}  # offset -> message waiting for a predecessor
         self.timer: asyncio.TimerHandle | None = None
-        self.left: deque[str] = deque(maxlen=LEFT_EPOCHS)
+        self.earlier: dict[str, _Earlier] = {}
 
 
 class Router:
@@ -148,10 +160,10 @@ class Router:
         sequence = self._sequences.get(room)
         if sequence is None:  # no member here follows the room yet: the order starts after what was read
             self._sequences[room] = _Sequence(position.epoch, position.offset)
-        elif sequence.epoch != position.epoch and position.epoch not in sequence.left:
+        elif later_epoch(position.epoch, sequence.epoch):
             self._follow(room, sequence, position.epoch)  # the history began (or began again) since the members
         # joined: from its first offset, so that they get what the reader saw (the reader's own copies up to
-        # its position are fenced off by the hub)
+        # its position are fenced off by the hub); a reader of an earlier epoch changes nothing
 
     def resynced(self) -> None:
         """The broker subscribed again after losing its connection: what was relayed meanwhile never came.
@@ -212,8 +224,8 @@ class Router:
                 return self._deliver(room, message)  # nobody here: nothing to order
             sequence = self._sequences[room] = _Sequence(epoch, offset - 1)  # first seen: the order starts here
         elif sequence.epoch != epoch:
-            if epoch in sequence.left:  # a late message of an epoch the history has left: it goes out as it
-                return self._deliver(room, message)  # is, and the order of the epoch followed now is kept
+            if not later_epoch(epoch, sequence.epoch):
+                return self._late(room, sequence, epoch, offset, message)
             self._follow(room, sequence, epoch)
         if offset <= sequence.last:
             return 0  # already sent out (a recovering client read it from the history)
@@ -283,8 +295,25 @@ class Router:
         """The room's history began (after an empty read), or was lost and began again as `epoch`: send out
         what the old epoch held, then follow the new one from offset 1."""
         self._release(room, sequence)
-        sequence.left.append(sequence.epoch)
+        self._remember(sequence, sequence.epoch, sequence.last)
         sequence.epoch, sequence.last = epoch, 0
+
+    def _late(self, room: str, sequence: _Sequence, epoch: str, offset: int, message: bytes) -> int:
+        """A message of an earlier epoch, on its way when the history began again: it goes out once, as it
+        is, and the order of the epoch followed now is kept."""
+        earlier = sequence.earlier.get(epoch) or self._remember(sequence, epoch, 0)
+        if offset <= earlier.last or offset in earlier.late:
+            return 0  # already sent out
+        if len(earlier.late) < LATE_OFFSETS:
+            earlier.late.add(offset)
+        return self._deliver(room, message)
+
+    @staticmethod
+    def _remember(sequence: _Sequence, epoch: str, last: int) -> _Earlier:
+        earlier = sequence.earlier[epoch] = _Earlier(last)
+        if len(sequence.earlier) > LEFT_EPOCHS:
+            del sequence.earlier[min(sequence.earlier, key=lambda e: (len(e), e))]  # the earliest
+        return earlier
 
     def _release(self, room: str, sequence: _Sequence) -> None:
         """Send out everything a sequence holds, in offset order, without waiting for what is missing."""

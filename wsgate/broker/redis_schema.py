@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from ..history import new_epoch
+from ..history import epoch_suffix
 
 NODE_ID_LENGTH = 32  # uuid4().hex
 
@@ -76,7 +76,8 @@ class RedisNames:
 _ENSURE = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
-  epoch = ARGV[1]
+  local now = redis.call('TIME')  -- the epoch begins now, by Redis's clock (history.new_epoch)
+  epoch = string.format('%08x%05x', tonumber(now[1]), tonumber(now[2])) .. ARGV[1]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -97,9 +98,9 @@ bytes are `history.stamp(head, offset, epoch)`."""
 
 
 def publish_args(head: bytes, size: int, ttl: float, channel: bytes, sender: bytes) -> list[bytes | str | int]:
-    """ARGV of PUBLISH_SCRIPT: an epoch for a room that has none, the ttl in ms, the message without its
-    closing brace, how many messages to keep, the channel and the sender id."""
-    return [new_epoch(), max(1, round(ttl * 1000)), head, size, channel, sender]
+    """ARGV of PUBLISH_SCRIPT: the random part of an epoch for a room that has none, the ttl in ms, the
+    message without its closing brace, how many messages to keep, the channel and the sender id."""
+    return [epoch_suffix(), max(1, round(ttl * 1000)), head, size, channel, sender]
 
 READ_SCRIPT = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')

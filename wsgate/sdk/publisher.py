@@ -121,7 +121,8 @@ class RedisPublisher:
                 raw = await self._redis.get(self._names.history_config)
             except self._failures as exc:
                 raise PublishError(503, f"cannot read the gateways' settings from Redis: {describe(exc)}") from None
-            # No gateway has run under this prefix yet: no room keeps history, and no client waits.
-            history: dict[str, Any] = json.loads(raw) if raw is not None else {"rooms": [], "size": 0, "ttl": 0.0}
+            if raw is None:  # no gateway has run under this prefix yet: no room keeps history, and no client
+                return RoomPatterns(()), {}  # waits (read again next time: a gateway may be starting)
+            history: dict[str, Any] = json.loads(raw)
             self._history = (now, RoomPatterns(tuple(history["rooms"])), history)
         return self._history[1], self._history[2]
