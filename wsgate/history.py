@@ -82,10 +82,15 @@ def epoch_suffix() -> str:
     return secrets.token_hex(4)
 
 
+def epoch_order(epoch: str) -> tuple[int, str]:
+    """Sort key of epochs, earliest first: "" (no history yet), then epochs written before they carried their
+    time (12 random digits), then timed ones by the time they began."""
+    return len(epoch), epoch
+
+
 def later_epoch(epoch: str, than: str) -> bool:
-    """Whether `epoch` began after `than`. "" (no history yet) is the earliest; epochs written before they
-    carried their time (12 random digits) sort before every timed one."""
-    return (len(epoch), epoch) > (len(than), than)
+    """Whether `epoch` began after `than` (`epoch_order`)."""
+    return epoch_order(epoch) > epoch_order(than)
 
 
 class _Room:

@@ -38,7 +38,7 @@ import logging
 from collections import deque
 
 from .broker import Broker, BrokerError
-from .history import Position, later_epoch, stamp_of
+from .history import Position, epoch_order, later_epoch, stamp_of
 from .hub import Hub
 from .metrics import Metrics
 from .rooms import RoomPatterns
@@ -85,7 +85,7 @@ class _Earlier:
 
 class _Sequence:
     """One room's delivery order on this node: `last` is the offset sent out last in `epoch`; `earlier`
-    holds the room's earlier epochs seen here (the latest LEFT_EPOCHS), oldest first."""
+    holds the room's earlier epochs seen here (the latest LEFT_EPOCHS of them)."""
 
     __slots__ = ("epoch", "last", "held", "timer", "earlier")
 
@@ -312,7 +312,7 @@ class Router:
     def _remember(sequence: _Sequence, epoch: str, last: int) -> _Earlier:
         earlier = sequence.earlier[epoch] = _Earlier(last)
         if len(sequence.earlier) > LEFT_EPOCHS:
-            del sequence.earlier[min(sequence.earlier, key=lambda e: (len(e), e))]  # the earliest
+            del sequence.earlier[min(sequence.earlier, key=epoch_order)]
         return earlier
 
     def _release(self, room: str, sequence: _Sequence) -> None:
