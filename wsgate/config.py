@@ -777,9 +777,8 @@ def _check_relations(settings: Settings) -> None:
         if len(placeholders) > 1 or (placeholders and re.search(r"[*?]", PLACEHOLDER.sub("", match["pattern"]))):
             raise ConfigError(
                 f"invalid setting {_labelled('auth.rooms')} entry {rule!r}: ambiguous: a placeholder beside a wildcard "
-                "or another "
-                "placeholder lets one user's room name match another's (with {sub} and *, user 'bob' would match "
-                "'bob.smith''s rooms); use one placeholder and no wildcard, e.g. \"dm.{sub} = identity\""
+                "or another placeholder lets one user's room name match another's (with {sub} and *, user 'bob' "
+                "would match 'bob.smith''s rooms); use one placeholder and no wildcard, e.g. \"dm.{sub} = identity\""
             )
     for key, origins in (("security.allowed_origins", settings.security.allowed_origins),
                          ("cors.allowed_origins", settings.cors.allowed_origins)):
@@ -793,8 +792,7 @@ def _check_relations(settings: Settings) -> None:
     if dashboard.enabled and not dashboard.password and not settings.auth.jwt.enabled:
         raise ConfigError(
             f"invalid setting {_labelled('dashboard.enabled')} = true: expected dashboard.password (or the JWT "
-            "authenticator, "
-            "[auth.jwt]) so that only operators can log in"
+            "authenticator, [auth.jwt]) so that only operators can log in"
         )
     if dashboard.password and len(dashboard.password) < 12:
         raise ConfigError(f"invalid setting {_labelled('dashboard.password')}: expected at least 12 characters")
