@@ -18,7 +18,7 @@ from wsgate.clients import ConnectedClient
 from wsgate.config import LimitsSettings, WebSocketSettings
 from wsgate.connection import Flusher, State
 from wsgate.dispatch import Dispatcher
-from wsgate.history import Position, stamp
+from wsgate.history import Position, stamp, stamp_of
 from wsgate.hub import Hub
 from wsgate.metrics import Metrics
 from wsgate.protocol import ClientError, Decoder, Message
@@ -249,12 +249,23 @@ async def test_dispatcher_answers_every_failure_and_lets_nothing_escape() -> Non
     assert parts.metrics.error_count("handler_error") == 1
 
 
-async def test_router_sends_a_rooms_offsets_in_order_and_waits_a_bounded_time_for_a_missing_one() -> None:
+def _member_of_h1(gap_wait: float) -> tuple[Parts, Router, Any]:
+    """A router over a memory broker (rooms h* keep history) and one member of h1, with its transport."""
     parts = Parts()
-    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, gap_wait=0.05)
-    conn, transport = parts.connect()
-    parts.hub.join(conn, "h1")
-    kept = [stamp(b'{"type":"message","room":"h1","data":%d' % n, n, "e1") for n in range(1, 7)]
+    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, gap_wait=gap_wait)
+    member, transport = parts.connect()
+    parts.hub.join(member, "h1")
+    return parts, router, transport
+
+
+def _kept(data: int, offset: int, epoch: str) -> bytes:
+    """A message to h1 carrying `data`, stamped with `offset` and `epoch`."""
+    return stamp(b'{"type":"message","room":"h1","data":%d' % data, offset, epoch)
+
+
+async def test_router_sends_a_rooms_offsets_in_order_and_waits_a_bounded_time_for_a_missing_one() -> None:
+    parts, router, transport = _member_of_h1(gap_wait=0.05)
+    kept = [_kept(n, n, "e1") for n in range(1, 7)]
     router.expect("h1", Position(0, "e1"))
     for n in (2, 1, 3):  # another node's 2 overtook this node's 1
         router.receive("h1", kept[n - 1])
@@ -269,12 +280,9 @@ async def test_router_sends_a_rooms_offsets_in_order_and_waits_a_bounded_time_fo
 
 async def test_router_reads_a_missing_offset_from_the_history() -> None:
     """A relayed message lost on the way (the node's subscription dropped): the sequence reads it from the history."""
-    parts = Parts()
-    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, gap_wait=0.05)
-    conn, transport = parts.connect()
-    parts.hub.join(conn, "h1")
+    parts, router, transport = _member_of_h1(gap_wait=0.05)
     kept = [parts.broker.history.append("h1", b'{"type":"message","room":"h1","data":%d' % n) for n in range(1, 7)]
-    router.expect("h1", Position(0, kept[0].rsplit(b'"epoch":"', 1)[1][:-2].decode()))
+    router.expect("h1", Position(0, stamp_of(kept[0])[1]))
     for n in (1, 2, 3, 6):  # 4 and 5 never came through pub/sub
         router.receive("h1", kept[n - 1])
     await turn()
@@ -287,12 +295,9 @@ async def test_router_reads_a_missing_offset_from_the_history() -> None:
 async def test_router_a_reader_of_a_new_epoch_does_not_skip_messages_for_members_already_here() -> None:
     """Found in review: members joined when the room had no history (epoch ""); a new subscriber then read
     (1, E) while message 1 was on its way; the members must still get message 1."""
-    parts = Parts()
-    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, gap_wait=0.05)
-    member, transport = parts.connect()
-    parts.hub.join(member, "h1")
+    parts, router, transport = _member_of_h1(gap_wait=0.05)
     router.expect("h1", Position(0, ""))  # what the member read
-    first = stamp(b'{"type":"message","room":"h1","data":1', 1, "e2")
+    first = _kept(1, 1, "e2")
     router.expect("h1", Position(1, "e2"))  # a newcomer read offset 1 before it came through pub/sub
     router.receive("h1", first)
     await turn()
@@ -302,31 +307,21 @@ async def test_router_a_reader_of_a_new_epoch_does_not_skip_messages_for_members
 async def test_router_a_late_message_of_an_epoch_the_history_left_does_not_turn_the_sequence_back() -> None:
     """Redis lost the room's history (epoch e1) while e1's message 3 was still on its way; e2 began meanwhile.
     The late e1 message goes out once, and e2's offsets go on without a gap wait, a re-read or a duplicate."""
-    parts = Parts()
-    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, gap_wait=60)
-    member, transport = parts.connect()
-    parts.hub.join(member, "h1")
+    parts, router, transport = _member_of_h1(gap_wait=60)
     router.expect("h1", Position(0, "e1"))
     for data, offset, epoch in ((1, 1, "e1"), (2, 2, "e1"), (10, 1, "e2"), (3, 3, "e1"), (20, 2, "e2"), (30, 3, "e2")):
-        router.receive("h1", stamp(b'{"type":"message","room":"h1","data":%d' % data, offset, epoch))
+        router.receive("h1", _kept(data, offset, epoch))
     router.expect("h1", Position(2, "e1"))  # a slow reader of the old epoch does not turn it back either
-    router.receive("h1", stamp(b'{"type":"message","room":"h1","data":40', 4, "e2"))
+    router.receive("h1", _kept(40, 4, "e2"))
     await turn()
     assert [m["data"] for m in transport.messages()] == [1, 2, 10, 3, 20, 30, 40]
     assert parts.metrics.error_count("history_gap") == 0
 
 
-def _kept(data: int, offset: int, epoch: str) -> bytes:
-    return stamp(b'{"type":"message","room":"h1","data":%d' % data, offset, epoch)
-
-
 async def test_router_a_sequence_begun_in_a_later_epoch_is_not_turned_back_by_an_earlier_one() -> None:
     """Found in review: the sequence began in e2 (a reader's position); e1's 7, late, goes out once, and e2's
     offsets stay in order, once each."""
-    parts = Parts()
-    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, gap_wait=60)
-    member, transport = parts.connect()
-    parts.hub.join(member, "h1")
+    parts, router, transport = _member_of_h1(gap_wait=60)
     router.expect("h1", Position(2, "e2"))
     for data, offset, epoch in ((70, 7, "e1"), (4, 4, "e2"), (3, 3, "e2"), (3, 3, "e2"), (70, 7, "e1")):
         router.receive("h1", _kept(data, offset, epoch))
@@ -340,10 +335,7 @@ async def test_router_a_sequence_begun_in_a_later_epoch_is_not_turned_back_by_an
 async def test_router_sends_a_late_message_of_an_earlier_epoch_once() -> None:
     """A gap fill read e1's 5 from the history; e2 began; the relay's copy of e1's 5 arrives late, and e1's 7
     and 6 later still (the two paths are not ordered): each goes out once."""
-    parts = Parts()
-    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, gap_wait=60)
-    member, transport = parts.connect()
-    parts.hub.join(member, "h1")
+    parts, router, transport = _member_of_h1(gap_wait=60)
     router.expect("h1", Position(4, "e1"))
     for data, offset, epoch in ((5, 5, "e1"), (5, 5, "e1"), (10, 1, "e2"), (5, 5, "e1"), (7, 7, "e1"),
                                 (6, 6, "e1"), (7, 7, "e1"), (20, 2, "e2")):
