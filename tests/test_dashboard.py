@@ -14,7 +14,7 @@ import pytest
 from wsgate.config import ConfigError
 from wsgate.dashboard.sessions import LoginThrottle
 from wsgate.keys import DASHBOARD as DASHBOARD_PLUGIN
-from wsgate.testing import Client, Server, StartServer
+from wsgate.testing import Client, Server, StartServer, eventually
 
 PASSWORD = "correct horse battery staple"
 SECRET = "dashboard-test-secret-" + "x" * 40
@@ -109,17 +109,85 @@ async def test_no_claim_a_user_can_put_in_a_token_makes_an_operator(wsgate_serve
         assert (await client.request({"type": "dashboard_watch"}))["error"] == "not allowed", claims
 
 
-async def test_logging_out_ends_the_rights_of_open_sockets(wsgate_server: StartServer) -> None:
-    server = await wsgate_server(dashboard=DASHBOARD)
-    cookie = (await login(server, PASSWORD)).cookies["wsgate_dashboard"].value
-    ops = await operator(server, cookie)
-    assert (await ops.request({"type": "dashboard_watch"}))["type"] == "dashboard_watching"
+GUARDED = {"rooms": ["ops:* = nobody", "private-* = identity"]}  # a tail only an operator may have, an identity room
+
+
+async def logout(server: Server, cookie: str) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.post(server.url("/dashboard/logout"), headers={"Cookie": f"wsgate_dashboard={cookie}"},
                                 allow_redirects=False) as resp:
             assert resp.status == 302
-    refused = await answer(ops, {"type": "dashboard_publish", "room": "r", "data": 1}, "dashboard_published")
-    assert refused["error"] == "not allowed"
+
+
+async def granted(server: Server, cookie: str) -> Client:
+    """An operator socket that tails `ops:secret` and is in `private-1`: what a login grants."""
+    ops = await operator(server, cookie)
+    assert (await ops.request({"type": "dashboard_tail", "room": "ops:secret"}))["type"] == "dashboard_tailing"
+    await ops.subscribe("private-1")
+    return ops
+
+
+async def assert_closed_at_once(server: Server, ops: Client, reason: str) -> None:
+    """The next frame is the close (1008, reason): a message published to its tail after the end never arrives."""
+    await server.gateway.publish("ops:secret", "after the end")
+    msg = await ops.ws.receive(timeout=10)
+    assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+    assert (msg.data, msg.extra) == (1008, f"dashboard session ended: {reason}")
+    await eventually(lambda: not server.hub.rooms.get("ops:secret"))
+
+
+async def test_logging_out_closes_every_socket_opened_with_the_login(wsgate_server: StartServer) -> None:
+    """The security review: after logout, the socket still got `ops:secret` and could join `private-*` rooms."""
+    server = await wsgate_server(dashboard=DASHBOARD, auth=GUARDED)
+    cookie = (await login(server, PASSWORD)).cookies["wsgate_dashboard"].value
+    tails, watcher = await granted(server, cookie), await operator(server, cookie)
+    assert (await watcher.request({"type": "dashboard_watch"}))["type"] == "dashboard_watching"
+    await server.gateway.publish("ops:secret", "before")
+    assert (await tails.recv())["data"] == "before"
+    await logout(server, cookie)
+    await assert_closed_at_once(server, tails, "logged out")
+    closing = await watcher.closed()
+    assert (closing.data, closing.extra) == (1008, "dashboard session ended: logged out")
+    late = await operator(server, cookie)  # the old cookie opens an ordinary socket now
+    assert (await late.request({"type": "dashboard_tail", "room": "ops:secret"}))["error"] == "not allowed"
+    assert (await late.request({"type": "subscribe", "room": "ops:secret"}))["error"] == "not allowed"
+
+
+async def test_a_login_that_expires_closes_its_sockets(wsgate_server: StartServer) -> None:
+    """`session_ttl` (60 s at least: here a login made shorter, as an admin JWT's is) ends on open sockets too."""
+    server = await wsgate_server(dashboard=DASHBOARD, auth=GUARDED)
+    cookie = server.app[DASHBOARD_PLUGIN].sessions.create(lifetime=0.5)
+    ops = await granted(server, cookie)
+    started = time.monotonic()
+    closing = await ops.closed()
+    assert (closing.data, closing.extra) == (1008, "dashboard session ended: expired")
+    assert time.monotonic() - started < 2  # at the login's end, not at some later check
+    assert not server.hub.rooms.get("ops:secret")
+
+
+async def test_an_admin_token_login_ends_with_the_token(wsgate_server: StartServer) -> None:
+    """The security review: a dashboard login made with an admin JWT outlived the token on open sockets."""
+    server = await wsgate_server(dashboard={"enabled": True}, auth={"jwt": {"secret": SECRET}, **GUARDED},
+                                 plugins={"disabled": ["token_auth"]})
+    admin = jwt.encode({"sub": "root", "exp": int(time.time()) + 2, "admin": True}, SECRET, algorithm="HS256")
+    cookie = (await login(server, admin)).cookies["wsgate_dashboard"].value
+    ops = await granted(server, cookie)
+    closing = await ops.closed()
+    assert (closing.data, closing.extra) == (1008, "dashboard session ended: expired")
+    assert time.time() < jwt.decode(admin, options={"verify_signature": False})["exp"] + 1
+
+
+async def test_a_new_login_from_the_same_browser_ends_the_old_one(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(dashboard=DASHBOARD, auth=GUARDED)
+    old = (await login(server, PASSWORD)).cookies["wsgate_dashboard"].value
+    ops = await granted(server, old)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.url("/dashboard/login"), data={"secret": PASSWORD}, allow_redirects=False,
+                                headers={"Cookie": f"wsgate_dashboard={old}"}) as resp:
+            new = resp.cookies["wsgate_dashboard"].value
+    await assert_closed_at_once(server, ops, "replaced by a new login")
+    assert not server.app[DASHBOARD_PLUGIN].sessions.valid(old) and new != old
+    assert (await (await granted(server, new)).request({"type": "ping"}))["type"] == "pong"
 
 
 async def test_other_sites_cannot_use_an_operator_login(wsgate_server: StartServer) -> None:

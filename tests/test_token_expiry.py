@@ -95,6 +95,30 @@ async def test_an_operators_admin_token_ends_too(wsgate_server: StartServer) -> 
     assert (closing.data, closing.extra) == (4001, "token expired")
 
 
+async def test_a_refresh_with_fewer_rights_loses_the_tails_and_rooms_of_the_old_token(
+    wsgate_server: StartServer,
+) -> None:
+    """Every grant of the old token ends with it: an operator's tail of a `nobody` room, the rooms its claims
+    allowed, its operator messages."""
+    server = await wsgate_server(auth={"jwt": {"secret": SECRET}, "rooms": ["ops:* = nobody", "team-* = claim:team"]},
+                                 plugins=NO_EXAMPLE_AUTH, dashboard={"enabled": True, "password": "a-long-operator-password"})
+    client = Client(await server.raw(**bearer(token(admin=True, team=True))))
+    await client.recv()
+    assert (await client.request({"type": "dashboard_tail", "room": "ops:secret"}))["type"] == "dashboard_tailing"
+    await client.subscribe("team-1")
+    await client.subscribe("public")
+    await client.send({"type": "refresh", "token": token()})  # the same user, no longer admin nor in the team
+    left = [await client.recv(), await client.recv()]
+    assert sorted((m["type"], m["room"]) for m in left) == [("unsubscribed", "ops:secret"), ("unsubscribed", "team-1")]
+    assert (await client.recv())["type"] == "refreshed"
+    await server.gateway.publish("ops:secret", "for operators")
+    await server.gateway.publish("team-1", "for the team")
+    assert (await client.request({"type": "ping"}))["type"] == "pong"  # neither arrived first
+    refused = await client.request({"type": "dashboard_tail", "room": "ops:secret"})
+    assert (refused["error"], refused["detail"]) == ("not allowed", "dashboard messages are for operators")
+    assert next(iter(server.hub.connections.values())).rooms == {"public"}
+
+
 async def test_the_python_client_refreshes_by_itself(wsgate_server: StartServer) -> None:
     server = await expiring_server(wsgate_server)
     issued: list[str] = []

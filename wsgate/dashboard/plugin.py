@@ -8,6 +8,10 @@ may send:
 - `dashboard_publish` `{room, data}`: publish a server message to a room;
 - `dashboard_tail` `{room}`: receive a room's traffic (as a member of it);
 - `dashboard_disconnect` `{client_id}`: close a client (1008, "disconnected by an operator").
+
+A socket opened with a dashboard login lives no longer than the login: logging out, the
+login's expiry (`session_ttl`, or an admin JWT's `exp`) and a new login from the same
+browser close it at once (1008, "dashboard session ended: ..."), with its tails and rooms.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from wsgate import Client, ClientError, Gateway, Handler, Identity, Message, hoo
 from wsgate.config import Settings
 from wsgate.origins import same_host
 
-from .sessions import COOKIE, SESSION_CLAIM, DashboardSessions, LoginThrottle, operator
+from .sessions import COOKIE, DashboardSessions, LoginThrottle, operator, session_of
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,9 @@ STATS_INTERVAL = 1.0  # seconds between two dashboard_stats
 TOP_ROOMS = 20
 SAMPLE_CLIENTS = 50
 DISCONNECTED = "disconnected by an operator"
+SESSION_ENDED = "dashboard session ended"
+"""The close reason (code 1008) of a socket whose dashboard login ended; a cause follows it, e.g. `: logged out`."""
+LOGGED_OUT, EXPIRED, REPLACED = "logged out", "expired", "replaced by a new login"
 
 
 class Dashboard:
@@ -46,6 +53,9 @@ class Dashboard:
         """Slows password guessing (the login view's)."""
         self._watchers: set[Client] = set()
         self._task: asyncio.Task[None] | None = None
+        self._sockets: dict[str, set[Client]] = {}  # session -> the sockets opened with it
+        self._opened_with: dict[str, str] = {}  # client id -> its session (its identity may change since)
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # session -> its end, while it has sockets
 
     # --- hooks --------------------------------------------------------------------------
 
@@ -77,10 +87,57 @@ class Dashboard:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    @hookimpl
+    def wsgate_client_connected(self, client: Client) -> None:
+        """Remember which login a socket was opened with, so that its end closes the socket; one whose login
+        ended during the upgrade is closed at once."""
+        session = session_of(client.identity)
+        if session is None:
+            return
+        remaining = self.sessions.remaining(session)
+        if remaining is None:
+            client.drop(protocol.CLOSE_POLICY_VIOLATION, f"{SESSION_ENDED}: {EXPIRED}")
+            return
+        self._sockets.setdefault(session, set()).add(client)
+        self._opened_with[client.id] = session
+        if session not in self._timers:
+            self._timers[session] = asyncio.get_running_loop().call_later(remaining, self.end_session, session,
+                                                                          EXPIRED)
 
     @hookimpl
     def wsgate_client_disconnected(self, client: Client) -> None:
         self._watchers.discard(client)
+        session = self._opened_with.pop(client.id, None)
+        sockets = self._sockets.get(session or "")
+        if session is not None and sockets is not None:
+            sockets.discard(client)
+            if not sockets:
+                del self._sockets[session]
+                timer = self._timers.pop(session, None)
+                if timer is not None:
+                    timer.cancel()
+
+    def end_session(self, session: str, cause: str) -> int:
+        """End a dashboard login (`cause`: LOGGED_OUT, EXPIRED or REPLACED) and close every socket opened
+        with it, at once, with 1008 "dashboard session ended: <cause>". Returns how many were closed.
+
+        Called by the logout and login views and by the login's own expiry timer (a loop callback: it
+        cannot raise). Closing the socket takes away all the login gave it, whatever was granted."""
+        self.sessions.end(session)
+        timer = self._timers.pop(session, None)
+        if timer is not None:
+            timer.cancel()
+        sockets = self._sockets.pop(session, set())
+        for client in sockets:
+            self._watchers.discard(client)
+            client.drop(protocol.CLOSE_POLICY_VIOLATION, f"{SESSION_ENDED}: {cause}")
+        if sockets:
+            log.info("dashboard session ended (%s): closed %d socket(s)", cause, len(sockets))
+        return len(sockets)
 
     # --- operator messages ----------------------------------------------------------------
 
@@ -93,8 +150,8 @@ class Dashboard:
         identity = client.identity
         if not isinstance(identity, Identity):
             return False
-        session = identity.claims.get(SESSION_CLAIM)
-        if isinstance(session, str):
+        session = session_of(identity)
+        if session is not None:
             return self.sessions.valid(session)
         expired = identity.expires_at is not None and identity.expires_at <= time.time()
         return identity.claims.get(self._admin_claim) is True and not expired  # (the socket closes then too)

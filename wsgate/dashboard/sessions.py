@@ -3,8 +3,10 @@
 A login (the password, or a JWT whose `admin_claim` is true) is a random token
 with an expiry, kept in this object (never in a global), carried by an
 HttpOnly, SameSite=Strict cookie. A WebSocket opened with it is an operator
-whose rights are checked on every message, so a logout or an expired login ends
-the rights of sockets already open.
+whose rights are checked on every message; and when the login ends (logout,
+expiry, a new login from the same browser), the `dashboard` plugin closes every
+socket opened with it (`Dashboard.end_session`), so nothing it was granted
+(tails, rooms, its identity) outlives it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ SESSION_CLAIM = "dashboard_session"
 def operator(session: str) -> Identity:
     """The identity of a WebSocket opened by a logged-in dashboard."""
     return Identity("operator", MappingProxyType({SESSION_CLAIM: session}))
+
+
+def session_of(identity: object) -> str | None:
+    """The dashboard login an `operator` identity holds; None for any other identity (a JWT carrying a
+    `dashboard_session` claim too: its claims always hold `sub` and `exp` as well)."""
+    if not isinstance(identity, Identity) or identity.expires_at is not None or set(identity.claims) != {SESSION_CLAIM}:
+        return None
+    session = identity.claims[SESSION_CLAIM]
+    return session if isinstance(session, str) else None
 
 
 class LoginThrottle:
@@ -93,8 +104,13 @@ class DashboardSessions:
         return token
 
     def valid(self, token: str | None) -> bool:
+        return self.remaining(token) is not None
+
+    def remaining(self, token: str | None) -> float | None:
+        """Seconds until a live login ends; None for an unknown, ended or expired one."""
         until = self._expiry.get(token or "")
-        return until is not None and until > time.monotonic()
+        left = None if until is None else until - time.monotonic()
+        return left if left is not None and left > 0 else None
 
     def end(self, token: str | None) -> None:
         self._expiry.pop(token or "", None)

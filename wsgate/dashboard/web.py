@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ..origins import same_host
 from ..keys import DASHBOARD, METRICS, PLUGINS, SETTINGS
+from .plugin import LOGGED_OUT, REPLACED
 from .sessions import COOKIE
 
 STATIC = Path(__file__).parent / "static"
@@ -71,6 +72,10 @@ async def login_view(request: web.Request) -> web.StreamResponse:
         succeeded = True
     finally:
         throttle.finish(address, succeeded)
+    previous = request.cookies.get(COOKIE)
+    if sessions.valid(previous):  # this browser's earlier login ends: its sockets do not outlive the cookie
+        assert previous is not None
+        dashboard.end_session(previous, REPLACED)
     response = web.HTTPFound("/dashboard")
     secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"  # TLS ends at a proxy
     response.set_cookie(COOKIE, sessions.create(lifetime), max_age=int(settings.session_ttl), httponly=True,
@@ -80,8 +85,9 @@ async def login_view(request: web.Request) -> web.StreamResponse:
 
 async def logout_view(request: web.Request) -> web.StreamResponse:
     _same_origin_only(request)
-    sessions = request.app[DASHBOARD].sessions
-    sessions.end(request.cookies.get(COOKIE))
+    session = request.cookies.get(COOKIE)
+    if session:  # the login ends, and every socket opened with it is closed at once
+        request.app[DASHBOARD].end_session(session, LOGGED_OUT)
     response = web.HTTPFound("/dashboard")
     response.del_cookie(COOKIE, path="/")
     raise response

@@ -61,7 +61,15 @@ client.on("open", async () => {
     status(`Not an operator: ${error.message}`);
   }
 });
-client.on("close", () => { $("connection").textContent = "reconnecting"; $("connection").className = "badge bad"; });
+client.on("close", ({ reason }) => {
+  if (reason.startsWith("dashboard session ended")) {  // logged out, expired or replaced: back to the login form
+    client.close();
+    location.reload();
+    return;
+  }
+  $("connection").textContent = "reconnecting";
+  $("connection").className = "badge bad";
+});
 
 $("publish-form").addEventListener("submit", async (event) => {
   event.preventDefault();
