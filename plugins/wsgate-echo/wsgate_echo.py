@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from wsgate import Client, ClientError, Message, hookimpl
-from wsgate.hookspecs import Handler
+from wsgate import Client, ClientError, Handler, Message, hookimpl
 
 
 async def echo(client: Client, message: Message) -> None:

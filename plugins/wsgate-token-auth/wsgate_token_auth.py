@@ -4,11 +4,14 @@ Settings (`[plugins.token_auth]`, all optional; with none set the plugin lets ev
     tokens = { "s3cret-token" = "alice" }   # token -> user id
     required = false                         # true: no token, no WebSocket (401)
     private_rooms = ["private-*"]            # rooms (glob patterns) only authenticated clients may use
+
+Tokens are compared in constant time and never logged or echoed; private-room patterns are matched in time
+linear in the room name (`wsgate.rooms.glob_match`, never a regular expression built from them).
 """
 
 from __future__ import annotations
 
-import fnmatch
+import hmac
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +19,7 @@ from aiohttp import web
 
 from wsgate import Client, hookimpl
 from wsgate.keys import GATEWAY
+from wsgate.rooms import glob_match
 
 NAME = "token_auth"
 
@@ -37,10 +41,20 @@ def wsgate_authenticate(request: web.Request) -> Mapping[str, Any] | None:
         if options.get("required", False):
             raise _refuse("missing token")
         return None  # anonymous, as the spec has it
-    user = options.get("tokens", {}).get(token.strip()) if scheme.lower() == "bearer" else None
+    user = _user_of(options.get("tokens", {}), token.strip()) if scheme.lower() == "bearer" else None
     if user is None:
         raise _refuse("invalid token")
     return {"user": user}
+
+
+def _user_of(tokens: Mapping[str, Any], given: str) -> Any:
+    """The user of the token `given`, or None: every token is compared, each in constant time (a dict lookup
+    or `==` stops at the first differing character, which a client can time)."""
+    found = None
+    for token, user in tokens.items():
+        if hmac.compare_digest(token.encode(), given.encode()):
+            found = user
+    return found
 
 
 @hookimpl
@@ -49,7 +63,7 @@ def wsgate_authorize(client: Client, action: str, room: str | None) -> bool | No
     if room is None or client.identity is not None:
         return None
     patterns = client.gateway.plugin_settings(NAME).get("private_rooms", ())
-    return False if any(fnmatch.fnmatchcase(room, p) for p in patterns) else None
+    return False if any(glob_match(room, p) for p in patterns) else None
 
 
 @hookimpl

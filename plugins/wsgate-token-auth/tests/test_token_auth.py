@@ -42,3 +42,26 @@ async def test_anonymous_clients_stay_out_of_private_rooms(wsgate_server: StartS
     assert (await anonymous.request({"type": "subscribe", "room": "private-ops"}))["error"] == "not allowed"
     assert (await anonymous.subscribe("lobby"))["room"] == "lobby"
     assert server.metrics.error_count("not_allowed") == 1
+
+
+async def test_private_room_patterns_with_many_stars(wsgate_server: StartServer) -> None:
+    """Issue 20, item 7: patterns are globs matched without regular expressions (`wsgate.rooms.glob_match`);
+    the answers stay fnmatch's, for a pattern whose regex translation backtracks on runs of colons."""
+    settings = {"token_auth": {"tokens": {"t-alice": "alice"}, "private_rooms": ["*:*:*:*:audit", "ops-[0-9]"]}}
+    server = await wsgate_server(wsgate_token_auth, plugins=settings)
+    anonymous = await server.connect()
+    for room in (":" * 200 + "audit", "a:b:c:d:audit", "ops-7"):
+        assert (await anonymous.request({"type": "subscribe", "room": room}))["error"] == "not allowed", room
+    for room in (":" * 250, ":" * 200 + "audix", "a:b:c:audit", "ops-x"):
+        assert (await anonymous.subscribe(room))["room"] == room
+    alice = await server.connect(headers={"Authorization": "Bearer t-alice"})
+    await alice.recv()  # authenticated
+    assert (await alice.subscribe("a:b:c:d:audit"))["room"] == "a:b:c:d:audit"
+
+
+@pytest.mark.parametrize("given", ["t-alic", "t-alice2", "T-ALICE", "", "t-alice t-alice"])
+async def test_only_the_exact_token_is_accepted(wsgate_server: StartServer, given: str) -> None:
+    server = await wsgate_server(wsgate_token_auth, plugins=SETTINGS)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await server.raw(headers={"Authorization": f"Bearer {given}"})
+    assert refused.value.status == 401
