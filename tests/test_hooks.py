@@ -270,7 +270,8 @@ async def test_a_start_up_hook_that_hangs_or_fails_stops_start_up_naming_the_plu
     aiohttp_server: Any, plugin: object, message: str
 ) -> None:
     recorder = Recorder()
-    app = await create_app(make_settings(plugins={"startup_timeout": "200ms"}), plugins=[recorder, plugin])
+    # pluggy's order: the last registered starts first, so the recorder starts before the failing plugin
+    app = await create_app(make_settings(plugins={"startup_timeout": "200ms"}), plugins=[plugin, recorder])
     with pytest.raises(PluginError, match=message):
         await aiohttp_server(app)
     # what had started was shut down again

@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "check":
             app = asyncio.run(create_app(settings))  # loads plugins, builds tables and services (connects nothing)
             plugins = app[PLUGINS]
+            mistakes = [*unknown_variables(), *plugins.problems]  # names that name nothing: warnings at start-up
+            if mistakes:
+                for mistake in mistakes[:-1]:
+                    print(f"wsgate: {mistake}", file=sys.stderr)
+                return _fail(mistakes[-1], EXIT_USAGE)
             print(f"ok: {len(plugins.sources)} plugins, {len(app[DISPATCHER].registry.owners())} message types, "
                   f"{len(app[GATEWAY].services)} services")
         else:

@@ -6,6 +6,17 @@ build tables at load time (`wsgate_message_handlers`, `wsgate_services`) may be
 `async def`: wsgate awaits the result (and, for firstresult hooks, decides
 after awaiting). Hooks on the per-message path (`wsgate_authorize`) cost
 nothing when no plugin implements them.
+
+Forms (pluggy's `hookimpl` options): plain, `tryfirst=True` and `trylast=True`
+work on every hook, in pluggy's call order (tryfirst ones first, then the most
+recently registered plugin first, trylast ones last); the two table hooks merge
+in registration order, which no order can change but the naming in a clash
+error. Hook wrappers (`wrapper=True`, `hookwrapper=True`) are refused on every
+hook at start-up with one line naming the plugin and the hook (exit 2, or the
+plugin skipped when `plugins.strict` is false): wsgate awaits each
+implementation in turn, since pluggy is synchronous, so a wrapper would only
+see un-awaited results. A generator function that is no wrapper is refused
+the same way (its generator would become the result, e.g. an identity).
 """
 
 from __future__ import annotations
@@ -58,7 +69,8 @@ def wsgate_startup(gateway: Gateway) -> Awaitable[None] | None:
     """The gateway is starting: open resources (connections, files, background tasks).
 
     Called once per plugin after services are started and before the first client
-    is accepted. Each plugin must finish within `plugins.startup_timeout`; an
+    is accepted, in pluggy's call order (tryfirst, then the last registered first,
+    trylast). Each plugin must finish within `plugins.startup_timeout`; an
     exception or a timeout stops start-up with a line naming the plugin.
     """
     raise AssertionError("hookspec bodies are never run")
@@ -68,7 +80,8 @@ def wsgate_startup(gateway: Gateway) -> Awaitable[None] | None:
 def wsgate_shutdown(gateway: Gateway) -> Awaitable[None] | None:
     """The gateway is stopping: close what `wsgate_startup` opened.
 
-    Called once per plugin, in reverse registration order, after every client
+    Called once per plugin that got through start-up, in pluggy's call order
+    (tryfirst, then reverse registration order, trylast), after every client
     has been closed. Errors and timeouts (`plugins.startup_timeout`) are logged;
     shutdown goes on for the other plugins.
     """

@@ -1,13 +1,18 @@
 """Plugins: discovery (built-ins, entry points, settings), and calling their hooks from async code.
 
 Built-in behaviour is registered exactly like third-party plugins. pluggy is
-synchronous, so hooks are called here one implementation at a time and any
-awaitable result is awaited; firstresult hooks are decided after awaiting.
+synchronous, so hooks are called here one implementation at a time, in pluggy's
+call order (tryfirst first, then the most recently registered, trylast last), and
+any awaitable result is awaited; firstresult hooks are decided after awaiting.
+A hook wrapper (`wrapper=True` or `hookwrapper=True`) could not see awaited
+results, so `load_plugins` refuses it, and any generator function, at start-up
+(README, Hook reference).
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import importlib
 import importlib.metadata
 import inspect
@@ -28,6 +33,11 @@ from .types import Client, Gateway
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "wsgate"
+
+HOOKS: tuple[str, ...] = tuple(sorted(name for name in vars(hookspecs) if name.startswith("wsgate_")))
+"""Every hook name of the specification (`wsgate/hookspecs.py`)."""
+TABLE_HOOKS = frozenset({"wsgate_message_handlers", "wsgate_services"})
+"""Hooks that build a table at load time: plain functions only (no event loop is there to await them)."""
 
 
 BuiltinFactory = Callable[[Settings], object | None]
@@ -50,17 +60,30 @@ def load_plugins(
     """Register `builtins` (`wsgate.builtin.BUILTIN_PLUGINS`), `plugins.modules`, entry points and `extra`
     objects (tests, embedding applications), minus `plugins.disabled`: all through the same path.
 
-    A plugin that cannot be loaded raises PluginError with one line naming it, or is
-    skipped with a warning when `plugins.strict` is false.
+    A plugin that cannot be loaded, names an unknown hook or implements one in a form wsgate
+    does not call (`unsupported_form`) raises PluginError with one line naming it, or is
+    skipped with a warning when `plugins.strict` is false. Names in the settings that name no
+    plugin, and plugins that implement no hook, are logged as warnings (one line each) and
+    kept in `Plugins.problems`, which `wsgate check` turns into exit status 2.
     """
     config = settings.plugins
     pm = pluggy.PluginManager("wsgate")
     pm.add_hookspecs(hookspecs)
     sources: dict[str, str] = {}
+    offered: list[str] = []  # every plugin name there is, loaded, blocked or left off by its settings
     for name in config.disabled:
         pm.set_blocked(name)
 
+    def refuse(plugin: object, message: str) -> None:
+        if config.strict:
+            raise PluginError(message) from None
+        log.warning("%s; skipped (plugins.strict = false)", message)
+        name = pm.get_name(plugin)
+        pm.unregister(plugin)
+        sources.pop(name or "", None)
+
     def register(name: str, source: str, load: Any) -> None:
+        offered.append(name)
         if pm.is_blocked(name) or pm.has_plugin(name):
             return
         try:
@@ -100,24 +123,109 @@ def load_plugins(
             break
         except pluggy.PluginValidationError as exc:
             name = pm.get_name(exc.plugin) or repr(exc.plugin)
-            message = f"plugin {name!r}: {' '.join(str(exc).split())}"
-            if config.strict:
-                raise PluginError(message) from None
-            log.warning("%s; skipped (plugins.strict = false)", message)
-            pm.unregister(exc.plugin)
-            sources.pop(name, None)
-    return Plugins(pm, sources, settings)
+            message = f"plugin {name!r}: {' '.join(str(exc).split())}{_closest_hook(str(exc))}"
+            refuse(exc.plugin, message)
+    for name in list(sources):  # hooks in a form wsgate does not call: refused before anything calls them
+        plugin = pm.get_plugin(name)
+        for hook, impl in _impls_of(pm, plugin):
+            if (problem := unsupported_form(hook, impl)) is not None:
+                refuse(plugin, f"plugin {name!r}: {problem}")
+                break
+    problems = settings_problems(settings, pm, sources, offered)
+    for problem in problems:
+        log.warning("%s", problem)
+    return Plugins(pm, sources, settings, problems)
+
+
+def unsupported_form(hook: str, impl: pluggy.HookImpl) -> str | None:
+    """Why wsgate cannot call `impl` the way pluggy defines it (one line naming the hook), or None.
+
+    wsgate awaits each implementation's result in turn (pluggy is synchronous), so a
+    wrapper (`wrapper=True`, `hookwrapper=True`) would see un-awaited results: refused on
+    every hook. A generator function that is no wrapper would make its generator the result
+    (an identity, a verdict): refused too. Table hooks are never awaited: `async def` refused.
+    """
+    if impl.wrapper or impl.hookwrapper:
+        form = "wrapper=True" if impl.wrapper else "hookwrapper=True"
+        return (f"{hook} is a hook wrapper ({form}), which wsgate does not support: it awaits each "
+                "implementation in turn, so a wrapper would not see their results; use a plain "
+                "implementation (tryfirst=True or trylast=True set its place)")
+    if inspect.isgeneratorfunction(impl.function) or inspect.isasyncgenfunction(impl.function):
+        return (f"{hook} is a generator function: a hook implementation returns its result "
+                "(wsgate supports no hook wrappers)")
+    if hook in TABLE_HOOKS and inspect.iscoroutinefunction(impl.function):
+        return f"{hook} must be a plain function, not async"
+    return None
+
+
+def settings_problems(
+    settings: Settings, pm: pluggy.PluginManager, sources: Mapping[str, str], offered: Iterable[str]
+) -> list[str]:
+    """One line per setting that names no plugin (with the closest name), and per loaded plugin that
+    implements no hook: mistakes that would otherwise change nothing, silently.
+
+    `offered`: every plugin name known to this process (built-ins, `plugins.modules`, entry points,
+    application objects), including disabled ones and built-ins their settings leave off.
+    """
+    known = list(dict.fromkeys(offered))
+    lowered = {name.lower(): name for name in known}  # `[plugins.<name>]` tables arrive lower-cased
+    problems = [
+        f"plugins.disabled names {name!r}, which is no plugin here{_closest(name, known)}"
+        for name in settings.plugins.disabled if name not in known
+    ]
+    problems += [
+        f"settings table plugins.{name} names no plugin here{_closest(name, list(lowered))}"
+        for name in settings.plugins.options if name.lower() not in lowered
+    ]
+    for name, source in sources.items():
+        plugin = pm.get_plugin(name)
+        if not pm.get_hookcallers(plugin):
+            unmarked = [attr for attr in HOOKS if callable(getattr(plugin, attr, None))]
+            hint = f" (not marked with @wsgate.hookimpl: {', '.join(unmarked)})" if unmarked else ""
+            problems.append(f"plugin {name!r} ({source}) implements no wsgate hook{hint}")
+    return problems
+
+
+def _closest(name: str, known: list[str]) -> str:
+    """`; did you mean 'x'?` for the closest of `known`, or the list of them."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f" (plugins: {', '.join(sorted(known)) or 'none'})"
+
+
+def _closest_hook(error: str) -> str:
+    """pluggy's `unknown hook 'x'` error, completed with the closest hook name."""
+    start = error.find("unknown hook '")
+    if start < 0:
+        return ""
+    name = error[start + len("unknown hook '"):].split("'", 1)[0]
+    close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _impls_of(pm: pluggy.PluginManager, plugin: object) -> list[tuple[str, pluggy.HookImpl]]:
+    """Every hook implementation of `plugin`, with its hook's name."""
+    return [
+        (caller.name, impl)
+        for caller in pm.get_hookcallers(plugin) or () for impl in caller.get_hookimpls() if impl.plugin is plugin
+    ]
 
 
 class Plugins:
     """The loaded plugins, and the gateway's only way of calling their hooks."""
 
-    def __init__(self, pm: pluggy.PluginManager, sources: Mapping[str, str], settings: Settings) -> None:
+    def __init__(
+        self, pm: pluggy.PluginManager, sources: Mapping[str, str], settings: Settings, problems: Iterable[str] = ()
+    ) -> None:
         self.pm = pm
         self.sources = dict(sources)
+        self.problems = tuple(problems)
+        """Configuration mistakes found while loading (`settings_problems`), one line each."""
         self._timeout = settings.plugins.startup_timeout
         self._options = settings.plugins.options
-        self._started: list[tuple[str, Any]] = []  # (what, thing) to stop, in start order
+        self._services: list[tuple[str, Any]] = []  # started services, to close in reverse order
+        self._started: set[str] = set()  # plugins that got through start-up, to shut down
         self._call_order: dict[str, list[tuple[Callable[..., Any], tuple[str, ...]]]] = {}
         # Per-message and per-connection hooks are skipped entirely when nobody implements them.
         self.authenticates = self._implemented("wsgate_authenticate")
@@ -139,7 +247,7 @@ class Plugins:
     def build_registry(self) -> HandlerRegistry:
         """Every plugin's message handlers in one table (in registration order), naming conflicts."""
         registry = HandlerRegistry()
-        for impl in self._impls("wsgate_message_handlers"):
+        for impl in self._registered("wsgate_message_handlers"):
             registry.register(impl.plugin_name, self._call_at_load(impl, "wsgate_message_handlers", {}))
         return registry
 
@@ -147,7 +255,7 @@ class Plugins:
         """Every plugin's services by name; a name provided twice raises PluginError naming both."""
         services: dict[str, object] = {}
         owners: dict[str, str] = {}
-        for impl in self._impls("wsgate_services"):
+        for impl in self._registered("wsgate_services"):
             provided = self._call_at_load(impl, "wsgate_services", {"gateway": gateway})
             if not isinstance(provided, Mapping):
                 raise PluginError(f"plugin {impl.plugin_name!r}: wsgate_services must return a mapping")
@@ -162,29 +270,38 @@ class Plugins:
         return MappingProxyType(services)
 
     async def start(self, gateway: Gateway) -> None:
-        """Start services, then call `wsgate_startup` on each plugin, each within `startup_timeout`."""
+        """Start services (in registration order), then call `wsgate_startup` in pluggy's call order,
+        each within `startup_timeout`; the first failure raises PluginError naming it."""
         for name, service in gateway.services.items():
             if callable(start := getattr(service, "start", None)):
                 await self._bounded(f"service {name!r}: start", start)
-            self._started.append(("service", (name, service)))
-        startup = {impl.plugin_name: impl for impl in self._impls("wsgate_startup")}
-        for name in self.sources:  # registration order
-            if name in startup:
-                await self._bounded(f"plugin {name!r}: wsgate_startup", self._bind(startup[name], gateway=gateway))
-            self._started.append(("plugin", name))
+            self._services.append((name, service))
+        startup = self._ordered("wsgate_startup")
+        waiting = {impl.plugin_name for impl in startup}
+        self._started.update(name for name in self.sources if name not in waiting)  # nothing to start
+        for impl in startup:
+            await self._bounded(f"plugin {impl.plugin_name!r}: wsgate_startup", self._bind(impl, gateway=gateway))
+            self._started.add(impl.plugin_name)
 
     async def stop(self, gateway: Gateway) -> None:
-        """Undo `start` in reverse order, for what did start; failures are logged so everyone gets a turn."""
-        shutdown = {impl.plugin_name: impl for impl in self._impls("wsgate_shutdown")}
-        while self._started:
-            kind, thing = self._started.pop()
-            try:
-                if kind == "plugin" and thing in shutdown:
-                    await self._bounded(f"plugin {thing!r}: wsgate_shutdown", self._bind(shutdown[thing], gateway=gateway))
-                elif kind == "service" and callable(close := getattr(thing[1], "close", None)):
-                    await self._bounded(f"service {thing[0]!r}: close", close)
-            except PluginError as exc:
-                log.error("shutdown: %s", exc, exc_info=exc.__cause__)
+        """Call `wsgate_shutdown` (pluggy's call order) on the plugins that got through start-up, then close
+        the started services in reverse order; failures are logged so everyone gets a turn."""
+        for impl in self._ordered("wsgate_shutdown"):
+            if impl.plugin_name in self._started:
+                try:
+                    await self._bounded(
+                        f"plugin {impl.plugin_name!r}: wsgate_shutdown", self._bind(impl, gateway=gateway)
+                    )
+                except PluginError as exc:
+                    log.error("shutdown: %s", exc, exc_info=exc.__cause__)
+        self._started.clear()
+        while self._services:
+            name, service = self._services.pop()
+            if callable(close := getattr(service, "close", None)):
+                try:
+                    await self._bounded(f"service {name!r}: close", close)
+                except PluginError as exc:
+                    log.error("shutdown: %s", exc, exc_info=exc.__cause__)
 
     # --- per connection and per message ----------------------------------------------
 
@@ -210,7 +327,7 @@ class Plugins:
 
     async def notify(self, hook: str, client: Client) -> None:
         """Call a client life-cycle hook on every plugin, each within `startup_timeout`; failures are logged."""
-        for impl in reversed(self._impls(hook)):
+        for impl in self._ordered(hook):
             try:
                 await self._bounded(f"plugin {impl.plugin_name!r}: {hook}", self._bind(impl, client=client))
             except PluginError as exc:
@@ -235,8 +352,20 @@ class Plugins:
         return bool(self._impls(hook))
 
     def _impls(self, hook: str) -> list[pluggy.HookImpl]:
+        """`hook`'s implementations in registration order, tryfirst ones last (pluggy's list)."""
         impls: list[pluggy.HookImpl] = getattr(self.pm.hook, hook).get_hookimpls()
         return impls
+
+    def _registered(self, hook: str) -> list[pluggy.HookImpl]:
+        """`hook`'s implementations in registration order: for the table hooks, whose merged result no order
+        changes (a type or service claimed twice is refused), so that errors name the earlier plugin first."""
+        order = {name: n for n, name in enumerate(self.sources)}
+        return sorted(self._impls(hook), key=lambda impl: order.get(impl.plugin_name, len(order)))
+
+    def _ordered(self, hook: str) -> list[pluggy.HookImpl]:
+        """`hook`'s implementations in pluggy's call order: tryfirst, then the last registered first,
+        trylast last (`pluggy._callers._multicall` runs its list reversed). `load_plugins` refused wrappers."""
+        return list(reversed(self._impls(hook)))
 
     def _call_at_load(self, impl: pluggy.HookImpl, hook: str, kwargs: Mapping[str, Any]) -> Any:
         """Call a hook that builds a table at load time: errors name the plugin; async is refused, not leaked."""
@@ -270,7 +399,7 @@ class Plugins:
         calls = self._call_order.get(hook)
         if calls is None:  # the plugin set is fixed once loaded: work the order out once per hook
             calls = self._call_order[hook] = [
-                (impl.function, impl.argnames) for impl in reversed(self._impls(hook))  # pluggy's order
+                (impl.function, impl.argnames) for impl in self._ordered(hook)
             ]
         for function, argnames in calls:
             result = function(*[kwargs[arg] for arg in argnames])
