@@ -34,8 +34,9 @@ def write_module(directory: Path, name: str, source: str) -> Any:
     return module
 
 
-async def test_service_example(tmp_path: Path, aiohttp_server: Any) -> None:
+async def test_service_example(tmp_path: Path, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "settings.toml").write_text("[websocket]\nenabled = true\n")  # the cwd of every test
+    monkeypatch.setenv("NOTIFY_KEY", "k-notify")
     myservice = write_module(tmp_path, "myservice", readme_block("# myservice.py"))
     server = Server(await aiohttp_server(await myservice.make_app()), aiohttp.ClientSession())
     try:
@@ -43,7 +44,11 @@ async def test_service_example(tmp_path: Path, aiohttp_server: Any) -> None:
         await client.subscribe("clock")
         tick = await client.recv()  # the background task publishes every second
         assert (tick["type"], tick["room"]) == ("room_update", "clock")
-        async with server.session.post(server.url("/notify"), json={"event": "deploy"}) as resp:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):  # the example's route is not open to anyone
+            async with server.session.post(server.url("/notify"), json={"event": "leak"}, headers=headers) as resp:
+                assert resp.status == 401
+        async with server.session.post(server.url("/notify"), json={"event": "deploy"},
+                                       headers={"Authorization": "Bearer k-notify"}) as resp:
             assert await resp.json() == {"queued": 1}
         while (msg := await client.recv())["type"] != "notification":
             assert msg["type"] == "room_update"

@@ -124,6 +124,11 @@ class WebSocketSettings:
         256, "Messages buffered per client; a client that falls further behind is closed with 1008",
         minimum=1,
     )
+    send_queue_bytes: int = setting(
+        4_194_304, "Bytes that may wait for one client, whatever holds them (its outbox, replays and history "
+        "answers, live messages held while its history is read, pongs, the socket's own buffer); a client "
+        "that would pass it is closed with 1008 as a slow consumer", minimum=65_536,
+    )
     limits: LimitsSettings = field(default_factory=LimitsSettings)
 
 
@@ -245,6 +250,11 @@ class HistorySettings:
     ttl: float = setting(
         600.0, "How long a room's history outlives its last message (then its epoch changes)",
         duration=True, minimum=1,
+    )
+    max_answer_bytes: int = setting(
+        1_048_576, "Bytes of messages one `history` answer or one recovery (`subscribe` with `since`) may hold: "
+        "a `history` answer holds the newest messages that fit (page back with `before`), a recovery that "
+        "does not fit answers `recovered: false`; at most websocket.send_queue_bytes", minimum=1024,
     )
     max_rooms: int = setting(
         100_000, "Rooms whose history the in-memory broker keeps at most (the least recently used go first; "
@@ -806,6 +816,12 @@ def _check_relations(settings: Settings) -> None:
             f"invalid setting {_labelled('shutdown.window')} = {_show_duration(settings.shutdown.window)}: expected "
             f"at most a quarter of {_labelled('websocket.timeout')}, {_show_duration(ws.timeout / 4)} (the drain "
             f"gets half of it, and closing takes time too), with {_labelled('shutdown.mode')} = \"restart\""
+        )
+    if settings.history.max_answer_bytes > ws.send_queue_bytes:
+        raise ConfigError(
+            f"invalid setting {_labelled('history.max_answer_bytes')} = {settings.history.max_answer_bytes}: expected "
+            f"at most {_labelled('websocket.send_queue_bytes')} = {ws.send_queue_bytes} (an answer must fit in what "
+            "may wait for one client)"
         )
     if ws.pong_wait <= ws.ping_interval:
         raise ConfigError(
