@@ -78,7 +78,7 @@ class StalledClient:
     async def stuck_in_flood(self, server: Server) -> tuple[Client, Connection]:
         """Join `flood` on `server` and let a publisher flood it until this client's socket is full.
 
-        Needs a large `send_queue_size` and `write_wait`. Returns the publisher and the server's
+        Needs a large `send_queue_size`, `send_queue_bytes` and `write_wait`. Returns the publisher and the server's
         connection object for this client, whose outbox then holds frames it cannot write.
         """
         publisher = await server.connect()

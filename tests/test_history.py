@@ -403,3 +403,95 @@ async def test_history_survives_redis_forgetting_its_scripts(wsgate_server: Star
     finally:
         await redis.aclose()
     assert [m["offset"] for m in await publish_all(client, "chat:s", range(1, 4))] == [2, 3, 4]
+
+
+BIG = "x" * 100_000  # the security review's input: 100 messages of 100 KB
+
+
+async def fill(server: Server, room: str, count: int, data: str = BIG) -> None:
+    """Keep `count` messages of about `len(data)` bytes in `room`, numbered from 0."""
+    for n in range(count):
+        await server.gateway.publish(room, [n, data])
+
+
+async def test_a_history_answer_holds_the_newest_messages_that_fit_and_pages_back(start: Start) -> None:
+    server = await start(history={"rooms": ["chat:*"], "size": 100})
+    await fill(server, "chat:big", 100)
+    client = await server.connect(max_msg_size=0)
+    answer = (await client.request({"type": "history", "room": "chat:big"}))["data"]
+    newest = [m["data"][0] for m in answer["messages"]]
+    assert newest == list(range(100 - len(newest), 100)) and len(newest) == 10  # 1 MiB: the newest ten of 100 KB
+    assert answer["offset"] == 100
+    pages, before = [newest], answer["messages"][0]["offset"]
+    while True:  # back to the oldest, one answer of at most history.max_answer_bytes at a time
+        page = (await client.request({"type": "history", "room": "chat:big", "before": before}))["data"]["messages"]
+        if not page:
+            break
+        assert all(m["offset"] < before for m in page) and len(page) <= 10
+        pages.insert(0, [m["data"][0] for m in page])
+        before = page[0]["offset"]
+    assert [n for page in pages for n in page] == list(range(100))  # every message once, in order
+    small = (await client.request({"type": "history", "room": "chat:big", "limit": 3, "before": 50}))["data"]
+    assert [m["offset"] for m in small["messages"]] == [47, 48, 49]
+
+
+@pytest.mark.parametrize("before", [0, -1, 1.5, "3", True, 2**53 + 1])
+async def test_history_before_must_be_an_offset(wsgate_server: StartServer, before: object) -> None:
+    client = await (await wsgate_server(history=HISTORY)).connect()
+    reply = await client.request({"type": "history", "room": "chat:1", "before": before})
+    assert (reply["error"], reply["detail"]) == ("invalid JSON format", "field 'before' must be a positive integer (an offset)")
+
+
+async def test_a_message_larger_than_an_answer_still_comes_alone(start: Start) -> None:
+    """Paging always moves on: the newest message is in the answer even when it alone is over the bound."""
+    server = await start(history={"rooms": ["chat:*"], "max_answer_bytes": 1024})
+    await fill(server, "chat:wide", 3, data="y" * 2000)
+    client = await server.connect()
+    answer = (await client.request({"type": "history", "room": "chat:wide"}))["data"]["messages"]
+    assert [m["data"][0] for m in answer] == [2]
+
+
+async def test_a_recovery_larger_than_an_answer_is_not_recovered(start: Start) -> None:
+    """`subscribe` with `since` replays at most history.max_answer_bytes; more answers recovered: false."""
+    server = await start(history={"rooms": ["chat:*"], "size": 100})
+    client = await server.connect(max_msg_size=0)
+    epoch = (await client.subscribe("chat:r"))["data"]["epoch"]
+    await fill(server, "chat:r", 1)
+    epoch = (await client.recv())["epoch"]
+    await fill(server, "chat:r", 9)  # 1 MB after offset 1: fits
+    reader = await server.connect(max_msg_size=0)
+    fits = await reader.request({"type": "subscribe", "room": "chat:r", "since": {"offset": 1, "epoch": epoch}})
+    assert fits["data"]["recovered"] is True
+    assert [(await reader.recv())["offset"] for _ in range(9)] == list(range(2, 11))
+    await fill(server, "chat:r", 5)
+    late = await server.connect()
+    over = await late.request({"type": "subscribe", "room": "chat:r", "since": {"offset": 1, "epoch": epoch}})
+    assert (over["data"]["recovered"], over["data"]["offset"]) == (False, 15)
+    assert (await late.request({"type": "ping"}))["type"] == "pong"  # nothing replayed before the pong
+
+
+async def test_history_answers_count_against_the_byte_rate(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(history={"rooms": ["chat:*"]}, websocket={"limits": {"bytes_per_second": 100_000}})
+    await fill(server, "chat:rate", 5)  # 500 KB kept
+    client = await server.connect(max_msg_size=0)
+    first = await client.request({"type": "history", "room": "chat:rate"})
+    assert len(first["data"]["messages"]) == 5
+    again = await client.request({"type": "history", "room": "chat:rate"})  # 39 bytes, but 500 KB owed
+    assert again["error"] == "rate limit exceeded"
+
+
+async def test_live_messages_held_for_a_recovering_client_are_bounded_in_bytes(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(history={**HISTORY, "max_answer_bytes": 32_768}, websocket={"send_queue_bytes": 65_536})
+    client = await server.connect()
+    conn = server.hub.connections[client.id]
+    hub = server.hub
+    hub.join(conn, "chat:b", hold=True)  # as subscribe does before reading the history
+    message = b'{"type":"message","room":"chat:b","data":"%s","offset":%d,"epoch":"e"}'
+    for n in range(60):  # 60 KB: held
+        hub.deliver("chat:b", message % (b"x" * 1000, n + 1))
+    assert len(hub.holding["chat:b"][conn]) == 60 and conn.state.value == "open"
+    for n in range(60, 70):  # past 64 KiB
+        hub.deliver("chat:b", message % (b"x" * 1000, n + 1))
+    closing = await client.ws.receive(timeout=5)
+    assert (closing.data, closing.extra) == (1008, "slow consumer")
+    assert server.metrics.error_count("slow_consumer") == 1

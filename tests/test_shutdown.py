@@ -28,7 +28,7 @@ async def test_drain_closes_clients_with_1001_and_refuses_new_ones(server: Serve
 
 
 async def test_drain_gives_a_stalled_client_the_budget_then_counts_it(wsgate_server: StartServer) -> None:
-    server = await wsgate_server(websocket={"write_wait": "30s", "send_queue_size": 100_000})
+    server = await wsgate_server(websocket={"write_wait": "30s", "send_queue_size": 100_000, "send_queue_bytes": 1 << 30})
     stalled = StalledClient()
     try:
         publisher, conn = await stalled.stuck_in_flood(server)
@@ -46,7 +46,7 @@ async def test_drain_gives_a_stalled_client_the_budget_then_counts_it(wsgate_ser
 async def test_drain_writes_what_is_queued_before_the_close_frame(wsgate_server: StartServer) -> None:
     """The field report: a subscriber stopped reading while 1,000 messages of 10 KB were queued for it, then
     SIGTERM; it got 326 of them and a TCP reset. Now it gets all of them, then 1001."""
-    server = await wsgate_server(websocket={"write_wait": "30s", "send_queue_size": 2_000})
+    server = await wsgate_server(websocket={"write_wait": "30s", "send_queue_size": 2_000, "send_queue_bytes": 1 << 30})
     subscriber = await server.connect(max_msg_size=0)
     await subscriber.subscribe("r")
     payload = "x" * 10_000

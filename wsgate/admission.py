@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +29,7 @@ from aiohttp.web import RequestHandler
 from .hub import Hub
 from .keys import HUB, METRICS
 from .metrics import Metrics
+from .supervision import Throttled
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ REFUSAL_LINGER = 1.0  # seconds a refused socket stays open so its peer can read
 def guard_connections(server: web.Server, hub: Hub, metrics: Metrics) -> None:
     """Count every accepted socket against its address (`Hub.claim_address`); refuse one over the limit.
 
-    Hooks the server's own connection callbacks, which every RequestHandler calls.
+    Hooks the server's own connection callbacks, which every RequestHandler calls. They are called by the
+    event loop: nothing may escape them (an exception there skips what follows, and a refused socket whose
+    peer reset it first would never be closed), so the refused socket's abort is scheduled first.
     """
     made, lost = server.connection_made, server.connection_lost
     claimed: dict[RequestHandler, str] = {}
@@ -58,12 +60,15 @@ def guard_connections(server: web.Server, hub: Hub, metrics: Metrics) -> None:
             claimed[handler] = address
             return
         metrics.error("address_limit")  # counted, not logged: a storm must not flood the log too
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)  # closed, whatever happens below
         body = b'{"error": "%s"}' % TOO_MANY_FROM_ADDRESS.encode()
-        transport.pause_reading()  # its request is never parsed
-        transport.write(_REFUSAL % (len(body), body))
-        if transport.can_write_eof():
-            transport.write_eof()  # the answer, then FIN: closing at once would reset it away
-        asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)
+        try:
+            transport.pause_reading()  # its request is never parsed
+            transport.write(_REFUSAL % (len(body), body))
+            if transport.can_write_eof():
+                transport.write_eof()  # the answer, then FIN: closing at once would reset it away
+        except (OSError, RuntimeError):  # the peer reset it first (ENOTCONN from shutdown()): nobody to answer
+            transport.abort()
 
     def connection_lost(handler: RequestHandler, exc: BaseException | None) -> None:
         address = claimed.pop(handler, None)
@@ -80,22 +85,15 @@ class AcceptErrors:
     ENOBUFS, ENOMEM) into one warning per `interval`, and passes everything else on."""
 
     def __init__(self, interval: float = ACCEPT_LOG_INTERVAL) -> None:
-        self._interval = interval
-        self._failed = 0
-        self._logged_at = -interval
+        self._warn = Throttled(log, interval)
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if "out of system resource" not in str(context.get("message", "")):
             loop.default_exception_handler(context)
             return
-        self._failed += 1
-        now = time.monotonic()
-        if now - self._logged_at >= self._interval:
-            error = context.get("exception")
-            log.warning("cannot accept connections: %s (%d failed accepts since the last report); asyncio "
-                        "retries every second, and accepting resumes as connections close",
-                        error.strerror if isinstance(error, OSError) else error, self._failed)
-            self._logged_at, self._failed = now, 0
+        error = context.get("exception")
+        self._warn("cannot accept connections: %s; asyncio retries every second, and accepting resumes as "
+                   "connections close", error.strerror if isinstance(error, OSError) else error)
 
 
 class GatewayRunner(web.AppRunner):

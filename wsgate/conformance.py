@@ -67,7 +67,8 @@ async def echo_view(request: web.Request) -> web.StreamResponse:
 
 async def serve(port: int, compression: bool) -> None:
     settings = load_settings(overrides={"websocket": {
-        "enabled": True, "max_message_size": MAX_MESSAGE, "send_queue_size": 100_000, "compression": compression,
+        "enabled": True, "max_message_size": MAX_MESSAGE, "send_queue_size": 100_000,
+        "send_queue_bytes": 8 * MAX_MESSAGE, "compression": compression,
         "write_wait": "30s", "ping_interval": "1h", "pong_wait": "2h",
     }, "metrics": {"enabled": False}})
     app = await create_app(settings)

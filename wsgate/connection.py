@@ -26,10 +26,12 @@ from . import protocol
 from .config import WebSocketSettings
 from .metrics import Metrics
 from .ratelimit import RateLimiter
+from .supervision import Throttled
 from .wire import PING_FRAME, PONG_OPCODE, control_frame, frame_payloads, text_frame
 
 log = logging.getLogger(__name__)
 
+FAULT_LOG_INTERVAL = 10.0  # seconds between two log lines about a fault that can recur per client
 _TIMER_SLACK = 0.005  # asyncio may run a timer this early; never reschedule for a few microseconds
 
 
@@ -57,11 +59,12 @@ SENT = Sent()
 class Flusher:
     """Writes, once per event-loop turn, every outbox that received frames during that turn."""
 
-    __slots__ = ("_dirty", "_scheduled")
+    __slots__ = ("_dirty", "_scheduled", "_failed")
 
     def __init__(self) -> None:
         self._dirty: list[Connection] = []
         self._scheduled = False
+        self._failed = Throttled(log, FAULT_LOG_INTERVAL)
 
     def mark(self, conn: Connection) -> None:
         self._dirty.append(conn)
@@ -70,10 +73,15 @@ class Flusher:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        """The loop's callback: nothing escapes it, so one client's failure never stops the others' writes."""
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
-            conn.flush()
+            try:
+                conn.flush()
+            except Exception:  # never expected: a transport that refused a write
+                self._failed("writing to client %s failed; closing it", conn.id, exc_info=True)
+                conn.drop(protocol.CLOSE_GOING_AWAY, "write failed")
 
 
 class Connection:
@@ -87,7 +95,7 @@ class Connection:
     __slots__ = (
         "id", "_metrics", "_on_drop", "identity", "rooms", "remote", "state", "close_reason", "close_code", "last_seen",
         "opened_at", "closed", "_ws", "_stream", "_transport", "_high_water", "_raw", "_loop", "_flusher",
-        "_outbox", "_outbox_limit", "_marked", "_blocked", "_ping_interval", "_pong_wait", "_write_wait",
+        "_outbox", "_outbox_limit", "_queued", "_byte_limit", "replied", "_marked", "_blocked", "_ping_interval", "_pong_wait", "_write_wait",
         "_next_ping", "_ping_due", "_pong", "_timer", "_writer", "_closer", "limiter", "_expiry",
     )
 
@@ -121,6 +129,9 @@ class Connection:
         self._flusher = flusher
         self._outbox: list[bytes] = []  # complete WebSocket frames, header included
         self._outbox_limit = settings.send_queue_size
+        self._queued = 0  # bytes in the outbox
+        self._byte_limit = settings.send_queue_bytes  # everything held for this client, the transport's buffer too
+        self.replied = 0  # bytes queued for this client alone (answers, replays), ever: rate limits charge them
         self._marked = False  # in the flusher's list for this turn
         self._blocked = False  # the socket is full: the writer task waits for it to drain
         self._ping_interval = settings.ping_interval
@@ -156,40 +167,59 @@ class Connection:
 
     def enqueue(self, payload: bytes) -> None:
         """Queue one encoded message for this client alone (counted as one delivery)."""
-        if self.put(text_frame(payload)):
+        frame = text_frame(payload)
+        if self.put(frame):
+            self.replied += len(frame)
             self._metrics.messages_delivered(1)
 
     def enqueue_many(self, payloads: list[bytes]) -> None:
         """Queue encoded messages for this client alone as ONE outbox entry (a history replay).
 
-        A replay is bounded by `history.size`; taking one slot, it never trips the
-        slow-consumer limit that guards live traffic (with deflate too: the writer splits it).
+        A replay takes one slot of `send_queue_size` (with deflate too: the writer splits it), and
+        its bytes count against `send_queue_bytes` like any other.
         """
-        if payloads and self.put(b"".join(text_frame(payload) for payload in payloads)):
+        frames = b"".join(text_frame(payload) for payload in payloads)
+        if payloads and self.put(frames):
+            self.replied += len(frames)
             self._metrics.messages_delivered(len(payloads))
 
     def put(self, frame: bytes) -> bool:
         """Queue a complete WebSocket frame; the hub builds it once for a whole fan-out.
 
-        A client whose outbox is full is dropped (close 1008): it never slows the others.
-        Returns whether the frame was queued.
+        A client whose outbox is full (`send_queue_size` frames, or `send_queue_bytes` with what
+        the socket still holds) is dropped (close 1008): it never slows the others, and what one
+        client makes the server hold stays bounded in bytes. Returns whether the frame was queued.
         """
         if self.state is not State.OPEN:
             return False
         outbox = self._outbox
-        if len(outbox) >= self._outbox_limit:
-            self._metrics.error("slow_consumer")
-            log.warning(
-                "client %s is too slow (%d messages queued); closing", self.id, len(outbox),
-                extra={"client_id": self.id},
-            )
-            self.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
+        if len(outbox) >= self._outbox_limit or not self.fits(len(frame)):
+            self._too_slow(f"{len(outbox)} messages, {self.held_bytes()} bytes queued")
             return False
         outbox.append(frame)
+        self._queued += len(frame)
         if not self._marked:
             self._marked = True
             self._flusher.mark(self)
         return True
+
+    def held_bytes(self) -> int:
+        """Bytes held for this client: its outbox, and the transport's buffer once it is over its high-water
+        mark (below the mark, at most 64 KiB by default, it is not counted: asking costs a call per frame)."""
+        held = self._queued
+        if self._blocked and self._transport is not None:
+            held += self._transport.get_write_buffer_size()
+        return held
+
+    def fits(self, size: int) -> bool:
+        """Whether `size` more bytes may be held for this client within `send_queue_bytes`."""
+        return self.held_bytes() + size <= self._byte_limit
+
+    def _too_slow(self, held: str) -> None:
+        """Close as a slow consumer (1008), counted as `slow_consumer`."""
+        self._metrics.error("slow_consumer")
+        log.warning("client %s is too slow (%s); closing", self.id, held, extra={"client_id": self.id})
+        self.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
 
     def flush(self) -> None:
         """Write the whole outbox with one system call, unless the socket is full (then the writer waits)."""
@@ -202,14 +232,22 @@ class Connection:
             return
         transport = self._transport
         if transport is None or transport.is_closing():
-            outbox.clear()
+            self._clear()
             return
+        transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+        self._clear()
+        self._check_buffer(transport)
+
+    def _clear(self) -> None:
+        self._outbox.clear()
+        self._queued = 0
+
+    def _check_buffer(self, transport: asyncio.WriteTransport) -> None:
+        """After a write: a transport over its high-water mark blocks this client until it drains (the writer
+        waits, at most `write_wait`), so that the socket's buffer is counted in `held_bytes`."""
         if transport.get_write_buffer_size() > self._high_water:
             self._blocked = True
             self._need_writer()
-            return
-        transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
-        outbox.clear()
 
     # --- life cycle --------------------------------------------------------------
 
@@ -239,7 +277,7 @@ class Connection:
         self.state = State.CLOSING
         self.close_reason = reason
         self.close_code = code
-        self._outbox.clear()
+        self._clear()
         # Leave the rooms now (next turn: we may be inside a fan-out over one of them),
         # not after a close handshake that a stalled peer can hold up for write_wait.
         self._loop.call_soon(self._on_drop, self)
@@ -269,8 +307,8 @@ class Connection:
                 if self._writer is not None and not self._writer.done():
                     await asyncio.wait([self._writer])  # it waits for a full socket to drain, and deflates
                 if self._outbox and self._transport is not None and not self._transport.is_closing():
-                    frames = b"".join(self._outbox)  # bounded by send_queue_size: one write, then wait for it
-                    self._outbox.clear()
+                    frames = b"".join(self._outbox)  # bounded by send_queue_bytes: one write, then wait for it
+                    self._clear()
                     self._transport.write(frames)
                     await self._stream.drain()
                 written = True
@@ -290,7 +328,7 @@ class Connection:
     async def stop(self) -> None:
         """Release everything this client holds; called by the reader when it finishes."""
         self.state = State.CLOSED
-        self._outbox.clear()
+        self._clear()
         if self._timer is not None:
             self._timer.cancel()
         if self._expiry is not None:
@@ -334,8 +372,12 @@ class Connection:
     # --- writer and keepalive ----------------------------------------------------
 
     def queue_pong(self, payload: bytes) -> None:
-        """Answer a client's ping without the reader ever waiting on a write."""
-        self._pong = payload  # only the latest ping needs an answer (RFC 6455 5.5.3)
+        """Answer a client's ping without the reader ever waiting on a write.
+
+        Only the latest ping is answered while earlier answers wait (RFC 6455 5.5.3): a client that
+        floods pings and never reads holds one pending pong, never a buffer that grows.
+        """
+        self._pong = payload
         self._send_control()
 
     def _send_control(self) -> None:
@@ -350,6 +392,7 @@ class Connection:
         if self._ping_due:
             transport.write(PING_FRAME)
             self._ping_due = False
+        self._check_buffer(transport)
 
     def _need_writer(self) -> None:
         """Make sure a writer task runs: one exists only while something has to wait (most clients: never)."""
@@ -375,7 +418,9 @@ class Connection:
                     async with asyncio.timeout(write_wait):
                         await ws.ping()
                 while outbox and not self._raw:
-                    for opcode, payload in frame_payloads(outbox.pop(0)):  # an entry may hold several frames
+                    entry = outbox.pop(0)
+                    self._queued -= len(entry)
+                    for opcode, payload in frame_payloads(entry):  # an entry may hold several frames
                         async with asyncio.timeout(write_wait):
                             await ws.send_frame(payload, WSMsgType(opcode))
                 if not (self._blocked or self._pong is not None or self._ping_due or (outbox and not self._raw)):

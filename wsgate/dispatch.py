@@ -38,9 +38,23 @@ class Dispatcher:
         return False
 
     async def dispatch(self, client: ConnectedClient, text: str) -> None:
-        """Handle one text message from `client`; every failure is answered, none escapes."""
-        if client.limiter is not None and not self.within_rate(client, len(text)):
+        """Handle one text message from `client`; every failure is answered, none escapes.
+
+        With a byte rate limit, what the answers hold beyond the message's own size (a `history` answer, a
+        replay, a plugin's large reply) is charged to the client's byte bucket too: a 40-byte request must
+        not fetch a megabyte per message the limit allows.
+        """
+        limiter = client.limiter
+        if limiter is None:
+            await self._handle(client, text)
             return
+        if not self.within_rate(client, len(text)):
+            return
+        replied = client.replied
+        await self._handle(client, text)
+        limiter.charge(client.replied - replied - len(text), client.last_seen)
+
+    async def _handle(self, client: ConnectedClient, text: str) -> None:
         kind = None
         try:
             message = self._decoder.decode(text)

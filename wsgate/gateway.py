@@ -109,7 +109,9 @@ class Gateway:
             if since is None or already:
                 replay = Replay(await self._broker.history_position(room), recovered=True)
             else:
-                replay = await self._broker.history_replay(room, since)
+                replay = await self._broker.history_replay(
+                    room, since, max_bytes=self._settings.history.max_answer_bytes
+                )
         except BaseException as exc:  # nothing to recover from: leave, so the client is not half subscribed
             if not already and room in conn.rooms:
                 hub.leave(conn, room)
@@ -150,12 +152,17 @@ class Gateway:
                     left.append(room)
         return left
 
-    async def history(self, room: str, limit: int | None = None) -> tuple[Position, list[bytes]]:
+    async def history(
+        self, room: str, limit: int | None = None, *, before: int | None = None
+    ) -> tuple[Position, list[bytes]]:
         if not self._router.keeps_history(room):
             raise ClientError(protocol.NO_HISTORY, "history.rooms does not include this room")
-        size = self._settings.history.size
+        settings = self._settings.history
         try:
-            return await self._broker.history_last(room, size if limit is None else min(limit, size))
+            return await self._broker.history_last(
+                room, settings.size if limit is None else min(limit, settings.size), before=before or 0,
+                max_bytes=settings.max_answer_bytes,
+            )
         except BrokerError:
             raise _history_unavailable() from None
 

@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .config import HistorySettings
@@ -157,22 +157,44 @@ class MemoryHistory:
         state = self._existing(room)
         return Position(state.offset, state.epoch) if state is not None else NO_HISTORY
 
-    def replay(self, room: str, since: Position) -> Replay:
+    def replay(self, room: str, since: Position, *, max_bytes: int = 0) -> Replay:
+        """What a client at `since` missed (`replay_from`); `recovered=False` past `max_bytes` (0: no bound)."""
         state = self._existing(room)
         if state is None:
             return replay_from(NO_HISTORY, [], since)
-        return replay_from(Position(state.offset, state.epoch), [e for e in state.entries if e[0] > since.offset], since)
+        position = Position(state.offset, state.epoch)
+        after = [e for e in state.entries if e[0] > since.offset]
+        if max_bytes and sum(len(payload) for _, payload in after) > max_bytes:
+            return Replay(position, recovered=False)
+        return replay_from(position, after, since)
 
-    def last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
-        """The last `limit` messages; a room with no history yet is not created (epoch "")."""
+    def last(self, room: str, limit: int, *, before: int = 0, max_bytes: int = 0) -> tuple[Position, list[bytes]]:
+        """The last `limit` messages below offset `before` (0: any) that fit in `max_bytes` (`newest_within`);
+        a room with no history yet is not created (epoch "")."""
         state = self._existing(room)
         if state is None:
             return NO_HISTORY, []
-        entries = list(state.entries)[-limit:] if limit else []
-        return Position(state.offset, state.epoch), [payload for _, payload in entries]
+        newest_first = (payload for offset, payload in reversed(state.entries) if not before or offset < before)
+        return Position(state.offset, state.epoch), newest_within(newest_first, limit, max_bytes)
 
     def __len__(self) -> int:
         return len(self._rooms)
+
+
+def newest_within(newest_first: Iterable[bytes], limit: int, max_bytes: int) -> list[bytes]:
+    """At most `limit` payloads, oldest first, of `newest_first`: the newest whose sizes add up to at most
+    `max_bytes` (0: no bound), and always the newest one, so that paging back with `before` moves on."""
+    taken: list[bytes] = []
+    size = 0
+    for payload in newest_first:
+        if len(taken) >= limit:
+            break
+        size += len(payload)
+        if max_bytes and size > max_bytes and taken:
+            break
+        taken.append(payload)
+    taken.reverse()
+    return taken
 
 
 NO_HISTORY = Position(0, "")

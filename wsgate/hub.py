@@ -27,6 +27,16 @@ HOLD_FACTOR = 10  # a recovering client's live messages wait while its history i
 RESTART_BATCH_INTERVAL = 0.1  # seconds between batches of clients closed by a restart drain
 DRAIN_GRACE = 0.5  # seconds the drain waits past its budget for aborted clients' readers to finish
 
+class Held(list[bytes]):
+    """Live messages held for one recovering client, in order, and their `size` in bytes."""
+
+    __slots__ = ("size",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+
+
 RoomInterest = Callable[[str], None]
 """Told a room's name when it gains its first or loses its last local member (the broker subscribes or not)."""
 
@@ -47,7 +57,7 @@ class Hub:
         self._presence = presence if presence is not None and presence.rooms else None
         self.connections: dict[str, Connection] = {}
         self.rooms: dict[str, set[Connection]] = {}
-        self.holding: dict[str, dict[Connection, list[bytes]]] = {}  # room -> recovering client -> held messages
+        self.holding: dict[str, dict[Connection, Held]] = {}  # room -> recovering client -> held messages
         self.fences: dict[str, dict[Connection, Position]] = {}  # room -> recovered client -> what it has read
         self.addresses: dict[str, int] = {}  # connections (and upgrades under way) per client address
         self.draining = False
@@ -106,7 +116,7 @@ class Hub:
         if limit and self._count(room) >= limit:
             raise ClientError(ROOM_FULL)
         if hold:
-            self.holding.setdefault(room, {})[conn] = []
+            self.holding.setdefault(room, {})[conn] = Held()
         else:
             members.add(conn)
         conn.rooms.add(room)
@@ -122,7 +132,7 @@ class Hub:
         fenced off for this client until a newer one passes.
         """
         held = self.holding.get(room)
-        messages = held.pop(conn, []) if held is not None else []
+        messages: list[bytes] = held.pop(conn, []) if held is not None else []
         if held is not None and not held:
             del self.holding[room]
         if room in conn.rooms:
@@ -176,16 +186,20 @@ class Hub:
                 return sum([conn.put(frame) for conn in targets if conn not in skip])
         return sum([conn.put(frame) for conn in targets])  # a list comprehension: the fastest loop here
 
-    def _hold(self, held: dict[Connection, list[bytes]], message: bytes) -> None:
+    def _hold(self, held: dict[Connection, Held], message: bytes) -> None:
+        """Hold `message` for each recovering client; one that would hold more than ten outboxes' worth, or more
+        bytes than `send_queue_bytes` allows with what is queued for it, is closed as a slow consumer."""
         for conn, messages in held.items():
-            if len(messages) >= self._hold_limit:  # the read (bounded by broker.connect_timeout) is too slow
+            # the read (bounded by broker.connect_timeout) is too slow, or the room too busy for this client
+            if len(messages) >= self._hold_limit or not conn.fits(messages.size + len(message)):
                 if conn.state is State.OPEN:
                     self._metrics.error("slow_consumer")
-                    log.warning("client %s: %d messages arrived while its history was read; closing",
-                                conn.id, len(messages), extra={"client_id": conn.id})
+                    log.warning("client %s: %d messages (%d bytes) arrived while its history was read; closing",
+                                conn.id, len(messages), messages.size, extra={"client_id": conn.id})
                 conn.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
             else:
                 messages.append(message)
+                messages.size += len(message)
 
     def _fenced_off(self, room: str, fenced: dict[Connection, Position], message: bytes) -> set[Connection]:
         """Recovered clients that were already sent this message; a fence ends once a message passes that

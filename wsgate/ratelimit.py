@@ -33,11 +33,12 @@ class TokenBucket:
         self.tokens = capacity
         self.stamp = now
 
-    def take(self, amount: float, now: float) -> bool:
-        """Take `amount` tokens if there are that many (after refilling for the time passed)."""
+    def take(self, amount: float, now: float, *, debt: bool = False) -> bool:
+        """Take `amount` tokens if there are that many (after refilling for the time passed); `debt`: take them
+        anyway, leaving the bucket below zero."""
         tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if tokens < amount:
+        if tokens < amount and not debt:
             self.tokens = tokens
             return False
         self.tokens = tokens - amount
@@ -61,6 +62,12 @@ class RateLimiter:
     @staticmethod
     def needed(limits: LimitsSettings) -> bool:
         return bool(limits.messages_per_second or limits.bytes_per_second)
+
+    def charge(self, size: int, now: float) -> None:
+        """Take `size` bytes (when positive) from the byte bucket for what the server sent back: the bucket may
+        go below zero, and the client's next messages are refused until it has refilled."""
+        if self._bytes is not None and size > 0:
+            self._bytes.take(size, now, debt=True)
 
     def check(self, size: int, now: float) -> Verdict:
         """Account for one message of `size` characters arriving at `now`."""

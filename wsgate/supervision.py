@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from .metrics import Metrics
@@ -21,6 +22,25 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 HEALTHY_RUN = 60.0  # seconds a task must run before its backoff starts over
+
+
+class Throttled:
+    """A warning for a fault that can recur per socket or per message, logged at most once per `interval`
+    seconds with how many times it happened since the last line: a storm never floods the log."""
+
+    def __init__(self, logger: logging.Logger, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._log = logger
+        self._interval = interval
+        self._clock = clock
+        self._count = 0
+        self._logged_at = -interval
+
+    def __call__(self, message: str, *args: object, exc_info: bool = False) -> None:
+        self._count += 1
+        now = self._clock()
+        if now - self._logged_at >= self._interval:
+            self._log.warning(message + " (%d times since the last report)", *args, self._count, exc_info=exc_info)
+            self._logged_at, self._count = now, 0
 
 
 class Supervisor:

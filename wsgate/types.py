@@ -129,9 +129,13 @@ class Gateway(Protocol):
         longer subscribe to (the `[auth]` rules, then `wsgate_authorize`). Returns the rooms it left.
         Raises `ClientGone` when the client has left."""
 
-    async def history(self, room: str, limit: int | None = None) -> tuple[Position, list[bytes]]:
-        """The room's position and its last `limit` kept messages (at most `history.size`), oldest first,
-        each already encoded. Raises `ClientError`: `room has no history`, `history is unavailable`."""
+    async def history(
+        self, room: str, limit: int | None = None, *, before: int | None = None
+    ) -> tuple[Position, list[bytes]]:
+        """The room's position and its last `limit` kept messages (at most `history.size`) with an offset below
+        `before` (None: the newest), oldest first, each already encoded: the newest that fit in
+        `history.max_answer_bytes` (always at least one, if any). Page back with `before` = the first
+        message's offset. Raises `ClientError`: `room has no history`, `history is unavailable`."""
 
     async def presence(self, room: str) -> list[bytes]:
         """The encoded members of `room` on every node. Raises `ClientError`: `room has no presence`,

@@ -160,13 +160,15 @@ async def _open(request: web.Request) -> web.StreamResponse:
         if plugins.watches_clients:
             await plugins.notify("wsgate_client_connected", conn)
         await _read_loop(ws, conn, app[DISPATCHER], metrics)
-    finally:
-        hub.remove(conn)
+    finally:  # each step runs whatever the one before it did: a client never outlives its socket
         try:
-            await conn.stop()
+            hub.remove(conn)
         finally:
-            if plugins.watches_clients:
-                await plugins.notify("wsgate_client_disconnected", conn)
+            try:
+                await conn.stop()
+            finally:
+                if plugins.watches_clients:
+                    await plugins.notify("wsgate_client_disconnected", conn)
     return ws
 
 

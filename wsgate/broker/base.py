@@ -76,11 +76,16 @@ class Broker(Protocol):
     async def history_position(self, room: str) -> Position:
         """The room's current offset and epoch (created, at offset 0, if the room has none yet)."""
 
-    async def history_replay(self, room: str, since: Position) -> Replay:
-        """The messages after `since`, read together with the position they lead up to. Raises BrokerError."""
+    async def history_replay(self, room: str, since: Position, *, max_bytes: int = 0) -> Replay:
+        """The messages after `since`, read together with the position they lead up to; `recovered=False`
+        when they hold more than `max_bytes` bytes (0: no bound). Raises BrokerError."""
 
-    async def history_last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
-        """The position and the last `limit` kept messages of a room, oldest first. Raises BrokerError."""
+    async def history_last(
+        self, room: str, limit: int, *, before: int = 0, max_bytes: int = 0
+    ) -> tuple[Position, list[bytes]]:
+        """The position and the last `limit` kept messages of a room with an offset below `before` (0: any),
+        oldest first: the newest that fit in `max_bytes` bytes (0: no bound; always one when there is one).
+        Raises BrokerError."""
 
     async def close(self) -> None:
         """Disconnect and release resources."""

@@ -41,11 +41,13 @@ class MemoryBroker:
     async def history_position(self, room: str) -> Position:
         return self.history.position(room)
 
-    async def history_replay(self, room: str, since: Position) -> Replay:
-        return self.history.replay(room, since)
+    async def history_replay(self, room: str, since: Position, *, max_bytes: int = 0) -> Replay:
+        return self.history.replay(room, since, max_bytes=max_bytes)
 
-    async def history_last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
-        return self.history.last(room, limit)
+    async def history_last(
+        self, room: str, limit: int, *, before: int = 0, max_bytes: int = 0
+    ) -> tuple[Position, list[bytes]]:
+        return self.history.last(room, limit, before=before, max_bytes=max_bytes)
 
     async def close(self) -> None:
         pass

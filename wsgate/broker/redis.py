@@ -187,28 +187,34 @@ class RedisBroker:
 
     # --- history ----------------------------------------------------------------------
 
-    async def _read(self, room: str, mode: str, count: int) -> tuple[Position, list[tuple[int, bytes]]]:
+    async def _read(
+        self, room: str, mode: str, count: int, max_bytes: int = 0, before: int = 0
+    ) -> tuple[Position, list[tuple[int, bytes]], bool]:
         import redis.asyncio as aioredis
 
         try:
             async with asyncio.timeout(self._settings.connect_timeout):  # a recovering client is waiting
-                epoch, offset, entries = await self._read_script(keys=self._names.history_keys(room), args=[mode, count])
+                epoch, offset, entries, over = await self._read_script(
+                    keys=self._names.history_keys(room), args=[mode, count, max_bytes, before]
+                )
         except (OSError, TimeoutError, aioredis.RedisError) as exc:
             self._metrics.broker_error()
             raise BrokerError(f"reading the history of {room!r} from Redis failed: {describe(exc)}") from None
         kept = [(int(entry_id.split(b"-")[0]), fields[1]) for entry_id, fields in entries]
-        return Position(int(offset), epoch.decode()), kept
+        return Position(int(offset), epoch.decode()), kept, bool(over)
 
     async def history_position(self, room: str) -> Position:
-        position, _ = await self._read(room, "none", 0)
+        position, _, _ = await self._read(room, "none", 0)
         return position
 
-    async def history_replay(self, room: str, since: Position) -> Replay:
-        position, after = await self._read(room, "after", since.offset)
-        return replay_from(position, after, since)
+    async def history_replay(self, room: str, since: Position, *, max_bytes: int = 0) -> Replay:
+        position, after, over = await self._read(room, "after", since.offset, max_bytes)
+        return Replay(position, recovered=False) if over else replay_from(position, after, since)
 
-    async def history_last(self, room: str, limit: int) -> tuple[Position, list[bytes]]:
-        position, newest_first = await self._read(room, "last", limit)
+    async def history_last(
+        self, room: str, limit: int, *, before: int = 0, max_bytes: int = 0
+    ) -> tuple[Position, list[bytes]]:
+        position, newest_first, _ = await self._read(room, "last", limit, max_bytes, before)
         return position, [payload for _, payload in reversed(newest_first)]
 
     # --- sending ----------------------------------------------------------------------

@@ -105,18 +105,38 @@ def publish_args(head: bytes, size: int, ttl: float, channel: bytes, sender: byt
 READ_SCRIPT = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
-  return {'', '0', {}}  -- no history yet: reading creates nothing (a client's choice of names leaves no keys)
+  return {'', '0', {}, 0}  -- no history yet: reading creates nothing (a client's choice of names leaves no keys)
 end
 local offset = redis.call('HGET', KEYS[1], 'offset')
-local entries = {}
+local entries, over, limit = {}, 0, tonumber(ARGV[3])
 if ARGV[1] == 'after' then
   entries = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[2]) + 1) .. '-0', '+')
+  local size = 0
+  for i = 1, #entries do
+    size = size + #entries[i][2][2]
+    if limit > 0 and size > limit then
+      return {epoch, offset, {}, 1}  -- more than a recovery may hold: none of it
+    end
+  end
 elseif ARGV[1] == 'last' then
-  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+  local top = '+'
+  if tonumber(ARGV[4]) > 0 then top = '(' .. ARGV[4] .. '-0' end
+  entries = redis.call('XREVRANGE', KEYS[2], top, '-', 'COUNT', ARGV[2])
+  local size = 0
+  for i = 1, #entries do
+    size = size + #entries[i][2][2]
+    if limit > 0 and size > limit and i > 1 then
+      for j = #entries, i, -1 do entries[j] = nil end  -- the newest that fit (at least one)
+      over = 1
+      break
+    end
+  end
 end
-return {epoch, offset, entries}
+return {epoch, offset, entries, over}
 """
-"""KEYS: history_keys(room). ARGV: mode (none, after, last), offset or count."""
+"""KEYS: history_keys(room). ARGV: mode (none, after, last), offset or count, the most payload bytes to return
+(0: any; `history.max_answer_bytes`), and for `last` the offset to stay below (0: none). Returns {epoch, offset,
+entries, over}: `over` is 1 when entries were left out for the byte bound (for `after`: all of them)."""
 
 PRESENCE_SCRIPT = """
 local entries = redis.call('HGETALL', KEYS[1])

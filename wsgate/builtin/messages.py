@@ -61,13 +61,16 @@ async def ping(client: Client, message: Message) -> None:
 
 
 async def history(client: Client, message: Message) -> None:
-    """`{"type":"history","room":R,"limit":N}` -> the last N kept messages, oldest first, and the position."""
+    """`{"type":"history","room":R,"limit":N,"before":K}` -> the last N kept messages (below offset K, when given),
+    oldest first, and the position; the answer holds at most `history.max_answer_bytes` of messages."""
     room = message.require_room()
-    limit = message.fields.get("limit")
+    limit, before = message.fields.get("limit"), message.fields.get("before")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ClientError(protocol.INVALID_JSON, "field 'limit' must be a positive integer")
+    if before is not None and (not isinstance(before, int) or isinstance(before, bool) or not 1 <= before <= MAX_OFFSET):
+        raise ClientError(protocol.INVALID_JSON, "field 'before' must be a positive integer (an offset)")
     await client.gateway.authorize(client, protocol.HISTORY, room)
-    position, messages = await client.gateway.history(room, limit)
+    position, messages = await client.gateway.history(room, limit, before=before)
     client.enqueue(
         b'{"type":"history","room":%s,"data":{"offset":%d,"epoch":%s,"messages":[%s]},"timestamp":%d}'
         % (protocol.dumps(room), position.offset, protocol.dumps(position.epoch), b",".join(messages),

@@ -153,11 +153,14 @@ class GatewayClient:
     async def broadcast(self, data: Any) -> None:
         await self._send({"type": "broadcast", "data": data})
 
-    async def history(self, room: str, limit: int | None = None) -> dict[str, Any]:
-        """The last `limit` kept messages of `room` and its position (the `history` answer's data)."""
+    async def history(self, room: str, limit: int | None = None, *, before: int | None = None) -> dict[str, Any]:
+        """The last `limit` kept messages of `room` (below offset `before`, when given) and its position (the
+        `history` answer's data); at most `history.max_answer_bytes` of them: page back with `before`."""
         request: dict[str, Any] = {"type": "history", "room": room}
         if limit is not None:
             request["limit"] = limit
+        if before is not None:
+            request["before"] = before
         answer = await self._request(request, ("history", room))
         data: dict[str, Any] = answer["data"]
         return data

@@ -159,9 +159,13 @@ export class WsgateClient {
     return performance.now() - started;
   }
 
-  /** The last `limit` kept messages of a room. @param {string} room @param {number} [limit] */
-  async history(room, limit) {
-    const answer = await this.request({ type: "history", room, ...(limit ? { limit } : {}) },
+  /**
+   * The last `limit` kept messages of a room (below offset `before`, when given), at most the server's
+   * `history.max_answer_bytes` of them: page back with `before` = the first message's offset.
+   * @param {string} room @param {number} [limit] @param {number} [before]
+   */
+  async history(room, limit, before) {
+    const answer = await this.request({ type: "history", room, ...(limit ? { limit } : {}), ...(before ? { before } : {}) },
       (m) => m.type === "history" && m.room === room);
     return answer.data;
   }

@@ -1,0 +1,184 @@
+"""What one client makes the server hold is bounded in bytes, whatever it sends (the second security review).
+
+Every byte queued for a client counts against `websocket.send_queue_bytes`: its outbox, replays and
+history answers, pongs, and the socket's own buffer. Past it the client is closed as a slow consumer.
+Sockets are closed on every path, whatever the peer does first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+
+import aiohttp
+import pytest
+
+from wsgate.testing import TIMEOUT, Server, StartServer, eventually, wait_until
+
+from .conftest import StalledClient
+
+PING = 0x9
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """One client frame (masked, as RFC 6455 5.3 requires), payload under 126 bytes."""
+    mask = os.urandom(4)
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_client_that_floods_pings_and_never_reads_holds_one_pong(wsgate_server: StartServer) -> None:
+    """Input A: 125-byte pings as fast as the client can, never reading. Only the latest ping waits for an
+    answer (RFC 6455 5.5.3); the socket's buffer stays under its high-water mark, and the client, whose
+    pongs cannot be written, is closed after write_wait: pings do not keep it alive."""
+    server = await wsgate_server(websocket={"write_wait": "1s"})
+    stalled = StalledClient()
+    try:
+        await stalled.join(server.test_server.port, "quiet")  # type: ignore[arg-type]
+        conn = next(iter(server.hub.rooms["quiet"]))
+        transport = conn._transport
+        assert transport is not None
+        high = transport.get_write_buffer_limits()[1]
+        burst = masked_frame(PING, b"p" * 125) * 1000  # 131 KB a burst
+        loop = asyncio.get_running_loop()
+        largest = 0
+        for _ in range(100):  # 13 MB of pings; with each pong written at once the buffer grew without end
+            try:
+                await loop.sock_sendall(stalled.sock, burst)
+            except OSError:
+                break  # closed by the server: its write deadline passed
+            largest = max(largest, transport.get_write_buffer_size())
+            if conn.closed.is_set():
+                break
+        assert largest <= high + 256, f"the socket's buffer held {largest} bytes"
+        await wait_until(conn.closed)
+        assert (conn.close_code, conn.close_reason) == (1008, "write timeout")
+        assert server.metrics.error_count("write_timeout") == 1
+    finally:
+        stalled.close()
+
+
+async def test_history_answers_to_a_client_that_never_reads_are_bounded(wsgate_server: StartServer) -> None:
+    """Input B: 100 messages of 100 KB kept; 25 `history` requests of 39 bytes, never reading. The answers
+    pile up to send_queue_bytes (4 MiB), then the client is closed as a slow consumer and counted."""
+    server = await wsgate_server(history={"rooms": ["h:*"]})
+    for n in range(100):
+        await server.gateway.publish("h:big", [n, "x" * 100_000])
+    stalled = StalledClient()
+    try:
+        await stalled.join(server.test_server.port, "h:big")  # type: ignore[arg-type]
+        conn = server.hub.rooms["h:big"].copy().pop()
+        request = b'{"type":"history","room":"h:big"}'
+        for _ in range(25):
+            await stalled.send(0x1, request)
+            if conn.state.value != "open":
+                break
+            assert conn.held_bytes() <= 4 * 1024 * 1024
+        await wait_until(conn.closed)
+        assert (conn.close_code, conn.close_reason) == (1008, "slow consumer")
+        assert server.metrics.error_count("slow_consumer") == 1
+    finally:
+        stalled.close()
+
+
+async def test_a_subscriber_that_never_reads_is_bounded_in_bytes_not_messages(wsgate_server: StartServer) -> None:
+    """Fan-out: 100 messages of 100 KB are far under send_queue_size (256 messages) but over 4 MiB."""
+    server = await wsgate_server()
+    stalled = StalledClient()
+    try:
+        await stalled.join(server.test_server.port, "wide")  # type: ignore[arg-type]
+        conn = next(iter(server.hub.rooms["wide"]))
+        for n in range(100):
+            await server.gateway.publish("wide", [n, "x" * 100_000])
+            if conn.state.value != "open":
+                break
+            assert conn.held_bytes() <= 4 * 1024 * 1024
+        await wait_until(conn.closed)
+        assert (conn.close_code, conn.close_reason) == (1008, "slow consumer")
+    finally:
+        stalled.close()
+
+
+async def test_plugin_replies_count_against_the_byte_bound(wsgate_server: StartServer) -> None:
+    """A plugin's `client.send` to a client that never reads: the same bound as fan-out."""
+    server = await wsgate_server(websocket={"send_queue_bytes": 65_536}, history={"max_answer_bytes": 32_768})
+    stalled = StalledClient()
+    try:
+        await stalled.join(server.test_server.port, "any")  # type: ignore[arg-type]
+        conn = next(iter(server.hub.rooms["any"]))
+        sent = 0
+        while conn.state.value == "open" and sent < 200:
+            conn.send({"type": "notice", "data": "y" * 1000})
+            sent += 1
+        assert sent < 200 and conn.close_reason == "slow consumer"
+        await wait_until(conn.closed)
+    finally:
+        stalled.close()
+
+
+def _reset_at_once(port: int, source: str) -> None:
+    """Connect and close with a reset (SO_LINGER 0), before the server could answer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.bind((source, 0))
+    try:
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+async def test_refused_sockets_are_closed_whatever_the_peer_does_first(wsgate_server: StartServer, how: str) -> None:
+    """max_connections_per_ip = 5; one address connects and leaves at once, 1,500 times. The peer's reset often
+    arrives before the 429 is written: every socket is still closed, nothing leaks, nothing is logged per
+    socket, and clients from other addresses connect afterwards."""
+    server = await wsgate_server(websocket={"limits": {"max_connections_per_ip": 5}})
+    port = server.test_server.port
+    assert port is not None
+    await server.health()  # the fixture's own HTTP connection exists before the baseline
+    baseline = open_fds()
+    loop = asyncio.get_running_loop()
+
+    def storm() -> None:
+        for _ in range(1500):
+            if how == "reset":
+                _reset_at_once(port, "127.0.0.2")
+            else:
+                with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)):
+                    pass
+
+    holders = [socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) for _ in range(5)]
+    try:  # the address is at its limit: every socket of the storm is refused
+        await eventually(lambda: server.hub.addresses.get("127.0.0.2") == 5)
+        await loop.run_in_executor(None, storm)
+        await eventually(lambda: server.metrics.error_count("address_limit") == 1500)
+    finally:
+        for holder in holders:
+            holder.close()
+    await eventually(lambda: "127.0.0.2" not in server.hub.addresses, timeout=TIMEOUT)
+    await eventually(lambda: open_fds() <= baseline, timeout=TIMEOUT)  # refused sockets linger 1 s, then close
+    for n in range(3, 13):  # ten clients from other addresses
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(f"127.0.0.{n}", 0))) as session:
+            async with session.ws_connect(server.url("/ws")) as ws:
+                assert (await ws.receive_json(timeout=TIMEOUT))["type"] == "connected"
+    assert open_fds() <= baseline
+
+
+async def test_a_client_that_leaves_while_a_replay_is_queued_releases_its_bytes(server: Server) -> None:
+    """The byte count follows the outbox down to zero on every path: written, dropped or stopped."""
+    client = await server.connect()
+    conn = server.hub.connections[client.id]
+    await client.subscribe("r")
+    await server.gateway.publish("r", "x" * 10_000)
+    await client.recv()
+    await eventually(lambda: conn.held_bytes() == 0)  # written
+    await client.ws.close()
+    await wait_until(conn.closed)
+    assert conn.held_bytes() == 0
