@@ -192,12 +192,15 @@ class Connection:
         """
         if self.state is not State.OPEN:
             return False
-        outbox = self._outbox
-        if len(outbox) >= self._outbox_limit or not self.fits(len(frame)):
+        outbox, size = self._outbox, len(frame)
+        if (  # (the socket's buffer only counts while it is over its high-water mark: see held_bytes)
+            len(outbox) >= self._outbox_limit or self._queued + size > self._byte_limit
+            or (self._blocked and not self.fits(size))
+        ):
             self._too_slow(f"{len(outbox)} messages, {self.held_bytes()} bytes queued")
             return False
         outbox.append(frame)
-        self._queued += len(frame)
+        self._queued += size
         if not self._marked:
             self._marked = True
             self._flusher.mark(self)
