@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+import yarl
 
 from wsgate.config import ConfigError
 from wsgate.dashboard.sessions import LoginThrottle
@@ -282,26 +283,93 @@ async def test_guessing_the_password_is_slowed_but_the_operator_is_never_locked_
 
 
 async def test_a_burst_of_slow_logins_gets_only_the_free_attempts_checked(wsgate_server: StartServer) -> None:
-    """The security review: 200 logins holding their bodies for a second, released together: all were checked."""
+    """The security review: 200 logins holding their bodies for a second, released together: all were checked.
+    Each attempt is counted as its form arrives, with no await before its check: only the free ones are checked."""
     server = await wsgate_server(dashboard=DASHBOARD)
-    release = asyncio.Event()
-
-    async def held_body() -> AsyncIterator[bytes]:
-        yield b"secret="
-        await release.wait()
-        yield b"a+wrong+guess"
-
-    async def attempt(session: aiohttp.ClientSession) -> int:
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        async with session.post(server.url("/dashboard/login"), data=held_body(), headers=headers,
-                                allow_redirects=False) as resp:
-            return resp.status
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        attempts = [asyncio.create_task(attempt(session)) for _ in range(200)]
-        async with asyncio.timeout(10):
-            while sum(task.done() for task in attempts) < 197:  # refused before their bodies are read
-                await asyncio.sleep(0.01)
-        release.set()
-        statuses = await asyncio.gather(*attempts)
+    held = [await open_attempt(server, b"secret=a+wrong+guess", held=5) for _ in range(200)]
+    for _, writer in held:
+        writer.write(b"guess")
+    statuses = [await status_of(reader) for reader, _ in held]
     assert statuses.count(429) == 197 and statuses.count(302) == 3  # only the free ones were checked
+    for _, writer in held:
+        writer.close()
+
+
+async def open_attempt(server: Server, body: bytes, *, held: int = 0, cookie: str = "",
+                       expect: bool = False) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A login over a raw socket that sends its form but its last `held` bytes (`expect`: asks for
+    `100 Continue`, which aiohttp sends as the login view is called)."""
+    url = yarl.URL(server.url("/"))
+    assert url.host is not None and url.port is not None
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    head = (f"POST /dashboard/login HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n"
+            + (f"Cookie: {cookie}\r\n" if cookie else "") + ("Expect: 100-continue\r\n" if expect else "") + "\r\n")
+    writer.write(head.encode() + body[:len(body) - held])
+    return reader, writer
+
+
+async def status_of(reader: asyncio.StreamReader) -> int:
+    """The status of the next response on a raw socket (a `100 Continue` is skipped)."""
+    async with asyncio.timeout(10):
+        while True:
+            line = await reader.readline()
+            assert line.startswith(b"HTTP/1.1 "), line
+            status = int(line.split()[1])
+            while (await reader.readline()).strip():
+                pass  # the headers
+            if status != 100:
+                return status
+
+
+async def test_logins_held_open_hold_no_door_shut(wsgate_server: StartServer) -> None:
+    """The security review: attempts were reserved before their forms were read, so unfinished forms kept the
+    right password out. An attempt now counts once its form has arrived: 50 held open, the operator gets in."""
+    server = await wsgate_server(dashboard=DASHBOARD)
+    held = [await open_attempt(server, b"secret=a+wrong+guess", held=5, expect=True) for _ in range(50)]
+    for reader, _ in held:  # every one reached the login view (aiohttp answers 100 Continue as it calls it)
+        assert await reader.readline() == b"HTTP/1.1 100 Continue\r\n"
+        assert await reader.readline() == b"\r\n"
+    accepted = await login(server, PASSWORD)
+    assert (accepted.status, accepted.headers["Location"]) == (302, "/dashboard")
+    for _, writer in held:
+        writer.close()
+
+
+async def test_a_guesser_timing_its_attempts_cannot_keep_the_operator_out(wsgate_server: StartServer) -> None:
+    """The security review: a guesser at the operator's address holds forms open and sends the next attempt the
+    moment a wait ends; the right password got in 0 times in 40. The operator's browser, which logged in before,
+    carries a device cookie and is counted on its own; an admin JWT is never throttled."""
+    server = await wsgate_server(dashboard=DASHBOARD, auth={"jwt": {"secret": SECRET}},
+                                 plugins={"disabled": ["token_auth"]})
+    server.app[DASHBOARD_PLUGIN].throttle = LoginThrottle(free=3, base=0.2, most=0.4)  # the defaults: 3, 1 s, 30 s
+    device = (await login(server, PASSWORD)).cookies["wsgate_dashboard_device"].value  # the operator, last week
+    answers: dict[int, int] = {}
+    enough, stop = asyncio.Event(), asyncio.Event()
+
+    async def guesser() -> None:
+        holding = [await open_attempt(server, b"secret=guess", held=1) for _ in range(10)]
+        async with asyncio.timeout(20):
+            while not stop.is_set():  # as fast as it can: each wait's end is taken by its next attempt
+                reader, writer = await open_attempt(server, b"secret=guess")
+                status = await status_of(reader)
+                writer.close()
+                answers[status] = answers.get(status, 0) + 1
+                if answers.get(429, 0) >= 20 and answers.get(302, 0) >= 6:  # waits ended and were taken
+                    enough.set()
+        for _, writer in holding:
+            writer.close()
+
+    task = asyncio.create_task(guesser())
+    await asyncio.wait_for(enough.wait(), 15)
+    started = time.monotonic()
+    reader, writer = await open_attempt(server, f"secret={PASSWORD.replace(' ', '+')}".encode(),
+                                        cookie=f"wsgate_dashboard_device={device}")
+    assert await status_of(reader) == 302  # at the first attempt, while the guesser goes on
+    writer.close()
+    admin = jwt.encode({"sub": "root", "exp": int(time.time()) + 60, "admin": True}, SECRET, algorithm="HS256")
+    assert "wsgate_dashboard" in (await login(server, admin)).cookies  # a new browser, with an admin JWT
+    assert time.monotonic() - started < 5
+    stop.set()
+    await task
+    assert answers[429] >= 20  # the guesser was slowed all along

@@ -11,6 +11,8 @@ socket opened with it (`Dashboard.end_session`), so nothing it was granted
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 from types import MappingProxyType
@@ -19,6 +21,9 @@ from ..auth import Identity
 from ..config import DashboardSettings
 
 COOKIE = "wsgate_dashboard"
+DEVICE_COOKIE = "wsgate_dashboard_device"
+"""Set at a successful login: the browser's later logins are throttled on their own (`LoginThrottle`)."""
+DEVICE_TTL = 30 * 86400.0  # seconds a device cookie is kept by the browser (valid while the gateway runs)
 SESSION_CLAIM = "dashboard_session"
 """The claim of an operator identity that holds its session."""
 
@@ -38,53 +43,69 @@ def session_of(identity: object) -> str | None:
 
 
 class LoginThrottle:
-    """Slows password guessing per address with growing delays, never a lockout.
+    """Slows password guessing with growing delays, never a lockout; per address, or per device.
 
-    An address may have `free` attempts under way or failed; after that, attempts go one at a
-    time, each failure doubling the wait before the next (from `base` up to `most` seconds). The
-    attempt is reserved before the request body is even read, so a burst of slow requests cannot
-    all be checked. The right password always gets in within `most` seconds: the operator behind
-    the same proxy as a guesser is slowed, never locked out. A success forgets the address.
+    An attempt counts once its form has arrived: `admit` and `finish` are called with no await between
+    them and the password check, so a form held open (unfinished) reserves nothing and holds no door
+    shut, and a burst of forms released together is checked one by one. `free` failures are allowed;
+    after that each failure makes the next attempt wait (from `base` doubling up to `most` seconds), and
+    attempts meanwhile are refused unchecked. A success forgets the key.
+
+    The key is the address, or the device: a browser that logged in before carries a device cookie
+    (`device`; RFC 6265 HttpOnly, signed with a key of this object) and is counted on its own, so a
+    guesser at the operator's address (behind the same proxy) cannot slow it at all. (The OWASP
+    "device cookies" defence against lockout; a browser without one shares its address's waits.)
     """
 
     FREE, BASE, MOST = 3, 1.0, 30.0
-    FORGET_AFTER = 600.0  # seconds without an attempt after which an address starts over
-    ADDRESSES_KEPT = 10_000  # records kept at most (the oldest go first)
+    FORGET_AFTER = 600.0  # seconds without an attempt after which a key starts over
+    KEYS_KEPT = 10_000  # records kept at most (the oldest go first)
 
     def __init__(self, free: int = FREE, base: float = BASE, most: float = MOST) -> None:
         self._free, self._base, self._most = free, base, most
-        self._records: dict[str, list[float]] = {}  # address -> [failures, under way, not before, last seen]
+        self._records: dict[str, tuple[int, float, float]] = {}  # key -> (failures, not before, last seen)
+        self._signing_key = secrets.token_bytes(32)
 
-    def reserve(self, address: str) -> float:
-        """0.0: go ahead (the attempt now counts as under way); otherwise the seconds to wait first."""
+    def key(self, address: str, device: str | None) -> str:
+        """What an attempt is counted against: its valid device cookie's device, else its address."""
+        known = self.known_device(device)
+        return f"device:{known}" if known is not None else f"address:{address}"
+
+    def admit(self, key: str) -> float:
+        """0.0: check this attempt now (call `finish` before any await); otherwise the seconds to wait."""
         now = time.monotonic()
-        record = self._records.get(address)
-        if record is not None and now - record[3] > self.FORGET_AFTER and not record[1]:
-            record = None
-        if record is None:
-            if len(self._records) >= self.ADDRESSES_KEPT:
-                del self._records[next(iter(self._records))]
-            record = self._records[address] = [0, 0, 0.0, now]
-        failures, under_way, not_before, _ = record
-        if failures + under_way >= self._free and (under_way or now < not_before):
-            return max(not_before - now, 1.0 if under_way else 0.0, 0.001)
-        record[1] += 1
-        record[3] = now
-        return 0.0
+        record = self._records.get(key)
+        if record is None or now - record[2] > self.FORGET_AFTER:
+            return 0.0
+        failures, not_before, _ = record
+        return not_before - now if failures >= self._free and now < not_before else 0.0
 
-    def finish(self, address: str, succeeded: bool) -> None:
-        """End a reserved attempt; a failure makes the next one wait longer."""
-        record = self._records.get(address)
-        if record is None:
-            return
+    def finish(self, key: str, succeeded: bool) -> None:
+        """Count a checked attempt: a success forgets the key, a failure makes the next one wait longer."""
         if succeeded:
-            del self._records[address]
+            self._records.pop(key, None)
             return
-        record[0] += 1
-        record[1] = max(0, record[1] - 1)
-        extra = record[0] - self._free
-        if extra >= 0:
-            record[2] = time.monotonic() + min(self._most, self._base * 2**extra)
+        now = time.monotonic()
+        failures, _, last = self._records.pop(key, (0, 0.0, now))  # (re-inserted: the newest go last)
+        failures = 1 if now - last > self.FORGET_AFTER else failures + 1
+        extra = failures - self._free
+        not_before = now + min(self._most, self._base * 2**extra) if extra >= 0 else 0.0
+        if len(self._records) >= self.KEYS_KEPT:
+            del self._records[next(iter(self._records))]
+        self._records[key] = (failures, not_before, now)
+
+    def new_device(self) -> str:
+        """A device cookie's value for a browser that has just logged in: `<random>.<HMAC-SHA256>`."""
+        nonce = secrets.token_urlsafe(16)
+        return f"{nonce}.{self._sign(nonce)}"
+
+    def known_device(self, cookie: str | None) -> str | None:
+        """The device a cookie names if this object signed it, else None."""
+        nonce, _, mac = (cookie or "").partition(".")
+        return nonce if nonce and hmac.compare_digest(mac, self._sign(nonce)) else None
+
+    def _sign(self, nonce: str) -> str:
+        return hmac.new(self._signing_key, nonce.encode(), hashlib.sha256).hexdigest()
 
 
 class DashboardSessions:

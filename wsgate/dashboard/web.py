@@ -21,7 +21,7 @@ from aiohttp import web
 from ..origins import same_host
 from ..keys import DASHBOARD, METRICS, PLUGINS, SETTINGS
 from .plugin import LOGGED_OUT, REPLACED
-from .sessions import COOKIE
+from .sessions import COOKIE, DEVICE_COOKIE, DEVICE_TTL
 
 STATIC = Path(__file__).parent / "static"
 FILES = {
@@ -46,32 +46,33 @@ async def dashboard_view(request: web.Request) -> web.FileResponse:
 
 
 async def login_view(request: web.Request) -> web.StreamResponse:
+    """Log in with the password or an admin JWT: 302 to the page with a session cookie (and a device cookie),
+    302 to `?failed=1`, 429 with `Retry-After` while the attempt's address or device must wait
+    (`LoginThrottle`), 408 when the form takes longer than `security.request_timeout`."""
     _same_origin_only(request)
     dashboard, settings, metrics = request.app[DASHBOARD], request.app[SETTINGS].dashboard, request.app[METRICS]
     sessions, throttle = dashboard.sessions, dashboard.throttle
-    address = request.remote or ""
-    wait = throttle.reserve(address)  # before any await: a burst of slow requests cannot all be checked
-    if wait:
-        metrics.error("dashboard_login_failed")
-        raise web.HTTPTooManyRequests(text=f"too many failed logins from this address; try again in {ceil(wait)}s",
-                                      headers={"Retry-After": str(ceil(wait))})
-    lifetime = None
-    succeeded = False
-    try:
-        try:  # a body dribbled in slowly would hold its reserved attempt: it gets request_timeout, no more
-            async with asyncio.timeout(request.app[SETTINGS].security.request_timeout):
-                form = await request.post()
-        except TimeoutError:
-            raise web.HTTPRequestTimeout(text="the form did not arrive in time") from None
-        secret = str(form.get("secret", ""))
-        if not _password_matches(secret, settings.password):
-            lifetime = _admin_token_lifetime(request.app[PLUGINS].get("jwt"), secret, settings.admin_claim)
-            if lifetime is None:
-                metrics.error("dashboard_login_failed")
-                raise web.HTTPFound("/dashboard?failed=1")
-        succeeded = True
-    finally:
-        throttle.finish(address, succeeded)
+    try:  # nothing is reserved while the form arrives: a form held open holds no door shut
+        async with asyncio.timeout(request.app[SETTINGS].security.request_timeout):
+            form = await request.post()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the form did not arrive in time") from None
+    secret = str(form.get("secret", ""))
+    # From here to the answer, no await: the throttle counts each attempt as it is checked, one at a time.
+    lifetime = _admin_token_lifetime(request.app[PLUGINS].get("jwt"), secret, settings.admin_claim)
+    device = request.cookies.get(DEVICE_COOKIE)
+    if lifetime is None:  # (a signed admin JWT cannot be guessed: it is never throttled)
+        key = throttle.key(request.remote or "", device)
+        wait = throttle.admit(key)
+        if wait:
+            metrics.error("dashboard_login_failed")
+            raise web.HTTPTooManyRequests(text=f"too many failed logins from this address; try again in {ceil(wait)}s",
+                                          headers={"Retry-After": str(ceil(wait))})
+        succeeded = _password_matches(secret, settings.password)
+        throttle.finish(key, succeeded)
+        if not succeeded:
+            metrics.error("dashboard_login_failed")
+            raise web.HTTPFound("/dashboard?failed=1")
     previous = request.cookies.get(COOKIE)
     if sessions.valid(previous):  # this browser's earlier login ends: its sockets do not outlive the cookie
         assert previous is not None
@@ -80,6 +81,9 @@ async def login_view(request: web.Request) -> web.StreamResponse:
     secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"  # TLS ends at a proxy
     response.set_cookie(COOKIE, sessions.create(lifetime), max_age=int(settings.session_ttl), httponly=True,
                         samesite="Strict", path="/", secure=secure)
+    if throttle.known_device(device) is None:  # this browser's later logins are counted on their own
+        response.set_cookie(DEVICE_COOKIE, throttle.new_device(), max_age=int(DEVICE_TTL), httponly=True,
+                            samesite="Strict", path="/dashboard", secure=secure)
     raise response
 
 
