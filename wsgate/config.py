@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .origins import host_problem, origin_problem
+from .regex import LinearPattern
 from .redaction import MASK, SECRET_NAME, redact_url, url_secrets
 
 DEFAULT_SETTINGS_FILE = "settings.toml"
@@ -67,7 +68,8 @@ class LimitsSettings:
     max_room_name_length: int = setting(256, "Longest accepted room name, in characters", minimum=1)
     room_name_pattern: str = setting(
         "", 'Regular expression every room name must match in full, e.g. "[A-Za-z0-9:_.-]+" '
-        "(empty: any name without control characters)"
+        "(empty: any name without control characters); run by RE2, in time linear in the name: no lookaround "
+        "or backreference"
     )
     max_json_depth: int = setting(32, "Deepest accepted nesting of arrays and objects in a client message", minimum=1)
     max_number_digits: int = setting(
@@ -770,8 +772,8 @@ def _check_relations(settings: Settings) -> None:
         )
     pattern = settings.websocket.limits.room_name_pattern
     try:
-        re.compile(pattern)
-    except re.error as exc:
+        LinearPattern(pattern)
+    except ValueError as exc:
         raise ConfigError(
             f"invalid setting {_labelled('websocket.limits.room_name_pattern')} = {pattern!r}: "
             f"expected a regular expression ({exc})"

@@ -18,6 +18,8 @@ from typing import Any, Final
 
 import orjson
 
+from .regex import LinearPattern
+
 # Client -> server message types (the spec's own).
 SUBSCRIBE: Final = "subscribe"
 UNSUBSCRIBE: Final = "unsubscribe"
@@ -135,7 +137,7 @@ class Decoder:
     ) -> None:
         self._max_room_length = max_room_length
         self._max_depth = max_depth
-        self._room_pattern = re.compile(room_pattern) if room_pattern else None
+        self._room_pattern = LinearPattern(room_pattern) if room_pattern else None  # (RE2: linear in the name)
         self._max_digits = max_digits
 
     def loads(self, text: str | bytes) -> Any:
