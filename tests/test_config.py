@@ -189,3 +189,47 @@ def test_settings_files_must_be_toml(tmp_path: Path) -> None:
     other.write_text("websocket:\n  port: 1\n")
     with pytest.raises(ConfigError, match=r"settings file '.*settings.yaml' must be TOML"):
         load_settings(other)
+
+
+def test_a_relative_settings_file_is_resolved_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dynaconf looked for a relative name in the running script's directory and its parents first."""
+    from wsgate.config import settings_file
+
+    (tmp_path / "conf").mkdir()
+    write(tmp_path / "conf", "[websocket]\nport = 9201\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WSGATE_SETTINGS", "conf/../conf/settings.toml")
+    assert settings_file() == tmp_path / "conf" / "settings.toml"  # absolute and normalised
+    assert load_settings().websocket.port == 9201
+    monkeypatch.delenv("WSGATE_SETTINGS")
+    assert settings_file() is None  # no ./settings.toml here: the checkout's is never read
+    assert load_settings().websocket.port == 8081
+
+
+@pytest.mark.parametrize("name", ["SETTINGS_FILE_FOR_DYNACONF", "INCLUDES_FOR_DYNACONF", "PRELOAD_FOR_DYNACONF",
+                                  "SETTINGS_FILES_FOR_DYNACONF", "ROOT_PATH_FOR_DYNACONF"])
+def test_dynaconf_variables_that_read_other_files_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text("[websocket]\nport = 9202\n")
+    path = write(tmp_path, "[websocket]\nport = 9203\n")
+    monkeypatch.setenv(name, str(other) if name != "ROOT_PATH_FOR_DYNACONF" else str(tmp_path))
+    with pytest.raises(ConfigError, match=f"^environment variable {name} would make dynaconf read other settings "
+                                          f"files than {re.escape(str(path))}: name the file with WSGATE_SETTINGS"):
+        load_settings(path)
+
+
+def test_a_relative_key_path_is_relative_to_the_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`public_key = "jwt.pem"` in /etc/wsgate/settings.toml means /etc/wsgate/jwt.pem, wherever wsgate runs."""
+    (tmp_path / "etc").mkdir()
+    path = write(tmp_path / "etc", '[auth.jwt]\npublic_key = "keys/jwt.pem"\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(path).auth.jwt.public_key == str(tmp_path / "etc" / "keys" / "jwt.pem")
+    monkeypatch.setenv("WSGATE_AUTH__JWT__PUBLIC_KEY", "jwt.pem")  # from a variable: the working directory
+    assert load_settings(path).auth.jwt.public_key == str(tmp_path / "jwt.pem")
+    pem = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+    monkeypatch.setenv("WSGATE_AUTH__JWT__PUBLIC_KEY", pem)  # PEM text is no path
+    assert load_settings(path).auth.jwt.public_key == pem

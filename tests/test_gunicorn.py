@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from .processes import environment, spawn
 
@@ -103,3 +104,58 @@ async def test_several_workers_without_a_shared_broker_refuse_to_start(tmp_path:
     code = await process.finish(30)
     log = "".join(process.lines)
     assert code != 0 and "with the in-memory broker would split every room between them: set broker.url" in log, log
+
+
+TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNlY3JldA"
+
+
+@pytest.mark.parametrize("how", [("-c", "python:wsgate.gunicorn_conf"),
+                                 ("--worker-class", "wsgate.worker.GatewayWorker")], ids=["conf", "worker"])
+async def test_the_gunicorn_access_log_masks_tokens_like_python_m_wsgate(tmp_path: Path, how: tuple[str, str]) -> None:
+    """Issue 20: under gunicorn the access log wrote `?token=<jwt>` in full, while `python -m wsgate` masked it.
+    Its siblings: other secret-named parameters, a URL's user information in a header the format logs."""
+    server = await spawn(
+        sys.executable, "-m", "gunicorn", *how, "wsgate.app:create_app", "--bind", "127.0.0.1:0", "--workers", "1",
+        "--access-logfile", "-", "--access-logformat", '%a "%r" %s "%{Referer}i" "%{Authorization}i"',
+        env=environment(WEBSOCKET_ENABLED="true"), stdout=True,
+    )
+    try:
+        server.port = int((await server.wait_for_line(r"Listening at: http://127\.0\.0\.1:(\d+)")).group(1))
+        query = f"?token={TOKEN}&access_token=Hunter11-token&api_key=Hunter12&room=r"
+        headers = {"Referer": "https://u:p@ss-Hunter13@app.example/", "Authorization": "Bearer Hunter14-0123456789"}
+        async with aiohttp.ClientSession() as session, session.get(server.url("/health" + query),
+                                                                   headers=headers) as resp:
+            assert resp.status == 200
+        assert server.proc.stdout is not None
+        async with asyncio.timeout(20):
+            line = (await server.proc.stdout.readline()).decode()  # the access log goes to stdout
+        assert "GET /health?token=***&access_token=***&api_key=***&room=r HTTP/1.1" in line, line
+        assert '"https://u:***@app.example/" "Bearer ***"' in line, line
+        for secret in ("eyJ", "Hunter"):
+            assert secret not in line, line
+    finally:
+        await server.kill()
+
+
+def test_gunicorns_own_logs_are_masked_before_any_settings_are_read() -> None:
+    """`wsgate.gunicorn_conf`'s logger class: the arbiter's and a booting worker's lines (a traceback of a bad
+    setting) follow the same rule, before a worker has read the settings."""
+    import logging
+
+    from gunicorn.config import Config
+
+    from wsgate.gunicorn_conf import RedactingLogger
+
+    logger = RedactingLogger(Config())
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.error_log.addHandler(handler)
+    try:
+        logger.error("bad setting broker.url = %r", "redis://user:p@ss-Hunter15@h/0")
+        logger.access_log.addHandler(handler)
+        logger.access_log.info("GET /ws?token=%s", TOKEN)
+    finally:
+        logger.error_log.removeHandler(handler)
+        logger.access_log.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["bad setting broker.url = 'redis://user:***@h/0'", "GET /ws?token=***"]

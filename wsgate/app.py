@@ -28,7 +28,7 @@ from .admission import AcceptErrors, GatewayRunner
 from .broker import make_broker
 from .broker.redis_schema import new_sender_id
 from .builtin import BUILTIN_PLUGINS
-from .config import Settings, inert_settings, load_settings, secrets_of, unknown_variables
+from .config import Settings, describe_source, inert_settings, load_settings, secrets_of, unknown_variables
 from .connection import Flusher
 from .dashboard import web as dashboard_web
 from .dispatch import Dispatcher
@@ -65,6 +65,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     if settings is None:
         settings = load_settings()
         configure_logging(settings.logging, secrets_of(settings))
+        log.info("%s", describe_source())  # the absolute file: gunicorn's start-up says which file it read
         for warning in unknown_variables() + inert_settings(settings):
             log.warning("%s", warning)
     if "*" in settings.security.allowed_origins:

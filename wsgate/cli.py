@@ -22,11 +22,12 @@ from .app import create_app
 from .broker import BrokerError
 from .builtin import BUILTIN_PLUGINS
 from .config import (
-    ConfigError, Settings, describe_settings, inert_settings, load_settings, secrets_of, unknown_variables,
+    ConfigError, Settings, describe_settings, describe_source, inert_settings, load_settings, secrets_of,
+    unknown_variables,
 )
 from .keys import DISPATCHER, GATEWAY, HUB, PLUGINS
 from .logs import configure_logging
-from .redaction import Redactor, redact_url
+from .redaction import Redactor
 from .metrics import MetricsError
 from .plugins import load_plugins
 from .registry import PluginError
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", warning)
     try:
         if args.command == "config":
+            print(f"# {describe_source(args.settings)}")
             for key, value, source in describe_settings(settings, args.settings, cli):
                 print(f"{key} = {value}  # {source}")
         elif args.command == "plugins":
@@ -72,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"wsgate: {mistake}", file=sys.stderr)
                 return _fail(mistakes[-1], EXIT_USAGE)
             print(f"ok: {len(plugins.sources)} plugins, {len(app[DISPATCHER].registry.owners())} message types, "
-                  f"{len(app[GATEWAY].services)} services")
+                  f"{len(app[GATEWAY].services)} services; {describe_source(args.settings)}")
         else:
-            run_loop(serve(settings), settings.runtime.uvloop)
+            run_loop(serve(settings, describe_source(args.settings)), settings.runtime.uvloop)
     except (ConfigError, PluginError, BrokerError, MetricsError) as exc:  # (a built-in plugin's bad setting)
         return _fail(Redactor(secrets).redact(str(exc)), EXIT_USAGE)
     except ListenError as exc:
@@ -97,8 +99,10 @@ def run_loop(main: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
     asyncio.run(main)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, settings_source: str = "settings: given by the caller") -> None:
     """Serve until SIGTERM or SIGINT, then drain: refuse new clients, close every client with 1001, exit.
+
+    `settings_source` (`config.describe_source`) is logged before the listening lines: the absolute settings file.
 
     The listener stays open while draining so load balancers see `/health` answer 503.
     """
@@ -121,6 +125,7 @@ async def serve(settings: Settings) -> None:
         except OSError as exc:
             raise ListenError(f"cannot listen on {ws.host}:{ws.port}: {exc.strerror or exc}") from None
         plugins = app[PLUGINS]
+        log.info("%s", settings_source)
         log.info("plugins: %s", ", ".join(f"{name} ({source})" for name, source in plugins.sources.items()) or "none")
         for address in runner.addresses:
             log.info("wsgate %s listening on %s:%s", __version__, *address[:2])
@@ -156,5 +161,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"wsgate: {redact_url(message)}", file=sys.stderr)
+    """Print the one exit line, masked by the one rule (`wsgate.redaction`) even before settings are known."""
+    print(f"wsgate: {Redactor().redact(message)}", file=sys.stderr)
     return code

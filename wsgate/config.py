@@ -22,8 +22,8 @@ from types import MappingProxyType
 from typing import Any
 
 from .origins import host_problem, origin_problem
+from .redaction import MASK, SECRET_NAME, credentials_in, looks_like_credential, mask_value, redact
 from .regex import LinearPattern
-from .redaction import MASK, SECRET_NAME, redact_url, url_secrets
 
 DEFAULT_SETTINGS_FILE = "settings.toml"
 SETTINGS_FILE_ENV = "WSGATE_SETTINGS"
@@ -46,11 +46,12 @@ def setting(
     choices: tuple[str, ...] | None = None,
     pattern: tuple[str, str] | None = None,
     secret: bool = False,
+    path: bool = False,
 ) -> Any:
     """Declare one setting: its default, its meaning (the README table is checked against it) and its bounds."""
     meta = {
         "doc": doc, "duration": duration, "min": minimum, "max": maximum, "choices": choices,
-        "pattern": pattern, "secret": secret,
+        "pattern": pattern, "secret": secret, "path": path,
     }
     if isinstance(default, (tuple, list)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
@@ -211,7 +212,8 @@ class JwtSettings:
     secret: str = setting("", "Shared secret for HS256 tokens; setting it (or public_key) turns the JWT authenticator on",
                           secret=True)
     public_key: str = setting(
-        "", "PEM public key, or the path of a PEM file, for RS256/ES256 tokens (turns the JWT authenticator on)"
+        "", "PEM public key, or the path of a PEM file (relative: to the settings file's directory), for RS256/ES256 "
+        "tokens (turns the JWT authenticator on)", path=True,
     )
     algorithms: tuple[str, ...] = setting(
         (), "Accepted signature algorithms (empty: HS256 with secret; RS256 and ES256 with public_key)"
@@ -360,19 +362,48 @@ def load_settings(
     for the default only). `overrides` is a nested mapping (used by the CLI flags and tests).
     Raises ConfigError with a one-line message for any bad value.
     """
-    raw = _read_dynaconf(settings_file(path))
+    file = settings_file(path)
+    raw = _absolute_paths(_read_dynaconf(file), file)
     _merge(raw, _spec_environment())
     if overrides:
-        _merge(raw, _lower_keys(dict(overrides)))
+        _merge(raw, _absolute_paths(_lower_keys(dict(overrides)), None))
     settings: Settings = _build(Settings, raw, "")
     _check_relations(settings)
     return settings
 
 
+def _absolute_paths(raw: dict[str, Any], file: Path | None) -> dict[str, Any]:
+    """`raw` with every path setting (`path=True`; PEM text is no path) made absolute: a relative path from a
+    settings file is relative to that file's directory, one from a variable or an override to the working
+    directory. Every entry point then reads the same file, and errors name it."""
+    for key, f, _kind in iter_settings():
+        *tables, name = key.split(".")
+        table: Any = raw
+        for part in tables:
+            table = table.get(part) if isinstance(table, Mapping) else None
+        value = table.get(name) if isinstance(table, dict) else None
+        if not f.metadata["path"] or value is None:
+            continue
+        text = value.text if isinstance(value, _FromEnv) else value
+        if not isinstance(text, str) or not text.strip() or text.lstrip().startswith("-----BEGIN"):
+            continue
+        from_file = file is not None and not isinstance(value, _FromEnv) and env_name(key) not in os.environ
+        base = file.parent if from_file and file is not None else Path.cwd()
+        absolute = os.path.join(base, os.path.expanduser(text))
+        table[name] = _FromEnv(value.name, absolute) if isinstance(value, _FromEnv) else absolute
+    return raw
+
+
 def settings_file(path: str | Path | None = None) -> Path | None:
-    """The settings file to read: `path`, else `$WSGATE_SETTINGS`, else `./settings.toml` if it exists."""
+    """The settings file to read, as an absolute path: `path`, else `$WSGATE_SETTINGS`, else `settings.toml`
+    in the working directory if it exists.
+
+    A relative name is resolved against the working directory here, before dynaconf sees it: dynaconf looks
+    for a relative name in the running script's directory and its parents first (`dynaconf.utils.files.
+    find_file`), so the `wsgate` command or gunicorn in a checkout's .venv would read the checkout's file.
+    """
     explicit = path if path is not None else os.environ.get(SETTINGS_FILE_ENV)
-    file = Path(explicit if explicit else DEFAULT_SETTINGS_FILE)
+    file = Path(os.path.abspath(explicit if explicit else DEFAULT_SETTINGS_FILE))  # normalised, symlinks kept
     if explicit and not file.is_file():
         raise ConfigError(f"settings file {str(file)!r} not found")
     if file.suffix != ".toml":
@@ -380,6 +411,23 @@ def settings_file(path: str | Path | None = None) -> Path | None:
     return file if file.is_file() else None
 
 
+def settings_files(path: str | Path | None = None) -> list[Path]:
+    """Every file the settings are read from, absolute, weakest first: the settings file and the
+    `<name>.local.toml` beside it (dynaconf reads that one too, and it wins)."""
+    file = settings_file(path)
+    if file is None:
+        return []
+    return [f for f in (file, file.with_name(f"{file.stem}.local.toml")) if f.is_file()]
+
+
+def describe_source(path: str | Path | None = None) -> str:
+    """The start-up line's account of where settings come from: `settings: /abs/settings.toml` (and the local
+    file), or that no file is read."""
+    files = settings_files(path)
+    if not files:
+        return (f"settings: no file ({DEFAULT_SETTINGS_FILE} is not in {os.getcwd()} and {SETTINGS_FILE_ENV} is "
+                "not set): defaults and environment")
+    return "settings: " + ", then ".join(str(f) for f in files)
 
 
 def describe_settings(
@@ -389,9 +437,7 @@ def describe_settings(
 
     Sources, strongest first: command line, environment (the variable's name), file, default.
     """
-    file = settings_file(path)
-    files = [f for f in (file, file.with_name(f"{file.stem}.local.toml")) if f and f.is_file()] if file else []
-    contents = [(f, _lower_keys(tomllib.loads(f.read_text()))) for f in reversed(files)]  # the local file wins
+    contents = [(f, _lower_keys(tomllib.loads(f.read_text()))) for f in reversed(settings_files(path))]  # the local file wins
     from_cli = {key for key, _ in _flatten(_lower_keys(dict(overrides or {})))}
     leaves = [
         (key, _get(settings, key), bool(f.metadata["secret"]), bool(f.metadata["duration"]))
@@ -399,7 +445,8 @@ def describe_settings(
     ]
     for name, table in settings.plugins.options.items():
         for key, value in table.items():  # a secret-looking name masks its whole value, keys included
-            leaves.append((f"plugins.{name}.{key}", value, bool(SECRET_NAME.search(key)), False))
+            leaves.append((f"plugins.{name}.{key}", value, bool(SECRET_NAME.search(key)), False))  # (the value's
+            # shape masks it too, whatever its name: mask_value)
     rows = []
     for key, value, secret, duration in leaves:
         parts = key.split(".")  # a table value may come whole from one variable: try the key's ancestors
@@ -413,17 +460,17 @@ def describe_settings(
             source = f"file {found}"
         else:
             source = "default"
-        shown = MASK if secret and value else _show_value(redact_url(value) if isinstance(value, str) else value,
-                                                          duration)
+        masked = mask_value(value)  # by shape, whatever the name (`wsgate.redaction`)
+        shown = MASK if (secret and value) or (masked == MASK and value != MASK) else _show_value(masked, duration)
         rows.append((key, shown, source))
     return rows
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret value the settings hold: secret settings, URL passwords, secret-named plugin options.
-    Logs and errors mask them (`wsgate.redaction.Redactor`)."""
+    """Every secret value the settings hold: secret settings, secret-named plugin options, and in any setting
+    or plugin option, whatever its name, a credential-looking value and every URL's password
+    (`wsgate.redaction.credentials_in`). Logs and errors mask them (`wsgate.redaction.Redactor`)."""
     found = [value for key, f, _ in iter_settings() if f.metadata["secret"] and (value := _get(settings, key))]
-    found += url_secrets(settings.broker.url)
 
     def walk(value: Any, secret: bool) -> None:
         if isinstance(value, Mapping):
@@ -432,9 +479,14 @@ def secrets_of(settings: Settings) -> list[str]:
         elif isinstance(value, (list, tuple)):
             for item in value:
                 walk(item, secret)
-        elif secret and isinstance(value, (str, int)) and not isinstance(value, bool):
-            found.append(str(value))
+        else:
+            if secret and isinstance(value, (str, int)) and not isinstance(value, bool):
+                found.append(str(value))
+            if isinstance(value, str):
+                found.extend(credentials_in(value))
 
+    for key, _f, _kind in iter_settings():
+        walk(_get(settings, key), False)
     walk(settings.plugins.options, False)
     return [str(value) for value in found]
 
@@ -503,12 +555,26 @@ def env_name(key: str) -> str:
 # --- loading ----------------------------------------------------------------------
 
 
+DYNACONF_FILE_VARIABLES = (
+    "SETTINGS_FILE_FOR_DYNACONF", "SETTINGS_FILES_FOR_DYNACONF", "INCLUDES_FOR_DYNACONF", "PRELOAD_FOR_DYNACONF",
+    "ROOT_PATH_FOR_DYNACONF", "ENVVAR_FOR_DYNACONF", "LOAD_DOTENV_FOR_DYNACONF",
+)
+"""dynaconf's own variables that make it read other files than the one wsgate hands it (they win over its
+arguments, and `.env` is looked for from the script's directory up): refused, so one file is read."""
+
+
 def _read_dynaconf(file: Path | None) -> dict[str, Any]:
+    """The settings file (absolute: `settings_file`) and the WSGATE_* variables, through dynaconf."""
     from dynaconf import Dynaconf  # type: ignore[import-untyped]  # only loading needs it
 
+    for name in DYNACONF_FILE_VARIABLES:
+        if name in os.environ:
+            raise ConfigError(f"environment variable {name} would make dynaconf read other settings files than "
+                              f"{str(file) if file else 'none'}: name the file with {SETTINGS_FILE_ENV} or --settings")
     try:
         loaded = Dynaconf(
             settings_files=[str(file)] if file else [],
+            root_path=str(file.parent) if file else os.getcwd(),  # what dynaconf resolves relative names against
             envvar_prefix="WSGATE",
             environments=False,
         ).as_dict()
@@ -655,7 +721,9 @@ def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
 
 def _convert(key: str, f: dataclasses.Field[Any], kind: Any, value: Any) -> Any:
     label = f"{key} ({value.name})" if isinstance(value, _FromEnv) else key
-    shown = MASK if f.metadata["secret"] else _show(value.text if isinstance(value, _FromEnv) else value)
+    raw_value = value.text if isinstance(value, _FromEnv) else value
+    secret = f.metadata["secret"] or (isinstance(raw_value, str) and looks_like_credential(raw_value))
+    shown = MASK if secret else redact(_show(raw_value))
     meta = f.metadata
 
     def fail(expected: str) -> typing.NoReturn:

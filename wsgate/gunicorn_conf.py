@@ -11,7 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gunicorn import glogging  # type: ignore[import-untyped]
 from prometheus_client import multiprocess
+
+from .redaction import Redactor
 
 worker_class = "wsgate.worker.GatewayWorker"  # aiohttp's worker (not uvloop's: slower for fan-out), through GatewayRunner
 graceful_timeout = 35  # longer than websocket.timeout (30s by default): clients get 1001, not a kill
@@ -36,3 +39,19 @@ def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead worker's live gauges (clients, rooms, throughput) from the sum."""
     if _metrics_dir() is not None:
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+class RedactingLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn is untyped
+    """gunicorn's logger with wsgate's masking rule (`wsgate.redaction`) on its error and access logs, from
+    the arbiter's first line on: the access log's `?token=`, a worker's traceback, credential-shaped values.
+    (Once a worker has read the settings, `wsgate.logs.configure_logging` adds their secret values too.)"""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for old in [f for f in log.filters if isinstance(f, Redactor)]:
+                log.removeFilter(old)
+            log.addFilter(Redactor())
+
+
+logger_class = RedactingLogger

@@ -51,7 +51,9 @@ def configure_logging(settings: LoggingSettings, secrets: Iterable[str] = ()) ->
     password and token) masked in every record (`wsgate.redaction.Redactor`).
 
     Handlers someone else installed (gunicorn's --log-config, pytest) are kept: then only
-    the level is set, their format applies, and the masking is added to them.
+    the level is set, their format applies, and the masking is added to them. So are the handlers
+    of loggers that do not pass records to the root (gunicorn's `gunicorn.error` and `gunicorn.access`,
+    where aiohttp writes the access log under gunicorn): every output gets the same rule.
     """
     root = logging.getLogger()
     root.setLevel(settings.level)
@@ -62,7 +64,9 @@ def configure_logging(settings: LoggingSettings, secrets: Iterable[str] = ()) ->
         ours.setFormatter(JsonFormatter() if settings.format == "json" else logging.Formatter(TEXT_FORMAT))
         root.addHandler(ours)
     redactor = Redactor(secrets)
-    for handler in root.handlers:
+    apart = [logger for logger in logging.Logger.manager.loggerDict.values()
+             if isinstance(logger, logging.Logger) and not logger.propagate]
+    for handler in {h: None for logger in (root, *apart) for h in logger.handlers}:
         for old_filter in [f for f in handler.filters if isinstance(f, Redactor)]:
             handler.removeFilter(old_filter)
         handler.addFilter(redactor)
