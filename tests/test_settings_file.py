@@ -44,12 +44,17 @@ async def spawn_in(cwd: Path, *args: str, env: dict[str, str] | None = None, std
     return Process(proc)
 
 
-def own_settings(directory: Path, port: int, name: str = "settings.toml") -> Path:
-    """A settings file unlike the checkout's: its own port and metrics path."""
+OWN_PLUGIN = "from wsgate import hookimpl\n\n@hookimpl\ndef wsgate_message_handlers():\n    return {}\n"
+
+
+def own_settings(directory: Path, port: int, name: str = "settings.toml", cwd: Path | None = None) -> Path:
+    """A settings file unlike the checkout's: its own port and metrics path, and a plugin module that lives in
+    the working directory `cwd` (each entry point must find it there: the `wsgate` command's sys.path lacks it)."""
     file = directory / name
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(f'[websocket]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
-                    '[metrics]\npath = "/own-metrics"\n')
+                    '[metrics]\npath = "/own-metrics"\n[plugins]\nmodules = ["wsgate_own_plugin"]\n')
+    (cwd or directory).joinpath("wsgate_own_plugin.py").write_text(OWN_PLUGIN)
     return file
 
 
@@ -64,11 +69,13 @@ async def test_the_cli_entry_points_serve_the_settings_of_their_working_director
     tmp_path: Path, entry: str, variable: bool
 ) -> None:
     port = free_port()
-    file = own_settings(tmp_path / "conf" if variable else tmp_path, port, "wsgate.toml" if variable else "settings.toml")
+    file = own_settings(tmp_path / "conf" if variable else tmp_path, port, "wsgate.toml" if variable else "settings.toml",
+                        tmp_path)
     env = environment(WSGATE_SETTINGS="conf/wsgate.toml") if variable else environment()
     process = await spawn_in(tmp_path, *ENTRY_POINTS[entry], env=env)
     try:
         await process.wait_for_line(rf"wsgate: settings: {file}$")  # the absolute path, before listening
+        await process.wait_for_line(r"plugins: .*wsgate_own_plugin \(settings: plugins\.modules\)")
         await process.wait_for_line(rf"listening on 127\.0\.0\.1:{port}\b")
         process.port = port
         assert await answers(process.url("/own-metrics")) == 200

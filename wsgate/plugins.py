@@ -54,6 +54,31 @@ class PluginInfo:
     message_types: tuple[str, ...]
 
 
+def import_plugin_module(name: str) -> object:
+    """A `plugins.modules` entry (a dotted module path), looked up in the working directory first, then on
+    sys.path: for every entry point. `python -m wsgate` and gunicorn put the working directory first on sys.path,
+    the `wsgate` command its own script's directory, where `./my_plugin.py` is not found. Raises ImportError
+    (ModuleNotFoundError) as `importlib.import_module` does. (importlib docs, "Importing a source file directly")
+    """
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    top = name.partition(".")[0]
+    if top not in sys.modules:
+        spec = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()])
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[top] = module  # (what an import does: a package's submodules are then found under it)
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[top]
+                raise
+    return importlib.import_module(name)
+
+
 def load_plugins(
     settings: Settings, builtins: Mapping[str, BuiltinFactory] = MappingProxyType({}), extra: Iterable[object] = ()
 ) -> Plugins:
@@ -106,7 +131,7 @@ def load_plugins(
     for name, factory in builtins.items():
         register(name, "builtin", lambda factory=factory: factory(settings))
     for module in config.modules:
-        register(module, "settings: plugins.modules", lambda module=module: importlib.import_module(module))
+        register(module, "settings: plugins.modules", lambda module=module: import_plugin_module(module))
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
         register(ep.name, f"entry point {ep.value} from {dist}", ep.load)
