@@ -39,6 +39,7 @@ from .keys import (
     SETTINGS, STARTED_AT, SUPERVISOR,
 )
 from .logs import configure_logging
+from .looplag import watch_loop_lag
 from .origins import host_guard
 from .metrics import Metrics
 from .plugins import load_plugins
@@ -176,6 +177,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
         try:
             await plugins.start(gateway)
             supervisor.spawn("gauges", functools.partial(_refresh_gauges, app))
+            supervisor.spawn("event-loop-lag", functools.partial(watch_loop_lag, app[METRICS]))
             presence = app[PRESENCE]
             if presence.rooms and app[SETTINGS].presence.events:  # events take the one route, without history
                 supervisor.spawn("presence-events", functools.partial(

@@ -24,15 +24,15 @@ from aiohttp.abc import AbstractStreamWriter
 
 from . import protocol
 from .config import WebSocketSettings
+from .keepalive import Action, Keepalive
 from .metrics import Metrics
 from .ratelimit import RateLimiter
 from .supervision import Throttled
-from .wire import PING_FRAME, PONG_OPCODE, control_frame, frame_payloads, text_frame
+from .wire import PING_FRAME, PONG_OPCODE, close_fields, control_frame, frame_payloads, text_frame
 
 log = logging.getLogger(__name__)
 
 FAULT_LOG_INTERVAL = 10.0  # seconds between two log lines about a fault that can recur per client
-_TIMER_SLACK = 0.005  # asyncio may run a timer this early; never reschedule for a few microseconds
 
 
 class State(enum.Enum):
@@ -95,8 +95,8 @@ class Connection:
     __slots__ = (
         "id", "_metrics", "_on_drop", "identity", "rooms", "remote", "state", "close_reason", "close_code", "last_seen",
         "opened_at", "closed", "_ws", "_stream", "_transport", "_high_water", "_raw", "_loop", "_flusher",
-        "_outbox", "_outbox_limit", "_queued", "_byte_limit", "replied", "_marked", "_blocked", "_ping_interval", "_pong_wait", "_write_wait",
-        "_next_ping", "_ping_due", "_pong", "_timer", "_writer", "_closer", "limiter", "_expiry",
+        "_outbox", "_outbox_limit", "_queued", "_byte_limit", "replied", "_marked", "_blocked", "_write_wait",
+        "_alive", "handling", "_ping_due", "_pong", "_timer", "_writer", "_closer", "limiter", "_expiry",
     )
 
     def __init__(
@@ -134,16 +134,15 @@ class Connection:
         self.replied = 0  # bytes queued for this client alone (answers, replays), ever: rate limits charge them
         self._marked = False  # in the flusher's list for this turn
         self._blocked = False  # the socket is full: the writer task waits for it to drain
-        self._ping_interval = settings.ping_interval
-        self._pong_wait = settings.pong_wait
         self._write_wait = settings.write_wait
-        self.last_seen = self.opened_at = self._loop.time()
+        self.last_seen = self.opened_at = self._loop.time()  # when the reader last took a frame (loop time)
         limits = settings.limits
         self.limiter = RateLimiter(limits, self.last_seen) if RateLimiter.needed(limits) else None
-        self._next_ping = self.last_seen + self._ping_interval
+        self._alive = Keepalive(self.last_seen, settings.ping_interval, settings.pong_wait)  # the verdicts
+        self.handling = False  # the reader is handling one of this client's messages (set by the read loop)
         self._ping_due = False
         self._pong: bytes | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None  # the keepalive's next question (a timer, or a loop turn)
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -166,7 +165,8 @@ class Connection:
         self.enqueue(protocol.encode_error(err))
 
     def enqueue(self, payload: bytes) -> None:
-        """Queue one encoded message for this client alone (counted as one delivery)."""
+        """Queue one encoded message for this client alone (counted as one delivery); ValueError, and nothing
+        queued, when it is not valid UTF-8 (`wire.data_frame`)."""
         frame = text_frame(payload)
         if self.put(frame):
             self.replied += len(frame)
@@ -256,7 +256,7 @@ class Connection:
 
     def start(self) -> None:
         """Start the keepalive timer (called once the client is admitted)."""
-        self._timer = self._loop.call_at(self._next_ping, self._keepalive)
+        self._timer = self._loop.call_at(self._alive.next_ping, self._keepalive)
 
     def expire_at(self, when: float | None) -> None:
         """Close with 4001 "token expired" at Unix time `when` (seconds; None: never), replacing any earlier
@@ -274,7 +274,12 @@ class Connection:
         self.last_seen = self._loop.time()
 
     def drop(self, code: int, reason: str) -> None:
-        """Close this client with `code` from any context, without waiting; idempotent."""
+        """Close this client with `code` from any context, without waiting; idempotent.
+
+        Raises ValueError for a code an endpoint may not send (`wire.close_fields`), before anything changes;
+        a reason longer than 123 UTF-8 bytes is cut on a character boundary.
+        """
+        close_fields(code, reason)  # refused here, at the caller, not later in the closing task
         if self.state is not State.OPEN:
             return
         self.state = State.CLOSING
@@ -293,7 +298,9 @@ class Connection:
         section 7.1.2), then the close handshake is awaited: all within `timeout` seconds. A client
         that reads gets everything that was queued for it; one that cannot take its queue in time is
         counted (`websocket_errors_total{reason="drain_incomplete"}`), logged, and its socket aborted.
+        Raises ValueError for a code an endpoint may not send, as `drop` does.
         """
+        close_fields(code, reason)
         if self.state is not State.OPEN:
             return
         self.state = State.CLOSING
@@ -315,7 +322,8 @@ class Connection:
                     self._transport.write(frames)
                     await self._stream.drain()
                 written = True
-                await self._ws.close(code=code, message=reason.encode())
+                code, message = close_fields(code, reason)
+                await self._ws.close(code=code, message=message)
             clean = True
         except TimeoutError:
             if not written:
@@ -358,8 +366,9 @@ class Connection:
             self._writer.cancel()  # it may be stuck on a peer that stopped reading
         clean = False
         try:
+            code, message = close_fields(code, reason)
             async with asyncio.timeout(self._write_wait):
-                await self._ws.close(code=code, message=reason.encode())
+                await self._ws.close(code=code, message=message)
             clean = True
         except TimeoutError:
             pass
@@ -448,17 +457,26 @@ class Connection:
             self.drop(protocol.CLOSE_GOING_AWAY, "keepalive timeout")
 
     def _keep_alive(self) -> None:
-        now = self._loop.time()
-        if now - self.last_seen >= self._pong_wait - _TIMER_SLACK:
+        """Carry out the keepalive core's verdict (wsgate.keepalive: the rules, and why a stall is not silence)."""
+        loop = self._loop
+        verdict = self._alive.check(loop.time(), self.last_seen, busy=self.handling)
+        action = verdict.action
+        if action is Action.CLOSE:
             log.info(
-                "client %s sent nothing for %ss; closing", self.id, self._pong_wait, extra={"client_id": self.id}
+                "client %s sent nothing for %ss and did not answer a ping; closing", self.id,
+                round(loop.time() - self.last_seen, 3), extra={"client_id": self.id},
             )
             self.drop(protocol.CLOSE_GOING_AWAY, "keepalive timeout")
             return
-        if now >= self._next_ping:
+        if action is Action.CONFIRM:  # what has arrived counts first: the reader takes it, then we ask again
+            self._timer = loop.call_soon(self._reader_turn)
+            return
+        if action is Action.PING:
             self._ping_due = True
             self._send_control()
-            self._next_ping = now + self._ping_interval
-        self._timer = self._loop.call_at(
-            min(self._next_ping, self.last_seen + self._pong_wait), self._keepalive
-        )
+        self._timer = loop.call_at(verdict.at, self._keepalive)
+
+    def _reader_turn(self) -> None:
+        """One loop turn after a suspected silence: the socket's bytes are parsed in this one, the reader
+        takes them in the next, and the keepalive asks again after it."""
+        self._timer = self._loop.call_soon(self._keepalive)

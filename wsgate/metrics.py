@@ -125,6 +125,11 @@ class Metrics:
             "wsgate_task_restarts", "Background tasks restarted after an unexpected exception, by task.",
             ["task"], registry=reg,
         )
+        self.loop_lag = Histogram(
+            "wsgate_event_loop_lag_seconds",
+            "How late the event loop ran a timer (measured every 0.25s): time it spent in code that did not yield.",
+            registry=reg, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf")),
+        )
         # Children of labelled counters are looked up once, not per message.
         self._received_by_type = {kind: self.received.labels(kind) for kind in message_types}
         self._received_other = self.received.labels("unknown")
@@ -161,6 +166,10 @@ class Metrics:
 
     def broker_dropped(self, count: int) -> None:
         self.broker_dropped_messages.inc(count)
+
+    def event_loop_lag(self, seconds: float) -> None:
+        """Record one measure of the event loop's lag (`wsgate.looplag`)."""
+        self.loop_lag.observe(seconds)
 
     def connection_opened(self) -> None:
         self.opened.inc()

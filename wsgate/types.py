@@ -50,10 +50,19 @@ class Client(Protocol):
         """
 
     def enqueue(self, message: bytes) -> None:
-        """Send one message that is already encoded JSON (`wsgate.protocol.encode`) to this client alone."""
+        """Send one message that is already encoded JSON (`wsgate.protocol.encode`) to this client alone.
+
+        Raises ValueError when `message` is not valid UTF-8 (a text frame must be, RFC 6455 section 8.1).
+        """
 
     def drop(self, code: int, reason: str) -> None:
-        """Close the connection with `code` (RFC 6455 section 7.4) and `reason`, without waiting; idempotent."""
+        """Close the connection with `code` and `reason`, without waiting; idempotent.
+
+        `code` must be one an endpoint may send (RFC 6455 sections 7.4.1 and 7.4.2): 1000-1003, 1007-1014, or
+        3000-4999 (4000-4999 are the application's). Any other (1004-1006, 1015, below 1000, 1016-2999, 5000 and
+        up) raises ValueError, and nothing is sent. A `reason` over 123 bytes of UTF-8 is cut on a character
+        boundary (a close frame carries at most 125 bytes, two of them the code).
+        """
 
 
 Handler = Callable[[Client, Message], Awaitable[Any]]
@@ -93,7 +102,9 @@ class Gateway(Protocol):
         messages). In a room with history the message gets the room's next `offset` and its
         `epoch`. Returns how many local clients it was queued for. Raises `ClientError`:
         `invalid JSON format` for data JSON cannot carry, `history is unavailable` when the
-        room keeps history and the history store cannot keep it (then nobody got it).
+        room keeps history and the history store did not keep it (then nobody got it), `publish outcome
+        unknown` when the store took it and did not answer within `broker.connect_timeout` (then, if it
+        was kept, every member on every node gets it once; publishing it again may deliver it twice).
         """
 
     async def broadcast(self, data: Any, *, type: str = MESSAGE, client_id: str | None = None) -> int:

@@ -22,7 +22,7 @@ from .keys import (
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .origins import origin_allowed, origin_problem, same_host
 from .protocol import ClientError
-from .wire import close_reply
+from .wire import close_fields, close_reply
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ async def _open(request: web.Request) -> web.StreamResponse:
     if stream is None:
         return client_left()
     if hub.draining:  # began while we authenticated or upgraded: drain() would not see this client
-        await ws.close(code=protocol.CLOSE_GOING_AWAY, message=b"server shutting down")
+        await _close(ws, protocol.CLOSE_GOING_AWAY, "server shutting down")
         return ws
     conn = ConnectedClient(
         ws, stream, request, settings=ws_settings, flusher=app[FLUSHER], metrics=metrics, on_drop=hub.remove,
@@ -182,7 +182,9 @@ async def _read_loop(
         conn.touch()
         kind = msg.type
         if kind is WSMsgType.TEXT:
+            conn.handling = True  # the keepalive judges no silence while frames may wait behind this message
             await dispatcher.dispatch(conn, msg.data)
+            conn.handling = False
             # receive() does not yield while frames are buffered. Yield every READ_BATCH messages
             # so outboxes are flushed (several frames per write) before a burst could fill them.
             batch += 1
@@ -242,6 +244,13 @@ async def _refuse_full(ws: web.WebSocketResponse, metrics: Metrics) -> None:
     metrics.error("server_full")
     try:
         await ws.send_frame(protocol.encode_error(ClientError(protocol.SERVER_FULL)), WSMsgType.TEXT)
-        await ws.close(code=protocol.CLOSE_TRY_AGAIN_LATER, message=protocol.SERVER_FULL.encode())
+        await _close(ws, protocol.CLOSE_TRY_AGAIN_LATER, protocol.SERVER_FULL)
     except ConnectionResetError:
         pass  # the client left first
+
+
+async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+    """Close `ws` as every close wsgate sends: through `wire.close_fields` (a code that may be sent, a reason
+    of at most 123 bytes)."""
+    code, message = close_fields(code, reason)
+    await ws.close(code=code, message=message)

@@ -17,7 +17,19 @@ _FIN = 0x80  # every frame wsgate builds is a whole message; server frames are n
 
 
 def data_frame(payload: bytes, opcode: int = TEXT_OPCODE) -> bytes:
-    """A complete unmasked data frame (section 5.2): built once, written to every recipient as it is."""
+    """A complete unmasked data frame (section 5.2): built once, written to every recipient as it is.
+
+    Raises ValueError for a text frame whose payload is not valid UTF-8 (section 8.1: the client would fail
+    the connection with 1007), and for an opcode that is not text or binary.
+    """
+    if opcode == TEXT_OPCODE:
+        if not payload.isascii():  # (JSON is mostly ASCII: checked 8 bytes at a time, nothing copied)
+            try:
+                payload.decode()
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"a text frame must be valid UTF-8 (RFC 6455 section 8.1): {exc}") from None
+    elif opcode != BINARY_OPCODE:
+        raise ValueError(f"opcode {opcode:#x} is not a data frame's")
     first, size = _FIN | opcode, len(payload)
     if size < 126:
         return bytes((first, size)) + payload
@@ -47,21 +59,49 @@ def frame_payloads(frames: bytes) -> Iterator[tuple[int, bytes]]:
         pos += head + size
 
 
-_ANSWERABLE = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015)) | frozenset(range(3000, 5000))
+SENDABLE_CODES: Final = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015)) | frozenset(range(3000, 5000))
+"""The close codes an endpoint may send (RFC 6455 sections 7.4.1 and 7.4.2, and the IANA registry's 1012-1014):
+never 1004-1006 or 1015 (reserved: 1005 and 1006 only stand for "no code" and "no close frame" in APIs), nothing
+below 1000, nothing unassigned in 1016-2999, nothing from 5000 on."""
 PROTOCOL_ERROR: Final = 1002
+MAX_CLOSE_REASON: Final = 123  # bytes: a control frame carries at most 125 (section 5.5), 2 of them the code
 
 
 def close_reply(code: int) -> int:
     """The code to answer a peer's close frame with (section 7.4): 1000, or 1002 when its code may never be
     sent (1004-1006, 1015) or is not assigned; a close frame without a code (0 here) is answered 1000."""
-    return 1000 if code == 0 or code in _ANSWERABLE else PROTOCOL_ERROR
+    return 1000 if code == 0 or code in SENDABLE_CODES else PROTOCOL_ERROR
 
 
+def close_fields(code: int, reason: str) -> tuple[int, bytes]:
+    """(code, reason as UTF-8) for a close frame wsgate sends, whoever asked for it: the one rule every close
+    path goes through (sections 5.5, 5.5.1 and 7.4).
+
+    Raises ValueError for a code an endpoint may not send (see `SENDABLE_CODES`). The reason is cut to
+    `MAX_CLOSE_REASON` bytes on a UTF-8 character boundary (a lone surrogate becomes "?"): the frame stays
+    within the 125 bytes a control frame may carry, and its text valid UTF-8 (section 8.1).
+    """
+    if type(code) is not int or code not in SENDABLE_CODES:  # (a bool is an int: True would be code 1)
+        raise ValueError(
+            f"close code {code!r} may not be sent (RFC 6455 section 7.4): use 1000-1003, 1007-1014 or 3000-4999"
+        )
+    encoded = reason.encode("utf-8", "replace")
+    if len(encoded) > MAX_CLOSE_REASON:
+        encoded = encoded[:MAX_CLOSE_REASON].decode("utf-8", "ignore").encode()  # drops a cut character's head
+    return code, encoded
+
+
+PING_OPCODE: Final = 0x9
 PONG_OPCODE: Final = 0xA
 PING_FRAME: Final = bytes((0x89, 0))  # FIN + ping, empty payload
 
 
 def control_frame(opcode: int, payload: bytes) -> bytes:
-    """An unmasked control frame (ping/pong); RFC 6455 allows at most 125 payload bytes."""
-    payload = payload[:125]
+    """An unmasked ping or pong (the close frame goes through `close_fields` and aiohttp). RFC 6455 allows at most
+    125 payload bytes (section 5.5): a longer payload raises ValueError (a pong echoes a client's ping, which
+    the reader has already held to 125 bytes)."""
+    if opcode not in (PING_OPCODE, PONG_OPCODE):
+        raise ValueError(f"opcode {opcode:#x} is not a ping's or a pong's")
+    if len(payload) > 125:
+        raise ValueError(f"a control frame carries at most 125 bytes, not {len(payload)} (RFC 6455 section 5.5)")
     return bytes((0x80 | opcode, len(payload))) + payload

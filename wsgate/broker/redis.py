@@ -8,6 +8,12 @@
 - If Redis goes away, local delivery goes on; the node reconnects with backoff and
   re-subscribes. Plain messages published meanwhile do not reach other nodes (at
   most once); messages for rooms with history are refused, never kept with a gap.
+- A publisher of a room with history is told "not sent" only when Redis never saw the
+  message or refused it. When Redis took it and did not answer within
+  `broker.connect_timeout` (a stall), the publisher is told the outcome is unknown; the
+  node still waits for the answer (ANSWER_WAIT), then sends it again with the same
+  message id (PUBLISH_SCRIPT runs a message id once), and delivers a kept message to its
+  own members through `receive` (`_exchange`).
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from ..config import HistorySettings
 from ..history import Position, Replay, replay_from, stamp
 from ..redaction import redact_url
 from ..supervision import Supervisor
-from .base import BrokerError, Receive
+from .base import BrokerError, OutcomeUnknown, Receive
 from .redis_schema import (
-    NODE_ID_LENGTH, PUBLISH_SCRIPT, READ_SCRIPT, RedisNames, connect, describe, new_sender_id, publish_args,
+    NODE_ID_LENGTH, OUTCOME_WINDOW, PUBLISH_SCRIPT, PUBLISH_SHA, READ_SCRIPT, Attempt, RedisNames, connect,
+    describe, exchange, new_message_id, new_sender_id, publish_args,
 )
 
 if TYPE_CHECKING:
@@ -41,22 +48,35 @@ PIPELINE_BATCH = 512
 POOL_SIZE = 32  # Redis connections for commands (pub/sub has its own)
 RECEIVE_BATCH = 32  # messages from Redis delivered before other tasks (the flusher) get a turn
 RECEIVE_POLL = 1.0  # seconds the receive loop waits for a message before looking at its state again
+ANSWER_WAIT = 10.0  # seconds a batch Redis took goes on waiting for its answer after its publishers were told
+RESEND_FOR = OUTCOME_WINDOW / 2  # seconds a message of unknown outcome is sent again (with its id) until answered
 
 
 class _Outgoing:
     """One message waiting for the sender: relayed as it is, or (`kept`) appended to a room's history."""
 
-    __slots__ = ("room", "channel", "data", "kept")
+    __slots__ = ("room", "channel", "data", "kept", "message_id", "first_sent", "in_doubt")
 
     def __init__(self, room: str | None, channel: bytes, data: bytes, kept: asyncio.Future[bytes] | None) -> None:
         self.room = room
         self.channel = channel
         self.data = data  # sender id + message (relay), or the head to stamp (history)
         self.kept = kept  # history only: resolved with the stamped bytes
+        self.message_id = "" if kept is None else new_message_id()  # PUBLISH_SCRIPT keeps each id once
+        self.first_sent = 0.0  # loop time of its first attempt (0: none yet)
+        self.in_doubt = False  # its publisher was told the outcome is unknown; Redis's answer is still wanted
 
     def fail(self, reason: str) -> None:
+        """Certainly not kept (never written, or refused): the publisher is told "not sent"."""
         if self.kept is not None and not self.kept.done():
             self.kept.set_exception(BrokerError(reason))
+
+    def doubt(self, reason: str) -> None:
+        """Written, with no answer: the publisher is told the outcome is unknown, the answer still awaited."""
+        if self.kept is not None:
+            self.in_doubt = True
+            if not self.kept.done():
+                self.kept.set_exception(OutcomeUnknown(reason))
 
 
 class RedisBroker:
@@ -84,6 +104,7 @@ class RedisBroker:
         self._pubsub: Any = None
         self._outgoing: deque[_Outgoing] = deque()
         self._outgoing_ready = asyncio.Event()
+        self._overdue_since: float | None = None  # loop time a batch Redis took went without its answer
         self._wanted: set[str] = set()  # rooms with local members
         self._subscribed: set[str] = set()  # rooms Redis has been asked for on the current connection
         self._confirmed: dict[bytes, asyncio.Event] = {}  # channel -> set once Redis confirmed it
@@ -180,6 +201,8 @@ class RedisBroker:
             item.fail("the gateway is shutting down")
         elif not (self._sending or self._receiving):  # Redis is away: say so now, not after the next backoff
             item.fail("Redis is unreachable")
+        elif self._overdue_since is not None:  # never written: certain
+            item.fail(f"Redis has not answered for {asyncio.get_running_loop().time() - self._overdue_since:.1f}s")
         else:
             self._outgoing.append(item)
             self._outgoing_ready.set()
@@ -220,71 +243,138 @@ class RedisBroker:
     # --- sending ----------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        import redis.asyncio as aioredis
-
         backoff = BACKOFF_START
         while not self._closed:
             await self._outgoing_ready.wait()
             self._outgoing_ready.clear()
             while self._outgoing and not self._closed:
                 batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), PIPELINE_BATCH))]
-                try:
-                    async with asyncio.timeout(self._settings.connect_timeout):
-                        refused = await self._send_batch(batch)
-                    if refused:  # Redis ran the batch but refused these (never expected): count them, keep going
-                        self._metrics.broker_dropped(refused)
-                        self._metrics.broker_error()
-                except (OSError, TimeoutError, aioredis.RedisError) as exc:
-                    self._metrics.broker_dropped(len(batch))
-                    self._metrics.broker_error()
-                    reason = (f"Redis did not answer within broker.connect_timeout ({self._settings.connect_timeout:g}s);"
-                              " the message may have been kept" if isinstance(exc, TimeoutError)
-                              else f"Redis did not take the message: {describe(exc)}")
-                    for item in batch:
-                        item.fail(reason)
-                    if self._sending:
-                        log.warning("broker: publishing to Redis failed (%s); other nodes miss messages "
-                                    "until it is back, local delivery goes on", describe(exc))
-                    self._sending = False
+                if not await self._exchange(batch):
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
-                finally:  # cancelled, or anything unexpected: no publisher waits forever
-                    for item in batch:
-                        item.fail("the gateway is shutting down" if self._closed else "the message was not sent")
                 if not self._sending:
                     log.info("broker: publishing to Redis works again")
                     self._sending = True
                 backoff = BACKOFF_START
 
-    async def _send_batch(self, batch: list[_Outgoing]) -> int:
-        """One pipeline, in order; returns how many messages Redis refused (their futures have failed).
+    async def _exchange(self, batch: list[_Outgoing]) -> bool:
+        """Send one batch and settle every message in it; returns whether Redis answered.
+
+        What a publisher is told follows what Redis can have done (DESIGN "The fault model"):
+        - nothing written (no connection within `broker.connect_timeout`, or it failed): "not sent";
+        - an error answer (READONLY, OOM): that message was not kept, "not sent";
+        - written and not answered within `broker.connect_timeout`: "outcome unknown" (OutcomeUnknown).
+          The answer is still awaited on the same connection for ANSWER_WAIT (a stall ends), while new
+          messages for rooms with history are refused before anything is written ("not sent");
+        - written and the connection lost, or no answer within ANSWER_WAIT: messages for rooms with history
+          are sent again first, with their message ids (a second run is answered as the first: nothing is
+          kept twice), until Redis answers or RESEND_FOR has passed. Plain messages are dropped and counted
+          (relay is at most once).
+        A message of unknown outcome that Redis kept goes to `receive`, so this node's members get it too.
+        """
+        import redis.asyncio as aioredis
+
+        attempt = Attempt()
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._send_batch(batch, attempt), name="wsgate-redis-send-batch")
+        timeout = self._settings.connect_timeout
+        try:
+            await asyncio.wait({task}, timeout=timeout)
+            if not task.done() and attempt.written:
+                self._overdue_since = loop.time()
+                unanswered = f"Redis did not answer within broker.connect_timeout ({timeout:g}s)"
+                for item in batch:
+                    item.doubt(unanswered)
+                self._refuse_queued(unanswered)
+                await asyncio.wait({task}, timeout=ANSWER_WAIT)
+        except BaseException:  # the gateway is closing: nobody waits forever, and nobody is told a guess
+            for item in batch:
+                (item.doubt if attempt.written else item.fail)("the gateway is shutting down")
+            raise
+        finally:
+            self._overdue_since = None
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        error = TimeoutError() if task.cancelled() else task.exception()
+        if error is None:
+            if refused := task.result():  # Redis ran the batch but refused these: count them, keep going
+                self._metrics.broker_dropped(refused)
+                self._metrics.broker_error()
+            return True
+        if not isinstance(error, (OSError, TimeoutError, aioredis.RedisError)):
+            for item in batch:
+                (item.doubt if attempt.written else item.fail)("the message was not sent")
+            raise error
+        self._metrics.broker_error()
+        if attempt.written:
+            reason = (f"Redis did not answer within broker.connect_timeout ({timeout:g}s)" if task.cancelled()
+                      else f"the connection to Redis was lost before it answered: {describe(error)}")
+            for item in batch:
+                item.doubt(reason)
+        else:
+            for item in batch:
+                item.fail(f"Redis could not be reached within broker.connect_timeout ({timeout:g}s)" if task.cancelled()
+                          else f"Redis did not take the message: {describe(error)}")
+        again = [item for item in batch if item.in_doubt and loop.time() - item.first_sent < RESEND_FOR]
+        lost = len(batch) - len(again)
+        if lost:
+            self._metrics.broker_dropped(lost)
+        if any(item.in_doubt and loop.time() - item.first_sent >= RESEND_FOR for item in batch):
+            log.warning("broker: Redis did not answer messages sent %.0fs ago; their outcome stays unknown "
+                        "(kept or not: a later offset or a catch-up brings the kept ones here)", RESEND_FOR)
+        self._outgoing.extendleft(reversed(again))  # first, in order: their room's later messages follow them
+        if self._sending:
+            log.warning("broker: publishing to Redis failed (%s); other nodes miss messages "
+                        "until it is back, local delivery goes on", describe(error))
+        self._sending = False
+        return False
+
+    def _refuse_queued(self, reason: str) -> None:
+        """Messages for rooms with history still queued behind an overdue batch were never written: "not sent"."""
+        queued, self._outgoing = self._outgoing, deque()
+        for item in queued:
+            if item.kept is None or item.in_doubt:
+                self._outgoing.append(item)  # relays, and messages of unknown outcome that are sent again
+            else:
+                item.fail(f"{reason}; it was not written")
+
+    async def _send_batch(self, batch: list[_Outgoing], attempt: Attempt) -> int:
+        """One write of the batch, in order (`exchange`); returns how many messages Redis refused (their
+        futures have failed). A message whose publisher was told the outcome is unknown and that Redis kept
+        (now, or at an earlier run of its id) goes to `receive`: this node's members get it in offset order.
 
         A batch with history messages begins with SCRIPT LOAD, so a Redis that restarted (and lost the
-        script) still runs every message in this one pipeline, in order; the scripts then run by SHA
-        (redis-py would otherwise ask SCRIPT EXISTS before every pipeline: a round trip per batch).
+        script) still runs every message in this one write, in order; the scripts then run by SHA.
         """
         size, ttl = self._history.size, self._history.ttl
         with_history = any(item.kept is not None for item in batch)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            if with_history:
-                pipe.script_load(PUBLISH_SCRIPT)
-            for item in batch:
-                if item.kept is None:
-                    pipe.publish(item.channel, item.data)
-                else:
-                    assert item.room is not None
-                    pipe.evalsha(self._publish_sha, 2, *self._names.history_keys(item.room),
-                                 *publish_args(item.data, size, ttl, item.channel, self.node_id))
-            results = await pipe.execute(raise_on_error=False)
+        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", PUBLISH_SCRIPT)] if with_history else []
+        now = asyncio.get_running_loop().time()
+        for item in batch:
+            item.first_sent = item.first_sent or now
+            if item.kept is None:
+                commands.append(("PUBLISH", item.channel, item.data))
+            else:
+                assert item.room is not None
+                keys = self._names.publish_keys(item.room, item.message_id)
+                commands.append(("EVALSHA", PUBLISH_SHA, len(keys), *keys,
+                                 *publish_args(item.data, size, ttl, item.channel, self.node_id)))
+        results = await exchange(self._redis, commands, attempt)
         refused = 0
         for item, result in zip(batch, results[1:] if with_history else results):
             if isinstance(result, Exception):
                 item.fail(f"Redis refused the message: {describe(result)}")
                 refused += 1
-            elif item.kept is not None and not item.kept.done():
-                offset, epoch, _ = result
-                item.kept.set_result(stamp(item.data, int(offset), epoch.decode()))
+            elif item.kept is not None:
+                offset, epoch = result[0], result[1]
+                stamped = stamp(item.data, int(offset), epoch.decode())
+                if not item.kept.done():
+                    item.kept.set_result(stamped)
+                elif item.in_doubt and self._receive is not None:
+                    assert item.room is not None
+                    self._receive(item.room, stamped)  # its publisher was told "unknown": it was kept
         return refused
 
     # --- receiving --------------------------------------------------------------------
