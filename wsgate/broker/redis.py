@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 from ..config import HistorySettings
 from ..history import Position, Replay, replay_from, stamp
 from ..redaction import redact_url
-from ..supervision import Supervisor
+from ..supervision import Supervisor, Throttled
 from .base import BrokerError, OutcomeUnknown, Receive
 from .redis_schema import (
-    NODE_ID_LENGTH, OUTCOME_WINDOW, PUBLISH_SCRIPT, PUBLISH_SHA, READ_SCRIPT, Attempt, RedisNames, connect,
-    describe, exchange, new_message_id, new_sender_id, publish_args,
+    NODE_ID_LENGTH, OUTCOME_WINDOW, PUBLISH_SCRIPT, PUBLISH_SHA, READ_SCRIPT, Attempt, RedisNames, Reconnects,
+    connect, describe, exchange, new_message_id, new_sender_id, publish_args,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ SUBSCRIBE_WAIT = 2.0  # longest a subscribe waits for Redis to confirm before an
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 PIPELINE_BATCH = 512
 POOL_SIZE = 32  # Redis connections for commands (pub/sub has its own)
+PUBSUB_POOL_SIZE = 2  # the pub/sub connection's own pool: one in use, one being released after a loss
+RECONNECT_LOG_INTERVAL = 10.0  # seconds: reconnects of one kind are logged at most once per interval
 RECEIVE_BATCH = 32  # messages from Redis delivered before other tasks (the flusher) get a turn
 RECEIVE_POLL = 1.0  # seconds the receive loop waits for a message before looking at its state again
 ANSWER_WAIT = 10.0  # seconds a batch Redis took goes on waiting for its answer after its publishers were told
@@ -100,8 +102,15 @@ class RedisBroker:
         self._deaf = False  # the probe found the subscription deaf: the receive loop reconnects
         self._receive: Receive | None = None
         self._resynced: Callable[[], None] = lambda: None
-        self._redis: Any = None
+        self._redis: Any = None  # commands (publish scripts, history reads, the probe)
+        self._subscriber: Any = None  # the pub/sub connection's own client: its reconnects are told apart
         self._pubsub: Any = None
+        self._subscribed_once = False  # a pub/sub connection after the first one is a reconnect
+        self._hidden_reconnect = False  # redis-py reconnected the pub/sub connection on its own
+        self._restore = asyncio.Event()  # a command connection reconnected: announce settings, load scripts
+        self._warn_pubsub = Throttled(log, RECONNECT_LOG_INTERVAL)
+        self._warn_commands = Throttled(log, RECONNECT_LOG_INTERVAL)
+        self._writable = True  # the probe's write was taken (False: Redis refused it)
         self._outgoing: deque[_Outgoing] = deque()
         self._outgoing_ready = asyncio.Event()
         self._overdue_since: float | None = None  # loop time a batch Redis took went without its answer
@@ -119,7 +128,9 @@ class RedisBroker:
 
     @property
     def state(self) -> str:
-        return "ok" if self._receiving and self._sending else "degraded"
+        """`degraded` while Redis is unreachable, the subscription is deaf, publishing fails, or Redis refuses
+        writes (the probe's SET: a read-only replica, maxmemory, MISCONF); `ok` otherwise."""
+        return "ok" if self._receiving and self._sending and self._writable else "degraded"
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -130,9 +141,12 @@ class RedisBroker:
             raise BrokerError("broker.url names Redis, but redis-py is missing: pip install 'wsgate[redis]'") from None
         self._receive = receive
         self._resynced = resynced
+        name = f"wsgate-{self.node_id.decode()[:8]}"
         try:
-            self._redis = connect(self._settings.url, self._settings.connect_timeout,
-                                  f"wsgate-{self.node_id.decode()[:8]}", POOL_SIZE)
+            self._redis = connect(self._settings.url, self._settings.connect_timeout, name, POOL_SIZE,
+                                  Reconnects(self._commands_reconnected).watch)
+            self._subscriber = connect(self._settings.url, self._settings.connect_timeout, f"{name}-pubsub",
+                                       PUBSUB_POOL_SIZE, self._pubsub_connected)
         except ValueError as exc:
             raise BrokerError(f"invalid setting broker.url = {redact_url(self._settings.url)!r}: {exc}") from None
         self._read_script = self._redis.register_script(READ_SCRIPT)
@@ -145,6 +159,7 @@ class RedisBroker:
             message = f"cannot reach Redis at {redact_url(self._settings.url)}: {describe(exc)}"
             if self._settings.required:
                 await self._redis.aclose()
+                await self._subscriber.aclose()
                 raise BrokerError(message) from None
             log.error("broker: %s; starting degraded (broker.required = false), retrying", message)
             self._metrics.broker_error()
@@ -154,6 +169,7 @@ class RedisBroker:
             spawn("redis-subscriptions", self._subscription_loop),
             spawn("redis-send", self._send_loop),
             spawn("redis-probe", self._probe_loop),
+            spawn("redis-restore", self._restore_loop),
         ]
 
     async def _prepare(self) -> None:
@@ -179,6 +195,45 @@ class RedisBroker:
         await self._drop_pubsub()
         if self._redis is not None:
             await self._redis.aclose()
+        if self._subscriber is not None:
+            await self._subscriber.aclose()
+
+    # --- reconnects redis-py makes on its own -------------------------------------------
+
+    def _commands_reconnected(self, connection: object) -> None:
+        """A connection of the command pool was lost and connected again (`Reconnects`). Redis may have
+        restarted empty: the history settings are announced and the script loaded again (`_restore_loop`)."""
+        self._metrics.connection_reconnected("commands")
+        self._warn_commands("broker: a Redis connection of the command pool was lost and connected again "
+                            "(commands connection); announcing the history settings again")
+        self._restore.set()
+
+    def _pubsub_connected(self, connection: object) -> None:
+        """Every connect of the pub/sub client's pool. The current subscription's own connection connecting
+        again is redis-py reconnecting inside `get_message` or `subscribe` (and resubscribing right after):
+        the receive loop treats it as the reconnect it is (`_pubsub_reconnected`)."""
+        if self._pubsub is not None and connection is self._pubsub.connection:
+            self._hidden_reconnect = True
+
+    async def _restore_loop(self) -> None:
+        """After a command connection reconnected, write again what this node keeps in Redis (`_prepare`),
+        until it works; a pub/sub reconnect does it in the receive loop."""
+        import redis.asyncio as aioredis
+
+        backoff = BACKOFF_START
+        while not self._closed:
+            await self._restore.wait()
+            self._restore.clear()
+            if self._closed:
+                return
+            try:
+                async with asyncio.timeout(self._settings.connect_timeout):
+                    await self._prepare()
+                backoff = BACKOFF_START
+            except (OSError, TimeoutError, aioredis.RedisError):
+                self._restore.set()  # Redis is away or refuses writes: the probe says so; try again later
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
 
     # --- relay ------------------------------------------------------------------------
 
@@ -398,8 +453,9 @@ class RedisBroker:
         except TimeoutError:
             pass  # answer the client anyway; messages from other nodes follow once Redis catches up
 
-    async def _connect_pubsub(self) -> None:
-        pubsub = self._redis.pubsub()
+    async def _connect_pubsub(self) -> bool:
+        """Subscribe on a new pub/sub connection; returns whether an earlier one was lost (a reconnect)."""
+        pubsub = self._subscriber.pubsub()
         rooms = set(self._wanted)
         try:
             await pubsub.subscribe(self._broadcast, self._probe_channel,
@@ -409,8 +465,11 @@ class RedisBroker:
                 await pubsub.aclose()  # give its connection back to the pool, or retries drain the pool
             raise
         self._pubsub, self._subscribed = pubsub, rooms
+        self._hidden_reconnect = False
         self._receiving = True
         self.receiving.set()
+        reconnect, self._subscribed_once = self._subscribed_once, True
+        return reconnect
 
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -433,15 +492,23 @@ class RedisBroker:
             try:
                 if self._pubsub is None:
                     async with asyncio.timeout(self._settings.connect_timeout):
-                        await self._connect_pubsub()
-                        await self._prepare()  # Redis may have restarted: scripts and settings are gone
+                        reconnect = await self._connect_pubsub()
+                        try:
+                            await self._prepare()  # Redis may have restarted: scripts and settings are gone
+                        except aioredis.ResponseError:  # refused (a read-only replica): subscribed all the
+                            self._restore.set()  # same; the restore loop tries again, the probe says degraded
                     self._sending = True  # Redis answers again: let the next publish prove otherwise
                     self._outgoing_ready.set()
                     self._metrics.broker_reconnected()
-                    log.info("broker: reconnected to Redis; receiving %d rooms again", len(self._subscribed))
+                    if reconnect:
+                        self._metrics.connection_reconnected("pubsub")
+                    log.info("broker: reconnected to Redis (pubsub connection); receiving %d rooms again",
+                             len(self._subscribed))
                     self._resync.set()
                     self._resynced()  # what was relayed while away never came: rooms with history catch up
                 message = await self._pubsub.get_message(timeout=RECEIVE_POLL)
+                if self._hidden_reconnect:
+                    self._pubsub_reconnected()
                 if message is not None:
                     self._deaf = False  # it hears: whatever the probe thought
                 if self._deaf:
@@ -465,9 +532,25 @@ class RedisBroker:
                     log.warning("broker: lost the connection to Redis (%s); reconnecting, local delivery goes on",
                                 describe(exc))
                 self._metrics.broker_error()
+                self._hidden_reconnect = False  # whatever redis-py did: the reconnect below is this loop's
                 await self._drop_pubsub()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _pubsub_reconnected(self) -> None:
+        """redis-py lost the pub/sub connection and connected it again on its own (a CLIENT KILL, the output
+        buffer limit, a reset): it has resubscribed, but whatever was relayed meanwhile never came. Counted,
+        logged, and followed by what a reconnect of this loop does: the rooms with history catch up from it,
+        the subscriptions are brought in line, and the settings announced again (Redis may be a new one)."""
+        self._hidden_reconnect = False
+        self._metrics.broker_reconnected()
+        self._metrics.connection_reconnected("pubsub")
+        self._warn_pubsub("broker: Redis dropped this node's subscription and redis-py connected it again "
+                          "(pubsub connection); subscribed again, rooms with history catch up, messages of "
+                          "plain rooms relayed meanwhile are lost")
+        self._resync.set()
+        self._restore.set()
+        self._resynced()
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
@@ -488,6 +571,25 @@ class RedisBroker:
         room = None if channel == self._broadcast else channel[len(self._room_prefix):].decode()
         assert self._receive is not None
         self._receive(room, payload[NODE_ID_LENGTH:])
+
+    async def _probe_write(self, key: str, expiry_ms: int) -> None:
+        """The probe's write (see `_probe_loop`); sets `_writable`, logging each change once.
+        Raises what redis-py raises for a connection that fails (not for a refusal)."""
+        from redis.exceptions import ResponseError
+
+        try:
+            await self._redis.set(key, b"1", px=expiry_ms)
+        except ResponseError as exc:  # ReadOnlyError, OutOfMemoryError, NoPermissionError, MISCONF...
+            if self._writable:
+                self._metrics.broker_error()
+                log.error("broker: Redis refuses writes (%s); messages for rooms with history are refused and "
+                          "the broker is degraded (/ready answers 503) until it takes them again", describe(exc))
+            self._writable = False
+            return
+        if not self._writable:
+            log.info("broker: Redis takes writes again")
+            self._restore.set()  # what was refused meanwhile (the announced settings) is written again
+        self._writable = True
 
     async def _subscription_loop(self) -> None:
         """Bring Redis in line with the rooms that have local members (coalescing quick joins and leaves)."""
@@ -511,12 +613,22 @@ class RedisBroker:
                 self._subscribed = (self._subscribed | add) - remove
 
     async def _probe_loop(self) -> None:
-        """Every `broker.probe_interval`, publish to this node's own probe channel and expect it back through
-        pub/sub within `broker.connect_timeout`. If it does not come (Redis dropped the subscriber with
-        CLIENT KILL or for its output buffer, and the connection still looks open), the receive loop
-        subscribes again: a node never stays deaf to the others while /health says ok."""
+        """Every `broker.probe_interval`:
+
+        - write: SET a key of this node's (`<prefix>:probe:<node id>`, expiring). Redis that refuses it (a
+          read-only replica after a failover, `maxmemory` with noeviction, MISCONF, an ACL) refuses the
+          history scripts too, which PUBLISH alone never shows (a replica takes it): the broker is degraded
+          and the fault logged once, until a write is taken again. A write shows what works, where ROLE
+          would show only one of the causes.
+        - hear: publish to this node's own probe channel and expect it back through pub/sub within
+          `broker.connect_timeout`. If it does not come (Redis dropped the subscriber with CLIENT KILL or
+          for its output buffer, and the connection still looks open), the receive loop subscribes again:
+          a node never stays deaf to the others while /health says ok.
+        """
         import redis.asyncio as aioredis
 
+        key = self._probe_channel.decode()
+        expiry_ms = max(1, round((2 * self._settings.probe_interval + self._settings.connect_timeout) * 1000))
         while not self._closed:
             await asyncio.sleep(self._settings.probe_interval)
             pubsub = self._pubsub
@@ -525,6 +637,7 @@ class RedisBroker:
             self._probe_seen.clear()
             try:
                 async with asyncio.timeout(self._settings.connect_timeout):  # there and back again
+                    await self._probe_write(key, expiry_ms)
                     await self._redis.publish(self._probe_channel, b"probe")
                     await self._probe_seen.wait()
             except (OSError, TimeoutError, aioredis.RedisError):

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,20 +238,53 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def connect(url: str, connect_timeout: float, client_name: str, max_connections: int) -> object:
+class Reconnects:
+    """Tells a pooled connection's first connect from its reconnects: `watch(connection)` is called on every
+    connect (see `connect`), and `reconnected(connection)` runs when that connection object had connected
+    before, i.e. its earlier socket was lost or dropped, whoever reconnected it (redis-py's retry, the pool's
+    check of an idle connection, or a command after a timeout). `reconnected` must not await Redis: it runs
+    inside redis-py's connect, before the connection is used."""
+
+    def __init__(self, reconnected: Callable[[object], None]) -> None:
+        self._seen: weakref.WeakSet[object] = weakref.WeakSet()
+        self._reconnected = reconnected
+
+    def watch(self, connection: object) -> None:
+        if connection in self._seen:
+            self._reconnected(connection)
+        else:
+            self._seen.add(connection)
+
+
+def connect(
+    url: str, connect_timeout: float, client_name: str, max_connections: int,
+    on_connect: Callable[[object], None] | None = None,
+) -> object:
     """A redis-py client with a bounded pool that makes callers wait for a connection (a burst queues up,
     it does not fail with "Too many connections"). Raises ImportError without redis-py, ValueError for a bad URL.
 
     A pooled connection that Redis closed (a restart) fails on first use: it is tried once more on a fresh
     one rather than lose the command. A command that failed this way never ran.
+
+    `on_connect(connection)` runs after every connect of every connection of the pool, once redis-py has
+    set the connection up (AUTH, HELLO, SELECT, CLIENT SETNAME) and before anything else uses it (a pub/sub
+    connection resubscribes only after it). redis-py reconnects on its own (its retry, in `get_message`
+    too, and the pool's check of idle connections): this is where the caller learns of it
+    (`Connection(redis_connect_func=...)`, the hook redis-py's cluster client uses for its own set-up).
     """
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
 
+    async def set_up(connection: Any) -> None:
+        await connection.on_connect()  # what redis-py does when no redis_connect_func is given
+        if on_connect is not None:
+            on_connect(connection)
+
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=connect_timeout, socket_connect_timeout=connect_timeout,
         retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError], client_name=client_name,
+        redis_connect_func=set_up,
     )
     return aioredis.Redis.from_pool(pool)
