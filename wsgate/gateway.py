@@ -14,6 +14,7 @@ from typing import Any
 from . import protocol
 from .auth import AccessPolicy, expires_at_of
 from .broker import Broker, BrokerError
+from .broker.base import OutcomeUnknown
 from .clients import ConnectedClient
 from .config import Settings
 from .history import Position, Replay, comes_after
@@ -67,7 +68,11 @@ class Gateway:
         message = protocol.encode(type, room=room, data=data, client_id=client_id)
         try:
             return await self._router.publish(room, message)
-        except BrokerError as exc:
+        except OutcomeUnknown as exc:  # Redis took it and did not answer: kept and delivered once, or not at all
+            raise ClientError(protocol.PUBLISH_OUTCOME_UNKNOWN, f"the message may have been kept and delivered: "
+                              f"{exc}; if Redis kept it, every member gets it once (publishing it again may "
+                              "deliver it twice)") from None
+        except BrokerError as exc:  # certainly not kept: nobody got it
             raise ClientError(protocol.HISTORY_UNAVAILABLE, f"the message was not sent: {exc}") from None
 
     async def broadcast(

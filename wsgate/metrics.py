@@ -117,6 +117,12 @@ class Metrics:
         self.broker_reconnects = Counter(
             "websocket_broker_reconnects", "Times the broker reconnected after losing Redis.", registry=reg
         )
+        self.connection_reconnects = Counter(
+            "wsgate_broker_reconnects",
+            "Redis connections of this node that were lost and connected again, whoever reconnected them "
+            "(wsgate, or redis-py's own retry), by kind: pubsub, commands, presence.",
+            ["connection"], registry=reg,
+        )
         self.broker_dropped_messages = Counter(
             "websocket_broker_dropped_messages",
             "Messages delivered locally but not relayed to other nodes (Redis away or too slow).", registry=reg,
@@ -163,6 +169,10 @@ class Metrics:
 
     def broker_reconnected(self) -> None:
         self.broker_reconnects.inc()
+
+    def connection_reconnected(self, kind: str) -> None:
+        """Count one reconnect of a Redis connection; `kind` is `pubsub`, `commands` or `presence`."""
+        self.connection_reconnects.labels(kind).inc()
 
     def broker_dropped(self, count: int) -> None:
         self.broker_dropped_messages.inc(count)

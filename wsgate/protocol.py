@@ -60,6 +60,7 @@ RATE_LIMITED: Final = "rate limit exceeded"
 NOT_ALLOWED: Final = "not allowed"
 NO_HISTORY: Final = "room has no history"
 HISTORY_UNAVAILABLE: Final = "history is unavailable"
+PUBLISH_OUTCOME_UNKNOWN: Final = "publish outcome unknown"  # Redis took the message and did not answer in time
 NO_PRESENCE: Final = "room has no presence"
 PRESENCE_UNAVAILABLE: Final = "presence is unavailable"
 INVALID_TOKEN: Final = "invalid token"
@@ -373,6 +374,7 @@ ERROR_REASONS: Final = {
     NOT_ALLOWED: "not_allowed",
     NO_HISTORY: "no_history",
     HISTORY_UNAVAILABLE: "history_unavailable",
+    PUBLISH_OUTCOME_UNKNOWN: "publish_outcome_unknown",
     NO_PRESENCE: "no_presence",
     PRESENCE_UNAVAILABLE: "presence_unavailable",
     INVALID_TOKEN: "invalid_token",

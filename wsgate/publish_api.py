@@ -4,6 +4,8 @@
 {"data": ANY, "type"?: T}`, with `Authorization: Bearer <api.key>`. Delivered
 cluster-wide by the one route (`wsgate.routing`); the answer says how many local clients got it.
 503 `history is unavailable`: the room keeps history and the message cannot be kept now (nobody got it).
+504 `publish outcome unknown`: Redis took the message and did not answer within `broker.connect_timeout`;
+if it kept it, every member gets it once; publishing it again may deliver it twice.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from .protocol import ClientError
 
 INVALID_KEY = "invalid API key"
 BODY_TOO_LARGE = "request body too large"
+_STATUS = {
+    protocol.HISTORY_UNAVAILABLE: 503,  # not sent (nobody got it): try again later
+    protocol.PUBLISH_OUTCOME_UNKNOWN: 504,  # the broker did not answer in time: kept once, or not at all
+}
 
 
 async def publish_view(request: web.Request) -> web.Response:
@@ -65,8 +71,8 @@ async def _send(request: web.Request, to_room: bool) -> web.Response:
                 raise ClientError(protocol.ROOM_REQUIRED)
             request.app[DECODER].check_room(room)
             delivered = await gateway.publish(room, data, type=kind, client_id=client_id)
-    except ClientError as err:  # the room keeps history and it cannot be kept now: try again later
-        return _error(503 if err.text == protocol.HISTORY_UNAVAILABLE else 400, err.text, detail=err.detail)
+    except ClientError as err:
+        return _error(_STATUS.get(err.text, 400), err.text, detail=err.detail)
     return web.json_response({"delivered": delivered})
 
 

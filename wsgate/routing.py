@@ -27,8 +27,12 @@ the time they began); a late message of an earlier epoch goes out once, as it
 is, and never turns the sequence back.
 
 A message for a room with history is delivered only once it has its offset. When
-it cannot be kept (Redis away), it is delivered nowhere and the publisher gets
-BrokerError: a resuming client never meets a silent gap.
+it cannot be kept (Redis away, or it refused), it is delivered nowhere and the
+publisher gets BrokerError: a resuming client never meets a silent gap. When Redis
+took it without answering in time, the publisher gets OutcomeUnknown (never "not
+sent": Redis may run it when it wakes); if it was kept, the broker learns it later
+and hands the stamped bytes to `receive`, so this node's members get it too, in
+offset order, once (DESIGN "The fault model").
 """
 
 from __future__ import annotations
@@ -122,7 +126,10 @@ class Router:
 
         `history`: keep it in the room's history; by default, when `history.rooms` matches the room
         (presence events pass False: they are not publications). Returns how many local clients it was
-        queued for. Raises BrokerError when the room keeps history and the message cannot be kept.
+        queued for. Raises BrokerError when the room keeps history and the message was not kept (then
+        nobody got it), OutcomeUnknown (a BrokerError) when the broker took it and did not answer in time
+        (then it reaches every member once if it was kept, this node's through `receive`, or nobody).
+        Plain rooms and broadcasts never raise: local delivery goes on, other nodes get it at most once.
         """
         kept = room is not None and (self._history_rooms.match(room) if history is None else history)
         if kept:

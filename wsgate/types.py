@@ -102,7 +102,9 @@ class Gateway(Protocol):
         messages). In a room with history the message gets the room's next `offset` and its
         `epoch`. Returns how many local clients it was queued for. Raises `ClientError`:
         `invalid JSON format` for data JSON cannot carry, `history is unavailable` when the
-        room keeps history and the history store cannot keep it (then nobody got it).
+        room keeps history and the history store did not keep it (then nobody got it), `publish outcome
+        unknown` when the store took it and did not answer within `broker.connect_timeout` (then, if it
+        was kept, every member on every node gets it once; publishing it again may deliver it twice).
         """
 
     async def broadcast(self, data: Any, *, type: str = MESSAGE, client_id: str | None = None) -> int:

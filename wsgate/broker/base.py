@@ -23,6 +23,12 @@ class BrokerError(Exception):
     """The broker cannot do what was asked (bad URL, server unreachable, history not kept); one line."""
 
 
+class OutcomeUnknown(BrokerError):
+    """A message was handed to the backplane, which did not answer in time (a stalled or lost Redis): it may
+    have been kept and relayed, or not. Not "not sent": the publisher is told the outcome is unknown, and the
+    broker still learns it when it can, passing a kept message to `receive` (DESIGN "The fault model")."""
+
+
 class Broker(Protocol):
     """Carries encoded messages between gateway nodes, and keeps the history of rooms that have one.
 
@@ -56,8 +62,11 @@ class Broker(Protocol):
         `head` is the encoded message without its closing brace. The broker gives it the
         room's next offset and the room's epoch (`history.stamp`), keeps it, and relays the
         stamped bytes to the other nodes, in order with `relay`. The future gives the stamped
-        bytes, or fails with BrokerError when the message could not be kept (then it was not
-        relayed either).
+        bytes; it fails with BrokerError only when the message was certainly not kept (never
+        handed to the backplane, or refused by it: then it was not relayed either), and with
+        OutcomeUnknown when the backplane took it without answering in time. Then the broker
+        keeps asking (the same message is never kept twice) and, if it was kept, passes the
+        stamped bytes to `receive`, so this node's members get it too, in offset order.
         """
 
     # --- room interest --------------------------------------------------------------

@@ -8,6 +8,12 @@
 - If Redis goes away, local delivery goes on; the node reconnects with backoff and
   re-subscribes. Plain messages published meanwhile do not reach other nodes (at
   most once); messages for rooms with history are refused, never kept with a gap.
+- A publisher of a room with history is told "not sent" only when Redis never saw the
+  message or refused it. When Redis took it and did not answer within
+  `broker.connect_timeout` (a stall), the publisher is told the outcome is unknown; the
+  node still waits for the answer (ANSWER_WAIT), then sends it again with the same
+  message id (PUBLISH_SCRIPT runs a message id once), and delivers a kept message to its
+  own members through `receive` (`_exchange`).
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 from ..config import HistorySettings
 from ..history import Position, Replay, replay_from, stamp
 from ..redaction import redact_url
-from ..supervision import Supervisor
-from .base import BrokerError, Receive
+from ..supervision import Supervisor, Throttled
+from .base import BrokerError, OutcomeUnknown, Receive
 from .redis_schema import (
-    NODE_ID_LENGTH, PUBLISH_SCRIPT, READ_SCRIPT, RedisNames, connect, describe, new_sender_id, publish_args,
+    NODE_ID_LENGTH, OUTCOME_WINDOW, PUBLISH_SCRIPT, PUBLISH_SHA, READ_SCRIPT, Attempt, RedisNames, Reconnects,
+    connect, describe, exchange, new_message_id, new_sender_id, publish_args,
 )
 
 if TYPE_CHECKING:
@@ -39,24 +46,39 @@ SUBSCRIBE_WAIT = 2.0  # longest a subscribe waits for Redis to confirm before an
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 PIPELINE_BATCH = 512
 POOL_SIZE = 32  # Redis connections for commands (pub/sub has its own)
+PUBSUB_POOL_SIZE = 2  # the pub/sub connection's own pool: one in use, one being released after a loss
+RECONNECT_LOG_INTERVAL = 10.0  # seconds: reconnects of one kind are logged at most once per interval
 RECEIVE_BATCH = 32  # messages from Redis delivered before other tasks (the flusher) get a turn
 RECEIVE_POLL = 1.0  # seconds the receive loop waits for a message before looking at its state again
+ANSWER_WAIT = 10.0  # seconds a batch Redis took goes on waiting for its answer after its publishers were told
+RESEND_FOR = OUTCOME_WINDOW / 2  # seconds a message of unknown outcome is sent again (with its id) until answered
 
 
 class _Outgoing:
     """One message waiting for the sender: relayed as it is, or (`kept`) appended to a room's history."""
 
-    __slots__ = ("room", "channel", "data", "kept")
+    __slots__ = ("room", "channel", "data", "kept", "message_id", "first_sent", "in_doubt")
 
     def __init__(self, room: str | None, channel: bytes, data: bytes, kept: asyncio.Future[bytes] | None) -> None:
         self.room = room
         self.channel = channel
         self.data = data  # sender id + message (relay), or the head to stamp (history)
         self.kept = kept  # history only: resolved with the stamped bytes
+        self.message_id = "" if kept is None else new_message_id()  # PUBLISH_SCRIPT keeps each id once
+        self.first_sent = 0.0  # loop time of its first attempt (0: none yet)
+        self.in_doubt = False  # its publisher was told the outcome is unknown; Redis's answer is still wanted
 
     def fail(self, reason: str) -> None:
+        """Certainly not kept (never written, or refused): the publisher is told "not sent"."""
         if self.kept is not None and not self.kept.done():
             self.kept.set_exception(BrokerError(reason))
+
+    def doubt(self, reason: str) -> None:
+        """Written, with no answer: the publisher is told the outcome is unknown, the answer still awaited."""
+        if self.kept is not None:
+            self.in_doubt = True
+            if not self.kept.done():
+                self.kept.set_exception(OutcomeUnknown(reason))
 
 
 class RedisBroker:
@@ -80,10 +102,18 @@ class RedisBroker:
         self._deaf = False  # the probe found the subscription deaf: the receive loop reconnects
         self._receive: Receive | None = None
         self._resynced: Callable[[], None] = lambda: None
-        self._redis: Any = None
+        self._redis: Any = None  # commands (publish scripts, history reads, the probe)
+        self._subscriber: Any = None  # the pub/sub connection's own client: its reconnects are told apart
         self._pubsub: Any = None
+        self._subscribed_once = False  # a pub/sub connection after the first one is a reconnect
+        self._hidden_reconnect = False  # redis-py reconnected the pub/sub connection on its own
+        self._restore = asyncio.Event()  # a command connection reconnected: announce settings, load scripts
+        self._warn_pubsub = Throttled(log, RECONNECT_LOG_INTERVAL)
+        self._warn_commands = Throttled(log, RECONNECT_LOG_INTERVAL)
+        self._writable = True  # the probe's write was taken (False: Redis refused it)
         self._outgoing: deque[_Outgoing] = deque()
         self._outgoing_ready = asyncio.Event()
+        self._overdue_since: float | None = None  # loop time a batch Redis took went without its answer
         self._wanted: set[str] = set()  # rooms with local members
         self._subscribed: set[str] = set()  # rooms Redis has been asked for on the current connection
         self._confirmed: dict[bytes, asyncio.Event] = {}  # channel -> set once Redis confirmed it
@@ -98,7 +128,9 @@ class RedisBroker:
 
     @property
     def state(self) -> str:
-        return "ok" if self._receiving and self._sending else "degraded"
+        """`degraded` while Redis is unreachable, the subscription is deaf, publishing fails, or Redis refuses
+        writes (the probe's SET: a read-only replica, maxmemory, MISCONF); `ok` otherwise."""
+        return "ok" if self._receiving and self._sending and self._writable else "degraded"
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -109,9 +141,12 @@ class RedisBroker:
             raise BrokerError("broker.url names Redis, but redis-py is missing: pip install 'wsgate[redis]'") from None
         self._receive = receive
         self._resynced = resynced
+        name = f"wsgate-{self.node_id.decode()[:8]}"
         try:
-            self._redis = connect(self._settings.url, self._settings.connect_timeout,
-                                  f"wsgate-{self.node_id.decode()[:8]}", POOL_SIZE)
+            self._redis = connect(self._settings.url, self._settings.connect_timeout, name, POOL_SIZE,
+                                  Reconnects(self._commands_reconnected).watch)
+            self._subscriber = connect(self._settings.url, self._settings.connect_timeout, f"{name}-pubsub",
+                                       PUBSUB_POOL_SIZE, self._pubsub_connected)
         except ValueError as exc:
             raise BrokerError(f"invalid setting broker.url = {redact_url(self._settings.url)!r}: {exc}") from None
         self._read_script = self._redis.register_script(READ_SCRIPT)
@@ -124,6 +159,7 @@ class RedisBroker:
             message = f"cannot reach Redis at {redact_url(self._settings.url)}: {describe(exc)}"
             if self._settings.required:
                 await self._redis.aclose()
+                await self._subscriber.aclose()
                 raise BrokerError(message) from None
             log.error("broker: %s; starting degraded (broker.required = false), retrying", message)
             self._metrics.broker_error()
@@ -133,6 +169,7 @@ class RedisBroker:
             spawn("redis-subscriptions", self._subscription_loop),
             spawn("redis-send", self._send_loop),
             spawn("redis-probe", self._probe_loop),
+            spawn("redis-restore", self._restore_loop),
         ]
 
     async def _prepare(self) -> None:
@@ -158,6 +195,45 @@ class RedisBroker:
         await self._drop_pubsub()
         if self._redis is not None:
             await self._redis.aclose()
+        if self._subscriber is not None:
+            await self._subscriber.aclose()
+
+    # --- reconnects redis-py makes on its own -------------------------------------------
+
+    def _commands_reconnected(self, connection: object) -> None:
+        """A connection of the command pool was lost and connected again (`Reconnects`). Redis may have
+        restarted empty: the history settings are announced and the script loaded again (`_restore_loop`)."""
+        self._metrics.connection_reconnected("commands")
+        self._warn_commands("broker: a Redis connection of the command pool was lost and connected again "
+                            "(commands connection); announcing the history settings again")
+        self._restore.set()
+
+    def _pubsub_connected(self, connection: object) -> None:
+        """Every connect of the pub/sub client's pool. The current subscription's own connection connecting
+        again is redis-py reconnecting inside `get_message` or `subscribe` (and resubscribing right after):
+        the receive loop treats it as the reconnect it is (`_pubsub_reconnected`)."""
+        if self._pubsub is not None and connection is self._pubsub.connection:
+            self._hidden_reconnect = True
+
+    async def _restore_loop(self) -> None:
+        """After a command connection reconnected, write again what this node keeps in Redis (`_prepare`),
+        until it works; a pub/sub reconnect does it in the receive loop."""
+        import redis.asyncio as aioredis
+
+        backoff = BACKOFF_START
+        while not self._closed:
+            await self._restore.wait()
+            self._restore.clear()
+            if self._closed:
+                return
+            try:
+                async with asyncio.timeout(self._settings.connect_timeout):
+                    await self._prepare()
+                backoff = BACKOFF_START
+            except (OSError, TimeoutError, aioredis.RedisError):
+                self._restore.set()  # Redis is away or refuses writes: the probe says so; try again later
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
 
     # --- relay ------------------------------------------------------------------------
 
@@ -180,6 +256,8 @@ class RedisBroker:
             item.fail("the gateway is shutting down")
         elif not (self._sending or self._receiving):  # Redis is away: say so now, not after the next backoff
             item.fail("Redis is unreachable")
+        elif self._overdue_since is not None:  # never written: certain
+            item.fail(f"Redis has not answered for {asyncio.get_running_loop().time() - self._overdue_since:.1f}s")
         else:
             self._outgoing.append(item)
             self._outgoing_ready.set()
@@ -220,71 +298,138 @@ class RedisBroker:
     # --- sending ----------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        import redis.asyncio as aioredis
-
         backoff = BACKOFF_START
         while not self._closed:
             await self._outgoing_ready.wait()
             self._outgoing_ready.clear()
             while self._outgoing and not self._closed:
                 batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), PIPELINE_BATCH))]
-                try:
-                    async with asyncio.timeout(self._settings.connect_timeout):
-                        refused = await self._send_batch(batch)
-                    if refused:  # Redis ran the batch but refused these (never expected): count them, keep going
-                        self._metrics.broker_dropped(refused)
-                        self._metrics.broker_error()
-                except (OSError, TimeoutError, aioredis.RedisError) as exc:
-                    self._metrics.broker_dropped(len(batch))
-                    self._metrics.broker_error()
-                    reason = (f"Redis did not answer within broker.connect_timeout ({self._settings.connect_timeout:g}s);"
-                              " the message may have been kept" if isinstance(exc, TimeoutError)
-                              else f"Redis did not take the message: {describe(exc)}")
-                    for item in batch:
-                        item.fail(reason)
-                    if self._sending:
-                        log.warning("broker: publishing to Redis failed (%s); other nodes miss messages "
-                                    "until it is back, local delivery goes on", describe(exc))
-                    self._sending = False
+                if not await self._exchange(batch):
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
-                finally:  # cancelled, or anything unexpected: no publisher waits forever
-                    for item in batch:
-                        item.fail("the gateway is shutting down" if self._closed else "the message was not sent")
                 if not self._sending:
                     log.info("broker: publishing to Redis works again")
                     self._sending = True
                 backoff = BACKOFF_START
 
-    async def _send_batch(self, batch: list[_Outgoing]) -> int:
-        """One pipeline, in order; returns how many messages Redis refused (their futures have failed).
+    async def _exchange(self, batch: list[_Outgoing]) -> bool:
+        """Send one batch and settle every message in it; returns whether Redis answered.
+
+        What a publisher is told follows what Redis can have done (DESIGN "The fault model"):
+        - nothing written (no connection within `broker.connect_timeout`, or it failed): "not sent";
+        - an error answer (READONLY, OOM): that message was not kept, "not sent";
+        - written and not answered within `broker.connect_timeout`: "outcome unknown" (OutcomeUnknown).
+          The answer is still awaited on the same connection for ANSWER_WAIT (a stall ends), while new
+          messages for rooms with history are refused before anything is written ("not sent");
+        - written and the connection lost, or no answer within ANSWER_WAIT: messages for rooms with history
+          are sent again first, with their message ids (a second run is answered as the first: nothing is
+          kept twice), until Redis answers or RESEND_FOR has passed. Plain messages are dropped and counted
+          (relay is at most once).
+        A message of unknown outcome that Redis kept goes to `receive`, so this node's members get it too.
+        """
+        import redis.asyncio as aioredis
+
+        attempt = Attempt()
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._send_batch(batch, attempt), name="wsgate-redis-send-batch")
+        timeout = self._settings.connect_timeout
+        try:
+            await asyncio.wait({task}, timeout=timeout)
+            if not task.done() and attempt.written:
+                self._overdue_since = loop.time()
+                unanswered = f"Redis did not answer within broker.connect_timeout ({timeout:g}s)"
+                for item in batch:
+                    item.doubt(unanswered)
+                self._refuse_queued(unanswered)
+                await asyncio.wait({task}, timeout=ANSWER_WAIT)
+        except BaseException:  # the gateway is closing: nobody waits forever, and nobody is told a guess
+            for item in batch:
+                (item.doubt if attempt.written else item.fail)("the gateway is shutting down")
+            raise
+        finally:
+            self._overdue_since = None
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        error = TimeoutError() if task.cancelled() else task.exception()
+        if error is None:
+            if refused := task.result():  # Redis ran the batch but refused these: count them, keep going
+                self._metrics.broker_dropped(refused)
+                self._metrics.broker_error()
+            return True
+        if not isinstance(error, (OSError, TimeoutError, aioredis.RedisError)):
+            for item in batch:
+                (item.doubt if attempt.written else item.fail)("the message was not sent")
+            raise error
+        self._metrics.broker_error()
+        if attempt.written:
+            reason = (f"Redis did not answer within broker.connect_timeout ({timeout:g}s)" if task.cancelled()
+                      else f"the connection to Redis was lost before it answered: {describe(error)}")
+            for item in batch:
+                item.doubt(reason)
+        else:
+            for item in batch:
+                item.fail(f"Redis could not be reached within broker.connect_timeout ({timeout:g}s)" if task.cancelled()
+                          else f"Redis did not take the message: {describe(error)}")
+        again = [item for item in batch if item.in_doubt and loop.time() - item.first_sent < RESEND_FOR]
+        lost = len(batch) - len(again)
+        if lost:
+            self._metrics.broker_dropped(lost)
+        if any(item.in_doubt and loop.time() - item.first_sent >= RESEND_FOR for item in batch):
+            log.warning("broker: Redis did not answer messages sent %.0fs ago; their outcome stays unknown "
+                        "(kept or not: a later offset or a catch-up brings the kept ones here)", RESEND_FOR)
+        self._outgoing.extendleft(reversed(again))  # first, in order: their room's later messages follow them
+        if self._sending:
+            log.warning("broker: publishing to Redis failed (%s); other nodes miss messages "
+                        "until it is back, local delivery goes on", describe(error))
+        self._sending = False
+        return False
+
+    def _refuse_queued(self, reason: str) -> None:
+        """Messages for rooms with history still queued behind an overdue batch were never written: "not sent"."""
+        queued, self._outgoing = self._outgoing, deque()
+        for item in queued:
+            if item.kept is None or item.in_doubt:
+                self._outgoing.append(item)  # relays, and messages of unknown outcome that are sent again
+            else:
+                item.fail(f"{reason}; it was not written")
+
+    async def _send_batch(self, batch: list[_Outgoing], attempt: Attempt) -> int:
+        """One write of the batch, in order (`exchange`); returns how many messages Redis refused (their
+        futures have failed). A message whose publisher was told the outcome is unknown and that Redis kept
+        (now, or at an earlier run of its id) goes to `receive`: this node's members get it in offset order.
 
         A batch with history messages begins with SCRIPT LOAD, so a Redis that restarted (and lost the
-        script) still runs every message in this one pipeline, in order; the scripts then run by SHA
-        (redis-py would otherwise ask SCRIPT EXISTS before every pipeline: a round trip per batch).
+        script) still runs every message in this one write, in order; the scripts then run by SHA.
         """
         size, ttl = self._history.size, self._history.ttl
         with_history = any(item.kept is not None for item in batch)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            if with_history:
-                pipe.script_load(PUBLISH_SCRIPT)
-            for item in batch:
-                if item.kept is None:
-                    pipe.publish(item.channel, item.data)
-                else:
-                    assert item.room is not None
-                    pipe.evalsha(self._publish_sha, 2, *self._names.history_keys(item.room),
-                                 *publish_args(item.data, size, ttl, item.channel, self.node_id))
-            results = await pipe.execute(raise_on_error=False)
+        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", PUBLISH_SCRIPT)] if with_history else []
+        now = asyncio.get_running_loop().time()
+        for item in batch:
+            item.first_sent = item.first_sent or now
+            if item.kept is None:
+                commands.append(("PUBLISH", item.channel, item.data))
+            else:
+                assert item.room is not None
+                keys = self._names.publish_keys(item.room, item.message_id)
+                commands.append(("EVALSHA", PUBLISH_SHA, len(keys), *keys,
+                                 *publish_args(item.data, size, ttl, item.channel, self.node_id)))
+        results = await exchange(self._redis, commands, attempt)
         refused = 0
         for item, result in zip(batch, results[1:] if with_history else results):
             if isinstance(result, Exception):
                 item.fail(f"Redis refused the message: {describe(result)}")
                 refused += 1
-            elif item.kept is not None and not item.kept.done():
-                offset, epoch, _ = result
-                item.kept.set_result(stamp(item.data, int(offset), epoch.decode()))
+            elif item.kept is not None:
+                offset, epoch = result[0], result[1]
+                stamped = stamp(item.data, int(offset), epoch.decode())
+                if not item.kept.done():
+                    item.kept.set_result(stamped)
+                elif item.in_doubt and self._receive is not None:
+                    assert item.room is not None
+                    self._receive(item.room, stamped)  # its publisher was told "unknown": it was kept
         return refused
 
     # --- receiving --------------------------------------------------------------------
@@ -308,8 +453,9 @@ class RedisBroker:
         except TimeoutError:
             pass  # answer the client anyway; messages from other nodes follow once Redis catches up
 
-    async def _connect_pubsub(self) -> None:
-        pubsub = self._redis.pubsub()
+    async def _connect_pubsub(self) -> bool:
+        """Subscribe on a new pub/sub connection; returns whether an earlier one was lost (a reconnect)."""
+        pubsub = self._subscriber.pubsub()
         rooms = set(self._wanted)
         try:
             await pubsub.subscribe(self._broadcast, self._probe_channel,
@@ -319,8 +465,11 @@ class RedisBroker:
                 await pubsub.aclose()  # give its connection back to the pool, or retries drain the pool
             raise
         self._pubsub, self._subscribed = pubsub, rooms
+        self._hidden_reconnect = False
         self._receiving = True
         self.receiving.set()
+        reconnect, self._subscribed_once = self._subscribed_once, True
+        return reconnect
 
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -343,15 +492,23 @@ class RedisBroker:
             try:
                 if self._pubsub is None:
                     async with asyncio.timeout(self._settings.connect_timeout):
-                        await self._connect_pubsub()
-                        await self._prepare()  # Redis may have restarted: scripts and settings are gone
+                        reconnect = await self._connect_pubsub()
+                        try:
+                            await self._prepare()  # Redis may have restarted: scripts and settings are gone
+                        except aioredis.ResponseError:  # refused (a read-only replica): subscribed all the
+                            self._restore.set()  # same; the restore loop tries again, the probe says degraded
                     self._sending = True  # Redis answers again: let the next publish prove otherwise
                     self._outgoing_ready.set()
                     self._metrics.broker_reconnected()
-                    log.info("broker: reconnected to Redis; receiving %d rooms again", len(self._subscribed))
+                    if reconnect:
+                        self._metrics.connection_reconnected("pubsub")
+                    log.info("broker: reconnected to Redis (pubsub connection); receiving %d rooms again",
+                             len(self._subscribed))
                     self._resync.set()
                     self._resynced()  # what was relayed while away never came: rooms with history catch up
                 message = await self._pubsub.get_message(timeout=RECEIVE_POLL)
+                if self._hidden_reconnect:
+                    self._pubsub_reconnected()
                 if message is not None:
                     self._deaf = False  # it hears: whatever the probe thought
                 if self._deaf:
@@ -375,9 +532,25 @@ class RedisBroker:
                     log.warning("broker: lost the connection to Redis (%s); reconnecting, local delivery goes on",
                                 describe(exc))
                 self._metrics.broker_error()
+                self._hidden_reconnect = False  # whatever redis-py did: the reconnect below is this loop's
                 await self._drop_pubsub()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _pubsub_reconnected(self) -> None:
+        """redis-py lost the pub/sub connection and connected it again on its own (a CLIENT KILL, the output
+        buffer limit, a reset): it has resubscribed, but whatever was relayed meanwhile never came. Counted,
+        logged, and followed by what a reconnect of this loop does: the rooms with history catch up from it,
+        the subscriptions are brought in line, and the settings announced again (Redis may be a new one)."""
+        self._hidden_reconnect = False
+        self._metrics.broker_reconnected()
+        self._metrics.connection_reconnected("pubsub")
+        self._warn_pubsub("broker: Redis dropped this node's subscription and redis-py connected it again "
+                          "(pubsub connection); subscribed again, rooms with history catch up, messages of "
+                          "plain rooms relayed meanwhile are lost")
+        self._resync.set()
+        self._restore.set()
+        self._resynced()
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]
@@ -398,6 +571,25 @@ class RedisBroker:
         room = None if channel == self._broadcast else channel[len(self._room_prefix):].decode()
         assert self._receive is not None
         self._receive(room, payload[NODE_ID_LENGTH:])
+
+    async def _probe_write(self, key: str, expiry_ms: int) -> None:
+        """The probe's write (see `_probe_loop`); sets `_writable`, logging each change once.
+        Raises what redis-py raises for a connection that fails (not for a refusal)."""
+        from redis.exceptions import ResponseError
+
+        try:
+            await self._redis.set(key, b"1", px=expiry_ms)
+        except ResponseError as exc:  # ReadOnlyError, OutOfMemoryError, NoPermissionError, MISCONF...
+            if self._writable:
+                self._metrics.broker_error()
+                log.error("broker: Redis refuses writes (%s); messages for rooms with history are refused and "
+                          "the broker is degraded (/ready answers 503) until it takes them again", describe(exc))
+            self._writable = False
+            return
+        if not self._writable:
+            log.info("broker: Redis takes writes again")
+            self._restore.set()  # what was refused meanwhile (the announced settings) is written again
+        self._writable = True
 
     async def _subscription_loop(self) -> None:
         """Bring Redis in line with the rooms that have local members (coalescing quick joins and leaves)."""
@@ -421,12 +613,22 @@ class RedisBroker:
                 self._subscribed = (self._subscribed | add) - remove
 
     async def _probe_loop(self) -> None:
-        """Every `broker.probe_interval`, publish to this node's own probe channel and expect it back through
-        pub/sub within `broker.connect_timeout`. If it does not come (Redis dropped the subscriber with
-        CLIENT KILL or for its output buffer, and the connection still looks open), the receive loop
-        subscribes again: a node never stays deaf to the others while /health says ok."""
+        """Every `broker.probe_interval`:
+
+        - write: SET a key of this node's (`<prefix>:probe:<node id>`, expiring). Redis that refuses it (a
+          read-only replica after a failover, `maxmemory` with noeviction, MISCONF, an ACL) refuses the
+          history scripts too, which PUBLISH alone never shows (a replica takes it): the broker is degraded
+          and the fault logged once, until a write is taken again. A write shows what works, where ROLE
+          would show only one of the causes.
+        - hear: publish to this node's own probe channel and expect it back through pub/sub within
+          `broker.connect_timeout`. If it does not come (Redis dropped the subscriber with CLIENT KILL or
+          for its output buffer, and the connection still looks open), the receive loop subscribes again:
+          a node never stays deaf to the others while /health says ok.
+        """
         import redis.asyncio as aioredis
 
+        key = self._probe_channel.decode()
+        expiry_ms = max(1, round((2 * self._settings.probe_interval + self._settings.connect_timeout) * 1000))
         while not self._closed:
             await asyncio.sleep(self._settings.probe_interval)
             pubsub = self._pubsub
@@ -435,6 +637,7 @@ class RedisBroker:
             self._probe_seen.clear()
             try:
                 async with asyncio.timeout(self._settings.connect_timeout):  # there and back again
+                    await self._probe_write(key, expiry_ms)
                     await self._redis.publish(self._probe_channel, b"probe")
                     await self._probe_seen.wait()
             except (OSError, TimeoutError, aioredis.RedisError):

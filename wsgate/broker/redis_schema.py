@@ -10,7 +10,10 @@ History: a hash `<prefix>:history:<room>:meta` {epoch, offset} and a stream
 (`<offset>-0`). Both expire `history.ttl` after the last message; a room
 without them starts a new epoch at offset 0. `PUBLISH_SCRIPT` gives out the
 offset, keeps the message and publishes it in one atomic step, so offsets are
-given out, kept and relayed in one order that every node sees.
+given out, kept and relayed in one order that every node sees. A message id
+(`<prefix>:history:<room>:id:<id>`, kept `OUTCOME_WINDOW`) makes a second run of
+the same message a no-op answered like the first: a publisher that was not told
+what happened sends it again safely (DESIGN "The fault model").
 
 `<prefix>:history:config` holds the gateways' `[history]` settings (JSON), so a
 `RedisPublisher` in another process stamps and keeps history exactly as the
@@ -19,8 +22,12 @@ gateways do.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..history import epoch_suffix
 
@@ -57,6 +64,11 @@ class RedisNames:
     def history_keys(self, room: str) -> list[str]:
         return [f"{self.prefix}:history:{room}:meta", f"{self.prefix}:history:{room}:stream"]
 
+    def publish_keys(self, room: str, message_id: str) -> list[str]:
+        """KEYS of PUBLISH_SCRIPT: the history keys, and the message id's key when there is an id."""
+        keys = self.history_keys(room)
+        return [*keys, f"{self.prefix}:history:{room}:id:{message_id}"] if message_id else keys
+
     @property
     def history_config(self) -> str:
         return f"{self.prefix}:history:config"
@@ -84,23 +96,89 @@ if not epoch then
 end
 """
 
-PUBLISH_SCRIPT = _ENSURE + """
+PUBLISH_SCRIPT = """
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then  -- this message ran before: answered as then, neither kept nor published again
+    local n, receivers, epoch = string.match(seen, '^(%d+) (%d+) (.*)$')
+    return {tonumber(n), epoch, tonumber(receivers), 1}
+  end
+end
+""" + _ENSURE + """
 local n = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local payload = ARGV[3] .. ',"offset":' .. n .. ',"epoch":"' .. epoch .. '"}'
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], n .. '-0', 'p', payload)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 local receivers = redis.call('PUBLISH', ARGV[5], ARGV[6] .. payload)
-return {n, epoch, receivers}
+if KEYS[3] then
+  redis.call('SET', KEYS[3], n .. ' ' .. receivers .. ' ' .. epoch, 'PX', ARGV[7])
+end
+return {n, epoch, receivers, 0}
 """
-"""KEYS: history_keys(room). ARGV: `publish_args(...)`. Returns {offset, epoch, receivers}; the stamped
+"""KEYS: publish_keys(room, message_id). ARGV: `publish_args(...)`. Returns {offset, epoch, receivers, again}:
+`again` is 1 when the message id ran before (then offset, epoch and receivers are that run's); the stamped
 bytes are `history.stamp(head, offset, epoch)`."""
 
+PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
+"""What EVALSHA names PUBLISH_SCRIPT by (Redis's SCRIPT LOAD answers the same)."""
 
-def publish_args(head: bytes, size: int, ttl: float, channel: bytes, sender: bytes) -> list[bytes | str | int]:
+OUTCOME_WINDOW = 60.0
+"""Seconds Redis remembers a message id of PUBLISH_SCRIPT: a second run within it is answered as the first."""
+
+
+def new_message_id() -> str:
+    """A random message id for PUBLISH_SCRIPT (one per message a node or RedisPublisher publishes)."""
+    return uuid.uuid4().hex
+
+
+def publish_args(
+    head: bytes, size: int, ttl: float, channel: bytes, sender: bytes, window: float = OUTCOME_WINDOW
+) -> list[bytes | str | int]:
     """ARGV of PUBLISH_SCRIPT: the random part of an epoch for a room that has none, the ttl in ms, the
-    message without its closing brace, how many messages to keep, the channel and the sender id."""
-    return [epoch_suffix(), max(1, round(ttl * 1000)), head, size, channel, sender]
+    message without its closing brace, how many messages to keep, the channel, the sender id, and how long
+    (ms) the message id is remembered."""
+    return [epoch_suffix(), max(1, round(ttl * 1000)), head, size, channel, sender, max(1, round(window * 1000))]
+
+
+class Attempt:
+    """Whether commands handed to `exchange` reached the socket: until `written`, Redis never saw them."""
+
+    __slots__ = ("written",)
+
+    def __init__(self) -> None:
+        self.written = False
+
+
+async def exchange(redis: Any, commands: list[tuple[Any, ...]], attempt: Attempt) -> list[Any]:
+    """Send `commands` in one write on one connection of `redis`'s pool and read every answer, in order;
+    an error answer is returned in its place (a `ResponseError`). No retry and no time limit of its own
+    (the caller bounds it; redis-py's retry would run a command a second time after a lost answer).
+
+    `attempt.written` turns True just before the write: a failure before it (no connection, the pool's
+    wait, the handshake) means nothing reached Redis, "not sent" for certain; after it the commands may
+    have run. Raises what redis-py raises (OSError, RedisError); a connection left mid-way (an error, a
+    cancellation) is closed, so that nobody reads its late answers.
+    """
+    from redis.exceptions import ResponseError
+
+    pool = redis.connection_pool
+    connection = await pool.get_connection()
+    try:
+        attempt.written = True
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        answers: list[Any] = []
+        for _ in commands:
+            try:
+                answers.append(await connection.read_response())
+            except ResponseError as exc:
+                answers.append(exc)
+        return answers
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(connection)
 
 READ_SCRIPT = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -160,20 +238,53 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def connect(url: str, connect_timeout: float, client_name: str, max_connections: int) -> object:
+class Reconnects:
+    """Tells a pooled connection's first connect from its reconnects: `watch(connection)` is called on every
+    connect (see `connect`), and `reconnected(connection)` runs when that connection object had connected
+    before, i.e. its earlier socket was lost or dropped, whoever reconnected it (redis-py's retry, the pool's
+    check of an idle connection, or a command after a timeout). `reconnected` must not await Redis: it runs
+    inside redis-py's connect, before the connection is used."""
+
+    def __init__(self, reconnected: Callable[[object], None]) -> None:
+        self._seen: weakref.WeakSet[object] = weakref.WeakSet()
+        self._reconnected = reconnected
+
+    def watch(self, connection: object) -> None:
+        if connection in self._seen:
+            self._reconnected(connection)
+        else:
+            self._seen.add(connection)
+
+
+def connect(
+    url: str, connect_timeout: float, client_name: str, max_connections: int,
+    on_connect: Callable[[object], None] | None = None,
+) -> object:
     """A redis-py client with a bounded pool that makes callers wait for a connection (a burst queues up,
     it does not fail with "Too many connections"). Raises ImportError without redis-py, ValueError for a bad URL.
 
     A pooled connection that Redis closed (a restart) fails on first use: it is tried once more on a fresh
     one rather than lose the command. A command that failed this way never ran.
+
+    `on_connect(connection)` runs after every connect of every connection of the pool, once redis-py has
+    set the connection up (AUTH, HELLO, SELECT, CLIENT SETNAME) and before anything else uses it (a pub/sub
+    connection resubscribes only after it). redis-py reconnects on its own (its retry, in `get_message`
+    too, and the pool's check of idle connections): this is where the caller learns of it
+    (`Connection(redis_connect_func=...)`, the hook redis-py's cluster client uses for its own set-up).
     """
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
 
+    async def set_up(connection: Any) -> None:
+        await connection.on_connect()  # what redis-py does when no redis_connect_func is given
+        if on_connect is not None:
+            on_connect(connection)
+
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=connect_timeout, socket_connect_timeout=connect_timeout,
         retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError], client_name=client_name,
+        redis_connect_func=set_up,
     )
     return aioredis.Redis.from_pool(pool)

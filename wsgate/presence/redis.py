@@ -15,8 +15,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..broker.redis_schema import PRESENCE_SCRIPT, RedisNames, connect, describe
-from ..supervision import Supervisor
+from ..broker.redis_schema import PRESENCE_SCRIPT, RedisNames, Reconnects, connect, describe
+from ..supervision import Supervisor, Throttled
 from .base import PresenceError
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 POOL_SIZE = 4
 BACKOFF_MAX = 5.0
 STATS_TTL = 5.0  # seconds a node's dashboard figures outlive its last report
+RECONNECT_LOG_INTERVAL = 10.0  # seconds: reconnects are logged at most once per interval
 
 
 class RedisPresenceStore:
@@ -49,12 +50,15 @@ class RedisPresenceStore:
         self._present: dict[str, dict[str, bytes]] = {}  # room -> local client id -> member (the truth)
         self._changes: dict[tuple[str, str], bytes | None] = {}  # (room, client) -> member, None: left
         self._ready = asyncio.Event()
+        self._lost = False  # a connection reconnected: Redis may have lost what this node wrote there
+        self._warn_reconnect = Throttled(log, RECONNECT_LOG_INTERVAL)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     async def start(self) -> None:
         self._redis = connect(self._settings.url, self._settings.connect_timeout,
-                              f"wsgate-{self._node_id.decode()[:8]}-presence", POOL_SIZE)
+                              f"wsgate-{self._node_id.decode()[:8]}-presence", POOL_SIZE,
+                              Reconnects(self._reconnected).watch)
         self._script = self._redis.register_script(PRESENCE_SCRIPT)
         self._task = self._supervisor.spawn("redis-presence", self._write_loop)
 
@@ -69,6 +73,16 @@ class RedisPresenceStore:
                 async with asyncio.timeout(self._settings.connect_timeout):
                     await self._redis.delete(self._node_key)  # our members vanish from presence at once
             await self._redis.aclose()
+
+    def _reconnected(self, connection: object) -> None:
+        """A connection of this store's pool was lost and connected again (redis-py's retry or the pool's
+        check, see `Reconnects`): Redis may be a new, empty one. The write loop writes the whole local truth
+        and this node's liveness key again at once (the node's figures are written on every report anyway)."""
+        self._metrics.connection_reconnected("presence")
+        self._warn_reconnect("presence: a Redis connection was lost and connected again (presence connection); "
+                             "writing this node's members and liveness key again")
+        self._lost = True
+        self._ready.set()
 
     def join(self, room: str, client_id: str, member: bytes) -> None:
         self._present.setdefault(room, {})[client_id] = member
@@ -128,6 +142,7 @@ class RedisPresenceStore:
         beat = self._node_ttl / 3
         ttl_ms = round(self._node_ttl * 1000)
         rewrite = True
+        failing = False  # the last write failed: logged once, until one works again
         loop = asyncio.get_running_loop()
         next_beat = 0.0
         while not self._closed:
@@ -138,6 +153,8 @@ class RedisPresenceStore:
             if self._closed:
                 return
             changes, self._changes = self._changes, {}
+            if self._lost:
+                self._lost, rewrite = False, True
             beating = loop.time() >= next_beat
             try:
                 async with asyncio.timeout(self._settings.connect_timeout), \
@@ -160,7 +177,14 @@ class RedisPresenceStore:
                 rewrite = False
                 if beating:
                     next_beat = loop.time() + beat
-            except (OSError, TimeoutError, aioredis.RedisError):
+                if failing:
+                    log.info("presence: writing to Redis works again; this node's members are written")
+                    failing = False
+            except (OSError, TimeoutError, aioredis.RedisError) as exc:
+                if not failing:  # Redis away, or refusing writes (a read-only replica, maxmemory)
+                    log.warning("presence: writing to Redis failed (%s); other nodes may miss this node's "
+                                "members until it works again", describe(exc))
+                    failing = True
                 rewrite = True  # write the whole local truth once Redis is back
                 for key, member in changes.items():  # and keep the leaves: newer changes win
                     self._changes.setdefault(key, member)

@@ -9,11 +9,17 @@ Two ways, one interface (`publish(room, data)`, `broadcast(data)`, `close()`):
   same `prefix`), keeping history exactly as the gateways do; returns how many gateway
   nodes received it.
 
+Both raise PublishError when the message was certainly not sent (nobody got it), and
+PublishOutcomeUnknown (a PublishError) when it was handed over and no answer came: then it
+reached everyone once, or nobody, and publishing it again may deliver it twice
+(DESIGN "The fault model").
+
 Code inside the gateway process uses `app[wsgate.keys.GATEWAY].publish(...)` instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -21,16 +27,28 @@ from typing import Any
 import aiohttp
 
 from .. import protocol
-from ..broker.redis_schema import PUBLISH_SCRIPT, RedisNames, describe, new_sender_id, publish_args
+from ..broker.redis_schema import (
+    PUBLISH_SCRIPT, PUBLISH_SHA, Attempt, RedisNames, describe, exchange, new_message_id, new_sender_id, publish_args,
+)
 from ..rooms import RoomPatterns
 
 
 class PublishError(Exception):
-    """The gateway refused the message; `status` is the HTTP status, the message its `error` text."""
+    """The message was not sent (nobody got it); `status` is the HTTP status, the message its `error` text,
+    `detail` what the gateway or Redis said."""
 
-    def __init__(self, status: int, text: str) -> None:
+    def __init__(self, status: int, text: str, detail: str | None = None) -> None:
         super().__init__(text)
         self.status = status
+        self.detail = detail
+
+
+class PublishOutcomeUnknown(PublishError):
+    """The message was handed over and no answer came (`publish outcome unknown`, HTTP 504): it reached every
+    member once, or nobody. Publishing it again may deliver it twice."""
+
+    def __init__(self, detail: str, status: int = 504) -> None:
+        super().__init__(status, protocol.PUBLISH_OUTCOME_UNKNOWN, detail)
 
 
 class HttpPublisher:
@@ -53,15 +71,25 @@ class HttpPublisher:
             await self._session.close()
 
     async def _post(self, path: str, body: dict[str, Any]) -> int:
+        """Raises PublishError (not sent: an error answer, or no connection to the gateway), and
+        PublishOutcomeUnknown (a 504 answer, or the request went out and no answer came back)."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        async with self._session.post(self._base + path, data=protocol.dumps(body), headers={
-            **self._headers, "Content-Type": "application/json",
-        }) as resp:
-            answer = await resp.json(content_type=None)
-            if resp.status != 200:
-                raise PublishError(resp.status, str(answer.get("error", answer)))
-            return int(answer["delivered"])
+        try:
+            async with self._session.post(self._base + path, data=protocol.dumps(body), headers={
+                **self._headers, "Content-Type": "application/json",
+            }) as resp:
+                answer = await resp.json(content_type=None)
+        except aiohttp.ClientConnectorError as exc:  # no connection was made: nothing was sent
+            raise PublishError(503, "the gateway cannot be reached", str(exc)) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:  # sent, and the answer did not come back
+            raise PublishOutcomeUnknown(f"the gateway did not answer: {describe(exc)}") from None
+        if resp.status != 200:
+            text, detail = str(answer.get("error", answer)), answer.get("detail")
+            if text == protocol.PUBLISH_OUTCOME_UNKNOWN:
+                raise PublishOutcomeUnknown(str(detail), resp.status)
+            raise PublishError(resp.status, text, detail)
+        return int(answer["delivered"])
 
 
 class RedisPublisher:
@@ -69,46 +97,77 @@ class RedisPublisher:
 
     Rooms the gateways keep history for (their `[history]` settings, which they announce
     in Redis, the last node to start winning) get their offsets here exactly as a gateway
-    gives them: a resuming client misses nothing published this way. Raises PublishError
-    (status 503) when Redis cannot be reached or refuses.
+    gives them: a resuming client misses nothing published this way.
+
+    Each command waits at most `timeout` seconds for Redis. Raises PublishError (status 503)
+    when Redis cannot be reached or refuses (nothing was sent), and PublishOutcomeUnknown
+    (status 504) when the command was written and no answer came within `timeout`. Commands
+    are never retried blindly: a message for a room with history carries a message id, and
+    after a lost connection it is sent once more with that id (Redis runs an id once), which
+    turns "unknown" into what happened.
     """
 
     SETTINGS_TTL = 5.0  # seconds the gateways' history settings are used before they are read again
 
-    def __init__(self, url: str, *, prefix: str = "wsgate", server_id: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "wsgate", server_id: str | None = None, timeout: float = 5.0
+    ) -> None:
         import redis.asyncio as aioredis  # pip install 'wsgate[redis]'
 
         self._failures: tuple[type[Exception], ...] = (OSError, aioredis.RedisError)
-        self._redis = aioredis.from_url(url)
+        self._redis = aioredis.from_url(url, socket_connect_timeout=timeout)
+        self._timeout = timeout
         self._names = RedisNames(prefix)
         self._server_id = server_id
         self._sender = new_sender_id()  # not any node's id: every node delivers it
         self._history: tuple[float, RoomPatterns, dict[str, Any]] | None = None
-        self._script = self._redis.register_script(PUBLISH_SCRIPT)
 
     async def publish(self, room: str, data: Any, *, type: str = protocol.MESSAGE) -> int:
-        """Returns how many gateway nodes received it."""
+        """Returns how many gateway nodes received it (see the class for what it raises)."""
         message = protocol.encode(type, room=room, data=data, client_id=self._server_id)
         rooms, history = await self._history_settings()
+        channel = self._names.channel(room)
+        if not rooms.match(room):
+            return int(await self._run([("PUBLISH", channel, self._sender + message)]))
+        keys = self._names.publish_keys(room, new_message_id())
+        run = ("EVALSHA", PUBLISH_SHA, len(keys), *keys,
+               *publish_args(message[:-1], history["size"], history["ttl"], channel, self._sender))
         try:
-            if rooms.match(room):
-                channel = self._names.channel(room)
-                _, _, receivers = await self._script(
-                    keys=self._names.history_keys(room),
-                    args=publish_args(message[:-1], history["size"], history["ttl"], channel, self._sender),
-                )
-                return int(receivers)
-            return int(await self._redis.publish(self._names.channel(room), self._sender + message))
-        except self._failures as exc:
-            raise PublishError(503, f"Redis did not take the message: {describe(exc)}") from None
+            answer = await self._run([run], load=True)
+        except PublishOutcomeUnknown as first:
+            if first.detail is not None and first.detail.startswith("no answer within"):
+                raise  # Redis is stalled: a second run would wait as long
+            answer = await self._run([run], load=True)  # the connection was lost: ask again, same id
+        return int(answer[2])
 
     async def broadcast(self, data: Any, *, type: str = protocol.MESSAGE) -> int:
-        """Returns how many gateway nodes received it."""
+        """Returns how many gateway nodes received it (see the class for what it raises)."""
         message = protocol.encode(type, data=data, client_id=self._server_id)
+        return int(await self._run([("PUBLISH", self._names.broadcast, self._sender + message)]))
+
+    async def _run(self, commands: list[tuple[Any, ...]], *, load: bool = False) -> Any:
+        """The last command's answer (`exchange`, within `timeout`); with `load`, a NOSCRIPT answer sends
+        PUBLISH_SCRIPT and the commands again (a NOSCRIPT run ran nothing)."""
+        from redis.exceptions import NoScriptError
+
+        attempt = Attempt()
         try:
-            return int(await self._redis.publish(self._names.broadcast, self._sender + message))
+            async with asyncio.timeout(self._timeout):
+                answer = (await exchange(self._redis, commands, attempt))[-1]
+                if load and isinstance(answer, NoScriptError):
+                    attempt = Attempt()
+                    answer = (await exchange(self._redis, [("SCRIPT", "LOAD", PUBLISH_SCRIPT), *commands], attempt))[-1]
+        except TimeoutError:
+            if not attempt.written:
+                raise PublishError(503, f"Redis could not be reached within {self._timeout:g}s") from None
+            raise PublishOutcomeUnknown(f"no answer within {self._timeout:g}s") from None
         except self._failures as exc:
-            raise PublishError(503, f"Redis did not take the message: {describe(exc)}") from None
+            if not attempt.written:
+                raise PublishError(503, f"Redis did not take the message: {describe(exc)}") from None
+            raise PublishOutcomeUnknown(f"the connection to Redis was lost before it answered: {describe(exc)}") from None
+        if isinstance(answer, Exception):
+            raise PublishError(503, f"Redis refused the message: {describe(answer)}")
+        return answer
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -118,8 +177,9 @@ class RedisPublisher:
         now = time.monotonic()
         if self._history is None or now - self._history[0] > self.SETTINGS_TTL:
             try:
-                raw = await self._redis.get(self._names.history_config)
-            except self._failures as exc:
+                async with asyncio.timeout(self._timeout):
+                    raw = await self._redis.get(self._names.history_config)
+            except self._failures + (TimeoutError,) as exc:
                 raise PublishError(503, f"cannot read the gateways' settings from Redis: {describe(exc)}") from None
             if raw is None:  # no gateway has run under this prefix yet: no room keeps history, and no client
                 return RoomPatterns(()), {}  # waits (read again next time: a gateway may be starting)
