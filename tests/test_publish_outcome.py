@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from wsgate.sdk.client import TRANSIENT
 from wsgate.sdk.publisher import HttpPublisher, PublishError, PublishOutcomeUnknown, RedisPublisher
-from wsgate.testing import TIMEOUT, Client, Server, StartServer
+from wsgate.testing import TIMEOUT, Client, Server, StartServer, eventually
 
 from .conftest import PrivateRedis
 
@@ -143,11 +143,13 @@ async def test_a_publish_into_a_stalled_redis_is_unknown_kept_once_and_reaches_e
     assert (answer["error"], answer["detail"].split(":")[0]) == (
         "publish outcome unknown", "the message may have been kept and delivered"
     ), answer  # not "not sent": Redis has the command and runs it when it wakes
+    assert a.broker.state == "degraded"  # (said once in the log, with the reason)
     await stall.end()
     for client in (publisher, member_a, member_b):  # the publisher's own node too, without a later message
         await received_once(client, "during")
     assert len(await kept(private_redis.url, broker_prefix, "chat:1")) == 1
     assert a.metrics.error_count("publish_outcome_unknown") == 1
+    await eventually(lambda: a.broker.state == "ok")  # Redis answered: publishing works again
     after = await publisher.request({"type": "publish", "room": "chat:1", "data": "after"})
     assert (after["data"], after["offset"]) == ("after", 2)  # publishing works again, offsets contiguous
     assert (await member_b.recv())["offset"] == 2

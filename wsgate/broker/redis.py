@@ -342,6 +342,11 @@ class RedisBroker:
                 for item in batch:
                     item.doubt(unanswered)
                 self._refuse_queued(unanswered)
+                self._metrics.broker_error()
+                if self._sending:
+                    log.warning("broker: %s (stalled?); publishers of rooms with history are told the outcome is "
+                                "unknown, new ones are refused until it answers", unanswered)
+                self._sending = False
                 await asyncio.wait({task}, timeout=ANSWER_WAIT)
         except BaseException:  # the gateway is closing: nobody waits forever, and nobody is told a guess
             for item in batch:
