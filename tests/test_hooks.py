@@ -152,7 +152,7 @@ async def test_authentication_attaches_an_identity_or_refuses_before_the_upgrade
     with pytest.raises(aiohttp.WSServerHandshakeError) as crashed:
         await server.raw(params={"user": "crash"})
     assert crashed.value.status == 500
-    assert [r.exc_info[1].args for r in caplog.records if r.exc_info] == [("auth bug",)]
+    assert [r.exc_info[1].args for r in caplog.records if r.exc_info and r.exc_info[1]] == [("auth bug",)]
     assert (await server.health())[1]["clients"] == 2
 
 
@@ -387,7 +387,7 @@ async def test_a_hanging_client_hook_is_cut_off_and_the_client_served(
         async def wsgate_client_connected(self) -> None:
             await asyncio.Event().wait()
 
-    server = await wsgate_server(Hanging(), plugins={"startup_timeout": "200ms"})
+    server = await wsgate_server(Hanging(), plugins={"hook_timeout": "200ms"})  # (client hooks: not startup_timeout)
     client = await server.connect()
     assert (await client.request({"type": "ping"}))["type"] == "pong"
     assert any("wsgate_client_connected did not finish within" in r.getMessage() for r in caplog.records)

@@ -115,7 +115,9 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     app[PRESENCE] = presence
     app[ROUTER] = router
     app[DECODER] = decoder
-    app[DISPATCHER] = Dispatcher(registry, metrics, decoder)
+    app[DISPATCHER] = Dispatcher(
+        registry, metrics, decoder, hook_timeout=settings.plugins.hook_timeout, waiting_on=loaded.waiting_on
+    )
     app[GATEWAY] = gateway
     app[FLUSHER] = Flusher()
     app[SUPERVISOR] = supervisor

@@ -144,6 +144,11 @@ class PluginsSettings:
         10.0, "Longest a plugin's start-up or shutdown (and a service's start/close) may take",
         duration=True, minimum=0.001,
     )
+    hook_timeout: float = setting(
+        10.0, "Longest a hook or message handler may take for a client (authenticate, authorize, handlers, "
+        "client_connected/disconnected); past it, it is cancelled and logged, and the client gets a temporary "
+        "internal error", duration=True, minimum=0.001,
+    )
     options: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: MappingProxyType({}), metadata={"tables": True}
     )

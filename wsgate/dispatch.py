@@ -2,26 +2,135 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from . import protocol
 from .clients import ConnectedClient
+from .connection import State
 from .metrics import Metrics
 from .protocol import ClientError, ClientGone, Decoder
 from .ratelimit import Verdict
 from .registry import HandlerRegistry
+from .supervision import Throttled
 
 log = logging.getLogger(__name__)
 
+HOOK_TIMEOUT = 10.0  # plugins.hook_timeout's default
+TIMEOUT_LOG_INTERVAL = 10.0  # seconds between two lines about handlers that ran out of time (with a count)
+
+
+def hook_timed_out(timeout: float) -> ClientError:
+    """What a client is answered when a plugin's hook or handler ran past `plugins.hook_timeout`: the
+    documented `internal error` text, with a detail that says it is temporary."""
+    return ClientError(protocol.INTERNAL_ERROR, f"a plugin did not answer within {timeout:g}s; try again")
+
+
+class _Work:
+    """Work in flight for one client: the task that runs it, when its time is up, and why it was cancelled."""
+
+    __slots__ = ("task", "deadline", "cancelled", "settled")
+
+    def __init__(self, task: asyncio.Task[object], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.cancelled: str | None = None  # "timeout" or "gone" once the dispatcher cancelled it
+        self.settled = False  # its cancellation was taken back (Task.uncancel)
+
+    def take_back(self) -> bool:
+        """Take this dispatcher's cancellation back, once; whether no other cancellation is pending."""
+        if self.cancelled is None or self.settled:
+            return False
+        self.settled = True
+        return self.task.uncancel() == 0
+
 
 class Dispatcher:
-    """Routes each decoded message to its plugin handler; nothing a client sends escapes as an exception."""
+    """Routes each decoded message to its plugin handler; nothing a client sends escapes as an exception.
 
-    def __init__(self, registry: HandlerRegistry, metrics: Metrics, decoder: Decoder) -> None:
+    Work started for a client ends with the client (README, Hook reference): each message's handling
+    (its handler and the hooks it awaits) runs within `hook_timeout` seconds (`plugins.hook_timeout`),
+    and is cancelled on the next loop turn once the client goes (`client_gone`, called when it is
+    dropped or closed by the server). Past the limit the client is answered `hook_timed_out` and the
+    handler is cancelled, logged at most once per TIMEOUT_LOG_INTERVAL with plugin, hook and a count.
+    `waiting_on(client)` names the plugin hook a client's handler awaited when it was cancelled, and forgets
+    it (`Plugins.waiting_on`); None when it awaited none.
+
+    The fast path costs two dict operations per message, no timer: messages in flight are kept in the
+    order they began (all have the same limit), and one timer per dispatcher, armed only while some are
+    in flight, cancels those past their deadline (`_sweep`). Cancelling is `Task.cancel` on the reader's
+    task, taken back with `Task.uncancel` once the message has ended (as `asyncio.timeout` does).
+    """
+
+    def __init__(
+        self, registry: HandlerRegistry, metrics: Metrics, decoder: Decoder, *, hook_timeout: float = HOOK_TIMEOUT,
+        waiting_on: Callable[[ConnectedClient], str | None] = lambda client: None,
+    ) -> None:
         self.registry = registry
         self._metrics = metrics
         self._decoder = decoder
         self._rate_limited = ClientError(protocol.RATE_LIMITED, "the message was dropped; send less often")
+        self.hook_timeout = hook_timeout
+        self._waiting_on = waiting_on
+        self._in_flight: dict[ConnectedClient, _Work] = {}  # messages being handled, oldest first
+        self._hooks: dict[ConnectedClient, _Work] = {}  # work outside messages (`until_gone`): no deadline
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()  # (built in create_app, on the loop that serves)
+        self._timed_out: dict[str, Throttled] = {}  # one throttled warning per plugin handler or hook
+
+    def client_gone(self, client: ConnectedClient) -> None:
+        """`client` is gone (dropped, closed, draining): the handling of its message in flight, if any, is
+        cancelled now (a handler cancelled this way is not answered, only logged at debug)."""
+        for work in (self._in_flight.get(client), self._hooks.get(client)):
+            if work is not None and work.cancelled is None:
+                work.cancelled = "gone"
+                work.task.cancel()
+
+    def _sweep(self) -> None:
+        """Cancel the messages in flight past their deadline (the oldest first); arm the timer for the next."""
+        self._sweeper = None
+        now = self._loop.time()
+        for work in self._in_flight.values():
+            if work.deadline > now:
+                self._sweeper = self._loop.call_at(work.deadline, self._sweep)
+                return
+            if work.cancelled is None:
+                work.cancelled = "timeout"
+                work.task.cancel()
+
+    def _begin(self, client: ConnectedClient) -> _Work:
+        task = asyncio.current_task()
+        assert task is not None
+        work = self._in_flight[client] = _Work(task, self._loop.time() + self.hook_timeout)
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_at(work.deadline, self._sweep)
+        return work
+
+    async def until_gone(self, client: ConnectedClient, work: Awaitable[None]) -> None:
+        """Await `work` done for `client` outside a message (e.g. `wsgate_client_connected`); it is cancelled
+        once the client goes (`client_gone`). Its own time limit is its business."""
+        task = asyncio.current_task()
+        assert task is not None
+        entry = self._hooks[client] = _Work(task, float("inf"))
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not entry.take_back():  # (another cancellation spreads)
+                raise
+            log.debug("client %s left while a hook awaited; cancelled", client.id, extra={"client_id": client.id})
+        finally:
+            del self._hooks[client]
+            entry.take_back()  # (cancelled, and the hook swallowed it: taken back all the same)
+
+    def timed_out(self, what: str, timeout: float) -> None:
+        """Log that `what` (a plugin's handler or hook) ran past `timeout` and was cancelled: throttled per `what`,
+        so a storm of timeouts writes one line per interval with a count."""
+        warn = self._timed_out.get(what)
+        if warn is None:
+            warn = self._timed_out[what] = Throttled(log, TIMEOUT_LOG_INTERVAL)
+        self._metrics.error("hook_timeout")
+        warn("%s did not finish within plugins.hook_timeout (%gs); cancelled", what, timeout)
 
     def within_rate(self, client: ConnectedClient, size: int) -> bool:
         """Account for a message of `size` characters; False (answered, or the client closed) when over its limits."""
@@ -56,6 +165,7 @@ class Dispatcher:
 
     async def _handle(self, client: ConnectedClient, text: str) -> None:
         kind = None
+        work = self._begin(client)
         try:
             message = self._decoder.decode(text)
             kind = message.type
@@ -70,9 +180,25 @@ class Dispatcher:
             self.reject(client, err)
         except ClientGone:
             log.debug("client %s left while its %r was handled", client.id, kind, extra={"client_id": client.id})
+        except asyncio.CancelledError:
+            if not work.take_back():  # (another cancellation spreads)
+                raise
+            if work.cancelled == "gone" or client.state is not State.OPEN:
+                log.debug("client %s left while its %r was handled; cancelled", client.id, kind,
+                          extra={"client_id": client.id})
+            else:
+                owner = self.registry.owners().get(kind or "", "?")
+                awaited = self._waiting_on(client)
+                self.timed_out(awaited or f"plugin {owner!r}: handler for {kind!r}", self.hook_timeout)
+                client.send_error(hook_timed_out(self.hook_timeout))  # (counted as hook_timeout)
         except Exception:
             log.exception("handler for %r failed (client %s)", kind, client.id, extra={"client_id": client.id})
             self.reject(client, ClientError(protocol.INTERNAL_ERROR))
+        finally:
+            del self._in_flight[client]
+            if work.cancelled is not None:
+                work.take_back()  # (cancelled, and the handler swallowed it: taken back all the same)
+                self._waiting_on(client)  # (forgets what it was waiting on)
 
     def reject(self, client: ConnectedClient, err: ClientError) -> None:
         """Count `err` and answer it to the client."""

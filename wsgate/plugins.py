@@ -17,7 +17,8 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -26,11 +27,21 @@ import pluggy
 
 from . import hookspecs
 from .config import ConfigError, Settings
-from .protocol import NOT_ALLOWED, ClientError
+from .protocol import INTERNAL_ERROR, NOT_ALLOWED, ClientError
 from .registry import HandlerRegistry, PluginError
 from .types import Client, Gateway
 
 log = logging.getLogger(__name__)
+
+FAULT_LOG_INTERVAL = 10.0  # seconds between two lines about the same plugin hook's failures (with a count)
+
+
+class HookTimedOut(ClientError):
+    """A plugin's hook ran past `plugins.hook_timeout` and was cancelled: answered to the client as the
+    documented `internal error`, with a detail saying it is temporary."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(INTERNAL_ERROR, f"a plugin did not answer within {timeout:g}s; try again")
 
 ENTRY_POINT_GROUP = "wsgate"
 
@@ -248,10 +259,14 @@ class Plugins:
         self.problems = tuple(problems)
         """Configuration mistakes found while loading (`settings_problems`), one line each."""
         self._timeout = settings.plugins.startup_timeout
+        self.hook_timeout = settings.plugins.hook_timeout
+        """`plugins.hook_timeout`: the limit of every per-connection and per-message hook (README, Hook reference)."""
+        self._awaiting: dict[object, str] = {}  # client -> the hook its handler awaits ("plugin 'x': wsgate_y")
+        self._faults: dict[str, tuple[float, int]] = {}  # plugin hook -> when last logged, failures since
         self._options = settings.plugins.options
         self._services: list[tuple[str, Any]] = []  # started services, to close in reverse order
         self._started: set[str] = set()  # plugins that got through start-up, to shut down
-        self._call_order: dict[str, list[tuple[Callable[..., Any], tuple[str, ...]]]] = {}
+        self._call_order: dict[str, list[tuple[Callable[..., Any], tuple[str, ...], str]]] = {}
         # Per-message and per-connection hooks are skipped entirely when nobody implements them.
         self.authenticates = self._implemented("wsgate_authenticate")
         self.authorizes = self._implemented("wsgate_authorize")
@@ -351,12 +366,32 @@ class Plugins:
         raise ClientError(verdict if isinstance(verdict, str) and verdict else NOT_ALLOWED)
 
     async def notify(self, hook: str, client: Client) -> None:
-        """Call a client life-cycle hook on every plugin, each within `startup_timeout`; failures are logged."""
+        """Call a client life-cycle hook on every plugin, each within `hook_timeout` (cancelled past it);
+        failures are logged once per FAULT_LOG_INTERVAL per plugin hook, with a count (never per client)."""
         for impl in self._ordered(hook):
+            what = f"plugin {impl.plugin_name!r}: {hook}"
             try:
-                await self._bounded(f"plugin {impl.plugin_name!r}: {hook}", self._bind(impl, client=client))
+                await self._bounded(what, self._bind(impl, client=client), self.hook_timeout, "plugins.hook_timeout")
             except PluginError as exc:
-                log.error("%s (client %s)", exc, client.id, exc_info=exc.__cause__)
+                self.fault(what, "%s (client %s)", exc, client.id, exc_info=exc.__cause__)
+
+    def fault(self, what: str, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+        """Log a failure of the plugin hook `what` (with `exc_info`'s traceback), at most once per
+        FAULT_LOG_INTERVAL per `what`, with how many times it happened since the last line (as
+        supervision.Throttled does): a storm of clients never floods the log."""
+        now = time.monotonic()
+        logged_at, count = self._faults.get(what, (-FAULT_LOG_INTERVAL, 0))
+        count += 1
+        if now - logged_at < FAULT_LOG_INTERVAL:
+            self._faults[what] = (logged_at, count)
+            return
+        self._faults[what] = (now, 0)
+        log.error(message + " (%d times since the last report)", *args, count, exc_info=exc_info)
+
+    def waiting_on(self, client: object) -> str | None:
+        """The plugin hook `client`'s handler was awaiting when it was cancelled (`"plugin 'x': wsgate_y"`),
+        or None; forgotten once asked (the dispatcher asks after every message)."""
+        return self._awaiting.pop(client, None) if self._awaiting else None
 
     # --- listing ----------------------------------------------------------------------
 
@@ -408,15 +443,19 @@ class Plugins:
         """A call of `impl` with the hook arguments it asks for (implementations may take a subset)."""
         return lambda: impl.function(*[kwargs[arg] for arg in impl.argnames])
 
-    async def _bounded(self, what: str, call: Callable[[], Any]) -> None:
-        """Run `call` (sync or async) within `plugins.startup_timeout`; any failure is a PluginError naming `what`."""
+    async def _bounded(
+        self, what: str, call: Callable[[], Any], timeout: float | None = None, setting: str = "plugins.startup_timeout"
+    ) -> None:
+        """Run `call` (sync or async) within `timeout` seconds (`setting`; by default `plugins.startup_timeout`);
+        any failure is a PluginError naming `what`."""
+        timeout = self._timeout if timeout is None else timeout
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(timeout):
                 result = call()
                 if inspect.isawaitable(result):
                     await result
         except TimeoutError:
-            raise PluginError(f"{what} did not finish within plugins.startup_timeout ({self._timeout:g}s)") from None
+            raise PluginError(f"{what} did not finish within {setting} ({timeout:g}s)") from None
         except Exception as exc:
             raise PluginError(f"{what} raised {type(exc).__name__}: {exc}") from exc
 
@@ -424,12 +463,32 @@ class Plugins:
         calls = self._call_order.get(hook)
         if calls is None:  # the plugin set is fixed once loaded: work the order out once per hook
             calls = self._call_order[hook] = [
-                (impl.function, impl.argnames) for impl in self._ordered(hook)
+                (impl.function, impl.argnames, impl.plugin_name) for impl in self._ordered(hook)
             ]
-        for function, argnames in calls:
+        for function, argnames, name in calls:
             result = function(*[kwargs[arg] for arg in argnames])
             if inspect.isawaitable(result):
-                result = await result
+                result = await self._awaited(f"plugin {name!r}: {hook}", result, kwargs.get("client"))
             if result is not None:
                 return result
         return None
+
+    async def _awaited(self, what: str, result: Awaitable[Any], client: object) -> Any:
+        """Await a hook's result within `hook_timeout`: past it, it is cancelled, logged (throttled) and
+        HookTimedOut raised. While it waits, `waiting_on(client)` names it: a message's own deadline (the
+        dispatcher's, started first) names the hook that held it up."""
+        if client is not None:
+            self._awaiting[client] = what
+        cancelled = False
+        try:
+            async with asyncio.timeout(self.hook_timeout):
+                return await result
+        except TimeoutError:
+            self.fault(what, "%s did not finish within plugins.hook_timeout (%gs); cancelled", what, self.hook_timeout)
+            raise HookTimedOut(self.hook_timeout) from None
+        except asyncio.CancelledError:
+            cancelled = True  # kept: the dispatcher that cancelled it asks `waiting_on`
+            raise
+        finally:
+            if client is not None and not cancelled:
+                self._awaiting.pop(client, None)

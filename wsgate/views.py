@@ -15,12 +15,14 @@ from aiohttp.abc import AbstractStreamWriter
 from . import __version__, protocol
 from .auth import SUBPROTOCOL, expires_at_of, unauthorized, user_id_of
 from .clients import ConnectedClient
+from .connection import Connection
 from .dispatch import Dispatcher
 from .keys import (
     BROKER, DASHBOARD, DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, PLUGINS, SETTINGS, STARTED_AT, SUPERVISOR,
 )
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .origins import origin_allowed, origin_problem, same_host
+from .plugins import HookTimedOut
 from .protocol import ClientError
 from .wire import close_fields, close_reply
 
@@ -122,6 +124,10 @@ async def _open(request: web.Request) -> web.StreamResponse:
             if refusal.status == 401:
                 metrics.error("auth_failed")
             raise
+        except HookTimedOut as timed_out:  # past plugins.hook_timeout: cancelled and logged (throttled)
+            metrics.error("hook_timeout")
+            return web.json_response({"error": timed_out.text, "detail": timed_out.detail}, status=503,
+                                     headers={"Retry-After": "1"})
         except Exception:
             log.exception("an authentication plugin failed for %s", request.remote)
             metrics.error("handler_error")
@@ -144,8 +150,16 @@ async def _open(request: web.Request) -> web.StreamResponse:
     if hub.draining:  # began while we authenticated or upgraded: drain() would not see this client
         await _close(ws, protocol.CLOSE_GOING_AWAY, "server shutting down")
         return ws
+    dispatcher = app[DISPATCHER]
+
+    def gone(client: Connection) -> None:  # dropped or closed by the server: its work in flight ends too
+        try:
+            hub.remove(client)
+        finally:
+            dispatcher.client_gone(conn)
+
     conn = ConnectedClient(
-        ws, stream, request, settings=ws_settings, flusher=app[FLUSHER], metrics=metrics, on_drop=hub.remove,
+        ws, stream, request, settings=ws_settings, flusher=app[FLUSHER], metrics=metrics, on_drop=gone,
         identity=identity, gateway=app[GATEWAY],
     )
     if not hub.admit(conn):
@@ -157,9 +171,9 @@ async def _open(request: web.Request) -> web.StreamResponse:
         conn.start()
         conn.expire_at(expires_at_of(identity))
         conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn)))
-        if plugins.watches_clients:
-            await plugins.notify("wsgate_client_connected", conn)
-        await _read_loop(ws, conn, app[DISPATCHER], metrics)
+        if plugins.watches_clients:  # (each plugin's within plugins.hook_timeout; ends when the client goes)
+            await dispatcher.until_gone(conn, plugins.notify("wsgate_client_connected", conn))
+        await _read_loop(ws, conn, dispatcher, metrics)
     finally:  # each step runs whatever the one before it did: a client never outlives its socket
         try:
             hub.remove(conn)
