@@ -223,14 +223,43 @@ for i = 1, #entries, 2 do
   local node = string.sub(entries[i + 1], 1, 32)
   if alive[node] == nil then alive[node] = redis.call('EXISTS', ARGV[1] .. node) == 1 end
   if not alive[node] then
-    redis.call('HDEL', KEYS[1], entries[i])
+    if redis.call('SISMEMBER', ARGV[3], node) == 0 then redis.call('HDEL', KEYS[1], entries[i]) end
   elseif node ~= ARGV[2] then
     table.insert(found, string.sub(entries[i + 1], 33))
   end
 end
 return found
 """
-"""KEYS: presence(room). ARGV: node_prefix, this node's id. Returns the other live nodes' members."""
+"""KEYS: presence(room). ARGV: node_prefix, this node's id, the presence nodes set (`REAP_SCRIPT`). Returns
+the other live nodes' members. A dead node's entries are skipped; they are removed here only when no
+surviving node will reap them (the node is not in the set), so that REAP_SCRIPT reports every leave."""
+
+REAP_SCRIPT = """
+local found = {}
+for _, node in ipairs(redis.call('SMEMBERS', ARGV[1])) do
+  if redis.call('EXISTS', ARGV[2] .. node) == 0 then
+    local rooms = ARGV[3] .. node
+    for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
+      local key = ARGV[4] .. room
+      local entries = redis.call('HGETALL', key)
+      for i = 1, #entries, 2 do
+        if string.sub(entries[i + 1], 1, 32) == node then
+          redis.call('HDEL', key, entries[i])
+          table.insert(found, room)
+          table.insert(found, string.sub(entries[i + 1], 33))
+        end
+      end
+    end
+    redis.call('DEL', rooms)
+    redis.call('SREM', ARGV[1], node)
+  end
+end
+return found
+"""
+"""Remove the presence entries of every dead node (in the presence nodes set, its liveness key expired) and
+return them as a flat list: room, member, room, member... Atomic: when several surviving nodes run it, each
+entry is returned to exactly one of them, which reports the leaves (Phoenix.Presence on nodedown).
+ARGV: the presence nodes set, node_prefix, the prefix of a node's rooms set, the prefix of presence(room)."""
 
 
 def describe(exc: BaseException) -> str:

@@ -6,7 +6,10 @@ them to a hash per room, tagged with its node id, and proves it is alive every
 the other live nodes, so members of a node that crashed vanish within
 `node_ttl`. With `presence.events`, joins and leaves are gathered for
 `presence.interval` and sent as one `presence_diff` per room: a room of 5,000
-members that all reconnect costs one message per interval, not 5,000.
+members that all reconnect costs one message per interval, not 5,000. The
+members of a node that died leave as events too: the surviving node that reaps
+them (`PresenceStore.watch_departures`) reports their leaves, within
+`node_ttl + node_ttl / 3 + interval` of the dead node's last beat, exactly once.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Presence:
         self._joins: dict[str, dict[str, dict[str, Any]]] = {}  # room -> client id -> member, since the last diff
         self._leaves: dict[str, dict[str, dict[str, Any]]] = {}
         self._changed = asyncio.Event()
+        store.watch_departures(self._departed, self._revived)
 
     def describe(self, conn: Member) -> dict[str, Any]:
         """A member as others see it: client id, and user id and the chosen claims when authenticated."""
@@ -88,6 +92,30 @@ class Presence:
         if self._settings.events and self._joins.get(room, {}).pop(conn.id, None) is None:
             self._leaves.setdefault(room, {})[conn.id] = member  # (joined and left: no change to report)
             self._changed.set()
+
+    def _departed(self, room: str, member: bytes) -> None:
+        """A member of a dead node, reaped by this node: its leave goes out with the next diff."""
+        if not self._settings.events:
+            return
+        try:
+            described = protocol.loads(member)
+            client_id = described["client_id"]
+        except Exception:  # noqa: BLE001 - garbled in Redis: nothing to report it as
+            log.warning("presence: a reaped member of room %r is not a member's JSON; no leave sent", room)
+            return
+        if self._joins.get(room, {}).pop(client_id, None) is None:
+            self._leaves.setdefault(room, {})[client_id] = described
+        self._changed.set()
+
+    def _revived(self) -> None:
+        """Other nodes took this node for dead and reported its members' leaves: they join again."""
+        if not self._settings.events:
+            return
+        for room, members in self._members.items():
+            for client_id, member in members.items():
+                if self._leaves.get(room, {}).pop(client_id, None) is None:
+                    self._joins.setdefault(room, {})[client_id] = member
+        self._changed.set()
 
     async def members(self, room: str) -> list[bytes]:
         """Every member of `room`, encoded: this node's, then the other nodes' (PresenceError if unreachable)."""

@@ -6,6 +6,7 @@ Separate from the broker (relay, room interest, history), as centrifuge keeps
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -18,6 +19,10 @@ class PresenceStore(Protocol):
 
     async def start(self) -> None:
         """Begin writing this node's members and proving it alive (never raises: it retries)."""
+
+    def watch_departures(self, departed: Callable[[str, bytes], None], revived: Callable[[], None]) -> None:
+        """Call `departed(room, member)` for each member of a dead node that this node reaped (every such member
+        is reaped by exactly one surviving node), and `revived()` when this node finds it was taken for dead."""
 
     def join(self, room: str, client_id: str, member: bytes) -> None:
         """A local client joined a room with presence (`member`: its encoded description); without waiting."""

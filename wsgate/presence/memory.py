@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class MemoryPresenceStore:
     """No other nodes: no members elsewhere, and this node's figures are all there are."""
 
     async def start(self) -> None:
         pass
+
+    def watch_departures(self, departed: Callable[[str, bytes], None], revived: Callable[[], None]) -> None:
+        pass  # no other node can die
 
     def join(self, room: str, client_id: str, member: bytes) -> None:
         pass

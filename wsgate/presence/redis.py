@@ -2,9 +2,19 @@
 
 Every node writes its own members and proves it is alive every `node_ttl / 3`
 (`<prefix>:node:<id>`, expiring after `node_ttl`). Reading a room merges the
-members of the other live nodes and drops those of nodes that stopped, so the
+members of the other live nodes and skips those of nodes that stopped, so the
 members of a node that crashed vanish within `node_ttl`. Local membership is
 the truth: after a failure everything is written again.
+
+A dead node's members leave as events too (Phoenix.Presence on nodedown): each
+node lists itself in `<prefix>:presence-nodes` and its rooms in
+`<prefix>:presence-rooms:<id>`, and on every beat runs REAP_SCRIPT, which
+removes the entries of every listed node whose liveness key expired and hands
+them to exactly one surviving node; that node reports them as leaves
+(`watch_departures`). So within `node_ttl + node_ttl / 3` of a node's last beat
+its members are reaped, and their leaves go out one `presence.interval` later.
+A node whose own key expired while it lived (a stall longer than `node_ttl`)
+finds out on its next beat and writes its members again (`on_revived`).
 """
 
 from __future__ import annotations
@@ -13,9 +23,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..broker.redis_schema import PRESENCE_SCRIPT, RedisNames, Reconnects, connect, describe
+from ..broker.redis_schema import PRESENCE_SCRIPT, REAP_SCRIPT, RedisNames, Reconnects, connect, describe
 from ..supervision import Supervisor, Throttled
 from .base import PresenceError
 
@@ -45,8 +56,15 @@ class RedisPresenceStore:
         self._node_ttl = node_ttl
         self._names = RedisNames(settings.prefix)
         self._node_key = self._names.node_prefix + node_id.decode()
+        self._nodes_key = f"{settings.prefix}:presence-nodes"  # nodes whose entries a survivor reaps when they die
+        self._rooms_prefix = f"{settings.prefix}:presence-rooms:"  # + node id: the rooms it has members in
+        self._rooms_key = self._rooms_prefix + node_id.decode()
+        self._listed: set[str] = set()  # rooms written to this node's rooms set
         self._redis: Any = None
         self._script: Any = None
+        self._reap: Any = None
+        self._departed: Callable[[str, bytes], None] = lambda room, member: None
+        self._revived: Callable[[], None] = lambda: None
         self._present: dict[str, dict[str, bytes]] = {}  # room -> local client id -> member (the truth)
         self._changes: dict[tuple[str, str], bytes | None] = {}  # (room, client) -> member, None: left
         self._ready = asyncio.Event()
@@ -60,6 +78,7 @@ class RedisPresenceStore:
                               f"wsgate-{self._node_id.decode()[:8]}-presence", POOL_SIZE,
                               Reconnects(self._reconnected).watch)
         self._script = self._redis.register_script(PRESENCE_SCRIPT)
+        self._reap = self._redis.register_script(REAP_SCRIPT)
         self._task = self._supervisor.spawn("redis-presence", self._write_loop)
 
     async def close(self) -> None:
@@ -84,6 +103,12 @@ class RedisPresenceStore:
         self._lost = True
         self._ready.set()
 
+    def watch_departures(self, departed: Callable[[str, bytes], None], revived: Callable[[], None]) -> None:
+        """`departed(room, member)` is called for each member of a dead node this node reaped (each reaped by
+        exactly one surviving node); `revived()` when this node finds it was taken for dead (its liveness key
+        had expired) and writes its members again."""
+        self._departed, self._revived = departed, revived
+
     def join(self, room: str, client_id: str, member: bytes) -> None:
         self._present.setdefault(room, {})[client_id] = member
         self._changes[(room, client_id)] = member
@@ -105,7 +130,7 @@ class RedisPresenceStore:
         try:
             async with asyncio.timeout(self._settings.connect_timeout):  # a client is waiting for the answer
                 found: list[bytes] = await self._script(
-                    keys=[self._names.presence(room)], args=[self._names.node_prefix, self._node_id]
+                    keys=[self._names.presence(room)], args=[self._names.node_prefix, self._node_id, self._nodes_key]
                 )
         except (OSError, TimeoutError, aioredis.RedisError) as exc:
             self._metrics.broker_error()
@@ -159,6 +184,9 @@ class RedisPresenceStore:
             try:
                 async with asyncio.timeout(self._settings.connect_timeout), \
                         self._redis.pipeline(transaction=False) as pipe:
+                    if beating or rewrite:  # first: its answer (-2: no key) says whether it was taken for dead
+                        pipe.pttl(self._node_key)
+                        pipe.set(self._node_key, b"1", px=ttl_ms)
                     if rewrite:  # the whole local truth; the changes below still remove those who left
                         for room, members in self._present.items():
                             pipe.hset(self._names.presence(room), mapping={
@@ -169,11 +197,34 @@ class RedisPresenceStore:
                             pipe.hdel(self._names.presence(room), client)
                         else:
                             pipe.hset(self._names.presence(room), client, self._node_id + member)
+                    joined = {room for (room, _), member in changes.items() if member is not None}
                     if beating or rewrite:
-                        pipe.set(self._node_key, b"1", px=ttl_ms)
                         for room in self._present:
                             pipe.pexpire(self._names.presence(room), 2 * ttl_ms)
-                    await pipe.execute()
+                        pipe.sadd(self._nodes_key, self._node_id)
+                        unlisted = self._listed - self._present.keys()  # (their entries were removed above)
+                        if unlisted:
+                            pipe.srem(self._rooms_key, *unlisted)
+                        joined |= self._present.keys()
+                        self._listed -= unlisted
+                    if joined and (beating or rewrite or joined - self._listed):
+                        pipe.sadd(self._rooms_key, *joined)
+                        self._listed |= joined
+                    if beating or rewrite:
+                        pipe.pexpire(self._rooms_key, 3 * ttl_ms)  # (outlives the liveness key: reaped in time)
+                    answers = await pipe.execute()
+                    if beating and not rewrite and answers[0] == -2:
+                        log.warning("presence: this node's liveness key had expired (a stall or a partition "
+                                    "longer than presence.node_ttl): writing its members again")
+                        self._lost = True  # others reaped its members: they are written again at once
+                        self._ready.set()
+                        self._revived()
+                    if beating:
+                        reaped: list[bytes] = await self._reap(args=[
+                            self._nodes_key, self._names.node_prefix, self._rooms_prefix, self._names.presence("")
+                        ])
+                        for i in range(0, len(reaped) - 1, 2):
+                            self._departed(reaped[i].decode(), reaped[i + 1])
                 rewrite = False
                 if beating:
                     next_beat = loop.time() + beat
