@@ -78,6 +78,29 @@ async def test_a_client_that_closes_during_a_hanging_authorize_is_disconnected_w
     assert (await server.counts())[1] == {"status": "healthy", "clients": 0, "rooms": 0}
 
 
+@pytest.mark.parametrize("how", ["reset", "close"])
+@pytest.mark.parametrize("message", [{"type": "subscribe", "room": "stuck"}, {"type": "stuck"}])
+async def test_a_client_whose_socket_goes_during_a_hanging_hook_leaves_at_once(
+    wsgate_server: StartServer, how: str, message: dict[str, Any],
+) -> None:
+    """The socket itself goes (a reset, or a close without a close frame) while a hook hangs, far under
+    plugins.hook_timeout (60 s here): the server sees it at once, though its reader reads nothing."""
+    hangs = Hangs()
+    server = await start(wsgate_server, hangs, limit=60)
+    leaving = await server.connect()
+    await leaving.send(message)
+    await asyncio.wait_for(hangs.waiting.wait(), BOUND)
+    transport = leaving.ws._conn.transport  # type: ignore[union-attr]
+    assert transport is not None
+    if how == "reset":
+        transport.abort()
+    else:
+        transport.close()
+    await asyncio.wait_for(hangs.disconnected.wait(), BOUND)  # not after 60 s
+    assert hangs.cancelled == ["wsgate_authorize" if message["type"] == "subscribe" else "handler"]
+    await eventually(lambda: not server.hub.sockets and not server.hub.connections)
+
+
 @pytest.mark.parametrize("message", [{"type": "subscribe", "room": "stuck"}, {"type": "stuck"}])
 async def test_past_the_limit_the_client_gets_a_temporary_error_and_one_log_line(
     wsgate_server: StartServer, caplog: pytest.LogCaptureFixture, message: dict[str, Any],

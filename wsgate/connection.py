@@ -291,6 +291,16 @@ class Connection:
         self._loop.call_soon(self._on_drop, self)
         self._closer = asyncio.create_task(self._close(code, reason), name=f"wsgate-close-{self.id}")
 
+    def lost(self) -> None:
+        """The socket is gone (the peer closed or reset it), whatever the reader is doing, e.g. awaiting a hook
+        for this client's message: the client goes now, out of its rooms, its work in flight cancelled
+        (`on_drop`); the reader then finds the socket closed and releases the rest (`stop`)."""
+        if self.state is not State.OPEN:
+            return
+        self.state = State.CLOSING
+        self._clear()
+        self._loop.call_soon(self._on_drop, self)
+
     def close_gracefully(self, code: int, reason: str, timeout: float) -> None:
         """Close after writing what is already queued (the shutdown drain), without waiting; idempotent.
 

@@ -60,6 +60,7 @@ class Hub:
         self.holding: dict[str, dict[Connection, Held]] = {}  # room -> recovering client -> held messages
         self.fences: dict[str, dict[Connection, Position]] = {}  # room -> recovered client -> what it has read
         self.addresses: dict[str, int] = {}  # connections (and upgrades under way) per client address
+        self.sockets: dict[object, Connection] = {}  # the server's protocol object of each admitted connection
         self.draining = False
 
     def claim_address(self, address: str) -> bool:
@@ -70,6 +71,13 @@ class Hub:
             return False
         self.addresses[address] = count + 1
         return True
+
+    def socket_lost(self, protocol: object) -> None:
+        """The server lost the socket of `protocol` (`wsgate.admission`): its client, if admitted, goes now
+        (`Connection.lost`), even while its reader awaits a handler and reads nothing."""
+        conn = self.sockets.pop(protocol, None)
+        if conn is not None:
+            conn.lost()
 
     def release_address(self, address: str) -> None:
         """Undo one `claim_address` (the map only holds addresses that have connections)."""

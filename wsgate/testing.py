@@ -157,10 +157,12 @@ StartServer = Callable[..., Awaitable[Server]]
 
 
 class GatewayTestServer(TestServer):
-    """aiohttp's test server, serving through the `GatewayRunner` that `python -m wsgate` and gunicorn use."""
+    """aiohttp's test server, serving through the `GatewayRunner` that `python -m wsgate` and gunicorn use, and
+    as they do: aiohttp's test server cancels a request's handler when its peer goes (`handler_cancellation`),
+    which production servers never do, and which would hide what a gone client leaves running."""
 
     async def _make_runner(self, **kwargs: Any) -> GatewayRunner:
-        return GatewayRunner(self.app, **kwargs)
+        return GatewayRunner(self.app, **{**kwargs, "handler_cancellation": False})
 
 
 @pytest.fixture

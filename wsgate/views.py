@@ -167,6 +167,7 @@ async def _open(request: web.Request) -> web.StreamResponse:
         return ws
     metrics.connection_opened()
     log.info("client %s connected from %s", conn.id, conn.remote, extra={"client_id": conn.id, "remote": conn.remote})
+    hub.sockets[request.protocol] = conn  # told when the socket goes (wsgate.admission), whatever the reader does
     try:
         conn.start()
         conn.expire_at(expires_at_of(identity))
@@ -175,6 +176,7 @@ async def _open(request: web.Request) -> web.StreamResponse:
             await dispatcher.until_gone(conn, plugins.notify("wsgate_client_connected", conn))
         await _read_loop(ws, conn, dispatcher, metrics)
     finally:  # each step runs whatever the one before it did: a client never outlives its socket
+        hub.sockets.pop(request.protocol, None)
         try:
             hub.remove(conn)
         finally:
