@@ -49,6 +49,8 @@ from .rooms import RoomPatterns
 
 log = logging.getLogger(__name__)
 
+FILL_READS = 3  # history reads one catch-up may take: the epoch may begin again, or move on, while it reads
+
 GAP_WAIT = 1.0  # seconds a kept message waits for an earlier offset still on its way, before reading it
 LEFT_EPOCHS = 4  # earlier epochs a room's sequence remembers: their late messages go out once, as they are
 LATE_OFFSETS = 1024  # late offsets remembered per earlier epoch (to send each once); past that, sent as they come
@@ -281,14 +283,26 @@ class Router:
         sequence = self._sequences.get(room)
         if sequence is None:
             return
-        try:
-            replay = await self._broker.history_replay(room, Position(sequence.last, sequence.epoch))
-        except Exception:  # (BrokerError: Redis away; anything else is logged) held messages still go out below
-            log.debug("room %r: reading missing offsets failed", room, exc_info=True)
-            replay = None
-        if self._sequences.get(room) is not sequence:
-            return  # the room lost its members meanwhile
-        if replay is not None and replay.recovered:
+        replay = None
+        for _ in range(FILL_READS):
+            asked = Position(sequence.last, sequence.epoch)
+            try:
+                replay = await self._broker.history_replay(room, asked)
+            except Exception:  # (BrokerError: Redis away; anything else is logged) held messages still go out below
+                log.debug("room %r: reading missing offsets failed", room, exc_info=True)
+                replay = None
+                break
+            if self._sequences.get(room) is not sequence:
+                return  # the room lost its members meanwhile
+            if sequence.epoch != asked.epoch:
+                continue  # a relay of a later epoch came meanwhile, and the sequence follows it: read that one
+            if not replay.recovered and later_epoch(replay.position.epoch, sequence.epoch):
+                # The history was lost and began again (Redis restarted empty) while this node missed the new
+                # epoch's relays too (its subscription was away): follow it, and read it from its offset 1.
+                self._follow(room, sequence, replay.position.epoch)
+                continue
+            break
+        if replay is not None and replay.recovered and replay.position.epoch == sequence.epoch:
             for message in replay.messages:
                 self._sequenced(room, message, None)  # earlier offsets go out; held later ones follow
         if sequence.held:  # the history no longer holds them (or cannot be read): skip what is missing
