@@ -147,6 +147,7 @@ class PrivateRedis:
 
         self.proc = await asyncio.create_subprocess_exec(
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--enable-debug-command", "local",  # DEBUG SLEEP: a stalled Redis
             "--dir", str(self.dir), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         client = aioredis.from_url(self.url)

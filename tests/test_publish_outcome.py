@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,34 +62,6 @@ class Stall:
         await asyncio.wait_for(self.task, TIMEOUT)
 
 
-class DebugRedis(PrivateRedis):
-    """A private redis-server that accepts DEBUG from loopback (`enable-debug-command local`)."""
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--enable-debug-command", "local", "--dir", str(self.dir),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-        client = aioredis.from_url(self.url)
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                while True:
-                    try:
-                        await client.ping()
-                        return
-                    except (OSError, aioredis.RedisError):
-                        await asyncio.sleep(0.02)  # the server is still starting; it has no event to wait on
-        finally:
-            await client.aclose()
-
-
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    server = DebugRedis(tmp_path)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture
