@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench conformance chaos clean
+.PHONY: run test bench conformance chaos faults clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m wsgate
@@ -59,6 +59,12 @@ conformance: $(VENV)/.installed
 # chaos/RESULTS.md. Loopback only, about 4 minutes, stops by itself; exits 1 unless nothing was lost.
 chaos: $(VENV)/.installed-test
 	$(BIN)/python chaos/run.py
+
+# The fault model (faults/): every fault of the catalogue against real nodes and a private redis-server, every
+# promise checked after each; results in faults/RESULTS.md. Loopback only, under 15 minutes; exits 1 on any broken
+# promise. `make test` runs the quick part (tests/test_faults.py).
+faults: $(VENV)/.installed-test
+	$(BIN)/python -m faults.run --output faults/RESULTS.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info
