@@ -89,11 +89,19 @@ def exactly_once_in_order(got: Iterable[tuple[str, int]], kept: Iterable[tuple[s
     return found
 
 
+_RECORD = re.compile(r"^\d{4}-\d{2}-\d{2} ", re.M)  # where a log record begins (the nodes' text format)
+
+
 def no_tracebacks(log: str, node: str) -> list[str]:
-    """No traceback, but those of the fault model's own plugin failing on purpose: a plugin's bug is logged
-    with its traceback, for its author."""
-    found = log.count("Traceback (most recent call last)") - log.count("failed on purpose")
-    return [f"{node} logged a traceback"] if found > 0 else []
+    """No traceback, but those of the fault model's own plugin failing on purpose (a plugin's bug is logged
+    with its traceback, for its author): each traceback runs to the next record, and is judged by itself."""
+    found = []
+    for start in (m.start() for m in re.finditer(r"Traceback \(most recent call last\)", log)):
+        end = next((m.start() for m in _RECORD.finditer(log, start)), len(log))
+        block = log[start:end].rstrip()
+        if not block.endswith("failed on purpose"):
+            found.append(f"{node} logged a traceback: {block.splitlines()[-1]}")
+    return found
 
 
 def logged_at_most(log: str, pattern: str, times: int, node: str) -> list[str]:

@@ -366,6 +366,33 @@ async def node_sigkill_presence(world: World, verdicts: Verdicts) -> None:
     verdicts.that("presence", members == {ma.id}, f"after the leave, presence answers {members}, not {{{ma.id}}}")
 
 
+@scenario("A node's link to Redis is cut for longer than presence.node_ttl, then comes back", "presence", quick=True)
+async def link_partition_presence(world: World, verdicts: Verdicts) -> None:
+    await world.start_redis()
+    settings = {**REDIS, "presence.events": True, "presence.interval": "100ms", "presence.node_ttl": "2s"}
+    a = await world.node("a", settings)
+    link = await world.link()
+    b = await world.node("b", settings, via=link)
+    ma, mb = await world.member(a, "ma"), await world.member(b, "mb")
+    await ma.subscribe("p:1")
+    await mb.subscribe("p:1")
+
+    def diff(kind: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda m: m["type"] == "presence_diff" and any(e["client_id"] == mb.id for e in m["data"][kind])
+
+    await ma.wait_for(diff("joins"))
+    link.flowing.clear()  # node B cannot reach Redis: the others take it for dead
+    await ma.wait_for(diff("leaves"), timeout=2 + 2 + 5)
+    back = len(ma.messages)
+    link.flowing.set()
+    await ma.wait_for(diff("joins"), timeout=10, start=back)  # it lived: its member is back, as a join
+    answer = await ma.request({"type": "presence", "room": "p:1"}, lambda m: m["type"] in ("presence", "error"))
+    members = {m["client_id"] for m in answer.get("data", {}).get("members", [])}
+    verdicts.that("presence", members == {ma.id, mb.id}, f"after the partition, presence answers {members}")
+    joins = [m for m in ma.messages[back:] if diff("joins")(m)]
+    verdicts.that("presence", len(joins) == 1, f"the member came back {len(joins)} times")
+
+
 @scenario("A node is stopped with SIGTERM while a client has messages queued (shutdown.mode = drain)", "bounded",
           quick=True)
 async def node_sigterm_drain(world: World, verdicts: Verdicts) -> None:

@@ -159,7 +159,7 @@ async def test_a_node_taken_for_dead_while_stopped_comes_back_with_joins(private
             await ma.until_diff(left(mb.id, "chat:1"), BOUND + SLACK)
         finally:
             b.proc.send_signal(signal.SIGCONT)
-        await b.wait_for_line(r"liveness key had expired")
+        await b.wait_for_line(r"took this node for dead")
         ma.diffs.clear()
         await ma.until_diff(joined(mb.id, "chat:1"))
         await ma.ws.send_str(json.dumps({"type": "presence", "room": "chat:1"}))

@@ -187,3 +187,28 @@ async def test_a_hanging_authenticate_answers_503_before_the_upgrade(wsgate_serv
         body = await response.json()
     assert body == {"error": "internal error", "detail": f"a plugin did not answer within {LIMIT:g}s; try again"}
     assert hooks.cancelled == ["wsgate_authenticate"]
+
+
+async def test_a_hook_cancelled_by_the_plugin_itself_leaves_nothing_behind(wsgate_server: StartServer) -> None:
+    """A handler that gives up on a hook itself (`asyncio.wait_for`): what the hook awaited is forgotten with the
+    message, so the client is not held after it leaves (the review: one Connection kept per such client)."""
+    from wsgate.keys import PLUGINS
+
+    hangs = Hangs()
+
+    class GivesUp:
+        @hookimpl
+        def wsgate_message_handlers(self) -> dict[str, Any]:
+            async def impatient(client: Client, message: Message) -> None:
+                try:
+                    await asyncio.wait_for(client.gateway.authorize(client, "subscribe", "stuck"), 0.05)
+                except TimeoutError:
+                    client.enqueue(b'{"type":"gave_up"}')
+
+            return {"impatient": impatient}
+
+    server = await wsgate_server(hangs, GivesUp(), plugins={"hook_timeout": "60s"})
+    client = await server.connect()
+    assert (await client.request({"type": "impatient"}))["type"] == "gave_up"
+    conn = server.hub.connections[client.id]
+    assert server.app[PLUGINS].waiting_on(conn) is None  # forgotten once the message ended

@@ -74,8 +74,10 @@ def guard_connections(server: web.Server, hub: Hub, metrics: Metrics) -> None:
         address = claimed.pop(handler, None)
         if address is not None:
             hub.release_address(address)
-        hub.socket_lost(handler)  # a WebSocket client whose reader awaits a handler goes now, not after it
-        lost(handler, exc)
+        try:
+            hub.socket_lost(handler)  # a WebSocket client whose reader awaits a handler goes now, not after it
+        finally:
+            lost(handler, exc)
 
     server.connection_made = connection_made  # type: ignore[method-assign]
     server.connection_lost = connection_lost  # type: ignore[method-assign,assignment]

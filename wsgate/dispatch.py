@@ -12,6 +12,7 @@ from .connection import State
 from .metrics import Metrics
 from .protocol import ClientError, ClientGone, Decoder
 from .ratelimit import Verdict
+from .plugins import HookTimedOut
 from .registry import HandlerRegistry
 from .supervision import Throttled
 
@@ -22,9 +23,9 @@ TIMEOUT_LOG_INTERVAL = 10.0  # seconds between two lines about handlers that ran
 
 
 def hook_timed_out(timeout: float) -> ClientError:
-    """What a client is answered when a plugin's hook or handler ran past `plugins.hook_timeout`: the
-    documented `internal error` text, with a detail that says it is temporary."""
-    return ClientError(protocol.INTERNAL_ERROR, f"a plugin did not answer within {timeout:g}s; try again")
+    """What a client is answered when a plugin's hook or handler ran past `plugins.hook_timeout`
+    (`plugins.HookTimedOut`: the documented `internal error` text, with a detail that says it is temporary)."""
+    return HookTimedOut(timeout)
 
 
 class _Work:
@@ -198,7 +199,7 @@ class Dispatcher:
             del self._in_flight[client]
             if work.cancelled is not None:
                 work.take_back()  # (cancelled, and the handler swallowed it: taken back all the same)
-                self._waiting_on(client)  # (forgets what it was waiting on)
+            self._waiting_on(client)  # forgets what it awaited, whoever cancelled it (else it holds the client)
 
     def reject(self, client: ConnectedClient, err: ClientError) -> None:
         """Count `err` and answer it to the client."""

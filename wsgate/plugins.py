@@ -17,7 +17,6 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -29,6 +28,7 @@ from . import hookspecs
 from .config import ConfigError, Settings
 from .protocol import INTERNAL_ERROR, NOT_ALLOWED, ClientError
 from .registry import HandlerRegistry, PluginError
+from .supervision import Throttled
 from .types import Client, Gateway
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ class Plugins:
         self.hook_timeout = settings.plugins.hook_timeout
         """`plugins.hook_timeout`: the limit of every per-connection and per-message hook (README, Hook reference)."""
         self._awaiting: dict[object, str] = {}  # client -> the hook its handler awaits ("plugin 'x': wsgate_y")
-        self._faults: dict[str, tuple[float, int]] = {}  # plugin hook -> when last logged, failures since
+        self._faults: dict[str, Throttled] = {}  # one throttled error line per plugin hook
         self._options = settings.plugins.options
         self._services: list[tuple[str, Any]] = []  # started services, to close in reverse order
         self._started: set[str] = set()  # plugins that got through start-up, to shut down
@@ -377,16 +377,12 @@ class Plugins:
 
     def fault(self, what: str, message: str, *args: object, exc_info: BaseException | None = None) -> None:
         """Log a failure of the plugin hook `what` (with `exc_info`'s traceback), at most once per
-        FAULT_LOG_INTERVAL per `what`, with how many times it happened since the last line (as
-        supervision.Throttled does): a storm of clients never floods the log."""
-        now = time.monotonic()
-        logged_at, count = self._faults.get(what, (-FAULT_LOG_INTERVAL, 0))
-        count += 1
-        if now - logged_at < FAULT_LOG_INTERVAL:
-            self._faults[what] = (logged_at, count)
-            return
-        self._faults[what] = (now, 0)
-        log.error(message + " (%d times since the last report)", *args, count, exc_info=exc_info)
+        FAULT_LOG_INTERVAL per `what`, with a count (`supervision.Throttled`): a storm of clients never
+        floods the log."""
+        throttled = self._faults.get(what)
+        if throttled is None:
+            throttled = self._faults[what] = Throttled(log, FAULT_LOG_INTERVAL, level=logging.ERROR)
+        throttled(message, *args, exc_info=exc_info)
 
     def waiting_on(self, client: object) -> str | None:
         """The plugin hook `client`'s handler was awaiting when it was cancelled (`"plugin 'x': wsgate_y"`),

@@ -28,18 +28,23 @@ class Throttled:
     """A warning for a fault that can recur per socket or per message, logged at most once per `interval`
     seconds with how many times it happened since the last line: a storm never floods the log."""
 
-    def __init__(self, logger: logging.Logger, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, logger: logging.Logger, interval: float, clock: Callable[[], float] = time.monotonic, *,
+        level: int = logging.WARNING,
+    ) -> None:
         self._log = logger
+        self._level = level
         self._interval = interval
         self._clock = clock
         self._count = 0
         self._logged_at = -interval
 
-    def __call__(self, message: str, *args: object, exc_info: bool = False) -> None:
+    def __call__(self, message: str, *args: object, exc_info: BaseException | bool | None = False) -> None:
         self._count += 1
         now = self._clock()
         if now - self._logged_at >= self._interval:
-            self._log.warning(message + " (%d times since the last report)", *args, self._count, exc_info=exc_info)
+            self._log.log(self._level, message + " (%d times since the last report)", *args, self._count,
+                          exc_info=exc_info)
             self._logged_at, self._count = now, 0
 
 

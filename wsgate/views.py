@@ -173,7 +173,11 @@ async def _open(request: web.Request) -> web.StreamResponse:
         conn.expire_at(expires_at_of(identity))
         conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn)))
         if plugins.watches_clients:  # (each plugin's within plugins.hook_timeout; ends when the client goes)
-            await dispatcher.until_gone(conn, plugins.notify("wsgate_client_connected", conn))
+            conn.handling = True  # nothing is read meanwhile: no verdict of silence (as for a message)
+            try:
+                await dispatcher.until_gone(conn, plugins.notify("wsgate_client_connected", conn))
+            finally:
+                conn.handling = False
         await _read_loop(ws, conn, dispatcher, metrics)
     finally:  # each step runs whatever the one before it did: a client never outlives its socket
         hub.sockets.pop(request.protocol, None)

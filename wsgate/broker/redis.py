@@ -110,6 +110,7 @@ class RedisBroker:
         self._restore = asyncio.Event()  # a command connection reconnected: announce settings, load scripts
         self._warn_pubsub = Throttled(log, RECONNECT_LOG_INTERVAL)
         self._warn_commands = Throttled(log, RECONNECT_LOG_INTERVAL)
+        self._garbled = Throttled(log, RECONNECT_LOG_INTERVAL)  # text from Redis that is not UTF-8
         self._writable = True  # the probe's write was taken (False: Redis refused it)
         self._outgoing: deque[_Outgoing] = deque()
         self._outgoing_ready = asyncio.Event()
@@ -123,7 +124,6 @@ class RedisBroker:
         self.receiving = asyncio.Event()  # set while subscribed to Redis (tests and health can wait on it)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self._publish_sha = ""
         self._read_script: Any = None
 
     @property
@@ -175,7 +175,7 @@ class RedisBroker:
     async def _prepare(self) -> None:
         """Load the history script (sent by its SHA from now on) and announce the history settings
         to publishers outside the gateway (`RedisPublisher`). Run at start and on every reconnect."""
-        self._publish_sha = await self._redis.script_load(PUBLISH_SCRIPT)
+        await self._redis.script_load(PUBLISH_SCRIPT)
         history = self._history
         await self._redis.set(self._names.history_config, json.dumps(
             {"rooms": list(history.rooms), "size": history.size, "ttl": history.ttl}
@@ -573,9 +573,13 @@ class RedisBroker:
         payload: bytes = message["data"]
         if payload[:NODE_ID_LENGTH] == self.node_id:
             return  # delivered locally when it was published
-        room = None if channel == self._broadcast else channel[len(self._room_prefix):].decode()
         assert self._receive is not None
-        self._receive(room, payload[NODE_ID_LENGTH:])
+        try:
+            room = None if channel == self._broadcast else channel[len(self._room_prefix):].decode()
+            self._receive(room, payload[NODE_ID_LENGTH:])
+        except ValueError as exc:  # not UTF-8 (another publisher on our channels): it never reaches a client
+            self._metrics.broker_error()
+            self._garbled("broker: a message on %r was not valid text (%s); dropped", channel, exc)
 
     async def _probe_write(self, key: str, expiry_ms: int) -> None:
         """The probe's write (see `_probe_loop`); sets `_writable`, logging each change once.

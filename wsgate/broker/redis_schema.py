@@ -252,6 +252,7 @@ for _, node in ipairs(redis.call('SMEMBERS', ARGV[1])) do
     end
     redis.call('DEL', rooms)
     redis.call('SREM', ARGV[1], node)
+    redis.call('SET', ARGV[5] .. node, '1', 'PX', ARGV[6])  -- if it lives after all, it learns it was reaped
   end
 end
 return found
@@ -259,7 +260,11 @@ return found
 """Remove the presence entries of every dead node (in the presence nodes set, its liveness key expired) and
 return them as a flat list: room, member, room, member... Atomic: when several surviving nodes run it, each
 entry is returned to exactly one of them, which reports the leaves (Phoenix.Presence on nodedown).
-ARGV: the presence nodes set, node_prefix, the prefix of a node's rooms set, the prefix of presence(room)."""
+A reaped node is marked (`<prefix>:presence-reaped:<node>`, for 3 node_ttl): a node that was only stalled or cut
+off reads the mark on its next write and writes its members again, reporting them as joins (its leaves were
+sent); without the mark (it stalled but nobody reaped it, or Redis came back empty) it reports nothing.
+ARGV: the presence nodes set, node_prefix, the prefix of a node's rooms set, the prefix of presence(room), the
+prefix of the reaped marks, their lifetime in ms."""
 
 
 def describe(exc: BaseException) -> str:

@@ -59,6 +59,8 @@ class RedisPresenceStore:
         self._nodes_key = f"{settings.prefix}:presence-nodes"  # nodes whose entries a survivor reaps when they die
         self._rooms_prefix = f"{settings.prefix}:presence-rooms:"  # + node id: the rooms it has members in
         self._rooms_key = self._rooms_prefix + node_id.decode()
+        self._reaped_prefix = f"{settings.prefix}:presence-reaped:"  # + node id: a survivor reaped its members
+        self._reaped_key = self._reaped_prefix + node_id.decode()
         self._listed: set[str] = set()  # rooms written to this node's rooms set
         self._redis: Any = None
         self._script: Any = None
@@ -184,8 +186,9 @@ class RedisPresenceStore:
             try:
                 async with asyncio.timeout(self._settings.connect_timeout), \
                         self._redis.pipeline(transaction=False) as pipe:
-                    if beating or rewrite:  # first: its answer (-2: no key) says whether it was taken for dead
-                        pipe.pttl(self._node_key)
+                    if beating or rewrite:  # first: its answer says whether a survivor reaped this node's members
+                        pipe.get(self._reaped_key)  # (read, not taken: a request stuck in a partition may
+                        # reach Redis after it heals, and must not take the mark away unseen)
                         pipe.set(self._node_key, b"1", px=ttl_ms)
                     if rewrite:  # the whole local truth; the changes below still remove those who left
                         for room, members in self._present.items():
@@ -213,15 +216,18 @@ class RedisPresenceStore:
                     if beating or rewrite:
                         pipe.pexpire(self._rooms_key, 3 * ttl_ms)  # (outlives the liveness key: reaped in time)
                     answers = await pipe.execute()
-                    if beating and not rewrite and answers[0] == -2:
-                        log.warning("presence: this node's liveness key had expired (a stall or a partition "
-                                    "longer than presence.node_ttl): writing its members again")
+                    if (beating or rewrite) and answers[0] is not None:  # (after a failed write too)
+                        log.warning("presence: other nodes took this node for dead and reported its members' "
+                                    "leaves (a stall or a partition longer than presence.node_ttl): writing its "
+                                    "members again, as joins")
+                        await self._redis.delete(self._reaped_key)
                         self._lost = True  # others reaped its members: they are written again at once
                         self._ready.set()
                         self._revived()
                     if beating:
                         reaped: list[bytes] = await self._reap(args=[
-                            self._nodes_key, self._names.node_prefix, self._rooms_prefix, self._names.presence("")
+                            self._nodes_key, self._names.node_prefix, self._rooms_prefix, self._names.presence(""),
+                            self._reaped_prefix, 3 * ttl_ms,
                         ])
                         for i in range(0, len(reaped) - 1, 2):
                             self._departed(reaped[i].decode(), reaped[i + 1])
