@@ -46,7 +46,7 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from wsgate.sdk.client import GatewayClient
-from wsgate.sdk.publisher import HttpPublisher, PublishError
+from wsgate.sdk.publisher import HttpPublisher, PublishError, PublishOutcomeUnknown
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -284,6 +284,8 @@ class Publishers:
                         else:
                             await http.publish(room, data)
                         self.sent[path] += 1
+                    except PublishOutcomeUnknown:  # Redis took it and did not answer: stored or not, Redis says
+                        self.refused[f"{path}: outcome unknown"] += 1
                     except (PublishError, aiohttp.ClientError, ConnectionError, TimeoutError, OSError):
                         self.refused[f"{path}: not sent"] += 1  # a node or Redis is away: not stored, not expected
                 await asyncio.sleep(self.period)
