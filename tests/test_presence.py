@@ -118,3 +118,19 @@ async def test_members_of_a_crashed_node_expire_within_node_ttl(
             assert time.monotonic() - started < 3.0  # node_ttl (1 s), with room for a loaded machine
     finally:
         await b.kill()
+
+
+async def test_a_presence_answer_is_bounded_in_bytes_and_says_so(wsgate_server: StartServer) -> None:
+    """An answer larger than its request is bounded like every other: 60 members of about 50 bytes each, a 1 KiB
+    bound; `count` stays whole."""
+    server = await wsgate_server(presence={**PRESENCE, "max_answer_bytes": 1024})
+    clients = [await server.connect() for _ in range(60)]
+    for client in clients:
+        await client.subscribe("chat:crowd")
+    answer = await clients[0].request({"type": "presence", "room": "chat:crowd"})
+    listed = members(answer)
+    assert answer["data"]["count"] == 60 and answer["data"]["truncated"] is True
+    assert 0 < len(listed) < 60 and len(json.dumps(listed, separators=(",", ":"))) <= 1024
+    assert {m["client_id"] for m in listed} <= {c.id for c in clients}
+    small = await clients[0].request({"type": "presence", "room": "chat:none"})
+    assert small["data"] == {"count": 0, "members": []}  # nothing cut: the answer's shape is as before

@@ -285,6 +285,11 @@ class PresenceSettings:
         15.0, "Redis: members of a node that stopped (crashed) disappear from presence within this time",
         duration=True, minimum=1,
     )
+    max_answer_bytes: int = setting(
+        1_048_576, "Bytes of members one `presence` answer may list (the first that fit; `count` stays the "
+        "room's whole count, and `truncated` says some were left out); at most websocket.send_queue_bytes",
+        minimum=1024,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -892,12 +897,14 @@ def _check_relations(settings: Settings) -> None:
             f"at most a quarter of {_labelled('websocket.timeout')}, {_show_duration(ws.timeout / 4)} (the drain "
             f"gets half of it, and closing takes time too), with {_labelled('shutdown.mode')} = \"restart\""
         )
-    if settings.history.max_answer_bytes > ws.send_queue_bytes:
-        raise ConfigError(
-            f"invalid setting {_labelled('history.max_answer_bytes')} = {settings.history.max_answer_bytes}: expected "
-            f"at most {_labelled('websocket.send_queue_bytes')} = {ws.send_queue_bytes} (an answer must fit in what "
-            "may wait for one client)"
-        )
+    for key, answer_bytes in (("history.max_answer_bytes", settings.history.max_answer_bytes),
+                              ("presence.max_answer_bytes", settings.presence.max_answer_bytes)):
+        if answer_bytes > ws.send_queue_bytes:
+            raise ConfigError(
+                f"invalid setting {_labelled(key)} = {answer_bytes}: expected at most "
+                f"{_labelled('websocket.send_queue_bytes')} = {ws.send_queue_bytes} (an answer must fit in what "
+                "may wait for one client)"
+            )
     if ws.pong_wait <= ws.ping_interval:
         raise ConfigError(
             f"invalid setting {_labelled('websocket.pong_wait')} = {_show_duration(ws.pong_wait)}: expected a "

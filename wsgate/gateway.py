@@ -26,7 +26,7 @@ from .connection import State
 from .protocol import ClientError, ClientGone
 from .routing import Router
 from .supervision import Supervisor
-from .types import Client
+from .types import Client, Members
 
 
 def _history_unavailable() -> ClientError:
@@ -171,13 +171,21 @@ class Gateway:
         except BrokerError:
             raise _history_unavailable() from None
 
-    async def presence(self, room: str) -> list[bytes]:
+    async def presence(self, room: str) -> Members:
         if not self._presence.rooms.match(room):
             raise ClientError(protocol.NO_PRESENCE, "presence.rooms does not include this room")
         try:
-            return await self._presence.members(room)
+            members = await self._presence.members(room)
         except PresenceError:
             raise ClientError(protocol.PRESENCE_UNAVAILABLE, "the presence store cannot be reached; try again") from None
+        room_left = self._settings.presence.max_answer_bytes
+        listed = []
+        for member in members:  # the first that fit: an answer is bounded like every other (README, Security)
+            room_left -= len(member) + 1
+            if room_left < 0:
+                break
+            listed.append(member)
+        return Members(listed, len(members))
 
     # --- clients and operations ---------------------------------------------------------
 

@@ -15,7 +15,18 @@ from typing import Any, Protocol, runtime_checkable
 from .history import Position
 from .protocol import MESSAGE, Message
 
-__all__ = ["Client", "Gateway", "Handler", "Position"]
+__all__ = ["Client", "Gateway", "Handler", "Members", "Position"]
+
+
+class Members(list[bytes]):
+    """The encoded members a presence answer lists, and `total`: how many the room has (more than listed when
+    the list was cut at `presence.max_answer_bytes`)."""
+
+    __slots__ = ("total",)
+
+    def __init__(self, listed: list[bytes], total: int) -> None:
+        super().__init__(listed)
+        self.total = total
 
 
 @runtime_checkable
@@ -148,8 +159,9 @@ class Gateway(Protocol):
         `history.max_answer_bytes` (always at least one, if any). Page back with `before` = the first
         message's offset. Raises `ClientError`: `room has no history`, `history is unavailable`."""
 
-    async def presence(self, room: str) -> list[bytes]:
-        """The encoded members of `room` on every node. Raises `ClientError`: `room has no presence`,
+    async def presence(self, room: str) -> Members:
+        """The encoded members of `room` on every node: the first that fit in `presence.max_answer_bytes`, and
+        how many there are (`Members.total`). Raises `ClientError`: `room has no presence`,
         `presence is unavailable`."""
 
     # --- clients and operations ---------------------------------------------------------

@@ -79,13 +79,15 @@ async def history(client: Client, message: Message) -> None:
 
 
 async def presence(client: Client, message: Message) -> None:
-    """`{"type":"presence","room":R}` -> the room's members on every node, and how many."""
+    """`{"type":"presence","room":R}` -> the room's members on every node, and how many; a list cut at
+    `presence.max_answer_bytes` says so with `"truncated": true` (`count` is always the whole count)."""
     room = message.require_room()
     await client.gateway.authorize(client, protocol.PRESENCE, room)
     members = await client.gateway.presence(room)
     client.enqueue(
-        b'{"type":"presence","room":%s,"data":{"count":%d,"members":[%s]},"timestamp":%d}'
-        % (protocol.dumps(room), len(members), b",".join(members), protocol.now_ms())
+        b'{"type":"presence","room":%s,"data":{"count":%d,"members":[%s]%s},"timestamp":%d}'
+        % (protocol.dumps(room), members.total, b",".join(members),
+           b',"truncated":true' if members.total > len(members) else b"", protocol.now_ms())
     )
 
 
