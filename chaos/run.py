@@ -50,28 +50,14 @@ from wsgate.sdk.publisher import HttpPublisher, PublishError, PublishOutcomeUnkn
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # (run as a script from chaos/: the fault model's harness is beside it)
+from faults.harness import free_port, wait_port  # noqa: E402
+
 KEY = "chaos-api-key"
 PREFIX = "chaos"
 ROOMS = [f"chaos:{n}" for n in range(20)]
 SLOW_CONSUMERS = 3
 SLOW_LANE = "slow-lane"  # a plain room where 8 KB messages go 50 times a second: readers that stall fall behind
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-async def wait_port(port: int, timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.05)  # the process is starting: nothing else to wait on
 
 
 class Redis:
