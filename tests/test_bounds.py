@@ -103,7 +103,8 @@ async def test_a_subscriber_that_never_reads_is_bounded_in_bytes_not_messages(ws
 
 async def test_plugin_replies_count_against_the_byte_bound(wsgate_server: StartServer) -> None:
     """A plugin's `client.send` to a client that never reads: the same bound as fan-out."""
-    server = await wsgate_server(websocket={"send_queue_bytes": 65_536}, history={"max_answer_bytes": 32_768})
+    server = await wsgate_server(websocket={"send_queue_bytes": 65_536}, history={"max_answer_bytes": 32_768},
+                                 presence={"max_answer_bytes": 32_768})
     stalled = StalledClient()
     try:
         await stalled.join(server.test_server.port, "any")  # type: ignore[arg-type]

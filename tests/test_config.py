@@ -104,6 +104,8 @@ def test_settings_are_immutable() -> None:
         ("", {"WEBSOCKET_PONG_WAIT": "10s"}, "invalid setting websocket.pong_wait (WEBSOCKET_PONG_WAIT) = 10s: expected a duration greater than websocket.ping_interval = 54s"),
         # errors of settings checked together, or entry by entry, name the variables too (the first hour, 4)
         ("", {"WEBSOCKET_PING_INTERVAL": "2m"}, "invalid setting websocket.pong_wait = 60s: expected a duration greater than websocket.ping_interval (WEBSOCKET_PING_INTERVAL) = 120s"),
+        ("[websocket]\nsend_queue_bytes = 65536\n", {}, "invalid setting history.max_answer_bytes = 1048576: expected at most websocket.send_queue_bytes = 65536 (an answer must fit in what may wait for one client)"),
+        ("[history]\nmax_answer_bytes = 1024\n", {"WEBSOCKET_SEND_QUEUE_BYTES": "65536"}, "invalid setting presence.max_answer_bytes = 1048576: expected at most websocket.send_queue_bytes (WEBSOCKET_SEND_QUEUE_BYTES) = 65536 (an answer must fit in what may wait for one client)"),
         ("", {"WSGATE_METRICS__PATH": "/health"}, "invalid setting metrics.path (WSGATE_METRICS__PATH) = '/health': expected a path other than"),
         ("", {"WEBSOCKET_LIMITS_ROOM_NAME_PATTERN": "["}, "invalid setting websocket.limits.room_name_pattern (WEBSOCKET_LIMITS_ROOM_NAME_PATTERN) = '[': expected a regular expression"),
         ("", {"WSGATE_AUTH__ROOMS": '["bad"]'}, "invalid setting auth.rooms (WSGATE_AUTH__ROOMS) entry 'bad': expected"),

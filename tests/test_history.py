@@ -481,7 +481,8 @@ async def test_history_answers_count_against_the_byte_rate(wsgate_server: StartS
 
 
 async def test_live_messages_held_for_a_recovering_client_are_bounded_in_bytes(wsgate_server: StartServer) -> None:
-    server = await wsgate_server(history={**HISTORY, "max_answer_bytes": 32_768}, websocket={"send_queue_bytes": 65_536})
+    server = await wsgate_server(history={**HISTORY, "max_answer_bytes": 32_768}, presence={"max_answer_bytes": 32_768},
+                                 websocket={"send_queue_bytes": 65_536})
     client = await server.connect()
     conn = server.hub.connections[client.id]
     hub = server.hub
