@@ -19,6 +19,8 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
+from wsgate.testing import eventually
+
 from .conftest import PrivateRedis
 from .processes import Process, environment, start_wsgate
 
@@ -95,9 +97,10 @@ async def listed_nodes(redis: Any) -> set[bytes]:
 
 async def until_listed(redis: Any, count: int) -> None:
     """Every node has written its members (it lists itself on its first write): polled, Redis has no event."""
-    async with asyncio.timeout(10):
-        while len(await listed_nodes(redis)) != count:
-            await asyncio.sleep(0.02)
+    async def listed() -> bool:
+        return len(await listed_nodes(redis)) == count
+
+    await eventually(listed, 10)
 
 
 async def test_members_of_a_killed_node_leave_exactly_once_on_every_survivor(private_redis: PrivateRedis) -> None:

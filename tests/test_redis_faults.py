@@ -62,6 +62,15 @@ async def ready(server: Server) -> tuple[int, dict[str, Any]]:
         return resp.status, await resp.json()
 
 
+async def _status_is(server: Server, status: int) -> bool:
+    """Whether /ready answers `status` now (its verdict comes from the broker's probe, in the background)."""
+    return (await ready(server))[0] == status
+
+
+async def _truthy(value: Any) -> bool:
+    return bool(await value)
+
+
 # --- item 2: a reconnect that the Redis client hides is still a reconnect ------------------------------
 
 
@@ -107,9 +116,7 @@ async def test_killed_pubsub_and_normal_clients_are_seen_logged_and_counted_by_k
                      BOUND)
     for kind in ("commands", "presence"):
         assert reconnect_lines(caplog, kind)
-    async with asyncio.timeout(BOUND):
-        while not await admin.get(config_key):
-            await asyncio.sleep(0.05)  # written by the node's restore task: nothing to wait on from here
+    await eventually(lambda: _truthy(admin.get(config_key)), BOUND)  # written again by the node's restore task
     await on_a.send({"type": "publish", "room": "p1", "data": "still"})
     assert (await on_b.recv())["data"] == "still"
 
@@ -129,15 +136,17 @@ async def test_a_redis_that_came_back_empty_gets_the_nodes_state_again(
         answer = await on_a.request({"type": "presence", "room": "h1"})
         return int(answer["data"]["count"])
 
-    async with asyncio.timeout(BOUND):
-        while await count() != 2:
-            await asyncio.sleep(0.05)  # b writes its member in the background: nothing to wait on from here
+    async def both_present() -> bool:
+        return await count() == 2
+
+    await eventually(both_present, BOUND)  # b writes its member in the background
     await admin.flushall()
     for kind in ("pubsub", "normal"):
         await admin.client_kill_filter(_type=kind, skipme=True)
-    async with asyncio.timeout(BOUND):  # node_ttl / 3 + the beat's round trip
-        while not (await admin.get(config_key) and await count() == 2):
-            await asyncio.sleep(0.05)
+    async def restored() -> bool:
+        return bool(await admin.get(config_key)) and await both_present()
+
+    await eventually(restored, BOUND)  # node_ttl / 3 + the beat's round trip
     node_keys = [key async for key in admin.scan_iter(f"{broker_prefix}:node:*")]
     assert len(node_keys) == 2
     await on_b.send({"type": "publish", "room": "h1", "data": "again"})
@@ -187,21 +196,18 @@ async def test_redis_that_refuses_writes_makes_the_broker_degraded_then_recovers
     on_a = await joined(a, "h1")
     assert (await ready(a))[0] == 200
     await refuse_writes(admin, how)
-    async with asyncio.timeout(1.2 + 0.5):  # probe_interval (200ms) + connect_timeout (1s) + a round trip
-        while (await ready(a))[0] != 503:
-            await asyncio.sleep(0.02)  # the probe runs in the background: poll its verdict
+    await eventually(lambda: _status_is(a, 503), BOUND)  # (the bound itself is measured by `make faults`)
     assert (await ready(a))[1]["reasons"] == ["broker degraded"]
     assert (await a.health())[1]["broker"] == "degraded"
     seen = await rejected_sets(admin)
-    async with asyncio.timeout(BOUND):
-        while await rejected_sets(admin) < seen + 3:  # three more probes refused
-            await asyncio.sleep(0.05)
+    async def refused_thrice() -> bool:  # three more probes refused
+        return await rejected_sets(admin) >= seen + 3
+
+    await eventually(refused_thrice, BOUND)
     refusals = [r for r in caplog.records if "Redis refuses writes" in r.getMessage()]
     assert len(refusals) == 1 and ("ReadOnlyError" if how == "replica" else "OutOfMemoryError") in refusals[0].getMessage()
     await take_writes(admin, how)
-    async with asyncio.timeout(BOUND):
-        while (await ready(a))[0] != 200:
-            await asyncio.sleep(0.02)
+    await eventually(lambda: _status_is(a, 200), BOUND)
     assert "Redis takes writes again" in caplog.text
     await on_a.send({"type": "publish", "room": "h1", "data": "taken"})
     assert (await on_a.recv())["data"] == "taken"

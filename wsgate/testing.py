@@ -190,8 +190,14 @@ async def wait_until(event: asyncio.Event) -> None:
     await asyncio.wait_for(event.wait(), TIMEOUT)
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Wait until `condition()` holds, checking every 10 ms; for state with no event to wait on."""
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: float = TIMEOUT) -> None:
+    """Wait until `condition()` holds (it may be async: a read of Redis, an HTTP probe), checking every 10 ms;
+    for state with no event to wait on, such as another process's or Redis's."""
     async with asyncio.timeout(timeout):
-        while not condition():
+        while True:
+            holds = condition()
+            if not isinstance(holds, bool):
+                holds = await holds
+            if holds:
+                return
             await asyncio.sleep(0.01)
