@@ -10,9 +10,12 @@ run: $(VENV)/.installed
 
 SHELL := /bin/bash
 
-# The layer contracts (setup.cfg [importlinter]) and strict typing (setup.cfg [mypy]) first, then the tests. With nothing answering on 6379 (and no
+# Lint and formatting (pyproject [tool.ruff]), the layer contracts (setup.cfg [importlinter]) and strict typing
+# (setup.cfg [mypy]) first, then the tests. With nothing answering on 6379 (and no
 # WSGATE_TEST_REDIS_URL), a private redis-server runs for the tests on a free port and stops after them.
 test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 	@if [ -z "$$WSGATE_TEST_REDIS_URL" ] && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null \

@@ -59,8 +59,11 @@ class Counter(asyncio.Protocol):
             self.upgraded.set_result(None)
             payload = json.dumps({"type": "subscribe", "room": self.room}).encode()
             mask = os.urandom(4)
-            self.transport.write(bytes((0x81, 0x80 | len(payload))) + mask  # type: ignore[attr-defined]
-                                 + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+            self.transport.write(
+                bytes((0x81, 0x80 | len(payload)))
+                + mask  # type: ignore[attr-defined]
+                + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            )
         while len(self.buffer) >= 2:  # parse frames only until `subscribed`
             size = self.buffer[1] & 0x7F
             head = 2 if size < 126 else 4 if size == 126 else 10
@@ -70,7 +73,7 @@ class Counter(asyncio.Protocol):
                 size = int.from_bytes(self.buffer[2:head], "big")
             if len(self.buffer) < head + size:
                 return
-            payload, self.buffer = self.buffer[head:head + size], self.buffer[head + size:]
+            payload, self.buffer = self.buffer[head : head + size], self.buffer[head + size :]
             if b'"subscribed"' in payload:
                 self.bytes = len(self.buffer)
                 self.subscribed.set_result(None)
@@ -117,7 +120,7 @@ class Client(WSListener):
             if self.latencies is not None:
                 start = payload.find(b'["', payload.find(b'"data"')) + 2  # tolerant of `: ` spacing
                 if start > 1:
-                    self.latencies.append(time.monotonic_ns() - int(payload[start:start + 20]))
+                    self.latencies.append(time.monotonic_ns() - int(payload[start : start + 20]))
                     self.frame_size = len(payload) + (2 if len(payload) < 126 else 4)
             if self.on_message is not None:
                 self.on_message(self, payload)
@@ -230,9 +233,13 @@ async def fanout(urls: list[str], subscribers: int, window: int, duration: float
     deadline = time.monotonic() + 10
     while delivered() < sent * subscribers and time.monotonic() < deadline:
         await asyncio.sleep(0.2)  # in-flight messages still arriving
-    return {"deliveries_per_s": during / duration, "p50_ms": percentile(latencies, 0.5),
-            "p99_ms": percentile(latencies, 0.99), "loss": round(sent * subscribers - delivered()),
-            "loadgen_cpu": cpu.share}
+    return {
+        "deliveries_per_s": during / duration,
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+        "loss": round(sent * subscribers - delivered()),
+        "loadgen_cpu": cpu.share,
+    }
 
 
 async def settle(clients: list[Client], expected: int, timeout: float = 10.0) -> None:
@@ -318,8 +325,12 @@ async def latency(url: str, subscribers: int, rate: float, duration: float) -> d
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     await settle(subs, seq)
     values = [lat for c in subs for lat in c.latencies or ()]
-    return {"p50_ms": percentile(values, 0.5), "p99_ms": percentile(values, 0.99),
-            "loss": sum(seq - c.received for c in subs), "loadgen_cpu": cpu.share}
+    return {
+        "p50_ms": percentile(values, 0.5),
+        "p99_ms": percentile(values, 0.99),
+        "loss": sum(seq - c.received for c in subs),
+        "loadgen_cpu": cpu.share,
+    }
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -34,39 +33,78 @@ REDIS_URL = os.environ.get("WSGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 
 # name: (loadgen arguments, servers it runs on, figures to report)
 SCENARIOS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
-    "fanout-100-w32": (["fanout", "--subscribers", "100", "--window", "32"], ("naive", "wsgate"),
-                       ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
-    "fanout-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("naive", "wsgate"),
-                        ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
-    "fanout-1000-w128": (["fanout", "--subscribers", "1000", "--window", "128"], ("naive", "wsgate"),
-                         ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
-    "fanout-5000-w32": (["fanout", "--subscribers", "5000", "--window", "32"], ("naive", "wsgate"),
-                        ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
-    "many-rooms-2000x2": (["many_rooms", "--rooms", "2000", "--window", "4"], ("naive", "wsgate"),
-                          ("deliveries_per_s",)),
-    "idle-10000": (["idle", "--connections", "10000"], ("naive", "wsgate"),
-                   ("rss_kb_per_connection", "connect_s", "broadcast_s")),
-    "latency-100-at-100/s": (["latency", "--subscribers", "100", "--rate", "100", "--duration", "5"],
-                             ("naive", "wsgate"), ("p50_ms", "p99_ms", "loss")),
-    "cross-node-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("wsgate", "wsgate-2-nodes"),
-                            ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
-    "echo-plugin-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("wsgate", "wsgate-plugins"),
-                             ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
-    "limits-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("wsgate", "wsgate-limits"),
-                        ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
-    "history-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"], ("wsgate", "wsgate-history"),
-                         ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
-    "history-2-nodes-1000-w32": (["fanout", "--subscribers", "1000", "--window", "32"],
-                                 ("wsgate-2-nodes", "wsgate-2-nodes-history"),
-                                 ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
-    "history-2-nodes-1000-w128": (["fanout", "--subscribers", "1000", "--window", "128"],
-                                  ("wsgate-2-nodes", "wsgate-2-nodes-history"),
-                                  ("deliveries_per_s", "p50_ms", "p99_ms", "loss")),
+    "fanout-100-w32": (
+        ["fanout", "--subscribers", "100", "--window", "32"],
+        ("naive", "wsgate"),
+        ("deliveries_per_s", "p50_ms", "p99_ms", "loss"),
+    ),
+    "fanout-1000-w32": (
+        ["fanout", "--subscribers", "1000", "--window", "32"],
+        ("naive", "wsgate"),
+        ("deliveries_per_s", "p50_ms", "p99_ms", "loss"),
+    ),
+    "fanout-1000-w128": (
+        ["fanout", "--subscribers", "1000", "--window", "128"],
+        ("naive", "wsgate"),
+        ("deliveries_per_s", "p50_ms", "p99_ms", "loss"),
+    ),
+    "fanout-5000-w32": (
+        ["fanout", "--subscribers", "5000", "--window", "32"],
+        ("naive", "wsgate"),
+        ("deliveries_per_s", "p50_ms", "p99_ms", "loss"),
+    ),
+    "many-rooms-2000x2": (
+        ["many_rooms", "--rooms", "2000", "--window", "4"],
+        ("naive", "wsgate"),
+        ("deliveries_per_s",),
+    ),
+    "idle-10000": (
+        ["idle", "--connections", "10000"],
+        ("naive", "wsgate"),
+        ("rss_kb_per_connection", "connect_s", "broadcast_s"),
+    ),
+    "latency-100-at-100/s": (
+        ["latency", "--subscribers", "100", "--rate", "100", "--duration", "5"],
+        ("naive", "wsgate"),
+        ("p50_ms", "p99_ms", "loss"),
+    ),
+    "cross-node-1000-w32": (
+        ["fanout", "--subscribers", "1000", "--window", "32"],
+        ("wsgate", "wsgate-2-nodes"),
+        ("deliveries_per_s", "p50_ms", "p99_ms", "loss"),
+    ),
+    "echo-plugin-1000-w32": (
+        ["fanout", "--subscribers", "1000", "--window", "32"],
+        ("wsgate", "wsgate-plugins"),
+        ("deliveries_per_s", "p50_ms", "p99_ms", "loss"),
+    ),
+    "limits-1000-w32": (
+        ["fanout", "--subscribers", "1000", "--window", "32"],
+        ("wsgate", "wsgate-limits"),
+        ("deliveries_per_s", "p50_ms", "p99_ms", "loss"),
+    ),
+    "history-1000-w32": (
+        ["fanout", "--subscribers", "1000", "--window", "32"],
+        ("wsgate", "wsgate-history"),
+        ("deliveries_per_s", "p50_ms", "p99_ms", "loss"),
+    ),
+    "history-2-nodes-1000-w32": (
+        ["fanout", "--subscribers", "1000", "--window", "32"],
+        ("wsgate-2-nodes", "wsgate-2-nodes-history"),
+        ("deliveries_per_s", "p50_ms", "p99_ms", "loss"),
+    ),
+    "history-2-nodes-1000-w128": (
+        ["fanout", "--subscribers", "1000", "--window", "128"],
+        ("wsgate-2-nodes", "wsgate-2-nodes-history"),
+        ("deliveries_per_s", "p50_ms", "p99_ms", "loss"),
+    ),
 }
 # wsgate-limits: every per-message check on, none of them refusing the benchmark's traffic.
 LIMITS = {
-    "WEBSOCKET_LIMITS_MESSAGES_PER_SECOND": "1000000", "WEBSOCKET_LIMITS_BYTES_PER_SECOND": "1000000000",
-    "WEBSOCKET_LIMITS_MAX_ROOMS_PER_CLIENT": "100", "WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_IP": "100000",
+    "WEBSOCKET_LIMITS_MESSAGES_PER_SECOND": "1000000",
+    "WEBSOCKET_LIMITS_BYTES_PER_SECOND": "1000000000",
+    "WEBSOCKET_LIMITS_MAX_ROOMS_PER_CLIENT": "100",
+    "WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_IP": "100000",
     "WEBSOCKET_LIMITS_ROOM_NAME_PATTERN": "[a-z0-9:-]+",
     "WSGATE_AUTH__ROOMS": '["private-* = identity", "user:{sub} = identity", "ops:* = claim:admin"]',
 }
@@ -86,9 +124,15 @@ def raise_fd_limit() -> None:
 
 def start_server(kind: str, prefix: str) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
     """Start the server(s) of `kind` pinned to core 0; returns the processes and their /ws URLs."""
-    env = {**os.environ, "WSGATE_LOGGING__LEVEL": "WARNING", "WSGATE_LOGGING__ACCESS_LOG": "false",
-           "WSGATE_PLUGINS__DISABLED": NO_EXAMPLE_PLUGINS, "WEBSOCKET_ENABLED": "true",
-           "WEBSOCKET_LIMITS_MAX_CONNECTIONS": "0", "WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM": "0"}
+    env = {
+        **os.environ,
+        "WSGATE_LOGGING__LEVEL": "WARNING",
+        "WSGATE_LOGGING__ACCESS_LOG": "false",
+        "WSGATE_PLUGINS__DISABLED": NO_EXAMPLE_PLUGINS,
+        "WEBSOCKET_ENABLED": "true",
+        "WEBSOCKET_LIMITS_MAX_CONNECTIONS": "0",
+        "WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM": "0",
+    }
     if kind == "wsgate-plugins":
         env.pop("WSGATE_PLUGINS__DISABLED")  # every installed plugin, echo included
     if kind == "wsgate-limits":
@@ -105,8 +149,15 @@ def start_server(kind: str, prefix: str) -> tuple[list[subprocess.Popen[bytes]],
             command = [PYTHON, str(HERE / "baselines" / "naive_hub.py"), "--port", str(port)]
         else:
             command = [PYTHON, "-m", "wsgate", "--host", "127.0.0.1", "--port", str(port)]
-        procs.append(subprocess.Popen(["taskset", "-c", "0", *command], env=env, cwd=ROOT,
-                                      preexec_fn=raise_fd_limit, stdout=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                ["taskset", "-c", "0", *command],
+                env=env,
+                cwd=ROOT,
+                preexec_fn=raise_fd_limit,
+                stdout=subprocess.DEVNULL,
+            )
+        )
         urls.append(f"ws://127.0.0.1:{port}/ws")
         wait_listening(port)
     return procs, urls
@@ -203,10 +254,24 @@ def main() -> None:
                 base = statistics.median(r[metric] for r in results[baseline])
                 ratio = ""
                 if kind != baseline and base and metric != "loss":
-                    ratio = f"{stats['median'] / base:.2f}x" if metric in HIGHER_IS_BETTER else f"{base / stats['median']:.2f}x"
+                    ratio = (
+                        f"{stats['median'] / base:.2f}x"
+                        if metric in HIGHER_IS_BETTER
+                        else f"{base / stats['median']:.2f}x"
+                    )
                 cpu = statistics.median(r["loadgen_cpu"] for r in results[kind])
-                rows.append((scenario, kind, metric, fmt(stats["median"], metric), fmt(stats["min"], metric),
-                             fmt(stats["max"], metric), ratio, f"{cpu:.0%}"))
+                rows.append(
+                    (
+                        scenario,
+                        kind,
+                        metric,
+                        fmt(stats["median"], metric),
+                        fmt(stats["min"], metric),
+                        fmt(stats["max"], metric),
+                        ratio,
+                        f"{cpu:.0%}",
+                    )
+                )
     write_results(rows, args)
 
 
@@ -216,8 +281,14 @@ def write_results(rows: list[tuple[str, ...]], args: argparse.Namespace) -> None
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     table = "\n".join(lines)
     print(table)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     Path(args.output).write_text(f"""# Benchmark results
 
 Measured {datetime.date.today().isoformat()} on {os.cpu_count()} cores ({cpu}), Python {platform.python_version()},
@@ -229,7 +300,8 @@ make a figure void.
 
 - naive: benchmarks/baselines/naive_hub.py, json.dumps + `await send_str` per recipient.
 - wsgate: `python -m wsgate`, in-memory broker, example plugins disabled.
-- wsgate-2-nodes: two wsgate processes sharing Redis (both on core 0); subscribers split over both, the publisher on the first.
+- wsgate-2-nodes: two wsgate processes sharing Redis (both on core 0); subscribers split over both, the publisher
+  on the first.
 - wsgate-plugins: wsgate with every installed plugin enabled (echo, users, token-auth).
 - wsgate-history, wsgate-2-nodes-history: the same servers with history kept for the benchmark's room
   (`history.rooms = ["bench"]`, 100 messages): every message gets an offset (in Redis: one Lua script per message).

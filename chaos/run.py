@@ -34,7 +34,6 @@ import platform
 import random
 import signal
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -71,9 +70,21 @@ class Redis:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-            "--appendfsync", "always", "--dir", str(self.dir),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(self.dir),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         await wait_port(self.port)
 
@@ -93,22 +104,41 @@ class Node:
         self.http = f"http://127.0.0.1:{self.port}"
         self.log = log_dir / f"{name}.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBSOCKET_", "WSGATE_"))}
-        self.env.update({
-            "WEBSOCKET_ENABLED": "true", "WSGATE_BROKER__URL": redis_url, "WSGATE_BROKER__PREFIX": PREFIX,
-            "WSGATE_BROKER__REQUIRED": "false", "WSGATE_BROKER__CONNECT_TIMEOUT": "2s",
-            "WSGATE_BROKER__PROBE_INTERVAL": "2s",
-            "WSGATE_HISTORY__ROOMS": '["chaos:*"]', "WSGATE_HISTORY__SIZE": "100000", "WSGATE_HISTORY__TTL": "1h",
-            "WSGATE_SHUTDOWN__MODE": "restart", "WSGATE_SHUTDOWN__WINDOW": "2s", "WSGATE_API__KEY": KEY,
-            "WSGATE_PLUGINS__MODULES": '["chaos_plugin"]', "WSGATE_LOGGING__ACCESS_LOG": "false",
-            "PYTHONPATH": os.pathsep.join([str(HERE), self.env.get("PYTHONPATH", "")]),
-        })
+        self.env.update(
+            {
+                "WEBSOCKET_ENABLED": "true",
+                "WSGATE_BROKER__URL": redis_url,
+                "WSGATE_BROKER__PREFIX": PREFIX,
+                "WSGATE_BROKER__REQUIRED": "false",
+                "WSGATE_BROKER__CONNECT_TIMEOUT": "2s",
+                "WSGATE_BROKER__PROBE_INTERVAL": "2s",
+                "WSGATE_HISTORY__ROOMS": '["chaos:*"]',
+                "WSGATE_HISTORY__SIZE": "100000",
+                "WSGATE_HISTORY__TTL": "1h",
+                "WSGATE_SHUTDOWN__MODE": "restart",
+                "WSGATE_SHUTDOWN__WINDOW": "2s",
+                "WSGATE_API__KEY": KEY,
+                "WSGATE_PLUGINS__MODULES": '["chaos_plugin"]',
+                "WSGATE_LOGGING__ACCESS_LOG": "false",
+                "PYTHONPATH": os.pathsep.join([str(HERE), self.env.get("PYTHONPATH", "")]),
+            }
+        )
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "wsgate", "--host", "127.0.0.1", "--port", str(self.port),
-                env=self.env, cwd=HERE, stdout=out, stderr=out,
+                sys.executable,
+                "-m",
+                "wsgate",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                env=self.env,
+                cwd=HERE,
+                stdout=out,
+                stderr=out,
             )
         await wait_port(self.port)
 
@@ -179,14 +209,19 @@ async def slow_consumer(port: int, rooms: list[str], stop: asyncio.Event) -> Non
     try:
         await loop.sock_connect(sock, ("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
-        await loop.sock_sendall(sock, (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        await loop.sock_sendall(
+            sock,
+            (
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode(),
+        )
         for room in rooms:
             payload = f'{{"type":"subscribe","room":"{room}"}}'.encode()
             mask = os.urandom(4)
-            await loop.sock_sendall(sock, bytes([0x81, 0x80 | len(payload)]) + mask
-                                    + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+            await loop.sock_sendall(
+                sock, bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            )
         await stop.wait()
     finally:
         sock.close()
@@ -216,9 +251,12 @@ async def dropped_slow(node: Node) -> int:
     """How many clients node-a closed for not reading (slow consumer, write timeout), from its /metrics."""
     async with aiohttp.ClientSession() as session, session.get(node.http + "/metrics") as resp:
         text = await resp.text()
-    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
-               if line.startswith("websocket_connections_closed_total")
-               and ('reason="slow_consumer"' in line or 'reason="write_timeout"' in line))
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("websocket_connections_closed_total")
+        and ('reason="slow_consumer"' in line or 'reason="write_timeout"' in line)
+    )
 
 
 class Publishers:
@@ -235,7 +273,7 @@ class Publishers:
         urls = [node.url for node in self.nodes]
         tasks = []
         for n, room in enumerate(ROOMS):
-            client = GatewayClient(urls[n % 3:] + urls[:n % 3], backoff=(0.2, 2.0), request_timeout=15.0)
+            client = GatewayClient(urls[n % 3 :] + urls[: n % 3], backoff=(0.2, 2.0), request_timeout=15.0)
             await client.connect()
             await client.subscribe(room)
             self.clients.append(client)
@@ -317,13 +355,13 @@ async def main() -> int:
     for node in nodes:
         await node.start()
     urls = [node.url for node in nodes]
-    subscribers = [Subscriber(urls[n % 3:] + urls[:n % 3], ROOMS[n % len(ROOMS)]) for n in range(args.clients)]
+    subscribers = [Subscriber(urls[n % 3 :] + urls[: n % 3], ROOMS[n % len(ROOMS)]) for n in range(args.clients)]
     publishers = Publishers(nodes, args.period)
     events: list[str] = []
     rss_before = 0
     try:
         for batch in range(0, len(subscribers), 50):
-            await asyncio.gather(*(client.connect() for client in subscribers[batch:batch + 50]))
+            await asyncio.gather(*(client.connect() for client in subscribers[batch : batch + 50]))
         await asyncio.gather(*(client.subscribe(client.room) for client in subscribers))
         consumers = [asyncio.create_task(client.consume()) for client in subscribers]
         await asyncio.sleep(2)
@@ -340,8 +378,10 @@ async def main() -> int:
         cutters = [asyncio.create_task(cutter(client)) for client in subscribers]
         d = args.duration
 
-        slow = [asyncio.create_task(slow_consumer(nodes[0].port, [SLOW_LANE, *ROOMS], stop_faults))
-                for _ in range(SLOW_CONSUMERS)]
+        slow = [
+            asyncio.create_task(slow_consumer(nodes[0].port, [SLOW_LANE, *ROOMS], stop_faults))
+            for _ in range(SLOW_CONSUMERS)
+        ]
         flood = asyncio.create_task(flood_slow_lane(nodes[0].url, stop_faults))
 
         async def faults() -> None:
@@ -359,8 +399,10 @@ async def main() -> int:
 
         await faults()
         await asyncio.sleep(max(0.0, started + d - time.monotonic()))
-        events.append(f"slow consumers dropped by node-a: {await dropped_slow(nodes[0])} of {SLOW_CONSUMERS} "
-                      "(they subscribed to every room and never read)")
+        events.append(
+            f"slow consumers dropped by node-a: {await dropped_slow(nodes[0])} of {SLOW_CONSUMERS} "
+            "(they subscribed to every room and never read)"
+        )
         stop_faults.set()
         await asyncio.gather(*slow, flood)
         for task in cutters:
@@ -385,8 +427,16 @@ async def main() -> int:
         await redis.stop()
 
 
-def report(args: argparse.Namespace, subscribers: list[Subscriber], stored: dict[str, tuple[str, list[int]]],
-           publishers: Publishers, events: list[str], rss_before: int, rss_after: int, started: float) -> int:
+def report(
+    args: argparse.Namespace,
+    subscribers: list[Subscriber],
+    stored: dict[str, tuple[str, list[int]]],
+    publishers: Publishers,
+    events: list[str],
+    rss_before: int,
+    rss_after: int,
+    started: float,
+) -> int:
     rows = []
     totals = Counter[str]()
     latencies: list[float] = []
@@ -398,23 +448,43 @@ def report(args: argparse.Namespace, subscribers: list[Subscriber], stored: dict
             seen = [o for e, o in client.received if e == epoch]
             row["delivered"] += len(set(seen) & set(offsets))
             row["duplicates"] += len(seen) - len(set(seen))
-            row["order_violations"] += sum(1 for a, b in zip(seen, seen[1:]) if b <= a)
+            row["order_violations"] += sum(1 for a, b in zip(seen, seen[1:], strict=False) if b <= a)
             row["other_epoch"] += sum(1 for e, _ in client.received if e != epoch)
             for outcome in ("attempted", "succeeded", "refused"):
                 row[f"recoveries_{outcome}"] += client.recoveries[outcome]
             latencies += client.latencies
         rows.append((room, row))
         totals.update(row)
-    columns = ("stored", "expected", "delivered", "duplicates", "order_violations", "recoveries_attempted",
-               "recoveries_succeeded", "recoveries_refused")
+    columns = (
+        "stored",
+        "expected",
+        "delivered",
+        "duplicates",
+        "order_violations",
+        "recoveries_attempted",
+        "recoveries_succeeded",
+        "recoveries_refused",
+    )
     table = ["| room | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     table += [f"| {room} | " + " | ".join(f"{row[c]:,}" for c in columns) + " |" for room, row in rows]
     table.append("| **total** | " + " | ".join(f"**{totals[c]:,}**" for c in columns) + " |")
     share = totals["delivered"] / totals["expected"] if totals["expected"] else 0.0
-    ok = (totals["delivered"] == totals["expected"] and not totals["duplicates"] and not totals["order_violations"]
-          and not totals["recoveries_refused"] and totals["stored"] > 0)
-    command = " ".join(["chaos/run.py", f"--clients {args.clients}", f"--duration {args.duration:g}",
-                        f"--cut-every {args.cut_every:g}", f"--period {args.period:g}"])
+    ok = (
+        totals["delivered"] == totals["expected"]
+        and not totals["duplicates"]
+        and not totals["order_violations"]
+        and not totals["recoveries_refused"]
+        and totals["stored"] > 0
+    )
+    command = " ".join(
+        [
+            "chaos/run.py",
+            f"--clients {args.clients}",
+            f"--duration {args.duration:g}",
+            f"--cut-every {args.cut_every:g}",
+            f"--period {args.period:g}",
+        ]
+    )
     text = f"""# Chaos run results
 
 Measured {datetime.date.today().isoformat()} on {os.cpu_count()} cores, Python {platform.python_version()}, with

@@ -73,8 +73,21 @@ class RedisServer:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--enable-debug-command", "local", "--dir", str(self.dir), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--enable-debug-command",
+            "local",
+            "--dir",
+            str(self.dir),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         await wait_port(self.port)
 
@@ -180,8 +193,13 @@ class Node:
         self.name = name
         self.port = free_port()
         self.log = workdir / f"{name}.log"
-        self.settings = {"websocket.enabled": True, "plugins.modules": ["fault_plugin"],
-                         "plugins.disabled": EXAMPLE_PLUGINS, "logging.access_log": False, **settings}
+        self.settings = {
+            "websocket.enabled": True,
+            "plugins.modules": ["fault_plugin"],
+            "plugins.disabled": EXAMPLE_PLUGINS,
+            "logging.access_log": False,
+            **settings,
+        }
         self.proc: asyncio.subprocess.Process | None = None
         self._log_offset = 0
 
@@ -195,8 +213,17 @@ class Node:
     async def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "wsgate", "--host", "127.0.0.1", "--port", str(self.port),
-                env=node_environment(self.settings), cwd=HERE, stdout=out, stderr=out,
+                sys.executable,
+                "-m",
+                "wsgate",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                env=node_environment(self.settings),
+                cwd=HERE,
+                stdout=out,
+                stderr=out,
             )
         await self.wait_log(r"listening on 127\.0\.0\.1")
 
@@ -224,8 +251,9 @@ class Node:
 
     async def wait_log(self, pattern: str, timeout: float = WAIT, *, after: int = 0) -> None:
         """Wait until the log holds a line matching `pattern` (at or after character `after`)."""
-        await until(lambda: re.search(pattern, self.text()[after:]) is not None, f"{self.name} to log {pattern!r}",
-                    timeout)
+        await until(
+            lambda: re.search(pattern, self.text()[after:]) is not None, f"{self.name} to log {pattern!r}", timeout
+        )
 
     async def get(self, path: str) -> tuple[int, dict[str, Any]]:
         async with aiohttp.ClientSession() as session, session.get(self.url(path)) as resp:
@@ -309,8 +337,9 @@ class Member:
         assert self._ws is not None
         await self._ws.send_str(json.dumps(message))
 
-    async def wait_for(self, match: Callable[[dict[str, Any]], bool], timeout: float = WAIT,
-                       start: int = 0) -> dict[str, Any]:
+    async def wait_for(
+        self, match: Callable[[dict[str, Any]], bool], timeout: float = WAIT, start: int = 0
+    ) -> dict[str, Any]:
         """The first message (from index `start`) that `match`es, waiting for it."""
         async with asyncio.timeout(timeout), self.changed:
             while True:
@@ -321,15 +350,18 @@ class Member:
                     raise AssertionError(f"{self.name} was closed ({self.close_code}) before the message came")
                 await self.changed.wait()
 
-    async def request(self, message: dict[str, Any], answer: Callable[[dict[str, Any]], bool],
-                      timeout: float = WAIT) -> dict[str, Any]:
+    async def request(
+        self, message: dict[str, Any], answer: Callable[[dict[str, Any]], bool], timeout: float = WAIT
+    ) -> dict[str, Any]:
         start = len(self.messages)
         await self.send(message)
         return await self.wait_for(answer, timeout, start)
 
     async def subscribe(self, room: str, **fields: Any) -> dict[str, Any]:
-        return await self.request({"type": "subscribe", "room": room, **fields},
-                                  lambda m: m["type"] == "error" or (m.get("room") == room and m["type"] == "subscribed"))
+        return await self.request(
+            {"type": "subscribe", "room": room, **fields},
+            lambda m: m["type"] == "error" or (m.get("room") == room and m["type"] == "subscribed"),
+        )
 
     async def ping(self, timeout: float = WAIT) -> None:
         await self.request({"type": "ping"}, lambda m: m["type"] == "pong", timeout)
@@ -379,8 +411,9 @@ class World:
         self.proxies.append(proxy)
         return proxy
 
-    async def node(self, name: str, settings: dict[str, Any] | None = None, *, via: TcpProxy | None = None,
-                   redis: bool = True) -> Node:
+    async def node(
+        self, name: str, settings: dict[str, Any] | None = None, *, via: TcpProxy | None = None, redis: bool = True
+    ) -> Node:
         """A node; on the world's Redis (through `via` when given) unless `redis` is False."""
         settings = dict(settings or {})
         if redis and self.redis is not None:

@@ -12,17 +12,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 PROMISES = {
-    "told": "What a publisher is told matches what happened: \"not sent\" only for a message nobody got, \"outcome "
-            "unknown\" where the gateway cannot know, and a message it was told was sent reaches every member that "
-            "stayed.",
-    "history": "Every message kept in history reaches every member that stayed or resumed, exactly once and in "
-               "order.",
+    "told": 'What a publisher is told matches what happened: "not sent" only for a message nobody got, "outcome '
+    'unknown" where the gateway cannot know, and a message it was told was sent reaches every member that '
+    "stayed.",
+    "history": "Every message kept in history reaches every member that stayed or resumed, exactly once and in order.",
     "presence": "Presence agrees on every node within presence.node_ttl plus 2 s, and its join and leave events "
-                "match it.",
+    "match it.",
     "health": "/health and /ready tell the truth within a stated bound (broker.probe_interval plus "
-              "broker.connect_timeout): 503 from /ready while the broker cannot do its work, 200 once it can.",
+    "broker.connect_timeout): 503 from /ready while the broker cannot do its work, 200 once it can.",
     "bounded": "Memory per client stays bounded (websocket.send_queue_bytes), and no task, socket or descriptor "
-               "is leaked: once the clients are gone, the node holds none of their sockets.",
+    "is leaked: once the clients are gone, the node holds none of their sockets.",
     "logged": "Every fault is logged once, with its kind, never per message, and never as a traceback.",
 }
 

@@ -1,6 +1,6 @@
 """The fault model: every scenario of the catalogue against real processes, every promise checked after each.
 
-    make faults                                    # the whole catalogue (under 15 minutes), results in faults/RESULTS.md
+    make faults      # the whole catalogue (under 15 minutes), results in faults/RESULTS.md
     .venv/bin/python -m faults.run --quick         # the part `make test` runs (tests/test_faults.py)
     .venv/bin/python -m faults.run redis-stall-long node-sigkill   # some scenarios, by name
 
@@ -72,22 +72,34 @@ def table(outcomes: list[Outcome]) -> str:
     lines = ["| scenario | fault | promises checked | result | seconds |", "|---|---|---|---|---|"]
     for o in outcomes:
         result = "pass" if o.verdicts.passed else "FAIL: " + "; ".join(f"{p}: {v}" for p, v in o.verdicts.violations)
-        lines.append(f"| `{o.scenario.name}` | {o.scenario.fault} | {', '.join(sorted(o.verdicts.checked))} | "
-                     f"{result.replace('|', '/')} | {o.seconds:.1f} |")
+        lines.append(
+            f"| `{o.scenario.name}` | {o.scenario.fault} | {', '.join(sorted(o.verdicts.checked))} | "
+            f"{result.replace('|', '/')} | {o.seconds:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def report(outcomes: list[Outcome], command: str) -> str:
     passed = sum(o.verdicts.passed for o in outcomes)
-    return "\n".join([
-        "# Fault model results", "",
-        f"Command: `{command}`  ",
-        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}  ",
-        f"Result: {'PASS' if passed == len(outcomes) else 'FAIL'} ({passed} of {len(outcomes)} scenarios)", "",
-        "## Promises", "", *[f"- **{name}**: {text}" for name, text in PROMISES.items()], "",
-        "## Scenarios", "", table(outcomes), "",
-    ])
+    return "\n".join(
+        [
+            "# Fault model results",
+            "",
+            f"Command: `{command}`  ",
+            f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  ",
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}  ",
+            f"Result: {'PASS' if passed == len(outcomes) else 'FAIL'} ({passed} of {len(outcomes)} scenarios)",
+            "",
+            "## Promises",
+            "",
+            *[f"- **{name}**: {text}" for name, text in PROMISES.items()],
+            "",
+            "## Scenarios",
+            "",
+            table(outcomes),
+            "",
+        ]
+    )
 
 
 async def main(names: list[str], quick: bool, output: Path | None) -> int:

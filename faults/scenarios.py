@@ -25,8 +25,13 @@ from .invariants import NOT_SENT, OK, UNKNOWN, Verdicts, exactly_once_in_order, 
 
 Run = Callable[[World, Verdicts], Awaitable[None]]
 
-REDIS = {"broker.connect_timeout": "1s", "broker.probe_interval": "250ms", "broker.required": False,
-         "history.rooms": ["h:*"], "presence.rooms": ["p:*"]}
+REDIS = {
+    "broker.connect_timeout": "1s",
+    "broker.probe_interval": "250ms",
+    "broker.required": False,
+    "history.rooms": ["h:*"],
+    "presence.rooms": ["p:*"],
+}
 HEALTH_BOUND = 0.25 + 1.0 + 1.0  # probe_interval + connect_timeout, and a second of slack for a loaded machine
 
 
@@ -46,6 +51,7 @@ def scenario(fault: str, *promises: str, quick: bool = False) -> Callable[[Run],
     def register(run: Run) -> Run:
         CATALOGUE.append(Scenario(run.__name__.replace("_", "-"), fault, promises, run, quick))
         return run
+
     return register
 
 
@@ -59,7 +65,9 @@ async def publish(member: Member, room: str, key: str, timeout: float = WAIT) ->
     await member.send({"type": "publish", "room": room, "data": {"key": key}})
     answer = await member.wait_for(
         lambda m: (m["type"] == "error") or (m.get("room") == room and (m.get("data") or {}).get("key") == key),
-        timeout, start)
+        timeout,
+        start,
+    )
     if answer["type"] != "error":
         return OK
     if answer["error"] == "history is unavailable" and str(answer.get("detail", "")).startswith("the message was not"):
@@ -68,7 +76,9 @@ async def publish(member: Member, room: str, key: str, timeout: float = WAIT) ->
 
 
 def keys_seen(member: Member, room: str) -> Counter[str]:
-    return Counter(m["data"]["key"] for m in member.of_room(room) if isinstance(m.get("data"), dict) and "key" in m["data"])
+    return Counter(
+        m["data"]["key"] for m in member.of_room(room) if isinstance(m.get("data"), dict) and "key" in m["data"]
+    )
 
 
 def stamps(member: Member, room: str) -> list[tuple[str, int]]:
@@ -101,8 +111,9 @@ async def until_ok(member: Member, room: str, key: str) -> str:
     return sent
 
 
-async def two_nodes(world: World, room: str, settings: dict[str, Any] | None = None, *, via: bool = False
-                    ) -> tuple[Node, Node, Member, Member, Member]:
+async def two_nodes(
+    world: World, room: str, settings: dict[str, Any] | None = None, *, via: bool = False
+) -> tuple[Node, Node, Member, Member, Member]:
     """Nodes A and B on one Redis; a publisher and a member on A, a member on B, all in `room`."""
     await world.start_redis()
     link = await world.link() if via else None
@@ -155,9 +166,13 @@ class RawClient:
         loop = asyncio.get_running_loop()
         await loop.sock_connect(self.sock, ("127.0.0.1", node.port))
         key = base64.b64encode(os.urandom(16)).decode()
-        await loop.sock_sendall(self.sock, (
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        await loop.sock_sendall(
+            self.sock,
+            (
+                "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode(),
+        )
         for room in rooms:
             await self.send(0x1, f'{{"type":"subscribe","room":"{room}"}}'.encode())
         seen = b""
@@ -176,8 +191,9 @@ class RawClient:
 
 def frame(opcode: int, payload: bytes) -> bytes:
     mask = os.urandom(4)
-    head = bytes([0x80 | opcode]) + (bytes([0x80 | len(payload)]) if len(payload) < 126
-                                     else struct.pack("!BH", 0x80 | 126, len(payload)))
+    head = bytes([0x80 | opcode]) + (
+        bytes([0x80 | len(payload)]) if len(payload) < 126 else struct.pack("!BH", 0x80 | 126, len(payload))
+    )
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
@@ -206,8 +222,9 @@ async def redis_stall_long(world: World, verdicts: Verdicts) -> None:
     await check_delivery(verdicts, outcomes, "h:1", [publisher, ma, mb])
 
 
-@scenario("Redis restarts and comes back empty, sooner than broker.connect_timeout", "told", "history", "health",
-          quick=True)
+@scenario(
+    "Redis restarts and comes back empty, sooner than broker.connect_timeout", "told", "history", "health", quick=True
+)
 async def redis_restart_empty(world: World, verdicts: Verdicts) -> None:
     a, b, publisher, ma, mb = await two_nodes(world, "h:1")
     assert world.redis is not None
@@ -228,8 +245,11 @@ async def redis_down_long(world: World, verdicts: Verdicts) -> None:
     await world.redis.stop()
     await ready_within(a, 503, HEALTH_BOUND, verdicts, "Redis went away")
     outcomes = {"down": await publish(publisher, "h:1", "down")}
-    verdicts.that("told", outcomes["down"] == NOT_SENT, f"with Redis down for seconds the publisher was told "
-                                                        f"{outcomes['down']}, not 'not sent'")
+    verdicts.that(
+        "told",
+        outcomes["down"] == NOT_SENT,
+        f"with Redis down for seconds the publisher was told {outcomes['down']}, not 'not sent'",
+    )
     await world.redis.start()
     await ready_within(a, 200, HEALTH_BOUND, verdicts, "Redis came back")
     await check_delivery(verdicts, outcomes, "h:1", [publisher, ma, mb])
@@ -237,8 +257,9 @@ async def redis_down_long(world: World, verdicts: Verdicts) -> None:
         verdicts.add("logged", logged_at_most(node.text(), r"lost the connection to Redis", 1, node.name))
 
 
-@scenario("Redis kills the nodes' pub/sub connections (CLIENT KILL TYPE pubsub)", "told", "history", "logged",
-          quick=True)
+@scenario(
+    "Redis kills the nodes' pub/sub connections (CLIENT KILL TYPE pubsub)", "told", "history", "logged", quick=True
+)
 async def redis_kill_pubsub(world: World, verdicts: Verdicts) -> None:
     _, _, publisher, ma, mb = await two_nodes(world, "h:1")
     assert world.redis is not None
@@ -271,8 +292,9 @@ async def redis_kill_normal(world: World, verdicts: Verdicts) -> None:
     await check_delivery(verdicts, outcomes, "h:1", [publisher, ma, mb])
 
 
-@scenario("Redis is demoted to a read-only replica at the same address (a Sentinel failover)", "told", "health",
-          "logged")
+@scenario(
+    "Redis is demoted to a read-only replica at the same address (a Sentinel failover)", "told", "health", "logged"
+)
 async def redis_read_only(world: World, verdicts: Verdicts) -> None:
     a, _, publisher, ma, mb = await two_nodes(world, "h:1")
     assert world.redis is not None
@@ -352,14 +374,21 @@ async def node_sigkill_presence(world: World, verdicts: Verdicts) -> None:
     ma, mb = await world.member(a, "ma"), await world.member(b, "mb")
     await ma.subscribe("p:1")
     await mb.subscribe("p:1")
-    await ma.wait_for(lambda m: m["type"] == "presence_diff" and any(j["client_id"] == mb.id for j in m["data"]["joins"]))
+    await ma.wait_for(
+        lambda m: m["type"] == "presence_diff" and any(j["client_id"] == mb.id for j in m["data"]["joins"])
+    )
     await b.kill()
     started = time.monotonic()
-    await ma.wait_for(lambda m: m["type"] == "presence_diff" and any(l["client_id"] == mb.id for l in m["data"]["leaves"]),
-                      timeout=2 + 2 + 5)
+    await ma.wait_for(
+        lambda m: m["type"] == "presence_diff" and any(left["client_id"] == mb.id for left in m["data"]["leaves"]),
+        timeout=2 + 2 + 5,
+    )
     verdicts.add("presence", within(time.monotonic() - started, 2 + 2, "the dead node's member left after"))
-    leaves = [m for m in ma.messages if m["type"] == "presence_diff"
-              and any(l["client_id"] == mb.id for l in m["data"]["leaves"])]
+    leaves = [
+        m
+        for m in ma.messages
+        if m["type"] == "presence_diff" and any(left["client_id"] == mb.id for left in m["data"]["leaves"])
+    ]
     verdicts.that("presence", len(leaves) == 1, f"the leave came {len(leaves)} times")
     answer = await ma.request({"type": "presence", "room": "p:1"}, lambda m: m["type"] in ("presence", "error"))
     members = {m["client_id"] for m in answer.get("data", {}).get("members", [])}
@@ -393,8 +422,9 @@ async def link_partition_presence(world: World, verdicts: Verdicts) -> None:
     verdicts.that("presence", len(joins) == 1, f"the member came back {len(joins)} times")
 
 
-@scenario("A node is stopped with SIGTERM while a client has messages queued (shutdown.mode = drain)", "bounded",
-          quick=True)
+@scenario(
+    "A node is stopped with SIGTERM while a client has messages queued (shutdown.mode = drain)", "bounded", quick=True
+)
 async def node_sigterm_drain(world: World, verdicts: Verdicts) -> None:
     node = await world.node("solo", {"shutdown.mode": "drain"}, redis=False)
     member, publisher = await world.member(node, "reader"), await world.member(node, "publisher")
@@ -424,8 +454,9 @@ async def node_restart_mode(world: World, verdicts: Verdicts) -> None:
     answer = await resumed.subscribe("h:1", since={"epoch": position[0], "offset": position[1]})
     verdicts.that("history", answer["data"].get("recovered") is True, f"resuming after a restart: {answer}")
     await settle([publisher, ma, resumed], publisher, "h:1")
-    verdicts.add("history", exactly_once_in_order(stamps(mb, "h:1") + stamps(resumed, "h:1"),
-                                                  await kept(publisher, "h:1"), "mb"))
+    verdicts.add(
+        "history", exactly_once_in_order(stamps(mb, "h:1") + stamps(resumed, "h:1"), await kept(publisher, "h:1"), "mb")
+    )
 
 
 @scenario("A handler blocks the node's event loop for 2 s (ping_interval 1 s, pong_wait 1.5 s)", "bounded")
@@ -447,8 +478,11 @@ async def node_loop_stall(world: World, verdicts: Verdicts) -> None:
     finally:
         stop.set()
         await pinger
-    verdicts.that("bounded", not chatty.closed.is_set() and not staller.closed.is_set(),
-                  f"the server's own stall closed its clients ({chatty.close_code}, {staller.close_code})")
+    verdicts.that(
+        "bounded",
+        not chatty.closed.is_set() and not staller.closed.is_set(),
+        f"the server's own stall closed its clients ({chatty.close_code}, {staller.close_code})",
+    )
 
 
 # --- clients -----------------------------------------------------------------------------------------------
@@ -497,8 +531,9 @@ async def client_ping_flood(world: World, verdicts: Verdicts) -> None:
 
 @scenario("A client floods requests (websocket.limits.messages_per_second = 50)", "bounded", quick=True)
 async def client_request_flood(world: World, verdicts: Verdicts) -> None:
-    node = await world.node("solo", {"websocket.limits.messages_per_second": 50,
-                                     "websocket.limits.rate_limit_grace": "1s"}, redis=False)
+    node = await world.node(
+        "solo", {"websocket.limits.messages_per_second": 50, "websocket.limits.rate_limit_grace": "1s"}, redis=False
+    )
     flooder, bystander = await world.member(node, "flooder"), await world.member(node, "bystander")
 
     async def flood() -> None:  # as fast as it can, for longer than the grace
@@ -592,16 +627,19 @@ async def plugin_hook_slow(world: World, verdicts: Verdicts) -> None:
 # --- the earlier rounds' kinds -----------------------------------------------------------------------------
 
 
-@scenario("Undecodable and non-JSON input: control characters in names, NaN, 1e400, lone surrogates", "bounded",
-          quick=True)
+@scenario(
+    "Undecodable and non-JSON input: control characters in names, NaN, 1e400, lone surrogates", "bounded", quick=True
+)
 async def earlier_bad_input(world: World, verdicts: Verdicts) -> None:
     node = await world.node("solo", redis=False)
     member = await world.member(node, "m")
-    for text, error in [('{"type":"subscribe","room":"a\\u0000b"}', "invalid room name"),
-                        ('{"type":"publish","room":"r","data":NaN}', "invalid JSON format"),
-                        ('{"type":"publish","room":"r","data":1e400}', "invalid JSON format"),
-                        ('{"type":"publish","room":"r","data":"\\ud800"}', "invalid JSON format"),
-                        ('{"type":"subscribe","room":"evil\\u202etxt"}', "invalid room name")]:
+    for text, error in [
+        ('{"type":"subscribe","room":"a\\u0000b"}', "invalid room name"),
+        ('{"type":"publish","room":"r","data":NaN}', "invalid JSON format"),
+        ('{"type":"publish","room":"r","data":1e400}', "invalid JSON format"),
+        ('{"type":"publish","room":"r","data":"\\ud800"}', "invalid JSON format"),
+        ('{"type":"subscribe","room":"evil\\u202etxt"}', "invalid room name"),
+    ]:
         start = len(member.messages)
         assert member._ws is not None
         await member._ws.send_str(text)
@@ -619,5 +657,8 @@ async def earlier_token_expiry(world: World, verdicts: Verdicts) -> None:
     token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 2}, secret, algorithm="HS256")
     member = await world.member(node, "m", headers={"Authorization": f"Bearer {token}"})
     await member.closed.wait()
-    verdicts.that("bounded", (member.close_code, member.close_reason) == (4001, "token expired"),
-                  f"an expired token closed with {member.close_code} {member.close_reason!r}")
+    verdicts.that(
+        "bounded",
+        (member.close_code, member.close_reason) == (4001, "token expired"),
+        f"an expired token closed with {member.close_code} {member.close_reason!r}",
+    )

@@ -19,7 +19,6 @@ from hypothesis import settings as hypothesis_settings
 from wsgate.connection import Connection
 from wsgate.testing import TIMEOUT, Client, Server, StartServer
 
-
 # Property tests run on shared CI machines: no per-example deadline (their cost is the example count).
 hypothesis_settings.register_profile("wsgate", deadline=None)
 hypothesis_settings.load_profile("wsgate")
@@ -70,7 +69,9 @@ class StalledClient:
         assert len(payload) < 126
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await asyncio.get_running_loop().sock_sendall(self.sock, bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+        await asyncio.get_running_loop().sock_sendall(
+            self.sock, bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+        )
 
     def close(self) -> None:
         self.sock.close()
@@ -105,8 +106,10 @@ async def redis_url() -> str:
     try:
         await client.ping()
     except (OSError, aioredis.RedisError) as exc:
-        pytest.fail(f"these tests need Redis at {REDIS_URL} (WSGATE_TEST_REDIS_URL): {exc}; "
-                    'start one with: redis-server --daemonize yes --port 6379 --save "" --appendonly no')
+        pytest.fail(
+            f"these tests need Redis at {REDIS_URL} (WSGATE_TEST_REDIS_URL): {exc}; "
+            'start one with: redis-server --daemonize yes --port 6379 --save "" --appendonly no'
+        )
     finally:
         await client.aclose()
     return REDIS_URL
@@ -146,9 +149,21 @@ class PrivateRedis:
         import redis.asyncio as aioredis
 
         self.proc = await asyncio.create_subprocess_exec(
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--enable-debug-command", "local",  # DEBUG SLEEP: a stalled Redis
-            "--dir", str(self.dir), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--enable-debug-command",
+            "local",  # DEBUG SLEEP: a stalled Redis
+            "--dir",
+            str(self.dir),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         client = aioredis.from_url(self.url)
         try:

@@ -59,8 +59,11 @@ def environment(**extra: str) -> dict[str, str]:
 
 async def spawn(*args: str, env: dict[str, str] | None = None, stdout: bool = False) -> Process:
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env=env or environment(), cwd=ROOT,
+        *args,
+        stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env or environment(),
+        cwd=ROOT,
     )
     return Process(proc)
 

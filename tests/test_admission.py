@@ -54,8 +54,9 @@ async def slow_client(port: int, source: str, stop: asyncio.Event) -> bytes:
 
 async def test_slow_requests_from_one_address_do_not_starve_the_server(wsgate_server: StartServer) -> None:
     """300 sockets from one address, each sending a header line now and then (max_connections_per_ip = 5)."""
-    server = await wsgate_server(websocket={"limits": {"max_connections_per_ip": 5}},
-                                 security={"request_timeout": "1s"})
+    server = await wsgate_server(
+        websocket={"limits": {"max_connections_per_ip": 5}}, security={"request_timeout": "1s"}
+    )
     port = server.test_server.port
     assert port is not None
     stop = asyncio.Event()
@@ -80,8 +81,9 @@ async def test_slow_requests_from_one_address_do_not_starve_the_server(wsgate_se
 
 async def test_out_of_file_descriptors_is_logged_once_and_the_server_recovers() -> None:
     """A server limited to 256 file descriptors; 300 slow sockets, each from its own address."""
-    process = await spawn("sh", "-c", f"ulimit -n 256 && exec {sys.executable} -m wsgate --host 127.0.0.1 --port 0",
-                          env=_env())
+    process = await spawn(
+        "sh", "-c", f"ulimit -n 256 && exec {sys.executable} -m wsgate --host 127.0.0.1 --port 0", env=_env()
+    )
     try:
         match = await process.wait_for_line(r"listening on 127\.0\.0\.1:(\d+)")
         port = int(match.group(1))
@@ -93,8 +95,9 @@ async def test_out_of_file_descriptors_is_logged_once_and_the_server_recovers() 
             async with asyncio.timeout(20):  # request_timeout frees descriptors; accepting resumes
                 while True:
                     try:
-                        async with session.get(f"http://127.0.0.1:{port}/health",
-                                               timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        async with session.get(
+                            f"http://127.0.0.1:{port}/health", timeout=aiohttp.ClientTimeout(total=2)
+                        ) as resp:
                             if resp.status == 200:
                                 break
                     except (aiohttp.ClientError, TimeoutError):

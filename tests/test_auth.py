@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from wsgate import Client, hookimpl
+from wsgate import hookimpl
 from wsgate.config import ConfigError
 from wsgate.testing import Client, Server, StartServer
 
@@ -45,8 +45,13 @@ async def refusal(server: Server, **kwargs: Any) -> tuple[int, dict[str, Any]]:
     """Status and body of a refused upgrade (and proof that no WebSocket was opened)."""
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await server.raw(**kwargs)
-    headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", **kwargs.get("headers", {})}
+    headers = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        **kwargs.get("headers", {}),
+    }
     async with server.session.get(server.url("/ws"), headers=headers) as resp:
         assert resp.status == refused.value.status
         assert resp.headers["WWW-Authenticate"] == 'Bearer realm="wsgate"'
@@ -69,7 +74,8 @@ async def test_anonymous_clients_still_connect_unless_auth_is_required(wsgate_se
     assert server.hub.connections[client.id].identity is None
     strict = await jwt_server(wsgate_server, required=True)
     assert await refusal(strict) == (
-        401, {"error": "authentication required", "detail": "connect with a token (auth.required is on)"}
+        401,
+        {"error": "authentication required", "detail": "connect with a token (auth.required is on)"},
     )
     assert strict.metrics.error_count("auth_required") == 2  # refusal() asks twice
 
@@ -96,6 +102,7 @@ def valid(**claims: Any) -> str:
 
 def forged_hs256(key: bytes) -> str:
     """An HS256 token "signed" with a public key: the algorithm-confusion attack (PyJWT refuses to make one)."""
+
     def part(obj: Any) -> bytes:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=")
 
@@ -116,8 +123,10 @@ def forged_hs256(key: bytes) -> str:
         (lambda: valid(aud="someone-else"), "the token is for another audience"),
         (lambda: valid(iss="evil"), "the token is from another issuer"),
         (lambda: valid(algorithm="HS512"), "the token's algorithm is not accepted"),
-        (lambda: jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, None, algorithm="none"),
-         "the token's algorithm is not accepted"),
+        (
+            lambda: jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, None, algorithm="none"),
+            "the token's algorithm is not accepted",
+        ),
         (lambda: valid(sub=""), "the token's sub claim must be a non-empty string"),
     ],
 )
@@ -138,9 +147,11 @@ async def test_leeway_tolerates_clock_difference(wsgate_server: StartServer) -> 
 @pytest.mark.parametrize("kind", ["RS256", "ES256"])
 async def test_public_key_tokens(wsgate_server: StartServer, tmp_path: Path, kind: str) -> None:
     private = rsa.generate_private_key(65537, 2048) if kind == "RS256" else ec.generate_private_key(ec.SECP256R1())
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     (tmp_path / "key.pem").write_text(pem)
     for public_key in (pem, str(tmp_path / "key.pem")):  # the PEM itself, or a file holding it
         server = await wsgate_server(auth={"jwt": {"public_key": public_key}}, plugins=NO_EXAMPLE_AUTH)
@@ -155,10 +166,22 @@ async def test_public_key_tokens(wsgate_server: StartServer, tmp_path: Path, kin
     ("jwt_settings", "message"),
     [
         ({"public_key": "/nowhere/key.pem"}, "invalid setting auth.jwt.public_key: cannot read '/nowhere/key.pem'"),
-        ({"public_key": "-----BEGIN PUBLIC KEY-----\nxx\n"}, "invalid setting auth.jwt.public_key: expected a PEM public key"),
-        ({"secret": "s", "public_key": "k"}, "invalid setting auth.jwt.secret and auth.jwt.public_key: expected one of them, not both"),
-        ({"secret": "s", "algorithms": ["RS256"]}, "invalid setting auth.jwt.algorithms = ['RS256']: 'RS256' cannot verify with auth.jwt.secret"),
-        ({"secret": "s", "algorithms": ["none"]}, "invalid setting auth.jwt.algorithms = ['none']: 'none' cannot verify"),
+        (
+            {"public_key": "-----BEGIN PUBLIC KEY-----\nxx\n"},
+            "invalid setting auth.jwt.public_key: expected a PEM public key",
+        ),
+        (
+            {"secret": "s", "public_key": "k"},
+            "invalid setting auth.jwt.secret and auth.jwt.public_key: expected one of them, not both",
+        ),
+        (
+            {"secret": "s", "algorithms": ["RS256"]},
+            "invalid setting auth.jwt.algorithms = ['RS256']: 'RS256' cannot verify with auth.jwt.secret",
+        ),
+        (
+            {"secret": "s", "algorithms": ["none"]},
+            "invalid setting auth.jwt.algorithms = ['none']: 'none' cannot verify",
+        ),
         ({"secret": "too-short"}, "invalid setting auth.jwt.secret: expected at least 32 bytes (RFC 7518, 3.2)"),
     ],
 )
@@ -207,7 +230,9 @@ async def denied(client: Client, room: str, action: str = "subscribe") -> str:
 async def test_room_rules(wsgate_server: StartServer) -> None:
     server = await jwt_server(wsgate_server, rooms=RULES)
     anonymous, alice, admin = (
-        await connect_as(server, None), await connect_as(server, "alice"), await connect_as(server, "root", admin=True)
+        await connect_as(server, None),
+        await connect_as(server, "alice"),
+        await connect_as(server, "root", admin=True),
     )
     assert await denied(anonymous, "private-1") == "room 'private-1' requires authentication"
     await alice.subscribe("private-1")
@@ -235,8 +260,16 @@ async def test_a_placeholder_matches_exactly_the_claims_own_string(wsgate_server
     await (await connect_as(server, "dave", org="acme")).subscribe("org:acme")
 
 
-@pytest.mark.parametrize("rule", ["dm.{sub}.* = identity", "inbox:{sub}:* = identity", "*:{sub} = identity",
-                                  "{org}.{sub} = identity", "x{sub}? = identity"])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "dm.{sub}.* = identity",
+        "inbox:{sub}:* = identity",
+        "*:{sub} = identity",
+        "{org}.{sub} = identity",
+        "x{sub}? = identity",
+    ],
+)
 def test_an_ambiguous_rule_is_refused_at_start_up(rule: str) -> None:
     from wsgate.config import load_settings
 
@@ -282,10 +315,14 @@ async def test_publish_is_checked_like_subscribe(wsgate_server: StartServer) -> 
 async def test_broadcast_can_be_restricted_to_a_claim(wsgate_server: StartServer) -> None:
     server = await jwt_server(wsgate_server, broadcast="claim:admin")
     anonymous, alice, admin = (
-        await connect_as(server, None), await connect_as(server, "alice"), await connect_as(server, "root", admin=True)
+        await connect_as(server, None),
+        await connect_as(server, "alice"),
+        await connect_as(server, "root", admin=True),
     )
-    for client, detail in ((anonymous, "broadcast requires authentication"),
-                           (alice, "broadcast requires the 'admin' claim")):
+    for client, detail in (
+        (anonymous, "broadcast requires authentication"),
+        (alice, "broadcast requires the 'admin' claim"),
+    ):
         reply = await client.request({"type": "broadcast", "data": "hi"})
         assert (reply["error"], reply["detail"]) == ("not allowed", detail)
     assert (await admin.request({"type": "broadcast", "data": "hi"}))["data"] == "hi"
@@ -295,12 +332,22 @@ async def test_broadcast_can_be_restricted_to_a_claim(wsgate_server: StartServer
 @pytest.mark.parametrize(
     ("rooms", "broadcast", "message"),
     [
-        (["private-*"], "anyone", "invalid setting auth.rooms entry 'private-*': expected \"<room pattern> = <requirement>\""),
+        (
+            ["private-*"],
+            "anyone",
+            "invalid setting auth.rooms entry 'private-*': expected \"<room pattern> = <requirement>\"",
+        ),
         (["a = everyone"], "anyone", "invalid setting auth.rooms entry 'a = everyone'"),
-        ([], "admins", "invalid setting auth.broadcast = 'admins': expected anyone, identity, claim:<name>, plugin or nobody"),
+        (
+            [],
+            "admins",
+            "invalid setting auth.broadcast = 'admins': expected anyone, identity, claim:<name>, plugin or nobody",
+        ),
     ],
 )
-async def test_bad_rules_stop_start_up(wsgate_server: StartServer, rooms: list[str], broadcast: str, message: str) -> None:
+async def test_bad_rules_stop_start_up(
+    wsgate_server: StartServer, rooms: list[str], broadcast: str, message: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         await wsgate_server(auth={"rooms": rooms, "broadcast": broadcast})
     assert str(caught.value).startswith(message)

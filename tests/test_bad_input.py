@@ -20,22 +20,22 @@ async def assert_still_usable(client) -> None:  # type: ignore[no-untyped-def]
     ("frame", "error", "detail"),
     [
         ("not json", "invalid JSON format", "the frame is not valid JSON"),
-        ("{\"type\": \"ping\"", "invalid JSON format", "the frame is not valid JSON"),
+        ('{"type": "ping"', "invalid JSON format", "the frame is not valid JSON"),
         ("", "invalid JSON format", "the frame is not valid JSON"),
         ("NaN", "invalid JSON format", "the frame is not valid JSON"),
         ("[]", "invalid JSON format", "a message must be a JSON object"),
-        ("\"x\"", "invalid JSON format", "a message must be a JSON object"),
+        ('"x"', "invalid JSON format", "a message must be a JSON object"),
         ("5", "invalid JSON format", "a message must be a JSON object"),
         ("null", "invalid JSON format", "a message must be a JSON object"),
         ("{}", "unknown message type", "the message has no type"),
-        ("{\"type\": \"\"}", "unknown message type", "the message has no type"),
-        ("{\"type\": null}", "unknown message type", "the message has no type"),
-        ("{\"type\": 5}", "invalid JSON format", "field 'type' must be a string"),
-        ("{\"type\": [\"subscribe\"]}", "invalid JSON format", "field 'type' must be a string"),
-        ("{\"type\": \"subscribe\", \"room\": 5}", "invalid JSON format", "field 'room' must be a string"),
-        ("{\"type\": \"subscribe\", \"room\": {\"a\": 1}}", "invalid JSON format", "field 'room' must be a string"),
-        ("{\"type\": \"nope\"}", "unknown message type", None),
-        ("{\"type\": \"Subscribe\", \"room\": \"a\"}", "unknown message type", None),
+        ('{"type": ""}', "unknown message type", "the message has no type"),
+        ('{"type": null}', "unknown message type", "the message has no type"),
+        ('{"type": 5}', "invalid JSON format", "field 'type' must be a string"),
+        ('{"type": ["subscribe"]}', "invalid JSON format", "field 'type' must be a string"),
+        ('{"type": "subscribe", "room": 5}', "invalid JSON format", "field 'room' must be a string"),
+        ('{"type": "subscribe", "room": {"a": 1}}', "invalid JSON format", "field 'room' must be a string"),
+        ('{"type": "nope"}', "unknown message type", None),
+        ('{"type": "Subscribe", "room": "a"}', "unknown message type", None),
     ],
 )
 async def test_malformed_message_gets_its_error(server: Server, frame: str, error: str, detail: str | None) -> None:
@@ -92,7 +92,9 @@ async def test_invalid_utf8_closes_with_1007(server: Server) -> None:
     assert closing.data == 1007
 
 
-async def test_flood_of_malformed_frames_leaves_the_server_responsive(wsgate_server: StartServer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_flood_of_malformed_frames_leaves_the_server_responsive(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
     server = await wsgate_server(websocket={"send_queue_size": 20_000})
     flooder, bystander = await server.connect(), await server.connect()
     await bystander.subscribe("calm")
@@ -121,9 +123,19 @@ async def test_flood_of_malformed_frames_leaves_the_server_responsive(wsgate_ser
 
 async def test_no_input_logs_a_traceback(server: Server, caplog: pytest.LogCaptureFixture) -> None:
     client = await server.connect()
-    frames = ["{", "[]", "{}", '{"type":1}', '{"type":"subscribe","room":[]}', '{"type":"publish","room":"x"}',
-              '{"type":"publish"}', '{"type":"broadcast"}', json.dumps({"type": "x" * 10_000}),
-              '{"type":"subscribe","room":"' + "\\ud800" + '"}', '{"type":"broadcast","data":' + "[" * 5000 + "]" * 5000 + "}"]
+    frames = [
+        "{",
+        "[]",
+        "{}",
+        '{"type":1}',
+        '{"type":"subscribe","room":[]}',
+        '{"type":"publish","room":"x"}',
+        '{"type":"publish"}',
+        '{"type":"broadcast"}',
+        json.dumps({"type": "x" * 10_000}),
+        '{"type":"subscribe","room":"' + "\\ud800" + '"}',
+        '{"type":"broadcast","data":' + "[" * 5000 + "]" * 5000 + "}",
+    ]
     for frame in frames:
         await client.send(frame)
     replies = [await client.recv() for _ in frames]
@@ -140,7 +152,8 @@ async def test_message_nested_deeper_than_max_json_depth_is_refused(server: Serv
     assert reply["type"] == "message"
     reply = await client.request('{"type":"publish","room":"deep","data":{"a":' + at_limit + "}}")
     assert (reply["error"], reply["detail"]) == (
-        "message is nested too deeply", "arrays and objects may nest at most 32 levels"
+        "message is nested too deeply",
+        "arrays and objects may nest at most 32 levels",
     )
     # brackets inside strings are not nesting
     assert (await client.request('{"type":"publish","room":"deep","data":"' + "[" * 100 + '"}'))["type"] == "message"
@@ -161,8 +174,10 @@ async def test_data_nested_too_deeply_to_encode_is_refused_not_crashed(
     assert not [r for r in caplog.records if r.exc_info]
 
 
-@pytest.mark.parametrize(("sent", "answered"), [(1000, 1000), (1001, 1000), (4000, 1000), (1006, 1002), (1005, 1002),
-                                                (1015, 1002), (2999, 1002)])
+@pytest.mark.parametrize(
+    ("sent", "answered"),
+    [(1000, 1000), (1001, 1000), (4000, 1000), (1006, 1002), (1005, 1002), (1015, 1002), (2999, 1002)],
+)
 async def test_a_clients_close_is_answered_per_rfc6455(server: Server, sent: int, answered: int) -> None:
     """Section 7.4: codes that may never be sent (1005, 1006, 1015) or are unassigned are a protocol error."""
     import struct
@@ -173,8 +188,10 @@ async def test_a_clients_close_is_answered_per_rfc6455(server: Server, sent: int
     assert (reply.type, reply.data) == (aiohttp.WSMsgType.CLOSE, answered)
 
 
-UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
 
 
 async def test_a_client_that_leaves_during_its_handshake_leaves_no_traceback() -> None:

@@ -68,8 +68,9 @@ def redis_broker(url: str, prefix: str, **settings: object) -> RedisBroker:
 
 
 @pytest.fixture(params=["memory", "redis"])
-def make_node(request: pytest.FixtureRequest, start_node: Callable[[Broker], Awaitable[Node]],
-              broker_prefix: str) -> MakeNode:
+def make_node(
+    request: pytest.FixtureRequest, start_node: Callable[[Broker], Awaitable[Node]], broker_prefix: str
+) -> MakeNode:
     """Builds started nodes of one backend; redis nodes share a prefix, so they form one cluster."""
     if request.param == "memory":
         return lambda: start_node(MemoryBroker(HISTORY))
@@ -208,7 +209,10 @@ async def test_a_node_subscribes_only_to_rooms_with_local_members(
         return set(await redis.pubsub_channels(f"{broker_prefix}:*"))
 
     try:
-        assert await channels() == {f"{broker_prefix}:broadcast".encode(), f"{broker_prefix}:probe:".encode() + a.broker.node_id}  # type: ignore[attr-defined]
+        assert await channels() == {
+            f"{broker_prefix}:broadcast".encode(),
+            f"{broker_prefix}:probe:".encode() + a.broker.node_id,
+        }  # type: ignore[attr-defined]
         a.broker.room_added("lobby")
         await a.broker.wait_receiving("lobby")
         assert f"{broker_prefix}:room:lobby".encode() in await channels()

@@ -46,12 +46,14 @@ async def page() -> AsyncIterator[Any]:
 
 START = """async () => {
     const { WsgateClient } = await import("/client.js");
-    const client = new WsgateClient(location.origin.replace(/^http/, "ws") + "/ws", { minBackoff: 10, maxBackoff: 100 });
+    const url = location.origin.replace(/^http/, "ws") + "/ws";
+    const client = new WsgateClient(url, { minBackoff: 10, maxBackoff: 100 });
     window.client = client;
     window.received = [];
     window.events = [];
     client.on("message", (message) => window.received.push(message.data));
-    for (const event of ["open", "close", "recovered", "recovery_failed"]) client.on(event, () => window.events.push(event));
+    for (const event of ["open", "close", "recovered", "recovery_failed"])
+        client.on(event, () => window.events.push(event));
     await client.connect();
     const subscribed = await client.subscribe("chat:browser");
     return { clientId: client.clientId, subscribed };
@@ -85,7 +87,8 @@ async def test_the_js_client_refreshes_its_token_by_itself(wsgate_server: StartS
     server = await wsgate_server(auth={"jwt": {"secret": SECRET, "leeway": "0s"}}, plugins=NO_EXAMPLE_AUTH)
     tokens = [token(exp=int(time.time()) + 2 + 60 * n) for n in range(4)]  # the first expires in 1-2 s
     await page.goto(server.url("/health"))
-    await page.evaluate("""async (tokens) => {
+    await page.evaluate(
+        """async (tokens) => {
         const { WsgateClient } = await import("/client.js");
         window.issued = 0;
         const getToken = async () => tokens[window.issued++];
@@ -93,7 +96,9 @@ async def test_the_js_client_refreshes_its_token_by_itself(wsgate_server: StartS
         window.closes = [];
         window.client.on("close", (event) => window.closes.push(event.code));
         await window.client.connect();
-    }""", tokens)
+    }""",
+        tokens,
+    )
     await page.wait_for_function("window.client.refreshes >= 1", timeout=10_000)
     assert await page.evaluate("[window.client.connects, window.issued, window.closes]") == [1, 2, []]
     assert await page.evaluate("window.client.expiresAt") > (time.time() + 30) * 1000
@@ -115,12 +120,15 @@ async def test_a_page_on_another_origin_imports_the_client_and_connects(
     page_origin = f"http://127.0.0.1:{app_server.port}"
     server = await wsgate_server(security={"allowed_origins": [page_origin]})
     await page.goto(page_origin + "/")
-    connected = await page.evaluate("""async (gateway) => {
+    connected = await page.evaluate(
+        """async (gateway) => {
         const { WsgateClient } = await import(gateway + "/client.js");
         const client = new WsgateClient(gateway.replace(/^http/, "ws") + "/ws");
         await client.connect();
         return (await client.subscribe("lobby")).client_count;
-    }""", server.url("/").rstrip("/"))
+    }""",
+        server.url("/").rstrip("/"),
+    )
     assert connected == 1
     async with server.session.get(server.url("/client.js"), headers={"Origin": page_origin}) as resp:
         assert resp.headers["Access-Control-Allow-Origin"] == page_origin
@@ -252,8 +260,9 @@ async def test_the_js_client_subscribes_again_to_a_room_the_gateway_could_not_re
 ) -> None:
     """As tests/test_client.py for the Python client: while Redis restarts, the re-subscription after a
     network blip answers `history is unavailable`; the JS client tries again, on the same connection."""
-    server = await wsgate_server(broker={"url": private_redis.url, "prefix": broker_prefix, "required": False},
-                                 history=HISTORY)
+    server = await wsgate_server(
+        broker={"url": private_redis.url, "prefix": broker_prefix, "required": False}, history=HISTORY
+    )
     publisher = await server.connect()
     await publisher.subscribe("chat:browser")
     await page.goto(server.url("/health"))

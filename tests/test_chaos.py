@@ -10,8 +10,18 @@ from .processes import ROOT, spawn
 
 async def test_a_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
-    process = await spawn(sys.executable, str(ROOT / "chaos" / "run.py"), "--clients", "60", "--duration", "40",
-                          "--cut-every", "5", "--output", str(results))
+    process = await spawn(
+        sys.executable,
+        str(ROOT / "chaos" / "run.py"),
+        "--clients",
+        "60",
+        "--duration",
+        "40",
+        "--cut-every",
+        "5",
+        "--output",
+        str(results),
+    )
     code = await process.finish(240)
     report = results.read_text() if results.exists() else "".join(process.lines)
     assert code == 0, report

@@ -23,7 +23,7 @@ async def test_help_lists_the_flags() -> None:
 
 async def test_serves_the_protocol_on_the_requested_port_and_settings(tmp_path: Path) -> None:
     settings = tmp_path / "custom.toml"
-    settings.write_text('[websocket]\nenabled = true\n[websocket.limits]\nmax_connections_per_room = 1\n')
+    settings.write_text("[websocket]\nenabled = true\n[websocket.limits]\nmax_connections_per_room = 1\n")
     server = await start_wsgate("--settings", str(settings))
     try:
         async with aiohttp.ClientSession() as session:
@@ -41,13 +41,37 @@ async def test_serves_the_protocol_on_the_requested_port_and_settings(tmp_path: 
 @pytest.mark.parametrize(
     ("args", "env", "line"),
     [
-        ((), {"WEBSOCKET_PORT": "abc"}, "wsgate: invalid setting websocket.port (WEBSOCKET_PORT) = 'abc': expected an integer"),
-        ((), {"WEBSOCKET_PING_INTERVAL": "5 parsecs"}, "wsgate: invalid setting websocket.ping_interval (WEBSOCKET_PING_INTERVAL) = '5 parsecs'"),
-        (("--settings", "/nonexistent/settings.toml"), {}, "wsgate: settings file '/nonexistent/settings.toml' not found"),
-        ((), {"WSGATE_WEBSOCKET__LIMITS__MAX_CONNECTIONS": "-1"}, "wsgate: invalid setting websocket.limits.max_connections (WSGATE_WEBSOCKET__LIMITS__MAX_CONNECTIONS) = '-1'"),
-        ((), {"WSGATE_PLUGINS__DISABLED": "[1]"}, "wsgate: invalid setting plugins.disabled (WSGATE_PLUGINS__DISABLED) = '[1]': expected a list of strings"),
-        ((), {"WSGATE_AUTH__JWT__SECRET": "too-short"},  # checked by the built-in plugin as it loads
-         "wsgate: invalid setting auth.jwt.secret: expected at least 32 bytes"),
+        (
+            (),
+            {"WEBSOCKET_PORT": "abc"},
+            "wsgate: invalid setting websocket.port (WEBSOCKET_PORT) = 'abc': expected an integer",
+        ),
+        (
+            (),
+            {"WEBSOCKET_PING_INTERVAL": "5 parsecs"},
+            "wsgate: invalid setting websocket.ping_interval (WEBSOCKET_PING_INTERVAL) = '5 parsecs'",
+        ),
+        (
+            ("--settings", "/nonexistent/settings.toml"),
+            {},
+            "wsgate: settings file '/nonexistent/settings.toml' not found",
+        ),
+        (
+            (),
+            {"WSGATE_WEBSOCKET__LIMITS__MAX_CONNECTIONS": "-1"},
+            "wsgate: invalid setting websocket.limits.max_connections"
+            " (WSGATE_WEBSOCKET__LIMITS__MAX_CONNECTIONS) = '-1'",
+        ),
+        (
+            (),
+            {"WSGATE_PLUGINS__DISABLED": "[1]"},
+            "wsgate: invalid setting plugins.disabled (WSGATE_PLUGINS__DISABLED) = '[1]': expected a list of strings",
+        ),
+        (
+            (),
+            {"WSGATE_AUTH__JWT__SECRET": "too-short"},  # checked by the built-in plugin as it loads
+            "wsgate: invalid setting auth.jwt.secret: expected at least 32 bytes",
+        ),
     ],
 )
 async def test_a_bad_setting_exits_2_with_one_line(args: tuple[str, ...], env: dict[str, str], line: str) -> None:
@@ -106,7 +130,10 @@ async def test_make_run_settings_file_is_the_default() -> None:
                 assert (await ws.receive_json())["data"]["message"] == "Connected to WebSocket server"
             async with session.get(server.url("/health")) as resp:
                 assert {k: v for k, v in (await resp.json()).items() if k in ("status", "clients", "rooms")} == {
-                    "status": "healthy", "clients": 0, "rooms": 0}
+                    "status": "healthy",
+                    "clients": 0,
+                    "rooms": 0,
+                }
     finally:
         await server.kill()
     assert (ROOT / "settings.toml").is_file()
@@ -126,19 +153,39 @@ def fake_distribution(root: Path, name: str, entry_points: str, modules: dict[st
 @pytest.mark.parametrize(
     ("entry_points", "modules", "line"),
     [
-        ("broken = no_such_module", {}, "wsgate: plugin 'broken' (entry point no_such_module from wsgate_fake 0.0) failed to load: "
-         "ModuleNotFoundError: No module named 'no_such_module'"),
-        ("raising = raising_plugin", {"raising_plugin": "raise RuntimeError('boom at import')\n"},
-         "wsgate: plugin 'raising' (entry point raising_plugin from wsgate_fake 0.0) failed to load: "
-         "RuntimeError: boom at import"),
-        ("typo = typo_plugin", {"typo_plugin": "from wsgate import hookimpl\n\n@hookimpl\ndef wsgate_mesage_handlers():\n    return {}\n"},
-         "wsgate: plugin 'typo': unknown hook 'wsgate_mesage_handlers'"),
-        ("clash = clash_plugin", {"clash_plugin": "from wsgate import hookimpl\n\nasync def h(c, m):\n    pass\n\n"
-                                                  "@hookimpl\ndef wsgate_message_handlers():\n    return {'ping': h}\n"},
-         "wsgate: message type 'ping' is claimed by both plugin 'messages' and plugin 'clash'"),
-        ("failing = failing_plugin", {"failing_plugin": "from wsgate import hookimpl\n\n"
-                                                        "@hookimpl\ndef wsgate_message_handlers():\n    return 1 / 0\n"},
-         "wsgate: plugin 'failing': wsgate_message_handlers raised ZeroDivisionError: division by zero"),
+        (
+            "broken = no_such_module",
+            {},
+            "wsgate: plugin 'broken' (entry point no_such_module from wsgate_fake 0.0) failed to load: "
+            "ModuleNotFoundError: No module named 'no_such_module'",
+        ),
+        (
+            "raising = raising_plugin",
+            {"raising_plugin": "raise RuntimeError('boom at import')\n"},
+            "wsgate: plugin 'raising' (entry point raising_plugin from wsgate_fake 0.0) failed to load: "
+            "RuntimeError: boom at import",
+        ),
+        (
+            "typo = typo_plugin",
+            {"typo_plugin": "from wsgate import hookimpl\n\n@hookimpl\ndef wsgate_mesage_handlers():\n    return {}\n"},
+            "wsgate: plugin 'typo': unknown hook 'wsgate_mesage_handlers'",
+        ),
+        (
+            "clash = clash_plugin",
+            {
+                "clash_plugin": "from wsgate import hookimpl\n\nasync def h(c, m):\n    pass\n\n"
+                "@hookimpl\ndef wsgate_message_handlers():\n    return {'ping': h}\n"
+            },
+            "wsgate: message type 'ping' is claimed by both plugin 'messages' and plugin 'clash'",
+        ),
+        (
+            "failing = failing_plugin",
+            {
+                "failing_plugin": "from wsgate import hookimpl\n\n"
+                "@hookimpl\ndef wsgate_message_handlers():\n    return 1 / 0\n"
+            },
+            "wsgate: plugin 'failing': wsgate_message_handlers raised ZeroDivisionError: division by zero",
+        ),
     ],
 )
 async def test_a_broken_plugin_stops_start_up_with_one_line(
@@ -167,9 +214,15 @@ async def test_plugins_command_lists_sources_hooks_and_message_types(tmp_path: P
     out, err = await process.proc.communicate()
     assert process.proc.returncode == 0, err.decode()
     text = out.decode()
-    assert "messages: builtin\n  hooks: wsgate_message_handlers\n  message types: subscribe, unsubscribe, publish, broadcast, ping, history, presence\n" in text
+    assert (
+        "messages: builtin\n  hooks: wsgate_message_handlers\n"
+        "  message types: subscribe, unsubscribe, publish, broadcast, ping, history, presence\n" in text
+    )
     assert "echo: entry point wsgate_echo from wsgate-echo 0.1.0\n" in text
-    assert "users: entry point wsgate_users from wsgate-users 0.1.0\n  hooks: wsgate_message_handlers, wsgate_services\n" in text
+    assert (
+        "users: entry point wsgate_users from wsgate-users 0.1.0\n  hooks: wsgate_message_handlers, wsgate_services\n"
+        in text
+    )
 
 
 async def test_an_installed_distribution_adds_its_message_type_without_settings(tmp_path: Path) -> None:
@@ -210,8 +263,9 @@ async def test_a_start_up_hook_that_hangs_stops_the_process_with_one_line(tmp_pa
         "import asyncio\nfrom wsgate import hookimpl\n\n"
         "@hookimpl\nasync def wsgate_startup(gateway):\n    await asyncio.Event().wait()\n"
     )
-    env = environment(PYTHONPATH=str(tmp_path), WSGATE_PLUGINS__MODULES='["slow_start"]',
-                      WSGATE_PLUGINS__STARTUP_TIMEOUT='"300ms"')
+    env = environment(
+        PYTHONPATH=str(tmp_path), WSGATE_PLUGINS__MODULES='["slow_start"]', WSGATE_PLUGINS__STARTUP_TIMEOUT='"300ms"'
+    )
     code, stderr = await run_wsgate("--port", "0", env=env)
     assert code == 2, stderr
     assert stderr.strip().splitlines()[-1] == (

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from wsgate.sdk.client import GatewayClient, GatewayError
 from wsgate.history import Position
+from wsgate.sdk.client import GatewayClient, GatewayError
 from wsgate.testing import Server, StartServer
 
 HISTORY = {"rooms": ["chat:*"], "size": 1000}
@@ -35,7 +35,10 @@ async def test_requests(server: Server) -> None:
         assert await client.ping() > 0
         with pytest.raises(GatewayError) as refused:
             await client.history("lobby")
-        assert (refused.value.text, refused.value.detail) == ("room has no history", "history.rooms does not include this room")
+        assert (refused.value.text, refused.value.detail) == (
+            "room has no history",
+            "history.rooms does not include this room",
+        )
         await client.broadcast("everyone")
         assert (await client.receive())["data"] == "everyone"
         await client.unsubscribe("chat:a")
@@ -74,8 +77,9 @@ async def test_a_room_the_gateway_could_not_recover_yet_is_subscribed_again_late
 ) -> None:
     """Found by the chaos run: while Redis restarted, a re-subscription answered `history is unavailable`
     and the client gave the room up until its next reconnection; it now tries again with backoff."""
-    server = await wsgate_server(broker={"url": private_redis.url, "prefix": broker_prefix, "required": False},
-                                 history=HISTORY)
+    server = await wsgate_server(
+        broker={"url": private_redis.url, "prefix": broker_prefix, "required": False}, history=HISTORY
+    )
     publisher = await server.connect()
     await publisher.subscribe("chat:r")
     async with GatewayClient(server.url("/ws"), backoff=(0.01, 0.05)) as client:

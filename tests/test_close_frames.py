@@ -10,11 +10,12 @@ from collections.abc import Mapping
 
 import aiohttp
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wsgate import Client, Message, hookimpl
-from wsgate.types import Handler
 from wsgate.testing import TIMEOUT, StartServer
+from wsgate.types import Handler
 from wsgate.wire import MAX_CLOSE_REASON, SENDABLE_CODES, close_fields, control_frame, data_frame
 
 
@@ -45,15 +46,22 @@ async def close_of(client: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage
     return msg
 
 
-@pytest.mark.parametrize(("code", "reason", "sent"), [
-    (4000, "x" * 200, "x" * 123),  # the input: 202 bytes of payload, 125 allowed
-    (3000, "é" * 100, "é" * 61),  # 200 bytes of two-byte characters: cut on a character boundary (122 bytes)
-    (1000, "a" + "€" * 50, "a" + "€" * 40),  # three-byte characters: 121 bytes
-    (4999, "🙂" * 40, "🙂" * 30),  # four-byte characters: 120 bytes
-    (1008, "short", "short"),
-], ids=["ascii-200-bytes", "2-byte-chars", "3-byte-chars", "4-byte-chars", "short"])
+@pytest.mark.parametrize(
+    ("code", "reason", "sent"),
+    [
+        (4000, "x" * 200, "x" * 123),  # the input: 202 bytes of payload, 125 allowed
+        (3000, "é" * 100, "é" * 61),  # 200 bytes of two-byte characters: cut on a character boundary (122 bytes)
+        (1000, "a" + "€" * 50, "a" + "€" * 40),  # three-byte characters: 121 bytes
+        (4999, "🙂" * 40, "🙂" * 30),  # four-byte characters: 120 bytes
+        (1008, "short", "short"),
+    ],
+    ids=["ascii-200-bytes", "2-byte-chars", "3-byte-chars", "4-byte-chars", "short"],
+)
 async def test_a_plugins_close_reason_is_cut_to_fit_a_control_frame(
-    wsgate_server: StartServer, code: int, reason: str, sent: str,
+    wsgate_server: StartServer,
+    code: int,
+    reason: str,
+    sent: str,
 ) -> None:
     server = await wsgate_server(Closer())
     client = await server.connect()
@@ -64,7 +72,8 @@ async def test_a_plugins_close_reason_is_cut_to_fit_a_control_frame(
 
 @pytest.mark.parametrize("code", [1006, 1005, 1004, 1015, 999, 0, 1016, 2000, 2999, 5000, 65535])
 async def test_a_close_code_no_endpoint_may_send_is_refused_to_the_plugin(
-    wsgate_server: StartServer, code: int,
+    wsgate_server: StartServer,
+    code: int,
 ) -> None:
     server = await wsgate_server(Closer())
     client = await server.connect()
@@ -99,7 +108,7 @@ def test_close_fields_cut_any_reason_to_valid_utf8_within_a_control_frame(reason
     assert code == 1000 and len(encoded) <= MAX_CLOSE_REASON
     text = encoded.decode()  # valid UTF-8
     whole = reason.encode("utf-8", "replace")
-    assert whole.startswith(encoded) and text == whole[:len(encoded)].decode()
+    assert whole.startswith(encoded) and text == whole[: len(encoded)].decode()
     assert encoded == whole or len(encoded) > MAX_CLOSE_REASON - 4  # cut only at the last whole character
 
 

@@ -43,8 +43,11 @@ def test_shipped_settings_file_loads_and_enables_the_gateway() -> None:
 
 
 def test_file_values_are_read(tmp_path: Path) -> None:
-    path = write(tmp_path, '[websocket]\nport = 9000\nping_interval = "500ms"\npong_wait = "1m"\n'
-                           '[websocket.limits]\nmax_connections = 5\n[logging]\nlevel = "debug"\n')
+    path = write(
+        tmp_path,
+        '[websocket]\nport = 9000\nping_interval = "500ms"\npong_wait = "1m"\n'
+        '[websocket.limits]\nmax_connections = 5\n[logging]\nlevel = "debug"\n',
+    )
     settings = load_settings(path)
     assert settings.websocket.port == 9000
     assert settings.websocket.ping_interval == 0.5
@@ -95,48 +98,184 @@ def test_settings_are_immutable() -> None:
         ('[websocket]\nport = "abc"\n', {}, "invalid setting websocket.port = 'abc': expected an integer"),
         ("", {"WEBSOCKET_PORT": "abc"}, "invalid setting websocket.port (WEBSOCKET_PORT) = 'abc': expected an integer"),
         ("[websocket]\nport = 70000\n", {}, "invalid setting websocket.port = 70000: expected a value from 0 to 65535"),
-        ("[websocket.limits]\nmax_connections = -1\n", {}, "invalid setting websocket.limits.max_connections = -1: expected a value of at least 0"),
-        ("", {"WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM": "-5"}, "invalid setting websocket.limits.max_connections_per_room (WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM) = '-5': expected a value of at least 0"),
+        (
+            "[websocket.limits]\nmax_connections = -1\n",
+            {},
+            "invalid setting websocket.limits.max_connections = -1: expected a value of at least 0",
+        ),
+        (
+            "",
+            {"WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM": "-5"},
+            "invalid setting websocket.limits.max_connections_per_room (WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM) = '-5': expected a value of at least 0",
+        ),
         ('[websocket]\nping_interval = "1' + "0" * 400 + 's"\n', {}, "invalid setting websocket.ping_interval = '1000"),
-        ('[websocket]\nping_interval = "54x"\n', {}, "invalid setting websocket.ping_interval = '54x': expected a duration such as \"54s\", \"500ms\" or \"1m\" (units: ns, us, ms, s, m, h)"),
-        ("[websocket]\nping_interval = 54\n", {}, "invalid setting websocket.ping_interval = 54: expected a duration string such as \"54s\", \"500ms\" or \"1m\""),
-        ('[websocket]\nping_interval = "60s"\npong_wait = "60s"\n', {}, "invalid setting websocket.pong_wait = 60s: expected a duration greater than websocket.ping_interval = 60s"),
-        ("", {"WEBSOCKET_PONG_WAIT": "10s"}, "invalid setting websocket.pong_wait (WEBSOCKET_PONG_WAIT) = 10s: expected a duration greater than websocket.ping_interval = 54s"),
+        (
+            '[websocket]\nping_interval = "54x"\n',
+            {},
+            'invalid setting websocket.ping_interval = \'54x\': expected a duration such as "54s", "500ms" or "1m" (units: ns, us, ms, s, m, h)',
+        ),
+        (
+            "[websocket]\nping_interval = 54\n",
+            {},
+            'invalid setting websocket.ping_interval = 54: expected a duration string such as "54s", "500ms" or "1m"',
+        ),
+        (
+            '[websocket]\nping_interval = "60s"\npong_wait = "60s"\n',
+            {},
+            "invalid setting websocket.pong_wait = 60s: expected a duration greater than websocket.ping_interval = 60s",
+        ),
+        (
+            "",
+            {"WEBSOCKET_PONG_WAIT": "10s"},
+            "invalid setting websocket.pong_wait (WEBSOCKET_PONG_WAIT) = 10s: expected a duration greater than websocket.ping_interval = 54s",
+        ),
         # errors of settings checked together, or entry by entry, name the variables too (the first hour, 4)
-        ("", {"WEBSOCKET_PING_INTERVAL": "2m"}, "invalid setting websocket.pong_wait = 60s: expected a duration greater than websocket.ping_interval (WEBSOCKET_PING_INTERVAL) = 120s"),
-        ("[websocket]\nsend_queue_bytes = 65536\n", {}, "invalid setting history.max_answer_bytes = 1048576: expected at most websocket.send_queue_bytes = 65536 (an answer must fit in what may wait for one client)"),
-        ("[history]\nmax_answer_bytes = 1024\n", {"WEBSOCKET_SEND_QUEUE_BYTES": "65536"}, "invalid setting presence.max_answer_bytes = 1048576: expected at most websocket.send_queue_bytes (WEBSOCKET_SEND_QUEUE_BYTES) = 65536 (an answer must fit in what may wait for one client)"),
-        ("", {"WSGATE_METRICS__PATH": "/health"}, "invalid setting metrics.path (WSGATE_METRICS__PATH) = '/health': expected a path other than"),
-        ("", {"WEBSOCKET_LIMITS_ROOM_NAME_PATTERN": "["}, "invalid setting websocket.limits.room_name_pattern (WEBSOCKET_LIMITS_ROOM_NAME_PATTERN) = '[': expected a regular expression"),
-        ("", {"WSGATE_AUTH__ROOMS": '["bad"]'}, "invalid setting auth.rooms (WSGATE_AUTH__ROOMS) entry 'bad': expected"),
-        ("", {"WSGATE_SECURITY__ALLOWED_HOSTS": '["a/b"]'}, "invalid setting security.allowed_hosts (WSGATE_SECURITY__ALLOWED_HOSTS) entry 'a/b': expected a host name"),
-        ("", {"WSGATE_SECURITY__ALLOWED_HOSTS": '["bücher.example"]'}, "invalid setting security.allowed_hosts (WSGATE_SECURITY__ALLOWED_HOSTS) entry 'bücher.example': expected the host in ASCII, as browsers send it: an international name in punycode (xn--...)"),
-        ("", {"WSGATE_SECURITY__ALLOWED_HOSTS": '["*"]'}, "invalid setting security.allowed_hosts (WSGATE_SECURITY__ALLOWED_HOSTS) entry '*': expected a host name: to allow any host, leave security.allowed_hosts empty"),
-        ("", {"WSGATE_SECURITY__ALLOWED_ORIGINS": '["http://x/"]'}, "invalid setting security.allowed_origins (WSGATE_SECURITY__ALLOWED_ORIGINS) entry 'http://x/': expected an origin as browsers send it"),
-        ("", {"WSGATE_DASHBOARD__ENABLED": "true", "WSGATE_DASHBOARD__PASSWORD": "short"}, "invalid setting dashboard.password (WSGATE_DASHBOARD__PASSWORD): expected at least 12 characters"),
-        ("", {"WSGATE_SHUTDOWN__MODE": "restart", "WSGATE_SHUTDOWN__WINDOW": "20s"}, "invalid setting shutdown.window (WSGATE_SHUTDOWN__WINDOW) = 20s: expected at most a quarter of websocket.timeout, 7.5s (the drain gets half of it, and closing takes time too), with shutdown.mode (WSGATE_SHUTDOWN__MODE) = \"restart\""),
-        ("", {"WSGATE_AUTH__JWT__SECRET": "s" * 40, "WSGATE_AUTH__JWT__PUBLIC_KEY": "k"}, "invalid setting auth.jwt.secret (WSGATE_AUTH__JWT__SECRET) and auth.jwt.public_key (WSGATE_AUTH__JWT__PUBLIC_KEY): expected one of them, not both"),
-        ("", {"WSGATE_METRIC__ENABLED": "0"}, "unknown setting metric (WSGATE_METRIC__ENABLED): expected one of api, auth,"),
-        ("[websocket]\nportt = 1\n", {}, "unknown setting websocket.portt: expected one of compression, enabled, host, limits,"),
-        ("[websocket.limits]\nmax_conections = 1\n", {}, "unknown setting websocket.limits.max_conections: expected one of burst, bytes_per_second, max_connections, max_connections_per_ip,"),
-        ("[websockets]\nport = 1\n", {}, "unknown setting websockets: expected one of api, auth, broker, cors, dashboard, history, logging, metrics, plugins, presence, runtime, security, shutdown, websocket"),
-        ("[websocket]\nenabled = \"yes\"\n", {}, "invalid setting websocket.enabled = 'yes': expected true or false"),
-        ("", {"WEBSOCKET_ENABLED": "maybe"}, "invalid setting websocket.enabled (WEBSOCKET_ENABLED) = 'maybe': expected true or false (or 1/0, yes/no)"),
-        ("[logging]\nlevel = \"loud\"\n", {}, "invalid setting logging.level = 'loud': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
-        ("[plugins]\ndisabled = \"x\"\n", {}, "invalid setting plugins.disabled = 'x': expected a list of strings"),
+        (
+            "",
+            {"WEBSOCKET_PING_INTERVAL": "2m"},
+            "invalid setting websocket.pong_wait = 60s: expected a duration greater than websocket.ping_interval (WEBSOCKET_PING_INTERVAL) = 120s",
+        ),
+        (
+            "[websocket]\nsend_queue_bytes = 65536\n",
+            {},
+            "invalid setting history.max_answer_bytes = 1048576: expected at most websocket.send_queue_bytes = 65536 (an answer must fit in what may wait for one client)",
+        ),
+        (
+            "[history]\nmax_answer_bytes = 1024\n",
+            {"WEBSOCKET_SEND_QUEUE_BYTES": "65536"},
+            "invalid setting presence.max_answer_bytes = 1048576: expected at most websocket.send_queue_bytes (WEBSOCKET_SEND_QUEUE_BYTES) = 65536 (an answer must fit in what may wait for one client)",
+        ),
+        (
+            "",
+            {"WSGATE_METRICS__PATH": "/health"},
+            "invalid setting metrics.path (WSGATE_METRICS__PATH) = '/health': expected a path other than",
+        ),
+        (
+            "",
+            {"WEBSOCKET_LIMITS_ROOM_NAME_PATTERN": "["},
+            "invalid setting websocket.limits.room_name_pattern (WEBSOCKET_LIMITS_ROOM_NAME_PATTERN) = '[': expected a regular expression",
+        ),
+        (
+            "",
+            {"WSGATE_AUTH__ROOMS": '["bad"]'},
+            "invalid setting auth.rooms (WSGATE_AUTH__ROOMS) entry 'bad': expected",
+        ),
+        (
+            "",
+            {"WSGATE_SECURITY__ALLOWED_HOSTS": '["a/b"]'},
+            "invalid setting security.allowed_hosts (WSGATE_SECURITY__ALLOWED_HOSTS) entry 'a/b': expected a host name",
+        ),
+        (
+            "",
+            {"WSGATE_SECURITY__ALLOWED_HOSTS": '["bücher.example"]'},
+            "invalid setting security.allowed_hosts (WSGATE_SECURITY__ALLOWED_HOSTS) entry 'bücher.example': expected the host in ASCII, as browsers send it: an international name in punycode (xn--...)",
+        ),
+        (
+            "",
+            {"WSGATE_SECURITY__ALLOWED_HOSTS": '["*"]'},
+            "invalid setting security.allowed_hosts (WSGATE_SECURITY__ALLOWED_HOSTS) entry '*': expected a host name: to allow any host, leave security.allowed_hosts empty",
+        ),
+        (
+            "",
+            {"WSGATE_SECURITY__ALLOWED_ORIGINS": '["http://x/"]'},
+            "invalid setting security.allowed_origins (WSGATE_SECURITY__ALLOWED_ORIGINS) entry 'http://x/': expected an origin as browsers send it",
+        ),
+        (
+            "",
+            {"WSGATE_DASHBOARD__ENABLED": "true", "WSGATE_DASHBOARD__PASSWORD": "short"},
+            "invalid setting dashboard.password (WSGATE_DASHBOARD__PASSWORD): expected at least 12 characters",
+        ),
+        (
+            "",
+            {"WSGATE_SHUTDOWN__MODE": "restart", "WSGATE_SHUTDOWN__WINDOW": "20s"},
+            'invalid setting shutdown.window (WSGATE_SHUTDOWN__WINDOW) = 20s: expected at most a quarter of websocket.timeout, 7.5s (the drain gets half of it, and closing takes time too), with shutdown.mode (WSGATE_SHUTDOWN__MODE) = "restart"',
+        ),
+        (
+            "",
+            {"WSGATE_AUTH__JWT__SECRET": "s" * 40, "WSGATE_AUTH__JWT__PUBLIC_KEY": "k"},
+            "invalid setting auth.jwt.secret (WSGATE_AUTH__JWT__SECRET) and auth.jwt.public_key (WSGATE_AUTH__JWT__PUBLIC_KEY): expected one of them, not both",
+        ),
+        (
+            "",
+            {"WSGATE_METRIC__ENABLED": "0"},
+            "unknown setting metric (WSGATE_METRIC__ENABLED): expected one of api, auth,",
+        ),
+        (
+            "[websocket]\nportt = 1\n",
+            {},
+            "unknown setting websocket.portt: expected one of compression, enabled, host, limits,",
+        ),
+        (
+            "[websocket.limits]\nmax_conections = 1\n",
+            {},
+            "unknown setting websocket.limits.max_conections: expected one of burst, bytes_per_second, max_connections, max_connections_per_ip,",
+        ),
+        (
+            "[websockets]\nport = 1\n",
+            {},
+            "unknown setting websockets: expected one of api, auth, broker, cors, dashboard, history, logging, metrics, plugins, presence, runtime, security, shutdown, websocket",
+        ),
+        ('[websocket]\nenabled = "yes"\n', {}, "invalid setting websocket.enabled = 'yes': expected true or false"),
+        (
+            "",
+            {"WEBSOCKET_ENABLED": "maybe"},
+            "invalid setting websocket.enabled (WEBSOCKET_ENABLED) = 'maybe': expected true or false (or 1/0, yes/no)",
+        ),
+        (
+            '[logging]\nlevel = "loud"\n',
+            {},
+            "invalid setting logging.level = 'loud': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+        ),
+        ('[plugins]\ndisabled = "x"\n', {}, "invalid setting plugins.disabled = 'x': expected a list of strings"),
         ("[websocket]\nlimits = 3\n", {}, "invalid setting websocket.limits = 3: expected a table"),
         ('[metrics]\npath = "/health"\n', {}, "invalid setting metrics.path = '/health': expected a path other than"),
-        ('[metrics]\npath = "metrics"\n', {}, "invalid setting metrics.path = 'metrics': expected a path starting with \"/\""),
-        ('[broker]\nurl = "http://redis"\n', {}, "invalid setting broker.url = 'http://redis': expected empty, or a URL"),
-        ('[api]\nmax_body_size = 0\n', {}, "invalid setting api.max_body_size = 0: expected a value of at least 1"),
+        (
+            '[metrics]\npath = "metrics"\n',
+            {},
+            "invalid setting metrics.path = 'metrics': expected a path starting with \"/\"",
+        ),
+        (
+            '[broker]\nurl = "http://redis"\n',
+            {},
+            "invalid setting broker.url = 'http://redis': expected empty, or a URL",
+        ),
+        ("[api]\nmax_body_size = 0\n", {}, "invalid setting api.max_body_size = 0: expected a value of at least 1"),
         ("[websocket\nport=", {}, "cannot read settings from"),
-        ('[websocket.limits]\nmessages_per_second = "fast"\n', {}, "invalid setting websocket.limits.messages_per_second = 'fast': expected a number"),
-        ("", {"WEBSOCKET_LIMITS_MESSAGES_PER_SECOND": "ten"}, "invalid setting websocket.limits.messages_per_second (WEBSOCKET_LIMITS_MESSAGES_PER_SECOND) = 'ten': expected a number"),
-        ("", {"WEBSOCKET_LIMITS_MESSAGES_PER_SECOND": "nan"}, "invalid setting websocket.limits.messages_per_second (WEBSOCKET_LIMITS_MESSAGES_PER_SECOND) = 'nan': expected a finite number"),
-        ("[websocket.limits]\nmessages_per_second = -1.5\n", {}, "invalid setting websocket.limits.messages_per_second = -1.5: expected a value of at least 0"),
-        ('[websocket.limits]\nroom_name_pattern = "[a-z"\n', {}, "invalid setting websocket.limits.room_name_pattern = '[a-z': expected a regular expression (unterminated character set"),
-        ("[websocket.limits]\nmax_json_depth = 0\n", {}, "invalid setting websocket.limits.max_json_depth = 0: expected a value of at least 1"),
-        ('[websocket.limits]\nrate_limit_grace = "soon"\n', {}, "invalid setting websocket.limits.rate_limit_grace = 'soon': expected a duration"),
+        (
+            '[websocket.limits]\nmessages_per_second = "fast"\n',
+            {},
+            "invalid setting websocket.limits.messages_per_second = 'fast': expected a number",
+        ),
+        (
+            "",
+            {"WEBSOCKET_LIMITS_MESSAGES_PER_SECOND": "ten"},
+            "invalid setting websocket.limits.messages_per_second (WEBSOCKET_LIMITS_MESSAGES_PER_SECOND) = 'ten': expected a number",
+        ),
+        (
+            "",
+            {"WEBSOCKET_LIMITS_MESSAGES_PER_SECOND": "nan"},
+            "invalid setting websocket.limits.messages_per_second (WEBSOCKET_LIMITS_MESSAGES_PER_SECOND) = 'nan': expected a finite number",
+        ),
+        (
+            "[websocket.limits]\nmessages_per_second = -1.5\n",
+            {},
+            "invalid setting websocket.limits.messages_per_second = -1.5: expected a value of at least 0",
+        ),
+        (
+            '[websocket.limits]\nroom_name_pattern = "[a-z"\n',
+            {},
+            "invalid setting websocket.limits.room_name_pattern = '[a-z': expected a regular expression (unterminated character set",
+        ),
+        (
+            "[websocket.limits]\nmax_json_depth = 0\n",
+            {},
+            "invalid setting websocket.limits.max_json_depth = 0: expected a value of at least 1",
+        ),
+        (
+            '[websocket.limits]\nrate_limit_grace = "soon"\n',
+            {},
+            "invalid setting websocket.limits.rate_limit_grace = 'soon': expected a duration",
+        ),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_expected(
@@ -210,8 +349,16 @@ def test_a_relative_settings_file_is_resolved_against_the_working_directory(
     assert load_settings().websocket.port == 8081
 
 
-@pytest.mark.parametrize("name", ["SETTINGS_FILE_FOR_DYNACONF", "INCLUDES_FOR_DYNACONF", "PRELOAD_FOR_DYNACONF",
-                                  "SETTINGS_FILES_FOR_DYNACONF", "ROOT_PATH_FOR_DYNACONF"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SETTINGS_FILE_FOR_DYNACONF",
+        "INCLUDES_FOR_DYNACONF",
+        "PRELOAD_FOR_DYNACONF",
+        "SETTINGS_FILES_FOR_DYNACONF",
+        "ROOT_PATH_FOR_DYNACONF",
+    ],
+)
 def test_dynaconf_variables_that_read_other_files_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
@@ -219,8 +366,11 @@ def test_dynaconf_variables_that_read_other_files_are_refused(
     other.write_text("[websocket]\nport = 9202\n")
     path = write(tmp_path, "[websocket]\nport = 9203\n")
     monkeypatch.setenv(name, str(other) if name != "ROOT_PATH_FOR_DYNACONF" else str(tmp_path))
-    with pytest.raises(ConfigError, match=f"^environment variable {name} would make dynaconf read other settings "
-                                          f"files than {re.escape(str(path))}: name the file with WSGATE_SETTINGS"):
+    with pytest.raises(
+        ConfigError,
+        match=f"^environment variable {name} would make dynaconf read other settings "
+        f"files than {re.escape(str(path))}: name the file with WSGATE_SETTINGS",
+    ):
         load_settings(path)
 
 

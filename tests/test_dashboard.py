@@ -1,10 +1,12 @@
-"""The operator dashboard: settings, login and sessions, operator messages and live figures (browser: test_browser.py)."""
+"""The operator dashboard: settings, login and sessions, operator messages and live figures.
+
+In a browser: test_browser.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -55,8 +57,9 @@ async def test_the_dashboard_is_off_by_default(server: Server) -> None:
         ({"enabled": True, "password": "short"}, "invalid setting dashboard.password: expected at least 12 characters"),
     ],
 )
-async def test_a_dashboard_needs_a_way_to_log_in(wsgate_server: StartServer, dashboard: dict[str, Any],
-                                                 message: str) -> None:
+async def test_a_dashboard_needs_a_way_to_log_in(
+    wsgate_server: StartServer, dashboard: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         await wsgate_server(dashboard=dashboard)
     assert str(caught.value).startswith(message)
@@ -74,9 +77,14 @@ async def test_login_sets_an_http_only_session_and_no_secret_reaches_the_page(ws
     assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
     async with server.session.get(server.url("/dashboard")) as resp:
         assert "Log in" in await resp.text()  # no cookie: the login form
-    async with server.session.get(server.url("/dashboard"), headers={"Cookie": f"wsgate_dashboard={cookie.value}"}) as resp:
+    async with server.session.get(
+        server.url("/dashboard"), headers={"Cookie": f"wsgate_dashboard={cookie.value}"}
+    ) as resp:
         page = await resp.text()
-        assert resp.headers["Cache-Control"] == "no-store" and "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        assert (
+            resp.headers["Cache-Control"] == "no-store"
+            and "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        )
     assert 'id="chart"' in page and PASSWORD not in page and cookie.value not in page
     for name in ("dashboard.js", "chart.js", "dashboard.css"):
         async with server.session.get(server.url(f"/dashboard/{name}")) as resp:
@@ -86,8 +94,9 @@ async def test_login_sets_an_http_only_session_and_no_secret_reaches_the_page(ws
 
 
 async def test_an_admin_jwt_logs_in_too(wsgate_server: StartServer) -> None:
-    server = await wsgate_server(dashboard={"enabled": True}, auth={"jwt": {"secret": SECRET}},
-                                 plugins={"disabled": ["token_auth"]})
+    server = await wsgate_server(
+        dashboard={"enabled": True}, auth={"jwt": {"secret": SECRET}}, plugins={"disabled": ["token_auth"]}
+    )
     now = int(time.time())
     admin = jwt.encode({"sub": "root", "exp": now + 60, "admin": True}, SECRET, algorithm="HS256")
     user = jwt.encode({"sub": "bob", "exp": now + 60}, SECRET, algorithm="HS256")
@@ -100,8 +109,9 @@ async def test_an_admin_jwt_logs_in_too(wsgate_server: StartServer) -> None:
 
 
 async def test_no_claim_a_user_can_put_in_a_token_makes_an_operator(wsgate_server: StartServer) -> None:
-    server = await wsgate_server(dashboard={"enabled": True}, auth={"jwt": {"secret": SECRET}},
-                                 plugins={"disabled": ["token_auth"]})
+    server = await wsgate_server(
+        dashboard={"enabled": True}, auth={"jwt": {"secret": SECRET}}, plugins={"disabled": ["token_auth"]}
+    )
     now = int(time.time())
     for claims in ({"operator": True}, {"dashboard_session": "guessed"}, {"admin": "yes"}):
         forged = jwt.encode({"sub": "mallory", "exp": now + 60, **claims}, SECRET, algorithm="HS256")
@@ -115,8 +125,9 @@ GUARDED = {"rooms": ["ops:* = nobody", "private-* = identity"]}  # a tail only a
 
 async def logout(server: Server, cookie: str) -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.post(server.url("/dashboard/logout"), headers={"Cookie": f"wsgate_dashboard={cookie}"},
-                                allow_redirects=False) as resp:
+        async with session.post(
+            server.url("/dashboard/logout"), headers={"Cookie": f"wsgate_dashboard={cookie}"}, allow_redirects=False
+        ) as resp:
             assert resp.status == 302
 
 
@@ -168,8 +179,9 @@ async def test_a_login_that_expires_closes_its_sockets(wsgate_server: StartServe
 
 async def test_an_admin_token_login_ends_with_the_token(wsgate_server: StartServer) -> None:
     """The security review: a dashboard login made with an admin JWT outlived the token on open sockets."""
-    server = await wsgate_server(dashboard={"enabled": True}, auth={"jwt": {"secret": SECRET}, **GUARDED},
-                                 plugins={"disabled": ["token_auth"]})
+    server = await wsgate_server(
+        dashboard={"enabled": True}, auth={"jwt": {"secret": SECRET}, **GUARDED}, plugins={"disabled": ["token_auth"]}
+    )
     admin = jwt.encode({"sub": "root", "exp": int(time.time()) + 2, "admin": True}, SECRET, algorithm="HS256")
     cookie = (await login(server, admin)).cookies["wsgate_dashboard"].value
     ops = await granted(server, cookie)
@@ -183,8 +195,12 @@ async def test_a_new_login_from_the_same_browser_ends_the_old_one(wsgate_server:
     old = (await login(server, PASSWORD)).cookies["wsgate_dashboard"].value
     ops = await granted(server, old)
     async with aiohttp.ClientSession() as session:
-        async with session.post(server.url("/dashboard/login"), data={"secret": PASSWORD}, allow_redirects=False,
-                                headers={"Cookie": f"wsgate_dashboard={old}"}) as resp:
+        async with session.post(
+            server.url("/dashboard/login"),
+            data={"secret": PASSWORD},
+            allow_redirects=False,
+            headers={"Cookie": f"wsgate_dashboard={old}"},
+        ) as resp:
             new = resp.cookies["wsgate_dashboard"].value
     await assert_closed_at_once(server, ops, "replaced by a new login")
     assert not server.app[DASHBOARD_PLUGIN].sessions.valid(old) and new != old
@@ -194,8 +210,12 @@ async def test_a_new_login_from_the_same_browser_ends_the_old_one(wsgate_server:
 async def test_other_sites_cannot_use_an_operator_login(wsgate_server: StartServer) -> None:
     server = await wsgate_server(dashboard=DASHBOARD, security={"allowed_origins": ["https://app.example.com"]})
     async with aiohttp.ClientSession() as session:  # login CSRF: a form on another site
-        async with session.post(server.url("/dashboard/login"), data={"secret": PASSWORD}, allow_redirects=False,
-                                headers={"Origin": "https://evil.example"}) as resp:
+        async with session.post(
+            server.url("/dashboard/login"),
+            data={"secret": PASSWORD},
+            allow_redirects=False,
+            headers={"Origin": "https://evil.example"},
+        ) as resp:
             assert resp.status == 403 and "Set-Cookie" not in resp.headers
     cookie = (await login(server, PASSWORD)).cookies["wsgate_dashboard"].value
     # a page of an allowed origin, with the operator's cookie riding along, gets an ordinary connection
@@ -219,12 +239,19 @@ async def test_operators_watch_publish_tail_and_disconnect(wsgate_server: StartS
     node = stats["data"]["node"]
     assert (node["clients"], node["rooms"], node["top_rooms"], node["broker"]) == (4, 1, [["chat:ops", 3]], "ok")
     assert stats["data"]["nodes"] == [node]
-    published = await answer(ops, {"type": "dashboard_publish", "room": "chat:ops", "data": {"note": "maintenance"}},
-                             "dashboard_published")
-    assert published == {"type": "dashboard_published", "room": "chat:ops", "data": {"delivered": 3},
-                         "timestamp": published["timestamp"]}
+    published = await answer(
+        ops, {"type": "dashboard_publish", "room": "chat:ops", "data": {"note": "maintenance"}}, "dashboard_published"
+    )
+    assert published == {
+        "type": "dashboard_published",
+        "room": "chat:ops",
+        "data": {"delivered": 3},
+        "timestamp": published["timestamp"],
+    }
     assert (await members[0].recv())["data"] == {"note": "maintenance"}
-    assert (await answer(ops, {"type": "dashboard_tail", "room": "chat:ops"}, "dashboard_tailing"))["room"] == "chat:ops"
+    assert (await answer(ops, {"type": "dashboard_tail", "room": "chat:ops"}, "dashboard_tailing"))[
+        "room"
+    ] == "chat:ops"
     await members[1].send({"type": "publish", "room": "chat:ops", "data": "seen by the operator"})
     while (message := await ops.recv())["type"] != "message":
         pass  # dashboard_stats keep coming
@@ -238,8 +265,11 @@ async def test_operators_watch_publish_tail_and_disconnect(wsgate_server: StartS
 async def test_dashboard_messages_are_for_operators_only(wsgate_server: StartServer) -> None:
     server = await wsgate_server(dashboard=DASHBOARD)
     stranger = await server.connect()
-    for request in ({"type": "dashboard_watch"}, {"type": "dashboard_disconnect", "client_id": stranger.id},
-                    {"type": "dashboard_publish", "room": "r", "data": 1}):
+    for request in (
+        {"type": "dashboard_watch"},
+        {"type": "dashboard_disconnect", "client_id": stranger.id},
+        {"type": "dashboard_publish", "room": "r", "data": 1},
+    ):
         answer = await stranger.request(request)
         assert (answer["error"], answer["detail"]) == ("not allowed", "dashboard messages are for operators")
     forged = Client(await server.raw(headers={"Cookie": "wsgate_dashboard=forged"}))
@@ -247,8 +277,9 @@ async def test_dashboard_messages_are_for_operators_only(wsgate_server: StartSer
     assert (await forged.request({"type": "dashboard_watch"}))["error"] == "not allowed"
 
 
-async def test_with_redis_the_dashboard_lists_every_node(wsgate_server: StartServer, redis_url: str,
-                                                         broker_prefix: str) -> None:
+async def test_with_redis_the_dashboard_lists_every_node(
+    wsgate_server: StartServer, redis_url: str, broker_prefix: str
+) -> None:
     tables = {"broker": {"url": redis_url, "prefix": broker_prefix}, "dashboard": DASHBOARD}
     a, b = await wsgate_server(**tables), await wsgate_server(**tables)
     on_b = [await b.connect() for _ in range(2)]
@@ -295,17 +326,22 @@ async def test_a_burst_of_slow_logins_gets_only_the_free_attempts_checked(wsgate
         writer.close()
 
 
-async def open_attempt(server: Server, body: bytes, *, held: int = 0, cookie: str = "",
-                       expect: bool = False) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def open_attempt(
+    server: Server, body: bytes, *, held: int = 0, cookie: str = "", expect: bool = False
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A login over a raw socket that sends its form but its last `held` bytes (`expect`: asks for
     `100 Continue`, which aiohttp sends as the login view is called)."""
     url = yarl.URL(server.url("/"))
     assert url.host is not None and url.port is not None
     reader, writer = await asyncio.open_connection(url.host, url.port)
-    head = (f"POST /dashboard/login HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
-            f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n"
-            + (f"Cookie: {cookie}\r\n" if cookie else "") + ("Expect: 100-continue\r\n" if expect else "") + "\r\n")
-    writer.write(head.encode() + body[:len(body) - held])
+    head = (
+        f"POST /dashboard/login HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}\r\n"
+        + (f"Cookie: {cookie}\r\n" if cookie else "")
+        + ("Expect: 100-continue\r\n" if expect else "")
+        + "\r\n"
+    )
+    writer.write(head.encode() + body[: len(body) - held])
     return reader, writer
 
 
@@ -340,8 +376,9 @@ async def test_a_guesser_timing_its_attempts_cannot_keep_the_operator_out(wsgate
     """The security review: a guesser at the operator's address holds forms open and sends the next attempt the
     moment a wait ends; the right password got in 0 times in 40. The operator's browser, which logged in before,
     carries a device cookie and is counted on its own; an admin JWT is never throttled."""
-    server = await wsgate_server(dashboard=DASHBOARD, auth={"jwt": {"secret": SECRET}},
-                                 plugins={"disabled": ["token_auth"]})
+    server = await wsgate_server(
+        dashboard=DASHBOARD, auth={"jwt": {"secret": SECRET}}, plugins={"disabled": ["token_auth"]}
+    )
     server.app[DASHBOARD_PLUGIN].throttle = LoginThrottle(free=3, base=0.2, most=0.4)  # the defaults: 3, 1 s, 30 s
     device = (await login(server, PASSWORD)).cookies["wsgate_dashboard_device"].value  # the operator, last week
     answers: dict[int, int] = {}
@@ -363,8 +400,9 @@ async def test_a_guesser_timing_its_attempts_cannot_keep_the_operator_out(wsgate
     task = asyncio.create_task(guesser())
     await asyncio.wait_for(enough.wait(), 15)
     started = time.monotonic()
-    reader, writer = await open_attempt(server, f"secret={PASSWORD.replace(' ', '+')}".encode(),
-                                        cookie=f"wsgate_dashboard_device={device}")
+    reader, writer = await open_attempt(
+        server, f"secret={PASSWORD.replace(' ', '+')}".encode(), cookie=f"wsgate_dashboard_device={device}"
+    )
     assert await status_of(reader) == 302  # at the first attempt, while the guesser goes on
     writer.close()
     admin = jwt.encode({"sub": "root", "exp": int(time.time()) + 60, "admin": True}, SECRET, algorithm="HS256")

@@ -59,18 +59,29 @@ class Member:
             await self.until(done, timeout)
 
     def leaves_of(self, client_id: str, room: str) -> int:
-        return sum(1 for diff in self.diffs if diff["room"] == room
-                   for member in diff["data"]["leaves"] if member["client_id"] == client_id)
+        return sum(
+            1
+            for diff in self.diffs
+            if diff["room"] == room
+            for member in diff["data"]["leaves"]
+            if member["client_id"] == client_id
+        )
 
 
 def joined(client_id: str, room: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda m: m["type"] == "presence_diff" and m["room"] == room and any(
-        j["client_id"] == client_id for j in m["data"]["joins"])
+    return lambda m: (
+        m["type"] == "presence_diff"
+        and m["room"] == room
+        and any(j["client_id"] == client_id for j in m["data"]["joins"])
+    )
 
 
 def left(client_id: str, room: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda m: m["type"] == "presence_diff" and m["room"] == room and any(
-        j["client_id"] == client_id for j in m["data"]["leaves"])
+    return lambda m: (
+        m["type"] == "presence_diff"
+        and m["room"] == room
+        and any(j["client_id"] == client_id for j in m["data"]["leaves"])
+    )
 
 
 async def connect(stack: AsyncExitStack, session: aiohttp.ClientSession, node: Process) -> Member:
@@ -81,9 +92,13 @@ async def connect(stack: AsyncExitStack, session: aiohttp.ClientSession, node: P
 
 async def start_nodes(stack: AsyncExitStack, redis_url: str, count: int) -> list[Process]:
     env = environment(
-        WEBSOCKET_ENABLED="true", WSGATE_BROKER__URL=redis_url, WSGATE_BROKER__PREFIX=PREFIX,
-        WSGATE_PRESENCE__ROOMS='["chat:*"]', WSGATE_PRESENCE__EVENTS="true",
-        WSGATE_PRESENCE__INTERVAL=f"{INTERVAL * 1000:g}ms", WSGATE_PRESENCE__NODE_TTL=f"{NODE_TTL:g}s",
+        WEBSOCKET_ENABLED="true",
+        WSGATE_BROKER__URL=redis_url,
+        WSGATE_BROKER__PREFIX=PREFIX,
+        WSGATE_PRESENCE__ROOMS='["chat:*"]',
+        WSGATE_PRESENCE__EVENTS="true",
+        WSGATE_PRESENCE__INTERVAL=f"{INTERVAL * 1000:g}ms",
+        WSGATE_PRESENCE__NODE_TTL=f"{NODE_TTL:g}s",
     )
     nodes = list(await asyncio.gather(*(start_wsgate(env=env) for _ in range(count))))
     for node in nodes:
@@ -97,6 +112,7 @@ async def listed_nodes(redis: Any) -> set[bytes]:
 
 async def until_listed(redis: Any, count: int) -> None:
     """Every node has written its members (it lists itself on its first write): polled, Redis has no event."""
+
     async def listed() -> bool:
         return len(await listed_nodes(redis)) == count
 
@@ -135,7 +151,10 @@ async def test_members_of_a_killed_node_leave_exactly_once_on_every_survivor(pri
             await watcher.until_diff(joined(marker_a.id, "chat:1"))
             await watcher.until_diff(joined(marker_c.id, "chat:1"))
         assert (ma.leaves_of(mb1.id, "chat:1"), mc.leaves_of(mb1.id, "chat:1"), ma.leaves_of(mb2.id, "chat:2")) == (
-            1, 1, 1)
+            1,
+            1,
+            1,
+        )
         answer_request = {"type": "presence", "room": "chat:1"}
         await ma.ws.send_str(json.dumps(answer_request))
         answer = await ma.until(lambda m: m["type"] == "presence")

@@ -16,20 +16,38 @@ from wsgate.testing import StartServer
 from .processes import environment, start_wsgate
 
 
-@pytest.mark.parametrize("origin", ["http://127.0.0.1:8000/", "http://127.0.0.1:8000/app", "127.0.0.1:8000",
-                                    "HTTP://Example.com", "http://x?y=1", "http://a.com:", "http://a.com:80",
-                                    "https://a.com:443", "http://a.com#", "http://u@a.com"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://127.0.0.1:8000/",
+        "http://127.0.0.1:8000/app",
+        "127.0.0.1:8000",
+        "HTTP://Example.com",
+        "http://x?y=1",
+        "http://a.com:",
+        "http://a.com:80",
+        "https://a.com:443",
+        "http://a.com#",
+        "http://u@a.com",
+    ],
+)
 @pytest.mark.parametrize("key", ["security", "cors"])
 def test_an_origin_that_cannot_match_is_refused_at_start_up(origin: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"{key}.allowed_origins entry .*: expected an origin as browsers send it"):
         load_settings(overrides={key: {"allowed_origins": [origin]}})
 
 
-@pytest.mark.parametrize(("origin", "reason"), [
-    ("http://*.example.com", "wildcards are not matched"), ("https://*", "wildcards are not matched"),
-    ("ws://127.0.0.1:8000", "not the WebSocket's own URL"), ("wss://gw.example.com", "not the WebSocket's own URL"),
-    ("null", "every page without an origin of its own"), ("http://bücher.example", "as browsers send it"),
-])
+@pytest.mark.parametrize(
+    ("origin", "reason"),
+    [
+        ("http://*.example.com", "wildcards are not matched"),
+        ("https://*", "wildcards are not matched"),
+        ("ws://127.0.0.1:8000", "not the WebSocket's own URL"),
+        ("wss://gw.example.com", "not the WebSocket's own URL"),
+        ("null", "every page without an origin of its own"),
+        ("http://bücher.example", "as browsers send it"),
+    ],
+)
 def test_an_origin_no_browser_sends_is_refused_with_the_reason(origin: str, reason: str) -> None:
     with pytest.raises(ConfigError, match=rf"security.allowed_origins entry .*: expected .*{re.escape(reason)}"):
         load_settings(overrides={"security": {"allowed_origins": [origin]}})
@@ -43,8 +61,10 @@ async def test_a_refused_origin_is_logged_with_the_setting_to_change(
     server = await wsgate_server()
     with pytest.raises(aiohttp.WSServerHandshakeError):
         await server.raw(headers={"Origin": "http://127.0.0.1:8000"})
-    assert ("add it to security.allowed_origins (e.g. WSGATE_SECURITY__ALLOWED_ORIGINS='[\"http://127.0.0.1:8000\"]')"
-            in caplog.text)
+    assert (
+        "add it to security.allowed_origins (e.g. WSGATE_SECURITY__ALLOWED_ORIGINS='[\"http://127.0.0.1:8000\"]')"
+        in caplog.text
+    )
     caplog.clear()
     with pytest.raises(aiohttp.WSServerHandshakeError):  # what file:// and sandboxed pages send
         await server.raw(headers={"Origin": "null"})
@@ -52,8 +72,9 @@ async def test_a_refused_origin_is_logged_with_the_setting_to_change(
     assert "add it to" not in caplog.text
 
 
-@pytest.mark.parametrize(("text", "value"), [("0", False), ("1", True), ("no", False), ("yes", True),
-                                             ("false", False), ("True", True)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("0", False), ("1", True), ("no", False), ("yes", True), ("false", False), ("True", True)]
+)
 def test_booleans_from_variables_follow_the_readme(monkeypatch: pytest.MonkeyPatch, text: str, value: bool) -> None:
     monkeypatch.setenv("WSGATE_METRICS__ENABLED", text)
     assert load_settings().metrics.enabled is value
@@ -65,8 +86,11 @@ def test_a_variable_for_a_whole_table_is_refused(monkeypatch: pytest.MonkeyPatch
     settings = tmp_path / "settings.toml"
     settings.write_text('[security]\nallowed_hosts = ["gw.example.com"]\n')
     monkeypatch.setenv("WSGATE_SECURITY", '{request_timeout="5s"}')
-    with pytest.raises(ConfigError, match=r"^environment variable WSGATE_SECURITY would replace the whole \[security\] "
-                                          r"table: set WSGATE_SECURITY__<KEY> for each key instead$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^environment variable WSGATE_SECURITY would replace the whole \[security\] "
+        r"table: set WSGATE_SECURITY__<KEY> for each key instead$",
+    ):
         load_settings(settings)
 
 
@@ -77,8 +101,16 @@ def test_an_error_names_the_variable_it_came_from(monkeypatch: pytest.MonkeyPatc
 
 
 def test_variables_that_are_no_setting_are_named_with_the_closest_one() -> None:
-    warnings = unknown_variables({"WEBSOCKET_PROT": "8082", "WSGATE_WEBSOCKET_PORT": "9999", "WEBSOCKET_PORT": "1",
-                                  "WSGATE_SETTINGS": "x", "WSGATE_PLUGINS__USERS__DATABASE": "db", "HOME": "/"})
+    warnings = unknown_variables(
+        {
+            "WEBSOCKET_PROT": "8082",
+            "WSGATE_WEBSOCKET_PORT": "9999",
+            "WEBSOCKET_PORT": "1",
+            "WSGATE_SETTINGS": "x",
+            "WSGATE_PLUGINS__USERS__DATABASE": "db",
+            "HOME": "/",
+        }
+    )
     assert warnings == [
         "environment variable WEBSOCKET_PROT is not a setting and is ignored; did you mean WEBSOCKET_PORT?",
         "environment variable WSGATE_WEBSOCKET_PORT is not a setting and is ignored; "
@@ -125,7 +157,6 @@ async def test_a_close_without_a_status_code_is_logged_as_1005(
         while "disconnected" not in caplog.text:
             await asyncio.sleep(0.01)  # the server logs as it finishes: nothing to wait on from here
     assert f"client {client.id} disconnected (code 1005)" in caplog.text
-
 
 
 def test_a_secret_setting_never_appears_in_its_error(tmp_path: Path) -> None:

@@ -28,8 +28,9 @@ CONCURRENCY = 25
 MEMORY_SLACK = 256 * 1024  # bytes the heap may differ from its baseline (allocator caches, interned strings)
 
 
-def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True,
-          length: int | None = None) -> bytes:
+def frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True, length: int | None = None
+) -> bytes:
     """One client frame; every field can be made wrong."""
     size = len(payload) if length is None else length
     head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
@@ -55,8 +56,11 @@ def close_frame(code: int, reason: bytes = b"") -> bytes:
 
 
 VALID_MESSAGES = [
-    b'{"type":"ping"}', b'{"type":"subscribe","room":"fuzz"}', b'{"type":"publish","room":"fuzz","data":[1,2]}',
-    b'{"type":"broadcast","data":"x"}', b'{"type":"unsubscribe","room":"fuzz"}',
+    b'{"type":"ping"}',
+    b'{"type":"subscribe","room":"fuzz"}',
+    b'{"type":"publish","room":"fuzz","data":[1,2]}',
+    b'{"type":"broadcast","data":"x"}',
+    b'{"type":"unsubscribe","room":"fuzz"}',
 ]
 
 Generator = Callable[[random.Random], bytes]
@@ -82,8 +86,10 @@ WHOLE_FRAMES: list[Generator] = [  # the server can tell where each of these end
 BROKEN_STREAMS: list[Generator] = [  # after these the server cannot find the next frame: the client vanishes
     lambda r: r.randbytes(r.randrange(1, 64)),  # noise
     lambda r: frame(0x1, r.choice(VALID_MESSAGES))[: r.randrange(1, 8)],  # truncated
-    lambda r: bytes(b ^ (1 << r.randrange(8)) if r.random() < 0.1 else b  # bit flips in a valid frame
-                    for b in frame(0x1, r.choice(VALID_MESSAGES))),
+    lambda r: bytes(
+        b ^ (1 << r.randrange(8)) if r.random() < 0.1 else b  # bit flips in a valid frame
+        for b in frame(0x1, r.choice(VALID_MESSAGES))
+    ),
 ]
 
 
@@ -95,10 +101,13 @@ async def fuzz_one(port: int, rng: random.Random) -> None:
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
-        await loop.sock_sendall(sock, (
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode())
+        await loop.sock_sendall(
+            sock,
+            (
+                "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode(),
+        )
         frames = [rng.choice(WHOLE_FRAMES)(rng) for _ in range(rng.randrange(1, 6))]
         vanish = rng.random() < 0.25
         frames.append(rng.choice(BROKEN_STREAMS)(rng) if vanish else close_frame(1000))
@@ -154,8 +163,19 @@ async def test_fuzzed_frames_leave_the_server_healthy(
     memory = await settled(server)
     await eventually(lambda: len(asyncio.all_tasks()) <= baseline_tasks)
     metrics = server.metrics
-    print("heap growth", memory - baseline_memory, {r: metrics.error_count(r) for r in (  # noqa: T201
-        "invalid_json", "too_deep", "binary_frame", "message_too_big")})
+    print(
+        "heap growth",
+        memory - baseline_memory,
+        {
+            r: metrics.error_count(r)
+            for r in (  # noqa: T201
+                "invalid_json",
+                "too_deep",
+                "binary_frame",
+                "message_too_big",
+            )
+        },
+    )
     # the fuzzing reached the dispatcher and the frame reader, not only the handshake
     assert all(metrics.error_count(r) > 0 for r in ("invalid_json", "too_deep", "binary_frame", "message_too_big"))
     assert memory - baseline_memory < MEMORY_SLACK, (memory, baseline_memory)

@@ -8,6 +8,7 @@ Here the hook waits on an event the test controls instead of a clock.
 from __future__ import annotations
 
 import asyncio
+
 import pytest
 
 from wsgate import Client, hookimpl
@@ -81,7 +82,7 @@ class JoinOnConnect:
 async def test_a_hook_joining_a_client_that_left_is_refused(wsgate_server: StartServer) -> None:
     hook = JoinOnConnect()
     server = await wsgate_server(hook)
-    leaving = await server.raw()
+    await server.raw()  # the client that leaves
     await asyncio.wait_for(hook.waiting.wait(), 5)
     next(iter(server.hub.connections.values())).drop(1008, "slow consumer")  # its read loop has not begun
     await eventually(lambda: not server.hub.connections)

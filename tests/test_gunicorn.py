@@ -17,9 +17,18 @@ async def test_gunicorn_serves_the_protocol_and_shuts_down_gracefully(tmp_path: 
     settings = tmp_path / "gunicorn.toml"
     settings.write_text("[websocket]\nenabled = true\n[websocket.limits]\nmax_connections = 10\n")
     server = await spawn(
-        sys.executable, "-m", "gunicorn", "wsgate.app:create_app",
-        "--worker-class", "wsgate.worker.GatewayWorker", "--bind", "127.0.0.1:0", "--workers", "1",
-        "--graceful-timeout", "10",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "wsgate.app:create_app",
+        "--worker-class",
+        "wsgate.worker.GatewayWorker",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--graceful-timeout",
+        "10",
         env=environment(WSGATE_SETTINGS=str(settings)),
     )
     try:
@@ -29,7 +38,10 @@ async def test_gunicorn_serves_the_protocol_and_shuts_down_gracefully(tmp_path: 
             # the worker may still be importing the app: the first request waits for it
             async with session.get(server.url("/health")) as resp:
                 assert {k: v for k, v in (await resp.json()).items() if k in ("status", "clients", "rooms")} == {
-                    "status": "healthy", "clients": 0, "rooms": 0}
+                    "status": "healthy",
+                    "clients": 0,
+                    "rooms": 0,
+                }
             async with session.ws_connect(server.url("/ws")) as a, session.ws_connect(server.url("/ws")) as b:
                 for ws in (a, b):
                     assert (await ws.receive_json())["type"] == "connected"
@@ -54,9 +66,21 @@ async def test_two_workers_scrape_shows_the_sum_and_sigterm_closes_everyone(tmp_
 
     metrics_dir = tmp_path / "prometheus"
     server = await spawn(
-        sys.executable, "-m", "gunicorn", "-c", "python:wsgate.gunicorn_conf", "wsgate.app:create_app",
-        "--bind", "127.0.0.1:0", "--workers", "2", "--graceful-timeout", "10",
-        env=environment(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), WSGATE_BROKER__UNSHARED_WORKERS="true"),  # metrics only
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:wsgate.gunicorn_conf",
+        "wsgate.app:create_app",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--graceful-timeout",
+        "10",
+        env=environment(
+            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), WSGATE_BROKER__UNSHARED_WORKERS="true"
+        ),  # metrics only
     )
     try:
         server.port = int((await server.wait_for_line(r"Listening at: http://127\.0\.0\.1:(\d+)")).group(1))
@@ -98,8 +122,17 @@ async def test_several_workers_without_a_shared_broker_refuse_to_start(tmp_path:
     """The first hour: `gunicorn -w 2` with the in-memory broker silently split rooms (5 of 8 subscribers got a
     publish). Now it stops with one line saying what to do, unless allowed explicitly."""
     process = await spawn(
-        sys.executable, "-m", "gunicorn", "-c", "python:wsgate.gunicorn_conf", "wsgate.app:create_app",
-        "--bind", "127.0.0.1:0", "--workers", "2", env=environment(WEBSOCKET_ENABLED="true"),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:wsgate.gunicorn_conf",
+        "wsgate.app:create_app",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        env=environment(WEBSOCKET_ENABLED="true"),
     )
     code = await process.finish(30)
     log = "".join(process.lines)
@@ -109,22 +142,39 @@ async def test_several_workers_without_a_shared_broker_refuse_to_start(tmp_path:
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNlY3JldA"
 
 
-@pytest.mark.parametrize("how", [("-c", "python:wsgate.gunicorn_conf"),
-                                 ("--worker-class", "wsgate.worker.GatewayWorker")], ids=["conf", "worker"])
+@pytest.mark.parametrize(
+    "how",
+    [("-c", "python:wsgate.gunicorn_conf"), ("--worker-class", "wsgate.worker.GatewayWorker")],
+    ids=["conf", "worker"],
+)
 async def test_the_gunicorn_access_log_masks_tokens_like_python_m_wsgate(tmp_path: Path, how: tuple[str, str]) -> None:
     """Issue 20: under gunicorn the access log wrote `?token=<jwt>` in full, while `python -m wsgate` masked it.
     Its siblings: other secret-named parameters, a URL's user information in a header the format logs."""
     server = await spawn(
-        sys.executable, "-m", "gunicorn", *how, "wsgate.app:create_app", "--bind", "127.0.0.1:0", "--workers", "1",
-        "--access-logfile", "-", "--access-logformat", '%a "%r" %s "%{Referer}i" "%{Authorization}i"',
-        env=environment(WEBSOCKET_ENABLED="true"), stdout=True,
+        sys.executable,
+        "-m",
+        "gunicorn",
+        *how,
+        "wsgate.app:create_app",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--access-logfile",
+        "-",
+        "--access-logformat",
+        '%a "%r" %s "%{Referer}i" "%{Authorization}i"',
+        env=environment(WEBSOCKET_ENABLED="true"),
+        stdout=True,
     )
     try:
         server.port = int((await server.wait_for_line(r"Listening at: http://127\.0\.0\.1:(\d+)")).group(1))
         query = f"?token={TOKEN}&access_token=Hunter11-token&api_key=Hunter12&room=r"
         headers = {"Referer": "https://u:p@ss-Hunter13@app.example/", "Authorization": "Bearer Hunter14-0123456789"}
-        async with aiohttp.ClientSession() as session, session.get(server.url("/health" + query),
-                                                                   headers=headers) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(server.url("/health" + query), headers=headers) as resp,
+        ):
             assert resp.status == 200
         assert server.proc.stdout is not None
         async with asyncio.timeout(20):

@@ -44,7 +44,11 @@ async def test_messages_carry_offsets_and_epochs_only_in_rooms_with_history(star
     assert (subscribed["data"]["offset"], subscribed["data"]["epoch"]) == (0, "")  # no history yet: nothing created
     got = await publish_all(client, "chat:1", range(3))
     epoch = got[0]["epoch"]  # the first message begins the room's history
-    assert epoch and [(m["data"], m["offset"], m["epoch"]) for m in got] == [(0, 1, epoch), (1, 2, epoch), (2, 3, epoch)]
+    assert epoch and [(m["data"], m["offset"], m["epoch"]) for m in got] == [
+        (0, 1, epoch),
+        (1, 2, epoch),
+        (2, 3, epoch),
+    ]
     assert list(got[0])[:5] == ["type", "room", "data", "client_id", "timestamp"]  # the guide's fields first
     plain = await client.subscribe("lobby")
     assert set(plain["data"]) == {"room", "client_count"}  # the guide's shape, unchanged
@@ -64,8 +68,13 @@ async def test_a_client_recovers_what_it_missed_exactly_once_in_order(start: Sta
     again = await server.connect()
     since = {"offset": last["offset"], "epoch": last["epoch"]}
     answer = await again.request({"type": "subscribe", "room": "chat:1", "since": since})
-    assert answer["data"] == {"room": "chat:1", "client_count": 2, "offset": 510,
-                              "epoch": seen[0]["epoch"], "recovered": True}
+    assert answer["data"] == {
+        "room": "chat:1",
+        "client_count": 2,
+        "offset": 510,
+        "epoch": seen[0]["epoch"],
+        "recovered": True,
+    }
     assert subscribed["data"]["epoch"] == ""  # it subscribed before the room had history
     missed = [await again.recv() for _ in range(500)]
     assert [m["data"] for m in missed] == list(range(10, 510))
@@ -76,8 +85,7 @@ async def test_a_client_recovers_what_it_missed_exactly_once_in_order(start: Sta
     assert seen[0]["offset"] == 1
 
 
-async def test_a_client_resumes_on_another_node(wsgate_server: StartServer, redis_url: str,
-                                                broker_prefix: str) -> None:
+async def test_a_client_resumes_on_another_node(wsgate_server: StartServer, redis_url: str, broker_prefix: str) -> None:
     """With Redis, every node sees the same history: miss 500 messages published on A, resume on B."""
     broker = {"url": redis_url, "prefix": broker_prefix}
     a, b = await wsgate_server(broker=broker, history=HISTORY), await wsgate_server(broker=broker, history=HISTORY)
@@ -102,8 +110,11 @@ async def test_recovery_is_refused_when_the_epoch_changed_or_history_was_trimmed
     await client.subscribe("chat:1")
     epoch = (await publish_all(client, "chat:1", range(20)))[0]["epoch"]
     other = await server.connect()
-    for since in ({"offset": 2, "epoch": epoch}, {"offset": 20, "epoch": "another-epoch"},
-                  {"offset": 99, "epoch": epoch}):
+    for since in (
+        {"offset": 2, "epoch": epoch},
+        {"offset": 20, "epoch": "another-epoch"},
+        {"offset": 99, "epoch": epoch},
+    ):
         answer = await other.request({"type": "subscribe", "room": "chat:1", "since": since})
         assert (answer["data"]["recovered"], answer["data"]["offset"]) == (False, 20), since
         await other.request({"type": "unsubscribe", "room": "chat:1"})
@@ -133,19 +144,37 @@ async def test_history_returns_the_last_messages(start: Start) -> None:
     ("request_", "error", "detail"),
     [
         ({"type": "history", "room": "lobby"}, "room has no history", "history.rooms does not include this room"),
-        ({"type": "history", "room": "chat:1", "limit": 0}, "invalid JSON format", "field 'limit' must be a positive integer"),
-        ({"type": "history", "room": "chat:1", "limit": "5"}, "invalid JSON format", "field 'limit' must be a positive integer"),
+        (
+            {"type": "history", "room": "chat:1", "limit": 0},
+            "invalid JSON format",
+            "field 'limit' must be a positive integer",
+        ),
+        (
+            {"type": "history", "room": "chat:1", "limit": "5"},
+            "invalid JSON format",
+            "field 'limit' must be a positive integer",
+        ),
         ({"type": "history"}, "room name is required", None),
-        ({"type": "subscribe", "room": "chat:1", "since": {"offset": -1, "epoch": "x"}}, "invalid JSON format",
-         'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}'),
-        ({"type": "subscribe", "room": "chat:1", "since": {"offset": 10**30, "epoch": "x"}}, "invalid JSON format",
-         'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}'),
-        ({"type": "subscribe", "room": "chat:1", "since": 5}, "invalid JSON format",
-         'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}'),
+        (
+            {"type": "subscribe", "room": "chat:1", "since": {"offset": -1, "epoch": "x"}},
+            "invalid JSON format",
+            'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}',
+        ),
+        (
+            {"type": "subscribe", "room": "chat:1", "since": {"offset": 10**30, "epoch": "x"}},
+            "invalid JSON format",
+            'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}',
+        ),
+        (
+            {"type": "subscribe", "room": "chat:1", "since": 5},
+            "invalid JSON format",
+            'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}',
+        ),
     ],
 )
-async def test_bad_history_requests(wsgate_server: StartServer, request_: dict[str, Any], error: str,
-                                    detail: str | None) -> None:
+async def test_bad_history_requests(
+    wsgate_server: StartServer, request_: dict[str, Any], error: str, detail: str | None
+) -> None:
     server = await wsgate_server(history=HISTORY)
     client = await server.connect()
     answer = await client.request(request_)
@@ -242,8 +271,9 @@ def test_rooms_without_history_cost_a_falsy_check() -> None:
     assert rooms.match("chat:1") and rooms.match("news") and not rooms.match("newsroom") and not rooms.match(None)
 
 
-async def test_lost_redis_history_starts_a_new_epoch(wsgate_server: StartServer, redis_url: str,
-                                                     broker_prefix: str) -> None:
+async def test_lost_redis_history_starts_a_new_epoch(
+    wsgate_server: StartServer, redis_url: str, broker_prefix: str
+) -> None:
     import redis.asyncio as aioredis
 
     server = await wsgate_server(broker={"url": redis_url, "prefix": broker_prefix}, history=HISTORY)
@@ -270,8 +300,9 @@ async def test_a_burst_of_history_reads_queues_for_redis_connections(redis_url: 
     from wsgate.config import BrokerSettings
     from wsgate.metrics import Metrics
 
-    broker = RedisBroker(BrokerSettings(url=redis_url, prefix=broker_prefix), Metrics(),
-                         history=HistorySettings(rooms=("chat:*",)))
+    broker = RedisBroker(
+        BrokerSettings(url=redis_url, prefix=broker_prefix), Metrics(), history=HistorySettings(rooms=("chat:*",))
+    )
     await broker.start(lambda room, frame: 0)
     try:
         positions = await asyncio.gather(*(broker.history_position(f"chat:{n % 7}") for n in range(10 * POOL_SIZE)))
@@ -302,7 +333,10 @@ async def test_while_redis_is_down_history_messages_are_refused_never_sent_with_
     assert refused["detail"].startswith("the message was not sent: ")
     assert (await member.request({"type": "ping"}))["type"] == "pong"  # nothing arrived before the pong
     answer = await client.request({"type": "history", "room": "chat:1"})
-    assert (answer["error"], answer["detail"]) == ("history is unavailable", "the history store cannot be reached; try again")
+    assert (answer["error"], answer["detail"]) == (
+        "history is unavailable",
+        "the history store cannot be reached; try again",
+    )
     assert server.metrics.error_count("history_unavailable") == 2
 
 
@@ -388,8 +422,9 @@ def test_what_comes_after_a_read_position() -> None:
     assert comes_after(b'{"n":1,"data":{"offset":1}}', read)  # no stamp: never in the history
 
 
-async def test_history_survives_redis_forgetting_its_scripts(wsgate_server: StartServer, private_redis: Any,
-                                                             broker_prefix: str) -> None:
+async def test_history_survives_redis_forgetting_its_scripts(
+    wsgate_server: StartServer, private_redis: Any, broker_prefix: str
+) -> None:
     """Scripts run by SHA; after SCRIPT FLUSH (what a Redis restart does) they are loaded again, nothing lost."""
     import redis.asyncio as aioredis
 
@@ -439,7 +474,10 @@ async def test_a_history_answer_holds_the_newest_messages_that_fit_and_pages_bac
 async def test_history_before_must_be_an_offset(wsgate_server: StartServer, before: object) -> None:
     client = await (await wsgate_server(history=HISTORY)).connect()
     reply = await client.request({"type": "history", "room": "chat:1", "before": before})
-    assert (reply["error"], reply["detail"]) == ("invalid JSON format", "field 'before' must be a positive integer (an offset)")
+    assert (reply["error"], reply["detail"]) == (
+        "invalid JSON format",
+        "field 'before' must be a positive integer (an offset)",
+    )
 
 
 async def test_a_message_larger_than_an_answer_still_comes_alone(start: Start) -> None:
@@ -481,8 +519,11 @@ async def test_history_answers_count_against_the_byte_rate(wsgate_server: StartS
 
 
 async def test_live_messages_held_for_a_recovering_client_are_bounded_in_bytes(wsgate_server: StartServer) -> None:
-    server = await wsgate_server(history={**HISTORY, "max_answer_bytes": 32_768}, presence={"max_answer_bytes": 32_768},
-                                 websocket={"send_queue_bytes": 65_536})
+    server = await wsgate_server(
+        history={**HISTORY, "max_answer_bytes": 32_768},
+        presence={"max_answer_bytes": 32_768},
+        websocket={"send_queue_bytes": 65_536},
+    )
     client = await server.connect()
     conn = server.hub.connections[client.id]
     hub = server.hub

@@ -25,7 +25,10 @@ from .processes import environment, run_wsgate
 
 NO_EXAMPLES = {"disabled": ["echo", "users", "token_auth"]}
 ORDERED_FORMS: dict[str, dict[str, bool]] = {"plain": {}, "tryfirst": {"tryfirst": True}, "trylast": {"trylast": True}}
-WRAPPER_FORMS: dict[str, dict[str, bool]] = {"wrapper=True": {"wrapper": True}, "hookwrapper=True": {"hookwrapper": True}}
+WRAPPER_FORMS: dict[str, dict[str, bool]] = {
+    "wrapper=True": {"wrapper": True},
+    "hookwrapper=True": {"hookwrapper": True},
+}
 
 
 class Impersonator:
@@ -81,16 +84,22 @@ def _plugin(label: str, calls: Calls, forms: dict[str, dict[str, bool]]) -> obje
         result: object = {} if hook in TABLE_HOOKS else None
 
         if opts.get("wrapper") or opts.get("hookwrapper"):
+
             def impl(self: object, _hook: str = hook) -> Iterator[None]:
                 calls.append((_hook, label))
                 yield
         else:
+
             def impl(self: object, _hook: str = hook, _result: object = result) -> object:  # type: ignore[misc]
                 calls.append((_hook, label))
                 return _result
+
         namespace[hook] = hookimpl(
-            impl, tryfirst=opts.get("tryfirst", False), trylast=opts.get("trylast", False),
-            wrapper=opts.get("wrapper", False), hookwrapper=opts.get("hookwrapper", False),
+            impl,
+            tryfirst=opts.get("tryfirst", False),
+            trylast=opts.get("trylast", False),
+            wrapper=opts.get("wrapper", False),
+            hookwrapper=opts.get("hookwrapper", False),
         )
     plugin: object = type(label, (), namespace)()
     return plugin
@@ -177,4 +186,3 @@ async def test_wsgate_check_refuses_a_wrapper_with_one_line(tmp_path: Any) -> No
         "wsgate: plugin 'wrapping_plugin': wsgate_authorize is a hook wrapper (hookwrapper=True)"
     ), stderr
     assert len(stderr.strip().splitlines()) == 1, stderr
-

@@ -81,7 +81,9 @@ async def test_a_client_that_closes_during_a_hanging_authorize_is_disconnected_w
 @pytest.mark.parametrize("how", ["reset", "close"])
 @pytest.mark.parametrize("message", [{"type": "subscribe", "room": "stuck"}, {"type": "stuck"}])
 async def test_a_client_whose_socket_goes_during_a_hanging_hook_leaves_at_once(
-    wsgate_server: StartServer, how: str, message: dict[str, Any],
+    wsgate_server: StartServer,
+    how: str,
+    message: dict[str, Any],
 ) -> None:
     """The socket itself goes (a reset, or a close without a close frame) while a hook hangs, far under
     plugins.hook_timeout (60 s here): the server sees it at once, though its reader reads nothing."""
@@ -103,7 +105,9 @@ async def test_a_client_whose_socket_goes_during_a_hanging_hook_leaves_at_once(
 
 @pytest.mark.parametrize("message", [{"type": "subscribe", "room": "stuck"}, {"type": "stuck"}])
 async def test_past_the_limit_the_client_gets_a_temporary_error_and_one_log_line(
-    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture, message: dict[str, Any],
+    wsgate_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
+    message: dict[str, Any],
 ) -> None:
     """A hook (`wsgate_authorize`) and a plugin's message handler: the same kind."""
     hangs = Hangs()
@@ -118,7 +122,9 @@ async def test_past_the_limit_the_client_gets_a_temporary_error_and_one_log_line
     assert hangs.cancelled == [where] * 3
     lines = [r.getMessage() for r in caplog.records if "plugins.hook_timeout" in r.getMessage()]
     assert len(lines) == 1, lines
-    expected = "plugin 'Hangs': wsgate_authorize" if where == "wsgate_authorize" else "plugin 'Hangs': handler for 'stuck'"
+    expected = (
+        "plugin 'Hangs': wsgate_authorize" if where == "wsgate_authorize" else "plugin 'Hangs': handler for 'stuck'"
+    )
     assert lines[0].startswith(f"{expected} did not finish within plugins.hook_timeout (0.5s); cancelled")
     assert server.metrics.error_count("hook_timeout") == 3
     assert (await client.request({"type": "subscribe", "room": "free"}))["type"] == "subscribed"  # still served

@@ -168,8 +168,12 @@ async def test_authorization_of_subscribe_publish_and_broadcast(wsgate_server: S
     member = await server.connect(params={"user": "ada"})
     assert (await member.request({"type": "broadcast", "data": 3}))["data"] == 3
     assert guard.asked == [
-        ("subscribe", "secret"), ("subscribe", "closed"), ("broadcast", None),
-        ("subscribe", "open"), ("publish", "open"), ("broadcast", None),
+        ("subscribe", "secret"),
+        ("subscribe", "closed"),
+        ("broadcast", None),
+        ("subscribe", "open"),
+        ("publish", "open"),
+        ("broadcast", None),
     ]
 
 
@@ -243,7 +247,9 @@ async def test_two_plugins_providing_one_service_name_are_refused() -> None:
         def wsgate_services(self) -> Mapping[str, object]:
             return {"clock": object()}
 
-    with pytest.raises(PluginError, match="service 'clock' is provided by both plugin '.*ClockPlugin' and plugin '.*Other'"):
+    with pytest.raises(
+        PluginError, match="service 'clock' is provided by both plugin '.*ClockPlugin' and plugin '.*Other'"
+    ):
         await create_app(make_settings(), plugins=[ClockPlugin(), Other()])
 
 
@@ -363,12 +369,18 @@ async def test_table_hooks_must_not_be_async() -> None:
         async def wsgate_message_handlers(self) -> Mapping[str, Any]:
             return {}
 
-    with pytest.raises(PluginError, match="plugin 'AsyncHandlers': wsgate_message_handlers must be a plain function, not async"):
+    with pytest.raises(
+        PluginError, match="plugin 'AsyncHandlers': wsgate_message_handlers must be a plain function, not async"
+    ):
         await create_app(make_settings(), plugins=[AsyncHandlers()])
 
 
-@pytest.mark.parametrize(("verdict", "error"), [("", "not allowed"), (0, "not allowed"), ([], "not allowed"), ("no", "no")])
-async def test_authorization_fails_closed_on_odd_answers(wsgate_server: StartServer, verdict: object, error: str) -> None:
+@pytest.mark.parametrize(
+    ("verdict", "error"), [("", "not allowed"), (0, "not allowed"), ([], "not allowed"), ("no", "no")]
+)
+async def test_authorization_fails_closed_on_odd_answers(
+    wsgate_server: StartServer, verdict: object, error: str
+) -> None:
     class Odd:
         @hookimpl
         def wsgate_authorize(self) -> object:

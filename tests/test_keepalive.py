@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wsgate.keepalive import TIMER_SLACK, Action, Keepalive
 from wsgate.testing import TIMEOUT, Client, StartServer, wait_until
@@ -29,7 +30,7 @@ async def test_pings_every_ping_interval_and_answering_keeps_the_client(wsgate_s
     while len(pings) < 8:  # 8 intervals: well past pong_wait
         pings.append(await next_ping(client))
         await client.ws.pong()
-    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
     assert all(0.05 < gap < 1.0 for gap in gaps), gaps
     assert (await client.request({"type": "ping"}))["type"] == "pong"
     assert (await server.health())[1]["clients"] == 1
@@ -97,8 +98,7 @@ def test_a_client_whose_message_is_being_handled_is_not_judged() -> None:
     assert alive.check(2.5, 0.0).action is Action.CONFIRM  # free again, and still silent
 
 
-@given(st.lists(st.tuples(st.floats(0, 3), st.sampled_from(["none", "before", "turn"]), st.booleans()),
-                max_size=40))
+@given(st.lists(st.tuples(st.floats(0, 3), st.sampled_from(["none", "before", "turn"]), st.booleans()), max_size=40))
 def test_a_close_needs_pong_wait_of_silence_an_unanswered_ping_and_a_reader_turn(
     steps: list[tuple[float, str, bool]],
 ) -> None:

@@ -46,8 +46,11 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
 def test_the_package_has_no_import_cycle() -> None:
     imports = grimp.build_graph("wsgate", cache_dir=None)
     graph = {
-        module: {other for other in imports.find_modules_directly_imported_by(module)
-                 if other.startswith("wsgate") and not (module == "wsgate" and other.startswith("wsgate."))}
+        module: {
+            other
+            for other in imports.find_modules_directly_imported_by(module)
+            if other.startswith("wsgate") and not (module == "wsgate" and other.startswith("wsgate."))
+        }
         for module in imports.modules
     }  # (the package's __init__ importing its own submodules, to re-export them, is not a cycle)
     assert strongly_connected(graph) == []

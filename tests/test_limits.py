@@ -95,7 +95,9 @@ async def test_a_stalled_reader_is_dropped_and_nobody_else_slows_down(wsgate_ser
 
 async def test_a_client_pinging_without_reading_never_blocks_its_reader(wsgate_server: StartServer) -> None:
     """Pongs go through the writer: with the socket full, the client's next message is still read."""
-    server = await wsgate_server(websocket={"send_queue_size": 100_000, "send_queue_bytes": 1 << 30, "write_wait": "30s"})
+    server = await wsgate_server(
+        websocket={"send_queue_size": 100_000, "send_queue_bytes": 1 << 30, "write_wait": "30s"}
+    )
     stalled = StalledClient()
     try:
         _, conn = await stalled.stuck_in_flood(server)

@@ -83,7 +83,10 @@ async def test_publish_reaches_every_member_including_the_sender(server: Server)
 async def test_publish_keeps_json_values_exact(server: Server) -> None:
     a = await server.connect()
     await a.subscribe("numbers")
-    frame = '{"type":"publish","room":"numbers","data":{"big":123456789012345678901234567890,"neg":-18446744073709551617,"f":0.1,"e":1.5e300}}'
+    frame = (
+        '{"type":"publish","room":"numbers",'
+        '"data":{"big":123456789012345678901234567890,"neg":-18446744073709551617,"f":0.1,"e":1.5e300}}'
+    )
     await a.send(frame)
     raw = await a.ws.receive_str()
     assert '"big":123456789012345678901234567890' in raw

@@ -106,11 +106,27 @@ async def test_json_logs_from_a_real_process_with_connection_open_and_close(acce
 
 async def test_config_command_shows_values_sources_and_masks_secrets(tmp_path: Path) -> None:
     settings = tmp_path / "s.toml"
-    settings.write_text('[websocket]\nenabled = true\nport = 9000\n[plugins.token_auth]\ntokens = { "t0p" = "alice" }\n')
-    env = environment(WEBSOCKET_PING_INTERVAL="30s", WEBSOCKET_PONG_WAIT="35s", WSGATE_LOGGING__LEVEL="debug",
-                      WEBSOCKET_LIMITS_MESSAGES_PER_SECOND="2.5")
-    process = await spawn(sys.executable, "-m", "wsgate", "config", "--settings", str(settings), "--host", "10.0.0.1",
-                          env=env, stdout=True)
+    settings.write_text(
+        '[websocket]\nenabled = true\nport = 9000\n[plugins.token_auth]\ntokens = { "t0p" = "alice" }\n'
+    )
+    env = environment(
+        WEBSOCKET_PING_INTERVAL="30s",
+        WEBSOCKET_PONG_WAIT="35s",
+        WSGATE_LOGGING__LEVEL="debug",
+        WEBSOCKET_LIMITS_MESSAGES_PER_SECOND="2.5",
+    )
+    process = await spawn(
+        sys.executable,
+        "-m",
+        "wsgate",
+        "config",
+        "--settings",
+        str(settings),
+        "--host",
+        "10.0.0.1",
+        env=env,
+        stdout=True,
+    )
     out, err = await process.proc.communicate()
     assert process.proc.returncode == 0, err.decode()
     lines = out.decode().splitlines()
@@ -128,7 +144,10 @@ async def test_check_command() -> None:
     code, stderr = await run_wsgate("check")
     assert code == 0, stderr
     code, stderr = await run_wsgate("check", env=environment(WEBSOCKET_PORT="-1"))
-    assert (code, stderr.strip()) == (2, "wsgate: invalid setting websocket.port (WEBSOCKET_PORT) = '-1': expected a value from 0 to 65535")
+    assert (code, stderr.strip()) == (
+        2,
+        "wsgate: invalid setting websocket.port (WEBSOCKET_PORT) = '-1': expected a value from 0 to 65535",
+    )
     code, stderr = await run_wsgate("check", env=environment(WSGATE_PLUGINS__MODULES='["nowhere_module"]'))
     assert code == 2 and stderr.startswith("wsgate: plugin 'nowhere_module'"), stderr
 

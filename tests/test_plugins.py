@@ -43,7 +43,9 @@ async def test_builtin_types_are_registered_by_the_messages_plugin(wsgate_server
     server = await wsgate_server()
     owners = server.registry.owners()
     builtin = {kind: owner for kind, owner in owners.items() if owner == "messages"}
-    assert builtin == dict.fromkeys(["subscribe", "unsubscribe", "publish", "broadcast", "ping", "history", "presence"], "messages")
+    assert builtin == dict.fromkeys(
+        ["subscribe", "unsubscribe", "publish", "broadcast", "ping", "history", "presence"], "messages"
+    )
 
 
 async def test_disabling_the_builtin_plugin_removes_its_types(wsgate_server: StartServer) -> None:
@@ -93,7 +95,9 @@ async def test_a_misspelt_hook_names_the_closest_hook() -> None:
         def wsgate_autorize(self) -> None:
             return None
 
-    with pytest.raises(PluginError, match=r"^plugin 'Typo': unknown hook 'wsgate_autorize'.*; did you mean 'wsgate_authorize'\?$"):
+    with pytest.raises(
+        PluginError, match=r"^plugin 'Typo': unknown hook 'wsgate_autorize'.*; did you mean 'wsgate_authorize'\?$"
+    ):
         await create_app(make_settings(), plugins=[Typo()])
 
 
@@ -124,6 +128,8 @@ async def test_wsgate_check_exits_2_on_a_module_implementing_no_hook(tmp_path: P
 async def test_wsgate_check_exits_2_on_a_variable_that_is_no_setting() -> None:
     code, stderr = await run_wsgate("check", env=environment(WEBSOCKET_PORTT="9000"))
     assert code == 2, stderr
-    assert stderr.strip().splitlines()[-1].startswith(
-        "wsgate: environment variable WEBSOCKET_PORTT is not a setting and is ignored; did you mean"
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .startswith("wsgate: environment variable WEBSOCKET_PORTT is not a setting and is ignored; did you mean")
     ), stderr

@@ -41,14 +41,16 @@ async def test_presence_lists_members_with_user_ids_and_chosen_claims(wsgate_ser
         await client.subscribe("chat:1")
     answer = await anonymous.request({"type": "presence", "room": "chat:1"})
     assert (answer["type"], answer["room"], answer["data"]["count"]) == ("presence", "chat:1", 2)
-    expected = [{"client_id": alice.id, "user_id": "alice", "claims": {"name": "Alice"}},
-                {"client_id": anonymous.id}]
+    expected = [{"client_id": alice.id, "user_id": "alice", "claims": {"name": "Alice"}}, {"client_id": anonymous.id}]
     assert members(answer) == sorted(expected, key=lambda m: m["client_id"])
     await alice.request({"type": "unsubscribe", "room": "chat:1"})
     answer = await anonymous.request({"type": "presence", "room": "chat:1"})
     assert members(answer) == [{"client_id": anonymous.id}]
     refused = await anonymous.request({"type": "presence", "room": "lobby"})
-    assert (refused["error"], refused["detail"]) == ("room has no presence", "presence.rooms does not include this room")
+    assert (refused["error"], refused["detail"]) == (
+        "room has no presence",
+        "presence.rooms does not include this room",
+    )
 
 
 async def test_joins_and_leaves_arrive_in_batches(wsgate_server: StartServer) -> None:
@@ -90,8 +92,13 @@ async def test_members_of_a_crashed_node_expire_within_node_ttl(
     wsgate_server: StartServer, redis_url: str, broker_prefix: str
 ) -> None:
     a = await wsgate_server(broker={"url": redis_url, "prefix": broker_prefix}, presence={**PRESENCE, "node_ttl": "1s"})
-    env = environment(WEBSOCKET_ENABLED="true", WSGATE_BROKER__URL=redis_url, WSGATE_BROKER__PREFIX=broker_prefix,
-                      WSGATE_PRESENCE__ROOMS='["chat:*"]', WSGATE_PRESENCE__NODE_TTL="1s")
+    env = environment(
+        WEBSOCKET_ENABLED="true",
+        WSGATE_BROKER__URL=redis_url,
+        WSGATE_BROKER__PREFIX=broker_prefix,
+        WSGATE_PRESENCE__ROOMS='["chat:*"]',
+        WSGATE_PRESENCE__NODE_TTL="1s",
+    )
     b = await start_wsgate(env=env)
     try:
         watcher = await a.connect()

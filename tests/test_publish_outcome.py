@@ -62,8 +62,6 @@ class Stall:
         await asyncio.wait_for(self.task, TIMEOUT)
 
 
-
-
 @pytest.fixture
 async def stall(private_redis: PrivateRedis) -> AsyncIterator[Stall]:
     s = Stall(private_redis.url)
@@ -112,7 +110,8 @@ async def test_a_publish_into_a_stalled_redis_is_unknown_kept_once_and_reaches_e
     if answer["error"] in TRANSIENT:  # what a client does with a temporary refusal: it publishes again
         await publisher.send({"type": "publish", "room": "chat:1", "data": "during"})
     assert (answer["error"], answer["detail"].split(":")[0]) == (
-        "publish outcome unknown", "the message may have been kept and delivered"
+        "publish outcome unknown",
+        "the message may have been kept and delivered",
     ), answer  # not "not sent": Redis has the command and runs it when it wakes
     assert a.broker.state == "degraded"  # (said once in the log, with the reason)
     await stall.end()
@@ -182,8 +181,9 @@ async def test_redis_publisher_in_a_stall_is_unknown_for_what_it_wrote_and_not_s
         for client in (member_a, member_b):
             assert sorted([str((await client.recv())["data"]), str((await client.recv())["data"])]) == ["w1", "w2"]
         await stall.begin(3.5)
-        during = await asyncio.gather(publisher.publish("chat:4", "kept"), publisher.publish("plain", "relayed"),
-                                      return_exceptions=True)
+        during = await asyncio.gather(
+            publisher.publish("chat:4", "kept"), publisher.publish("plain", "relayed"), return_exceptions=True
+        )
         assert [type(e) for e in during] == [PublishOutcomeUnknown, PublishOutcomeUnknown], during
         assert all(isinstance(e, PublishError) and e.status == 504 for e in during)
         with pytest.raises(PublishError) as refused:  # its connections were closed; a new one cannot connect
@@ -191,7 +191,10 @@ async def test_redis_publisher_in_a_stall_is_unknown_for_what_it_wrote_and_not_s
         assert type(refused.value) is PublishError and refused.value.status == 503
         await stall.end()
         for client in (member_a, member_b):
-            assert sorted([str((await client.recv())["data"]), str((await client.recv())["data"])]) == ["kept", "relayed"]
+            assert sorted([str((await client.recv())["data"]), str((await client.recv())["data"])]) == [
+                "kept",
+                "relayed",
+            ]
             assert (await client.request({"type": "ping"}))["type"] == "pong"  # "never" reached nobody
         assert len(await kept(private_redis.url, broker_prefix, "chat:4")) == 2
     finally:

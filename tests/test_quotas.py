@@ -158,11 +158,23 @@ async def test_a_connection_storm_from_one_address_leaves_the_server_responsive(
     await eventually(lambda: "127.0.0.2" not in server.hub.addresses)  # (127.0.0.1 also holds /health's socket)
 
 
-@pytest.mark.parametrize("room", [
-    "bad\nroom", "tab\there", "nul\x00", "del\x7f",
-    "next\x85line", "csi\x9b", "evil\u202etxt.exe", "zero\u200bwidth", "bom\ufeff", "tag\U000e0041",  # C1, format
-    "line\u2028sep", "para\u2029sep",  # line and paragraph separators
-])
+@pytest.mark.parametrize(
+    "room",
+    [
+        "bad\nroom",
+        "tab\there",
+        "nul\x00",
+        "del\x7f",
+        "next\x85line",
+        "csi\x9b",
+        "evil\u202etxt.exe",
+        "zero\u200bwidth",
+        "bom\ufeff",
+        "tag\U000e0041",  # C1, format
+        "line\u2028sep",
+        "para\u2029sep",  # line and paragraph separators
+    ],
+)
 async def test_room_names_with_control_characters_are_refused(server_client: Client, room: str) -> None:
     reply = await server_client.request({"type": "subscribe", "room": room})
     assert (reply["error"], reply["detail"]) == ("invalid room name", "room names may not contain control characters")
@@ -176,7 +188,9 @@ async def test_room_name_pattern(wsgate_server: StartServer) -> None:
     assert (reply["error"], reply["detail"]) == ("invalid room name", "room names must match [a-z0-9:\\s-]+")
     reply = await client.request(json.dumps({"type": "publish", "room": "ünïcode", "data": 1}))
     assert reply["error"] == "invalid room name"
-    reply = await client.request({"type": "subscribe", "room": "a\nb"})  # control characters: never, whatever the pattern
+    reply = await client.request(
+        {"type": "subscribe", "room": "a\nb"}
+    )  # control characters: never, whatever the pattern
     assert reply["detail"] == "room names may not contain control characters"
     assert server.metrics.error_count("invalid_room") == 3
 

@@ -47,8 +47,9 @@ async def test_service_example(tmp_path: Path, aiohttp_server: Any, monkeypatch:
         for headers in ({}, {"Authorization": "Bearer wrong"}):  # the example's route is not open to anyone
             async with server.session.post(server.url("/notify"), json={"event": "leak"}, headers=headers) as resp:
                 assert resp.status == 401
-        async with server.session.post(server.url("/notify"), json={"event": "deploy"},
-                                       headers={"Authorization": "Bearer k-notify"}) as resp:
+        async with server.session.post(
+            server.url("/notify"), json={"event": "deploy"}, headers={"Authorization": "Bearer k-notify"}
+        ) as resp:
             assert await resp.json() == {"queued": 1}
         while (msg := await client.recv())["type"] != "notification":
             assert msg["type"] == "room_update"

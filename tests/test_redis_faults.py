@@ -75,7 +75,10 @@ async def _truthy(value: Any) -> bool:
 
 
 async def test_a_subscription_redis_dropped_for_its_output_buffer_is_seen_and_caught_up(
-    private_redis: PrivateRedis, admin: Any, wsgate_server: StartServer, broker_prefix: str,
+    private_redis: PrivateRedis,
+    admin: Any,
+    wsgate_server: StartServer,
+    broker_prefix: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The handed input: `client-output-buffer-limit pubsub 64kb 32kb 1` and one 100 kB message."""
@@ -98,7 +101,10 @@ async def test_a_subscription_redis_dropped_for_its_output_buffer_is_seen_and_ca
 
 
 async def test_killed_pubsub_and_normal_clients_are_seen_logged_and_counted_by_kind(
-    private_redis: PrivateRedis, admin: Any, wsgate_server: StartServer, broker_prefix: str,
+    private_redis: PrivateRedis,
+    admin: Any,
+    wsgate_server: StartServer,
+    broker_prefix: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`CLIENT KILL TYPE pubsub`, then `CLIENT KILL TYPE normal`: every connection a node holds, by its kind."""
@@ -112,8 +118,7 @@ async def test_killed_pubsub_and_normal_clients_are_seen_logged_and_counted_by_k
     await admin.delete(config_key)  # as if Redis had lost it: the command connections' reconnect restores it
     assert await admin.client_kill_filter(_type="normal", skipme=True) >= 2
     # the probe uses the command pool every probe_interval; presence writes beat every node_ttl / 3
-    await eventually(lambda: all(reconnects(n, kind) >= 1 for n in (a, b) for kind in ("commands", "presence")),
-                     BOUND)
+    await eventually(lambda: all(reconnects(n, kind) >= 1 for n in (a, b) for kind in ("commands", "presence")), BOUND)
     for kind in ("commands", "presence"):
         assert reconnect_lines(caplog, kind)
     await eventually(lambda: _truthy(admin.get(config_key)), BOUND)  # written again by the node's restore task
@@ -122,7 +127,10 @@ async def test_killed_pubsub_and_normal_clients_are_seen_logged_and_counted_by_k
 
 
 async def test_a_redis_that_came_back_empty_gets_the_nodes_state_again(
-    private_redis: PrivateRedis, admin: Any, wsgate_server: StartServer, broker_prefix: str,
+    private_redis: PrivateRedis,
+    admin: Any,
+    wsgate_server: StartServer,
+    broker_prefix: str,
 ) -> None:
     """A restart that comes back empty at once (no window in which Redis is away): FLUSHALL, then every
     client killed. redis-py reconnects each connection on its next use; the node writes again what it keeps
@@ -143,6 +151,7 @@ async def test_a_redis_that_came_back_empty_gets_the_nodes_state_again(
     await admin.flushall()
     for kind in ("pubsub", "normal"):
         await admin.client_kill_filter(_type=kind, skipme=True)
+
     async def restored() -> bool:
         return bool(await admin.get(config_key)) and await both_present()
 
@@ -186,7 +195,11 @@ async def rejected_sets(admin: Any) -> int:
 
 @pytest.mark.parametrize("how", ["replica", "oom"])
 async def test_redis_that_refuses_writes_makes_the_broker_degraded_then_recovers(
-    private_redis: PrivateRedis, admin: Any, wsgate_server: StartServer, broker_prefix: str, how: str,
+    private_redis: PrivateRedis,
+    admin: Any,
+    wsgate_server: StartServer,
+    broker_prefix: str,
+    how: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The handed input (a replica, as after a Sentinel failover) and maxmemory with noeviction: /ready answers
@@ -200,12 +213,15 @@ async def test_redis_that_refuses_writes_makes_the_broker_degraded_then_recovers
     assert (await ready(a))[1]["reasons"] == ["broker degraded"]
     assert (await a.health())[1]["broker"] == "degraded"
     seen = await rejected_sets(admin)
+
     async def refused_thrice() -> bool:  # three more probes refused
         return await rejected_sets(admin) >= seen + 3
 
     await eventually(refused_thrice, BOUND)
     refusals = [r for r in caplog.records if "Redis refuses writes" in r.getMessage()]
-    assert len(refusals) == 1 and ("ReadOnlyError" if how == "replica" else "OutOfMemoryError") in refusals[0].getMessage()
+    assert (
+        len(refusals) == 1 and ("ReadOnlyError" if how == "replica" else "OutOfMemoryError") in refusals[0].getMessage()
+    )
     await take_writes(admin, how)
     await eventually(lambda: _status_is(a, 200), BOUND)
     assert "Redis takes writes again" in caplog.text

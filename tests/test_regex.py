@@ -25,10 +25,30 @@ def test_catastrophic_patterns_finish_on_long_names(pattern: str) -> None:
     assert LinearPattern(pattern).fullmatch(name) is False
 
 
-ATOMS = st.sampled_from([
-    "a", "b", "ü", ".", "\\d", "\\D", "\\w", "\\W", "\\s", "\\S", "[a-c]", "[^a]", "[\\d:]", "[\\w-]", "[\\s_]",
-    "[]a]", "[^]b]", "\\.", ":", "\\Z",
-])
+ATOMS = st.sampled_from(
+    [
+        "a",
+        "b",
+        "ü",
+        ".",
+        "\\d",
+        "\\D",
+        "\\w",
+        "\\W",
+        "\\s",
+        "\\S",
+        "[a-c]",
+        "[^a]",
+        "[\\d:]",
+        "[\\w-]",
+        "[\\s_]",
+        "[]a]",
+        "[^]b]",
+        "\\.",
+        ":",
+        "\\Z",
+    ]
+)
 QUANTIFIERS = st.sampled_from(["", "*", "+", "?", "{2}", "{,2}", "{1,3}", "*?"])
 PATTERNS = st.lists(st.tuples(ATOMS, QUANTIFIERS).map("".join), min_size=1, max_size=5).map("".join)
 TEXTS = st.text(alphabet="abcü1١:_- \u00a0\u2003.!\n", max_size=8)
@@ -43,21 +63,25 @@ def test_matches_as_python_does(pattern: str, text: str) -> None:
     assert linear.fullmatch(text) == bool(re.fullmatch(pattern, text)), (pattern, translate(pattern), text)
 
 
-@pytest.mark.parametrize(("pattern", "reason"), [
-    ("(?=a)a", "RE2 cannot run it in linear time: invalid perl operator: (?="),
-    ("(a)\\1", "RE2 cannot run it in linear time: invalid escape sequence: \\1"),
-    ("\\bword\\b", "\\b has no linear-time equivalent (RE2 reads word boundaries as ASCII); write the class out"),
-    ("[\\W]", "\\W has no linear-time equivalent inside [...]; write the class out"),
-    ("[[:alpha:]]", "POSIX classes like [:alpha:] mean something else to Python; write the class out"),
-])
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("(?=a)a", "RE2 cannot run it in linear time: invalid perl operator: (?="),
+        ("(a)\\1", "RE2 cannot run it in linear time: invalid escape sequence: \\1"),
+        ("\\bword\\b", "\\b has no linear-time equivalent (RE2 reads word boundaries as ASCII); write the class out"),
+        ("[\\W]", "\\W has no linear-time equivalent inside [...]; write the class out"),
+        ("[[:alpha:]]", "POSIX classes like [:alpha:] mean something else to Python; write the class out"),
+    ],
+)
 def test_what_rE2_cannot_run_is_refused_at_start_up_naming_the_key(pattern: str, reason: str) -> None:
     with pytest.raises(ValueError) as refused:
         LinearPattern(pattern)
     assert str(refused.value) == reason
     with pytest.raises(ConfigError) as error:
         load_settings(overrides={"websocket": {"limits": {"room_name_pattern": pattern}}})
-    assert str(error.value) == (f"invalid setting websocket.limits.room_name_pattern = {pattern!r}: "
-                                f"expected a regular expression ({reason})")
+    assert str(error.value) == (
+        f"invalid setting websocket.limits.room_name_pattern = {pattern!r}: expected a regular expression ({reason})"
+    )
 
 
 async def test_a_catastrophic_room_name_pattern_costs_a_client_nothing(wsgate_server: StartServer) -> None:

@@ -78,8 +78,9 @@ async def test_sigterm_in_restart_mode_closes_with_1012_and_exits_0() -> None:
 
     from .processes import environment, start_wsgate
 
-    server = await start_wsgate(env=environment(WEBSOCKET_TIMEOUT="8s", WSGATE_SHUTDOWN__MODE="restart",
-                                                WSGATE_SHUTDOWN__WINDOW="500ms"))
+    server = await start_wsgate(
+        env=environment(WEBSOCKET_TIMEOUT="8s", WSGATE_SHUTDOWN__MODE="restart", WSGATE_SHUTDOWN__WINDOW="500ms")
+    )
     try:
         async with aiohttp.ClientSession() as session:
             clients = [await session.ws_connect(server.url("/ws")) for _ in range(10)]

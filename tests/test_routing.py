@@ -50,8 +50,10 @@ def nodes(request: pytest.FixtureRequest, wsgate_server: StartServer, broker_pre
             server = await wsgate_server(Burst(), **tables)
             return server, server
         broker = {"url": redis_url, "prefix": broker_prefix}
-        return (await wsgate_server(Burst(), broker=broker, **tables),
-                await wsgate_server(Burst(), broker=broker, **tables))
+        return (
+            await wsgate_server(Burst(), broker=broker, **tables),
+            await wsgate_server(Burst(), broker=broker, **tables),
+        )
 
     return start
 
@@ -132,8 +134,9 @@ async def test_every_publisher_keeps_history_so_a_resuming_client_misses_nothing
         seen = [await stayed.recv() for _ in range(4)]
         assert [(m["data"], m["offset"]) for m in seen] == [(1, 1), (2, 2), (3, 3), (4, 4)]  # 3 has its offset too
         back = await b.connect()
-        answer = await back.request({"type": "subscribe", "room": "h1",
-                                     "since": {"offset": position[0], "epoch": position[1]}})
+        answer = await back.request(
+            {"type": "subscribe", "room": "h1", "since": {"offset": position[0], "epoch": position[1]}}
+        )
         assert answer["data"]["recovered"] is True
         assert [(m["data"], m["offset"]) for m in [await back.recv() for _ in range(3)]] == [(2, 2), (3, 3), (4, 4)]
     finally:

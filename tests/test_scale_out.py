@@ -71,7 +71,9 @@ async def test_health_and_metrics_show_the_broker(node: Cluster) -> None:
 
 
 async def test_redis_restart_keeps_clients_and_local_delivery_then_recovers(
-    private_redis: PrivateRedis, wsgate_server: StartServer, broker_prefix: str  # Redis outlives the gateways
+    private_redis: PrivateRedis,
+    wsgate_server: StartServer,
+    broker_prefix: str,  # Redis outlives the gateways
 ) -> None:
     settings = {"url": private_redis.url, "prefix": broker_prefix}
     a, b = await wsgate_server(broker=settings), await wsgate_server(broker=settings)
@@ -125,8 +127,13 @@ async def test_api_publishes_cluster_wide_and_counts_local_recipients(node: Clus
         ("/api/publish", b'{"data":1}', {"Authorization": f"Bearer {KEY}"}, 400, "room name is required"),
         ("/api/publish", b'{"room":5}', {"Authorization": f"Bearer {KEY}"}, 400, "invalid JSON format"),
         ("/api/publish", b'{"room":"r","type":""}', {"Authorization": f"Bearer {KEY}"}, 400, "invalid JSON format"),
-        ("/api/broadcast", b'{"data":"' + b"x" * 2000 + b'"}', {"Authorization": f"Bearer {KEY}"}, 413,
-         "request body too large"),
+        (
+            "/api/broadcast",
+            b'{"data":"' + b"x" * 2000 + b'"}',
+            {"Authorization": f"Bearer {KEY}"},
+            413,
+            "request body too large",
+        ),
     ],
 )
 async def test_api_errors_are_precise(
@@ -198,8 +205,17 @@ async def test_gunicorn_three_workers_with_redis(redis_url: str, broker_prefix: 
     settings = tmp_path / "cluster.toml"
     settings.write_text(f'[websocket]\nenabled = true\n[broker]\nurl = "{redis_url}"\nprefix = "{broker_prefix}"\n')
     server = await spawn(
-        sys.executable, "-m", "gunicorn", "-c", "python:wsgate.gunicorn_conf", "wsgate.app:create_app",
-        "--bind", "127.0.0.1:0", "--workers", "3", env=environment(WSGATE_SETTINGS=str(settings)),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:wsgate.gunicorn_conf",
+        "wsgate.app:create_app",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "3",
+        env=environment(WSGATE_SETTINGS=str(settings)),
     )
     try:
         server.port = int((await server.wait_for_line(r"Listening at: http://127\.0\.0\.1:(\d+)")).group(1))
@@ -232,9 +248,13 @@ async def test_unreachable_redis_stops_start_up_with_one_line() -> None:
     assert code == 2, stderr
     assert stderr.strip().splitlines()[-1].startswith("wsgate: cannot reach Redis at redis://127.0.0.1:1/0: ")
     assert "Traceback" not in stderr
-    lenient = await start_wsgate(env=environment(WSGATE_BROKER__URL="redis://127.0.0.1:1/0",
-                                                 WSGATE_BROKER__CONNECT_TIMEOUT="1s",
-                                                 WSGATE_BROKER__REQUIRED="false"))
+    lenient = await start_wsgate(
+        env=environment(
+            WSGATE_BROKER__URL="redis://127.0.0.1:1/0",
+            WSGATE_BROKER__CONNECT_TIMEOUT="1s",
+            WSGATE_BROKER__REQUIRED="false",
+        )
+    )
     try:
         async with aiohttp.ClientSession() as session, session.get(lenient.url("/health")) as resp:
             assert (resp.status, (await resp.json())["broker"]) == (200, "degraded")

@@ -7,8 +7,8 @@ import logging
 import aiohttp
 import pytest
 
-from wsgate.testing import StartServer
 from wsgate.origins import origin_allowed
+from wsgate.testing import StartServer
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,9 @@ async def test_by_default_only_the_same_host_may_connect(wsgate_server: StartSer
     assert refused.value.status == 403
 
 
-async def test_a_wildcard_allows_any_origin_and_warns(wsgate_server: StartServer, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_wildcard_allows_any_origin_and_warns(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING)
     server = await wsgate_server(security={"allowed_origins": ["*"]})
     client = await server.connect(headers={"Origin": "https://anywhere.example.com"})

@@ -81,10 +81,14 @@ async def test_a_body_in_several_pieces_is_read_whole_and_an_oversize_chunked_on
             await asyncio.sleep(0.05)  # separate writes on the wire: nothing to wait on but the gap itself
 
     headers = {"Authorization": "Bearer k", "Content-Type": "application/json"}
-    async with server.session.post(server.url("/api/publish"), headers=headers,
-                                   data=pieces(b'{"room": "orders", ', b'"data": {"id": 7}}')) as resp:
+    async with server.session.post(
+        server.url("/api/publish"), headers=headers, data=pieces(b'{"room": "orders", ', b'"data": {"id": 7}}')
+    ) as resp:
         assert (resp.status, await resp.json()) == (200, {"delivered": 1})
     assert (await client.recv())["data"] == {"id": 7}
-    async with server.session.post(server.url("/api/publish"), headers=headers,
-                                   data=pieces(b'{"room": "orders", "data": "', b"x" * 600, b"x" * 600, b'"}')) as resp:
+    async with server.session.post(
+        server.url("/api/publish"),
+        headers=headers,
+        data=pieces(b'{"room": "orders", "data": "', b"x" * 600, b"x" * 600, b'"}'),
+    ) as resp:
         assert (resp.status, await resp.json()) == (413, {"error": "request body too large"})

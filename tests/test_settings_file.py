@@ -38,8 +38,11 @@ async def spawn_in(cwd: Path, *args: str, env: dict[str, str] | None = None, std
     """Like `processes.spawn`, in the directory `cwd` (never the checkout)."""
     assert cwd.resolve() != ROOT and (ROOT / "settings.toml").is_file()
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, env=env or environment(), cwd=cwd,
+        *args,
+        stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env or environment(),
+        cwd=cwd,
     )
     return Process(proc)
 
@@ -52,8 +55,10 @@ def own_settings(directory: Path, port: int, name: str = "settings.toml", cwd: P
     the working directory `cwd` (each entry point must find it there: the `wsgate` command's sys.path lacks it)."""
     file = directory / name
     file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(f'[websocket]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
-                    '[metrics]\npath = "/own-metrics"\n[plugins]\nmodules = ["wsgate_own_plugin"]\n')
+    file.write_text(
+        f'[websocket]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
+        '[metrics]\npath = "/own-metrics"\n[plugins]\nmodules = ["wsgate_own_plugin"]\n'
+    )
     (cwd or directory).joinpath("wsgate_own_plugin.py").write_text(OWN_PLUGIN)
     return file
 
@@ -69,8 +74,9 @@ async def test_the_cli_entry_points_serve_the_settings_of_their_working_director
     tmp_path: Path, entry: str, variable: bool
 ) -> None:
     port = free_port()
-    file = own_settings(tmp_path / "conf" if variable else tmp_path, port, "wsgate.toml" if variable else "settings.toml",
-                        tmp_path)
+    file = own_settings(
+        tmp_path / "conf" if variable else tmp_path, port, "wsgate.toml" if variable else "settings.toml", tmp_path
+    )
     env = environment(WSGATE_SETTINGS="conf/wsgate.toml") if variable else environment()
     process = await spawn_in(tmp_path, *ENTRY_POINTS[entry], env=env)
     try:
@@ -86,8 +92,9 @@ async def test_the_cli_entry_points_serve_the_settings_of_their_working_director
 @pytest.mark.parametrize("entry", list(GUNICORN))
 async def test_gunicorn_serves_the_settings_of_its_working_directory(tmp_path: Path, entry: str) -> None:
     file = own_settings(tmp_path, free_port())  # (gunicorn binds its own --bind, not websocket.port)
-    process = await spawn_in(tmp_path, *GUNICORN[entry], "wsgate.app:create_app", "--bind", "127.0.0.1:0",
-                             "--workers", "1")
+    process = await spawn_in(
+        tmp_path, *GUNICORN[entry], "wsgate.app:create_app", "--bind", "127.0.0.1:0", "--workers", "1"
+    )
     try:
         process.port = int((await process.wait_for_line(r"Listening at: http://127\.0\.0\.1:(\d+)")).group(1))
         await process.wait_for_line(rf"wsgate\.app: settings: {file}$")
@@ -116,4 +123,5 @@ async def test_config_and_check_read_the_settings_of_their_working_directory(tmp
     process = await spawn_in(tmp_path, *ENTRY_POINTS[entry], "check")
     assert await process.finish(20) == 2
     assert "".join(process.lines).strip() == (
-        "wsgate: invalid setting websocket.port = 99999: expected a value from 0 to 65535")
+        "wsgate: invalid setting websocket.port = 99999: expected a value from 0 to 65535"
+    )

@@ -28,7 +28,9 @@ async def test_drain_closes_clients_with_1001_and_refuses_new_ones(server: Serve
 
 
 async def test_drain_gives_a_stalled_client_the_budget_then_counts_it(wsgate_server: StartServer) -> None:
-    server = await wsgate_server(websocket={"write_wait": "30s", "send_queue_size": 100_000, "send_queue_bytes": 1 << 30})
+    server = await wsgate_server(
+        websocket={"write_wait": "30s", "send_queue_size": 100_000, "send_queue_bytes": 1 << 30}
+    )
     stalled = StalledClient()
     try:
         publisher, conn = await stalled.stuck_in_flood(server)

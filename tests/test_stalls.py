@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from wsgate import Client, Message, hookimpl
-from wsgate.types import Handler
 from wsgate.testing import TIMEOUT, StartServer, eventually
+from wsgate.types import Handler
 
 KEEPALIVE = {"ping_interval": "1s", "pong_wait": "1.5s"}
 
@@ -42,9 +42,12 @@ class ThreadClient:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.sock.sendall(
+            (
+                "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         self._buffer = b""
         while b"\r\n\r\n" not in self._buffer:
             self._buffer += self._recv()
@@ -174,12 +177,14 @@ class Staller:
 
 def keepalive_closes(server: Any) -> float:
     value = server.metrics.registry.get_sample_value(
-        "websocket_connections_closed_total", {"reason": "keepalive_timeout"})
+        "websocket_connections_closed_total", {"reason": "keepalive_timeout"}
+    )
     return value or 0.0
 
 
 async def test_frames_that_arrived_during_a_stall_count_and_a_silent_client_is_still_closed(
-    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture,
+    wsgate_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The issue's input: a handler blocks the loop for 2 s while a client sends a ping every 100 ms."""
     server = await wsgate_server(Staller(), websocket=KEEPALIVE)
@@ -205,7 +210,8 @@ async def test_frames_that_arrived_during_a_stall_count_and_a_silent_client_is_s
         lag = server.metrics.registry
         assert (lag.get_sample_value("wsgate_event_loop_lag_seconds_count") or 0) >= 1
         over_1s = (lag.get_sample_value("wsgate_event_loop_lag_seconds_count") or 0) - (
-            lag.get_sample_value("wsgate_event_loop_lag_seconds_bucket", {"le": "1.0"}) or 0)
+            lag.get_sample_value("wsgate_event_loop_lag_seconds_bucket", {"le": "1.0"}) or 0
+        )
         assert over_1s >= 1
         stalls = [r for r in caplog.records if "event loop was stalled" in r.getMessage()]
         assert len(stalls) == 1, stalls

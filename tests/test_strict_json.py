@@ -50,15 +50,18 @@ async def test_the_decoder_refuses_what_cannot_be_carried(server: Server, text: 
 async def test_what_can_be_carried_passes_exactly(server: Server) -> None:
     client = await server.connect()
     await client.subscribe("r")
-    text = '{"type":"publish","room":"r","data":{"pair":"\\ud83d\\ude00","big":' + BIG + ',"zero":0.0e-400,"e":1.5e300}}'
+    text = (
+        '{"type":"publish","room":"r","data":{"pair":"\\ud83d\\ude00","big":' + BIG + ',"zero":0.0e-400,"e":1.5e300}}'
+    )
     await client.send(text)
     raw = (await client.ws.receive()).data
     assert '"big":' + BIG in raw  # digit for digit
-    assert json.loads(raw)["data"] == {"pair": "\U0001F600", "big": int(BIG), "zero": 0.0, "e": 1.5e300}
+    assert json.loads(raw)["data"] == {"pair": "\U0001f600", "big": int(BIG), "zero": 0.0, "e": 1.5e300}
 
 
-async def test_a_lone_surrogate_never_reaches_the_redis_broker(wsgate_server: StartServer, redis_url: str,
-                                                               broker_prefix: str) -> None:
+async def test_a_lone_surrogate_never_reaches_the_redis_broker(
+    wsgate_server: StartServer, redis_url: str, broker_prefix: str
+) -> None:
     """The field report: the subscription task died, the node went deaf and /health still said ok."""
     broker = {"url": redis_url, "prefix": broker_prefix}
     a, b = await wsgate_server(broker=broker), await wsgate_server(broker=broker)
@@ -75,10 +78,13 @@ async def test_a_lone_surrogate_never_reaches_the_redis_broker(wsgate_server: St
 
 async def test_the_http_api_refuses_the_same(wsgate_server: StartServer) -> None:
     server = await wsgate_server(api={"key": "k"})
-    for body, detail in (('{"room":"\\ud800","data":1}', SURROGATE),
-                         ('{"room":"r","data":1e400}', TOO_LARGE.format("1e400"))):
-        async with server.session.post(server.url("/api/publish"), data=body,
-                                       headers={"Authorization": "Bearer k"}) as resp:
+    for body, detail in (
+        ('{"room":"\\ud800","data":1}', SURROGATE),
+        ('{"room":"r","data":1e400}', TOO_LARGE.format("1e400")),
+    ):
+        async with server.session.post(
+            server.url("/api/publish"), data=body, headers={"Authorization": "Bearer k"}
+        ) as resp:
             assert (resp.status, await resp.json()) == (400, {"error": "invalid JSON format", "detail": detail})
 
 
@@ -87,8 +93,12 @@ class Sender:
 
     @hookimpl
     def wsgate_message_handlers(self) -> dict[str, Any]:
-        return {"bad_send": self.bad_send, "bad_publish": self.bad_publish, "plugin_send": self.send,
-                "plugin_publish": self.publish}
+        return {
+            "bad_send": self.bad_send,
+            "bad_publish": self.bad_publish,
+            "plugin_send": self.send,
+            "plugin_publish": self.publish,
+        }
 
     async def bad_send(self, client: Client, message: Message) -> None:
         await client.send({"n": int(BIG), "x": float("inf")})
@@ -113,9 +123,13 @@ class Level(enum.Enum):
 
 
 VALUES: dict[str, Any] = {  # without a big integer, orjson encodes these (and writes null for the number)
-    "inf": float("inf"), "nan": float("nan"), "nested": {"a": [None, (1.5, -float("inf"))]},
-    "dataclass": [None, Point(float("nan"))], "enum": {"level": Level.TOP, "n": None},
-    "null": None, "finite": [None, 1e308, -0.0],
+    "inf": float("inf"),
+    "nan": float("nan"),
+    "nested": {"a": [None, (1.5, -float("inf"))]},
+    "dataclass": [None, Point(float("nan"))],
+    "enum": {"level": Level.TOP, "n": None},
+    "null": None,
+    "finite": [None, 1e308, -0.0],
 }
 
 
@@ -143,7 +157,9 @@ async def test_a_token_whose_claims_json_cannot_carry_is_refused(wsgate_server: 
     for claims in ({"sub": "\ud800"}, {"sub": "bob", "team": ["\udfff"]}):
         status, body = await refusal(server, **bearer(token(**claims)))
         assert (status, body["detail"]) == (
-            401, "the token's claims are not strict JSON (a lone surrogate, or a number JSON cannot carry)")
+            401,
+            "the token's claims are not strict JSON (a lone surrogate, or a number JSON cannot carry)",
+        )
 
 
 def test_a_setting_utf8_cannot_encode_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,7 +176,7 @@ async def test_numbers_longer_than_the_digit_limit_are_refused(wsgate_server: St
     client = await server.connect()
     await client.subscribe("r")
     for number in ("9" * 41, "-" + "9" * 41, "1." + "5" * 40, "9" * 5000):
-        reply = await client.request('{"type":"publish","room":"r","data":%s}' % number)
+        reply = await client.request(f'{{"type":"publish","room":"r","data":{number}}}')
         assert (reply["error"], reply["detail"]) == ("invalid JSON format", "numbers may have at most 40 digits")
     reply = await client.request('{"type":"publish","room":"r","data":%s}' % ("9" * 40))
     assert reply["data"] == int("9" * 40)  # up to the limit: digit for digit

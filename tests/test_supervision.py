@@ -57,8 +57,10 @@ class Flaky:
 async def test_health_and_readiness_show_a_task_that_is_down(wsgate_server: StartServer) -> None:
     flaky = Flaky()
     server = await wsgate_server(flaky)
-    restarts = lambda: server.metrics.registry.get_sample_value(  # noqa: E731
-        "wsgate_task_restarts_total", {"task": "flaky"}) or 0
+
+    def restarts() -> float:
+        return server.metrics.registry.get_sample_value("wsgate_task_restarts_total", {"task": "flaky"}) or 0
+
     await eventually(lambda: restarts() >= 4)  # by now it waits 0.8 s and more between tries
     status, body = await server.health()
     assert (status, body["status"], body["tasks"]["down"]) == (200, "healthy", ["flaky"])
@@ -76,8 +78,7 @@ async def test_health_and_readiness_show_a_task_that_is_down(wsgate_server: Star
 
 async def two_nodes(wsgate_server: StartServer, url_a: str, url_b: str, prefix: str) -> tuple[Server, Server]:
     broker = {"prefix": prefix, "probe_interval": "200ms", "connect_timeout": "1s"}
-    return (await wsgate_server(broker={"url": url_a, **broker}),
-            await wsgate_server(broker={"url": url_b, **broker}))
+    return (await wsgate_server(broker={"url": url_a, **broker}), await wsgate_server(broker={"url": url_b, **broker}))
 
 
 async def hears(listener: Any, talker: Any, room: str = "r", timeout: float = 10) -> None:
@@ -96,8 +97,9 @@ async def hears(listener: Any, talker: Any, room: str = "r", timeout: float = 10
             return
 
 
-async def test_the_redis_receive_loop_survives_a_failure(wsgate_server: StartServer, redis_url: str,
-                                                         broker_prefix: str) -> None:
+async def test_the_redis_receive_loop_survives_a_failure(
+    wsgate_server: StartServer, redis_url: str, broker_prefix: str
+) -> None:
     a, b = await two_nodes(wsgate_server, redis_url, redis_url, broker_prefix)
     on_a, on_b = await a.connect(), await b.connect()
     await on_a.subscribe("r")
@@ -189,7 +191,10 @@ async def frozen_proxy(private_redis: PrivateRedis) -> AsyncIterator[FrozenProxy
 
 
 async def test_a_silently_deaf_node_notices_and_says_so(
-    wsgate_server: StartServer, private_redis: PrivateRedis, frozen_proxy: FrozenProxy, broker_prefix: str,
+    wsgate_server: StartServer,
+    private_redis: PrivateRedis,
+    frozen_proxy: FrozenProxy,
+    broker_prefix: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, "wsgate.broker.redis")

@@ -38,8 +38,9 @@ async def test_a_connection_is_closed_when_its_token_expires(wsgate_server: Star
     assert time.time() >= hello["data"]["expires_at"] / 1000 - 0.05  # not before its time
     status, body = await refusal(server, **bearer(expiring))  # a new connection with it: refused alike
     assert (status, body["detail"]) == (401, "the token has expired")
-    assert server.metrics.registry.get_sample_value(
-        "websocket_connections_closed_total", {"reason": "token_expired"}) == 1
+    assert (
+        server.metrics.registry.get_sample_value("websocket_connections_closed_total", {"reason": "token_expired"}) == 1
+    )
 
 
 async def test_a_refreshed_token_keeps_the_connection_open(wsgate_server: StartServer) -> None:
@@ -60,8 +61,11 @@ async def test_a_refresh_must_be_a_valid_token_of_the_same_user(wsgate_server: S
         ({"type": "refresh"}, "invalid JSON format", "field 'token' must be a non-empty string"),
         ({"type": "refresh", "token": "not.a.token"}, "invalid token", "the token is malformed"),
         ({"type": "refresh", "token": token(exp=int(time.time()) - 10)}, "invalid token", "the token has expired"),
-        ({"type": "refresh", "token": token(sub="mallory")}, "not allowed",
-         "the new token is for another user (its sub differs)"),
+        (
+            {"type": "refresh", "token": token(sub="mallory")},
+            "not allowed",
+            "the new token is for another user (its sub differs)",
+        ),
     ]:
         answer = await client.request(request)
         assert (answer["error"], answer.get("detail")) == (error, detail)
@@ -86,8 +90,11 @@ async def test_rooms_the_new_claims_no_longer_allow_are_left(wsgate_server: Star
 async def test_an_operators_admin_token_ends_too(wsgate_server: StartServer) -> None:
     """The field report: a dashboard socket with an admin JWT expiring in 2 s could still tail, publish and
     disconnect 8 s later."""
-    server = await wsgate_server(auth={"jwt": {"secret": SECRET, "leeway": "0s"}}, plugins=NO_EXAMPLE_AUTH,
-                                 dashboard={"enabled": True, "password": "a-long-operator-password"})
+    server = await wsgate_server(
+        auth={"jwt": {"secret": SECRET, "leeway": "0s"}},
+        plugins=NO_EXAMPLE_AUTH,
+        dashboard={"enabled": True, "password": "a-long-operator-password"},
+    )
     operator = Client(await server.raw(**bearer(short_token(admin=True))))
     await operator.recv()
     assert (await operator.request({"type": "dashboard_tail", "room": "private"}))["type"] == "dashboard_tailing"
@@ -100,8 +107,11 @@ async def test_a_refresh_with_fewer_rights_loses_the_tails_and_rooms_of_the_old_
 ) -> None:
     """Every grant of the old token ends with it: an operator's tail of a `nobody` room, the rooms its claims
     allowed, its operator messages."""
-    server = await wsgate_server(auth={"jwt": {"secret": SECRET}, "rooms": ["ops:* = nobody", "team-* = claim:team"]},
-                                 plugins=NO_EXAMPLE_AUTH, dashboard={"enabled": True, "password": "a-long-operator-password"})
+    server = await wsgate_server(
+        auth={"jwt": {"secret": SECRET}, "rooms": ["ops:* = nobody", "team-* = claim:team"]},
+        plugins=NO_EXAMPLE_AUTH,
+        dashboard={"enabled": True, "password": "a-long-operator-password"},
+    )
     client = Client(await server.raw(**bearer(token(admin=True, team=True))))
     await client.recv()
     assert (await client.request({"type": "dashboard_tail", "room": "ops:secret"}))["type"] == "dashboard_tailing"

@@ -73,16 +73,28 @@ class Parts:
         self.metrics = Metrics()
         self.broker = MemoryBroker()
         self.settings = WebSocketSettings(send_queue_size=send_queue_size)
-        self.hub = Hub(limits or LimitsSettings(), self.metrics, send_queue_size=send_queue_size,
-                       room_added=self.broker.room_added, room_removed=self.broker.room_removed)
+        self.hub = Hub(
+            limits or LimitsSettings(),
+            self.metrics,
+            send_queue_size=send_queue_size,
+            room_added=self.broker.room_added,
+            room_removed=self.broker.room_removed,
+        )
         self.router = Router(self.hub, self.broker, RoomPatterns(("h*",)), self.metrics)
         self.flusher = Flusher()
 
     def connect(self) -> tuple[ConnectedClient, RecordingTransport]:
         request = FakeRequest()
-        conn = ConnectedClient(FakeWebSocket(), None, request, settings=self.settings,  # type: ignore[arg-type]
-                               flusher=self.flusher, metrics=self.metrics, on_drop=self.hub.remove,
-                               gateway=None)  # type: ignore[arg-type]
+        conn = ConnectedClient(
+            FakeWebSocket(),
+            None,
+            request,
+            settings=self.settings,  # type: ignore[arg-type]
+            flusher=self.flusher,
+            metrics=self.metrics,
+            on_drop=self.hub.remove,
+            gateway=None,
+        )  # type: ignore[arg-type]
         assert self.hub.admit(conn)
         return conn, request.transport
 
@@ -168,8 +180,13 @@ async def test_hub_counts_members_enforces_limits_and_forgets_empty_rooms() -> N
     added: list[str] = []
     removed: list[str] = []
     parts = Parts()
-    hub = Hub(LimitsSettings(max_rooms_per_client=1, max_connections_per_room=1), parts.metrics,
-              send_queue_size=10, room_added=added.append, room_removed=removed.append)
+    hub = Hub(
+        LimitsSettings(max_rooms_per_client=1, max_connections_per_room=1),
+        parts.metrics,
+        send_queue_size=10,
+        room_added=added.append,
+        room_removed=removed.append,
+    )
     parts.hub = hub
     a, _ = parts.connect()
     b, _ = parts.connect()
@@ -337,8 +354,16 @@ async def test_router_sends_a_late_message_of_an_earlier_epoch_once() -> None:
     and 6 later still (the two paths are not ordered): each goes out once."""
     parts, router, transport = _member_of_h1(gap_wait=60)
     router.expect("h1", Position(4, "e1"))
-    for data, offset, epoch in ((5, 5, "e1"), (5, 5, "e1"), (10, 1, "e2"), (5, 5, "e1"), (7, 7, "e1"),
-                                (6, 6, "e1"), (7, 7, "e1"), (20, 2, "e2")):
+    for data, offset, epoch in (
+        (5, 5, "e1"),
+        (5, 5, "e1"),
+        (10, 1, "e2"),
+        (5, 5, "e1"),
+        (7, 7, "e1"),
+        (6, 6, "e1"),
+        (7, 7, "e1"),
+        (20, 2, "e2"),
+    ):
         router.receive("h1", _kept(data, offset, epoch))
     await turn()
     assert [m["data"] for m in transport.messages()] == [5, 10, 7, 6, 20]

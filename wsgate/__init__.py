@@ -17,4 +17,16 @@ from .types import Client, Gateway, Handler, Position  # noqa: E402
 Connection = Client
 """The name plugins used for `Client` before wsgate 0.2; kept so their annotations go on working."""
 
-__all__ = ["Client", "ClientError", "ClientGone", "Connection", "Gateway", "Handler", "Identity", "Message", "Position", "__version__", "hookimpl"]
+__all__ = [
+    "Client",
+    "ClientError",
+    "ClientGone",
+    "Connection",
+    "Gateway",
+    "Handler",
+    "Identity",
+    "Message",
+    "Position",
+    "__version__",
+    "hookimpl",
+]

@@ -95,8 +95,10 @@ class AcceptErrors:
             loop.default_exception_handler(context)
             return
         error = context.get("exception")
-        self._warn("cannot accept connections: %s; asyncio retries every second, and accepting resumes as "
-                   "connections close", error.strerror if isinstance(error, OSError) else error)
+        self._warn(
+            "cannot accept connections: %s; asyncio retries every second, and accepting resumes as connections close",
+            error.strerror if isinstance(error, OSError) else error,
+        )
 
 
 class GatewayRunner(web.AppRunner):

@@ -15,7 +15,6 @@ its own AppKey (`wsgate.keys`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -24,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp_cors
 from aiohttp import web
 
-from .admission import AcceptErrors, GatewayRunner
+from .admission import AcceptErrors
 from .broker import make_broker
 from .broker.redis_schema import new_sender_id
 from .builtin import BUILTIN_PLUGINS
@@ -35,13 +34,26 @@ from .dispatch import Dispatcher
 from .gateway import Gateway
 from .hub import Hub
 from .keys import (
-    BROKER, DASHBOARD, DECODER, DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, PLUGINS, PRESENCE, PRESENCE_STORE, ROUTER,
-    SETTINGS, STARTED_AT, SUPERVISOR,
+    BROKER,
+    DASHBOARD,
+    DECODER,
+    DISPATCHER,
+    FLUSHER,
+    GATEWAY,
+    HUB,
+    METRICS,
+    PLUGINS,
+    PRESENCE,
+    PRESENCE_STORE,
+    ROUTER,
+    SETTINGS,
+    STARTED_AT,
+    SUPERVISOR,
 )
 from .logs import configure_logging
 from .looplag import watch_loop_lag
-from .origins import host_guard
 from .metrics import Metrics
+from .origins import host_guard
 from .plugins import load_plugins
 from .presence import Presence, make_presence_store
 from .protocol import Decoder
@@ -87,18 +99,31 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         router.forget(room)
 
     hub = Hub(
-        settings.websocket.limits, metrics, send_queue_size=settings.websocket.send_queue_size,
-        room_added=broker.room_added, room_removed=room_removed, presence=presence,
+        settings.websocket.limits,
+        metrics,
+        send_queue_size=settings.websocket.send_queue_size,
+        room_added=broker.room_added,
+        room_removed=room_removed,
+        presence=presence,
     )
     router = Router(hub, broker, RoomPatterns(settings.history.rooms), metrics)
     gateway = Gateway(
-        settings, plugins=loaded, hub=hub, router=router, broker=broker, presence=presence,
-        presence_store=presence_store, metrics=metrics, supervisor=supervisor, node_id=node_id.decode(),
+        settings,
+        plugins=loaded,
+        hub=hub,
+        router=router,
+        broker=broker,
+        presence=presence,
+        presence_store=presence_store,
+        metrics=metrics,
+        supervisor=supervisor,
+        node_id=node_id.decode(),
     )
     gateway.services = loaded.collect_services(gateway)
     limits = settings.websocket.limits
-    decoder = Decoder(limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern,
-                      limits.max_number_digits)
+    decoder = Decoder(
+        limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern, limits.max_number_digits
+    )
 
     # aiohttp's keep-alive timeout also runs before the first request: unfinished requests are closed.
     allowed_hosts = settings.security.allowed_hosts
@@ -137,16 +162,20 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
             dashboard_web.add_routes(app)
     else:
         app.router.add_get("/ws", ws_disabled_view)  # says why, rather than a bare 404
-    _allow_cross_origin(app, http_routes, settings.cors.allowed_origins, module_routes,
-                        settings.security.allowed_origins)
+    _allow_cross_origin(
+        app, http_routes, settings.cors.allowed_origins, module_routes, settings.security.allowed_origins
+    )
     app.cleanup_ctx.append(_run)
     app.on_shutdown.append(_close_clients)
     return app
 
 
 def _allow_cross_origin(
-    app: web.Application, routes: list[web.AbstractRoute], origins: Iterable[str],
-    module_routes: list[web.AbstractRoute], ws_origins: Iterable[str],
+    app: web.Application,
+    routes: list[web.AbstractRoute],
+    origins: Iterable[str],
+    module_routes: list[web.AbstractRoute],
+    ws_origins: Iterable[str],
 ) -> None:
     """CORS (aiohttp-cors): only `cors.allowed_origins` may read the HTTP endpoints; `/client.js`, an ES module
     that a page on another origin imports, is also readable by the pages that may open `/ws`
@@ -182,8 +211,10 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
             supervisor.spawn("event-loop-lag", functools.partial(watch_loop_lag, app[METRICS]))
             presence = app[PRESENCE]
             if presence.rooms and app[SETTINGS].presence.events:  # events take the one route, without history
-                supervisor.spawn("presence-events", functools.partial(
-                    presence.run, functools.partial(app[ROUTER].publish, history=False)))
+                supervisor.spawn(
+                    "presence-events",
+                    functools.partial(presence.run, functools.partial(app[ROUTER].publish, history=False)),
+                )
             yield
         finally:
             await plugins.stop(gateway)

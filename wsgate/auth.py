@@ -59,7 +59,8 @@ SUBPROTOCOL = "bearer"
 def unauthorized(text: str, detail: str) -> web.HTTPUnauthorized:
     """401 before the upgrade, with the same `error`/`detail` shape as WebSocket errors."""
     return web.HTTPUnauthorized(
-        text=json.dumps({"error": text, "detail": detail}), content_type="application/json",
+        text=json.dumps({"error": text, "detail": detail}),
+        content_type="application/json",
         headers={"WWW-Authenticate": 'Bearer realm="wsgate"'},
     )
 
@@ -84,7 +85,7 @@ class RoomRule:
         found = PLACEHOLDER.search(pattern)
         if found is None:
             return cls(match["requirement"], Glob.compile(pattern, brackets=False), None, ("", ""))
-        before, after = pattern[:found.start()], pattern[found.end():]
+        before, after = pattern[: found.start()], pattern[found.end() :]
         return cls(match["requirement"], Glob.compile(""), found[1], (before, after))
 
     def matches(self, room: str) -> bool:
@@ -97,7 +98,7 @@ class RoomRule:
     def owner(self, room: str) -> str:
         """The placeholder's part of a room this rule matches."""
         before, after = self.affixes
-        return room[len(before):len(room) - len(after)]
+        return room[len(before) : len(room) - len(after)]
 
 
 class AccessPolicy:
@@ -142,7 +143,7 @@ class AccessPolicy:
         if identity is None:
             raise ClientError(NOT_ALLOWED, f"{what} requires authentication")
         if requirement.startswith("claim:"):
-            claim = requirement[len("claim:"):]
+            claim = requirement[len("claim:") :]
             if claims_of(identity).get(claim) is not True:  # exactly true: never "false", "0", [0]
                 raise ClientError(NOT_ALLOWED, f"{what} requires the {claim!r} claim")
         return False

@@ -22,14 +22,20 @@ from .app import create_app
 from .broker import BrokerError
 from .builtin import BUILTIN_PLUGINS
 from .config import (
-    ConfigError, Settings, describe_settings, describe_source, inert_settings, load_settings, secrets_of,
+    ConfigError,
+    Settings,
+    describe_settings,
+    describe_source,
+    inert_settings,
+    load_settings,
+    secrets_of,
     unknown_variables,
 )
 from .keys import DISPATCHER, GATEWAY, HUB, PLUGINS
 from .logs import configure_logging
-from .redaction import Redactor
 from .metrics import MetricsError
 from .plugins import load_plugins
+from .redaction import Redactor
 from .registry import PluginError
 
 log = logging.getLogger("wsgate")
@@ -73,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                 for mistake in mistakes[:-1]:
                     print(f"wsgate: {mistake}", file=sys.stderr)
                 return _fail(mistakes[-1], EXIT_USAGE)
-            print(f"ok: {len(plugins.sources)} plugins, {len(app[DISPATCHER].registry.owners())} message types, "
-                  f"{len(app[GATEWAY].services)} services; {describe_source(args.settings)}")
+            print(
+                f"ok: {len(plugins.sources)} plugins, {len(app[DISPATCHER].registry.owners())} message types, "
+                f"{len(app[GATEWAY].services)} services; {describe_source(args.settings)}"
+            )
         else:
             run_loop(serve(settings, describe_source(args.settings)), settings.runtime.uvloop)
     except (ConfigError, PluginError, BrokerError, MetricsError) as exc:  # (a built-in plugin's bad setting)
@@ -147,7 +155,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="wsgate", description="Run the wsgate WebSocket gateway (settings: README, Configuration)."
     )
     parser.add_argument(
-        "command", nargs="?", choices=["run", "config", "check", "plugins"], default="run",
+        "command",
+        nargs="?",
+        choices=["run", "config", "check", "plugins"],
+        default="run",
         help="run: serve (the default); config: print the effective settings and where each came from; "
         "check: validate settings and plugins (exit 0 or 2); plugins: list plugins, hooks and message types",
     )

@@ -50,8 +50,14 @@ def setting(
 ) -> Any:
     """Declare one setting: its default, its meaning (the README table is checked against it) and its bounds."""
     meta = {
-        "doc": doc, "duration": duration, "min": minimum, "max": maximum, "choices": choices,
-        "pattern": pattern, "secret": secret, "path": path,
+        "doc": doc,
+        "duration": duration,
+        "min": minimum,
+        "max": maximum,
+        "choices": choices,
+        "pattern": pattern,
+        "secret": secret,
+        "path": path,
     }
     if isinstance(default, (tuple, list)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
@@ -68,14 +74,18 @@ class LimitsSettings:
     max_rooms_per_client: int = setting(0, "Rooms one client may be in at once (0 = unlimited)", minimum=0)
     max_room_name_length: int = setting(256, "Longest accepted room name, in characters", minimum=1)
     room_name_pattern: str = setting(
-        "", 'Regular expression every room name must match in full, e.g. "[A-Za-z0-9:_.-]+" '
+        "",
+        'Regular expression every room name must match in full, e.g. "[A-Za-z0-9:_.-]+" '
         "(empty: any name without control characters); run by RE2, in time linear in the name: no lookaround "
-        "or backreference"
+        "or backreference",
     )
     max_json_depth: int = setting(32, "Deepest accepted nesting of arrays and objects in a client message", minimum=1)
     max_number_digits: int = setting(
-        100, "Most digits a number in a client message (or an API body) may have; more is refused "
-        "(converting long numbers costs time quadratic in their length)", minimum=40, maximum=4000,
+        100,
+        "Most digits a number in a client message (or an API body) may have; more is refused "
+        "(converting long numbers costs time quadratic in their length)",
+        minimum=40,
+        maximum=4000,
     )
     messages_per_second: float = setting(
         0.0, "Messages a client may send per second, sustained (token bucket; 0 = unlimited)", minimum=0
@@ -84,7 +94,8 @@ class LimitsSettings:
         0, "Messages a client may send at once above the sustained rate (0: one second's worth)", minimum=0
     )
     bytes_per_second: int = setting(
-        0, "Characters of text frames a client may send per second, sustained; bursts of one second (0 = unlimited)",
+        0,
+        "Characters of text frames a client may send per second, sustained; bursts of one second (0 = unlimited)",
         minimum=0,
     )
     rate_limit_grace: float = setting(
@@ -94,13 +105,18 @@ class LimitsSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebSocketSettings:
-    enabled: bool = setting(False, "Serve the `/ws` endpoint (when false `/ws` answers 404 with a JSON reason; "
-                                   "`/health`, `/ready` and `/metrics` still answer)")
+    enabled: bool = setting(
+        False,
+        "Serve the `/ws` endpoint (when false `/ws` answers 404 with a JSON reason; "
+        "`/health`, `/ready` and `/metrics` still answer)",
+    )
     host: str = setting("0.0.0.0", "Server host interface")
     port: int = setting(8081, "Server port (0 picks a free port)", minimum=0, maximum=65535)
     timeout: float = setting(
-        30.0, "Graceful shutdown budget: clients are closed and the process exits within it",
-        duration=True, minimum=0.001,
+        30.0,
+        "Graceful shutdown budget: clients are closed and the process exits within it",
+        duration=True,
+        minimum=0.001,
     )
     read_buffer_size: int = setting(
         1024, "Accepted for compatibility; aiohttp sizes its read buffers itself", minimum=1
@@ -111,26 +127,31 @@ class WebSocketSettings:
     max_message_size: int = setting(
         512000, "Largest accepted client message in bytes; larger closes with 1009", minimum=1
     )
-    ping_interval: float = setting(
-        54.0, "Interval between keepalive pings", duration=True, minimum=0.001
-    )
+    ping_interval: float = setting(54.0, "Interval between keepalive pings", duration=True, minimum=0.001)
     pong_wait: float = setting(
-        60.0, "A client silent (no pong, no message) this long is dropped; must exceed ping_interval",
-        duration=True, minimum=0.001,
+        60.0,
+        "A client silent (no pong, no message) this long is dropped; must exceed ping_interval",
+        duration=True,
+        minimum=0.001,
     )
     write_wait: float = setting(
-        10.0, "A write to a client that cannot complete in this time drops the client",
-        duration=True, minimum=0.001,
+        10.0,
+        "A write to a client that cannot complete in this time drops the client",
+        duration=True,
+        minimum=0.001,
     )
     compression: bool = setting(False, "Negotiate permessage-deflate (costs CPU and memory per client)")
     send_queue_size: int = setting(
-        256, "Messages buffered per client; a client that falls further behind is closed with 1008",
+        256,
+        "Messages buffered per client; a client that falls further behind is closed with 1008",
         minimum=1,
     )
     send_queue_bytes: int = setting(
-        4_194_304, "Bytes that may wait for one client, whatever holds them (its outbox, replays and history "
+        4_194_304,
+        "Bytes that may wait for one client, whatever holds them (its outbox, replays and history "
         "answers, live messages held while its history is read, pongs, the socket's own buffer); a client "
-        "that would pass it is closed with 1008 as a slow consumer", minimum=65_536,
+        "that would pass it is closed with 1008 as a slow consumer",
+        minimum=65_536,
     )
     limits: LimitsSettings = field(default_factory=LimitsSettings)
 
@@ -141,13 +162,18 @@ class PluginsSettings:
     modules: tuple[str, ...] = setting((), "Dotted module paths to load as plugins without packaging them")
     strict: bool = setting(True, "A plugin that fails to load stops start-up (false: skip it with a warning)")
     startup_timeout: float = setting(
-        10.0, "Longest a plugin's start-up or shutdown (and a service's start/close) may take",
-        duration=True, minimum=0.001,
+        10.0,
+        "Longest a plugin's start-up or shutdown (and a service's start/close) may take",
+        duration=True,
+        minimum=0.001,
     )
     hook_timeout: float = setting(
-        10.0, "Longest a hook or message handler may take for a client (authenticate, authorize, handlers, "
+        10.0,
+        "Longest a hook or message handler may take for a client (authenticate, authorize, handlers, "
         "client_connected/disconnected); past it, it is cancelled and logged, and the client gets a temporary "
-        "internal error", duration=True, minimum=0.001,
+        "internal error",
+        duration=True,
+        minimum=0.001,
     )
     options: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: MappingProxyType({}), metadata={"tables": True}
@@ -158,31 +184,40 @@ class PluginsSettings:
 @dataclass(frozen=True, slots=True)
 class BrokerSettings:
     url: str = setting(
-        "", 'Empty: in-memory (one process). "redis://host:6379/0": rooms span every node sharing that Redis',
-        pattern=(r"|(redis|rediss|unix)://\S+", 'empty, or a URL starting with redis://, rediss:// or unix://'),
+        "",
+        'Empty: in-memory (one process). "redis://host:6379/0": rooms span every node sharing that Redis',
+        pattern=(r"|(redis|rediss|unix)://\S+", "empty, or a URL starting with redis://, rediss:// or unix://"),
     )
-    prefix: str = setting("wsgate", "Prefix of the Redis channel names (separate clusters on one Redis)",
-                          pattern=(r"[A-Za-z0-9_.:-]+", "letters, digits and _ . : -"))
+    prefix: str = setting(
+        "wsgate",
+        "Prefix of the Redis channel names (separate clusters on one Redis)",
+        pattern=(r"[A-Za-z0-9_.:-]+", "letters, digits and _ . : -"),
+    )
     required: bool = setting(True, "Redis unreachable at start-up stops start-up (false: start degraded and retry)")
     connect_timeout: float = setting(5.0, "How long to wait for Redis when connecting", duration=True, minimum=0.001)
     probe_interval: float = setting(
-        5.0, "How often a node checks that its Redis subscription still hears (it resubscribes when the probe is "
-        "not back within connect_timeout)", duration=True, minimum=0.01,
+        5.0,
+        "How often a node checks that its Redis subscription still hears (it resubscribes when the probe is "
+        "not back within connect_timeout)",
+        duration=True,
+        minimum=0.01,
     )
     unshared_workers: bool = setting(
-        False, "Allow several gunicorn workers with the in-memory broker (each keeps its own rooms: a publish "
-        "reaches only its worker's clients); without it they refuse to start"
+        False,
+        "Allow several gunicorn workers with the in-memory broker (each keeps its own rooms: a publish "
+        "reaches only its worker's clients); without it they refuse to start",
     )
     publish_queue: int = setting(
-        10000, "Messages waiting to go to Redis; beyond this they reach local clients only (counted), and messages "
-        "for rooms with history are refused", minimum=1
+        10000,
+        "Messages waiting to go to Redis; beyond this they reach local clients only (counted), and messages "
+        "for rooms with history are refused",
+        minimum=1,
     )
 
 
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
-    key: str = setting("", "Bearer key for POST /api/publish and /api/broadcast; empty disables the API",
-                       secret=True)
+    key: str = setting("", "Bearer key for POST /api/publish and /api/broadcast; empty disables the API", secret=True)
     server_id: str = setting("", "client_id stamped on messages sent through the API (empty: no client_id)")
     max_body_size: int = setting(512000, "Largest accepted API request body, in bytes", minimum=1)
 
@@ -190,22 +225,25 @@ class ApiSettings:
 @dataclass(frozen=True, slots=True)
 class SecuritySettings:
     allowed_origins: tuple[str, ...] = setting(
-        (), 'Origins (exact, e.g. "https://app.example.com") allowed to open /ws from a browser; '
-        'empty: same host and no Origin only; ["*"]: any'
+        (),
+        'Origins (exact, e.g. "https://app.example.com") allowed to open /ws from a browser; '
+        'empty: same host and no Origin only; ["*"]: any',
     )
     allowed_hosts: tuple[str, ...] = setting(
-        (), 'Host names this gateway serves (e.g. ["gw.example.com", "10.0.0.5:8081"]); other Host headers get 421. '
-        "Empty: any Host (then a DNS-rebinding page is \"same host\" to the Origin check)"
+        (),
+        'Host names this gateway serves (e.g. ["gw.example.com", "10.0.0.5:8081"]); other Host headers get 421. '
+        'Empty: any Host (then a DNS-rebinding page is "same host" to the Origin check)',
     )
     request_timeout: float = setting(
-        10.0, "A connection that has not sent a complete HTTP request within this (slow or unfinished headers), "
-        "or an HTTP connection idle this long, is closed", duration=True, minimum=0.1,
+        10.0,
+        "A connection that has not sent a complete HTTP request within this (slow or unfinished headers), "
+        "or an HTTP connection idle this long, is closed",
+        duration=True,
+        minimum=0.1,
     )
 
 
-REQUIREMENT = (
-    r"anyone|identity|plugin|nobody|claim:\S+", "anyone, identity, claim:<name>, plugin or nobody"
-)
+REQUIREMENT = (r"anyone|identity|plugin|nobody|claim:\S+", "anyone, identity, claim:<name>, plugin or nobody")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 """`{claim}` in a room rule: the client's own value of that claim, exactly."""
 ROOM_RULE = re.compile(rf"\s*(?P<pattern>\S+)\s*=\s*(?P<requirement>{REQUIREMENT[0]})\s*")
@@ -214,11 +252,14 @@ ROOM_RULE = re.compile(rf"\s*(?P<pattern>\S+)\s*=\s*(?P<requirement>{REQUIREMENT
 
 @dataclass(frozen=True, slots=True)
 class JwtSettings:
-    secret: str = setting("", "Shared secret for HS256 tokens; setting it (or public_key) turns the JWT authenticator on",
-                          secret=True)
+    secret: str = setting(
+        "", "Shared secret for HS256 tokens; setting it (or public_key) turns the JWT authenticator on", secret=True
+    )
     public_key: str = setting(
-        "", "PEM public key, or the path of a PEM file (relative: to the settings file's directory), for RS256/ES256 "
-        "tokens (turns the JWT authenticator on)", path=True,
+        "",
+        "PEM public key, or the path of a PEM file (relative: to the settings file's directory), for RS256/ES256 "
+        "tokens (turns the JWT authenticator on)",
+        path=True,
     )
     algorithms: tuple[str, ...] = setting(
         (), "Accepted signature algorithms (empty: HS256 with secret; RS256 and ES256 with public_key)"
@@ -242,11 +283,13 @@ class JwtSettings:
 class AuthSettings:
     required: bool = setting(False, "Refuse (401, before the upgrade) clients no authenticator identified")
     rooms: tuple[str, ...] = setting(
-        (), 'Room rules "<pattern> = <requirement>", first match wins, e.g. '
-        '["private-* = identity", "user:{sub} = identity", "ops:* = claim:admin"]'
+        (),
+        'Room rules "<pattern> = <requirement>", first match wins, e.g. '
+        '["private-* = identity", "user:{sub} = identity", "ops:* = claim:admin"]',
     )
-    broadcast: str = setting("anyone", "Who may broadcast: anyone, identity, claim:<name>, plugin or nobody",
-                             pattern=REQUIREMENT)
+    broadcast: str = setting(
+        "anyone", "Who may broadcast: anyone, identity, claim:<name>, plugin or nobody", pattern=REQUIREMENT
+    )
     jwt: JwtSettings = field(default_factory=JwtSettings)
 
 
@@ -257,17 +300,23 @@ class HistorySettings:
     )
     size: int = setting(100, "Messages kept per room", minimum=1, maximum=1_000_000)
     ttl: float = setting(
-        600.0, "How long a room's history outlives its last message (then its epoch changes)",
-        duration=True, minimum=1,
+        600.0,
+        "How long a room's history outlives its last message (then its epoch changes)",
+        duration=True,
+        minimum=1,
     )
     max_answer_bytes: int = setting(
-        1_048_576, "Bytes of messages one `history` answer or one recovery (`subscribe` with `since`) may hold: "
+        1_048_576,
+        "Bytes of messages one `history` answer or one recovery (`subscribe` with `since`) may hold: "
         "a `history` answer holds the newest messages that fit (page back with `before`), a recovery that "
-        "does not fit answers `recovered: false`; at most websocket.send_queue_bytes", minimum=1024,
+        "does not fit answers `recovered: false`; at most websocket.send_queue_bytes",
+        minimum=1024,
     )
     max_rooms: int = setting(
-        100_000, "Rooms whose history the in-memory broker keeps at most (the least recently used go first; "
-        "with Redis, history.ttl and Redis's maxmemory bound it)", minimum=1,
+        100_000,
+        "Rooms whose history the in-memory broker keeps at most (the least recently used go first; "
+        "with Redis, history.ttl and Redis's maxmemory bound it)",
+        minimum=1,
     )
 
 
@@ -282,11 +331,14 @@ class PresenceSettings:
         1.0, "Joins and leaves are gathered this long into one presence_diff per room", duration=True, minimum=0.01
     )
     node_ttl: float = setting(
-        15.0, "Redis: members of a node that stopped (crashed) disappear from presence within this time",
-        duration=True, minimum=1,
+        15.0,
+        "Redis: members of a node that stopped (crashed) disappear from presence within this time",
+        duration=True,
+        minimum=1,
     )
     max_answer_bytes: int = setting(
-        1_048_576, "Bytes of members one `presence` answer may list (the first that fit; `count` stays the "
+        1_048_576,
+        "Bytes of members one `presence` answer may list (the first that fit; `count` stays the "
         "room's whole count, and `truncated` says some were left out); at most websocket.send_queue_bytes",
         minimum=1024,
     )
@@ -295,25 +347,29 @@ class PresenceSettings:
 @dataclass(frozen=True, slots=True)
 class ShutdownSettings:
     mode: str = setting(
-        "drain", "drain: close every client at once with 1001; restart: close with 1012 (Service Restart) "
-        "in jittered batches over `window`, so clients come back gradually", choices=("drain", "restart"),
+        "drain",
+        "drain: close every client at once with 1001; restart: close with 1012 (Service Restart) "
+        "in jittered batches over `window`, so clients come back gradually",
+        choices=("drain", "restart"),
     )
     window: float = setting(
-        5.0, "restart mode: the time over which clients are closed (at most a quarter of websocket.timeout)",
-        duration=True, minimum=0,
+        5.0,
+        "restart mode: the time over which clients are closed (at most a quarter of websocket.timeout)",
+        duration=True,
+        minimum=0,
     )
 
 
 @dataclass(frozen=True, slots=True)
 class DashboardSettings:
-    enabled: bool = setting(False, "Serve the operator dashboard at /dashboard (needs a password or the JWT authenticator)")
+    enabled: bool = setting(
+        False, "Serve the operator dashboard at /dashboard (needs a password or the JWT authenticator)"
+    )
     password: str = setting("", "Password of the dashboard's login form (at least 12 characters)", secret=True)
     admin_claim: str = setting(
         "admin", "A JWT whose claim of this name is true also logs in (with the JWT authenticator on)"
     )
-    session_ttl: float = setting(
-        12 * 3600.0, "How long a dashboard login lasts", duration=True, minimum=60
-    )
+    session_ttl: float = setting(12 * 3600.0, "How long a dashboard login lasts", duration=True, minimum=60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,8 +393,9 @@ class CorsSettings:
 @dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = setting("INFO", "Log level", choices=LOG_LEVELS)
-    format: str = setting("text", "text: one readable line per record; json: one JSON object per line",
-                          choices=LOG_FORMATS)
+    format: str = setting(
+        "text", "text: one readable line per record; json: one JSON object per line", choices=LOG_FORMATS
+    )
     access_log: bool = setting(True, "Log every HTTP request (python -m wsgate; gunicorn has its own flag)")
 
 
@@ -363,9 +420,7 @@ class Settings:
 # --- public entry point -----------------------------------------------------------
 
 
-def load_settings(
-    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> Settings:
+def load_settings(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
     """Read the settings file, then `WSGATE_*` and `WEBSOCKET_*` variables, then `overrides`.
 
     `path` defaults to `$WSGATE_SETTINGS`, then `./settings.toml` (silently absent is fine
@@ -435,8 +490,10 @@ def describe_source(path: str | Path | None = None) -> str:
     file), or that no file is read."""
     files = settings_files(path)
     if not files:
-        return (f"settings: no file ({DEFAULT_SETTINGS_FILE} is not in {os.getcwd()} and {SETTINGS_FILE_ENV} is "
-                "not set): defaults and environment")
+        return (
+            f"settings: no file ({DEFAULT_SETTINGS_FILE} is not in {os.getcwd()} and {SETTINGS_FILE_ENV} is "
+            "not set): defaults and environment"
+        )
     return "settings: " + ", then ".join(str(f) for f in files)
 
 
@@ -447,7 +504,9 @@ def describe_settings(
 
     Sources, strongest first: command line, environment (the variable's name), file, default.
     """
-    contents = [(f, _lower_keys(tomllib.loads(f.read_text()))) for f in reversed(settings_files(path))]  # the local file wins
+    contents = [
+        (f, _lower_keys(tomllib.loads(f.read_text()))) for f in reversed(settings_files(path))
+    ]  # the local file wins
     from_cli = {key for key, _ in _flatten(_lower_keys(dict(overrides or {})))}
     leaves = [
         (key, _get(settings, key), bool(f.metadata["secret"]), bool(f.metadata["duration"]))
@@ -566,8 +625,13 @@ def env_name(key: str) -> str:
 
 
 DYNACONF_FILE_VARIABLES = (
-    "SETTINGS_FILE_FOR_DYNACONF", "SETTINGS_FILES_FOR_DYNACONF", "INCLUDES_FOR_DYNACONF", "PRELOAD_FOR_DYNACONF",
-    "ROOT_PATH_FOR_DYNACONF", "ENVVAR_FOR_DYNACONF", "LOAD_DOTENV_FOR_DYNACONF",
+    "SETTINGS_FILE_FOR_DYNACONF",
+    "SETTINGS_FILES_FOR_DYNACONF",
+    "INCLUDES_FOR_DYNACONF",
+    "PRELOAD_FOR_DYNACONF",
+    "ROOT_PATH_FOR_DYNACONF",
+    "ENVVAR_FOR_DYNACONF",
+    "LOAD_DOTENV_FOR_DYNACONF",
 )
 """dynaconf's own variables that make it read other files than the one wsgate hands it (they win over its
 arguments, and `.env` is looked for from the script's directory up): refused, so one file is read."""
@@ -579,8 +643,10 @@ def _read_dynaconf(file: Path | None) -> dict[str, Any]:
 
     for name in DYNACONF_FILE_VARIABLES:
         if name in os.environ:
-            raise ConfigError(f"environment variable {name} would make dynaconf read other settings files than "
-                              f"{str(file) if file else 'none'}: name the file with {SETTINGS_FILE_ENV} or --settings")
+            raise ConfigError(
+                f"environment variable {name} would make dynaconf read other settings files than "
+                f"{str(file) if file else 'none'}: name the file with {SETTINGS_FILE_ENV} or --settings"
+            )
     try:
         loaded = Dynaconf(
             settings_files=[str(file)] if file else [],
@@ -597,13 +663,15 @@ def _read_dynaconf(file: Path | None) -> dict[str, Any]:
     tables = {f.name for f in dataclasses.fields(Settings)}
     for name in os.environ:
         if name.startswith("WSGATE_") and "__" not in name:
-            table = name[len("WSGATE_"):].lower()
+            table = name[len("WSGATE_") :].lower()
             if table in tables:  # dynaconf put it in place of the file's whole table: nothing would say so
-                raise ConfigError(f"environment variable {name} would replace the whole [{table}] table: set "
-                                  f"{name}__<KEY> for each key instead")
+                raise ConfigError(
+                    f"environment variable {name} would replace the whole [{table}] table: set "
+                    f"{name}__<KEY> for each key instead"
+                )
             raw.pop(table, None)
     for key, _, _kind in iter_settings():  # every variable keeps its text: 12345 is a key, 0 is false, and
-        variable = _variable(key)          # errors name the variable
+        variable = _variable(key)  # errors name the variable
         if variable in os.environ:
             _merge(raw, _nest(key, _FromEnv(variable, os.environ[variable])))
     return raw
@@ -617,18 +685,29 @@ def inert_settings(settings: Settings) -> list[str]:
     """Warnings about settings that do nothing as the others stand (a feature of /ws while /ws is off)."""
     if settings.websocket.enabled:
         return []
-    warnings = ["websocket.enabled is false (the spec's default): /ws answers 404 with the reason; set "
-                "websocket.enabled = true (WEBSOCKET_ENABLED=true) to serve WebSocket clients"]
-    inert = [name for name, value in (
-        ("history.rooms", settings.history.rooms), ("presence.rooms", settings.presence.rooms),
-        ("presence.events", settings.presence.events), ("auth.rooms", settings.auth.rooms),
-        ("auth.required", settings.auth.required), ("auth.jwt", settings.auth.jwt.enabled),
-        ("dashboard.enabled", settings.dashboard.enabled),
-    ) if value]
+    warnings = [
+        "websocket.enabled is false (the spec's default): /ws answers 404 with the reason; set "
+        "websocket.enabled = true (WEBSOCKET_ENABLED=true) to serve WebSocket clients"
+    ]
+    inert = [
+        name
+        for name, value in (
+            ("history.rooms", settings.history.rooms),
+            ("presence.rooms", settings.presence.rooms),
+            ("presence.events", settings.presence.events),
+            ("auth.rooms", settings.auth.rooms),
+            ("auth.required", settings.auth.required),
+            ("auth.jwt", settings.auth.jwt.enabled),
+            ("dashboard.enabled", settings.dashboard.enabled),
+        )
+        if value
+    ]
     if inert:
         one = len(inert) == 1
-        warnings.append(f"{', '.join(inert)} {'is' if one else 'are'} set, but {'takes' if one else 'take'} effect "
-                        "only on /ws, which is off")
+        warnings.append(
+            f"{', '.join(inert)} {'is' if one else 'are'} set, but {'takes' if one else 'take'} effect "
+            "only on /ws, which is off"
+        )
     return warnings
 
 
@@ -860,7 +939,7 @@ def _check_relations(settings: Settings) -> None:
         match = ROOM_RULE.fullmatch(rule)
         if not match:
             raise ConfigError(
-                f"invalid setting {_labelled('auth.rooms')} entry {rule!r}: expected \"<room pattern> = <requirement>\" "
+                f'invalid setting {_labelled("auth.rooms")} entry {rule!r}: expected "<room pattern> = <requirement>" '
                 f"with a requirement of {REQUIREMENT[1]}"
             )
         placeholders = PLACEHOLDER.findall(match["pattern"])
@@ -870,8 +949,10 @@ def _check_relations(settings: Settings) -> None:
                 "or another placeholder lets one user's room name match another's (with {sub} and *, user 'bob' "
                 "would match 'bob.smith''s rooms); use one placeholder and no wildcard, e.g. \"dm.{sub} = identity\""
             )
-    for key, origins in (("security.allowed_origins", settings.security.allowed_origins),
-                         ("cors.allowed_origins", settings.cors.allowed_origins)):
+    for key, origins in (
+        ("security.allowed_origins", settings.security.allowed_origins),
+        ("cors.allowed_origins", settings.cors.allowed_origins),
+    ):
         for origin in origins:
             if origin != "*" and (problem := origin_problem(origin)):
                 raise ConfigError(f"invalid setting {_labelled(key)} entry {origin!r}: {problem}")
@@ -888,17 +969,21 @@ def _check_relations(settings: Settings) -> None:
         raise ConfigError(f"invalid setting {_labelled('dashboard.password')}: expected at least 12 characters")
     jwt = settings.auth.jwt
     if jwt.secret and jwt.public_key:
-        raise ConfigError(f"invalid setting {_labelled('auth.jwt.secret')} and {_labelled('auth.jwt.public_key')}: "
-                          "expected one of them, not both")
+        raise ConfigError(
+            f"invalid setting {_labelled('auth.jwt.secret')} and {_labelled('auth.jwt.public_key')}: "
+            "expected one of them, not both"
+        )
     ws = settings.websocket
     if settings.shutdown.mode == "restart" and settings.shutdown.window > ws.timeout / 4:
         raise ConfigError(
             f"invalid setting {_labelled('shutdown.window')} = {_show_duration(settings.shutdown.window)}: expected "
             f"at most a quarter of {_labelled('websocket.timeout')}, {_show_duration(ws.timeout / 4)} (the drain "
-            f"gets half of it, and closing takes time too), with {_labelled('shutdown.mode')} = \"restart\""
+            f'gets half of it, and closing takes time too), with {_labelled("shutdown.mode")} = "restart"'
         )
-    for key, answer_bytes in (("history.max_answer_bytes", settings.history.max_answer_bytes),
-                              ("presence.max_answer_bytes", settings.presence.max_answer_bytes)):
+    for key, answer_bytes in (
+        ("history.max_answer_bytes", settings.history.max_answer_bytes),
+        ("presence.max_answer_bytes", settings.presence.max_answer_bytes),
+    ):
         if answer_bytes > ws.send_queue_bytes:
             raise ConfigError(
                 f"invalid setting {_labelled(key)} = {answer_bytes}: expected at most "

@@ -22,8 +22,8 @@ from aiohttp import WSMsgType, web
 
 from .admission import GatewayRunner
 from .app import create_app
-from .config import load_settings
 from .clients import ConnectedClient
+from .config import load_settings
 from .keys import FLUSHER, GATEWAY, HUB, METRICS, SETTINGS
 from .views import client_left, upgrade
 from .wire import BINARY_OPCODE, TEXT_OPCODE, close_reply, data_frame
@@ -35,14 +35,27 @@ async def echo_view(request: web.Request) -> web.StreamResponse:
     """Echo every data message through the client's outbox; answer pings with wsgate's pongs."""
     app = request.app
     settings = app[SETTINGS].websocket
-    ws = web.WebSocketResponse(max_msg_size=settings.max_message_size, compress=settings.compression,
-                               autoping=False, autoclose=False, timeout=settings.write_wait)
+    ws = web.WebSocketResponse(
+        max_msg_size=settings.max_message_size,
+        compress=settings.compression,
+        autoping=False,
+        autoclose=False,
+        timeout=settings.write_wait,
+    )
     stream = await upgrade(ws, request)
     if stream is None:
         return client_left()
     hub = app[HUB]
-    conn = ConnectedClient(ws, stream, request, settings=settings, flusher=app[FLUSHER], metrics=app[METRICS],
-                           on_drop=hub.remove, gateway=app[GATEWAY])
+    conn = ConnectedClient(
+        ws,
+        stream,
+        request,
+        settings=settings,
+        flusher=app[FLUSHER],
+        metrics=app[METRICS],
+        on_drop=hub.remove,
+        gateway=app[GATEWAY],
+    )
     hub.admit(conn)
     try:
         conn.start()
@@ -66,19 +79,32 @@ async def echo_view(request: web.Request) -> web.StreamResponse:
 
 
 async def serve(port: int, compression: bool) -> None:
-    settings = load_settings(overrides={"websocket": {
-        "enabled": True, "max_message_size": MAX_MESSAGE, "send_queue_size": 100_000,
-        "send_queue_bytes": 8 * MAX_MESSAGE, "compression": compression,
-        "write_wait": "30s", "ping_interval": "1h", "pong_wait": "2h",
-    }, "metrics": {"enabled": False}})
+    settings = load_settings(
+        overrides={
+            "websocket": {
+                "enabled": True,
+                "max_message_size": MAX_MESSAGE,
+                "send_queue_size": 100_000,
+                "send_queue_bytes": 8 * MAX_MESSAGE,
+                "compression": compression,
+                "write_wait": "30s",
+                "ping_interval": "1h",
+                "pong_wait": "2h",
+            },
+            "metrics": {"enabled": False},
+        }
+    )
     app = await create_app(settings)
     app.router.add_get("/echo", echo_view)
     runner = GatewayRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    print(f"conformance echo server on ws://127.0.0.1:{port}/echo (compression {'on' if compression else 'off'})",
-          file=sys.stderr, flush=True)
+    print(
+        f"conformance echo server on ws://127.0.0.1:{port}/echo (compression {'on' if compression else 'off'})",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         await asyncio.Event().wait()
     finally:

@@ -93,10 +93,42 @@ class Connection:
     """
 
     __slots__ = (
-        "id", "_metrics", "_on_drop", "identity", "rooms", "remote", "state", "close_reason", "close_code", "last_seen",
-        "opened_at", "closed", "_ws", "_stream", "_transport", "_high_water", "_raw", "_loop", "_flusher",
-        "_outbox", "_outbox_limit", "_queued", "_byte_limit", "replied", "_marked", "_blocked", "_write_wait",
-        "_alive", "handling", "_ping_due", "_pong", "_timer", "_writer", "_closer", "limiter", "_expiry",
+        "id",
+        "_metrics",
+        "_on_drop",
+        "identity",
+        "rooms",
+        "remote",
+        "state",
+        "close_reason",
+        "close_code",
+        "last_seen",
+        "opened_at",
+        "closed",
+        "_ws",
+        "_stream",
+        "_transport",
+        "_high_water",
+        "_raw",
+        "_loop",
+        "_flusher",
+        "_outbox",
+        "_outbox_limit",
+        "_queued",
+        "_byte_limit",
+        "replied",
+        "_marked",
+        "_blocked",
+        "_write_wait",
+        "_alive",
+        "handling",
+        "_ping_due",
+        "_pong",
+        "_timer",
+        "_writer",
+        "_closer",
+        "limiter",
+        "_expiry",
     )
 
     def __init__(
@@ -194,7 +226,8 @@ class Connection:
             return False
         outbox, size = self._outbox, len(frame)
         if (  # (the socket's buffer only counts while it is over its high-water mark: see held_bytes)
-            len(outbox) >= self._outbox_limit or self._queued + size > self._byte_limit
+            len(outbox) >= self._outbox_limit
+            or self._queued + size > self._byte_limit
             or (self._blocked and not self.fits(size))
         ):
             self._too_slow(f"{len(outbox)} messages, {self.held_bytes()} bytes queued")
@@ -338,8 +371,13 @@ class Connection:
         except TimeoutError:
             if not written:
                 self._metrics.error("drain_incomplete")
-                log.warning("client %s did not take the %d messages queued for it within %.3gs of the drain; "
-                            "closing", self.id, queued, timeout, extra={"client_id": self.id})
+                log.warning(
+                    "client %s did not take the %d messages queued for it within %.3gs of the drain; closing",
+                    self.id,
+                    queued,
+                    timeout,
+                    extra={"client_id": self.id},
+                )
         except ConnectionError:
             pass  # the peer is gone; the reader sees it and cleans up
         finally:
@@ -367,7 +405,9 @@ class Connection:
             code = code or 1005  # a close frame without a status code: 1005, "no status received" (section 7.4.1)
             log.info(
                 "client %s disconnected (code %s%s)",
-                self.id, code, f", {self.close_reason}" if self.close_reason else "",
+                self.id,
+                code,
+                f", {self.close_reason}" if self.close_reason else "",
                 extra={"client_id": self.id, "remote": self.remote, "close_code": code},
             )
 
@@ -450,7 +490,9 @@ class Connection:
         except TimeoutError:
             self._metrics.error("write_timeout")
             log.warning(
-                "client %s: a write did not complete in %ss; closing", self.id, write_wait,
+                "client %s: a write did not complete in %ss; closing",
+                self.id,
+                write_wait,
                 extra={"client_id": self.id},
             )
             self.drop(protocol.CLOSE_POLICY_VIOLATION, "write timeout")
@@ -473,8 +515,10 @@ class Connection:
         action = verdict.action
         if action is Action.CLOSE:
             log.info(
-                "client %s sent nothing for %ss and did not answer a ping; closing", self.id,
-                round(loop.time() - self.last_seen, 3), extra={"client_id": self.id},
+                "client %s sent nothing for %ss and did not answer a ping; closing",
+                self.id,
+                round(loop.time() - self.last_seen, 3),
+                extra={"client_id": self.id},
             )
             self.drop(protocol.CLOSE_GOING_AWAY, "keepalive timeout")
             return

@@ -10,9 +10,9 @@ from . import protocol
 from .clients import ConnectedClient
 from .connection import State
 from .metrics import Metrics
+from .plugins import HookTimedOut
 from .protocol import ClientError, ClientGone, Decoder
 from .ratelimit import Verdict
-from .plugins import HookTimedOut
 from .registry import HandlerRegistry
 from .supervision import Throttled
 
@@ -65,7 +65,12 @@ class Dispatcher:
     """
 
     def __init__(
-        self, registry: HandlerRegistry, metrics: Metrics, decoder: Decoder, *, hook_timeout: float = HOOK_TIMEOUT,
+        self,
+        registry: HandlerRegistry,
+        metrics: Metrics,
+        decoder: Decoder,
+        *,
+        hook_timeout: float = HOOK_TIMEOUT,
         waiting_on: Callable[[ConnectedClient], str | None] = lambda client: None,
     ) -> None:
         self.registry = registry
@@ -185,8 +190,12 @@ class Dispatcher:
             if not work.take_back():  # (another cancellation spreads)
                 raise
             if work.cancelled == "gone" or client.state is not State.OPEN:
-                log.debug("client %s left while its %r was handled; cancelled", client.id, kind,
-                          extra={"client_id": client.id})
+                log.debug(
+                    "client %s left while its %r was handled; cancelled",
+                    client.id,
+                    kind,
+                    extra={"client_id": client.id},
+                )
             else:
                 owner = self.registry.owners().get(kind or "", "?")
                 awaited = self._waiting_on(client)

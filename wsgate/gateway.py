@@ -17,12 +17,12 @@ from .broker import Broker, BrokerError
 from .broker.base import OutcomeUnknown
 from .clients import ConnectedClient
 from .config import Settings
+from .connection import State
 from .history import Position, Replay, comes_after
 from .hub import Hub
 from .metrics import Metrics
 from .plugins import Plugins
 from .presence import Presence, PresenceError, PresenceStore
-from .connection import State
 from .protocol import ClientError, ClientGone
 from .routing import Router
 from .supervision import Supervisor
@@ -37,8 +37,18 @@ class Gateway:
     """Implements `wsgate.Gateway` (see there for every method's contract)."""
 
     def __init__(
-        self, settings: Settings, *, plugins: Plugins, hub: Hub, router: Router, broker: Broker,
-        presence: Presence, presence_store: PresenceStore, metrics: Metrics, supervisor: Supervisor, node_id: str,
+        self,
+        settings: Settings,
+        *,
+        plugins: Plugins,
+        hub: Hub,
+        router: Router,
+        broker: Broker,
+        presence: Presence,
+        presence_store: PresenceStore,
+        metrics: Metrics,
+        supervisor: Supervisor,
+        node_id: str,
     ) -> None:
         self._settings = settings
         self._plugins = plugins
@@ -62,22 +72,21 @@ class Gateway:
 
     # --- messages ---------------------------------------------------------------------
 
-    async def publish(
-        self, room: str, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None
-    ) -> int:
+    async def publish(self, room: str, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None) -> int:
         message = protocol.encode(type, room=room, data=data, client_id=client_id)
         try:
             return await self._router.publish(room, message)
         except OutcomeUnknown as exc:  # Redis took it and did not answer: kept and delivered once, or not at all
-            raise ClientError(protocol.PUBLISH_OUTCOME_UNKNOWN, f"the message may have been kept and delivered: "
-                              f"{exc}; if Redis kept it, every member gets it once (publishing it again may "
-                              "deliver it twice)") from None
+            raise ClientError(
+                protocol.PUBLISH_OUTCOME_UNKNOWN,
+                f"the message may have been kept and delivered: "
+                f"{exc}; if Redis kept it, every member gets it once (publishing it again may "
+                "deliver it twice)",
+            ) from None
         except BrokerError as exc:  # certainly not kept: nobody got it
             raise ClientError(protocol.HISTORY_UNAVAILABLE, f"the message was not sent: {exc}") from None
 
-    async def broadcast(
-        self, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None
-    ) -> int:
+    async def broadcast(self, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None) -> int:
         return await self._router.publish(None, protocol.encode(type, data=data, client_id=client_id))
 
     # --- rooms ------------------------------------------------------------------------
@@ -104,7 +113,8 @@ class Gateway:
         conn.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
 
     async def _subscribe_with_history(self, conn: ConnectedClient, room: str, since: Position | None) -> None:
-        """Join holding live messages back, read the history, then send: `subscribed`, what was missed, what was held."""
+        """Join holding live messages back, read the history, then send: `subscribed`, what was missed,
+        what was held."""
         hub = self._hub
         already = room in conn.rooms  # live already: it has missed nothing since it joined
         count = hub.join(conn, room, hold=not already)
@@ -130,8 +140,7 @@ class Gateway:
         position = replay.position
         if not already:
             self._router.expect(room, position)  # live messages after the read go out in offset order
-        data: dict[str, Any] = {"room": room, "client_count": count, "offset": position.offset,
-                                "epoch": position.epoch}
+        data: dict[str, Any] = {"room": room, "client_count": count, "offset": position.offset, "epoch": position.epoch}
         if since is not None:
             data["recovered"] = replay.recovered
         conn.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
@@ -165,7 +174,9 @@ class Gateway:
         settings = self._settings.history
         try:
             return await self._broker.history_last(
-                room, settings.size if limit is None else min(limit, settings.size), before=before or 0,
+                room,
+                settings.size if limit is None else min(limit, settings.size),
+                before=before or 0,
                 max_bytes=settings.max_answer_bytes,
             )
         except BrokerError:
@@ -177,7 +188,9 @@ class Gateway:
         try:
             members = await self._presence.members(room)
         except PresenceError:
-            raise ClientError(protocol.PRESENCE_UNAVAILABLE, "the presence store cannot be reached; try again") from None
+            raise ClientError(
+                protocol.PRESENCE_UNAVAILABLE, "the presence store cannot be reached; try again"
+            ) from None
         room_left = self._settings.presence.max_answer_bytes
         listed = []
         for member in members:  # the first that fit: an answer is bounded like every other (README, Security)

@@ -16,7 +16,9 @@ from prometheus_client import multiprocess
 
 from .redaction import Redactor
 
-worker_class = "wsgate.worker.GatewayWorker"  # aiohttp's worker (not uvloop's: slower for fan-out), through GatewayRunner
+worker_class = (
+    "wsgate.worker.GatewayWorker"  # aiohttp's worker (not uvloop's: slower for fan-out), through GatewayRunner
+)
 graceful_timeout = 35  # longer than websocket.timeout (30s by default): clients get 1001, not a kill
 bind = "0.0.0.0:8081"
 

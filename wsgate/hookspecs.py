@@ -103,9 +103,7 @@ def wsgate_authenticate(request: web.Request) -> object | Awaitable[object] | No
 
 
 @hookspec(firstresult=True)
-def wsgate_authorize(
-    client: Client, action: str, room: str | None
-) -> bool | str | None | Awaitable[bool | str | None]:
+def wsgate_authorize(client: Client, action: str, room: str | None) -> bool | str | None | Awaitable[bool | str | None]:
     """May `client` perform `action` ("subscribe", "publish", "broadcast", "history", "presence") on `room`?
 
     Called before each built-in subscribe, publish, broadcast, history and presence (`room`

@@ -27,6 +27,7 @@ HOLD_FACTOR = 10  # a recovering client's live messages wait while its history i
 RESTART_BATCH_INTERVAL = 0.1  # seconds between batches of clients closed by a restart drain
 DRAIN_GRACE = 0.5  # seconds the drain waits past its budget for aborted clients' readers to finish
 
+
 class Held(list[bytes]):
     """Live messages held for one recovering client, in order, and their `size` in bytes."""
 
@@ -45,8 +46,14 @@ class Hub:
     """Connections and rooms of this process, with the spec's connection limits, and the shutdown drain."""
 
     def __init__(
-        self, limits: LimitsSettings, metrics: Metrics, *, send_queue_size: int,
-        room_added: RoomInterest, room_removed: RoomInterest, presence: Presence | None = None,
+        self,
+        limits: LimitsSettings,
+        metrics: Metrics,
+        *,
+        send_queue_size: int,
+        room_added: RoomInterest,
+        room_removed: RoomInterest,
+        presence: Presence | None = None,
     ) -> None:
         self._limits = limits
         self._metrics = metrics
@@ -202,8 +209,13 @@ class Hub:
             if len(messages) >= self._hold_limit or not conn.fits(messages.size + len(message)):
                 if conn.state is State.OPEN:
                     self._metrics.error("slow_consumer")
-                    log.warning("client %s: %d messages (%d bytes) arrived while its history was read; closing",
-                                conn.id, len(messages), messages.size, extra={"client_id": conn.id})
+                    log.warning(
+                        "client %s: %d messages (%d bytes) arrived while its history was read; closing",
+                        conn.id,
+                        len(messages),
+                        messages.size,
+                        extra={"client_id": conn.id},
+                    )
                 conn.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
             else:
                 messages.append(message)
@@ -234,7 +246,8 @@ class Hub:
         """Refuse new clients, close every client and wait (about `timeout`) until all are gone.
 
         Each client first gets what is already queued for it, then the close frame, within what is
-        left of `timeout` (`Connection.close_gracefully`). `shutdown.mode = "drain"` closes everyone at once with 1001. `"restart"` closes with 1012
+        left of `timeout` (`Connection.close_gracefully`). `shutdown.mode = "drain"` closes everyone at once
+        with 1001. `"restart"` closes with 1012
         in shuffled batches spread over `shutdown.window`, so reconnecting clients arrive at the
         other nodes gradually, not as one storm. Only the first call does anything: the CLI drains
         before aiohttp's own shutdown calls it again.
@@ -244,7 +257,8 @@ class Hub:
         self.draining = True
         restart = settings.mode == "restart"
         code, reason = (
-            (protocol.CLOSE_SERVICE_RESTART, "service restart") if restart
+            (protocol.CLOSE_SERVICE_RESTART, "service restart")
+            if restart
             else (protocol.CLOSE_GOING_AWAY, "server shutting down")
         )
         clients = list(self.connections.values())
@@ -260,7 +274,7 @@ class Hub:
                 for start in range(0, len(clients), size):
                     if start:
                         await asyncio.sleep(settings.window / batches)
-                    for conn in clients[start:start + size]:  # what is queued first, then the close frame
+                    for conn in clients[start : start + size]:  # what is queued first, then the close frame
                         conn.close_gracefully(code, reason, max(0.0, deadline - loop.time()))
                 for conn in clients:
                     await conn.closed.wait()

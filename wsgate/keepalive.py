@@ -72,7 +72,8 @@ class Keepalive:
         """
         pinged = self._pinged if self._pinged >= heard else None  # the first ping since the client was heard
         silent = (
-            pinged is not None and now - heard >= self._wait - TIMER_SLACK
+            pinged is not None
+            and now - heard >= self._wait - TIMER_SLACK
             and now - pinged >= self._answer - TIMER_SLACK
         )
         if silent and not busy:

@@ -64,8 +64,11 @@ def configure_logging(settings: LoggingSettings, secrets: Iterable[str] = ()) ->
         ours.setFormatter(JsonFormatter() if settings.format == "json" else logging.Formatter(TEXT_FORMAT))
         root.addHandler(ours)
     redactor = Redactor(secrets)
-    apart = [logger for logger in logging.Logger.manager.loggerDict.values()
-             if isinstance(logger, logging.Logger) and not logger.propagate]
+    apart = [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger) and not logger.propagate
+    ]
     for handler in {h: None for logger in (root, *apart) for h in logger.handlers}:
         for old_filter in [f for f in handler.filters if isinstance(f, Redactor)]:
             handler.removeFilter(old_filter)

@@ -24,9 +24,7 @@ LAG_WARNING: Final = 0.5  # seconds of lag that are logged
 FAULT_LOG_INTERVAL: Final = 10.0
 
 
-async def watch_loop_lag(
-    metrics: Metrics, *, interval: float = LAG_INTERVAL, warn_after: float = LAG_WARNING
-) -> None:
+async def watch_loop_lag(metrics: Metrics, *, interval: float = LAG_INTERVAL, warn_after: float = LAG_WARNING) -> None:
     """Measure the running loop's lag forever (run it under the Supervisor, once per process)."""
     loop = asyncio.get_running_loop()
     warn = Throttled(log, FAULT_LOG_INTERVAL)
@@ -36,5 +34,8 @@ async def watch_loop_lag(
         lag = max(0.0, loop.time() - asked)
         metrics.event_loop_lag(lag)
         if lag >= warn_after:
-            warn("the event loop was stalled for %.3gs: something ran without yielding (a handler or hook "
-                 "that blocks?); every client of this process waited", lag)
+            warn(
+                "the event loop was stalled for %.3gs: something ran without yielding (a handler or hook "
+                "that blocks?); every client of this process waited",
+                lag,
+            )

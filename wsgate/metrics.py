@@ -7,11 +7,10 @@ values in per-process files and a scrape sums them over the workers.
 
 from __future__ import annotations
 
-from typing import Any
-
 import time
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -80,35 +79,40 @@ class Metrics:
     def _create(self, message_types: Iterable[str]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
-        self.clients = Gauge(
-            "websocket_clients_total", "Connected clients.", registry=reg, multiprocess_mode="livesum"
-        )
+        self.clients = Gauge("websocket_clients_total", "Connected clients.", registry=reg, multiprocess_mode="livesum")
         self.rooms = Gauge(
-            "websocket_rooms_total", "Rooms with at least one member (per process).",
-            registry=reg, multiprocess_mode="livesum",
+            "websocket_rooms_total",
+            "Rooms with at least one member (per process).",
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self.throughput = Gauge(
             "websocket_messages_per_second",
             f"Messages delivered to clients per second, averaged over {THROUGHPUT_WINDOW:g}s.",
-            registry=reg, multiprocess_mode="livesum",
+            registry=reg,
+            multiprocess_mode="livesum",
         )
         self.errors = Counter(
-            "websocket_errors", "Errors by reason (invalid_json, unknown_type, slow_consumer, ...).",
-            ["reason"], registry=reg,
+            "websocket_errors",
+            "Errors by reason (invalid_json, unknown_type, slow_consumer, ...).",
+            ["reason"],
+            registry=reg,
         )
         self.received = Counter(
-            "websocket_messages_received", "Messages received from clients, by message type.",
-            ["type"], registry=reg,
+            "websocket_messages_received",
+            "Messages received from clients, by message type.",
+            ["type"],
+            registry=reg,
         )
         self.delivered = Counter(
             "websocket_messages_delivered", "Messages queued for delivery to clients.", registry=reg
         )
         self.opened = Counter("websocket_connections_opened", "Connections accepted.", registry=reg)
-        self.closed = Counter(
-            "websocket_connections_closed", "Connections ended, by reason.", ["reason"], registry=reg
-        )
+        self.closed = Counter("websocket_connections_closed", "Connections ended, by reason.", ["reason"], registry=reg)
         self.duration = Histogram(
-            "websocket_connection_duration_seconds", "How long connections lasted.", registry=reg,
+            "websocket_connection_duration_seconds",
+            "How long connections lasted.",
+            registry=reg,
             buckets=(1, 10, 60, 300, 1800, 3600, 4 * 3600, 24 * 3600, float("inf")),
         )
         self.broker_errors = Counter(
@@ -121,20 +125,25 @@ class Metrics:
             "wsgate_broker_reconnects",
             "Redis connections of this node that were lost and connected again, whoever reconnected them "
             "(wsgate, or redis-py's own retry), by kind: pubsub, commands, presence.",
-            ["connection"], registry=reg,
+            ["connection"],
+            registry=reg,
         )
         self.broker_dropped_messages = Counter(
             "websocket_broker_dropped_messages",
-            "Messages delivered locally but not relayed to other nodes (Redis away or too slow).", registry=reg,
+            "Messages delivered locally but not relayed to other nodes (Redis away or too slow).",
+            registry=reg,
         )
         self.task_restarts = Counter(
-            "wsgate_task_restarts", "Background tasks restarted after an unexpected exception, by task.",
-            ["task"], registry=reg,
+            "wsgate_task_restarts",
+            "Background tasks restarted after an unexpected exception, by task.",
+            ["task"],
+            registry=reg,
         )
         self.loop_lag = Histogram(
             "wsgate_event_loop_lag_seconds",
             "How late the event loop ran a timer (measured every 0.25s): time it spent in code that did not yield.",
-            registry=reg, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf")),
+            registry=reg,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf")),
         )
         # Children of labelled counters are looked up once, not per message.
         self._received_by_type = {kind: self.received.labels(kind) for kind in message_types}
@@ -208,7 +217,9 @@ class Metrics:
         """Messages received and delivered so far, and errors by reason (the dashboard's figures)."""
         errors = {
             sample.labels["reason"]: sample.value
-            for metric in self.errors.collect() for sample in metric.samples if sample.name.endswith("_total")
+            for metric in self.errors.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
         }
         return {"received": self._received_total, "delivered": self._delivered_total, "errors": errors}
 

@@ -12,8 +12,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-ORIGIN_EXPECTED = ('expected an origin as browsers send it, scheme://host[:port] with no path or trailing slash '
-                   '(e.g. "http://127.0.0.1:8000"), or "*"')
+ORIGIN_EXPECTED = (
+    "expected an origin as browsers send it, scheme://host[:port] with no path or trailing slash "
+    '(e.g. "http://127.0.0.1:8000"), or "*"'
+)
 PUNYCODE = "expected the host in ASCII, as browsers send it: an international name in punycode (xn--...)"
 _HOST_NAME = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")  # as browsers serialize it: lower case, IDNs in punycode
 
@@ -23,16 +25,20 @@ def origin_problem(text: str) -> str | None:
     `cors.allowed_origins`; RFC 6454 section 6.2: scheme "://" host [":" port], lower case, no default
     port, nothing after). The reason reads as "expected ..."."""
     if text == "null":
-        return ('expected the origin of a page served over http(s): "null" is sent by every page without an '
-                "origin of its own (file://, sandboxed frames, data: URLs), wherever it comes from")
+        return (
+            'expected the origin of a page served over http(s): "null" is sent by every page without an '
+            "origin of its own (file://, sandboxed frames, data: URLs), wherever it comes from"
+        )
     try:
         parts = urlsplit(text)
         port = parts.port
     except ValueError:
         return ORIGIN_EXPECTED
     if parts.scheme in ("ws", "wss"):
-        return ("expected the origin of the page that opens the WebSocket (http:// or https://), "
-                "not the WebSocket's own URL")
+        return (
+            "expected the origin of the page that opens the WebSocket (http:// or https://), "
+            "not the WebSocket's own URL"
+        )
     hostname = parts.hostname or ""
     if not hostname.isascii():
         return PUNYCODE
@@ -54,12 +60,19 @@ def host_problem(entry: str) -> str | None:
         return PUNYCODE
     try:
         parts = urlsplit(f"//{entry}")
-        valid = (bool(parts.hostname) and parts.netloc == entry and (parts.port is None or parts.port > 0)
-                 and re.fullmatch(r"[^\s/?#@*]+", entry) is not None)
+        valid = (
+            bool(parts.hostname)
+            and parts.netloc == entry
+            and (parts.port is None or parts.port > 0)
+            and re.fullmatch(r"[^\s/?#@*]+", entry) is not None
+        )
     except ValueError:
         valid = False
-    return None if valid else ('expected a host name, optionally with a port, as in a Host header '
-                               '(e.g. "gw.example.com" or "gw:8081")')
+    return (
+        None
+        if valid
+        else ('expected a host name, optionally with a port, as in a Host header (e.g. "gw.example.com" or "gw:8081")')
+    )
 
 
 def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:

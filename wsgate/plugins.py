@@ -43,6 +43,7 @@ class HookTimedOut(ClientError):
     def __init__(self, timeout: float) -> None:
         super().__init__(INTERNAL_ERROR, f"a plugin did not answer within {timeout:g}s; try again")
 
+
 ENTRY_POINT_GROUP = "wsgate"
 
 HOOKS: tuple[str, ...] = tuple(sorted(name for name in vars(hookspecs) if name.startswith("wsgate_")))
@@ -183,12 +184,16 @@ def unsupported_form(hook: str, impl: pluggy.HookImpl) -> str | None:
     """
     if impl.wrapper or impl.hookwrapper:
         form = "wrapper=True" if impl.wrapper else "hookwrapper=True"
-        return (f"{hook} is a hook wrapper ({form}), which wsgate does not support: it awaits each "
-                "implementation in turn, so a wrapper would not see their results; use a plain "
-                "implementation (tryfirst=True or trylast=True set its place)")
+        return (
+            f"{hook} is a hook wrapper ({form}), which wsgate does not support: it awaits each "
+            "implementation in turn, so a wrapper would not see their results; use a plain "
+            "implementation (tryfirst=True or trylast=True set its place)"
+        )
     if inspect.isgeneratorfunction(impl.function) or inspect.isasyncgenfunction(impl.function):
-        return (f"{hook} is a generator function: a hook implementation returns its result "
-                "(wsgate supports no hook wrappers)")
+        return (
+            f"{hook} is a generator function: a hook implementation returns its result "
+            "(wsgate supports no hook wrappers)"
+        )
     if hook in TABLE_HOOKS and inspect.iscoroutinefunction(impl.function):
         return f"{hook} must be a plain function, not async"
     return None
@@ -207,11 +212,13 @@ def settings_problems(
     lowered = {name.lower(): name for name in known}  # `[plugins.<name>]` tables arrive lower-cased
     problems = [
         f"plugins.disabled names {name!r}, which is no plugin here{_closest(name, known)}"
-        for name in settings.plugins.disabled if name not in known
+        for name in settings.plugins.disabled
+        if name not in known
     ]
     problems += [
         f"settings table plugins.{name} names no plugin here{_closest(name, list(lowered))}"
-        for name in settings.plugins.options if name.lower() not in lowered
+        for name in settings.plugins.options
+        if name.lower() not in lowered
     ]
     for name, source in sources.items():
         plugin = pm.get_plugin(name)
@@ -235,7 +242,7 @@ def _closest_hook(error: str) -> str:
     start = error.find("unknown hook '")
     if start < 0:
         return ""
-    name = error[start + len("unknown hook '"):].split("'", 1)[0]
+    name = error[start + len("unknown hook '") :].split("'", 1)[0]
     close = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -244,7 +251,9 @@ def _impls_of(pm: pluggy.PluginManager, plugin: object) -> list[tuple[str, plugg
     """Every hook implementation of `plugin`, with its hook's name."""
     return [
         (caller.name, impl)
-        for caller in pm.get_hookcallers(plugin) or () for impl in caller.get_hookimpls() if impl.plugin is plugin
+        for caller in pm.get_hookcallers(plugin) or ()
+        for impl in caller.get_hookimpls()
+        if impl.plugin is plugin
     ]
 
 
@@ -302,8 +311,7 @@ class Plugins:
             for name, service in provided.items():
                 if name in owners:
                     raise PluginError(
-                        f"service {name!r} is provided by both plugin {owners[name]!r} "
-                        f"and plugin {impl.plugin_name!r}"
+                        f"service {name!r} is provided by both plugin {owners[name]!r} and plugin {impl.plugin_name!r}"
                     )
                 owners[name] = impl.plugin_name
                 services[name] = service

@@ -133,7 +133,10 @@ class Decoder:
     __slots__ = ("_max_room_length", "_max_depth", "_room_pattern", "_max_digits")
 
     def __init__(
-        self, max_room_length: int = 256, max_depth: int = 32, room_pattern: str = "",
+        self,
+        max_room_length: int = 256,
+        max_depth: int = 32,
+        room_pattern: str = "",
         max_digits: int = MAX_NUMBER_DIGITS,
     ) -> None:
         self._max_room_length = max_room_length
@@ -183,7 +186,8 @@ def _depth_exceeds(obj: Any, limit: int) -> bool:
     level: list[Any] = [obj]
     for _ in range(limit):
         level = [
-            child for node in level
+            child
+            for node in level
             for child in (node.values() if isinstance(node, dict) else node)
             if isinstance(child, (dict, list))
         ]

@@ -4,7 +4,8 @@ A bucket holds up to `capacity` tokens and refills at `rate` per second; each
 message takes one token (and its length from the byte bucket). A message that
 finds a bucket empty is refused. A client is "over the limit" from its first
 refusal until a whole second passes without one; over it for `grace` seconds,
-it is closed (so a client sending steadily at twice the rate is closed too). The arithmetic runs only for clients that have limits.
+it is closed (so a client sending steadily at twice the rate is closed too). The arithmetic runs only
+for clients that have limits.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import enum
 import math
 
 from .config import LimitsSettings
-
 
 QUIET_PERIOD = 1.0  # seconds without a refusal that end a spell over the limit
 

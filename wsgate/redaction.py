@@ -29,7 +29,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 MASK = "***"
 SECRET_NAME = re.compile(
     r"(^|[_.-])(secret|token|password|passwd|pass|pwd|key|apikey|credentials?|auth|authorization|jwt|signature|"
-    r"cookie)s?($|[_.-])", re.I,
+    r"cookie)s?($|[_.-])",
+    re.I,
 )
 """Setting, option and query parameter names whose values are secrets (`access_token`, `x-api-key`, `auth`)."""
 
@@ -91,7 +92,9 @@ def mask_value(value: Any) -> Any:
     if isinstance(value, str):
         return MASK if looks_like_credential(value) else redact(value)
     if isinstance(value, Mapping):
-        return {k: MASK if SECRET_NAME.search(str(k)) and v not in ("", None) else mask_value(v) for k, v in value.items()}
+        return {
+            k: MASK if SECRET_NAME.search(str(k)) and v not in ("", None) else mask_value(v) for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return tuple(mask_value(v) for v in value)
     return value
@@ -136,7 +139,9 @@ class Redactor(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "aiohttp.websocket" and "Client protocols" in str(record.msg):
             args = record.args if isinstance(record.args, tuple) else ()
-            record.msg = "%s: a client offered WebSocket subprotocols that do not overlap %r (not logged: they may hold a token)"
+            record.msg = (
+                "%s: a client offered WebSocket subprotocols that do not overlap %r (not logged: they may hold a token)"
+            )
             record.args = (args[0] if len(args) == 3 else "?", args[-1] if args else ())
         message = record.getMessage()
         redacted = self.redact(message)

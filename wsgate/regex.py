@@ -22,17 +22,44 @@ import re2
 
 # Every character str.isspace() accepts (Python's \s for str patterns); tests check the list over all of Unicode.
 _SPACE = "".join(
-    f"\\x{{{code:x}}}" for code in (
-        0x9, 0xA, 0xB, 0xC, 0xD, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
-        0x2028, 0x2029, 0x202F, 0x205F, 0x3000,
+    f"\\x{{{code:x}}}"
+    for code in (
+        0x9,
+        0xA,
+        0xB,
+        0xC,
+        0xD,
+        0x1C,
+        0x1D,
+        0x1E,
+        0x1F,
+        0x20,
+        0x85,
+        0xA0,
+        0x1680,
+        *range(0x2000, 0x200B),
+        0x2028,
+        0x2029,
+        0x202F,
+        0x205F,
+        0x3000,
     )
 )
 SPACE_CODES = tuple(int(code, 16) for code in re.findall(r"\{([0-9a-f]+)\}", _SPACE))
 _WORD = r"\p{L}\p{N}_"
 
 # Perl classes outside and inside a bracket class, as Python reads them; None: no faithful rewrite there.
-_OUTSIDE = {"d": r"\p{Nd}", "D": r"\P{Nd}", "w": f"[{_WORD}]", "W": f"[^{_WORD}]", "s": f"[{_SPACE}]",
-            "S": f"[^{_SPACE}]", "Z": r"\z", "b": None, "B": None}
+_OUTSIDE = {
+    "d": r"\p{Nd}",
+    "D": r"\P{Nd}",
+    "w": f"[{_WORD}]",
+    "W": f"[^{_WORD}]",
+    "s": f"[{_SPACE}]",
+    "S": f"[^{_SPACE}]",
+    "Z": r"\z",
+    "b": None,
+    "B": None,
+}
 _INSIDE = {"d": r"\p{Nd}", "D": r"\P{Nd}", "w": _WORD, "s": _SPACE, "W": None, "S": None}
 _OPEN_MIN = re.compile(r"\{,(\d+)\}")
 
@@ -80,7 +107,7 @@ def translate(pattern: str) -> str:
                     raise ValueError(f"\\{escaped} has no linear-time equivalent {where}; write the class out")
                 out.append(rewrite)
             else:
-                out.append(pattern[i:i + 2])
+                out.append(pattern[i : i + 2])
             i += 2
             continue
         if in_class:

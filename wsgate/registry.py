@@ -31,9 +31,7 @@ class HandlerRegistry:
                 raise PluginError(f"plugin {plugin!r} registers a non-callable handler for {kind!r}")
             owner = self._owners.get(kind)
             if owner is not None:
-                raise PluginError(
-                    f"message type {kind!r} is claimed by both plugin {owner!r} and plugin {plugin!r}"
-                )
+                raise PluginError(f"message type {kind!r} is claimed by both plugin {owner!r} and plugin {plugin!r}")
             self._handlers[kind] = handler
             self._owners[kind] = plugin
 

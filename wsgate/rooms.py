@@ -78,7 +78,7 @@ class Glob:
             elif char == "?":
                 tokens.append(None)
             elif char == "[" and brackets and (close := _class_end(pattern, i)) is not None:
-                tokens.append(re.compile(fnmatch.translate(pattern[i - 1:close + 1])))  # one character, no quantifier
+                tokens.append(re.compile(fnmatch.translate(pattern[i - 1 : close + 1])))  # one character, no quantifier
                 i = close + 1
             else:
                 tokens.append(char)

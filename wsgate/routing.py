@@ -306,9 +306,13 @@ class Router:
             for message in replay.messages:
                 self._sequenced(room, message, None)  # earlier offsets go out; held later ones follow
         if sequence.held:  # the history no longer holds them (or cannot be read): skip what is missing
-            log.warning("room %r: offsets %d to %d are lost (not relayed, no longer in the history); "
-                        "sending what came after", room, sequence.last + 1, min(sequence.held) - 1,
-                        extra={"room": room})
+            log.warning(
+                "room %r: offsets %d to %d are lost (not relayed, no longer in the history); sending what came after",
+                room,
+                sequence.last + 1,
+                min(sequence.held) - 1,
+                extra={"room": room},
+            )
             self._metrics.error("history_gap")
             self._release(room, sequence)
 

@@ -29,7 +29,11 @@ class Throttled:
     seconds with how many times it happened since the last line: a storm never floods the log."""
 
     def __init__(
-        self, logger: logging.Logger, interval: float, clock: Callable[[], float] = time.monotonic, *,
+        self,
+        logger: logging.Logger,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
         level: int = logging.WARNING,
     ) -> None:
         self._log = logger
@@ -43,8 +47,9 @@ class Throttled:
         self._count += 1
         now = self._clock()
         if now - self._logged_at >= self._interval:
-            self._log.log(self._level, message + " (%d times since the last report)", *args, self._count,
-                          exc_info=exc_info)
+            self._log.log(
+                self._level, message + " (%d times since the last report)", *args, self._count, exc_info=exc_info
+            )
             self._logged_at, self._count = now, 0
 
 

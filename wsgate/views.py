@@ -18,7 +18,17 @@ from .clients import ConnectedClient
 from .connection import Connection
 from .dispatch import Dispatcher
 from .keys import (
-    BROKER, DASHBOARD, DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, PLUGINS, SETTINGS, STARTED_AT, SUPERVISOR,
+    BROKER,
+    DASHBOARD,
+    DISPATCHER,
+    FLUSHER,
+    GATEWAY,
+    HUB,
+    METRICS,
+    PLUGINS,
+    SETTINGS,
+    STARTED_AT,
+    SUPERVISOR,
 )
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .origins import origin_allowed, origin_problem, same_host
@@ -87,8 +97,13 @@ async def metrics_view(request: web.Request) -> web.Response:
 
 async def ws_disabled_view(request: web.Request) -> web.Response:
     """`/ws` while `websocket.enabled` is false (the spec's default): 404, saying why and how to turn it on."""
-    return web.json_response({"error": "the WebSocket endpoint is off", "detail": (
-        "websocket.enabled is false; set it to true in the settings file, or WEBSOCKET_ENABLED=true")}, status=404)
+    return web.json_response(
+        {
+            "error": "the WebSocket endpoint is off",
+            "detail": ("websocket.enabled is false; set it to true in the settings file, or WEBSOCKET_ENABLED=true"),
+        },
+        status=404,
+    )
 
 
 async def ws_view(request: web.Request) -> web.StreamResponse:
@@ -98,17 +113,31 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
     if hub.draining:
         return web.json_response({"error": "server is shutting down"}, status=503)
     origin = request.headers.get("Origin")
-    if origin is not None and not origin_allowed(origin, request.host, settings.security.allowed_origins) and not (
-        DASHBOARD in app and same_host(request)  # the dashboard's own page
+    if (
+        origin is not None
+        and not origin_allowed(origin, request.host, settings.security.allowed_origins)
+        and not (
+            DASHBOARD in app and same_host(request)  # the dashboard's own page
+        )
     ):
         metrics.error("origin_rejected")
         if (problem := origin_problem(origin)) is None:
-            log.warning("refused a WebSocket from origin %r (%s): add it to security.allowed_origins "
-                        "(e.g. WSGATE_SECURITY__ALLOWED_ORIGINS='[\"%s\"]'); cors.allowed_origins covers HTTP only",
-                        origin, request.remote, origin, extra={"remote": request.remote})
+            log.warning(
+                "refused a WebSocket from origin %r (%s): add it to security.allowed_origins "
+                "(e.g. WSGATE_SECURITY__ALLOWED_ORIGINS='[\"%s\"]'); cors.allowed_origins covers HTTP only",
+                origin,
+                request.remote,
+                origin,
+                extra={"remote": request.remote},
+            )
         else:  # never suggest an entry start-up would refuse
-            log.warning("refused a WebSocket from origin %r (%s); security.allowed_origins cannot list it: %s",
-                        origin, request.remote, problem, extra={"remote": request.remote})
+            log.warning(
+                "refused a WebSocket from origin %r (%s); security.allowed_origins cannot list it: %s",
+                origin,
+                request.remote,
+                problem,
+                extra={"remote": request.remote},
+            )
         return web.json_response({"error": ORIGIN_NOT_ALLOWED}, status=403)
     return await _open(request)  # (the address limit counts sockets from accept() on: wsgate.admission)
 
@@ -126,8 +155,9 @@ async def _open(request: web.Request) -> web.StreamResponse:
             raise
         except HookTimedOut as timed_out:  # past plugins.hook_timeout: cancelled and logged (throttled)
             metrics.error("hook_timeout")
-            return web.json_response({"error": timed_out.text, "detail": timed_out.detail}, status=503,
-                                     headers={"Retry-After": "1"})
+            return web.json_response(
+                {"error": timed_out.text, "detail": timed_out.detail}, status=503, headers={"Retry-After": "1"}
+            )
         except Exception:
             log.exception("an authentication plugin failed for %s", request.remote)
             metrics.error("handler_error")
@@ -159,8 +189,15 @@ async def _open(request: web.Request) -> web.StreamResponse:
             dispatcher.client_gone(conn)
 
     conn = ConnectedClient(
-        ws, stream, request, settings=ws_settings, flusher=app[FLUSHER], metrics=metrics, on_drop=gone,
-        identity=identity, gateway=app[GATEWAY],
+        ws,
+        stream,
+        request,
+        settings=ws_settings,
+        flusher=app[FLUSHER],
+        metrics=metrics,
+        on_drop=gone,
+        identity=identity,
+        gateway=app[GATEWAY],
     )
     if not hub.admit(conn):
         await _refuse_full(ws, metrics)

@@ -52,10 +52,10 @@ def frame_payloads(frames: bytes) -> Iterator[tuple[int, bytes]]:
         if size < 126:
             head = 2
         elif size == 126:
-            head, size = 4, int.from_bytes(frames[pos + 2:pos + 4], "big")
+            head, size = 4, int.from_bytes(frames[pos + 2 : pos + 4], "big")
         else:
-            head, size = 10, int.from_bytes(frames[pos + 2:pos + 10], "big")
-        yield opcode, bytes(view[pos + head:pos + head + size])
+            head, size = 10, int.from_bytes(frames[pos + 2 : pos + 10], "big")
+        yield opcode, bytes(view[pos + head : pos + head + size])
         pos += head + size
 
 

@@ -18,7 +18,6 @@ from aiohttp.worker import GunicornWebWorker
 from .admission import GatewayRunner
 from .keys import SETTINGS
 
-
 WORKER_BOOT_ERROR = 3  # gunicorn's arbiter stops when a worker exits with this
 
 
@@ -33,12 +32,18 @@ class GatewayWorker(GunicornWebWorker):
             cfg = self.cfg
             broker = app[SETTINGS].broker
             if cfg.workers > 1 and not broker.url and not broker.unshared_workers:
-                print(f"wsgate: {cfg.workers} gunicorn workers with the in-memory broker would split every room "
-                      "between them: set broker.url (WSGATE_BROKER__URL=redis://...), run one worker (-w 1), or "
-                      "allow it with broker.unshared_workers = true", file=sys.stderr, flush=True)
+                print(
+                    f"wsgate: {cfg.workers} gunicorn workers with the in-memory broker would split every room "
+                    "between them: set broker.url (WSGATE_BROKER__URL=redis://...), run one worker (-w 1), or "
+                    "allow it with broker.unshared_workers = true",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 sys.exit(WORKER_BOOT_ERROR)
             return GatewayRunner(
-                app, logger=self.log, keepalive_timeout=cfg.keepalive,
+                app,
+                logger=self.log,
+                keepalive_timeout=cfg.keepalive,
                 access_log=self.log.access_log if cfg.accesslog else None,
                 access_log_format=self._get_valid_log_format(cfg.access_log_format),
                 shutdown_timeout=cfg.graceful_timeout / 100 * 95,

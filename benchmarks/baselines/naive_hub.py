@@ -60,8 +60,9 @@ async def ws_view(request: web.Request) -> web.WebSocketResponse:
                     continue
                 rooms.setdefault(room, set()).add(ws)
                 joined.add(room)
-                await send(ws, {"type": "subscribed", "room": room,
-                                "data": {"room": room, "client_count": len(rooms[room])}})
+                await send(
+                    ws, {"type": "subscribed", "room": room, "data": {"room": room, "client_count": len(rooms[room])}}
+                )
             elif kind == "unsubscribe":
                 if room not in joined:
                     await error(ws, "not subscribed to this room")
@@ -78,8 +79,10 @@ async def ws_view(request: web.Request) -> web.WebSocketResponse:
                     await error(ws, "not subscribed to this room")
                 else:
                     for member in list(rooms.get(room, ())):
-                        await send(member, {"type": "message", "room": room, "data": message.get("data"),
-                                            "client_id": client_id})
+                        await send(
+                            member,
+                            {"type": "message", "room": room, "data": message.get("data"), "client_id": client_id},
+                        )
             elif kind == "broadcast":
                 for member in list(clients):
                     await send(member, {"type": "message", "data": message.get("data"), "client_id": client_id})
@@ -97,8 +100,9 @@ async def ws_view(request: web.Request) -> web.WebSocketResponse:
 
 
 async def health_view(request: web.Request) -> web.Response:
-    return web.json_response({"status": "healthy", "clients": len(request.app[CLIENTS]),
-                              "rooms": len(request.app[ROOMS])})
+    return web.json_response(
+        {"status": "healthy", "clients": len(request.app[CLIENTS]), "rooms": len(request.app[ROOMS])}
+    )
 
 
 def main() -> None:

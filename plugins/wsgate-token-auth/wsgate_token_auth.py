@@ -26,7 +26,8 @@ NAME = "token_auth"
 
 def _refuse(reason: str) -> web.HTTPUnauthorized:
     return web.HTTPUnauthorized(
-        text=f'{{"error": "{reason}"}}', content_type="application/json",
+        text=f'{{"error": "{reason}"}}',
+        content_type="application/json",
         headers={"WWW-Authenticate": 'Bearer realm="wsgate"'},
     )
 

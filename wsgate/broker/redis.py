@@ -2,8 +2,8 @@
 
 - The router hands every message to `relay` (or `append`, for rooms with history)
   in publish order. One sender task pipelines the PUBLISH commands (and history
-  scripts) in that order, so each publisher's order is kept on every node. Other nodes deliver the bytes as they are; a node
-  skips its own messages (the layout: `redis_schema`).
+  scripts) in that order, so each publisher's order is kept on every node. Other nodes deliver
+  the bytes as they are; a node skips its own messages (the layout: `redis_schema`).
 - A node subscribes only to rooms it has members in (plus the broadcast channel).
 - If Redis goes away, local delivery goes on; the node reconnects with backoff and
   re-subscribes. Plain messages published meanwhile do not reach other nodes (at
@@ -32,8 +32,20 @@ from ..redaction import redact_url
 from ..supervision import Supervisor, Throttled
 from .base import BrokerError, OutcomeUnknown, Receive
 from .redis_schema import (
-    NODE_ID_LENGTH, OUTCOME_WINDOW, PUBLISH_SCRIPT, PUBLISH_SHA, READ_SCRIPT, Attempt, RedisNames, Reconnects,
-    connect, describe, exchange, new_message_id, new_sender_id, publish_args,
+    NODE_ID_LENGTH,
+    OUTCOME_WINDOW,
+    PUBLISH_SCRIPT,
+    PUBLISH_SHA,
+    READ_SCRIPT,
+    Attempt,
+    Reconnects,
+    RedisNames,
+    connect,
+    describe,
+    exchange,
+    new_message_id,
+    new_sender_id,
+    publish_args,
 )
 
 if TYPE_CHECKING:
@@ -85,8 +97,12 @@ class RedisBroker:
     """See the module docstring; `state` is `ok` or `degraded`."""
 
     def __init__(
-        self, settings: BrokerSettings, metrics: Metrics, node_id: bytes | None = None,
-        history: HistorySettings | None = None, supervisor: Supervisor | None = None,
+        self,
+        settings: BrokerSettings,
+        metrics: Metrics,
+        node_id: bytes | None = None,
+        history: HistorySettings | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._settings = settings
         self._supervisor = supervisor or Supervisor(metrics)
@@ -143,10 +159,20 @@ class RedisBroker:
         self._resynced = resynced
         name = f"wsgate-{self.node_id.decode()[:8]}"
         try:
-            self._redis = connect(self._settings.url, self._settings.connect_timeout, name, POOL_SIZE,
-                                  Reconnects(self._commands_reconnected).watch)
-            self._subscriber = connect(self._settings.url, self._settings.connect_timeout, f"{name}-pubsub",
-                                       PUBSUB_POOL_SIZE, self._pubsub_connected)
+            self._redis = connect(
+                self._settings.url,
+                self._settings.connect_timeout,
+                name,
+                POOL_SIZE,
+                Reconnects(self._commands_reconnected).watch,
+            )
+            self._subscriber = connect(
+                self._settings.url,
+                self._settings.connect_timeout,
+                f"{name}-pubsub",
+                PUBSUB_POOL_SIZE,
+                self._pubsub_connected,
+            )
         except ValueError as exc:
             raise BrokerError(f"invalid setting broker.url = {redact_url(self._settings.url)!r}: {exc}") from None
         self._read_script = self._redis.register_script(READ_SCRIPT)
@@ -177,9 +203,10 @@ class RedisBroker:
         to publishers outside the gateway (`RedisPublisher`). Run at start and on every reconnect."""
         await self._redis.script_load(PUBLISH_SCRIPT)
         history = self._history
-        await self._redis.set(self._names.history_config, json.dumps(
-            {"rooms": list(history.rooms), "size": history.size, "ttl": history.ttl}
-        ))
+        await self._redis.set(
+            self._names.history_config,
+            json.dumps({"rooms": list(history.rooms), "size": history.size, "ttl": history.ttl}),
+        )
 
     async def close(self) -> None:
         self._closed = True  # loops also stop by themselves: redis-py can swallow a cancellation
@@ -204,8 +231,10 @@ class RedisBroker:
         """A connection of the command pool was lost and connected again (`Reconnects`). Redis may have
         restarted empty: the history settings are announced and the script loaded again (`_restore_loop`)."""
         self._metrics.connection_reconnected("commands")
-        self._warn_commands("broker: a Redis connection of the command pool was lost and connected again "
-                            "(commands connection); announcing the history settings again")
+        self._warn_commands(
+            "broker: a Redis connection of the command pool was lost and connected again "
+            "(commands connection); announcing the history settings again"
+        )
         self._restore.set()
 
     def _pubsub_connected(self, connection: object) -> None:
@@ -344,8 +373,11 @@ class RedisBroker:
                 self._refuse_queued(unanswered)
                 self._metrics.broker_error()
                 if self._sending:
-                    log.warning("broker: %s (stalled?); publishers of rooms with history are told the outcome is "
-                                "unknown, new ones are refused until it answers", unanswered)
+                    log.warning(
+                        "broker: %s (stalled?); publishers of rooms with history are told the outcome is "
+                        "unknown, new ones are refused until it answers",
+                        unanswered,
+                    )
                 self._sending = False
                 await asyncio.wait({task}, timeout=ANSWER_WAIT)
         except BaseException:  # the gateway is closing: nobody waits forever, and nobody is told a guess
@@ -369,25 +401,37 @@ class RedisBroker:
             raise error
         self._metrics.broker_error()
         if attempt.written:
-            reason = (f"Redis did not answer within broker.connect_timeout ({timeout:g}s)" if task.cancelled()
-                      else f"the connection to Redis was lost before it answered: {describe(error)}")
+            reason = (
+                f"Redis did not answer within broker.connect_timeout ({timeout:g}s)"
+                if task.cancelled()
+                else f"the connection to Redis was lost before it answered: {describe(error)}"
+            )
             for item in batch:
                 item.doubt(reason)
         else:
             for item in batch:
-                item.fail(f"Redis could not be reached within broker.connect_timeout ({timeout:g}s)" if task.cancelled()
-                          else f"Redis did not take the message: {describe(error)}")
+                item.fail(
+                    f"Redis could not be reached within broker.connect_timeout ({timeout:g}s)"
+                    if task.cancelled()
+                    else f"Redis did not take the message: {describe(error)}"
+                )
         again = [item for item in batch if item.in_doubt and loop.time() - item.first_sent < RESEND_FOR]
         lost = len(batch) - len(again)
         if lost:
             self._metrics.broker_dropped(lost)
         if any(item.in_doubt and loop.time() - item.first_sent >= RESEND_FOR for item in batch):
-            log.warning("broker: Redis did not answer messages sent %.0fs ago; their outcome stays unknown "
-                        "(kept or not: a later offset or a catch-up brings the kept ones here)", RESEND_FOR)
+            log.warning(
+                "broker: Redis did not answer messages sent %.0fs ago; their outcome stays unknown "
+                "(kept or not: a later offset or a catch-up brings the kept ones here)",
+                RESEND_FOR,
+            )
         self._outgoing.extendleft(reversed(again))  # first, in order: their room's later messages follow them
         if self._sending:
-            log.warning("broker: publishing to Redis failed (%s); other nodes miss messages "
-                        "until it is back, local delivery goes on", describe(error))
+            log.warning(
+                "broker: publishing to Redis failed (%s); other nodes miss messages "
+                "until it is back, local delivery goes on",
+                describe(error),
+            )
         self._sending = False
         return False
 
@@ -419,11 +463,18 @@ class RedisBroker:
             else:
                 assert item.room is not None
                 keys = self._names.publish_keys(item.room, item.message_id)
-                commands.append(("EVALSHA", PUBLISH_SHA, len(keys), *keys,
-                                 *publish_args(item.data, size, ttl, item.channel, self.node_id)))
+                commands.append(
+                    (
+                        "EVALSHA",
+                        PUBLISH_SHA,
+                        len(keys),
+                        *keys,
+                        *publish_args(item.data, size, ttl, item.channel, self.node_id),
+                    )
+                )
         results = await exchange(self._redis, commands, attempt)
         refused = 0
-        for item, result in zip(batch, results[1:] if with_history else results):
+        for item, result in zip(batch, results[1:] if with_history else results, strict=False):
             if isinstance(result, Exception):
                 item.fail(f"Redis refused the message: {describe(result)}")
                 refused += 1
@@ -463,8 +514,9 @@ class RedisBroker:
         pubsub = self._subscriber.pubsub()
         rooms = set(self._wanted)
         try:
-            await pubsub.subscribe(self._broadcast, self._probe_channel,
-                                   *(self._room_prefix + r.encode() for r in rooms))
+            await pubsub.subscribe(
+                self._broadcast, self._probe_channel, *(self._room_prefix + r.encode() for r in rooms)
+            )
         except BaseException:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # give its connection back to the pool, or retries drain the pool
@@ -507,8 +559,10 @@ class RedisBroker:
                     self._metrics.broker_reconnected()
                     if reconnect:
                         self._metrics.connection_reconnected("pubsub")
-                    log.info("broker: reconnected to Redis (pubsub connection); receiving %d rooms again",
-                             len(self._subscribed))
+                    log.info(
+                        "broker: reconnected to Redis (pubsub connection); receiving %d rooms again",
+                        len(self._subscribed),
+                    )
                     self._resync.set()
                     self._resynced()  # what was relayed while away never came: rooms with history catch up
                 message = await self._pubsub.get_message(timeout=RECEIVE_POLL)
@@ -519,9 +573,11 @@ class RedisBroker:
                 if self._deaf:
                     self._deaf = False
                     self._metrics.broker_error()
-                    log.warning("broker: the probe did not come back through pub/sub within %ss: the subscription "
-                                "is deaf (Redis dropped it, or the network holds it); subscribing again",
-                                self._settings.connect_timeout)
+                    log.warning(
+                        "broker: the probe did not come back through pub/sub within %ss: the subscription "
+                        "is deaf (Redis dropped it, or the network holds it); subscribing again",
+                        self._settings.connect_timeout,
+                    )
                     await self._drop_pubsub()
                     continue
                 backoff = BACKOFF_START
@@ -534,8 +590,9 @@ class RedisBroker:
                         await asyncio.sleep(0)
             except (OSError, TimeoutError, aioredis.RedisError) as exc:
                 if self._receiving:
-                    log.warning("broker: lost the connection to Redis (%s); reconnecting, local delivery goes on",
-                                describe(exc))
+                    log.warning(
+                        "broker: lost the connection to Redis (%s); reconnecting, local delivery goes on", describe(exc)
+                    )
                 self._metrics.broker_error()
                 self._hidden_reconnect = False  # whatever redis-py did: the reconnect below is this loop's
                 await self._drop_pubsub()
@@ -550,9 +607,11 @@ class RedisBroker:
         self._hidden_reconnect = False
         self._metrics.broker_reconnected()
         self._metrics.connection_reconnected("pubsub")
-        self._warn_pubsub("broker: Redis dropped this node's subscription and redis-py connected it again "
-                          "(pubsub connection); subscribed again, rooms with history catch up, messages of "
-                          "plain rooms relayed meanwhile are lost")
+        self._warn_pubsub(
+            "broker: Redis dropped this node's subscription and redis-py connected it again "
+            "(pubsub connection); subscribed again, rooms with history catch up, messages of "
+            "plain rooms relayed meanwhile are lost"
+        )
         self._resync.set()
         self._restore.set()
         self._resynced()
@@ -575,7 +634,7 @@ class RedisBroker:
             return  # delivered locally when it was published
         assert self._receive is not None
         try:
-            room = None if channel == self._broadcast else channel[len(self._room_prefix):].decode()
+            room = None if channel == self._broadcast else channel[len(self._room_prefix) :].decode()
             self._receive(room, payload[NODE_ID_LENGTH:])
         except ValueError as exc:  # not UTF-8 (another publisher on our channels): it never reaches a client
             self._metrics.broker_error()
@@ -591,8 +650,11 @@ class RedisBroker:
         except ResponseError as exc:  # ReadOnlyError, OutOfMemoryError, NoPermissionError, MISCONF...
             if self._writable:
                 self._metrics.broker_error()
-                log.error("broker: Redis refuses writes (%s); messages for rooms with history are refused and "
-                          "the broker is degraded (/ready answers 503) until it takes them again", describe(exc))
+                log.error(
+                    "broker: Redis refuses writes (%s); messages for rooms with history are refused and "
+                    "the broker is degraded (/ready answers 503) until it takes them again",
+                    describe(exc),
+                )
             self._writable = False
             return
         if not self._writable:

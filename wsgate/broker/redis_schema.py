@@ -96,7 +96,8 @@ if not epoch then
 end
 """
 
-PUBLISH_SCRIPT = """
+PUBLISH_SCRIPT = (
+    """
 if KEYS[3] then
   local seen = redis.call('GET', KEYS[3])
   if seen then  -- this message ran before: answered as then, neither kept nor published again
@@ -104,7 +105,9 @@ if KEYS[3] then
     return {tonumber(n), epoch, tonumber(receivers), 1}
   end
 end
-""" + _ENSURE + """
+"""
+    + _ENSURE
+    + """
 local n = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local payload = ARGV[3] .. ',"offset":' .. n .. ',"epoch":"' .. epoch .. '"}'
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], n .. '-0', 'p', payload)
@@ -116,6 +119,7 @@ if KEYS[3] then
 end
 return {n, epoch, receivers, 0}
 """
+)
 """KEYS: publish_keys(room, message_id). ARGV: `publish_args(...)`. Returns {offset, epoch, receivers, again}:
 `again` is 1 when the message id ran before (then offset, epoch and receivers are that run's); the stamped
 bytes are `history.stamp(head, offset, epoch)`."""
@@ -179,6 +183,7 @@ async def exchange(redis: Any, commands: list[tuple[Any, ...]], attempt: Attempt
         raise
     finally:
         await pool.release(connection)
+
 
 READ_SCRIPT = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -291,7 +296,10 @@ class Reconnects:
 
 
 def connect(
-    url: str, connect_timeout: float, client_name: str, max_connections: int,
+    url: str,
+    connect_timeout: float,
+    client_name: str,
+    max_connections: int,
     on_connect: Callable[[object], None] | None = None,
 ) -> object:
     """A redis-py client with a bounded pool that makes callers wait for a connection (a burst queues up,
@@ -317,8 +325,13 @@ def connect(
             on_connect(connection)
 
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=connect_timeout, socket_connect_timeout=connect_timeout,
-        retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError], client_name=client_name,
+        url,
+        max_connections=max_connections,
+        timeout=connect_timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError],
+        client_name=client_name,
         redis_connect_func=set_up,
     )
     return aioredis.Redis.from_pool(pool)

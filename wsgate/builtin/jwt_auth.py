@@ -114,7 +114,9 @@ class JwtAuthenticator:
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
         """Its rights end at the token's `exp`, plus the leeway every check of `exp` allows."""
-        return Identity(claims["sub"], MappingProxyType(claims), expires_at=float(claims["exp"]) + self._settings.leeway)
+        return Identity(
+            claims["sub"], MappingProxyType(claims), expires_at=float(claims["exp"]) + self._settings.leeway
+        )
 
     def verify(self, token: str) -> dict[str, Any] | None:
         """The claims of a valid token, else None (the dashboard's admin login)."""
@@ -126,8 +128,13 @@ class JwtAuthenticator:
     def _decode(self, token: str) -> dict[str, Any]:
         settings = self._settings
         claims: dict[str, Any] = jwt.decode(
-            token, self._key, algorithms=self._algorithms, audience=settings.audience or None,
-            issuer=settings.issuer or None, leeway=settings.leeway, options=self._options,  # type: ignore[arg-type]
+            token,
+            self._key,
+            algorithms=self._algorithms,
+            audience=settings.audience or None,
+            issuer=settings.issuer or None,
+            leeway=settings.leeway,
+            options=self._options,  # type: ignore[arg-type]
         )
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise _BadSubject()

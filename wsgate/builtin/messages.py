@@ -23,10 +23,15 @@ def _since(message: Message) -> Position | None:
         return None
     offset = since.get("offset") if isinstance(since, dict) else None
     epoch = since.get("epoch") if isinstance(since, dict) else None
-    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_OFFSET or not isinstance(
-        epoch, str
+    if (
+        not isinstance(offset, int)
+        or isinstance(offset, bool)
+        or not 0 <= offset <= MAX_OFFSET
+        or not isinstance(epoch, str)
     ):
-        raise ClientError(protocol.INVALID_JSON, "field 'since' must be {\"offset\": <integer >= 0>, \"epoch\": <string>}")
+        raise ClientError(
+            protocol.INVALID_JSON, 'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}'
+        )
     return Position(offset, epoch)
 
 
@@ -67,14 +72,21 @@ async def history(client: Client, message: Message) -> None:
     limit, before = message.fields.get("limit"), message.fields.get("before")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ClientError(protocol.INVALID_JSON, "field 'limit' must be a positive integer")
-    if before is not None and (not isinstance(before, int) or isinstance(before, bool) or not 1 <= before <= MAX_OFFSET):
+    if before is not None and (
+        not isinstance(before, int) or isinstance(before, bool) or not 1 <= before <= MAX_OFFSET
+    ):
         raise ClientError(protocol.INVALID_JSON, "field 'before' must be a positive integer (an offset)")
     await client.gateway.authorize(client, protocol.HISTORY, room)
     position, messages = await client.gateway.history(room, limit, before=before)
     client.enqueue(
         b'{"type":"history","room":%s,"data":{"offset":%d,"epoch":%s,"messages":[%s]},"timestamp":%d}'
-        % (protocol.dumps(room), position.offset, protocol.dumps(position.epoch), b",".join(messages),
-           protocol.now_ms())
+        % (
+            protocol.dumps(room),
+            position.offset,
+            protocol.dumps(position.epoch),
+            b",".join(messages),
+            protocol.now_ms(),
+        )
     )
 
 
@@ -86,8 +98,13 @@ async def presence(client: Client, message: Message) -> None:
     members = await client.gateway.presence(room)
     client.enqueue(
         b'{"type":"presence","room":%s,"data":{"count":%d,"members":[%s]%s},"timestamp":%d}'
-        % (protocol.dumps(room), members.total, b",".join(members),
-           b',"truncated":true' if members.total > len(members) else b"", protocol.now_ms())
+        % (
+            protocol.dumps(room),
+            members.total,
+            b",".join(members),
+            b',"truncated":true' if members.total > len(members) else b"",
+            protocol.now_ms(),
+        )
     )
 
 

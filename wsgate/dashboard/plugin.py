@@ -105,8 +105,7 @@ class Dashboard:
         self._sockets.setdefault(session, set()).add(client)
         self._opened_with[client.id] = session
         if session not in self._timers:
-            self._timers[session] = asyncio.get_running_loop().call_later(remaining, self.end_session, session,
-                                                                          EXPIRED)
+            self._timers[session] = asyncio.get_running_loop().call_later(remaining, self.end_session, session, EXPIRED)
 
     @hookimpl
     def wsgate_client_disconnected(self, client: Client) -> None:
@@ -182,8 +181,9 @@ class Dashboard:
         if target is not None:
             log.info("operator %s disconnects client %s", client.id, target_id, extra={"client_id": target_id})
             target.drop(protocol.CLOSE_POLICY_VIOLATION, DISCONNECTED)
-        client.enqueue(protocol.encode("dashboard_disconnected", data={"client_id": target_id,
-                                                                        "found": target is not None}))
+        client.enqueue(
+            protocol.encode("dashboard_disconnected", data={"client_id": target_id, "found": target is not None})
+        )
 
     # --- figures --------------------------------------------------------------------------
 
@@ -213,8 +213,9 @@ def _figures(stats: dict[str, Any], before: dict[str, Any], elapsed: float, oper
     its dashboards (`operators`: their own connections are clients too, and marked so)."""
     figures = {key: value for key, value in stats.items() if key not in ("received", "delivered")}
     figures["operators"] = len(operators)
-    figures["clients_sample"] = [{**client, "operator": client["client_id"] in operators}
-                                 for client in stats["clients_sample"]]
+    figures["clients_sample"] = [
+        {**client, "operator": client["client_id"] in operators} for client in stats["clients_sample"]
+    ]
     figures["in_per_s"] = round((stats["received"] - before["received"]) / elapsed, 1)
     figures["out_per_s"] = round((stats["delivered"] - before["delivered"]) / elapsed, 1)
     return figures

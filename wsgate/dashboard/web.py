@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from math import ceil
 import time
+from math import ceil
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from ..origins import same_host
 from ..keys import DASHBOARD, METRICS, PLUGINS, SETTINGS
+from ..origins import same_host
 from .plugin import LOGGED_OUT, REPLACED
 from .sessions import COOKIE, DEVICE_COOKIE, DEVICE_TTL
 
 STATIC = Path(__file__).parent / "static"
 FILES = {
-    "dashboard.css": "text/css", "dashboard.js": "text/javascript", "chart.js": "text/javascript",
+    "dashboard.css": "text/css",
+    "dashboard.js": "text/javascript",
+    "chart.js": "text/javascript",
     "login.js": "text/javascript",
 }
 
@@ -66,8 +68,10 @@ async def login_view(request: web.Request) -> web.StreamResponse:
         wait = throttle.admit(key)
         if wait:
             metrics.error("dashboard_login_failed")
-            raise web.HTTPTooManyRequests(text=f"too many failed logins from this address; try again in {ceil(wait)}s",
-                                          headers={"Retry-After": str(ceil(wait))})
+            raise web.HTTPTooManyRequests(
+                text=f"too many failed logins from this address; try again in {ceil(wait)}s",
+                headers={"Retry-After": str(ceil(wait))},
+            )
         succeeded = _password_matches(secret, settings.password)
         throttle.finish(key, succeeded)
         if not succeeded:
@@ -79,11 +83,25 @@ async def login_view(request: web.Request) -> web.StreamResponse:
         dashboard.end_session(previous, REPLACED)
     response = web.HTTPFound("/dashboard")
     secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"  # TLS ends at a proxy
-    response.set_cookie(COOKIE, sessions.create(lifetime), max_age=int(settings.session_ttl), httponly=True,
-                        samesite="Strict", path="/", secure=secure)
+    response.set_cookie(
+        COOKIE,
+        sessions.create(lifetime),
+        max_age=int(settings.session_ttl),
+        httponly=True,
+        samesite="Strict",
+        path="/",
+        secure=secure,
+    )
     if throttle.known_device(device) is None:  # this browser's later logins are counted on their own
-        response.set_cookie(DEVICE_COOKIE, throttle.new_device(), max_age=int(DEVICE_TTL), httponly=True,
-                            samesite="Strict", path="/dashboard", secure=secure)
+        response.set_cookie(
+            DEVICE_COOKIE,
+            throttle.new_device(),
+            max_age=int(DEVICE_TTL),
+            httponly=True,
+            samesite="Strict",
+            path="/dashboard",
+            secure=secure,
+        )
     raise response
 
 
@@ -99,8 +117,9 @@ async def logout_view(request: web.Request) -> web.StreamResponse:
 
 async def favicon_view(request: web.Request) -> web.FileResponse:
     """The dashboard's icon (an SVG; browsers ask for /favicon.ico on every page of the host)."""
-    return web.FileResponse(STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml",
-                                                             "Cache-Control": "max-age=86400"})
+    return web.FileResponse(
+        STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml", "Cache-Control": "max-age=86400"}
+    )
 
 
 async def static_view(request: web.Request) -> web.FileResponse:

@@ -137,9 +137,7 @@ class Presence:
                     await publish(room, message)  # to the members on every node
 
 
-def make_presence_store(
-    settings: Settings, metrics: Metrics, node_id: bytes, supervisor: Supervisor
-) -> PresenceStore:
+def make_presence_store(settings: Settings, metrics: Metrics, node_id: bytes, supervisor: Supervisor) -> PresenceStore:
     """The presence store `broker.url` asks for: in this process when empty, Redis otherwise."""
     if not settings.broker.url:
         return MemoryPresenceStore()

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..broker.redis_schema import PRESENCE_SCRIPT, REAP_SCRIPT, RedisNames, Reconnects, connect, describe
+from ..broker.redis_schema import PRESENCE_SCRIPT, REAP_SCRIPT, Reconnects, RedisNames, connect, describe
 from ..supervision import Supervisor, Throttled
 from .base import PresenceError
 
@@ -46,7 +46,11 @@ class RedisPresenceStore:
     """See the module docstring."""
 
     def __init__(
-        self, settings: BrokerSettings, metrics: Metrics, node_id: bytes, node_ttl: float,
+        self,
+        settings: BrokerSettings,
+        metrics: Metrics,
+        node_id: bytes,
+        node_ttl: float,
         supervisor: Supervisor | None = None,
     ) -> None:
         self._settings = settings
@@ -76,9 +80,13 @@ class RedisPresenceStore:
         self._closed = False
 
     async def start(self) -> None:
-        self._redis = connect(self._settings.url, self._settings.connect_timeout,
-                              f"wsgate-{self._node_id.decode()[:8]}-presence", POOL_SIZE,
-                              Reconnects(self._reconnected).watch)
+        self._redis = connect(
+            self._settings.url,
+            self._settings.connect_timeout,
+            f"wsgate-{self._node_id.decode()[:8]}-presence",
+            POOL_SIZE,
+            Reconnects(self._reconnected).watch,
+        )
         self._script = self._redis.register_script(PRESENCE_SCRIPT)
         self._reap = self._redis.register_script(REAP_SCRIPT)
         self._task = self._supervisor.spawn("redis-presence", self._write_loop)
@@ -100,8 +108,10 @@ class RedisPresenceStore:
         check, see `Reconnects`): Redis may be a new, empty one. The write loop writes the whole local truth
         and this node's liveness key again at once (the node's figures are written on every report anyway)."""
         self._metrics.connection_reconnected("presence")
-        self._warn_reconnect("presence: a Redis connection was lost and connected again (presence connection); "
-                             "writing this node's members and liveness key again")
+        self._warn_reconnect(
+            "presence: a Redis connection was lost and connected again (presence connection); "
+            "writing this node's members and liveness key again"
+        )
         self._lost = True
         self._ready.set()
 
@@ -184,17 +194,20 @@ class RedisPresenceStore:
                 self._lost, rewrite = False, True
             beating = loop.time() >= next_beat
             try:
-                async with asyncio.timeout(self._settings.connect_timeout), \
-                        self._redis.pipeline(transaction=False) as pipe:
+                async with (
+                    asyncio.timeout(self._settings.connect_timeout),
+                    self._redis.pipeline(transaction=False) as pipe,
+                ):
                     if beating or rewrite:  # first: its answer says whether a survivor reaped this node's members
                         pipe.get(self._reaped_key)  # (read, not taken: a request stuck in a partition may
                         # reach Redis after it heals, and must not take the mark away unseen)
                         pipe.set(self._node_key, b"1", px=ttl_ms)
                     if rewrite:  # the whole local truth; the changes below still remove those who left
                         for room, members in self._present.items():
-                            pipe.hset(self._names.presence(room), mapping={
-                                client: self._node_id + member for client, member in members.items()
-                            })
+                            pipe.hset(
+                                self._names.presence(room),
+                                mapping={client: self._node_id + member for client, member in members.items()},
+                            )
                     for (room, client), member in changes.items():
                         if member is None:
                             pipe.hdel(self._names.presence(room), client)
@@ -217,18 +230,26 @@ class RedisPresenceStore:
                         pipe.pexpire(self._rooms_key, 3 * ttl_ms)  # (outlives the liveness key: reaped in time)
                     answers = await pipe.execute()
                     if (beating or rewrite) and answers[0] is not None:  # (after a failed write too)
-                        log.warning("presence: other nodes took this node for dead and reported its members' "
-                                    "leaves (a stall or a partition longer than presence.node_ttl): writing its "
-                                    "members again, as joins")
+                        log.warning(
+                            "presence: other nodes took this node for dead and reported its members' "
+                            "leaves (a stall or a partition longer than presence.node_ttl): writing its "
+                            "members again, as joins"
+                        )
                         await self._redis.delete(self._reaped_key)
                         self._lost = True  # others reaped its members: they are written again at once
                         self._ready.set()
                         self._revived()
                     if beating:
-                        reaped: list[bytes] = await self._reap(args=[
-                            self._nodes_key, self._names.node_prefix, self._rooms_prefix, self._names.presence(""),
-                            self._reaped_prefix, 3 * ttl_ms,
-                        ])
+                        reaped: list[bytes] = await self._reap(
+                            args=[
+                                self._nodes_key,
+                                self._names.node_prefix,
+                                self._rooms_prefix,
+                                self._names.presence(""),
+                                self._reaped_prefix,
+                                3 * ttl_ms,
+                            ]
+                        )
                         for i in range(0, len(reaped) - 1, 2):
                             self._departed(reaped[i].decode(), reaped[i + 1])
                 rewrite = False
@@ -239,8 +260,11 @@ class RedisPresenceStore:
                     failing = False
             except (OSError, TimeoutError, aioredis.RedisError) as exc:
                 if not failing:  # Redis away, or refusing writes (a read-only replica, maxmemory)
-                    log.warning("presence: writing to Redis failed (%s); other nodes may miss this node's "
-                                "members until it works again", describe(exc))
+                    log.warning(
+                        "presence: writing to Redis failed (%s); other nodes may miss this node's "
+                        "members until it works again",
+                        describe(exc),
+                    )
                     failing = True
                 rewrite = True  # write the whole local truth once Redis is back
                 for key, member in changes.items():  # and keep the leaves: newer changes win

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import json
 import logging
 import random
-import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
@@ -274,8 +274,9 @@ class GatewayClient:
                                 if exc.text in TRANSIENT:
                                     later.append(room)  # (Redis away: the gateway will keep it again soon)
                                 else:
-                                    await self._inbox.put({"type": "error", "room": room, "error": exc.text,
-                                                           "detail": exc.detail})
+                                    await self._inbox.put(
+                                        {"type": "error", "room": room, "error": exc.text, "detail": exc.detail}
+                                    )
                         self._connected.set()
                         if later:
                             retrier = asyncio.create_task(self._subscribe_later(later))
@@ -314,8 +315,7 @@ class GatewayClient:
                 except GatewayError as exc:
                     if exc.text not in TRANSIENT:
                         rooms.remove(room)
-                        await self._inbox.put({"type": "error", "room": room, "error": exc.text,
-                                               "detail": exc.detail})
+                        await self._inbox.put({"type": "error", "room": room, "error": exc.text, "detail": exc.detail})
                 except (ConnectionError, TimeoutError):
                     return  # the connection went: the next one subscribes everything again
             delay = min(delay * 2, 10.0)

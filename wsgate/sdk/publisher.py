@@ -28,7 +28,15 @@ import aiohttp
 
 from .. import protocol
 from ..broker.redis_schema import (
-    PUBLISH_SCRIPT, PUBLISH_SHA, Attempt, RedisNames, describe, exchange, new_message_id, new_sender_id, publish_args,
+    PUBLISH_SCRIPT,
+    PUBLISH_SHA,
+    Attempt,
+    RedisNames,
+    describe,
+    exchange,
+    new_message_id,
+    new_sender_id,
+    publish_args,
 )
 from ..rooms import RoomPatterns
 
@@ -76,9 +84,14 @@ class HttpPublisher:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
-            async with self._session.post(self._base + path, data=protocol.dumps(body), headers={
-                **self._headers, "Content-Type": "application/json",
-            }) as resp:
+            async with self._session.post(
+                self._base + path,
+                data=protocol.dumps(body),
+                headers={
+                    **self._headers,
+                    "Content-Type": "application/json",
+                },
+            ) as resp:
                 answer = await resp.json(content_type=None)
         except aiohttp.ClientConnectorError as exc:  # no connection was made: nothing was sent
             raise PublishError(503, "the gateway cannot be reached", str(exc)) from None
@@ -109,9 +122,7 @@ class RedisPublisher:
 
     SETTINGS_TTL = 5.0  # seconds the gateways' history settings are used before they are read again
 
-    def __init__(
-        self, url: str, *, prefix: str = "wsgate", server_id: str | None = None, timeout: float = 5.0
-    ) -> None:
+    def __init__(self, url: str, *, prefix: str = "wsgate", server_id: str | None = None, timeout: float = 5.0) -> None:
         import redis.asyncio as aioredis  # pip install 'wsgate[redis]'
 
         self._failures: tuple[type[Exception], ...] = (OSError, aioredis.RedisError)
@@ -130,8 +141,13 @@ class RedisPublisher:
         if not rooms.match(room):
             return int(await self._run([("PUBLISH", channel, self._sender + message)]))
         keys = self._names.publish_keys(room, new_message_id())
-        run = ("EVALSHA", PUBLISH_SHA, len(keys), *keys,
-               *publish_args(message[:-1], history["size"], history["ttl"], channel, self._sender))
+        run = (
+            "EVALSHA",
+            PUBLISH_SHA,
+            len(keys),
+            *keys,
+            *publish_args(message[:-1], history["size"], history["ttl"], channel, self._sender),
+        )
         try:
             answer = await self._run([run], load=True)
         except PublishOutcomeUnknown as first:
@@ -164,7 +180,9 @@ class RedisPublisher:
         except self._failures as exc:
             if not attempt.written:
                 raise PublishError(503, f"Redis did not take the message: {describe(exc)}") from None
-            raise PublishOutcomeUnknown(f"the connection to Redis was lost before it answered: {describe(exc)}") from None
+            raise PublishOutcomeUnknown(
+                f"the connection to Redis was lost before it answered: {describe(exc)}"
+            ) from None
         if isinstance(answer, Exception):
             raise PublishError(503, f"Redis refused the message: {describe(answer)}")
         return answer

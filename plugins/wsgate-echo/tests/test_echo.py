@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import wsgate_echo
+
 from wsgate.testing import StartServer
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-
 import wsgate_token_auth
+
 from wsgate.testing import StartServer
 
 SETTINGS = {"token_auth": {"tokens": {"t-alice": "alice"}, "private_rooms": ["private-*"]}}
@@ -20,13 +20,20 @@ async def test_a_valid_token_becomes_the_identity(wsgate_server: StartServer) ->
     assert (await client.subscribe("private-ops"))["room"] == "private-ops"
 
 
-@pytest.mark.parametrize(("headers", "reason"), [
-    ({"Authorization": "Bearer wrong"}, "invalid token"),
-    ({"Authorization": "Basic t-alice"}, "invalid token"),
-    ({}, "missing token"),
-])
-async def test_refused_before_the_upgrade_with_401(wsgate_server: StartServer, headers: dict[str, str], reason: str) -> None:
-    server = await wsgate_server(wsgate_token_auth, plugins={"token_auth": {**SETTINGS["token_auth"], "required": True}})
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({"Authorization": "Bearer wrong"}, "invalid token"),
+        ({"Authorization": "Basic t-alice"}, "invalid token"),
+        ({}, "missing token"),
+    ],
+)
+async def test_refused_before_the_upgrade_with_401(
+    wsgate_server: StartServer, headers: dict[str, str], reason: str
+) -> None:
+    server = await wsgate_server(
+        wsgate_token_auth, plugins={"token_auth": {**SETTINGS["token_auth"], "required": True}}
+    )
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await server.raw(headers=headers)
     assert refused.value.status == 401

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-
 import wsgate_users
+
 from wsgate.testing import Client, Server, StartServer
 
 SECRET = "a-test-secret-for-the-users-plugin-" + "x" * 32
@@ -17,8 +17,9 @@ SECRET = "a-test-secret-for-the-users-plugin-" + "x" * 32
 
 async def users_server(wsgate_server: StartServer, **users: Any) -> Server:
     """A gateway with this plugin and the JWT authenticator (the token-auth example, if installed, is off)."""
-    return await wsgate_server(wsgate_users, auth={"jwt": {"secret": SECRET}},
-                               plugins={"disabled": ["token_auth"], "users": users})
+    return await wsgate_server(
+        wsgate_users, auth={"jwt": {"secret": SECRET}}, plugins={"disabled": ["token_auth"], "users": users}
+    )
 
 
 async def signed_in(server: Server, sub: str) -> Client:
@@ -45,8 +46,11 @@ async def test_anonymous_clients_can_neither_create_nor_look_up(wsgate_server: S
     owner = await signed_in(server, "ada")
     await owner.request({"type": "create_user", "data": {"email": "ada@example.com", "name": "Ada"}})
     anonymous = await server.connect()
-    for request in ({"type": "get_user", "data": {"email": "ada@example.com"}}, {"type": "get_user"},
-                    {"type": "create_user", "data": {"email": "eve@example.com", "name": "Eve"}}):
+    for request in (
+        {"type": "get_user", "data": {"email": "ada@example.com"}},
+        {"type": "get_user"},
+        {"type": "create_user", "data": {"email": "eve@example.com", "name": "Eve"}},
+    ):
         reply = await anonymous.request(request)
         assert (reply["type"], reply["error"]) == ("error", "not allowed"), request
         assert "sign in" in reply["detail"]

@@ -33,7 +33,8 @@ class UsersService:
         """Open the database and create the table (called by the gateway at start-up)."""
         self._db = await asyncio.to_thread(sqlite3.connect, self.database, check_same_thread=False)
         await self._run(
-            "CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, email TEXT NOT NULL, name TEXT NOT NULL, owner TEXT)"
+            "CREATE TABLE IF NOT EXISTS users"
+            " (id INTEGER PRIMARY KEY, email TEXT NOT NULL, name TEXT NOT NULL, owner TEXT)"
         )
         if "owner" not in [row[1] for row in await self._run("PRAGMA table_info(users)")]:  # a table made before owners
             await self._run("ALTER TABLE users ADD COLUMN owner TEXT")
