@@ -16,9 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import PLACEHOLDER, ROOM_RULE, AuthSettings
+from .config import AuthSettings
 from .protocol import NOT_ALLOWED, ClientError
-from .rooms import Glob, glob_match
+from .rooms import RoomRule, glob_match
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,47 +65,11 @@ def unauthorized(text: str, detail: str) -> web.HTTPUnauthorized:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class RoomRule:
-    """`pattern = requirement`: `*` and `?` are wildcards; `{claim}` stands for exactly the client's own value
-    of that claim (a string). A rule has at most one placeholder and then no wildcard (config refuses the
-    ambiguous ones), so every room name under it has exactly one owner. `[` is a literal character here.
-    Matching costs time linear in the room name's length (`wsgate.rooms.Glob`; no regular expression)."""
-
-    requirement: str
-    glob: Glob  # with a placeholder: unused (an empty pattern)
-    placeholder: str | None  # the claim whose value the room must hold
-    affixes: tuple[str, str]  # with a placeholder: the text before and after it
-
-    @classmethod
-    def parse(cls, text: str) -> RoomRule:
-        match = ROOM_RULE.fullmatch(text)
-        assert match is not None, text  # config checked every rule at load
-        pattern = match["pattern"]
-        found = PLACEHOLDER.search(pattern)
-        if found is None:
-            return cls(match["requirement"], Glob.compile(pattern, brackets=False), None, ("", ""))
-        before, after = pattern[: found.start()], pattern[found.end() :]
-        return cls(match["requirement"], Glob.compile(""), found[1], (before, after))
-
-    def matches(self, room: str) -> bool:
-        """Whether `room` falls under this rule (a placeholder stands for one or more characters)."""
-        if self.placeholder is None:
-            return self.glob.match(room)
-        before, after = self.affixes
-        return len(room) > len(before) + len(after) and room.startswith(before) and room.endswith(after)
-
-    def owner(self, room: str) -> str:
-        """The placeholder's part of a room this rule matches."""
-        before, after = self.affixes
-        return room[len(before) : len(room) - len(after)]
-
-
 class AccessPolicy:
     """The `[auth]` rules, checked before plugins on every subscribe, publish and broadcast."""
 
     def __init__(self, settings: AuthSettings) -> None:
-        self._rules = tuple(RoomRule.parse(rule) for rule in settings.rooms)
+        self._rules: tuple[RoomRule, ...] = settings.rooms  # parsed once, when the settings were loaded
         self._broadcast = settings.broadcast
         self._rooms_claim = settings.jwt.rooms_claim
 

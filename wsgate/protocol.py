@@ -136,12 +136,12 @@ class Decoder:
         self,
         max_room_length: int = 256,
         max_depth: int = 32,
-        room_pattern: str = "",
+        room_pattern: LinearPattern | None = None,
         max_digits: int = MAX_NUMBER_DIGITS,
     ) -> None:
         self._max_room_length = max_room_length
         self._max_depth = max_depth
-        self._room_pattern = LinearPattern(room_pattern) if room_pattern else None  # (RE2: linear in the name)
+        self._room_pattern = room_pattern  # compiled once, with the settings (RE2: linear in the name)
         self._max_digits = max_digits
 
     def loads(self, text: str | bytes) -> Any:

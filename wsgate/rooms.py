@@ -1,7 +1,8 @@
 """Room-name patterns: glob matching in time linear in the name, and which rooms a feature (history,
 presence) applies to, answered fast.
 
-Every glob wsgate matches room names with comes here: `auth.rooms` rules, a token's `rooms` claim,
+Every glob wsgate matches room names with comes here: `auth.rooms` rules (`RoomRule`, parsed once when settings
+load), a token's `rooms` claim,
 `history.rooms`, `presence.rooms` and the example plugins' settings. A glob translated to a regular expression
 (`.*` per star) backtracks: `*:*:*:*:audit` against 255 colons costs about n^4 steps in `re`. `Glob` never
 backtracks (see `Glob.match`).
@@ -154,3 +155,61 @@ class RoomPatterns:
                 self._known.clear()
             answer = self._known[room] = any(glob.match(room) for glob in self._patterns)
         return answer
+
+
+REQUIREMENT = (r"anyone|identity|plugin|nobody|claim:\S+", "anyone, identity, claim:<name>, plugin or nobody")
+"""Who may do something (`auth.rooms`, `auth.broadcast`): the regular expression and how errors spell it."""
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""`{claim}` in a room rule: the client's own value of that claim, exactly."""
+ROOM_RULE = re.compile(rf"\s*(?P<pattern>\S+)\s*=\s*(?P<requirement>{REQUIREMENT[0]})\s*")
+"""One `auth.rooms` entry: a room pattern (no spaces), `=`, a requirement."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRule:
+    """`pattern = requirement` (one `auth.rooms` entry, `text` as written): `*` and `?` are wildcards; `{claim}`
+    stands for exactly the client's own value of that claim (a string). A rule has at most one placeholder and
+    then no wildcard (`parse` refuses the ambiguous ones), so every room name under it has exactly one owner.
+    `[` is a literal character here. Matching costs time linear in the room name's length (`Glob`; no regular
+    expression)."""
+
+    text: str
+    requirement: str
+    glob: Glob  # with a placeholder: unused (an empty pattern)
+    placeholder: str | None  # the claim whose value the room must hold
+    affixes: tuple[str, str]  # with a placeholder: the text before and after it
+
+    @classmethod
+    def parse(cls, text: str) -> RoomRule:
+        """The rule `text` says; ValueError, reading as "expected ..." or "ambiguous: ...", when it is none."""
+        match = ROOM_RULE.fullmatch(text)
+        if match is None:
+            raise ValueError(f'expected "<room pattern> = <requirement>" with a requirement of {REQUIREMENT[1]}')
+        pattern = match["pattern"]
+        placeholders = PLACEHOLDER.findall(pattern)
+        if len(placeholders) > 1 or (placeholders and re.search(r"[*?]", PLACEHOLDER.sub("", pattern))):
+            raise ValueError(
+                "ambiguous: a placeholder beside a wildcard or another placeholder lets one user's room name match "
+                "another's (with {sub} and *, user 'bob' would match 'bob.smith''s rooms); use one placeholder and "
+                'no wildcard, e.g. "dm.{sub} = identity"'
+            )
+        found = PLACEHOLDER.search(pattern)
+        if found is None:
+            return cls(text, match["requirement"], Glob.compile(pattern, brackets=False), None, ("", ""))
+        before, after = pattern[: found.start()], pattern[found.end() :]
+        return cls(text, match["requirement"], Glob.compile(""), found[1], (before, after))
+
+    def __str__(self) -> str:
+        return self.text
+
+    def matches(self, room: str) -> bool:
+        """Whether `room` falls under this rule (a placeholder stands for one or more characters)."""
+        if self.placeholder is None:
+            return self.glob.match(room)
+        before, after = self.affixes
+        return len(room) > len(before) + len(after) and room.startswith(before) and room.endswith(after)
+
+    def owner(self, room: str) -> str:
+        """The placeholder's part of a room this rule matches."""
+        before, after = self.affixes
+        return room[len(before) : len(room) - len(after)]
