@@ -150,7 +150,7 @@ def _list(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def OneOf(choices: tuple[str, ...]) -> AfterValidator:  # noqa: N802 - reads as a type
+def OneOf(choices: tuple[str, ...]) -> AfterValidator:  # (named as the type it makes)
     """One of `choices`, in any case; the value becomes the choice as spelled here ("debug" -> "DEBUG")."""
 
     def check(value: str) -> str:
@@ -162,7 +162,7 @@ def OneOf(choices: tuple[str, ...]) -> AfterValidator:  # noqa: N802 - reads as 
     return AfterValidator(check)
 
 
-def Matching(pattern: str, what: str) -> AfterValidator:  # noqa: N802 - reads as a type
+def Matching(pattern: str, what: str) -> AfterValidator:  # (named as the type it makes)
     """Text that `pattern` matches in full; else "expected <what>"."""
     compiled = re.compile(pattern)
 
