@@ -385,3 +385,23 @@ def test_a_relative_key_path_is_relative_to_the_settings_file(tmp_path: Path, mo
     pem = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
     monkeypatch.setenv("WSGATE_AUTH__JWT__PUBLIC_KEY", pem)  # PEM text is no path
     assert load_settings(path).auth.jwt.public_key == pem
+
+
+def test_values_are_parsed_once_into_what_their_users_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Room rules and the room name pattern are parsed when settings load, never again downstream; a
+    variable's text stays text where text is wanted (dynaconf alone reads `12345` as an int)."""
+    from wsgate.regex import LinearPattern
+    from wsgate.rooms import RoomRule
+
+    monkeypatch.setenv("WSGATE_API__SERVER_ID", "12345")
+    monkeypatch.setenv("WEBSOCKET_LIMITS_ROOM_NAME_PATTERN", "[a-z:]+")
+    settings = load_settings(overrides={"auth": {"rooms": ["dm.{sub} = identity", "ops:* = claim:admin"]}})
+    assert settings.api.server_id == "12345"
+    rules = settings.auth.rooms
+    assert all(isinstance(rule, RoomRule) for rule in rules) and [str(rule) for rule in rules] == [
+        "dm.{sub} = identity",
+        "ops:* = claim:admin",
+    ]
+    assert (rules[0].placeholder, rules[1].requirement) == ("sub", "claim:admin")
+    pattern = settings.websocket.limits.room_name_pattern
+    assert isinstance(pattern, LinearPattern) and pattern.fullmatch("chat:a") and not pattern.fullmatch("Chat")
