@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsgate import protocol
+from wsgate import errors, protocol
 from wsgate.protocol import ClientError, Decoder
 from wsgate.testing import Client, StartServer
 
-DOCUMENTED_ERRORS = set(protocol.ERROR_REASONS)
+DOCUMENTED_ERRORS = {kind.text for kind in errors.CLIENT_ERRORS}
 SPEC_TYPES = [protocol.SUBSCRIBE, protocol.UNSUBSCRIBE, protocol.PUBLISH, protocol.BROADCAST, protocol.PING]
 
 json_values = st.recursive(

@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web import RequestHandler
 
+from .aiohttp_private import watch_connections
 from .hub import Hub
 from .keys import HUB, METRICS
 from .metrics import Metrics
@@ -45,15 +46,14 @@ REFUSAL_LINGER = 1.0  # seconds a refused socket stays open so its peer can read
 def guard_connections(server: web.Server, hub: Hub, metrics: Metrics) -> None:
     """Count every accepted socket against its address (`Hub.claim_address`); refuse one over the limit.
 
-    Hooks the server's own connection callbacks, which every RequestHandler calls. They are called by the
-    event loop: nothing may escape them (an exception there skips what follows, and a refused socket whose
-    peer reset it first would never be closed), so the refused socket's abort is scheduled first.
+    Sees each socket through the server's own connection callbacks (`aiohttp_private.watch_connections`).
+    They are called by the event loop: nothing may escape them (an exception there skips what follows, and a
+    refused socket whose peer reset it first would never be closed), so the refused socket's abort is
+    scheduled first.
     """
-    made, lost = server.connection_made, server.connection_lost
     claimed: dict[RequestHandler, str] = {}
 
     def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
-        made(handler, transport)
         peer = transport.get_extra_info("peername")
         address = peer[0] if isinstance(peer, tuple) else ""
         if hub.claim_address(address):
@@ -70,17 +70,13 @@ def guard_connections(server: web.Server, hub: Hub, metrics: Metrics) -> None:
         except (OSError, RuntimeError):  # the peer reset it first (ENOTCONN from shutdown()): nobody to answer
             transport.abort()
 
-    def connection_lost(handler: RequestHandler, exc: BaseException | None) -> None:
+    def connection_lost(handler: RequestHandler) -> None:
         address = claimed.pop(handler, None)
         if address is not None:
             hub.release_address(address)
-        try:
-            hub.socket_lost(handler)  # a WebSocket client whose reader awaits a handler goes now, not after it
-        finally:
-            lost(handler, exc)
+        hub.socket_lost(handler)  # a WebSocket client whose reader awaits a handler goes now, not after it
 
-    server.connection_made = connection_made  # type: ignore[method-assign]
-    server.connection_lost = connection_lost  # type: ignore[method-assign,assignment]
+    watch_connections(server, connection_made, connection_lost)
 
 
 class AcceptErrors:
@@ -104,7 +100,9 @@ class AcceptErrors:
 class GatewayRunner(web.AppRunner):
     """An AppRunner whose server counts sockets per address from accept() on (`guard_connections`)."""
 
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        guard_connections(server, self.app[HUB], self.app[METRICS])
-        return server
+    async def setup(self) -> None:
+        """aiohttp's setup (the app's start-up, then its server), then the guard on that server, before any
+        site is started: public API (`BaseRunner.setup`, `BaseRunner.server`), no override of `_make_server`."""
+        await super().setup()
+        assert self.server is not None  # set by setup, or it raised
+        guard_connections(self.server, self.app[HUB], self.app[METRICS])

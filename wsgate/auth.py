@@ -16,8 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
+from . import errors
 from .config import AuthSettings
-from .protocol import NOT_ALLOWED, ClientError
+from .errors import ClientError
 from .rooms import RoomRule, glob_match
 
 
@@ -85,14 +86,16 @@ class AccessPolicy:
                 if not isinstance(patterns, (list, tuple)) or not any(
                     isinstance(p, str) and glob_match(room, p) for p in patterns
                 ):
-                    raise ClientError(NOT_ALLOWED, f"the token's {self._rooms_claim!r} claim does not include {room!r}")
+                    raise ClientError(
+                        errors.NOT_ALLOWED, f"the token's {self._rooms_claim!r} claim does not include {room!r}"
+                    )
         for rule in self._rules:
             if not rule.matches(room):
                 continue
             if rule.placeholder is not None:
                 value = claims_of(identity).get(rule.placeholder) if identity is not None else None
                 if not isinstance(value, str) or value != rule.owner(room):  # strings only: never "None", "1"
-                    raise ClientError(NOT_ALLOWED, f"room {room!r} belongs to another {rule.placeholder}")
+                    raise ClientError(errors.NOT_ALLOWED, f"room {room!r} belongs to another {rule.placeholder}")
             return self._meets(rule.requirement, identity, f"room {room!r}")
         return False
 
@@ -103,11 +106,11 @@ class AccessPolicy:
         if requirement == "plugin":
             return True
         if requirement == "nobody":
-            raise ClientError(NOT_ALLOWED, f"{what} is closed to clients")
+            raise ClientError(errors.NOT_ALLOWED, f"{what} is closed to clients")
         if identity is None:
-            raise ClientError(NOT_ALLOWED, f"{what} requires authentication")
+            raise ClientError(errors.NOT_ALLOWED, f"{what} requires authentication")
         if requirement.startswith("claim:"):
             claim = requirement[len("claim:") :]
             if claims_of(identity).get(claim) is not True:  # exactly true: never "false", "0", [0]
-                raise ClientError(NOT_ALLOWED, f"{what} requires the {claim!r} claim")
+                raise ClientError(errors.NOT_ALLOWED, f"{what} requires the {claim!r} claim")
         return False

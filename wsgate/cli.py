@@ -31,6 +31,7 @@ from .config import (
     secrets_of,
     unknown_variables,
 )
+from .errors import WsgateError
 from .keys import DISPATCHER, GATEWAY, HUB, PLUGINS
 from .logs import configure_logging
 from .metrics import MetricsError
@@ -146,7 +147,7 @@ async def serve(settings: Settings, settings_source: str = "settings: given by t
         await runner.cleanup()
 
 
-class ListenError(Exception):
+class ListenError(WsgateError):
     """The listening socket cannot be opened (address in use, permission, bad host)."""
 
 

@@ -17,13 +17,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
-from typing import Any
+from typing import Any, overload
 
 from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
-from . import protocol
+from . import errors, protocol
 from .config import WebSocketSettings
+from .errors import CloseReason, plugin_close
 from .keepalive import Action, Keepalive
 from .metrics import Metrics
 from .ratelimit import RateLimiter
@@ -81,7 +82,7 @@ class Flusher:
                 conn.flush()
             except Exception:  # never expected: a transport that refused a write
                 self._failed("writing to client %s failed; closing it", conn.id, exc_info=True)
-                conn.drop(protocol.CLOSE_GOING_AWAY, "write failed")
+                conn.drop(errors.WRITE_FAILED)
 
 
 class Connection:
@@ -100,7 +101,7 @@ class Connection:
         "rooms",
         "remote",
         "state",
-        "close_reason",
+        "close_cause",
         "close_code",
         "last_seen",
         "opened_at",
@@ -150,7 +151,7 @@ class Connection:
         self.rooms: set[str] = set()
         self.remote = request.remote
         self.state = State.OPEN
-        self.close_reason = ""
+        self.close_cause: CloseReason | None = None  # why the server closed it (None: the client closed first)
         self.close_code: int | None = None  # the code the server closed with (None: the client closed first)
         self._ws = ws
         self._stream = stream
@@ -253,9 +254,9 @@ class Connection:
 
     def _too_slow(self, held: str) -> None:
         """Close as a slow consumer (1008), counted as `slow_consumer`."""
-        self._metrics.error("slow_consumer")
+        self._metrics.error(errors.SLOW_CONSUMER.label)
         log.warning("client %s is too slow (%s); closing", self.id, held, extra={"client_id": self.id})
-        self.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
+        self.drop(errors.SLOW_CONSUMER)
 
     def flush(self) -> None:
         """Write the whole outbox with one system call, unless the socket is full (then the writer waits)."""
@@ -298,26 +299,36 @@ class Connection:
             self._expiry.cancel()
             self._expiry = None
         if when is not None and self.state is State.OPEN:
-            self._expiry = self._loop.call_later(
-                max(0.0, when - time.time()), self.drop, protocol.CLOSE_TOKEN_EXPIRED, protocol.TOKEN_EXPIRED
-            )
+            self._expiry = self._loop.call_later(max(0.0, when - time.time()), self.drop, errors.TOKEN_EXPIRED)
 
     def touch(self) -> None:
         """Note that the client sent something (any frame, pongs included)."""
         self.last_seen = self._loop.time()
 
-    def drop(self, code: int, reason: str) -> None:
-        """Close this client with `code` from any context, without waiting; idempotent.
+    @property
+    def close_reason(self) -> str:
+        """The text of the close the server sent (`close_cause`), or "" when the client closed first."""
+        return self.close_cause.text if self.close_cause is not None else ""
+
+    @overload
+    def drop(self, code: CloseReason) -> None: ...
+    @overload
+    def drop(self, code: int, reason: str) -> None: ...
+    def drop(self, code: CloseReason | int, reason: str = "") -> None:
+        """Close this client from any context, without waiting; idempotent. `drop(errors.SLOW_CONSUMER)`
+        closes for one of the server's reasons; `drop(code, reason)` for a plugin's (`errors.plugin_close`).
 
         Raises ValueError for a code an endpoint may not send (`wire.close_fields`), before anything changes;
         a reason longer than 123 UTF-8 bytes is cut on a character boundary.
         """
-        close_fields(code, reason)  # refused here, at the caller, not later in the closing task
+        why = code if isinstance(code, CloseReason) else plugin_close(code, reason)
+        close_fields(why.code, why.text)  # refused here, at the caller, not later in the closing task
         if self.state is not State.OPEN:
             return
         self.state = State.CLOSING
-        self.close_reason = reason
-        self.close_code = code
+        self.close_cause = why
+        self.close_code = code = why.code
+        reason = why.text
         self._clear()
         # Leave the rooms now (next turn: we may be inside a fan-out over one of them),
         # not after a close handshake that a stalled peer can hold up for write_wait.
@@ -334,8 +345,15 @@ class Connection:
         self._clear()
         self._loop.call_soon(self._on_drop, self)
 
-    def close_gracefully(self, code: int, reason: str, timeout: float) -> None:
+    @overload
+    def close_gracefully(self, code: CloseReason, timeout: float, /) -> None: ...
+    @overload
+    def close_gracefully(self, code: int, reason: str, timeout: float, /) -> None: ...
+    def close_gracefully(self, code: CloseReason | int, reason: str | float, timeout: float = 0.0, /) -> None:
         """Close after writing what is already queued (the shutdown drain), without waiting; idempotent.
+
+        `close_gracefully(errors.SHUTTING_DOWN, timeout)` for one of the server's reasons, or
+        `close_gracefully(code, reason, timeout)` for any other (`errors.plugin_close`).
 
         New messages are no longer taken. The outbox is written, then the close frame (RFC 6455
         section 7.1.2), then the close handshake is awaited: all within `timeout` seconds. A client
@@ -343,12 +361,17 @@ class Connection:
         counted (`websocket_errors_total{reason="drain_incomplete"}`), logged, and its socket aborted.
         Raises ValueError for a code an endpoint may not send, as `drop` does.
         """
-        close_fields(code, reason)
+        if isinstance(code, CloseReason):
+            why, timeout = code, float(reason)
+        else:
+            why = plugin_close(code, str(reason))
+        close_fields(why.code, why.text)
         if self.state is not State.OPEN:
             return
         self.state = State.CLOSING
-        self.close_reason = reason
-        self.close_code = code
+        self.close_cause = why
+        self.close_code = code = why.code
+        reason = why.text
         self._loop.call_soon(self._on_drop, self)  # out of its rooms now: nothing new is queued
         self._closer = asyncio.create_task(self._finish(code, reason, timeout), name=f"wsgate-close-{self.id}")
 
@@ -400,7 +423,7 @@ class Connection:
                 await self._closer
         finally:  # aiohttp may cancel the handler when the peer vanishes: still finish
             self.closed.set()
-            self._metrics.connection_closed(self.close_reason, self._loop.time() - self.opened_at)
+            self._metrics.connection_closed(self.close_cause, self._loop.time() - self.opened_at)
             code = self.close_code if self.close_code is not None else self._ws.close_code
             code = code or 1005  # a close frame without a status code: 1005, "no status received" (section 7.4.1)
             log.info(
@@ -488,14 +511,14 @@ class Connection:
                 if not (self._blocked or self._pong is not None or self._ping_due or (outbox and not self._raw)):
                     return  # nothing left that waits: the next need starts a new writer
         except TimeoutError:
-            self._metrics.error("write_timeout")
+            self._metrics.error(errors.WRITE_TIMEOUT.label)
             log.warning(
                 "client %s: a write did not complete in %ss; closing",
                 self.id,
                 write_wait,
                 extra={"client_id": self.id},
             )
-            self.drop(protocol.CLOSE_POLICY_VIOLATION, "write timeout")
+            self.drop(errors.WRITE_TIMEOUT)
         except ConnectionResetError:
             pass  # the peer is gone; the reader sees it and cleans up
 
@@ -506,7 +529,7 @@ class Connection:
         except Exception:
             log.exception("client %s: the keepalive failed; closing", self.id, extra={"client_id": self.id})
             self._metrics.task_restarted("keepalive")
-            self.drop(protocol.CLOSE_GOING_AWAY, "keepalive timeout")
+            self.drop(errors.KEEPALIVE_TIMEOUT)
 
     def _keep_alive(self) -> None:
         """Carry out the keepalive core's verdict (wsgate.keepalive: the rules, and why a stall is not silence)."""
@@ -520,7 +543,7 @@ class Connection:
                 round(loop.time() - self.last_seen, 3),
                 extra={"client_id": self.id},
             )
-            self.drop(protocol.CLOSE_GOING_AWAY, "keepalive timeout")
+            self.drop(errors.KEEPALIVE_TIMEOUT)
             return
         if action is Action.CONFIRM:  # what has arrived counts first: the reader takes it, then we ask again
             self._timer = loop.call_soon(self._reader_turn)

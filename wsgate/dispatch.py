@@ -6,12 +6,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from . import protocol
+from . import errors
 from .clients import ConnectedClient
 from .connection import State
+from .errors import ClientError, ClientGone
 from .metrics import Metrics
 from .plugins import HookTimedOut
-from .protocol import ClientError, ClientGone, Decoder
+from .protocol import Decoder
 from .ratelimit import Verdict
 from .registry import HandlerRegistry
 from .supervision import Throttled
@@ -76,7 +77,7 @@ class Dispatcher:
         self.registry = registry
         self._metrics = metrics
         self._decoder = decoder
-        self._rate_limited = ClientError(protocol.RATE_LIMITED, "the message was dropped; send less often")
+        self._rate_limited = ClientError(errors.RATE_LIMITED, "the message was dropped; send less often")
         self.hook_timeout = hook_timeout
         self._waiting_on = waiting_on
         self._in_flight: dict[ConnectedClient, _Work] = {}  # messages being handled, oldest first
@@ -149,7 +150,7 @@ class Dispatcher:
         self.reject(client, self._rate_limited)
         if verdict is Verdict.CLOSE:
             log.warning("client %s stayed over its rate limit; closing", client.id, extra={"client_id": client.id})
-            client.drop(protocol.CLOSE_POLICY_VIOLATION, protocol.RATE_LIMITED)
+            client.drop(errors.RATE_LIMIT_EXCEEDED)
         return False
 
     async def dispatch(self, client: ConnectedClient, text: str) -> None:
@@ -180,7 +181,7 @@ class Dispatcher:
                 log.debug("client %s sent %r", client.id, kind, extra={"client_id": client.id, "room": message.room})
             handler = self.registry.get(kind)
             if handler is None:
-                raise ClientError(protocol.UNKNOWN_TYPE)
+                raise ClientError(errors.UNKNOWN_TYPE)
             await handler(client, message)
         except ClientError as err:
             self.reject(client, err)
@@ -203,7 +204,7 @@ class Dispatcher:
                 client.send_error(hook_timed_out(self.hook_timeout))  # (counted as hook_timeout)
         except Exception:
             log.exception("handler for %r failed (client %s)", kind, client.id, extra={"client_id": client.id})
-            self.reject(client, ClientError(protocol.INTERNAL_ERROR))
+            self.reject(client, ClientError(errors.INTERNAL_ERROR))
         finally:
             del self._in_flight[client]
             if work.cancelled is not None:
@@ -212,5 +213,5 @@ class Dispatcher:
 
     def reject(self, client: ConnectedClient, err: ClientError) -> None:
         """Count `err` and answer it to the client."""
-        self._metrics.error(protocol.ERROR_REASONS.get(err.text, "rejected"))
+        self._metrics.error(err.kind.label)
         client.send_error(err)

@@ -11,26 +11,26 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from . import protocol
+from . import errors, protocol
 from .auth import AccessPolicy, expires_at_of
 from .broker import Broker, BrokerError
 from .broker.base import OutcomeUnknown
 from .clients import ConnectedClient
 from .config import Settings
 from .connection import State
+from .errors import ClientError, ClientGone
 from .history import Position, Replay, comes_after
 from .hub import Hub
 from .metrics import Metrics
 from .plugins import Plugins
 from .presence import Presence, PresenceError, PresenceStore
-from .protocol import ClientError, ClientGone
 from .routing import Router
 from .supervision import Supervisor
 from .types import Client, Members
 
 
 def _history_unavailable() -> ClientError:
-    return ClientError(protocol.HISTORY_UNAVAILABLE, "the history store cannot be reached; try again")
+    return ClientError(errors.HISTORY_UNAVAILABLE, "the history store cannot be reached; try again")
 
 
 class Gateway:
@@ -78,13 +78,13 @@ class Gateway:
             return await self._router.publish(room, message)
         except OutcomeUnknown as exc:  # Redis took it and did not answer: kept and delivered once, or not at all
             raise ClientError(
-                protocol.PUBLISH_OUTCOME_UNKNOWN,
+                errors.PUBLISH_OUTCOME_UNKNOWN,
                 f"the message may have been kept and delivered: "
                 f"{exc}; if Redis kept it, every member gets it once (publishing it again may "
                 "deliver it twice)",
             ) from None
         except BrokerError as exc:  # certainly not kept: nobody got it
-            raise ClientError(protocol.HISTORY_UNAVAILABLE, f"the message was not sent: {exc}") from None
+            raise ClientError(errors.HISTORY_UNAVAILABLE, f"the message was not sent: {exc}") from None
 
     async def broadcast(self, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None) -> int:
         return await self._router.publish(None, protocol.encode(type, data=data, client_id=client_id))
@@ -170,7 +170,7 @@ class Gateway:
         self, room: str, limit: int | None = None, *, before: int | None = None
     ) -> tuple[Position, list[bytes]]:
         if not self._router.keeps_history(room):
-            raise ClientError(protocol.NO_HISTORY, "history.rooms does not include this room")
+            raise ClientError(errors.NO_HISTORY, "history.rooms does not include this room")
         settings = self._settings.history
         try:
             return await self._broker.history_last(
@@ -184,13 +184,11 @@ class Gateway:
 
     async def presence(self, room: str) -> Members:
         if not self._presence.rooms.match(room):
-            raise ClientError(protocol.NO_PRESENCE, "presence.rooms does not include this room")
+            raise ClientError(errors.NO_PRESENCE, "presence.rooms does not include this room")
         try:
             members = await self._presence.members(room)
         except PresenceError:
-            raise ClientError(
-                protocol.PRESENCE_UNAVAILABLE, "the presence store cannot be reached; try again"
-            ) from None
+            raise ClientError(errors.PRESENCE_UNAVAILABLE, "the presence store cannot be reached; try again") from None
         room_left = self._settings.presence.max_answer_bytes
         listed = []
         for member in members:  # the first that fit: an answer is bounded like every other (README, Security)

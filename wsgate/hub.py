@@ -12,13 +12,13 @@ import logging
 import random
 from collections.abc import Callable
 
-from . import protocol
+from . import errors
 from .config import LimitsSettings, ShutdownSettings
 from .connection import Connection, State
+from .errors import ClientError, ClientGone
 from .history import Position, later_epoch, stamp_of
 from .metrics import Metrics
 from .presence import Presence
-from .protocol import NOT_SUBSCRIBED, ROOM_FULL, TOO_MANY_ROOMS, ClientError, ClientGone
 from .wire import text_frame
 
 log = logging.getLogger(__name__)
@@ -122,14 +122,14 @@ class Hub:
             return self._count(room)
         limit = self._limits.max_rooms_per_client
         if limit and len(conn.rooms) >= limit:
-            raise ClientError(TOO_MANY_ROOMS, f"a client may be in at most {limit} rooms")
+            raise ClientError(errors.TOO_MANY_ROOMS, f"a client may be in at most {limit} rooms")
         members = self.rooms.get(room)
         if members is None:
             members = self.rooms[room] = set()
             self._room_added(room)
         limit = self._limits.max_connections_per_room
         if limit and self._count(room) >= limit:
-            raise ClientError(ROOM_FULL)
+            raise ClientError(errors.ROOM_FULL)
         if hold:
             self.holding.setdefault(room, {})[conn] = Held()
         else:
@@ -163,7 +163,7 @@ class Hub:
     def leave(self, conn: Connection, room: str) -> None:
         """Take `conn` out of `room`; ClientError when it was not a member."""
         if room not in conn.rooms:
-            raise ClientError(NOT_SUBSCRIBED)
+            raise ClientError(errors.NOT_SUBSCRIBED)
         self._leave(conn, room)
 
     def _leave(self, conn: Connection, room: str) -> None:
@@ -208,7 +208,7 @@ class Hub:
             # the read (bounded by broker.connect_timeout) is too slow, or the room too busy for this client
             if len(messages) >= self._hold_limit or not conn.fits(messages.size + len(message)):
                 if conn.state is State.OPEN:
-                    self._metrics.error("slow_consumer")
+                    self._metrics.error(errors.SLOW_CONSUMER.label)
                     log.warning(
                         "client %s: %d messages (%d bytes) arrived while its history was read; closing",
                         conn.id,
@@ -216,7 +216,7 @@ class Hub:
                         messages.size,
                         extra={"client_id": conn.id},
                     )
-                conn.drop(protocol.CLOSE_POLICY_VIOLATION, "slow consumer")
+                conn.drop(errors.SLOW_CONSUMER)
             else:
                 messages.append(message)
                 messages.size += len(message)
@@ -256,11 +256,7 @@ class Hub:
             return
         self.draining = True
         restart = settings.mode == "restart"
-        code, reason = (
-            (protocol.CLOSE_SERVICE_RESTART, "service restart")
-            if restart
-            else (protocol.CLOSE_GOING_AWAY, "server shutting down")
-        )
+        reason = errors.SERVICE_RESTART if restart else errors.SHUTTING_DOWN
         clients = list(self.connections.values())
         random.shuffle(clients)
         batches = max(1, min(len(clients), round(settings.window / RESTART_BATCH_INTERVAL))) if restart else 1
@@ -275,7 +271,7 @@ class Hub:
                     if start:
                         await asyncio.sleep(settings.window / batches)
                     for conn in clients[start : start + size]:  # what is queued first, then the close frame
-                        conn.close_gracefully(code, reason, max(0.0, deadline - loop.time()))
+                        conn.close_gracefully(reason, max(0.0, deadline - loop.time()))
                 for conn in clients:
                     await conn.closed.wait()
         except TimeoutError:

@@ -23,23 +23,11 @@ from prometheus_client import (
     values,
 )
 
+from .errors import CLIENT_CLOSED_LABEL, CloseReason, WsgateError
+
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsError", "Throughput"]
 
 THROUGHPUT_WINDOW = 10.0  # seconds over which websocket_messages_per_second is averaged
-
-# Why a connection ended -> the `reason` label of websocket_connections_closed_total.
-CLOSE_REASONS = {
-    "": "client",  # the client closed, or the connection was lost
-    "slow consumer": "slow_consumer",
-    "write timeout": "write_timeout",
-    "keepalive timeout": "keepalive_timeout",
-    "server shutting down": "shutdown",
-    "service restart": "restart",
-    "message too big": "message_too_big",
-    "rate limit exceeded": "rate_limited",
-    "disconnected by an operator": "operator",
-    "token expired": "token_expired",
-}
 
 
 class Throughput:
@@ -60,7 +48,7 @@ class Throughput:
         return (total - first_total) / elapsed if elapsed > 0 else 0.0
 
 
-class MetricsError(Exception):
+class MetricsError(WsgateError):
     """Metrics cannot be kept (in multiprocess mode: the directory is missing or not writable)."""
 
 
@@ -193,8 +181,10 @@ class Metrics:
     def connection_opened(self) -> None:
         self.opened.inc()
 
-    def connection_closed(self, close_reason: str, seconds: float) -> None:
-        self.closed.labels(CLOSE_REASONS.get(close_reason, "other")).inc()
+    def connection_closed(self, reason: CloseReason | None, seconds: float) -> None:
+        """Count one ended connection under its reason's label (`client` when `reason` is None: the client
+        closed it, or it was lost), and observe how long it lasted (`seconds`)."""
+        self.closed.labels(CLIENT_CLOSED_LABEL if reason is None else reason.label).inc()
         self.duration.observe(seconds)
 
     # --- gauges and exposition -----------------------------------------------------

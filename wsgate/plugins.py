@@ -24,9 +24,9 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from . import errors, hookspecs
 from .config import ConfigError, Settings
-from .protocol import INTERNAL_ERROR, NOT_ALLOWED, ClientError
+from .errors import ClientError
 from .registry import HandlerRegistry, PluginError
 from .supervision import Throttled
 from .types import Client, Gateway
@@ -41,7 +41,7 @@ class HookTimedOut(ClientError):
     documented `internal error`, with a detail saying it is temporary."""
 
     def __init__(self, timeout: float) -> None:
-        super().__init__(INTERNAL_ERROR, f"a plugin did not answer within {timeout:g}s; try again")
+        super().__init__(errors.INTERNAL_ERROR, f"a plugin did not answer within {timeout:g}s; try again")
 
 
 ENTRY_POINT_GROUP = "wsgate"
@@ -367,11 +367,11 @@ class Plugins:
         if self.authorizes:
             verdict = await self._first("wsgate_authorize", {"client": client, "action": action, "room": room})
         if verdict is None and required:
-            raise ClientError(NOT_ALLOWED, "no plugin approved this")
+            raise ClientError(errors.NOT_ALLOWED, "no plugin approved this")
         if verdict is None or verdict is True:
             return
         # anything else denies (fail closed): a non-empty string is the error text
-        raise ClientError(verdict if isinstance(verdict, str) and verdict else NOT_ALLOWED)
+        raise ClientError(verdict if isinstance(verdict, str) and verdict else errors.NOT_ALLOWED)
 
     async def notify(self, hook: str, client: Client) -> None:
         """Call a client life-cycle hook on every plugin, each within `hook_timeout` (cancelled past it);

@@ -18,6 +18,9 @@ from typing import Any, Final
 
 import orjson
 
+from . import errors
+from .errors import ClientError as ClientError
+from .errors import ClientGone as ClientGone
 from .regex import LinearPattern
 
 # Client -> server message types (the spec's own).
@@ -42,56 +45,38 @@ PONG: Final = "pong"
 
 CONNECTED_TEXT: Final = "Connected to WebSocket server"
 
-# Error texts from the spec, exactly.
-INVALID_JSON: Final = "invalid JSON format"
-UNKNOWN_TYPE: Final = "unknown message type"
-ROOM_REQUIRED: Final = "room name is required"
-NOT_SUBSCRIBED: Final = "not subscribed to this room"
-ROOM_FULL: Final = "room is at maximum capacity"
-SERVER_FULL: Final = "server is at maximum capacity"
+# Error texts, exactly: each is the `text` of a `wsgate.errors.ErrorKind` (its label, code and cause there).
+# From the spec:
+INVALID_JSON: Final = errors.INVALID_JSON.text
+UNKNOWN_TYPE: Final = errors.UNKNOWN_TYPE.text
+ROOM_REQUIRED: Final = errors.ROOM_REQUIRED.text
+NOT_SUBSCRIBED: Final = errors.NOT_SUBSCRIBED.text
+ROOM_FULL: Final = errors.ROOM_FULL.text
+SERVER_FULL: Final = errors.SERVER_FULL_ERROR.text
 # Error texts wsgate adds (documented in README "Protocol").
-ROOM_TOO_LONG: Final = "room name is too long"
-BINARY_NOT_SUPPORTED: Final = "binary frames are not supported"
-INTERNAL_ERROR: Final = "internal error"
-INVALID_ROOM: Final = "invalid room name"
-TOO_DEEP: Final = "message is nested too deeply"
-TOO_MANY_ROOMS: Final = "too many rooms"
-RATE_LIMITED: Final = "rate limit exceeded"
-NOT_ALLOWED: Final = "not allowed"
-NO_HISTORY: Final = "room has no history"
-HISTORY_UNAVAILABLE: Final = "history is unavailable"
-PUBLISH_OUTCOME_UNKNOWN: Final = "publish outcome unknown"  # Redis took the message and did not answer in time
-NO_PRESENCE: Final = "room has no presence"
-PRESENCE_UNAVAILABLE: Final = "presence is unavailable"
-INVALID_TOKEN: Final = "invalid token"
+ROOM_TOO_LONG: Final = errors.ROOM_TOO_LONG.text
+BINARY_NOT_SUPPORTED: Final = errors.BINARY_NOT_SUPPORTED.text
+INTERNAL_ERROR: Final = errors.INTERNAL_ERROR.text
+INVALID_ROOM: Final = errors.INVALID_ROOM.text
+TOO_DEEP: Final = errors.TOO_DEEP.text
+TOO_MANY_ROOMS: Final = errors.TOO_MANY_ROOMS.text
+RATE_LIMITED: Final = errors.RATE_LIMITED.text
+NOT_ALLOWED: Final = errors.NOT_ALLOWED.text
+NO_HISTORY: Final = errors.NO_HISTORY.text
+HISTORY_UNAVAILABLE: Final = errors.HISTORY_UNAVAILABLE.text
+PUBLISH_OUTCOME_UNKNOWN: Final = errors.PUBLISH_OUTCOME_UNKNOWN.text
+NO_PRESENCE: Final = errors.NO_PRESENCE.text
+PRESENCE_UNAVAILABLE: Final = errors.PRESENCE_UNAVAILABLE.text
+INVALID_TOKEN: Final = errors.INVALID_TOKEN.text
 
-# Close codes (RFC 6455 section 7.4.1).
-CLOSE_GOING_AWAY: Final = 1001  # server shutdown, keepalive timeout
-CLOSE_POLICY_VIOLATION: Final = 1008  # slow consumer, write timeout
-CLOSE_MESSAGE_TOO_BIG: Final = 1009
-CLOSE_SERVICE_RESTART: Final = 1012  # shutdown.mode = "restart": reconnect (to another node) and resume
-CLOSE_TRY_AGAIN_LATER: Final = 1013  # server at maximum capacity
-CLOSE_TOKEN_EXPIRED: Final = 4001  # (private use, section 7.4.2) the token expired and was not refreshed
-TOKEN_EXPIRED: Final = "token expired"  # its close reason
-
-
-class ClientError(Exception):
-    """Answered to the client as `{"type":"error","error":text}`; the connection stays open.
-
-    `text` is one of the documented error texts; `detail`, when given, is sent as an
-    extra `detail` field that says precisely what was wrong.
-    """
-
-    def __init__(self, text: str, detail: str | None = None) -> None:
-        super().__init__(text)
-        self.text = text
-        self.detail = detail
-
-
-class ClientGone(Exception):
-    """The client left (or is being closed) while a handler or hook awaited: it is never joined,
-    counted or written to presence after that. Handlers need not catch it: the dispatcher ends the
-    message quietly (a hook that lets it escape is logged)."""
+# Close codes (RFC 6455 section 7.4.1); the reasons sent with them are `wsgate.errors.CloseReason`s.
+CLOSE_GOING_AWAY: Final = errors.GOING_AWAY  # server shutdown, keepalive timeout
+CLOSE_POLICY_VIOLATION: Final = errors.POLICY_VIOLATION  # slow consumer, write timeout
+CLOSE_MESSAGE_TOO_BIG: Final = errors.TOO_BIG
+CLOSE_SERVICE_RESTART: Final = errors.SERVICE_RESTART_CODE  # shutdown.mode = "restart": reconnect and resume
+CLOSE_TRY_AGAIN_LATER: Final = errors.TRY_AGAIN_LATER  # server at maximum capacity
+CLOSE_TOKEN_EXPIRED: Final = errors.TOKEN_EXPIRED_CODE  # (private use, section 7.4.2) the token expired
+TOKEN_EXPIRED: Final = errors.TOKEN_EXPIRED.text  # its close reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +91,7 @@ class Message:
     def require_room(self) -> str:
         """The message's room; ClientError `room name is required` when it has none."""
         if not self.room:
-            raise ClientError(ROOM_REQUIRED)
+            raise ClientError(errors.ROOM_REQUIRED)
         return self.room
 
 
@@ -152,32 +137,32 @@ class Decoder:
         """Parse one client message; raise ClientError with a documented text when it is not a valid message."""
         obj = loads(text, self._max_digits)
         if not isinstance(obj, dict):
-            raise ClientError(INVALID_JSON, "a message must be a JSON object")
+            raise ClientError(errors.INVALID_JSON, "a message must be a JSON object")
         # Only a message with more brackets than the limit can be too deep: count them (fast, in C) first.
         if (text.count("[") + text.count("{") if isinstance(text, str) else text.count(b"[") + text.count(b"{")) > (
             self._max_depth
         ) and _depth_exceeds(obj, self._max_depth):
-            raise ClientError(TOO_DEEP, f"arrays and objects may nest at most {self._max_depth} levels")
+            raise ClientError(errors.TOO_DEEP, f"arrays and objects may nest at most {self._max_depth} levels")
         kind = obj.get("type")
         if kind is None or kind == "":
-            raise ClientError(UNKNOWN_TYPE, "the message has no type")
+            raise ClientError(errors.UNKNOWN_TYPE, "the message has no type")
         if not isinstance(kind, str):
-            raise ClientError(INVALID_JSON, "field 'type' must be a string")
+            raise ClientError(errors.INVALID_JSON, "field 'type' must be a string")
         room = obj.get("room")
         if room is not None:
             if not isinstance(room, str):
-                raise ClientError(INVALID_JSON, "field 'room' must be a string")
+                raise ClientError(errors.INVALID_JSON, "field 'room' must be a string")
             self.check_room(room)
         return Message(kind, room, obj.get("data"), obj)
 
     def check_room(self, room: str) -> str:
         """`room` if it is an acceptable room name; ClientError otherwise (the HTTP API checks with this too)."""
         if len(room) > self._max_room_length:
-            raise ClientError(ROOM_TOO_LONG, f"room names are at most {self._max_room_length} characters")
+            raise ClientError(errors.ROOM_TOO_LONG, f"room names are at most {self._max_room_length} characters")
         if _has_control(room):  # never, whatever room_name_pattern allows
-            raise ClientError(INVALID_ROOM, "room names may not contain control characters")
+            raise ClientError(errors.INVALID_ROOM, "room names may not contain control characters")
         if self._room_pattern is not None and not self._room_pattern.fullmatch(room):
-            raise ClientError(INVALID_ROOM, f"room names must match {self._room_pattern.pattern}")
+            raise ClientError(errors.INVALID_ROOM, f"room names must match {self._room_pattern.pattern}")
         return room
 
 
@@ -218,7 +203,7 @@ def loads(text: str | bytes, max_digits: int = MAX_NUMBER_DIGITS) -> Any:
         try:
             text = text.decode()
         except UnicodeDecodeError:
-            raise ClientError(INVALID_JSON, "the text is not valid UTF-8") from None
+            raise ClientError(errors.INVALID_JSON, "the text is not valid UTF-8") from None
     raw = text
     if _NEEDS_STDLIB.search(raw) is None:
         try:
@@ -237,18 +222,18 @@ def loads(text: str | bytes, max_digits: int = MAX_NUMBER_DIGITS) -> Any:
     try:
         obj = json.loads(text, parse_constant=_reject_constant, parse_float=parse_float, parse_int=parse_int)
     except (ValueError, RecursionError):
-        raise ClientError(INVALID_JSON, "the frame is not valid JSON") from None
+        raise ClientError(errors.INVALID_JSON, "the frame is not valid JSON") from None
     if _SURROGATE_ESCAPE.search(raw) is not None:
         try:
             json.dumps(obj, ensure_ascii=False).encode()
         except UnicodeEncodeError:
-            raise ClientError(INVALID_JSON, LONE_SURROGATE) from None
+            raise ClientError(errors.INVALID_JSON, LONE_SURROGATE) from None
     return obj
 
 
 def _check_digits(literal: str, max_digits: int) -> None:
     if sum(ch.isdigit() for ch in literal) > max_digits:
-        raise ClientError(INVALID_JSON, f"numbers may have at most {max_digits} digits")
+        raise ClientError(errors.INVALID_JSON, f"numbers may have at most {max_digits} digits")
 
 
 def _reject_constant(name: str) -> Any:
@@ -259,9 +244,9 @@ def _carried_float(literal: str) -> float:
     """A JSON number as a double, or ClientError when the double cannot carry its value."""
     value = float(literal)
     if math.isinf(value):
-        raise ClientError(INVALID_JSON, f"the number {_shorten(literal)} is too large: it overflows to infinity")
+        raise ClientError(errors.INVALID_JSON, f"the number {_shorten(literal)} is too large: it overflows to infinity")
     if value == 0.0 and _NONZERO_MANTISSA.match(literal):
-        raise ClientError(INVALID_JSON, f"the number {_shorten(literal)} is too small: it underflows to zero")
+        raise ClientError(errors.INVALID_JSON, f"the number {_shorten(literal)} is too small: it underflows to zero")
     return value
 
 
@@ -282,17 +267,17 @@ def dumps(obj: Any) -> bytes:
     else:  # orjson writes a non-finite float as `null`, losing the value without a word: look for one
         if b"null" not in encoded or not _has_non_finite(obj):
             return encoded
-        raise ClientError(INVALID_JSON, NON_FINITE)
+        raise ClientError(errors.INVALID_JSON, NON_FINITE)
     try:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except RecursionError:  # orjson decodes 1024 levels but encodes only 255; the stdlib fewer than 1000
-        raise ClientError(INVALID_JSON, "the message is nested too deeply") from None
+        raise ClientError(errors.INVALID_JSON, "the message is nested too deeply") from None
     except UnicodeEncodeError:
-        raise ClientError(INVALID_JSON, LONE_SURROGATE) from None
+        raise ClientError(errors.INVALID_JSON, LONE_SURROGATE) from None
     except ValueError as exc:  # allow_nan=False: Infinity and NaN are not JSON
         if "ircular" in str(exc):  # "Circular reference detected"
-            raise ClientError(INVALID_JSON, "the message contains itself (a circular reference)") from None
-        raise ClientError(INVALID_JSON, NON_FINITE) from None
+            raise ClientError(errors.INVALID_JSON, "the message contains itself (a circular reference)") from None
+        raise ClientError(errors.INVALID_JSON, NON_FINITE) from None
 
 
 NON_FINITE: Final = "numbers must be finite: JSON has no Infinity or NaN"
@@ -359,28 +344,3 @@ def encode_error(err: ClientError) -> bytes:
     if err.detail is None:
         return encode(ERROR, error=err.text)
     return encode(ERROR, error=err.text, detail=err.detail)
-
-
-ERROR_REASONS: Final = {
-    INVALID_JSON: "invalid_json",
-    UNKNOWN_TYPE: "unknown_type",
-    ROOM_REQUIRED: "room_required",
-    NOT_SUBSCRIBED: "not_subscribed",
-    ROOM_FULL: "room_full",
-    SERVER_FULL: "server_full",
-    ROOM_TOO_LONG: "room_too_long",
-    BINARY_NOT_SUPPORTED: "binary_frame",
-    INTERNAL_ERROR: "handler_error",
-    INVALID_ROOM: "invalid_room",
-    TOO_DEEP: "too_deep",
-    TOO_MANY_ROOMS: "too_many_rooms",
-    RATE_LIMITED: "rate_limited",
-    NOT_ALLOWED: "not_allowed",
-    NO_HISTORY: "no_history",
-    HISTORY_UNAVAILABLE: "history_unavailable",
-    PUBLISH_OUTCOME_UNKNOWN: "publish_outcome_unknown",
-    NO_PRESENCE: "no_presence",
-    PRESENCE_UNAVAILABLE: "presence_unavailable",
-    INVALID_TOKEN: "invalid_token",
-}
-"""Error text -> metrics label; texts from plugins count as `rejected` (labels stay bounded)."""

@@ -16,15 +16,15 @@ from typing import Any
 
 from aiohttp import web
 
-from . import protocol
+from . import errors, protocol
+from .errors import ClientError
 from .keys import DECODER, GATEWAY, SETTINGS
-from .protocol import ClientError
 
 INVALID_KEY = "invalid API key"
 BODY_TOO_LARGE = "request body too large"
 _STATUS = {
-    protocol.HISTORY_UNAVAILABLE: 503,  # not sent (nobody got it): try again later
-    protocol.PUBLISH_OUTCOME_UNKNOWN: 504,  # the broker did not answer in time: kept once, or not at all
+    errors.HISTORY_UNAVAILABLE: 503,  # not sent (nobody got it): try again later
+    errors.PUBLISH_OUTCOME_UNKNOWN: 504,  # the broker did not answer in time: kept once, or not at all
 }
 
 
@@ -55,10 +55,10 @@ async def _send(request: web.Request, to_room: bool) -> web.Response:
     try:
         obj = request.app[DECODER].loads(bytes(body))
         if not isinstance(obj, dict):
-            raise ClientError(protocol.INVALID_JSON, "the body must be a JSON object")
+            raise ClientError(errors.INVALID_JSON, "the body must be a JSON object")
         kind = obj.get("type", protocol.MESSAGE)
         if not isinstance(kind, str) or not kind:
-            raise ClientError(protocol.INVALID_JSON, "field 'type' must be a non-empty string")
+            raise ClientError(errors.INVALID_JSON, "field 'type' must be a non-empty string")
         data: Any = obj.get("data")
         client_id = api.server_id or None
         if not to_room:
@@ -66,13 +66,13 @@ async def _send(request: web.Request, to_room: bool) -> web.Response:
         else:
             room = obj.get("room")
             if room is not None and not isinstance(room, str):
-                raise ClientError(protocol.INVALID_JSON, "field 'room' must be a string")
+                raise ClientError(errors.INVALID_JSON, "field 'room' must be a string")
             if not room:
-                raise ClientError(protocol.ROOM_REQUIRED)
+                raise ClientError(errors.ROOM_REQUIRED)
             request.app[DECODER].check_room(room)
             delivered = await gateway.publish(room, data, type=kind, client_id=client_id)
     except ClientError as err:
-        return _error(_STATUS.get(err.text, 400), err.text, detail=err.detail)
+        return _error(_STATUS.get(err.kind, 400), err.text, detail=err.detail)
     return web.json_response({"delivered": delivered})
 
 

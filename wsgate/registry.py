@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from .errors import WsgateError
 from .types import Handler
 
 
-class PluginError(Exception):
+class PluginError(WsgateError):
     """A plugin cannot be used; the message is one line naming the plugin(s)."""
 
 

@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from .admission import GatewayRunner
+from .aiohttp_private import production_test_server
 from .app import create_app
 from .broker import Broker
 from .config import Settings, load_settings
@@ -156,15 +157,6 @@ class Server:
 StartServer = Callable[..., Awaitable[Server]]
 
 
-class GatewayTestServer(TestServer):
-    """aiohttp's test server, serving through the `GatewayRunner` that `python -m wsgate` and gunicorn use, and
-    as they do: aiohttp's test server cancels a request's handler when its peer goes (`handler_cancellation`),
-    which production servers never do, and which would hide what a gone client leaves running."""
-
-    async def _make_runner(self, **kwargs: Any) -> GatewayRunner:
-        return GatewayRunner(self.app, **{**kwargs, "handler_cancellation": False})
-
-
 @pytest.fixture
 async def wsgate_server() -> AsyncIterator[StartServer]:
     """`await wsgate_server(*plugins, **tables)`: a running gateway with extra plugins and settings."""
@@ -172,7 +164,7 @@ async def wsgate_server() -> AsyncIterator[StartServer]:
 
     async def start(*plugins: object, **tables: Any) -> Server:
         app = await create_app(make_settings(**tables), plugins=plugins)
-        test_server = GatewayTestServer(app, host="127.0.0.1")
+        test_server = production_test_server(app, GatewayRunner, host="127.0.0.1")
         await test_server.start_server()
         server = Server(test_server, aiohttp.ClientSession())
         servers.append(server)

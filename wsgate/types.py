@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Set
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
+from .errors import CloseReason
 from .history import Position
 from .protocol import MESSAGE, Message
 
@@ -66,8 +67,16 @@ class Client(Protocol):
         Raises ValueError when `message` is not valid UTF-8 (a text frame must be, RFC 6455 section 8.1).
         """
 
-    def drop(self, code: int, reason: str) -> None:
+    @overload
+    def drop(self, code: CloseReason) -> None: ...
+    @overload
+    def drop(self, code: int, reason: str) -> None: ...
+    def drop(self, code: CloseReason | int, reason: str = "") -> None:
         """Close the connection with `code` and `reason`, without waiting; idempotent.
+
+        `drop(wsgate.errors.OPERATOR_DISCONNECT)` closes for one of wsgate's own reasons (its code, text and
+        metric label); `drop(code, reason)` for the plugin's own, counted as `other` in
+        `websocket_connections_closed_total`.
 
         `code` must be one an endpoint may send (RFC 6455 sections 7.4.1 and 7.4.2): 1000-1003, 1007-1014, or
         3000-4999 (4000-4999 are the application's). Any other (1004-1006, 1015, below 1000, 1016-2999, 5000 and

@@ -12,11 +12,12 @@ from typing import Any
 from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
-from . import __version__, protocol
+from . import __version__, errors, protocol
 from .auth import SUBPROTOCOL, expires_at_of, unauthorized, user_id_of
 from .clients import ConnectedClient
 from .connection import Connection
 from .dispatch import Dispatcher
+from .errors import ClientError, CloseReason
 from .keys import (
     BROKER,
     DASHBOARD,
@@ -33,7 +34,6 @@ from .keys import (
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .origins import origin_allowed, origin_problem, same_host
 from .plugins import HookTimedOut
-from .protocol import ClientError
 from .wire import close_fields, close_reply
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,8 @@ async def _open(request: web.Request) -> web.StreamResponse:
             )
         except Exception:
             log.exception("an authentication plugin failed for %s", request.remote)
-            metrics.error("handler_error")
-            return web.json_response({"error": protocol.INTERNAL_ERROR}, status=500)
+            metrics.error(errors.INTERNAL_ERROR.label)
+            return web.json_response({"error": errors.INTERNAL_ERROR.text}, status=500)
     if identity is None and settings.auth.required:
         metrics.error("auth_required")
         raise unauthorized(AUTHENTICATION_REQUIRED, "connect with a token (auth.required is on)")
@@ -178,7 +178,7 @@ async def _open(request: web.Request) -> web.StreamResponse:
     if stream is None:
         return client_left()
     if hub.draining:  # began while we authenticated or upgraded: drain() would not see this client
-        await _close(ws, protocol.CLOSE_GOING_AWAY, "server shutting down")
+        await _close(ws, errors.SHUTTING_DOWN)
         return ws
     dispatcher = app[DISPATCHER]
 
@@ -232,7 +232,7 @@ async def _open(request: web.Request) -> web.StreamResponse:
 async def _read_loop(
     ws: web.WebSocketResponse, conn: ConnectedClient, dispatcher: Dispatcher, metrics: Metrics
 ) -> None:
-    binary_error = ClientError(protocol.BINARY_NOT_SUPPORTED, "send JSON messages as text frames")
+    binary_error = ClientError(errors.BINARY_NOT_SUPPORTED, "send JSON messages as text frames")
     batch = 0
     while True:
         msg = await ws.receive()
@@ -261,8 +261,8 @@ async def _read_loop(
                     await ws.close(code=close_reply(msg.data), drain=False)
             error = msg.data if kind is WSMsgType.ERROR else None
             if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
-                metrics.error("message_too_big")
-                conn.close_reason, conn.close_code = "message too big", WSCloseCode.MESSAGE_TOO_BIG
+                metrics.error(errors.MESSAGE_TOO_BIG.label)
+                conn.close_cause, conn.close_code = errors.MESSAGE_TOO_BIG, errors.MESSAGE_TOO_BIG.code
             return
 
 
@@ -298,16 +298,16 @@ def client_left() -> web.Response:
 
 async def _refuse_full(ws: web.WebSocketResponse, metrics: Metrics) -> None:
     """The spec's answer at `max_connections`: the error message, then close 1013."""
-    metrics.error("server_full")
+    metrics.error(errors.SERVER_FULL_ERROR.label)
     try:
-        await ws.send_frame(protocol.encode_error(ClientError(protocol.SERVER_FULL)), WSMsgType.TEXT)
-        await _close(ws, protocol.CLOSE_TRY_AGAIN_LATER, protocol.SERVER_FULL)
+        await ws.send_frame(protocol.encode_error(ClientError(errors.SERVER_FULL_ERROR)), WSMsgType.TEXT)
+        await _close(ws, errors.SERVER_FULL)
     except ConnectionResetError:
         pass  # the client left first
 
 
-async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
-    """Close `ws` as every close wsgate sends: through `wire.close_fields` (a code that may be sent, a reason
-    of at most 123 bytes)."""
-    code, message = close_fields(code, reason)
+async def _close(ws: web.WebSocketResponse, reason: CloseReason) -> None:
+    """Close `ws` for `reason` as every close wsgate sends: through `wire.close_fields` (a code that may be
+    sent, a reason of at most 123 bytes)."""
+    code, message = close_fields(reason.code, reason.text)
     await ws.close(code=code, message=message)

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.worker import GunicornWebWorker
 
 from .admission import GatewayRunner
+from .aiohttp_private import gunicorn_access_log_format
 from .keys import SETTINGS
 
 WORKER_BOOT_ERROR = 3  # gunicorn's arbiter stops when a worker exits with this
@@ -24,7 +25,11 @@ WORKER_BOOT_ERROR = 3  # gunicorn's arbiter stops when a worker exits with this
 class GatewayWorker(GunicornWebWorker):
     """aiohttp's worker, with the application served by a GatewayRunner built from gunicorn's settings."""
 
-    async def _run(self) -> None:
+    def load_wsgi(self) -> None:
+        """gunicorn's loading of `wsgate.app:create_app`, wrapped in an async factory that returns the
+        GatewayRunner: aiohttp's worker serves the runner such a factory returns (public API: gunicorn's
+        `Worker.load_wsgi`, no override of aiohttp's `GunicornWebWorker._run`)."""
+        super().load_wsgi()
         make_app = self.wsgi
 
         async def make_runner() -> web.AppRunner:
@@ -45,9 +50,8 @@ class GatewayWorker(GunicornWebWorker):
                 logger=self.log,
                 keepalive_timeout=cfg.keepalive,
                 access_log=self.log.access_log if cfg.accesslog else None,
-                access_log_format=self._get_valid_log_format(cfg.access_log_format),
+                access_log_format=gunicorn_access_log_format(self, cfg.access_log_format),
                 shutdown_timeout=cfg.graceful_timeout / 100 * 95,
             )
 
         self.wsgi: Any = make_runner
-        await super()._run()

@@ -13,13 +13,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+from ..errors import WsgateError
 from ..history import Position, Replay
 
 Receive = Callable[[str | None, bytes], None]
 """Called with a message another node published: its room (None: every client) and its encoded bytes."""
 
 
-class BrokerError(Exception):
+class BrokerError(WsgateError):
     """The broker cannot do what was asked (bad URL, server unreachable, history not kept); one line."""
 
 

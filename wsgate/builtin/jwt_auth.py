@@ -18,7 +18,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from wsgate import Client, ClientError, Handler, Identity, Message, hookimpl, protocol
+from wsgate import Client, ClientError, Handler, Identity, Message, errors, hookimpl, protocol
 from wsgate.auth import SUBPROTOCOL, unauthorized
 from wsgate.config import ConfigError, JwtSettings
 
@@ -97,16 +97,16 @@ class JwtAuthenticator:
         """
         token = message.fields.get("token")
         if not isinstance(token, str) or not token:
-            raise ClientError(protocol.INVALID_JSON, "field 'token' must be a non-empty string")
+            raise ClientError(errors.INVALID_JSON, "field 'token' must be a non-empty string")
         current = client.identity
         if not isinstance(current, Identity) or current.expires_at is None:
-            raise ClientError(protocol.NOT_ALLOWED, "this connection was not opened with a token")
+            raise ClientError(errors.NOT_ALLOWED, "this connection was not opened with a token")
         try:
             claims = self._decode(token)
         except jwt.InvalidTokenError as exc:
-            raise ClientError(INVALID_TOKEN, _reason(exc)) from None
+            raise ClientError(errors.INVALID_TOKEN, _reason(exc)) from None
         if claims["sub"] != current.user_id:
-            raise ClientError(protocol.NOT_ALLOWED, "the new token is for another user (its sub differs)")
+            raise ClientError(errors.NOT_ALLOWED, "the new token is for another user (its sub differs)")
         identity = self._identity(claims)
         await client.gateway.reauthenticate(client, identity)
         assert identity.expires_at is not None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from wsgate import Client, ClientError, Handler, Message, Position, hookimpl, protocol
+from wsgate import Client, ClientError, Handler, Message, Position, errors, hookimpl, protocol
 
 MAX_OFFSET = 2**53  # exact in every client's numbers (and in Redis's Lua)
 
@@ -29,9 +29,7 @@ def _since(message: Message) -> Position | None:
         or not 0 <= offset <= MAX_OFFSET
         or not isinstance(epoch, str)
     ):
-        raise ClientError(
-            protocol.INVALID_JSON, 'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}'
-        )
+        raise ClientError(errors.INVALID_JSON, 'field \'since\' must be {"offset": <integer >= 0>, "epoch": <string>}')
     return Position(offset, epoch)
 
 
@@ -51,7 +49,7 @@ async def unsubscribe(client: Client, message: Message) -> None:
 async def publish(client: Client, message: Message) -> None:
     room = message.require_room()
     if room not in client.rooms:
-        raise ClientError(protocol.NOT_SUBSCRIBED)
+        raise ClientError(errors.NOT_SUBSCRIBED)
     await client.gateway.authorize(client, protocol.PUBLISH, room)
     await client.gateway.publish(room, message.data, client_id=client.id)
 
@@ -71,11 +69,11 @@ async def history(client: Client, message: Message) -> None:
     room = message.require_room()
     limit, before = message.fields.get("limit"), message.fields.get("before")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ClientError(protocol.INVALID_JSON, "field 'limit' must be a positive integer")
+        raise ClientError(errors.INVALID_JSON, "field 'limit' must be a positive integer")
     if before is not None and (
         not isinstance(before, int) or isinstance(before, bool) or not 1 <= before <= MAX_OFFSET
     ):
-        raise ClientError(protocol.INVALID_JSON, "field 'before' must be a positive integer (an offset)")
+        raise ClientError(errors.INVALID_JSON, "field 'before' must be a positive integer (an offset)")
     await client.gateway.authorize(client, protocol.HISTORY, room)
     position, messages = await client.gateway.history(room, limit, before=before)
     client.enqueue(

@@ -13,11 +13,12 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
+from ..errors import WsgateError
 from ..redaction import MASK, looks_like_credential, redact
 from .schema import DURATION, LIST_EXPECTED, SECRET, EnvText, PluginsSettings, Settings, Table, show_duration
 
 
-class ConfigError(Exception):
+class ConfigError(WsgateError):
     """A setting cannot be used; the message is one line naming the key, the value and what is expected."""
 
 

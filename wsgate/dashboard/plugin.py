@@ -25,8 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
-from wsgate import Client, ClientError, Gateway, Handler, Identity, Message, hookimpl, protocol
+from wsgate import Client, ClientError, Gateway, Handler, Identity, Message, errors, hookimpl, protocol
 from wsgate.config import Settings
+from wsgate.errors import CloseReason
 from wsgate.origins import same_host
 
 from .sessions import COOKIE, DashboardSessions, LoginThrottle, operator, session_of
@@ -36,10 +37,11 @@ log = logging.getLogger(__name__)
 STATS_INTERVAL = 1.0  # seconds between two dashboard_stats
 TOP_ROOMS = 20
 SAMPLE_CLIENTS = 50
-DISCONNECTED = "disconnected by an operator"
+DISCONNECTED = errors.OPERATOR_DISCONNECT.text
 SESSION_ENDED = "dashboard session ended"
 """The close reason (code 1008) of a socket whose dashboard login ended; a cause follows it, e.g. `: logged out`."""
-LOGGED_OUT, EXPIRED, REPLACED = "logged out", "expired", "replaced by a new login"
+LOGGED_OUT, EXPIRED, REPLACED = errors.DASHBOARD_LOGGED_OUT, errors.DASHBOARD_EXPIRED, errors.DASHBOARD_REPLACED
+"""How a dashboard login ends (`end_session`): the close reasons its sockets get."""
 
 
 class Dashboard:
@@ -100,7 +102,7 @@ class Dashboard:
             return
         remaining = self.sessions.remaining(session)
         if remaining is None:
-            client.drop(protocol.CLOSE_POLICY_VIOLATION, f"{SESSION_ENDED}: {EXPIRED}")
+            client.drop(EXPIRED)
             return
         self._sockets.setdefault(session, set()).add(client)
         self._opened_with[client.id] = session
@@ -120,7 +122,7 @@ class Dashboard:
                 if timer is not None:
                     timer.cancel()
 
-    def end_session(self, session: str, cause: str) -> int:
+    def end_session(self, session: str, cause: CloseReason) -> int:
         """End a dashboard login (`cause`: LOGGED_OUT, EXPIRED or REPLACED) and close every socket opened
         with it, at once, with 1008 "dashboard session ended: <cause>". Returns how many were closed.
 
@@ -133,16 +135,20 @@ class Dashboard:
         sockets = self._sockets.pop(session, set())
         for client in sockets:
             self._watchers.discard(client)
-            client.drop(protocol.CLOSE_POLICY_VIOLATION, f"{SESSION_ENDED}: {cause}")
+            client.drop(cause)
         if sockets:
-            log.info("dashboard session ended (%s): closed %d socket(s)", cause, len(sockets))
+            log.info(
+                "dashboard session ended (%s): closed %d socket(s)",
+                cause.text.removeprefix(f"{SESSION_ENDED}: "),
+                len(sockets),
+            )
         return len(sockets)
 
     # --- operator messages ----------------------------------------------------------------
 
     def _operator(self, client: Client) -> None:
         if not self._is_operator(client):
-            raise ClientError(protocol.NOT_ALLOWED, "dashboard messages are for operators")
+            raise ClientError(errors.NOT_ALLOWED, "dashboard messages are for operators")
 
     def _is_operator(self, client: Client) -> bool:
         """A live dashboard login (checked every time: logging out ends it), or a JWT with the admin claim."""
@@ -176,11 +182,11 @@ class Dashboard:
         self._operator(client)
         target_id = message.fields.get("client_id")
         if not isinstance(target_id, str):
-            raise ClientError(protocol.INVALID_JSON, "field 'client_id' must be a string")
+            raise ClientError(errors.INVALID_JSON, "field 'client_id' must be a string")
         target = client.gateway.client(target_id)
         if target is not None:
             log.info("operator %s disconnects client %s", client.id, target_id, extra={"client_id": target_id})
-            target.drop(protocol.CLOSE_POLICY_VIOLATION, DISCONNECTED)
+            target.drop(errors.OPERATOR_DISCONNECT)
         client.enqueue(
             protocol.encode("dashboard_disconnected", data={"client_id": target_id, "found": target is not None})
         )

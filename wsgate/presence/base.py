@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from ..errors import WsgateError
 
-class PresenceError(Exception):
+
+class PresenceError(WsgateError):
     """The store cannot be read (Redis unreachable); one line."""
 
 

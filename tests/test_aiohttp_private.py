@@ -1,0 +1,114 @@
+"""The aiohttp internals `wsgate.aiohttp_private` relies on are still there, with the same shape.
+
+An aiohttp upgrade that changes one fails here, naming it ("aiohttp changed Server.connection_made: ..."),
+rather than somewhere deep in the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestServer
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.worker import GunicornWebWorker
+
+from wsgate.aiohttp_private import production_test_server, watch_connections
+from wsgate.testing import eventually
+
+# (owner, attribute, the parameters the adapter passes or receives, in order)
+RELIED_ON: list[tuple[type[Any], str, list[str]]] = [
+    (web.Server, "connection_made", ["self", "handler", "transport"]),
+    (web.Server, "connection_lost", ["self", "handler", "exc"]),
+    (TestServer, "_make_runner", ["self", "kwargs"]),
+    (GunicornWebWorker, "_get_valid_log_format", ["self", "source_format"]),
+]
+
+
+def changed(owner: type[Any], name: str, what: str) -> str:
+    return f"aiohttp changed {owner.__name__}.{name}: {what}; see wsgate/aiohttp_private.py"
+
+
+@pytest.mark.parametrize(("owner", "name", "parameters"), RELIED_ON, ids=[f"{o.__name__}.{n}" for o, n, _ in RELIED_ON])
+def test_each_private_api_keeps_its_signature(owner: type[Any], name: str, parameters: list[str]) -> None:
+    member = getattr(owner, name, None)
+    assert callable(member), changed(owner, name, "it is gone")
+    found = list(inspect.signature(member).parameters)
+    assert found == parameters, changed(owner, name, f"parameters {found}, relied on {parameters}")
+
+
+def calls(function: Callable[..., Any], call: str) -> bool:
+    return call in inspect.getsource(function).replace(" ", "").replace("\n", "")
+
+
+def test_a_request_handler_reports_its_socket_to_the_server_instance() -> None:
+    """`watch_connections` replaces the methods on the Server instance: they take effect only while every
+    RequestHandler calls them through that instance, with the socket's transport."""
+    for method, call in (
+        (RequestHandler.connection_made, "self._manager.connection_made(self,"),
+        (RequestHandler.connection_lost, "self._manager.connection_lost(self,exc)"),
+    ):
+        assert calls(method, call.replace(" ", "")), changed(
+            RequestHandler, method.__name__, f"it no longer calls {call} on its server"
+        )
+
+
+def test_the_test_server_builds_its_runner_with_handler_cancellation() -> None:
+    """`production_test_server` overrides `_make_runner`, the only place the runner and its
+    `handler_cancellation` are chosen; `start_server` must still call it."""
+    assert calls(BaseTestServer.start_server, "self._make_runner(handler_cancellation=True"), changed(
+        BaseTestServer, "start_server", "it no longer builds its runner through _make_runner(handler_cancellation=True"
+    )
+
+
+def test_the_gunicorn_log_format_conversion_behaves_as_relied_on() -> None:
+    worker: Any = GunicornWebWorker.__new__(GunicornWebWorker)  # the conversion reads only class attributes
+    converted = GunicornWebWorker._get_valid_log_format(worker, GunicornWebWorker.DEFAULT_GUNICORN_LOG_FORMAT)
+    assert converted == web.AccessLogger.LOG_FORMAT, changed(
+        GunicornWebWorker, "_get_valid_log_format", f"gunicorn's default became {converted!r}"
+    )
+    with pytest.raises(ValueError):
+        GunicornWebWorker._get_valid_log_format(worker, "%(h)s %(r)s")
+
+
+async def test_the_adapter_serves_through_the_given_runner_without_handler_cancellation() -> None:
+    made: list[dict[str, Any]] = []
+
+    def runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+        made.append(kwargs)
+        return web.AppRunner(app, **kwargs)
+
+    server = production_test_server(web.Application(), runner, host="127.0.0.1")
+    await server.start_server()
+    try:
+        assert [kwargs["handler_cancellation"] for kwargs in made] == [False]
+        assert server.runner is not None and server.runner.server is not None
+        assert server.runner.server.handler_cancellation is False
+    finally:
+        await server.close()
+
+
+async def test_the_adapter_sees_each_socket_from_accept_to_its_end() -> None:
+    """`watch_connections`: `made` once a socket is accepted (before any request), `lost` once it is gone,
+    and aiohttp's own bookkeeping still runs (the handler in `server.connections` while it is open)."""
+    events: list[str] = []
+    server = production_test_server(web.Application(), web.AppRunner, host="127.0.0.1")
+    await server.start_server()
+    try:
+        assert server.runner is not None and server.runner.server is not None
+        web_server = server.runner.server
+        watch_connections(
+            web_server,
+            lambda handler, transport: events.append("made"),
+            lambda handler: events.append("lost"),
+        )
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        await eventually(lambda: events == ["made"] and len(web_server.connections) == 1)
+        writer.close()
+        await eventually(lambda: events == ["made", "lost"] and not web_server.connections)
+    finally:
+        await server.close()
