@@ -229,8 +229,8 @@ class World:
             return
         since = self.joining.pop(name)
         replay = Replay(self.position(), recovered=True) if since is None else self.replay(since)
-        member = Member(Position(replay.position.offset - len(replay.messages), replay.position.epoch), since, True)
-        member.recovered = replay.recovered
+        start = Position(replay.position.offset - len(replay.messages), replay.position.epoch)
+        member = Member(start, since, replay.recovered)
         if replay.messages:  # a recovered replay is whole from `since` on
             assert stamp_of(replay.messages[0]) == (member.start.offset + 1, member.start.epoch)
         self.members[name] = member
