@@ -19,7 +19,7 @@ from .clients import ConnectedClient
 from .config import Settings
 from .connection import State
 from .errors import ClientError, ClientGone
-from .history import Position, Replay, comes_after
+from .history import Position, Replay
 from .hub import Hub
 from .metrics import Metrics
 from .plugins import Plugins
@@ -144,7 +144,7 @@ class Gateway:
         if since is not None:
             data["recovered"] = replay.recovered
         conn.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
-        conn.enqueue_many(replay.messages + [m for m in held if comes_after(m, position)])  # missed, then held
+        conn.enqueue_many(replay.messages + held)  # missed, then what was held and the read did not include
 
     def unsubscribe(self, client: Client, room: str) -> None:
         self._hub.leave(_connection(client), room)

@@ -3,6 +3,12 @@
 Fan-out takes a message encoded once, builds its frame once, and appends the
 frame to each member's outbox: no await, no encode, no metrics call per
 recipient. Nothing here awaits, so iterating a room while delivering is safe.
+
+The hub drives the holds and fences of recovering members (`wsgate.ordering`
+holds the rules): a held member's messages go to its `Held` buffer, bounded
+here (HOLD_FACTOR outboxes' worth, and `send_queue_bytes`: past that it is
+closed as a slow consumer); a fenced member is skipped for what it already read
+(`Ordering.fenced_off`, asked only when the room has fences).
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from . import errors
 from .config import LimitsSettings, ShutdownSettings
 from .connection import Connection, State
 from .errors import ClientError, ClientGone
-from .history import Position, later_epoch, stamp_of
+from .history import Position
 from .metrics import Metrics
+from .ordering import Held, Ordering
 from .presence import Presence
 from .wire import text_frame
 
@@ -26,16 +33,6 @@ log = logging.getLogger(__name__)
 HOLD_FACTOR = 10  # a recovering client's live messages wait while its history is read: up to ten outboxes' worth
 RESTART_BATCH_INTERVAL = 0.1  # seconds between batches of clients closed by a restart drain
 DRAIN_GRACE = 0.5  # seconds the drain waits past its budget for aborted clients' readers to finish
-
-
-class Held(list[bytes]):
-    """Live messages held for one recovering client, in order, and their `size` in bytes."""
-
-    __slots__ = ("size",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.size = 0
 
 
 RoomInterest = Callable[[str], None]
@@ -64,8 +61,11 @@ class Hub:
         self._presence = presence if presence is not None and presence.rooms else None
         self.connections: dict[str, Connection] = {}
         self.rooms: dict[str, set[Connection]] = {}
-        self.holding: dict[str, dict[Connection, Held]] = {}  # room -> recovering client -> held messages
-        self.fences: dict[str, dict[Connection, Position]] = {}  # room -> recovered client -> what it has read
+        # The delivery order of rooms with history (the router drives its sequences); its holds and fences
+        # are read here on every delivery: the same dicts, never rebound.
+        self.ordering: Ordering[Connection, asyncio.Future[int]] = Ordering(self.rooms)
+        self.holding: dict[str, dict[Connection, Held]] = self.ordering.holding  # room -> recovering -> held
+        self.fences: dict[str, dict[Connection, Position]] = self.ordering.fences  # room -> recovered -> read
         self.addresses: dict[str, int] = {}  # connections (and upgrades under way) per client address
         self.sockets: dict[object, Connection] = {}  # the server's protocol object of each admitted connection
         self.draining = False
@@ -131,7 +131,7 @@ class Hub:
         if limit and self._count(room) >= limit:
             raise ClientError(errors.ROOM_FULL)
         if hold:
-            self.holding.setdefault(room, {})[conn] = Held()
+            self.ordering.hold(room, conn)
         else:
             members.add(conn)
         conn.rooms.add(room)
@@ -140,21 +140,17 @@ class Hub:
         return self._count(room)
 
     def release(self, conn: Connection, room: str, read_up_to: Position | None = None) -> list[bytes]:
-        """End a `hold`: the client becomes an ordinary member; returns what was held for it, in order.
+        """End a `hold`: the client becomes an ordinary member; returns what was held for it that its read did
+        not include, in order (`Ordering.release`).
 
-        `read_up_to`: the history position the client was sent up to. Messages up to it may still be
-        on their way from Redis (pub/sub can trail the script that read the history): they are
-        fenced off for this client until a newer one passes.
+        `read_up_to`: the history position the client was sent up to (None: everything held). Messages up to
+        it may still be on their way from Redis (pub/sub can trail the script that read the history): they
+        are fenced off for this client until a newer one passes.
         """
-        held = self.holding.get(room)
-        messages: list[bytes] = held.pop(conn, []) if held is not None else []
-        if held is not None and not held:
-            del self.holding[room]
-        if room in conn.rooms:
+        stays = room in conn.rooms
+        if stays:
             self.rooms[room].add(conn)
-            if read_up_to is not None:
-                self.fences.setdefault(room, {})[conn] = read_up_to
-        return messages
+        return self.ordering.release(room, conn, read_up_to, stays)
 
     def _count(self, room: str) -> int:
         held = self.holding.get(room)
@@ -170,12 +166,8 @@ class Hub:
         conn.rooms.discard(room)
         if self._presence is not None and self._presence.rooms.match(room):
             self._presence.left(conn, room)
-        for table in (self.holding, self.fences):
-            entry = table.get(room)
-            if entry is not None:
-                entry.pop(conn, None)
-                if not entry:
-                    del table[room]
+        if self.holding or self.fences:
+            self.ordering.left(room, conn)
         members = self.rooms.get(room)
         if members is None:
             return
@@ -196,7 +188,7 @@ class Hub:
             return 0
         frame = text_frame(message)
         if self.fences and room is not None and (fenced := self.fences.get(room)):
-            skip = self._fenced_off(room, fenced, message)
+            skip = self.ordering.fenced_off(room, fenced, message)
             if skip:
                 return sum([conn.put(frame) for conn in targets if conn not in skip])
         return sum([conn.put(frame) for conn in targets])  # a list comprehension: the fastest loop here
@@ -220,27 +212,6 @@ class Hub:
             else:
                 messages.append(message)
                 messages.size += len(message)
-
-    def _fenced_off(self, room: str, fenced: dict[Connection, Position], message: bytes) -> set[Connection]:
-        """Recovered clients that were already sent this message; a fence ends once a message passes that
-        follows what its client read (a later offset, or a later epoch). A late message of an earlier
-        epoch goes to everyone and leaves the fences as they are."""
-        stamp = stamp_of(message)
-        if stamp is None:
-            return set()  # not kept (a presence event): no offset to compare
-        offset, epoch = stamp
-        skip = set()
-        for conn, up_to in list(fenced.items()):
-            if epoch == up_to.epoch:
-                if offset <= up_to.offset:
-                    skip.add(conn)
-                else:
-                    del fenced[conn]
-            elif later_epoch(epoch, up_to.epoch):
-                del fenced[conn]
-        if not fenced:
-            del self.fences[room]
-        return skip
 
     async def drain(self, settings: ShutdownSettings, timeout: float) -> None:
         """Refuse new clients, close every client and wait (about `timeout`) until all are gone.
