@@ -9,12 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgate.keepalive import TIMER_SLACK, Action, Keepalive
-from wsgate.testing import TIMEOUT, Client, StartServer, wait_until
+from wsgate.testing import TIMEOUT, Peer, StartServer, wait_until
 
 FAST = {"ping_interval": "100ms", "pong_wait": "300ms"}
 
 
-async def next_ping(client: Client) -> float:
+async def next_ping(client: Peer) -> float:
     """Wait for the server's next WebSocket ping; returns when it arrived."""
     while True:
         msg = await client.ws.receive(timeout=TIMEOUT)

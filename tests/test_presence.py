@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import jwt
 
-from wsgate.testing import Client, Server, StartServer
+from wsgate.testing import Peer, Server, StartServer
 
 from .processes import environment, start_wsgate
 
@@ -23,8 +23,8 @@ def token(sub: str, **claims: Any) -> str:
     return jwt.encode({"sub": sub, "exp": int(time.time()) + 60, **claims}, SECRET, algorithm="HS256")
 
 
-async def as_user(server: Server, sub: str, **claims: Any) -> Client:
-    client = Client(await server.raw(headers={"Authorization": f"Bearer {token(sub, **claims)}"}))
+async def as_user(server: Server, sub: str, **claims: Any) -> Peer:
+    client = Peer(await server.raw(headers={"Authorization": f"Bearer {token(sub, **claims)}"}))
     client.id = (await client.recv())["data"]["client_id"]
     return client
 

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from wsgate.sdk.client import TRANSIENT
 from wsgate.sdk.publisher import HttpPublisher, PublishError, PublishOutcomeUnknown, RedisPublisher
-from wsgate.testing import TIMEOUT, Client, Server, StartServer, eventually
+from wsgate.testing import TIMEOUT, Peer, Server, StartServer, eventually
 
 from .conftest import PrivateRedis
 
@@ -77,7 +77,7 @@ async def two_nodes(wsgate_server: StartServer, url: str, prefix: str) -> tuple[
     return a, b
 
 
-async def received_once(client: Client, data: Any) -> None:
+async def received_once(client: Peer, data: Any) -> None:
     """`client`'s next message is `data`, and nothing else comes before the pong to a ping sent after it."""
     first = await client.recv()
     assert first.get("data") == data, first

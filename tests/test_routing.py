@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from wsgate import Client as PluginClient
-from wsgate import Message, hookimpl
+from wsgate import Client, Message, hookimpl
 from wsgate.sdk.client import GatewayClient
 from wsgate.sdk.publisher import HttpPublisher, RedisPublisher
-from wsgate.testing import Client, Server, StartServer
+from wsgate.testing import Peer, Server, StartServer
 
 KEY = "routing-test-key"
 HISTORY = {"rooms": ["h*"]}
@@ -29,7 +28,7 @@ class Burst:
     def wsgate_message_handlers(self) -> dict[str, Any]:
         return {"burst": self.burst}
 
-    async def burst(self, client: PluginClient, message: Message) -> None:
+    async def burst(self, client: Client, message: Message) -> None:
         for n in message.data:
             if n % 3 == 1:
                 await client.gateway.publish("h1", n, client_id=client.id)
@@ -58,14 +57,14 @@ def nodes(request: pytest.FixtureRequest, wsgate_server: StartServer, broker_pre
     return start
 
 
-async def member(server: Server, *rooms: str) -> Client:
+async def member(server: Server, *rooms: str) -> Peer:
     client = await server.connect()
     for room in rooms:
         await client.subscribe(room)
     return client
 
 
-async def data_of(client: Client, count: int) -> list[Any]:
+async def data_of(client: Peer, count: int) -> list[Any]:
     """The data of the next `count` messages, checking each kept one carries an offset."""
     got = []
     for _ in range(count):

@@ -13,7 +13,7 @@ import pytest
 
 from wsgate.broker.redis import RedisBroker
 from wsgate.sdk.publisher import HttpPublisher, PublishError, RedisPublisher
-from wsgate.testing import Client, Server, StartServer, eventually
+from wsgate.testing import Peer, Server, StartServer, eventually
 
 from .conftest import PrivateRedis
 from .processes import environment, run_wsgate, spawn, start_wsgate
@@ -34,7 +34,7 @@ def node(wsgate_server: StartServer, redis_url: str, broker_prefix: str) -> Clus
     return start
 
 
-async def joined(server: Server, room: str) -> Client:
+async def joined(server: Server, room: str) -> Peer:
     client = await server.connect()
     await client.subscribe(room)  # answered once this node receives the room from Redis
     return client

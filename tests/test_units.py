@@ -14,7 +14,7 @@ import pytest
 
 from wsgate import protocol
 from wsgate.broker import BrokerError, MemoryBroker
-from wsgate.clients import ConnectedClient
+from wsgate.clients import GatewayConnection
 from wsgate.config import LimitsSettings, WebSocketSettings
 from wsgate.connection import Flusher, State
 from wsgate.dispatch import Dispatcher
@@ -83,9 +83,9 @@ class Parts:
         self.router = Router(self.hub, self.broker, RoomPatterns(("h*",)), self.metrics)
         self.flusher = Flusher()
 
-    def connect(self) -> tuple[ConnectedClient, RecordingTransport]:
+    def connect(self) -> tuple[GatewayConnection, RecordingTransport]:
         request = FakeRequest()
-        conn = ConnectedClient(
+        conn = GatewayConnection(
             FakeWebSocket(),
             None,
             request,
