@@ -212,3 +212,16 @@ async def test_a_silently_deaf_node_notices_and_says_so(
         assert resp.status == 503 and "broker degraded" in (await resp.json())["reasons"]
     frozen_proxy.thaw()
     await hears(on_a, on_b, timeout=20)
+
+
+def test_a_supervised_task_name_is_taken_once() -> None:
+    from wsgate.supervision import Supervisor
+
+    async def scenario() -> None:
+        supervisor = Supervisor(Metrics())
+        supervisor.spawn("x", asyncio.Event().wait)
+        with pytest.raises(ValueError, match="running already"):
+            supervisor.spawn("x", asyncio.Event().wait)
+        await supervisor.stop()
+
+    asyncio.run(scenario())
