@@ -177,6 +177,7 @@ async def test_a_login_that_expires_closes_its_sockets(wsgate_server: StartServe
     assert not server.hub.rooms.get("ops:secret")
 
 
+@pytest.mark.slow
 async def test_an_admin_token_login_ends_with_the_token(wsgate_server: StartServer) -> None:
     """The security review: a dashboard login made with an admin JWT outlived the token on open sockets."""
     server = await wsgate_server(
@@ -226,6 +227,7 @@ async def test_other_sites_cannot_use_an_operator_login(wsgate_server: StartServ
     assert (await own_page.request({"type": "dashboard_watch"}))["type"] == "dashboard_watching"
 
 
+@pytest.mark.slow
 async def test_operators_watch_publish_tail_and_disconnect(wsgate_server: StartServer) -> None:
     server = await wsgate_server(dashboard=DASHBOARD)
     cookie = (await login(server, PASSWORD)).cookies["wsgate_dashboard"].value
@@ -277,6 +279,7 @@ async def test_dashboard_messages_are_for_operators_only(wsgate_server: StartSer
     assert (await forged.request({"type": "dashboard_watch"}))["error"] == "not allowed"
 
 
+@pytest.mark.slow
 async def test_with_redis_the_dashboard_lists_every_node(
     wsgate_server: StartServer, redis_url: str, broker_prefix: str
 ) -> None:
@@ -295,6 +298,7 @@ async def test_with_redis_the_dashboard_lists_every_node(
     assert nodes == {a.broker.node_id.decode(): 1, b.broker.node_id.decode(): 2}  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 async def test_guessing_the_password_is_slowed_but_the_operator_is_never_locked_out(
     wsgate_server: StartServer,
 ) -> None:
@@ -372,6 +376,7 @@ async def test_logins_held_open_hold_no_door_shut(wsgate_server: StartServer) ->
         writer.close()
 
 
+@pytest.mark.slow
 async def test_a_guesser_timing_its_attempts_cannot_keep_the_operator_out(wsgate_server: StartServer) -> None:
     """The security review: a guesser at the operator's address holds forms open and sends the next attempt the
     moment a wait ends; the right password got in 0 times in 40. The operator's browser, which logged in before,

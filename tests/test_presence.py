@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+import pytest
 
 from wsgate.testing import Peer, Server, StartServer
 
@@ -53,6 +54,7 @@ async def test_presence_lists_members_with_user_ids_and_chosen_claims(wsgate_ser
     )
 
 
+@pytest.mark.slow
 async def test_joins_and_leaves_arrive_in_batches(wsgate_server: StartServer) -> None:
     server = await wsgate_server(presence={"rooms": ["chat:*"], "events": True, "interval": "300ms"})
     watcher = await server.connect()
@@ -88,6 +90,7 @@ async def test_presence_spans_nodes(wsgate_server: StartServer, redis_url: str, 
     assert {m["client_id"] for m in answer["data"]["members"]} == {on_a.id, on_b.id}
 
 
+@pytest.mark.slow
 async def test_members_of_a_crashed_node_expire_within_node_ttl(
     wsgate_server: StartServer, redis_url: str, broker_prefix: str
 ) -> None:

@@ -51,6 +51,7 @@ def test_any_bytes_decode_to_a_message_or_a_documented_error(frame: bytes) -> No
     decode_or_documented_error(frame)
 
 
+@pytest.mark.slow
 @settings(max_examples=500)
 @given(frames)
 def test_any_text_decodes_to_a_message_or_a_documented_error(frame: str) -> None:

@@ -21,6 +21,8 @@ from wsgate.testing import TIMEOUT, Peer, Server, StartServer, eventually
 
 from .conftest import PrivateRedis
 
+pytestmark = pytest.mark.slow  # Redis stalls waited out
+
 HISTORY = {"rooms": ["chat:*"], "size": 100}
 KEY = "test-api-key"
 STALL = 2.5  # seconds Redis sleeps: longer than broker.connect_timeout (1s), shorter than the answer's wait

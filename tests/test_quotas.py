@@ -123,6 +123,7 @@ async def test_connections_per_address_are_refused_with_429_before_the_upgrade(w
     assert (await third.request({"type": "ping"}))["type"] == "pong"
 
 
+@pytest.mark.slow
 async def test_a_connection_storm_from_one_address_leaves_the_server_responsive(wsgate_server: StartServer) -> None:
     """2,000 connection attempts in a burst from 127.0.0.2 with max_connections_per_ip = 100."""
     server = await wsgate_server(websocket={"limits": {"max_connections_per_ip": 100}})

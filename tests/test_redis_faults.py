@@ -23,6 +23,8 @@ from wsgate.testing import Peer, Server, StartServer, eventually
 
 from .conftest import PrivateRedis
 
+pytestmark = pytest.mark.slow  # private Redis servers killed, restarted and limited
+
 HISTORY = {"rooms": ["h*"], "size": 100, "ttl": "60s"}
 PRESENCE = {"rooms": ["h*", "p*"], "node_ttl": "3s"}
 BOUND = 5.0  # seconds: every wait below is bounded by this (probe_interval 200ms, connect_timeout 1s)

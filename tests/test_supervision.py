@@ -54,6 +54,7 @@ class Flaky:
         await asyncio.Event().wait()
 
 
+@pytest.mark.slow
 async def test_health_and_readiness_show_a_task_that_is_down(wsgate_server: StartServer) -> None:
     flaky = Flaky()
     server = await wsgate_server(flaky)
@@ -190,6 +191,7 @@ async def frozen_proxy(private_redis: PrivateRedis) -> AsyncIterator[FrozenProxy
     await proxy.close()
 
 
+@pytest.mark.slow
 async def test_a_silently_deaf_node_notices_and_says_so(
     wsgate_server: StartServer,
     private_redis: PrivateRedis,

@@ -11,6 +11,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from wsgate.sdk.client import GatewayClient
 from wsgate.testing import Peer, Server, StartServer
 
@@ -25,6 +27,7 @@ def short_token(seconds: float = 1.5, **claims: Any) -> str:
     return token(exp=int(time.time() + seconds) + 1, **claims)  # whole seconds: exp is an integer
 
 
+@pytest.mark.slow
 async def test_a_connection_is_closed_when_its_token_expires(wsgate_server: StartServer) -> None:
     """The field report: a JWT expiring in 2 s still subscribed to an identity-only room 3 s later."""
     server = await expiring_server(wsgate_server, rooms=["private-* = identity"])
@@ -43,6 +46,7 @@ async def test_a_connection_is_closed_when_its_token_expires(wsgate_server: Star
     )
 
 
+@pytest.mark.slow
 async def test_a_refreshed_token_keeps_the_connection_open(wsgate_server: StartServer) -> None:
     server = await expiring_server(wsgate_server)
     client = Peer(await server.raw(**bearer(short_token(1))))
@@ -87,6 +91,7 @@ async def test_rooms_the_new_claims_no_longer_allow_are_left(wsgate_server: Star
     assert next(iter(server.hub.connections.values())).rooms == {"a1"}
 
 
+@pytest.mark.slow
 async def test_an_operators_admin_token_ends_too(wsgate_server: StartServer) -> None:
     """The field report: a dashboard socket with an admin JWT expiring in 2 s could still tail, publish and
     disconnect 8 s later."""
@@ -129,6 +134,7 @@ async def test_a_refresh_with_fewer_rights_loses_the_tails_and_rooms_of_the_old_
     assert next(iter(server.hub.connections.values())).rooms == {"public"}
 
 
+@pytest.mark.slow
 async def test_the_python_client_refreshes_by_itself(wsgate_server: StartServer) -> None:
     server = await expiring_server(wsgate_server)
     issued: list[str] = []
