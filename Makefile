@@ -1,9 +1,10 @@
-# Two commands on a fresh clone: `make run` and `make test`. Both create .venv themselves.
+# Two commands on a fresh clone: `make run` and `make test` (`make test-fast` leaves out the slow tests). All create
+# .venv themselves.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench conformance chaos faults clean
+.PHONY: run check test test-fast bench conformance chaos faults clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m wsgate
@@ -11,25 +12,37 @@ run: $(VENV)/.installed
 SHELL := /bin/bash
 
 # Lint and formatting (pyproject [tool.ruff]), the layer contracts (setup.cfg [importlinter]) and strict typing
-# (setup.cfg [mypy]) first, then the tests. With nothing answering on 6379 (and no
-# WSGATE_TEST_REDIS_URL), a private redis-server runs for the tests on a free port and stops after them.
-test: $(VENV)/.installed-test
+# (setup.cfg [mypy]): the first step of `make test` and `make test-fast`.
+check: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
+
+# $(call with_test_redis,COMMAND) runs COMMAND with a Redis for the tests: with nothing answering on 6379 (and no
+# WSGATE_TEST_REDIS_URL), a private redis-server on a free port, given in WSGATE_TEST_REDIS_URL and stopped after.
+define with_test_redis
 	@if [ -z "$$WSGATE_TEST_REDIS_URL" ] && ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null \
 	    && command -v redis-server >/dev/null; then \
 	  port=$$($(BIN)/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'); \
-	  echo "make test: a private redis-server on 127.0.0.1:$$port"; \
+	  echo "make: a private redis-server on 127.0.0.1:$$port"; \
 	  redis-server --daemonize yes --bind 127.0.0.1 --port $$port --save "" --appendonly no \
 	    --pidfile /tmp/wsgate-test-redis-$$port.pid --logfile /dev/null; \
 	  for _ in $$(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$$port) 2>/dev/null && break; sleep 0.1; done; \
-	  WSGATE_TEST_REDIS_URL=redis://127.0.0.1:$$port $(BIN)/python -m pytest; status=$$?; \
+	  WSGATE_TEST_REDIS_URL=redis://127.0.0.1:$$port $(1); status=$$?; \
 	  kill $$(cat /tmp/wsgate-test-redis-$$port.pid); exit $$status; \
 	else \
-	  $(BIN)/python -m pytest; \
+	  $(1); \
 	fi
+endef
+
+# The checks, then the whole suite.
+test: check
+	$(call with_test_redis,$(BIN)/python -m pytest)
+
+# The checks, then the suite without the tests marked slow (setup.cfg [tool:pytest] markers): under a minute.
+test-fast: check
+	$(call with_test_redis,$(BIN)/python -m pytest -m "not slow")
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from wsgate.connection import Connection
-from wsgate.testing import TIMEOUT, Client, Server, StartServer
+from wsgate.testing import TIMEOUT, Peer, Server, StartServer
 
 # Property tests run on shared CI machines: no per-example deadline (their cost is the example count).
 hypothesis_settings.register_profile("wsgate", deadline=None)
@@ -76,7 +76,7 @@ class StalledClient:
     def close(self) -> None:
         self.sock.close()
 
-    async def stuck_in_flood(self, server: Server) -> tuple[Client, Connection]:
+    async def stuck_in_flood(self, server: Server) -> tuple[Peer, Connection]:
         """Join `flood` on `server` and let a publisher flood it until this client's socket is full.
 
         Needs a large `send_queue_size`, `send_queue_bytes` and `write_wait`. Returns the publisher and the server's

@@ -12,10 +12,13 @@ import socket
 import sys
 
 import aiohttp
+import pytest
 
 from wsgate.testing import StartServer
 
 from .processes import spawn
+
+pytestmark = pytest.mark.slow  # slow sockets and descriptor exhaustion
 
 SLOW_START = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 

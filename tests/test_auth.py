@@ -16,9 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from wsgate import hookimpl
+from wsgate import Client, hookimpl
 from wsgate.config import ConfigError
-from wsgate.testing import Client, Server, StartServer
+from wsgate.testing import Peer, Server, StartServer
 
 SECRET = "a-test-secret-long-enough-for-hs512-too-" + "x" * 24
 
@@ -196,7 +196,7 @@ async def test_bad_jwt_settings_stop_start_up_with_one_line(
 
 async def test_the_rooms_claim_limits_where_a_token_may_go(wsgate_server: StartServer) -> None:
     server = await jwt_server(wsgate_server)
-    client = Client(await server.raw(**bearer(token(rooms=["chat:*", "news"]))))
+    client = Peer(await server.raw(**bearer(token(rooms=["chat:*", "news"]))))
     await client.recv()
     await client.subscribe("chat:lobby")
     await client.subscribe("news")
@@ -214,13 +214,13 @@ RULES = [
 ]
 
 
-async def connect_as(server: Server, sub: str | None, **claims: Any) -> Client:
-    client = Client(await server.raw(**(bearer(token(sub, **claims)) if sub else {})))
+async def connect_as(server: Server, sub: str | None, **claims: Any) -> Peer:
+    client = Peer(await server.raw(**(bearer(token(sub, **claims)) if sub else {})))
     await client.recv()
     return client
 
 
-async def denied(client: Client, room: str, action: str = "subscribe") -> str:
+async def denied(client: Peer, room: str, action: str = "subscribe") -> str:
     reply = await client.request({"type": action, "room": room, "data": 1})
     assert reply["error"] == "not allowed", reply
     detail: str = reply["detail"]

@@ -35,6 +35,7 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.slow
 async def test_a_client_that_floods_pings_and_never_reads_holds_one_pong(wsgate_server: StartServer) -> None:
     """Input A: 125-byte pings as fast as the client can, never reading. Only the latest ping waits for an
     answer (RFC 6455 5.5.3); the socket's buffer stays under its high-water mark, and the client, whose
@@ -138,6 +139,7 @@ def _reset_at_once(port: int, source: str) -> None:
         sock.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["reset", "close"])
 async def test_refused_sockets_are_closed_whatever_the_peer_does_first(wsgate_server: StartServer, how: str) -> None:
     """max_connections_per_ip = 5; one address connects and leaves at once, 1,500 times. The peer's reset often

@@ -18,6 +18,8 @@ import pytest
 
 from wsgate.testing import StartServer
 
+pytestmark = pytest.mark.slow  # Chromium started for each test
+
 try:
     from playwright.async_api import expect
 except ImportError:  # pragma: no cover - the test extra installs it

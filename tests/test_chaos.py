@@ -5,7 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from .processes import ROOT, spawn
+
+pytestmark = pytest.mark.slow  # the chaos run, short (about 40 s)
 
 
 async def test_a_short_chaos_run_loses_nothing(tmp_path: Path) -> None:

@@ -225,6 +225,7 @@ async def test_plugins_command_lists_sources_hooks_and_message_types(tmp_path: P
     )
 
 
+@pytest.mark.slow
 async def test_an_installed_distribution_adds_its_message_type_without_settings(tmp_path: Path) -> None:
     """Build a plugin distribution from scratch, pip-install it into this venv, use it, uninstall it."""
     project = tmp_path / "wsgate-shout"
@@ -258,6 +259,7 @@ async def test_an_installed_distribution_adds_its_message_type_without_settings(
         assert await uninstall.finish(timeout=60) == 0, "".join(uninstall.lines)
 
 
+@pytest.mark.slow
 async def test_a_start_up_hook_that_hangs_stops_the_process_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "slow_start.py").write_text(
         "import asyncio\nfrom wsgate import hookimpl\n\n"

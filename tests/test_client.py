@@ -1,4 +1,4 @@
-"""`wsgate.client.GatewayClient` against a real gateway: requests, reconnecting, resuming, failed recovery."""
+"""`wsgate.sdk.client.GatewayClient` against a real gateway: requests, reconnecting, resuming, failed recovery."""
 
 from __future__ import annotations
 

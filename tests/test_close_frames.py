@@ -102,6 +102,7 @@ async def test_the_drain_goes_through_the_same_rule(wsgate_server: StartServer) 
     assert (msg.data, msg.extra) == (1001, "ü" * 61)
 
 
+@pytest.mark.slow
 @given(st.text())
 def test_close_fields_cut_any_reason_to_valid_utf8_within_a_control_frame(reason: str) -> None:
     code, encoded = close_fields(1000, reason)

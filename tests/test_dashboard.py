@@ -17,7 +17,7 @@ import yarl
 from wsgate.config import ConfigError
 from wsgate.dashboard.sessions import LoginThrottle
 from wsgate.keys import DASHBOARD as DASHBOARD_PLUGIN
-from wsgate.testing import Client, Server, StartServer, eventually
+from wsgate.testing import Peer, Server, StartServer, eventually
 
 PASSWORD = "correct horse battery staple"
 SECRET = "dashboard-test-secret-" + "x" * 40
@@ -31,13 +31,13 @@ async def login(server: Server, secret: str) -> aiohttp.ClientResponse:
         return resp
 
 
-async def operator(server: Server, cookie: str, **headers: str) -> Client:
-    client = Client(await server.raw(headers={"Cookie": f"wsgate_dashboard={cookie}", **headers}))
+async def operator(server: Server, cookie: str, **headers: str) -> Peer:
+    client = Peer(await server.raw(headers={"Cookie": f"wsgate_dashboard={cookie}", **headers}))
     client.id = (await client.recv())["data"]["client_id"]
     return client
 
 
-async def answer(client: Client, request: dict[str, Any], kind: str) -> dict[str, Any]:
+async def answer(client: Peer, request: dict[str, Any], kind: str) -> dict[str, Any]:
     """Send `request` and return the first `kind` (or error) message: dashboard_stats arrive every second too."""
     await client.send(request)
     while (message := await client.recv())["type"] not in (kind, "error"):
@@ -103,7 +103,7 @@ async def test_an_admin_jwt_logs_in_too(wsgate_server: StartServer) -> None:
     assert "wsgate_dashboard" in (await login(server, admin)).cookies
     assert "wsgate_dashboard" not in (await login(server, user)).cookies
     # an admin token also works on the WebSocket itself, without the cookie
-    client = Client(await server.raw(headers={"Authorization": f"Bearer {admin}"}))
+    client = Peer(await server.raw(headers={"Authorization": f"Bearer {admin}"}))
     await client.recv()
     assert (await client.request({"type": "dashboard_watch"}))["type"] == "dashboard_watching"
 
@@ -115,7 +115,7 @@ async def test_no_claim_a_user_can_put_in_a_token_makes_an_operator(wsgate_serve
     now = int(time.time())
     for claims in ({"operator": True}, {"dashboard_session": "guessed"}, {"admin": "yes"}):
         forged = jwt.encode({"sub": "mallory", "exp": now + 60, **claims}, SECRET, algorithm="HS256")
-        client = Client(await server.raw(headers={"Authorization": f"Bearer {forged}"}))
+        client = Peer(await server.raw(headers={"Authorization": f"Bearer {forged}"}))
         await client.recv()
         assert (await client.request({"type": "dashboard_watch"}))["error"] == "not allowed", claims
 
@@ -131,7 +131,7 @@ async def logout(server: Server, cookie: str) -> None:
             assert resp.status == 302
 
 
-async def granted(server: Server, cookie: str) -> Client:
+async def granted(server: Server, cookie: str) -> Peer:
     """An operator socket that tails `ops:secret` and is in `private-1`: what a login grants."""
     ops = await operator(server, cookie)
     assert (await ops.request({"type": "dashboard_tail", "room": "ops:secret"}))["type"] == "dashboard_tailing"
@@ -139,7 +139,7 @@ async def granted(server: Server, cookie: str) -> Client:
     return ops
 
 
-async def assert_closed_at_once(server: Server, ops: Client, reason: str) -> None:
+async def assert_closed_at_once(server: Server, ops: Peer, reason: str) -> None:
     """The next frame is the close (1008, reason): a message published to its tail after the end never arrives."""
     await server.gateway.publish("ops:secret", "after the end")
     msg = await ops.ws.receive(timeout=10)
@@ -177,6 +177,7 @@ async def test_a_login_that_expires_closes_its_sockets(wsgate_server: StartServe
     assert not server.hub.rooms.get("ops:secret")
 
 
+@pytest.mark.slow
 async def test_an_admin_token_login_ends_with_the_token(wsgate_server: StartServer) -> None:
     """The security review: a dashboard login made with an admin JWT outlived the token on open sockets."""
     server = await wsgate_server(
@@ -226,6 +227,7 @@ async def test_other_sites_cannot_use_an_operator_login(wsgate_server: StartServ
     assert (await own_page.request({"type": "dashboard_watch"}))["type"] == "dashboard_watching"
 
 
+@pytest.mark.slow
 async def test_operators_watch_publish_tail_and_disconnect(wsgate_server: StartServer) -> None:
     server = await wsgate_server(dashboard=DASHBOARD)
     cookie = (await login(server, PASSWORD)).cookies["wsgate_dashboard"].value
@@ -272,11 +274,12 @@ async def test_dashboard_messages_are_for_operators_only(wsgate_server: StartSer
     ):
         answer = await stranger.request(request)
         assert (answer["error"], answer["detail"]) == ("not allowed", "dashboard messages are for operators")
-    forged = Client(await server.raw(headers={"Cookie": "wsgate_dashboard=forged"}))
+    forged = Peer(await server.raw(headers={"Cookie": "wsgate_dashboard=forged"}))
     await forged.recv()
     assert (await forged.request({"type": "dashboard_watch"}))["error"] == "not allowed"
 
 
+@pytest.mark.slow
 async def test_with_redis_the_dashboard_lists_every_node(
     wsgate_server: StartServer, redis_url: str, broker_prefix: str
 ) -> None:
@@ -295,6 +298,7 @@ async def test_with_redis_the_dashboard_lists_every_node(
     assert nodes == {a.broker.node_id.decode(): 1, b.broker.node_id.decode(): 2}  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 async def test_guessing_the_password_is_slowed_but_the_operator_is_never_locked_out(
     wsgate_server: StartServer,
 ) -> None:
@@ -372,6 +376,7 @@ async def test_logins_held_open_hold_no_door_shut(wsgate_server: StartServer) ->
         writer.close()
 
 
+@pytest.mark.slow
 async def test_a_guesser_timing_its_attempts_cannot_keep_the_operator_out(wsgate_server: StartServer) -> None:
     """The security review: a guesser at the operator's address holds forms open and sends the next attempt the
     moment a wait ends; the right password got in 0 times in 40. The operator's browser, which logged in before,

@@ -17,12 +17,15 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 
 from wsgate.testing import eventually
 
 from .conftest import PrivateRedis
 from .processes import Process, environment, start_wsgate
+
+pytestmark = pytest.mark.slow  # nodes killed and their TTLs waited out
 
 NODE_TTL = 1.0
 INTERVAL = 0.1

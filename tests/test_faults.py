@@ -15,6 +15,7 @@ from faults.scenarios import CATALOGUE, Scenario
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # each scenario starts real nodes and a private Redis
 @pytest.mark.parametrize("scenario", [s for s in CATALOGUE if s.quick], ids=lambda s: s.name)
 async def test_promises_hold_under(scenario: Scenario) -> None:
     outcome = await run_scenario(scenario)

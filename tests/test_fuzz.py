@@ -135,6 +135,7 @@ async def settled(server: Server) -> int:
     return tracemalloc.get_traced_memory()[0]
 
 
+@pytest.mark.slow
 async def test_fuzzed_frames_leave_the_server_healthy(
     wsgate_server: StartServer, traced: object, caplog: pytest.LogCaptureFixture
 ) -> None:

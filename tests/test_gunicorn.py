@@ -12,6 +12,8 @@ import pytest
 
 from .processes import environment, spawn
 
+pytestmark = pytest.mark.slow  # gunicorn processes started and stopped
+
 
 async def test_gunicorn_serves_the_protocol_and_shuts_down_gracefully(tmp_path: Path) -> None:
     settings = tmp_path / "gunicorn.toml"

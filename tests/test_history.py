@@ -11,7 +11,7 @@ import pytest
 from wsgate.config import HistorySettings
 from wsgate.history import MemoryHistory, Position, comes_after, later_epoch, stamp, stamp_of
 from wsgate.rooms import RoomPatterns
-from wsgate.testing import Client, Server, StartServer
+from wsgate.testing import Peer, Server, StartServer
 
 Start = Callable[..., Awaitable[Server]]
 HISTORY = {"rooms": ["chat:*"], "size": 1000}
@@ -30,7 +30,7 @@ def start(request: pytest.FixtureRequest, wsgate_server: StartServer, redis_url:
     return begin
 
 
-async def publish_all(client: Client, room: str, numbers: range) -> list[dict[str, Any]]:
+async def publish_all(client: Peer, room: str, numbers: range) -> list[dict[str, Any]]:
     """Publish each number and read the sender's own copies (so everything is kept before returning)."""
     for n in numbers:
         await client.send({"type": "publish", "room": room, "data": n})

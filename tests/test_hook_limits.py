@@ -103,6 +103,7 @@ async def test_a_client_whose_socket_goes_during_a_hanging_hook_leaves_at_once(
     await eventually(lambda: not server.hub.sockets and not server.hub.connections)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("message", [{"type": "subscribe", "room": "stuck"}, {"type": "stuck"}])
 async def test_past_the_limit_the_client_gets_a_temporary_error_and_one_log_line(
     wsgate_server: StartServer,

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgate.keepalive import TIMER_SLACK, Action, Keepalive
-from wsgate.testing import TIMEOUT, Client, StartServer, wait_until
+from wsgate.testing import TIMEOUT, Peer, StartServer, wait_until
 
 FAST = {"ping_interval": "100ms", "pong_wait": "300ms"}
 
 
-async def next_ping(client: Client) -> float:
+async def next_ping(client: Peer) -> float:
     """Wait for the server's next WebSocket ping; returns when it arrived."""
     while True:
         msg = await client.ws.receive(timeout=TIMEOUT)
@@ -23,6 +24,7 @@ async def next_ping(client: Client) -> float:
         assert msg.type is aiohttp.WSMsgType.TEXT, msg
 
 
+@pytest.mark.slow
 async def test_pings_every_ping_interval_and_answering_keeps_the_client(wsgate_server: StartServer) -> None:
     server = await wsgate_server(websocket=FAST)
     client = await server.connect(autoping=False)
@@ -51,6 +53,7 @@ async def test_a_silent_client_is_dropped_after_pong_wait(wsgate_server: StartSe
     assert (await server.counts())[1] == {"status": "healthy", "clients": 0, "rooms": 0}
 
 
+@pytest.mark.slow
 async def test_any_message_counts_as_a_sign_of_life(wsgate_server: StartServer) -> None:
     server = await wsgate_server(websocket=FAST)
     client = await server.connect(autoping=False)  # never answers a ping with a pong...

@@ -93,6 +93,7 @@ async def test_a_stalled_reader_is_dropped_and_nobody_else_slows_down(wsgate_ser
         stalled.close()
 
 
+@pytest.mark.slow
 async def test_a_client_pinging_without_reading_never_blocks_its_reader(wsgate_server: StartServer) -> None:
     """Pongs go through the writer: with the socket full, the client's next message is still read."""
     server = await wsgate_server(

@@ -140,6 +140,7 @@ async def test_config_command_shows_values_sources_and_masks_secrets(tmp_path: P
     assert "alice" not in out.decode() and "t0p" not in out.decode()
 
 
+@pytest.mark.slow
 async def test_check_command() -> None:
     code, stderr = await run_wsgate("check")
     assert code == 0, stderr

@@ -110,6 +110,7 @@ _PATTERN = st.text("ab:*?[]!-", max_size=10)
 _NAME = st.text("ab:[]!-\n", max_size=12)
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, deadline=None)
 @given(pattern=_PATTERN, name=_NAME)
 def test_the_same_answers_as_fnmatch_in_bounded_work(pattern: str, name: str) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 
 import aiohttp
 import jwt
+import pytest
 
-from wsgate.testing import Client, Server, StartServer
+from wsgate.testing import Peer, Server, StartServer
 
 from .processes import environment, start_wsgate
 
@@ -23,8 +24,8 @@ def token(sub: str, **claims: Any) -> str:
     return jwt.encode({"sub": sub, "exp": int(time.time()) + 60, **claims}, SECRET, algorithm="HS256")
 
 
-async def as_user(server: Server, sub: str, **claims: Any) -> Client:
-    client = Client(await server.raw(headers={"Authorization": f"Bearer {token(sub, **claims)}"}))
+async def as_user(server: Server, sub: str, **claims: Any) -> Peer:
+    client = Peer(await server.raw(headers={"Authorization": f"Bearer {token(sub, **claims)}"}))
     client.id = (await client.recv())["data"]["client_id"]
     return client
 
@@ -53,6 +54,7 @@ async def test_presence_lists_members_with_user_ids_and_chosen_claims(wsgate_ser
     )
 
 
+@pytest.mark.slow
 async def test_joins_and_leaves_arrive_in_batches(wsgate_server: StartServer) -> None:
     server = await wsgate_server(presence={"rooms": ["chat:*"], "events": True, "interval": "300ms"})
     watcher = await server.connect()
@@ -88,6 +90,7 @@ async def test_presence_spans_nodes(wsgate_server: StartServer, redis_url: str, 
     assert {m["client_id"] for m in answer["data"]["members"]} == {on_a.id, on_b.id}
 
 
+@pytest.mark.slow
 async def test_members_of_a_crashed_node_expire_within_node_ttl(
     wsgate_server: StartServer, redis_url: str, broker_prefix: str
 ) -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from wsgate import errors, protocol
 from wsgate.protocol import ClientError, Decoder
-from wsgate.testing import Client, StartServer
+from wsgate.testing import Peer, StartServer
 
 DOCUMENTED_ERRORS = {kind.text for kind in errors.CLIENT_ERRORS}
 SPEC_TYPES = [protocol.SUBSCRIBE, protocol.UNSUBSCRIBE, protocol.PUBLISH, protocol.BROADCAST, protocol.PING]
@@ -51,6 +51,7 @@ def test_any_bytes_decode_to_a_message_or_a_documented_error(frame: bytes) -> No
     decode_or_documented_error(frame)
 
 
+@pytest.mark.slow
 @settings(max_examples=500)
 @given(frames)
 def test_any_text_decodes_to_a_message_or_a_documented_error(frame: str) -> None:
@@ -78,7 +79,7 @@ def test_depth_limit_is_exact(depth: int, limit: int) -> None:
 
 
 @pytest.fixture
-async def live_client(wsgate_server: StartServer) -> Client:
+async def live_client(wsgate_server: StartServer) -> Peer:
     server = await wsgate_server(plugins={"disabled": ["echo", "users", "token_auth"]})  # the spec's types only
     return await server.connect()
 
@@ -86,7 +87,7 @@ async def live_client(wsgate_server: StartServer) -> Client:
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(frame=frames)
 async def test_the_live_dispatcher_answers_every_frame_with_an_action_or_a_documented_error(
-    live_client: Client, frame: str
+    live_client: Peer, frame: str
 ) -> None:
     reply = await live_client.request(frame)  # every frame gets exactly one answer
     assert reply["type"] in ("error", "pong", "subscribed", "unsubscribed", "message"), reply

@@ -17,9 +17,11 @@ import redis.asyncio as aioredis
 
 from wsgate.sdk.client import TRANSIENT
 from wsgate.sdk.publisher import HttpPublisher, PublishError, PublishOutcomeUnknown, RedisPublisher
-from wsgate.testing import TIMEOUT, Client, Server, StartServer, eventually
+from wsgate.testing import TIMEOUT, Peer, Server, StartServer, eventually
 
 from .conftest import PrivateRedis
+
+pytestmark = pytest.mark.slow  # Redis stalls waited out
 
 HISTORY = {"rooms": ["chat:*"], "size": 100}
 KEY = "test-api-key"
@@ -77,7 +79,7 @@ async def two_nodes(wsgate_server: StartServer, url: str, prefix: str) -> tuple[
     return a, b
 
 
-async def received_once(client: Client, data: Any) -> None:
+async def received_once(client: Peer, data: Any) -> None:
     """`client`'s next message is `data`, and nothing else comes before the pong to a ping sent after it."""
     first = await client.recv()
     assert first.get("data") == data, first

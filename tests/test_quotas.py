@@ -10,7 +10,7 @@ import pytest
 
 from wsgate.config import LimitsSettings
 from wsgate.ratelimit import RateLimiter, TokenBucket, Verdict
-from wsgate.testing import TIMEOUT, Client, StartServer, eventually
+from wsgate.testing import TIMEOUT, Peer, StartServer, eventually
 
 
 async def test_messages_over_the_rate_are_answered_and_dropped(wsgate_server: StartServer) -> None:
@@ -123,6 +123,7 @@ async def test_connections_per_address_are_refused_with_429_before_the_upgrade(w
     assert (await third.request({"type": "ping"}))["type"] == "pong"
 
 
+@pytest.mark.slow
 async def test_a_connection_storm_from_one_address_leaves_the_server_responsive(wsgate_server: StartServer) -> None:
     """2,000 connection attempts in a burst from 127.0.0.2 with max_connections_per_ip = 100."""
     server = await wsgate_server(websocket={"limits": {"max_connections_per_ip": 100}})
@@ -175,7 +176,7 @@ async def test_a_connection_storm_from_one_address_leaves_the_server_responsive(
         "para\u2029sep",  # line and paragraph separators
     ],
 )
-async def test_room_names_with_control_characters_are_refused(server_client: Client, room: str) -> None:
+async def test_room_names_with_control_characters_are_refused(server_client: Peer, room: str) -> None:
     reply = await server_client.request({"type": "subscribe", "room": room})
     assert (reply["error"], reply["detail"]) == ("invalid room name", "room names may not contain control characters")
 
@@ -196,5 +197,5 @@ async def test_room_name_pattern(wsgate_server: StartServer) -> None:
 
 
 @pytest.fixture
-async def server_client(wsgate_server: StartServer) -> Client:
+async def server_client(wsgate_server: StartServer) -> Peer:
     return await (await wsgate_server()).connect()

@@ -34,6 +34,7 @@ def write_module(directory: Path, name: str, source: str) -> Any:
     return module
 
 
+@pytest.mark.slow
 async def test_service_example(tmp_path: Path, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "settings.toml").write_text("[websocket]\nenabled = true\n")  # the cwd of every test
     monkeypatch.setenv("NOTIFY_KEY", "k-notify")

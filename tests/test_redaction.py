@@ -78,6 +78,7 @@ def test_the_redactor_masks_secret_values_tokens_and_tracebacks() -> None:
     assert record.exc_text is not None and "the-api-key-123" not in record.exc_text and "***" in record.exc_text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("url", "password", "shown"),
     [

@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
-from wsgate.testing import Client, Server, StartServer, eventually
+from wsgate.testing import Peer, Server, StartServer, eventually
 
 from .conftest import PrivateRedis
+
+pytestmark = pytest.mark.slow  # private Redis servers killed, restarted and limited
 
 HISTORY = {"rooms": ["h*"], "size": 100, "ttl": "60s"}
 PRESENCE = {"rooms": ["h*", "p*"], "node_ttl": "3s"}
@@ -43,7 +45,7 @@ async def start_nodes(wsgate_server: StartServer, url: str, prefix: str, count: 
     return [await wsgate_server(broker=broker, history=HISTORY, presence=PRESENCE) for _ in range(count)]
 
 
-async def joined(server: Server, room: str) -> Client:
+async def joined(server: Server, room: str) -> Peer:
     client = await server.connect()
     await client.subscribe(room)
     return client

@@ -71,6 +71,7 @@ async def test_restarting_one_of_two_nodes_while_publishing_loses_and_repeats_no
         await client.close()
 
 
+@pytest.mark.slow
 async def test_sigterm_in_restart_mode_closes_with_1012_and_exits_0() -> None:
     import signal
 

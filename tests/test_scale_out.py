@@ -13,7 +13,7 @@ import pytest
 
 from wsgate.broker.redis import RedisBroker
 from wsgate.sdk.publisher import HttpPublisher, PublishError, RedisPublisher
-from wsgate.testing import Client, Server, StartServer, eventually
+from wsgate.testing import Peer, Server, StartServer, eventually
 
 from .conftest import PrivateRedis
 from .processes import environment, run_wsgate, spawn, start_wsgate
@@ -34,7 +34,7 @@ def node(wsgate_server: StartServer, redis_url: str, broker_prefix: str) -> Clus
     return start
 
 
-async def joined(server: Server, room: str) -> Client:
+async def joined(server: Server, room: str) -> Peer:
     client = await server.connect()
     await client.subscribe(room)  # answered once this node receives the room from Redis
     return client
@@ -176,6 +176,7 @@ async def test_python_publishers(node: Cluster, redis_url: str, broker_prefix: s
 # --- real processes -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_two_gateway_processes_share_rooms(redis_url: str, broker_prefix: str) -> None:
     env = environment(WSGATE_BROKER__URL=redis_url, WSGATE_BROKER__PREFIX=broker_prefix)
     one, two = await start_wsgate(env=env), await start_wsgate(env=env)
@@ -201,6 +202,7 @@ async def test_two_gateway_processes_share_rooms(redis_url: str, broker_prefix: 
         await two.kill()
 
 
+@pytest.mark.slow
 async def test_gunicorn_three_workers_with_redis(redis_url: str, broker_prefix: str, tmp_path: Path) -> None:
     settings = tmp_path / "cluster.toml"
     settings.write_text(f'[websocket]\nenabled = true\n[broker]\nurl = "{redis_url}"\nprefix = "{broker_prefix}"\n')
@@ -242,6 +244,7 @@ async def test_gunicorn_three_workers_with_redis(redis_url: str, broker_prefix: 
         await server.kill()
 
 
+@pytest.mark.slow
 async def test_unreachable_redis_stops_start_up_with_one_line() -> None:
     env = environment(WSGATE_BROKER__URL="redis://127.0.0.1:1/0", WSGATE_BROKER__CONNECT_TIMEOUT="1s")
     code, stderr = await run_wsgate("--port", "0", env=env)

@@ -89,6 +89,7 @@ async def test_the_cli_entry_points_serve_the_settings_of_their_working_director
         await process.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", list(GUNICORN))
 async def test_gunicorn_serves_the_settings_of_its_working_directory(tmp_path: Path, entry: str) -> None:
     file = own_settings(tmp_path, free_port())  # (gunicorn binds its own --bind, not websocket.port)
@@ -103,6 +104,7 @@ async def test_gunicorn_serves_the_settings_of_its_working_directory(tmp_path: P
         await process.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
 async def test_config_and_check_read_the_settings_of_their_working_directory(tmp_path: Path, entry: str) -> None:
     port = free_port()

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import pytest
 
 from wsgate import Client, Message, hookimpl
 from wsgate.testing import Server, StartServer, wait_until
@@ -27,6 +28,7 @@ async def test_drain_closes_clients_with_1001_and_refuses_new_ones(server: Serve
         assert await resp.json() == {"error": "server is shutting down"}
 
 
+@pytest.mark.slow
 async def test_drain_gives_a_stalled_client_the_budget_then_counts_it(wsgate_server: StartServer) -> None:
     server = await wsgate_server(
         websocket={"write_wait": "30s", "send_queue_size": 100_000, "send_queue_bytes": 1 << 30}

@@ -24,6 +24,8 @@ from wsgate import Client, Message, hookimpl
 from wsgate.testing import TIMEOUT, StartServer, eventually
 from wsgate.types import Handler
 
+pytestmark = pytest.mark.slow  # each test stalls a server for seconds
+
 KEEPALIVE = {"ping_interval": "1s", "pong_wait": "1.5s"}
 
 

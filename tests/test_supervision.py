@@ -54,6 +54,7 @@ class Flaky:
         await asyncio.Event().wait()
 
 
+@pytest.mark.slow
 async def test_health_and_readiness_show_a_task_that_is_down(wsgate_server: StartServer) -> None:
     flaky = Flaky()
     server = await wsgate_server(flaky)
@@ -190,6 +191,7 @@ async def frozen_proxy(private_redis: PrivateRedis) -> AsyncIterator[FrozenProxy
     await proxy.close()
 
 
+@pytest.mark.slow
 async def test_a_silently_deaf_node_notices_and_says_so(
     wsgate_server: StartServer,
     private_redis: PrivateRedis,
@@ -212,3 +214,16 @@ async def test_a_silently_deaf_node_notices_and_says_so(
         assert resp.status == 503 and "broker degraded" in (await resp.json())["reasons"]
     frozen_proxy.thaw()
     await hears(on_a, on_b, timeout=20)
+
+
+def test_a_supervised_task_name_is_taken_once() -> None:
+    from wsgate.supervision import Supervisor
+
+    async def scenario() -> None:
+        supervisor = Supervisor(Metrics())
+        supervisor.spawn("x", asyncio.Event().wait)
+        with pytest.raises(ValueError, match="running already"):
+            supervisor.spawn("x", asyncio.Event().wait)
+        await supervisor.stop()
+
+    asyncio.run(scenario())

@@ -11,8 +11,10 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from wsgate.sdk.client import GatewayClient
-from wsgate.testing import Client, Server, StartServer
+from wsgate.testing import Peer, Server, StartServer
 
 from .test_auth import NO_EXAMPLE_AUTH, SECRET, bearer, refusal, token
 
@@ -25,11 +27,12 @@ def short_token(seconds: float = 1.5, **claims: Any) -> str:
     return token(exp=int(time.time() + seconds) + 1, **claims)  # whole seconds: exp is an integer
 
 
+@pytest.mark.slow
 async def test_a_connection_is_closed_when_its_token_expires(wsgate_server: StartServer) -> None:
     """The field report: a JWT expiring in 2 s still subscribed to an identity-only room 3 s later."""
     server = await expiring_server(wsgate_server, rooms=["private-* = identity"])
     expiring = short_token()
-    client = Client(await server.raw(**bearer(expiring)))
+    client = Peer(await server.raw(**bearer(expiring)))
     hello = await client.recv()
     assert abs(hello["data"]["expires_at"] / 1000 - time.time()) < 3  # told when, in milliseconds
     await client.subscribe("private-1")
@@ -43,9 +46,10 @@ async def test_a_connection_is_closed_when_its_token_expires(wsgate_server: Star
     )
 
 
+@pytest.mark.slow
 async def test_a_refreshed_token_keeps_the_connection_open(wsgate_server: StartServer) -> None:
     server = await expiring_server(wsgate_server)
-    client = Client(await server.raw(**bearer(short_token(1))))
+    client = Peer(await server.raw(**bearer(short_token(1))))
     first = (await client.recv())["data"]["expires_at"]
     answer = await client.request({"type": "refresh", "token": token(exp=int(time.time()) + 600)})
     assert answer["type"] == "refreshed" and answer["data"]["expires_at"] > first + 500_000
@@ -55,7 +59,7 @@ async def test_a_refreshed_token_keeps_the_connection_open(wsgate_server: StartS
 
 async def test_a_refresh_must_be_a_valid_token_of_the_same_user(wsgate_server: StartServer) -> None:
     server = await expiring_server(wsgate_server)
-    client = Client(await server.raw(**bearer(short_token(60))))
+    client = Peer(await server.raw(**bearer(short_token(60))))
     await client.recv()
     for request, error, detail in [
         ({"type": "refresh"}, "invalid JSON format", "field 'token' must be a non-empty string"),
@@ -76,7 +80,7 @@ async def test_a_refresh_must_be_a_valid_token_of_the_same_user(wsgate_server: S
 
 async def test_rooms_the_new_claims_no_longer_allow_are_left(wsgate_server: StartServer) -> None:
     server = await expiring_server(wsgate_server)
-    client = Client(await server.raw(**bearer(token(rooms=["a*", "b*"]))))
+    client = Peer(await server.raw(**bearer(token(rooms=["a*", "b*"]))))
     await client.recv()
     await client.subscribe("a1")
     await client.subscribe("b1")
@@ -87,6 +91,7 @@ async def test_rooms_the_new_claims_no_longer_allow_are_left(wsgate_server: Star
     assert next(iter(server.hub.connections.values())).rooms == {"a1"}
 
 
+@pytest.mark.slow
 async def test_an_operators_admin_token_ends_too(wsgate_server: StartServer) -> None:
     """The field report: a dashboard socket with an admin JWT expiring in 2 s could still tail, publish and
     disconnect 8 s later."""
@@ -95,7 +100,7 @@ async def test_an_operators_admin_token_ends_too(wsgate_server: StartServer) -> 
         plugins=NO_EXAMPLE_AUTH,
         dashboard={"enabled": True, "password": "a-long-operator-password"},
     )
-    operator = Client(await server.raw(**bearer(short_token(admin=True))))
+    operator = Peer(await server.raw(**bearer(short_token(admin=True))))
     await operator.recv()
     assert (await operator.request({"type": "dashboard_tail", "room": "private"}))["type"] == "dashboard_tailing"
     closing = await operator.closed()
@@ -112,7 +117,7 @@ async def test_a_refresh_with_fewer_rights_loses_the_tails_and_rooms_of_the_old_
         plugins=NO_EXAMPLE_AUTH,
         dashboard={"enabled": True, "password": "a-long-operator-password"},
     )
-    client = Client(await server.raw(**bearer(token(admin=True, team=True))))
+    client = Peer(await server.raw(**bearer(token(admin=True, team=True))))
     await client.recv()
     assert (await client.request({"type": "dashboard_tail", "room": "ops:secret"}))["type"] == "dashboard_tailing"
     await client.subscribe("team-1")
@@ -129,6 +134,7 @@ async def test_a_refresh_with_fewer_rights_loses_the_tails_and_rooms_of_the_old_
     assert next(iter(server.hub.connections.values())).rooms == {"public"}
 
 
+@pytest.mark.slow
 async def test_the_python_client_refreshes_by_itself(wsgate_server: StartServer) -> None:
     server = await expiring_server(wsgate_server)
     issued: list[str] = []

@@ -14,14 +14,10 @@ from .hookspecs import hookimpl  # noqa: E402
 from .protocol import ClientError, ClientGone, Message  # noqa: E402
 from .types import Client, Gateway, Handler, Position  # noqa: E402
 
-Connection = Client
-"""The name plugins used for `Client` before wsgate 0.2; kept so their annotations go on working."""
-
 __all__ = [
     "Client",
     "ClientError",
     "ClientGone",
-    "Connection",
     "Gateway",
     "Handler",
     "Identity",

@@ -24,6 +24,7 @@ import aiohttp_cors
 from aiohttp import web
 
 from .admission import AcceptErrors
+from .api import broadcast_view, publish_view
 from .broker import make_broker
 from .broker.redis_schema import new_sender_id
 from .builtin import BUILTIN_PLUGINS
@@ -57,7 +58,6 @@ from .origins import host_guard
 from .plugins import load_plugins
 from .presence import Presence, make_presence_store
 from .protocol import Decoder
-from .publish_api import broadcast_view, publish_view
 from .rooms import RoomPatterns
 from .routing import Router
 from .supervision import Supervisor

@@ -13,8 +13,8 @@ from .connection import Connection
 from .types import Gateway
 
 
-class ConnectedClient(Connection):
-    """A Connection plus `gateway`: satisfies `wsgate.Client`."""
+class GatewayConnection(Connection):
+    """A Connection bound to its gateway: what plugins receive as `wsgate.Client` (it satisfies that protocol)."""
 
     __slots__ = ("gateway",)
 

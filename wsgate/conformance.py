@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 
 from .admission import GatewayRunner
 from .app import create_app
-from .clients import ConnectedClient
+from .clients import GatewayConnection
 from .config import load_settings
 from .keys import FLUSHER, GATEWAY, HUB, METRICS, SETTINGS
 from .views import client_left, upgrade
@@ -46,7 +46,7 @@ async def echo_view(request: web.Request) -> web.StreamResponse:
     if stream is None:
         return client_left()
     hub = app[HUB]
-    conn = ConnectedClient(
+    conn = GatewayConnection(
         ws,
         stream,
         request,

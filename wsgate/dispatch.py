@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from . import errors
-from .clients import ConnectedClient
+from .clients import GatewayConnection
 from .connection import State
 from .errors import ClientError, ClientGone
 from .metrics import Metrics
@@ -72,7 +72,7 @@ class Dispatcher:
         decoder: Decoder,
         *,
         hook_timeout: float = HOOK_TIMEOUT,
-        waiting_on: Callable[[ConnectedClient], str | None] = lambda client: None,
+        waiting_on: Callable[[GatewayConnection], str | None] = lambda client: None,
     ) -> None:
         self.registry = registry
         self._metrics = metrics
@@ -80,13 +80,13 @@ class Dispatcher:
         self._rate_limited = ClientError(errors.RATE_LIMITED, "the message was dropped; send less often")
         self.hook_timeout = hook_timeout
         self._waiting_on = waiting_on
-        self._in_flight: dict[ConnectedClient, _Work] = {}  # messages being handled, oldest first
-        self._hooks: dict[ConnectedClient, _Work] = {}  # work outside messages (`until_gone`): no deadline
+        self._in_flight: dict[GatewayConnection, _Work] = {}  # messages being handled, oldest first
+        self._hooks: dict[GatewayConnection, _Work] = {}  # work outside messages (`until_gone`): no deadline
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()  # (built in create_app, on the loop that serves)
         self._timed_out: dict[str, Throttled] = {}  # one throttled warning per plugin handler or hook
 
-    def client_gone(self, client: ConnectedClient) -> None:
+    def client_gone(self, client: GatewayConnection) -> None:
         """`client` is gone (dropped, closed, draining): the handling of its message in flight, if any, is
         cancelled now (a handler cancelled this way is not answered, only logged at debug)."""
         for work in (self._in_flight.get(client), self._hooks.get(client)):
@@ -106,7 +106,7 @@ class Dispatcher:
                 work.cancelled = "timeout"
                 work.task.cancel()
 
-    def _begin(self, client: ConnectedClient) -> _Work:
+    def _begin(self, client: GatewayConnection) -> _Work:
         task = asyncio.current_task()
         assert task is not None
         work = self._in_flight[client] = _Work(task, self._loop.time() + self.hook_timeout)
@@ -114,7 +114,7 @@ class Dispatcher:
             self._sweeper = self._loop.call_at(work.deadline, self._sweep)
         return work
 
-    async def until_gone(self, client: ConnectedClient, work: Awaitable[None]) -> None:
+    async def until_gone(self, client: GatewayConnection, work: Awaitable[None]) -> None:
         """Await `work` done for `client` outside a message (e.g. `wsgate_client_connected`); it is cancelled
         once the client goes (`client_gone`). Its own time limit is its business."""
         task = asyncio.current_task()
@@ -139,7 +139,7 @@ class Dispatcher:
         self._metrics.error("hook_timeout")
         warn("%s did not finish within plugins.hook_timeout (%gs); cancelled", what, timeout)
 
-    def within_rate(self, client: ConnectedClient, size: int) -> bool:
+    def within_rate(self, client: GatewayConnection, size: int) -> bool:
         """Account for a message of `size` characters; False (answered, or the client closed) when over its limits."""
         limiter = client.limiter
         if limiter is None:
@@ -153,7 +153,7 @@ class Dispatcher:
             client.drop(errors.RATE_LIMIT_EXCEEDED)
         return False
 
-    async def dispatch(self, client: ConnectedClient, text: str) -> None:
+    async def dispatch(self, client: GatewayConnection, text: str) -> None:
         """Handle one text message from `client`; every failure is answered, none escapes.
 
         With a byte rate limit, what the answers hold beyond the message's own size (a `history` answer, a
@@ -170,7 +170,7 @@ class Dispatcher:
         await self._handle(client, text)
         limiter.charge(client.replied - replied - len(text), client.last_seen)
 
-    async def _handle(self, client: ConnectedClient, text: str) -> None:
+    async def _handle(self, client: GatewayConnection, text: str) -> None:
         kind = None
         work = self._begin(client)
         try:
@@ -211,7 +211,7 @@ class Dispatcher:
                 work.take_back()  # (cancelled, and the handler swallowed it: taken back all the same)
             self._waiting_on(client)  # forgets what it awaited, whoever cancelled it (else it holds the client)
 
-    def reject(self, client: ConnectedClient, err: ClientError) -> None:
+    def reject(self, client: GatewayConnection, err: ClientError) -> None:
         """Count `err` and answer it to the client."""
         self._metrics.error(err.kind.label)
         client.send_error(err)

@@ -15,7 +15,7 @@ from . import errors, protocol
 from .auth import AccessPolicy, expires_at_of
 from .broker import Broker, BrokerError
 from .broker.base import OutcomeUnknown
-from .clients import ConnectedClient
+from .clients import GatewayConnection
 from .config import Settings
 from .connection import State
 from .errors import ClientError, ClientGone
@@ -112,7 +112,7 @@ class Gateway:
             data["recovered"] = False  # nothing is kept for this room: the client must reload its state
         conn.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
 
-    async def _subscribe_with_history(self, conn: ConnectedClient, room: str, since: Position | None) -> None:
+    async def _subscribe_with_history(self, conn: GatewayConnection, room: str, since: Position | None) -> None:
         """Join holding live messages back, read the history, then send: `subscribed`, what was missed,
         what was held."""
         hub = self._hub
@@ -202,7 +202,7 @@ class Gateway:
 
     def client(self, client_id: str) -> Client | None:
         conn = self._hub.connections.get(client_id)
-        return conn if isinstance(conn, ConnectedClient) else None
+        return conn if isinstance(conn, GatewayConnection) else None
 
     def stats(self, *, top_rooms: int = 20, sample_clients: int = 50) -> dict[str, Any]:
         hub, totals = self._hub, self._metrics.totals()
@@ -228,8 +228,8 @@ class Gateway:
             return [dict(figures)]
 
 
-def _connection(client: Client) -> ConnectedClient:
+def _connection(client: Client) -> GatewayConnection:
     """The connection behind a `Client` this gateway handed out (TypeError for anything else)."""
-    if not isinstance(client, ConnectedClient):
+    if not isinstance(client, GatewayConnection):
         raise TypeError(f"expected a client of this gateway, got {type(client).__name__}")
     return client

@@ -51,8 +51,12 @@ def make_settings(**tables: Any) -> Settings:
     return load_settings(overrides={"websocket": websocket, **tables})
 
 
-class Client:
-    """A real WebSocket client that reads JSON messages with a bounded wait."""
+class Peer:
+    """A WebSocket peer connected to the test server (RFC 6455's word for the other endpoint).
+
+    It sends JSON values and reads JSON messages, each read bounded by `TIMEOUT`; `id` is the
+    `client_id` the gateway gave it ("" until `Server.connect` has read the `connected` message).
+    """
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
@@ -135,9 +139,9 @@ class Server:
         ws: aiohttp.ClientWebSocketResponse = await self.session.ws_connect(self.url("/ws"), **kwargs)
         return ws
 
-    async def connect(self, **kwargs: Any) -> Client:
-        """A client whose `connected` message has been read (`client.id` is set)."""
-        client = Client(await self.raw(**kwargs))
+    async def connect(self, **kwargs: Any) -> Peer:
+        """A peer whose `connected` message has been read (`peer.id` is set)."""
+        client = Peer(await self.raw(**kwargs))
         hello = await client.recv()
         assert hello["type"] == "connected", hello
         client.id = hello["data"]["client_id"]

@@ -14,7 +14,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from . import __version__, errors, protocol
 from .auth import SUBPROTOCOL, expires_at_of, unauthorized, user_id_of
-from .clients import ConnectedClient
+from .clients import GatewayConnection
 from .connection import Connection
 from .dispatch import Dispatcher
 from .errors import ClientError, CloseReason
@@ -188,7 +188,7 @@ async def _open(request: web.Request) -> web.StreamResponse:
         finally:
             dispatcher.client_gone(conn)
 
-    conn = ConnectedClient(
+    conn = GatewayConnection(
         ws,
         stream,
         request,
@@ -230,7 +230,7 @@ async def _open(request: web.Request) -> web.StreamResponse:
 
 
 async def _read_loop(
-    ws: web.WebSocketResponse, conn: ConnectedClient, dispatcher: Dispatcher, metrics: Metrics
+    ws: web.WebSocketResponse, conn: GatewayConnection, dispatcher: Dispatcher, metrics: Metrics
 ) -> None:
     binary_error = ClientError(errors.BINARY_NOT_SUPPORTED, "send JSON messages as text frames")
     batch = 0
@@ -266,7 +266,7 @@ async def _read_loop(
             return
 
 
-def _connected_data(conn: ConnectedClient) -> dict[str, Any]:
+def _connected_data(conn: GatewayConnection) -> dict[str, Any]:
     """The spec's `connected` data; with `user_id` added for an authenticated client, and `expires_at`
     (Unix time in milliseconds) when its token expires: refresh before then, or be closed with 4001."""
     data: dict[str, Any] = {"client_id": conn.id, "message": protocol.CONNECTED_TEXT}

@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import wsgate_users
 
-from wsgate.testing import Client, Server, StartServer
+from wsgate.testing import Peer, Server, StartServer
 
 SECRET = "a-test-secret-for-the-users-plugin-" + "x" * 32
 
@@ -22,7 +22,7 @@ async def users_server(wsgate_server: StartServer, **users: Any) -> Server:
     )
 
 
-async def signed_in(server: Server, sub: str) -> Client:
+async def signed_in(server: Server, sub: str) -> Peer:
     token = jwt.encode({"sub": sub, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
     return await server.connect(headers={"Authorization": f"Bearer {token}"})
 

@@ -1,4 +1,4 @@
-"""The server-side publish API: services in any language push to clients over HTTP.
+"""The HTTP API (`/api/...`): services in any language push to clients over HTTP.
 
 `POST /api/publish {"room": R, "data": ANY, "type"?: T}` and `POST /api/broadcast
 {"data": ANY, "type"?: T}`, with `Authorization: Bearer <api.key>`. Delivered
