@@ -83,9 +83,14 @@ async def test_slow_requests_from_one_address_do_not_starve_the_server(wsgate_se
 
 
 async def test_out_of_file_descriptors_is_logged_once_and_the_server_recovers() -> None:
-    """A server limited to 256 file descriptors; 300 slow sockets, each from its own address."""
+    """A server limited to 256 file descriptors; 300 slow sockets, each from its own address, held until the server
+    has run out (its request_timeout is longer than the test: how fast the sockets connect does not matter); then
+    they leave, and the server accepts again."""
     process = await spawn(
-        "sh", "-c", f"ulimit -n 256 && exec {sys.executable} -m wsgate --host 127.0.0.1 --port 0", env=_env()
+        "sh",
+        "-c",
+        f"ulimit -n 256 && exec {sys.executable} -m wsgate --host 127.0.0.1 --port 0",
+        env={**_env(), "WSGATE_SECURITY__REQUEST_TIMEOUT": "60s"},
     )
     try:
         match = await process.wait_for_line(r"listening on 127\.0\.0\.1:(\d+)")
@@ -94,8 +99,9 @@ async def test_out_of_file_descriptors_is_logged_once_and_the_server_recovers() 
         sources = [f"127.0.{1 + n // 250}.{1 + n % 250}" for n in range(300)]
         slow = [asyncio.create_task(slow_client(port, source, stop)) for source in sources]
         await process.wait_for_line("cannot accept connections")  # it ran out, and said so
+        stop.set()  # the slow sockets close: descriptors are freed, accepting resumes
         async with aiohttp.ClientSession() as session:
-            async with asyncio.timeout(20):  # request_timeout frees descriptors; accepting resumes
+            async with asyncio.timeout(20):
                 while True:
                     try:
                         async with session.get(
@@ -106,7 +112,6 @@ async def test_out_of_file_descriptors_is_logged_once_and_the_server_recovers() 
                     except (aiohttp.ClientError, TimeoutError):
                         pass
                     await asyncio.sleep(0.1)  # the server is out of descriptors: nothing to wait on but time
-        stop.set()
         await asyncio.gather(*slow)
         process.proc.terminate()
         await process.finish(20)
