@@ -173,23 +173,23 @@ ROOM_REQUIRED: Final = ErrorKind(102, "room name is required", "room_required")
 NOT_SUBSCRIBED: Final = ErrorKind(103, "not subscribed to this room", "not_subscribed")
 """Publishing to, or leaving, a room the client is not in (the spec)."""
 ROOM_FULL: Final = ErrorKind(104, "room is at maximum capacity", "room_full", temporary=True)
-"""`websocket.limits.max_clients_per_room` reached (the spec)."""
+"""`websocket.limits.max_connections_per_room` reached (the spec)."""
 SERVER_FULL_ERROR: Final = ErrorKind(105, "server is at maximum capacity", "server_full", temporary=True)
 """`websocket.limits.max_connections` reached (the spec); followed by the close `SERVER_FULL`."""
 
 # The texts wsgate adds (README "Protocol", "Error texts and close codes").
 ROOM_TOO_LONG: Final = ErrorKind(110, "room name is too long", "room_too_long")
-"""A room name over `websocket.limits.max_room_length` characters."""
+"""A room name over `websocket.limits.max_room_name_length` characters."""
 INVALID_ROOM: Final = ErrorKind(111, "invalid room name", "invalid_room")
-"""A room name with a control character, or not matching `websocket.limits.room_pattern`."""
+"""A room name with a control character, or not matching `websocket.limits.room_name_pattern`."""
 TOO_DEEP: Final = ErrorKind(112, "message is nested too deeply", "too_deep")
-"""Arrays and objects nested past `websocket.limits.max_depth`."""
+"""Arrays and objects nested past `websocket.limits.max_json_depth`."""
 BINARY_NOT_SUPPORTED: Final = ErrorKind(113, "binary frames are not supported", "binary_frame")
 """A binary frame: messages are JSON text frames."""
 TOO_MANY_ROOMS: Final = ErrorKind(120, "too many rooms", "too_many_rooms")
 """`websocket.limits.max_rooms_per_client` reached."""
 RATE_LIMITED: Final = ErrorKind(121, "rate limit exceeded", "rate_limited", temporary=True)
-"""Over `websocket.limits.rate_limit` or `rate_limit_bytes`: the message was dropped."""
+"""Over `websocket.limits.messages_per_second` or `bytes_per_second`: the message was dropped."""
 NOT_ALLOWED: Final = ErrorKind(122, "not allowed", "not_allowed")
 """Refused by `[auth]` rules, a token's claims or a plugin's `wsgate_authorize`."""
 INVALID_TOKEN: Final = ErrorKind(123, "invalid token", "invalid_token")
