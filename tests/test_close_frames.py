@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgate import Client, Message, hookimpl
+from wsgate.errors import plugin_close
 from wsgate.testing import TIMEOUT, StartServer
 from wsgate.types import Handler
 from wsgate.wire import MAX_CLOSE_REASON, SENDABLE_CODES, close_fields, control_frame, data_frame
@@ -96,8 +97,8 @@ async def test_the_drain_goes_through_the_same_rule(wsgate_server: StartServer) 
     client = await server.connect()
     conn = server.hub.connections[client.id]
     with pytest.raises(ValueError, match="close code 1006"):
-        conn.close_gracefully(1006, "abnormal", 1.0)
-    conn.close_gracefully(1001, "ü" * 100, 1.0)
+        conn.close_gracefully(plugin_close(1006, "abnormal"), 1.0)
+    conn.close_gracefully(plugin_close(1001, "ü" * 100), 1.0)
     msg = await close_of(client.ws)
     assert (msg.data, msg.extra) == (1001, "ü" * 61)
 

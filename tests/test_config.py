@@ -405,3 +405,80 @@ def test_values_are_parsed_once_into_what_their_users_need(monkeypatch: pytest.M
     assert (rules[0].placeholder, rules[1].requirement) == ("sub", "claim:admin")
     pattern = settings.websocket.limits.room_name_pattern
     assert isinstance(pattern, LinearPattern) and pattern.fullmatch("chat:a") and not pattern.fullmatch("Chat")
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "key", "value"),
+    [
+        ("WEBSOCKET_PORT", '"8082"', "port", 8082),  # `docker run --env-file` keeps the quotes
+        ("WEBSOCKET_ENABLED", '"true"', "enabled", True),
+        ("WEBSOCKET_ENABLED", "' Yes '", "enabled", True),
+        ("WEBSOCKET_ENABLED", " no ", "enabled", False),
+        ("WEBSOCKET_PORT", " 8083 ", "port", 8083),
+        ("WEBSOCKET_PING_INTERVAL", '"30s"', "ping_interval", 30.0),
+        ("WSGATE_WEBSOCKET__LIMITS__MESSAGES_PER_SECOND", "'2.5'", "limits.messages_per_second", 2.5),
+        ("WSGATE_PLUGINS__DISABLED", "'[\"echo\"]'", "plugins.disabled", ("echo",)),
+        ("WSGATE_API__SERVER_ID", "12345", "api.server_id", "12345"),  # text stays text
+        ("WSGATE_API__SERVER_ID", '"12345"', "api.server_id", "12345"),
+    ],
+)
+def test_variables_are_read_with_one_grammar_quoted_or_not(
+    monkeypatch: pytest.MonkeyPatch, variable: str, text: str, key: str, value: object
+) -> None:
+    monkeypatch.setenv(variable, text)
+    settings: object = load_settings()
+    parts = key.split(".")
+    if parts[0] not in ("plugins", "api"):
+        parts.insert(0, "websocket")
+    for part in parts:
+        settings = getattr(settings, part)
+    assert settings == value
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "expected"),
+    [
+        ("WEBSOCKET_PORT", "+8081", "an integer"),
+        ("WEBSOCKET_PORT", "8_081", "an integer"),
+        ("WEBSOCKET_PORT", "8081.0", "an integer"),
+        ("WEBSOCKET_ENABLED", "on", "true or false (or 1/0, yes/no)"),
+        ("WEBSOCKET_ENABLED", "t", "true or false (or 1/0, yes/no)"),
+        ("WSGATE_PLUGINS__DISABLED", "echo", 'a list of strings, e.g. ["a", "b"]'),
+    ],
+)
+def test_variables_outside_the_grammar_are_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, text: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, text)
+    with pytest.raises(ConfigError, match=f"\\({variable}\\) = .*: expected {re.escape(expected)}$"):
+        load_settings()
+
+
+@pytest.mark.parametrize("name", ["LOADERS_FOR_DYNACONF", "CORE_LOADERS_FOR_DYNACONF", "MERGE_ENABLED_FOR_DYNACONF"])
+def test_dynaconf_variables_that_change_how_it_reads_are_refused(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Found in review: LOADERS_FOR_DYNACONF=false switched off every WSGATE_* and WEBSOCKET_* variable, silently."""
+    monkeypatch.setenv(name, "false")
+    monkeypatch.setenv("WEBSOCKET_PORT", "9000")
+    with pytest.raises(ConfigError, match=f"^environment variable {name} would change how dynaconf reads settings"):
+        load_settings()
+
+
+def test_dynaconf_prefixed_variables_are_named_as_not_read() -> None:
+    from wsgate.config import unknown_variables
+
+    assert unknown_variables({"DYNACONF_WEBSOCKET__PORT": "9"}) == [
+        "environment variable DYNACONF_WEBSOCKET__PORT is not read (wsgate reads WSGATE_* variables); "
+        "did you mean WSGATE_WEBSOCKET__PORT?"
+    ]
+
+
+def test_a_plugin_variable_keeps_the_case_of_keys_below_its_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSGATE_PLUGINS__TOKEN_AUTH__TOKENS__S3CRET", "alice")
+    assert dict(load_settings().plugins.options["token_auth"]["tokens"]) == {"S3CRET": "alice"}
+
+
+def test_an_error_shows_a_table_a_variable_set_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WSGATE_PLUGINS__STRICT__X", "1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "EnvText" not in str(caught.value) and "'x': '1'" in str(caught.value), caught.value

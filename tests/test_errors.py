@@ -36,6 +36,7 @@ def test_a_plugins_close_counts_as_other_unless_it_is_word_for_word_one_of_the_s
     own = errors.plugin_close(4000, "bye")
     assert (own.code, own.text, own.label) == (4000, "bye", "other")
     assert errors.plugin_close(1000, "token expired").label == "token_expired"  # as the text table counted it
+    assert errors.plugin_close(1000, "").label == "client"  # a close without a reason counted as `client`
 
 
 def test_the_protocol_texts_are_the_error_values_texts() -> None:
@@ -76,6 +77,13 @@ def test_client_error_takes_a_value_a_documented_text_or_a_plugins_text() -> Non
     assert (own.text, own.kind.label, own.detail) == ("no such user", "rejected", None)
     assert protocol.encode_error(by_value) == protocol.encode_error(by_text)
     assert wsgate.ClientError is protocol.ClientError is errors.ClientError
+    assert wsgate.ClientError(text="no such user", detail="x").text == "no such user"  # the documented keywords
+
+
+def test_config_errors_share_the_base_too() -> None:
+    from wsgate.config import ConfigError
+
+    assert issubclass(ConfigError, errors.WsgateError)
 
 
 @pytest.mark.parametrize(

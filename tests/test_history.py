@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from wsgate.broker.memory import MemoryHistory
 from wsgate.config import HistorySettings
-from wsgate.history import MemoryHistory, Position, comes_after, later_epoch, stamp, stamp_of
+from wsgate.history import Position, comes_after, later_epoch, stamp, stamp_of
 from wsgate.rooms import RoomPatterns
 from wsgate.testing import Peer, Server, StartServer
 

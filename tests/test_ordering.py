@@ -194,7 +194,7 @@ class World:
 
     def relay(self, index: int) -> None:
         if self.relays:
-            self.carry_out(self.core.stamped(ROOM, self.relays.pop(index % len(self.relays)), self.deadline()))
+            self.carry_out(self.core.relayed(ROOM, self.relays.pop(index % len(self.relays)), self.deadline()))
 
     def lose_relay(self, index: int) -> None:
         if self.relays:

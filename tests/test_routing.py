@@ -368,3 +368,39 @@ async def test_router_a_publish_held_behind_an_earlier_offset_holds_later_publis
     second = asyncio.ensure_future(router.publish("plain", b'{"type":"message","room":"plain","data":4}'))
     assert await first == 1 and await second == 1  # after the gap wait, once 1 and 2 are read from the history
     assert [m["data"] for m in transport.messages()] == [1, 2, 3, 4]
+
+
+async def test_router_a_cancelled_history_read_does_not_leave_the_room_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: a catch-up read that was cancelled never answered the core, so the room's catch-up stayed
+    "under way" and every later held message and own publish waited until the room was forgotten."""
+    parts, router, transport = _member_of_h1(gap_wait=0.01)
+    reading = asyncio.Event()
+
+    async def never_answers(room: str, since: Position, **_: Any) -> Any:
+        reading.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(parts.broker, "history_replay", never_answers)
+    router.expect("h1", Position(0, "e1"))
+    router.receive("h1", _kept(1, 1, "e1"))
+    router.receive("h1", _kept(3, 3, "e1"))  # 2 is missing: after the gap wait, it is read
+    await asyncio.wait_for(reading.wait(), 5)
+    for task in list(router._reads):
+        task.cancel()
+    await asyncio.wait_for(asyncio.gather(*router._reads, return_exceptions=True), 5)
+    assert [m["data"] for m in transport.messages()] == [1, 3]  # the read failed: 3 went out, 2 counted as lost
+    assert parts.metrics.error_count("history_gap") == 1
+    router.receive("h1", _kept(4, 4, "e1"))
+    await turn()
+    assert [m["data"] for m in transport.messages()] == [1, 3, 4]
+
+
+async def test_router_close_stops_its_timers_and_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts, router, transport = _member_of_h1(gap_wait=60)
+    router.expect("h1", Position(0, "e1"))
+    router.receive("h1", _kept(2, 2, "e1"))  # held behind 1: a wake-up is set
+    assert router._wakes
+    router.close()
+    assert not router._wakes

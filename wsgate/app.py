@@ -221,6 +221,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
             await presence_store.close()
     finally:
         await broker.close()
+        app[ROUTER].close()
         await supervisor.stop()
         loop.set_exception_handler(previous_handler)
 

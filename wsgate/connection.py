@@ -345,15 +345,9 @@ class Connection:
         self._clear()
         self._loop.call_soon(self._on_drop, self)
 
-    @overload
-    def close_gracefully(self, code: CloseReason, timeout: float, /) -> None: ...
-    @overload
-    def close_gracefully(self, code: int, reason: str, timeout: float, /) -> None: ...
-    def close_gracefully(self, code: CloseReason | int, reason: str | float, timeout: float = 0.0, /) -> None:
-        """Close after writing what is already queued (the shutdown drain), without waiting; idempotent.
-
-        `close_gracefully(errors.SHUTTING_DOWN, timeout)` for one of the server's reasons, or
-        `close_gracefully(code, reason, timeout)` for any other (`errors.plugin_close`).
+    def close_gracefully(self, why: CloseReason, timeout: float) -> None:
+        """Close for `why` (`errors.SHUTTING_DOWN`, `errors.SERVICE_RESTART`) after writing what is already
+        queued (the shutdown drain), without waiting; idempotent.
 
         New messages are no longer taken. The outbox is written, then the close frame (RFC 6455
         section 7.1.2), then the close handshake is awaited: all within `timeout` seconds. A client
@@ -361,19 +355,14 @@ class Connection:
         counted (`websocket_errors_total{reason="drain_incomplete"}`), logged, and its socket aborted.
         Raises ValueError for a code an endpoint may not send, as `drop` does.
         """
-        if isinstance(code, CloseReason):
-            why, timeout = code, float(reason)
-        else:
-            why = plugin_close(code, str(reason))
         close_fields(why.code, why.text)
         if self.state is not State.OPEN:
             return
         self.state = State.CLOSING
         self.close_cause = why
-        self.close_code = code = why.code
-        reason = why.text
+        self.close_code = why.code
         self._loop.call_soon(self._on_drop, self)  # out of its rooms now: nothing new is queued
-        self._closer = asyncio.create_task(self._finish(code, reason, timeout), name=f"wsgate-close-{self.id}")
+        self._closer = asyncio.create_task(self._finish(why.code, why.text, timeout), name=f"wsgate-close-{self.id}")
 
     async def _finish(self, code: int, reason: str, timeout: float) -> None:
         queued = len(self._outbox)

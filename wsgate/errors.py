@@ -100,15 +100,16 @@ SERVER_FULL: Final = CloseReason(TRY_AGAIN_LATER, "server is at maximum capacity
 (1013, "Try Again Later", RFC 6455 section 11.7). The socket is refused before it is a client: never counted
 as a closed connection."""
 
-_SESSION_ENDED = "dashboard session ended"
-DASHBOARD_LOGGED_OUT: Final = CloseReason(POLICY_VIOLATION, f"{_SESSION_ENDED}: logged out", "other", Reconnect.NO)
+SESSION_ENDED = "dashboard session ended"
+"""The beginning of every dashboard session close reason; the rest says why."""
+DASHBOARD_LOGGED_OUT: Final = CloseReason(POLICY_VIOLATION, f"{SESSION_ENDED}: logged out", "other", Reconnect.NO)
 """The dashboard login a socket was opened with was logged out (README "Dashboard"; 1008, counted as `other`)."""
 
-DASHBOARD_EXPIRED: Final = CloseReason(POLICY_VIOLATION, f"{_SESSION_ENDED}: expired", "other", Reconnect.NO)
+DASHBOARD_EXPIRED: Final = CloseReason(POLICY_VIOLATION, f"{SESSION_ENDED}: expired", "other", Reconnect.NO)
 """The dashboard login a socket was opened with passed `dashboard.session_ttl` (1008, counted as `other`)."""
 
 DASHBOARD_REPLACED: Final = CloseReason(
-    POLICY_VIOLATION, f"{_SESSION_ENDED}: replaced by a new login", "other", Reconnect.NO
+    POLICY_VIOLATION, f"{SESSION_ENDED}: replaced by a new login", "other", Reconnect.NO
 )
 """The dashboard login a socket was opened with was replaced by a newer one (1008, counted as `other`)."""
 
@@ -138,12 +139,13 @@ _CLOSE_BY_TEXT: Final = {reason.text: reason for reason in CLOSE_REASONS}
 
 def plugin_close(code: int, text: str) -> CloseReason:
     """The CloseReason of a plugin's `client.drop(code, text)`: counted as `other`, unless `text` is word for
-    word one of the server's own reasons (then under its label, as metrics counted it before reasons were
-    values). `code` is sent as given (checked when the frame is built)."""
+    word one of the server's own reasons (then under its label), or empty (`client`, as a close without a
+    reason always was). `code` is sent as given (checked when the frame is built)."""
     known = _CLOSE_BY_TEXT.get(text)
     if known is not None and known.code == code:
         return known
-    return CloseReason(code, text, known.label if known else "other", Reconnect.BACKOFF)
+    label = known.label if known else CLIENT_CLOSED_LABEL if not text else "other"
+    return CloseReason(code, text, label, Reconnect.BACKOFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,13 +247,13 @@ def plugin_error(text: str) -> ErrorKind:
 class ClientError(WsgateError):
     """Answered to the client as `{"type":"error","error":text}`; the connection stays open.
 
-    `ClientError(kind, detail=None)`: `kind` is an ErrorKind (`wsgate.errors.NOT_ALLOWED`) or its text
+    `ClientError(text, detail=None)`: `text` is an ErrorKind (`wsgate.errors.NOT_ALLOWED`) or its text
     (`wsgate.protocol.NOT_ALLOWED`, or a plugin's own text, counted as `rejected`). `detail`, when given, is
     sent as an extra `detail` field that says precisely what was wrong.
     """
 
-    def __init__(self, kind: ErrorKind | str, detail: str | None = None) -> None:
-        self.kind = kind if isinstance(kind, ErrorKind) else plugin_error(kind)
+    def __init__(self, text: ErrorKind | str, detail: str | None = None) -> None:
+        self.kind = text if isinstance(text, ErrorKind) else plugin_error(text)
         super().__init__(self.kind.text)
         self.text = self.kind.text
         self.detail = detail

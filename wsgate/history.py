@@ -1,4 +1,4 @@
-"""Room history: offsets and epochs, which rooms keep history, and the in-memory store.
+"""Room history: offsets and epochs, pure (no I/O, no settings): the stores are the brokers'.
 
 A message published to a room with history gets the room's next `offset`
 (1, 2, 3, ...) and the room's `epoch`, the name of one unbroken run of
@@ -17,11 +17,8 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-from .config import HistorySettings
 
 OFFSET_FIELD = b',"offset":'
 
@@ -91,94 +88,6 @@ def epoch_order(epoch: str) -> tuple[int, str]:
 def later_epoch(epoch: str, than: str) -> bool:
     """Whether `epoch` began after `than` (`epoch_order`)."""
     return epoch_order(epoch) > epoch_order(than)
-
-
-class _Room:
-    __slots__ = ("epoch", "offset", "entries", "last_used")
-
-    def __init__(self, size: int, now: float) -> None:
-        self.epoch = new_epoch()
-        self.offset = 0
-        self.entries: deque[tuple[int, bytes]] = deque(maxlen=size)  # (offset, payload)
-        self.last_used = now
-
-
-class MemoryHistory:
-    """History kept in this process (the memory broker's): the last `size` messages per room.
-
-    A room's state (epoch, offset, messages) exists from its first message on (reading creates
-    nothing) and is forgotten `ttl` after its last message; the next message starts a new epoch.
-    Expired rooms are swept every `ttl / 4`, and at most `max_rooms` are kept (the least recently
-    published to go first): state that clients' choice of room names creates is bounded.
-    """
-
-    def __init__(self, settings: HistorySettings, clock: Callable[[], float] = time.monotonic) -> None:
-        self._size = settings.size
-        self._ttl = settings.ttl
-        self._max_rooms = settings.max_rooms
-        self._clock = clock
-        self._rooms: dict[str, _Room] = {}  # least recently published to first
-        self._next_sweep = clock() + settings.ttl / 4
-
-    def _existing(self, room: str) -> _Room | None:
-        now = self._clock()
-        if now >= self._next_sweep:
-            self._sweep(now)
-        state = self._rooms.get(room)
-        return state if state is not None and now - state.last_used <= self._ttl else None
-
-    def _room(self, room: str) -> _Room:
-        state = self._existing(room)
-        if state is None:
-            self._rooms.pop(room, None)  # (expired)
-            while len(self._rooms) >= self._max_rooms:
-                del self._rooms[next(iter(self._rooms))]
-            state = self._rooms[room] = _Room(self._size, self._clock())
-        else:
-            self._rooms[room] = self._rooms.pop(room)  # now the most recently used
-        return state
-
-    def _sweep(self, now: float) -> None:
-        self._next_sweep = now + self._ttl / 4
-        expired = [name for name, state in self._rooms.items() if now - state.last_used > self._ttl]
-        for name in expired:
-            del self._rooms[name]
-
-    def append(self, room: str, head: bytes) -> bytes:
-        """Give the next offset to a message (`head` as for `stamp`), keep it, and return its bytes."""
-        state = self._room(room)
-        state.offset += 1
-        state.last_used = self._clock()
-        payload = stamp(head, state.offset, state.epoch)
-        state.entries.append((state.offset, payload))
-        return payload
-
-    def position(self, room: str) -> Position:
-        state = self._existing(room)
-        return Position(state.offset, state.epoch) if state is not None else NO_HISTORY
-
-    def replay(self, room: str, since: Position, *, max_bytes: int = 0) -> Replay:
-        """What a client at `since` missed (`replay_from`); `recovered=False` past `max_bytes` (0: no bound)."""
-        state = self._existing(room)
-        if state is None:
-            return replay_from(NO_HISTORY, [], since)
-        position = Position(state.offset, state.epoch)
-        after = [e for e in state.entries if e[0] > since.offset]
-        if max_bytes and sum(len(payload) for _, payload in after) > max_bytes:
-            return Replay(position, recovered=False)
-        return replay_from(position, after, since)
-
-    def last(self, room: str, limit: int, *, before: int = 0, max_bytes: int = 0) -> tuple[Position, list[bytes]]:
-        """The last `limit` messages below offset `before` (0: any) that fit in `max_bytes` (`newest_within`);
-        a room with no history yet is not created (epoch "")."""
-        state = self._existing(room)
-        if state is None:
-            return NO_HISTORY, []
-        newest_first = (payload for offset, payload in reversed(state.entries) if not before or offset < before)
-        return Position(state.offset, state.epoch), newest_within(newest_first, limit, max_bytes)
-
-    def __len__(self) -> int:
-        return len(self._rooms)
 
 
 def newest_within(newest_first: Iterable[bytes], limit: int, max_bytes: int) -> list[bytes]:

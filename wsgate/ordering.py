@@ -9,8 +9,8 @@ publisher awaiting its count.
 
 Offsets. A message published to a room with history gets the room's next offset
 in its epoch (`wsgate.history`). This node's own messages come back in the
-broker's answer to append (`Ordering.stamped` with a waiter), the other nodes'
-through the relay (`Ordering.stamped` without one): two paths with no order
+broker's answer to append (`Ordering.queue`, then `Ordering.answered`), the other
+nodes' through the relay (`Ordering.relayed`): two paths with no order
 between them. A room's offsets are contiguous, so each room with local members
 has a sequence that sends offsets out one after another; a message whose
 predecessor is still on its way is held, at most until the deadline the driver
@@ -93,7 +93,8 @@ class Fail(NamedTuple, Generic[W]):
 
 
 class Read(NamedTuple):
-    """Read `room`'s history after `since`, then answer `Ordering.read(ticket, since, replay or None)`."""
+    """Read `room`'s history after `since`, then answer `Ordering.read(ticket, since, replay or None, deadline)`,
+    also when the read fails or is cancelled (None): until then the room's catch-up counts as under way."""
 
     room: str
     since: Position
@@ -219,7 +220,7 @@ class Ordering(Generic[M, W]):
         self._deliver_ready(out, deadline)
         return out
 
-    def stamped(self, room: str, message: bytes, deadline: float) -> list[Action[W]]:
+    def relayed(self, room: str, message: bytes, deadline: float) -> list[Action[W]]:
         """A message of `room` relayed from another node arrived: it goes out in the room's offset order (at
         once when it has no stamp)."""
         out: list[Action[W]] = []

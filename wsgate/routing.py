@@ -64,6 +64,7 @@ class Router:
         self._gap_wait = gap_wait
         self._wakes: dict[str, asyncio.TimerHandle] = {}  # room -> its wake-up (Wake)
         self._reads: set[asyncio.Task[None]] = set()  # history reads under way (Read)
+        self._closed = False
 
     def keeps_history(self, room: str | None) -> bool:
         """Whether messages to `room` get offsets (`history.rooms`)."""
@@ -102,7 +103,7 @@ class Router:
     def receive(self, room: str | None, message: bytes) -> None:
         """A message another node published (the broker's callback): deliver it to this node's members."""
         if room is not None and self._history_rooms.match(room):
-            self._carry_out(self._order.stamped(room, message, self._deadline()))  # (unstamped: straight out)
+            self._carry_out(self._order.relayed(room, message, self._deadline()))  # (unstamped: straight out)
         else:
             self._deliver(room, message)
 
@@ -132,35 +133,41 @@ class Router:
         self._carry_out(self._order.answered(entry, message, error, self._deadline()))
 
     def _carry_out(self, actions: list[Action[Waiter]]) -> None:
-        """Do what the core asked, in order."""
+        """Do what the core asked, in order. The core's state has already moved on: an action that fails is
+        logged and the rest still run, so no publisher is left waiting."""
         for action in actions:
-            if isinstance(action, Deliver):
-                delivered = self._deliver(action.room, action.message)
-                if action.waiter is not None:
-                    _finish(action.waiter, delivered)
-            elif isinstance(action, Done):
-                _finish(action.waiter, action.clients)
-            elif isinstance(action, Fail):
-                if not action.waiter.done():  # (the publisher went away)
-                    action.waiter.set_exception(action.error)
-            elif isinstance(action, Wake):
-                self._cancel_wake(action.room)
-                loop = asyncio.get_running_loop()
-                self._wakes[action.room] = loop.call_at(action.at, self._woke, action.room, action.at)
-            elif isinstance(action, CancelWake):
-                self._cancel_wake(action.room)
-            elif isinstance(action, Read):
-                self._read(action)
-            elif isinstance(action, Gap):
-                log.warning(
-                    "room %r: offsets %d to %d are lost (not relayed, no longer in the history); "
-                    "sending what came after",
-                    action.room,
-                    action.first,
-                    action.last,
-                    extra={"room": action.room},
-                )
-                self._metrics.error("history_gap")
+            try:
+                self._carry_out_one(action)
+            except Exception:
+                log.exception("routing: carrying out %s failed", type(action).__name__)
+
+    def _carry_out_one(self, action: Action[Waiter]) -> None:
+        if isinstance(action, Deliver):
+            delivered = self._deliver(action.room, action.message)
+            if action.waiter is not None:
+                _finish(action.waiter, delivered)
+        elif isinstance(action, Done):
+            _finish(action.waiter, action.clients)
+        elif isinstance(action, Fail):
+            if not action.waiter.done():  # (the publisher went away)
+                action.waiter.set_exception(action.error)
+        elif isinstance(action, Wake):
+            self._cancel_wake(action.room)
+            loop = asyncio.get_running_loop()
+            self._wakes[action.room] = loop.call_at(action.at, self._woke, action.room, action.at)
+        elif isinstance(action, CancelWake):
+            self._cancel_wake(action.room)
+        elif isinstance(action, Read):
+            self._read(action)
+        elif isinstance(action, Gap):
+            log.warning(
+                "room %r: offsets %d to %d are lost (not relayed, no longer in the history); sending what came after",
+                action.room,
+                action.first,
+                action.last,
+                extra={"room": action.room},
+            )
+            self._metrics.error("history_gap")
 
     def _deliver(self, room: str | None, message: bytes) -> int:
         count = self._hub.deliver(room, message)
@@ -181,17 +188,29 @@ class Router:
         self._carry_out(self._order.woke(room, max(at, asyncio.get_running_loop().time())))
 
     def _read(self, read: Read) -> None:
+        if self._closed:
+            return  # shutting down: nothing will be delivered
         task = asyncio.get_running_loop().create_task(self._read_history(read), name=f"wsgate-fill-{read.room}")
         self._reads.add(task)
         task.add_done_callback(self._reads.discard)
 
     async def _read_history(self, read: Read) -> None:
+        replay = None
         try:
             replay = await self._broker.history_replay(read.room, read.since)
         except Exception:  # (BrokerError: Redis away; anything else is logged) held messages still go out
             log.debug("room %r: reading missing offsets failed", read.room, exc_info=True)
-            replay = None
-        self._carry_out(self._order.read(read.ticket, read.since, replay, self._deadline()))
+        finally:  # answered whatever happened, cancellation included: else the room's catch-up never ends
+            self._carry_out(self._order.read(read.ticket, read.since, replay, self._deadline()))
+
+    def close(self) -> None:
+        """Stop the timers and history reads the ordering asked for (at shutdown, after the broker closed)."""
+        self._closed = True
+        for handle in self._wakes.values():
+            handle.cancel()
+        self._wakes.clear()
+        for task in self._reads:
+            task.cancel()
 
 
 def _finish(waiter: Waiter, count: int) -> None:

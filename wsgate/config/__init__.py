@@ -14,7 +14,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..rooms import PLACEHOLDER, REQUIREMENT, ROOM_RULE
 from .checks import check_relations, inert_settings
 from .errors import ConfigError, explain
 from .report import describe_settings, secrets_of
@@ -47,6 +46,7 @@ from .schema import (
 from .sources import (
     DEFAULT_SETTINGS_FILE,
     DYNACONF_FILE_VARIABLES,
+    DYNACONF_VARIABLES,
     NOT_SETTINGS,
     SETTINGS_FILE_ENV,
     describe_source,
@@ -59,13 +59,11 @@ from .sources import (
 __all__ = [
     "DEFAULT_SETTINGS_FILE",
     "DYNACONF_FILE_VARIABLES",
+    "DYNACONF_VARIABLES",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "NOT_SETTINGS",
-    "PLACEHOLDER",
-    "REQUIREMENT",
     "RESERVED_PATHS",
-    "ROOM_RULE",
     "SETTINGS_FILE_ENV",
     "SPEC_ENV_PREFIX",
     "ApiSettings",

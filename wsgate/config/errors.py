@@ -108,7 +108,16 @@ def _raw_value(raw: Mapping[str, Any], key: str) -> Any:
     value: Any = raw
     for part in key.split("."):
         value = value.get(part) if isinstance(value, Mapping) else None
-    return value.text if isinstance(value, EnvText) else value
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    """`value` as the user wrote it: a variable's text, also inside a table a variable set."""
+    if isinstance(value, EnvText):
+        return value.text
+    if isinstance(value, Mapping):
+        return {name: _plain(item) for name, item in value.items()}
+    return value
 
 
 def show(value: Any) -> str:

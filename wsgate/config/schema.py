@@ -10,14 +10,17 @@ one-line messages).
 
 Values arrive in two shapes: TOML values from the settings file (or Python values from `overrides`), checked
 strictly (`port = "80"` is refused: the file says what it means), and `EnvText` from variables, whose text the
-field's type reads (pydantic's own parsing of strings for numbers and booleans, TOML for lists).
+field's type reads, unquoted when it is a quoted TOML string (`"8081"`, as `docker run --env-file` keeps it):
+integers as optional minus and digits, numbers as Python's `float`, booleans as true/false, 1/0 or yes/no in any
+case, lists as TOML lists, text as written (the grammar README "Configuration" states).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+import tomllib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Annotated, Any, NoReturn
@@ -29,8 +32,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SkipValidation,
-    TypeAdapter,
-    ValidationError,
     ValidationInfo,
     model_validator,
 )
@@ -99,12 +100,18 @@ PATH = Marker("PATH")
 """A file's path (or the file's text): relative ones are relative to the settings file that sets them."""
 
 
+def _unquoted(value: EnvText) -> str:
+    """A variable's text, without the quotes of a quoted TOML string (`"8081"`, as `docker run --env-file` keeps
+    them): the text the setting's type reads."""
+    text = value.text
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" and isinstance(value.value, str):
+        return value.value
+    return text
+
+
 def _text(value: Any) -> Any:
-    """A variable's text where text is wanted: TOML's reading when it is a string (`"300ms"` unquoted), else
-    the text as written (`12345` stays the string "12345")."""
-    if isinstance(value, EnvText):
-        return value.value if isinstance(value.value, str) else value.text
-    return value
+    """A variable's text where text is wanted, unquoted (`12345` stays the string "12345")."""
+    return _unquoted(value) if isinstance(value, EnvText) else value
 
 
 def _utf8(value: str) -> str:
@@ -115,18 +122,38 @@ def _utf8(value: str) -> str:
     return value
 
 
-def _read_text(adapter: TypeAdapter[Any], what: str) -> Callable[[Any], Any]:
-    """A variable's text read by pydantic's own string parsing for `adapter`'s type (lax: "8081", "yes")."""
+_INTEGER = re.compile(r"\s*-?\d+\s*")
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
-    def read(value: Any) -> Any:
-        if not isinstance(value, EnvText):
-            return value
-        try:
-            return adapter.validate_strings(value.text)
-        except ValidationError:
-            raise expected(what) from None
 
-    return read
+def _integer(value: Any) -> Any:
+    """A variable's integer: optional minus and digits, surrounding blanks allowed (README "Configuration")."""
+    if not isinstance(value, EnvText):
+        return value
+    text = _unquoted(value)
+    if not _INTEGER.fullmatch(text):
+        raise expected("an integer")
+    return int(text)
+
+
+def _number(value: Any) -> Any:
+    """A variable's number, as Python's `float` reads it (finite: the model refuses inf and nan)."""
+    if not isinstance(value, EnvText):
+        return value
+    try:
+        return float(_unquoted(value))
+    except ValueError:
+        raise expected("a number") from None
+
+
+def _flag(value: Any) -> Any:
+    """A variable's boolean: true/false, 1/0 or yes/no, in any case, surrounding blanks allowed."""
+    if not isinstance(value, EnvText):
+        return value
+    flag = _BOOLEANS.get(_unquoted(value).strip().lower())
+    if flag is None:
+        raise expected("true or false (or 1/0, yes/no)")
+    return flag
 
 
 def _duration(value: Any, info: ValidationInfo) -> Any:
@@ -144,9 +171,12 @@ def _duration(value: Any, info: ValidationInfo) -> Any:
 
 
 def _list(value: Any) -> Any:
-    """A variable's TOML list, or a file's list, as a tuple (anything else is refused by the tuple type)."""
+    """A list: from a variable, its (unquoted) text read as a TOML list (`["a", "b"]`)."""
     if isinstance(value, EnvText):
-        value = value.value
+        try:
+            value = tomllib.loads(f"value = {_unquoted(value)}")["value"]
+        except tomllib.TOMLDecodeError:
+            raise expected(LIST_EXPECTED) from None
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -221,9 +251,9 @@ def _password(value: str) -> str:
     return value
 
 
-Int = Annotated[int, BeforeValidator(_read_text(TypeAdapter(int), "an integer"))]
-Number = Annotated[float, BeforeValidator(_read_text(TypeAdapter(float), "a number"))]
-Flag = Annotated[bool, BeforeValidator(_read_text(TypeAdapter(bool), "true or false (or 1/0, yes/no)"))]
+Int = Annotated[int, BeforeValidator(_integer)]
+Number = Annotated[float, BeforeValidator(_number)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
 Text = Annotated[str, BeforeValidator(_text), AfterValidator(_utf8)]
 Texts = Annotated[tuple[Text, ...], BeforeValidator(_list)]
 Secret = Annotated[Text, SECRET]

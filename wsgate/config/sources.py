@@ -36,6 +36,9 @@ DYNACONF_FILE_VARIABLES = (
 )
 """dynaconf's own variables that make it read other files than the one wsgate hands it (they win over its
 arguments, and `.env` is looked for from the script's directory up): refused, so one file is read."""
+DYNACONF_VARIABLES = "_FOR_DYNACONF"
+"""The end of every other variable of dynaconf's own (`LOADERS_FOR_DYNACONF`, `MERGE_ENABLED_FOR_DYNACONF`, ...):
+they too win over wsgate's arguments, and could switch off the loader of WSGATE_* variables without a word."""
 COMMAND_LINE = "command line"
 ENVIRONMENT = "environment"
 
@@ -80,12 +83,14 @@ def read(path: str | Path | None = None, overrides: Mapping[str, Any] | None = N
     from dynaconf.utils.inspect import get_history  # type: ignore[import-untyped]
 
     file = settings_file(path)
-    for name in DYNACONF_FILE_VARIABLES:
-        if name in os.environ:
+    for name in sorted(os.environ):
+        if name in DYNACONF_FILE_VARIABLES:
             raise ConfigError(
                 f"environment variable {name} would make dynaconf read other settings files than "
                 f"{str(file) if file else 'none'}: name the file with {SETTINGS_FILE_ENV} or --settings"
             )
+        if name.endswith(DYNACONF_VARIABLES):
+            raise ConfigError(f"environment variable {name} would change how dynaconf reads settings: unset it")
     try:
         loaded = Dynaconf(
             settings_files=[str(file)] if file else [],
@@ -153,8 +158,9 @@ def load(obj: Any, env: Any = None, silent: bool = True, key: Any = None, filena
 def _key_of(variable: str) -> str:
     """The dotted key a variable sets: `WSGATE_AUTH__JWT__SECRET` -> auth.jwt.secret, `WEBSOCKET_PORT` ->
     websocket.port."""
-    if variable.startswith(PREFIX):
-        return variable[len(PREFIX) :].lower().replace("__", ".")
+    if variable.startswith(PREFIX):  # names are case-insensitive; a plugin's keys below them keep their case
+        parts = variable[len(PREFIX) :].split("__")
+        return ".".join([part.lower() for part in parts[:3]] + parts[3:])
     return next(dotted for dotted, _, _ in iter_settings() if env_name(dotted) == variable)
 
 
@@ -249,6 +255,11 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
             known.add(env_name(key))
     warnings = []
     for name in sorted(environ):
+        if name.startswith("DYNACONF_"):  # dynaconf's own prefix: wsgate reads WSGATE_* and WEBSOCKET_* only
+            close = difflib.get_close_matches(PREFIX + name[len("DYNACONF_") :], known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.append(f"environment variable {name} is not read (wsgate reads WSGATE_* variables){hint}")
+            continue
         if not name.startswith(("WEBSOCKET_", PREFIX)) or name in known or name.startswith(NOT_SETTINGS):
             continue
         if name.startswith("WSGATE_PLUGINS__") and name.count("__") >= 2:

@@ -38,8 +38,7 @@ STATS_INTERVAL = 1.0  # seconds between two dashboard_stats
 TOP_ROOMS = 20
 SAMPLE_CLIENTS = 50
 DISCONNECTED = errors.OPERATOR_DISCONNECT.text
-SESSION_ENDED = "dashboard session ended"
-"""The close reason (code 1008) of a socket whose dashboard login ended; a cause follows it, e.g. `: logged out`."""
+"""The close reason (code 1008) of a client an operator disconnected."""
 LOGGED_OUT, EXPIRED, REPLACED = errors.DASHBOARD_LOGGED_OUT, errors.DASHBOARD_EXPIRED, errors.DASHBOARD_REPLACED
 """How a dashboard login ends (`end_session`): the close reasons its sockets get."""
 
@@ -139,7 +138,7 @@ class Dashboard:
         if sockets:
             log.info(
                 "dashboard session ended (%s): closed %d socket(s)",
-                cause.text.removeprefix(f"{SESSION_ENDED}: "),
+                cause.text.removeprefix(f"{errors.SESSION_ENDED}: "),
                 len(sockets),
             )
         return len(sockets)
