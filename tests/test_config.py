@@ -482,3 +482,12 @@ def test_an_error_shows_a_table_a_variable_set_as_written(monkeypatch: pytest.Mo
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert "EnvText" not in str(caught.value) and "'x': '1'" in str(caught.value), caught.value
+
+
+def test_a_local_file_replaces_the_tables_it_names_whole(tmp_path: Path) -> None:
+    """README "Configuration": settings.local.toml wins, table by table (the keys it leaves out are defaults)."""
+    path = write(tmp_path, '[websocket]\nport = 9000\n[security]\nallowed_origins = ["https://a.example"]\n')
+    (tmp_path / "settings.local.toml").write_text("[websocket]\nenabled = true\n")
+    settings = load_settings(path)
+    assert (settings.websocket.enabled, settings.websocket.port) == (True, 8081)
+    assert settings.security.allowed_origins == ("https://a.example",)
