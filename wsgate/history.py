@@ -33,11 +33,17 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """The answer to "what did I miss since `since`": the messages after it, in order, or recovered=False."""
+    """The answer to "what did I miss since `since`": the messages after it, in order, or recovered=False.
+
+    `kept`: when the history was trimmed past `since` in the same epoch (recovered=False), what it still holds
+    after `since`, oldest first. A client is not sent them (it must reload its state: the spec's recovery); a
+    node's catch-up of its own delivery order sends them and skips only what is gone (`wsgate.ordering`).
+    """
 
     position: Position
     recovered: bool
     messages: list[bytes] = field(default_factory=list)
+    kept: list[bytes] = field(default_factory=list)
 
 
 def stamp(head: bytes, offset: int, epoch: str) -> bytes:
@@ -128,6 +134,6 @@ def replay_from(position: Position, after: list[tuple[int, bytes]], since: Posit
     if since.epoch != position.epoch or since.offset > position.offset:
         return Replay(position, recovered=False)
     first = after[0][0] if after else position.offset + 1
-    if first != since.offset + 1:
-        return Replay(position, recovered=False)  # trimmed past the client's position
+    if first != since.offset + 1:  # trimmed past the client's position
+        return Replay(position, recovered=False, kept=[payload for _, payload in after])
     return Replay(position, recovered=True, messages=[payload for _, payload in after])

@@ -261,8 +261,9 @@ class Ordering(Generic[M, W]):
                     return self._read_again(sequence, out)
         sequence.reads = 0
         room = sequence.room
-        if replay is not None and replay.recovered and replay.position.epoch == sequence.epoch:
-            for message in replay.messages:
+        if replay is not None and replay.position.epoch == sequence.epoch:
+            # (trimmed past the sequence's position: what the history still holds goes out, only the rest is lost)
+            for message in replay.messages if replay.recovered else replay.kept:
                 self._sequenced(room, message, None, out, deadline)  # earlier offsets go out; held later follow
         if sequence.held:  # the history no longer holds them (or cannot be read): skip what is missing
             last = sequence.last
@@ -410,7 +411,12 @@ class Ordering(Generic[M, W]):
                 out.append(Done(entry.waiter, 0))
             return None
         if offset > sequence.last + 1:
-            sequence.held[offset] = (message, entry)
+            held = sequence.held.get(offset)
+            if held is None or held[1] is None:  # (a copy read from the history never displaces a publish's)
+                sequence.held[offset] = (message, entry)
+            elif entry is not None:  # one publish per offset: never; its copy held already goes out for it
+                entry.finished = True
+                out.append(Done(entry.waiter, 0))
             if sequence.deadline is None:
                 sequence.deadline = deadline
                 out.append(Wake(room, deadline))
