@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run check test test-fast bench conformance chaos faults clean
+.PHONY: run check test test-fast docs bench conformance chaos faults clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m wsgate
@@ -58,6 +58,15 @@ $(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml $(EXAMPLE_PLUGINS)
 	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(EXAMPLE_PLUGINS),-e $(dir $(p)))
 	touch $@ $(VENV)/.installed
 
+# The documentation site (docs/, Sphinx + furo + MyST), warnings as errors; its references are generated from
+# the code (docs/_ext/wsgate_refs.py). The pages' examples are run by `make test` (tests/test_docs.py).
+docs: $(VENV)/.installed-docs
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+$(VENV)/.installed-docs: $(VENV)/bin/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $@
+
 # Load test on loopback: the server pinned to core 0, picows clients to core 1 (a few minutes).
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py
@@ -83,4 +92,4 @@ faults: $(VENV)/.installed-test
 	$(BIN)/python -m faults.run --output faults/RESULTS.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info docs/_build

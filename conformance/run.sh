@@ -7,7 +7,7 @@
 #
 # The suite lives in ../shared/conformance/autobahn (AUTOBAHN_SCRIPT overrides); its first `setup`
 # on a machine builds a small Debian root with Python 2.7 (about 4 minutes, needs root).
-# No case is tolerated as FAILED (AUTOBAHN_XFAIL stays empty); README "Conformance and chaos" has the counts.
+# No case is tolerated as FAILED (AUTOBAHN_XFAIL stays empty); docs/faults.md, "Conformance and chaos", has the counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AUTOBAHN="${AUTOBAHN_SCRIPT:-../shared/conformance/autobahn}"

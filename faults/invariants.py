@@ -1,6 +1,6 @@
 """wsgate's promises, each checked as an invariant over what the clients and the nodes saw. Pure: no I/O.
 
-Each promise is stated once here and in the README's "Fault model" section (tests keep the two equal).
+Each promise is stated once here and in docs/faults.md, "Fault model" (tests keep the two equal).
 A check returns the violations it found, as lines; none means the promise held.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -307,14 +308,24 @@ def test_bad_durations(text: str) -> None:
     assert parse_duration(text) is None
 
 
-def test_readme_configuration_table_lists_every_setting() -> None:
-    readme = (ROOT / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| `([A-Z_]+)` \|", readme, flags=re.M))
-    expected = {key: env_name(key) for key, _field, _type in iter_settings()}
-    assert rows == expected
+def test_the_generated_configuration_reference_lists_every_setting() -> None:
+    """docs/configuration.md renders the table from the schema (docs/_ext/wsgate_refs.py): one row per setting,
+    with its variable, type, default and doc text."""
+    sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+    import wsgate_refs
+
+    rows = {key: (variable, kind, default, doc) for key, variable, kind, default, doc in wsgate_refs.settings_rows()}
+    assert list(rows) == [key for key, _field, _type in iter_settings()]
     for key, field, _type in iter_settings():
-        row = next(line for line in readme.splitlines() if line.startswith(f"| `{key}` |"))
-        assert field.metadata["doc"] in row, key
+        variable, kind, default, doc = rows[key]
+        assert (variable, doc) == (env_name(key), field.metadata["doc"])
+    assert rows["websocket.port"][1:3] == ("int", "8081")
+    assert rows["websocket.ping_interval"][1:3] == ("duration", '"54s"')
+    assert rows["plugins.disabled"][1:3] == ("list of strings", "[]")
+    assert rows["broker.prefix"][1:3] == ("string", '"wsgate"')
+    assert rows["websocket.limits.messages_per_second"][1:3] == ("number", "0")
+    assert rows["plugins.strict"][1:3] == ("bool", "true")
+    assert "```{wsgate-settings}" in (ROOT / "docs" / "configuration.md").read_text()
 
 
 def test_plugin_tables_keep_the_case_of_their_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow  # nodes killed and their TTLs waited out
 
 NODE_TTL = 1.0
 INTERVAL = 0.1
-BOUND = NODE_TTL + NODE_TTL / 3 + INTERVAL  # the stated bound (README, Presence)
+BOUND = NODE_TTL + NODE_TTL / 3 + INTERVAL  # the stated bound (docs/protocol.md, Presence)
 SLACK = 3.0  # a loaded machine: the leaves must come within BOUND + SLACK of the kill
 PREFIX = "deadnode"
 

@@ -45,7 +45,7 @@ async def test_default_type_is_message(server: Server) -> None:
 
 
 async def test_an_aiohttp_route_of_the_application_can_push(aiohttp_server: Any) -> None:
-    """As in README: a service endpoint added next to /ws that notifies a room."""
+    """As in docs/clients.md: a service endpoint added next to /ws that notifies a room."""
 
     async def notify(request: web.Request) -> web.Response:
         reached = await request.app[GATEWAY].publish("alerts", await request.json(), type="room_update")

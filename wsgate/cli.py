@@ -153,7 +153,7 @@ class ListenError(WsgateError):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="wsgate", description="Run the wsgate WebSocket gateway (settings: README, Configuration)."
+        prog="wsgate", description="Run the wsgate WebSocket gateway (settings: docs/configuration.md)."
     )
     parser.add_argument(
         "command",

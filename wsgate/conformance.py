@@ -8,7 +8,7 @@ by `wsgate.wire`, the client's bounded outbox, the Flusher's one write per turn,
 writer task when the socket is full or deflate is on) and pings are answered by
 wsgate's own control frames. The suite's 9.* cases send messages of up to 16 MB, so
 the message limit and outbox here are larger than a gateway's defaults. `make
-conformance` runs it (README "Conformance").
+conformance` runs it (docs/faults.md).
 """
 
 from __future__ import annotations

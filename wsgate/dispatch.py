@@ -51,7 +51,7 @@ class _Work:
 class Dispatcher:
     """Routes each decoded message to its plugin handler; nothing a client sends escapes as an exception.
 
-    Work started for a client ends with the client (README, Hook reference): each message's handling
+    Work started for a client ends with the client (docs/plugins.md, Hook reference): each message's handling
     (its handler and the hooks it awaits) runs within `hook_timeout` seconds (`plugins.hook_timeout`),
     and is cancelled on the next loop turn once the client goes (`client_gone`, called when it is
     dropped or closed by the server). Past the limit the client is answered `hook_timed_out` and the

@@ -70,8 +70,8 @@ WRITE_FAILED: Final = CloseReason(GOING_AWAY, "write failed", "other", Reconnect
 """The transport refused a write (never expected: logged with its traceback); 1001, counted as `other`."""
 
 KEEPALIVE_TIMEOUT: Final = CloseReason(GOING_AWAY, "keepalive timeout", "keepalive_timeout", Reconnect.BACKOFF)
-"""The client sent nothing for `websocket.pong_wait` and did not answer a ping (the spec's keepalive, README
-"Protocol"; 1001: the server goes away from a peer it no longer hears), or the keepalive itself failed."""
+"""The client sent nothing for `websocket.pong_wait` and did not answer a ping (the spec's keepalive,
+docs/protocol.md; 1001: the server goes away from a peer it no longer hears), or the keepalive itself failed."""
 
 SHUTTING_DOWN: Final = CloseReason(GOING_AWAY, "server shutting down", "shutdown", Reconnect.BACKOFF)
 """The node drains (`shutdown.mode = "drain"`) or was draining when the client arrived (RFC 6455 section
@@ -86,13 +86,13 @@ MESSAGE_TOO_BIG: Final = CloseReason(TOO_BIG, "message too big", "message_too_bi
 this close frame itself; the value names it for the metric and the log. Sending it again would fail again."""
 
 RATE_LIMIT_EXCEEDED: Final = CloseReason(POLICY_VIOLATION, "rate limit exceeded", "rate_limited", Reconnect.BACKOFF)
-"""The client stayed over its rate limit for `websocket.limits.rate_limit_grace` (README "Protocol"; 1008)."""
+"""The client stayed over its rate limit for `websocket.limits.rate_limit_grace` (docs/protocol.md; 1008)."""
 
 OPERATOR_DISCONNECT: Final = CloseReason(POLICY_VIOLATION, "disconnected by an operator", "operator", Reconnect.NO)
-"""An operator closed the client from the dashboard (`dashboard_disconnect`, README "Dashboard"; 1008)."""
+"""An operator closed the client from the dashboard (`dashboard_disconnect`, docs/operations.md, "Dashboard"; 1008)."""
 
 TOKEN_EXPIRED: Final = CloseReason(TOKEN_EXPIRED_CODE, "token expired", "token_expired", Reconnect.NOW)
-"""The client's token expired and was not refreshed (README "Authentication"; 4001, private use, RFC 6455
+"""The client's token expired and was not refreshed (docs/security.md, "Authentication"; 4001, private use, RFC 6455
 section 7.4.2); reconnect at once with a new token."""
 
 SERVER_FULL: Final = CloseReason(TRY_AGAIN_LATER, "server is at maximum capacity", "server_full", Reconnect.BACKOFF)
@@ -103,7 +103,7 @@ as a closed connection."""
 SESSION_ENDED = "dashboard session ended"
 """The beginning of every dashboard session close reason; the rest says why."""
 DASHBOARD_LOGGED_OUT: Final = CloseReason(POLICY_VIOLATION, f"{SESSION_ENDED}: logged out", "other", Reconnect.NO)
-"""The dashboard login a socket was opened with was logged out (README "Dashboard"; 1008, counted as `other`)."""
+"""The dashboard login a socket was opened with was logged out (docs/operations.md; 1008, counted as `other`)."""
 
 DASHBOARD_EXPIRED: Final = CloseReason(POLICY_VIOLATION, f"{SESSION_ENDED}: expired", "other", Reconnect.NO)
 """The dashboard login a socket was opened with passed `dashboard.session_ttl` (1008, counted as `other`)."""
@@ -179,7 +179,7 @@ ROOM_FULL: Final = ErrorKind(104, "room is at maximum capacity", "room_full", te
 SERVER_FULL_ERROR: Final = ErrorKind(105, "server is at maximum capacity", "server_full", temporary=True)
 """`websocket.limits.max_connections` reached (the spec); followed by the close `SERVER_FULL`."""
 
-# The texts wsgate adds (README "Protocol", "Error texts and close codes").
+# The texts wsgate adds (docs/protocol.md, "Error texts and close codes").
 ROOM_TOO_LONG: Final = ErrorKind(110, "room name is too long", "room_too_long")
 """A room name over `websocket.limits.max_room_name_length` characters."""
 INVALID_ROOM: Final = ErrorKind(111, "invalid room name", "invalid_room")

@@ -191,7 +191,7 @@ class Gateway:
             raise ClientError(errors.PRESENCE_UNAVAILABLE, "the presence store cannot be reached; try again") from None
         room_left = self._settings.presence.max_answer_bytes
         listed = []
-        for member in members:  # the first that fit: an answer is bounded like every other (README, Security)
+        for member in members:  # the first that fit: an answer is bounded like every other (docs/security.md)
             room_left -= len(member) + 1
             if room_left < 0:
                 break

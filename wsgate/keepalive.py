@@ -3,7 +3,7 @@
 Events in, actions out, no asyncio and no clock of its own: the driver (`wsgate.connection.Connection`)
 passes the event loop's time and carries out the `Verdict` (DESIGN.md "Pure cores, thin drivers").
 
-The rules (README "Keepalive"):
+The rules (docs/protocol.md, "Keepalive"):
 
 - A ping is due every `ping_interval` seconds.
 - A client is *silent* when nothing was heard from it for `pong_wait` seconds **and** it has had

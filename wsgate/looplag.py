@@ -4,7 +4,7 @@ Every `interval` seconds the monitor asks to wake up; how much later than asked 
 the loop spent in something that did not yield (a handler or hook that blocks, a long computation, a stop
 of the whole process). Each measure goes to `wsgate_event_loop_lag_seconds` (a histogram); a lag of
 `warn_after` seconds or more is logged, at most once per `FAULT_LOG_INTERVAL` with a count, since it delays
-every client of the process (README "Operations"). Keepalive verdicts do not need it: they count only what
+every client of the process (docs/operations.md). Keepalive verdicts do not need it: they count only what
 the server actually did (`wsgate.keepalive`).
 """
 

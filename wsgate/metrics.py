@@ -53,7 +53,7 @@ class MetricsError(WsgateError):
 
 
 class Metrics:
-    """The gateway's metrics (see README "Operations" for what each one means)."""
+    """The gateway's metrics (docs/operations.md lists them, generated from here)."""
 
     def __init__(self, message_types: Iterable[str] = ()) -> None:
         try:

@@ -6,7 +6,7 @@ call order (tryfirst first, then the most recently registered, trylast last), an
 any awaitable result is awaited; firstresult hooks are decided after awaiting.
 A hook wrapper (`wrapper=True` or `hookwrapper=True`) could not see awaited
 results, so `load_plugins` refuses it, and any generator function, at start-up
-(README, Hook reference).
+(docs/plugins.md, hooks).
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ class Plugins:
         """Configuration mistakes found while loading (`settings_problems`), one line each."""
         self._timeout = settings.plugins.startup_timeout
         self.hook_timeout = settings.plugins.hook_timeout
-        """`plugins.hook_timeout`: the limit of every per-connection and per-message hook (README, Hook reference)."""
+        """`plugins.hook_timeout`: the limit of every per-connection and per-message hook (docs/plugins.md, hooks)."""
         self._awaiting: dict[object, str] = {}  # client -> the hook its handler awaits ("plugin 'x': wsgate_y")
         self._faults: dict[str, Throttled] = {}  # one throttled error line per plugin hook
         self._options = settings.plugins.options

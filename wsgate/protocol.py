@@ -53,7 +53,7 @@ ROOM_REQUIRED: Final = errors.ROOM_REQUIRED.text
 NOT_SUBSCRIBED: Final = errors.NOT_SUBSCRIBED.text
 ROOM_FULL: Final = errors.ROOM_FULL.text
 SERVER_FULL: Final = errors.SERVER_FULL_ERROR.text
-# Error texts wsgate adds (documented in README "Protocol").
+# Error texts wsgate adds (documented in docs/protocol.md).
 ROOM_TOO_LONG: Final = errors.ROOM_TOO_LONG.text
 BINARY_NOT_SUPPORTED: Final = errors.BINARY_NOT_SUPPORTED.text
 INTERNAL_ERROR: Final = errors.INTERNAL_ERROR.text

@@ -96,7 +96,7 @@ class Gateway(Protocol):
     Reached as `client.gateway` in a handler, as the `gateway` argument of
     `wsgate_services`, `wsgate_startup` and `wsgate_shutdown`, and as
     `app[wsgate.keys.GATEWAY]` from aiohttp code. Everything published through it
-    takes the one route (README "Architecture"), so code written against it keeps
+    takes the one route (docs/architecture.md), so code written against it keeps
     working when the gateway scales out.
     """
 

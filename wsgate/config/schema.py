@@ -2,8 +2,8 @@
 
 Each `[table]` of the settings file is a frozen pydantic model below; each setting a field whose type says how
 a value is checked and what it becomes (durations in seconds, room rules parsed, the room name pattern
-compiled), whose `Field` gives the default, the bounds (`ge`/`le`) and the doc text (`description`, which the
-README's table repeats word for word), and whose variable follows from its key (`env_name`). pydantic
+compiled), whose `Field` gives the default, the bounds (`ge`/`le`) and the doc text (`description`, from which
+docs/configuration.md's table is generated), and whose variable follows from its key (`env_name`). pydantic
 validates and converts; the custom types are pydantic validators (`Annotated[..., BeforeValidator]`), each
 raising a `PydanticCustomError` whose context reads "expected ..." (`wsgate.config.errors` turns them into
 one-line messages).
@@ -270,7 +270,7 @@ RoomNamePattern = Annotated[LinearPattern | None, BeforeValidator(_room_name_pat
 
 
 def setting(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None) -> Any:
-    """One setting's default, meaning (the README table repeats it) and bounds."""
+    """One setting's default, meaning (docs/configuration.md's table is generated from it) and bounds."""
     return Field(default, description=doc, ge=minimum, le=maximum)
 
 

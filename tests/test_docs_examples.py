@@ -1,8 +1,9 @@
-"""The README's Python examples, run as written."""
+"""The docs pages' examples, run as written: each block is read from its page (docs/*.md)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 from pathlib import Path
@@ -16,12 +17,12 @@ from wsgate.testing import Server, StartServer
 from .processes import ROOT
 
 
-def readme_block(first_line: str) -> str:
-    """The fenced python block of README.md whose first line is `first_line`."""
-    for block in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S):
+def page_block(page: str, first_line: str, lang: str = "python") -> str:
+    """The fenced `lang` block of docs/`page` whose first line is `first_line` (any first line when empty)."""
+    for block in re.findall(rf"```{lang}\n(.*?)```", (ROOT / "docs" / page).read_text(), flags=re.S):
         if block.startswith(first_line):
             return block
-    raise AssertionError(f"README has no python block starting with {first_line!r}")
+    raise AssertionError(f"docs/{page} has no {lang} block starting with {first_line!r}")
 
 
 def write_module(directory: Path, name: str, source: str) -> Any:
@@ -38,7 +39,7 @@ def write_module(directory: Path, name: str, source: str) -> Any:
 async def test_service_example(tmp_path: Path, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "settings.toml").write_text("[websocket]\nenabled = true\n")  # the cwd of every test
     monkeypatch.setenv("NOTIFY_KEY", "k-notify")
-    myservice = write_module(tmp_path, "myservice", readme_block("# myservice.py"))
+    myservice = write_module(tmp_path, "myservice", page_block("clients.md", "# myservice.py"))
     server = Server(await aiohttp_server(await myservice.make_app()), aiohttp.ClientSession())
     try:
         client = await server.connect()
@@ -60,8 +61,8 @@ async def test_service_example(tmp_path: Path, aiohttp_server: Any, monkeypatch:
 
 
 async def test_echo_plugin_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wsgate_server: StartServer) -> None:
-    # the README's module, "installed" under another name: the real wsgate-echo may be installed too
-    (tmp_path / "readme_echo.py").write_text(readme_block("# wsgate_echo.py"))
+    # the page's module, "installed" under another name: the real wsgate-echo may be installed too
+    (tmp_path / "readme_echo.py").write_text(page_block("plugins.md", "# wsgate_echo.py"))
     info = tmp_path / "readme_echo-0.1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: readme-echo\nVersion: 0.1.0\n")
@@ -76,20 +77,12 @@ async def test_echo_plugin_example(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert server.registry.owners()["echo"] == "readme_echo"
 
 
-def test_hook_reference_lists_every_hook_specification() -> None:
-    from wsgate import hookspecs
-
-    readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^#### `(wsgate_[a-z_]+)\(", readme, flags=re.M))
-    specified = {name for name in dir(hookspecs) if name.startswith("wsgate_")}
-    assert documented == specified
-
-
 def test_every_toml_example_is_valid_settings(tmp_path: Path) -> None:
-    """Each TOML block of the README that holds wsgate tables loads (plugin tables aside) without error."""
+    """Each TOML block of the docs that holds wsgate tables loads (plugin tables aside) without error."""
     from wsgate.config import load_settings
 
-    blocks = re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    pages = "".join(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))
+    blocks = re.findall(r"```toml\n(.*?)```", pages, flags=re.S)
     checked = 0
     for n, block in enumerate(blocks):
         if "[project" in block or "[build-system]" in block:
@@ -105,7 +98,7 @@ async def test_resume_example(tmp_path: Path, wsgate_server: StartServer, capsys
     import asyncio
 
     server = await wsgate_server(history={"rooms": ["chat:*"]})
-    resume = write_module(tmp_path, "resume", readme_block("# resume.py"))
+    resume = write_module(tmp_path, "resume", page_block("clients.md", "# resume.py"))
     running = asyncio.create_task(resume.main(server.url("/ws")))
     try:
         async with asyncio.timeout(5):
@@ -113,3 +106,49 @@ async def test_resume_example(tmp_path: Path, wsgate_server: StartServer, capsys
                 await asyncio.sleep(0.01)  # polling printed output: there is no event to wait on
     finally:
         running.cancel()
+
+
+async def test_plugin_test_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wsgate_server: StartServer) -> None:
+    """plugins.md's `tests/test_echo.py`, run against plugins.md's `wsgate_echo.py` (the installed echo disabled)."""
+    echo = write_module(tmp_path, "wsgate_echo", page_block("plugins.md", "# wsgate_echo.py"))
+    monkeypatch.setitem(sys.modules, "wsgate_echo", echo)  # what the example's `import wsgate_echo` finds
+    example = write_module(tmp_path, "test_echo_example", page_block("plugins.md", "# tests/test_echo.py"))
+
+    async def without_installed_echo(*plugins: object, **tables: Any) -> Server:
+        return await wsgate_server(*plugins, plugins={"disabled": ["echo"]}, **tables)
+
+    await example.test_echo(without_installed_echo)
+
+
+@pytest.mark.slow  # Chromium
+async def test_tutorial_chat(tmp_path: Path, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tutorial.md's chat.html and chat.py: two browser pages chat, and the backend's greeting reaches the first."""
+    from .test_browser import CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        message = (
+            "THE TUTORIAL'S BROWSER TEST DID NOT RUN: Debian's chromium is not installed (apt-get install chromium)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.async_api import async_playwright, expect
+
+    (tmp_path / "chat.html").write_text(page_block("tutorial.md", "", lang="html"))
+    chat = write_module(tmp_path, "chat", page_block("tutorial.md", "# chat.py"))
+    server = await aiohttp_server(await chat.make_app())
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            first, second = await browser.new_page(), await browser.new_page()
+            await first.goto(str(server.make_url("/")))
+            await expect(first.locator("button")).to_be_enabled()  # the page is in the room
+            await second.goto(str(server.make_url("/")))
+            await expect(second.locator("button")).to_be_enabled()
+            await expect(first.locator("#messages li")).to_contain_text(["joined"])  # the backend's greeting
+            await second.locator("#text").fill("hello")
+            await second.locator("#text").press("Enter")
+            await expect(first.locator("#messages li").last).to_have_text("you: hello")
+            await expect(second.locator("#messages li").last).to_have_text("you: hello")
+        finally:
+            await browser.close()
