@@ -101,6 +101,7 @@ class Nginx:
     def __init__(self, directory: Path, port: int, site: str) -> None:
         self.directory = directory
         self.port = port
+        self.nodes: dict[str, Process] = {}  # by the name the probe plugin reports
         directory.mkdir()
         (directory / "wsgate.conf").write_text(site)
         temp = "".join(f"    {kind}_temp_path {directory}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi"))
@@ -108,7 +109,8 @@ class Nginx:
         user = "user root;\n" if os.geteuid() == 0 else ""  # as root, workers would run as nobody
         (directory / "nginx.conf").write_text(
             f"{user}worker_processes 1;\nevents {{ worker_connections 256; }}\n"
-            f"http {{\n{temp}    access_log {directory}/access.log;\n    include {directory}/wsgate.conf;\n}}\n"
+            f"http {{\n{temp}    log_format upstreams '$request_uri $upstream_status';\n"
+            f"    access_log {directory}/access.log upstreams;\n    include {directory}/wsgate.conf;\n}}\n"
         )
         self.log = directory / "nginx.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -164,6 +166,7 @@ async def cluster(redis_url: str, broker_prefix: str, tmp_path: Path) -> AsyncIt
             nodes.append(await start_wsgate(env=env))
         port = free_port()
         proxy = Nginx(tmp_path / "nginx", port, site_config(port, (nodes[0].port, nodes[1].port), read_timeout))
+        proxy.nodes = {"one": nodes[-2], "two": nodes[-1]}
         proxies.append(proxy)
         await proxy.start()
         return proxy
@@ -248,6 +251,27 @@ async def test_pings_keep_an_idle_websocket_open_through_nginx(cluster: Cluster)
             pass
         assert message.json()["type"] == "subscribed"
         await pinged.close()
+
+
+async def test_nginx_sends_new_clients_past_a_node_that_stopped(cluster: Cluster) -> None:
+    """After SIGTERM a node drains and exits; nginx, whose `least_conn` would pick it, tries the other
+    (`proxy_next_upstream error ...`), so a new client connects. nginx's access log shows both attempts."""
+    proxy = await cluster()
+    one = proxy.nodes["one"]
+    async with aiohttp.ClientSession() as session:
+        placed = {}
+        for _ in range(2):  # least_conn: one on each node
+            ws, probe = await connect(session, proxy)
+            placed[probe["node"]] = ws
+        await placed["one"].close()  # nginx now holds nothing on node one, and prefers it
+        one.proc.terminate()
+        assert await one.finish(TIMEOUT) == 0
+        newcomer, probe = await connect(session, proxy)
+        assert probe["node"] == "two"
+        await newcomer.close()
+        await placed["two"].close()
+    log = proxy.directory / "access.log"
+    await eventually(lambda: "/ws 502, 101" in log.read_text())  # written when the WebSocket ends
 
 
 def test_the_read_timeout_exceeds_the_default_ping_interval() -> None:
