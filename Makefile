@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run check test test-fast docs bench conformance chaos faults clean
+.PHONY: run check debian-tools test test-fast docs bench conformance chaos faults clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m wsgate
@@ -36,12 +36,28 @@ define with_test_redis
 	fi
 endef
 
+# Debian packages some tests run (tests/test_nginx.py, tests/test_systemd.py), installed with apt-get when missing
+# (as root, or through sudo without a password); otherwise one line says which tests will skip.
+DEBIAN_TOOLS := nginx:/usr/sbin/nginx systemd:/usr/bin/systemd-analyze
+
+debian-tools:
+	@for entry in $(DEBIAN_TOOLS); do \
+	  package=$${entry%%:*}; binary=$${entry#*:}; \
+	  [ -x "$$binary" ] && continue; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else echo "make: $$binary is missing and apt-get needs root: its tests will skip (apt-get install $$package)"; \
+	       continue; fi; \
+	  echo "make: installing Debian's $$package for $$binary"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+	    --no-install-recommends $$package >/dev/null; \
+	done
+
 # The checks, then the whole suite.
-test: check
+test: check debian-tools
 	$(call with_test_redis,$(BIN)/python -m pytest)
 
 # The checks, then the suite without the tests marked slow (setup.cfg [tool:pytest] markers): under a minute.
-test-fast: check
+test-fast: check debian-tools
 	$(call with_test_redis,$(BIN)/python -m pytest -m "not slow")
 
 $(VENV)/bin/python:
