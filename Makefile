@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run check debian-tools test test-fast docs bench conformance chaos faults clean
+.PHONY: run check debian-tools test test-fast docs package-check bench conformance chaos faults clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m wsgate
@@ -59,6 +59,12 @@ test: check debian-tools
 # The checks, then the suite without the tests marked slow (setup.cfg [tool:pytest] markers): under a minute.
 test-fast: check debian-tools
 	$(call with_test_redis,$(BIN)/python -m pytest -m "not slow")
+
+# The wheel and sdist built and checked (twine), the wheel installed into a fresh virtual environment outside the
+# checkout, where the gateway is started and its files fetched (tools/package_check.py); .ci/run runs it after make
+# test.
+package-check: $(VENV)/.installed-test
+	$(BIN)/python tools/package_check.py
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
