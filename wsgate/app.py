@@ -25,7 +25,7 @@ from aiohttp import web
 
 from .admission import AcceptErrors
 from .api import broadcast_view, publish_view
-from .broker import make_broker
+from .broker import describe_broker, make_broker
 from .broker.redis_schema import new_sender_id
 from .builtin import BUILTIN_PLUGINS
 from .config import Settings, describe_source, inert_settings, load_settings, secrets_of, unknown_variables
@@ -79,6 +79,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         settings = load_settings()
         configure_logging(settings.logging, secrets_of(settings))
         log.info("%s", describe_source())  # the absolute file: gunicorn's start-up says which file it read
+        log.info("broker: %s", describe_broker(settings))  # memory, or the Redis URL with its password masked
         for warning in unknown_variables() + inert_settings(settings):
             log.warning("%s", warning)
     if "*" in settings.security.allowed_origins:
