@@ -31,6 +31,7 @@ from .builtin import BUILTIN_PLUGINS
 from .config import Settings, describe_source, inert_settings, load_settings, secrets_of, unknown_variables
 from .connection import Flusher
 from .dashboard import web as dashboard_web
+from .dashboard.plugin import report_figures
 from .dispatch import Dispatcher
 from .gateway import Gateway
 from .hub import Hub
@@ -210,6 +211,8 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
             await plugins.start(gateway)
             supervisor.spawn("gauges", functools.partial(_refresh_gauges, app))
             supervisor.spawn("event-loop-lag", functools.partial(watch_loop_lag, app[METRICS]))
+            if app[SETTINGS].broker.url and plugins.get("dashboard") is None:  # (the plugin reports with operators)
+                supervisor.spawn("figures", functools.partial(report_figures, gateway))  # every node in Nodes
             presence = app[PRESENCE]
             if presence.rooms and app[SETTINGS].presence.events:  # events take the one route, without history
                 supervisor.spawn(
