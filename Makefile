@@ -74,10 +74,17 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# The example plugins (plugins/*) are for the tests only: installed into $(TEST_PLUGINS), a plain directory that
+# the test run alone puts on sys.path and PYTHONPATH (conftest.py; importlib.metadata finds their entry points
+# through the *.dist-info there), never into .venv's site-packages, which `make run` serves: with them there,
+# token_auth would answer 401 to every token it does not know. Copies, not editable: a change to a plugin's
+# sources installs them again. Older checkouts installed them editable into .venv: uninstalled here.
 EXAMPLE_PLUGINS := $(wildcard plugins/*/pyproject.toml)
+EXAMPLE_PLUGIN_SOURCES := $(shell find plugins -name '*.py' -not -path '*/tests/*' 2>/dev/null)
+TEST_PLUGINS := $(VENV)/test-plugins
 
-$(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml $(EXAMPLE_PLUGINS)
-	$(BIN)/python -m pip install --quiet -e '.[test]' $(foreach p,$(EXAMPLE_PLUGINS),-e $(dir $(p)))
+$(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml $(TEST_PLUGINS)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 # The documentation site (docs/, Sphinx + furo + MyST), warnings as errors; its references are generated from
@@ -87,6 +94,12 @@ docs: $(VENV)/.installed-docs
 
 $(VENV)/.installed-docs: $(VENV)/bin/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $@
+
+$(TEST_PLUGINS)/.installed: $(VENV)/bin/python $(EXAMPLE_PLUGINS) $(EXAMPLE_PLUGIN_SOURCES)
+	$(BIN)/python -m pip uninstall --quiet --yes wsgate-echo wsgate-token-auth wsgate-users 2>/dev/null || true
+	rm -rf $(TEST_PLUGINS)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(TEST_PLUGINS) $(foreach p,$(EXAMPLE_PLUGINS),$(dir $(p)))
 	touch $@
 
 # Load test on loopback: the server pinned to core 0, picows clients to core 1 (a few minutes).

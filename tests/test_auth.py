@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -363,3 +364,17 @@ async def test_the_secret_comes_from_the_environment_and_is_masked(
     assert settings.auth.jwt.secret == SECRET
     row = next(row for row in describe_settings(settings) if row[0] == "auth.jwt.secret")
     assert row == ("auth.jwt.secret", "***", "environment WSGATE_AUTH__JWT__SECRET")
+
+
+async def test_a_refused_token_is_logged_naming_the_plugin_never_the_token(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One INFO line names the refusing plugin (`jwt`, the built-in) and the reason; the token is not in it."""
+    caplog.set_level(logging.INFO, logger="wsgate")
+    server = await jwt_server(wsgate_server)
+    forged = token(key="another-secret-long-enough-for-hs256-" + "y" * 8)
+    assert (await refusal(server, **bearer(forged)))[0] == 401  # (two requests: the handshake, then a GET)
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    reason = "401 Unauthorized: invalid token (the token's signature does not verify)"
+    assert lines == [f"plugin 'jwt' refused a WebSocket from 127.0.0.1: {reason}"] * 2
+    assert not [line for line in lines if forged.split(".")[2] in line]

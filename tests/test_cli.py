@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -223,6 +224,29 @@ async def test_plugins_command_lists_sources_hooks_and_message_types(tmp_path: P
         "users: entry point wsgate_users from wsgate-users 0.1.0\n  hooks: wsgate_message_handlers, wsgate_services\n"
         in text
     )
+
+
+EXAMPLES = ("echo", "users", "token_auth")
+
+
+async def _plugins_listed(env: dict[str, str]) -> list[str]:
+    """The plugin names `python -m wsgate plugins` lists (its unindented lines) in the environment `env`."""
+    process = await spawn(sys.executable, "-m", "wsgate", "plugins", env=env, stdout=True)
+    out, err = await process.proc.communicate()
+    assert process.proc.returncode == 0, err.decode()
+    return [line.split(":", 1)[0] for line in out.decode().splitlines() if line and not line[0].isspace()]
+
+
+async def test_make_run_serves_no_example_plugin_while_the_tests_load_them() -> None:
+    """Issue 23: `make test` installs the example plugins for the test run only (the venv's test-plugins
+    directory, put on PYTHONPATH by conftest.py); `make run`, the same venv's python without it, loads the
+    built-ins alone, exactly as on a fresh clone (no token_auth answering 401 to valid JWTs)."""
+    test_path = str(Path(sys.prefix) / "test-plugins")
+    assert test_path in os.environ["PYTHONPATH"].split(os.pathsep)
+    assert set(EXAMPLES) <= set(await _plugins_listed(environment()))
+    plain = environment()
+    plain["PYTHONPATH"] = os.pathsep.join(p for p in plain["PYTHONPATH"].split(os.pathsep) if p != test_path)
+    assert await _plugins_listed(plain) == ["messages"]  # what `.venv/bin/python -m wsgate` loads by default
 
 
 @pytest.mark.slow

@@ -299,6 +299,46 @@ async def test_with_redis_the_dashboard_lists_every_node(
 
 
 @pytest.mark.slow
+async def test_the_nodes_table_lists_nodes_that_do_not_run_the_dashboard(
+    wsgate_server: StartServer, redis_url: str, broker_prefix: str
+) -> None:
+    """Issue 23: every node with the Redis broker reports its figures (task `figures`), not only the dashboard's;
+    a node that stops is gone from the table within STATS_TTL, and the hash expires once nobody reports."""
+    import redis.asyncio as aioredis
+
+    from wsgate.presence.redis import STATS_TTL
+
+    broker = {"url": redis_url, "prefix": broker_prefix}
+    a = await wsgate_server(broker=broker, dashboard=DASHBOARD)
+    plain = await wsgate_server(broker=broker)  # no dashboard here
+    assert plain.plugins.get("dashboard") is None
+    on_plain = [await plain.connect() for _ in range(3)]
+    ops = await operator(a, (await login(a, PASSWORD)).cookies["wsgate_dashboard"].value)
+    await ops.request({"type": "dashboard_watch"})
+    a_id, plain_id = a.broker.node_id.decode(), plain.broker.node_id.decode()  # type: ignore[attr-defined]
+
+    async def table() -> dict[str, int]:
+        while (stats := await ops.recv())["type"] != "dashboard_stats":
+            pass
+        return {node["node"]: node["clients"] for node in stats["data"]["nodes"]}
+
+    async with asyncio.timeout(10):
+        while (nodes := await table()) != {a_id: 1, plain_id: len(on_plain)}:  # figures up to a second old
+            pass
+    client = aioredis.from_url(redis_url)
+    try:
+        ttl = await client.pttl(f"{broker_prefix}:stats")
+        assert 0 < ttl <= STATS_TTL * 1000  # bounded: it goes when every node stops reporting
+        await plain.test_server.close()  # the plain node stops: its row goes once it is STATS_TTL old
+        async with asyncio.timeout(STATS_TTL + 5):
+            while plain_id in (nodes := await table()):
+                pass
+        assert nodes == {a_id: 1}
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.slow
 async def test_guessing_the_password_is_slowed_but_the_operator_is_never_locked_out(
     wsgate_server: StartServer,
 ) -> None:

@@ -156,6 +156,20 @@ async def test_authentication_attaches_an_identity_or_refuses_before_the_upgrade
     assert (await server.health())[1]["clients"] == 2
 
 
+async def test_a_refused_client_is_logged_naming_the_plugin_and_its_reason(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 23: whatever plugin refuses a client is named in the log line (its registered name), with why."""
+    caplog.set_level(logging.INFO, logger="wsgate")
+    server = await wsgate_server(Auth(), plugins=NO_EXAMPLES)
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await server.raw(params={"user": "mallory"})
+    refusals = [r for r in caplog.records if "refused a WebSocket" in r.getMessage()]
+    assert [(r.levelno, r.getMessage(), r.plugin) for r in refusals] == [  # type: ignore[attr-defined]
+        (logging.INFO, "plugin 'Auth' refused a WebSocket from 127.0.0.1: 403 Forbidden: go away", "Auth")
+    ]
+
+
 async def test_authorization_of_subscribe_publish_and_broadcast(wsgate_server: StartServer) -> None:
     guard = Guard()
     server = await wsgate_server(Auth(), guard, plugins=NO_EXAMPLES)

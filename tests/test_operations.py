@@ -15,7 +15,8 @@ from wsgate.config import LoggingSettings
 from wsgate.logs import JsonFormatter, configure_logging
 from wsgate.testing import StartServer
 
-from .processes import environment, run_wsgate, spawn
+from .conftest import PrivateRedis
+from .processes import environment, run_wsgate, spawn, start_wsgate
 
 ORIGIN = "https://dashboard.example.com"
 
@@ -157,3 +158,54 @@ async def test_check_prints_a_summary() -> None:
     process = await spawn(sys.executable, "-m", "wsgate", "check", stdout=True)
     out, _ = await process.proc.communicate()
     assert out.decode().startswith("ok: ")
+
+
+async def _broker_shown(env: dict[str, str]) -> tuple[list[str], dict[str, object]]:
+    """A real `python -m wsgate`: its start-up lines and its `/health` body."""
+    process = await start_wsgate(env=env)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(process.url("/health")) as resp:
+            return process.lines, await resp.json()
+    finally:
+        await process.kill()
+
+
+@pytest.mark.slow
+async def test_the_start_up_lines_and_health_say_the_broker_is_memory() -> None:
+    lines, health = await _broker_shown(environment())
+    assert [line.split(" wsgate: ", 1)[1].strip() for line in lines if " INFO wsgate: broker: " in line] == [
+        "broker: memory"
+    ]
+    assert (health["broker"], health["broker_backend"]) == ("ok", "memory")
+
+
+@pytest.mark.slow
+async def test_the_start_up_lines_and_health_show_the_redis_url_with_its_password_masked(
+    private_redis: PrivateRedis,
+) -> None:
+    import redis.asyncio as aioredis
+
+    password = "n0t-for-the-log"
+    client = aioredis.from_url(private_redis.url)
+    await client.config_set("requirepass", password)
+    await client.aclose()
+    url = f"redis://:{password}@127.0.0.1:{private_redis.port}/0"
+    lines, health = await _broker_shown(environment(WSGATE_BROKER__URL=url))
+    shown = f"redis://:***@127.0.0.1:{private_redis.port}/0"
+    assert [line.split(" wsgate: ", 1)[1].strip() for line in lines if " INFO wsgate: broker: " in line] == [
+        f"broker: {shown}"
+    ]
+    assert (health["broker"], health["broker_backend"]) == ("ok", shown)
+    assert password not in "".join(lines)
+
+
+async def test_health_names_the_broker_in_process(wsgate_server: StartServer, redis_url: str) -> None:
+    """`broker_backend` is added to /health: the keys it had keep their values (`broker` is the state)."""
+    memory = await wsgate_server()
+    assert (await memory.health())[1]["broker_backend"] == "memory"
+    shared = await wsgate_server(broker={"url": redis_url})
+    status, body = await shared.health()
+    assert (status, body["broker"], body["broker_backend"]) == (200, "ok", redis_url)
+    assert list(body) == [
+        "status", "clients", "rooms", "broker", "broker_backend", "tasks", "uptime_seconds", "version"
+    ]  # fmt: skip

@@ -25,12 +25,13 @@ from aiohttp import web
 
 from .admission import AcceptErrors
 from .api import broadcast_view, publish_view
-from .broker import make_broker
+from .broker import describe_broker, make_broker
 from .broker.redis_schema import new_sender_id
 from .builtin import BUILTIN_PLUGINS
 from .config import Settings, describe_source, inert_settings, load_settings, secrets_of, unknown_variables
 from .connection import Flusher
 from .dashboard import web as dashboard_web
+from .dashboard.plugin import report_figures
 from .dispatch import Dispatcher
 from .gateway import Gateway
 from .hub import Hub
@@ -79,6 +80,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         settings = load_settings()
         configure_logging(settings.logging, secrets_of(settings))
         log.info("%s", describe_source())  # the absolute file: gunicorn's start-up says which file it read
+        log.info("broker: %s", describe_broker(settings))  # memory, or the Redis URL with its password masked
         for warning in unknown_variables() + inert_settings(settings):
             log.warning("%s", warning)
     if "*" in settings.security.allowed_origins:
@@ -209,6 +211,8 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
             await plugins.start(gateway)
             supervisor.spawn("gauges", functools.partial(_refresh_gauges, app))
             supervisor.spawn("event-loop-lag", functools.partial(watch_loop_lag, app[METRICS]))
+            if app[SETTINGS].broker.url and plugins.get("dashboard") is None:  # (the plugin reports with operators)
+                supervisor.spawn("figures", functools.partial(report_figures, gateway))  # every node in Nodes
             presence = app[PRESENCE]
             if presence.rooms and app[SETTINGS].presence.events:  # events take the one route, without history
                 supervisor.spawn(

@@ -19,7 +19,7 @@ from aiohttp import web
 from . import __version__
 from .admission import GatewayRunner
 from .app import create_app
-from .broker import BrokerError
+from .broker import BrokerError, describe_broker
 from .builtin import BUILTIN_PLUGINS
 from .config import (
     ConfigError,
@@ -135,6 +135,7 @@ async def serve(settings: Settings, settings_source: str = "settings: given by t
             raise ListenError(f"cannot listen on {ws.host}:{ws.port}: {exc.strerror or exc}") from None
         plugins = app[PLUGINS]
         log.info("%s", settings_source)
+        log.info("broker: %s", describe_broker(settings))  # memory, or the Redis URL with its password masked
         log.info("plugins: %s", ", ".join(f"{name} ({source})" for name, source in plugins.sources.items()) or "none")
         for address in runner.addresses:
             log.info("wsgate %s listening on %s:%s", __version__, *address[:2])

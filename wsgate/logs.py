@@ -15,7 +15,7 @@ from typing import Any
 from .config import LoggingSettings
 from .redaction import Redactor
 
-CONTEXT_FIELDS = ("client_id", "room", "remote", "close_code")
+CONTEXT_FIELDS = ("client_id", "room", "remote", "close_code", "plugin")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

@@ -16,6 +16,7 @@ import difflib
 import importlib
 import importlib.metadata
 import inspect
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -23,10 +24,12 @@ from types import MappingProxyType
 from typing import Any
 
 import pluggy
+from aiohttp import web
 
 from . import errors, hookspecs
 from .config import ConfigError, Settings
 from .errors import ClientError
+from .redaction import redact
 from .registry import HandlerRegistry, PluginError
 from .supervision import Throttled
 from .types import Client, Gateway
@@ -172,6 +175,42 @@ def load_plugins(
     for problem in problems:
         log.warning("%s", problem)
     return Plugins(pm, sources, settings, problems)
+
+
+REFUSAL_TEXT_LIMIT = 200  # characters of a refusal's body kept in its log line
+
+
+def log_refusal(plugin: str, refusal: web.HTTPException, request: object) -> None:
+    """One INFO line for a client a plugin refused before the upgrade (README, Security: "whatever plugin refuses a
+    client is named in the log line"): `plugin 'token_auth' refused a WebSocket from 127.0.0.1: 401 Unauthorized:
+    invalid token`. The reason is the response's status and its `error` / `detail` (a JSON body) or its text,
+    at most REFUSAL_TEXT_LIMIT characters, with anything credential-shaped masked (`redaction.redact`); the
+    request's headers, where the token travels, are never logged."""
+    remote = getattr(request, "remote", None)
+    log.info(
+        "plugin %r refused a WebSocket from %s: %s",
+        plugin,
+        remote,
+        refusal_reason(refusal),
+        extra={"remote": remote, "plugin": plugin},
+    )
+
+
+def refusal_reason(refusal: web.HTTPException) -> str:
+    """`401 Unauthorized: invalid token (signature has expired)`: the status, its phrase, then the body's `error`
+    and `detail` when it is a JSON object, else its text; bounded and redacted."""
+    reason = f"{refusal.status} {refusal.reason}"
+    text = refusal.text or ""
+    if text and text != reason.partition(" ")[2] and text != f"{refusal.status}: {refusal.reason}":
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), str):
+            detail = body.get("detail")
+            text = body["error"] + (f" ({detail})" if isinstance(detail, str) and detail else "")
+        reason += ": " + " ".join(text.split())[:REFUSAL_TEXT_LIMIT]
+    return redact(reason)
 
 
 def unsupported_form(hook: str, impl: pluggy.HookImpl) -> str | None:
@@ -470,9 +509,13 @@ class Plugins:
                 (impl.function, impl.argnames, impl.plugin_name) for impl in self._ordered(hook)
             ]
         for function, argnames, name in calls:
-            result = function(*[kwargs[arg] for arg in argnames])
-            if inspect.isawaitable(result):
-                result = await self._awaited(f"plugin {name!r}: {hook}", result, kwargs.get("client"))
+            try:
+                result = function(*[kwargs[arg] for arg in argnames])
+                if inspect.isawaitable(result):
+                    result = await self._awaited(f"plugin {name!r}: {hook}", result, kwargs.get("client"))
+            except web.HTTPException as refusal:  # (only wsgate_authenticate refuses this way: before the upgrade)
+                log_refusal(name, refusal, kwargs.get("request"))
+                raise
             if result is not None:
                 return result
         return None

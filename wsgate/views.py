@@ -14,6 +14,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from . import __version__, errors, protocol
 from .auth import SUBPROTOCOL, expires_at_of, unauthorized, user_id_of
+from .broker import describe_broker
 from .clients import GatewayConnection
 from .connection import Connection
 from .dispatch import Dispatcher
@@ -50,9 +51,10 @@ async def client_js_view(request: web.Request) -> web.FileResponse:
 
 
 async def health_view(request: web.Request) -> web.Response:
-    """`{"status":"healthy","clients":N,"rooms":M}` (the spec's), then `broker`, `tasks` (how many background
-    tasks run, and which are down waiting to restart), `uptime_seconds` and `version`; 503 with `"draining"`
-    during shutdown."""
+    """`{"status":"healthy","clients":N,"rooms":M}` (the spec's), then `broker` (its state: `ok`, `degraded`),
+    `broker_backend` (which broker: `memory`, or the Redis URL with its password masked), `tasks` (how many
+    background tasks run, and which are down waiting to restart), `uptime_seconds` and `version`; 503 with
+    `"draining"` during shutdown."""
     app = request.app
     hub, supervisor = app[HUB], app[SUPERVISOR]
     body: dict[str, Any] = {
@@ -60,6 +62,7 @@ async def health_view(request: web.Request) -> web.Response:
         "clients": len(hub.connections),
         "rooms": len(hub.rooms),
         "broker": app[BROKER].state,
+        "broker_backend": describe_broker(app[SETTINGS]),
         "tasks": {"running": supervisor.running, "down": supervisor.down},
         "uptime_seconds": round(time.monotonic() - app[STARTED_AT], 3),
         "version": __version__,

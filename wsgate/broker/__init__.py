@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ..config import Settings
 from ..metrics import Metrics
+from ..redaction import redact_url
 from ..supervision import Supervisor
 from .base import Broker, BrokerError, Receive
 from .memory import MemoryBroker
 
-__all__ = ["Broker", "BrokerError", "MemoryBroker", "Receive", "make_broker"]
+__all__ = ["Broker", "BrokerError", "MemoryBroker", "Receive", "describe_broker", "make_broker"]
 
 
 def make_broker(settings: Settings, metrics: Metrics, node_id: bytes, supervisor: Supervisor) -> Broker:
@@ -18,3 +19,9 @@ def make_broker(settings: Settings, metrics: Metrics, node_id: bytes, supervisor
     from .redis import RedisBroker  # only Redis users need redis-py
 
     return RedisBroker(settings.broker, metrics, node_id=node_id, history=settings.history, supervisor=supervisor)
+
+
+def describe_broker(settings: Settings) -> str:
+    """Which broker `broker.url` names, fit for a log line or `/health`: `memory`, or the URL with its password
+    (and any secret-named query parameter) masked, `redis://:***@host:6379/0` (`redaction.redact_url`)."""
+    return redact_url(settings.broker.url) if settings.broker.url else "memory"

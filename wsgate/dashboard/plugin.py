@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -80,7 +80,10 @@ class Dashboard:
 
     @hookimpl
     def wsgate_startup(self, gateway: Gateway) -> None:
-        self._task = gateway.spawn("dashboard-figures", lambda: self._report(gateway))
+        self._task = gateway.spawn(
+            "dashboard-figures",
+            lambda: report_figures(gateway, lambda: {watcher.id for watcher in self._watchers}, self._show),
+        )
 
     @hookimpl
     async def wsgate_shutdown(self) -> None:
@@ -192,25 +195,38 @@ class Dashboard:
 
     # --- figures --------------------------------------------------------------------------
 
-    async def _report(self, gateway: Gateway) -> None:
-        """Every second: this node's figures, shared with every node; every node's, pushed to the watchers."""
-        before, then = gateway.stats(top_rooms=0, sample_clients=0), time.monotonic()
-        while True:
-            await asyncio.sleep(STATS_INTERVAL)
-            now, stats = time.monotonic(), gateway.stats(top_rooms=TOP_ROOMS, sample_clients=SAMPLE_CLIENTS)
-            elapsed = max(now - then, 1e-6)
-            figures = _figures(stats, before, elapsed, {watcher.id for watcher in self._watchers})
-            before, then = stats, now
-            # every node shares its figures, watched or not: a dashboard on any node shows them all
-            nodes = await gateway.share_figures(figures)
-            if not self._watchers:
-                continue
-            payload = protocol.encode("dashboard_stats", data={"node": figures, "nodes": nodes})
-            for watcher in list(self._watchers):
-                if self._is_operator(watcher):
-                    watcher.enqueue(payload)
-                else:
-                    self._watchers.discard(watcher)  # logged out, or the login expired
+    def _show(self, node: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
+        """Push this node's figures and every live node's to the watchers still logged in."""
+        if not self._watchers:
+            return
+        payload = protocol.encode("dashboard_stats", data={"node": node, "nodes": nodes})
+        for watcher in list(self._watchers):
+            if self._is_operator(watcher):
+                watcher.enqueue(payload)
+            else:
+                self._watchers.discard(watcher)  # logged out, or the login expired
+
+
+async def report_figures(
+    gateway: Gateway,
+    operators: Callable[[], set[str]] = set,
+    show: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+) -> None:
+    """Every STATS_INTERVAL seconds: this node's figures (`_figures`, its dashboard's `operators()` client ids
+    marked), shared with every node (`Gateway.share_figures`: with the Redis broker, `<prefix>:stats`, where an
+    entry outlives its node's last report by presence.redis.STATS_TTL at most); `show(node, nodes)` gets this
+    node's figures and every live node's. Every node with the Redis broker runs it, the dashboard's through the
+    plugin and the others through `wsgate.app` (task `figures`): the Nodes table lists them all (README,
+    Dashboard), not only the nodes that serve the dashboard."""
+    before, then = gateway.stats(top_rooms=0, sample_clients=0), time.monotonic()
+    while True:
+        await asyncio.sleep(STATS_INTERVAL)
+        now, stats = time.monotonic(), gateway.stats(top_rooms=TOP_ROOMS, sample_clients=SAMPLE_CLIENTS)
+        figures = _figures(stats, before, max(now - then, 1e-6), operators())
+        before, then = stats, now
+        nodes = await gateway.share_figures(figures)
+        if show is not None:
+            show(figures, nodes)
 
 
 def _figures(stats: dict[str, Any], before: dict[str, Any], elapsed: float, operators: set[str]) -> dict[str, Any]:

@@ -150,13 +150,15 @@ class RedisPresenceStore:
         return found
 
     async def share_figures(self, figures: bytes) -> list[bytes]:
-        """Every node keeps its figures in one hash, <prefix>:stats, stamped with the time; stale ones are dropped."""
+        """Every node keeps its figures in one hash, <prefix>:stats, stamped with the time; stale ones are dropped,
+        and the hash itself expires STATS_TTL after the last report of any node."""
         import redis.asyncio as aioredis
 
         key, now = self._names.stats, time.time()
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
                 await self._redis.hset(key, self._node_id, b"%.3f " % now + figures)
+                await self._redis.pexpire(key, int(STATS_TTL * 1000))  # gone too once every node stopped reporting
                 found: dict[bytes, bytes] = await self._redis.hgetall(key)
                 fresh: list[bytes] = []
                 stale: list[bytes] = []

@@ -1,6 +1,7 @@
 """Push messages to wsgate clients from another process (any service, not only the gateway's own code).
 
-Two ways, one interface (`publish(room, data)`, `broadcast(data)`, `close()`):
+Two ways, one interface (`publish(room, data)`, `broadcast(data)`, `close()`, and `async with`, which closes
+on the way out):
 
 - `HttpPublisher("http://gateway:8081", key)`: through `POST /api/publish` and
   `/api/broadcast` (needs `api.key`); returns how many clients the answering node reached.
@@ -22,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import aiohttp
 
@@ -59,14 +61,39 @@ class PublishOutcomeUnknown(PublishError):
         super().__init__(status, protocol.PUBLISH_OUTCOME_UNKNOWN, detail)
 
 
-class HttpPublisher:
-    """Publishes through a gateway's HTTP API."""
+class _Closing:
+    """`async with publisher:` returns the publisher and awaits its `close()` on the way out, whatever happened."""
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class PublisherClosed(RuntimeError):
+    """`publish` or `broadcast` after `close()`: a closed publisher opens no new connection (it would leak)."""
+
+
+class HttpPublisher(_Closing):
+    """Publishes through a gateway's HTTP API.
+
+    Without a `session` of its own it opens an aiohttp session at the first message and closes it in `close()`
+    (or on leaving `async with HttpPublisher(...) as publisher:`); a `session` given is the caller's to close.
+    `close()` may be called any number of times; a message after it raises PublisherClosed.
+    """
 
     def __init__(self, base_url: str, key: str, session: aiohttp.ClientSession | None = None) -> None:
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {key}"}
         self._session = session
         self._own_session = session is None
+        self._closed = False
 
     async def publish(self, room: str, data: Any, *, type: str = protocol.MESSAGE) -> int:
         return await self._post("/api/publish", {"room": room, "data": data, "type": type})
@@ -75,12 +102,17 @@ class HttpPublisher:
         return await self._post("/api/broadcast", {"data": data, "type": type})
 
     async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
+        """Close the session it opened (not one the caller gave); idempotent."""
+        self._closed = True
+        session, self._session = self._session, None
+        if self._own_session and session is not None:
+            await session.close()
 
     async def _post(self, path: str, body: dict[str, Any]) -> int:
         """Raises PublishError (not sent: an error answer, or no connection to the gateway), and
         PublishOutcomeUnknown (a 504 answer, or the request went out and no answer came back)."""
+        if self._closed:
+            raise PublisherClosed("this HttpPublisher is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
@@ -105,7 +137,7 @@ class HttpPublisher:
         return int(answer["delivered"])
 
 
-class RedisPublisher:
+class RedisPublisher(_Closing):
     """Publishes onto the Redis broker's channels; every gateway node delivers it to its clients.
 
     Rooms the gateways keep history for (their `[history]` settings, which they announce
@@ -118,6 +150,9 @@ class RedisPublisher:
     are never retried blindly: a message for a room with history carries a message id, and
     after a lost connection it is sent once more with that id (Redis runs an id once), which
     turns "unknown" into what happened.
+
+    `close()` (or leaving `async with RedisPublisher(...) as publisher:`) closes its Redis connections; it may be
+    called any number of times, and a message after it raises PublisherClosed.
     """
 
     SETTINGS_TTL = 5.0  # seconds the gateways' history settings are used before they are read again
@@ -132,9 +167,11 @@ class RedisPublisher:
         self._server_id = server_id
         self._sender = new_sender_id()  # not any node's id: every node delivers it
         self._history: tuple[float, RoomPatterns, dict[str, Any]] | None = None
+        self._closed = False
 
     async def publish(self, room: str, data: Any, *, type: str = protocol.MESSAGE) -> int:
         """Returns how many gateway nodes received it (see the class for what it raises)."""
+        self._check_open()
         message = protocol.encode(type, room=room, data=data, client_id=self._server_id)
         rooms, history = await self._history_settings()
         channel = self._names.channel(room)
@@ -158,6 +195,7 @@ class RedisPublisher:
 
     async def broadcast(self, data: Any, *, type: str = protocol.MESSAGE) -> int:
         """Returns how many gateway nodes received it (see the class for what it raises)."""
+        self._check_open()
         message = protocol.encode(type, data=data, client_id=self._server_id)
         return int(await self._run([("PUBLISH", self._names.broadcast, self._sender + message)]))
 
@@ -188,7 +226,14 @@ class RedisPublisher:
         return answer
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        """Close the connections to Redis; idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self._redis.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PublisherClosed("this RedisPublisher is closed")
 
     async def _history_settings(self) -> tuple[RoomPatterns, dict[str, Any]]:
         """The gateways' `[history]` settings, as they announce them in Redis (read at most every SETTINGS_TTL)."""
