@@ -333,7 +333,9 @@ class Connection:
         # Leave the rooms now (next turn: we may be inside a fan-out over one of them),
         # not after a close handshake that a stalled peer can hold up for write_wait.
         self._loop.call_soon(self._on_drop, self)
-        self._closer = asyncio.create_task(self._close(code, reason), name=f"wsgate-close-{self.id}")
+        # A peer closed for not reading gets no wait for its writer; any other is let take what is being written.
+        patient = why not in (errors.SLOW_CONSUMER, errors.WRITE_TIMEOUT)
+        self._closer = asyncio.create_task(self._close(code, reason, patient), name=f"wsgate-close-{self.id}")
 
     def lost(self) -> None:
         """The socket is gone (the peer closed or reset it), whatever the reader is doing, e.g. awaiting a hook
@@ -423,13 +425,24 @@ class Connection:
                 extra={"client_id": self.id, "remote": self.remote, "close_code": code},
             )
 
-    async def _close(self, code: int, reason: str) -> None:
-        if self._writer is not None and self._writer is not asyncio.current_task():
-            self._writer.cancel()  # it may be stuck on a peer that stopped reading
+    async def _close(self, code: int, reason: str, patient: bool) -> None:
+        """Send the close frame and await the handshake, all within `write_wait`; else abort the socket.
+
+        `patient`: a writer still draining the socket (a peer that reads, slowly: a flooder reading its error
+        replies) is let finish first, within the same deadline. Cancelling it would cancel aiohttp's shared
+        "drained" future, close() would fail at once, and the peer would see its socket reset (1006) instead of
+        the reason it was closed for. A peer closed for not reading (slow consumer, write timeout) gets no such
+        wait: its writer is cancelled and, the close failing, the socket aborted at once.
+        """
+        writer = self._writer
+        if not patient and writer is not None and not writer.done() and writer is not asyncio.current_task():
+            writer.cancel()
         clean = False
         try:
             code, message = close_fields(code, reason)
             async with asyncio.timeout(self._write_wait):
+                if writer is not None and not writer.done() and writer is not asyncio.current_task():
+                    await asyncio.wait([writer])  # (the outbox was emptied by drop: it finishes its current write)
                 await self._ws.close(code=code, message=message)
             clean = True
         except TimeoutError:
@@ -440,8 +453,11 @@ class Connection:
             if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 raise
         finally:
-            if not clean and self._transport is not None:
-                self._transport.abort()  # close() would wait forever to flush to a stalled peer
+            if not clean:
+                if writer is not None and not writer.done() and writer is not asyncio.current_task():
+                    writer.cancel()  # stuck on a peer that stopped reading
+                if self._transport is not None:
+                    self._transport.abort()  # close() would wait forever to flush to a stalled peer
 
     # --- writer and keepalive ----------------------------------------------------
 

@@ -148,7 +148,7 @@ class Dispatcher:
         if verdict is Verdict.ALLOW:
             return True
         self.reject(client, self._rate_limited)
-        if verdict is Verdict.CLOSE:
+        if verdict is Verdict.CLOSE and client.state is State.OPEN:
             log.warning("client %s stayed over its rate limit; closing", client.id, extra={"client_id": client.id})
             client.drop(errors.RATE_LIMIT_EXCEEDED)
         return False
@@ -160,6 +160,8 @@ class Dispatcher:
         replay, a plugin's large reply) is charged to the client's byte bucket too: a 40-byte request must
         not fetch a megabyte per message the limit allows.
         """
+        if client.state is not State.OPEN:
+            return  # read after the client was closed (a flood still buffered): nothing is handled or answered
         limiter = client.limiter
         if limiter is None:
             await self._handle(client, text)
