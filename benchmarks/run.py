@@ -28,7 +28,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYTHON = sys.executable
-NO_EXAMPLE_PLUGINS = '["echo", "users", "token_auth"]'
 REDIS_URL = os.environ.get("WSGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 
 # name: (loadgen arguments, servers it runs on, figures to report)
@@ -128,7 +127,6 @@ def start_server(kind: str, prefix: str) -> tuple[list[subprocess.Popen[bytes]],
         **os.environ,
         "WSGATE_LOGGING__LEVEL": "WARNING",
         "WSGATE_LOGGING__ACCESS_LOG": "false",
-        "WSGATE_PLUGINS__DISABLED": NO_EXAMPLE_PLUGINS,
         "WEBSOCKET_ENABLED": "true",
         "WEBSOCKET_LIMITS_MAX_CONNECTIONS": "0",
         "WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM": "0",

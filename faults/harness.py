@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from wsgate.config import env_name
 
 HERE = Path(__file__).resolve().parent
-EXAMPLE_PLUGINS = ["token_auth", "users", "echo"]  # (installed beside wsgate by make test: not part of any fault)
+EXAMPLE_PLUGINS = ["token_auth", "users", "echo"]  # (on the path of a test run, tests/test_faults.py: part of no fault)
 WAIT = 20.0  # seconds any one wait may take before the scenario fails
 
 
