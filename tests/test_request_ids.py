@@ -3,6 +3,7 @@ else does, and a client that sends none gets exactly the spec's bytes, as before
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +16,7 @@ from wsgate import Client, Handler, Message
 from wsgate.testing import TIMEOUT, Peer, Server, StartServer
 
 from .test_auth import NO_EXAMPLE_AUTH, SECRET, bearer, token
+from .test_docs_examples import page_block
 
 TIMESTAMP = re.compile(r'"timestamp":\d+')
 
@@ -203,3 +205,12 @@ async def test_refreshed_and_operator_replies_carry_the_id_but_not_the_rooms_a_r
     while (refreshed := await client.recv())["type"] == "dashboard_stats":
         pass
     assert (refreshed["type"], refreshed["id"]) == ("refreshed", "r")
+
+
+async def test_the_protocol_pages_exchange(server: Server) -> None:
+    """docs/protocol.md, "Request ids": each client message of the example, sent as written, gets the reply
+    the page shows (its timestamp aside)."""
+    frames = json.loads(page_block("protocol.md", "[", "json"))
+    a = await server.connect()
+    for request, reply in zip(frames[::2], frames[1::2], strict=True):
+        assert untimed(await a.request(request)) == {key: value for key, value in reply.items() if key != "timestamp"}
