@@ -18,6 +18,8 @@ import pytest
 
 from wsgate.testing import StartServer
 
+from .test_client import Silent
+
 pytestmark = pytest.mark.slow  # Chromium started for each test
 
 try:
@@ -280,3 +282,33 @@ async def test_the_js_client_subscribes_again_to_a_room_the_gateway_could_not_re
     await publisher.request({"type": "publish", "room": "chat:browser", "data": 3})
     await page.wait_for_function("window.received.includes(3)", timeout=20_000)
     assert await page.evaluate("window.client.connects") == 2  # in the room again, on the same connection
+
+
+async def test_the_js_client_matches_replies_by_request_id(wsgate_server: StartServer, page: Any) -> None:
+    """Issue 24: an error caused by a fire-and-forget publish no longer fails the next request (it is an
+    "error" event); a reply no request waits for is dropped with a console.debug line; a request without
+    a reply rejects with a RequestTimeout after `requestTimeout`."""
+    server = await wsgate_server(Silent(), history=HISTORY)
+    logged: list[tuple[str, str]] = []
+    page.on("console", lambda message: logged.append((message.type, message.text)))
+    await page.goto(server.url("/health"))
+    outcome = await page.evaluate("""async () => {
+        const { WsgateClient, GatewayError, RequestTimeout } = await import("/client.js");
+        const client = new WsgateClient(location.origin.replace(/^http/, "ws") + "/ws", { requestTimeout: 200 });
+        const errors = [];
+        client.on("error", (error) => errors.push([error instanceof GatewayError, error.text]));
+        await client.connect();
+        client.publish("not-joined", "lost");
+        const rtt = await client.ping();  // answered by its pong, not by the publish's error
+        client.send({ type: "ping", id: 1e9 });  // a reply no request waits for
+        const [subscribed, history] = await Promise.all([client.subscribe("chat:a"), client.history("chat:a")]);
+        let timedOut;
+        try { await client.request({ type: "silent" }); }
+        catch (error) { timedOut = [error instanceof RequestTimeout, error.message]; }
+        return { rtt: rtt >= 0, errors, room: subscribed.room, messages: history.messages, timedOut };
+    }""")
+    assert outcome["rtt"] and outcome["errors"] == [[True, "not subscribed to this room"]]
+    assert (outcome["room"], outcome["messages"]) == ("chat:a", [])
+    assert outcome["timedOut"][0] is True
+    assert re.fullmatch(r"no reply to silent \(id \d+\) within 200 ms", outcome["timedOut"][1])
+    assert any(kind == "debug" and "no request waits for" in text for kind, text in logged), logged

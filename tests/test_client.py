@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
+import wsgate
+from wsgate import Client, Handler, Message
 from wsgate.history import Position
-from wsgate.sdk.client import GatewayClient, GatewayError
+from wsgate.sdk.client import GatewayClient, GatewayError, RequestTimeout
 from wsgate.testing import Server, StartServer
 
 HISTORY = {"rooms": ["chat:*"], "size": 1000}
+
+
+class Silent:
+    """A plugin whose `silent` message is never answered."""
+
+    @wsgate.hookimpl
+    def wsgate_message_handlers(self) -> Mapping[str, Handler]:
+        async def silent(client: Client, message: Message) -> None:
+            pass
+
+        return {"silent": silent}
 
 
 @pytest.fixture
@@ -105,3 +120,40 @@ async def test_a_room_the_gateway_could_not_recover_yet_is_subscribed_again_late
             while (await client.receive())["data"] != 3:  # (2 too, if the retry came before it was published)
                 pass
         assert client.connects == 2  # in the room again, on the same connection
+
+
+async def test_an_error_a_publish_caused_does_not_fail_the_next_request(server: Server) -> None:
+    """Issue 24: with the oldest-request rule, `not subscribed to this room` answering a fire-and-forget
+    publish failed the ping sent right after it. Each reply now names its request (`id`)."""
+    async with GatewayClient(server.url("/ws")) as client:
+        await client.publish("chat:not-joined", "lost")
+        assert await client.ping() > 0
+        error = await client.receive()  # it answers no request: the application sees it
+        assert (error["type"], error["error"], "id" in error) == ("error", "not subscribed to this room", False)
+
+
+async def test_requests_wait_side_by_side_and_each_gets_its_own_reply(server: Server) -> None:
+    async with GatewayClient(server.url("/ws")) as client:
+        subscribed, history, rtt = await asyncio.gather(
+            client.subscribe("chat:a"), client.history("chat:b"), client.ping()
+        )
+        assert (subscribed["room"], history["messages"], rtt > 0) == ("chat:a", [], True)
+
+
+async def test_a_reply_no_request_waits_for_is_dropped_and_logged(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with GatewayClient(server.url("/ws")) as client:
+        with caplog.at_level(logging.DEBUG, logger="wsgate.sdk.client"):
+            await client._send({"type": "ping", "id": 10**9})  # (as if its request had timed out)
+            assert await client.ping() > 0
+        assert any("no request waits for" in record.getMessage() for record in caplog.records)
+        assert client._inbox.empty()
+
+
+async def test_a_request_without_a_reply_times_out_clearly(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(Silent())
+    async with GatewayClient(server.url("/ws"), request_timeout=0.2) as client:
+        with pytest.raises(RequestTimeout, match=r"no reply to 'silent' \(id \d+\) within 0.2 s"):
+            await client._request({"type": "silent"})
+        assert await client.ping() > 0  # the connection is fine

@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
+from contextvars import ContextVar
 from typing import Any, overload
 
 from aiohttp import WSMsgType, web
@@ -55,6 +56,24 @@ class Sent:
 
 
 SENT = Sent()
+
+
+class Reply:
+    """The request id of the message a client's reader is handling (docs/protocol.md, "Request ids"), encoded.
+
+    The dispatcher puts one on the client (`Connection.replying`) and in `REPLYING` for the duration of the
+    message's handling: what the handling queues for that client alone (`enqueue`, `send`, `send_error`)
+    carries the id. One object per message, so a task a handler left behind never tags a later answer.
+    """
+
+    __slots__ = ("id",)
+
+    def __init__(self, encoded_id: bytes) -> None:
+        self.id = encoded_id
+
+
+REPLYING: ContextVar[Reply | None] = ContextVar("wsgate_replying", default=None)
+"""The Reply of the message the current task is handling (None outside a message with an id)."""
 
 
 class Flusher:
@@ -130,6 +149,7 @@ class Connection:
         "_closer",
         "limiter",
         "_expiry",
+        "replying",
     )
 
     def __init__(
@@ -180,6 +200,7 @@ class Connection:
         self._closer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self.closed = asyncio.Event()  # set once the client is gone and everything is released
+        self.replying: Reply | None = None  # the request id of the message being handled (set by the dispatcher)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} rooms={len(self.rooms)}>"
@@ -187,10 +208,14 @@ class Connection:
     # --- sending -----------------------------------------------------------------
 
     def send(self, payload: Mapping[str, Any]) -> Sent:
-        """Send one JSON object to this client (stamped with `timestamp` if it has none)."""
+        """Send one JSON object to this client (stamped with `timestamp` if it has none). While this client's
+        message with an `id` is handled, the object gets that `id` as its last key, unless it has one."""
         obj = dict(payload)
         obj.setdefault("timestamp", protocol.now_ms())
-        self.enqueue(protocol.dumps(obj))
+        if "id" in obj:
+            self.notify(protocol.dumps(obj))
+        else:
+            self.enqueue(protocol.dumps(obj))
         return SENT
 
     def send_error(self, err: protocol.ClientError) -> None:
@@ -199,7 +224,19 @@ class Connection:
 
     def enqueue(self, payload: bytes) -> None:
         """Queue one encoded message for this client alone (counted as one delivery); ValueError, and nothing
-        queued, when it is not valid UTF-8 (`wire.data_frame`)."""
+        queued, when it is not valid UTF-8 (`wire.data_frame`).
+
+        Queued while this client's message with an `id` is handled (in that handling's context: `REPLYING`),
+        it is a reply and gets that `id` (`protocol.with_id`); otherwise it goes as it is (one attribute test).
+        """
+        reply = self.replying
+        if reply is not None and REPLYING.get() is reply:
+            payload = protocol.with_id(payload, reply.id)
+        self.notify(payload)
+
+    def notify(self, payload: bytes) -> None:
+        """Queue one encoded message for this client alone that answers no request of its own (never given a
+        request id): the `unsubscribed` of a room a refreshed token no longer allows, a push."""
         frame = text_frame(payload)
         if self.put(frame):
             self.replied += len(frame)

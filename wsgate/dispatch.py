@@ -8,11 +8,11 @@ from collections.abc import Awaitable, Callable
 
 from . import errors
 from .clients import GatewayConnection
-from .connection import State
+from .connection import REPLYING, Reply, State
 from .errors import ClientError, ClientGone
 from .metrics import Metrics
 from .plugins import HookTimedOut
-from .protocol import Decoder
+from .protocol import Decoder, encode_id
 from .ratelimit import Verdict
 from .registry import HandlerRegistry
 from .supervision import Throttled
@@ -173,10 +173,19 @@ class Dispatcher:
         limiter.charge(client.replied - replied - len(text), client.last_seen)
 
     async def _handle(self, client: GatewayConnection, text: str) -> None:
+        """Handle one message. One with an `id` (docs/protocol.md, "Request ids") is handled with a `Reply`
+        on the client and in `REPLYING`, so that every answer to it carries the id, errors included; an
+        invalid `id` is answered `invalid JSON format` without it. Without an id: one dict lookup."""
         kind = None
         work = self._begin(client)
+        replying = None
         try:
-            message = self._decoder.decode(text)
+            obj = self._decoder.parse(text)
+            request_id = obj.get("id")
+            if request_id is not None:
+                reply = client.replying = Reply(encode_id(request_id))
+                replying = REPLYING.set(reply)
+            message = self._decoder.message(obj, text)
             kind = message.type
             self._metrics.message_received(kind)
             if log.isEnabledFor(logging.DEBUG):  # per-message logging only at debug, and free otherwise
@@ -208,6 +217,9 @@ class Dispatcher:
             log.exception("handler for %r failed (client %s)", kind, client.id, extra={"client_id": client.id})
             self.reject(client, ClientError(errors.INTERNAL_ERROR))
         finally:
+            if replying is not None:
+                client.replying = None
+                REPLYING.reset(replying)
             del self._in_flight[client]
             if work.cancelled is not None:
                 work.take_back()  # (cancelled, and the handler swallowed it: taken back all the same)

@@ -162,7 +162,8 @@ class Gateway:
             except ClientError:
                 if room in conn.rooms:  # (it may have left meanwhile)
                     self._hub.leave(conn, room)
-                    conn.enqueue(protocol.encode(protocol.UNSUBSCRIBED, room=room, data={"room": room}))
+                    # not the answer to the refresh: never given its request id
+                    conn.notify(protocol.encode(protocol.UNSUBSCRIBED, room=room, data={"room": room}))
                     left.append(room)
         return left
 

@@ -87,6 +87,8 @@ class Message:
     room: str | None
     data: Any
     fields: dict[str, Any]
+    id: str | int | None = None
+    """The request id the client gave (docs/protocol.md, "Request ids"); replies to this client carry it."""
 
     def require_room(self) -> str:
         """The message's room; ClientError `room name is required` when it has none."""
@@ -135,9 +137,22 @@ class Decoder:
 
     def decode(self, text: str | bytes) -> Message:
         """Parse one client message; raise ClientError with a documented text when it is not a valid message."""
+        obj = self.parse(text)
+        request_id = obj.get("id")
+        if request_id is not None:
+            encode_id(request_id)
+        return self.message(obj, text)
+
+    def parse(self, text: str | bytes) -> dict[str, Any]:
+        """The JSON object a frame holds; ClientError `invalid JSON format` when it holds anything else."""
         obj = loads(text, self._max_digits)
         if not isinstance(obj, dict):
             raise ClientError(errors.INVALID_JSON, "a message must be a JSON object")
+        return obj
+
+    def message(self, obj: dict[str, Any], text: str | bytes) -> Message:
+        """The Message in `obj` (parsed from `text`, whose brackets are counted first); ClientError when its
+        depth, `type` or `room` is not acceptable. Its `id` is taken as it is: check it first (`encode_id`)."""
         # Only a message with more brackets than the limit can be too deep: count them (fast, in C) first.
         if (text.count("[") + text.count("{") if isinstance(text, str) else text.count(b"[") + text.count(b"{")) > (
             self._max_depth
@@ -153,7 +168,7 @@ class Decoder:
             if not isinstance(room, str):
                 raise ClientError(errors.INVALID_JSON, "field 'room' must be a string")
             self.check_room(room)
-        return Message(kind, room, obj.get("data"), obj)
+        return Message(kind, room, obj.get("data"), obj, obj.get("id"))
 
     def check_room(self, room: str) -> str:
         """`room` if it is an acceptable room name; ClientError otherwise (the HTTP API checks with this too)."""
@@ -164,6 +179,35 @@ class Decoder:
         if self._room_pattern is not None and not self._room_pattern.fullmatch(room):
             raise ClientError(errors.INVALID_ROOM, f"room names must match {self._room_pattern.pattern}")
         return room
+
+
+MAX_ID_LENGTH: Final = 64
+"""The longest string request id, in characters (docs/protocol.md, "Request ids")."""
+MAX_ID: Final = 2**53
+"""The largest integer request id: exact in every client's numbers (JavaScript's doubles)."""
+_BAD_ID: Final = f"field 'id' must be a string of at most {MAX_ID_LENGTH} characters or an integer from 0 to 2^53"
+
+
+def encode_id(value: Any) -> bytes:
+    """A client's request id, encoded as JSON for replies (`with_id`): a string of at most MAX_ID_LENGTH
+    characters, or an integer from 0 to MAX_ID (booleans are not integers here). Anything else raises
+    ClientError `invalid JSON format` with a detail, and is never echoed."""
+    if isinstance(value, str):
+        if len(value) <= MAX_ID_LENGTH:
+            return dumps(value)
+    elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
+        return b"%d" % value
+    raise ClientError(errors.INVALID_JSON, _BAD_ID)
+
+
+def with_id(payload: bytes, encoded_id: bytes) -> bytes:
+    """`payload` (one encoded JSON object) with `"id": encoded_id` added as its last key; anything that is
+    not a compact object (`{...}`, as `encode` and `dumps` build them) is returned unchanged."""
+    if payload[-1:] != b"}" or payload[:1] != b"{":
+        return payload
+    if len(payload) == 2:
+        return b'{"id":%s}' % encoded_id
+    return b'%s,"id":%s}' % (payload[:-1], encoded_id)
 
 
 def _depth_exceeds(obj: Any, limit: int) -> bool:

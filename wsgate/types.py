@@ -58,13 +58,17 @@ class Client(Protocol):
         """Send one JSON object to this client alone (stamped with `timestamp` if it has none).
 
         Queued at once: awaiting the result is allowed and completes immediately.
-        Raises `ClientError` (`invalid JSON format`) for data JSON cannot carry.
+        Raises `ClientError` (`invalid JSON format`) for data JSON cannot carry. Sent while this client's
+        message with an `id` is handled, it gets that `id` as its last key, unless it has an `id` of its own
+        (docs/protocol.md, "Request ids").
         """
 
     def enqueue(self, message: bytes) -> None:
         """Send one message that is already encoded JSON (`wsgate.protocol.encode`) to this client alone.
 
         Raises ValueError when `message` is not valid UTF-8 (a text frame must be, RFC 6455 section 8.1).
+        Queued while this client's message with an `id` is handled, a JSON object gets that `id` as its last key
+        (docs/protocol.md, "Request ids").
         """
 
     @overload

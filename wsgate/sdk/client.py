@@ -18,6 +18,13 @@ asks it for a token, and the client refreshes the token by itself before it
 expires (`connected` says when): the gateway would otherwise close the
 connection with 4001 "token expired". Rooms the new token no longer allows are
 left by the gateway; their `unsubscribed` messages are passed on.
+
+Every request (`subscribe`, `unsubscribe`, `history`, `ping`, the token's `refresh`) carries an `id` (a
+counter) and is answered by the reply with the same `id` (docs/protocol.md, "Request ids"); several may wait
+at once. A request not answered within `request_timeout` seconds raises `RequestTimeout`. `publish` and
+`broadcast` wait for nothing and carry no id: an `error` they cause is passed on to the application (it
+answers no request), never to another request. A reply whose id no request waits for (it came after its
+request timed out) is dropped, logged at debug.
 """
 
 from __future__ import annotations
@@ -53,6 +60,10 @@ class GatewayError(Exception):
         super().__init__(text if detail is None else f"{text}: {detail}")
         self.text = text
         self.detail = detail
+
+
+class RequestTimeout(TimeoutError):
+    """No reply to a request within the client's `request_timeout` (seconds)."""
 
 
 class GatewayClient:
@@ -94,9 +105,8 @@ class GatewayClient:
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
-        self._lock = asyncio.Lock()  # one request waiting for its answer at a time (answers carry no id)
-        self._answer: asyncio.Future[dict[str, Any]] | None = None
-        self._expected: tuple[str, str | None] | None = None  # (type, room) of the awaited answer
+        self._ids = itertools.count(1)  # request ids: each reply names its request
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}  # requests waiting for a reply, by id
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -144,7 +154,7 @@ class GatewayClient:
     async def unsubscribe(self, room: str) -> None:
         self._rooms.discard(room)
         self.positions.pop(room, None)
-        await self._request({"type": "unsubscribe", "room": room}, ("unsubscribed", room))
+        await self._request({"type": "unsubscribe", "room": room})
 
     async def publish(self, room: str, data: Any) -> None:
         """Send to `room` (the client must be subscribed to it); its own copy arrives like any other."""
@@ -161,7 +171,7 @@ class GatewayClient:
             request["limit"] = limit
         if before is not None:
             request["before"] = before
-        answer = await self._request(request, ("history", room))
+        answer = await self._request(request)
         data: dict[str, Any] = answer["data"]
         return data
 
@@ -169,7 +179,7 @@ class GatewayClient:
         """Round-trip time of a `ping`, in milliseconds (as the JavaScript client's and every `timestamp`)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await self._request({"type": "ping"}, ("pong", None))
+        await self._request({"type": "ping"})
         return (loop.time() - started) * 1000
 
     # --- receiving --------------------------------------------------------------------
@@ -192,7 +202,7 @@ class GatewayClient:
         since = self.positions.get(room)
         if since is not None:
             request["since"] = {"offset": since.offset, "epoch": since.epoch}
-        answer = await self._request(request, ("subscribed", room))
+        answer = await self._request(request)
         data: dict[str, Any] = answer["data"]
         if "epoch" in data and (since is None or not data.get("recovered")):
             self.positions[room] = Position(data["offset"], data["epoch"])  # from here on, nothing missed
@@ -205,33 +215,42 @@ class GatewayClient:
         assert self._ws is not None
         await self._ws.send_str(json.dumps(obj))
 
-    async def _request(self, obj: dict[str, Any], expected: tuple[str, str | None]) -> dict[str, Any]:
-        async with self._lock:
-            self._answer = asyncio.get_running_loop().create_future()
-            self._expected = expected
+    async def _request(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Send `obj` with the next request id and return the reply with that id; GatewayError when it is an
+        `error`, RequestTimeout after `request_timeout` seconds, ConnectionResetError when the connection goes."""
+        request_id = next(self._ids)
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = answer
+        try:
+            if self._ws is None:
+                raise ConnectionResetError("not connected")
+            await self._ws.send_str(json.dumps({**obj, "id": request_id}))
             try:
-                if self._ws is None:
-                    raise ConnectionResetError("not connected")
-                await self._ws.send_str(json.dumps(obj))
                 async with asyncio.timeout(self._request_timeout):
-                    answer = await self._answer
-            finally:
-                self._answer = self._expected = None
-        if answer["type"] == "error":
-            raise GatewayError(answer["error"], answer.get("detail"))
-        return answer
+                    reply = await answer
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"no reply to {obj['type']!r} (id {request_id}) within {self._request_timeout:g} s"
+                ) from None
+        finally:
+            del self._pending[request_id]
+        if reply["type"] == "error":
+            raise GatewayError(reply["error"], reply.get("detail"))
+        return reply
 
     def _dispatch(self, message: dict[str, Any]) -> bool:
         """Route one message; False when the application should see it."""
         kind, room = message.get("type"), message.get("room")
         if kind == "message" and room is not None and "offset" in message:
             self.positions[room] = Position(message["offset"], message["epoch"])
-        answer = self._answer
-        if answer is not None and not answer.done() and self._expected is not None:
-            expected_kind, expected_room = self._expected  # an expected room of None: any room (pong has none)
-            if kind == "error" or (kind == expected_kind and expected_room in (None, room)):
+        if "id" in message:  # a reply: to the request with its id, if one still waits
+            request_id = message["id"]
+            answer = self._pending.get(request_id) if isinstance(request_id, int) else None
+            if answer is None or answer.done():
+                log.debug("wsgate client: dropped a reply no request waits for: %r", message)
+            else:
                 answer.set_result(message)
-                return True
+            return True
         if kind == "unsubscribed" and room is not None:  # not asked for: the gateway took it out (a refresh)
             self._rooms.discard(room)
             self.positions.pop(room, None)
@@ -292,8 +311,9 @@ class GatewayClient:
             finally:
                 self._ws = None
                 self._connected.clear()
-                if self._answer is not None and not self._answer.done():
-                    self._answer.set_exception(ConnectionResetError("connection lost"))
+                for answer in self._pending.values():
+                    if not answer.done():
+                        answer.set_exception(ConnectionResetError("connection lost"))
             if self._closing:
                 return
             low, high = self._backoff
@@ -332,7 +352,7 @@ class GatewayClient:
             remaining = self.expires_at - time.time()
             await asyncio.sleep(max(0.0, remaining - min(60.0, max(1.0, remaining * REFRESH_MARGIN))))
             try:
-                answer = await self._request({"type": "refresh", "token": await self._token_now()}, ("refreshed", None))
+                answer = await self._request({"type": "refresh", "token": await self._token_now()})
             except Exception as exc:  # (get_token itself may fail) the loop goes on: the client must not die
                 log.warning("wsgate client: refreshing the token failed: %r", exc)
                 await asyncio.sleep(1.0)  # try again; at the expiry the gateway closes and the client reconnects

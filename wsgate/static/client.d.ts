@@ -30,6 +30,8 @@ export interface ServerMessage {
   offset?: number;
   /** Rooms with history: the run of offsets it belongs to. */
   epoch?: string;
+  /** On a reply: the id of the request it answers (the clients give every request one). */
+  id?: string | number;
 }
 
 /** A room's message (`room` set) or a broadcast (no `room`), as the "message" event hands it over. */
@@ -125,7 +127,7 @@ export interface ClientOptions {
   minBackoff?: number;
   /** The backoff's ceiling in milliseconds (default 10000). */
   maxBackoff?: number;
-  /** Milliseconds a request waits for its answer before it rejects (default 10000). */
+  /** Milliseconds a request waits for its reply before it rejects with a RequestTimeout (default 10000). */
   requestTimeout?: number;
   /** A WebSocket implementation (default: the global one). */
   WebSocket?: typeof WebSocket;
@@ -137,6 +139,12 @@ export class GatewayError extends Error {
   readonly name: "GatewayError";
   readonly text: string;
   readonly detail: string | undefined;
+}
+
+/** No reply to a request within the client's `requestTimeout`; the message names the request and its id. */
+export class RequestTimeout extends Error {
+  constructor(message: string);
+  readonly name: "RequestTimeout";
 }
 
 export class WsgateClient {

@@ -16,6 +16,12 @@
 // asks it for a token, and the client refreshes the token by itself before it expires
 // (`connected` says when); the gateway would otherwise close with 4001 "token expired".
 // Rooms the new token no longer allows are left: an "unsubscribed" event says which.
+//
+// Every request (subscribe, unsubscribe, history, ping, refresh) carries an `id` (a counter) and is settled
+// by the reply with the same `id` (docs/protocol.md, "Request ids"); several may wait at once. One without a
+// reply within `requestTimeout` ms rejects with a RequestTimeout. publish and broadcast wait for nothing and
+// carry no id: an error they cause is an "error" event, never another request's answer. A reply whose id no
+// request waits for (it came after its request timed out) is dropped, logged with console.debug.
 
 /**
  * @typedef {Object} ServerMessage
@@ -26,6 +32,7 @@
  * @property {string} [error]
  * @property {string} [detail]
  * @property {number} timestamp
+ * @property {string | number} [id]  the request id a reply answers (docs/protocol.md, "Request ids")
  * @property {number} [offset]  rooms with history: the message's place in the room
  * @property {string} [epoch]   rooms with history: the run of offsets it belongs to
  */
@@ -37,7 +44,7 @@
  *           before the current one expires (then sent as `refresh`)
  * @property {number} [minBackoff=100]  milliseconds before the first reconnection attempt (at most)
  * @property {number} [maxBackoff=10000]
- * @property {number} [requestTimeout=10000]
+ * @property {number} [requestTimeout=10000] milliseconds a request waits for its reply (then: RequestTimeout)
  * @property {typeof WebSocket} [WebSocket] a WebSocket implementation (defaults to the browser's)
  */
 
@@ -52,6 +59,15 @@ export class GatewayError extends Error {
     this.name = "GatewayError";
     this.text = text;
     this.detail = detail;
+  }
+}
+
+/** No reply to a request within the client's `requestTimeout` (milliseconds). */
+export class RequestTimeout extends Error {
+  /** @param {string} message */
+  constructor(message) {
+    super(message);
+    this.name = "RequestTimeout";
   }
 }
 
@@ -82,9 +98,10 @@ export class WsgateClient {
     this.ws = null;
     this.closing = false;
     this.attempt = 0;
-    /** Requests waiting for their answer, in order (answers carry no id; the gateway answers in order).
-     * @type {Array<{expect: (m: ServerMessage) => boolean, resolve: Function, reject: Function, timer: any}>} */
-    this.pending = [];
+    /** Requests waiting for their reply, by request id (each reply carries its request's id).
+     * @type {Map<number, {resolve: Function, reject: Function, timer: any}>} */
+    this.pending = new Map();
+    this.nextId = 1;
     this.started = false;
     this.isReady = false;
     /** Resolved while connected; replaced by a pending one when a connection is lost. @type {Promise<void>} */
@@ -139,7 +156,7 @@ export class WsgateClient {
   async unsubscribe(room) {
     this.rooms.delete(room);
     this.positions.delete(room);
-    await this.request({ type: "unsubscribe", room }, (m) => m.type === "unsubscribed" && m.room === room);
+    await this.request({ type: "unsubscribe", room });
   }
 
   /** Send to a room the client is subscribed to. @param {string} room @param {*} data */
@@ -155,7 +172,7 @@ export class WsgateClient {
   /** Round-trip time of a ping, in milliseconds. @returns {Promise<number>} */
   async ping() {
     const started = performance.now();
-    await this.request({ type: "ping" }, (m) => m.type === "pong");
+    await this.request({ type: "ping" });
     return performance.now() - started;
   }
 
@@ -165,8 +182,7 @@ export class WsgateClient {
    * @param {string} room @param {number} [limit] @param {number} [before]
    */
   async history(room, limit, before) {
-    const answer = await this.request({ type: "history", room, ...(limit ? { limit } : {}), ...(before ? { before } : {}) },
-      (m) => m.type === "history" && m.room === room);
+    const answer = await this.request({ type: "history", room, ...(limit ? { limit } : {}), ...(before ? { before } : {}) });
     return answer.data;
   }
 
@@ -208,7 +224,7 @@ export class WsgateClient {
     const ws = this.ws;
     try {
       const token = await this.options.getToken();
-      const answer = await this.request({ type: "refresh", token }, (m) => m.type === "refreshed");
+      const answer = await this.request({ type: "refresh", token });
       this.expiresAt = answer.data.expires_at;
       this.refreshes += 1;
       this.scheduleRefresh();
@@ -224,10 +240,11 @@ export class WsgateClient {
   closed(ws, event) {
     if (this.ws !== ws) return;
     this.ws = null;
-    for (const waiting of this.pending.splice(0)) {
+    for (const waiting of this.pending.values()) {
       clearTimeout(waiting.timer);
       waiting.reject(new Error(`connection closed (${event.code})`));
     }
+    this.pending.clear();
     clearTimeout(this.refreshTimer);
     this.emit("close", { code: event.code, reason: event.reason });
     if (this.closing) return;
@@ -271,9 +288,13 @@ export class WsgateClient {
     if (message.type === "message" && message.room !== undefined && message.offset !== undefined) {
       this.positions.set(message.room, { offset: message.offset, epoch: message.epoch });
     }
-    const waiting = this.pending[0];
-    if (waiting && (message.type === "error" || waiting.expect(message))) {
-      this.pending.shift();
+    if (message.id !== undefined) { // a reply: to the request with its id, if one still waits
+      const waiting = this.pending.get(message.id);
+      if (!waiting) {
+        console.debug("wsgate client: dropped a reply no request waits for", message);
+        return;
+      }
+      this.pending.delete(message.id);
       clearTimeout(waiting.timer);
       if (message.type === "error") waiting.reject(new GatewayError(message.error, message.detail));
       else waiting.resolve(message);
@@ -312,7 +333,7 @@ export class WsgateClient {
   async subscribeNow(room) {
     const since = this.positions.get(room);
     const request = { type: "subscribe", room, ...(since ? { since } : {}) };
-    const answer = await this.request(request, (m) => m.type === "subscribed" && m.room === room);
+    const answer = await this.request(request);
     const data = answer.data;
     if (data.epoch !== undefined && (!since || !data.recovered)) {
       this.positions.set(room, { offset: data.offset, epoch: data.epoch }); // from here on, nothing missed
@@ -327,18 +348,24 @@ export class WsgateClient {
     this.ws.send(JSON.stringify(message));
   }
 
-  /** @param {object} message @param {(m: ServerMessage) => boolean} expect @returns {Promise<ServerMessage>} */
-  request(message, expect) {
+  /**
+   * Send `message` with the next request id; resolves with the reply that carries it, rejects with a
+   * GatewayError (an `error` reply), a RequestTimeout, or an Error when the connection goes.
+   * @param {{type: string} & Record<string, any>} message @returns {Promise<ServerMessage>}
+   */
+  request(message) {
+    const id = this.nextId++;
     return new Promise((resolve, reject) => {
+      const timeout = this.options.requestTimeout;
       const timer = setTimeout(() => {
-        this.pending = this.pending.filter((waiting) => waiting.timer !== timer);
-        reject(new Error(`no answer to ${message.type} within ${this.options.requestTimeout} ms`));
-      }, this.options.requestTimeout);
-      this.pending.push({ expect, resolve, reject, timer });
+        this.pending.delete(id);
+        reject(new RequestTimeout(`no reply to ${message.type} (id ${id}) within ${timeout} ms`));
+      }, timeout);
+      this.pending.set(id, { resolve, reject, timer });
       try {
-        this.send(message);
+        this.send({ ...message, id });
       } catch (error) {
-        this.pending.pop();
+        this.pending.delete(id);
         clearTimeout(timer);
         reject(error);
       }
