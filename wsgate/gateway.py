@@ -72,10 +72,18 @@ class Gateway:
 
     # --- messages ---------------------------------------------------------------------
 
-    async def publish(self, room: str, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None) -> int:
+    async def publish(
+        self,
+        room: str,
+        data: Any,
+        *,
+        type: str = protocol.MESSAGE,
+        client_id: str | None = None,
+        skip: Client | None = None,
+    ) -> int:
         message = protocol.encode(type, room=room, data=data, client_id=client_id)
         try:
-            return await self._router.publish(room, message)
+            return await self._router.publish(room, message, skip=None if skip is None else _connection(skip))
         except OutcomeUnknown as exc:  # Redis took it and did not answer: kept and delivered once, or not at all
             raise ClientError(
                 errors.PUBLISH_OUTCOME_UNKNOWN,
@@ -86,8 +94,11 @@ class Gateway:
         except BrokerError as exc:  # certainly not kept: nobody got it
             raise ClientError(errors.HISTORY_UNAVAILABLE, f"the message was not sent: {exc}") from None
 
-    async def broadcast(self, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None) -> int:
-        return await self._router.publish(None, protocol.encode(type, data=data, client_id=client_id))
+    async def broadcast(
+        self, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None, skip: Client | None = None
+    ) -> int:
+        message = protocol.encode(type, data=data, client_id=client_id)
+        return await self._router.publish(None, message, skip=None if skip is None else _connection(skip))
 
     # --- rooms ------------------------------------------------------------------------
 

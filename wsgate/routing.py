@@ -36,6 +36,7 @@ import asyncio
 import logging
 
 from .broker import Broker, BrokerError
+from .connection import Connection
 from .history import Position
 from .hub import Hub
 from .metrics import Metrics
@@ -62,6 +63,7 @@ class Router:
         self._history_rooms = history_rooms
         self._metrics = metrics
         self._gap_wait = gap_wait
+        self._skips: dict[Waiter, Connection] = {}  # a queued publish's connection left out ("skip_self")
         self._wakes: dict[str, asyncio.TimerHandle] = {}  # room -> its wake-up (Wake)
         self._reads: set[asyncio.Task[None]] = set()  # history reads under way (Read)
         self._closed = False
@@ -70,13 +72,16 @@ class Router:
         """Whether messages to `room` get offsets (`history.rooms`)."""
         return self._history_rooms.match(room)
 
-    async def publish(self, room: str | None, message: bytes, *, history: bool | None = None) -> int:
+    async def publish(
+        self, room: str | None, message: bytes, *, history: bool | None = None, skip: Connection | None = None
+    ) -> int:
         """Send `message` (one encoded JSON object) to `room`'s members on every node (None: every client).
 
         `history`: keep it in the room's history; by default, when `history.rooms` matches the room
-        (presence events pass False: they are not publications). Returns how many local clients it was
-        queued for. Raises BrokerError when the room keeps history and the message was not kept (then
-        nobody got it), OutcomeUnknown (a BrokerError) when the broker took it and did not answer in time
+        (presence events pass False: they are not publications). `skip`: a local connection left out of this
+        node's delivery (`"skip_self": true`); the message is kept and relayed all the same. Returns how many
+        local clients it was queued for. Raises BrokerError when the room keeps history and the message was not
+        kept (then nobody got it), OutcomeUnknown (a BrokerError) when the broker took it and did not answer in time
         (then it reaches every member once if it was kept, this node's through `receive`, or nobody).
         Plain rooms and broadcasts never raise: local delivery goes on, other nodes get it at most once.
         """
@@ -89,8 +94,11 @@ class Router:
         else:
             self._broker.relay(room, message)
             if not self._pending:  # the common case: no offset pending, deliver now
-                return self._deliver(room, message)
+                return self._deliver(room, message, skip)
         waiter: Waiter = asyncio.get_running_loop().create_future()
+        if skip is not None:
+            self._skips[waiter] = skip
+            waiter.add_done_callback(self._skips.pop)  # (finished, failed or abandoned: forgotten)
         entry = self._order.queue(room, kept, waiter)
         if not kept:
             self._carry_out(self._order.answered(entry, message, None, self._deadline()))
@@ -143,7 +151,8 @@ class Router:
 
     def _carry_out_one(self, action: Action[Waiter]) -> None:
         if isinstance(action, Deliver):
-            delivered = self._deliver(action.room, action.message)
+            skip = self._skips.get(action.waiter) if self._skips and action.waiter is not None else None
+            delivered = self._deliver(action.room, action.message, skip)
             if action.waiter is not None:
                 _finish(action.waiter, delivered)
         elif isinstance(action, Done):
@@ -169,8 +178,8 @@ class Router:
             )
             self._metrics.error("history_gap")
 
-    def _deliver(self, room: str | None, message: bytes) -> int:
-        count = self._hub.deliver(room, message)
+    def _deliver(self, room: str | None, message: bytes, skip: Connection | None = None) -> int:
+        count = self._hub.deliver(room, message, skip)
         self._metrics.messages_delivered(count)
         return count
 
