@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from wsgate import Client, ClientError, Handler, Message, Position, errors, hookimpl, protocol
+from wsgate.errors import AlreadyPublished
 
 MAX_OFFSET = 2**53  # exact in every client's numbers (and in Redis's Lua)
 
@@ -60,7 +61,13 @@ async def publish(client: Client, message: Message) -> None:
     if room not in client.rooms:
         raise ClientError(errors.NOT_SUBSCRIBED)
     await client.gateway.authorize(client, protocol.PUBLISH, room)
-    await client.gateway.publish(room, message.data, client_id=client.id, skip=skip)
+    try:
+        await client.gateway.publish(
+            room, message.data, client_id=client.id, skip=skip, idempotency_key=message.fields.get("idempotency_key")
+        )
+    except AlreadyPublished as first:  # a retry: answered as the first was (its message, its offset), to it alone
+        if skip is None:
+            client.enqueue(first.message)
 
 
 async def broadcast(client: Client, message: Message) -> None:
