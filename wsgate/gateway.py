@@ -18,7 +18,7 @@ from .broker.base import OutcomeUnknown
 from .clients import GatewayConnection
 from .config import Settings
 from .connection import State
-from .errors import ClientError, ClientGone
+from .errors import IDEMPOTENCY_KEY_LENGTH, ClientError, ClientGone
 from .history import Position, Replay
 from .hub import Hub
 from .metrics import Metrics
@@ -72,10 +72,28 @@ class Gateway:
 
     # --- messages ---------------------------------------------------------------------
 
-    async def publish(self, room: str, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None) -> int:
+    async def publish(
+        self,
+        room: str,
+        data: Any,
+        *,
+        type: str = protocol.MESSAGE,
+        client_id: str | None = None,
+        skip: Client | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_LENGTH
+        ):
+            raise ClientError(
+                errors.INVALID_JSON,
+                f"field 'idempotency_key' must be a string of 1 to {IDEMPOTENCY_KEY_LENGTH} characters",
+            )
         message = protocol.encode(type, room=room, data=data, client_id=client_id)
         try:
-            return await self._router.publish(room, message)
+            return await self._router.publish(
+                room, message, skip=None if skip is None else _connection(skip), key=idempotency_key
+            )
         except OutcomeUnknown as exc:  # Redis took it and did not answer: kept and delivered once, or not at all
             raise ClientError(
                 errors.PUBLISH_OUTCOME_UNKNOWN,
@@ -86,8 +104,11 @@ class Gateway:
         except BrokerError as exc:  # certainly not kept: nobody got it
             raise ClientError(errors.HISTORY_UNAVAILABLE, f"the message was not sent: {exc}") from None
 
-    async def broadcast(self, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None) -> int:
-        return await self._router.publish(None, protocol.encode(type, data=data, client_id=client_id))
+    async def broadcast(
+        self, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None, skip: Client | None = None
+    ) -> int:
+        message = protocol.encode(type, data=data, client_id=client_id)
+        return await self._router.publish(None, message, skip=None if skip is None else _connection(skip))
 
     # --- rooms ------------------------------------------------------------------------
 

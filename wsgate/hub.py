@@ -176,11 +176,15 @@ class Hub:
             del self.rooms[room]  # a room exists while it has members
             self._room_removed(room)
 
-    def deliver(self, room: str | None, message: bytes) -> int:
+    def deliver(self, room: str | None, message: bytes, skip: Connection | None = None) -> int:
         """Queue an encoded message for every local member of `room` (everyone when None); returns how many took it.
 
-        The WebSocket frame is built once here; each member gets the same bytes.
+        The WebSocket frame is built once here; each member gets the same bytes. `skip`: one connection left
+        out (a publish's `"skip_self": true`), handled by a branch of its own, so a delivery that skips nobody
+        does no per-recipient work for it.
         """
+        if skip is not None:
+            return self._deliver_skipping(room, message, skip)
         if self.holding and room is not None and (held := self.holding.get(room)):
             self._hold(held, message)
         targets = self.connections.values() if room is None else self.rooms.get(room, ())
@@ -188,10 +192,23 @@ class Hub:
             return 0
         frame = text_frame(message)
         if self.fences and room is not None and (fenced := self.fences.get(room)):
-            skip = self.ordering.fenced_off(room, fenced, message)
-            if skip:
-                return sum([conn.put(frame) for conn in targets if conn not in skip])
+            skip_fenced = self.ordering.fenced_off(room, fenced, message)
+            if skip_fenced:
+                return sum([conn.put(frame) for conn in targets if conn not in skip_fenced])
         return sum([conn.put(frame) for conn in targets])  # a list comprehension: the fastest loop here
+
+    def _deliver_skipping(self, room: str | None, message: bytes, skip: Connection) -> int:
+        """`deliver` to every member but `skip` (which is not held for either, when it is recovering)."""
+        if self.holding and room is not None and (held := self.holding.get(room)):
+            self._hold({conn: buffer for conn, buffer in held.items() if conn is not skip}, message)
+        targets = self.connections.values() if room is None else self.rooms.get(room, ())
+        if not targets:
+            return 0
+        frame = text_frame(message)
+        left_out = {skip}
+        if self.fences and room is not None and (fenced := self.fences.get(room)):
+            left_out |= self.ordering.fenced_off(room, fenced, message)
+        return sum([conn.put(frame) for conn in targets if conn not in left_out])
 
     def _hold(self, held: dict[Connection, Held], message: bytes) -> None:
         """Hold `message` for each recovering client; one that would hold more than ten outboxes' worth, or more

@@ -119,21 +119,41 @@ class Gateway(Protocol):
 
     # --- messages ---------------------------------------------------------------------
 
-    async def publish(self, room: str, data: Any, *, type: str = MESSAGE, client_id: str | None = None) -> int:
+    async def publish(
+        self,
+        room: str,
+        data: Any,
+        *,
+        type: str = MESSAGE,
+        client_id: str | None = None,
+        skip: Client | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
         """Send `{"type": type, "room": room, "data": data}` to every member of `room`, on every node.
 
+        `idempotency_key` (1 to 128 characters, else `ClientError` `invalid JSON format`): a second publish
+        with the same key to the same room within 5 minutes (`wsgate.errors.IDEMPOTENCY_WINDOW`), on any
+        node, is delivered nowhere and raises `wsgate.errors.AlreadyPublished`, whose `message` is what the
+        first one sent (with its offset in a room with history): retrying after `publish outcome unknown`
+        is safe.
+
         The spec's RoomBroadcast / NotifyRoom. `client_id` names the sender (absent for server
-        messages). In a room with history the message gets the room's next `offset` and its
-        `epoch`. Returns how many local clients it was queued for. Raises `ClientError`:
+        messages). `skip`: one client of this node left out (a publish's `"skip_self": true`); the message
+        is still kept and reaches every other member, the same user's other connections included.
+        In a room with history the message gets the room's next `offset` and its `epoch`. Returns how many
+        local clients it was queued for. Raises `ClientError`:
         `invalid JSON format` for data JSON cannot carry, `history is unavailable` when the
         room keeps history and the history store did not keep it (then nobody got it), `publish outcome
         unknown` when the store took it and did not answer within `broker.connect_timeout` (then, if it
         was kept, every member on every node gets it once; publishing it again may deliver it twice).
         """
 
-    async def broadcast(self, data: Any, *, type: str = MESSAGE, client_id: str | None = None) -> int:
+    async def broadcast(
+        self, data: Any, *, type: str = MESSAGE, client_id: str | None = None, skip: Client | None = None
+    ) -> int:
         """Send `{"type": type, "data": data}` to every connected client on every node (the spec's
-        Broadcast / NotifyAllClients). Returns how many local clients it was queued for."""
+        Broadcast / NotifyAllClients), but `skip` (one client of this node, as for `publish`). Returns how
+        many local clients it was queued for."""
 
     # --- rooms ------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from wsgate import Client, ClientError, Handler, Message, Position, errors, hookimpl, protocol
+from wsgate.errors import AlreadyPublished
 
 MAX_OFFSET = 2**53  # exact in every client's numbers (and in Redis's Lua)
 
@@ -46,17 +47,33 @@ async def unsubscribe(client: Client, message: Message) -> None:
     client.enqueue(protocol.encode(protocol.UNSUBSCRIBED, room=room, data={"room": room}))
 
 
+def _skip_self(client: Client, message: Message) -> Client | None:
+    """`"skip_self": true` -> the sender, left out of the delivery (docs/protocol.md "skip_self")."""
+    skip_self = message.fields.get("skip_self", False)
+    if not isinstance(skip_self, bool):
+        raise ClientError(errors.INVALID_JSON, "field 'skip_self' must be true or false")
+    return client if skip_self else None
+
+
 async def publish(client: Client, message: Message) -> None:
     room = message.require_room()
+    skip = _skip_self(client, message)
     if room not in client.rooms:
         raise ClientError(errors.NOT_SUBSCRIBED)
     await client.gateway.authorize(client, protocol.PUBLISH, room)
-    await client.gateway.publish(room, message.data, client_id=client.id)
+    try:
+        await client.gateway.publish(
+            room, message.data, client_id=client.id, skip=skip, idempotency_key=message.fields.get("idempotency_key")
+        )
+    except AlreadyPublished as first:  # a retry: answered as the first was (its message, its offset), to it alone
+        if skip is None:
+            client.enqueue(first.message)
 
 
 async def broadcast(client: Client, message: Message) -> None:
+    skip = _skip_self(client, message)
     await client.gateway.authorize(client, protocol.BROADCAST, None)
-    await client.gateway.broadcast(message.data, client_id=client.id)
+    await client.gateway.broadcast(message.data, client_id=client.id, skip=skip)
 
 
 async def ping(client: Client, message: Message) -> None:
