@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,19 @@ def hermetic_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
         if name.startswith(("WEBSOCKET_", "WSGATE_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def logging_as_it_was() -> Iterator[None]:
+    """A test whose app configures logging (`create_app()` without settings, as gunicorn calls it) leaves the root
+    logger's level and the handlers' filters as they were: else every later test logs at INFO into pytest's
+    capture, which holds it all in memory (the fuzz test's heap bound saw 3 MB of it)."""
+    root = logging.getLogger()
+    level, filters = root.level, {handler: list(handler.filters) for handler in root.handlers}
+    yield
+    root.setLevel(level)
+    for handler, kept in filters.items():
+        handler.filters[:] = kept
 
 
 @pytest.fixture
