@@ -38,7 +38,7 @@ endef
 
 # Debian packages some tests run (tests/test_nginx.py, tests/test_systemd.py), installed with apt-get when missing
 # (as root, or through sudo without a password); otherwise one line says which tests will skip.
-DEBIAN_TOOLS := nginx:/usr/sbin/nginx systemd:/usr/bin/systemd-analyze
+DEBIAN_TOOLS := nginx:/usr/sbin/nginx systemd:/usr/bin/systemd-analyze nodejs:/usr/bin/node npm:/usr/bin/npm
 
 debian-tools:
 	@for entry in $(DEBIAN_TOOLS); do \
@@ -103,7 +103,7 @@ $(TEST_PLUGINS)/.installed: $(VENV)/bin/python $(EXAMPLE_PLUGINS) $(EXAMPLE_PLUG
 	touch $@
 
 # Load test on loopback: the server pinned to core 0, picows clients to core 1 (a few minutes).
-bench: $(VENV)/.installed-bench
+bench: $(VENV)/.installed-bench $(TEST_PLUGINS)/.installed
 	$(BIN)/python benchmarks/run.py
 
 $(VENV)/.installed-bench: $(VENV)/bin/python pyproject.toml

@@ -131,8 +131,11 @@ def start_server(kind: str, prefix: str) -> tuple[list[subprocess.Popen[bytes]],
         "WEBSOCKET_LIMITS_MAX_CONNECTIONS": "0",
         "WEBSOCKET_LIMITS_MAX_CONNECTIONS_PER_ROOM": "0",
     }
-    if kind == "wsgate-plugins":
-        env.pop("WSGATE_PLUGINS__DISABLED")  # every installed plugin, echo included
+    if kind == "wsgate-plugins":  # the example plugins (echo, users, token_auth): make test installs them apart
+        plugins = ROOT / ".venv" / "test-plugins"
+        if not plugins.is_dir():
+            sys.exit(f"{plugins} is missing: `make bench` installs the example plugins there")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugins), env.get("PYTHONPATH")]))
     if kind == "wsgate-limits":
         env.update(LIMITS)
     if kind.endswith("-history"):
@@ -300,7 +303,7 @@ make a figure void.
 - wsgate: `python -m wsgate`, in-memory broker, example plugins disabled.
 - wsgate-2-nodes: two wsgate processes sharing Redis (both on core 0); subscribers split over both, the publisher
   on the first.
-- wsgate-plugins: wsgate with every installed plugin enabled (echo, users, token-auth).
+- wsgate-plugins: wsgate with the example plugins enabled (echo, users, token-auth, from .venv/test-plugins).
 - wsgate-history, wsgate-2-nodes-history: the same servers with history kept for the benchmark's room
   (`history.rooms = ["bench"]`, 100 messages): every message gets an offset (in Redis: one Lua script per message).
 - wsgate-limits: wsgate with rate limits, rooms-per-client, address limit, a room-name pattern and three room rules

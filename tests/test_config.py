@@ -496,9 +496,24 @@ def test_an_error_shows_a_table_a_variable_set_as_written(monkeypatch: pytest.Mo
 
 
 def test_a_local_file_replaces_the_tables_it_names_whole(tmp_path: Path) -> None:
-    """README "Configuration": settings.local.toml wins, table by table (the keys it leaves out are defaults)."""
+    """docs/configuration.md: settings.local.toml wins, table by table (the keys it leaves out are defaults)."""
     path = write(tmp_path, '[websocket]\nport = 9000\n[security]\nallowed_origins = ["https://a.example"]\n')
     (tmp_path / "settings.local.toml").write_text("[websocket]\nenabled = true\n")
     settings = load_settings(path)
     assert (settings.websocket.enabled, settings.websocket.port) == (True, 8081)
     assert settings.security.allowed_origins == ("https://a.example",)
+
+
+def test_the_shipped_settings_file_lists_every_setting() -> None:
+    """docs/configuration.md: `settings.toml` lists every key, with its default."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "settings.toml").read_text())
+    missing = []
+    for key, _, _ in iter_settings():
+        node: object = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            missing.append(key)
+    assert not missing, f"settings.toml lacks {missing}"

@@ -119,6 +119,10 @@ class Auth:
             raise web.HTTPForbidden(text="go away")
         if user == "crash":
             raise RuntimeError("auth bug")
+        if user == "latin1":  # a body that is no UTF-8
+            refusal = web.HTTPUnauthorized(content_type="text/plain")
+            refusal.body = "nicht erlaubt: \xe4".encode("latin-1")
+            raise refusal
         return {"user": user} if user else None
 
 
@@ -445,3 +449,31 @@ async def test_services_hook_sees_an_empty_services_mapping(wsgate_server: Start
 
     await wsgate_server(Peek())
     assert Peek.seen == {}
+
+
+async def test_a_refusal_the_log_cannot_read_is_still_the_refusal(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found in review: a body that is no UTF-8 made the log line raise, and the 401 became a 500."""
+    caplog.set_level(logging.INFO, logger="wsgate")
+    server = await wsgate_server(Auth(), plugins=NO_EXAMPLES)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await server.raw(params={"user": "latin1"})
+    assert refused.value.status == 401
+    assert any("refused a WebSocket" in r.getMessage() and "nicht erlaubt" in r.getMessage() for r in caplog.records)
+
+
+def test_refusals_are_logged_one_by_one_up_to_a_burst_then_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """Unauthenticated clients choose how often a plugin refuses: the log holds at most a burst per second."""
+    from wsgate.plugins import REFUSAL_LOG_BURST, RefusalLog
+
+    caplog.set_level(logging.INFO, logger="wsgate")
+    now = [0.0]
+    refusals = RefusalLog(clock=lambda: now[0])
+    for _ in range(REFUSAL_LOG_BURST + 500):
+        refusals("Auth", web.HTTPForbidden(text="go away"), None)
+    now[0] = 1.0
+    refusals("Auth", web.HTTPForbidden(text="go away"), None)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == REFUSAL_LOG_BURST + 2
+    assert lines[-2] == "plugin 'Auth' refused 500 more WebSockets (not logged one by one)"

@@ -18,6 +18,7 @@ import importlib.metadata
 import inspect
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -178,29 +179,53 @@ def load_plugins(
 
 
 REFUSAL_TEXT_LIMIT = 200  # characters of a refusal's body kept in its log line
+REFUSAL_LOG_BURST = 20  # refusal lines per plugin per second; past it, counted and summed up in one line
 
 
-def log_refusal(plugin: str, refusal: web.HTTPException, request: object) -> None:
-    """One INFO line for a client a plugin refused before the upgrade (README, Security: "whatever plugin refuses a
-    client is named in the log line"): `plugin 'token_auth' refused a WebSocket from 127.0.0.1: 401 Unauthorized:
-    invalid token`. The reason is the response's status and its `error` / `detail` (a JSON body) or its text,
-    at most REFUSAL_TEXT_LIMIT characters, with anything credential-shaped masked (`redaction.redact`); the
-    request's headers, where the token travels, are never logged."""
-    remote = getattr(request, "remote", None)
-    log.info(
-        "plugin %r refused a WebSocket from %s: %s",
-        plugin,
-        remote,
-        refusal_reason(refusal),
-        extra={"remote": remote, "plugin": plugin},
-    )
+class RefusalLog:
+    """One INFO line for a client a plugin refused before the upgrade (docs/security.md: "whatever plugin refuses
+    a client is named in the log line"): `plugin 'token_auth' refused a WebSocket from 127.0.0.1: 401
+    Unauthorized: invalid token`. The reason is the response's status and its `error` / `detail` (a JSON body)
+    or its text, at most REFUSAL_TEXT_LIMIT characters, with anything credential-shaped masked
+    (`redaction.redact`); the request's headers, where the token travels, are never logged.
+
+    Unauthenticated clients choose how often this happens: at most REFUSAL_LOG_BURST lines per plugin per
+    second are written one by one; the rest are counted, and the next line after that second says how many.
+    Writing the line never changes the answer: a body it cannot read is shown with replacement characters.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._windows: dict[str, tuple[float, int, int]] = {}  # plugin -> (second began, lines, refusals not logged)
+
+    def __call__(self, plugin: str, refusal: web.HTTPException, request: object) -> None:
+        now = self._clock()
+        began, lines, unlogged = self._windows.get(plugin, (now, 0, 0))
+        if now - began >= 1.0:
+            if unlogged:
+                log.info("plugin %r refused %d more WebSockets (not logged one by one)", plugin, unlogged)
+            began, lines, unlogged = now, 0, 0
+        if lines < REFUSAL_LOG_BURST:
+            remote = getattr(request, "remote", None)
+            log.info(
+                "plugin %r refused a WebSocket from %s: %s",
+                plugin,
+                remote,
+                refusal_reason(refusal),
+                extra={"remote": remote, "plugin": plugin},
+            )
+            lines += 1
+        else:
+            unlogged += 1
+        self._windows[plugin] = (began, lines, unlogged)
 
 
 def refusal_reason(refusal: web.HTTPException) -> str:
     """`401 Unauthorized: invalid token (signature has expired)`: the status, its phrase, then the body's `error`
     and `detail` when it is a JSON object, else its text; bounded and redacted."""
     reason = f"{refusal.status} {refusal.reason}"
-    text = refusal.text or ""
+    body = refusal.body
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else ""
     if text and text != reason.partition(" ")[2] and text != f"{refusal.status}: {refusal.reason}":
         try:
             body = json.loads(text)
@@ -315,6 +340,7 @@ class Plugins:
         self._services: list[tuple[str, Any]] = []  # started services, to close in reverse order
         self._started: set[str] = set()  # plugins that got through start-up, to shut down
         self._call_order: dict[str, list[tuple[Callable[..., Any], tuple[str, ...], str]]] = {}
+        self._refusals = RefusalLog()
         # Per-message and per-connection hooks are skipped entirely when nobody implements them.
         self.authenticates = self._implemented("wsgate_authenticate")
         self.authorizes = self._implemented("wsgate_authorize")
@@ -514,7 +540,7 @@ class Plugins:
                 if inspect.isawaitable(result):
                     result = await self._awaited(f"plugin {name!r}: {hook}", result, kwargs.get("client"))
             except web.HTTPException as refusal:  # (only wsgate_authenticate refuses this way: before the upgrade)
-                log_refusal(name, refusal, kwargs.get("request"))
+                self._refusals(name, refusal, kwargs.get("request"))
                 raise
             if result is not None:
                 return result

@@ -12,7 +12,7 @@ Values arrive in two shapes: TOML values from the settings file (or Python value
 strictly (`port = "80"` is refused: the file says what it means), and `EnvText` from variables, whose text the
 field's type reads, unquoted when it is a quoted TOML string (`"8081"`, as `docker run --env-file` keeps it):
 integers as optional minus and digits, numbers as Python's `float`, booleans as true/false, 1/0 or yes/no in any
-case, lists as TOML lists, text as written (the grammar README "Configuration" states).
+case, lists as TOML lists, text as written (the grammar docs/configuration.md states).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "
 
 
 def _integer(value: Any) -> Any:
-    """A variable's integer: optional minus and digits, surrounding blanks allowed (README "Configuration")."""
+    """A variable's integer: optional minus and digits, surrounding blanks allowed (docs/configuration.md)."""
     if not isinstance(value, EnvText):
         return value
     text = _unquoted(value)

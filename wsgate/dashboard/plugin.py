@@ -216,8 +216,8 @@ async def report_figures(
     marked), shared with every node (`Gateway.share_figures`: with the Redis broker, `<prefix>:stats`, where an
     entry outlives its node's last report by presence.redis.STATS_TTL at most); `show(node, nodes)` gets this
     node's figures and every live node's. Every node with the Redis broker runs it, the dashboard's through the
-    plugin and the others through `wsgate.app` (task `figures`): the Nodes table lists them all (README,
-    Dashboard), not only the nodes that serve the dashboard."""
+    plugin and the others through `wsgate.app` (task `figures`): the Nodes table lists them all
+    (docs/operations.md), not only the nodes that serve the dashboard."""
     before, then = gateway.stats(top_rooms=0, sample_clients=0), time.monotonic()
     while True:
         await asyncio.sleep(STATS_INTERVAL)
