@@ -286,7 +286,7 @@ async def test_the_js_client_subscribes_again_to_a_room_the_gateway_could_not_re
 
 async def test_the_js_client_matches_replies_by_request_id(wsgate_server: StartServer, page: Any) -> None:
     """Issue 24: an error caused by a fire-and-forget publish no longer fails the next request (it is an
-    "error" event); a reply no request waits for is dropped with a console.debug line; a request without
+    "error" event); a reply no request waits for is passed on with a console.debug line; a request without
     a reply rejects with a RequestTimeout after `requestTimeout`."""
     server = await wsgate_server(Silent(), history=HISTORY)
     logged: list[tuple[str, str]] = []

@@ -13,7 +13,7 @@ import wsgate
 from wsgate import Client, Handler, Message
 from wsgate.history import Position
 from wsgate.sdk.client import GatewayClient, GatewayError, RequestTimeout
-from wsgate.testing import Server, StartServer
+from wsgate.testing import TIMEOUT, Server, StartServer
 
 HISTORY = {"rooms": ["chat:*"], "size": 1000}
 
@@ -27,6 +27,17 @@ class Silent:
             pass
 
         return {"silent": silent}
+
+
+class Pusher:
+    """A plugin whose `push_me` is answered by a push with an id of the plugin's own."""
+
+    @wsgate.hookimpl
+    def wsgate_message_handlers(self) -> Mapping[str, Handler]:
+        async def push_me(client: Client, message: Message) -> None:
+            client.send({"type": "pushed", "id": "order-7"})
+
+        return {"push_me": push_me}
 
 
 @pytest.fixture
@@ -140,7 +151,7 @@ async def test_requests_wait_side_by_side_and_each_gets_its_own_reply(server: Se
         assert (subscribed["room"], history["messages"], rtt > 0) == ("chat:a", [], True)
 
 
-async def test_a_reply_no_request_waits_for_is_dropped_and_logged(
+async def test_a_reply_no_request_waits_for_is_passed_on_and_logged(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with GatewayClient(server.url("/ws")) as client:
@@ -148,7 +159,17 @@ async def test_a_reply_no_request_waits_for_is_dropped_and_logged(
             await client._send({"type": "ping", "id": 10**9})  # (as if its request had timed out)
             assert await client.ping() > 0
         assert any("no request waits for" in record.getMessage() for record in caplog.records)
-        assert client._inbox.empty()
+        assert client._inbox.empty()  # (a pong is no message for the application)
+
+
+async def test_a_push_with_an_id_of_its_own_reaches_the_application(wsgate_server: StartServer) -> None:
+    """Found in review: any message with a top-level "id" was taken for a reply and dropped, a plugin's own
+    pushes included (a plugin's `client.send({..., "id": x})` keeps its id)."""
+    server = await wsgate_server(Pusher())
+    async with GatewayClient(server.url("/ws")) as client:
+        await client._send({"type": "push_me"})
+        pushed = await asyncio.wait_for(client.receive(), TIMEOUT)
+        assert (pushed["type"], pushed["id"]) == ("pushed", "order-7")
 
 
 async def test_a_request_without_a_reply_times_out_clearly(wsgate_server: StartServer) -> None:

@@ -1,12 +1,11 @@
 """The HTTP API (`/api/...`): services in any language push to clients over HTTP.
 
-`POST /api/publish {"room": R, "data": ANY, "type"?: T, "idempotency_key"?: K}` and `POST /api/broadcast
+`POST /api/publish {"room": R, "data": ANY, "type"?: T}` and `POST /api/broadcast
 {"data": ANY, "type"?: T}`, with `Authorization: Bearer <api.key>`. Delivered
 cluster-wide by the one route (`wsgate.routing`); the answer says how many local clients got it.
 503 `history is unavailable`: the room keeps history and the message cannot be kept now (nobody got it).
 504 `publish outcome unknown`: Redis took the message and did not answer within `broker.connect_timeout`;
-if it kept it, every member gets it once; publishing it again with the same `idempotency_key` is safe
-(answered `{"delivered": 0, "duplicate": true}` when the first went out), without one may deliver it twice.
+if it kept it, every member gets it once; publishing it again may deliver it twice.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from . import errors, protocol
-from .errors import AlreadyPublished, ClientError
+from .errors import ClientError
 from .keys import DECODER, GATEWAY, SETTINGS
 
 INVALID_KEY = "invalid API key"
@@ -71,11 +70,7 @@ async def _send(request: web.Request, to_room: bool) -> web.Response:
             if not room:
                 raise ClientError(errors.ROOM_REQUIRED)
             request.app[DECODER].check_room(room)
-            delivered = await gateway.publish(
-                room, data, type=kind, client_id=client_id, idempotency_key=obj.get("idempotency_key")
-            )
-    except AlreadyPublished:  # a retry of a publish that went out: success, delivered to nobody this time
-        return web.json_response({"delivered": 0, "duplicate": True})
+            delivered = await gateway.publish(room, data, type=kind, client_id=client_id)
     except ClientError as err:
         return _error(_STATUS.get(err.kind, 400), err.text, detail=err.detail)
     return web.json_response({"delivered": delivered})

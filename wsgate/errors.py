@@ -26,23 +26,6 @@ class WsgateError(Exception):
     """The base of the exceptions wsgate raises itself (broker, presence, plugins, metrics, client errors)."""
 
 
-class AlreadyPublished(WsgateError):
-    """A publish with an `idempotency_key` already used in the same room within `IDEMPOTENCY_WINDOW`: it is
-    delivered nowhere. `message` is what the first publish sent (its encoded bytes, stamped with its offset
-    and epoch in a room with history), so its publisher can be answered as it was the first time
-    (docs/protocol.md "idempotency_key")."""
-
-    def __init__(self, message: bytes) -> None:
-        super().__init__("a publish with this idempotency key was already sent to this room")
-        self.message = message
-
-
-IDEMPOTENCY_WINDOW = 300.0
-"""Seconds an idempotency key is remembered per room (Centrifugo's idempotency window: 5 minutes)."""
-IDEMPOTENCY_KEY_LENGTH = 128
-"""The longest idempotency key, in characters."""
-
-
 class Reconnect(Enum):
     """What a client should do after a close (centrifuge's `Disconnect.Reconnect`, with its two speeds)."""
 

@@ -18,7 +18,7 @@ from .broker.base import OutcomeUnknown
 from .clients import GatewayConnection
 from .config import Settings
 from .connection import State
-from .errors import IDEMPOTENCY_KEY_LENGTH, ClientError, ClientGone
+from .errors import ClientError, ClientGone
 from .history import Position, Replay
 from .hub import Hub
 from .metrics import Metrics
@@ -80,20 +80,10 @@ class Gateway:
         type: str = protocol.MESSAGE,
         client_id: str | None = None,
         skip: Client | None = None,
-        idempotency_key: str | None = None,
     ) -> int:
-        if idempotency_key is not None and (
-            not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_LENGTH
-        ):
-            raise ClientError(
-                errors.INVALID_JSON,
-                f"field 'idempotency_key' must be a string of 1 to {IDEMPOTENCY_KEY_LENGTH} characters",
-            )
         message = protocol.encode(type, room=room, data=data, client_id=client_id)
         try:
-            return await self._router.publish(
-                room, message, skip=None if skip is None else _connection(skip), key=idempotency_key
-            )
+            return await self._router.publish(room, message, skip=None if skip is None else _connection(skip))
         except OutcomeUnknown as exc:  # Redis took it and did not answer: kept and delivered once, or not at all
             raise ClientError(
                 errors.PUBLISH_OUTCOME_UNKNOWN,

@@ -73,23 +73,14 @@ class Router:
         return self._history_rooms.match(room)
 
     async def publish(
-        self,
-        room: str | None,
-        message: bytes,
-        *,
-        history: bool | None = None,
-        skip: Connection | None = None,
-        key: str | None = None,
+        self, room: str | None, message: bytes, *, history: bool | None = None, skip: Connection | None = None
     ) -> int:
         """Send `message` (one encoded JSON object) to `room`'s members on every node (None: every client).
 
         `history`: keep it in the room's history; by default, when `history.rooms` matches the room
         (presence events pass False: they are not publications). `skip`: a local connection left out of this
         node's delivery (`"skip_self": true`); the message is kept and relayed all the same. Returns how many
-        local clients it was queued for. `key`: an idempotency key (a room, not a broadcast): a second publish
-        with it to the room within `IDEMPOTENCY_WINDOW`, on any node, is delivered nowhere and raises
-        AlreadyPublished; a keyed message to a plain room waits for the broker's answer, like one with history,
-        and may raise as one does. Raises BrokerError when the room keeps history and the message was not
+        local clients it was queued for. Raises BrokerError when the room keeps history and the message was not
         kept (then nobody got it), OutcomeUnknown (a BrokerError) when the broker took it and did not answer in time
         (then it reaches every member once if it was kept, this node's through `receive`, or nobody).
         Plain rooms and broadcasts never raise: local delivery goes on, other nodes get it at most once.
@@ -97,13 +88,9 @@ class Router:
         kept = room is not None and (self._history_rooms.match(room) if history is None else history)
         if kept:
             assert room is not None
-            head = message[:-1]  # (answered at once by the memory broker, and still queued: held behind an earlier
-            # offset, it holds later publishes back, as tests/test_ordering found; a broker written before keys
-            # existed is called as before)
-            stamped = self._broker.append(room, head) if key is None else self._broker.append(room, head, key)
-        elif key is not None:
-            assert room is not None
-            stamped = self._broker.relay_once(room, message, key)  # delivered here once the key is claimed
+            stamped = self._broker.append(room, message[:-1])  # (answered at once by the memory broker, and
+            # still queued: held behind an earlier offset, it holds later publishes back, as tests/test_ordering
+            # found)
         else:
             self._broker.relay(room, message)
             if not self._pending:  # the common case: no offset pending, deliver now
@@ -113,7 +100,7 @@ class Router:
             self._skips[waiter] = skip
             waiter.add_done_callback(self._skips.pop)  # (finished, failed or abandoned: forgotten)
         entry = self._order.queue(room, kept, waiter)
-        if not kept and key is None:
+        if not kept:
             self._carry_out(self._order.answered(entry, message, None, self._deadline()))
         elif stamped.done():
             self._answer(entry, stamped)

@@ -127,15 +127,8 @@ class Gateway(Protocol):
         type: str = MESSAGE,
         client_id: str | None = None,
         skip: Client | None = None,
-        idempotency_key: str | None = None,
     ) -> int:
         """Send `{"type": type, "room": room, "data": data}` to every member of `room`, on every node.
-
-        `idempotency_key` (1 to 128 characters, else `ClientError` `invalid JSON format`): a second publish
-        with the same key to the same room within 5 minutes (`wsgate.errors.IDEMPOTENCY_WINDOW`), on any
-        node, is delivered nowhere and raises `wsgate.errors.AlreadyPublished`, whose `message` is what the
-        first one sent (with its offset in a room with history): retrying after `publish outcome unknown`
-        is safe.
 
         The spec's RoomBroadcast / NotifyRoom. `client_id` names the sender (absent for server
         messages). `skip`: one client of this node left out (a publish's `"skip_self": true`); the message

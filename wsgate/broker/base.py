@@ -57,12 +57,8 @@ class Broker(Protocol):
         counted (`websocket_broker_dropped_messages_total`): delivery across nodes is at most once.
         """
 
-    def append(self, room: str, head: bytes, key: str | None = None) -> asyncio.Future[bytes]:
+    def append(self, room: str, head: bytes) -> asyncio.Future[bytes]:
         """Keep a message in a room's history and relay it: the history path of `relay`.
-
-        `key`: an idempotency key. When a publish with it was kept in this room within `IDEMPOTENCY_WINDOW`
-        (on any node), nothing is kept or relayed and the future fails with AlreadyPublished, holding the
-        first one's stamped bytes; the check and the keeping are one atomic step.
 
         `head` is the encoded message without its closing brace. The broker gives it the
         room's next offset and the room's epoch (`history.stamp`), keeps it, and relays the
@@ -73,13 +69,6 @@ class Broker(Protocol):
         keeps asking (the same message is never kept twice) and, if it was kept, passes the
         stamped bytes to `receive`, so this node's members get it too, in offset order.
         """
-
-    def relay_once(self, room: str, message: bytes, key: str) -> asyncio.Future[bytes]:
-        """`relay` with an idempotency key, for a room without history: the future gives `message` once the key
-        is claimed for the room (on every node, for `IDEMPOTENCY_WINDOW`) and the message relayed, in order with
-        `relay`; it fails with AlreadyPublished (holding the first one's bytes) when the key was claimed
-        already, and with BrokerError / OutcomeUnknown as `append` does (then a kept claim, learnt later, passes
-        the message to `receive`)."""
 
     # --- room interest --------------------------------------------------------------
 

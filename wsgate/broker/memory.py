@@ -8,7 +8,6 @@ from collections import deque
 from collections.abc import Callable
 
 from ..config import HistorySettings
-from ..errors import IDEMPOTENCY_WINDOW, AlreadyPublished
 from ..history import NO_HISTORY, Position, Replay, new_epoch, newest_within, replay_from, stamp
 from .base import Receive
 
@@ -101,65 +100,6 @@ class MemoryHistory:
         return len(self._rooms)
 
 
-IDEMPOTENCY_KEYS = 10_000  # idempotency keys the memory broker remembers at most (the oldest go first)
-IDEMPOTENCY_BYTES = 16 * 2**20  # and at most this many bytes of keys, rooms and first messages
-
-
-class RecentKeys:
-    """The idempotency keys published with in the last `window` seconds, per room, with what the first publish
-    sent: a bounded in-process map. Bounded in count (`max_keys`) and bytes (`max_bytes`: key, room and message
-    bytes); past a bound the oldest entries go first (before their window ends: then a late retry is delivered
-    again), and expired ones go as new ones come."""
-
-    def __init__(
-        self,
-        window: float = IDEMPOTENCY_WINDOW,
-        max_keys: int = IDEMPOTENCY_KEYS,
-        max_bytes: int = IDEMPOTENCY_BYTES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._window = window
-        self._max_keys = max_keys
-        self._max_bytes = max_bytes
-        self._clock = clock
-        self._entries: dict[tuple[str, str], tuple[float, bytes]] = {}  # (room, key) -> (expires, first), oldest first
-        self.size = 0  # bytes held
-
-    def first(self, room: str, key: str) -> bytes | None:
-        """What the first publish with `key` to `room` sent, while it is remembered (None: none is)."""
-        entry = self._entries.get((room, key))
-        return entry[1] if entry is not None and entry[0] > self._clock() else None
-
-    def remember(self, room: str, key: str, message: bytes) -> None:
-        """`message` was published to `room` with `key` (not remembered already: `first` said None)."""
-        now = self._clock()
-        self._forget((room, key))
-        cost = _cost(room, key, message)
-        if cost > self._max_bytes:
-            return  # larger than the whole bound: not remembered (a retry is delivered again)
-        entries = self._entries
-        while entries and (
-            len(entries) >= self._max_keys
-            or self.size + cost > self._max_bytes
-            or next(iter(entries.values()))[0] <= now
-        ):
-            self._forget(next(iter(entries)))
-        entries[room, key] = (now + self._window, message)
-        self.size += cost
-
-    def _forget(self, room_key: tuple[str, str]) -> None:
-        entry = self._entries.pop(room_key, None)
-        if entry is not None:
-            self.size -= _cost(*room_key, entry[1])
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-def _cost(room: str, key: str, message: bytes) -> int:
-    return len(room) + len(key) + len(message)
-
-
 class MemoryBroker:
     """Relays nowhere (there is no other node) and keeps history in this process."""
 
@@ -167,7 +107,6 @@ class MemoryBroker:
 
     def __init__(self, history: HistorySettings | None = None) -> None:
         self.history = MemoryHistory(history or HistorySettings())
-        self.keys = RecentKeys()
 
     async def start(self, receive: Receive, resynced: Callable[[], None] = lambda: None) -> None:
         pass  # nothing ever arrives from another node
@@ -175,27 +114,10 @@ class MemoryBroker:
     def relay(self, room: str | None, message: bytes) -> None:
         pass
 
-    def append(self, room: str, head: bytes, key: str | None = None) -> asyncio.Future[bytes]:
-        stamped: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        first = None if key is None else self.keys.first(room, key)
-        if first is not None:
-            stamped.set_exception(AlreadyPublished(first))
-            return stamped
-        message = self.history.append(room, head)
-        if key is not None:
-            self.keys.remember(room, key, message)
-        stamped.set_result(message)  # done at once: the router delivers without waiting
+    def append(self, room: str, head: bytes) -> asyncio.Future[bytes]:
+        stamped = asyncio.get_running_loop().create_future()
+        stamped.set_result(self.history.append(room, head))  # done at once: the router delivers without waiting
         return stamped
-
-    def relay_once(self, room: str, message: bytes, key: str) -> asyncio.Future[bytes]:
-        sent: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        first = self.keys.first(room, key)
-        if first is not None:
-            sent.set_exception(AlreadyPublished(first))
-        else:
-            self.keys.remember(room, key, message)
-            sent.set_result(message)
-        return sent
 
     def room_added(self, room: str) -> None:
         pass  # every room is local

@@ -27,15 +27,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import HistorySettings
-from ..errors import AlreadyPublished
 from ..history import Position, Replay, replay_from, stamp
 from ..redaction import redact_url
 from ..supervision import Supervisor, Throttled
 from .base import BrokerError, OutcomeUnknown, Receive
 from .redis_schema import (
     NODE_ID_LENGTH,
-    ONCE_SCRIPT,
-    ONCE_SHA,
     OUTCOME_WINDOW,
     PUBLISH_SCRIPT,
     PUBLISH_SHA,
@@ -48,7 +45,6 @@ from .redis_schema import (
     exchange,
     new_message_id,
     new_sender_id,
-    once_args,
     publish_args,
 )
 
@@ -71,26 +67,15 @@ RESEND_FOR = OUTCOME_WINDOW / 2  # seconds a message of unknown outcome is sent 
 
 
 class _Outgoing:
-    """One message waiting for the sender: relayed as it is, or (`kept`) appended to a room's history, or
-    (`once`) relayed with its idempotency key claimed (ONCE_SCRIPT)."""
+    """One message waiting for the sender: relayed as it is, or (`kept`) appended to a room's history."""
 
-    __slots__ = ("room", "channel", "data", "kept", "key", "once", "message_id", "first_sent", "in_doubt")
+    __slots__ = ("room", "channel", "data", "kept", "message_id", "first_sent", "in_doubt")
 
-    def __init__(
-        self,
-        room: str | None,
-        channel: bytes,
-        data: bytes,
-        kept: asyncio.Future[bytes] | None,
-        key: str | None = None,
-        once: bool = False,
-    ) -> None:
+    def __init__(self, room: str | None, channel: bytes, data: bytes, kept: asyncio.Future[bytes] | None) -> None:
         self.room = room
         self.channel = channel
-        self.data = data  # sender id + message (relay), the head to stamp (history), or the message (once)
-        self.kept = kept  # history and once: resolved with the bytes that went out
-        self.key = key  # the idempotency key, if any
-        self.once = once
+        self.data = data  # sender id + message (relay), or the head to stamp (history)
+        self.kept = kept  # history only: resolved with the stamped bytes
         self.message_id = "" if kept is None else new_message_id()  # PUBLISH_SCRIPT keeps each id once
         self.first_sent = 0.0  # loop time of its first attempt (0: none yet)
         self.in_doubt = False  # its publisher was told the outcome is unknown; Redis's answer is still wanted
@@ -288,21 +273,11 @@ class RedisBroker:
         self._outgoing.append(_Outgoing(room, self._names.channel(room), self.node_id + message, None))
         self._outgoing_ready.set()
 
-    def append(self, room: str, head: bytes, key: str | None = None) -> asyncio.Future[bytes]:
+    def append(self, room: str, head: bytes) -> asyncio.Future[bytes]:
         """Queued like any relay, but sent as one script that gives out the offset, keeps the message
-        and publishes it (marked as this node's: the router delivers it here), claiming `key` if any."""
+        and publishes it (marked as this node's: the router delivers it here)."""
         kept: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._queue_script(_Outgoing(room, self._names.channel(room), head, kept, key))
-        return kept
-
-    def relay_once(self, room: str, message: bytes, key: str) -> asyncio.Future[bytes]:
-        """Queued like any relay, sent as ONCE_SCRIPT: the key claimed and the message published in one step."""
-        sent: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._queue_script(_Outgoing(room, self._names.channel(room), message, sent, key, once=True))
-        return sent
-
-    def _queue_script(self, item: _Outgoing) -> None:
-        """Queue a message whose publisher waits for Redis's answer, or fail it now when it cannot be sent."""
+        item = _Outgoing(room, self._names.channel(room), head, kept)
         if len(self._outgoing) >= self._settings.publish_queue:
             self._metrics.broker_dropped(1)
             item.fail(f"{len(self._outgoing)} messages are waiting for Redis (broker.publish_queue)")
@@ -315,6 +290,7 @@ class RedisBroker:
         else:
             self._outgoing.append(item)
             self._outgoing_ready.set()
+        return kept
 
     # --- history ----------------------------------------------------------------------
 
@@ -477,26 +453,16 @@ class RedisBroker:
         script) still runs every message in this one write, in order; the scripts then run by SHA.
         """
         size, ttl = self._history.size, self._history.ttl
-        commands: list[tuple[Any, ...]] = []
-        if any(item.kept is not None and not item.once for item in batch):
-            commands.append(("SCRIPT", "LOAD", PUBLISH_SCRIPT))
-        if any(item.once for item in batch):
-            commands.append(("SCRIPT", "LOAD", ONCE_SCRIPT))
-        loads = len(commands)
+        with_history = any(item.kept is not None for item in batch)
+        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", PUBLISH_SCRIPT)] if with_history else []
         now = asyncio.get_running_loop().time()
         for item in batch:
             item.first_sent = item.first_sent or now
             if item.kept is None:
                 commands.append(("PUBLISH", item.channel, item.data))
-            elif item.once:
-                assert item.room is not None and item.key is not None
-                keys = self._names.once_keys(item.room, item.message_id, item.key)
-                commands.append(
-                    ("EVALSHA", ONCE_SHA, len(keys), *keys, *once_args(item.data, item.channel, self.node_id))
-                )
             else:
                 assert item.room is not None
-                keys = self._names.publish_keys(item.room, item.message_id, item.key)
+                keys = self._names.publish_keys(item.room, item.message_id)
                 commands.append(
                     (
                         "EVALSHA",
@@ -508,16 +474,13 @@ class RedisBroker:
                 )
         results = await exchange(self._redis, commands, attempt)
         refused = 0
-        for item, result in zip(batch, results[loads:], strict=False):
+        for item, result in zip(batch, results[1:] if with_history else results, strict=False):
             if isinstance(result, Exception):
                 item.fail(f"Redis refused the message: {describe(result)}")
                 refused += 1
             elif item.kept is not None:
-                if (result[0] if item.once else result[3]) == 2:  # the idempotency key was used: not sent
-                    if not item.kept.done():
-                        item.kept.set_exception(AlreadyPublished(result[1] if item.once else result[4]))
-                    continue
-                stamped = item.data if item.once else stamp(item.data, int(result[0]), result[1].decode())
+                offset, epoch = result[0], result[1]
+                stamped = stamp(item.data, int(offset), epoch.decode())
                 if not item.kept.done():
                     item.kept.set_result(stamped)
                 elif item.in_doubt and self._receive is not None:

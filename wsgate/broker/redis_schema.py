@@ -15,13 +15,6 @@ given out, kept and relayed in one order that every node sees. A message id
 the same message a no-op answered like the first: a publisher that was not told
 what happened sends it again safely (DESIGN "The fault model").
 
-Idempotency keys: `<prefix>:idem:<room>:<key>` holds what the first publish with
-the key sent to the room (stamped, in a room with history), for `IDEMPOTENCY_WINDOW`.
-It is claimed (SET NX PX) in the same script that keeps and publishes the message
-(`PUBLISH_SCRIPT` for rooms with history, `ONCE_SCRIPT` for the others), so the
-key is claimed exactly when the message went out: a retry after an unknown outcome
-finds the first one, or publishes.
-
 `<prefix>:history:config` holds the gateways' `[history]` settings (JSON), so a
 `RedisPublisher` in another process stamps and keeps history exactly as the
 gateways do.
@@ -36,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import IDEMPOTENCY_WINDOW
 from ..history import epoch_suffix
 
 NODE_ID_LENGTH = 32  # uuid4().hex
@@ -72,22 +64,10 @@ class RedisNames:
     def history_keys(self, room: str) -> list[str]:
         return [f"{self.prefix}:history:{room}:meta", f"{self.prefix}:history:{room}:stream"]
 
-    def publish_keys(self, room: str, message_id: str, idempotency_key: str | None = None) -> list[str]:
-        """KEYS of PUBLISH_SCRIPT: the history keys, the message id's key when there is an id, and then the
-        idempotency key's when there is one (it needs a message id)."""
+    def publish_keys(self, room: str, message_id: str) -> list[str]:
+        """KEYS of PUBLISH_SCRIPT: the history keys, and the message id's key when there is an id."""
         keys = self.history_keys(room)
-        if not message_id:
-            return keys
-        keys.append(f"{self.prefix}:history:{room}:id:{message_id}")
-        return keys if idempotency_key is None else [*keys, self.idempotency(room, idempotency_key)]
-
-    def idempotency(self, room: str, key: str) -> str:
-        """Where the first publish with idempotency key `key` to `room` is remembered."""
-        return f"{self.prefix}:idem:{room}:{key}"
-
-    def once_keys(self, room: str, message_id: str, idempotency_key: str) -> list[str]:
-        """KEYS of ONCE_SCRIPT: the message id's key and the idempotency key's."""
-        return [f"{self.prefix}:history:{room}:id:{message_id}", self.idempotency(room, idempotency_key)]
+        return [*keys, f"{self.prefix}:history:{room}:id:{message_id}"] if message_id else keys
 
     @property
     def history_config(self) -> str:
@@ -125,12 +105,6 @@ if KEYS[3] then
     return {tonumber(n), epoch, tonumber(receivers), 1}
   end
 end
-if KEYS[4] then
-  local first = redis.call('GET', KEYS[4])
-  if first then  -- another publish with this idempotency key was kept: nothing is kept or published
-    return {0, '', 0, 2, first}
-  end
-end
 """
     + _ENSURE
     + """
@@ -143,42 +117,12 @@ local receivers = redis.call('PUBLISH', ARGV[5], ARGV[6] .. payload)
 if KEYS[3] then
   redis.call('SET', KEYS[3], n .. ' ' .. receivers .. ' ' .. epoch, 'PX', ARGV[7])
 end
-if KEYS[4] then
-  redis.call('SET', KEYS[4], payload, 'NX', 'PX', ARGV[8])
-end
 return {n, epoch, receivers, 0}
 """
 )
-"""KEYS: publish_keys(room, message_id, idempotency_key). ARGV: `publish_args(...)`. Returns {offset, epoch,
-receivers, again}: `again` is 1 when the message id ran before (then offset, epoch and receivers are that
-run's); the stamped bytes are `history.stamp(head, offset, epoch)`. {0, '', 0, 2, first}: the idempotency key
-was used in the room before; `first` is what that publish kept (its stamped bytes)."""
-
-ONCE_SCRIPT = """
-local seen = redis.call('GET', KEYS[1])
-if seen then  -- this message ran before (sent again after an unknown outcome): answered as then
-  return {1, ARGV[1]}
-end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[5]) then
-  return {2, redis.call('GET', KEYS[2])}  -- another publish with this idempotency key went out: not this one
-end
-local receivers = redis.call('PUBLISH', ARGV[2], ARGV[3] .. ARGV[1])
-redis.call('SET', KEYS[1], receivers, 'PX', ARGV[4])
-return {0, ARGV[1]}
-"""
-"""A message of a room without history published with an idempotency key: the key is claimed and the message
-published in one step. KEYS: once_keys(room, message_id, key). ARGV: `once_args(...)`. Returns {again,
-message}: again 0 (published now) or 1 (this message id ran before: published then), and the message; again 2
-when another publish claimed the key, with what that one sent."""
-
-ONCE_SHA = hashlib.sha1(ONCE_SCRIPT.encode()).hexdigest()
-
-
-def once_args(message: bytes, channel: bytes, sender: bytes) -> list[bytes | str | int]:
-    """ARGV of ONCE_SCRIPT: the message, the channel, the sender id, how long (ms) the message id and the
-    idempotency key are remembered."""
-    return [message, channel, sender, round(OUTCOME_WINDOW * 1000), round(IDEMPOTENCY_WINDOW * 1000)]
-
+"""KEYS: publish_keys(room, message_id). ARGV: `publish_args(...)`. Returns {offset, epoch, receivers, again}:
+`again` is 1 when the message id ran before (then offset, epoch and receivers are that run's); the stamped
+bytes are `history.stamp(head, offset, epoch)`."""
 
 PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
 """What EVALSHA names PUBLISH_SCRIPT by (Redis's SCRIPT LOAD answers the same)."""
@@ -196,18 +140,9 @@ def publish_args(
     head: bytes, size: int, ttl: float, channel: bytes, sender: bytes, window: float = OUTCOME_WINDOW
 ) -> list[bytes | str | int]:
     """ARGV of PUBLISH_SCRIPT: the random part of an epoch for a room that has none, the ttl in ms, the
-    message without its closing brace, how many messages to keep, the channel, the sender id, how long
-    (ms) the message id is remembered, and how long an idempotency key is."""
-    return [
-        epoch_suffix(),
-        max(1, round(ttl * 1000)),
-        head,
-        size,
-        channel,
-        sender,
-        max(1, round(window * 1000)),
-        round(IDEMPOTENCY_WINDOW * 1000),
-    ]
+    message without its closing brace, how many messages to keep, the channel, the sender id, and how long
+    (ms) the message id is remembered."""
+    return [epoch_suffix(), max(1, round(ttl * 1000)), head, size, channel, sender, max(1, round(window * 1000))]
 
 
 class Attempt:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from wsgate import Client, ClientError, Handler, Message, Position, errors, hookimpl, protocol
-from wsgate.errors import AlreadyPublished
 
 MAX_OFFSET = 2**53  # exact in every client's numbers (and in Redis's Lua)
 
@@ -49,7 +48,9 @@ async def unsubscribe(client: Client, message: Message) -> None:
 
 def _skip_self(client: Client, message: Message) -> Client | None:
     """`"skip_self": true` -> the sender, left out of the delivery (docs/protocol.md "skip_self")."""
-    skip_self = message.fields.get("skip_self", False)
+    skip_self = message.fields.get("skip_self")
+    if skip_self is None:  # absent or null: as for "id", null is the field's absence
+        return None
     if not isinstance(skip_self, bool):
         raise ClientError(errors.INVALID_JSON, "field 'skip_self' must be true or false")
     return client if skip_self else None
@@ -61,13 +62,7 @@ async def publish(client: Client, message: Message) -> None:
     if room not in client.rooms:
         raise ClientError(errors.NOT_SUBSCRIBED)
     await client.gateway.authorize(client, protocol.PUBLISH, room)
-    try:
-        await client.gateway.publish(
-            room, message.data, client_id=client.id, skip=skip, idempotency_key=message.fields.get("idempotency_key")
-        )
-    except AlreadyPublished as first:  # a retry: answered as the first was (its message, its offset), to it alone
-        if skip is None:
-            client.enqueue(first.message)
+    await client.gateway.publish(room, message.data, client_id=client.id, skip=skip)
 
 
 async def broadcast(client: Client, message: Message) -> None:

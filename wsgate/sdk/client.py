@@ -246,11 +246,12 @@ class GatewayClient:
         if "id" in message:  # a reply: to the request with its id, if one still waits
             request_id = message["id"]
             answer = self._pending.get(request_id) if isinstance(request_id, int) else None
-            if answer is None or answer.done():
-                log.debug("wsgate client: dropped a reply no request waits for: %r", message)
-            else:
+            if answer is not None and not answer.done():
                 answer.set_result(message)
-            return True
+                return True
+            # a plugin's push with an id of its own, a handler's second reply, a reply after its timeout: the
+            # application sees it like any other message
+            log.debug("wsgate client: no request waits for this id, passed on: %r", message)
         if kind == "unsubscribed" and room is not None:  # not asked for: the gateway took it out (a refresh)
             self._rooms.discard(room)
             self.positions.pop(room, None)

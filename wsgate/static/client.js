@@ -288,12 +288,13 @@ export class WsgateClient {
     if (message.type === "message" && message.room !== undefined && message.offset !== undefined) {
       this.positions.set(message.room, { offset: message.offset, epoch: message.epoch });
     }
-    if (message.id !== undefined) { // a reply: to the request with its id, if one still waits
-      const waiting = this.pending.get(message.id);
-      if (!waiting) {
-        console.debug("wsgate client: dropped a reply no request waits for", message);
-        return;
-      }
+    const waiting = message.id !== undefined ? this.pending.get(message.id) : undefined;
+    if (message.id !== undefined && !waiting) {
+      // a plugin's push with an id of its own, a handler's second reply, a reply after its timeout: the
+      // application sees it like any other message
+      console.debug("wsgate client: no request waits for this id, passed on", message);
+    }
+    if (waiting) { // a reply: to the request with its id
       this.pending.delete(message.id);
       clearTimeout(waiting.timer);
       if (message.type === "error") waiting.reject(new GatewayError(message.error, message.detail));
