@@ -50,48 +50,13 @@ from wsgate.sdk.publisher import HttpPublisher, PublishError, PublishOutcomeUnkn
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # (run as a script from chaos/: the fault model's harness is beside it)
-from faults.harness import free_port, wait_port  # noqa: E402
+from faults.harness import RedisServer, free_port, wait_port  # noqa: E402
 
 KEY = "chaos-api-key"
 PREFIX = "chaos"
 ROOMS = [f"chaos:{n}" for n in range(20)]
 SLOW_CONSUMERS = 3
 SLOW_LANE = "slow-lane"  # a plain room where 8 KB messages go 50 times a second: readers that stall fall behind
-
-
-class Redis:
-    """A private redis-server with append-only persistence, restartable on the same port and data."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = workdir
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            str(self.dir),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        await wait_port(self.port)
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()  # (with appendfsync always, what was acknowledged is on disk)
-            await self.proc.wait()
 
 
 class Node:
@@ -349,7 +314,7 @@ async def main() -> int:
     logging.getLogger("wsgate.sdk").setLevel(logging.ERROR)  # clients' reconnect notes: expected here, by the thousand
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="wsgate-chaos-"))
-    redis = Redis(workdir)
+    redis = RedisServer(workdir, persistent=True)
     await redis.start()
     nodes = [Node(name, redis.url, workdir) for name in ("node-a", "node-b", "node-c")]
     for node in nodes:

@@ -60,11 +60,14 @@ async def wait_port(port: int, timeout: float = WAIT) -> None:
 
 
 class RedisServer:
-    """A private redis-server without persistence: a restart comes back empty."""
+    """A private redis-server on a free port, restartable on that port: without persistence a restart comes back
+    empty; `persistent` (append-only, fsync always: what was acknowledged is on disk) it comes back with its data.
+    The fault model, the chaos run and the tests' `private_redis` all start theirs here."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
         self.port = free_port()
         self.dir = workdir
+        self.persistent = persistent
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -80,10 +83,9 @@ class RedisServer:
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *(("--appendonly", "yes", "--appendfsync", "always") if self.persistent else ("--appendonly", "no")),
             "--enable-debug-command",
-            "local",
+            "local",  # DEBUG SLEEP: a stalled Redis
             "--dir",
             str(self.dir),
             stdout=asyncio.subprocess.DEVNULL,
@@ -93,7 +95,10 @@ class RedisServer:
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
+            if self.persistent:
+                self.proc.terminate()  # (with appendfsync always, what was acknowledged is on disk)
+            else:
+                self.proc.kill()
             await self.proc.wait()
 
     async def command(self, *args: Any) -> Any:

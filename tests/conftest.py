@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from faults.harness import RedisServer
 from wsgate.connection import Connection
 from wsgate.testing import TIMEOUT, Peer, Server, StartServer
 
@@ -148,53 +149,8 @@ async def broker_prefix() -> AsyncIterator[str]:
         await client.aclose()
 
 
-class PrivateRedis:
-    """A redis-server of the test's own on a free port, which the test may stop and restart."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}"
-        self.dir = tmp_path
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        import redis.asyncio as aioredis
-
-        self.proc = await asyncio.create_subprocess_exec(
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--enable-debug-command",
-            "local",  # DEBUG SLEEP: a stalled Redis
-            "--dir",
-            str(self.dir),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        client = aioredis.from_url(self.url)
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                while True:
-                    try:
-                        await client.ping()
-                        return
-                    except (OSError, aioredis.RedisError):
-                        await asyncio.sleep(0.02)  # the server is still starting; it has no event to wait on
-        finally:
-            await client.aclose()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
+PrivateRedis = RedisServer
+"""A redis-server of the test's own on a free port, which the test may stop and restart (the fault model's)."""
 
 
 @pytest.fixture

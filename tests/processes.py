@@ -81,3 +81,17 @@ async def run_wsgate(*args: str, env: dict[str, str] | None = None) -> tuple[int
     process = await spawn(sys.executable, "-m", "wsgate", *args, env=env)
     code = await process.finish(START_TIMEOUT)
     return code, "".join(process.lines)
+
+
+def require_tool(found: bool, tests: str, missing: str) -> None:
+    """The machine tool `tests` need (Chromium, nginx, npm, systemd-analyze) is there, or they stop here, loudly:
+    a failure under CI (`.ci/run` and `make test` install each one; a missing tool is a broken machine), a skip
+    naming the missing package on a developer's machine without root. Never a silent pass."""
+    if found:
+        return
+    import pytest
+
+    message = f"{tests} DID NOT RUN: {missing}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)

@@ -18,6 +18,7 @@ import pytest
 
 from wsgate.testing import StartServer
 
+from .processes import require_tool
 from .test_client import Silent
 
 pytestmark = pytest.mark.slow  # Chromium started for each test
@@ -33,11 +34,9 @@ HISTORY = {"rooms": ["chat:*"], "size": 1000}
 
 @pytest.fixture
 async def page() -> AsyncIterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        message = "BROWSER TESTS DID NOT RUN: Debian's chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tool(
+        os.path.exists(CHROMIUM), "BROWSER TESTS", "Debian's chromium is not installed (apt-get install chromium)"
+    )
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from wsgate.testing import Server, StartServer
 
-from .processes import ROOT
+from .processes import ROOT, require_tool
 
 
 def page_block(page: str, first_line: str, lang: str = "python") -> str:
@@ -94,16 +93,18 @@ def test_every_toml_example_is_valid_settings(tmp_path: Path) -> None:
     assert checked >= 3
 
 
-async def test_resume_example(tmp_path: Path, wsgate_server: StartServer, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_resume_example(tmp_path: Path, wsgate_server: StartServer) -> None:
     import asyncio
 
     server = await wsgate_server(history={"rooms": ["chat:*"]})
     resume = write_module(tmp_path, "resume", page_block("clients.md", "# resume.py"))
+    printed: asyncio.Queue[tuple[object, ...]] = asyncio.Queue()
+    resume.print = lambda *args: printed.put_nowait(args)  # (the module's own print: each line is an event)
     running = asyncio.create_task(resume.main(server.url("/ws")))
     try:
         async with asyncio.timeout(5):
-            while "{'text': 'hi'}" not in capsys.readouterr().out:
-                await asyncio.sleep(0.01)  # polling printed output: there is no event to wait on
+            while await printed.get() != ({"text": "hi"},):
+                pass
     finally:
         running.cancel()
 
@@ -125,13 +126,11 @@ async def test_tutorial_chat(tmp_path: Path, aiohttp_server: Any, monkeypatch: p
     """tutorial.md's chat.html and chat.py: two browser pages chat, and the backend's greeting reaches the first."""
     from .test_browser import CHROMIUM
 
-    if not Path(CHROMIUM).exists():
-        message = (
-            "THE TUTORIAL'S BROWSER TEST DID NOT RUN: Debian's chromium is not installed (apt-get install chromium)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tool(
+        Path(CHROMIUM).exists(),
+        "THE TUTORIAL'S BROWSER TEST",
+        "Debian's chromium is not installed (apt-get install chromium)",
+    )
     from playwright.async_api import async_playwright, expect
 
     (tmp_path / "chat.html").write_text(page_block("tutorial.md", "", lang="html"))

@@ -28,7 +28,7 @@ import pytest
 from wsgate.config.schema import WebSocketSettings
 from wsgate.testing import TIMEOUT, eventually
 
-from .processes import ROOT, Process, environment, start_wsgate
+from .processes import ROOT, Process, environment, require_tool, start_wsgate
 
 pytestmark = pytest.mark.slow  # real nginx and two node processes per test
 
@@ -63,11 +63,7 @@ async def wsgate_client_connected(client):
 
 
 def nginx_binary() -> str:
-    if not os.path.exists(NGINX):
-        message = "NGINX TESTS DID NOT RUN: Debian's nginx is not installed (apt-get install nginx)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tool(os.path.exists(NGINX), "NGINX TESTS", "Debian's nginx is not installed (apt-get install nginx)")
     return NGINX
 
 

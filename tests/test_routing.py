@@ -19,7 +19,7 @@ from wsgate.rooms import RoomPatterns
 from wsgate.routing import Router
 from wsgate.sdk.client import GatewayClient
 from wsgate.sdk.publisher import HttpPublisher, RedisPublisher
-from wsgate.testing import Peer, Server, StartServer
+from wsgate.testing import Peer, Server, StartServer, eventually
 
 from .fakes import Parts, turn
 
@@ -277,7 +277,7 @@ async def test_router_sends_a_rooms_offsets_in_order_and_waits_a_bounded_time_fo
     router.receive("h1", kept[0])  # 1 again: already sent
     await turn()
     assert [m["data"] for m in transport.messages()] == [1, 2, 3]
-    await asyncio.sleep(0.1)  # the gap wait passes: 6 goes out without 4 and 5
+    await eventually(lambda: len(transport.messages()) > 3)  # the gap wait passes: 6 goes out without 4 and 5
     assert [m["data"] for m in transport.messages()] == [1, 2, 3, 6]
     assert parts.metrics.error_count("history_gap") == 1
 
@@ -291,7 +291,7 @@ async def test_router_reads_a_missing_offset_from_the_history() -> None:
         router.receive("h1", kept[n - 1])
     await turn()
     assert [m["data"] for m in transport.messages()] == [1, 2, 3]
-    await asyncio.sleep(0.15)  # the gap wait passes; the history is read
+    await eventually(lambda: len(transport.messages()) > 3)  # the gap wait passes; the history is read
     assert [m["data"] for m in transport.messages()] == [1, 2, 3, 4, 5, 6]
     assert parts.metrics.error_count("history_gap") == 0
 

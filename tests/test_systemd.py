@@ -13,11 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from wsgate.config.schema import WebSocketSettings
 
-from .processes import ROOT
+from .processes import ROOT, require_tool
 
 UNIT = ROOT / "deploy" / "wsgate.service"
 PAGE = ROOT / "docs" / "deployment.md"
@@ -26,11 +24,9 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 
 
 def systemd_analyze() -> str:
-    if not os.path.exists(SYSTEMD_ANALYZE):
-        message = "SYSTEMD TEST DID NOT RUN: systemd-analyze is not installed (apt-get install systemd)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tool(
+        os.path.exists(SYSTEMD_ANALYZE), "SYSTEMD TEST", "systemd-analyze is not installed (apt-get install systemd)"
+    )
     return SYSTEMD_ANALYZE
 
 

@@ -14,13 +14,14 @@ Without npm the tsc tests are skipped on a workstation and fail under `CI=true` 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from .processes import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 TS = ROOT / "tests" / "ts"
@@ -37,11 +38,8 @@ def tsc() -> Path:
     if TSC.exists() and _run([str(TSC), "--version"], TS).stdout.strip() == f"Version {pinned}":
         return TSC
     npm = shutil.which("npm")
-    if npm is None:
-        message = "TYPESCRIPT TESTS DID NOT RUN: npm is not installed (apt-get install npm)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tool(npm is not None, "TYPESCRIPT TESTS", "npm is not installed (apt-get install npm)")
+    assert npm is not None
     installed = _run([npm, "ci", "--no-audit", "--no-fund"], TS, timeout=600)
     assert installed.returncode == 0, f"npm ci in {TS} failed:\n{installed.stdout}{installed.stderr}"
     return TSC

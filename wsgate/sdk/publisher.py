@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Any, Self
 
@@ -61,11 +62,12 @@ class PublishOutcomeUnknown(PublishError):
         super().__init__(status, protocol.PUBLISH_OUTCOME_UNKNOWN, detail)
 
 
-class _Closing:
+class _Closing(ABC):
     """`async with publisher:` returns the publisher and awaits its `close()` on the way out, whatever happened."""
 
+    @abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Release what the publisher holds; idempotent."""
 
     async def __aenter__(self) -> Self:
         return self
