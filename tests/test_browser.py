@@ -19,7 +19,7 @@ import pytest
 from wsgate.testing import StartServer
 
 from .processes import require_tool
-from .test_client import Silent
+from .test_client import Closer, Silent
 
 pytestmark = pytest.mark.slow  # Chromium started for each test
 
@@ -311,3 +311,38 @@ async def test_the_js_client_matches_replies_by_request_id(wsgate_server: StartS
     assert outcome["timedOut"][0] is True
     assert re.fullmatch(r"no reply to silent \(id \d+\) within 200 ms", outcome["timedOut"][1])
     assert any(kind == "debug" and "no request waits for" in text for kind, text in logged), logged
+
+
+async def test_the_js_client_follows_the_reconnect_advice(wsgate_server: StartServer, page: Any) -> None:
+    """Issue 24: back at once after a restart (the backoff here is a minute), stopped for good after an
+    operator's disconnect (`connect()` rejects with GatewayClosed); errors carry their code."""
+    server = await wsgate_server(Closer())
+    await page.goto(server.url("/health"))
+    outcome = await page.evaluate("""async () => {
+        const { WsgateClient, GatewayError, GatewayClosed } = await import("/client.js");
+        const url = location.origin.replace(/^http/, "ws") + "/ws";
+        const client = new WsgateClient(url, { minBackoff: 60000, maxBackoff: 60000 });
+        const closes = [];
+        client.on("close", (info) => closes.push(info));
+        await client.connect();
+        let coded;
+        try { await client.unsubscribe("never-joined"); }
+        catch (error) { coded = [error instanceof GatewayError, error.code, error.temporary]; }
+        const reopened = new Promise((resolve) => client.on("open", resolve));
+        client.send({ type: "close_me", data: "SERVICE_RESTART" });
+        await reopened;
+        const connects = client.connects;
+        client.send({ type: "close_me", data: "OPERATOR_DISCONNECT" });
+        let stopped;
+        try { await client.connect(); await new Promise(() => {}); }
+        catch (error) { stopped = [error instanceof GatewayClosed, error.code, error.reason]; }
+        return { protocol: client.protocol, coded, connects, closes, stopped };
+    }""")
+    assert outcome["protocol"] == 2 and outcome["coded"] == [True, 103, False]
+    assert outcome["connects"] == 2
+    assert outcome["closes"] == [
+        {"code": 1012, "reason": "service restart [reconnect=now]", "reconnect": "now"},
+        {"code": 1008, "reason": "disconnected by an operator [reconnect=no]", "reconnect": "no"},
+    ]
+    assert outcome["stopped"] == [True, 1008, "disconnected by an operator [reconnect=no]"]
+    assert len(server.hub.connections) == 0

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 import wsgate
+import wsgate.testing
 from wsgate import Client, Handler, Message
 from wsgate.history import Position
+from wsgate.sdk import client as sdk_client
 from wsgate.sdk.client import GatewayClient, GatewayError, RequestTimeout
 from wsgate.testing import TIMEOUT, Server, StartServer
+
+from .test_auth import jwt_server
 
 HISTORY = {"rooms": ["chat:*"], "size": 1000}
 
@@ -178,3 +185,90 @@ async def test_a_request_without_a_reply_times_out_clearly(wsgate_server: StartS
         with pytest.raises(RequestTimeout, match=r"no reply to 'silent' \(id \d+\) within 0.2 s"):
             await client._request({"type": "silent"})
         assert await client.ping() > 0  # the connection is fine
+
+
+class Closer:
+    """A plugin whose `close_me` closes the client for the reason its data names (one of wsgate.errors')."""
+
+    @wsgate.hookimpl
+    def wsgate_message_handlers(self) -> Mapping[str, Handler]:
+        async def close_me(client: Client, message: Message) -> None:
+            client.drop(getattr(wsgate.errors, message.data))
+
+        return {"close_me": close_me}
+
+
+def test_the_clients_reconnect_table_is_the_registry() -> None:
+    """The Python and JavaScript clients carry `wsgate.errors.CLOSE_CODES` as a table of their own."""
+    registry = {close.code: close.reconnect.value for close in wsgate.errors.CLOSE_CODES}
+    assert sdk_client.RECONNECT_BY_CODE == registry
+    source = (Path(wsgate.__file__).parent / "static" / "client.js").read_text()
+    table = re.search(r"const RECONNECT_BY_CODE = \{(.*?)\};", source, re.S)
+    assert table is not None
+    assert {int(code): advice for code, advice in re.findall(r'(\d+): "(\w+)"', table.group(1))} == registry
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "advice"),
+    [
+        (1008, "disconnected by an operator [reconnect=no]", "no"),
+        (1008, "slow consumer [reconnect=backoff]", "backoff"),
+        (1008, "slow consumer", "backoff"),  # protocol 1: the code's
+        (1012, "service restart", "now"),
+        (1009, "", "no"),
+        (4999, "a plugin's", "backoff"),
+        (None, "", "backoff"),  # lost without a close frame
+        (1001, "going away [reconnect=now] and more", "backoff"),  # advice only at the end
+    ],
+)
+def test_reconnect_advice_comes_from_the_reason_then_the_code(code: int | None, reason: str, advice: str) -> None:
+    assert sdk_client.reconnect_advice(code, reason) == advice
+
+
+async def test_errors_carry_their_code_and_whether_they_are_temporary(server: Server) -> None:
+    async with GatewayClient(server.url("/ws")) as client:
+        assert client.protocol == 2
+        with pytest.raises(GatewayError) as refused:
+            await client.history("lobby")
+        assert (refused.value.code, refused.value.temporary, refused.value.transient) == (130, False, False)
+
+
+async def test_told_not_to_come_back_it_stops(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(Closer())
+    client = GatewayClient(server.url("/ws"), backoff=(0.01, 0.01))
+    await client.connect()
+    await client._send({"type": "close_me", "data": "OPERATOR_DISCONNECT"})
+    assert client._runner is not None
+    await asyncio.wait_for(client._runner, TIMEOUT)  # the loop ended: no reconnection
+    assert client.connects == 1 and not server.hub.connections
+    assert client.stopped is not None
+    assert (client.stopped.code, client.stopped.reason) == (1008, "disconnected by an operator [reconnect=no]")
+    with pytest.raises(sdk_client.GatewayClosed):
+        await client.receive()
+    with pytest.raises(sdk_client.GatewayClosed):
+        await client.subscribe("chat:a")
+    assert [message async for message in client] == []  # an iteration ends
+    await client.close()
+
+
+async def test_after_a_restart_it_comes_back_at_once(wsgate_server: StartServer) -> None:
+    """1012 `[reconnect=now]`: no backoff (here a minute, which would outlast the test), and it resumes."""
+    server = await wsgate_server(Closer(), history=HISTORY)
+    async with GatewayClient(server.url("/ws"), backoff=(60.0, 60.0)) as client:
+        await client.subscribe("chat:a")
+        await client._send({"type": "close_me", "data": "SERVICE_RESTART"})
+        await wsgate.testing.eventually(lambda: client.connects == 2 and client._connected.is_set())
+        await client.publish("chat:a", "back")
+        assert (await client.receive())["data"] == "back"
+
+
+async def test_a_token_refused_for_good_stops_it(wsgate_server: StartServer) -> None:
+    server = await jwt_server(wsgate_server)
+    client = GatewayClient(server.url("/ws"), token="not-a-jwt", backoff=(0.01, 0.01))
+    client._session = aiohttp.ClientSession()
+    client._runner = asyncio.create_task(client._run())
+    await asyncio.wait_for(client._runner, TIMEOUT)
+    assert client.stopped is not None and client.stopped.code == 401
+    with pytest.raises(sdk_client.GatewayClosed):
+        await client.connected()
+    await client.close()

@@ -191,6 +191,7 @@ def test_every_metric_is_in_the_metrics_list() -> None:
 
 
 def test_every_error_and_close_code_is_in_the_tables() -> None:
+    from wsgate import errors as errors_module
     from wsgate.errors import CLIENT_ERRORS, CLOSE_REASONS
 
     errors, closes = wsgate_refs.errors_markdown(), wsgate_refs.close_reasons_markdown()
@@ -198,6 +199,9 @@ def test_every_error_and_close_code_is_in_the_tables() -> None:
         assert f"| `{kind.text}` | `{kind.label}` | {kind.code} |" in errors, kind.text
     for reason in CLOSE_REASONS:
         assert f"| {reason.code} | `{reason.text}` | `{reason.label}` | {reason.reconnect.value} |" in closes
+    codes = wsgate_refs.close_codes_markdown()
+    for close in errors_module.CLOSE_CODES:
+        assert f"| {close.code} | {close.name} | {close.reconnect.value} | {close.when} |" in codes
     causes = [row[4] for row in wsgate_refs.error_rows() + wsgate_refs.close_rows()]
     assert all(causes), "a value of wsgate/errors.py has no docstring"
 

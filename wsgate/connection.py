@@ -25,7 +25,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from . import errors, protocol
 from .config import WebSocketSettings
-from .errors import CloseReason, plugin_close
+from .errors import CloseReason, close_text, plugin_close
 from .keepalive import Action, Keepalive
 from .metrics import Metrics
 from .ratelimit import RateLimiter
@@ -150,6 +150,7 @@ class Connection:
         "limiter",
         "_expiry",
         "replying",
+        "protocol",
     )
 
     def __init__(
@@ -163,8 +164,10 @@ class Connection:
         metrics: Metrics,
         on_drop: Callable[[Connection], None],
         identity: object = None,
+        protocol_version: int = protocol.GUIDE_PROTOCOL,
     ) -> None:
         self.id = str(uuid.uuid4())
+        self.protocol = protocol_version  # the version the client asked for (`/ws?protocol=N`, protocol.negotiate)
         self._metrics = metrics
         self._on_drop = on_drop
         self.identity = identity  # what an authentication plugin returned; None when anonymous
@@ -219,8 +222,8 @@ class Connection:
         return SENT
 
     def send_error(self, err: protocol.ClientError) -> None:
-        """Answer this client with an `error` message."""
-        self.enqueue(protocol.encode_error(err))
+        """Answer this client with an `error` message (with `code` and `temporary` under protocol 2)."""
+        self.enqueue(protocol.encode_error(err, coded=self.protocol >= protocol.PROTOCOL))
 
     def enqueue(self, payload: bytes) -> None:
         """Queue one encoded message for this client alone (counted as one delivery); ValueError, and nothing
@@ -365,7 +368,7 @@ class Connection:
         self.state = State.CLOSING
         self.close_cause = why
         self.close_code = code = why.code
-        reason = why.text
+        reason = close_text(why, advise=self.protocol >= protocol.PROTOCOL)
         self._clear()
         # Leave the rooms now (next turn: we may be inside a fan-out over one of them),
         # not after a close handshake that a stalled peer can hold up for write_wait.
@@ -401,7 +404,8 @@ class Connection:
         self.close_cause = why
         self.close_code = why.code
         self._loop.call_soon(self._on_drop, self)  # out of its rooms now: nothing new is queued
-        self._closer = asyncio.create_task(self._finish(why.code, why.text, timeout), name=f"wsgate-close-{self.id}")
+        reason = close_text(why, advise=self.protocol >= protocol.PROTOCOL)
+        self._closer = asyncio.create_task(self._finish(why.code, reason, timeout), name=f"wsgate-close-{self.id}")
 
     async def _finish(self, code: int, reason: str, timeout: float) -> None:
         queued = len(self._outbox)

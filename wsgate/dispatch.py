@@ -12,7 +12,7 @@ from .connection import REPLYING, Reply, State
 from .errors import ClientError, ClientGone
 from .metrics import Metrics
 from .plugins import HookTimedOut
-from .protocol import Decoder, encode_id
+from .protocol import PROTOCOL, Decoder, encode_id
 from .ratelimit import Verdict
 from .registry import HandlerRegistry
 from .supervision import Throttled
@@ -75,6 +75,7 @@ class Dispatcher:
         waiting_on: Callable[[GatewayConnection], str | None] = lambda client: None,
     ) -> None:
         self.registry = registry
+        self._types = registry.types()  # (the registry is filled before the dispatcher is built)
         self._metrics = metrics
         self._decoder = decoder
         self._rate_limited = ClientError(errors.RATE_LIMITED, "the message was dropped; send less often")
@@ -85,6 +86,11 @@ class Dispatcher:
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()  # (built in create_app, on the loop that serves)
         self._timed_out: dict[str, Throttled] = {}  # one throttled warning per plugin handler or hook
+
+    @property
+    def types(self) -> list[str]:
+        """The message types handled, sorted (protocol 2's `connected.data.types`)."""
+        return self._types
 
     def client_gone(self, client: GatewayConnection) -> None:
         """`client` is gone (dropped, closed, draining): the handling of its message in flight, if any, is
@@ -192,6 +198,8 @@ class Dispatcher:
                 log.debug("client %s sent %r", client.id, kind, extra={"client_id": client.id, "room": message.room})
             handler = self.registry.get(kind)
             if handler is None:
+                if client.protocol >= PROTOCOL:  # the guide's clients get the guide's bytes: no detail
+                    raise ClientError(errors.UNKNOWN_TYPE, self.registry.unknown(kind))
                 raise ClientError(errors.UNKNOWN_TYPE)
             await handler(client, message)
         except ClientError as err:

@@ -11,8 +11,12 @@ under, so nothing maps a text back to a label.
 - `ErrorKind`: an error answered as `{"type":"error","error":text}` while the connection stays open; its
   `label` is the `reason` of `websocket_errors_total`. `ClientError` carries one.
 
-Neither `reconnect` nor an ErrorKind's numeric `code` is sent yet: they are the advice and the stable
-numbers a later protocol version puts on the wire (and the SDKs may follow now).
+- `CloseCode`: a close code wsgate sends (`CLOSE_CODES`, the registry) and the reconnect advice a client follows
+  when the close frame's reason gives none.
+
+Protocol 2 (`/ws?protocol=2`, docs/protocol.md "Protocol versions") puts an ErrorKind's `code` and `temporary`
+on every `error`, and a CloseReason's `reconnect` at the end of the close frame's reason (`close_text`).
+Protocol 1, the module guide's, sends exactly the guide's bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ class Reconnect(Enum):
     NOW = "now"  # come back at once (to another node, or with a new token), and resume
 
 
+ADVICE_PREFIX: Final = " [reconnect="
+"""How protocol 2 ends a close frame's reason: `slow consumer [reconnect=backoff]` (`close_text`)."""
+_LONGEST_ADVICE: Final = max(len(f"{ADVICE_PREFIX}{advice.value}]".encode()) for advice in Reconnect)
+MAX_REASON_BYTES: Final = 123
+"""The longest close reason, in bytes of UTF-8 (RFC 6455 section 5.5: a control frame's payload is at most 125
+bytes, two of them the code)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CloseReason:
     """Why the server closed a WebSocket: `code` and `text` go in the close frame, `label` is the metric's.
@@ -49,6 +61,28 @@ class CloseReason:
 
     def __str__(self) -> str:
         return self.text
+
+
+def close_text(reason: CloseReason, advise: bool) -> str:
+    """The reason a close frame carries: `reason.text`, and with `advise` (protocol 2) its reconnect advice at
+    the end, `disconnected by an operator [reconnect=no]`. The text is cut on a character boundary so that
+    the advice always fits in MAX_REASON_BYTES."""
+    if not advise:
+        return reason.text
+    room = MAX_REASON_BYTES - _LONGEST_ADVICE
+    text = reason.text.encode()[:room].decode(errors="ignore")
+    return f"{text}{ADVICE_PREFIX}{reason.reconnect.value}]"
+
+
+@dataclass(frozen=True, slots=True)
+class CloseCode:
+    """A close code wsgate sends (RFC 6455 section 7.4) and what a client should do after it when the close
+    frame's reason carries no advice (protocol 1, or a close aiohttp or a proxy sent): `reconnect`."""
+
+    code: int
+    name: str
+    reconnect: Reconnect
+    when: str
 
 
 # Close codes (RFC 6455 section 7.4.1; 4000-4999 are private use, section 7.4.2).
@@ -113,6 +147,28 @@ DASHBOARD_REPLACED: Final = CloseReason(
 )
 """The dashboard login a socket was opened with was replaced by a newer one (1008, counted as `other`)."""
 
+CLOSE_CODES: Final = (
+    CloseCode(1000, "normal closure", Reconnect.NO, "The answer to the client's own close."),
+    CloseCode(1001, "going away", Reconnect.BACKOFF, "The node shuts down, or stopped hearing the client."),
+    CloseCode(1002, "protocol error", Reconnect.NO, "The client broke RFC 6455 (aiohttp's answer)."),
+    CloseCode(1007, "invalid payload data", Reconnect.NO, "A text frame that is not UTF-8 (aiohttp's answer)."),
+    CloseCode(
+        1008,
+        "policy violation",
+        Reconnect.BACKOFF,
+        "A limit or an operator closed the client; the reason says which, and whether to come back.",
+    ),
+    CloseCode(1009, "message too big", Reconnect.NO, "A message over `websocket.max_message_size`."),
+    CloseCode(1011, "internal error", Reconnect.BACKOFF, "The server failed (a proxy's or a plugin's close)."),
+    CloseCode(1012, "service restart", Reconnect.NOW, "The node restarts: come back at once and resume."),
+    CloseCode(1013, "try again later", Reconnect.BACKOFF, "The node is full (`websocket.limits.max_connections`)."),
+    CloseCode(4001, "token expired", Reconnect.NOW, "The token expired: come back at once with a new one."),
+)
+"""The registry of close codes wsgate sends, and the advice for each when the reason gives none (the clients
+carry the same table; the advice in a protocol 2 reason comes first). A code not listed: `backoff`."""
+
+RECONNECT_BY_CODE: Final = {close.code: close.reconnect for close in CLOSE_CODES}
+
 CLOSE_REASONS: Final = (
     SLOW_CONSUMER,
     WRITE_TIMEOUT,
@@ -145,7 +201,7 @@ def plugin_close(code: int, text: str) -> CloseReason:
     if known is not None and known.code == code:
         return known
     label = known.label if known else CLIENT_CLOSED_LABEL if not text else "other"
-    return CloseReason(code, text, label, Reconnect.BACKOFF)
+    return CloseReason(code, text, label, RECONNECT_BY_CODE.get(code, Reconnect.BACKOFF))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +209,8 @@ class ErrorKind:
     """One error a client is answered with: `text` is the `error` field (exactly: clients match it), `label`
     the `reason` of `websocket_errors_total`, `temporary` whether the same request may succeed later.
 
-    `code` is the stable number a later protocol version sends beside the text; it is not sent yet.
+    `code` is a stable number: wsgate's own are 100-999 (`CLIENT_ERRORS`), a plugin's are in PLUGIN_CODES.
+    Protocol 2 sends `code` and `temporary` beside the text (docs/protocol.md, "Error codes").
     """
 
     code: int
@@ -188,6 +245,11 @@ TOO_DEEP: Final = ErrorKind(112, "message is nested too deeply", "too_deep")
 """Arrays and objects nested past `websocket.limits.max_json_depth`."""
 BINARY_NOT_SUPPORTED: Final = ErrorKind(113, "binary frames are not supported", "binary_frame")
 """A binary frame: messages are JSON text frames."""
+UNSUPPORTED_PROTOCOL: Final = ErrorKind(114, "unsupported protocol version", "unsupported_protocol")
+"""`/ws?protocol=N` with a version this server does not speak: refused before the upgrade, with HTTP 400."""
+UPGRADE_REQUIRED: Final = ErrorKind(115, "WebSocket upgrade required", "not_websocket")
+"""A request to `/ws` that is not a WebSocket opening handshake (RFC 6455 section 4.2.1), such as a plain
+GET: refused with HTTP 426 (400 for a malformed handshake), with a detail saying what is missing."""
 TOO_MANY_ROOMS: Final = ErrorKind(120, "too many rooms", "too_many_rooms")
 """`websocket.limits.max_rooms_per_client` reached."""
 RATE_LIMITED: Final = ErrorKind(121, "rate limit exceeded", "rate_limited", temporary=True)
@@ -221,6 +283,8 @@ CLIENT_ERRORS: Final = (
     INVALID_ROOM,
     TOO_DEEP,
     BINARY_NOT_SUPPORTED,
+    UNSUPPORTED_PROTOCOL,
+    UPGRADE_REQUIRED,
     TOO_MANY_ROOMS,
     RATE_LIMITED,
     NOT_ALLOWED,
@@ -237,23 +301,48 @@ CLIENT_ERRORS: Final = (
 _ERROR_BY_TEXT: Final = {kind.text: kind for kind in CLIENT_ERRORS}
 
 
-def plugin_error(text: str) -> ErrorKind:
-    """The ErrorKind of `ClientError(text)` raised with a plain text (a plugin's, or a documented one):
-    the documented kind with that text, or a plugin's own error, counted as `rejected` (labels stay bounded)."""
+PLUGIN_CODES: Final = range(1000, 2000)
+"""The codes a plugin's own errors may carry (`ClientError("quota exceeded", code=1001)`); 1000 is the code
+of a plugin's error that names none. wsgate's own codes stay below 1000."""
+PLUGIN_ERROR_CODE: Final = PLUGIN_CODES.start
+
+
+def plugin_error(text: str, code: int | None = None, temporary: bool = False) -> ErrorKind:
+    """The ErrorKind of `ClientError(text, code=..., temporary=...)` raised with a plain text (a plugin's, or a
+    documented one): the documented kind with that text, or a plugin's own error, counted as `rejected` (labels
+    stay bounded) with `code` (PLUGIN_ERROR_CODE when None). ValueError for a code outside PLUGIN_CODES, or a
+    code or `temporary` given with a documented text (it has its own)."""
     known = _ERROR_BY_TEXT.get(text)
-    return known if known is not None else ErrorKind(0, text, "rejected")
+    if known is not None:
+        if code is not None or temporary:
+            raise ValueError(f"{text!r} is wsgate's own error, with its own code: raise it without code and temporary")
+        return known
+    if code is None:
+        code = PLUGIN_ERROR_CODE
+    elif isinstance(code, bool) or not isinstance(code, int) or code not in PLUGIN_CODES:
+        raise ValueError(f"a plugin's error code must be an integer from {PLUGIN_CODES.start} to {PLUGIN_CODES[-1]}")
+    return ErrorKind(code, text, "rejected", temporary)
 
 
 class ClientError(WsgateError):
     """Answered to the client as `{"type":"error","error":text}`; the connection stays open.
 
-    `ClientError(text, detail=None)`: `text` is an ErrorKind (`wsgate.errors.NOT_ALLOWED`) or its text
-    (`wsgate.protocol.NOT_ALLOWED`, or a plugin's own text, counted as `rejected`). `detail`, when given, is
-    sent as an extra `detail` field that says precisely what was wrong.
+    `ClientError(text, detail=None, *, code=None, temporary=False)`: `text` is an ErrorKind
+    (`wsgate.errors.NOT_ALLOWED`) or its text (`wsgate.protocol.NOT_ALLOWED`), or a plugin's own text, counted
+    as `rejected`, with its own `code` from PLUGIN_CODES and whether retrying can help (`temporary`); protocol 2
+    clients get both. `detail`, when given, is sent as an extra `detail` field that says precisely what was
+    wrong. ValueError for a code outside PLUGIN_CODES, or a code given with a documented error.
     """
 
-    def __init__(self, text: ErrorKind | str, detail: str | None = None) -> None:
-        self.kind = text if isinstance(text, ErrorKind) else plugin_error(text)
+    def __init__(
+        self, text: ErrorKind | str, detail: str | None = None, *, code: int | None = None, temporary: bool = False
+    ) -> None:
+        if isinstance(text, ErrorKind):
+            if code is not None or temporary:
+                raise ValueError(f"{text.text!r} has its own code: raise it without code and temporary")
+            self.kind = text
+        else:
+            self.kind = plugin_error(text, code, temporary)
         super().__init__(self.kind.text)
         self.text = self.kind.text
         self.detail = detail

@@ -68,6 +68,8 @@ PUBLISH_OUTCOME_UNKNOWN: Final = errors.PUBLISH_OUTCOME_UNKNOWN.text
 NO_PRESENCE: Final = errors.NO_PRESENCE.text
 PRESENCE_UNAVAILABLE: Final = errors.PRESENCE_UNAVAILABLE.text
 INVALID_TOKEN: Final = errors.INVALID_TOKEN.text
+UNSUPPORTED_PROTOCOL: Final = errors.UNSUPPORTED_PROTOCOL.text  # (HTTP 400 before the upgrade)
+UPGRADE_REQUIRED: Final = errors.UPGRADE_REQUIRED.text  # (HTTP 426 or 400 before the upgrade)
 
 # Close codes (RFC 6455 section 7.4.1); the reasons sent with them are `wsgate.errors.CloseReason`s.
 CLOSE_GOING_AWAY: Final = errors.GOING_AWAY  # server shutdown, keepalive timeout
@@ -383,8 +385,45 @@ def encode(
     return dumps(obj)
 
 
-def encode_error(err: ClientError) -> bytes:
-    """The `error` message for a ClientError (with `detail` when it has one)."""
-    if err.detail is None:
-        return encode(ERROR, error=err.text)
-    return encode(ERROR, error=err.text, detail=err.detail)
+def encode_error(err: ClientError, coded: bool = False) -> bytes:
+    """The `error` message for a ClientError (with `detail` when it has one); `coded` (protocol 2) adds the
+    error's stable `code` and `temporary` (docs/protocol.md, "Error codes")."""
+    extra: dict[str, Any] = {} if err.detail is None else {"detail": err.detail}
+    if coded:
+        extra["code"] = err.kind.code
+        extra["temporary"] = err.kind.temporary
+    return encode(ERROR, error=err.text, **extra)
+
+
+# Protocol versions (docs/protocol.md, "Protocol versions"): a client asks for one with `/ws?protocol=N`.
+GUIDE_PROTOCOL: Final = 1
+"""The module guide's protocol: its messages, fields and bytes exactly (and the extensions a client opts into
+per message: `id`, `skip_self`, `idempotency_key`). A client that asks for no version speaks this one."""
+PROTOCOL: Final = 2
+"""The newest version: every `error` has `code` and `temporary`, every close reason wsgate sends ends with its
+reconnect advice, `connected` says the version, the extensions and the message types, and `unknown message
+type` says which types the server knows."""
+PROTOCOLS: Final = (GUIDE_PROTOCOL, PROTOCOL)
+EXTENSIONS: Final = (
+    "request_ids",
+    "error_codes",
+    "reconnect_advice",
+    "server_subscriptions",
+    "skip_self",
+    "idempotency_key",
+)
+"""What protocol 2 speaks beyond the guide, as `connected.data.extensions` lists it (each on docs/protocol.md)."""
+
+
+def negotiate(asked: str | None) -> int:
+    """The protocol version a connection speaks: `asked` is the `protocol` query parameter of `/ws` (None:
+    the guide's). ClientError `unsupported protocol version`, with a detail naming the supported ones, for any
+    other text than one of PROTOCOLS in decimal."""
+    if asked is None:
+        return GUIDE_PROTOCOL
+    for version in PROTOCOLS:
+        if asked == str(version):
+            return version
+    raise ClientError(
+        errors.UNSUPPORTED_PROTOCOL, f"ask for protocol {' or '.join(map(str, PROTOCOLS))} (?protocol={PROTOCOL})"
+    )

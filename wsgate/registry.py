@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 
 from .errors import WsgateError
@@ -38,6 +39,26 @@ class HandlerRegistry:
 
     def get(self, kind: str) -> Handler | None:
         return self._handlers.get(kind)
+
+    def types(self) -> list[str]:
+        """Every message type handled, sorted."""
+        return sorted(self._handlers)
+
+    def closest(self, kind: str) -> str | None:
+        """The handled type `kind` is most likely a typo of (`Subscribe`, `subscibe`, `pubish`), compared
+        without case (difflib's ratio of at least 0.75); None when none is close."""
+        lowered = {name.lower(): name for name in self._handlers}
+        if kind.lower() in lowered:
+            return lowered[kind.lower()]
+        match = difflib.get_close_matches(kind.lower(), lowered, n=1, cutoff=0.75)
+        return lowered[match[0]] if match else None
+
+    def unknown(self, kind: str) -> str:
+        """The detail of `unknown message type` for `kind` (protocol 2): the types this server handles, and the
+        closest one when `kind` looks like a typo of it. At most 64 characters of `kind` are quoted."""
+        known = f"this server handles {', '.join(self.types())}"
+        closest = self.closest(kind) if len(kind) <= 64 else None
+        return known if closest is None else f"did you mean {closest!r}? {known}"
 
     def owners(self) -> Mapping[str, str]:
         """Message type -> name of the plugin that handles it."""

@@ -54,6 +54,11 @@ class Client(Protocol):
     def gateway(self) -> Gateway:
         """The running gateway."""
 
+    @property
+    def protocol(self) -> int:
+        """The protocol version the client speaks: 1, the module guide's (the default), or 2, asked for with
+        `/ws?protocol=2` (docs/protocol.md, "Protocol versions")."""
+
     def send(self, payload: Mapping[str, Any]) -> Awaitable[None]:
         """Send one JSON object to this client alone (stamped with `timestamp` if it has none).
 

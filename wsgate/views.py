@@ -18,7 +18,7 @@ from .broker import describe_broker
 from .clients import GatewayConnection
 from .connection import Connection
 from .dispatch import Dispatcher
-from .errors import ClientError, CloseReason
+from .errors import ClientError, CloseReason, close_text
 from .keys import (
     BROKER,
     DASHBOARD,
@@ -110,11 +110,21 @@ async def ws_disabled_view(request: web.Request) -> web.Response:
 
 
 async def ws_view(request: web.Request) -> web.StreamResponse:
-    """Upgrade, admit (or refuse at capacity), then read until the client goes away."""
+    """Upgrade, admit (or refuse at capacity), then read until the client goes away.
+
+    Every refusal before the upgrade is JSON, `{"error": text, "detail": why}`: 503 (draining), 400 (an
+    unsupported `?protocol=N`), 403 (origin), 401 and 503 (authentication), then 426 for a request that is not
+    a WebSocket handshake (a plain GET) and 400 for a malformed one.
+    """
     app = request.app
     hub, metrics, settings = app[HUB], app[METRICS], app[SETTINGS]
     if hub.draining:
         return web.json_response({"error": "server is shutting down"}, status=503)
+    try:
+        version = protocol.negotiate(request.query.get("protocol"))
+    except ClientError as err:
+        metrics.error(err.kind.label)
+        return web.json_response({"error": err.text, "detail": err.detail}, status=400)
     origin = request.headers.get("Origin")
     if (
         origin is not None
@@ -142,10 +152,10 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
                 extra={"remote": request.remote},
             )
         return web.json_response({"error": ORIGIN_NOT_ALLOWED}, status=403)
-    return await _open(request)  # (the address limit counts sockets from accept() on: wsgate.admission)
+    return await _open(request, version)  # (the address limit counts sockets from accept() on: wsgate.admission)
 
 
-async def _open(request: web.Request) -> web.StreamResponse:
+async def _open(request: web.Request, version: int) -> web.StreamResponse:
     app = request.app
     hub, metrics, plugins, settings = app[HUB], app[METRICS], app[PLUGINS], app[SETTINGS]
     identity = None
@@ -177,11 +187,30 @@ async def _open(request: web.Request) -> web.StreamResponse:
         autoclose=False,  # a client's close is answered by the read loop (wire.close_reply), not always 1000
         timeout=ws_settings.write_wait,  # how long a close handshake may take
     )
-    stream = await upgrade(ws, request)
+    if "websocket" not in request.headers.get("Upgrade", "").lower():  # a plain GET, a browser's address bar
+        metrics.error(errors.UPGRADE_REQUIRED.label)
+        return web.json_response(
+            {"error": errors.UPGRADE_REQUIRED.text, "detail": "connect with a WebSocket client (Upgrade: websocket)"},
+            status=426,
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+    try:
+        stream = await upgrade(ws, request)
+    except web.HTTPException as refusal:  # a malformed handshake (aiohttp's text answer): JSON, as every refusal
+        metrics.error(errors.UPGRADE_REQUIRED.label)
+        return web.json_response(
+            {
+                "error": errors.UPGRADE_REQUIRED.text,
+                "detail": f"the opening handshake is malformed: {refusal.text or refusal.reason}",
+            },
+            status=refusal.status,
+            headers={k: v for k, v in refusal.headers.items() if k.lower().startswith("sec-websocket")},
+        )
     if stream is None:
         return client_left()
+    advise = version >= protocol.PROTOCOL
     if hub.draining:  # began while we authenticated or upgraded: drain() would not see this client
-        await _close(ws, errors.SHUTTING_DOWN)
+        await _close(ws, errors.SHUTTING_DOWN, advise)
         return ws
     dispatcher = app[DISPATCHER]
 
@@ -201,9 +230,10 @@ async def _open(request: web.Request) -> web.StreamResponse:
         on_drop=gone,
         identity=identity,
         gateway=app[GATEWAY],
+        protocol_version=version,
     )
     if not hub.admit(conn):
-        await _refuse_full(ws, metrics)
+        await _refuse_full(ws, metrics, advise)
         return ws
     metrics.connection_opened()
     log.info("client %s connected from %s", conn.id, conn.remote, extra={"client_id": conn.id, "remote": conn.remote})
@@ -211,7 +241,7 @@ async def _open(request: web.Request) -> web.StreamResponse:
     try:
         conn.start()
         conn.expire_at(expires_at_of(identity))
-        conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn)))
+        conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn, dispatcher)))
         if plugins.watches_clients:  # (each plugin's within plugins.hook_timeout; ends when the client goes)
             conn.handling = True  # nothing is read meanwhile: no verdict of silence (as for a message)
             try:
@@ -269,14 +299,20 @@ async def _read_loop(
             return
 
 
-def _connected_data(conn: GatewayConnection) -> dict[str, Any]:
+def _connected_data(conn: GatewayConnection, dispatcher: Dispatcher) -> dict[str, Any]:
     """The spec's `connected` data; with `user_id` added for an authenticated client, and `expires_at`
-    (Unix time in milliseconds) when its token expires: refresh before then, or be closed with 4001."""
+    (Unix time in milliseconds) when its token expires: refresh before then, or be closed with 4001. Protocol 2
+    adds `protocol` (the version), `extensions` (protocol.EXTENSIONS) and `types` (the message types this
+    server handles, sorted)."""
     data: dict[str, Any] = {"client_id": conn.id, "message": protocol.CONNECTED_TEXT}
     if (user_id := user_id_of(conn.identity)) is not None:
         data["user_id"] = user_id
     if (expires_at := expires_at_of(conn.identity)) is not None:
         data["expires_at"] = round(expires_at * 1000)
+    if conn.protocol >= protocol.PROTOCOL:
+        data["protocol"] = conn.protocol
+        data["extensions"] = list(protocol.EXTENSIONS)
+        data["types"] = dispatcher.types
     return data
 
 
@@ -299,18 +335,18 @@ def client_left() -> web.Response:
     return web.Response(status=CLIENT_LEFT)
 
 
-async def _refuse_full(ws: web.WebSocketResponse, metrics: Metrics) -> None:
-    """The spec's answer at `max_connections`: the error message, then close 1013."""
+async def _refuse_full(ws: web.WebSocketResponse, metrics: Metrics, advise: bool) -> None:
+    """The spec's answer at `max_connections`: the error message, then close 1013 (protocol 2: coded, advised)."""
     metrics.error(errors.SERVER_FULL_ERROR.label)
     try:
-        await ws.send_frame(protocol.encode_error(ClientError(errors.SERVER_FULL_ERROR)), WSMsgType.TEXT)
-        await _close(ws, errors.SERVER_FULL)
+        await ws.send_frame(protocol.encode_error(ClientError(errors.SERVER_FULL_ERROR), coded=advise), WSMsgType.TEXT)
+        await _close(ws, errors.SERVER_FULL, advise)
     except ConnectionResetError:
         pass  # the client left first
 
 
-async def _close(ws: web.WebSocketResponse, reason: CloseReason) -> None:
+async def _close(ws: web.WebSocketResponse, reason: CloseReason, advise: bool) -> None:
     """Close `ws` for `reason` as every close wsgate sends: through `wire.close_fields` (a code that may be
-    sent, a reason of at most 123 bytes)."""
-    code, message = close_fields(reason.code, reason.text)
+    sent, a reason of at most 123 bytes), with its reconnect advice under protocol 2 (`errors.close_text`)."""
+    code, message = close_fields(reason.code, close_text(reason, advise))
     await ws.close(code=code, message=message)

@@ -12,7 +12,8 @@ Each `*_markdown()` function returns MyST Markdown (a table, or headed sections)
 - `cli_markdown()`: `wsgate --help` as argparse prints it.
 
 `setup(app)` registers one directive per reference (`wsgate-settings`, `wsgate-hooks`, `wsgate-metrics`,
-`wsgate-errors`, `wsgate-close-reasons`, `wsgate-cli`); the directive parses the Markdown into the page.
+`wsgate-errors`, `wsgate-close-reasons`, `wsgate-close-codes`, `wsgate-cli`); the directive parses the Markdown
+into the page.
 `tests/test_docs.py` calls the same functions to check that nothing in the code is left undocumented.
 """
 
@@ -195,12 +196,23 @@ def close_rows() -> list[tuple[str, str, str, str, str]]:
 
 def errors_markdown() -> str:
     rows = [(f"`{t}`", f"`{lb}`", c, tmp, cause) for t, lb, c, tmp, cause in error_rows()]
-    return _table(("error text", "metric label", "code (not sent yet)", "temporary", "when"), rows)
+    return _table(("error text", "metric label", "code", "temporary", "when"), rows)
 
 
 def close_reasons_markdown() -> str:
     rows = [(c, f"`{t}`", f"`{lb}`", rc, cause) for c, t, lb, rc, cause in close_rows()]
     return _table(("close code", "reason", "metric label", "reconnect", "when"), rows)
+
+
+def close_code_rows() -> list[tuple[str, str, str, str]]:
+    """(code, name, reconnect, when) for every close code wsgate sends (`wsgate.errors.CLOSE_CODES`)."""
+    from wsgate.errors import CLOSE_CODES
+
+    return [(str(c.code), c.name, c.reconnect.value, c.when) for c in CLOSE_CODES]
+
+
+def close_codes_markdown() -> str:
+    return _table(("close code", "name", "reconnect", "when"), close_code_rows())
 
 
 # --- the command line ------------------------------------------------------------------------------------
@@ -234,6 +246,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "wsgate-metrics": metrics_markdown,
     "wsgate-errors": errors_markdown,
     "wsgate-close-reasons": close_reasons_markdown,
+    "wsgate-close-codes": close_codes_markdown,
     "wsgate-cli": cli_markdown,
 }
 

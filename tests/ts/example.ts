@@ -1,7 +1,10 @@
 // A typed use of the JavaScript client, as the docs show it, checked by tests/test_typescript.py with
 // `tsc --noEmit` (tsconfig.json, strict) against wsgate/static/client.d.ts. It is type-checked, never run.
 import {
+  GatewayClosed,
   GatewayError,
+  type Reconnect,
+  reconnectAdvice,
   type HistoryData,
   type Json,
   type RoomMessage,
@@ -25,11 +28,13 @@ anonymous.close();
 const stop: () => void = client.on("message", (message: RoomMessage) => render(message.room, message.data));
 stop();
 client.on("open", ({ clientId, connects }) => console.log(clientId, connects > 1 ? "reconnected" : "connected"));
-client.on("close", ({ code, reason }) => console.log("closed", code, reason));
+client.on("close", ({ code, reason, reconnect }) => console.log("closed", code, reason, reconnect));
+const advice: Reconnect = reconnectAdvice(1012, "service restart [reconnect=now]");
+console.log(advice, client.protocol, client.stopped instanceof GatewayClosed ? client.stopped.code : null);
 client.on("recovered", ({ room, data }) => console.log(room, "recovered from offset", data.offset));
 client.on("recovery_failed", ({ room }) => reloadRoom(room));
 client.on("error", (error) => {
-  if (error instanceof GatewayError) console.log(error.text, error.detail ?? "");
+  if (error instanceof GatewayError) console.log(error.text, error.detail ?? "", error.code, error.temporary, error.transient);
 });
 client.on("presence_diff", ({ room, data }) => console.log(room, data.joins.length, data.leaves[0]?.user_id));
 client.on("unsubscribed", ({ room }) => console.log("left", room));

@@ -36,30 +36,93 @@ import itertools
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
+from yarl import URL
 
 from ..history import Position
 
 log = logging.getLogger(__name__)
 
 TRANSIENT = frozenset({"history is unavailable", "presence is unavailable"})
-"""Errors a re-subscription answers while the gateway's store is away: tried again with backoff, not given up."""
+"""Errors a re-subscription answers while the gateway's store is away, by text (a gateway that speaks only the
+guide's protocol sends no `temporary`): tried again with backoff, not given up."""
+PROTOCOL = 2
+"""The protocol version the client asks for (`/ws?protocol=2`, docs/protocol.md "Protocol versions"); a gateway
+that predates versions ignores the parameter and speaks the guide's."""
+RECONNECT_BY_CODE = {1000: "no", 1001: "backoff", 1002: "no", 1007: "no", 1008: "backoff", 1009: "no",
+                     1011: "backoff", 1012: "now", 1013: "backoff", 4001: "now"}  # fmt: skip
+"""What to do after a close whose reason gives no advice (`wsgate.errors.CLOSE_CODES`, the registry; a test
+keeps the two equal). A code not listed: backoff."""
+_ADVICE = re.compile(r" \[reconnect=(no|backoff|now)\]$")
+_REFUSED_FOR_GOOD = frozenset({400, 401, 403, 404, 405, 426})
+"""Handshake refusals the same request would get again (a bad token, a bad URL, the endpoint off)."""
+
+
+def reconnect_advice(code: int | None, reason: str) -> str:
+    """`no`, `backoff` or `now`: the advice at the end of a protocol 2 close reason, else the registry's for
+    `code` (None: the connection was lost without a close frame, 1006: backoff)."""
+    advised = _ADVICE.search(reason)
+    if advised is not None:
+        return advised.group(1)
+    return RECONNECT_BY_CODE.get(code or 1006, "backoff")
+
+
 REFRESH_MARGIN = 0.2  # refresh when this share of a token's remaining life is left (at least 1 s before, at most 60 s)
 TokenSource = Callable[[], "str | Awaitable[str]"]
 
 
 class GatewayError(Exception):
-    """The gateway answered a request with an `error` message; `text` is its `error`, `detail` its detail."""
+    """The gateway answered a request with an `error` message; `text` is its `error`, `detail` its detail,
+    `code` its stable number and `temporary` whether trying again can help (None from a gateway that does not
+    send them: docs/protocol.md, "Error codes")."""
 
-    def __init__(self, text: str, detail: str | None = None) -> None:
+    def __init__(
+        self, text: str, detail: str | None = None, code: int | None = None, temporary: bool | None = None
+    ) -> None:
         super().__init__(text if detail is None else f"{text}: {detail}")
         self.text = text
         self.detail = detail
+        self.code = code
+        self.temporary = temporary
+
+    @classmethod
+    def of(cls, message: dict[str, Any]) -> GatewayError:
+        """The GatewayError an `error` message says."""
+        return cls(message["error"], message.get("detail"), message.get("code"), message.get("temporary"))
+
+    @property
+    def transient(self) -> bool:
+        """Whether trying the same request again later can succeed (`temporary`, or a known transient text)."""
+        return self.temporary if self.temporary is not None else self.text in TRANSIENT
+
+
+_STOPPED: Final[dict[str, Any]] = {"type": "stopped"}
+"""Put in the inbox once the client stopped for good: `receive` raises GatewayClosed from then on."""
+
+
+def _room_error(room: str, exc: GatewayError) -> dict[str, Any]:
+    """The `error` passed on for a room a re-subscription could not join (with the room it concerns)."""
+    message: dict[str, Any] = {"type": "error", "room": room, "error": exc.text, "detail": exc.detail}
+    if exc.code is not None:
+        message.update(code=exc.code, temporary=exc.temporary)
+    return message
+
+
+class GatewayClosed(ConnectionError):
+    """The gateway closed the connection and said not to come back (`[reconnect=no]`, or a code whose advice is
+    `no`: an operator's disconnect, a message too big), or refused the handshake for good (a bad token with no
+    `get_token`, HTTP 4xx): the client stopped. `code` is the close code (or HTTP status), `reason` its reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"the gateway closed the connection ({code} {reason}) and said not to reconnect")
+        self.code = code
+        self.reason = reason
 
 
 class RequestTimeout(TimeoutError):
@@ -107,6 +170,11 @@ class GatewayClient:
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
         self._ids = itertools.count(1)  # request ids: each reply names its request
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}  # requests waiting for a reply, by id
+        self._last_reason = ""  # the reason of the close frame that ended the connection
+        self.stopped: GatewayClosed | None = None
+        """Why the client stopped for good (the gateway said not to come back); None while it goes on."""
+        self.protocol: int = 1
+        """The protocol version the gateway speaks on this connection (`connected.data.protocol`; 1 when absent)."""
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -128,9 +196,13 @@ class GatewayClient:
         await self.connected()
 
     async def connected(self) -> None:
-        """Wait until the client is connected and subscribed again to its rooms."""
+        """Wait until the client is connected and subscribed again to its rooms; GatewayClosed once it stopped."""
+        if self.stopped is not None:
+            raise self.stopped
         async with asyncio.timeout(self._request_timeout):
             await self._connected.wait()
+        if self.stopped is not None:
+            raise self.stopped
 
     async def close(self) -> None:
         self._closing = True
@@ -185,15 +257,25 @@ class GatewayClient:
     # --- receiving --------------------------------------------------------------------
 
     async def receive(self) -> dict[str, Any]:
-        """The next message for the application (room messages, broadcasts, failed recoveries, extensions)."""
-        return await self._inbox.get()
+        """The next message for the application (room messages, broadcasts, failed recoveries, extensions);
+        GatewayClosed once the client stopped for good and everything before was taken."""
+        message = await self._inbox.get()
+        if message is _STOPPED:
+            self._inbox.put_nowait(message)  # (for the next reader too)
+            assert self.stopped is not None
+            raise self.stopped
+        return message
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
+        """Every message, until the client stops for good (the iteration then ends; `stopped` says why)."""
         while True:
-            yield await self._inbox.get()
+            try:
+                yield await self.receive()
+            except GatewayClosed:
+                return
 
     # --- internals --------------------------------------------------------------------
 
@@ -235,7 +317,7 @@ class GatewayClient:
         finally:
             del self._pending[request_id]
         if reply["type"] == "error":
-            raise GatewayError(reply["error"], reply.get("detail"))
+            raise GatewayError.of(reply)
         return reply
 
     def _dispatch(self, message: dict[str, Any]) -> bool:
@@ -264,6 +346,7 @@ class GatewayClient:
             if self._closing:
                 return
             self.url = self.urls[turn % len(self.urls)]
+            advice = "backoff"
             try:
                 assert self._session is not None
                 try:
@@ -272,10 +355,13 @@ class GatewayClient:
                     log.exception("wsgate client: get_token failed")
                     raise ConnectionError("no token") from None
                 headers = {"Authorization": f"Bearer {token}"} if token else {}
-                async with self._session.ws_connect(self.url, headers=headers) as ws:
+                url = URL(self.url).update_query(protocol=PROTOCOL)
+                self._last_reason = ""
+                async with self._session.ws_connect(url, headers=headers) as ws:
                     hello = await ws.receive_json(timeout=self._request_timeout)
                     self.client_id = hello["data"]["client_id"]
                     self.user_id = hello["data"].get("user_id")
+                    self.protocol = hello["data"].get("protocol", 1)
                     expires_at = hello["data"].get("expires_at")
                     self.expires_at = expires_at / 1000 if expires_at is not None else None
                     self._ws = ws
@@ -291,12 +377,10 @@ class GatewayClient:
                                 await self._subscribe(room)
                             except GatewayError as exc:  # one room failing must not keep the others out
                                 log.warning("wsgate client: subscribing again to %r failed: %s", room, exc)
-                                if exc.text in TRANSIENT:
+                                if exc.transient:
                                     later.append(room)  # (Redis away: the gateway will keep it again soon)
                                 else:
-                                    await self._inbox.put(
-                                        {"type": "error", "room": room, "error": exc.text, "detail": exc.detail}
-                                    )
+                                    await self._inbox.put(_room_error(room, exc))
                         self._connected.set()
                         if later:
                             retrier = asyncio.create_task(self._subscribe_later(later))
@@ -307,6 +391,15 @@ class GatewayClient:
                                 task.cancel()
                                 with contextlib.suppress(asyncio.CancelledError, Exception):
                                     await task
+                    code, reason = ws.close_code, self._last_reason
+                    advice = reconnect_advice(code, reason)
+                    log.info("wsgate client: %s closed the connection (%s %s): %s", self.url, code, reason, advice)
+                    if advice == "no":
+                        self.stopped = GatewayClosed(code or 1006, reason)
+            except aiohttp.WSServerHandshakeError as exc:
+                log.info("wsgate client: %s refused the connection: %s %s", self.url, exc.status, exc.message)
+                if exc.status in _REFUSED_FOR_GOOD and not (exc.status in (401, 403) and self._get_token):
+                    self.stopped = GatewayClosed(exc.status, exc.message)  # the same request would be refused again
             except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError) as exc:
                 log.info("wsgate client: connection to %s failed or ended: %r", self.url, exc)
             finally:
@@ -317,6 +410,14 @@ class GatewayClient:
                         answer.set_exception(ConnectionResetError("connection lost"))
             if self._closing:
                 return
+            if self.stopped is not None:
+                log.warning("wsgate client: not reconnecting: %s", self.stopped)
+                self._connected.set()  # (callers of connected() wake, and raise GatewayClosed)
+                await self._inbox.put(_STOPPED)
+                return
+            if advice == "now" and attempt == 0:  # a restart, an expired token: back at once, resuming
+                attempt = 1
+                continue
             low, high = self._backoff
             await asyncio.sleep(random.uniform(0, min(high, low * 2**attempt)))  # full jitter
             attempt += 1
@@ -334,9 +435,9 @@ class GatewayClient:
                     await self._subscribe(room)
                     rooms.remove(room)
                 except GatewayError as exc:
-                    if exc.text not in TRANSIENT:
+                    if not exc.transient:
                         rooms.remove(room)
-                        await self._inbox.put({"type": "error", "room": room, "error": exc.text, "detail": exc.detail})
+                        await self._inbox.put(_room_error(room, exc))
                 except (ConnectionError, TimeoutError):
                     return  # the connection went: the next one subscribes everything again
             delay = min(delay * 2, 10.0)
@@ -362,7 +463,13 @@ class GatewayClient:
             self.refreshes += 1
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for msg in ws:
+        """Route every message until the connection ends; the close frame's reason is kept (`_last_reason`)."""
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.CLOSE:
+                self._last_reason = msg.extra or ""
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                return
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
             message = json.loads(msg.data)

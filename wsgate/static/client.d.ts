@@ -25,6 +25,10 @@ export interface ServerMessage {
   client_id?: string;
   error?: string;
   detail?: string;
+  /** Protocol 2 errors: the error's stable number (docs/protocol.md, "Error codes"). */
+  code?: number;
+  /** Protocol 2 errors: whether the same request may succeed later. */
+  temporary?: boolean;
   timestamp: number;
   /** Rooms with history: the message's place in the room. */
   offset?: number;
@@ -91,10 +95,15 @@ export interface OpenEvent {
   connects: number;
 }
 
-/** The "close" event: the WebSocket close code and reason (the client reconnects unless `close()` was called). */
+/** What a client should do after a close (docs/protocol.md, "Reconnect advice"). */
+export type Reconnect = "no" | "backoff" | "now";
+
+/** The "close" event: the WebSocket close code and reason, and the advice the client follows: it reconnects
+ * (at once for "now", with backoff for "backoff") unless `close()` was called or the advice is "no". */
 export interface CloseInfo {
   code: number;
   reason: string;
+  reconnect: Reconnect;
 }
 
 /** The "recovered" and "recovery_failed" events, after a reconnection's re-subscription with `since`. */
@@ -133,13 +142,30 @@ export interface ClientOptions {
   WebSocket?: typeof WebSocket;
 }
 
-/** An `error` answer from the gateway: `text` is the documented error text, `detail` the optional detail. */
+/** An `error` answer from the gateway: `text` is the documented error text, `detail` the optional detail,
+ * `code` and `temporary` what a protocol 2 gateway adds (undefined from a gateway that speaks only protocol 1). */
 export class GatewayError extends Error {
-  constructor(text: string, detail?: string);
+  constructor(text: string, detail?: string, code?: number, temporary?: boolean);
+  static of(message: ServerMessage): GatewayError;
   readonly name: "GatewayError";
   readonly text: string;
   readonly detail: string | undefined;
+  readonly code: number | undefined;
+  readonly temporary: boolean | undefined;
+  /** Whether the same request may succeed later (`temporary`, or a known transient text). */
+  readonly transient: boolean;
 }
+
+/** The gateway closed the connection and said not to come back: the client stopped (`connect()` rejects). */
+export class GatewayClosed extends Error {
+  constructor(code: number, reason: string);
+  readonly name: "GatewayClosed";
+  readonly code: number;
+  readonly reason: string;
+}
+
+/** The advice at the end of a protocol 2 close reason, else the close code's (the gateway's registry). */
+export function reconnectAdvice(code: number, reason: string): Reconnect;
 
 /** No reply to a request within the client's `requestTimeout`; the message names the request and its id. */
 export class RequestTimeout extends Error {
@@ -166,15 +192,21 @@ export class WsgateClient {
   readonly refreshes: number;
   /** The rooms the client is in, subscribed again after every reconnection. */
   readonly rooms: ReadonlySet<string>;
-  /** Resolved while connected; replaced by a pending promise when a connection is lost. */
+  /** Resolved while connected; replaced by a pending promise when a connection is lost; rejected with
+   * GatewayClosed once the client stopped. */
   readonly ready: Promise<void>;
+  /** Why the client stopped for good (the gateway said not to come back); null while it goes on. */
+  readonly stopped: GatewayClosed | null;
+  /** The protocol version the gateway speaks on this connection (1 when `connected` does not say). */
+  readonly protocol: number;
 
   /** Listen for an event; returns a function that removes the handler. */
   on<K extends keyof WsgateClientEvents>(event: K, handler: (payload: WsgateClientEvents[K]) => void): () => void;
   /** Any other server message type: types added by plugins. */
   on(event: string, handler: (payload: ServerMessage) => void): () => void;
 
-  /** Open the connection; resolves once connected (and subscribed again after a reconnection). */
+  /** Open the connection; resolves once connected (and subscribed again after a reconnection); rejects with
+   * GatewayClosed once the gateway said not to come back. */
   connect(): Promise<void>;
   /** Close for good (no reconnection). */
   close(): void;

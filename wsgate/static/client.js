@@ -22,6 +22,11 @@
 // reply within `requestTimeout` ms rejects with a RequestTimeout. publish and broadcast wait for nothing and
 // carry no id: an error they cause is an "error" event, never another request's answer. A reply whose id no
 // request waits for (it came after its request timed out) is dropped, logged with console.debug.
+//
+// It asks for protocol 2 (`/ws?protocol=2`): errors carry a `code` and `temporary`, and a close says whether to
+// come back (docs/protocol.md, "Reconnect advice"). Told not to (an operator's disconnect, a message too
+// big), it stops: the "close" event says `reconnect: "no"`, and `connect()` rejects with GatewayClosed. After
+// a restart (1012) or an expired token (4001) it comes back at once; after anything else, with backoff.
 
 /**
  * @typedef {Object} ServerMessage
@@ -31,6 +36,8 @@
  * @property {string} [client_id]
  * @property {string} [error]
  * @property {string} [detail]
+ * @property {number} [code]       protocol 2: the error's stable number
+ * @property {boolean} [temporary] protocol 2: whether the same request may succeed later
  * @property {number} timestamp
  * @property {string | number} [id]  the request id a reply answers (docs/protocol.md, "Request ids")
  * @property {number} [offset]  rooms with history: the message's place in the room
@@ -48,17 +55,58 @@
  * @property {typeof WebSocket} [WebSocket] a WebSocket implementation (defaults to the browser's)
  */
 
-/** Errors a re-subscription answers while the gateway's store is away: tried again with backoff. */
+/** Errors a re-subscription answers while the gateway's store is away, by text (a gateway that speaks only
+ * the guide's protocol sends no `temporary`): tried again with backoff. */
 const TRANSIENT = new Set(["history is unavailable", "presence is unavailable"]);
 
-/** An `error` answer from the gateway. */
+/** The protocol version asked for; a gateway that predates versions ignores it and speaks the guide's. */
+const PROTOCOL = 2;
+
+/** What to do after a close whose reason gives no advice: the gateway's registry (wsgate.errors.CLOSE_CODES;
+ * a test keeps the two equal). A code not listed (1006: lost without a close frame): backoff. */
+const RECONNECT_BY_CODE = {1000: "no", 1001: "backoff", 1002: "no", 1007: "no", 1008: "backoff", 1009: "no",
+  1011: "backoff", 1012: "now", 1013: "backoff", 4001: "now"};
+
+/**
+ * "no", "backoff" or "now": the advice at the end of a protocol 2 close reason, else the code's.
+ * @param {number} code @param {string} reason @returns {"no" | "backoff" | "now"}
+ */
+export function reconnectAdvice(code, reason) {
+  const advised = / \[reconnect=(no|backoff|now)\]$/.exec(reason ?? "");
+  return /** @type {any} */ (advised ? advised[1] : RECONNECT_BY_CODE[code] ?? "backoff");
+}
+
+/** An `error` answer from the gateway: `code` and `temporary` are undefined from a protocol 1 gateway. */
 export class GatewayError extends Error {
-  /** @param {string} text @param {string} [detail] */
-  constructor(text, detail) {
+  /** @param {string} text @param {string} [detail] @param {number} [code] @param {boolean} [temporary] */
+  constructor(text, detail, code, temporary) {
     super(detail ? `${text}: ${detail}` : text);
     this.name = "GatewayError";
     this.text = text;
     this.detail = detail;
+    this.code = code;
+    this.temporary = temporary;
+  }
+
+  /** @param {ServerMessage} message */
+  static of(message) {
+    return new GatewayError(message.error ?? "", message.detail, message.code, message.temporary);
+  }
+
+  /** Whether the same request may succeed later. */
+  get transient() {
+    return this.temporary ?? TRANSIENT.has(this.text);
+  }
+}
+
+/** The gateway closed the connection and said not to come back: the client stopped. */
+export class GatewayClosed extends Error {
+  /** @param {number} code @param {string} reason */
+  constructor(code, reason) {
+    super(`the gateway closed the connection (${code} ${reason}) and said not to reconnect`);
+    this.name = "GatewayClosed";
+    this.code = code;
+    this.reason = reason;
   }
 }
 
@@ -104,12 +152,17 @@ export class WsgateClient {
     this.nextId = 1;
     this.started = false;
     this.isReady = false;
-    /** Resolved while connected; replaced by a pending one when a connection is lost. @type {Promise<void>} */
-    this.ready = new Promise((resolve) => { this.readyResolve = resolve; });
+    /** Why the client stopped for good (the gateway said not to come back); null while it goes on.
+     * @type {GatewayClosed | null} */
+    this.stopped = null;
+    /** The protocol version the gateway speaks on this connection (1 when `connected` does not say). */
+    this.protocol = 1;
+    this.newReady();
   }
 
+
   /**
-   * Listen for "message" (room messages and broadcasts), "open", "close", "recovered",
+   * Listen for "message" (room messages and broadcasts), "open", "close" ({code, reason, reconnect}), "recovered",
    * "recovery_failed", "error" (a GatewayError that answers no request), or any other server
    * message type ("presence_diff", types added by plugins).
    * @param {string} event @param {(payload: any) => void} handler @returns {() => void} unsubscribe
@@ -125,8 +178,10 @@ export class WsgateClient {
     for (const handler of this.handlers.get(event) ?? []) handler(payload);
   }
 
-  /** Open the connection; resolves once connected (and subscribed again after a reconnection). */
+  /** Open the connection; resolves once connected (and subscribed again after a reconnection), rejects with
+   * GatewayClosed once the gateway said not to come back. */
   connect() {
+    if (this.stopped) return Promise.reject(this.stopped);
     if (!this.started) {
       this.started = true;
       this.open();
@@ -187,6 +242,13 @@ export class WsgateClient {
   }
 
   // --- internals ---------------------------------------------------------------------
+  /** A pending `ready`: resolved when connected, rejected with GatewayClosed if the client stops first. */
+  newReady() {
+    /** Resolved while connected; replaced by a pending one when a connection is lost. @type {Promise<void>} */
+    this.ready = new Promise((resolve, reject) => { this.readyResolve = resolve; this.readyReject = reject; });
+    this.ready.catch(() => {}); // (nobody may be waiting: never an unhandled rejection)
+  }
+
 
   async open() {
     if (this.closing) return;
@@ -202,7 +264,9 @@ export class WsgateClient {
       }
       if (this.closing) return; // closed while the token was fetched
     }
-    const ws = token ? new Socket(this.url, ["bearer", token]) : new Socket(this.url);
+    const url = new URL(this.url);
+    url.searchParams.set("protocol", String(PROTOCOL));
+    const ws = token ? new Socket(url.href, ["bearer", token]) : new Socket(url.href);
     this.ws = ws;
     ws.onmessage = (event) => this.receive(JSON.parse(event.data));
     ws.onclose = (event) => this.closed(ws, event);
@@ -246,16 +310,30 @@ export class WsgateClient {
     }
     this.pending.clear();
     clearTimeout(this.refreshTimer);
-    this.emit("close", { code: event.code, reason: event.reason });
+    const reconnect = reconnectAdvice(event.code, event.reason);
+    this.emit("close", { code: event.code, reason: event.reason, reconnect });
     if (this.closing) return;
-    this.retry();
+    if (reconnect === "no") { // an operator's disconnect, a message too big: the same would happen again
+      this.closing = true;
+      this.stopped = new GatewayClosed(event.code, event.reason);
+      if (this.isReady) this.newReady();
+      this.readyReject(this.stopped);
+      return;
+    }
+    this.retry(reconnect === "now");
   }
 
-  retry() {
+  /** Open again after the backoff; `now` (a restart, an expired token): at once, the first time. */
+  retry(now = false) {
     if (this.closing) return;
     if (this.isReady) { // a new promise only once the last one was kept: callers of connect() never hang
       this.isReady = false;
-      this.ready = new Promise((resolve) => { this.readyResolve = resolve; });
+      this.newReady();
+    }
+    if (now && this.attempt === 0) {
+      this.attempt = 1;
+      this.open();
+      return;
     }
     const ceiling = Math.min(this.options.maxBackoff, this.options.minBackoff * 2 ** this.attempt++);
     setTimeout(() => this.open(), Math.random() * ceiling); // full jitter: a fleet does not return at once
@@ -266,6 +344,7 @@ export class WsgateClient {
     if (message.type === "connected") {
       this.clientId = message.data.client_id;
       this.userId = message.data.user_id ?? null;
+      this.protocol = message.data.protocol ?? 1;
       this.expiresAt = message.data.expires_at ?? null;
       this.scheduleRefresh();
       this.connects += 1;
@@ -275,7 +354,7 @@ export class WsgateClient {
         try {
           await this.subscribeNow(room);
         } catch (error) { // one room failing (history unavailable, ...) must not keep the others out
-          if (error instanceof GatewayError && TRANSIENT.has(error.text)) later.push(room);
+          if (error instanceof GatewayError && error.transient) later.push(room);
           else this.emit("error", error);
         }
       }
@@ -297,7 +376,7 @@ export class WsgateClient {
     if (waiting) { // a reply: to the request with its id
       this.pending.delete(message.id);
       clearTimeout(waiting.timer);
-      if (message.type === "error") waiting.reject(new GatewayError(message.error, message.detail));
+      if (message.type === "error") waiting.reject(GatewayError.of(message));
       else waiting.resolve(message);
       return;
     }
@@ -305,7 +384,7 @@ export class WsgateClient {
       this.rooms.delete(message.room);
       this.positions.delete(message.room);
     }
-    if (message.type === "error") this.emit("error", new GatewayError(message.error, message.detail));
+    if (message.type === "error") this.emit("error", GatewayError.of(message));
     else this.emit(message.type, message); // "message", "presence_diff", "unsubscribed", extension types
   }
 
@@ -322,7 +401,7 @@ export class WsgateClient {
         try {
           await this.subscribeNow(room);
         } catch (error) {
-          if (error instanceof GatewayError && TRANSIENT.has(error.text)) still.push(room);
+          if (error instanceof GatewayError && error.transient) still.push(room);
           else this.emit("error", error);
         }
       }
