@@ -186,8 +186,9 @@ class Gateway(Protocol):
     async def reauthenticate(self, client: Client, identity: object) -> list[str]:
         """Give `client` a new identity (a refreshed token): its expiry moves to the new one's
         (`Identity.expires_at`), and it leaves, with `unsubscribed`, every room the new identity may no
-        longer subscribe to (the `[auth]` rules, then `wsgate_authorize`). Returns the rooms it left.
-        Raises `ClientGone` when the client has left."""
+        longer subscribe to (the `[auth]` rules, then `wsgate_authorize`); then it joins the rooms of the new
+        identity's `subs` it is not in, as `server_subscribe` does (refusals logged and counted). Returns the
+        rooms it left. Raises `ClientGone` when the client has left."""
 
     async def history(
         self, room: str, limit: int | None = None, *, before: int | None = None
