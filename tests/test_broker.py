@@ -31,10 +31,15 @@ class Node:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.received: list[tuple[str | None, bytes]] = []
+        self.commands: list[bytes] = []
         self.arrived = asyncio.Event()
 
     def receive(self, room: str | None, message: bytes) -> None:
         self.received.append((room, message))
+        self.arrived.set()
+
+    def commanded(self, payload: bytes) -> None:
+        self.commands.append(payload)
         self.arrived.set()
 
     async def until(self, count: int) -> None:
@@ -54,7 +59,7 @@ async def start_node() -> AsyncIterator[Callable[[Broker], Awaitable[Node]]]:
 
     async def start(broker: Broker) -> Node:
         node = Node(broker)
-        await broker.start(node.receive)
+        await broker.start(node.receive, commanded=node.commanded)
         nodes.append(node)
         return node
 
@@ -91,6 +96,20 @@ async def test_relay_never_waits_and_never_comes_back(make_node: MakeNode) -> No
     assert stamp_of(stamped)[0] == 1
     assert node.received == []  # a node delivers its own messages itself (the router), never twice
     assert node.broker.state == "ok"
+
+
+async def test_commands_reach_every_other_node_in_order_and_never_come_back(make_node: MakeNode) -> None:
+    a, b = await make_node(), await make_node()
+    single = isinstance(a.broker, MemoryBroker)  # (two memory brokers are two separate single-node gateways)
+    for n in range(50):
+        assert await a.broker.command(b'{"n":%d}' % n) == (0 if single else 1)
+    if not single:
+        async with asyncio.timeout(TIMEOUT):
+            while len(b.commands) < 50:
+                b.arrived.clear()
+                await b.arrived.wait()
+    assert b.commands == ([] if single else [b'{"n":%d}' % n for n in range(50)])
+    assert a.commands == [] and a.received == b.received == []  # the sender carries its own out itself
 
 
 async def test_append_gives_offsets_in_order_and_keeps_them(make_node: MakeNode) -> None:
@@ -211,6 +230,7 @@ async def test_a_node_subscribes_only_to_rooms_with_local_members(
     try:
         assert await channels() == {
             f"{broker_prefix}:broadcast".encode(),
+            f"{broker_prefix}:control".encode(),
             f"{broker_prefix}:probe:".encode() + a.broker.node_id,
         }  # type: ignore[attr-defined]
         a.broker.room_added("lobby")
@@ -255,6 +275,8 @@ async def test_losing_redis_refuses_history_and_recovers(private_redis: PrivateR
         a.broker.relay("r", b"during")  # dropped for other nodes, counted
         with pytest.raises(BrokerError):
             await a.broker.append("h1", b'{"n":1')
+        with pytest.raises(BrokerError, match="Redis did not take the command"):
+            await a.broker.command(b"{}")
         await private_redis.start()
         for node in (a, b):
             assert isinstance(node.broker, RedisBroker)

@@ -179,6 +179,17 @@ async def test_a_push_with_an_id_of_its_own_reaches_the_application(wsgate_serve
         assert (pushed["type"], pushed["id"]) == ("pushed", "order-7")
 
 
+async def test_the_servers_own_subscriptions_reach_the_application(server: Server) -> None:
+    async with GatewayClient(server.url("/ws")) as client:
+        await client.ping()  # (connected: the server knows it)
+        conn = connection_of(server, client)
+        await server.gateway.server_subscribe(conn, "news")
+        assert server.gateway.server_unsubscribe(conn, "news")
+        for kind in ("subscribed", "unsubscribed"):
+            message = await asyncio.wait_for(client.receive(), TIMEOUT)
+            assert (message["type"], message["room"], message["server"]) == (kind, "news", True)
+
+
 async def test_a_request_without_a_reply_times_out_clearly(wsgate_server: StartServer) -> None:
     server = await wsgate_server(Silent())
     async with GatewayClient(server.url("/ws"), request_timeout=0.2) as client:

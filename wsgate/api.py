@@ -1,79 +1,127 @@
-"""The HTTP API (`/api/...`): services in any language push to clients over HTTP.
+"""The HTTP API (`/api/...`): services in any language push to clients, and subscribe or disconnect them.
 
-`POST /api/publish {"room": R, "data": ANY, "type"?: T}` and `POST /api/broadcast
-{"data": ANY, "type"?: T}`, with `Authorization: Bearer <api.key>`. Delivered
-cluster-wide by the one route (`wsgate.routing`); the answer says how many local clients got it.
-503 `history is unavailable`: the room keeps history and the message cannot be kept now (nobody got it).
-504 `publish outcome unknown`: Redis took the message and did not answer within `broker.connect_timeout`;
-if it kept it, every member gets it once; publishing it again may deliver it twice.
+Every endpoint is a POST with `Authorization: Bearer <api.key>` and a JSON object body of at most
+`api.max_body_size` bytes (`_endpoint`: the key, the body and the error answers, shared).
+
+- `POST /api/publish {"room": R, "data": ANY, "type"?: T}` and `POST /api/broadcast {"data": ANY, "type"?: T}`:
+  delivered cluster-wide by the one route (`wsgate.routing`); the answer says how many local clients got it.
+  503 `history is unavailable`: the room keeps history and the message cannot be kept now (nobody got it).
+  504 `publish outcome unknown`: Redis took the message and did not answer within `broker.connect_timeout`;
+  if it kept it, every member gets it once; publishing it again may deliver it twice.
+- `POST /api/subscribe` and `/api/unsubscribe {"room": R, "client_id": C | "user_id": U}`, `POST /api/disconnect
+  {"client_id": C | "user_id": U}`: server-side commands, carried out on every node (`wsgate.commands`). The
+  answer: `{"local_clients": n, "refused": [...], "nodes": k}`; 503 `other nodes unreachable` (with the same
+  fields) when the command was carried out on this node only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from . import errors, protocol
+from .commands import DISCONNECT, SUBSCRIBE, UNSUBSCRIBE, parse
 from .errors import ClientError
-from .keys import DECODER, GATEWAY, SETTINGS
+from .keys import COMMANDS, DECODER, GATEWAY, SETTINGS
 
 INVALID_KEY = "invalid API key"
 BODY_TOO_LARGE = "request body too large"
+BODY_TOO_SLOW = "request body too slow"
+OTHER_NODES_UNREACHABLE = "other nodes unreachable"
 _STATUS = {
     errors.HISTORY_UNAVAILABLE: 503,  # not sent (nobody got it): try again later
     errors.PUBLISH_OUTCOME_UNKNOWN: 504,  # the broker did not answer in time: kept once, or not at all
 }
 
-
-async def publish_view(request: web.Request) -> web.Response:
-    return await _send(request, to_room=True)
-
-
-async def broadcast_view(request: web.Request) -> web.Response:
-    return await _send(request, to_room=False)
+View = Callable[[web.Request], Awaitable[web.Response]]
+Handle = Callable[[web.Request, dict[str, Any]], Awaitable[web.Response]]
+"""What an endpoint does with a request whose key and body were accepted: the body is a JSON object."""
 
 
-async def _send(request: web.Request, to_room: bool) -> web.Response:
-    gateway, api = request.app[GATEWAY], request.app[SETTINGS].api
-    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), api.key.encode()):
-        return _error(401, INVALID_KEY, headers={"WWW-Authenticate": 'Bearer realm="wsgate-api"'})
-    if (request.content_length or 0) > api.max_body_size:
-        return _error(413, BODY_TOO_LARGE)
-    body = bytearray()
-    try:
-        async with asyncio.timeout(request.app[SETTINGS].security.request_timeout):  # a dribbled body: bounded
-            async for chunk in request.content.iter_any():  # the whole body, however it arrives (segments, chunks)
-                body += chunk
-                if len(body) > api.max_body_size:
-                    return _error(413, BODY_TOO_LARGE)
-    except TimeoutError:
-        return _error(408, "request body too slow")
-    try:
-        obj = request.app[DECODER].loads(bytes(body))
-        if not isinstance(obj, dict):
-            raise ClientError(errors.INVALID_JSON, "the body must be a JSON object")
-        kind = obj.get("type", protocol.MESSAGE)
-        if not isinstance(kind, str) or not kind:
-            raise ClientError(errors.INVALID_JSON, "field 'type' must be a non-empty string")
-        data: Any = obj.get("data")
-        client_id = api.server_id or None
-        if not to_room:
-            delivered = await gateway.broadcast(data, type=kind, client_id=client_id)
-        else:
-            room = obj.get("room")
-            if room is not None and not isinstance(room, str):
-                raise ClientError(errors.INVALID_JSON, "field 'room' must be a string")
-            if not room:
-                raise ClientError(errors.ROOM_REQUIRED)
-            request.app[DECODER].check_room(room)
-            delivered = await gateway.publish(room, data, type=kind, client_id=client_id)
-    except ClientError as err:
-        return _error(_STATUS.get(err.kind, 400), err.text, detail=err.detail)
+def _endpoint(handle: Handle) -> View:
+    """The view of one API endpoint: 401 without the key, 413 for a body over `api.max_body_size`, 408 for one
+    slower than `security.request_timeout`, 400 for a body that is not a JSON object; then `handle(request,
+    body)`, whose ClientError is answered as JSON (400, or `_STATUS`'s)."""
+
+    async def view(request: web.Request) -> web.Response:
+        settings = request.app[SETTINGS]
+        api = settings.api
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), api.key.encode()):
+            return _error(401, INVALID_KEY, headers={"WWW-Authenticate": 'Bearer realm="wsgate-api"'})
+        if (request.content_length or 0) > api.max_body_size:
+            return _error(413, BODY_TOO_LARGE)
+        body = bytearray()
+        try:
+            async with asyncio.timeout(settings.security.request_timeout):  # a dribbled body: bounded
+                async for chunk in request.content.iter_any():  # the whole body, however it arrives (segments, chunks)
+                    body += chunk
+                    if len(body) > api.max_body_size:
+                        return _error(413, BODY_TOO_LARGE)
+        except TimeoutError:
+            return _error(408, BODY_TOO_SLOW)
+        try:
+            obj = request.app[DECODER].loads(bytes(body))
+            if not isinstance(obj, dict):
+                raise ClientError(errors.INVALID_JSON, "the body must be a JSON object")
+            return await handle(request, obj)
+        except ClientError as err:
+            return _error(_STATUS.get(err.kind, 400), err.text, detail=err.detail)
+
+    return view
+
+
+def _kind(obj: dict[str, Any]) -> str:
+    kind = obj.get("type", protocol.MESSAGE)
+    if not isinstance(kind, str) or not kind:
+        raise ClientError(errors.INVALID_JSON, "field 'type' must be a non-empty string")
+    return kind
+
+
+async def _publish(request: web.Request, obj: dict[str, Any]) -> web.Response:
+    kind = _kind(obj)
+    room = obj.get("room")
+    if room is not None and not isinstance(room, str):
+        raise ClientError(errors.INVALID_JSON, "field 'room' must be a string")
+    if not room:
+        raise ClientError(errors.ROOM_REQUIRED)
+    request.app[DECODER].check_room(room)
+    client_id = request.app[SETTINGS].api.server_id or None
+    delivered = await request.app[GATEWAY].publish(room, obj.get("data"), type=kind, client_id=client_id)
     return web.json_response({"delivered": delivered})
+
+
+async def _broadcast(request: web.Request, obj: dict[str, Any]) -> web.Response:
+    kind = _kind(obj)
+    client_id = request.app[SETTINGS].api.server_id or None
+    delivered = await request.app[GATEWAY].broadcast(obj.get("data"), type=kind, client_id=client_id)
+    return web.json_response({"delivered": delivered})
+
+
+def _command(op: str) -> Handle:
+    """The handler of one server-side command (`wsgate.commands.parse` reads the body)."""
+
+    async def handle(request: web.Request, obj: dict[str, Any]) -> web.Response:
+        command = parse(op, obj, request.app[DECODER].check_room)
+        reach = await request.app[COMMANDS].run(command)
+        answer = {"local_clients": reach.outcome.local_clients, "refused": reach.outcome.refused, "nodes": reach.nodes}
+        if reach.unreached is not None:
+            detail = f"{reach.unreached}; carried out on this node only: send it again (commands are idempotent)"
+            return web.json_response({"error": OTHER_NODES_UNREACHABLE, "detail": detail, **answer}, status=503)
+        return web.json_response(answer)
+
+    return handle
+
+
+publish_view = _endpoint(_publish)
+broadcast_view = _endpoint(_broadcast)
+subscribe_view = _endpoint(_command(SUBSCRIBE))
+unsubscribe_view = _endpoint(_command(UNSUBSCRIBE))
+disconnect_view = _endpoint(_command(DISCONNECT))
 
 
 def _error(status: int, text: str, *, detail: str | None = None, headers: dict[str, str] | None = None) -> web.Response:

@@ -9,7 +9,7 @@ its own AppKey (`wsgate.keys`):
     broker (relay, room interest, history) ─┐
     presence store ─► presence ─────────────┤
                                             ├─► hub ─► router (the one route) ─► gateway (the façade)
-    decoder ─► dispatcher                   │
+    decoder ─► dispatcher                   │                                      └─► commands (server-side)
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import aiohttp_cors
 from aiohttp import web
 
 from .admission import AcceptErrors
-from .api import broadcast_view, publish_view
+from .api import broadcast_view, disconnect_view, publish_view, subscribe_view, unsubscribe_view
 from .broker import describe_broker, make_broker
 from .broker.redis_schema import new_sender_id
 from .builtin import BUILTIN_PLUGINS
+from .commands import Commands
 from .config import Settings, describe_source, inert_settings, load_settings, secrets_of, unknown_variables
 from .connection import Flusher
 from .dashboard import web as dashboard_web
@@ -37,6 +38,7 @@ from .gateway import Gateway
 from .hub import Hub
 from .keys import (
     BROKER,
+    COMMANDS,
     DASHBOARD,
     DECODER,
     DISPATCHER,
@@ -109,6 +111,10 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         presence=presence,
     )
     router = Router(hub, broker, RoomPatterns(settings.history.rooms), metrics)
+    limits = settings.websocket.limits
+    decoder = Decoder(
+        limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern, limits.max_number_digits
+    )
     gateway = Gateway(
         settings,
         plugins=loaded,
@@ -119,13 +125,10 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         presence_store=presence_store,
         metrics=metrics,
         supervisor=supervisor,
+        decoder=decoder,
         node_id=node_id.decode(),
     )
     gateway.services = loaded.collect_services(gateway)
-    limits = settings.websocket.limits
-    decoder = Decoder(
-        limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern, limits.max_number_digits
-    )
 
     # aiohttp's keep-alive timeout also runs before the first request: unfinished requests are closed.
     allowed_hosts = settings.security.allowed_hosts
@@ -146,15 +149,19 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         registry, metrics, decoder, hook_timeout=settings.plugins.hook_timeout, waiting_on=loaded.waiting_on
     )
     app[GATEWAY] = gateway
+    app[COMMANDS] = Commands(gateway, broker, decoder, metrics)
     app[FLUSHER] = Flusher()
     app[SUPERVISOR] = supervisor
     app[STARTED_AT] = time.monotonic()
     http_routes = [app.router.add_get("/health", health_view), app.router.add_get("/ready", ready_view)]
     if settings.metrics.enabled:
         http_routes.append(app.router.add_get(settings.metrics.path, metrics_view))
-    if settings.api.key:  # the publish API exists only with a key
+    if settings.api.key:  # the HTTP API exists only with a key
         http_routes.append(app.router.add_post("/api/publish", publish_view))
         http_routes.append(app.router.add_post("/api/broadcast", broadcast_view))
+        http_routes.append(app.router.add_post("/api/subscribe", subscribe_view))
+        http_routes.append(app.router.add_post("/api/unsubscribe", unsubscribe_view))
+        http_routes.append(app.router.add_post("/api/disconnect", disconnect_view))
     module_routes = []
     if settings.websocket.enabled:
         app.router.add_get("/ws", ws_view)  # not CORS: browsers do not apply it to WebSockets
@@ -201,7 +208,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(AcceptErrors())  # out of file descriptors: one line per interval
     try:
-        await broker.start(app[ROUTER].receive, app[ROUTER].resynced)
+        await broker.start(app[ROUTER].receive, app[ROUTER].resynced, app[COMMANDS].received)
     except BaseException:
         loop.set_exception_handler(previous_handler)
         raise
@@ -209,6 +216,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
         await presence_store.start()
         try:
             await plugins.start(gateway)
+            supervisor.spawn("commands", app[COMMANDS].consume)  # those other nodes sent, in the order they came
             supervisor.spawn("gauges", functools.partial(_refresh_gauges, app))
             supervisor.spawn("event-loop-lag", functools.partial(watch_loop_lag, app[METRICS]))
             if app[SETTINGS].broker.url and plugins.get("dashboard") is None:  # (the plugin reports with operators)

@@ -9,7 +9,7 @@ asked after it and can only narrow it, or grant what a rule leaves to them
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -26,16 +26,38 @@ from .rooms import RoomRule, glob_match
 class Identity:
     """An authenticated client: `user_id` (the token's `sub`), every claim of its token, and when its rights
     end: `expires_at`, Unix time in seconds (the token's `exp` plus the allowed leeway; None: never). A
-    connection is closed then (4001, "token expired") unless the client refreshes its token first."""
+    connection is closed then (4001, "token expired") unless the client refreshes its token first.
+
+    `subs`: rooms the server subscribes the client to once it is connected, in order, each answered
+    `subscribed` with `"server": true` (docs/protocol.md, "Server-side subscriptions"); the room rules and
+    limits apply as for the client's own subscribe. Any sequence of strings (kept as a tuple); a single string
+    or anything else raises TypeError, when the identity is built."""
 
     user_id: str
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     expires_at: float | None = None
+    subs: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        subs = self.subs
+        if (
+            isinstance(subs, (str, bytes))
+            or not isinstance(subs, Sequence)
+            or not all(isinstance(room, str) for room in subs)
+        ):
+            raise TypeError(f"Identity.subs must be a sequence of room names (strings), got {subs!r:.80}")
+        object.__setattr__(self, "subs", tuple(subs))  # (frozen: fixed once, as it was checked)
 
 
 def expires_at_of(identity: object) -> float | None:
     """When an identity's rights end (Unix seconds), or None: only an Identity can expire."""
     return identity.expires_at if isinstance(identity, Identity) else None
+
+
+def subs_of(identity: object) -> tuple[str, ...]:
+    """The rooms an identity asks the server to subscribe its client to (`Identity.subs`); none for any other
+    identity (a plugin's mapping with a `subs` key is not read: it may mean something else there)."""
+    return tuple(identity.subs) if isinstance(identity, Identity) else ()
 
 
 def claims_of(identity: object) -> Mapping[str, Any]:

@@ -125,6 +125,10 @@ RATE_LIMIT_EXCEEDED: Final = CloseReason(POLICY_VIOLATION, "rate limit exceeded"
 OPERATOR_DISCONNECT: Final = CloseReason(POLICY_VIOLATION, "disconnected by an operator", "operator", Reconnect.NO)
 """An operator closed the client from the dashboard (`dashboard_disconnect`, docs/operations.md, "Dashboard"; 1008)."""
 
+SERVER_DISCONNECT: Final = CloseReason(POLICY_VIOLATION, "disconnected by the server", "server", Reconnect.NO)
+"""A service closed the client through the HTTP API (`POST /api/disconnect`, docs/protocol.md, "Server-side
+subscriptions"; 1008), by its client id or its user id, on whichever node holds it."""
+
 TOKEN_EXPIRED: Final = CloseReason(TOKEN_EXPIRED_CODE, "token expired", "token_expired", Reconnect.NOW)
 """The client's token expired and was not refreshed (docs/security.md, "Authentication"; 4001, private use, RFC 6455
 section 7.4.2); reconnect at once with a new token."""
@@ -179,6 +183,7 @@ CLOSE_REASONS: Final = (
     MESSAGE_TOO_BIG,
     RATE_LIMIT_EXCEEDED,
     OPERATOR_DISCONNECT,
+    SERVER_DISCONNECT,
     TOKEN_EXPIRED,
     SERVER_FULL,
     DASHBOARD_LOGGED_OUT,

@@ -8,11 +8,12 @@ wired together; each method composes them. Messages go through the router
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from . import errors, protocol
-from .auth import AccessPolicy, expires_at_of
+from .auth import AccessPolicy, expires_at_of, subs_of
 from .broker import Broker, BrokerError
 from .broker.base import OutcomeUnknown
 from .clients import GatewayConnection
@@ -24,9 +25,12 @@ from .hub import Hub
 from .metrics import Metrics
 from .plugins import Plugins
 from .presence import Presence, PresenceError, PresenceStore
+from .protocol import Decoder
 from .routing import Router
 from .supervision import Supervisor
 from .types import Client, Members
+
+log = logging.getLogger(__name__)
 
 
 def _history_unavailable() -> ClientError:
@@ -48,9 +52,11 @@ class Gateway:
         presence_store: PresenceStore,
         metrics: Metrics,
         supervisor: Supervisor,
+        decoder: Decoder,
         node_id: str,
     ) -> None:
         self._settings = settings
+        self._decoder = decoder
         self._plugins = plugins
         self._hub = hub
         self._router = router
@@ -113,17 +119,23 @@ class Gateway:
         return count
 
     async def subscribe(self, client: Client, room: str, *, since: Position | None = None) -> None:
-        conn = _connection(client)
+        await self._subscribe(_connection(client), room, since, server=False)
+
+    async def _subscribe(self, conn: GatewayConnection, room: str, since: Position | None, *, server: bool) -> None:
+        """Join and answer `subscribed`; `server`: the server's own subscription, whose `subscribed` says so
+        (`"server": true`) and answers no request of the client's (never given a request id)."""
         if self._router.keeps_history(room):
-            await self._subscribe_with_history(conn, room, since)
+            await self._subscribe_with_history(conn, room, since, server)
             return
         count = await self.join(conn, room)  # `subscribed` means: messages from every node arrive
         data: dict[str, Any] = {"room": room, "client_count": count}
         if since is not None:
             data["recovered"] = False  # nothing is kept for this room: the client must reload its state
-        conn.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
+        _answer(conn, protocol.SUBSCRIBED, room, data, server)
 
-    async def _subscribe_with_history(self, conn: GatewayConnection, room: str, since: Position | None) -> None:
+    async def _subscribe_with_history(
+        self, conn: GatewayConnection, room: str, since: Position | None, server: bool
+    ) -> None:
         """Join holding live messages back, read the history, then send: `subscribed`, what was missed,
         what was held."""
         hub = self._hub
@@ -154,17 +166,62 @@ class Gateway:
         data: dict[str, Any] = {"room": room, "client_count": count, "offset": position.offset, "epoch": position.epoch}
         if since is not None:
             data["recovered"] = replay.recovered
-        conn.enqueue(protocol.encode(protocol.SUBSCRIBED, room=room, data=data))
+        _answer(conn, protocol.SUBSCRIBED, room, data, server)
         conn.enqueue_many(replay.messages + held)  # missed, then what was held and the read did not include
 
     def unsubscribe(self, client: Client, room: str) -> None:
         self._hub.leave(_connection(client), room)
+
+    async def server_subscribe(self, client: Client, room: str) -> None:
+        conn = _connection(client)
+        if conn.state is not State.OPEN:
+            raise ClientGone(conn.id)
+        self._decoder.check_room(room)
+        if room in conn.rooms:
+            return  # subscribed already (by itself or by the server): nothing to tell it
+        await self.authorize(conn, protocol.SUBSCRIBE, room)
+        await self._subscribe(conn, room, None, server=True)
+
+    def server_unsubscribe(self, client: Client, room: str) -> bool:
+        conn = _connection(client)
+        if room not in conn.rooms or conn.state is not State.OPEN:
+            return False
+        self._hub.leave(conn, room)
+        _answer(conn, protocol.UNSUBSCRIBED, room, {"room": room}, server=True)
+        return True
+
+    async def subscribe_identity(self, client: Client) -> None:
+        """Subscribe `client` to the rooms its identity lists (`Identity.subs`), in order, as the server
+        (`server_subscribe`); each refusal is logged and counted (`refused`), not sent. Returns early when the
+        client leaves."""
+        for room in subs_of(client.identity):
+            try:
+                await self.server_subscribe(client, room)
+            except ClientGone:
+                return
+            except ClientError as err:
+                self.refused(client, room, err, "its identity")
+
+    def refused(self, client: Client, room: str, err: ClientError, asked_by: str) -> None:
+        """Report a refused server-side subscription (`asked_by`: who asked for it, for the log line): one line
+        at INFO, counted under the error's label (`websocket_errors_total`); the client is told nothing."""
+        self._metrics.error(err.kind.label)
+        log.info(
+            "client %s: the server's subscription to %r (asked by %s) was refused: %s%s",
+            client.id,
+            room,
+            asked_by,
+            err.text,
+            f" ({err.detail})" if err.detail else "",
+            extra={"client_id": client.id, "room": room},
+        )
 
     async def reauthenticate(self, client: Client, identity: object) -> list[str]:
         conn = _connection(client)
         if conn.state is not State.OPEN:
             raise ClientGone(conn.id)
         conn.identity = identity
+        self._hub.reindex_user(conn)
         conn.expire_at(expires_at_of(identity))
         left = []
         for room in sorted(conn.rooms):
@@ -176,6 +233,7 @@ class Gateway:
                     # not the answer to the refresh: never given its request id
                     conn.notify(protocol.encode(protocol.UNSUBSCRIBED, room=room, data={"room": room}))
                     left.append(room)
+        await self.subscribe_identity(conn)  # rooms its new identity adds (none is left for leaving `subs`)
         return left
 
     async def history(
@@ -216,6 +274,9 @@ class Gateway:
         conn = self._hub.connections.get(client_id)
         return conn if isinstance(conn, GatewayConnection) else None
 
+    def user_clients(self, user_id: str) -> list[Client]:
+        return [conn for conn in self._hub.users.get(user_id, ()) if isinstance(conn, GatewayConnection)]
+
     def stats(self, *, top_rooms: int = 20, sample_clients: int = 50) -> dict[str, Any]:
         hub, totals = self._hub, self._metrics.totals()
         rooms = sorted(hub.rooms.items(), key=lambda item: len(item[1]), reverse=True)[:top_rooms]
@@ -238,6 +299,15 @@ class Gateway:
             return [protocol.loads(node) for node in await self._presence_store.share_figures(encoded)]
         except (PresenceError, ClientError):  # Redis away, or a node's figures garbled: show this node alone
             return [dict(figures)]
+
+
+def _answer(conn: GatewayConnection, kind: str, room: str, data: dict[str, Any], server: bool) -> None:
+    """Queue `subscribed`/`unsubscribed` for `conn`: the answer to its request (with its request id), or the
+    server's own (`server`: `"server": true` after `data`, and never a request id)."""
+    if server:
+        conn.notify(protocol.encode(kind, room=room, data=data, server=True))
+    else:
+        conn.enqueue(protocol.encode(kind, room=room, data=data))
 
 
 def _connection(client: Client) -> GatewayConnection:

@@ -19,6 +19,7 @@ import random
 from collections.abc import Callable
 
 from . import errors
+from .auth import user_id_of
 from .config import LimitsSettings, ShutdownSettings
 from .connection import Connection, State
 from .errors import ClientError, ClientGone
@@ -60,6 +61,8 @@ class Hub:
         # Told of joins and leaves in presence rooms; rooms without presence cost nothing on join and leave.
         self._presence = presence if presence is not None and presence.rooms else None
         self.connections: dict[str, Connection] = {}
+        self.users: dict[str, set[Connection]] = {}  # user id -> its connections here (an entry per user with one)
+        self._user_of: dict[Connection, str] = {}  # connection -> the user id it is indexed under
         self.rooms: dict[str, set[Connection]] = {}
         # The delivery order of rooms with history (the router drives its sequences); its holds and fences
         # are read here on every delivery: the same dicts, never rebound.
@@ -98,12 +101,34 @@ class Hub:
         if limit and len(self.connections) >= limit:
             return False
         self.connections[conn.id] = conn
+        self._index_user(conn)
         return True
+
+    def reindex_user(self, conn: Connection) -> None:
+        """`conn` has a new identity (`Gateway.reauthenticate`): file it under its user id now (`users`)."""
+        if self.connections.get(conn.id) is conn:
+            self._unindex_user(conn)
+            self._index_user(conn)
+
+    def _index_user(self, conn: Connection) -> None:
+        user_id = user_id_of(conn.identity)
+        if user_id is not None:
+            self.users.setdefault(user_id, set()).add(conn)
+            self._user_of[conn] = user_id
+
+    def _unindex_user(self, conn: Connection) -> None:
+        user_id = self._user_of.pop(conn, None)
+        if user_id is not None:
+            same_user = self.users[user_id]
+            same_user.discard(conn)
+            if not same_user:
+                del self.users[user_id]  # an entry exists while the user has connections here
 
     def remove(self, conn: Connection) -> None:
         """Forget a connection and take it out of every room it was in."""
         if self.connections.pop(conn.id, None) is None:
             return
+        self._unindex_user(conn)
         for room in list(conn.rooms):
             self._leave(conn, room)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .broker import Broker
+from .commands import Commands
 from .config import Settings
 from .connection import Flusher
 from .dashboard.plugin import Dashboard
@@ -34,6 +35,8 @@ FLUSHER = web.AppKey("wsgate.flusher", Flusher)
 SUPERVISOR = web.AppKey("wsgate.supervisor", Supervisor)
 DECODER = web.AppKey("wsgate.decoder", Decoder)
 DISPATCHER = web.AppKey("wsgate.dispatcher", Dispatcher)
+COMMANDS = web.AppKey("wsgate.commands", Commands)
+"""Server-side subscribe, unsubscribe and disconnect, on every node (the HTTP API's)."""
 GATEWAY = web.AppKey("wsgate.gateway", Gateway)
 """The façade application code uses: `app[GATEWAY].publish(...)`."""
 DASHBOARD = web.AppKey("wsgate.dashboard", Dashboard)

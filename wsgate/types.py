@@ -176,11 +176,24 @@ class Gateway(Protocol):
     def unsubscribe(self, client: Client, room: str) -> None:
         """Take `client` out of `room`; `ClientError` (`not subscribed to this room`) when it is not in it."""
 
+    async def server_subscribe(self, client: Client, room: str) -> None:
+        """Subscribe `client` to `room` on the server's initiative (docs/protocol.md, "Server-side subscriptions"):
+        the checks of a client's own subscribe (the room name, `authorize`, the room limits), then `subscribed`
+        with `"server": true` (and `offset`/`epoch` in a room with history), never carrying a request id.
+        Nothing is sent when it is in the room already. Raises `ClientError` for a refusal, which is not sent to
+        the client (report it: the HTTP API lists it, the connect path logs it), and `ClientGone` when the client
+        has left."""
+
+    def server_unsubscribe(self, client: Client, room: str) -> bool:
+        """Take `client` out of `room` on the server's initiative, telling it with `unsubscribed` and
+        `"server": true`; False (nothing sent) when it is not in the room or is closing."""
+
     async def reauthenticate(self, client: Client, identity: object) -> list[str]:
         """Give `client` a new identity (a refreshed token): its expiry moves to the new one's
         (`Identity.expires_at`), and it leaves, with `unsubscribed`, every room the new identity may no
-        longer subscribe to (the `[auth]` rules, then `wsgate_authorize`). Returns the rooms it left.
-        Raises `ClientGone` when the client has left."""
+        longer subscribe to (the `[auth]` rules, then `wsgate_authorize`); then it joins the rooms of the new
+        identity's `subs` it is not in, as `server_subscribe` does (refusals logged and counted). Returns the
+        rooms it left. Raises `ClientGone` when the client has left."""
 
     async def history(
         self, room: str, limit: int | None = None, *, before: int | None = None
@@ -199,6 +212,9 @@ class Gateway(Protocol):
 
     def client(self, client_id: str) -> Client | None:
         """The client with this id on this node, if connected here."""
+
+    def user_clients(self, user_id: str) -> list[Client]:
+        """This node's clients whose identity has this user id (`Identity.user_id`), in no particular order."""
 
     def stats(self, *, top_rooms: int = 20, sample_clients: int = 50) -> dict[str, Any]:
         """This node's figures: `node`, `clients`, `rooms`, `top_rooms` ([room, members] by size),

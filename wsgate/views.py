@@ -13,7 +13,7 @@ from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
 from . import __version__, errors, protocol
-from .auth import SUBPROTOCOL, expires_at_of, unauthorized, user_id_of
+from .auth import SUBPROTOCOL, expires_at_of, subs_of, unauthorized, user_id_of
 from .broker import describe_broker
 from .clients import GatewayConnection
 from .connection import Connection
@@ -246,6 +246,12 @@ async def _open(request: web.Request, version: int) -> web.StreamResponse:
             conn.handling = True  # nothing is read meanwhile: no verdict of silence (as for a message)
             try:
                 await dispatcher.until_gone(conn, plugins.notify("wsgate_client_connected", conn))
+            finally:
+                conn.handling = False
+        if subs_of(identity):  # the server's subscriptions (Identity.subs), before the client's first message
+            conn.handling = True
+            try:
+                await dispatcher.until_gone(conn, app[GATEWAY].subscribe_identity(conn))
             finally:
                 conn.handling = False
         await _read_loop(ws, conn, dispatcher, metrics)

@@ -1,4 +1,5 @@
-"""The backplane between gateway nodes: a narrow interface (relay, room interest, history) and its implementations."""
+"""The backplane between gateway nodes: a narrow interface (relay, room interest, history, commands) and its
+implementations."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from ..config import Settings
 from ..metrics import Metrics
 from ..redaction import redact_url
 from ..supervision import Supervisor
-from .base import Broker, BrokerError, Receive
+from .base import Broker, BrokerError, Commanded, Receive
 from .memory import MemoryBroker
 
-__all__ = ["Broker", "BrokerError", "MemoryBroker", "Receive", "describe_broker", "make_broker"]
+__all__ = ["Broker", "BrokerError", "Commanded", "MemoryBroker", "Receive", "describe_broker", "make_broker"]
 
 
 def make_broker(settings: Settings, metrics: Metrics, node_id: bytes, supervisor: Supervisor) -> Broker:

@@ -1,4 +1,4 @@
-"""What every broker provides: relay, room interest and history. Nothing else.
+"""What every broker provides: relay, room interest, history and commands between nodes. Nothing else.
 
 The broker is the backplane between gateway nodes. It never delivers to local
 clients itself: the router (`wsgate.routing`) does that, in the order messages
@@ -18,6 +18,11 @@ from ..history import Position, Replay
 
 Receive = Callable[[str | None, bytes], None]
 """Called with a message another node published: its room (None: every client) and its encoded bytes."""
+
+
+Commanded = Callable[[bytes], None]
+"""Called with a command another node sent (`Broker.command`), as sent: the receiver checks it (it may be
+anything another process published on the control channel)."""
 
 
 class BrokerError(WsgateError):
@@ -43,10 +48,21 @@ class Broker(Protocol):
     def state(self) -> str:
         """`ok`, or `degraded` while other nodes cannot be reached (local delivery goes on)."""
 
-    async def start(self, receive: Receive, resynced: Callable[[], None] = lambda: None) -> None:
-        """Connect; messages from other nodes are passed to `receive` from now on, and `resynced` is called
-        each time the broker has subscribed again after losing its connection (what was relayed meanwhile
-        never arrived: rooms with history catch up from it). Raises BrokerError."""
+    async def start(
+        self, receive: Receive, resynced: Callable[[], None] = lambda: None, commanded: Commanded = lambda _: None
+    ) -> None:
+        """Connect; messages from other nodes are passed to `receive` from now on, commands from other nodes
+        (`command`) to `commanded`, and `resynced` is called each time the broker has subscribed again after
+        losing its connection (what was relayed meanwhile never arrived: rooms with history catch up from it).
+        Raises BrokerError."""
+
+    # --- commands -------------------------------------------------------------------
+
+    async def command(self, payload: bytes) -> int:
+        """Send `payload` (a command, `wsgate.commands`: JSON, at most `commands.MAX_COMMAND_BYTES`) to every
+        other node, whose `commanded` gets it; commands one node sends arrive in the order sent, at most once.
+        Returns how many other nodes it was handed to (0 with no other node). Raises BrokerError when the other
+        nodes cannot be reached (within `broker.connect_timeout`): then none got it."""
 
     # --- relay ----------------------------------------------------------------------
 

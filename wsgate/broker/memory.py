@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from ..config import HistorySettings
 from ..history import NO_HISTORY, Position, Replay, new_epoch, newest_within, replay_from, stamp
-from .base import Receive
+from .base import Commanded, Receive
 
 
 class _Room:
@@ -108,8 +108,13 @@ class MemoryBroker:
     def __init__(self, history: HistorySettings | None = None) -> None:
         self.history = MemoryHistory(history or HistorySettings())
 
-    async def start(self, receive: Receive, resynced: Callable[[], None] = lambda: None) -> None:
+    async def start(
+        self, receive: Receive, resynced: Callable[[], None] = lambda: None, commanded: Commanded = lambda _: None
+    ) -> None:
         pass  # nothing ever arrives from another node
+
+    async def command(self, payload: bytes) -> int:
+        return 0  # there is no other node: the sender carries its commands out itself
 
     def relay(self, room: str | None, message: bytes) -> None:
         pass

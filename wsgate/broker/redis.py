@@ -30,7 +30,7 @@ from ..config import HistorySettings
 from ..history import Position, Replay, replay_from, stamp
 from ..redaction import redact_url
 from ..supervision import Supervisor, Throttled
-from .base import BrokerError, OutcomeUnknown, Receive
+from .base import BrokerError, Commanded, OutcomeUnknown, Receive
 from .redis_schema import (
     NODE_ID_LENGTH,
     OUTCOME_WINDOW,
@@ -113,10 +113,12 @@ class RedisBroker:
         self._names = names = RedisNames(settings.prefix)
         self._room_prefix = names.room_prefix
         self._broadcast = names.broadcast
+        self._control = names.control
         self._probe_channel = names.probe(self.node_id)
         self._probe_seen = asyncio.Event()
         self._deaf = False  # the probe found the subscription deaf: the receive loop reconnects
         self._receive: Receive | None = None
+        self._commanded: Commanded = lambda _: None
         self._resynced: Callable[[], None] = lambda: None
         self._redis: Any = None  # commands (publish scripts, history reads, the probe)
         self._subscriber: Any = None  # the pub/sub connection's own client: its reconnects are told apart
@@ -150,13 +152,16 @@ class RedisBroker:
 
     # --- life cycle -------------------------------------------------------------------
 
-    async def start(self, receive: Receive, resynced: Callable[[], None] = lambda: None) -> None:
+    async def start(
+        self, receive: Receive, resynced: Callable[[], None] = lambda: None, commanded: Commanded = lambda _: None
+    ) -> None:
         try:
             import redis.asyncio as aioredis
         except ImportError:
             raise BrokerError("broker.url names Redis, but redis-py is missing: pip install 'wsgate[redis]'") from None
         self._receive = receive
         self._resynced = resynced
+        self._commanded = commanded
         name = f"wsgate-{self.node_id.decode()[:8]}"
         try:
             self._redis = connect(
@@ -291,6 +296,23 @@ class RedisBroker:
             self._outgoing.append(item)
             self._outgoing_ready.set()
         return kept
+
+    # --- commands ---------------------------------------------------------------------
+
+    async def command(self, payload: bytes) -> int:
+        """PUBLISH on the control channel (a command connection, within `broker.connect_timeout`): Redis's count
+        of receivers, less this node's own subscription while it has one."""
+        import redis.asyncio as aioredis
+
+        if self._closed:
+            raise BrokerError("the gateway is shutting down")
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout):
+                receivers = await self._redis.publish(self._control, self.node_id + payload)
+        except (OSError, TimeoutError, aioredis.RedisError) as exc:
+            self._metrics.broker_error()
+            raise BrokerError(f"Redis did not take the command: {describe(exc)}") from None
+        return max(0, int(receivers) - (1 if self._receiving else 0))
 
     # --- history ----------------------------------------------------------------------
 
@@ -515,7 +537,10 @@ class RedisBroker:
         rooms = set(self._wanted)
         try:
             await pubsub.subscribe(
-                self._broadcast, self._probe_channel, *(self._room_prefix + r.encode() for r in rooms)
+                self._broadcast,
+                self._control,
+                self._probe_channel,
+                *(self._room_prefix + r.encode() for r in rooms),
             )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -631,7 +656,10 @@ class RedisBroker:
             return
         payload: bytes = message["data"]
         if payload[:NODE_ID_LENGTH] == self.node_id:
-            return  # delivered locally when it was published
+            return  # delivered locally when it was published (a command: carried out here when it was sent)
+        if channel == self._control:
+            self._commanded(payload[NODE_ID_LENGTH:])
+            return
         assert self._receive is not None
         try:
             room = None if channel == self._broadcast else channel[len(self._room_prefix) :].decode()

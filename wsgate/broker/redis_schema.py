@@ -57,6 +57,11 @@ class RedisNames:
         """The pub/sub channel of `room` (None: the broadcast channel)."""
         return self.broadcast if room is None else self.room_prefix + room.encode()
 
+    @property
+    def control(self) -> bytes:
+        """The channel every node receives commands on (`Broker.command`): `sender id + command JSON`."""
+        return f"{self.prefix}:control".encode()
+
     def probe(self, node_id: bytes) -> bytes:
         """The channel a node publishes to itself to prove its subscription still hears Redis."""
         return f"{self.prefix}:probe:".encode() + node_id

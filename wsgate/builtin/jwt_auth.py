@@ -5,6 +5,9 @@ The token is read from, in order: `Authorization: Bearer <token>`; the
 set headers on a WebSocket; the server answers with the `bearer` protocol); and,
 only with `query_param = true`, `?token=<token>`. No token: anonymous (unless
 `auth.required`). A token that is present but not valid: 401, no WebSocket.
+
+A `subs` claim (a list of room names) becomes the identity's `subs`: the rooms the server subscribes the
+client to once connected (`wsgate.Identity`), as any authentication plugin's identity may list them.
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ from wsgate.auth import SUBPROTOCOL, unauthorized
 from wsgate.config import ConfigError, JwtSettings
 
 INVALID_TOKEN = protocol.INVALID_TOKEN
+SUBS_CLAIM = "subs"  # the rooms the server subscribes the client to (docs/security.md)
 MIN_SECRET_BYTES = 32  # an HS256 key shorter than the hash can be brute-forced offline from one token
 
 
 class _BadSubject(jwt.InvalidTokenError):
     """`sub` is the user id: it must be a non-empty string."""
+
+
+class _BadSubs(jwt.InvalidTokenError):
+    """`subs` lists the rooms the server subscribes the client to: room names, nothing else."""
 
 
 class _BadClaims(jwt.InvalidTokenError):
@@ -35,6 +43,7 @@ class _BadClaims(jwt.InvalidTokenError):
 
 _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (_BadSubject, "the token's sub claim must be a non-empty string"),
+    (_BadSubs, "the token's subs claim must be a list of room names (strings)"),
     (_BadClaims, "the token's claims are not strict JSON (a lone surrogate, or a number JSON cannot carry)"),
     (jwt.ExpiredSignatureError, "the token has expired"),
     (jwt.ImmatureSignatureError, "the token is not valid yet"),
@@ -88,8 +97,9 @@ class JwtAuthenticator:
         """`{"type":"refresh","token":T}`: a new token for this connection, before the old one expires.
 
         It must be valid and carry the same `sub`. The connection's expiry moves to the new token's,
-        rooms the new claims no longer allow are left (each with `unsubscribed`), and the answer is
-        `{"type":"refreshed","data":{"expires_at":ms}}`.
+        rooms the new claims no longer allow are left (each with `unsubscribed`), rooms of its `subs` claim the
+        connection is not in are joined (each with `subscribed`, `"server": true`; a room left out of `subs`
+        is not left for that), and the answer is `{"type":"refreshed","data":{"expires_at":ms}}`.
         """
         token = message.fields.get("token")
         if not isinstance(token, str) or not token:
@@ -111,7 +121,10 @@ class JwtAuthenticator:
     def _identity(self, claims: dict[str, Any]) -> Identity:
         """Its rights end at the token's `exp`, plus the leeway every check of `exp` allows."""
         return Identity(
-            claims["sub"], MappingProxyType(claims), expires_at=float(claims["exp"]) + self._settings.leeway
+            claims["sub"],
+            MappingProxyType(claims),
+            expires_at=float(claims["exp"]) + self._settings.leeway,
+            subs=claims.get(SUBS_CLAIM) or (),  # (null: absent)
         )
 
     def verify(self, token: str) -> dict[str, Any] | None:
@@ -134,6 +147,9 @@ class JwtAuthenticator:
         )
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise _BadSubject()
+        subs = claims.get(SUBS_CLAIM)
+        if subs is not None and (not isinstance(subs, list) or not all(isinstance(room, str) for room in subs)):
+            raise _BadSubs()
         try:  # PyJWT's JSON parser lets lone surrogates and Infinity through: claims reach messages and presence
             protocol.dumps(claims)
         except ClientError:

@@ -448,7 +448,9 @@ class BrokerSettings(Table):
 
 
 class ApiSettings(Table):
-    key: Secret = setting("", "Bearer key for POST /api/publish and /api/broadcast; empty disables the API")
+    key: Secret = setting(
+        "", "Bearer key for the HTTP API (POST /api/publish, /api/broadcast, /api/subscribe, ...); empty disables it"
+    )
     server_id: Text = setting("", "client_id stamped on messages sent through the API (empty: no client_id)")
     max_body_size: Int = setting(512000, "Largest accepted API request body, in bytes", minimum=1)
 

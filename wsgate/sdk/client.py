@@ -19,6 +19,11 @@ expires (`connected` says when): the gateway would otherwise close the
 connection with 4001 "token expired". Rooms the new token no longer allows are
 left by the gateway; their `unsubscribed` messages are passed on.
 
+The server may subscribe the client to rooms, or take it out of them (docs/protocol.md, "Server-side
+subscriptions"): those `subscribed` and `unsubscribed` messages (`"server": true`) are passed on. The client does
+not subscribe again by itself to rooms the server subscribed it to: after a reconnection, the token's `subs`
+subscribe it again, and a service that used the HTTP API sends its command again.
+
 Every request (`subscribe`, `unsubscribe`, `history`, `ping`, the token's `refresh`) carries an `id` (a
 counter) and is answered by the reply with the same `id` (docs/protocol.md, "Request ids"); several may wait
 at once. A request not answered within `request_timeout` seconds raises `RequestTimeout`. `publish` and
@@ -337,6 +342,8 @@ class GatewayClient:
         if kind == "unsubscribed" and room is not None:  # not asked for: the gateway took it out (a refresh)
             self._rooms.discard(room)
             self.positions.pop(room, None)
+            return False
+        if message.get("server") is True:  # the server's own subscribed (docs/protocol.md): the application's news
             return False
         return kind in ("pong", "subscribed", "history", "connected", "refreshed")
 
