@@ -64,7 +64,21 @@ async def spec_server(wsgate_server: StartServer) -> Server:
 async def test_a_client_without_ids_gets_the_spec_bytes(wsgate_server: StartServer) -> None:
     """Byte for byte, key order and all: what a spec client sends is answered as it always was."""
     server = await spec_server(wsgate_server)
+    raw = await server.raw()
+    hello = TIMESTAMP.sub('"timestamp":0', (await raw.receive(timeout=TIMEOUT)).data)
+    client_id = json.loads(hello)["data"]["client_id"]
+    assert hello == (
+        f'{{"type":"connected","data":{{"client_id":"{client_id}","message":"Connected to WebSocket server"}},'
+        '"timestamp":0}'
+    )
+    await raw.close()
     a, b = await server.connect(), await server.connect()
+    assert (
+        await raw_reply(a, '{"type":"subscribe"}') == '{"type":"error","error":"room name is required","timestamp":0}'
+    )
+    assert await raw_reply(a, '{"type":"publish","room":"chat","data":1}') == (
+        '{"type":"error","error":"not subscribed to this room","timestamp":0}'
+    )
     assert await raw_reply(a, '{"type":"subscribe","room":"chat"}') == (
         '{"type":"subscribed","room":"chat","data":{"room":"chat","client_count":1},"timestamp":0}'
     )
