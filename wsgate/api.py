@@ -1,11 +1,15 @@
 """The HTTP API (`/api/...`): services in any language push to clients over HTTP.
 
-`POST /api/publish {"room": R, "data": ANY, "type"?: T}` and `POST /api/broadcast
+`POST /api/publish {"room": R, "data": ANY, "type"?: T, "idempotency_key"?: K}` and `POST /api/broadcast
 {"data": ANY, "type"?: T}`, with `Authorization: Bearer <api.key>`. Delivered
-cluster-wide by the one route (`wsgate.routing`); the answer says how many local clients got it.
-503 `history is unavailable`: the room keeps history and the message cannot be kept now (nobody got it).
+cluster-wide by the one route (`wsgate.routing`); the answer `{"local_clients": n, "delivered": n}` says how many
+clients of the answering node it was queued for (`delivered`: the same count under its old name, deprecated).
+A retry with an `idempotency_key` the API used in the room within `publish.idempotency_window` is delivered
+nowhere and answered `{"local_clients": 0, "delivered": 0, "duplicate": true}` (the API's keys are one scope).
+503 `history is unavailable`: the message cannot be kept (or its key claimed) now (nobody got it).
 504 `publish outcome unknown`: Redis took the message and did not answer within `broker.connect_timeout`;
-if it kept it, every member gets it once; publishing it again may deliver it twice.
+if it kept it, every member gets it once; publishing it again may deliver it twice, unless with the same
+`idempotency_key` (then at most once).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from aiohttp import web
 
 from . import errors, protocol
 from .errors import ClientError
+from .idempotency import API_SCOPE, Duplicate
 from .keys import DECODER, GATEWAY, SETTINGS
 
 INVALID_KEY = "invalid API key"
@@ -70,10 +75,24 @@ async def _send(request: web.Request, to_room: bool) -> web.Response:
             if not room:
                 raise ClientError(errors.ROOM_REQUIRED)
             request.app[DECODER].check_room(room)
-            delivered = await gateway.publish(room, data, type=kind, client_id=client_id)
+            idempotency_key = obj.get("idempotency_key")
+            if idempotency_key is None:  # absent or null
+                delivered = await gateway.publish(room, data, type=kind, client_id=client_id)
+            else:
+                delivered = await gateway.publish(
+                    room,
+                    data,
+                    type=kind,
+                    client_id=client_id,
+                    idempotency_key=idempotency_key,
+                    publisher=API_SCOPE.name,
+                )
     except ClientError as err:
         return _error(_STATUS.get(err.kind, 400), err.text, detail=err.detail)
-    return web.json_response({"delivered": delivered})
+    answer: dict[str, Any] = {"local_clients": delivered, "delivered": delivered}  # delivered: deprecated alias
+    if isinstance(delivered, Duplicate):
+        answer["duplicate"] = True
+    return web.json_response(answer)
 
 
 def _error(status: int, text: str, *, detail: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
