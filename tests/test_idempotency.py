@@ -382,3 +382,22 @@ async def test_a_retry_after_an_unknown_outcome_in_a_room_with_history_is_kept_o
     assert len(await kept(private_redis.url, broker_prefix, "kept:21")) == 1
     for client in (sender, member_b, alice_on_b):
         await nothing_more(client)
+
+
+@pytest.mark.parametrize("room", ["plain:22", "kept:22"])
+async def test_a_clients_keyed_and_plain_publishes_arrive_in_the_order_sent(
+    wsgate_server: StartServer, redis_url: str, broker_prefix: str, room: str
+) -> None:
+    """The keyed one waits for its claim, and the client's next message is handled after it: on every node, the
+    members get the client's messages in the order it sent them."""
+    broker = {"url": redis_url, "prefix": broker_prefix}
+    a, b = [await wsgate_server(broker=broker, history=HISTORY) for _ in range(2)]
+    sender, member_a, member_b = await joined(a, room), await joined(a, room), await joined(b, room)
+    sent = []
+    for n in range(20):
+        message = keyed(room, n, f"k-{n}") if n % 2 else {"type": "publish", "room": room, "data": n}
+        await sender.send(message)
+        sent.append(n)
+    for client in (sender, member_a, member_b):
+        assert [(await client.recv())["data"] for _ in sent] == sent
+        await nothing_more(client)

@@ -14,6 +14,10 @@
   node still waits for the answer (ANSWER_WAIT), then sends it again with the same
   message id (PUBLISH_SCRIPT runs a message id once), and delivers a kept message to its
   own members through `receive` (`_exchange`).
+- A publish with an idempotency claim goes in the same queue: in a room with history its
+  claim rides in PUBLISH_SCRIPT, in a plain room ONCE_SCRIPT takes it and publishes (`relay_once`);
+  only its publisher waits for the answer, and it is settled as a message of a room with history
+  is (not sent, unknown, or AlreadyPublished when the claim was taken: nothing went out).
 """
 
 from __future__ import annotations
