@@ -214,7 +214,7 @@ def test_settings_are_immutable() -> None:
         (
             "[websockets]\nport = 1\n",
             {},
-            "unknown setting websockets: expected one of api, auth, broker, cors, dashboard, history, logging, metrics, plugins, presence, runtime, security, shutdown, websocket",
+            "unknown setting websockets: expected one of api, auth, broker, cors, dashboard, history, logging, metrics, plugins, presence, publish, runtime, security, shutdown, websocket",
         ),
         ('[websocket]\nenabled = "yes"\n', {}, "invalid setting websocket.enabled = 'yes': expected true or false"),
         (

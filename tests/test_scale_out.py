@@ -104,13 +104,13 @@ async def test_api_publishes_cluster_wide_and_counts_local_recipients(node: Clus
     on_a, on_b = await joined(a, "orders"), await joined(b, "orders")
     headers = {"Authorization": f"Bearer {KEY}"}
     async with a.session.post(a.url("/api/publish"), json={"room": "orders", "data": {"id": 7}}, headers=headers) as r:
-        assert (r.status, await r.json()) == (200, {"delivered": 1})
+        assert (r.status, await r.json()) == (200, {"local_clients": 1, "delivered": 1})
     for client in (on_a, on_b):
         msg = await client.recv()
         assert (msg["type"], msg["room"], msg["data"], msg["client_id"]) == ("message", "orders", {"id": 7}, "billing")
     body = {"data": {"event": "deploy"}, "type": "notification"}
     async with b.session.post(b.url("/api/broadcast"), json=body, headers=headers) as r:
-        assert (r.status, await r.json()) == (200, {"delivered": 1})
+        assert (r.status, await r.json()) == (200, {"local_clients": 1, "delivered": 1})
     for client in (on_a, on_b):
         msg = await client.recv()
         assert (msg["type"], msg["data"]) == ("notification", {"event": "deploy"})

@@ -84,7 +84,7 @@ async def test_a_body_in_several_pieces_is_read_whole_and_an_oversize_chunked_on
     async with server.session.post(
         server.url("/api/publish"), headers=headers, data=pieces(b'{"room": "orders", ', b'"data": {"id": 7}}')
     ) as resp:
-        assert (resp.status, await resp.json()) == (200, {"delivered": 1})
+        assert (resp.status, await resp.json()) == (200, {"local_clients": 1, "delivered": 1})
     assert (await client.recv())["data"] == {"id": 7}
     async with server.session.post(
         server.url("/api/publish"),

@@ -3,11 +3,16 @@
 Every endpoint is a POST with `Authorization: Bearer <api.key>` and a JSON object body of at most
 `api.max_body_size` bytes (`_endpoint`: the key, the body and the error answers, shared).
 
-- `POST /api/publish {"room": R, "data": ANY, "type"?: T}` and `POST /api/broadcast {"data": ANY, "type"?: T}`:
-  delivered cluster-wide by the one route (`wsgate.routing`); the answer says how many local clients got it.
-  503 `history is unavailable`: the room keeps history and the message cannot be kept now (nobody got it).
+- `POST /api/publish {"room": R, "data": ANY, "type"?: T, "idempotency_key"?: K}` and `POST /api/broadcast
+  {"data": ANY, "type"?: T}`: delivered cluster-wide by the one route (`wsgate.routing`); the answer
+  `{"local_clients": n, "delivered": n}` says how many clients of the answering node it was queued for
+  (`delivered`: the same count under its old name, deprecated). A retry with an `idempotency_key` the API used
+  in the room within `publish.idempotency_window` is delivered nowhere and answered
+  `{"local_clients": 0, "delivered": 0, "duplicate": true}` (the API's keys are one scope).
+  503 `history is unavailable`: the message cannot be kept (or its key claimed) now (nobody got it).
   504 `publish outcome unknown`: Redis took the message and did not answer within `broker.connect_timeout`;
-  if it kept it, every member gets it once; publishing it again may deliver it twice.
+  if it kept it, every member gets it once; publishing it again may deliver it twice, unless with the same
+  `idempotency_key` (then at most once).
 - `POST /api/subscribe` and `/api/unsubscribe {"room": R, "client_id": C | "user_id": U}`, `POST /api/disconnect
   {"client_id": C | "user_id": U}`: server-side commands, carried out on every node (`wsgate.commands`). The
   answer: `{"local_clients": n, "refused": [...], "nodes": k}`; 503 `other nodes unreachable` (with the same
@@ -26,6 +31,7 @@ from aiohttp import web
 from . import errors, protocol
 from .commands import DISCONNECT, SUBSCRIBE, UNSUBSCRIBE, parse
 from .errors import ClientError
+from .idempotency import API_SCOPE, Duplicate
 from .keys import COMMANDS, DECODER, GATEWAY, SETTINGS
 
 INVALID_KEY = "invalid API key"
@@ -91,15 +97,29 @@ async def _publish(request: web.Request, obj: dict[str, Any]) -> web.Response:
         raise ClientError(errors.ROOM_REQUIRED)
     request.app[DECODER].check_room(room)
     client_id = request.app[SETTINGS].api.server_id or None
-    delivered = await request.app[GATEWAY].publish(room, obj.get("data"), type=kind, client_id=client_id)
-    return web.json_response({"delivered": delivered})
+    gateway, data, idempotency_key = request.app[GATEWAY], obj.get("data"), obj.get("idempotency_key")
+    if idempotency_key is None:  # absent or null
+        delivered = await gateway.publish(room, data, type=kind, client_id=client_id)
+    else:
+        delivered = await gateway.publish(
+            room, data, type=kind, client_id=client_id, idempotency_key=idempotency_key, publisher=API_SCOPE.name
+        )
+    return _delivered(delivered)
 
 
 async def _broadcast(request: web.Request, obj: dict[str, Any]) -> web.Response:
     kind = _kind(obj)
     client_id = request.app[SETTINGS].api.server_id or None
-    delivered = await request.app[GATEWAY].broadcast(obj.get("data"), type=kind, client_id=client_id)
-    return web.json_response({"delivered": delivered})
+    return _delivered(await request.app[GATEWAY].broadcast(obj.get("data"), type=kind, client_id=client_id))
+
+
+def _delivered(count: int) -> web.Response:
+    """A publish's answer: how many clients of this node it was queued for (`delivered`: a deprecated alias);
+    a retry with a key already used says `duplicate`."""
+    answer: dict[str, Any] = {"local_clients": count, "delivered": count}
+    if isinstance(count, Duplicate):
+        answer["duplicate"] = True
+    return web.json_response(answer)
 
 
 def _command(op: str) -> Handle:

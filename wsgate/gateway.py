@@ -13,15 +13,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from . import errors, protocol
-from .auth import AccessPolicy, expires_at_of, subs_of
+from .auth import AccessPolicy, expires_at_of, subs_of, user_id_of
 from .broker import Broker, BrokerError
 from .broker.base import OutcomeUnknown
 from .clients import GatewayConnection
 from .config import Settings
 from .connection import State
 from .errors import ClientError, ClientGone
-from .history import Position, Replay
+from .history import Position, Replay, stamp
 from .hub import Hub
+from .idempotency import SERVER_SCOPE, AlreadyPublished, Duplicate, Scope, check_key, claim_id
 from .metrics import Metrics
 from .plugins import Plugins
 from .presence import Presence, PresenceError, PresenceStore
@@ -86,16 +87,29 @@ class Gateway:
         type: str = protocol.MESSAGE,
         client_id: str | None = None,
         skip: Client | None = None,
+        idempotency_key: str | None = None,
+        publisher: Client | str | None = None,
     ) -> int:
         message = protocol.encode(type, room=room, data=data, client_id=client_id)
+        claim = None if idempotency_key is None else claim_id(_scope(publisher), room, check_key(idempotency_key))
         try:
-            return await self._router.publish(room, message, skip=None if skip is None else _connection(skip))
+            return await self._router.publish(
+                room, message, skip=None if skip is None else _connection(skip), claim=claim
+            )
+        except AlreadyPublished as exc:  # a retry: delivered nowhere, answered as the first was
+            position = exc.first.position
+            if (
+                publisher is not None and not isinstance(publisher, str) and skip is None
+            ):  # its copy, as the first one's reached it
+                copy = message if position is None else stamp(message[:-1], position.offset, position.epoch)
+                _connection(publisher).notify(copy)
+            return Duplicate(exc.first)
         except OutcomeUnknown as exc:  # Redis took it and did not answer: kept and delivered once, or not at all
             raise ClientError(
                 errors.PUBLISH_OUTCOME_UNKNOWN,
                 f"the message may have been kept and delivered: "
                 f"{exc}; if Redis kept it, every member gets it once (publishing it again may "
-                "deliver it twice)",
+                "deliver it twice, unless it carries the same idempotency_key)",
             ) from None
         except BrokerError as exc:  # certainly not kept: nobody got it
             raise ClientError(errors.HISTORY_UNAVAILABLE, f"the message was not sent: {exc}") from None
@@ -308,6 +322,17 @@ def _answer(conn: GatewayConnection, kind: str, room: str, data: dict[str, Any],
         conn.notify(protocol.encode(kind, room=room, data=data, server=True))
     else:
         conn.enqueue(protocol.encode(kind, room=room, data=data))
+
+
+def _scope(publisher: Client | str | None) -> Scope:
+    """Whose idempotency keys a publish uses (`wsgate.idempotency.Scope`): a client's user's when it is
+    authenticated, else its connection's; a server-side publisher's name; the gateway's own code's."""
+    if publisher is None:
+        return SERVER_SCOPE
+    if isinstance(publisher, str):
+        return Scope("server", publisher)
+    user_id = user_id_of(publisher.identity)
+    return Scope("client", publisher.id) if user_id is None else Scope("user", user_id)
 
 
 def _connection(client: Client) -> GatewayConnection:

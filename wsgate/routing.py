@@ -28,6 +28,14 @@ took it without answering in time, the publisher gets OutcomeUnknown (never "not
 sent": Redis may run it when it wakes); if it was kept, the broker learns it later
 and hands the stamped bytes to `receive`, so this node's members get it too, in
 offset order, once (DESIGN "The fault model").
+
+A publish with an idempotency claim (`wsgate.idempotency`) takes the same route,
+and the broker takes the claim in the step that keeps or relays the message. In a
+room with history that is `append`, as for any kept message. In a room without,
+`relay_once` goes in order with the node's relays, and only this publish waits
+for its answer (one Redis round trip): it is not queued in the ordering, so no
+other publish waits behind it; its local delivery follows the answer. A retry
+whose claim was taken raises AlreadyPublished and is delivered nowhere.
 """
 
 from __future__ import annotations
@@ -73,7 +81,13 @@ class Router:
         return self._history_rooms.match(room)
 
     async def publish(
-        self, room: str | None, message: bytes, *, history: bool | None = None, skip: Connection | None = None
+        self,
+        room: str | None,
+        message: bytes,
+        *,
+        history: bool | None = None,
+        skip: Connection | None = None,
+        claim: bytes | None = None,
     ) -> int:
         """Send `message` (one encoded JSON object) to `room`'s members on every node (None: every client).
 
@@ -84,13 +98,24 @@ class Router:
         kept (then nobody got it), OutcomeUnknown (a BrokerError) when the broker took it and did not answer in time
         (then it reaches every member once if it was kept, this node's through `receive`, or nobody).
         Plain rooms and broadcasts never raise: local delivery goes on, other nodes get it at most once.
+
+        `claim`: an idempotency claim (`wsgate.idempotency.claim_id`; a room, never a broadcast). Raises
+        AlreadyPublished when a publish with it went out within the window, on any node (nothing is delivered or
+        kept). In a room without history it makes the publish raise as one with history does (BrokerError,
+        OutcomeUnknown): the claim needs the broker.
         """
         kept = room is not None and (self._history_rooms.match(room) if history is None else history)
         if kept:
             assert room is not None
-            stamped = self._broker.append(room, message[:-1])  # (answered at once by the memory broker, and
-            # still queued: held behind an earlier offset, it holds later publishes back, as tests/test_ordering
-            # found)
+            # (answered at once by the memory broker, and still queued: held behind an earlier offset, it holds
+            # later publishes back, as tests/test_ordering found; a broker without claims is called as before)
+            head = message[:-1]
+            stamped = self._broker.append(room, head) if claim is None else self._broker.append(room, head, claim)
+        elif claim is not None:
+            assert room is not None
+            message = await self._broker.relay_once(room, message, claim)  # relayed once the claim is taken
+            if not self._pending:
+                return self._deliver(room, message, skip)
         else:
             self._broker.relay(room, message)
             if not self._pending:  # the common case: no offset pending, deliver now
@@ -100,7 +125,7 @@ class Router:
             self._skips[waiter] = skip
             waiter.add_done_callback(self._skips.pop)  # (finished, failed or abandoned: forgotten)
         entry = self._order.queue(room, kept, waiter)
-        if not kept:
+        if not kept:  # (a claimed message was relayed already: it waits here only behind earlier offsets)
             self._carry_out(self._order.answered(entry, message, None, self._deadline()))
         elif stamped.done():
             self._answer(entry, stamped)

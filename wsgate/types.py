@@ -132,8 +132,23 @@ class Gateway(Protocol):
         type: str = MESSAGE,
         client_id: str | None = None,
         skip: Client | None = None,
+        idempotency_key: str | None = None,
+        publisher: Client | str | None = None,
     ) -> int:
         """Send `{"type": type, "room": room, "data": data}` to every member of `room`, on every node.
+
+        `idempotency_key` (a string of 1 to 64 characters, else `ClientError` `invalid JSON format`): within
+        `publish.idempotency_window` (5 minutes), a second publish with the same key, by the same `publisher`, to
+        the same room, on any node, is delivered nowhere and kept nowhere; it returns
+        `wsgate.idempotency.Duplicate` (an int, 0) whose `first` holds the first publish's offset and epoch (in a
+        room with history), and when `publisher` is a client (and `skip` is None) that client alone gets its copy
+        again, as the first one reached it (with the first's offset and epoch). Retrying after `publish outcome
+        unknown` with the same key is safe: the message is delivered at most once. `publisher` says whose keys
+        they are: a client's (its user's when authenticated, else its connection's), a name of a server-side
+        publisher (the HTTP API's is `"api"`), or None (the gateway's own code, one scope of its own). With a
+        key, a room without history needs the broker to take it, as a room with history does (and raises the
+        same errors); it is delivered here once the broker answered (one Redis round trip, for this publish
+        alone). See docs/protocol.md, "idempotency_key".
 
         The spec's RoomBroadcast / NotifyRoom. `client_id` names the sender (absent for server
         messages). `skip`: one client of this node left out (a publish's `"skip_self": true`); the message

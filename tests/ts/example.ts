@@ -49,6 +49,7 @@ try {
   if (error instanceof GatewayError && error.text === "not allowed") console.log("no entry");
 }
 client.publish("chat:lobby", { text: "hi" });
+client.publish("chat:lobby", { text: "again" }, { idempotencyKey: "msg-7f3a9c" });
 client.broadcast("hello, everyone");
 const roundTrip: number = await client.ping(); // milliseconds
 console.log(roundTrip, "ms");

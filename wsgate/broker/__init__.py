@@ -16,10 +16,17 @@ __all__ = ["Broker", "BrokerError", "Commanded", "MemoryBroker", "Receive", "des
 def make_broker(settings: Settings, metrics: Metrics, node_id: bytes, supervisor: Supervisor) -> Broker:
     """The broker `broker.url` asks for: in-memory when empty, Redis otherwise."""
     if not settings.broker.url:
-        return MemoryBroker(settings.history)
+        return MemoryBroker(settings.history, idempotency_window=settings.publish.idempotency_window)
     from .redis import RedisBroker  # only Redis users need redis-py
 
-    return RedisBroker(settings.broker, metrics, node_id=node_id, history=settings.history, supervisor=supervisor)
+    return RedisBroker(
+        settings.broker,
+        metrics,
+        node_id=node_id,
+        history=settings.history,
+        supervisor=supervisor,
+        idempotency_window=settings.publish.idempotency_window,
+    )
 
 
 def describe_broker(settings: Settings) -> str:

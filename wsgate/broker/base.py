@@ -73,8 +73,12 @@ class Broker(Protocol):
         counted (`websocket_broker_dropped_messages_total`): delivery across nodes is at most once.
         """
 
-    def append(self, room: str, head: bytes) -> asyncio.Future[bytes]:
+    def append(self, room: str, head: bytes, claim: bytes | None = None) -> asyncio.Future[bytes]:
         """Keep a message in a room's history and relay it: the history path of `relay`.
+
+        `claim`: an idempotency claim (`wsgate.idempotency.claim_id`). When a publish with it was kept within the
+        idempotency window (on any node), nothing is kept or relayed and the future fails with AlreadyPublished,
+        holding the first's offset and epoch; else the claim is taken with the message, in the same atomic step.
 
         `head` is the encoded message without its closing brace. The broker gives it the
         room's next offset and the room's epoch (`history.stamp`), keeps it, and relays the
@@ -85,6 +89,14 @@ class Broker(Protocol):
         keeps asking (the same message is never kept twice) and, if it was kept, passes the
         stamped bytes to `receive`, so this node's members get it too, in offset order.
         """
+
+    def relay_once(self, room: str, message: bytes, claim: bytes) -> asyncio.Future[bytes]:
+        """`relay` with an idempotency claim, for a room without history: the claim is taken and the message
+        relayed in one atomic step, in order with `relay` and `append`. The future gives `message` once that is
+        done; it fails with AlreadyPublished when a publish with `claim` went out within the window (nothing is
+        relayed), and with BrokerError / OutcomeUnknown exactly as `append` does (after OutcomeUnknown, a run the
+        broker learns of later passes the message to `receive`, so this node's members get it too). Unlike
+        `relay`, it does not deliver without the backplane: a claim needs it."""
 
     # --- room interest --------------------------------------------------------------
 

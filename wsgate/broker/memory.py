@@ -8,7 +8,8 @@ from collections import deque
 from collections.abc import Callable
 
 from ..config import HistorySettings
-from ..history import NO_HISTORY, Position, Replay, new_epoch, newest_within, replay_from, stamp
+from ..history import NO_HISTORY, Position, Replay, new_epoch, newest_within, replay_from, stamp, stamp_of
+from ..idempotency import WINDOW, AlreadyPublished, First, RecentKeys
 from .base import Commanded, Receive
 
 
@@ -105,8 +106,10 @@ class MemoryBroker:
 
     state = "ok"
 
-    def __init__(self, history: HistorySettings | None = None) -> None:
+    def __init__(self, history: HistorySettings | None = None, *, idempotency_window: float = WINDOW) -> None:
         self.history = MemoryHistory(history or HistorySettings())
+        self.keys = RecentKeys(idempotency_window)
+        """Idempotency claims of the last window (bounded: `RecentKeys`)."""
 
     async def start(
         self, receive: Receive, resynced: Callable[[], None] = lambda: None, commanded: Commanded = lambda _: None
@@ -119,10 +122,28 @@ class MemoryBroker:
     def relay(self, room: str | None, message: bytes) -> None:
         pass
 
-    def append(self, room: str, head: bytes) -> asyncio.Future[bytes]:
-        stamped = asyncio.get_running_loop().create_future()
-        stamped.set_result(self.history.append(room, head))  # done at once: the router delivers without waiting
+    def append(self, room: str, head: bytes, claim: bytes | None = None) -> asyncio.Future[bytes]:
+        stamped: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        first = None if claim is None else self.keys.first(claim)
+        if first is not None:
+            stamped.set_exception(AlreadyPublished(first))
+            return stamped
+        message = self.history.append(room, head)
+        if claim is not None:
+            found = stamp_of(message)
+            self.keys.remember(claim, First(None if found is None else Position(*found)))
+        stamped.set_result(message)  # done at once: the router delivers without waiting
         return stamped
+
+    def relay_once(self, room: str, message: bytes, claim: bytes) -> asyncio.Future[bytes]:
+        sent: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        first = self.keys.first(claim)
+        if first is not None:
+            sent.set_exception(AlreadyPublished(first))
+        else:
+            self.keys.remember(claim, First(None))
+            sent.set_result(message)
+        return sent
 
     def room_added(self, room: str) -> None:
         pass  # every room is local

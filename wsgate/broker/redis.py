@@ -14,6 +14,10 @@
   node still waits for the answer (ANSWER_WAIT), then sends it again with the same
   message id (PUBLISH_SCRIPT runs a message id once), and delivers a kept message to its
   own members through `receive` (`_exchange`).
+- A publish with an idempotency claim goes in the same queue: in a room with history its
+  claim rides in PUBLISH_SCRIPT, in a plain room ONCE_SCRIPT takes it and publishes (`relay_once`);
+  only its publisher waits for the answer, and it is settled as a message of a room with history
+  is (not sent, unknown, or AlreadyPublished when the claim was taken: nothing went out).
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import HistorySettings
 from ..history import Position, Replay, replay_from, stamp
+from ..idempotency import WINDOW, AlreadyPublished, First
 from ..redaction import redact_url
 from ..supervision import Supervisor, Throttled
 from .base import BrokerError, Commanded, OutcomeUnknown, Receive
 from .redis_schema import (
     NODE_ID_LENGTH,
+    ONCE_SCRIPT,
+    ONCE_SHA,
     OUTCOME_WINDOW,
     PUBLISH_SCRIPT,
     PUBLISH_SHA,
@@ -45,6 +52,7 @@ from .redis_schema import (
     exchange,
     new_message_id,
     new_sender_id,
+    once_args,
     publish_args,
 )
 
@@ -67,15 +75,26 @@ RESEND_FOR = OUTCOME_WINDOW / 2  # seconds a message of unknown outcome is sent 
 
 
 class _Outgoing:
-    """One message waiting for the sender: relayed as it is, or (`kept`) appended to a room's history."""
+    """One message waiting for the sender: relayed as it is, or (`kept`) appended to a room's history, or (`once`)
+    relayed with its idempotency claim taken (ONCE_SCRIPT)."""
 
-    __slots__ = ("room", "channel", "data", "kept", "message_id", "first_sent", "in_doubt")
+    __slots__ = ("room", "channel", "data", "kept", "claim", "once", "message_id", "first_sent", "in_doubt")
 
-    def __init__(self, room: str | None, channel: bytes, data: bytes, kept: asyncio.Future[bytes] | None) -> None:
+    def __init__(
+        self,
+        room: str | None,
+        channel: bytes,
+        data: bytes,
+        kept: asyncio.Future[bytes] | None,
+        claim: bytes | None = None,
+        once: bool = False,
+    ) -> None:
         self.room = room
         self.channel = channel
-        self.data = data  # sender id + message (relay), or the head to stamp (history)
-        self.kept = kept  # history only: resolved with the stamped bytes
+        self.data = data  # sender id + message (relay), the head to stamp (history), or the message (once)
+        self.kept = kept  # history and once: resolved with the bytes that went out
+        self.claim = claim  # an idempotency claim (`wsgate.idempotency.claim_id`), if any
+        self.once = once
         self.message_id = "" if kept is None else new_message_id()  # PUBLISH_SCRIPT keeps each id once
         self.first_sent = 0.0  # loop time of its first attempt (0: none yet)
         self.in_doubt = False  # its publisher was told the outcome is unknown; Redis's answer is still wanted
@@ -103,8 +122,10 @@ class RedisBroker:
         node_id: bytes | None = None,
         history: HistorySettings | None = None,
         supervisor: Supervisor | None = None,
+        idempotency_window: float = WINDOW,
     ) -> None:
         self._settings = settings
+        self._idempotency_window = idempotency_window
         self._supervisor = supervisor or Supervisor(metrics)
         self._history = history or HistorySettings()
         self._metrics = metrics
@@ -210,7 +231,14 @@ class RedisBroker:
         history = self._history
         await self._redis.set(
             self._names.history_config,
-            json.dumps({"rooms": list(history.rooms), "size": history.size, "ttl": history.ttl}),
+            json.dumps(
+                {
+                    "rooms": list(history.rooms),
+                    "size": history.size,
+                    "ttl": history.ttl,
+                    "idempotency_window": self._idempotency_window,
+                }
+            ),
         )
 
     async def close(self) -> None:
@@ -278,11 +306,22 @@ class RedisBroker:
         self._outgoing.append(_Outgoing(room, self._names.channel(room), self.node_id + message, None))
         self._outgoing_ready.set()
 
-    def append(self, room: str, head: bytes) -> asyncio.Future[bytes]:
+    def append(self, room: str, head: bytes, claim: bytes | None = None) -> asyncio.Future[bytes]:
         """Queued like any relay, but sent as one script that gives out the offset, keeps the message
-        and publishes it (marked as this node's: the router delivers it here)."""
+        and publishes it (marked as this node's: the router delivers it here), taking `claim` if any."""
         kept: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        item = _Outgoing(room, self._names.channel(room), head, kept)
+        self._queue_answered(_Outgoing(room, self._names.channel(room), head, kept, claim))
+        return kept
+
+    def relay_once(self, room: str, message: bytes, claim: bytes) -> asyncio.Future[bytes]:
+        """Queued like any relay, sent as ONCE_SCRIPT: the claim taken and the message published in one step
+        (marked as this node's: the router delivers it here once the future gives it)."""
+        sent: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._queue_answered(_Outgoing(room, self._names.channel(room), message, sent, claim, once=True))
+        return sent
+
+    def _queue_answered(self, item: _Outgoing) -> None:
+        """Queue a message whose publisher waits for Redis's answer, or fail it now when it cannot be sent."""
         if len(self._outgoing) >= self._settings.publish_queue:
             self._metrics.broker_dropped(1)
             item.fail(f"{len(self._outgoing)} messages are waiting for Redis (broker.publish_queue)")
@@ -295,7 +334,6 @@ class RedisBroker:
         else:
             self._outgoing.append(item)
             self._outgoing_ready.set()
-        return kept
 
     # --- commands ---------------------------------------------------------------------
 
@@ -474,35 +512,48 @@ class RedisBroker:
         A batch with history messages begins with SCRIPT LOAD, so a Redis that restarted (and lost the
         script) still runs every message in this one write, in order; the scripts then run by SHA.
         """
-        size, ttl = self._history.size, self._history.ttl
-        with_history = any(item.kept is not None for item in batch)
-        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", PUBLISH_SCRIPT)] if with_history else []
+        size, ttl, window = self._history.size, self._history.ttl, self._idempotency_window
+        commands: list[tuple[Any, ...]] = []
+        if any(item.kept is not None and not item.once for item in batch):
+            commands.append(("SCRIPT", "LOAD", PUBLISH_SCRIPT))
+        if any(item.once for item in batch):
+            commands.append(("SCRIPT", "LOAD", ONCE_SCRIPT))
+        loads = len(commands)
         now = asyncio.get_running_loop().time()
         for item in batch:
             item.first_sent = item.first_sent or now
             if item.kept is None:
                 commands.append(("PUBLISH", item.channel, item.data))
+            elif item.once:
+                assert item.room is not None and item.claim is not None
+                keys = self._names.once_keys(item.room, item.message_id, item.claim)
+                args = once_args(item.data, item.channel, self.node_id, claim_window=window)
+                commands.append(("EVALSHA", ONCE_SHA, len(keys), *keys, *args))
             else:
                 assert item.room is not None
-                keys = self._names.publish_keys(item.room, item.message_id)
+                keys = self._names.publish_keys(item.room, item.message_id, item.claim)
                 commands.append(
                     (
                         "EVALSHA",
                         PUBLISH_SHA,
                         len(keys),
                         *keys,
-                        *publish_args(item.data, size, ttl, item.channel, self.node_id),
+                        *publish_args(item.data, size, ttl, item.channel, self.node_id, claim_window=window),
                     )
                 )
         results = await exchange(self._redis, commands, attempt)
         refused = 0
-        for item, result in zip(batch, results[1:] if with_history else results, strict=False):
+        for item, result in zip(batch, results[loads:], strict=False):
             if isinstance(result, Exception):
                 item.fail(f"Redis refused the message: {describe(result)}")
                 refused += 1
             elif item.kept is not None:
-                offset, epoch = result[0], result[1]
-                stamped = stamp(item.data, int(offset), epoch.decode())
+                if (result[0] if item.once else result[3]) == 2:  # the claim was taken: nothing went out
+                    if not item.kept.done():
+                        position = None if item.once or not result[1] else Position(int(result[0]), result[1].decode())
+                        item.kept.set_exception(AlreadyPublished(First(position)))
+                    continue
+                stamped = item.data if item.once else stamp(item.data, int(result[0]), result[1].decode())
                 if not item.kept.done():
                     item.kept.set_result(stamped)
                 elif item.in_doubt and self._receive is not None:

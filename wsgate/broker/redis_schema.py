@@ -15,9 +15,18 @@ given out, kept and relayed in one order that every node sees. A message id
 the same message a no-op answered like the first: a publisher that was not told
 what happened sends it again safely (DESIGN "The fault model").
 
-`<prefix>:history:config` holds the gateways' `[history]` settings (JSON), so a
-`RedisPublisher` in another process stamps and keeps history exactly as the
-gateways do.
+Idempotency keys (`wsgate.idempotency`): `<prefix>:idem:<claim>`, where `<claim>` is
+the hex SHA-256 `claim_id(scope, room, key)` (so no room and key can stand for
+another's), holds what the first publish with the key is answered with again:
+`<offset> <epoch>` in a room with history, an empty string in a room without,
+for the idempotency window. It is taken in the same script that keeps or
+publishes the message (`PUBLISH_SCRIPT`, `ONCE_SCRIPT`), only when the message
+goes out: a publish that was not run leaves the key free, and one whose outcome
+was unknown is decided by Redis (the first to run is the one delivered).
+
+`<prefix>:history:config` holds the gateways' `[history]` settings (JSON), and
+their `idempotency_window`, so a `RedisPublisher` in another process stamps and
+keeps history, and remembers keys, exactly as the gateways do.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..history import epoch_suffix
+from ..idempotency import WINDOW
 
 NODE_ID_LENGTH = 32  # uuid4().hex
 
@@ -69,10 +79,26 @@ class RedisNames:
     def history_keys(self, room: str) -> list[str]:
         return [f"{self.prefix}:history:{room}:meta", f"{self.prefix}:history:{room}:stream"]
 
-    def publish_keys(self, room: str, message_id: str) -> list[str]:
-        """KEYS of PUBLISH_SCRIPT: the history keys, and the message id's key when there is an id."""
+    def publish_keys(self, room: str, message_id: str, claim: bytes | None = None) -> list[str]:
+        """KEYS of PUBLISH_SCRIPT: the history keys, the message id's key when there is an id, and then an
+        idempotency claim's key when there is one (it needs a message id)."""
         keys = self.history_keys(room)
-        return [*keys, f"{self.prefix}:history:{room}:id:{message_id}"] if message_id else keys
+        if not message_id:
+            return keys
+        keys.append(self.message_id(room, message_id))
+        return keys if claim is None else [*keys, self.claim(claim)]
+
+    def message_id(self, room: str, message_id: str) -> str:
+        """Where a run of a message id is remembered (OUTCOME_WINDOW)."""
+        return f"{self.prefix}:history:{room}:id:{message_id}"
+
+    def claim(self, claim: bytes) -> str:
+        """Where an idempotency claim (`wsgate.idempotency.claim_id`, 32 bytes) is remembered."""
+        return f"{self.prefix}:idem:{claim.hex()}"
+
+    def once_keys(self, room: str, message_id: str, claim: bytes) -> list[str]:
+        """KEYS of ONCE_SCRIPT: the message id's key and the claim's."""
+        return [self.message_id(room, message_id), self.claim(claim)]
 
     @property
     def history_config(self) -> str:
@@ -110,6 +136,13 @@ if KEYS[3] then
     return {tonumber(n), epoch, tonumber(receivers), 1}
   end
 end
+if KEYS[4] then
+  local first = redis.call('GET', KEYS[4])
+  if first then  -- a publish with this idempotency key went out: nothing is kept or published
+    local n, epoch = string.match(first, '^(%d+) (.*)$')
+    return {tonumber(n or 0), epoch or '', 0, 2}
+  end
+end
 """
     + _ENSURE
     + """
@@ -122,12 +155,37 @@ local receivers = redis.call('PUBLISH', ARGV[5], ARGV[6] .. payload)
 if KEYS[3] then
   redis.call('SET', KEYS[3], n .. ' ' .. receivers .. ' ' .. epoch, 'PX', ARGV[7])
 end
+if KEYS[4] then
+  redis.call('SET', KEYS[4], n .. ' ' .. epoch, 'PX', ARGV[8])
+end
 return {n, epoch, receivers, 0}
 """
 )
-"""KEYS: publish_keys(room, message_id). ARGV: `publish_args(...)`. Returns {offset, epoch, receivers, again}:
-`again` is 1 when the message id ran before (then offset, epoch and receivers are that run's); the stamped
-bytes are `history.stamp(head, offset, epoch)`."""
+"""KEYS: publish_keys(room, message_id, claim). ARGV: `publish_args(...)`. Returns {offset, epoch, receivers,
+again}: `again` is 1 when the message id ran before (then offset, epoch and receivers are that run's); the
+stamped bytes are `history.stamp(head, offset, epoch)`. `again` is 2 when the idempotency claim was taken by an
+earlier publish (nothing was kept or published): offset and epoch are that publish's (0 and '' when it went to
+the room while it kept no history), receivers 0."""
+
+ONCE_SCRIPT = """
+local seen = redis.call('GET', KEYS[1])
+if seen then  -- this message ran before (sent again after an unknown outcome): answered as then
+  return {1, tonumber(seen)}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then  -- a publish with this idempotency key went out: not this one
+  return {2, 0}
+end
+redis.call('SET', KEYS[2], '', 'PX', ARGV[5])
+local receivers = redis.call('PUBLISH', ARGV[2], ARGV[3] .. ARGV[1])
+redis.call('SET', KEYS[1], receivers, 'PX', ARGV[4])
+return {0, receivers}
+"""
+"""A message for a room without history, published with an idempotency claim: the claim is taken and the message
+published in one step. KEYS: once_keys(room, message_id, claim). ARGV: `once_args(...)`. Returns {again,
+receivers}: again 0 (published now) or 1 (this message id ran before, published then), with the receivers of
+that PUBLISH; again 2 when another publish took the claim (nothing was published), receivers 0."""
+
+ONCE_SHA = hashlib.sha1(ONCE_SCRIPT.encode()).hexdigest()
 
 PUBLISH_SHA = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest()
 """What EVALSHA names PUBLISH_SCRIPT by (Redis's SCRIPT LOAD answers the same)."""
@@ -142,12 +200,35 @@ def new_message_id() -> str:
 
 
 def publish_args(
-    head: bytes, size: int, ttl: float, channel: bytes, sender: bytes, window: float = OUTCOME_WINDOW
+    head: bytes,
+    size: int,
+    ttl: float,
+    channel: bytes,
+    sender: bytes,
+    window: float = OUTCOME_WINDOW,
+    claim_window: float = WINDOW,
 ) -> list[bytes | str | int]:
     """ARGV of PUBLISH_SCRIPT: the random part of an epoch for a room that has none, the ttl in ms, the
-    message without its closing brace, how many messages to keep, the channel, the sender id, and how long
-    (ms) the message id is remembered."""
-    return [epoch_suffix(), max(1, round(ttl * 1000)), head, size, channel, sender, max(1, round(window * 1000))]
+    message without its closing brace, how many messages to keep, the channel, the sender id, how long
+    (ms) the message id is remembered, and how long (ms) an idempotency claim is (used only with one)."""
+    return [
+        epoch_suffix(),
+        max(1, round(ttl * 1000)),
+        head,
+        size,
+        channel,
+        sender,
+        max(1, round(window * 1000)),
+        max(1, round(claim_window * 1000)),
+    ]
+
+
+def once_args(
+    message: bytes, channel: bytes, sender: bytes, window: float = OUTCOME_WINDOW, claim_window: float = WINDOW
+) -> list[bytes | str | int]:
+    """ARGV of ONCE_SCRIPT: the message, the channel, the sender id, how long (ms) the message id is remembered,
+    and how long (ms) the idempotency claim is."""
+    return [message, channel, sender, max(1, round(window * 1000)), max(1, round(claim_window * 1000))]
 
 
 class Attempt:

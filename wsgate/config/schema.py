@@ -561,6 +561,15 @@ class PresenceSettings(Table):
     )
 
 
+class PublishSettings(Table):
+    idempotency_window: Duration = setting(
+        300.0,
+        "How long a publish's idempotency_key is remembered: a second publish with the same key, by the same "
+        "publisher, to the same room within it is delivered nowhere and answered like the first",
+        minimum=1,
+    )
+
+
 class ShutdownSettings(Table):
     mode: Annotated[Text, OneOf(("drain", "restart"))] = setting(
         "drain",
@@ -617,6 +626,7 @@ class Settings(Table):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     history: HistorySettings = Field(default_factory=HistorySettings)
     presence: PresenceSettings = Field(default_factory=PresenceSettings)
+    publish: PublishSettings = Field(default_factory=PublishSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)

@@ -233,9 +233,17 @@ class GatewayClient:
         self.positions.pop(room, None)
         await self._request({"type": "unsubscribe", "room": room})
 
-    async def publish(self, room: str, data: Any) -> None:
-        """Send to `room` (the client must be subscribed to it); its own copy arrives like any other."""
-        await self._send({"type": "publish", "room": room, "data": data})
+    async def publish(self, room: str, data: Any, *, idempotency_key: str | None = None) -> None:
+        """Send to `room` (the client must be subscribed to it); its own copy arrives like any other.
+
+        `idempotency_key` (1 to 64 characters): publishing again with the same key (after `publish outcome
+        unknown`, or a lost connection) within the gateway's `publish.idempotency_window` delivers it to the
+        room once; the retry is answered with the first's copy (same offset and epoch). The keys are the user's
+        (the token's `sub`), or this connection's when anonymous (docs/protocol.md, "idempotency_key")."""
+        message: dict[str, Any] = {"type": "publish", "room": room, "data": data}
+        if idempotency_key is not None:
+            message["idempotency_key"] = idempotency_key
+        await self._send(message)
 
     async def broadcast(self, data: Any) -> None:
         await self._send({"type": "broadcast", "data": data})

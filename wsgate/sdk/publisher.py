@@ -4,16 +4,23 @@ Two ways, one interface (`publish(room, data)`, `broadcast(data)`, `close()`, an
 on the way out):
 
 - `HttpPublisher("http://gateway:8081", key)`: through `POST /api/publish` and
-  `/api/broadcast` (needs `api.key`); returns how many clients the answering node reached.
+  `/api/broadcast` (needs `api.key`); returns `LocalClients`: how many clients of the
+  answering node it was queued for (not the other nodes' clients).
 - `RedisPublisher("redis://redis:6379/0")`: straight onto the Redis broker's channels,
   the way gateway nodes talk to each other (needs `broker.url` on the gateways and the
-  same `prefix`), keeping history exactly as the gateways do; returns how many gateway
-  nodes received it.
+  same `prefix`), keeping history exactly as the gateways do; returns `Nodes`: how many
+  gateway nodes received it.
 
-Both raise PublishError when the message was certainly not sent (nobody got it), and
-PublishOutcomeUnknown (a PublishError) when it was handed over and no answer came: then it
-reached everyone once, or nobody, and publishing it again may deliver it twice
-(DESIGN "The fault model").
+Both results are ints (as before) that name what they count, and say `duplicate` (a retry whose
+`idempotency_key` was used: delivered nowhere). Both raise PublishError when the message was certainly
+not sent (nobody got it), and PublishOutcomeUnknown (a PublishError) when it was handed over and no answer
+came: then it reached everyone once, or nobody, and publishing it again may deliver it twice, unless it
+carries the same `idempotency_key` (then at most once; DESIGN "The fault model").
+
+`publish(..., idempotency_key=K)` (1 to 64 characters): within the gateways' `publish.idempotency_window`
+(5 minutes), a second publish with K to the same room is delivered nowhere and answered with `duplicate`
+True. An HttpPublisher's keys are the HTTP API's (one scope for every caller holding `api.key`); a
+RedisPublisher's are its own (another RedisPublisher, or the same service restarted, has other keys).
 
 Code inside the gateway process uses `app[wsgate.keys.GATEWAY].publish(...)` instead.
 """
@@ -31,6 +38,8 @@ import aiohttp
 
 from .. import protocol
 from ..broker.redis_schema import (
+    ONCE_SCRIPT,
+    ONCE_SHA,
     PUBLISH_SCRIPT,
     PUBLISH_SHA,
     Attempt,
@@ -39,8 +48,11 @@ from ..broker.redis_schema import (
     exchange,
     new_message_id,
     new_sender_id,
+    once_args,
     publish_args,
 )
+from ..errors import ClientError
+from ..idempotency import WINDOW, Scope, check_key, claim_id
 from ..rooms import RoomPatterns
 
 
@@ -60,6 +72,37 @@ class PublishOutcomeUnknown(PublishError):
 
     def __init__(self, detail: str, status: int = 504) -> None:
         super().__init__(status, protocol.PUBLISH_OUTCOME_UNKNOWN, detail)
+
+
+class Delivered(int):
+    """What a publish or broadcast was answered: an int, the count the publisher reports (its subclass says what
+    it counts), and `duplicate`: the publish carried an `idempotency_key` already used (then it was delivered
+    nowhere, and the count is 0)."""
+
+    duplicate: bool
+
+    def __new__(cls, count: int, *, duplicate: bool = False) -> Self:
+        result = super().__new__(cls, count)
+        result.duplicate = duplicate
+        return result
+
+
+class LocalClients(Delivered):
+    """`HttpPublisher`'s result: how many clients of the gateway node that answered the message was queued for.
+    Clients on other nodes are not counted: a publish that reached every member on other nodes may say 0."""
+
+    @property
+    def local_clients(self) -> int:
+        return int(self)
+
+
+class Nodes(Delivered):
+    """`RedisPublisher`'s result: how many gateway nodes received the message (those with a member of the room,
+    or every node for a broadcast); not how many clients."""
+
+    @property
+    def nodes(self) -> int:
+        return int(self)
 
 
 class _Closing(ABC):
@@ -97,10 +140,18 @@ class HttpPublisher(_Closing):
         self._own_session = session is None
         self._closed = False
 
-    async def publish(self, room: str, data: Any, *, type: str = protocol.MESSAGE) -> int:
-        return await self._post("/api/publish", {"room": room, "data": data, "type": type})
+    async def publish(
+        self, room: str, data: Any, *, type: str = protocol.MESSAGE, idempotency_key: str | None = None
+    ) -> LocalClients:
+        """`POST /api/publish`; returns the clients of the answering node it was queued for (see the module for
+        `idempotency_key`; the HTTP API's keys are one scope). Raises as `_post` says."""
+        body = {"room": room, "data": data, "type": type}
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        return await self._post("/api/publish", body)
 
-    async def broadcast(self, data: Any, *, type: str = protocol.MESSAGE) -> int:
+    async def broadcast(self, data: Any, *, type: str = protocol.MESSAGE) -> LocalClients:
+        """`POST /api/broadcast`; returns the clients of the answering node it was queued for."""
         return await self._post("/api/broadcast", {"data": data, "type": type})
 
     async def close(self) -> None:
@@ -110,7 +161,7 @@ class HttpPublisher(_Closing):
         if self._own_session and session is not None:
             await session.close()
 
-    async def _post(self, path: str, body: dict[str, Any]) -> int:
+    async def _post(self, path: str, body: dict[str, Any]) -> LocalClients:
         """Raises PublishError (not sent: an error answer, or no connection to the gateway), and
         PublishOutcomeUnknown (a 504 answer, or the request went out and no answer came back)."""
         if self._closed:
@@ -136,7 +187,8 @@ class HttpPublisher(_Closing):
             if text == protocol.PUBLISH_OUTCOME_UNKNOWN:
                 raise PublishOutcomeUnknown(str(detail), resp.status)
             raise PublishError(resp.status, text, detail)
-        return int(answer["delivered"])
+        count = answer.get("local_clients", answer.get("delivered"))  # (a gateway before local_clients)
+        return LocalClients(int(count), duplicate=answer.get("duplicate") is True)
 
 
 class RedisPublisher(_Closing):
@@ -171,48 +223,74 @@ class RedisPublisher(_Closing):
         self._history: tuple[float, RoomPatterns, dict[str, Any]] | None = None
         self._closed = False
 
-    async def publish(self, room: str, data: Any, *, type: str = protocol.MESSAGE) -> int:
-        """Returns how many gateway nodes received it (see the class for what it raises)."""
+    async def publish(
+        self, room: str, data: Any, *, type: str = protocol.MESSAGE, idempotency_key: str | None = None
+    ) -> Nodes:
+        """Returns how many gateway nodes received it (see the class for what it raises).
+
+        `idempotency_key` (1 to 64 characters, else ValueError): scoped to this publisher (its sender id), taken
+        in Redis in the step that keeps or publishes the message, as a gateway does (`redis_schema`); a key
+        this publisher used in the room within the gateways' `publish.idempotency_window` returns `Nodes(0)`
+        with `duplicate` True, and nothing is sent."""
         self._check_open()
+        claim = None if idempotency_key is None else self._claim(room, idempotency_key)
         message = protocol.encode(type, room=room, data=data, client_id=self._server_id)
         rooms, history = await self._history_settings()
         channel = self._names.channel(room)
+        window = float(history.get("idempotency_window", WINDOW))
         if not rooms.match(room):
-            return int(await self._run([("PUBLISH", channel, self._sender + message)]))
-        keys = self._names.publish_keys(room, new_message_id())
+            if claim is None:
+                return Nodes(int(await self._run([("PUBLISH", channel, self._sender + message)])))
+            keys = self._names.once_keys(room, new_message_id(), claim)
+            args = once_args(message, channel, self._sender, claim_window=window)
+            again, receivers = await self._run_again([("EVALSHA", ONCE_SHA, len(keys), *keys, *args)], ONCE_SCRIPT)
+            return Nodes(int(receivers), duplicate=again == 2)
+        keys = self._names.publish_keys(room, new_message_id(), claim)
         run = (
             "EVALSHA",
             PUBLISH_SHA,
             len(keys),
             *keys,
-            *publish_args(message[:-1], history["size"], history["ttl"], channel, self._sender),
+            *publish_args(message[:-1], history["size"], history["ttl"], channel, self._sender, claim_window=window),
         )
-        try:
-            answer = await self._run([run], load=True)
-        except PublishOutcomeUnknown as first:
-            if first.detail is not None and first.detail.startswith("no answer within"):
-                raise  # Redis is stalled: a second run would wait as long
-            answer = await self._run([run], load=True)  # the connection was lost: ask again, same id
-        return int(answer[2])
+        answer = await self._run_again([run], PUBLISH_SCRIPT)
+        return Nodes(int(answer[2]), duplicate=answer[3] == 2)
 
-    async def broadcast(self, data: Any, *, type: str = protocol.MESSAGE) -> int:
+    async def broadcast(self, data: Any, *, type: str = protocol.MESSAGE) -> Nodes:
         """Returns how many gateway nodes received it (see the class for what it raises)."""
         self._check_open()
         message = protocol.encode(type, data=data, client_id=self._server_id)
-        return int(await self._run([("PUBLISH", self._names.broadcast, self._sender + message)]))
+        return Nodes(int(await self._run([("PUBLISH", self._names.broadcast, self._sender + message)])))
 
-    async def _run(self, commands: list[tuple[Any, ...]], *, load: bool = False) -> Any:
-        """The last command's answer (`exchange`, within `timeout`); with `load`, a NOSCRIPT answer sends
-        PUBLISH_SCRIPT and the commands again (a NOSCRIPT run ran nothing)."""
+    def _claim(self, room: str, key: str) -> bytes:
+        """The idempotency claim of `key` in `room`, in this publisher's own scope; ValueError for a bad key."""
+        try:
+            return claim_id(Scope("publisher", self._sender.decode()), room, check_key(key))
+        except ClientError as exc:
+            raise ValueError(exc.detail) from None
+
+    async def _run_again(self, commands: list[tuple[Any, ...]], script: str) -> Any:
+        """`_run` of a script run with a message id: after a lost connection it is sent once more with the same id
+        (Redis runs an id once), which turns "unknown" into what happened; a stall is not waited out twice."""
+        try:
+            return await self._run(commands, load=script)
+        except PublishOutcomeUnknown as first:
+            if first.detail is not None and first.detail.startswith("no answer within"):
+                raise  # Redis is stalled: a second run would wait as long
+            return await self._run(commands, load=script)  # the connection was lost: ask again, same id
+
+    async def _run(self, commands: list[tuple[Any, ...]], *, load: str | None = None) -> Any:
+        """The last command's answer (`exchange`, within `timeout`); with `load` (a script), a NOSCRIPT answer
+        sends SCRIPT LOAD of it and the commands again (a NOSCRIPT run ran nothing)."""
         from redis.exceptions import NoScriptError
 
         attempt = Attempt()
         try:
             async with asyncio.timeout(self._timeout):
                 answer = (await exchange(self._redis, commands, attempt))[-1]
-                if load and isinstance(answer, NoScriptError):
+                if load is not None and isinstance(answer, NoScriptError):
                     attempt = Attempt()
-                    answer = (await exchange(self._redis, [("SCRIPT", "LOAD", PUBLISH_SCRIPT), *commands], attempt))[-1]
+                    answer = (await exchange(self._redis, [("SCRIPT", "LOAD", load), *commands], attempt))[-1]
         except TimeoutError:
             if not attempt.written:
                 raise PublishError(503, f"Redis could not be reached within {self._timeout:g}s") from None

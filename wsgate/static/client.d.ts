@@ -127,6 +127,16 @@ export interface WsgateClientEvents {
   unsubscribed: UnsubscribedMessage;
 }
 
+/** Options of `publish`. */
+export interface PublishOptions {
+  /**
+   * 1 to 64 characters: publishing again with the same key (after "publish outcome unknown" or a lost
+   * connection) delivers the message once; the retry is answered with the first's copy (same offset and
+   * epoch). Keys are the user's (the token's `sub`), or this connection's when anonymous.
+   */
+  idempotencyKey?: string;
+}
+
 export interface ClientOptions {
   /** A JWT, sent as the subprotocol pair ["bearer", token]. */
   token?: string;
@@ -214,8 +224,11 @@ export class WsgateClient {
   subscribe(room: string): Promise<SubscribedData>;
   /** Leave a room; rejects with a GatewayError (e.g. "not subscribed to this room"). */
   unsubscribe(room: string): Promise<void>;
-  /** Send to a room the client is subscribed to; throws Error("not connected") without a connection. */
-  publish(room: string, data: unknown): void;
+  /**
+   * Send to a room the client is subscribed to; throws Error("not connected") without a connection.
+   * With `idempotencyKey`, a retry within the gateway's `publish.idempotency_window` is delivered once.
+   */
+  publish(room: string, data: unknown, options?: PublishOptions): void;
   /** Send to every connected client; throws Error("not connected") without a connection. */
   broadcast(data: unknown): void;
   /** Round-trip time of a ping, in milliseconds. */

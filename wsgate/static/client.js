@@ -214,9 +214,16 @@ export class WsgateClient {
     await this.request({ type: "unsubscribe", room });
   }
 
-  /** Send to a room the client is subscribed to. @param {string} room @param {*} data */
-  publish(room, data) {
-    this.send({ type: "publish", room, data });
+  /**
+   * Send to a room the client is subscribed to. `options.idempotencyKey` (1 to 64 characters): publishing
+   * again with the same key within the gateway's `publish.idempotency_window` delivers it once (the retry
+   * is answered with the first's copy); the keys are the user's, or this connection's when anonymous.
+   * @param {string} room @param {*} data @param {{idempotencyKey?: string}} [options]
+   */
+  publish(room, data, options = {}) {
+    const message = { type: "publish", room, data };
+    if (options.idempotencyKey !== undefined) message.idempotency_key = options.idempotencyKey;
+    this.send(message);
   }
 
   /** Send to every connected client. @param {*} data */
