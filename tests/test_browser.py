@@ -314,16 +314,20 @@ async def test_the_js_client_matches_replies_by_request_id(wsgate_server: StartS
 
 
 async def test_the_js_client_follows_the_reconnect_advice(wsgate_server: StartServer, page: Any) -> None:
-    """Issue 24: back at once after a restart (the backoff here is a minute), stopped for good after an
-    operator's disconnect (`connect()` rejects with GatewayClosed); errors carry their code."""
+    """Issue 24: back at once after a restart (its backoff here is a minute, and its jitter always the longest),
+    stopped for good after an operator's disconnect (`connect()` rejects with GatewayClosed); errors carry their
+    code; a relative URL works (resolved against the page)."""
     server = await wsgate_server(Closer())
     await page.goto(server.url("/health"))
     outcome = await page.evaluate("""async () => {
+        Math.random = () => 1;  // every backoff waits its longest: a minute
         const { WsgateClient, GatewayError, GatewayClosed } = await import("/client.js");
-        const url = location.origin.replace(/^http/, "ws") + "/ws";
-        const client = new WsgateClient(url, { minBackoff: 60000, maxBackoff: 60000 });
+        const client = new WsgateClient("/ws", { minBackoff: 60000, maxBackoff: 60000 });
         const closes = [];
-        client.on("close", (info) => closes.push(info));
+        const stopped = new Promise((resolve) => client.on("close", (info) => {
+            closes.push(info);
+            if (info.reconnect === "no") resolve();
+        }));
         await client.connect();
         let coded;
         try { await client.unsubscribe("never-joined"); }
@@ -333,10 +337,11 @@ async def test_the_js_client_follows_the_reconnect_advice(wsgate_server: StartSe
         await reopened;
         const connects = client.connects;
         client.send({ type: "close_me", data: "OPERATOR_DISCONNECT" });
-        let stopped;
-        try { await client.connect(); await new Promise(() => {}); }
-        catch (error) { stopped = [error instanceof GatewayClosed, error.code, error.reason]; }
-        return { protocol: client.protocol, coded, connects, closes, stopped };
+        await stopped;
+        let refused;
+        try { await client.connect(); }
+        catch (error) { refused = [error instanceof GatewayClosed, error.code, error.reason]; }
+        return { protocol: client.protocol, coded, connects, closes, refused };
     }""")
     assert outcome["protocol"] == 2 and outcome["coded"] == [True, 103, False]
     assert outcome["connects"] == 2
@@ -344,5 +349,5 @@ async def test_the_js_client_follows_the_reconnect_advice(wsgate_server: StartSe
         {"code": 1012, "reason": "service restart [reconnect=now]", "reconnect": "now"},
         {"code": 1008, "reason": "disconnected by an operator [reconnect=no]", "reconnect": "no"},
     ]
-    assert outcome["stopped"] == [True, 1008, "disconnected by an operator [reconnect=no]"]
+    assert outcome["refused"] == [True, 1008, "disconnected by an operator [reconnect=no]"]
     assert len(server.hub.connections) == 0

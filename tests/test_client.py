@@ -226,7 +226,7 @@ def test_the_clients_reconnect_table_is_the_registry() -> None:
         (1008, "slow consumer [reconnect=backoff]", "backoff"),
         (1008, "slow consumer", "backoff"),  # protocol 1: the code's
         (1012, "service restart", "now"),
-        (1009, "", "no"),
+        (1009, "", "backoff"),  # a new connection works: the oversized message is not sent again
         (4999, "a plugin's", "backoff"),
         (None, "", "backoff"),  # lost without a close frame
         (1001, "going away [reconnect=now] and more", "backoff"),  # advice only at the end
@@ -262,8 +262,22 @@ async def test_told_not_to_come_back_it_stops(wsgate_server: StartServer) -> Non
     await client.close()
 
 
-async def test_after_a_restart_it_comes_back_at_once(wsgate_server: StartServer) -> None:
-    """1012 `[reconnect=now]`: no backoff (here a minute, which would outlast the test), and it resumes."""
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoff delays the client chose, each the longest its jitter allows (a minute with backoff=(60, 60),
+    which would outlast any test): a client that waits is caught waiting."""
+    chosen: list[float] = []
+
+    def longest(low: float, high: float) -> float:
+        chosen.append(high)
+        return high
+
+    monkeypatch.setattr(sdk_client.random, "uniform", longest)
+    return chosen
+
+
+async def test_after_a_restart_it_comes_back_at_once(wsgate_server: StartServer, waits: list[float]) -> None:
+    """1012 `[reconnect=now]`: no backoff, and it resumes."""
     server = await wsgate_server(Closer(), history=HISTORY)
     async with GatewayClient(server.url("/ws"), backoff=(60.0, 60.0)) as client:
         await client.subscribe("chat:a")
@@ -271,6 +285,46 @@ async def test_after_a_restart_it_comes_back_at_once(wsgate_server: StartServer)
         await wsgate.testing.eventually(lambda: client.connects == 2 and client._connected.is_set())
         await client.publish("chat:a", "back")
         assert (await client.receive())["data"] == "back"
+    assert waits == []
+
+
+class RestartsAtOnce:
+    """A plugin that closes every client with 1012 as soon as it connected: a server in a restart loop."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+    @wsgate.hookimpl
+    def wsgate_client_connected(self, client: Client) -> None:
+        self.connections += 1
+        client.drop(wsgate.errors.SERVICE_RESTART)
+
+
+async def test_a_server_that_restarts_at_every_connect_is_not_hammered(
+    wsgate_server: StartServer, waits: list[float]
+) -> None:
+    """Found in review: `now` after every connection reconnected in a tight loop. Once per backoff ceiling."""
+    restarts = RestartsAtOnce()
+    server = await wsgate_server(restarts)
+    client = GatewayClient(server.url("/ws"), backoff=(60.0, 60.0))
+    client._session = aiohttp.ClientSession()
+    client._runner = asyncio.create_task(client._run())
+    await wsgate.testing.eventually(lambda: bool(waits))  # (it waits a minute: caught here)
+    assert (restarts.connections, waits) == (2, [60.0])  # once at once, then with backoff
+    await client.close()
+
+
+async def test_it_stops_only_when_every_url_refused_for_good(wsgate_server: StartServer) -> None:
+    off = await wsgate_server(websocket={"enabled": False})  # /ws answers 404
+    on = await wsgate_server()
+    async with GatewayClient([off.url("/ws"), on.url("/ws")], backoff=(0.01, 0.01)) as client:
+        assert client.url == on.url("/ws") and client.stopped is None  # the other node served it
+    client = GatewayClient(off.url("/ws"), backoff=(0.01, 0.01))
+    client._session = aiohttp.ClientSession()
+    client._runner = asyncio.create_task(client._run())
+    await asyncio.wait_for(client._runner, TIMEOUT)
+    assert client.stopped is not None and client.stopped.code == 404
+    await client.close()
 
 
 async def test_a_token_refused_for_good_stops_it(wsgate_server: StartServer) -> None:

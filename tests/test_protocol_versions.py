@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 import wsgate
+import wsgate.testing
 from wsgate import Client, ClientError, Handler, Message, errors, protocol
 from wsgate.errors import Reconnect
 from wsgate.registry import HandlerRegistry
@@ -26,7 +27,16 @@ class Coded:
 
     @wsgate.hookimpl
     def wsgate_message_handlers(self) -> Mapping[str, Handler]:
-        return {"spend": self.spend, "plain": self.plain, "kick": self.kick, "bad_code": self.bad_code}
+        return {
+            "spend": self.spend,
+            "plain": self.plain,
+            "kick": self.kick,
+            "bad_code": self.bad_code,
+            "kick_oddly": self.kick_oddly,
+        }
+
+    async def kick_oddly(self, client: Client, message: Message) -> None:
+        client.drop(4000, "bad \ud800 input")  # a lone surrogate: UTF-8 cannot carry it
 
     async def spend(self, client: Client, message: Message) -> None:
         raise ClientError(self.QUOTA, "100 of 100 used today")
@@ -64,6 +74,13 @@ def test_every_close_reason_has_its_code_in_the_registry_and_its_advice_in_the_r
     assert len(advised.encode()) <= errors.MAX_REASON_BYTES
 
 
+def test_a_reason_with_a_lone_surrogate_is_sent_with_a_question_mark() -> None:
+    """Found in review: under protocol 2 a plugin's reason with a lone surrogate raised in `drop` after the
+    connection was marked closing, leaving it open for ever."""
+    advised = errors.close_text(errors.plugin_close(4000, "bad \ud800 input"), advise=True)
+    assert advised == "bad ? input [reconnect=backoff]"
+
+
 def test_a_long_reason_is_cut_so_that_its_advice_always_fits() -> None:
     long = errors.plugin_close(4000, "ü" * 100)  # 200 bytes of UTF-8
     advised = errors.close_text(long, advise=True)
@@ -74,7 +91,7 @@ def test_a_long_reason_is_cut_so_that_its_advice_always_fits() -> None:
 
 def test_a_plugins_close_takes_the_advice_of_its_code() -> None:
     assert errors.plugin_close(1012, "moving").reconnect is Reconnect.NOW
-    assert errors.plugin_close(1009, "big").reconnect is Reconnect.NO
+    assert errors.plugin_close(1009, "big").reconnect is Reconnect.BACKOFF  # a new connection works
     assert errors.plugin_close(4321, "mine").reconnect is Reconnect.BACKOFF  # a code not in the registry
 
 
@@ -203,7 +220,10 @@ async def test_protocol_2_unknown_types_name_the_known_ones_and_the_closest(wsga
 
 @pytest.mark.parametrize(
     ("handler", "code", "reason"),
-    [("kick", 1008, "disconnected by an operator [reconnect=no]")],
+    [
+        ("kick", 1008, "disconnected by an operator [reconnect=no]"),
+        ("kick_oddly", 4000, "bad ? input [reconnect=backoff]"),
+    ],
 )
 async def test_protocol_2_close_reasons_end_with_their_advice(
     wsgate_server: StartServer, handler: str, code: int, reason: str
@@ -213,6 +233,7 @@ async def test_protocol_2_close_reasons_end_with_their_advice(
     await peer.send({"type": handler})
     closed = await peer.closed()
     assert (closed.data, closed.extra) == (code, reason)
+    await wsgate.testing.eventually(lambda: not server.hub.connections)  # gone, not left closing
 
 
 @pytest.mark.parametrize(("mode", "code", "advice"), [("drain", 1001, "backoff"), ("restart", 1012, "now")])

@@ -365,10 +365,10 @@ class Connection:
         close_fields(why.code, why.text)  # refused here, at the caller, not later in the closing task
         if self.state is not State.OPEN:
             return
+        reason = close_text(why, advise=self.protocol >= protocol.PROTOCOL)  # (never raises: before any change)
         self.state = State.CLOSING
         self.close_cause = why
         self.close_code = code = why.code
-        reason = close_text(why, advise=self.protocol >= protocol.PROTOCOL)
         self._clear()
         # Leave the rooms now (next turn: we may be inside a fan-out over one of them),
         # not after a close handshake that a stalled peer can hold up for write_wait.
@@ -400,11 +400,11 @@ class Connection:
         close_fields(why.code, why.text)
         if self.state is not State.OPEN:
             return
+        reason = close_text(why, advise=self.protocol >= protocol.PROTOCOL)  # (never raises: before any change)
         self.state = State.CLOSING
         self.close_cause = why
         self.close_code = why.code
         self._loop.call_soon(self._on_drop, self)  # out of its rooms now: nothing new is queued
-        reason = close_text(why, advise=self.protocol >= protocol.PROTOCOL)
         self._closer = asyncio.create_task(self._finish(why.code, reason, timeout), name=f"wsgate-close-{self.id}")
 
     async def _finish(self, code: int, reason: str, timeout: float) -> None:

@@ -66,11 +66,12 @@ class CloseReason:
 def close_text(reason: CloseReason, advise: bool) -> str:
     """The reason a close frame carries: `reason.text`, and with `advise` (protocol 2) its reconnect advice at
     the end, `disconnected by an operator [reconnect=no]`. The text is cut on a character boundary so that
-    the advice always fits in MAX_REASON_BYTES."""
+    the advice always fits in MAX_REASON_BYTES; a lone surrogate becomes "?" (as `wire.close_fields` does).
+    Never raises."""
     if not advise:
         return reason.text
     room = MAX_REASON_BYTES - _LONGEST_ADVICE
-    text = reason.text.encode()[:room].decode(errors="ignore")
+    text = reason.text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")  # (a lone surrogate: "?")
     return f"{text}{ADVICE_PREFIX}{reason.reconnect.value}]"
 
 
@@ -115,9 +116,10 @@ SERVICE_RESTART: Final = CloseReason(SERVICE_RESTART_CODE, "service restart", "r
 """`shutdown.mode = "restart"`: the node restarts; reconnect at once (to another node) and resume (1012, the
 IANA "Service Restart" code, RFC 6455 section 11.7)."""
 
-MESSAGE_TOO_BIG: Final = CloseReason(TOO_BIG, "message too big", "message_too_big", Reconnect.NO)
+MESSAGE_TOO_BIG: Final = CloseReason(TOO_BIG, "message too big", "message_too_big", Reconnect.BACKOFF)
 """The client sent a message over `websocket.max_message_size` (1009, RFC 6455 section 7.4.1). aiohttp sends
-this close frame itself; the value names it for the metric and the log. Sending it again would fail again."""
+this close frame itself; the value names it for the metric and the log. A new connection works (sending that
+message again would fail again)."""
 
 RATE_LIMIT_EXCEEDED: Final = CloseReason(POLICY_VIOLATION, "rate limit exceeded", "rate_limited", Reconnect.BACKOFF)
 """The client stayed over its rate limit for `websocket.limits.rate_limit_grace` (docs/protocol.md; 1008)."""
@@ -152,24 +154,26 @@ DASHBOARD_REPLACED: Final = CloseReason(
 """The dashboard login a socket was opened with was replaced by a newer one (1008, counted as `other`)."""
 
 CLOSE_CODES: Final = (
-    CloseCode(1000, "normal closure", Reconnect.NO, "The answer to the client's own close."),
+    CloseCode(1000, "normal closure", Reconnect.BACKOFF, "The answer to the client's own close, or a plugin's close."),
     CloseCode(1001, "going away", Reconnect.BACKOFF, "The node shuts down, or stopped hearing the client."),
-    CloseCode(1002, "protocol error", Reconnect.NO, "The client broke RFC 6455 (aiohttp's answer)."),
-    CloseCode(1007, "invalid payload data", Reconnect.NO, "A text frame that is not UTF-8 (aiohttp's answer)."),
+    CloseCode(1002, "protocol error", Reconnect.BACKOFF, "The client broke RFC 6455 (aiohttp's answer)."),
+    CloseCode(1007, "invalid payload data", Reconnect.BACKOFF, "A text frame that is not UTF-8 (aiohttp's answer)."),
     CloseCode(
         1008,
         "policy violation",
         Reconnect.BACKOFF,
         "A limit or an operator closed the client; the reason says which, and whether to come back.",
     ),
-    CloseCode(1009, "message too big", Reconnect.NO, "A message over `websocket.max_message_size`."),
+    CloseCode(1009, "message too big", Reconnect.BACKOFF, "A message over `websocket.max_message_size`."),
     CloseCode(1011, "internal error", Reconnect.BACKOFF, "The server failed (a proxy's or a plugin's close)."),
     CloseCode(1012, "service restart", Reconnect.NOW, "The node restarts: come back at once and resume."),
     CloseCode(1013, "try again later", Reconnect.BACKOFF, "The node is full (`websocket.limits.max_connections`)."),
     CloseCode(4001, "token expired", Reconnect.NOW, "The token expired: come back at once with a new one."),
 )
 """The registry of close codes wsgate sends, and the advice for each when the reason gives none (the clients
-carry the same table; the advice in a protocol 2 reason comes first). A code not listed: `backoff`."""
+carry the same table; the advice in a protocol 2 reason comes first). A code not listed: `backoff`. No code says
+`no` by itself: a closed connection's cause (an oversized message, a bad frame) is not sent again by a new one;
+only a reason does (an operator's or the server's disconnect, a dashboard session that ended)."""
 
 RECONNECT_BY_CODE: Final = {close.code: close.reconnect for close in CLOSE_CODES}
 

@@ -40,6 +40,7 @@ import inspect
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -60,8 +61,8 @@ guide's protocol sends no `temporary`): tried again with backoff, not given up."
 PROTOCOL = 2
 """The protocol version the client asks for (`/ws?protocol=2`, docs/protocol.md "Protocol versions"); a gateway
 that predates versions ignores the parameter and speaks the guide's."""
-RECONNECT_BY_CODE = {1000: "no", 1001: "backoff", 1002: "no", 1007: "no", 1008: "backoff", 1009: "no",
-                     1011: "backoff", 1012: "now", 1013: "backoff", 4001: "now"}  # fmt: skip
+RECONNECT_BY_CODE = {1000: "backoff", 1001: "backoff", 1002: "backoff", 1007: "backoff", 1008: "backoff",
+                     1009: "backoff", 1011: "backoff", 1012: "now", 1013: "backoff", 4001: "now"}  # fmt: skip
 """What to do after a close whose reason gives no advice (`wsgate.errors.CLOSE_CODES`, the registry; a test
 keeps the two equal). A code not listed: backoff."""
 _ADVICE = re.compile(r" \[reconnect=(no|backoff|now)\]$")
@@ -121,7 +122,7 @@ def _room_error(room: str, exc: GatewayError) -> dict[str, Any]:
 
 class GatewayClosed(ConnectionError):
     """The gateway closed the connection and said not to come back (`[reconnect=no]`, or a code whose advice is
-    `no`: an operator's disconnect, a message too big), or refused the handshake for good (a bad token with no
+    `no`: an operator's or the server's disconnect), or refused the handshake for good (a bad token with no
     `get_token`, HTTP 4xx): the client stopped. `code` is the close code (or HTTP status), `reason` its reason."""
 
     def __init__(self, code: int, reason: str) -> None:
@@ -357,11 +358,15 @@ class GatewayClient:
 
     async def _run(self) -> None:
         attempt = 0
+        refused: set[str] = set()  # the URLs that refused the handshake for good since the last connection
+        loop = asyncio.get_running_loop()
+        came_back_at_once = -math.inf  # when the client last reconnected without waiting (loop time)
         for turn in itertools.count():
             if self._closing:
                 return
             self.url = self.urls[turn % len(self.urls)]
-            advice = "backoff"
+            self._last_reason = ""
+            socket: aiohttp.ClientWebSocketResponse | None = None
             try:
                 assert self._session is not None
                 try:
@@ -371,9 +376,13 @@ class GatewayClient:
                     raise ConnectionError("no token") from None
                 headers = {"Authorization": f"Bearer {token}"} if token else {}
                 url = URL(self.url).update_query(protocol=PROTOCOL)
-                self._last_reason = ""
                 async with self._session.ws_connect(url, headers=headers) as ws:
-                    hello = await ws.receive_json(timeout=self._request_timeout)
+                    socket = ws
+                    first = await ws.receive(timeout=self._request_timeout)
+                    if first.type is not aiohttp.WSMsgType.TEXT:  # closed before `connected` (a full node, a plugin)
+                        self._last_reason = first.extra or "" if first.type is aiohttp.WSMsgType.CLOSE else ""
+                        raise ConnectionError(f"closed before connected ({ws.close_code} {self._last_reason})")
+                    hello = json.loads(first.data)
                     self.client_id = hello["data"]["client_id"]
                     self.user_id = hello["data"].get("user_id")
                     self.protocol = hello["data"].get("protocol", 1)
@@ -382,6 +391,7 @@ class GatewayClient:
                     self._ws = ws
                     self.connects += 1
                     attempt = 0
+                    refused.clear()
                     reader = asyncio.create_task(self._read(ws))
                     refresher = asyncio.create_task(self._refresh_loop()) if self._get_token else None
                     retrier = None
@@ -406,23 +416,27 @@ class GatewayClient:
                                 task.cancel()
                                 with contextlib.suppress(asyncio.CancelledError, Exception):
                                     await task
-                    code, reason = ws.close_code, self._last_reason
-                    advice = reconnect_advice(code, reason)
-                    log.info("wsgate client: %s closed the connection (%s %s): %s", self.url, code, reason, advice)
-                    if advice == "no":
-                        self.stopped = GatewayClosed(code or 1006, reason)
             except aiohttp.WSServerHandshakeError as exc:
                 log.info("wsgate client: %s refused the connection: %s %s", self.url, exc.status, exc.message)
                 if exc.status in _REFUSED_FOR_GOOD and not (exc.status in (401, 403) and self._get_token):
-                    self.stopped = GatewayClosed(exc.status, exc.message)  # the same request would be refused again
-            except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError) as exc:
-                log.info("wsgate client: connection to %s failed or ended: %r", self.url, exc)
+                    refused.add(self.url)  # the same request would be refused again: stop once every URL did
+                    if refused >= set(self.urls):
+                        self.stopped = GatewayClosed(exc.status, exc.message)
+            except (aiohttp.ClientError, OSError, TimeoutError, KeyError, TypeError, ValueError) as exc:
+                log.info("wsgate client: connection to %s failed or ended: %r", self.url, exc)  # (a garbled hello too)
             finally:
                 self._ws = None
                 self._connected.clear()
                 for answer in self._pending.values():
                     if not answer.done():
                         answer.set_exception(ConnectionResetError("connection lost"))
+            advice = "backoff"
+            if socket is not None:  # (however the connection ended: a close during the re-subscription too)
+                code, reason = socket.close_code, self._last_reason
+                advice = reconnect_advice(code, reason)
+                log.info("wsgate client: %s closed the connection (%s %s): %s", self.url, code, reason, advice)
+                if advice == "no":
+                    self.stopped = GatewayClosed(code or 1006, reason)
             if self._closing:
                 return
             if self.stopped is not None:
@@ -430,10 +444,13 @@ class GatewayClient:
                 self._connected.set()  # (callers of connected() wake, and raise GatewayClosed)
                 await self._inbox.put(_STOPPED)
                 return
-            if advice == "now" and attempt == 0:  # a restart, an expired token: back at once, resuming
+            low, high = self._backoff
+            # A restart, an expired token: back at once, but at most once per backoff ceiling, so that a server
+            # closing with 1012 at every connect is not hammered.
+            if advice == "now" and loop.time() - came_back_at_once >= high:
+                came_back_at_once = loop.time()
                 attempt = 1
                 continue
-            low, high = self._backoff
             await asyncio.sleep(random.uniform(0, min(high, low * 2**attempt)))  # full jitter
             attempt += 1
 

@@ -24,9 +24,9 @@
 // request waits for (it came after its request timed out) is dropped, logged with console.debug.
 //
 // It asks for protocol 2 (`/ws?protocol=2`): errors carry a `code` and `temporary`, and a close says whether to
-// come back (docs/protocol.md, "Reconnect advice"). Told not to (an operator's disconnect, a message too
-// big), it stops: the "close" event says `reconnect: "no"`, and `connect()` rejects with GatewayClosed. After
-// a restart (1012) or an expired token (4001) it comes back at once; after anything else, with backoff.
+// come back (docs/protocol.md, "Reconnect advice"). Told not to (an operator's or the server's disconnect), it
+// stops: the "close" event says `reconnect: "no"`, and `connect()` rejects with GatewayClosed. After a restart
+// (1012) or an expired token (4001) it comes back at once (at most once per `maxBackoff`); else with backoff.
 
 /**
  * @typedef {Object} ServerMessage
@@ -64,8 +64,8 @@ const PROTOCOL = 2;
 
 /** What to do after a close whose reason gives no advice: the gateway's registry (wsgate.errors.CLOSE_CODES;
  * a test keeps the two equal). A code not listed (1006: lost without a close frame): backoff. */
-const RECONNECT_BY_CODE = {1000: "no", 1001: "backoff", 1002: "no", 1007: "no", 1008: "backoff", 1009: "no",
-  1011: "backoff", 1012: "now", 1013: "backoff", 4001: "now"};
+const RECONNECT_BY_CODE = {1000: "backoff", 1001: "backoff", 1002: "backoff", 1007: "backoff", 1008: "backoff",
+  1009: "backoff", 1011: "backoff", 1012: "now", 1013: "backoff", 4001: "now"};
 
 /**
  * "no", "backoff" or "now": the advice at the end of a protocol 2 close reason, else the code's.
@@ -157,6 +157,7 @@ export class WsgateClient {
     this.stopped = null;
     /** The protocol version the gateway speaks on this connection (1 when `connected` does not say). */
     this.protocol = 1;
+    this.cameBackAtOnce = -Infinity; // when the client last reconnected without waiting (Date.now())
     this.newReady();
   }
 
@@ -271,7 +272,8 @@ export class WsgateClient {
       }
       if (this.closing) return; // closed while the token was fetched
     }
-    const url = new URL(this.url);
+    const url = new URL(this.url, globalThis.location?.href); // (a relative URL, "/ws", as WebSocket takes it)
+    url.protocol = url.protocol.replace(/^http/, "ws"); // (resolved against the page: http: -> ws:, https: -> wss:)
     url.searchParams.set("protocol", String(PROTOCOL));
     const ws = token ? new Socket(url.href, ["bearer", token]) : new Socket(url.href);
     this.ws = ws;
@@ -320,7 +322,7 @@ export class WsgateClient {
     const reconnect = reconnectAdvice(event.code, event.reason);
     this.emit("close", { code: event.code, reason: event.reason, reconnect });
     if (this.closing) return;
-    if (reconnect === "no") { // an operator's disconnect, a message too big: the same would happen again
+    if (reconnect === "no") { // an operator's or the server's disconnect: it would be refused again
       this.closing = true;
       this.stopped = new GatewayClosed(event.code, event.reason);
       if (this.isReady) this.newReady();
@@ -330,14 +332,16 @@ export class WsgateClient {
     this.retry(reconnect === "now");
   }
 
-  /** Open again after the backoff; `now` (a restart, an expired token): at once, the first time. */
+  /** Open again after the backoff; `now` (a restart, an expired token): at once, at most once per
+   * `maxBackoff` (a server that closes with 1012 at every connection is not hammered). */
   retry(now = false) {
     if (this.closing) return;
     if (this.isReady) { // a new promise only once the last one was kept: callers of connect() never hang
       this.isReady = false;
       this.newReady();
     }
-    if (now && this.attempt === 0) {
+    if (now && Date.now() - this.cameBackAtOnce >= this.options.maxBackoff) {
+      this.cameBackAtOnce = Date.now();
       this.attempt = 1;
       this.open();
       return;
