@@ -337,3 +337,27 @@ async def test_a_token_refused_for_good_stops_it(wsgate_server: StartServer) -> 
     with pytest.raises(sdk_client.GatewayClosed):
         await client.connected()
     await client.close()
+
+
+class ClosesAtOnce:
+    """A plugin that closes every client at its first subscribe, with backoff advice: a server in trouble."""
+
+    @wsgate.hookimpl
+    def wsgate_authorize(self, client: Client, action: str, room: str | None) -> None:
+        client.drop(wsgate.errors.WRITE_TIMEOUT)
+
+
+async def test_a_server_that_closes_at_once_gets_a_growing_backoff(
+    wsgate_server: StartServer, waits: list[float]
+) -> None:
+    """Found by the adversary: every handshake reset the backoff, so a server closing each connection at once
+    was asked again every 0-100 ms for ever. Only a connection that lasted resets it."""
+    server = await wsgate_server(ClosesAtOnce())
+    client = GatewayClient(server.url("/ws"), backoff=(0.001, 10.0))
+    client._rooms.add("chat")  # subscribed again after each `connected`: closed there
+    client._session = aiohttp.ClientSession()
+    client._runner = asyncio.create_task(client._run())
+    await wsgate.testing.eventually(lambda: len(waits) >= 5)
+    await client.close()
+    assert client.connects >= 5  # each time `connected` came, then the close
+    assert waits[:5] == [0.001, 0.002, 0.004, 0.008, 0.016]

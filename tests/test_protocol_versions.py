@@ -142,6 +142,15 @@ def test_negotiate_takes_the_supported_versions(asked: str | None) -> None:
     assert protocol.negotiate(asked) == (1 if asked is None else int(asked))
 
 
+def test_negotiate_refuses_a_repeated_parameter() -> None:
+    with pytest.raises(ClientError) as refused:
+        protocol.negotiate("2", "3")
+    assert (refused.value.text, refused.value.detail) == (
+        "unsupported protocol version",
+        "give the protocol parameter once",
+    )
+
+
 @pytest.mark.parametrize("asked", ["3", "0", "", "2.0", " 2", "02", "two", "1,2"])
 def test_negotiate_refuses_anything_else(asked: str) -> None:
     with pytest.raises(ClientError) as refused:
@@ -361,3 +370,26 @@ async def test_the_protocol_pages_examples_are_what_the_server_sends(wsgate_serv
     plain = json.loads(page_block("protocol.md", '{"error": "WebSocket upgrade required"', "json"))
     async with server.session.get(server.url("/ws")) as resp:
         assert await resp.json() == plain
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH"])
+async def test_another_method_on_ws_is_answered_405_in_json(wsgate_server: StartServer, method: str) -> None:
+    server = await wsgate_server()
+    handshake = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
+    async with server.session.request(method, server.url("/ws"), headers=handshake) as resp:
+        assert (resp.status, resp.headers["Allow"]) == (405, "GET")
+        if method != "HEAD":
+            assert await resp.json() == {
+                "error": "WebSocket upgrade required",
+                "detail": f"the opening handshake is a GET, not a {method}",
+            }
+    assert not server.hub.connections
+
+
+async def test_a_repeated_protocol_parameter_is_refused(wsgate_server: StartServer) -> None:
+    server = await wsgate_server()
+    for query in ("protocol=2&protocol=3", "protocol=3&protocol=2", "protocol=2&protocol=2"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await server.session.ws_connect(server.url(f"/ws?{query}"))
+        assert refused.value.status == 400

@@ -64,7 +64,15 @@ from .protocol import Decoder
 from .rooms import RoomPatterns
 from .routing import Router
 from .supervision import Supervisor
-from .views import client_js_view, health_view, metrics_view, ready_view, ws_disabled_view, ws_view
+from .views import (
+    client_js_view,
+    health_view,
+    metrics_view,
+    ready_view,
+    ws_disabled_view,
+    ws_method_not_allowed,
+    ws_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +172,8 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         http_routes.append(app.router.add_post("/api/disconnect", disconnect_view))
     module_routes = []
     if settings.websocket.enabled:
-        app.router.add_get("/ws", ws_view)  # not CORS: browsers do not apply it to WebSockets
+        app.router.add_get("/ws", ws_view, allow_head=False)  # not CORS: browsers do not apply it to WebSockets
+        app.router.add_route("*", "/ws", ws_method_not_allowed)  # the handshake is a GET (RFC 6455 section 4.1)
         module_routes.append(app.router.add_get("/client.js", client_js_view))
         if (dashboard := loaded.get("dashboard")) is not None:
             app[DASHBOARD] = dashboard

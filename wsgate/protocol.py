@@ -415,10 +415,12 @@ EXTENSIONS: Final = (
 """What protocol 2 speaks beyond the guide, as `connected.data.extensions` lists it (each on docs/protocol.md)."""
 
 
-def negotiate(asked: str | None) -> int:
+def negotiate(asked: str | None, *more: str | None) -> int:
     """The protocol version a connection speaks: `asked` is the `protocol` query parameter of `/ws` (None:
-    the guide's). ClientError `unsupported protocol version`, with a detail naming the supported ones, for any
-    other text than one of PROTOCOLS in decimal."""
+    the guide's), `more` any repetition of it. ClientError `unsupported protocol version`, with a detail, for a
+    repeated parameter or any other text than one of PROTOCOLS in decimal."""
+    if more:
+        raise ClientError(errors.UNSUPPORTED_PROTOCOL, "give the protocol parameter once")
     if asked is None:
         return GUIDE_PROTOCOL
     for version in PROTOCOLS:

@@ -90,7 +90,12 @@ class Client(Protocol):
         `code` must be one an endpoint may send (RFC 6455 sections 7.4.1 and 7.4.2): 1000-1003, 1007-1014, or
         3000-4999 (4000-4999 are the application's). Any other (1004-1006, 1015, below 1000, 1016-2999, 5000 and
         up) raises ValueError, and nothing is sent. A `reason` over 123 bytes of UTF-8 is cut on a character
-        boundary (a close frame carries at most 125 bytes, two of them the code).
+        boundary (a close frame carries at most 125 bytes, two of them the code). Under protocol 2 the reason
+        ends with the reconnect advice of `code` (docs/protocol.md, "Reconnect advice"); pass a
+        `wsgate.errors.CloseReason` to give advice of your own.
+
+        What is queued for the client and not yet written is dropped with it: say why in the reason, not in a
+        message sent just before.
         """
 
 

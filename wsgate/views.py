@@ -109,6 +109,17 @@ async def ws_disabled_view(request: web.Request) -> web.Response:
     )
 
 
+async def ws_method_not_allowed(request: web.Request) -> web.Response:
+    """`/ws` with another method than GET (POST, HEAD, OPTIONS...): 405 with `Allow: GET`, in JSON as every
+    refusal (a WebSocket opening handshake is a GET, RFC 6455 section 4.1)."""
+    request.app[METRICS].error(errors.UPGRADE_REQUIRED.label)
+    return web.json_response(
+        {"error": errors.UPGRADE_REQUIRED.text, "detail": f"the opening handshake is a GET, not a {request.method}"},
+        status=405,
+        headers={"Allow": "GET"},
+    )
+
+
 async def ws_view(request: web.Request) -> web.StreamResponse:
     """Upgrade, admit (or refuse at capacity), then read until the client goes away.
 
@@ -121,7 +132,7 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
     if hub.draining:
         return web.json_response({"error": "server is shutting down"}, status=503)
     try:
-        version = protocol.negotiate(request.query.get("protocol"))
+        version = protocol.negotiate(*request.query.getall("protocol", [None]))
     except ClientError as err:
         metrics.error(err.kind.label)
         return web.json_response({"error": err.text, "detail": err.detail}, status=400)

@@ -367,6 +367,7 @@ class GatewayClient:
             self.url = self.urls[turn % len(self.urls)]
             self._last_reason = ""
             socket: aiohttp.ClientWebSocketResponse | None = None
+            opened_at: float | None = None  # when `connected` came (loop time)
             try:
                 assert self._session is not None
                 try:
@@ -390,7 +391,7 @@ class GatewayClient:
                     self.expires_at = expires_at / 1000 if expires_at is not None else None
                     self._ws = ws
                     self.connects += 1
-                    attempt = 0
+                    opened_at = loop.time()
                     refused.clear()
                     reader = asyncio.create_task(self._read(ws))
                     refresher = asyncio.create_task(self._refresh_loop()) if self._get_token else None
@@ -427,10 +428,10 @@ class GatewayClient:
             finally:
                 self._ws = None
                 self._connected.clear()
-                for answer in self._pending.values():
-                    if not answer.done():
-                        answer.set_exception(ConnectionResetError("connection lost"))
+                self._fail_pending()
             advice = "backoff"
+            if opened_at is not None and loop.time() - opened_at >= self._backoff[1]:
+                attempt = 0  # it lasted: the next attempt starts from the shortest delay again
             if socket is not None:  # (however the connection ended: a close during the re-subscription too)
                 code, reason = socket.close_code, self._last_reason
                 advice = reconnect_advice(code, reason)
@@ -453,6 +454,12 @@ class GatewayClient:
                 continue
             await asyncio.sleep(random.uniform(0, min(high, low * 2**attempt)))  # full jitter
             attempt += 1
+
+    def _fail_pending(self) -> None:
+        """The connection is gone: every request waiting for a reply fails with ConnectionResetError."""
+        for answer in self._pending.values():
+            if not answer.done():
+                answer.set_exception(ConnectionResetError("connection lost"))
 
     async def _subscribe_later(self, rooms: list[str]) -> None:
         """Subscribe again, with backoff, to rooms the gateway could not recover just now (history away)."""
@@ -495,12 +502,14 @@ class GatewayClient:
             self.refreshes += 1
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Route every message until the connection ends; the close frame's reason is kept (`_last_reason`)."""
+        """Route every message until the connection ends; the close frame's reason is kept (`_last_reason`), and
+        the requests still waiting fail at once (ConnectionResetError), not at their timeout."""
         while True:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.CLOSE:
                 self._last_reason = msg.extra or ""
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                self._fail_pending()
                 return
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue

@@ -158,6 +158,7 @@ export class WsgateClient {
     /** The protocol version the gateway speaks on this connection (1 when `connected` does not say). */
     this.protocol = 1;
     this.cameBackAtOnce = -Infinity; // when the client last reconnected without waiting (Date.now())
+    this.openedAt = null; // when this connection's `connected` came (Date.now()), null between connections
     this.newReady();
   }
 
@@ -319,6 +320,10 @@ export class WsgateClient {
     }
     this.pending.clear();
     clearTimeout(this.refreshTimer);
+    // A connection that lasted lets the next attempt start from the shortest delay again; one closed at once
+    // (a server in trouble) keeps the delay growing.
+    if (this.openedAt !== null && Date.now() - this.openedAt >= this.options.maxBackoff) this.attempt = 0;
+    this.openedAt = null;
     const reconnect = reconnectAdvice(event.code, event.reason);
     this.emit("close", { code: event.code, reason: event.reason, reconnect });
     if (this.closing) return;
@@ -359,7 +364,7 @@ export class WsgateClient {
       this.expiresAt = message.data.expires_at ?? null;
       this.scheduleRefresh();
       this.connects += 1;
-      this.attempt = 0;
+      this.openedAt = Date.now();
       const later = [];
       for (const room of this.rooms) {
         try {
