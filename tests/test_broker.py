@@ -98,18 +98,30 @@ async def test_relay_never_waits_and_never_comes_back(make_node: MakeNode) -> No
     assert node.broker.state == "ok"
 
 
-async def test_commands_reach_every_other_node_in_order_and_never_come_back(make_node: MakeNode) -> None:
+async def test_commands_reach_every_node_the_senders_too_in_one_order(make_node: MakeNode) -> None:
     a, b = await make_node(), await make_node()
     single = isinstance(a.broker, MemoryBroker)  # (two memory brokers are two separate single-node gateways)
-    for n in range(50):
-        assert await a.broker.command(b'{"n":%d}' % n) == (0 if single else 1)
-    if not single:
+
+    async def send(node: Node, first: int) -> list[int]:  # one after the other; both nodes at once
+        return [await node.broker.command(b'{"n":%d}' % n) for n in range(first, 50, 2)]
+
+    assert await asyncio.gather(send(a, 1), send(b, 0)) == [[0 if single else 1] * 25] * 2
+    everything = {b'{"n":%d}' % n for n in range(50)}
+    for node in (a, b):
         async with asyncio.timeout(TIMEOUT):
-            while len(b.commands) < 50:
-                b.arrived.clear()
-                await b.arrived.wait()
-    assert b.commands == ([] if single else [b'{"n":%d}' % n for n in range(50)])
-    assert a.commands == [] and a.received == b.received == []  # the sender carries its own out itself
+            while len(node.commands) < (25 if single else 50):
+                node.arrived.clear()
+                await node.arrived.wait()
+    if single:  # each its own, in the order sent
+        assert a.commands == [b'{"n":%d}' % n for n in range(1, 50, 2)]
+        assert b.commands == [b'{"n":%d}' % n for n in range(0, 50, 2)]
+    else:  # every node's, in one and the same order, each node's own in the order sent
+        assert a.commands == b.commands and set(a.commands) == everything
+        for first in (0, 1):
+            assert [c for c in a.commands if int(c[5:-1]) % 2 == first] == [
+                b'{"n":%d}' % n for n in range(first, 50, 2)
+            ]
+    assert a.received == b.received == []
 
 
 async def test_append_gives_offsets_in_order_and_keeps_them(make_node: MakeNode) -> None:

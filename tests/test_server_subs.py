@@ -3,6 +3,7 @@ HTTP API's /api/subscribe, /api/unsubscribe and /api/disconnect, on one node and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -14,8 +15,9 @@ import pytest
 from aiohttp import web
 
 from wsgate import Client, Identity, hookimpl
-from wsgate.commands import MAX_COMMAND_BYTES
-from wsgate.testing import Peer, Server, StartServer, eventually
+from wsgate.commands import MAX_COMMAND_BYTES, QUEUE_SIZE, Command
+from wsgate.keys import BROKER, COMMANDS
+from wsgate.testing import Peer, Server, StartServer, eventually, wait_until
 
 from .conftest import PrivateRedis
 from .test_auth import NO_EXAMPLE_AUTH, SECRET, bearer, token
@@ -27,7 +29,8 @@ Cluster = Callable[..., Awaitable[Server]]
 async def gateway(wsgate_server: StartServer, *plugins: object, **tables: Any) -> Server:
     """A gateway with the JWT authenticator and the HTTP API (and `tables`)."""
     auth = {"jwt": {"secret": SECRET}, **tables.pop("auth", {})}
-    return await wsgate_server(*plugins, auth=auth, api={"key": KEY}, plugins=NO_EXAMPLE_AUTH, **tables)
+    plugin_table = {**NO_EXAMPLE_AUTH, **tables.pop("plugins", {})}
+    return await wsgate_server(*plugins, auth=auth, api={"key": KEY}, plugins=plugin_table, **tables)
 
 
 async def user(server: Server, sub: str, **claims: Any) -> Peer:
@@ -286,10 +289,10 @@ async def test_an_unknown_client_is_no_error_and_a_wrong_key_is_401(wsgate_serve
 
 @pytest.fixture
 def node(wsgate_server: StartServer, redis_url: str, broker_prefix: str) -> Cluster:
-    """`await node()`: one more gateway of a cluster sharing Redis, the JWT secret and the API key."""
+    """`await node(*plugins)`: one more gateway of a cluster sharing Redis, the JWT secret and the API key."""
 
-    async def start(**tables: Any) -> Server:
-        return await gateway(wsgate_server, broker={"url": redis_url, "prefix": broker_prefix}, **tables)
+    async def start(*plugins: object, **tables: Any) -> Server:
+        return await gateway(wsgate_server, *plugins, broker={"url": redis_url, "prefix": broker_prefix}, **tables)
 
     return start
 
@@ -391,3 +394,183 @@ async def test_other_nodes_out_of_reach_make_a_503_once_this_nodes_part_is_done(
     assert body["detail"].startswith("Redis did not take the command: ")
     assert body["detail"].endswith("carried out on this node only: send it again (commands are idempotent)")
     server_message(await raw(alice), "subscribed", "r", {"room": "r", "client_count": 1})
+
+
+# --- one order on every node, hooks that fail or hang, races with the client's own subscribe -----------------
+
+
+class HeldAuthorizer:
+    """Holds `wsgate_authorize` for `room` until `release` is set (the first `times` calls only); `entered` is
+    set once one is held. Raises RuntimeError for the room `boom`."""
+
+    def __init__(self, room: str = "slow", times: int = 1) -> None:
+        self.room, self.times = room, times
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+
+    @hookimpl
+    async def wsgate_authorize(self, client: Client, action: str, room: str | None) -> bool | None:
+        if room == "boom":
+            raise RuntimeError("the plugin is broken")
+        if room == self.room and self.times > 0:
+            self.times -= 1
+            self.entered.set()
+            await self.release.wait()
+        return None
+
+
+async def test_a_nodes_own_command_waits_its_turn_behind_the_others(node: Cluster) -> None:
+    held = HeldAuthorizer()
+    a, b = await node(), await node(held)
+    alice = await user(b, "alice")
+    assert await post(a, "/api/subscribe", {"room": "slow", "user_id": "alice"}) == (
+        200,
+        {"local_clients": 0, "refused": [], "nodes": 2},
+    )
+    await wait_until(held.entered)  # b carries the subscribe out: its wsgate_authorize holds it
+    unsubscribe = asyncio.create_task(post(b, "/api/unsubscribe", {"room": "slow", "user_id": "alice"}))
+    await nothing_more(alice)  # (b's own unsubscribe waits behind a's subscribe: not carried out before it)
+    assert not unsubscribe.done()
+    held.release.set()
+    assert await unsubscribe == (200, {"local_clients": 1, "refused": [], "nodes": 2})
+    server_message(await raw(alice), "subscribed", "slow", {"room": "slow", "client_count": 1})
+    server_message(await raw(alice), "unsubscribed", "slow", {"room": "slow"})
+    assert b.gateway.client(alice.id).rooms == set()  # type: ignore[union-attr]
+
+
+async def test_a_command_is_carried_out_here_though_its_request_is_cancelled(wsgate_server: StartServer) -> None:
+    held = HeldAuthorizer()
+    server = await gateway(wsgate_server, held)
+    alice = await user(server, "alice")
+    run = asyncio.create_task(server.app[COMMANDS].run(Command("subscribe", "slow", user_id="alice")))
+    await wait_until(held.entered)
+    run.cancel()  # (a shutdown, or aiohttp cancelling the handler)
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    held.release.set()
+    server_message(await raw(alice), "subscribed", "slow", {"room": "slow", "client_count": 1})
+
+
+async def test_a_raising_authorize_is_an_internal_error_and_the_other_rooms_go_on(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="wsgate")
+    server = await gateway(wsgate_server, HeldAuthorizer())
+    alice = await user(server, "alice", subs=["boom", "news"])  # at connect: `connected` came, the socket stays
+    server_message(await raw(alice), "subscribed", "news", {"room": "news", "client_count": 1})
+
+    status, body = await post(server, "/api/subscribe", {"room": "boom", "user_id": "alice"})  # the API
+    assert (status, body) == (
+        200,
+        {"local_clients": 1, "refused": [{"client_id": alice.id, "error": "internal error"}], "nodes": 1},
+    )
+
+    await alice.send({"type": "refresh", "token": token("alice", subs=["boom", "sports"]), "id": 2})  # a refresh
+    server_message(await raw(alice), "subscribed", "sports", {"room": "sports", "client_count": 1})
+    assert (await alice.recv())["type"] == "refreshed"
+    await nothing_more(alice)
+    assert server.gateway.client(alice.id).rooms == {"news", "sports"}  # type: ignore[union-attr]
+    assert server.metrics.error_count("handler_error") == 3
+    faults = [r for r in caplog.records if "RuntimeError: the plugin is broken" in (r.exc_text or "")]
+    assert faults and all("failed (client" in r.getMessage() for r in faults)  # the plugins' fault log
+    assert (await server.health())[1]["tasks"]["down"] == []
+
+
+async def test_a_raising_authorize_on_another_node_skips_no_connection_and_no_command(node: Cluster) -> None:
+    a, b = await node(), await node(HeldAuthorizer())
+    first, second = await user(b, "alice"), await user(b, "alice")
+    assert (await post(a, "/api/subscribe", {"room": "boom", "user_id": "alice"}))[1]["nodes"] == 2
+    assert (await post(a, "/api/subscribe", {"room": "news", "user_id": "alice"}))[1]["nodes"] == 2
+    for client in (first, second):
+        server_message(await raw(client), "subscribed", "news", {"room": "news", "client_count": ANY})
+    await eventually(lambda: b.metrics.error_count("handler_error") == 2)  # each connection refused, none skipped
+
+
+async def test_a_hung_authorize_holds_a_command_up_for_plugins_hook_timeout_at_most(
+    wsgate_server: StartServer,
+) -> None:
+    held = HeldAuthorizer(times=2)  # never released
+    server = await gateway(wsgate_server, held, plugins={"hook_timeout": "0.5s"})
+    alice, again = await user(server, "alice"), await user(server, "alice")
+    status, body = await post(server, "/api/subscribe", {"room": "slow", "user_id": "alice"})
+    assert (status, body["local_clients"]) == (200, 2)  # both held at once, each bounded: one wait, not two
+    assert sorted(body["refused"], key=lambda refusal: refusal["client_id"]) == [
+        {"client_id": client_id, "error": "internal error", "detail": "a plugin did not answer within 0.5s; try again"}
+        for client_id in sorted((alice.id, again.id))
+    ]
+    assert server.metrics.error_count("hook_timeout") == 2
+    assert (await post(server, "/api/subscribe", {"room": "next", "client_id": alice.id}))[0] == 200
+    server_message(await raw(alice), "subscribed", "next", {"room": "next", "client_count": 1})
+
+
+async def test_a_command_dropped_here_is_counted_and_answered_so(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    held = HeldAuthorizer()
+    server = await gateway(wsgate_server, held)
+    alice = await user(server, "alice")
+    commands = server.app[COMMANDS]
+    commands.received(Command("subscribe", "slow", user_id="alice").encode())
+    await wait_until(held.entered)  # the consumer is held: what comes now waits
+    for _ in range(QUEUE_SIZE):
+        commands.received(Command("unsubscribe", "other", user_id="nobody").encode())
+    status, body = await post(server, "/api/unsubscribe", {"room": "slow", "user_id": "alice"})
+    assert (status, body["error"], body["nodes"]) == (503, "command dropped", 1)
+    assert body["detail"].startswith(f"this node had {QUEUE_SIZE} commands waiting")
+    assert server.metrics.error_count("command_dropped") == 1 and server.metrics.error_count("bad_command") == 0
+    assert any("dropped unsubscribe for user 'alice'" in r.getMessage() for r in caplog.records)
+    held.release.set()
+    server_message(await raw(alice), "subscribed", "slow", {"room": "slow", "client_count": 1})
+
+
+async def test_a_command_not_carried_out_here_in_time_is_answered_504(wsgate_server: StartServer) -> None:
+    held = HeldAuthorizer(times=3)
+    server = await gateway(wsgate_server, held, plugins={"hook_timeout": "1s"}, broker={"connect_timeout": "0.01s"})
+    alice = await user(server, "alice")
+    for _ in range(3):  # three commands ahead, each held for hook_timeout: longer than the answer waits
+        server.app[COMMANDS].received(Command("subscribe", "slow", user_id="alice").encode())
+    await wait_until(held.entered)
+    status, body = await post(server, "/api/disconnect", {"user_id": "nobody"})
+    assert (status, body["error"], body["nodes"]) == (504, "command outcome unknown", 1)
+    await nothing_more(alice)  # (refused, each in its turn)
+
+
+async def test_a_server_subscribe_racing_the_clients_own_is_told_once(wsgate_server: StartServer) -> None:
+    held = HeldAuthorizer(room="r")  # holds the server's authorize, not the client's (the second call)
+    server = await gateway(wsgate_server, held)
+    alice = await user(server, "alice")
+    command = asyncio.create_task(post(server, "/api/subscribe", {"room": "r", "client_id": alice.id}))
+    await wait_until(held.entered)
+    answer = await alice.request({"type": "subscribe", "room": "r", "id": 1})
+    assert (answer["type"], answer["id"]) == ("subscribed", 1)
+    held.release.set()
+    assert (await command)[0] == 200
+    await nothing_more(alice)  # no second `subscribed`
+
+
+async def test_an_unsubscribe_during_the_clients_own_subscribe_comes_after_its_answer(
+    wsgate_server: StartServer,
+) -> None:
+    server = await gateway(wsgate_server, history={"rooms": ["h:*"]})
+    broker = server.app[BROKER]
+    reading, release = asyncio.Event(), asyncio.Event()
+    read = broker.history_position
+
+    async def held_read(room: str) -> Any:  # the history read of the client's subscribe, held
+        reading.set()
+        await release.wait()
+        return await read(room)
+
+    broker.history_position = held_read  # type: ignore[method-assign]
+    alice = await user(server, "alice")
+    await alice.send({"type": "subscribe", "room": "h:1", "id": 1})
+    await wait_until(reading)
+    assert await post(server, "/api/unsubscribe", {"room": "h:1", "client_id": alice.id}) == (
+        200,
+        {"local_clients": 1, "refused": [], "nodes": 1},
+    )
+    release.set()
+    answer = await alice.recv()  # its request answered: subscribed, then the server's unsubscribed
+    assert (answer["type"], answer["id"], "server" in answer) == ("subscribed", 1, False)
+    server_message(await raw(alice), "unsubscribed", "h:1", {"room": "h:1"})
+    await nothing_more(alice)
+    assert server.gateway.client(alice.id).rooms == set()  # type: ignore[union-attr]

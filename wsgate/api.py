@@ -15,8 +15,10 @@ Every endpoint is a POST with `Authorization: Bearer <api.key>` and a JSON objec
   `idempotency_key` (then at most once).
 - `POST /api/subscribe` and `/api/unsubscribe {"room": R, "client_id": C | "user_id": U}`, `POST /api/disconnect
   {"client_id": C | "user_id": U}`: server-side commands, carried out on every node (`wsgate.commands`). The
-  answer: `{"local_clients": n, "refused": [...], "nodes": k}`; 503 `other nodes unreachable` (with the same
-  fields) when the command was carried out on this node only.
+  answer, once this node has carried the command out in its turn: `{"local_clients": n, "refused": [...],
+  "nodes": k}`; 503 `other nodes unreachable` (with the same fields) when it was carried out on this node only;
+  503 `command dropped` / 504 `command outcome unknown` (`{"error", "detail", "nodes"}`) when this node has no
+  outcome (too many commands waiting / not within `broker.connect_timeout` + `plugins.hook_timeout`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from . import errors, protocol
-from .commands import DISCONNECT, SUBSCRIBE, UNSUBSCRIBE, parse
+from .commands import DISCONNECT, DROPPED, PENDING, QUEUE_SIZE, SUBSCRIBE, UNSUBSCRIBE, parse
 from .errors import ClientError
 from .idempotency import API_SCOPE, Duplicate
 from .keys import COMMANDS, DECODER, GATEWAY, SETTINGS
@@ -38,6 +40,21 @@ INVALID_KEY = "invalid API key"
 BODY_TOO_LARGE = "request body too large"
 BODY_TOO_SLOW = "request body too slow"
 OTHER_NODES_UNREACHABLE = "other nodes unreachable"
+COMMAND_DROPPED = "command dropped"
+COMMAND_OUTCOME_UNKNOWN = "command outcome unknown"
+_MISSED = {  # a command's answer when this node has no outcome of its own (`commands.Reach.missed`)
+    DROPPED: (
+        503,
+        COMMAND_DROPPED,
+        f"this node had {QUEUE_SIZE} commands waiting: not carried out here (the other nodes got it); send it again",
+    ),
+    PENDING: (
+        504,
+        COMMAND_OUTCOME_UNKNOWN,
+        "this node did not carry it out within the answer's wait (commands before it are slow, or this node's "
+        "Redis subscription was lost): it may still be; send it again to be sure (commands are idempotent)",
+    ),
+}
 _STATUS = {
     errors.HISTORY_UNAVAILABLE: 503,  # not sent (nobody got it): try again later
     errors.PUBLISH_OUTCOME_UNKNOWN: 504,  # the broker did not answer in time: kept once, or not at all
@@ -90,12 +107,7 @@ def _kind(obj: dict[str, Any]) -> str:
 
 async def _publish(request: web.Request, obj: dict[str, Any]) -> web.Response:
     kind = _kind(obj)
-    room = obj.get("room")
-    if room is not None and not isinstance(room, str):
-        raise ClientError(errors.INVALID_JSON, "field 'room' must be a string")
-    if not room:
-        raise ClientError(errors.ROOM_REQUIRED)
-    request.app[DECODER].check_room(room)
+    room = request.app[DECODER].required_room(obj)
     client_id = request.app[SETTINGS].api.server_id or None
     gateway, data, idempotency_key = request.app[GATEWAY], obj.get("data"), obj.get("idempotency_key")
     if idempotency_key is None:  # absent or null
@@ -126,8 +138,13 @@ def _command(op: str) -> Handle:
     """The handler of one server-side command (`wsgate.commands.parse` reads the body)."""
 
     async def handle(request: web.Request, obj: dict[str, Any]) -> web.Response:
-        command = parse(op, obj, request.app[DECODER].check_room)
+        command = parse(op, obj, request.app[DECODER])
         reach = await request.app[COMMANDS].run(command)
+        if reach.outcome is None:
+            status, error, detail = _MISSED[reach.missed or PENDING]
+            if reach.unreached is not None:
+                detail = f"{reach.unreached}; no other node got it either: {detail}"
+            return web.json_response({"error": error, "detail": detail, "nodes": reach.nodes}, status=status)
         answer = {"local_clients": reach.outcome.local_clients, "refused": reach.outcome.refused, "nodes": reach.nodes}
         if reach.unreached is not None:
             detail = f"{reach.unreached}; carried out on this node only: send it again (commands are idempotent)"

@@ -157,7 +157,9 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         registry, metrics, decoder, hook_timeout=settings.plugins.hook_timeout, waiting_on=loaded.waiting_on
     )
     app[GATEWAY] = gateway
-    app[COMMANDS] = Commands(gateway, broker, decoder, metrics)
+    # an API command's answer waits for its round trip through Redis, then its own connections' turn
+    answer_wait = settings.broker.connect_timeout + settings.plugins.hook_timeout
+    app[COMMANDS] = Commands(gateway, broker, decoder, metrics, answer_wait=answer_wait)
     app[FLUSHER] = Flusher()
     app[SUPERVISOR] = supervisor
     app[STARTED_AT] = time.monotonic()
@@ -225,7 +227,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
         await presence_store.start()
         try:
             await plugins.start(gateway)
-            supervisor.spawn("commands", app[COMMANDS].consume)  # those other nodes sent, in the order they came
+            supervisor.spawn("commands", app[COMMANDS].consume)  # every node's, this one's too, in the broker's order
             supervisor.spawn("gauges", functools.partial(_refresh_gauges, app))
             supervisor.spawn("event-loop-lag", functools.partial(watch_loop_lag, app[METRICS]))
             if app[SETTINGS].broker.url and plugins.get("dashboard") is None:  # (the plugin reports with operators)

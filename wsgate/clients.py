@@ -16,8 +16,12 @@ from .types import Gateway
 class GatewayConnection(Connection):
     """A Connection bound to its gateway: what plugins receive as `wsgate.Client` (it satisfies that protocol)."""
 
-    __slots__ = ("gateway",)
+    __slots__ = ("gateway", "subscribing", "leaving")
 
     def __init__(self, *args: Any, gateway: Gateway, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = gateway
+        self.subscribing: dict[str, int] = {}
+        """Rooms a subscribe (its own or the server's) is joining and answering, with how many (`wsgate.gateway`)."""
+        self.leaving: set[str] = set()
+        """Rooms of `subscribing` the server unsubscribed it from meanwhile: left once they are answered."""

@@ -1,19 +1,29 @@
 """Server-side commands: subscribe, unsubscribe or disconnect clients, by client id or user id, on every node.
 
 A command comes from the HTTP API (`POST /api/subscribe`, `/api/unsubscribe`, `/api/disconnect`: `wsgate.api`).
-`Commands.run` hands it to the other nodes (`Broker.command`; with Redis, the `<prefix>:control` channel) and
-carries it out for this node's connections. Each other node carries out what arrives for its own connections,
-one command after the other in the order they arrive (`Commands.consume`): a subscribe and the unsubscribe
-sent after it are never swapped. The connection a command names may be on any node, so a node that holds none
-of them answers with a count of 0, never "not found".
+`Commands.run` tags it with an id and hands it to every node through the broker (`Broker.command`; with Redis,
+the `<prefix>:control` channel), this node included. Every node carries out what arrives for its own
+connections, one command after the other, in the one order the broker delivers them (`Commands.consume`): a
+subscribe and the unsubscribe sent after it are never swapped, whichever nodes they were sent to. The API
+request waits, at most `answer_wait` seconds, until this node's consumer has carried its own command out, and
+answers what happened here: the request's task never carries a command out itself, so cancelling it (a client
+that hangs up, a shutdown) never leaves this node out of what the others do. When the other nodes cannot be
+reached, the command goes through the same queue, on this node only.
 
-What arrives from another node is checked as strictly as an API body (`decode`, then `parse`): anything else
-(garbled, too large, an unknown operation) is logged (throttled), counted
-(`websocket_errors_total{reason="bad_command"}`) and ignored.
+The connection a command names may be on any node, so a node that holds none of them answers with a count of 0,
+never "not found". Each named connection is handled on its own (at once, each within `plugins.hook_timeout`:
+`Gateway.try_server_subscribe`), so one slow `wsgate_authorize` holds the commands behind it up for that long
+at most.
+
+What arrives is checked as strictly as an API body (`decode`, then `parse`): anything else (garbled, too
+large, an unknown operation) is logged (throttled), counted (`websocket_errors_total{reason="bad_command"}`)
+and ignored. A command that finds QUEUE_SIZE others waiting is dropped, logged (throttled) and counted
+(`command_dropped`); the API request that sent it is answered so (`Reach.missed`).
 
 A subscribe runs the same checks as a client's own (`Gateway.server_subscribe`: the room name, the `[auth]`
-rules and `wsgate_authorize`, the room limits); a refusal is not sent to the client: it is listed in the API's
-answer (this node's) or logged (the other nodes'), and counted under its error's label.
+rules and `wsgate_authorize`, the room limits); a refusal, or a plugin hook that raised or ran out of time
+(`internal error`), is not sent to the client: it is listed in the API's answer (this node's) or logged (the
+other nodes'), and counted under its error's label.
 """
 
 from __future__ import annotations
@@ -21,18 +31,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from . import errors, protocol
 from .broker import Broker, BrokerError
-from .errors import ClientError, ClientGone
+from .errors import ClientError
 from .gateway import Gateway
 from .metrics import Metrics
 from .protocol import Decoder
 from .supervision import Throttled
-from .types import Client
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +52,22 @@ OPERATIONS: Final = (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT)
 
 MAX_USER_ID_LENGTH: Final = 1024
 """The longest `user_id` a command may name, in characters (a JWT `sub` is far shorter in practice)."""
+MAX_ID_LENGTH: Final = 64
+"""The longest command id (`Command.id`) taken from the broker; `Commands.run` gives 32 hex digits."""
 MAX_COMMAND_BYTES: Final = 16384
 """The largest command a node sends or takes from another, encoded (a room name and an id fit many times)."""
 QUEUE_SIZE: Final = 1024
-"""Commands from other nodes waiting to be carried out here; past it, one more is dropped and logged."""
+"""Commands waiting to be carried out here; past it, one more is dropped, logged and counted (COMMAND_DROPPED)."""
 MAX_LISTED: Final = 100
 """Refusals listed in one answer (the first ones); `local_clients` still counts every connection."""
 BAD_COMMAND: Final = "bad_command"
-"""The `websocket_errors_total` label of a command from another node that is not one."""
+"""The `websocket_errors_total` label of a command from the broker that is not one."""
+COMMAND_DROPPED: Final = "command_dropped"
+"""The `websocket_errors_total` label of a command dropped because QUEUE_SIZE others waited already."""
+DROPPED: Final = "dropped"
+"""`Reach.missed`: this node had QUEUE_SIZE commands waiting: the command was not carried out here."""
+PENDING: Final = "pending"
+"""`Reach.missed`: this node did not carry the command out within `answer_wait` (it still may)."""
 LOG_INTERVAL: Final = 10.0  # seconds between two lines about bad or dropped commands
 
 
@@ -63,10 +80,15 @@ class Command:
     room: str | None
     client_id: str | None = None
     user_id: str | None = None
+    id: str | None = None
+    """Given by `Commands.run` (a random hex): its sender knows it when it comes back (None: not sent yet)."""
 
     def encode(self) -> bytes:
-        """The command as JSON (`{"op":..,"room":..,"client_id"|"user_id":..}`), as `decode` reads it back."""
+        """The command as JSON (`{"op":..,"room":..,"client_id"|"user_id":..,"id":..}`), as `decode` reads it
+        back."""
         obj: dict[str, Any] = {"op": self.op}
+        if self.id is not None:
+            obj["id"] = self.id
         if self.room is not None:
             obj["room"] = self.room
         if self.client_id is not None:
@@ -80,22 +102,15 @@ class Command:
         return f"client {self.client_id}" if self.client_id is not None else f"user {self.user_id!r}"
 
 
-def parse(op: str, obj: Mapping[str, Any], check_room: Callable[[str], str]) -> Command:
-    """The `op` command a JSON object asks for (an API body, or a command from another node).
+def parse(op: str, obj: Mapping[str, Any], decoder: Decoder) -> Command:
+    """The `op` command a JSON object asks for (an API body, or a command from the broker).
 
-    `room` (subscribe, unsubscribe: a non-empty string `check_room` accepts), and exactly one of `client_id`
-    (a client id: a UUID, as sent in `connected`) and `user_id` (a non-empty string of at most
-    MAX_USER_ID_LENGTH characters). Other fields are ignored. Raises ClientError: `invalid JSON format` with a
+    `room` (subscribe, unsubscribe: `Decoder.required_room`), and exactly one of `client_id` (a client id: a
+    UUID, as sent in `connected`) and `user_id` (a non-empty string of at most MAX_USER_ID_LENGTH characters).
+    Other fields are ignored (`id` too: `decode` reads it). Raises ClientError: `invalid JSON format` with a
     detail that names the field, `room name is required`, or the room name's own error.
     """
-    room = None
-    if op != DISCONNECT:
-        room = obj.get("room")
-        if room is not None and not isinstance(room, str):
-            raise ClientError(errors.INVALID_JSON, "field 'room' must be a string")
-        if not room:
-            raise ClientError(errors.ROOM_REQUIRED)
-        check_room(room)
+    room = None if op == DISCONNECT else decoder.required_room(obj)
     client_id, user_id = obj.get("client_id"), obj.get("user_id")
     if (client_id is None) == (user_id is None):
         raise ClientError(
@@ -115,7 +130,7 @@ def parse(op: str, obj: Mapping[str, Any], check_room: Callable[[str], str]) -> 
 
 
 def decode(payload: bytes, decoder: Decoder) -> Command:
-    """The command another node sent (`Command.encode`); ClientError, with a detail, for anything else."""
+    """The command a node sent (`Command.encode`); ClientError, with a detail, for anything else."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise ClientError(errors.INVALID_JSON, f"a command is at most {MAX_COMMAND_BYTES} bytes, got {len(payload)}")
     obj = decoder.loads(payload)
@@ -124,7 +139,10 @@ def decode(payload: bytes, decoder: Decoder) -> Command:
     op = obj.get("op")
     if op not in OPERATIONS:
         raise ClientError(errors.INVALID_JSON, f"field 'op' must be one of {', '.join(OPERATIONS)}")
-    return parse(op, obj, decoder.check_room)
+    command_id = obj.get("id")
+    if command_id is not None and (not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_ID_LENGTH):
+        raise ClientError(errors.INVALID_JSON, f"field 'id' must be a non-empty string of at most {MAX_ID_LENGTH}")
+    return replace(parse(op, obj, decoder), id=command_id)
 
 
 def _is_uuid(text: str) -> bool:
@@ -147,65 +165,114 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Reach:
-    """What `Commands.run` did: this node's `outcome`, `nodes` (how many nodes got the command, this one
-    included) and `unreached`: why the other nodes could not be reached (None: they were)."""
+    """What `Commands.run` did: this node's `outcome` (None: see `missed`), `nodes` (how many nodes got the
+    command, this one included), `unreached`: why the other nodes could not be reached (None: they were), and
+    `missed`: why there is no outcome of this node's (DROPPED or PENDING; None: there is one)."""
 
-    outcome: Outcome
+    outcome: Outcome | None
     nodes: int
     unreached: str | None = None
+    missed: str | None = None
 
 
 class Commands:
-    """Carries commands out on this node and hands them to the others (see the module docstring)."""
+    """Hands commands to every node and carries out those that arrive here, in order (see the module docstring).
 
-    def __init__(self, gateway: Gateway, broker: Broker, decoder: Decoder, metrics: Metrics) -> None:
+    `answer_wait`: how long `run` waits for this node to carry its own command out.
+    """
+
+    def __init__(
+        self, gateway: Gateway, broker: Broker, decoder: Decoder, metrics: Metrics, *, answer_wait: float
+    ) -> None:
         self._gateway = gateway
         self._broker = broker
         self._decoder = decoder
         self._metrics = metrics
+        self._answer_wait = answer_wait
         self._queue: asyncio.Queue[Command] = asyncio.Queue(QUEUE_SIZE)
+        self._waiting: dict[str, asyncio.Future[Outcome | None]] = {}  # id -> its sender's `run` (None: dropped)
         self._bad = Throttled(log, LOG_INTERVAL)
         self._dropped = Throttled(log, LOG_INTERVAL)
 
     async def run(self, command: Command) -> Reach:
-        """Hand `command` to the other nodes, then carry it out here. Never raises for the other nodes: when they
-        cannot be reached, `Reach.unreached` says why (this node's part is done all the same)."""
+        """Give `command` an id and hand it to every node (this one through the broker too, in the broker's
+        order); wait, at most `answer_wait`, until this node has carried it out. Never raises for the other
+        nodes: when they cannot be reached, `Reach.unreached` says why, and it is carried out here only."""
+        command = replace(command, id=uuid.uuid4().hex)
+        assert command.id is not None
         payload = command.encode()
         if len(payload) > MAX_COMMAND_BYTES:  # (parse bounds every field: only a huge room name limit gets here)
             raise ClientError(errors.INVALID_JSON, f"the command is over {MAX_COMMAND_BYTES} bytes")
-        unreached = None
-        others = 0
+        done = self._waiting[command.id] = asyncio.get_running_loop().create_future()
         try:
-            others = await self._broker.command(payload)
-        except BrokerError as exc:
-            unreached = str(exc)
-        return Reach(await self.apply(command), 1 + others, unreached)
+            unreached = None
+            others = 0
+            try:
+                others = await self._broker.command(payload)
+            except BrokerError as exc:  # nobody got it: this node's queue, so it keeps its place after the others
+                unreached = str(exc)
+                self._enqueue(command)
+            try:
+                async with asyncio.timeout(self._answer_wait):
+                    outcome = await done
+            except TimeoutError:
+                return Reach(None, 1 + others, unreached, PENDING)
+            return Reach(outcome, 1 + others, unreached, None if outcome is not None else DROPPED)
+        finally:
+            del self._waiting[command.id]
 
     def received(self, payload: bytes) -> None:
-        """The broker's callback for a command another node sent: checked, then queued for `consume`."""
+        """The broker's callback for a command (another node's or this node's own): checked, then queued for
+        `consume`."""
         try:
             command = decode(payload, self._decoder)
         except ClientError as exc:
             self._metrics.error(BAD_COMMAND)
             self._bad("commands: ignored a command from Redis that is not one: %s (%.80r)", exc.detail or exc, payload)
             return
+        self._enqueue(command)
+
+    def _enqueue(self, command: Command) -> None:
+        """Queue `command` for `consume`; when QUEUE_SIZE wait already, drop it (logged, counted, and its sender
+        told, when it is this node's)."""
         try:
             self._queue.put_nowait(command)
         except asyncio.QueueFull:
-            self._metrics.error(BAD_COMMAND)
-            self._dropped("commands: %d commands from other nodes wait already; dropped one", QUEUE_SIZE)
+            self._metrics.error(COMMAND_DROPPED)
+            self._dropped(
+                "commands: %d commands wait already; dropped %s for %s (not carried out on this node)",
+                QUEUE_SIZE,
+                command.op,
+                command.describe(),
+            )
+            self._settle(command, None)
+
+    def _settle(self, command: Command, outcome: Outcome | Exception | None) -> None:
+        """Tell `run` what became of its command on this node (None: dropped; an exception: it failed), if it
+        is this node's and `run` still waits."""
+        done = self._waiting.get(command.id) if command.id is not None else None
+        if done is None or done.done():
+            return
+        if isinstance(outcome, Exception):
+            done.set_exception(outcome)
+        else:
+            done.set_result(outcome)
 
     async def consume(self) -> None:
-        """Carry out the commands other nodes sent, one after the other (a supervised task, `commands`)."""
+        """Carry out the commands the broker delivered, one after the other (a supervised task, `commands`)."""
         while True:
             command = await self._queue.get()
             try:
-                await self.apply(command)
-            except Exception:
+                outcome = await self.apply(command)
+            except Exception as exc:  # (each connection's failure is caught: this is a bug)
                 log.exception("commands: carrying out %s for %s failed", command.op, command.describe())
+                self._settle(command, exc)
+            else:
+                self._settle(command, outcome)
 
     async def apply(self, command: Command) -> Outcome:
-        """Carry `command` out for this node's connections it names; refusals are logged and counted."""
+        """Carry `command` out for this node's connections it names, all at once (each within
+        `plugins.hook_timeout`); refusals are logged and counted."""
         if command.client_id is not None:
             found = self._gateway.client(command.client_id)
             targets = [found] if found is not None else []
@@ -213,31 +280,24 @@ class Commands:
             assert command.user_id is not None
             targets = self._gateway.user_clients(command.user_id)  # (a list: the index changes as they await)
         outcome = Outcome(len(targets))
-        for conn in targets:
-            refusal = await self._apply_one(command, conn)
-            if refusal is not None and len(outcome.refused) < MAX_LISTED:
-                outcome.refused.append(refusal)
-        return outcome
-
-    async def _apply_one(self, command: Command, conn: Client) -> dict[str, str] | None:
-        gateway = self._gateway
-        try:
-            if command.op == DISCONNECT:
+        if command.op == SUBSCRIBE:
+            assert command.room is not None
+            room = command.room
+            refusals = await asyncio.gather(
+                *(self._gateway.try_server_subscribe(conn, room, "the HTTP API") for conn in targets)
+            )
+            for conn, err in zip(targets, refusals, strict=True):
+                if err is not None and len(outcome.refused) < MAX_LISTED:
+                    refusal = {"client_id": conn.id, "error": err.text}
+                    if err.detail is not None:
+                        refusal["detail"] = err.detail
+                    outcome.refused.append(refusal)
+        elif command.op == UNSUBSCRIBE:
+            assert command.room is not None
+            for conn in targets:
+                self._gateway.server_unsubscribe(conn, command.room)
+        else:
+            for conn in targets:
                 log.info("client %s disconnected by the server (HTTP API)", conn.id, extra={"client_id": conn.id})
                 conn.drop(errors.SERVER_DISCONNECT)
-            elif command.op == UNSUBSCRIBE:
-                assert command.room is not None
-                gateway.server_unsubscribe(conn, command.room)
-            else:
-                assert command.room is not None
-                await gateway.server_subscribe(conn, command.room)
-        except ClientGone:
-            return None  # it left meanwhile: nothing to refuse
-        except ClientError as err:
-            assert command.room is not None
-            gateway.refused(conn, command.room, err, "the HTTP API")
-            refusal = {"client_id": conn.id, "error": err.text}
-            if err.detail is not None:
-                refusal["detail"] = err.detail
-            return refusal
-        return None
+        return outcome

@@ -24,7 +24,7 @@ from .history import Position, Replay, stamp
 from .hub import Hub
 from .idempotency import SERVER_SCOPE, AlreadyPublished, Duplicate, Scope, check_key, claim_id
 from .metrics import Metrics
-from .plugins import Plugins
+from .plugins import HookTimedOut, Plugins
 from .presence import Presence, PresenceError, PresenceStore
 from .protocol import Decoder
 from .routing import Router
@@ -137,15 +137,29 @@ class Gateway:
 
     async def _subscribe(self, conn: GatewayConnection, room: str, since: Position | None, *, server: bool) -> None:
         """Join and answer `subscribed`; `server`: the server's own subscription, whose `subscribed` says so
-        (`"server": true`) and answers no request of the client's (never given a request id)."""
-        if self._router.keeps_history(room):
-            await self._subscribe_with_history(conn, room, since, server)
-            return
-        count = await self.join(conn, room)  # `subscribed` means: messages from every node arrive
-        data: dict[str, Any] = {"room": room, "client_count": count}
-        if since is not None:
-            data["recovered"] = False  # nothing is kept for this room: the client must reload its state
-        _answer(conn, protocol.SUBSCRIBED, room, data, server)
+        (`"server": true`) and answers no request of the client's (never given a request id).
+
+        While it runs, the room is in `conn.subscribing`: a `server_unsubscribe` meanwhile waits for it (it is
+        carried out here, once the answer is queued), so the client hears `subscribed`, then `unsubscribed`."""
+        subscribing = conn.subscribing
+        subscribing[room] = subscribing.get(room, 0) + 1
+        try:
+            if self._router.keeps_history(room):
+                await self._subscribe_with_history(conn, room, since, server)
+                return
+            count = await self.join(conn, room)  # `subscribed` means: messages from every node arrive
+            data: dict[str, Any] = {"room": room, "client_count": count}
+            if since is not None:
+                data["recovered"] = False  # nothing is kept for this room: the client must reload its state
+            _answer_joined(conn, room, data, server)
+        finally:
+            if subscribing[room] > 1:
+                subscribing[room] -= 1
+            else:
+                del subscribing[room]
+                if room in conn.leaving:  # a server_unsubscribe waited for this subscribe
+                    conn.leaving.discard(room)
+                    self._server_leave(conn, room)
 
     async def _subscribe_with_history(
         self, conn: GatewayConnection, room: str, since: Position | None, server: bool
@@ -172,15 +186,15 @@ class Gateway:
             raise
         finally:
             held = [] if already else hub.release(conn, room, replay.position if replay else None)
-        if room not in conn.rooms or replay is None:
-            return  # the client went away meanwhile
+        assert replay is not None  # (else it raised)
         position = replay.position
-        if not already:
-            self._router.expect(room, position)  # live messages after the read go out in offset order
         data: dict[str, Any] = {"room": room, "client_count": count, "offset": position.offset, "epoch": position.epoch}
         if since is not None:
             data["recovered"] = replay.recovered
-        _answer(conn, protocol.SUBSCRIBED, room, data, server)
+        if not _answer_joined(conn, room, data, server):
+            return  # it left the room, or went away, meanwhile: nothing to replay
+        if not already:
+            self._router.expect(room, position)  # live messages after the read go out in offset order
         conn.enqueue_many(replay.messages + held)  # missed, then what was held and the read did not include
 
     def unsubscribe(self, client: Client, room: str) -> None:
@@ -194,10 +208,45 @@ class Gateway:
         if room in conn.rooms:
             return  # subscribed already (by itself or by the server): nothing to tell it
         await self.authorize(conn, protocol.SUBSCRIBE, room)
+        if room in conn.rooms:  # it subscribed meanwhile (its own subscribe): it was told already
+            return
         await self._subscribe(conn, room, None, server=True)
+
+    async def try_server_subscribe(self, client: Client, room: str, asked_by: str) -> ClientError | None:
+        """`server_subscribe` within `plugins.hook_timeout`, every failure reported (`refused`) and returned:
+        a refusal, a hook that raised (logged as the plugin's fault) or ran out of time (`internal error`).
+        None: subscribed, in the room already, or the client left."""
+        timeout = self._plugins.hook_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self.server_subscribe(client, room)
+            return None
+        except ClientGone:
+            return None
+        except ClientError as refusal:
+            err = refusal
+        except TimeoutError:
+            what = f"the server's subscription to {room!r} (asked by {asked_by})"
+            self._plugins.fault(what, "%s did not finish within plugins.hook_timeout (%gs); cancelled", what, timeout)
+            err = HookTimedOut(timeout)
+        except Exception as exc:
+            what = f"the server's subscription (asked by {asked_by})"
+            self._plugins.fault(what, "%s failed (client %s, room %r)", what, client.id, room, exc_info=exc)
+            err = ClientError(errors.INTERNAL_ERROR)
+        self.refused(client, room, err, asked_by, label="hook_timeout" if isinstance(err, HookTimedOut) else None)
+        return err
 
     def server_unsubscribe(self, client: Client, room: str) -> bool:
         conn = _connection(client)
+        if conn.state is not State.OPEN:
+            return False
+        if room in conn.subscribing:  # carried out once that subscribe is answered (`_subscribe`)
+            conn.leaving.add(room)
+            return True
+        return self._server_leave(conn, room)
+
+    def _server_leave(self, conn: GatewayConnection, room: str) -> bool:
+        """Take `conn` out of `room`, telling it (`unsubscribed`, `"server": true`); False when it is not in."""
         if room not in conn.rooms or conn.state is not State.OPEN:
             return False
         self._hub.leave(conn, room)
@@ -206,20 +255,19 @@ class Gateway:
 
     async def subscribe_identity(self, client: Client) -> None:
         """Subscribe `client` to the rooms its identity lists (`Identity.subs`), in order, as the server
-        (`server_subscribe`); each refusal is logged and counted (`refused`), not sent. Returns early when the
+        (`try_server_subscribe`); each failure is logged and counted, not sent. Returns early when the
         client leaves."""
-        for room in subs_of(client.identity):
-            try:
-                await self.server_subscribe(client, room)
-            except ClientGone:
+        conn = _connection(client)
+        for room in subs_of(conn.identity):
+            if conn.state is not State.OPEN:
                 return
-            except ClientError as err:
-                self.refused(client, room, err, "its identity")
+            await self.try_server_subscribe(conn, room, "its identity")
 
-    def refused(self, client: Client, room: str, err: ClientError, asked_by: str) -> None:
+    def refused(self, client: Client, room: str, err: ClientError, asked_by: str, *, label: str | None = None) -> None:
         """Report a refused server-side subscription (`asked_by`: who asked for it, for the log line): one line
-        at INFO, counted under the error's label (`websocket_errors_total`); the client is told nothing."""
-        self._metrics.error(err.kind.label)
+        at INFO, counted under the error's label or `label` (`websocket_errors_total`); the client is told
+        nothing."""
+        self._metrics.error(label or err.kind.label)
         log.info(
             "client %s: the server's subscription to %r (asked by %s) was refused: %s%s",
             client.id,
@@ -241,7 +289,11 @@ class Gateway:
         for room in sorted(conn.rooms):
             try:
                 await self.authorize(conn, protocol.SUBSCRIBE, room)
-            except ClientError:
+            except Exception as exc:  # refused, or a hook that raised: fail closed (as for its own subscribe)
+                if not isinstance(exc, ClientError):
+                    what = "the re-authorization of a refreshed client's rooms"
+                    self._plugins.fault(what, "%s failed (client %s, room %r)", what, conn.id, room, exc_info=exc)
+                    self._metrics.error(errors.INTERNAL_ERROR.label)
                 if room in conn.rooms:  # (it may have left meanwhile)
                     self._hub.leave(conn, room)
                     # not the answer to the refresh: never given its request id
@@ -313,6 +365,20 @@ class Gateway:
             return [protocol.loads(node) for node in await self._presence_store.share_figures(encoded)]
         except (PresenceError, ClientError):  # Redis away, or a node's figures garbled: show this node alone
             return [dict(figures)]
+
+
+def _answer_joined(conn: GatewayConnection, room: str, data: dict[str, Any], server: bool) -> bool:
+    """Answer a subscribe whose join is done: `subscribed`, and True. When the room was left meanwhile (by other
+    means than `server_unsubscribe`, which waits; or the client went away), False: the server's own says nothing
+    (the client never heard of it), a client's request is still answered, then `unsubscribed` (`"server": true`)
+    follows, so its view ends where the server's is."""
+    if room in conn.rooms:
+        _answer(conn, protocol.SUBSCRIBED, room, data, server)
+        return True
+    if not server and conn.state is State.OPEN:
+        _answer(conn, protocol.SUBSCRIBED, room, data, server)
+        _answer(conn, protocol.UNSUBSCRIBED, room, {"room": room}, server=True)
+    return False
 
 
 def _answer(conn: GatewayConnection, kind: str, room: str, data: dict[str, Any], server: bool) -> None:

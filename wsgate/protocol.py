@@ -12,6 +12,7 @@ import math
 import re
 import time
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
@@ -171,6 +172,17 @@ class Decoder:
                 raise ClientError(errors.INVALID_JSON, "field 'room' must be a string")
             self.check_room(room)
         return Message(kind, room, obj.get("data"), obj, obj.get("id"))
+
+    def required_room(self, obj: Mapping[str, Any]) -> str:
+        """The `room` field of a JSON object that must name one (an HTTP API body, a server-side command): a
+        non-empty string `check_room` accepts. ClientError: `invalid JSON format` (not a string), `room name is
+        required` (absent, null or empty), or the room name's own error."""
+        room = obj.get("room")
+        if room is not None and not isinstance(room, str):
+            raise ClientError(errors.INVALID_JSON, "field 'room' must be a string")
+        if not room:
+            raise ClientError(errors.ROOM_REQUIRED)
+        return self.check_room(room)
 
     def check_room(self, room: str) -> str:
         """`room` if it is an acceptable room name; ClientError otherwise (the HTTP API checks with this too)."""

@@ -206,7 +206,8 @@ class Gateway(Protocol):
 
     def server_unsubscribe(self, client: Client, room: str) -> bool:
         """Take `client` out of `room` on the server's initiative, telling it with `unsubscribed` and
-        `"server": true`; False (nothing sent) when it is not in the room or is closing."""
+        `"server": true` (while a subscribe to `room` is in flight: once that is answered, so the client hears
+        `subscribed` first); False (nothing sent) when it is not in the room or is closing."""
 
     async def reauthenticate(self, client: Client, identity: object) -> list[str]:
         """Give `client` a new identity (a refreshed token): its expiry moves to the new one's

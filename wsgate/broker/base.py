@@ -21,8 +21,8 @@ Receive = Callable[[str | None, bytes], None]
 
 
 Commanded = Callable[[bytes], None]
-"""Called with a command another node sent (`Broker.command`), as sent: the receiver checks it (it may be
-anything another process published on the control channel)."""
+"""Called with a command a node sent (`Broker.command`; this node's own too), as sent: the receiver checks it
+(it may be anything another process published on the control channel)."""
 
 
 class BrokerError(WsgateError):
@@ -60,9 +60,10 @@ class Broker(Protocol):
 
     async def command(self, payload: bytes) -> int:
         """Send `payload` (a command, `wsgate.commands`: JSON, at most `commands.MAX_COMMAND_BYTES`) to every
-        other node, whose `commanded` gets it; commands one node sends arrive in the order sent, at most once.
-        Returns how many other nodes it was handed to (0 with no other node). Raises BrokerError when the other
-        nodes cannot be reached (within `broker.connect_timeout`): then none got it."""
+        node, this one included, whose `commanded` gets it: every node gets the commands of every node in one
+        and the same order (each node's in the order sent), at most once. Returns how many other nodes it was
+        handed to (0 with no other node). Raises BrokerError when the other nodes cannot be reached (within
+        `broker.connect_timeout`), or this node would not get it back: then none got it."""
 
     # --- relay ----------------------------------------------------------------------
 

@@ -110,14 +110,16 @@ class MemoryBroker:
         self.history = MemoryHistory(history or HistorySettings())
         self.keys = RecentKeys(idempotency_window)
         """Idempotency claims of the last window (bounded: `RecentKeys`)."""
+        self._commanded: Commanded = lambda _: None
 
     async def start(
         self, receive: Receive, resynced: Callable[[], None] = lambda: None, commanded: Commanded = lambda _: None
     ) -> None:
-        pass  # nothing ever arrives from another node
+        self._commanded = commanded  # (nothing else ever arrives: there is no other node)
 
     async def command(self, payload: bytes) -> int:
-        return 0  # there is no other node: the sender carries its commands out itself
+        self._commanded(payload)  # back to this node, as the control channel would: in the order sent
+        return 0  # there is no other node
 
     def relay(self, room: str | None, message: bytes) -> None:
         pass

@@ -339,18 +339,21 @@ class RedisBroker:
 
     async def command(self, payload: bytes) -> int:
         """PUBLISH on the control channel (a command connection, within `broker.connect_timeout`): Redis's count
-        of receivers, less this node's own subscription while it has one."""
+        of receivers, less this node's own subscription, which gets it back in Redis's order (`_on_message`).
+        Not while this node's subscription is away: it would not get its own command back."""
         import redis.asyncio as aioredis
 
         if self._closed:
             raise BrokerError("the gateway is shutting down")
+        if not self._receiving:
+            raise BrokerError("Redis did not take the command: this node's subscription is away (reconnecting)")
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
                 receivers = await self._redis.publish(self._control, self.node_id + payload)
         except (OSError, TimeoutError, aioredis.RedisError) as exc:
             self._metrics.broker_error()
             raise BrokerError(f"Redis did not take the command: {describe(exc)}") from None
-        return max(0, int(receivers) - (1 if self._receiving else 0))
+        return max(0, int(receivers) - 1)
 
     # --- history ----------------------------------------------------------------------
 
@@ -706,11 +709,11 @@ class RedisBroker:
             self._probe_seen.set()
             return
         payload: bytes = message["data"]
-        if payload[:NODE_ID_LENGTH] == self.node_id:
-            return  # delivered locally when it was published (a command: carried out here when it was sent)
-        if channel == self._control:
+        if channel == self._control:  # every node's, this one's too: all carried out in the order Redis gives
             self._commanded(payload[NODE_ID_LENGTH:])
             return
+        if payload[:NODE_ID_LENGTH] == self.node_id:
+            return  # delivered locally when it was published
         assert self._receive is not None
         try:
             room = None if channel == self._broadcast else channel[len(self._room_prefix) :].decode()
