@@ -110,6 +110,26 @@ async def test_a_refresh_adds_the_rooms_of_its_new_subs_and_leaves_none(wsgate_s
     assert server.gateway.client(client.id).rooms == {"a", "b"}  # type: ignore[union-attr]
 
 
+async def test_subs_over_the_rooms_limit_are_refused_at_once_and_refusals_are_logged_throttled(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the adversary: a token listing thousands of rooms tried (and logged) each one, again at every
+    refresh, which the client sends as often as it likes."""
+    caplog.set_level(logging.INFO, logger="wsgate")
+    server = await gateway(wsgate_server, websocket={"limits": {"max_rooms_per_client": 2}})
+    subs = ["a", "b", *(f"r{n}" for n in range(400))]  # (the token must fit in a header)
+    client = await user(server, "alice", subs=subs)
+    for room in ("a", "b"):
+        server_message(await raw(client), "subscribed", room, {"room": room, "client_count": 1})
+    for request_id in range(20):
+        await client.send({"type": "refresh", "token": token("alice", subs=subs), "id": request_id})
+        assert (await client.recv())["type"] == "refreshed"
+    assert server.gateway.client(client.id).rooms == {"a", "b"}  # type: ignore[union-attr]
+    assert server.metrics.error_count("too_many_rooms") == 21  # once per connect and refresh, not per room
+    lines = [r.getMessage() for r in caplog.records if "was refused" in r.getMessage()]
+    assert len(lines) == 1 and "400 rooms over max_rooms_per_client (2)" in lines[0], lines
+
+
 class SubsAuthenticator:
     """An authentication plugin whose identities list rooms; it notes the rooms each client had when its
     `wsgate_client_connected` ran."""
@@ -276,6 +296,14 @@ async def test_an_unknown_client_is_no_error_and_a_wrong_key_is_401(wsgate_serve
     assert await post(server, "/api/subscribe", {"room": "r", "user_id": "nobody"}) == (
         200,
         {"local_clients": 0, "refused": [], "nodes": 1},
+    )
+    upper = "0000000A-0000-0000-0000-000000000000"  # client ids are sent lower-case: this one can match nobody
+    assert await post(server, "/api/disconnect", {"client_id": upper}) == (
+        400,
+        {
+            "error": "invalid JSON format",
+            "detail": "field 'client_id' must be a client id (a lower-case UUID, as in connected)",
+        },
     )
     for path in ("/api/subscribe", "/api/unsubscribe", "/api/disconnect"):
         assert await post(server, path, {"user_id": "a", "room": "r"}, key="wrong") == (

@@ -119,7 +119,9 @@ def parse(op: str, obj: Mapping[str, Any], decoder: Decoder) -> Command:
         )
     if client_id is not None:
         if not isinstance(client_id, str) or not _is_uuid(client_id):
-            raise ClientError(errors.INVALID_JSON, "field 'client_id' must be a client id (a UUID, as in connected)")
+            raise ClientError(
+                errors.INVALID_JSON, "field 'client_id' must be a client id (a lower-case UUID, as in connected)"
+            )
         return Command(op, room, client_id=client_id)
     if not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_USER_ID_LENGTH:
         raise ClientError(
@@ -150,7 +152,7 @@ def _is_uuid(text: str) -> bool:
         uuid.UUID(text)
     except ValueError:
         return False
-    return len(text) == 36  # the canonical form only, as client ids are sent
+    return len(text) == 36 and text == text.lower()  # the canonical form only, as client ids are sent
 
 
 @dataclass(slots=True)

@@ -28,10 +28,14 @@ from .plugins import HookTimedOut, Plugins
 from .presence import Presence, PresenceError, PresenceStore
 from .protocol import Decoder
 from .routing import Router
-from .supervision import Supervisor
+from .supervision import Supervisor, Throttled
 from .types import Client, Members
 
 log = logging.getLogger(__name__)
+
+
+REFUSALS_LOG_INTERVAL = 10.0  # seconds between two lines about refused server-side subscriptions (with a count)
+MAX_LOGGED_ROOM = 100  # characters of a room name a log line quotes
 
 
 def _history_unavailable() -> ClientError:
@@ -68,6 +72,7 @@ class Gateway:
         self._supervisor = supervisor
         self._access = AccessPolicy(settings.auth)
         self._node_id = node_id
+        self._refusals = Throttled(log, REFUSALS_LOG_INTERVAL, level=logging.INFO)
         self.services: Mapping[str, object] = {}
         """Services provided by plugins (`wsgate_services`), by name: the spec's service layer."""
 
@@ -258,8 +263,15 @@ class Gateway:
         (`try_server_subscribe`); each failure is logged and counted, not sent. Returns early when the
         client leaves."""
         conn = _connection(client)
-        for room in subs_of(conn.identity):
+        subs = subs_of(conn.identity)
+        limit = self._settings.websocket.limits.max_rooms_per_client
+        for index, room in enumerate(subs):
             if conn.state is not State.OPEN:
+                return
+            if limit and len(conn.rooms) >= limit and room not in conn.rooms:  # the rest is refused at once:
+                left = subs[index:]  # a token may list thousands of rooms, and a client refresh as often as it likes
+                err = ClientError(errors.TOO_MANY_ROOMS, f"{len(left)} rooms over max_rooms_per_client ({limit})")
+                self.refused(conn, left[0], err, "its identity")
                 return
             await self.try_server_subscribe(conn, room, "its identity")
 
@@ -268,14 +280,13 @@ class Gateway:
         at INFO, counted under the error's label or `label` (`websocket_errors_total`); the client is told
         nothing."""
         self._metrics.error(label or err.kind.label)
-        log.info(
+        self._refusals(  # (throttled: a client refreshes its token as often as it likes, each refusal again)
             "client %s: the server's subscription to %r (asked by %s) was refused: %s%s",
             client.id,
-            room,
+            room[:MAX_LOGGED_ROOM],
             asked_by,
             err.text,
             f" ({err.detail})" if err.detail else "",
-            extra={"client_id": client.id, "room": room},
         )
 
     async def reauthenticate(self, client: Client, identity: object) -> list[str]:
