@@ -217,3 +217,27 @@ async def test_a_client_that_leaves_during_its_handshake_leaves_no_traceback() -
         await process.kill()
     log = "".join(process.lines)
     assert "Traceback" not in log and "Unhandled exception" not in log, log
+
+
+async def test_malformed_http_requests_are_logged_as_one_throttled_line(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the adversary: each request aiohttp's parser refuses (a URL or a header over its limits) was an
+    ERROR with a traceback; anyone may send them as often as they like."""
+    server = await wsgate_server()
+    port = server.test_server.port
+    requests = [
+        b"GET /ws?" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nX: " + b"b" * 9_000 + b"\r\n\r\n",
+    ] * 10
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        for request in requests:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            assert (await reader.readline()).startswith(b"HTTP/1.0 400")
+            writer.close()
+            await writer.wait_closed()
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    assert records[0].levelno == logging.WARNING and records[0].exc_info is None
+    assert records[0].getMessage().startswith("refused 1 malformed HTTP requests since the last report, the last")

@@ -54,7 +54,7 @@ from .keys import (
     STARTED_AT,
     SUPERVISOR,
 )
-from .logs import configure_logging
+from .logs import configure_logging, quiet_malformed_requests
 from .looplag import watch_loop_lag
 from .metrics import Metrics
 from .origins import host_guard
@@ -86,6 +86,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     discovered ones: how tests and embedding applications add their own. When
     settings are loaded here (gunicorn), logging is configured from them too.
     """
+    quiet_malformed_requests()  # (whoever configured logging: an ERROR traceback per bad request floods it)
     if settings is None:
         settings = load_settings()
         configure_logging(settings.logging, secrets_of(settings))

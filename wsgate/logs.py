@@ -9,8 +9,11 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import LoggingSettings
 from .redaction import Redactor
@@ -73,3 +76,44 @@ def configure_logging(settings: LoggingSettings, secrets: Iterable[str] = ()) ->
         for old_filter in [f for f in handler.filters if isinstance(f, Redactor)]:
             handler.removeFilter(old_filter)
         handler.addFilter(redactor)
+
+
+MALFORMED_LOG_INTERVAL = 10.0  # seconds between two lines about malformed HTTP requests (with a count)
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp's "Error handling request" records for requests its parser refused (a URL or header over its
+    limits, a broken request line: `HttpProcessingError`, answered 400 by aiohttp) become one WARNING line
+    without a traceback, at most one per `interval` seconds, with a count: anyone can send them, as often as
+    they like, and each was an ERROR with a traceback. Other records pass unchanged."""
+
+    def __init__(self, interval: float = MALFORMED_LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval = interval
+        self._clock = clock
+        self._count = 0
+        self._logged_at = -interval
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        refused = record.exc_info[1] if record.exc_info else None
+        if not isinstance(refused, HttpProcessingError):
+            return True
+        self._count += 1
+        now = self._clock()
+        if now - self._logged_at < self._interval:
+            return False
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg = "refused %d malformed HTTP requests since the last report, the last from %s: %s"
+        record.args = (self._count, remote, f"{refused.code} {refused.message}".strip())
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+        self._logged_at, self._count = now, 0
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    """Put one `MalformedRequests` on aiohttp's server logger (replacing one an earlier app put there)."""
+    logger = logging.getLogger("aiohttp.server")
+    for old in [f for f in logger.filters if isinstance(f, MalformedRequests)]:
+        logger.removeFilter(old)
+    logger.addFilter(MalformedRequests())
