@@ -228,6 +228,26 @@ async def test_relayed_and_kept_messages_cross_nodes_exactly_once_in_order(clust
     assert a.received == []  # its own: delivered by its router, never received back
 
 
+async def test_a_cancelled_answer_withdraws_nothing(cluster: MakeNode) -> None:
+    """Review of idempotency keys: a publisher's cancellation cancelled the future `relay_once` returned, and
+    Redis's answer then reached the other nodes only. A message whose future was cancelled still goes out, and
+    this node gets it through `receive` (as after OutcomeUnknown), whatever kind it is."""
+    a, b = await cluster(), await cluster()
+    for room in ("p1", "h1"):
+        b.broker.room_added(room)
+        await b.broker.wait_receiving(room)
+    once = a.broker.relay_once("p1", b'{"n":1}', b"o" * 32)
+    kept = a.broker.append("h1", b'{"n":2', b"k" * 32)
+    for future in (once, kept):
+        future.cancel()
+    for node in (a, b):
+        await node.until(2)
+    assert a.received == b.received  # the same bytes, here as on the other node
+    assert [room for room, _ in a.received] == ["p1", "h1"] and a.received[0][1] == b'{"n":1}'
+    found = stamp_of(a.received[1][1])
+    assert found is not None and found[0] == 1
+
+
 async def test_a_node_subscribes_only_to_rooms_with_local_members(
     cluster: MakeNode, redis_url: str, broker_prefix: str
 ) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from wsgate.history import later_epoch, new_epoch
 from wsgate.testing import StartServer
 
 from .processes import require_tool
@@ -351,3 +352,39 @@ async def test_the_js_client_follows_the_reconnect_advice(wsgate_server: StartSe
     ]
     assert outcome["refused"] == [True, 1008, "disconnected by an operator [reconnect=no]"]
     assert len(server.hub.connections) == 0
+
+
+async def test_the_js_clients_position_only_moves_forward(wsgate_server: StartServer, page: Any) -> None:
+    """As tests/test_idempotency.py for the Python client: a retried key gets nothing back, and a copy of an
+    earlier message (the answer a duplicate publish got before) leaves the position where it is, so the next
+    reconnection replays nothing twice. `laterEpoch` orders epochs as the gateway does."""
+    from .test_idempotency import StaleCopy
+
+    server = await wsgate_server(StaleCopy(), history=HISTORY)
+    await page.goto(server.url("/health"))
+    started = await page.evaluate(START)
+    await page.evaluate("""() => {
+        for (const data of ["a", "a"]) window.client.publish("chat:browser", data, { idempotencyKey: "k" });
+        window.client.publish("chat:browser", "b");
+    }""")
+    await page.wait_for_function("window.received.length >= 2")
+    await page.evaluate("""() => window.client.send({ type: "stale", room: "chat:browser" })""")
+    await page.wait_for_function("window.received.length >= 3")
+    assert await page.evaluate("window.received") == ["a", "b", "a"]  # the retry: nothing; then the stale copy
+    assert await page.evaluate("window.client.positions.get('chat:browser').offset") == 2  # not moved back
+    server.hub.connections[started["clientId"]].drop(1012, "service restart")
+    await page.wait_for_function("window.client.connects === 2 && window.events.includes('recovered')")
+    await page.evaluate("""() => window.client.publish("chat:browser", "c")""")
+    await page.wait_for_function("window.received.length >= 4")
+    assert await page.evaluate("window.received") == ["a", "b", "a", "c"]  # "b" not replayed
+    assert await page.evaluate("window.client.positions.get('chat:browser').offset") == 3
+    epochs = [new_epoch(), new_epoch(), "", "123456789012"]  # (12 digits: an epoch from before they were timed)
+    pairs = [[one, other] for one in epochs for other in epochs]
+    later = await page.evaluate(
+        """async (pairs) => {
+        const { laterEpoch } = await import("/client.js");
+        return pairs.map(([epoch, than]) => laterEpoch(epoch, than));
+    }""",
+        pairs,
+    )
+    assert later == [later_epoch(epoch, than) for epoch, than in pairs]

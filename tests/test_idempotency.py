@@ -1,16 +1,20 @@
 """`idempotency_key` on publish (issue 24 item 5; `wsgate.idempotency`): a retry with the same key, by the same
-publisher, to the same room, within the window, is delivered once and answered like the first; on the memory
+publisher, to the same room, within the window, is delivered once and answered with nothing; on the memory
 broker and on Redis, across two nodes, in rooms with and without history, through the client message, the HTTP
 API and the publishers. The pure parts (scopes, claims, the bounded memory map) are tested without I/O."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+import wsgate
+from wsgate import Client, Handler, Message
+from wsgate.broker import Broker
 from wsgate.history import Position
 from wsgate.idempotency import (
     ENTRY_OVERHEAD,
@@ -19,10 +23,12 @@ from wsgate.idempotency import (
     RecentKeys,
     Scope,
     claim_id,
+    publisher_scope,
 )
+from wsgate.protocol import KEY_ONLY_ON_PUBLISH
 from wsgate.sdk.client import GatewayClient
 from wsgate.sdk.publisher import HttpPublisher, LocalClients, Nodes, RedisPublisher
-from wsgate.testing import TIMEOUT, Peer, Server, StartServer, eventually
+from wsgate.testing import TIMEOUT, Peer, Server, StartServer, eventually, wait_until
 
 from .conftest import PrivateRedis
 from .test_auth import NO_EXAMPLE_AUTH, SECRET, bearer, token
@@ -34,6 +40,41 @@ JWT = {"auth": {"jwt": {"secret": SECRET}}, "plugins": NO_EXAMPLE_AUTH}
 KEY = "test-api-key"
 
 
+class StaleCopy:
+    """A plugin whose `stale` message sends the client a copy of the oldest message kept in `room`: an earlier
+    message again, as the answer to a duplicate publish was before (it moved the clients' positions back)."""
+
+    @wsgate.hookimpl
+    def wsgate_message_handlers(self) -> Mapping[str, Handler]:
+        async def stale(client: Client, message: Message) -> None:
+            _, messages = await client.gateway.history(message.require_room())
+            client.enqueue(messages[0])
+
+        return {"stale": stale}
+
+
+def handed_over(monkeypatch: pytest.MonkeyPatch, broker: Broker) -> asyncio.Event:
+    """Set once the router has handed a claimed publish to `broker` (its `relay_once` was called)."""
+    handed = asyncio.Event()
+    relay_once = broker.relay_once
+
+    def spy(room: str, message: bytes, claim: bytes) -> asyncio.Future[bytes]:
+        handed.set()
+        return relay_once(room, message, claim)
+
+    monkeypatch.setattr(broker, "relay_once", spy)
+    return handed
+
+
+async def gone(server: Server, client: Peer) -> None:
+    """Reset `client`'s TCP connection (no close frame) and wait until `server` has let it go (and cancelled
+    what it was handling)."""
+    transport = client.ws._conn.transport  # type: ignore[union-attr]
+    assert transport is not None
+    transport.abort()
+    await eventually(lambda: client.id not in server.hub.connections)
+
+
 def keyed(room: str, data: Any, key: Any, **more: Any) -> dict[str, Any]:
     return {"type": "publish", "room": room, "data": data, "idempotency_key": key, **more}
 
@@ -43,11 +84,11 @@ async def user(server: Server, name: str, room: str) -> Peer:
     return await joined(server, room, **bearer(token(name)))
 
 
-def same_answer(first: dict[str, Any], again: dict[str, Any]) -> None:
-    """A retry's answer is the first's copy: same message, same offset and epoch; its `timestamp` and `client_id`
-    are the retry's (the retrying connection's: Redis keeps no more than the offset and epoch)."""
-    mine = ("timestamp", "client_id")
-    assert {k: v for k, v in again.items() if k not in mine} == {k: v for k, v in first.items() if k not in mine}
+async def publish_again(client: Peer, message: dict[str, Any]) -> None:
+    """`client` publishes `message` again (its key was used): it is answered with nothing, no error and no copy
+    (review of the first version: a copy stamped with the first's offset moved the clients' positions back)."""
+    await client.send(message)
+    await nothing_more(client)
 
 
 # --- the pure parts ----------------------------------------------------------------------------------------
@@ -94,17 +135,15 @@ def test_the_memory_map_is_bounded_in_entries_and_bytes_whatever_comes() -> None
 
 
 @pytest.mark.parametrize("room", ["plain:1", "kept:1"])
-async def test_a_retry_is_answered_like_the_first_and_delivered_once(wsgate_server: StartServer, room: str) -> None:
+async def test_a_retry_is_answered_with_nothing_and_delivered_once(wsgate_server: StartServer, room: str) -> None:
     server = await wsgate_server(history=HISTORY)
     sender, member = await joined(server, room), await joined(server, room)
     first = await sender.request(keyed(room, "once", "k-1"))
-    again = await sender.request(keyed(room, "once", "k-1"))  # answered with the first's copy, to it alone
-    same_answer(first, again)
-    assert again["client_id"] == first["client_id"] == sender.id
-    await nothing_more(sender)
+    assert first["client_id"] == sender.id
+    await publish_again(sender, keyed(room, "once", "k-1"))  # not refused, and nothing sent: the first stands
     await received(member, "once")
     if room.startswith("kept:"):
-        assert (first["offset"], again["epoch"]) == (1, first["epoch"])
+        assert first["offset"] == 1
         history = await member.request({"type": "history", "room": room})
         assert [m["data"] for m in history["data"]["messages"]] == ["once"]  # kept once
     assert (await sender.request(keyed(room, "next", "k-2")))["data"] == "next"  # another key: another message
@@ -142,8 +181,7 @@ async def test_two_users_with_the_same_key_are_two_messages_and_one_user_is_one_
     second = await bob.request(keyed("kept:4", "b", "same"))  # bob's own key: delivered to everyone
     assert second["offset"] == first["offset"] + 1
     assert (await alice.recv())["data"] == "b" and (await alice_too.recv())["data"] == "b"
-    again = await alice_too.request(keyed("kept:4", "a", "same"))  # alice's other connection retries: her key
-    same_answer(first, again)
+    await publish_again(alice_too, keyed("kept:4", "a", "same"))  # alice's other connection retries: her key
     for client in (alice, bob, alice_too):
         await nothing_more(client)
 
@@ -179,9 +217,8 @@ async def test_null_is_no_key_and_64_characters_are_one(wsgate_server: StartServ
     await sender.send(keyed("plain:7", {"n": 1}, None))
     raw = (await sender.ws.receive()).data  # the guide's bytes
     assert raw.startswith('{"type":"message","room":"plain:7","data":{"n":1},"client_id":"' + sender.id), raw
-    for _ in range(2):
-        assert (await sender.request(keyed("plain:7", 2, "x" * 64)))["data"] == 2
-    await nothing_more(sender)
+    assert (await sender.request(keyed("plain:7", 2, "x" * 64)))["data"] == 2
+    await publish_again(sender, keyed("plain:7", 2, "x" * 64))  # a key: the retry is a duplicate
 
 
 async def test_the_http_api_names_its_count_and_answers_a_retry_as_a_duplicate(wsgate_server: StartServer) -> None:
@@ -209,9 +246,73 @@ async def test_the_python_client_sends_the_key(wsgate_server: StartServer) -> No
         await client.subscribe("kept:9")
         for _ in range(2):
             await client.publish("kept:9", "py", idempotency_key="k")
-        copies = [await asyncio.wait_for(client.receive(), TIMEOUT) for _ in range(2)]  # its copy, and the answer
-        assert [(m["data"], m["offset"]) for m in copies] == [("py", 1), ("py", 1)]
-    await received(member, "py")
+        await client.publish("kept:9", "next")
+        copies = [await asyncio.wait_for(client.receive(), TIMEOUT) for _ in range(2)]  # the retry: nothing
+        assert [(m["data"], m["offset"]) for m in copies] == [("py", 1), ("next", 2)]
+        assert client.positions["kept:9"].offset == 2
+    assert [(await member.recv())["data"] for _ in range(2)] == ["py", "next"]
+    await nothing_more(member)
+
+
+async def test_a_keyed_publish_reaches_the_members_though_its_sender_went(
+    wsgate_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory broker's side of the review's fault (the Redis one is below): the sender's connection is reset
+    once its keyed publish was handed to the broker; the room's members get it, once, and the user's retry from a
+    new connection is a duplicate, answered with nothing."""
+    server = await wsgate_server(**JWT)
+    handed = handed_over(monkeypatch, server.broker)
+    sender, member = await user(server, "alice", "plain:30"), await user(server, "carol", "plain:30")
+    await sender.send(keyed("plain:30", "gone", "k-1"))
+    await wait_until(handed)
+    await gone(server, sender)
+    await received(member, "gone")
+    await publish_again(await user(server, "alice", "plain:30"), keyed("plain:30", "gone", "k-1"))
+    await nothing_more(member)
+
+
+async def test_the_python_clients_position_only_moves_forward(wsgate_server: StartServer) -> None:
+    """A copy of an earlier message (the answer a duplicate publish got before) leaves `positions` where it is, so
+    the next reconnection replays nothing twice; a retried key gets nothing back."""
+    server = await wsgate_server(StaleCopy(), history=HISTORY)
+    async with GatewayClient(server.url("/ws"), backoff=(0.01, 0.1)) as client:
+        await client.subscribe("kept:31")
+        await client.publish("kept:31", "a", idempotency_key="k")
+        await client.publish("kept:31", "a", idempotency_key="k")  # a duplicate: nothing comes back
+        await client.publish("kept:31", "b")
+        assert [(await client.receive())["data"] for _ in range(2)] == ["a", "b"]
+        newest = client.positions["kept:31"]
+        await client._send({"type": "stale", "room": "kept:31"})
+        old = await asyncio.wait_for(client.receive(), TIMEOUT)
+        assert (old["data"], old["offset"]) == ("a", 1)
+        assert client.positions["kept:31"] == newest == Position(2, old["epoch"])  # not moved back
+        server.hub.connections[client.client_id].drop(1012, "service restart")  # type: ignore[index]
+        await eventually(lambda: client.connects == 2)
+        await client.connected()  # subscribed again since offset 2: nothing replayed
+        await client.publish("kept:31", "c")
+        assert (await asyncio.wait_for(client.receive(), TIMEOUT))["data"] == "c"
+        assert client.positions["kept:31"] == Position(3, old["epoch"])
+
+
+async def test_a_broadcast_with_a_key_is_refused(wsgate_server: StartServer) -> None:
+    """A broadcast takes no key: ignoring one would let its sender believe a retry is safe."""
+    server = await wsgate_server(api={"key": KEY})
+    sender = await server.connect()
+    error = await sender.request({"type": "broadcast", "data": 1, "idempotency_key": "k", "id": 4})
+    assert (error["error"], error["detail"], error["id"]) == ("invalid JSON format", KEY_ONLY_ON_PUBLISH, 4)
+    assert KEY_ONLY_ON_PUBLISH == "field 'idempotency_key' is only taken on publish"
+    async with server.session.post(
+        server.url("/api/broadcast"),
+        json={"data": 1, "idempotency_key": "k"},
+        headers={"Authorization": f"Bearer {KEY}"},
+    ) as resp:
+        assert (resp.status, await resp.json()) == (
+            400,
+            {"error": "invalid JSON format", "detail": KEY_ONLY_ON_PUBLISH},
+        )
+    await nothing_more(sender)  # neither was sent
+    await sender.send({"type": "broadcast", "data": 2, "idempotency_key": None})  # null: no key
+    assert (await sender.recv())["data"] == 2
 
 
 # --- two nodes on Redis ----------------------------------------------------------------------------------------
@@ -224,10 +325,10 @@ async def test_a_retry_on_the_other_node_is_delivered_once(
     broker = {"url": redis_url, "prefix": broker_prefix}
     a, b = [await wsgate_server(broker=broker, history=HISTORY, **JWT) for _ in range(2)]
     on_a, on_b = await user(a, "alice", room), await user(b, "bob", room)
-    first = await on_a.request(keyed(room, "across", "k-2"))
+    await on_a.request(keyed(room, "across", "k-2"))
     await received(on_b, "across")
     alice_on_b = await user(b, "alice", room)  # alice reconnects to the other node and retries
-    same_answer(first, await alice_on_b.request(keyed(room, "across", "k-2")))
+    await publish_again(alice_on_b, keyed(room, "across", "k-2"))
     for client in (on_a, on_b, alice_on_b):
         await nothing_more(client)
     other = f"{room}:b"  # room R:b with key k-2 vs room R with key k-2, and room R with key b:k-2
@@ -311,6 +412,40 @@ async def test_the_publishers_keys_across_nodes(wsgate_server: StartServer, redi
             await one.publish("plain:13", 1, idempotency_key="")
 
 
+async def test_redis_publishers_with_one_scope_share_their_keys(
+    wsgate_server: StartServer, redis_url: str, broker_prefix: str
+) -> None:
+    """Two RedisPublishers given the same `scope` (a service restarted after PublishOutcomeUnknown) publish a key
+    once; a scope named like the HTTP API's or a user's never meets theirs."""
+    broker = {"url": redis_url, "prefix": broker_prefix}
+    server = await wsgate_server(broker=broker, history=HISTORY, api={"key": KEY}, **JWT)
+    alice = await user(server, "alice", "plain:14")
+    await alice.subscribe("kept:14")
+    await alice.request(keyed("plain:14", "alice's", "k"))
+    await HttpPublisher(server.url(""), KEY, session=server.session).publish("plain:14", "api's", idempotency_key="k")
+    assert (await alice.recv())["data"] == "api's"
+    async with (
+        RedisPublisher(redis_url, prefix=broker_prefix, scope="billing") as before,
+        RedisPublisher(redis_url, prefix=broker_prefix, scope="billing") as after,
+        RedisPublisher(redis_url, prefix=broker_prefix, scope="alice") as named_alice,
+        RedisPublisher(redis_url, prefix=broker_prefix, scope="api") as named_api,
+    ):
+        for room in ("kept:14", "plain:14"):
+            assert not (await before.publish(room, "once", idempotency_key="order-1")).duplicate
+            again = await after.publish(room, "once", idempotency_key="order-1")
+            assert (again, again.duplicate) == (0, True)
+            assert (await alice.recv())["data"] == "once"
+        assert not (await named_alice.publish("plain:14", "not alice's", idempotency_key="k")).duplicate
+        assert (await alice.recv())["data"] == "not alice's"
+        assert not (await named_api.publish("plain:14", "not the api's", idempotency_key="k")).duplicate
+        assert (await alice.recv())["data"] == "not the api's"
+    await nothing_more(alice)
+    assert publisher_scope("sender") == Scope("publisher", "sender")
+    assert publisher_scope("sender", "sender") != publisher_scope("sender")  # a name never meets a sender id
+    with pytest.raises(ValueError, match="scope"):
+        RedisPublisher(redis_url, prefix=broker_prefix, scope="")
+
+
 # --- Redis stalls: unknown outcomes, certain failures, and nobody waits behind a keyed publish -----------------
 
 
@@ -348,8 +483,7 @@ async def test_a_keyed_publish_into_a_stall_holds_no_other_publish_and_a_retry_i
     assert sorted([(await member_b.recv())["data"] for _ in range(2)]) == ["keyed", "plain"]
     await eventually(lambda: a.broker.state == "ok" and b.broker.state == "ok")
     alice_on_b = await user(b, "alice", "plain:20")
-    again = await alice_on_b.request(keyed("plain:20", "keyed", "k-1"))  # the retry: a duplicate, answered
-    assert again["data"] == "keyed"
+    await publish_again(alice_on_b, keyed("plain:20", "keyed", "k-1"))  # the retry: a duplicate
     retried = await sender.request(keyed("kept:20", "refused", "k-2"))  # certainly not sent: the key is free
     assert (retried["data"], retried["offset"]) == ("refused", 1)
     for client in (member_a, member_b):
@@ -376,9 +510,10 @@ async def test_a_retry_after_an_unknown_outcome_in_a_room_with_history_is_kept_o
     first = await sender.recv()  # Redis kept it when it woke: the sender's node delivers it, once
     assert (first["data"], first["offset"]) == ("during", 1)
     assert (await member_b.recv()) == first
-    await eventually(lambda: b.broker.state == "ok")
+    await eventually(lambda: a.broker.state == "ok" and b.broker.state == "ok")
+    await publish_again(sender, keyed("kept:21", "during", "k-3"))  # on the same connection: its copy came once
     alice_on_b = await user(b, "alice", "kept:21")
-    same_answer(first, await alice_on_b.request(keyed("kept:21", "during", "k-3")))
+    await publish_again(alice_on_b, keyed("kept:21", "during", "k-3"))
     assert len(await kept(private_redis.url, broker_prefix, "kept:21")) == 1
     for client in (sender, member_b, alice_on_b):
         await nothing_more(client)
@@ -401,3 +536,34 @@ async def test_a_clients_keyed_and_plain_publishes_arrive_in_the_order_sent(
     for client in (sender, member_a, member_b):
         assert [(await client.recv())["data"] for _ in sent] == sent
         await nothing_more(client)
+
+
+@pytest.mark.slow  # a Redis stall waited out
+async def test_a_keyed_publish_reaches_the_senders_node_though_the_sender_went_while_redis_was_slow(
+    wsgate_server: StartServer,
+    private_redis: PrivateRedis,
+    broker_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    stall: Stall,  # noqa: F811 (the fixture)
+) -> None:
+    """The review's fault: Redis is slow (answering within `broker.connect_timeout`, so nobody is told
+    "unknown"); the sender of a keyed publish to a room without history goes meanwhile, and its handler is
+    cancelled. Redis publishes it to the other nodes and takes the key, so the sender's own node must deliver
+    it too: before the fix, its members never got it (and a retry was a duplicate)."""
+    broker = {"url": private_redis.url, "prefix": broker_prefix, "connect_timeout": "5s"}  # longer than STALL
+    a, b = [await wsgate_server(broker=broker, **JWT) for _ in range(2)]
+    handed = handed_over(monkeypatch, a.broker)
+    sender, member_a = await user(a, "alice", "plain:23"), await user(a, "carol", "plain:23")
+    member_b = await user(b, "dave", "plain:23")
+    await stall.begin(STALL)
+    await sender.send(keyed("plain:23", "gone", "k-1"))
+    await wait_until(handed)
+    await gone(a, sender)
+    assert stall.task is not None and not stall.task.done()  # it went while Redis still held the answer
+    await stall.end()
+    for member in (member_a, member_b):
+        await received(member, "gone")
+    await eventually(lambda: a.broker.state == "ok" and b.broker.state == "ok")
+    await publish_again(await user(b, "alice", "plain:23"), keyed("plain:23", "gone", "k-1"))
+    for member in (member_a, member_b):
+        await nothing_more(member)

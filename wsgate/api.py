@@ -4,7 +4,8 @@ Every endpoint is a POST with `Authorization: Bearer <api.key>` and a JSON objec
 `api.max_body_size` bytes (`_endpoint`: the key, the body and the error answers, shared).
 
 - `POST /api/publish {"room": R, "data": ANY, "type"?: T, "idempotency_key"?: K}` and `POST /api/broadcast
-  {"data": ANY, "type"?: T}`: delivered cluster-wide by the one route (`wsgate.routing`); the answer
+  {"data": ANY, "type"?: T}` (a key there is refused: 400 `invalid JSON format`, detail
+  `protocol.KEY_ONLY_ON_PUBLISH`): delivered cluster-wide by the one route (`wsgate.routing`); the answer
   `{"local_clients": n, "delivered": n}` says how many clients of the answering node it was queued for
   (`delivered`: the same count under its old name, deprecated). A retry with an `idempotency_key` the API used
   in the room within `publish.idempotency_window` is delivered nowhere and answered
@@ -121,6 +122,7 @@ async def _publish(request: web.Request, obj: dict[str, Any]) -> web.Response:
 
 async def _broadcast(request: web.Request, obj: dict[str, Any]) -> web.Response:
     kind = _kind(obj)
+    protocol.refuse_idempotency_key(obj)  # a publish's field only: never ignored
     client_id = request.app[SETTINGS].api.server_id or None
     return _delivered(await request.app[GATEWAY].broadcast(obj.get("data"), type=kind, client_id=client_id))
 

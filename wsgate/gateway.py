@@ -20,7 +20,7 @@ from .clients import GatewayConnection
 from .config import Settings
 from .connection import State
 from .errors import ClientError, ClientGone
-from .history import Position, Replay, stamp
+from .history import Position, Replay
 from .hub import Hub
 from .idempotency import SERVER_SCOPE, AlreadyPublished, Duplicate, Scope, check_key, claim_id
 from .metrics import Metrics
@@ -101,13 +101,7 @@ class Gateway:
             return await self._router.publish(
                 room, message, skip=None if skip is None else _connection(skip), claim=claim
             )
-        except AlreadyPublished as exc:  # a retry: delivered nowhere, answered as the first was
-            position = exc.first.position
-            if (
-                publisher is not None and not isinstance(publisher, str) and skip is None
-            ):  # its copy, as the first one's reached it
-                copy = message if position is None else stamp(message[:-1], position.offset, position.epoch)
-                _connection(publisher).notify(copy)
+        except AlreadyPublished as exc:  # a retry: delivered nowhere, not refused; the first's delivery is the answer
             return Duplicate(exc.first)
         except OutcomeUnknown as exc:  # Redis took it and did not answer: kept and delivered once, or not at all
             raise ClientError(

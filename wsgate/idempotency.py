@@ -2,18 +2,19 @@
 
 A publish may carry an `idempotency_key` (docs/protocol.md, "idempotency_key"): within the window
 (`publish.idempotency_window`, 300 s), a second publish with the same key, by the same publisher, to the same
-room, is delivered nowhere and answered like the first. The brokers decide which publish is the first: the memory
-broker with `RecentKeys` below, Redis in the script that keeps or publishes the message (`redis_schema`), so the
-check and the publishing are one atomic step.
+room, is delivered nowhere and not refused (the first's delivery stands for both). The brokers decide which
+publish is the first: the memory broker with `RecentKeys` below, Redis in the script that keeps or publishes the
+message (`redis_schema`), so the check and the publishing are one atomic step.
 
 A key belongs to a `Scope`: a WebSocket client's keys are its user's (the user id of an authenticated client) or,
 for an anonymous client, its connection's; the HTTP API's keys are the API's (one scope); a `RedisPublisher`'s are
-its own; code in the gateway process publishes in a scope it names. Two publishers using the same key are two
-messages, so no client can claim a key a backend will use.
+its own, or, given a `scope` name, those of every RedisPublisher given that name (`publisher_scope`); code in the
+gateway process publishes in a scope it names. Two publishers using the same key are two messages, so no client
+can claim a key a backend will use.
 
 What the brokers remember per key is `claim_id(scope, room, key)`, a SHA-256 digest of an unambiguous encoding
 (each part length-prefixed: room `a` with key `b:c` and room `a:b` with key `c` are two claims), and what the
-first publish needs to be answered again: its offset and epoch in a room with history (`First`), nothing else.
+first publish is remembered by: its offset and epoch in a room with history (`First`), nothing else.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def check_key(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Whose keys: `kind` (`user`, `client`, `server`, `publisher`) and `name` within it (a user id, a
-    connection id, a server-side publisher's name such as `api`, a RedisPublisher's sender id)."""
+    """Whose keys: `kind` (`user`, `client`, `server`, `publisher`, `service`) and `name` within it (a user id, a
+    connection id, a server-side publisher's name such as `api`, a RedisPublisher's sender id, the `scope` name
+    RedisPublishers share). Scopes of two kinds never meet, whatever their names."""
 
     kind: str
     name: str
@@ -65,6 +67,18 @@ API_SCOPE = Scope("server", "api")
 """The HTTP API's keys: one scope for every caller holding `api.key`."""
 SERVER_SCOPE = Scope("server", "gateway")
 """Keys of code in the gateway process that names no scope (`Gateway.publish(..., idempotency_key=k)`)."""
+
+
+def publisher_scope(sender: str, name: str | None = None) -> Scope:
+    """A `RedisPublisher`'s scope: its own (`publisher`, its random sender id) when it names none, else the one
+    every RedisPublisher given `name` shares (`service`: a kind of its own, so a name chosen by a service meets
+    neither the HTTP API's scope, nor a client's, nor a sender id). ValueError for a name that is not a
+    non-empty string."""
+    if name is None:
+        return Scope("publisher", sender)
+    if not isinstance(name, str) or not name:
+        raise ValueError("scope must be a non-empty string (or None: this publisher's own keys)")
+    return Scope("service", name)
 
 
 def _netstring(part: str) -> bytes:
@@ -80,15 +94,15 @@ def claim_id(scope: Scope, room: str, key: str) -> bytes:
 
 
 class First(NamedTuple):
-    """What the first publish with a key is answered with again: its `position` (offset and epoch) in a room
-    with history, None in a room without."""
+    """What is remembered of the first publish with a key: its `position` (offset and epoch) in a room with
+    history, None in a room without (`Duplicate.first` tells in-process code)."""
 
     position: Position | None
 
 
 class AlreadyPublished(WsgateError):
     """A publish whose key was used by the same publisher in the same room within the window: it was delivered
-    nowhere and kept nowhere. `first` says how the first one was answered (its offset and epoch, if any)."""
+    nowhere and kept nowhere. `first` says what is remembered of the first one (its offset and epoch, if any)."""
 
     def __init__(self, first: First) -> None:
         super().__init__("a publish with this idempotency key went out already")

@@ -426,6 +426,17 @@ EXTENSIONS: Final = (
 )
 """What protocol 2 speaks beyond the guide, as `connected.data.extensions` lists it (each on docs/protocol.md)."""
 
+KEY_ONLY_ON_PUBLISH: Final = "field 'idempotency_key' is only taken on publish"
+"""The `detail` of the `invalid JSON format` answer to a broadcast carrying an `idempotency_key`."""
+
+
+def refuse_idempotency_key(fields: dict[str, Any]) -> None:
+    """Raises ClientError (`invalid JSON format`, KEY_ONLY_ON_PUBLISH) when `fields` (a broadcast's: the client
+    message's or the HTTP API's body) carry an `idempotency_key`: a broadcast takes none, and ignoring one would
+    let its sender believe a retry is safe. JSON `null` is the field's absence (as for `id`)."""
+    if fields.get("idempotency_key") is not None:
+        raise ClientError(errors.INVALID_JSON, KEY_ONLY_ON_PUBLISH)
+
 
 def negotiate(asked: str | None, *more: str | None) -> int:
     """The protocol version a connection speaks: `asked` is the `protocol` query parameter of `/ws` (None:

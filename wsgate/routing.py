@@ -36,14 +36,21 @@ room with history that is `append`, as for any kept message. In a room without,
 for its answer (one Redis round trip): it is not queued in the ordering, so no
 other publish waits behind it; its local delivery follows the answer. A retry
 whose claim was taken raises AlreadyPublished and is delivered nowhere.
+
+A publisher waits on a future of the router's own, never on the broker's: when
+it is cancelled (its client went, its handler timed out), what the broker does
+with the message still reaches this node's members, from the broker future's
+callback, as it reaches the other nodes'.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
-from .broker import Broker, BrokerError
+from .broker import Broker
+from .broker.base import OutcomeUnknown
 from .connection import Connection
 from .history import Position
 from .hub import Hub
@@ -113,25 +120,41 @@ class Router:
             stamped = self._broker.append(room, head) if claim is None else self._broker.append(room, head, claim)
         elif claim is not None:
             assert room is not None
-            message = await self._broker.relay_once(room, message, claim)  # relayed once the claim is taken
-            if not self._pending:
-                return self._deliver(room, message, skip)
+            return await self._publish_once(room, message, skip, claim)
         else:
             self._broker.relay(room, message)
             if not self._pending:  # the common case: no offset pending, deliver now
                 return self._deliver(room, message, skip)
-        waiter: Waiter = asyncio.get_running_loop().create_future()
-        if skip is not None:
-            self._skips[waiter] = skip
-            waiter.add_done_callback(self._skips.pop)  # (finished, failed or abandoned: forgotten)
+        waiter = self._waiter(skip)
         entry = self._order.queue(room, kept, waiter)
-        if not kept:  # (a claimed message was relayed already: it waits here only behind earlier offsets)
+        if not kept:
             self._carry_out(self._order.answered(entry, message, None, self._deadline()))
         elif stamped.done():
             self._answer(entry, stamped)
         else:
             stamped.add_done_callback(lambda done: self._answer(entry, done))
         return await waiter
+
+    async def _publish_once(self, room: str, message: bytes, skip: Connection | None, claim: bytes) -> int:
+        """`publish` with a claim in a room without history: relayed once the broker took the claim
+        (`relay_once`), then delivered here (`_sent_once`)."""
+        sent = self._broker.relay_once(room, message, claim)
+        waiter = self._waiter(skip)
+        if sent.done():  # (the memory broker: delivered now, as a plain publish is)
+            self._sent_once(room, waiter, skip, sent)
+        else:
+            sent.add_done_callback(functools.partial(self._sent_once, room, waiter, skip))
+        return await waiter
+
+    def _waiter(self, skip: Connection | None) -> Waiter:
+        """What a publisher awaits: a future of the router's own, never the broker's, so that its cancellation (its
+        client went, its handler timed out) cannot keep the broker's answer from this node's members (the
+        broker future's callback delivers it). `skip` is remembered for it until it is done."""
+        waiter: Waiter = asyncio.get_running_loop().create_future()
+        if skip is not None:
+            self._skips[waiter] = skip
+            waiter.add_done_callback(self._skips.pop)  # (finished, failed or abandoned: forgotten)
+        return waiter
 
     def receive(self, room: str | None, message: bytes) -> None:
         """A message another node published (the broker's callback): deliver it to this node's members."""
@@ -158,12 +181,23 @@ class Router:
 
     def _answer(self, entry: Pending[Waiter], stamped: asyncio.Future[bytes]) -> None:
         """The broker answered a queued publish (the future `append` returned)."""
-        if stamped.cancelled():
-            error: BaseException | None = BrokerError("the gateway is shutting down")
-        else:
-            error = stamped.exception()
+        error = _error_of(stamped)
         message = stamped.result() if error is None else b""
         self._carry_out(self._order.answered(entry, message, error, self._deadline()))
+
+    def _sent_once(self, room: str, waiter: Waiter, skip: Connection | None, sent: asyncio.Future[bytes]) -> None:
+        """The broker answered a claimed publish to a room without history (the future `relay_once` returned):
+        it went out, so this node's members get it, whether or not its publisher still waits (in publish order
+        behind offsets still pending: queued as answered); or its publisher is told why not."""
+        error = _error_of(sent)
+        if error is not None:
+            if not waiter.done():  # (the publisher went away)
+                waiter.set_exception(error)
+        elif not self._pending:
+            _finish(waiter, self._deliver(room, sent.result(), skip))
+        else:
+            entry = self._order.queue(room, False, waiter)
+            self._carry_out(self._order.answered(entry, sent.result(), None, self._deadline()))
 
     def _carry_out(self, actions: list[Action[Waiter]]) -> None:
         """Do what the core asked, in order. The core's state has already moved on: an action that fails is
@@ -245,6 +279,15 @@ class Router:
         self._wakes.clear()
         for task in self._reads:
             task.cancel()
+
+
+def _error_of(answer: asyncio.Future[bytes]) -> BaseException | None:
+    """What a broker's finished future says went wrong (None: it gave the message). A cancelled one was
+    abandoned after it was handed over: its outcome is unknown (the broker passes the message to `receive`
+    if it went out, as after OutcomeUnknown)."""
+    if answer.cancelled():
+        return OutcomeUnknown("the broker's answer was abandoned")
+    return answer.exception()
 
 
 def _finish(waiter: Waiter, count: int) -> None:

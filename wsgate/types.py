@@ -146,8 +146,8 @@ class Gateway(Protocol):
         `publish.idempotency_window` (5 minutes), a second publish with the same key, by the same `publisher`, to
         the same room, on any node, is delivered nowhere and kept nowhere; it returns
         `wsgate.idempotency.Duplicate` (an int, 0) whose `first` holds the first publish's offset and epoch (in a
-        room with history), and when `publisher` is a client (and `skip` is None) that client alone gets its copy
-        again, as the first one reached it (with the first's offset and epoch). Retrying after `publish outcome
+        room with history), and nobody is sent anything, the publishing client included (not refused either: the
+        first one's delivery is what every member, the publisher too, gets). Retrying after `publish outcome
         unknown` with the same key is safe: the message is delivered at most once. `publisher` says whose keys
         they are: a client's (its user's when authenticated, else its connection's), a name of a server-side
         publisher (the HTTP API's is `"api"`), or None (the gateway's own code, one scope of its own). With a

@@ -89,6 +89,8 @@ class Broker(Protocol):
         OutcomeUnknown when the backplane took it without answering in time. Then the broker
         keeps asking (the same message is never kept twice) and, if it was kept, passes the
         stamped bytes to `receive`, so this node's members get it too, in offset order.
+        Cancelling the future withdraws nothing: a message that goes out all the same is passed
+        to `receive`, as after OutcomeUnknown (the router never lets its callers cancel it).
         """
 
     def relay_once(self, room: str, message: bytes, claim: bytes) -> asyncio.Future[bytes]:
@@ -96,8 +98,9 @@ class Broker(Protocol):
         relayed in one atomic step, in order with `relay` and `append`. The future gives `message` once that is
         done; it fails with AlreadyPublished when a publish with `claim` went out within the window (nothing is
         relayed), and with BrokerError / OutcomeUnknown exactly as `append` does (after OutcomeUnknown, a run the
-        broker learns of later passes the message to `receive`, so this node's members get it too). Unlike
-        `relay`, it does not deliver without the backplane: a claim needs it."""
+        broker learns of later passes the message to `receive`, so this node's members get it too; so does one
+        whose future was cancelled, as for `append`). Unlike `relay`, it does not deliver without the backplane:
+        a claim needs it."""
 
     # --- room interest --------------------------------------------------------------
 

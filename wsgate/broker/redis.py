@@ -418,7 +418,8 @@ class RedisBroker:
           are sent again first, with their message ids (a second run is answered as the first: nothing is
           kept twice), until Redis answers or RESEND_FOR has passed. Plain messages are dropped and counted
           (relay is at most once).
-        A message of unknown outcome that Redis kept goes to `receive`, so this node's members get it too.
+        A message of unknown outcome that Redis kept goes to `receive`, so this node's members get it too; so
+        does one whose future was cancelled (nobody waits for the answer, which the router would deliver).
         """
         import redis.asyncio as aioredis
 
@@ -559,9 +560,9 @@ class RedisBroker:
                 stamped = item.data if item.once else stamp(item.data, int(result[0]), result[1].decode())
                 if not item.kept.done():
                     item.kept.set_result(stamped)
-                elif item.in_doubt and self._receive is not None:
+                elif (item.in_doubt or item.kept.cancelled()) and self._receive is not None:
                     assert item.room is not None
-                    self._receive(item.room, stamped)  # its publisher was told "unknown": it was kept
+                    self._receive(item.room, stamped)  # told "unknown", or nobody waits any more: it went out
         return refused
 
     # --- receiving --------------------------------------------------------------------

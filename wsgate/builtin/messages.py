@@ -73,6 +73,7 @@ async def publish(client: Client, message: Message) -> None:
 
 async def broadcast(client: Client, message: Message) -> None:
     skip = _skip_self(client, message)
+    protocol.refuse_idempotency_key(message.fields)  # a publish's field only: never ignored
     await client.gateway.authorize(client, protocol.BROADCAST, None)
     await client.gateway.broadcast(message.data, client_id=client.id, skip=skip)
 

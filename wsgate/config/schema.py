@@ -565,7 +565,7 @@ class PublishSettings(Table):
     idempotency_window: Duration = setting(
         300.0,
         "How long a publish's idempotency_key is remembered: a second publish with the same key, by the same "
-        "publisher, to the same room within it is delivered nowhere and answered like the first",
+        "publisher, to the same room within it is delivered nowhere and not refused (the first's delivery stands)",
         minimum=1,
     )
 

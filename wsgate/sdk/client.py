@@ -51,7 +51,7 @@ from typing import Any, Final
 import aiohttp
 from yarl import URL
 
-from ..history import Position
+from ..history import Position, later_epoch
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,8 @@ class GatewayClient:
         self.client_id: str | None = None
         self.user_id: str | None = None
         self.positions: dict[str, Position] = {}
-        """The last offset seen in each room that keeps history: where a reconnect resumes."""
+        """The last offset seen in each room that keeps history: where a reconnect resumes. It only moves forward
+        (`_advance`): a copy of an earlier message never takes it back, so nothing is replayed twice."""
         self.connects = 0
         """How many times a connection was established (1 + the reconnections)."""
         self._token = token
@@ -239,8 +240,9 @@ class GatewayClient:
 
         `idempotency_key` (1 to 64 characters): publishing again with the same key (after `publish outcome
         unknown`, or a lost connection) within the gateway's `publish.idempotency_window` delivers it to the
-        room once; the retry is answered with the first's copy (same offset and epoch). The keys are the user's
-        (the token's `sub`), or this connection's when anonymous (docs/protocol.md, "idempotency_key")."""
+        room once; a retry whose key was used is answered with nothing (the first's delivery is this client's
+        copy). The keys are the user's (the token's `sub`), or this connection's when anonymous
+        (docs/protocol.md, "idempotency_key")."""
         message: dict[str, Any] = {"type": "publish", "room": room, "data": data}
         if idempotency_key is not None:
             message["idempotency_key"] = idempotency_key
@@ -301,10 +303,23 @@ class GatewayClient:
         answer = await self._request(request)
         data: dict[str, Any] = answer["data"]
         if "epoch" in data and (since is None or not data.get("recovered")):
-            self.positions[room] = Position(data["offset"], data["epoch"])  # from here on, nothing missed
+            self._advance(room, data["offset"], data["epoch"], announced=True)  # from here on, nothing missed
         if since is not None and not data.get("recovered"):
             await self._inbox.put(answer)  # the application must reload this room
         return data
+
+    def _advance(self, room: str, offset: int, epoch: str, *, announced: bool = False) -> None:
+        """Move `room`'s position to (`offset`, `epoch`) if that is forward: a room without one takes it; else the
+        same epoch with a higher offset, or a later epoch (`history.later_epoch`: the room's history began
+        again), or, `announced` (a `subscribed` answer: where the room stands now), any other epoch. A copy of an
+        earlier message, or a `subscribed` answer racing live messages, never moves it back."""
+        current = self.positions.get(room)
+        if (
+            current is None
+            or (epoch == current.epoch and offset > current.offset)
+            or (epoch != current.epoch and (announced or later_epoch(epoch, current.epoch)))
+        ):
+            self.positions[room] = Position(offset, epoch)
 
     async def _send(self, obj: dict[str, Any]) -> None:
         await self.connected()
@@ -337,8 +352,9 @@ class GatewayClient:
     def _dispatch(self, message: dict[str, Any]) -> bool:
         """Route one message; False when the application should see it."""
         kind, room = message.get("type"), message.get("room")
-        if kind == "message" and room is not None and "offset" in message:
-            self.positions[room] = Position(message["offset"], message["epoch"])
+        offset, epoch = message.get("offset"), message.get("epoch")
+        if isinstance(room, str) and isinstance(offset, int) and isinstance(epoch, str):  # a published message
+            self._advance(room, offset, epoch)  # (of any type: the HTTP API's may name its own)
         if "id" in message:  # a reply: to the request with its id, if one still waits
             request_id = message["id"]
             answer = self._pending.get(request_id) if isinstance(request_id, int) else None

@@ -20,7 +20,9 @@ carries the same `idempotency_key` (then at most once; DESIGN "The fault model")
 `publish(..., idempotency_key=K)` (1 to 64 characters): within the gateways' `publish.idempotency_window`
 (5 minutes), a second publish with K to the same room is delivered nowhere and answered with `duplicate`
 True. An HttpPublisher's keys are the HTTP API's (one scope for every caller holding `api.key`); a
-RedisPublisher's are its own (another RedisPublisher, or the same service restarted, has other keys).
+RedisPublisher's are its own (another RedisPublisher, or the same service restarted, has other keys), unless
+it is given a `scope` name: then they are shared by every RedisPublisher given that name (a service that restarts
+after PublishOutcomeUnknown retries safely).
 
 Code inside the gateway process uses `app[wsgate.keys.GATEWAY].publish(...)` instead.
 """
@@ -52,7 +54,7 @@ from ..broker.redis_schema import (
     publish_args,
 )
 from ..errors import ClientError
-from ..idempotency import WINDOW, Scope, check_key, claim_id
+from ..idempotency import WINDOW, check_key, claim_id, publisher_scope
 from ..rooms import RoomPatterns
 
 
@@ -205,21 +207,37 @@ class RedisPublisher(_Closing):
     after a lost connection it is sent once more with that id (Redis runs an id once), which
     turns "unknown" into what happened.
 
+    `scope` names whose `idempotency_key`s it uses: None (the default), this object's own (a random sender id:
+    another RedisPublisher, or this service after a restart, has other keys); a name (a non-empty string, such as
+    `"billing"`), the keys of every RedisPublisher given the same name, in any process: a service that restarts
+    after PublishOutcomeUnknown retries with the same key and scope, and the message is published at most once.
+    A named scope is a kind of its own (`wsgate.idempotency.publisher_scope`): it never shares keys with the HTTP
+    API, a client, or a RedisPublisher without a scope, whatever the name. ValueError for a name that is not one.
+
     `close()` (or leaving `async with RedisPublisher(...) as publisher:`) closes its Redis connections; it may be
     called any number of times, and a message after it raises PublisherClosed.
     """
 
     SETTINGS_TTL = 5.0  # seconds the gateways' history settings are used before they are read again
 
-    def __init__(self, url: str, *, prefix: str = "wsgate", server_id: str | None = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "wsgate",
+        server_id: str | None = None,
+        timeout: float = 5.0,
+        scope: str | None = None,
+    ) -> None:
         import redis.asyncio as aioredis  # pip install 'wsgate[redis]'
 
+        self._sender = new_sender_id()  # not any node's id: every node delivers it
+        self._scope = publisher_scope(self._sender.decode(), scope)  # (checked before a client is made)
         self._failures: tuple[type[Exception], ...] = (OSError, aioredis.RedisError)
         self._redis = aioredis.from_url(url, socket_connect_timeout=timeout)
         self._timeout = timeout
         self._names = RedisNames(prefix)
         self._server_id = server_id
-        self._sender = new_sender_id()  # not any node's id: every node delivers it
         self._history: tuple[float, RoomPatterns, dict[str, Any]] | None = None
         self._closed = False
 
@@ -228,9 +246,9 @@ class RedisPublisher(_Closing):
     ) -> Nodes:
         """Returns how many gateway nodes received it (see the class for what it raises).
 
-        `idempotency_key` (1 to 64 characters, else ValueError): scoped to this publisher (its sender id), taken
+        `idempotency_key` (1 to 64 characters, else ValueError): in this publisher's scope (see the class), taken
         in Redis in the step that keeps or publishes the message, as a gateway does (`redis_schema`); a key
-        this publisher used in the room within the gateways' `publish.idempotency_window` returns `Nodes(0)`
+        used in the scope and the room within the gateways' `publish.idempotency_window` returns `Nodes(0)`
         with `duplicate` True, and nothing is sent."""
         self._check_open()
         claim = None if idempotency_key is None else self._claim(room, idempotency_key)
@@ -263,9 +281,9 @@ class RedisPublisher(_Closing):
         return Nodes(int(await self._run([("PUBLISH", self._names.broadcast, self._sender + message)])))
 
     def _claim(self, room: str, key: str) -> bytes:
-        """The idempotency claim of `key` in `room`, in this publisher's own scope; ValueError for a bad key."""
+        """The idempotency claim of `key` in `room`, in this publisher's scope; ValueError for a bad key."""
         try:
-            return claim_id(Scope("publisher", self._sender.decode()), room, check_key(key))
+            return claim_id(self._scope, room, check_key(key))
         except ClientError as exc:
             raise ValueError(exc.detail) from None
 

@@ -131,8 +131,8 @@ export interface WsgateClientEvents {
 export interface PublishOptions {
   /**
    * 1 to 64 characters: publishing again with the same key (after "publish outcome unknown" or a lost
-   * connection) delivers the message once; the retry is answered with the first's copy (same offset and
-   * epoch). Keys are the user's (the token's `sub`), or this connection's when anonymous.
+   * connection) delivers the message once; a retry whose key was used is answered with nothing (the first's
+   * delivery is the sender's copy). Keys are the user's (the token's `sub`), or this connection's when anonymous.
    */
   idempotencyKey?: string;
 }
@@ -177,6 +177,9 @@ export class GatewayClosed extends Error {
 /** The advice at the end of a protocol 2 close reason, else the close code's (the gateway's registry). */
 export function reconnectAdvice(code: number, reason: string): Reconnect;
 
+/** Whether `epoch` began after `than` ("" first, then by the time it began), as the gateway orders epochs. */
+export function laterEpoch(epoch: string, than: string): boolean;
+
 /** No reply to a request within the client's `requestTimeout`; the message names the request and its id. */
 export class RequestTimeout extends Error {
   constructor(message: string);
@@ -192,7 +195,7 @@ export class WsgateClient {
   readonly clientId: string | null;
   /** The token's `sub` for a client identified by the JWT authenticator, else null. */
   readonly userId: string | null;
-  /** The last position seen in each room with history: where a reconnection resumes. */
+  /** The last position seen in each room with history: where a reconnection resumes (it only moves forward). */
   readonly positions: ReadonlyMap<string, Position>;
   /** Connections opened so far (1 + reconnections). */
   readonly connects: number;

@@ -76,6 +76,15 @@ export function reconnectAdvice(code, reason) {
   return /** @type {any} */ (advised ? advised[1] : RECONNECT_BY_CODE[code] ?? "backoff");
 }
 
+/**
+ * Whether `epoch` began after `than`: the shorter first ("" before any), then by text (a timed epoch starts with
+ * the hex time it began), as the gateway's wsgate.history.later_epoch orders them.
+ * @param {string} epoch @param {string} than @returns {boolean}
+ */
+export function laterEpoch(epoch, than) {
+  return epoch.length !== than.length ? epoch.length > than.length : epoch > than;
+}
+
 /** An `error` answer from the gateway: `code` and `temporary` are undefined from a protocol 1 gateway. */
 export class GatewayError extends Error {
   /** @param {string} text @param {string} [detail] @param {number} [code] @param {boolean} [temporary] */
@@ -128,7 +137,8 @@ export class WsgateClient {
     this.clientId = null;
     /** @type {string | null} */
     this.userId = null;
-    /** The last offset seen in each room with history: where a reconnection resumes.
+    /** The last offset seen in each room with history: where a reconnection resumes. It only moves forward
+     * (`advance`): a copy of an earlier message never takes it back, so nothing is replayed twice.
      * @type {Map<string, {offset: number, epoch: string}>} */
     this.positions = new Map();
     /** How many connections were opened (1 + reconnections). */
@@ -218,8 +228,9 @@ export class WsgateClient {
 
   /**
    * Send to a room the client is subscribed to. `options.idempotencyKey` (1 to 64 characters): publishing
-   * again with the same key within the gateway's `publish.idempotency_window` delivers it once (the retry
-   * is answered with the first's copy); the keys are the user's, or this connection's when anonymous.
+   * again with the same key within the gateway's `publish.idempotency_window` delivers it once (a retry whose
+   * key was used is answered with nothing: the first's delivery is the sender's copy); the keys are the
+   * user's, or this connection's when anonymous.
    * @param {string} room @param {*} data @param {{idempotencyKey?: string}} [options]
    */
   publish(room, data, options = {}) {
@@ -380,8 +391,8 @@ export class WsgateClient {
       this.readyResolve();
       return;
     }
-    if (message.type === "message" && message.room !== undefined && message.offset !== undefined) {
-      this.positions.set(message.room, { offset: message.offset, epoch: message.epoch });
+    if (typeof message.room === "string" && Number.isInteger(message.offset) && typeof message.epoch === "string") {
+      this.advance(message.room, message.offset, message.epoch); // a published message, of any type
     }
     const waiting = message.id !== undefined ? this.pending.get(message.id) : undefined;
     if (message.id !== undefined && !waiting) {
@@ -432,10 +443,25 @@ export class WsgateClient {
     const answer = await this.request(request);
     const data = answer.data;
     if (data.epoch !== undefined && (!since || !data.recovered)) {
-      this.positions.set(room, { offset: data.offset, epoch: data.epoch }); // from here on, nothing missed
+      this.advance(room, data.offset, data.epoch, true); // from here on, nothing missed
     }
     if (since) this.emit(data.recovered ? "recovered" : "recovery_failed", { room, data });
     return data;
+  }
+
+  /**
+   * Move a room's position to (offset, epoch) if that is forward: a room without one takes it; else the same
+   * epoch with a higher offset, or a later epoch (`laterEpoch`: the room's history began again), or, when
+   * `announced` (a `subscribed` answer: where the room stands now), any other epoch. A copy of an earlier
+   * message, or a `subscribed` answer racing live messages, never moves it back.
+   * @param {string} room @param {number} offset @param {string} epoch @param {boolean} [announced]
+   */
+  advance(room, offset, epoch, announced = false) {
+    const current = this.positions.get(room);
+    if (!current || (epoch === current.epoch && offset > current.offset)
+        || (epoch !== current.epoch && (announced || laterEpoch(epoch, current.epoch)))) {
+      this.positions.set(room, { offset, epoch });
+    }
   }
 
   /** @param {object} message */
