@@ -567,3 +567,23 @@ async def test_a_keyed_publish_reaches_the_senders_node_though_the_sender_went_w
     await publish_again(await user(b, "alice", "plain:23"), keyed("plain:23", "gone", "k-1"))
     for member in (member_a, member_b):
         await nothing_more(member)
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["plain room", "room with history"])
+def test_the_byte_bound_counts_at_least_what_the_keys_really_hold(kept: bool) -> None:
+    """Found by the adversary: at its 16 MiB bound the memory broker's keys held 21-26 MiB. What `size` counts
+    must cover what tracemalloc sees the remembered keys hold (digests, epochs, entries)."""
+    import os
+    import tracemalloc
+
+    keys = RecentKeys(300.0, max_keys=10**6, max_bytes=10**9, clock=lambda: 0.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for offset in range(5000):
+            epoch = os.urandom(8).hex()  # (each room its own epoch: none shared)
+            keys.remember(os.urandom(32), First(Position(offset, epoch) if kept else None))
+        held = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert held <= keys.size, (held, keys.size)
