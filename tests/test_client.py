@@ -361,3 +361,43 @@ async def test_a_server_that_closes_at_once_gets_a_growing_backoff(
     await client.close()
     assert client.connects >= 5  # each time `connected` came, then the close
     assert waits[:5] == [0.001, 0.002, 0.004, 0.008, 0.016]
+
+
+async def test_a_long_outage_never_ends_the_reconnect_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Second review: past about 1,024 failed attempts (an hour and a half of outage with the default backoff)
+    the delay overflowed a float and the loop died, silently."""
+    import socket
+
+    with socket.socket() as closed:  # a port nobody listens on: every attempt is refused at once
+        closed.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{closed.getsockname()[1]}/ws"
+    attempts: list[float] = []
+
+    def at_once(low: float, high: float) -> float:
+        attempts.append(high)
+        return 0.0
+
+    monkeypatch.setattr(sdk_client.random, "uniform", at_once)
+    client = GatewayClient(url, backoff=(0.1, 10.0))
+    client._session = aiohttp.ClientSession()
+    client._runner = asyncio.create_task(client._run())
+    await wsgate.testing.eventually(lambda: len(attempts) > 1100 or client._runner.done(), timeout=60)
+    assert not client._runner.done(), client._runner
+    assert attempts[-1] == 10.0
+    await client.close()
+
+
+async def test_after_a_failed_recovery_the_position_is_where_the_room_stands(wsgate_server: StartServer) -> None:
+    """Second review: a recovery answered `recovered: false` with a lower offset in the same epoch (a Redis
+    failover lost the history's tail) kept the client's higher position, and a later resume skipped messages."""
+    server = await wsgate_server(history=HISTORY)
+    async with GatewayClient(server.url("/ws")) as client:
+        await client.subscribe("chat:a")
+        await client.publish("chat:a", 1)
+        first = await client.receive()
+        await client._request({"type": "unsubscribe", "room": "chat:a"})  # (as after a disconnection)
+        client.positions["chat:a"] = Position(first["offset"] + 5, first["epoch"])  # (ahead of the history)
+        data = await client._subscribe("chat:a")
+        assert data["recovered"] is False
+        assert client.positions["chat:a"] == Position(first["offset"], first["epoch"])
+        assert (await client.receive())["data"]["recovered"] is False  # (passed on: reload the room)

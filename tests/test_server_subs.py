@@ -602,3 +602,98 @@ async def test_an_unsubscribe_during_the_clients_own_subscribe_comes_after_its_a
     server_message(await raw(alice), "unsubscribed", "h:1", {"room": "h:1"})
     await nothing_more(alice)
     assert server.gateway.client(alice.id).rooms == set()  # type: ignore[union-attr]
+
+
+async def test_a_server_subscribe_after_a_waiting_unsubscribe_has_the_last_word(wsgate_server: StartServer) -> None:
+    """Second review: an unsubscribe held until the client's subscribe in flight was answered ran after a later
+    subscribe, so the client ended out of the room although subscribe came last."""
+    server = await gateway(wsgate_server, history={"rooms": ["h:*"]})
+    broker = server.app[BROKER]
+    reading, release = asyncio.Event(), asyncio.Event()
+    read = broker.history_position
+
+    async def held_read(room: str) -> Any:
+        reading.set()
+        await release.wait()
+        return await read(room)
+
+    broker.history_position = held_read
+    alice = await user(server, "alice")
+    await alice.send({"type": "subscribe", "room": "h:1", "id": 1})
+    await wait_until(reading)
+    assert (await post(server, "/api/unsubscribe", {"room": "h:1", "client_id": alice.id}))[0] == 200
+    assert (await post(server, "/api/subscribe", {"room": "h:1", "client_id": alice.id}))[0] == 200
+    release.set()
+    assert json.loads(await raw(alice))["id"] == 1  # its own subscribe's answer
+    await nothing_more(alice)
+    assert server.gateway.client(alice.id).rooms == {"h:1"}  # type: ignore[union-attr]
+
+
+async def test_an_unsubscribe_during_a_server_subscribes_authorization_comes_after_it(
+    wsgate_server: StartServer,
+) -> None:
+    """Second review: a server subscribe (here the token's subs, at connect) was not in flight until its
+    authorization returned: an unsubscribe meanwhile found nothing to do, and the client stayed in the room."""
+    held = HeldAuthorizer(room="r")
+    server = await gateway(wsgate_server, held)
+    alice = await user(server, "alice", subs=["r"])
+    await wait_until(held.entered)
+    assert (await post(server, "/api/unsubscribe", {"room": "r", "client_id": alice.id}))[0] == 200
+    held.release.set()
+    server_message(await raw(alice), "subscribed", "r", {"room": "r", "client_count": 1})
+    server_message(await raw(alice), "unsubscribed", "r", {"room": "r"})
+    assert server.gateway.client(alice.id).rooms == set()  # type: ignore[union-attr]
+
+
+async def test_a_subscribe_that_runs_out_of_time_while_joining_leaves_no_member_behind(
+    wsgate_server: StartServer,
+) -> None:
+    """Second review: the time limit fired inside the join (Redis slow to confirm the room), after the hub had
+    taken the client in: it stayed in a room it was never told about."""
+    server = await gateway(wsgate_server, plugins={"hook_timeout": "0.2s"})
+    never = asyncio.Event()
+
+    async def stalled(room: str) -> None:
+        await never.wait()  # (Redis never confirms the room: the deadline ends it)
+
+    server.app[BROKER].wait_receiving = stalled
+    alice = await user(server, "alice")
+    status, answer = await post(server, "/api/subscribe", {"room": "late", "client_id": alice.id})
+    assert status == 200 and answer["refused"][0]["error"] == "internal error"
+    await nothing_more(alice)
+    assert server.gateway.client(alice.id).rooms == set()  # type: ignore[union-attr]
+    assert "late" not in server.hub.rooms
+
+
+async def test_a_command_handed_over_without_an_answer_is_carried_out_once_or_answered_504(
+    wsgate_server: StartServer,
+) -> None:
+    """Second review: a command whose PUBLISH timed out was taken as never sent and applied here from the local
+    queue, though Redis may have run it: then it was applied twice, out of Redis's order."""
+    from wsgate.broker.base import OutcomeUnknown
+
+    server = await gateway(wsgate_server)
+    broker = server.app[BROKER]
+    sent = broker.command
+
+    async def went_out_unanswered(payload: bytes) -> int:
+        await sent(payload)  # it went out (it comes back through the channel)...
+        raise OutcomeUnknown("Redis did not answer within 2s")  # ...but no answer said so
+
+    async def lost(payload: bytes) -> int:
+        raise OutcomeUnknown("Redis did not answer within 2s")
+
+    alice = await user(server, "alice")
+    broker.command = went_out_unanswered
+    assert await post(server, "/api/subscribe", {"room": "r", "client_id": alice.id}) == (
+        200,
+        {"local_clients": 1, "refused": [], "nodes": 1},
+    )
+    server_message(await raw(alice), "subscribed", "r", {"room": "r", "client_count": 1})
+    await nothing_more(alice)  # once
+    server.app[COMMANDS]._answer_wait = 0.2  # (nothing comes back: the wait ends at its bound)
+    broker.command = lost
+    status, answer = await post(server, "/api/unsubscribe", {"room": "r", "client_id": alice.id})
+    assert (status, answer["error"]) == (504, "command outcome unknown")
+    await nothing_more(alice)
+    assert server.gateway.client(alice.id).rooms == {"r"}  # type: ignore[union-attr]

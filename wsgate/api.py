@@ -19,7 +19,8 @@ Every endpoint is a POST with `Authorization: Bearer <api.key>` and a JSON objec
   answer, once this node has carried the command out in its turn: `{"local_clients": n, "refused": [...],
   "nodes": k}`; 503 `other nodes unreachable` (with the same fields) when it was carried out on this node only;
   503 `command dropped` / 504 `command outcome unknown` (`{"error", "detail", "nodes"}`) when this node has no
-  outcome (too many commands waiting / not within `broker.connect_timeout` + `plugins.hook_timeout`).
+  outcome (too many commands waiting / Redis or this node's turn not within `broker.connect_timeout` +
+  `plugins.hook_timeout` after it was handed over).
 """
 
 from __future__ import annotations

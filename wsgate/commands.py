@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from . import errors, protocol
 from .broker import Broker, BrokerError
+from .broker.base import OutcomeUnknown
 from .errors import ClientError
 from .gateway import Gateway
 from .metrics import Metrics
@@ -211,6 +212,8 @@ class Commands:
             others = 0
             try:
                 others = await self._broker.command(payload)
+            except OutcomeUnknown:  # it may have gone out: if so it comes back here, in its order; else 504
+                pass  # (how many other nodes got it is unknown: `nodes` counts this one)
             except BrokerError as exc:  # nobody got it: this node's queue, so it keeps its place after the others
                 unreached = str(exc)
                 self._enqueue(command)

@@ -8,8 +8,9 @@ wired together; each method composes them. Messages go through the router
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from . import errors, protocol
@@ -140,17 +141,30 @@ class Gateway:
 
         While it runs, the room is in `conn.subscribing`: a `server_unsubscribe` meanwhile waits for it (it is
         carried out here, once the answer is queued), so the client hears `subscribed`, then `unsubscribed`."""
-        subscribing = conn.subscribing
-        subscribing[room] = subscribing.get(room, 0) + 1
-        try:
+        with self._in_flight(conn, room):
             if self._router.keeps_history(room):
                 await self._subscribe_with_history(conn, room, since, server)
                 return
-            count = await self.join(conn, room)  # `subscribed` means: messages from every node arrive
+            already = room in conn.rooms
+            try:
+                count = await self.join(conn, room)  # `subscribed` means: messages from every node arrive
+            except BaseException:  # cancelled (a deadline) or failed while waiting: not half subscribed, untold
+                if not already and room in conn.rooms:
+                    self._hub.leave(conn, room)
+                raise
             data: dict[str, Any] = {"room": room, "client_count": count}
             if since is not None:
                 data["recovered"] = False  # nothing is kept for this room: the client must reload its state
             _answer_joined(conn, room, data, server)
+
+    @contextlib.contextmanager
+    def _in_flight(self, conn: GatewayConnection, room: str) -> Iterator[None]:
+        """`room` is in `conn.subscribing` while a subscribe to it runs: a `server_unsubscribe` meanwhile waits
+        (`conn.leaving`) and is carried out when the last one ends, after its answer."""
+        subscribing = conn.subscribing
+        subscribing[room] = subscribing.get(room, 0) + 1
+        try:
+            yield
         finally:
             if subscribing[room] > 1:
                 subscribing[room] -= 1
@@ -204,12 +218,14 @@ class Gateway:
         if conn.state is not State.OPEN:
             raise ClientGone(conn.id)
         self._decoder.check_room(room)
+        conn.leaving.discard(room)  # a later subscribe undoes a server unsubscribe still waiting for an answer
         if room in conn.rooms:
             return  # subscribed already (by itself or by the server): nothing to tell it
-        await self.authorize(conn, protocol.SUBSCRIBE, room)
-        if room in conn.rooms:  # it subscribed meanwhile (its own subscribe): it was told already
-            return
-        await self._subscribe(conn, room, None, server=True)
+        with self._in_flight(conn, room):  # (from the authorization on: an unsubscribe meanwhile comes after)
+            await self.authorize(conn, protocol.SUBSCRIBE, room)
+            if room in conn.rooms:  # it subscribed meanwhile (its own subscribe): it was told already
+                return
+            await self._subscribe(conn, room, None, server=True)
 
     async def try_server_subscribe(self, client: Client, room: str, asked_by: str) -> ClientError | None:
         """`server_subscribe` within `plugins.hook_timeout`, every failure reported (`refused`) and returned:

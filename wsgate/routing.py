@@ -149,11 +149,11 @@ class Router:
     def _waiter(self, skip: Connection | None) -> Waiter:
         """What a publisher awaits: a future of the router's own, never the broker's, so that its cancellation (its
         client went, its handler timed out) cannot keep the broker's answer from this node's members (the
-        broker future's callback delivers it). `skip` is remembered for it until it is done."""
+        broker future's callback delivers it). `skip` is remembered for it until the core delivers, finishes or
+        fails it, cancelled or not: a publisher that went away still leaves its own connection out."""
         waiter: Waiter = asyncio.get_running_loop().create_future()
         if skip is not None:
             self._skips[waiter] = skip
-            waiter.add_done_callback(self._skips.pop)  # (finished, failed or abandoned: forgotten)
         return waiter
 
     def receive(self, room: str | None, message: bytes) -> None:
@@ -191,9 +191,11 @@ class Router:
         behind offsets still pending: queued as answered); or its publisher is told why not."""
         error = _error_of(sent)
         if error is not None:
+            self._skips.pop(waiter, None)
             if not waiter.done():  # (the publisher went away)
                 waiter.set_exception(error)
         elif not self._pending:
+            self._skips.pop(waiter, None)
             _finish(waiter, self._deliver(room, sent.result(), skip))
         else:
             entry = self._order.queue(room, False, waiter)
@@ -210,13 +212,15 @@ class Router:
 
     def _carry_out_one(self, action: Action[Waiter]) -> None:
         if isinstance(action, Deliver):
-            skip = self._skips.get(action.waiter) if self._skips and action.waiter is not None else None
+            skip = self._skips.pop(action.waiter, None) if self._skips and action.waiter is not None else None
             delivered = self._deliver(action.room, action.message, skip)
             if action.waiter is not None:
                 _finish(action.waiter, delivered)
         elif isinstance(action, Done):
+            self._skips.pop(action.waiter, None)
             _finish(action.waiter, action.clients)
         elif isinstance(action, Fail):
+            self._skips.pop(action.waiter, None)
             if not action.waiter.done():  # (the publisher went away)
                 action.waiter.set_exception(action.error)
         elif isinstance(action, Wake):

@@ -62,8 +62,9 @@ class Broker(Protocol):
         """Send `payload` (a command, `wsgate.commands`: JSON, at most `commands.MAX_COMMAND_BYTES`) to every
         node, this one included, whose `commanded` gets it: every node gets the commands of every node in one
         and the same order (each node's in the order sent), at most once. Returns how many other nodes it was
-        handed to (0 with no other node). Raises BrokerError when the other nodes cannot be reached (within
-        `broker.connect_timeout`), or this node would not get it back: then none got it."""
+        handed to (0 with no other node). Raises OutcomeUnknown when it was handed over without an answer within
+        `broker.connect_timeout` (it may have gone out: then it comes back here too, in its order), and
+        BrokerError when the other nodes cannot be reached, or this node would not get it back: then none got it."""
 
     # --- relay ----------------------------------------------------------------------
 

@@ -350,7 +350,10 @@ class RedisBroker:
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
                 receivers = await self._redis.publish(self._control, self.node_id + payload)
-        except (OSError, TimeoutError, aioredis.RedisError) as exc:
+        except TimeoutError:  # handed over, no answer: Redis may have run it (then it comes back, in its order)
+            self._metrics.broker_error()
+            raise OutcomeUnknown(f"Redis did not answer within {self._settings.connect_timeout:g}s") from None
+        except (OSError, aioredis.RedisError) as exc:
             self._metrics.broker_error()
             raise BrokerError(f"Redis did not take the command: {describe(exc)}") from None
         return max(0, int(receivers) - 1)

@@ -66,6 +66,8 @@ RECONNECT_BY_CODE = {1000: "backoff", 1001: "backoff", 1002: "backoff", 1007: "b
 """What to do after a close whose reason gives no advice (`wsgate.errors.CLOSE_CODES`, the registry; a test
 keeps the two equal). A code not listed: backoff."""
 _ADVICE = re.compile(r" \[reconnect=(no|backoff|now)\]$")
+MAX_DOUBLINGS = 60
+"""The backoff doubles at most this often (2**1024 overflows a float: an outage of hours would end the loop)."""
 _REFUSED_FOR_GOOD = frozenset({400, 401, 403, 404, 405, 426})
 """Handshake refusals the same request would get again (a bad token, a bad URL, the endpoint off)."""
 
@@ -302,7 +304,9 @@ class GatewayClient:
             request["since"] = {"offset": since.offset, "epoch": since.epoch}
         answer = await self._request(request)
         data: dict[str, Any] = answer["data"]
-        if "epoch" in data and (since is None or not data.get("recovered")):
+        if "epoch" in data and since is not None and not data.get("recovered"):  # (its history lost a tail, say)
+            self.positions[room] = Position(data["offset"], data["epoch"])  # where the room stands, even if back
+        elif "epoch" in data and since is None:
             self._advance(room, data["offset"], data["epoch"], announced=True)  # from here on, nothing missed
         if since is not None and not data.get("recovered"):
             await self._inbox.put(answer)  # the application must reload this room
@@ -468,7 +472,7 @@ class GatewayClient:
                 came_back_at_once = loop.time()
                 attempt = 1
                 continue
-            await asyncio.sleep(random.uniform(0, min(high, low * 2**attempt)))  # full jitter
+            await asyncio.sleep(random.uniform(0, min(high, low * 2.0 ** min(attempt, MAX_DOUBLINGS))))  # full jitter
             attempt += 1
 
     def _fail_pending(self) -> None:

@@ -442,7 +442,9 @@ export class WsgateClient {
     const request = { type: "subscribe", room, ...(since ? { since } : {}) };
     const answer = await this.request(request);
     const data = answer.data;
-    if (data.epoch !== undefined && (!since || !data.recovered)) {
+    if (data.epoch !== undefined && since && !data.recovered) { // (its history lost a tail, say)
+      this.positions.set(room, { offset: data.offset, epoch: data.epoch }); // where the room stands, even if back
+    } else if (data.epoch !== undefined && !since) {
       this.advance(room, data.offset, data.epoch, true); // from here on, nothing missed
     }
     if (since) this.emit(data.recovered ? "recovered" : "recovery_failed", { room, data });
