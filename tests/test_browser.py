@@ -388,3 +388,24 @@ async def test_the_js_clients_position_only_moves_forward(wsgate_server: StartSe
         pairs,
     )
     assert later == [later_epoch(epoch, than) for epoch, than in pairs]
+
+
+async def test_after_a_failed_recovery_the_js_client_takes_the_rooms_position(
+    wsgate_server: StartServer, page: Any
+) -> None:
+    """Second review: a recovery answered `recovered: false` with a lower offset in the same epoch (a failover
+    that lost the history's tail) kept the client's higher position, and a later resume skipped messages."""
+    server = await wsgate_server(history=HISTORY)
+    await page.goto(server.url("/health"))
+    started = await page.evaluate(START)
+    publisher = await server.connect()
+    await publisher.subscribe("chat:browser")
+    await publisher.request({"type": "publish", "room": "chat:browser", "data": 1})
+    await page.wait_for_function("window.received.length >= 1")
+    await page.evaluate("""() => {
+        const at = window.client.positions.get("chat:browser");
+        window.client.positions.set("chat:browser", { offset: at.offset + 5, epoch: at.epoch });  // ahead of it
+    }""")
+    server.hub.connections[started["clientId"]].drop(1012, "service restart")
+    await page.wait_for_function("window.events.includes('recovery_failed')")
+    assert await page.evaluate("window.client.positions.get('chat:browser').offset") == 1
