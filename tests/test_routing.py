@@ -226,6 +226,30 @@ async def test_router_delivers_locally_in_publish_order_behind_a_pending_offset(
     assert [(m["data"], m.get("offset")) for m in transport.messages()] == [(1, 1), (2, None), (3, None)]
 
 
+async def test_router_leaves_the_sender_out_though_its_publish_was_cancelled() -> None:
+    """Second review: `skip_self` was forgotten when the publisher stopped waiting (its client's handler timed
+    out) before its message, held behind an earlier offset, went out: the sender got its own message."""
+    parts = Parts()
+    broker = SlowHistory()
+    router = Router(parts.hub, broker, RoomPatterns(("h*",)), parts.metrics)
+    sender, sender_transport = parts.connect()
+    member, member_transport = parts.connect()
+    for conn in (sender, member):
+        parts.hub.join(conn, "h1")
+        parts.hub.join(conn, "p1")
+    first = asyncio.create_task(router.publish("h1", protocol.encode("message", room="h1", data=1)))
+    await turn()
+    skipping = asyncio.create_task(router.publish("p1", protocol.encode("message", room="p1", data=2), skip=sender))
+    await turn()
+    skipping.cancel()  # (its handler ran out of time)
+    future, stamped = broker.pending.pop()
+    future.set_result(stamped)
+    assert await first == 2
+    await turn()
+    assert [m["data"] for m in member_transport.messages()] == [1, 2]
+    assert [m["data"] for m in sender_transport.messages()] == [1]  # left out all the same
+
+
 async def test_router_tells_the_publisher_when_history_cannot_be_kept_and_goes_on() -> None:
     parts = Parts()
     broker = SlowHistory()
