@@ -32,7 +32,6 @@ import logging
 import os
 import platform
 import random
-import signal
 import socket
 import sys
 import tempfile
@@ -50,7 +49,8 @@ from wsgate.sdk.publisher import HttpPublisher, PublishError, PublishOutcomeUnkn
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # (run as a script from chaos/: the fault model's harness is beside it)
-from faults.harness import RedisServer, free_port, wait_port  # noqa: E402
+from faults import harness  # noqa: E402
+from faults.harness import RedisServer  # noqa: E402
 
 KEY = "chaos-api-key"
 PREFIX = "chaos"
@@ -59,77 +59,38 @@ SLOW_CONSUMERS = 3
 SLOW_LANE = "slow-lane"  # a plain room where 8 KB messages go 50 times a second: readers that stall fall behind
 
 
-class Node:
-    """One `python -m wsgate` process on a fixed port, so clients find it again after a restart."""
+class Node(harness.Node):
+    """A wsgate node of the run (the fault model's `Node`), with this run's settings and plugin."""
 
     def __init__(self, name: str, redis_url: str, log_dir: Path) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/ws"
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"{name}.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBSOCKET_", "WSGATE_"))}
-        self.env.update(
+        super().__init__(
+            name,
+            log_dir,
             {
-                "WEBSOCKET_ENABLED": "true",
-                "WSGATE_BROKER__URL": redis_url,
-                "WSGATE_BROKER__PREFIX": PREFIX,
-                "WSGATE_BROKER__REQUIRED": "false",
-                "WSGATE_BROKER__CONNECT_TIMEOUT": "2s",
-                "WSGATE_BROKER__PROBE_INTERVAL": "2s",
-                "WSGATE_HISTORY__ROOMS": '["chaos:*"]',
-                "WSGATE_HISTORY__SIZE": "100000",
-                "WSGATE_HISTORY__TTL": "1h",
-                "WSGATE_SHUTDOWN__MODE": "restart",
-                "WSGATE_SHUTDOWN__WINDOW": "2s",
-                "WSGATE_API__KEY": KEY,
-                "WSGATE_PLUGINS__MODULES": '["chaos_plugin"]',
-                "WSGATE_LOGGING__ACCESS_LOG": "false",
-                "PYTHONPATH": os.pathsep.join([str(HERE), self.env.get("PYTHONPATH", "")]),
-            }
+                "broker.url": redis_url,
+                "broker.prefix": PREFIX,
+                "broker.required": False,
+                "broker.connect_timeout": "2s",
+                "broker.probe_interval": "2s",
+                "history.rooms": ["chaos:*"],
+                "history.size": 100000,
+                "history.ttl": "1h",
+                "shutdown.mode": "restart",
+                "shutdown.window": "2s",
+                "api.key": KEY,
+                "plugins.modules": ["chaos_plugin"],
+            },
+            home=HERE,
         )
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "wsgate",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                env=self.env,
-                cwd=HERE,
-                stdout=out,
-                stderr=out,
-            )
-        await wait_port(self.port)
 
     async def restart_gracefully(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)  # restart mode: 1012 in batches, then exit 0
-        await asyncio.wait_for(self.proc.wait(), 60)
+        """SIGTERM (restart mode: 1012 in batches, then exit 0), then start again."""
+        await self.terminate(60)
         await self.start()
 
     async def kill_and_start(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        await self.proc.wait()
+        await self.kill()
         await self.start()
-
-    def rss_kb(self) -> int:
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
 
 
 class Subscriber(GatewayClient):
@@ -214,7 +175,7 @@ async def _discard(client: GatewayClient) -> None:
 
 async def dropped_slow(node: Node) -> int:
     """How many clients node-a closed for not reading (slow consumer, write timeout), from its /metrics."""
-    async with aiohttp.ClientSession() as session, session.get(node.http + "/metrics") as resp:
+    async with aiohttp.ClientSession() as session, session.get(node.url("/metrics")) as resp:
         text = await resp.text()
     return sum(
         int(float(line.rsplit(" ", 1)[1]))
@@ -235,7 +196,7 @@ class Publishers:
         self.clients: list[GatewayClient] = []
 
     async def run(self, stop: asyncio.Event) -> None:
-        urls = [node.url for node in self.nodes]
+        urls = [node.ws_url for node in self.nodes]
         tasks = []
         for n, room in enumerate(ROOMS):
             client = GatewayClient(urls[n % 3 :] + urls[: n % 3], backoff=(0.2, 2.0), request_timeout=15.0)
@@ -257,7 +218,7 @@ class Publishers:
                 self.refused[message.get("error", "?")] += 1
 
     async def _room(self, client: GatewayClient, room: str, n: int, stop: asyncio.Event) -> None:
-        http = HttpPublisher(self.nodes[(n + 1) % 3].http, KEY)
+        http = HttpPublisher(self.nodes[(n + 1) % 3].url(""), KEY)
         seq = 0
         await asyncio.sleep(random.uniform(0, self.period))
         try:
@@ -319,7 +280,7 @@ async def main() -> int:
     nodes = [Node(name, redis.url, workdir) for name in ("node-a", "node-b", "node-c")]
     for node in nodes:
         await node.start()
-    urls = [node.url for node in nodes]
+    urls = [node.ws_url for node in nodes]
     subscribers = [Subscriber(urls[n % 3 :] + urls[: n % 3], ROOMS[n % len(ROOMS)]) for n in range(args.clients)]
     publishers = Publishers(nodes, args.period)
     events: list[str] = []
@@ -330,7 +291,7 @@ async def main() -> int:
         await asyncio.gather(*(client.subscribe(client.room) for client in subscribers))
         consumers = [asyncio.create_task(client.consume()) for client in subscribers]
         await asyncio.sleep(2)
-        rss_before = nodes[0].rss_kb()  # node-a runs throughout
+        rss_before = nodes[0].rss_kib()  # node-a runs throughout
         stop_faults, stop_publishing = asyncio.Event(), asyncio.Event()
         publishing = asyncio.create_task(publishers.run(stop_publishing))
 
@@ -347,7 +308,7 @@ async def main() -> int:
             asyncio.create_task(slow_consumer(nodes[0].port, [SLOW_LANE, *ROOMS], stop_faults))
             for _ in range(SLOW_CONSUMERS)
         ]
-        flood = asyncio.create_task(flood_slow_lane(nodes[0].url, stop_faults))
+        flood = asyncio.create_task(flood_slow_lane(nodes[0].ws_url, stop_faults))
 
         async def faults() -> None:
             await asyncio.sleep(0.2 * d)
@@ -378,17 +339,17 @@ async def main() -> int:
         async with asyncio.timeout(120):  # every client catches up: resumed, replayed, live
             while any(len({o for _, o in c.received}) < len(stored[c.room][1]) for c in subscribers):
                 await asyncio.sleep(0.5)
-        rss_after = nodes[0].rss_kb()
+        rss_after = nodes[0].rss_kib()
         for task in consumers:
             task.cancel()
         return report(args, subscribers, stored, publishers, events, rss_before, rss_after, started)
     except TimeoutError:
         stored = await stored_offsets(redis.url)
-        return report(args, subscribers, stored, publishers, events, rss_before, nodes[0].rss_kb(), started)
+        return report(args, subscribers, stored, publishers, events, rss_before, nodes[0].rss_kib(), started)
     finally:
         await asyncio.gather(*(client.close() for client in subscribers), return_exceptions=True)
         for node in nodes:
-            await node.stop()
+            await node.kill()
         await redis.stop()
 
 

@@ -182,20 +182,24 @@ class TcpProxy:
             await self._server.wait_closed()
 
 
-def node_environment(settings: dict[str, Any]) -> dict[str, str]:
-    """Environment variables for `settings` ({"broker.url": ..., "history.rooms": [...]}), nothing inherited."""
+def node_environment(settings: dict[str, Any], home: Path = HERE) -> dict[str, str]:
+    """Environment variables for `settings` ({"broker.url": ..., "history.rooms": [...]}), nothing inherited;
+    `home` (the directory of the node's plugin modules) first on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBSOCKET_", "WSGATE_"))}
     for key, value in settings.items():
         env[env_name(key)] = value if isinstance(value, str) else json.dumps(value)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(home), env.get("PYTHONPATH", "")])
     return env
 
 
 class Node:
-    """One `python -m wsgate` process on a fixed port (clients find it again after a restart); its log in a file."""
+    """One `python -m wsgate` process on a fixed port (clients find it again after a restart); its log in a file.
+    `home`: where it runs and finds its plugin modules (this directory's `fault_plugin` unless `settings` name
+    others: the chaos run's)."""
 
-    def __init__(self, name: str, workdir: Path, settings: dict[str, Any]) -> None:
+    def __init__(self, name: str, workdir: Path, settings: dict[str, Any], *, home: Path = HERE) -> None:
         self.name = name
+        self.home = home
         self.port = free_port()
         self.log = workdir / f"{name}.log"
         self.settings = {
@@ -225,8 +229,8 @@ class Node:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                env=node_environment(self.settings),
-                cwd=HERE,
+                env=node_environment(self.settings, self.home),
+                cwd=self.home,
                 stdout=out,
                 stderr=out,
             )
