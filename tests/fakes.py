@@ -38,26 +38,18 @@ class RecordingTransport:
     def is_closing(self) -> bool:
         return False
 
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
     def write(self, data: bytes) -> None:
         self.written += data
         self.writes += 1
 
     def messages(self) -> list[dict[str, Any]]:
         return [json.loads(payload) for _, payload in frame_payloads(self.written)]
-
-
-class FakeRequest:
-    def __init__(self) -> None:
-        self.remote = "127.0.0.1"
-        self.transport = RecordingTransport()
-
-
-class FakeWebSocket:
-    compress = False
-    close_code = None
-
-    async def close(self, code: int, message: bytes) -> None:
-        pass
 
 
 class Parts:
@@ -78,19 +70,18 @@ class Parts:
         self.flusher = Flusher()
 
     def connect(self) -> tuple[GatewayConnection, RecordingTransport]:
-        request = FakeRequest()
+        transport = RecordingTransport()
         conn = GatewayConnection(
-            FakeWebSocket(),
-            None,
-            request,
-            settings=self.settings,  # type: ignore[arg-type]
+            transport,
+            remote="127.0.0.1",
+            settings=self.settings,
             flusher=self.flusher,
             metrics=self.metrics,
             on_drop=self.hub.remove,
             gateway=None,
         )  # type: ignore[arg-type]
         assert self.hub.admit(conn)
-        return conn, request.transport
+        return conn, transport
 
 
 async def turn() -> None:

@@ -100,7 +100,7 @@ async def test_a_client_whose_socket_goes_during_a_hanging_hook_leaves_at_once(
         transport.close()
     await asyncio.wait_for(hangs.disconnected.wait(), BOUND)  # not after 60 s
     assert hangs.cancelled == ["wsgate_authorize" if message["type"] == "subscribe" else "handler"]
-    await eventually(lambda: not server.hub.sockets and not server.hub.connections)
+    await eventually(lambda: not server.hub.claimed and not server.hub.connections)
 
 
 @pytest.mark.slow

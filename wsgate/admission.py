@@ -51,7 +51,7 @@ def guard_connections(server: web.Server, hub: Hub, metrics: Metrics) -> None:
     refused socket whose peer reset it first would never be closed), so the refused socket's abort is
     scheduled first.
     """
-    claimed: dict[RequestHandler, str] = {}
+    claimed = hub.claimed
 
     def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
         peer = transport.get_extra_info("peername")
@@ -71,10 +71,9 @@ def guard_connections(server: web.Server, hub: Hub, metrics: Metrics) -> None:
             transport.abort()
 
     def connection_lost(handler: RequestHandler) -> None:
-        address = claimed.pop(handler, None)
+        address = claimed.pop(handler, None)  # (an upgraded socket's claim went with it to its connection)
         if address is not None:
             hub.release_address(address)
-        hub.socket_lost(handler)  # a WebSocket client whose reader awaits a handler goes now, not after it
 
     watch_connections(server, connection_made, connection_lost)
 

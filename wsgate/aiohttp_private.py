@@ -8,6 +8,17 @@ than a test deep in the suite. What each use relies on, and why no public API se
   parsed. aiohttp has no public per-socket callback (signals and middlewares start at a parsed request).
 - `BaseTestServer._make_runner` (`production_test_server`): `TestServer.start_server` builds an `AppRunner`
   with `handler_cancellation=True`; neither the runner's class nor that flag can be chosen publicly.
+- The upgraded socket's hand-over (`take_over`, `Inbox`): after `WebSocketResponse.prepare`, the socket is moved
+  from aiohttp's `RequestHandler` to the wsgate connection (`transport.set_protocol`), so that the request, its
+  headers, the handler, its tasks and aiohttp's WebSocket reader objects are freed: an idle connection then
+  holds only its socket, its transport and the connection (docs/performance.md, "Memory per connection").
+  It relies on: `RequestHandler.transport` (set to None, so aiohttp does not close the socket when the view
+  returns), `RequestHandler._manager` (`Server.connection_lost`, so the server forgets the handler),
+  `WebSocketResponse._reader._buffer` (messages parsed before the hand-over), `WebSocketResponse._writer`
+  (the deflate writer, kept for a connection that negotiated compression) and aiohttp's frame parser
+  `aiohttp._websocket.reader.WebSocketReader` with its queue `WebSocketDataQueue` (subclassed: messages are
+  handed to the connection as they are parsed, and queued, bounded in bytes, only while one is handled).
+  aiohttp has no public way to detach an upgraded socket from its request handler.
 - `GunicornWebWorker._get_valid_log_format` (`gunicorn_access_log_format`): how aiohttp's worker turns
   gunicorn's `--access-logformat` into aiohttp's (gunicorn's default becomes aiohttp's default; a
   gunicorn-style `%(name)s` format is refused with a ValueError). A worker that builds its own runner must
@@ -25,9 +36,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from aiohttp import web
+from aiohttp import WSMessage, web
+from aiohttp._websocket import reader as _ws_reader
 from aiohttp.web import RequestHandler
 
 if TYPE_CHECKING:
@@ -93,3 +105,125 @@ def gunicorn_access_log_format(worker: GunicornWebWorker, gunicorn_format: str) 
     itself; a worker building its own runner must convert alike, and aiohttp offers no public conversion.
     """
     return worker._get_valid_log_format(gunicorn_format)
+
+
+# --- the upgraded socket's hand-over ---------------------------------------------------------------------
+
+QUEUE_LIMIT = 2**16
+"""Bytes (aiohttp's accounting: each message's size plus 128) queued while a message is handled, before the
+parser stops and the socket is no longer read: aiohttp's own default (`WebSocketResponse`'s reader)."""
+
+_COMPILED = _ws_reader.WebSocketDataQueue.__module__.endswith("_c")  # aiohttp's C parser (else AIOHTTP_NO_EXTENSIONS)
+
+
+class Receiver(Protocol):
+    """What `Inbox` hands messages to: the wsgate connection (`wsgate.connection.Connection`)."""
+
+    _reading_paused: bool
+
+    def received(self, message: WSMessage) -> bool: ...
+    def frame_error(self, error: BaseException) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class Inbox(_ws_reader.WebSocketDataQueue):
+    """aiohttp's parser's queue, for one connection: each message goes to the connection as it is parsed
+    (`Receiver.received`), and is queued only while the connection handles one (`queuing`): then aiohttp's
+    own accounting bounds it in bytes (`QUEUE_LIMIT`), stops the parser and pauses reading the socket, and
+    `next` takes the queued messages in order.
+
+    The queue's buffer (a deque, about 600 bytes) is made only when a connection first has to queue: an idle
+    connection never pays for it. A parse error while queuing comes after the queued messages, as in aiohttp.
+    """
+
+    __slots__ = ("_receiver", "queuing")
+
+    def __init__(self, receiver: Receiver) -> None:  # (the base's __init__ runs at the first queuing)
+        self._receiver = receiver
+        self.queuing = False
+        if not _COMPILED:  # the pure-Python queue reads its fields from the start
+            super().__init__(receiver, QUEUE_LIMIT, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+
+    def feed_data(self, data: Any, size: int) -> None:
+        if self.queuing:
+            super().feed_data(data, size)
+        elif self._receiver.received(data):  # the connection is busy with it: queue what follows
+            self.start_queuing()
+
+    def set_exception(self, exc: BaseException, exc_cause: BaseException | None = None) -> None:
+        if self.queuing:
+            super().set_exception(exc)
+        else:
+            self._receiver.frame_error(exc)
+
+    def feed_eof(self) -> None:
+        """aiohttp's handler's end; the connection learns of its socket's end from the transport itself."""
+
+    def start_queuing(self) -> None:
+        if self._buffer is None:
+            _ws_reader.WebSocketDataQueue.__init__(
+                self,
+                self._receiver,  # it has what aiohttp's queue uses: flow control
+                QUEUE_LIMIT,
+                loop=asyncio.get_running_loop(),
+            )
+        self.queuing = True
+
+    async def next(self) -> WSMessage | None:
+        """The next queued message (never waits), or None once none is left: queuing stops. A parse error
+        met while queuing is raised after the messages before it (aiohttp's WebSocketError)."""
+        if self._buffer or self.exception() is not None:
+            return await self.read()  # type: ignore[return-value]  # decode_text: a text message's data is str
+        self.queuing = False
+        return None
+
+
+class Upgraded(NamedTuple):
+    parser: Any  # aiohttp's WebSocketReader: `feed_data(bytes)`
+    inbox: Inbox
+    deflate: Any  # aiohttp's WebSocketWriter for a connection that negotiated permessage-deflate, else None
+    early: list[WSMessage]  # messages parsed before the hand-over (sent before the 101 arrived)
+
+
+def take_over(request: web.BaseRequest, ws: DetachedResponse, receiver: Receiver) -> Upgraded:
+    """Move the socket of `request`, upgraded by `ws.prepare`, from aiohttp to `receiver` (an asyncio.Protocol):
+    from now on the transport calls `receiver`, the view may return at once (aiohttp neither closes the socket
+    nor sends a close frame: see `DetachedResponse`), and the handler, the request and `ws` are freed.
+
+    Must be called without an await since `ws.prepare` returned. The parser is a new one: a frame split across
+    the hand-over is possible only for a client that sent frames before the server's 101, which RFC 6455
+    (section 4.1) forbids; what aiohttp had parsed whole is returned in `early`.
+    """
+    handler = request.protocol
+    transport = request.transport
+    ws.detached = True
+    assert transport is not None and handler is not None
+    inbox = Inbox(receiver)
+    parser = _ws_reader.WebSocketReader(inbox, ws._max_msg_size, compress=bool(ws.compress), decode_text=True)
+    early: list[WSMessage] = [message for message, _ in ws._reader._buffer] if ws._reader is not None else []  # type: ignore[misc]
+    transport.set_protocol(receiver)  # type: ignore[arg-type]
+    deflate = ws._writer if ws.compress else None
+    if deflate is not None:
+        deflate.protocol = receiver  # type: ignore[assignment]  # its drain waits on the receiver's flow control
+    handler.transport = None  # aiohttp closes its handler's transport when the view returns: no longer its own
+    manager = handler._manager
+    if manager is not None:
+        manager.connection_lost(handler, None)  # the server forgets the handler (once its task has ended)
+    return Upgraded(parser, inbox, deflate, early)
+
+
+class DetachedResponse(web.WebSocketResponse):
+    """A WebSocketResponse whose socket `take_over` moves away: aiohttp's end of the request (`write_eof`)
+    neither sends a close frame nor touches the socket, which is no longer aiohttp's. Before the hand-over
+    (a refusal at capacity, a drain), `close` works as aiohttp's."""
+
+    __slots__ = ("detached",)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.detached = False
+
+    async def write_eof(self) -> None:  # type: ignore[override]
+        if not self.detached:
+            await super().write_eof()

@@ -65,6 +65,8 @@ from .rooms import RoomPatterns
 from .routing import Router
 from .supervision import Supervisor
 from .views import (
+    SESSIONS,
+    Sessions,
     client_js_view,
     health_view,
     metrics_view,
@@ -162,6 +164,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     answer_wait = settings.broker.connect_timeout + settings.plugins.hook_timeout
     app[COMMANDS] = Commands(gateway, broker, decoder, metrics, answer_wait=answer_wait)
     app[FLUSHER] = Flusher()
+    app[SESSIONS] = Sessions(hub, app[DISPATCHER], loaded)
     app[SUPERVISOR] = supervisor
     app[STARTED_AT] = time.monotonic()
     http_routes = [app.router.add_get("/health", health_view), app.router.add_get("/ready", ready_view)]

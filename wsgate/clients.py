@@ -23,5 +23,6 @@ class GatewayConnection(Connection):
         self.gateway = gateway
         self.subscribing: dict[str, int] = {}
         """Rooms a subscribe (its own or the server's) is joining and answering, with how many (`wsgate.gateway`)."""
-        self.leaving: set[str] = set()
-        """Rooms of `subscribing` the server unsubscribed it from meanwhile: left once they are answered."""
+        self.leaving: set[str] | None = None
+        """Rooms of `subscribing` the server unsubscribed it from meanwhile: left once they are answered (None
+        until there is one: an idle connection holds no empty set)."""

@@ -7,6 +7,11 @@ Flusher writes each outbox that got frames with ONE transport write, however man
 frames piled up, so the kernel gets several frames per system call. A client
 whose socket is full is left to its own writer task, which waits (at most
 `write_wait`) for it to drain: a slow peer only ever slows itself.
+
+After the upgrade the connection is the socket's protocol (`aiohttp_private.take_over`): frames are parsed
+as bytes arrive. Control frames are handled at once; a text message starts a reader task that handles it,
+then what arrived meanwhile (queued, bounded in bytes), in order, and ends. An idle connection holds no task
+and no buffer (docs/performance.md, "Memory per connection").
 """
 
 from __future__ import annotations
@@ -16,25 +21,66 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from contextvars import ContextVar
 from typing import Any, overload
 
-from aiohttp import WSMsgType, web
-from aiohttp.abc import AbstractStreamWriter
+from aiohttp import WebSocketError, WSMessage, WSMsgType
 
 from . import errors, protocol
+from .aiohttp_private import Upgraded
 from .config import WebSocketSettings
 from .errors import CloseReason, close_text, plugin_close
 from .keepalive import Action, Keepalive
 from .metrics import Metrics
 from .ratelimit import RateLimiter
 from .supervision import Throttled
-from .wire import PING_FRAME, PONG_OPCODE, close_fields, control_frame, frame_payloads, text_frame
+from .wire import (
+    PING_FRAME,
+    PONG_OPCODE,
+    PROTOCOL_ERROR,
+    close_fields,
+    close_frame,
+    close_reply,
+    control_frame,
+    frame_payloads,
+    text_frame,
+)
 
 log = logging.getLogger(__name__)
 
 FAULT_LOG_INTERVAL = 10.0  # seconds between two log lines about a fault that can recur per client
+READ_BATCH = 32  # messages one client may have handled in one read before others get a turn (< send_queue_size)
+
+TextHandler = Callable[[Any, str], Coroutine[Any, Any, None]]  # (called with the connection itself)
+BinaryHandler = Callable[[Any, bytes], None]
+EndHandler = Callable[[Any], Awaitable[None]]
+
+
+class Released:
+    """Set once a connection is gone and everything it held is released; awaitable (`wait`) without a
+    future until someone waits (an idle connection holds none)."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self) -> bool:
+        if not self._set:
+            if self._waiter is None:
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
+        return True
 
 
 class State(enum.Enum):
@@ -104,12 +150,13 @@ class Flusher:
                 conn.drop(errors.WRITE_FAILED)
 
 
-class Connection:
+class Connection(asyncio.Protocol):
     """One client's socket and state. Plugins see it through the narrow `wsgate.Client` protocol.
 
-    Collaborators come in the constructor: `settings` (timeouts, outbox size, limits),
-    the `flusher`, `metrics`, and `on_drop`, called on the next loop turn after the
-    client is dropped (the hub takes it out of its rooms).
+    Collaborators come in the constructor: the upgraded socket's `transport`, `settings` (timeouts, outbox size,
+    limits), the `flusher`, `metrics`, `on_drop`, called on the next loop turn after the client is dropped (the
+    hub takes it out of its rooms), and `on_text`, `on_binary` and `on_end` (`attach`): what handles the
+    client's messages, and what releases it once its socket is gone.
     """
 
     __slots__ = (
@@ -119,14 +166,13 @@ class Connection:
         "identity",
         "rooms",
         "remote",
+        "address",
         "state",
         "close_cause",
         "close_code",
         "last_seen",
         "opened_at",
         "closed",
-        "_ws",
-        "_stream",
         "_transport",
         "_high_water",
         "_raw",
@@ -151,20 +197,34 @@ class Connection:
         "_expiry",
         "replying",
         "protocol",
+        "_parser",
+        "_inbox",
+        "_deflate",
+        "_on_text",
+        "_on_binary",
+        "_on_end",
+        "reader_task",
+        "_reading_paused",
+        "_write_paused",
+        "_drain_waiter",
+        "_peer_closed",
+        "_socket_gone",
+        "_ending",
+        "_peer_code",
     )
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
-        stream: AbstractStreamWriter,
-        request: web.Request,
+        transport: asyncio.Transport,
         *,
+        remote: str | None,
         settings: WebSocketSettings,
         flusher: Flusher,
         metrics: Metrics,
         on_drop: Callable[[Connection], None],
         identity: object = None,
         protocol_version: int = protocol.GUIDE_PROTOCOL,
+        compressed: bool = False,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.protocol = protocol_version  # the version the client asked for (`/ws?protocol=N`, protocol.negotiate)
@@ -172,15 +232,14 @@ class Connection:
         self._on_drop = on_drop
         self.identity = identity  # what an authentication plugin returned; None when anonymous
         self.rooms: set[str] = set()
-        self.remote = request.remote
+        self.remote = remote
+        self.address: str | None = None  # the address this socket is counted against (`Hub.claim_address`)
         self.state = State.OPEN
         self.close_cause: CloseReason | None = None  # why the server closed it (None: the client closed first)
-        self.close_code: int | None = None  # the code the server closed with (None: the client closed first)
-        self._ws = ws
-        self._stream = stream
-        self._transport = request.transport
-        self._high_water = self._transport.get_write_buffer_limits()[1] if self._transport else 0
-        self._raw = not ws.compress  # frames go to the socket as they are, unless deflate was negotiated
+        self.close_code: int | None = None  # the close code sent, or the client's (None: no close frame)
+        self._transport = transport
+        self._high_water = transport.get_write_buffer_limits()[1]
+        self._raw = not compressed  # frames go to the socket as they are, unless deflate was negotiated
         self._loop = asyncio.get_running_loop()
         self._flusher = flusher
         self._outbox: list[bytes] = []  # complete WebSocket frames, header included
@@ -191,19 +250,33 @@ class Connection:
         self._marked = False  # in the flusher's list for this turn
         self._blocked = False  # the socket is full: the writer task waits for it to drain
         self._write_wait = settings.write_wait
-        self.last_seen = self.opened_at = self._loop.time()  # when the reader last took a frame (loop time)
+        self.last_seen = self.opened_at = self._loop.time()  # when the client last sent a frame (loop time)
         limits = settings.limits
         self.limiter = RateLimiter(limits, self.last_seen) if RateLimiter.needed(limits) else None
         self._alive = Keepalive(self.last_seen, settings.ping_interval, settings.pong_wait)  # the verdicts
-        self.handling = False  # the reader is handling one of this client's messages (set by the read loop)
+        self.handling = False  # one of this client's messages is being handled (what follows is queued)
         self._ping_due = False
         self._pong: bytes | None = None
         self._timer: asyncio.Handle | None = None  # the keepalive's next question (a timer, or a loop turn)
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
-        self.closed = asyncio.Event()  # set once the client is gone and everything is released
+        self.closed = Released()  # set once the client is gone and everything is released
         self.replying: Reply | None = None  # the request id of the message being handled (set by the dispatcher)
+        self._parser: Any = None  # aiohttp's frame parser (`attach`)
+        self._inbox: Any = None  # its queue (`aiohttp_private.Inbox`)
+        self._deflate: Any = None  # aiohttp's writer, for permessage-deflate only
+        self._on_text: TextHandler | None = None
+        self._on_binary: BinaryHandler | None = None
+        self._on_end: EndHandler | None = None
+        self.reader_task: asyncio.Task[None] | None = None  # handles text messages, then ends (`_read_queued`)
+        self._reading_paused = False
+        self._write_paused = False  # the transport asked us to stop writing (over its high-water mark)
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._peer_closed: asyncio.Future[None] | None = None  # the client's close frame, or its socket's end
+        self._socket_gone = False
+        self._ending = False
+        self._peer_code: int | None = None  # the code of the client's close frame, when it closed first
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} rooms={len(self.rooms)}>"
@@ -326,6 +399,187 @@ class Connection:
             self._blocked = True
             self._need_writer()
 
+    # --- reading: the socket's protocol after the upgrade -------------------------------------------
+
+    def attach(
+        self,
+        upgraded: Upgraded,
+        on_text: TextHandler,
+        on_binary: BinaryHandler,
+        on_end: EndHandler,
+        *,
+        hold: bool = False,
+    ) -> None:
+        """Take the socket `aiohttp_private.take_over` moved here: `on_text(conn, text)` handles each text
+        message (a coroutine, driven by hand), `on_binary(conn, data)` each binary one, and `on_end(conn)` runs
+        once the socket is gone and this connection released (`stop`). Messages aiohttp parsed before the
+        hand-over come first.
+
+        `hold`: what the client sends is queued (bounded in bytes, as while a message is handled) until
+        `release`: for work before its first message, e.g. the `wsgate_client_connected` hooks.
+        """
+        self._parser, self._inbox, self._deflate = upgraded.parser, upgraded.inbox, upgraded.deflate
+        self._on_text, self._on_binary, self._on_end = on_text, on_binary, on_end
+        if hold:
+            self.handling = True
+            self._inbox.start_queuing()
+        for message in upgraded.early:
+            self._inbox.feed_data(message, len(message.data or b""))
+
+    def release(self) -> None:
+        """End `attach`'s hold: what was queued meanwhile is handled now, in order."""
+        if self.reader_task is None and self._inbox.queuing:
+            self.reader_task = self._loop.create_task(self._read_queued(None))
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)  # -> received() for each message, frame_error() for a bad frame
+
+    def eof_received(self) -> bool | None:
+        return None  # the client half-closed without a close frame: the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The socket is gone (closed by either side, reset): the client goes now, out of its rooms, its work in
+        flight cancelled (`on_drop`); then everything is released (`stop`) and `on_end` runs."""
+        self._socket_gone = True
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("the socket is gone"))
+            waiter.exception()  # (retrieved: nobody may be waiting any more)
+        if self._peer_closed is not None and not self._peer_closed.done():
+            self._peer_closed.set_result(None)
+        self.lost()
+        if not self._ending:
+            self._ending = True
+            self._loop.create_task(self._end(), name=f"wsgate-end-{self.id}")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _drain(self) -> None:
+        """Wait until the transport takes writes again (below its low-water mark); ConnectionResetError once
+        the socket is gone."""
+        if self._socket_gone:
+            raise ConnectionResetError("the socket is gone")
+        if not self._write_paused:
+            return
+        if self._drain_waiter is None:
+            self._drain_waiter = self._loop.create_future()
+        await asyncio.shield(self._drain_waiter)
+
+    _drain_helper = _drain  # the name aiohttp's deflate writer waits on (`aiohttp_private.take_over`)
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (aiohttp's queue is full: `aiohttp_private.Inbox`)."""
+        if not self._reading_paused:
+            self._reading_paused = True
+            if not self._transport.is_closing():
+                self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
+
+    def received(self, message: WSMessage) -> bool:
+        """One message as it is parsed, in `data_received`; whether this client is now busy with it: a text
+        message is handled in a reader task (`_read_queued`), and what follows is queued by the inbox until
+        the task has taken it. Never raises: an exception here would stop aiohttp's parser for good."""
+        try:
+            self.last_seen = self._loop.time()
+            if message.type is not WSMsgType.TEXT:
+                self._control(message)
+                return False
+            if self.state is not State.OPEN:
+                return False  # read after the client was closed (a flood still buffered): not handled
+            self.handling = True
+            self.reader_task = self._loop.create_task(self._read_queued(message.data))
+            return True
+        except Exception:  # never expected: a bug in wsgate
+            log.exception("client %s: handling a frame failed; closing", self.id, extra={"client_id": self.id})
+            self.drop(errors.INTERNAL_CLOSE)
+        return False
+
+    def _control(self, message: WSMessage) -> None:
+        """A message that is not text, handled at once wherever it comes from: binary, ping, pong, close."""
+        kind = message.type
+        if kind is WSMsgType.BINARY:
+            if self.state is State.OPEN and self._on_binary is not None:
+                self._on_binary(self, message.data)
+        elif kind is WSMsgType.PING:
+            self.queue_pong(message.data)
+        elif kind is WSMsgType.CLOSE:
+            self._peer_close(message.data)
+        # PONG: a sign of life (last_seen), nothing more
+
+    def frame_error(self, error: BaseException) -> None:
+        """A frame aiohttp's parser refused (RFC 6455 section 7.4.1: 1002 a protocol error, 1007 invalid UTF-8,
+        1009 too big): closed with its code, as aiohttp closes."""
+        code = int(error.code) if isinstance(error, WebSocketError) else PROTOCOL_ERROR
+        if code == errors.MESSAGE_TOO_BIG.code:
+            self._metrics.error(errors.MESSAGE_TOO_BIG.label)
+            why = errors.MESSAGE_TOO_BIG
+        else:
+            why = None
+        if self.state is not State.OPEN:
+            return
+        self.state = State.CLOSING
+        self.close_cause, self.close_code = why, code
+        self._clear()
+        self._loop.call_soon(self._on_drop, self)
+        self._closer = self._loop.create_task(self._close(code, "", True, answer=False), name=f"wsgate-close-{self.id}")
+
+    async def _read_queued(self, text: str | None) -> None:
+        """The reader task: handle `text` (None: none), then what was queued meanwhile, in order, each awaited;
+        every READ_BATCH messages, a loop turn for the others. It ends once the queue is empty (reading resumes
+        then, if the queue had filled: `aiohttp_private.Inbox`)."""
+        inbox, on_text = self._inbox, self._on_text
+        assert on_text is not None
+        try:
+            if text is not None:
+                await on_text(self, text)
+            batch = 1
+            while (message := await inbox.next()) is not None:
+                self.last_seen = self._loop.time()
+                if message.type is WSMsgType.TEXT:
+                    if self.state is State.OPEN:
+                        await on_text(self, message.data)
+                    batch += 1
+                    if batch >= READ_BATCH:  # receive() did not yield while frames were buffered: the flusher runs
+                        batch = 0
+                        await asyncio.sleep(0)
+                else:
+                    self._control(message)
+        except WebSocketError as error:  # a bad frame after the queued messages
+            self.frame_error(error)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+        finally:
+            self.reader_task = None
+            self.handling = False
+
+    def _peer_close(self, data: int) -> None:
+        """The client's close frame (`data`: its code, 0 for none): answered (section 5.5.1) unless ours was
+        sent first, then the socket is closed, within `write_wait`."""
+        if self._peer_closed is not None and not self._peer_closed.done():
+            self._peer_closed.set_result(None)  # the answer to our close: `_close` ends the handshake
+        if self.state is not State.OPEN:
+            return
+        self._peer_code = data or None
+        self.lost()
+        transport = self._transport
+        if not transport.is_closing():
+            transport.write(close_frame(close_reply(data), b""))
+            transport.close()  # after what is buffered; a peer that does not read it is cut at write_wait
+            self._loop.call_later(self._write_wait, transport.abort)
+
     # --- life cycle --------------------------------------------------------------
 
     def start(self) -> None:
@@ -414,14 +668,13 @@ class Connection:
             async with asyncio.timeout(timeout):
                 if self._writer is not None and not self._writer.done():
                     await asyncio.wait([self._writer])  # it waits for a full socket to drain, and deflates
-                if self._outbox and self._transport is not None and not self._transport.is_closing():
+                if self._outbox and not self._transport.is_closing():
                     frames = b"".join(self._outbox)  # bounded by send_queue_bytes: one write, then wait for it
                     self._clear()
                     self._transport.write(frames)
-                    await self._stream.drain()
+                    await self._drain()
                 written = True
-                code, message = close_fields(code, reason)
-                await self._ws.close(code=code, message=message)
+                await self._handshake(*close_fields(code, reason))
             clean = True
         except TimeoutError:
             if not written:
@@ -434,13 +687,38 @@ class Connection:
                     extra={"client_id": self.id},
                 )
         except ConnectionError:
-            pass  # the peer is gone; the reader sees it and cleans up
+            pass  # the peer is gone; connection_lost cleans up
         finally:
-            if not clean and self._transport is not None:
+            if not clean:
                 self._transport.abort()
 
+    async def _handshake(self, code: int, message: bytes, answer: bool = True) -> None:
+        """The server's side of the closing handshake (RFC 6455 section 7.1.2): send the close frame, await the
+        client's answer (or its socket's end; not for a peer that does not read: `answer` false), then close
+        the socket. The caller bounds it in time."""
+        transport = self._transport
+        if self._socket_gone or transport.is_closing():
+            return
+        if self._peer_closed is None:
+            self._peer_closed = self._loop.create_future()
+        transport.write(close_frame(code, message))
+        if answer:
+            await self._drain()
+            await self._peer_closed
+        transport.close()
+        if not answer:
+            self._loop.call_later(self._write_wait, transport.abort)  # (what asyncio still holds, at most)
+
+    async def _end(self) -> None:
+        """The socket is gone: release everything (`stop`), then the owner's `on_end`."""
+        try:
+            await self.stop()
+        finally:
+            if self._on_end is not None:
+                await self._on_end(self)
+
     async def stop(self) -> None:
-        """Release everything this client holds; called by the reader when it finishes."""
+        """Release everything this client holds; called once its socket is gone."""
         self.state = State.CLOSED
         self._clear()
         if self._timer is not None:
@@ -451,12 +729,15 @@ class Connection:
             if self._writer is not None:
                 self._writer.cancel()
                 await asyncio.gather(self._writer, return_exceptions=True)
+            if self.reader_task is not None:
+                self.reader_task.cancel()
+                await asyncio.gather(self.reader_task, return_exceptions=True)
             if self._closer is not None:
-                await self._closer
-        finally:  # aiohttp may cancel the handler when the peer vanishes: still finish
+                await asyncio.gather(self._closer, return_exceptions=True)
+        finally:  # (a cancellation spreads, but everything is released first)
             self.closed.set()
             self._metrics.connection_closed(self.close_cause, self._loop.time() - self.opened_at)
-            code = self.close_code if self.close_code is not None else self._ws.close_code
+            code = self.close_code if self.close_code is not None else self._peer_code
             code = code or 1005  # a close frame without a status code: 1005, "no status received" (section 7.4.1)
             log.info(
                 "client %s disconnected (code %s%s)",
@@ -466,39 +747,39 @@ class Connection:
                 extra={"client_id": self.id, "remote": self.remote, "close_code": code},
             )
 
-    async def _close(self, code: int, reason: str, patient: bool) -> None:
+    async def _close(self, code: int, reason: str, patient: bool, answer: bool | None = None) -> None:
         """Send the close frame and await the handshake, all within `write_wait`; else abort the socket.
 
         `patient`: a writer still draining the socket (a peer that reads, slowly: a flooder reading its error
-        replies) is let finish first, within the same deadline. Cancelling it would cancel aiohttp's shared
-        "drained" future, close() would fail at once, and the peer would see its socket reset (1006) instead of
-        the reason it was closed for. A peer closed for not reading (slow consumer, write timeout) gets no such
-        wait: its writer is cancelled and, the close failing, the socket aborted at once.
+        replies) is let finish first, within the same deadline, so that the peer sees the reason it was closed
+        for rather than a reset socket (1006). A peer closed for not reading (slow consumer, write timeout) gets no
+        such wait: its writer is cancelled and, its socket still full, the socket is aborted at once.
         """
         writer = self._writer
-        if not patient and writer is not None and not writer.done() and writer is not asyncio.current_task():
-            writer.cancel()
+        if not patient:
+            if writer is not None and not writer.done() and writer is not asyncio.current_task():
+                writer.cancel()
+            if self._blocked or self._write_paused:  # the close frame would wait behind what it does not read
+                self._transport.abort()
+                return
         clean = False
         try:
             code, message = close_fields(code, reason)
             async with asyncio.timeout(self._write_wait):
                 if writer is not None and not writer.done() and writer is not asyncio.current_task():
                     await asyncio.wait([writer])  # (the outbox was emptied by drop: it finishes its current write)
-                await self._ws.close(code=code, message=message)
+                await self._handshake(code, message, answer=patient if answer is None else answer)
             clean = True
-        except TimeoutError:
+        except (TimeoutError, ConnectionError):
             pass
         except asyncio.CancelledError:
-            # aiohttp's writers share one "drained" future: cancelling a writer stuck on a
-            # stalled peer cancels it, and close() fails at once. Only our own cancellation spreads.
             if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise
+                raise  # (only our own cancellation spreads)
         finally:
             if not clean:
                 if writer is not None and not writer.done() and writer is not asyncio.current_task():
                     writer.cancel()  # stuck on a peer that stopped reading
-                if self._transport is not None:
-                    self._transport.abort()  # close() would wait forever to flush to a stalled peer
+                self._transport.abort()  # close() would wait forever to flush to a stalled peer
 
     # --- writer and keepalive ----------------------------------------------------
 
@@ -514,7 +795,7 @@ class Connection:
     def _send_control(self) -> None:
         """Write a due ping or pong straight to the socket, or leave it to the writer when it must wait."""
         transport = self._transport
-        if self._blocked or not self._raw or transport is None or transport.is_closing():
+        if self._blocked or transport.is_closing():
             self._need_writer()
             return
         if self._pong is not None:
@@ -532,28 +813,31 @@ class Connection:
 
     async def _write_loop(self) -> None:
         """What may have to wait: a full socket, control frames behind it, deflate; each bounded by write_wait."""
-        ws, outbox, write_wait = self._ws, self._outbox, self._write_wait
+        outbox, write_wait, transport = self._outbox, self._write_wait, self._transport
         try:
             while True:
                 if self._blocked:
                     async with asyncio.timeout(write_wait):  # the spec's write deadline
-                        await self._stream.drain()
+                        await self._drain()
                     self._blocked = False
                     self.flush()
-                if self._pong is not None:
-                    payload, self._pong = self._pong, None
+                if self._pong is not None or self._ping_due:
+                    if transport.is_closing():
+                        return
+                    if self._pong is not None:
+                        transport.write(control_frame(PONG_OPCODE, self._pong))
+                        self._pong = None
+                    if self._ping_due:
+                        transport.write(PING_FRAME)
+                        self._ping_due = False
                     async with asyncio.timeout(write_wait):
-                        await ws.pong(payload)
-                if self._ping_due:
-                    self._ping_due = False
-                    async with asyncio.timeout(write_wait):
-                        await ws.ping()
+                        await self._drain()
                 while outbox and not self._raw:
                     entry = outbox.pop(0)
                     self._queued -= len(entry)
                     for opcode, payload in frame_payloads(entry):  # an entry may hold several frames
                         async with asyncio.timeout(write_wait):
-                            await ws.send_frame(payload, WSMsgType(opcode))
+                            await self._deflate.send_frame(payload, opcode)
                 if not (self._blocked or self._pong is not None or self._ping_due or (outbox and not self._raw)):
                     return  # nothing left that waits: the next need starts a new writer
         except TimeoutError:
@@ -565,8 +849,8 @@ class Connection:
                 extra={"client_id": self.id},
             )
             self.drop(errors.WRITE_TIMEOUT)
-        except ConnectionResetError:
-            pass  # the peer is gone; the reader sees it and cleans up
+        except ConnectionError:
+            pass  # the peer is gone; connection_lost cleans up
 
     def _keepalive(self) -> None:
         """The keepalive timer (a callback, not a task): supervised by hand, it can never stop unseen."""

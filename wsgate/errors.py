@@ -90,6 +90,7 @@ class CloseCode:
 GOING_AWAY: Final = 1001
 POLICY_VIOLATION: Final = 1008
 TOO_BIG: Final = 1009
+INTERNAL_ERROR_CODE: Final = 1011
 SERVICE_RESTART_CODE: Final = 1012
 TRY_AGAIN_LATER: Final = 1013
 TOKEN_EXPIRED_CODE: Final = 4001
@@ -112,6 +113,8 @@ SHUTTING_DOWN: Final = CloseReason(GOING_AWAY, "server shutting down", "shutdown
 """The node drains (`shutdown.mode = "drain"`) or was draining when the client arrived (RFC 6455 section
 7.4.1: 1001, a server going down); reconnect, to another node."""
 
+INTERNAL_CLOSE: Final = CloseReason(INTERNAL_ERROR_CODE, "internal error", "other", Reconnect.BACKOFF)
+"""wsgate failed while taking one of the client's frames (never expected: a bug, logged with its traceback)."""
 SERVICE_RESTART: Final = CloseReason(SERVICE_RESTART_CODE, "service restart", "restart", Reconnect.NOW)
 """`shutdown.mode = "restart"`: the node restarts; reconnect at once (to another node) and resume (1012, the
 IANA "Service Restart" code, RFC 6455 section 11.7)."""

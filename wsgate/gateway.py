@@ -170,8 +170,9 @@ class Gateway:
                 subscribing[room] -= 1
             else:
                 del subscribing[room]
-                if room in conn.leaving:  # a server_unsubscribe waited for this subscribe
-                    conn.leaving.discard(room)
+                leaving = conn.leaving
+                if leaving is not None and room in leaving:  # a server_unsubscribe waited for this subscribe
+                    leaving.discard(room)
                     self._server_leave(conn, room)
 
     async def _subscribe_with_history(
@@ -218,7 +219,8 @@ class Gateway:
         if conn.state is not State.OPEN:
             raise ClientGone(conn.id)
         self._decoder.check_room(room)
-        conn.leaving.discard(room)  # a later subscribe undoes a server unsubscribe still waiting for an answer
+        if conn.leaving is not None:
+            conn.leaving.discard(room)  # a later subscribe undoes a server unsubscribe still waiting for an answer
         if room in conn.rooms:
             return  # subscribed already (by itself or by the server): nothing to tell it
         with self._in_flight(conn, room):  # (from the authorization on: an unsubscribe meanwhile comes after)
@@ -256,6 +258,8 @@ class Gateway:
         if conn.state is not State.OPEN:
             return False
         if room in conn.subscribing:  # carried out once that subscribe is answered (`_subscribe`)
+            if conn.leaving is None:
+                conn.leaving = set()
             conn.leaving.add(room)
             return True
         return self._server_leave(conn, room)

@@ -70,7 +70,7 @@ class Hub:
         self.holding: dict[str, dict[Connection, Held]] = self.ordering.holding  # room -> recovering -> held
         self.fences: dict[str, dict[Connection, Position]] = self.ordering.fences  # room -> recovered -> read
         self.addresses: dict[str, int] = {}  # connections (and upgrades under way) per client address
-        self.sockets: dict[object, Connection] = {}  # the server's protocol object of each admitted connection
+        self.claimed: dict[object, str] = {}  # the server's protocol object of each counted socket -> its address
         self.draining = False
 
     def claim_address(self, address: str) -> bool:
@@ -81,13 +81,6 @@ class Hub:
             return False
         self.addresses[address] = count + 1
         return True
-
-    def socket_lost(self, protocol: object) -> None:
-        """The server lost the socket of `protocol` (`wsgate.admission`): its client, if admitted, goes now
-        (`Connection.lost`), even while its reader awaits a handler and reads nothing."""
-        conn = self.sockets.pop(protocol, None)
-        if conn is not None:
-            conn.lost()
 
     def release_address(self, address: str) -> None:
         """Undo one `claim_address` (the map only holds addresses that have connections)."""

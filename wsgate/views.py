@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
 from . import __version__, errors, protocol
+from .aiohttp_private import DetachedResponse, take_over
 from .auth import SUBPROTOCOL, expires_at_of, subs_of, unauthorized, user_id_of
 from .broker import describe_broker
 from .clients import GatewayConnection
-from .connection import Connection
 from .dispatch import Dispatcher
 from .errors import ClientError, CloseReason, close_text
+from .hub import Hub
 from .keys import (
     BROKER,
     DASHBOARD,
@@ -34,13 +33,10 @@ from .keys import (
 )
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .origins import origin_allowed, origin_problem, same_host
-from .plugins import HookTimedOut
-from .wire import close_fields, close_reply
+from .plugins import HookTimedOut, Plugins
+from .wire import close_fields
 
 log = logging.getLogger(__name__)
-
-READ_BATCH = 32  # messages one client may have handled before others get a turn (well under send_queue_size)
-
 
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
 
@@ -190,12 +186,12 @@ async def _open(request: web.Request, version: int) -> web.StreamResponse:
         metrics.error("auth_required")
         raise unauthorized(AUTHENTICATION_REQUIRED, "connect with a token (auth.required is on)")
     ws_settings = settings.websocket
-    ws = web.WebSocketResponse(
+    ws = DetachedResponse(
         protocols=(SUBPROTOCOL,) if settings.auth.jwt.enabled else (),  # the token's carrier, chosen back
         max_msg_size=ws_settings.max_message_size,
         compress=ws_settings.compression,
         autoping=False,  # pings and pongs reach the read loop: they count as signs of life
-        autoclose=False,  # a client's close is answered by the read loop (wire.close_reply), not always 1000
+        autoclose=False,  # (before the hand-over; then the connection answers a close: wire.close_reply)
         timeout=ws_settings.write_wait,  # how long a close handshake may take
     )
     if "websocket" not in request.headers.get("Upgrade", "").lower():  # a plain GET, a browser's address bar
@@ -223,97 +219,84 @@ async def _open(request: web.Request, version: int) -> web.StreamResponse:
     if hub.draining:  # began while we authenticated or upgraded: drain() would not see this client
         await _close(ws, errors.SHUTTING_DOWN, advise)
         return ws
-    dispatcher = app[DISPATCHER]
-
-    def gone(client: Connection) -> None:  # dropped or closed by the server: its work in flight ends too
-        try:
-            hub.remove(client)
-        finally:
-            dispatcher.client_gone(conn)
-
+    dispatcher, sessions = app[DISPATCHER], app[SESSIONS]
     conn = GatewayConnection(
-        ws,
-        stream,
-        request,
+        request.transport,
+        remote=request.remote,
         settings=ws_settings,
         flusher=app[FLUSHER],
         metrics=metrics,
-        on_drop=gone,
+        on_drop=sessions.gone,
         identity=identity,
         gateway=app[GATEWAY],
         protocol_version=version,
+        compressed=bool(ws.compress),
     )
     if not hub.admit(conn):
         await _refuse_full(ws, metrics, advise)
         return ws
     metrics.connection_opened()
     log.info("client %s connected from %s", conn.id, conn.remote, extra={"client_id": conn.id, "remote": conn.remote})
-    hub.sockets[request.protocol] = conn  # told when the socket goes (wsgate.admission), whatever the reader does
-    try:
-        conn.start()
-        conn.expire_at(expires_at_of(identity))
-        conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn, dispatcher)))
-        if plugins.watches_clients:  # (each plugin's within plugins.hook_timeout; ends when the client goes)
-            conn.handling = True  # nothing is read meanwhile: no verdict of silence (as for a message)
-            try:
-                await dispatcher.until_gone(conn, plugins.notify("wsgate_client_connected", conn))
-            finally:
-                conn.handling = False
-        if subs_of(identity):  # the server's subscriptions (Identity.subs), before the client's first message
-            conn.handling = True
-            try:
-                await dispatcher.until_gone(conn, app[GATEWAY].subscribe_identity(conn))
-            finally:
-                conn.handling = False
-        await _read_loop(ws, conn, dispatcher, metrics)
-    finally:  # each step runs whatever the one before it did: a client never outlives its socket
-        hub.sockets.pop(request.protocol, None)
+    conn.address = hub.claimed.pop(request.protocol, None)  # counted against its address until its socket goes
+    upgraded = take_over(request, ws, conn)  # (no await since the upgrade: the socket is the connection's now)
+    conn.start()
+    conn.expire_at(expires_at_of(identity))
+    conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn, dispatcher)))
+    hooks = plugins.watches_clients or bool(subs_of(identity))
+    conn.attach(upgraded, sessions.text, sessions.binary, sessions.ended, hold=hooks)
+    if hooks:  # what it sends meanwhile is queued, and handled after (its first message comes after them)
         try:
-            hub.remove(conn)
+            if plugins.watches_clients:  # (each plugin's within plugins.hook_timeout; ends when the client goes)
+                await dispatcher.until_gone(conn, plugins.notify("wsgate_client_connected", conn))
+            if subs_of(identity):  # the server's subscriptions (Identity.subs), before the client's first message
+                await dispatcher.until_gone(conn, app[GATEWAY].subscribe_identity(conn))
         finally:
-            try:
-                await conn.stop()
-            finally:
-                if plugins.watches_clients:
-                    await plugins.notify("wsgate_client_disconnected", conn)
-    return ws
+            conn.release()
+    return ws  # (aiohttp ends the request: the socket is no longer its own, see aiohttp_private.take_over)
 
 
-async def _read_loop(
-    ws: web.WebSocketResponse, conn: GatewayConnection, dispatcher: Dispatcher, metrics: Metrics
-) -> None:
-    binary_error = ClientError(errors.BINARY_NOT_SUPPORTED, "send JSON messages as text frames")
-    batch = 0
-    while True:
-        msg = await ws.receive()
-        conn.touch()
-        kind = msg.type
-        if kind is WSMsgType.TEXT:
-            conn.handling = True  # the keepalive judges no silence while frames may wait behind this message
-            await dispatcher.dispatch(conn, msg.data)
-            conn.handling = False
-            # receive() does not yield while frames are buffered. Yield every READ_BATCH messages
-            # so outboxes are flushed (several frames per write) before a burst could fill them.
-            batch += 1
-            if batch >= READ_BATCH:
-                batch = 0
-                await asyncio.sleep(0)
-        elif kind is WSMsgType.BINARY:
-            if dispatcher.within_rate(conn, len(msg.data)):
-                dispatcher.reject(conn, binary_error)
-        elif kind is WSMsgType.PING:
-            conn.queue_pong(msg.data)
-        elif kind is WSMsgType.PONG:
-            continue
-        else:  # CLOSE (the client closed first: answered here), CLOSING, CLOSED or ERROR (aiohttp answered)
-            if kind is WSMsgType.CLOSE:
-                with contextlib.suppress(Exception):  # the peer may be gone already
-                    await ws.close(code=close_reply(msg.data), drain=False)
-            error = msg.data if kind is WSMsgType.ERROR else None
-            if isinstance(error, WebSocketError) and error.code == WSCloseCode.MESSAGE_TOO_BIG:
-                metrics.error(errors.MESSAGE_TOO_BIG.label)
-                conn.close_cause, conn.close_code = errors.MESSAGE_TOO_BIG, errors.MESSAGE_TOO_BIG.code
-            return
+class Sessions:
+    """What every WebSocket connection of one server reports to: one object for all of them, its callbacks bound
+    once (a connection holds references, not closures of its own: docs/performance.md, "Memory per connection").
+
+    - `text(conn, text)`: a text message (the dispatcher's `dispatch`);
+    - `binary(conn, data)`: a binary message, refused with the spec's error and counted against the rate limits;
+    - `gone(conn)`: dropped or closed by the server: out of the hub, its work in flight cancelled;
+    - `ended(conn)`: its socket is gone and everything it held released: out of the hub, its address's count
+      released, `wsgate_client_disconnected` told.
+    """
+
+    __slots__ = ("_hub", "_dispatcher", "_plugins", "text", "binary", "gone", "ended")
+
+    def __init__(self, hub: Hub, dispatcher: Dispatcher, plugins: Plugins) -> None:
+        self._hub, self._dispatcher, self._plugins = hub, dispatcher, plugins
+        self.text = dispatcher.dispatch
+        self.binary = self._binary
+        self.gone = self._gone
+        self.ended = self._ended
+
+    def _binary(self, conn: GatewayConnection, data: bytes) -> None:
+        if self._dispatcher.within_rate(conn, len(data)):
+            self._dispatcher.reject(conn, BINARY_NOT_SUPPORTED)
+
+    def _gone(self, conn: GatewayConnection) -> None:
+        try:
+            self._hub.remove(conn)
+        finally:
+            self._dispatcher.client_gone(conn)
+
+    async def _ended(self, conn: GatewayConnection) -> None:
+        try:
+            self._hub.remove(conn)
+            if conn.address is not None:
+                self._hub.release_address(conn.address)
+        finally:
+            if self._plugins.watches_clients:
+                await self._plugins.notify("wsgate_client_disconnected", conn)
+
+
+SESSIONS = web.AppKey("wsgate.sessions", Sessions)
+BINARY_NOT_SUPPORTED = ClientError(errors.BINARY_NOT_SUPPORTED, "send JSON messages as text frames")
 
 
 def _connected_data(conn: GatewayConnection, dispatcher: Dispatcher) -> dict[str, Any]:

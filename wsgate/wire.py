@@ -91,13 +91,14 @@ def close_fields(code: int, reason: str) -> tuple[int, bytes]:
     return code, encoded
 
 
+CLOSE_OPCODE: Final = 0x8
 PING_OPCODE: Final = 0x9
 PONG_OPCODE: Final = 0xA
 PING_FRAME: Final = bytes((0x89, 0))  # FIN + ping, empty payload
 
 
 def control_frame(opcode: int, payload: bytes) -> bytes:
-    """An unmasked ping or pong (the close frame goes through `close_fields` and aiohttp). RFC 6455 allows at most
+    """An unmasked ping or pong (a close frame is `close_frame`'s). RFC 6455 allows at most
     125 payload bytes (section 5.5): a longer payload raises ValueError (a pong echoes a client's ping, which
     the reader has already held to 125 bytes)."""
     if opcode not in (PING_OPCODE, PONG_OPCODE):
@@ -105,3 +106,10 @@ def control_frame(opcode: int, payload: bytes) -> bytes:
     if len(payload) > 125:
         raise ValueError(f"a control frame carries at most 125 bytes, not {len(payload)} (RFC 6455 section 5.5)")
     return bytes((0x80 | opcode, len(payload))) + payload
+
+
+def close_frame(code: int, reason: bytes) -> bytes:
+    """An unmasked close frame (section 5.5.1) with `code` and `reason`, as `close_fields` gives them (a code
+    that may be sent, at most 123 bytes of UTF-8): the server's own close, or its answer to a client's."""
+    payload = struct.pack("!H", code) + reason
+    return bytes((0x80 | CLOSE_OPCODE, len(payload))) + payload
