@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
@@ -179,8 +180,8 @@ async def connect(
     async def attempt(i: int) -> Client:
         client = factory()
         client.waiter = loop.create_future()
-        extra = {"local_addr": (sources[i % len(sources)], 0)} if sources else {}
-        transport, _ = await ws_connect(lambda: client, url, max_frame_size=1 << 20, **extra)
+        local_addr = (sources[i % len(sources)], 0) if sources else None
+        transport, _ = await ws_connect(lambda: client, url, max_frame_size=1 << 20, local_addr=local_addr)
         try:
             reply = json.loads(await asyncio.wait_for(client.waiter, 30))
             client.waiter = None
@@ -427,7 +428,7 @@ async def hold(url: str, sources: Sequence[str], base: int, retries: int) -> Non
             if arrived["n"] == len(clients):
                 everyone.set()
 
-    def answer(obj: dict) -> None:
+    def answer(obj: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
 
@@ -442,13 +443,17 @@ async def hold(url: str, sources: Sequence[str], base: int, retries: int) -> Non
                 answer({"error": f"{count} more clients need {in_use + count} descriptors: the limit is {limit}"})
                 continue
             first = base + len(clients)
+
+            def room(i: int, first: int = first) -> str:
+                return user_room(first + i)
+
             try:
                 with CpuClock() as cpu:
                     started = time.monotonic()
                     clients += await connect(
                         url,
                         count,
-                        room=lambda i, first=first: user_room(first + i),
+                        room=room,
                         sources=sources,
                         retries=retries,
                         stats=stats,
@@ -517,7 +522,7 @@ class Fleet:
         self.expired = True
         self.close()
 
-    def ask(self, commands: Sequence[dict | None]) -> list[dict]:
+    def ask(self, commands: Sequence[dict[str, Any] | None]) -> list[dict[str, Any]]:
         """Send `commands[k]` to process k (None: nothing) all at once, then read their answers in order."""
         asked = [(proc, command) for proc, command in zip(self.procs, commands, strict=True) if command is not None]
         for proc, command in asked:
@@ -537,10 +542,10 @@ class Fleet:
             answers.append(answer)
         return answers
 
-    def ask_all(self, command: dict) -> list[dict]:
+    def ask_all(self, command: dict[str, Any]) -> list[dict[str, Any]]:
         return self.ask([command] * len(self.procs))
 
-    def connect(self, count: int) -> tuple[float, list[dict]]:
+    def connect(self, count: int) -> tuple[float, list[dict[str, Any]]]:
         """`count` more clients, spread evenly over the processes; the wall-clock seconds it took, the answers."""
         n = len(self.procs)
         started = time.monotonic()
@@ -555,7 +560,7 @@ class Fleet:
         missing = sum(a["of"] - a["received"] for a in waited)
         if missing:
             raise RuntimeError(f"the broadcast reached {missing} clients fewer than all within {timeout:.0f} s")
-        return max(a["last_at"] for a in waited) - sent["sent_at"]
+        return float(max(a["last_at"] for a in waited) - sent["sent_at"])
 
     def close(self) -> None:
         """Kill every process (the kernel closes their sockets)."""

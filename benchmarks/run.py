@@ -353,7 +353,10 @@ def write_results(rows: list[tuple[str, ...]], args: argparse.Namespace) -> None
         ),
         platform.processor(),
     )
-    Path(args.output).write_text(f"""# Benchmark results
+    output = Path(args.output)
+    old = output.read_text() if output.exists() else ""
+    kept = old[old.index("\n## ") :] if "\n## " in old else ""  # sections of other scripts (bench_100k.py)
+    output.write_text(f"""# Benchmark results
 
 Measured {datetime.date.today().isoformat()} on {os.cpu_count()} cores ({cpu}), Python {platform.python_version()},
 with `make bench` ({"benchmarks/run.py --runs " + str(args.runs)}). The server under test runs pinned to core 0,
@@ -373,7 +376,7 @@ make a figure void.
   on (set high enough that nothing is refused): the cost of the per-message checks.
 
 {table}
-""")
+{kept}""")
 
 
 if __name__ == "__main__":
