@@ -177,6 +177,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         connect_s, answers = fleet.connect(args.clients)
         overflows = listen_overflows() - overflows
         retries = sum(a["retries"] for a in answers)
+        causes = {k[len("retries_") :]: sum(a.get(k, 0) for a in answers) for a0 in answers for k in a0 if "_" in k}
         rss_after = steady_rss_kb(pids, timeout=10)
         per_worker = [sockets(pid) - before for pid, before in zip(pids, sockets_before, strict=True)]
         print(f"connected {args.clients} in {connect_s:.1f} s, {retries} retries; per worker {per_worker}", flush=True)
@@ -208,6 +209,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "idle_window_s": window,
             "broadcast_s": broadcast_s,
             "connect_retries": retries,
+            "connect_retries_by_cause": causes,
             "listen_overflows": overflows,
             "connections_per_worker": per_worker,
             "rss_mb_per_worker": [round(rss_kb(pid) / 1024) for pid in pids],
@@ -255,7 +257,7 @@ subscribes to a room of its own. Nothing is pinned: the workers and the generato
 | time to connect them all | {f["connect_s"]:.1f} s |
 | idle CPU of all workers, over {f["idle_window_s"]:.0f} s ({covers}) | {f["idle_cpu_of_one_core"]:.1%} of one core |
 | one broadcast reaching every client | {f["broadcast_s"]:.2f} s |
-| connects refused (1013) or failed, then tried again | {f["connect_retries"]:,} |
+| connects refused (1013) or failed, then tried again | {f["connect_retries"]:,} {f["connect_retries_by_cause"] or ""} |
 | listen-queue overflows while connecting (whole machine) | {f["listen_overflows"]:,} |
 | connections per worker | {", ".join(f"{n:,}" for n in f["connections_per_worker"])} |
 | RSS per worker | {", ".join(f"{n:,} MB" for n in f["rss_mb_per_worker"])} |

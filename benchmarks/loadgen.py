@@ -172,7 +172,7 @@ async def connect(
     issue's connect: handshake, `connected`, `subscribed`). `sources`: loopback addresses the clients connect
     from, in turn (each address has its own ephemeral ports). `retries`: a refused or failed connect (a full
     worker answers 1013) is tried again that many times, after a short random pause; `stats["retries"]` counts
-    them.
+    them, `stats["retries_<exception>"]` by cause (Refused: the server said no; TimeoutError: no answer in 30 s).
     """
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     loop = asyncio.get_running_loop()
@@ -201,11 +201,13 @@ async def connect(
             async with gate:
                 try:
                     return await attempt(i)
-                except (Refused, OSError):
+                except (Refused, OSError) as error:
                     if tried == retries:
                         raise
+                    why = f"retries_{type(error).__name__}"
             if stats is not None:
                 stats["retries"] = stats.get("retries", 0) + 1
+                stats[why] = stats.get(why, 0) + 1
             await asyncio.sleep(random.uniform(0.05, 0.25))  # back off (a pause, not a wait for an event)
         raise AssertionError("unreachable")
 
@@ -408,7 +410,7 @@ async def hold(url: str, sources: Sequence[str], base: int, retries: int) -> Non
     stdout, until stdin closes. Client `i` of this process subscribes to `user-{base + i}`.
 
     - `{"do": "connect", "count": n}`: n more clients; answers `{"connected": total, "seconds": s, "retries": r,
-      "cpu": share of one core}`, or `{"error": text}`.
+      "cpu": share of one core, "retries_<cause>": ...}`, or `{"error": text}`.
     - `{"do": "arm"}`: every client counts what it receives from now on; answers `{"open": n}`.
     - `{"do": "broadcast"}`: the first client sends a broadcast; answers `{"sent_at": monotonic seconds}`.
     - `{"do": "wait", "timeout": s}`: waits until every armed client has received a message (at most s seconds);
@@ -462,8 +464,7 @@ async def hold(url: str, sources: Sequence[str], base: int, retries: int) -> Non
             except Exception as error:  # the coordinator says what failed
                 answer({"error": f"connect failed after {len(clients)} clients: {error!r}"})
                 continue
-            retried = stats.get("retries", 0)
-            answer({"connected": len(clients), "seconds": seconds, "retries": retried, "cpu": cpu.share})
+            answer({"connected": len(clients), "seconds": seconds, "cpu": cpu.share, "retries": 0, **stats})
         elif do == "arm":
             arrived.update(n=0, last_at=0.0)
             everyone.clear()
