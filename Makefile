@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run check debian-tools test test-fast docs package-check bench conformance chaos faults clean
+.PHONY: run check debian-tools test test-fast docs package-check bench bench-100k conformance chaos faults clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m wsgate
@@ -105,6 +105,12 @@ $(TEST_PLUGINS)/.installed: $(VENV)/bin/python $(EXAMPLE_PLUGINS) $(EXAMPLE_PLUG
 # Load test on loopback: the server pinned to core 0, picows clients to core 1 (a few minutes).
 bench: $(VENV)/.installed-bench $(TEST_PLUGINS)/.installed
 	$(BIN)/python benchmarks/run.py
+
+# Opt-in: 100,000 idle clients on loopback against wsgate under gunicorn (several workers on one port, sharing the
+# Redis on 127.0.0.1:6379), the load generator in several processes; RSS per connection, connect time, idle CPU,
+# one broadcast to all. Under 10 minutes; appends its section to benchmarks/RESULTS.md.
+bench-100k: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_100k.py
 
 $(VENV)/.installed-bench: $(VENV)/bin/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -4,6 +4,9 @@ One scenario per run; prints one JSON object with the figures and the generator'
 own CPU use (a fraction of one core: near 1.0 means the figure is void).
 
     python benchmarks/loadgen.py fanout --url ws://127.0.0.1:8081/ws --subscribers 1000 --window 32
+
+`hold` is the exception: it holds idle clients for a coordinator (`Fleet`, used by run.py's connect-scaling and
+by bench_100k.py), which drives several such processes over their stdin and stdout, one JSON object a line.
 """
 
 from __future__ import annotations
@@ -13,10 +16,15 @@ import asyncio
 import base64
 import json
 import os
+import random
 import resource
+import signal
+import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
@@ -104,9 +112,15 @@ class Client(WSListener):
         self.waiter: asyncio.Future[bytes] | None = None
         self.on_message = on_message
         self.frame_size = 0
+        self.closed = False
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionResetError("closed by the server"))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type != WSMsgType.TEXT:
@@ -137,20 +151,67 @@ class Client(WSListener):
         return reply
 
 
-async def connect(url: str, count: int, factory: Callable[[], Client] = Client) -> list[Client]:
-    """`count` connected clients whose `connected` message has been read."""
+class Refused(Exception):
+    """The server answered a connect with something else than `connected` (at `max_connections`: an error, then
+    close 1013), or a subscribe with something else than `subscribed`."""
+
+
+async def connect(
+    url: str,
+    count: int,
+    factory: Callable[[], Client] = Client,
+    *,
+    room: Callable[[int], str] | None = None,
+    sources: Sequence[str] = (),
+    retries: int = 0,
+    stats: dict[str, int] | None = None,
+) -> list[Client]:
+    """`count` connected clients whose `connected` message has been read.
+
+    `room(i)`: client `i` (0 to count - 1) also subscribes to that room before it counts as connected (the
+    issue's connect: handshake, `connected`, `subscribed`). `sources`: loopback addresses the clients connect
+    from, in turn (each address has its own ephemeral ports). `retries`: a refused or failed connect (a full
+    worker answers 1013) is tried again that many times, after a short random pause; `stats["retries"]` counts
+    them, `stats["retries_<exception>"]` by cause (Refused: the server said no; TimeoutError: no answer in 30 s).
+    """
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    loop = asyncio.get_running_loop()
 
-    async def one() -> Client:
-        async with gate:
-            client = factory()
-            client.waiter = asyncio.get_running_loop().create_future()
-            await ws_connect(lambda: client, url, max_frame_size=1 << 20)
-            await asyncio.wait_for(client.waiter, 30)  # "connected"
+    async def attempt(i: int) -> Client:
+        client = factory()
+        client.waiter = loop.create_future()
+        local_addr = (sources[i % len(sources)], 0) if sources else None
+        transport, _ = await ws_connect(lambda: client, url, max_frame_size=1 << 20, local_addr=local_addr)
+        try:
+            reply = json.loads(await asyncio.wait_for(client.waiter, 30))
             client.waiter = None
-            return client
+            if reply.get("type") != "connected":
+                raise Refused(f"connect answered with {reply}")
+            if room is not None:
+                reply = await client.request({"type": "subscribe", "room": room(i)})
+                if reply.get("type") != "subscribed":
+                    raise Refused(f"subscribe answered with {reply}")
+        except BaseException:
+            transport.disconnect(graceful=False)
+            raise
+        return client
 
-    return list(await asyncio.gather(*(one() for _ in range(count))))
+    async def one(i: int) -> Client:
+        for tried in range(retries + 1):
+            async with gate:
+                try:
+                    return await attempt(i)
+                except (Refused, OSError) as error:
+                    if tried == retries:
+                        raise
+                    why = f"retries_{type(error).__name__}"
+            if stats is not None:
+                stats["retries"] = stats.get("retries", 0) + 1
+                stats[why] = stats.get(why, 0) + 1
+            await asyncio.sleep(random.uniform(0.05, 0.25))  # back off (a pause, not a wait for an event)
+        raise AssertionError("unreachable")
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
 def message(seq: int, offsets: bool = False) -> dict:
@@ -281,11 +342,17 @@ async def many_rooms(url: str, rooms: int, window: int, duration: float) -> dict
     return {"deliveries_per_s": delivered / duration, "loadgen_cpu": cpu.share}
 
 
+def user_room(i: int) -> str:
+    """Client `i`'s own room: a per-user channel."""
+    return f"user-{i}"
+
+
 async def idle(url: str, connections: int) -> dict:
-    """Connect `connections` clients; time it; then time one broadcast reaching all of them."""
+    """Connect `connections` clients, each subscribed to a room of its own; time it (handshake, `connected`,
+    `subscribed`); then time one broadcast reaching all of them."""
     with CpuClock() as cpu:
         started = time.monotonic()
-        clients = await connect(url, connections)
+        clients = await connect(url, connections, room=user_room)
         connect_s = time.monotonic() - started
     print(json.dumps({"connected": connections}), flush=True)  # run.py measures server memory now
     sys.stdin.readline()
@@ -333,9 +400,191 @@ async def latency(url: str, subscribers: int, rate: float, duration: float) -> d
     }
 
 
+SPARE_DESCRIPTORS = 100
+"""Descriptors a `hold` process keeps free for itself (its loop, pipes, a connect in flight): it refuses a
+`connect` that would take it closer than this to its limit (RLIMIT_NOFILE, 20,000 here)."""
+
+
+async def hold(url: str, sources: Sequence[str], base: int, retries: int) -> None:
+    """Hold idle clients for a coordinator (`Fleet`): one JSON command a line on stdin, one JSON answer a line on
+    stdout, until stdin closes. Client `i` of this process subscribes to `user-{base + i}`.
+
+    - `{"do": "connect", "count": n}`: n more clients; answers `{"connected": total, "seconds": s, "retries": r,
+      "cpu": share of one core, "retries_<cause>": ...}`, or `{"error": text}`.
+    - `{"do": "arm"}`: every client counts what it receives from now on; answers `{"open": n}`.
+    - `{"do": "broadcast"}`: the first client sends a broadcast; answers `{"sent_at": monotonic seconds}`.
+    - `{"do": "wait", "timeout": s}`: waits until every armed client has received a message (at most s seconds);
+      answers `{"received": n, "of": m, "last_at": monotonic seconds of the last arrival}`.
+    - `{"do": "status"}`: answers `{"open": n, "closed": k}` (closed: clients the server closed).
+    """
+    loop = asyncio.get_running_loop()
+    clients: list[Client] = []
+    stats: dict[str, int] = {}
+    arrived = {"n": 0, "last_at": 0.0}
+    everyone = asyncio.Event()
+
+    def on_message(client: Client, payload: bytes) -> None:
+        if client.received == 1:  # its first message since `arm`
+            arrived["n"] += 1
+            arrived["last_at"] = time.monotonic()
+            if arrived["n"] == len(clients):
+                everyone.set()
+
+    def answer(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        command = json.loads(line)
+        do = command["do"]
+        if do == "connect":
+            count = int(command["count"])
+            in_use = len(os.listdir("/proc/self/fd"))
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            if in_use + count + SPARE_DESCRIPTORS > limit:
+                answer({"error": f"{count} more clients need {in_use + count} descriptors: the limit is {limit}"})
+                continue
+            first = base + len(clients)
+
+            def room(i: int, first: int = first) -> str:
+                return user_room(first + i)
+
+            try:
+                with CpuClock() as cpu:
+                    started = time.monotonic()
+                    clients += await connect(
+                        url,
+                        count,
+                        room=room,
+                        sources=sources,
+                        retries=retries,
+                        stats=stats,
+                    )
+                    seconds = time.monotonic() - started
+            except Exception as error:  # the coordinator says what failed
+                answer({"error": f"connect failed after {len(clients)} clients: {error!r}"})
+                continue
+            answer({"connected": len(clients), "seconds": seconds, "cpu": cpu.share, "retries": 0, **stats})
+        elif do == "arm":
+            arrived.update(n=0, last_at=0.0)
+            everyone.clear()
+            for client in clients:
+                client.received = 0
+                client.on_message = on_message
+            answer({"open": sum(not c.closed for c in clients)})
+        elif do == "broadcast":
+            sent_at = time.monotonic()
+            clients[0].send({"type": "broadcast", "data": "wake up"})
+            answer({"sent_at": sent_at})
+        elif do == "wait":
+            try:
+                await asyncio.wait_for(everyone.wait(), float(command["timeout"]))
+            except TimeoutError:
+                pass
+            answer({"received": arrived["n"], "of": len(clients), "last_at": arrived["last_at"]})
+        elif do == "status":
+            closed = sum(c.closed for c in clients)
+            answer({"open": len(clients) - closed, "closed": closed})
+        else:
+            answer({"error": f"unknown command {do!r}"})
+
+
+class Fleet:
+    """Several `loadgen.py hold` processes, driven from this process; all of them killed past `deadline_s`.
+
+    `sources[k]`: the loopback addresses process k connects from (e.g. `[["127.0.0.2"], ["127.0.0.3"]]`);
+    `[]` for the default. `pin`: a `taskset -c` CPU list for them, or None.
+    """
+
+    def __init__(
+        self, url: str, sources: Sequence[Sequence[str]], *, pin: str | None, deadline_s: float, retries: int = 0
+    ) -> None:
+        self.expired = False
+        self.procs: list[subprocess.Popen[str]] = []
+        for k, addresses in enumerate(sources):
+            command = [sys.executable, os.path.abspath(__file__), "hold", "--url", url]
+            command += ["--base", str(k * 10_000_000), "--retries", str(retries)]
+            for address in addresses:
+                command += ["--source", address]
+            self.procs.append(
+                subprocess.Popen(
+                    (["taskset", "-c", pin] if pin else []) + command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,  # its own process group: killed with everything it started
+                )
+            )
+        self._watchdog = threading.Timer(deadline_s, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.close()
+
+    def ask(self, commands: Sequence[dict[str, Any] | None]) -> list[dict[str, Any]]:
+        """Send `commands[k]` to process k (None: nothing) all at once, then read their answers in order."""
+        asked = [(proc, command) for proc, command in zip(self.procs, commands, strict=True) if command is not None]
+        for proc, command in asked:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(command) + "\n")
+            proc.stdin.flush()
+        answers = []
+        for proc, _ in asked:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line:
+                why = "its deadline passed" if self.expired else f"it exited with {proc.poll()}"
+                raise RuntimeError(f"load generator {proc.pid} gave no answer: {why}")
+            answer = json.loads(line)
+            if "error" in answer:
+                raise RuntimeError(f"load generator {proc.pid}: {answer['error']}")
+            answers.append(answer)
+        return answers
+
+    def ask_all(self, command: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.ask([command] * len(self.procs))
+
+    def connect(self, count: int) -> tuple[float, list[dict[str, Any]]]:
+        """`count` more clients, spread evenly over the processes; the wall-clock seconds it took, the answers."""
+        n = len(self.procs)
+        started = time.monotonic()
+        answers = self.ask([{"do": "connect", "count": count // n + (k < count % n)} for k in range(n)])
+        return time.monotonic() - started, answers
+
+    def broadcast_s(self, timeout: float) -> float:
+        """Seconds for one broadcast from the first client to reach every client of every process."""
+        self.ask_all({"do": "arm"})
+        (sent,) = self.ask([{"do": "broadcast"}] + [None] * (len(self.procs) - 1))
+        waited = self.ask_all({"do": "wait", "timeout": timeout})
+        missing = sum(a["of"] - a["received"] for a in waited)
+        if missing:
+            raise RuntimeError(f"the broadcast reached {missing} clients fewer than all within {timeout:.0f} s")
+        return float(max(a["last_at"] for a in waited) - sent["sent_at"])
+
+    def close(self) -> None:
+        """Kill every process (the kernel closes their sockets)."""
+        self._watchdog.cancel()
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            proc.wait()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["fanout", "many_rooms", "idle", "latency"])
+    parser.add_argument("scenario", choices=["fanout", "many_rooms", "idle", "latency", "hold"])
     parser.add_argument("--url", action="append", required=True)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--window", type=int, default=32)
@@ -343,6 +592,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10000)
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--source", action="append", default=[], help="hold: a loopback address to connect from")
+    parser.add_argument("--base", type=int, default=0, help="hold: the number of its first client's room")
+    parser.add_argument("--retries", type=int, default=0, help="hold: tries again a refused connect")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -352,6 +604,9 @@ def main() -> None:
         job = many_rooms(args.url[0], args.rooms, args.window, args.duration)
     elif args.scenario == "idle":
         job = idle(args.url[0], args.connections)
+    elif args.scenario == "hold":
+        uvloop.run(hold(args.url[0], args.source, args.base, args.retries))
+        os._exit(0)
     else:
         job = latency(args.url[0], args.subscribers, args.rate, args.duration)
     result = uvloop.run(job)

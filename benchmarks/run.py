@@ -25,10 +25,17 @@ import time
 import uuid
 from pathlib import Path
 
+from loadgen import Fleet
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYTHON = sys.executable
 REDIS_URL = os.environ.get("WSGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+
+SCALING_STEPS = (2500, 5000, 10000, 19000)
+"""connect-scaling's levels (clients connected): under the 20,000 descriptors each process may have here."""
+SCALING_DEADLINE_S = 300
+"""connect-scaling's whole run, in seconds: past it the load generator is killed and the run fails."""
 
 # name: (loadgen arguments, servers it runs on, figures to report)
 SCENARIOS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
@@ -61,6 +68,15 @@ SCENARIOS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
         ["idle", "--connections", "10000"],
         ("naive", "wsgate"),
         ("rss_kb_per_connection", "connect_s", "broadcast_s"),
+    ),
+    "connect-scaling": (
+        ["hold"],  # run by connect_scaling() below
+        ("naive", "wsgate"),
+        tuple(
+            figure
+            for level in SCALING_STEPS
+            for figure in (f"connect_ms_per_client_at_{level}", f"rss_kb_per_connection_at_{level}")
+        ),
     ),
     "latency-100-at-100/s": (
         ["latency", "--subscribers", "100", "--rate", "100", "--duration", "5"],
@@ -176,10 +192,48 @@ def wait_listening(port: int, timeout: float = 20.0) -> None:
 
 
 def rss_kb(pid: int) -> int:
+    """The resident set of process `pid`, in KB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def steady_rss_kb(pids: list[int], timeout: float = 5.0) -> int:
+    """The summed RSS (KB) of `pids` once it has settled: two reads 0.5 s apart within 0.5% of each other, or the
+    last read after `timeout` seconds (memory is polled: no event says a server is done allocating)."""
+    deadline = time.monotonic() + timeout
+    last = sum(rss_kb(pid) for pid in pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = sum(rss_kb(pid) for pid in pids)
+        if abs(now - last) <= 0.005 * last:
+            return now
+        last = now
+    return last
+
+
+def connect_scaling(server: subprocess.Popen[bytes], url: str) -> dict[str, float]:
+    """One server run: clients (each subscribed to a room of its own) connected in steps up to each of
+    SCALING_STEPS, by one `loadgen.py hold` process on core 1 (19,000 sockets and a few descriptors of its own
+    fit under its 20,000). Per step: the connect time per client of the clients that step added (ms: the
+    marginal cost), and the server's RSS per connected client at that level (KB, over its RSS before any)."""
+    before = steady_rss_kb([server.pid])
+    result: dict[str, float] = {}
+    cpu = []
+    with Fleet(url, [[]], pin="1", deadline_s=SCALING_DEADLINE_S) as fleet:
+        done = 0
+        for level in SCALING_STEPS:
+            try:
+                _, (answer,) = fleet.connect(level - done)
+            except RuntimeError as error:
+                raise RuntimeError(f"connect-scaling: the step from {done} to {level} clients: {error}") from None
+            result[f"connect_ms_per_client_at_{level}"] = answer["seconds"] * 1000 / (level - done)
+            result[f"rss_kb_per_connection_at_{level}"] = (steady_rss_kb([server.pid]) - before) / level
+            cpu.append(answer["cpu"])
+            done = level
+    result["loadgen_cpu"] = max(cpu)
+    return result
 
 
 def run_once(scenario: str, kind: str) -> dict[str, float]:
@@ -189,6 +243,8 @@ def run_once(scenario: str, kind: str) -> dict[str, float]:
         command = ["taskset", "-c", "1", PYTHON, str(HERE / "loadgen.py"), *args]
         for url in urls:
             command += ["--url", url]
+        if args[0] == "hold":
+            return connect_scaling(procs[0], urls[0])
         if args[0] == "idle":
             before = rss_kb(procs[0].pid)
             gen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -226,7 +282,7 @@ def fmt(value: float, metric: str) -> str:
         return f"{value:,.0f}"
     if metric == "loss":
         return f"{value:.0f}"
-    if metric == "rss_kb_per_connection":
+    if metric.startswith("rss_kb_per_connection"):
         return f"{value:.1f}"
     return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
@@ -245,11 +301,18 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         for run in range(args.runs):
             for kind in kinds:  # alternate servers within each run: drift hits both alike
-                result = run_once(scenario, kind)
+                try:
+                    result = run_once(scenario, kind)
+                except (RuntimeError, subprocess.TimeoutExpired) as error:  # left out, said; the others still run
+                    print(f"{scenario} run {run + 1} {kind}: FAILED: {error}", file=sys.stderr, flush=True)
+                    continue
                 results[kind].append(result)
                 print(f"{scenario} run {run + 1} {kind}: {json.dumps(result)}", flush=True)
         baseline = kinds[0]
         for kind in kinds:
+            if not results[kind] or not results[baseline]:
+                rows.append((scenario, kind, "every run failed", "", "", "", "", ""))
+                continue
             for metric in metrics:
                 stats = summary([r[metric] for r in results[kind]])
                 base = statistics.median(r[metric] for r in results[baseline])
@@ -290,7 +353,10 @@ def write_results(rows: list[tuple[str, ...]], args: argparse.Namespace) -> None
         ),
         platform.processor(),
     )
-    Path(args.output).write_text(f"""# Benchmark results
+    output = Path(args.output)
+    old = output.read_text() if output.exists() else ""
+    kept = old[old.index("\n## ") :] if "\n## " in old else ""  # sections of other scripts (bench_100k.py)
+    output.write_text(f"""# Benchmark results
 
 Measured {datetime.date.today().isoformat()} on {os.cpu_count()} cores ({cpu}), Python {platform.python_version()},
 with `make bench` ({"benchmarks/run.py --runs " + str(args.runs)}). The server under test runs pinned to core 0,
@@ -310,7 +376,7 @@ make a figure void.
   on (set high enough that nothing is refused): the cost of the per-message checks.
 
 {table}
-""")
+{kept}""")
 
 
 if __name__ == "__main__":
