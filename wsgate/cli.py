@@ -43,6 +43,10 @@ log = logging.getLogger("wsgate")
 
 EXIT_USAGE = 2  # bad settings or plugins, as argparse uses for bad arguments
 EXIT_FAILURE = 1
+LISTEN_BACKLOG = 2048
+"""Connections the kernel queues before they are accepted (capped by net.core.somaxconn): gunicorn's default.
+aiohttp's 128 overflows when every client reconnects at once, and each dropped SYN costs its client a second or
+more before it retries (docs/performance.md, "Connect rate")."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +132,7 @@ async def serve(settings: Settings, settings_source: str = "settings: given by t
     runner = GatewayRunner(app, handle_signals=False, shutdown_timeout=ws.timeout / 5, access_log=access_log)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, ws.host, ws.port)
+        site = web.TCPSite(runner, ws.host, ws.port, backlog=LISTEN_BACKLOG)
         try:
             await site.start()
         except OSError as exc:

@@ -55,3 +55,15 @@ class GatewayWorker(GunicornWebWorker):
             )
 
         self.wsgi: Any = make_runner
+        self._listening = False
+
+    def notify(self) -> None:
+        """gunicorn's heartbeat, first called by aiohttp's worker once its sites serve: the listening sockets
+        then get gunicorn's `backlog` (2048 by default) back. asyncio's `create_server` listens again with
+        aiohttp's 128 when a site starts, and a reconnect storm overflows a queue of 128: every dropped SYN
+        costs its client a second or more before it retries (docs/performance.md, "Connect rate")."""
+        if not self._listening:
+            self._listening = True
+            for sock in self.sockets:
+                sock.listen(self.cfg.backlog)
+        super().notify()

@@ -1,0 +1,109 @@
+"""Lean connections (issue 25): after the upgrade the socket is the connection's own (`aiohttp_private.take_over`).
+
+An idle connection holds no task, no request and none of aiohttp's handler objects; what a client sends while
+one of its messages waits is queued bounded in bytes (reading stops), then handled in order; frames a client
+sent before the server's 101 are not lost. The figures (bytes per connection, connect rate) are in
+benchmarks/RESULTS.md; these tests pin the behaviour they rest on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gc
+import json
+import os
+from typing import Any
+
+from aiohttp.web import RequestHandler
+
+from wsgate import Client, Message, hookimpl
+from wsgate.aiohttp_private import QUEUE_LIMIT
+from wsgate.testing import StartServer, eventually
+
+
+def _alive(kind: type) -> int:
+    return sum(isinstance(obj, kind) for obj in gc.get_objects())
+
+
+async def test_an_idle_connection_holds_no_task_and_no_request_handler(wsgate_server: StartServer) -> None:
+    server = await wsgate_server()
+    baseline = len(asyncio.all_tasks())
+    peers = [await server.connect() for _ in range(20)]
+    for n, peer in enumerate(peers):
+        await peer.subscribe(f"user-{n}")  # each handled in a reader task, which ends with it
+    await eventually(lambda: len(asyncio.all_tasks()) <= baseline + 20)  # the test's own client readers
+    server_tasks = [t for t in asyncio.all_tasks() if (t.get_coro().__qualname__ or "").startswith("Connection.")]
+    assert server_tasks == []
+    gc.collect()
+    assert _alive(RequestHandler) <= 1  # (at most the health check's or a request under way: none per client)
+    assert len(server.hub.connections) == 20
+    for peer in peers:
+        await peer.ws.close()
+
+
+class Counts:
+    """A `count` message type whose first message waits until `go` is set; the rest are counted in order."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.waiting = asyncio.Event()
+        self.seen: list[int] = []
+
+    @hookimpl
+    def wsgate_message_handlers(self) -> dict[str, Any]:
+        async def count(client: Client, message: Message) -> None:
+            if not self.seen:
+                self.waiting.set()
+                await self.go.wait()
+            self.seen.append(message.data)
+
+        return {"count": count}
+
+
+async def test_what_a_client_sends_while_its_message_waits_is_bounded_in_bytes_then_handled_in_order(
+    wsgate_server: StartServer,
+) -> None:
+    counts = Counts()
+    server = await wsgate_server(counts, plugins={"hook_timeout": "60s"})
+    peer = await server.connect()
+    conn = server.hub.connections[peer.id]
+    await peer.send({"type": "count", "data": 0})
+    await asyncio.wait_for(counts.waiting.wait(), 10)
+    total = 20_000  # about 700 KB: far over what may be queued
+    for n in range(1, total):
+        await peer.send({"type": "count", "data": n})
+    await eventually(lambda: conn._reading_paused)  # the queue filled: the socket is no longer read
+    inbox = conn._inbox
+    assert inbox._size <= 2 * QUEUE_LIMIT + 1024  # aiohttp's accounting: bounded, whatever the client sends
+    counts.go.set()
+    await eventually(lambda: len(counts.seen) == total, timeout=30)
+    assert counts.seen == list(range(total))
+    assert not conn._reading_paused and conn.reader_task is None
+
+
+async def test_frames_sent_with_the_handshake_are_handled_after_connected(wsgate_server: StartServer) -> None:
+    """A client that sends a frame before the 101 arrives (RFC 6455 section 4.1 says it must wait; some do not):
+    the frame is handled, after `connected`."""
+    server = await wsgate_server()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.test_server.port)  # type: ignore[arg-type]
+    key = base64.b64encode(os.urandom(16)).decode()
+    payload = json.dumps({"type": "ping"}).encode()
+    mask = os.urandom(4)
+    frame = bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        + frame
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 101")
+    types = []
+    while len(types) < 2:
+        first = await asyncio.wait_for(reader.readexactly(2), 10)
+        size = first[1] & 0x7F
+        if size == 126:
+            size = int.from_bytes(await reader.readexactly(2), "big")
+        types.append(json.loads(await reader.readexactly(size))["type"])
+    assert types == ["connected", "pong"]
+    writer.close()
