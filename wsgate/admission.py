@@ -86,6 +86,8 @@ class AcceptErrors:
         self._warn = Throttled(log, interval)
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), ValueError) and "_start_serving" in repr(context.get("handle")):
+            return  # asyncio's retry of accept() ran after the listening socket was closed (shutdown): nothing to do
         if "out of system resource" not in str(context.get("message", "")):
             loop.default_exception_handler(context)
             return

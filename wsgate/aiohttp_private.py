@@ -12,12 +12,15 @@ than a test deep in the suite. What each use relies on, and why no public API se
   from aiohttp's `RequestHandler` to the wsgate connection (`transport.set_protocol`), so that the request, its
   headers, the handler, its tasks and aiohttp's WebSocket reader objects are freed: an idle connection then
   holds only its socket, its transport and the connection (docs/performance.md, "Memory per connection").
-  It relies on: `RequestHandler.transport` (set to None, so aiohttp does not close the socket when the view
-  returns), `RequestHandler._manager` (`Server.connection_lost`, so the server forgets the handler),
-  `WebSocketResponse._reader._buffer` (messages parsed before the hand-over), `WebSocketResponse._writer`
-  (the deflate writer, kept for a connection that negotiated compression) and aiohttp's frame parser
+  It relies on: `WebSocketResponse._post_start` (overridden: the upgrade installs wsgate's queue under aiohttp's
+  parser, so that what a client sent with its handshake stays in order across the hand-over), the fields it
+  sets (`_ws_protocol`, `_writer`, `_reader`) and reads (`_max_msg_size`, `_compress`), `RequestHandler.transport`
+  (set to None, so aiohttp does not close the socket when the view returns), `RequestHandler._reading_paused`,
+  `RequestHandler._manager` (`Server.connection_lost`, so the server forgets the handler), `WebSocketResponse.
+  _writer` (the deflate writer, kept for a connection that negotiated compression) and aiohttp's frame parser
   `aiohttp._websocket.reader.WebSocketReader` with its queue `WebSocketDataQueue` (subclassed: messages are
-  handed to the connection as they are parsed, and queued, bounded in bytes, only while one is handled).
+  handed to the connection as they are parsed, and queued, bounded in bytes, only while one is handled; its
+  `_buffer`, `_protocol` and `read`).
   aiohttp has no public way to detach an upgraded socket from its request handler.
 - `GunicornWebWorker._get_valid_log_format` (`gunicorn_access_log_format`): how aiohttp's worker turns
   gunicorn's `--access-logformat` into aiohttp's (gunicorn's default becomes aiohttp's default; a
@@ -128,31 +131,41 @@ class Receiver(Protocol):
 
 
 class Inbox(_ws_reader.WebSocketDataQueue):
-    """aiohttp's parser's queue, for one connection: each message goes to the connection as it is parsed
-    (`Receiver.received`), and is queued only while the connection handles one (`queuing`): then aiohttp's
-    own accounting bounds it in bytes (`QUEUE_LIMIT`), stops the parser and pauses reading the socket, and
-    `next` takes the queued messages in order.
+    """aiohttp's parser's queue, for one connection.
 
-    The queue's buffer (a deque, about 600 bytes) is made only when a connection first has to queue: an idle
-    connection never pays for it. A parse error while queuing comes after the queued messages, as in aiohttp.
+    It queues from the upgrade on (aiohttp's handler pausing the socket when it is full), until `hand_to` gives
+    it its connection. Then each message goes to the connection as it is parsed (`Receiver.received`), and is
+    queued only while the connection is busy with one (`queuing`): aiohttp's own accounting bounds the queue in
+    bytes (`QUEUE_LIMIT`), stops the parser and pauses reading the socket, and `next` takes the queued messages
+    in order. The queue's buffer (a deque, about 600 bytes) is made only when a message is first queued: an
+    idle connection never pays for it. A parse error while queuing comes after the queued messages.
     """
 
-    __slots__ = ("_receiver", "queuing")
+    __slots__ = ("_receiver", "_flow", "queuing")
 
-    def __init__(self, receiver: Receiver) -> None:  # (the base's __init__ runs at the first queuing)
-        self._receiver = receiver
-        self.queuing = False
+    def __init__(self, flow: Any) -> None:
+        self._receiver: Receiver | None = None
+        self._flow = flow  # what pauses and resumes reading: aiohttp's handler, then the connection
+        self.queuing = True
         if not _COMPILED:  # the pure-Python queue reads its fields from the start
-            super().__init__(receiver, QUEUE_LIMIT, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+            super().__init__(flow, QUEUE_LIMIT, loop=asyncio.get_running_loop())
+
+    def hand_to(self, receiver: Receiver) -> None:
+        """From now on messages go to `receiver`, which also pauses and resumes reading."""
+        self._receiver = self._flow = receiver
+        if self._buffer is not None:
+            self._protocol = receiver  # type: ignore[assignment]  # what aiohttp's queue uses of it: flow control
 
     def feed_data(self, data: Any, size: int) -> None:
         if self.queuing:
+            self.start_queuing()
             super().feed_data(data, size)
-        elif self._receiver.received(data):  # the connection is busy with it: queue what follows
+        elif self._receiver is not None and self._receiver.received(data):  # busy with it: queue what follows
             self.start_queuing()
 
     def set_exception(self, exc: BaseException, exc_cause: BaseException | None = None) -> None:
-        if self.queuing:
+        if self.queuing or self._receiver is None:
+            self.start_queuing()
             super().set_exception(exc)
         else:
             self._receiver.frame_error(exc)
@@ -162,18 +175,17 @@ class Inbox(_ws_reader.WebSocketDataQueue):
 
     def start_queuing(self) -> None:
         if self._buffer is None:
-            _ws_reader.WebSocketDataQueue.__init__(
-                self,
-                self._receiver,  # it has what aiohttp's queue uses: flow control
-                QUEUE_LIMIT,
-                loop=asyncio.get_running_loop(),
-            )
+            _ws_reader.WebSocketDataQueue.__init__(self, self._flow, QUEUE_LIMIT, loop=asyncio.get_running_loop())
         self.queuing = True
+
+    def has_queued(self) -> bool:
+        """Whether messages (or a parse error) wait in the queue."""
+        return bool(self._buffer) or (self._buffer is not None and self.exception() is not None)
 
     async def next(self) -> WSMessage | None:
         """The next queued message (never waits), or None once none is left: queuing stops. A parse error
         met while queuing is raised after the messages before it (aiohttp's WebSocketError)."""
-        if self._buffer or self.exception() is not None:
+        if self.has_queued():
             return await self.read()  # type: ignore[return-value]  # decode_text: a text message's data is str
         self.queuing = False
         return None
@@ -183,7 +195,7 @@ class Upgraded(NamedTuple):
     parser: Any  # aiohttp's WebSocketReader: `feed_data(bytes)`
     inbox: Inbox
     deflate: Any  # aiohttp's WebSocketWriter for a connection that negotiated permessage-deflate, else None
-    early: list[WSMessage]  # messages parsed before the hand-over (sent before the 101 arrived)
+    paused: bool  # aiohttp's handler had paused reading the socket (its queue was full)
 
 
 def take_over(request: web.BaseRequest, ws: DetachedResponse, receiver: Receiver) -> Upgraded:
@@ -191,17 +203,16 @@ def take_over(request: web.BaseRequest, ws: DetachedResponse, receiver: Receiver
     from now on the transport calls `receiver`, the view may return at once (aiohttp neither closes the socket
     nor sends a close frame: see `DetachedResponse`), and the handler, the request and `ws` are freed.
 
-    Must be called without an await since `ws.prepare` returned. The parser is a new one: a frame split across
-    the hand-over is possible only for a client that sent frames before the server's 101, which RFC 6455
-    (section 4.1) forbids; what aiohttp had parsed whole is returned in `early`.
+    Must be called without an await since `ws.prepare` returned. The parser and its queue are the ones the
+    upgrade installed (`DetachedResponse._post_start`): what a client sent with its handshake, parsed or not, is
+    kept, in order.
     """
     handler = request.protocol
     transport = request.transport
+    assert transport is not None and handler is not None and ws.inbox is not None
     ws.detached = True
-    assert transport is not None and handler is not None
-    inbox = Inbox(receiver)
-    parser = _ws_reader.WebSocketReader(inbox, ws._max_msg_size, compress=bool(ws.compress), decode_text=True)
-    early: list[WSMessage] = [message for message, _ in ws._reader._buffer] if ws._reader is not None else []  # type: ignore[misc]
+    ws.inbox.hand_to(receiver)
+    paused = bool(handler._reading_paused)
     transport.set_protocol(receiver)  # type: ignore[arg-type]
     deflate = ws._writer if ws.compress else None
     if deflate is not None:
@@ -210,19 +221,39 @@ def take_over(request: web.BaseRequest, ws: DetachedResponse, receiver: Receiver
     manager = handler._manager
     if manager is not None:
         manager.connection_lost(handler, None)  # the server forgets the handler (once its task has ended)
-    return Upgraded(parser, inbox, deflate, early)
+    return Upgraded(ws.parser, ws.inbox, deflate, paused)
 
 
 class DetachedResponse(web.WebSocketResponse):
-    """A WebSocketResponse whose socket `take_over` moves away: aiohttp's end of the request (`write_eof`)
-    neither sends a close frame nor touches the socket, which is no longer aiohttp's. Before the hand-over
-    (a refusal at capacity, a drain), `close` works as aiohttp's."""
+    """A WebSocketResponse whose socket `take_over` moves to a wsgate connection.
 
-    __slots__ = ("detached",)
+    Its upgrade installs wsgate's queue (`Inbox`) under aiohttp's parser (`_post_start`, aiohttp's own but for
+    the queue, and without aiohttp's heartbeat: wsgate's keepalive is the connection's). aiohttp's end of the
+    request (`write_eof`) then neither sends a close frame nor touches the socket, no longer aiohttp's. Before
+    the hand-over (a refusal at capacity, a drain), `close` works as aiohttp's.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.detached = False
+        self.inbox: Inbox | None = None
+        self.parser: Any = None
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
+        self._ws_protocol = protocol
+        self._writer = writer
+        self.inbox = Inbox(request.protocol)
+        self._reader = self.inbox
+        self.parser = _ws_reader.WebSocketReader(
+            self.inbox, self._max_msg_size, compress=bool(self._compress), decode_text=True
+        )
+        request.protocol.set_parser(self.parser)
+        request.protocol.keep_alive(False)
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        if self.inbox is not None:
+            self.inbox.start_queuing()  # (aiohttp reads the client's close frame from it)
+        return await super().close(code=code, message=message, drain=drain)
 
     async def write_eof(self) -> None:  # type: ignore[override]
         if not self.detached:

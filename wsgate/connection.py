@@ -211,6 +211,7 @@ class Connection(asyncio.Protocol):
         "_socket_gone",
         "_ending",
         "_peer_code",
+        "_cutoff",
     )
 
     def __init__(
@@ -277,6 +278,7 @@ class Connection(asyncio.Protocol):
         self._socket_gone = False
         self._ending = False
         self._peer_code: int | None = None  # the code of the client's close frame, when it closed first
+        self._cutoff: asyncio.TimerHandle | None = None  # aborts a socket that does not take its close in time
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} rooms={len(self.rooms)}>"
@@ -413,22 +415,25 @@ class Connection(asyncio.Protocol):
         """Take the socket `aiohttp_private.take_over` moved here: `on_text(conn, text)` handles each text
         message (a coroutine, driven by hand), `on_binary(conn, data)` each binary one, and `on_end(conn)` runs
         once the socket is gone and this connection released (`stop`). Messages aiohttp parsed before the
-        hand-over come first.
+        hand-over (sent with the handshake) come first.
 
         `hold`: what the client sends is queued (bounded in bytes, as while a message is handled) until
         `release`: for work before its first message, e.g. the `wsgate_client_connected` hooks.
         """
         self._parser, self._inbox, self._deflate = upgraded.parser, upgraded.inbox, upgraded.deflate
         self._on_text, self._on_binary, self._on_end = on_text, on_binary, on_end
+        self._reading_paused = upgraded.paused  # (resumed once the queue is taken)
         if hold:
             self.handling = True
-            self._inbox.start_queuing()
-        for message in upgraded.early:
-            self._inbox.feed_data(message, len(message.data or b""))
+        elif self._inbox.has_queued():  # sent with the handshake
+            self.release()
+        else:
+            self._inbox.queuing = False
 
     def release(self) -> None:
         """End `attach`'s hold: what was queued meanwhile is handled now, in order."""
         if self.reader_task is None and self._inbox.queuing:
+            self.handling = True
             self.reader_task = self._loop.create_task(self._read_queued(None))
 
     def data_received(self, data: bytes) -> None:
@@ -441,6 +446,8 @@ class Connection(asyncio.Protocol):
         """The socket is gone (closed by either side, reset): the client goes now, out of its rooms, its work in
         flight cancelled (`on_drop`); then everything is released (`stop`) and `on_end` runs."""
         self._socket_gone = True
+        if self._cutoff is not None:
+            self._cutoff.cancel()  # (it held the transport, and through it this connection)
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("the socket is gone"))
@@ -451,6 +458,11 @@ class Connection(asyncio.Protocol):
         if not self._ending:
             self._ending = True
             self._loop.create_task(self._end(), name=f"wsgate-end-{self.id}")
+
+    def _cut_off(self) -> None:
+        """Abort the socket `write_wait` from now unless it is gone by then (closed after what is buffered)."""
+        if self._cutoff is None:
+            self._cutoff = self._loop.call_later(self._write_wait, self._transport.abort)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -578,7 +590,7 @@ class Connection(asyncio.Protocol):
         if not transport.is_closing():
             transport.write(close_frame(close_reply(data), b""))
             transport.close()  # after what is buffered; a peer that does not read it is cut at write_wait
-            self._loop.call_later(self._write_wait, transport.abort)
+            self._cut_off()
 
     # --- life cycle --------------------------------------------------------------
 
@@ -707,7 +719,7 @@ class Connection(asyncio.Protocol):
             await self._peer_closed
         transport.close()
         if not answer:
-            self._loop.call_later(self._write_wait, transport.abort)  # (what asyncio still holds, at most)
+            self._cut_off()  # (what asyncio still holds, at most)
 
     async def _end(self) -> None:
         """The socket is gone: release everything (`stop`), then the owner's `on_end`."""
