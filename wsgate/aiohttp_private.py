@@ -138,7 +138,8 @@ class Inbox(_ws_reader.WebSocketDataQueue):
     queued only while the connection is busy with one (`queuing`): aiohttp's own accounting bounds the queue in
     bytes (`QUEUE_LIMIT`), stops the parser and pauses reading the socket, and `next` takes the queued messages
     in order. The queue's buffer (a deque, about 600 bytes) is made only when a message is first queued: an
-    idle connection never pays for it. A parse error while queuing comes after the queued messages.
+    connection that never sends while one of its messages is handled never pays for it. A parse error while
+    queuing comes after the queued messages.
     """
 
     __slots__ = ("_receiver", "_flow", "queuing")
@@ -161,7 +162,7 @@ class Inbox(_ws_reader.WebSocketDataQueue):
             self.start_queuing()
             super().feed_data(data, size)
         elif self._receiver is not None and self._receiver.received(data):  # busy with it: queue what follows
-            self.start_queuing()
+            self.queuing = True  # (the buffer is made if something is queued)
 
     def set_exception(self, exc: BaseException, exc_cause: BaseException | None = None) -> None:
         if self.queuing or self._receiver is None:
