@@ -67,7 +67,7 @@ SCENARIOS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
     "idle-10000": (
         ["idle", "--connections", "10000"],
         ("naive", "wsgate"),
-        ("rss_kb_per_connection", "connect_s", "broadcast_s"),
+        ("rss_kb_per_connection", "connect_s", "server_cpu_ms_per_connect", "broadcast_s"),
     ),
     "connect-scaling": (
         ["hold"],  # run by connect_scaling() below
@@ -75,7 +75,11 @@ SCENARIOS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
         tuple(
             figure
             for level in SCALING_STEPS
-            for figure in (f"connect_ms_per_client_at_{level}", f"rss_kb_per_connection_at_{level}")
+            for figure in (
+                f"connect_ms_per_client_at_{level}",
+                f"server_cpu_ms_per_client_at_{level}",
+                f"rss_kb_per_connection_at_{level}",
+            )
         ),
     ),
     "latency-100-at-100/s": (
@@ -199,6 +203,13 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_s(pid: int) -> float:
+    """The CPU time `pid` has used (user + system), in seconds: the server's own cost of what the load generator
+    did meanwhile, whatever the generator's speed (a connect figure in seconds measures the slower of the two)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def steady_rss_kb(pids: list[int], timeout: float = 5.0) -> int:
     """The summed RSS (KB) of `pids` once it has settled: two reads 0.5 s apart within 0.5% of each other, or the
     last read after `timeout` seconds (memory is polled: no event says a server is done allocating)."""
@@ -222,18 +233,21 @@ def connect_scaling(server: subprocess.Popen[bytes], url: str) -> dict[str, floa
     """One server run: clients (each subscribed to a room of its own) connected in steps up to each of
     SCALING_STEPS, by one `loadgen.py hold` process on core 1 (19,000 sockets and a few descriptors of its own
     fit under its 20,000). Per step: the connect time per client of the clients that step added (ms: the
-    marginal cost), and the server's RSS per connected client at that level (KB, over its RSS before any)."""
+    marginal cost), the server's CPU time per client of that step (ms: its own cost, whatever the generator's speed),
+    and the server's RSS per connected client at that level (KB, over its RSS before any)."""
     before = steady_rss_kb([server.pid])
     result: dict[str, float] = {}
     cpu = []
     with Fleet(url, [SOURCES], pin="1", deadline_s=SCALING_DEADLINE_S) as fleet:
         done = 0
         for level in SCALING_STEPS:
+            spent = cpu_s(server.pid)
             try:
                 _, (answer,) = fleet.connect(level - done)
             except RuntimeError as error:
                 raise RuntimeError(f"connect-scaling: the step from {done} to {level} clients: {error}") from None
             result[f"connect_ms_per_client_at_{level}"] = answer["seconds"] * 1000 / (level - done)
+            result[f"server_cpu_ms_per_client_at_{level}"] = (cpu_s(server.pid) - spent) * 1000 / (level - done)
             result[f"rss_kb_per_connection_at_{level}"] = (steady_rss_kb([server.pid]) - before) / level
             cpu.append(answer["cpu"])
             done = level
@@ -252,9 +266,11 @@ def run_once(scenario: str, kind: str) -> dict[str, float]:
             return connect_scaling(procs[0], urls[0])
         if args[0] == "idle":
             before = rss_kb(procs[0].pid)
+            cpu_before = cpu_s(procs[0].pid)
             gen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert gen.stdout and gen.stdin
             connected = json.loads(gen.stdout.readline())["connected"]
+            connect_cpu = cpu_s(procs[0].pid) - cpu_before
             time.sleep(1.0)  # let the server settle before reading its memory
             after = rss_kb(procs[0].pid)
             gen.stdin.write("go\n")
@@ -262,6 +278,7 @@ def run_once(scenario: str, kind: str) -> dict[str, float]:
             result: dict[str, float] = json.loads(gen.stdout.readline())
             gen.wait(60)
             result["rss_kb_per_connection"] = (after - before) / connected
+            result["server_cpu_ms_per_connect"] = connect_cpu * 1000 / connected
         else:
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if done.returncode != 0:

@@ -19,6 +19,7 @@ from wsgate.hub import Hub
 from wsgate.metrics import Metrics
 from wsgate.rooms import RoomPatterns
 from wsgate.routing import Router
+from wsgate.schedule import Schedule
 from wsgate.wire import frame_payloads
 
 
@@ -68,6 +69,7 @@ class Parts:
         )
         self.router = Router(self.hub, self.broker, RoomPatterns(("h*",)), self.metrics)
         self.flusher = Flusher()
+        self.schedule = Schedule()
 
     def connect(self) -> tuple[GatewayConnection, RecordingTransport]:
         transport = RecordingTransport()
@@ -76,6 +78,7 @@ class Parts:
             remote="127.0.0.1",
             settings=self.settings,
             flusher=self.flusher,
+            schedule=self.schedule,
             metrics=self.metrics,
             on_drop=self.hub.remove,
             gateway=None,

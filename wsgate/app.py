@@ -50,6 +50,7 @@ from .keys import (
     PRESENCE,
     PRESENCE_STORE,
     ROUTER,
+    SCHEDULE,
     SETTINGS,
     STARTED_AT,
     SUPERVISOR,
@@ -63,6 +64,7 @@ from .presence import Presence, make_presence_store
 from .protocol import Decoder
 from .rooms import RoomPatterns
 from .routing import Router
+from .schedule import Schedule
 from .supervision import Supervisor
 from .views import (
     SESSIONS,
@@ -164,6 +166,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     answer_wait = settings.broker.connect_timeout + settings.plugins.hook_timeout
     app[COMMANDS] = Commands(gateway, broker, decoder, metrics, answer_wait=answer_wait)
     app[FLUSHER] = Flusher()
+    app[SCHEDULE] = Schedule()
     app[SESSIONS] = Sessions(hub, app[DISPATCHER], loaded)
     app[SUPERVISOR] = supervisor
     app[STARTED_AT] = time.monotonic()

@@ -5,8 +5,9 @@
 It serves `/echo` and nothing else a client could reach in a normal run: every text
 or binary message is sent back through the same path as live traffic (a frame built
 by `wsgate.wire`, the client's bounded outbox, the Flusher's one write per turn, the
-writer task when the socket is full or deflate is on) and pings are answered by
-wsgate's own control frames. The suite's 9.* cases send messages of up to 16 MB, so
+writer task when the socket is full or deflate is on), frames are read by the connection
+the socket is handed to after the upgrade, and pings and closes are answered by wsgate's
+own control frames. The suite's 9.* cases send messages of up to 16 MB, so
 the message limit and outbox here are larger than a gateway's defaults. `make
 conformance` runs it (docs/faults.md).
 """
@@ -17,25 +18,29 @@ import argparse
 import asyncio
 import logging
 import sys
+from functools import partial
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from .admission import GatewayRunner
+from .aiohttp_private import DetachedResponse, take_over
 from .app import create_app
 from .clients import GatewayConnection
 from .config import load_settings
-from .keys import FLUSHER, GATEWAY, HUB, METRICS, SETTINGS
+from .hub import Hub
+from .keys import FLUSHER, GATEWAY, HUB, METRICS, SCHEDULE, SETTINGS
 from .views import client_left, upgrade
-from .wire import BINARY_OPCODE, TEXT_OPCODE, close_reply, data_frame
+from .wire import BINARY_OPCODE, TEXT_OPCODE, data_frame
 
 MAX_MESSAGE = 32 * 1024 * 1024  # above the suite's largest (16 MB)
 
 
 async def echo_view(request: web.Request) -> web.StreamResponse:
-    """Echo every data message through the client's outbox; answer pings with wsgate's pongs."""
+    """Echo every data message through the client's outbox; pings, pongs and closes as the gateway answers
+    them: the socket is handed to its connection after the upgrade, as `/ws` does (`aiohttp_private.take_over`)."""
     app = request.app
     settings = app[SETTINGS].websocket
-    ws = web.WebSocketResponse(
+    ws = DetachedResponse(
         max_msg_size=settings.max_message_size,
         compress=settings.compression,
         autoping=False,
@@ -47,35 +52,33 @@ async def echo_view(request: web.Request) -> web.StreamResponse:
         return client_left()
     hub = app[HUB]
     conn = GatewayConnection(
-        ws,
-        stream,
-        request,
+        request.transport,
+        remote=request.remote,
         settings=settings,
         flusher=app[FLUSHER],
+        schedule=app[SCHEDULE],
         metrics=app[METRICS],
         on_drop=hub.remove,
         gateway=app[GATEWAY],
+        compressed=bool(ws.compress),
     )
     hub.admit(conn)
-    try:
-        conn.start()
-        while True:
-            msg = await ws.receive()
-            conn.touch()
-            if msg.type is WSMsgType.TEXT:
-                conn.put(data_frame(msg.data.encode(), TEXT_OPCODE))
-            elif msg.type is WSMsgType.BINARY:
-                conn.put(data_frame(msg.data, BINARY_OPCODE))
-            elif msg.type is WSMsgType.PING:
-                conn.queue_pong(msg.data)
-            elif msg.type is WSMsgType.CLOSE:  # answered as the gateway answers it (views._read_loop)
-                await ws.close(code=close_reply(msg.data), drain=False)
-                return ws
-            elif msg.type is not WSMsgType.PONG:
-                return ws  # closing, closed or a protocol error: aiohttp has answered it
-    finally:
-        hub.remove(conn)
-        await conn.stop()
+    upgraded = take_over(request, ws, conn)
+    conn.start()
+    conn.attach(upgraded, _echo_text, _echo_binary, partial(_gone, hub))
+    return ws
+
+
+async def _echo_text(conn: GatewayConnection, text: str) -> None:
+    conn.put(data_frame(text.encode(), TEXT_OPCODE))
+
+
+def _echo_binary(conn: GatewayConnection, data: bytes) -> None:
+    conn.put(data_frame(data, BINARY_OPCODE))
+
+
+async def _gone(hub: Hub, conn: GatewayConnection) -> None:
+    hub.remove(conn)
 
 
 async def serve(port: int, compression: bool) -> None:

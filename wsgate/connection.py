@@ -34,6 +34,7 @@ from .errors import CloseReason, close_text, plugin_close
 from .keepalive import Action, Keepalive
 from .metrics import Metrics
 from .ratelimit import RateLimiter
+from .schedule import Schedule
 from .supervision import Throttled
 from .wire import (
     PING_FRAME,
@@ -178,6 +179,8 @@ class Connection(asyncio.Protocol):
         "_raw",
         "_loop",
         "_flusher",
+        "_schedule",
+        "_tick",
         "_outbox",
         "_outbox_limit",
         "_queued",
@@ -221,6 +224,7 @@ class Connection(asyncio.Protocol):
         remote: str | None,
         settings: WebSocketSettings,
         flusher: Flusher,
+        schedule: Schedule,
         metrics: Metrics,
         on_drop: Callable[[Connection], None],
         identity: object = None,
@@ -243,6 +247,8 @@ class Connection(asyncio.Protocol):
         self._raw = not compressed  # frames go to the socket as they are, unless deflate was negotiated
         self._loop = asyncio.get_running_loop()
         self._flusher = flusher
+        self._schedule = schedule
+        self._tick: int | None = None  # the keepalive's next question in the shared schedule
         self._outbox: list[bytes] = []  # complete WebSocket frames, header included
         self._outbox_limit = settings.send_queue_size
         self._queued = 0  # bytes in the outbox
@@ -258,7 +264,7 @@ class Connection(asyncio.Protocol):
         self.handling = False  # one of this client's messages is being handled (what follows is queued)
         self._ping_due = False
         self._pong: bytes | None = None
-        self._timer: asyncio.Handle | None = None  # the keepalive's next question (a timer, or a loop turn)
+        self._timer: asyncio.Handle | None = None  # the keepalive's next loop turn (a suspected silence)
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -595,8 +601,13 @@ class Connection(asyncio.Protocol):
     # --- life cycle --------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the keepalive timer (called once the client is admitted)."""
-        self._timer = self._loop.call_at(self._alive.next_ping, self._keepalive)
+        """Start the keepalive (called once the client is admitted): its questions are in the shared schedule."""
+        self._tick = self._schedule.at(self._alive.next_ping, self)
+
+    def due(self) -> None:
+        """The keepalive's time has come (`wsgate.schedule`)."""
+        self._tick = None
+        self._keepalive()
 
     def expire_at(self, when: float | None) -> None:
         """Close with 4001 "token expired" at Unix time `when` (seconds; None: never), replacing any earlier
@@ -735,6 +746,9 @@ class Connection(asyncio.Protocol):
         self._clear()
         if self._timer is not None:
             self._timer.cancel()
+        if self._tick is not None:
+            self._schedule.cancel(self._tick, self)
+            self._tick = None
         if self._expiry is not None:
             self._expiry.cancel()
         try:
@@ -865,7 +879,7 @@ class Connection(asyncio.Protocol):
             pass  # the peer is gone; connection_lost cleans up
 
     def _keepalive(self) -> None:
-        """The keepalive timer (a callback, not a task): supervised by hand, it can never stop unseen."""
+        """The keepalive's question (a callback, not a task): supervised by hand, it can never stop unseen."""
         try:
             self._keep_alive()
         except Exception:
@@ -893,7 +907,9 @@ class Connection(asyncio.Protocol):
         if action is Action.PING:
             self._ping_due = True
             self._send_control()
-        self._timer = loop.call_at(verdict.at, self._keepalive)
+        self._timer = None
+        if self.state is not State.CLOSED:
+            self._tick = self._schedule.at(verdict.at, self)
 
     def _reader_turn(self) -> None:
         """One loop turn after a suspected silence: the socket's bytes are parsed in this one, the reader

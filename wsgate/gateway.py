@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -370,8 +372,10 @@ class Gateway:
 
     def stats(self, *, top_rooms: int = 20, sample_clients: int = 50) -> dict[str, Any]:
         hub, totals = self._hub, self._metrics.totals()
-        rooms = sorted(hub.rooms.items(), key=lambda item: len(item[1]), reverse=True)[:top_rooms]
-        recent = list(hub.connections.values())[-sample_clients:] if sample_clients else []
+        # once a second per node (the dashboard's figures): O(rooms) with a bounded heap, never a sort of every
+        # room, and the latest clients without a copy of them all (100,000 idle clients: issue 25)
+        rooms = heapq.nlargest(top_rooms, hub.rooms.items(), key=lambda item: len(item[1])) if top_rooms else []
+        recent = list(itertools.islice(reversed(hub.connections.values()), sample_clients))[::-1]
         return {
             "node": self._node_id,
             "clients": len(hub.connections),

@@ -21,6 +21,7 @@ from .plugins import Plugins
 from .presence import Presence, PresenceStore
 from .protocol import Decoder
 from .routing import Router
+from .schedule import Schedule
 from .supervision import Supervisor
 
 SETTINGS = web.AppKey("wsgate.settings", Settings)
@@ -32,6 +33,7 @@ PRESENCE_STORE = web.AppKey("wsgate.presence_store", PresenceStore)
 PRESENCE = web.AppKey("wsgate.presence", Presence)
 ROUTER = web.AppKey("wsgate.router", Router)
 FLUSHER = web.AppKey("wsgate.flusher", Flusher)
+SCHEDULE = web.AppKey("wsgate.schedule", Schedule)
 SUPERVISOR = web.AppKey("wsgate.supervisor", Supervisor)
 DECODER = web.AppKey("wsgate.decoder", Decoder)
 DISPATCHER = web.AppKey("wsgate.dispatcher", Dispatcher)

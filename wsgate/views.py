@@ -27,6 +27,7 @@ from .keys import (
     HUB,
     METRICS,
     PLUGINS,
+    SCHEDULE,
     SETTINGS,
     STARTED_AT,
     SUPERVISOR,
@@ -190,7 +191,7 @@ async def _open(request: web.Request, version: int) -> web.StreamResponse:
         protocols=(SUBPROTOCOL,) if settings.auth.jwt.enabled else (),  # the token's carrier, chosen back
         max_msg_size=ws_settings.max_message_size,
         compress=ws_settings.compression,
-        autoping=False,  # pings and pongs reach the read loop: they count as signs of life
+        autoping=False,  # pings and pongs reach the connection: they count as signs of life
         autoclose=False,  # (before the hand-over; then the connection answers a close: wire.close_reply)
         timeout=ws_settings.write_wait,  # how long a close handshake may take
     )
@@ -225,6 +226,7 @@ async def _open(request: web.Request, version: int) -> web.StreamResponse:
         remote=request.remote,
         settings=ws_settings,
         flusher=app[FLUSHER],
+        schedule=app[SCHEDULE],
         metrics=metrics,
         on_drop=sessions.gone,
         identity=identity,
