@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from wsgate import protocol
@@ -36,3 +37,99 @@ async def test_dispatcher_answers_every_failure_and_lets_nothing_escape() -> Non
         ("not today", "a detail"),
     ]
     assert parts.metrics.error_count("handler_error") == 1
+
+
+class _Resumed:
+    """Awaits the rest of a coroutine that already yielded `first` (what a reader driving `dispatch` by hand makes
+    a task of when the message suspends)."""
+
+    def __init__(self, coroutine: Any, first: Any) -> None:
+        self.coroutine, self.first = coroutine, first
+
+    def __await__(self) -> Any:
+        value = self.first
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:
+                try:
+                    value = self.coroutine.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                value = self.coroutine.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _by_hand(dispatcher: Dispatcher, conn: Any, text: str) -> asyncio.Task[Any] | None:
+    """Drive `dispatch` outside any task, as a protocol-driven reader does: None when it completed at once, else
+    the task made for its rest."""
+
+    def drive() -> asyncio.Task[Any] | None:
+        coroutine = dispatcher.dispatch(conn, text)
+        try:
+            first = coroutine.send(None)
+        except StopIteration:
+            return None
+
+        async def rest() -> Any:
+            return await _Resumed(coroutine, first)
+
+        return asyncio.get_running_loop().create_task(rest())
+
+    handle: asyncio.Future[asyncio.Task[Any] | None] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(lambda: handle.set_result(drive()))  # (a loop callback: no current task)
+    return await handle
+
+
+async def test_a_message_that_does_not_wait_completes_without_a_task_and_leaves_nothing_in_flight() -> None:
+    parts = Parts()
+    conn, transport = parts.connect()
+    registry = HandlerRegistry()
+
+    async def answer(client: Any, message: Message) -> None:
+        client.enqueue(protocol.encode("answer"))
+
+    registry.register("test", {"answer": answer})
+    dispatcher = Dispatcher(registry, parts.metrics, Decoder())
+    for text in ('{"type":"answer"}', '{"type":"answer","id":7}', "{", '{"type":"nope"}'):
+        assert await _by_hand(dispatcher, conn, text) is None
+    assert not dispatcher._in_flight and dispatcher._sweeper is None
+    await turn()
+    assert [(m["type"], m.get("id")) for m in transport.messages()] == [
+        ("answer", None),
+        ("answer", 7),
+        ("error", None),
+        ("error", None),
+    ]
+
+
+async def test_a_message_driven_by_hand_that_waits_is_cancelled_at_its_deadline_or_when_its_client_goes() -> None:
+    parts = Parts()
+    conn, transport = parts.connect()
+    gone, _ = parts.connect()
+    registry = HandlerRegistry()
+    cancelled: list[str] = []
+
+    async def hang(client: Any, message: Message) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(client.id)
+            raise
+
+    registry.register("test", {"hang": hang})
+    dispatcher = Dispatcher(registry, parts.metrics, Decoder(), hook_timeout=0.05)
+    timing_out = await _by_hand(dispatcher, conn, '{"type":"hang","id":"a"}')
+    leaving = await _by_hand(dispatcher, gone, '{"type":"hang"}')
+    assert timing_out is not None and leaving is not None
+    dispatcher.client_gone(gone)  # before its task resumed it once: through the future it waits on
+    await asyncio.wait_for(asyncio.gather(timing_out, leaving), 2)
+    assert cancelled == [gone.id, conn.id]
+    assert not dispatcher._in_flight
+    await turn()
+    (answer,) = transport.messages()
+    assert (answer["error"], answer["id"]) == (protocol.INTERNAL_ERROR, "a")
+    assert parts.metrics.error_count("hook_timeout") == 1
