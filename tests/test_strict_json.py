@@ -248,3 +248,17 @@ def test_the_decoder_checks_each_room_name_once_and_refuses_bad_ones_every_time(
     for name in ("a", "b", "c", "d", "e"):
         assert decoder.decode(json.dumps({"type": "ping", "room": name})).room == name
     assert len(decoder._accepted) <= 3
+
+
+def test_a_decoded_message_is_the_frozen_dataclass_its_constructor_makes() -> None:
+    import dataclasses
+
+    from wsgate.protocol import Decoder
+
+    text = '{"type":"publish","room":"r","data":[1,"x"],"id":3,"skip_self":true}'
+    message = Decoder().decode(text)
+    assert message == Message("publish", "r", [1, "x"], json.loads(text), 3)
+    assert dataclasses.asdict(message)["fields"] == json.loads(text)
+    assert dataclasses.replace(message, room="s").room == "s"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        message.room = "s"  # type: ignore[misc]
