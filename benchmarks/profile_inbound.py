@@ -118,6 +118,42 @@ def flush(app: Any) -> None:
     app[FLUSHER]._flush()
 
 
+def masked_frame(text: str) -> bytes:
+    """`text` as a client sends it: one masked text frame (RFC 6455 section 5.3)."""
+    payload, mask = text.encode(), b"\x01\x02\x03\x04"
+    size = len(payload)
+    head = bytes((0x81, 0x80 | size)) if size < 126 else bytes((0x81, 0xFE)) + size.to_bytes(2, "big")
+    return head + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
+def aiohttp_read(text: str) -> Callable[[], object] | None:
+    """One frame through today's reader (aiohttp's WebSocketReader, as `ws.receive()` takes it out of its queue),
+    or None when this aiohttp's private reader is not where it was (3.14)."""
+    try:
+        from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
+    except ImportError:
+        return None
+
+    class Protocol:
+        _reading_paused = False
+
+        def pause_reading(self) -> None:
+            pass
+
+    try:
+        queue = WebSocketDataQueue(Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+        reader = WebSocketReader(queue, 1 << 20, False, True)  # (no deflate; text decoded, as the server reads it)
+    except TypeError:
+        return None
+    frame = masked_frame(text)
+
+    def read() -> None:
+        reader.feed_data(frame)
+        drive(queue.read())  # (what `ws.receive()` awaits: the frame is there, it does not suspend)
+
+    return read
+
+
 async def profile(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     app, senders = await build(args.rooms, args.limits)
     dispatcher, decoder, hub = app[DISPATCHER], app[DECODER], app[HUB]
@@ -193,8 +229,14 @@ async def profile(args: argparse.Namespace) -> list[tuple[str, float, str]]:
 
     for warm in (whole, decode, deliver):  # (first calls fill caches)
         timed(warm, 2000, 1)
+    read = aiohttp_read(text0)
     steps = [
         ("whole dispatch (publish to a 2-member room, flush included)", timed(whole, count, repeat), "dispatch"),
+        (
+            "read: today's aiohttp reader (unmask, parse, queue; no socket, no task wake-up)",
+            timed(read, count, repeat) if read is not None else float("nan"),
+            "WebSocketReader.feed_data",
+        ),
         ("decode: JSON (protocol.loads)", timed(json_only, count, repeat), "loads"),
         ("decode: JSON + validation (Decoder.parse + message)", timed(decode, count, repeat), "parse+message"),
         ("  of which validation (depth, type, room name)", timed(validate, count, repeat), "Decoder.message"),
