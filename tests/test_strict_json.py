@@ -211,6 +211,11 @@ def test_a_message_that_contains_itself_is_refused_as_such() -> None:
         '{"type":"publish","room":"r","data":{"a":[1,{"b":' + BIG + "}]}}",
         '{"type":"publish","room":"r","data":[1.5,2e300,0.0,12345678901234567890.5]}',
         '{"type":"publish","room":"r","data":[[[[[1]]]],{"x":{"y":null}},true,false]}',
+        '{"a":[{"b":[{"c":[1,2,{"d":0.5}]}]}]}',
+        "1.5",
+        "18446744073709551616",
+        "5",
+        "[]",
     ],
 )
 def test_loads_keeps_every_number_exactly_whichever_parser_reads_it(text: str) -> None:

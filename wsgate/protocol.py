@@ -333,17 +333,20 @@ def loads(text: str | bytes, max_digits: int = MAX_NUMBER_DIGITS) -> Any:
 
 def _holds_float(obj: Any) -> bool:
     """Whether a float is anywhere in `obj` (as orjson decodes JSON: dicts, lists, strings, ints, floats, bools and
-    None). A walk of the decoded values: cheaper than a regular expression over every character of the text."""
+    None). A walk of the decoded values, containers only on its stack: cheaper than a regular expression over
+    every character of the text."""
+    kind = type(obj)
+    if kind is not dict and kind is not list:
+        return kind is float
     stack = [obj]
     while stack:
         item = stack.pop()
-        kind = type(item)
-        if kind is dict:
-            stack.extend(item.values())
-        elif kind is list:
-            stack.extend(item)
-        elif kind is float:
-            return True
+        for value in item.values() if type(item) is dict else item:
+            kind = type(value)
+            if kind is float:
+                return True
+            if kind is dict or kind is list:
+                stack.append(value)
     return False
 
 
