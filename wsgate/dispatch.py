@@ -111,6 +111,10 @@ class _Rest:
             # (it caught the exception and waits again: hand that up too)
 
 
+async def _nothing() -> None:
+    """What `dispatch` returns for a message that is not handled."""
+
+
 class Dispatcher:
     """Routes each decoded message to its plugin handler; nothing a client sends escapes as an exception.
 
@@ -221,19 +225,25 @@ class Dispatcher:
             client.drop(errors.RATE_LIMIT_EXCEEDED)
         return False
 
-    async def dispatch(self, client: GatewayConnection, text: str) -> None:
-        """Handle one text message from `client`; every failure is answered, none escapes.
+    def dispatch(self, client: GatewayConnection, text: str) -> Coroutine[Any, Any, None]:
+        """Handle one text message from `client`; every failure is answered, none escapes. Returns the coroutine
+        that handles it (await it, or drive it by hand): without a rate limit, the handling itself, no
+        coroutine around it.
 
         With a byte rate limit, what the answers hold beyond the message's own size (a `history` answer, a
         replay, a plugin's large reply) is charged to the client's byte bucket too: a 40-byte request must
         not fetch a megabyte per message the limit allows.
         """
         if client.state is not State.OPEN:
-            return  # read after the client was closed (a flood still buffered): nothing is handled or answered
+            return _nothing()  # read after the client was closed (a flood still buffered): nothing is handled
+        if client.limiter is None:
+            return self._handle(client, text)
+        return self._limited(client, text)
+
+    async def _limited(self, client: GatewayConnection, text: str) -> None:
+        """`dispatch` for a client with rate limits."""
         limiter = client.limiter
-        if limiter is None:
-            await self._handle(client, text)
-            return
+        assert limiter is not None
         if not self.within_rate(client, len(text)):
             return
         replied = client.replied
