@@ -133,3 +133,48 @@ async def test_a_message_driven_by_hand_that_waits_is_cancelled_at_its_deadline_
     (answer,) = transport.messages()
     assert (answer["error"], answer["id"]) == (protocol.INTERNAL_ERROR, "a")
     assert parts.metrics.error_count("hook_timeout") == 1
+
+
+async def test_a_message_driven_by_hand_through_an_async_hook_is_handled_and_bounded_by_its_own_deadline() -> None:
+    """asyncio sets no timer outside a task: a hook awaited before the message's first suspension runs under the
+    message's deadline instead (`plugins.within`), answered `internal error` with the hook named, as in a task."""
+    import json
+
+    from tests.fakes import RecordingTransport
+    from wsgate import hookimpl
+    from wsgate.app import create_app
+    from wsgate.clients import GatewayConnection
+    from wsgate.keys import DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, SETTINGS
+    from wsgate.testing import make_settings
+
+    class Slow:
+        @hookimpl
+        async def wsgate_authorize(self, client: Any, action: str, room: str | None) -> bool | None:
+            if room == "stuck":
+                await asyncio.Event().wait()
+            await asyncio.sleep(0)
+            return None
+
+    app = await create_app(make_settings(plugins={"hook_timeout": "100ms"}), plugins=[Slow()])
+    transport = RecordingTransport()
+    conn = GatewayConnection(
+        transport,  # type: ignore[arg-type]
+        remote="127.0.0.1",
+        settings=app[SETTINGS].websocket,
+        flusher=app[FLUSHER],
+        metrics=app[METRICS],
+        on_drop=app[HUB].remove,
+        gateway=app[GATEWAY],
+    )
+    assert app[HUB].admit(conn)
+    dispatcher = app[DISPATCHER]
+    for room in ("free", "stuck"):
+        task = await _by_hand(dispatcher, conn, json.dumps({"type": "subscribe", "room": room, "id": room}))
+        assert task is not None  # (the hook suspends)
+        await asyncio.wait_for(task, 2)
+    await turn()
+    subscribed, timed_out = transport.messages()[-2:]
+    assert (subscribed["type"], subscribed["id"]) == ("subscribed", "free")
+    assert (timed_out["error"], timed_out["id"]) == (protocol.INTERNAL_ERROR, "stuck")
+    assert app[METRICS].error_count("hook_timeout") == 1
+    assert not dispatcher._in_flight and app[DISPATCHER]._waiting_on(conn) is None
