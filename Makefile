@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run check debian-tools test test-fast docs package-check bench bench-100k conformance chaos faults clean
+.PHONY: run check debian-tools test test-fast docs package-check bench bench-100k profile-inbound conformance chaos faults \
+	clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m wsgate
@@ -111,6 +112,11 @@ bench: $(VENV)/.installed-bench $(TEST_PLUGINS)/.installed
 # one broadcast to all. Under 10 minutes; appends its section to benchmarks/RESULTS.md.
 bench-100k: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_100k.py
+
+# The cost of one inbound message, step by step, in-process (benchmarks/inbound-profile.md): defaults, then limits on.
+profile-inbound: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/profile_inbound.py
+	$(BIN)/python benchmarks/profile_inbound.py --limits
 
 $(VENV)/.installed-bench: $(VENV)/bin/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

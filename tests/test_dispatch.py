@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from wsgate import protocol
@@ -36,3 +37,144 @@ async def test_dispatcher_answers_every_failure_and_lets_nothing_escape() -> Non
         ("not today", "a detail"),
     ]
     assert parts.metrics.error_count("handler_error") == 1
+
+
+class _Resumed:
+    """Awaits the rest of a coroutine that already yielded `first` (what a reader driving `dispatch` by hand makes
+    a task of when the message suspends)."""
+
+    def __init__(self, coroutine: Any, first: Any) -> None:
+        self.coroutine, self.first = coroutine, first
+
+    def __await__(self) -> Any:
+        value = self.first
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:
+                try:
+                    value = self.coroutine.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                value = self.coroutine.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _by_hand(dispatcher: Dispatcher, conn: Any, text: str) -> asyncio.Task[Any] | None:
+    """Drive `dispatch` outside any task, as a protocol-driven reader does: None when it completed at once, else
+    the task made for its rest."""
+
+    def drive() -> asyncio.Task[Any] | None:
+        coroutine = dispatcher.dispatch(conn, text)
+        try:
+            first = coroutine.send(None)
+        except StopIteration:
+            return None
+
+        async def rest() -> Any:
+            return await _Resumed(coroutine, first)
+
+        return asyncio.get_running_loop().create_task(rest())
+
+    handle: asyncio.Future[asyncio.Task[Any] | None] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(lambda: handle.set_result(drive()))  # (a loop callback: no current task)
+    return await handle
+
+
+async def test_a_message_that_does_not_wait_completes_without_a_task_and_leaves_nothing_in_flight() -> None:
+    parts = Parts()
+    conn, transport = parts.connect()
+    registry = HandlerRegistry()
+
+    async def answer(client: Any, message: Message) -> None:
+        client.enqueue(protocol.encode("answer"))
+
+    registry.register("test", {"answer": answer})
+    dispatcher = Dispatcher(registry, parts.metrics, Decoder())
+    for text in ('{"type":"answer"}', '{"type":"answer","id":7}', "{", '{"type":"nope"}'):
+        assert await _by_hand(dispatcher, conn, text) is None
+    assert not dispatcher._in_flight and dispatcher._sweeper is None
+    await turn()
+    assert [(m["type"], m.get("id")) for m in transport.messages()] == [
+        ("answer", None),
+        ("answer", 7),
+        ("error", None),
+        ("error", None),
+    ]
+
+
+async def test_a_message_driven_by_hand_that_waits_is_cancelled_at_its_deadline_or_when_its_client_goes() -> None:
+    parts = Parts()
+    conn, transport = parts.connect()
+    gone, _ = parts.connect()
+    registry = HandlerRegistry()
+    cancelled: list[str] = []
+
+    async def hang(client: Any, message: Message) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(client.id)
+            raise
+
+    registry.register("test", {"hang": hang})
+    dispatcher = Dispatcher(registry, parts.metrics, Decoder(), hook_timeout=0.05)
+    timing_out = await _by_hand(dispatcher, conn, '{"type":"hang","id":"a"}')
+    leaving = await _by_hand(dispatcher, gone, '{"type":"hang"}')
+    assert timing_out is not None and leaving is not None
+    dispatcher.client_gone(gone)  # before its task resumed it once: through the future it waits on
+    await asyncio.wait_for(asyncio.gather(timing_out, leaving), 2)
+    assert cancelled == [gone.id, conn.id]
+    assert not dispatcher._in_flight
+    await turn()
+    (answer,) = transport.messages()
+    assert (answer["error"], answer["id"]) == (protocol.INTERNAL_ERROR, "a")
+    assert parts.metrics.error_count("hook_timeout") == 1
+
+
+async def test_a_message_driven_by_hand_through_an_async_hook_is_handled_and_bounded_by_its_own_deadline() -> None:
+    """asyncio sets no timer outside a task: a hook awaited before the message's first suspension runs under the
+    message's deadline instead (`plugins.within`), answered `internal error` with the hook named, as in a task."""
+    import json
+
+    from tests.fakes import RecordingTransport
+    from wsgate import hookimpl
+    from wsgate.app import create_app
+    from wsgate.clients import GatewayConnection
+    from wsgate.keys import DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, SETTINGS
+    from wsgate.testing import make_settings
+
+    class Slow:
+        @hookimpl
+        async def wsgate_authorize(self, client: Any, action: str, room: str | None) -> bool | None:
+            if room == "stuck":
+                await asyncio.Event().wait()
+            await asyncio.sleep(0)
+            return None
+
+    app = await create_app(make_settings(plugins={"hook_timeout": "100ms"}), plugins=[Slow()])
+    transport = RecordingTransport()
+    conn = GatewayConnection(
+        transport,  # type: ignore[arg-type]
+        remote="127.0.0.1",
+        settings=app[SETTINGS].websocket,
+        flusher=app[FLUSHER],
+        metrics=app[METRICS],
+        on_drop=app[HUB].remove,
+        gateway=app[GATEWAY],
+    )
+    assert app[HUB].admit(conn)
+    dispatcher = app[DISPATCHER]
+    for room in ("free", "stuck"):
+        task = await _by_hand(dispatcher, conn, json.dumps({"type": "subscribe", "room": room, "id": room}))
+        assert task is not None  # (the hook suspends)
+        await asyncio.wait_for(task, 2)
+    await turn()
+    subscribed, timed_out = transport.messages()[-2:]
+    assert (subscribed["type"], subscribed["id"]) == ("subscribed", "free")
+    assert (timed_out["error"], timed_out["id"]) == (protocol.INTERNAL_ERROR, "stuck")
+    assert app[METRICS].error_count("hook_timeout") == 1
+    assert not dispatcher._in_flight and app[DISPATCHER]._waiting_on(conn) is None

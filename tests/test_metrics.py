@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from wsgate import __version__
-from wsgate.metrics import Throughput
+from wsgate.metrics import Metrics, Throughput
 from wsgate.testing import Server, StartServer, wait_until
 
 
@@ -108,3 +108,29 @@ async def test_health_reports_uptime_and_version(wsgate_server: StartServer) -> 
     assert status == 200
     assert body["version"] == __version__
     assert 0 <= body["uptime_seconds"] < 60
+
+
+def test_message_counts_reach_prometheus_in_batches_and_every_one_of_them() -> None:
+    """Per message only integers move (no lock, no file write); `publish_counts` (every second, and on each
+    scrape through `sample` and `exposition`) hands them over, each once."""
+    metrics = Metrics(["publish", "ping"])
+
+    def received(kind: str) -> float:
+        return metrics.registry.get_sample_value("websocket_messages_received_total", {"type": kind}) or 0.0
+
+    def delivered() -> float:
+        return metrics.registry.get_sample_value("websocket_messages_delivered_total") or 0.0
+
+    for kind in ("publish", "publish", "ping", "nope", "other"):
+        metrics.message_received(kind)
+    metrics.messages_delivered(5)
+    metrics.messages_delivered(0)
+    assert (received("publish"), delivered()) == (0, 0)  # not yet
+    metrics.publish_counts()
+    assert (received("publish"), received("ping"), received("unknown"), delivered()) == (2, 1, 2, 5)
+    metrics.message_received("ping")
+    metrics.messages_delivered(3)
+    assert b'websocket_messages_received_total{type="ping"} 2.0' in metrics.exposition()
+    metrics.sample(0, 0)
+    assert (received("publish"), received("ping"), received("unknown"), delivered()) == (2, 2, 2, 8)
+    assert metrics.totals()["received"] == 6 and metrics.totals()["delivered"] == 8

@@ -123,3 +123,32 @@ def test_the_same_answers_as_fnmatch_in_bounded_work(pattern: str, name: str) ->
 @given(pattern=_PATTERN, name=_NAME)
 def test_without_brackets_a_bracket_is_a_character(pattern: str, name: str) -> None:
     assert Glob.compile(pattern, brackets=False).match(name) == fnmatch.fnmatchcase(name, pattern.replace("[", "[[]"))
+
+
+def test_the_access_policy_decides_the_same_with_its_rule_of_each_room_remembered() -> None:
+    """The first rule a room falls under is worked out once per name (bounded); every client's answer is still
+    its own (identity, claims), and a full memory is emptied, never wrong."""
+    from wsgate.protocol import ClientError
+
+    class Small(AccessPolicy):
+        RULE_CACHE = 2
+
+    rules = ("private-* = identity", "user:{sub} = identity", "ops:* = claim:admin", "* = anyone")
+    alice, admin = Identity("alice", {"sub": "alice"}), Identity("root", {"admin": True})
+    for policy in (_policy(*rules), Small(AuthSettings(rooms=rules, jwt=JwtSettings()))):
+        for _ in range(2):
+            for room, identity, allowed in (
+                ("private-x", None, False),
+                ("private-x", alice, True),
+                ("user:alice", alice, True),
+                ("user:alice", Identity("bob", {"sub": "bob"}), False),
+                ("ops:1", alice, False),
+                ("ops:1", admin, True),
+                ("lobby", None, True),
+            ):
+                try:
+                    decided = policy.check(identity, "publish", room) is False
+                except ClientError:
+                    decided = False
+                assert decided == allowed, (room, identity)
+        assert len(policy._rule_of) <= policy.RULE_CACHE

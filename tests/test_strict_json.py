@@ -201,3 +201,69 @@ def test_a_message_that_contains_itself_is_refused_as_such() -> None:
     with pytest.raises(ClientError) as caught:
         dumps(loop)
     assert caught.value.detail == "the message contains itself (a circular reference)"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type":"publish","room":"r","data":[18446744073709551615,-9223372036854775808,0,-0,"12345678901234567890"]}',
+        '{"type":"publish","room":"r","data":[18446744073709551616,-9223372036854775809]}',  # beyond 64 bits
+        '{"type":"publish","room":"r","data":{"a":[1,{"b":' + BIG + "}]}}",
+        '{"type":"publish","room":"r","data":[1.5,2e300,0.0,12345678901234567890.5]}',
+        '{"type":"publish","room":"r","data":[[[[[1]]]],{"x":{"y":null}},true,false]}',
+        '{"a":[{"b":[{"c":[1,2,{"d":0.5}]}]}]}',
+        "1.5",
+        "18446744073709551616",
+        "5",
+        "[]",
+    ],
+)
+def test_loads_keeps_every_number_exactly_whichever_parser_reads_it(text: str) -> None:
+    """`loads` takes orjson's answer when it holds no float (each integer then fits in 64 bits, exact), else
+    decides as before: the value is the stdlib's, integer for integer."""
+    from wsgate.protocol import loads
+
+    decoded = loads(text)
+    assert decoded == json.loads(text)
+    assert json.dumps(decoded) == json.dumps(json.loads(text))  # (ints stay ints, floats floats)
+
+
+def test_the_decoder_checks_each_room_name_once_and_refuses_bad_ones_every_time() -> None:
+    from wsgate.protocol import ClientError, Decoder
+    from wsgate.regex import LinearPattern
+
+    decoder = Decoder(max_room_length=8, room_pattern=LinearPattern("[a-z-]+"))
+    for _ in range(2):
+        assert decoder.decode('{"type":"publish","room":"ok-room"}').room == "ok-room"
+        for room, detail in (
+            ('"too-long-room"', "room names are at most 8 characters"),
+            ('"a\\u0000b"', "room names may not contain control characters"),
+            ('"UPPER"', "room names must match [a-z-]+"),
+            ("5", "field 'room' must be a string"),
+            ('["r"]', "field 'room' must be a string"),
+        ):
+            with pytest.raises(ClientError) as refused:
+                decoder.decode('{"type":"publish","room":' + room + "}")
+            assert refused.value.detail == detail
+
+    class Small(Decoder):
+        ACCEPTED_ROOMS = 3  # (bounded: emptied when full, then filled again)
+
+    decoder = Small()
+    for name in ("a", "b", "c", "d", "e"):
+        assert decoder.decode(json.dumps({"type": "ping", "room": name})).room == name
+    assert len(decoder._accepted) <= 3
+
+
+def test_a_decoded_message_is_the_frozen_dataclass_its_constructor_makes() -> None:
+    import dataclasses
+
+    from wsgate.protocol import Decoder
+
+    text = '{"type":"publish","room":"r","data":[1,"x"],"id":3,"skip_self":true}'
+    message = Decoder().decode(text)
+    assert message == Message("publish", "r", [1, "x"], json.loads(text), 3)
+    assert dataclasses.asdict(message)["fields"] == json.loads(text)
+    assert dataclasses.replace(message, room="s").room == "s"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        message.room = "s"  # type: ignore[misc]

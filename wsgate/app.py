@@ -253,6 +253,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
         await broker.close()
         app[ROUTER].close()
         await supervisor.stop()
+        app[METRICS].publish_counts()  # the last second's messages too (a worker's files outlive it)
         loop.set_exception_handler(previous_handler)
 
 

@@ -91,10 +91,25 @@ def unauthorized(text: str, detail: str) -> web.HTTPUnauthorized:
 class AccessPolicy:
     """The `[auth]` rules, checked before plugins on every subscribe, publish and broadcast."""
 
+    RULE_CACHE = 10_000  # rooms whose first matching rule is remembered; emptied when full (names are unbounded)
+
     def __init__(self, settings: AuthSettings) -> None:
         self._rules: tuple[RoomRule, ...] = settings.rooms  # parsed once, when the settings were loaded
         self._broadcast = settings.broadcast
         self._rooms_claim = settings.jwt.rooms_claim
+        self._rule_of: dict[str, RoomRule | None] = {}  # room -> the first rule it falls under (a function of the name)
+
+    def _rule(self, room: str) -> RoomRule | None:
+        """The first rule `room` falls under, or None: worked out once per room name, not per message."""
+        try:
+            return self._rule_of[room]
+        except KeyError:
+            pass
+        rule = next((rule for rule in self._rules if rule.matches(room)), None)
+        if len(self._rule_of) >= self.RULE_CACHE:
+            self._rule_of.clear()
+        self._rule_of[room] = rule
+        return rule
 
     def check(self, identity: object, action: str, room: str | None) -> bool:
         """Raise ClientError (`not allowed`) when the settings deny `action` to a client of this
@@ -111,15 +126,16 @@ class AccessPolicy:
                     raise ClientError(
                         errors.NOT_ALLOWED, f"the token's {self._rooms_claim!r} claim does not include {room!r}"
                     )
-        for rule in self._rules:
-            if not rule.matches(room):
-                continue
-            if rule.placeholder is not None:
-                value = claims_of(identity).get(rule.placeholder) if identity is not None else None
-                if not isinstance(value, str) or value != rule.owner(room):  # strings only: never "None", "1"
-                    raise ClientError(errors.NOT_ALLOWED, f"room {room!r} belongs to another {rule.placeholder}")
-            return self._meets(rule.requirement, identity, f"room {room!r}")
-        return False
+        if not self._rules:
+            return False
+        rule = self._rule(room)
+        if rule is None:
+            return False
+        if rule.placeholder is not None:
+            value = claims_of(identity).get(rule.placeholder) if identity is not None else None
+            if not isinstance(value, str) or value != rule.owner(room):  # strings only: never "None", "1"
+                raise ClientError(errors.NOT_ALLOWED, f"room {room!r} belongs to another {rule.placeholder}")
+        return self._meets(rule.requirement, identity, f"room {room!r}")
 
     @staticmethod
     def _meets(requirement: str, identity: object, what: str) -> bool:

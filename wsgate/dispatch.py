@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from types import CoroutineType
+from typing import Any
 
 from . import errors
 from .clients import GatewayConnection
@@ -30,22 +32,87 @@ def hook_timed_out(timeout: float) -> ClientError:
 
 
 class _Work:
-    """Work in flight for one client: the task that runs it, when its time is up, and why it was cancelled."""
+    """Work in flight for one client: what runs it, when its time is up, and why it was cancelled.
 
-    __slots__ = ("task", "deadline", "cancelled", "settled")
+    A message's handler that suspended is cancelled where it waits: through the task that runs it (`task`: the
+    current task when it suspended, e.g. a reader's; else, when it was driven by hand outside a task, the task
+    that drives its rest, known at its first resumption). Before that task is known, through the first awaitable
+    it yielded (`first`: cancelling the future a task waits on wakes the task with CancelledError, as
+    `Task.cancel` does, but uncounted: an `asyncio.timeout` inside the handler then takes it for its own), or,
+    when that future was done already, at its first resumption (`_Rest`)."""
 
-    def __init__(self, task: asyncio.Task[object], deadline: float) -> None:
+    __slots__ = ("task", "first", "deadline", "cancelled", "counted", "settled")
+
+    def __init__(self, task: asyncio.Task[object] | None, deadline: float, first: object = None) -> None:
         self.task = task
+        self.first = first
         self.deadline = deadline
         self.cancelled: str | None = None  # "timeout" or "gone" once the dispatcher cancelled it
-        self.settled = False  # its cancellation was taken back (Task.uncancel)
+        self.counted = False  # cancelled through Task.cancel (to be taken back with Task.uncancel)
+        self.settled = False  # its cancellation was taken back
+
+    def cancel(self, why: str) -> None:
+        """Cancel the work (`why`: "timeout" or "gone"), once."""
+        if self.cancelled is not None:
+            return
+        self.cancelled = why
+        if self.task is not None:
+            self.counted = True
+            self.task.cancel()
+        elif asyncio.isfuture(self.first):
+            self.first.cancel()  # (False when done already: `_Rest` throws it in at the resumption)
 
     def take_back(self) -> bool:
         """Take this dispatcher's cancellation back, once; whether no other cancellation is pending."""
         if self.cancelled is None or self.settled:
             return False
         self.settled = True
-        return self.task.uncancel() == 0
+        if self.counted:
+            assert self.task is not None
+            return self.task.uncancel() == 0
+        return self.task is None or self.task.cancelling() == 0
+
+
+class _Rest:
+    """Awaits the rest of a handler that suspended (`first`: what it yielded, for the task that drives the rest
+    to wait on). At the first resumption the work learns its task, and a cancellation asked for meanwhile that
+    did not reach the task is thrown in; then the handler is delegated to as `await` would."""
+
+    __slots__ = ("_step", "_first", "_work")
+
+    def __init__(self, step: Coroutine[Any, Any, Any] | Generator[Any, None, Any], first: object, work: _Work) -> None:
+        self._step = step
+        self._first = first
+        self._work = work
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        step, work, value = self._step, self._work, self._first
+        rest = step.__await__() if isinstance(step, Coroutine) else step
+        while True:
+            try:
+                yield value
+            except GeneratorExit:
+                step.close()
+                raise
+            except BaseException as exc:  # thrown in by the task (its cancellation)
+                thrown: BaseException | None = exc
+            else:
+                thrown = None
+            if work.task is None:
+                work.task = asyncio.current_task()
+                if thrown is None and work.cancelled is not None:  # asked before the task could be told
+                    thrown = asyncio.CancelledError()
+            if thrown is None:
+                return (yield from rest)  # resumed as the task resumes it: send(None), then plain delegation
+            try:
+                value = step.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+            # (it caught the exception and waits again: hand that up too)
+
+
+async def _nothing() -> None:
+    """What `dispatch` returns for a message that is not handled."""
 
 
 class Dispatcher:
@@ -59,10 +126,13 @@ class Dispatcher:
     `waiting_on(client)` names the plugin hook a client's handler awaited when it was cancelled, and forgets
     it (`Plugins.waiting_on`); None when it awaited none.
 
-    The fast path costs two dict operations per message, no timer: messages in flight are kept in the
-    order they began (all have the same limit), and one timer per dispatcher, armed only while some are
-    in flight, cancels those past their deadline (`_sweep`). Cancelling is `Task.cancel` on the reader's
-    task, taken back with `Task.uncancel` once the message has ended (as `asyncio.timeout` does).
+    A message whose handler finishes without suspending costs no bookkeeping at all, and `dispatch` then
+    completes without suspending either: a reader may drive it by hand (`coroutine.send(None)`) and make a task
+    only for a message that suspends. Such a message is noted as in flight when it suspends: messages in flight are
+    kept in the order they began (all have the same limit), and one timer per dispatcher, armed only while
+    some are in flight, cancels those past their deadline (`_sweep`). Cancelling is `Task.cancel` on the task
+    that drives the rest, taken back with `Task.uncancel` once the message has ended (as `asyncio.timeout`
+    does), or, before that task has resumed it once, the cancellation of the future it waits on (`_Work`).
     """
 
     def __init__(
@@ -96,9 +166,8 @@ class Dispatcher:
         """`client` is gone (dropped, closed, draining): the handling of its message in flight, if any, is
         cancelled now (a handler cancelled this way is not answered, only logged at debug)."""
         for work in (self._in_flight.get(client), self._hooks.get(client)):
-            if work is not None and work.cancelled is None:
-                work.cancelled = "gone"
-                work.task.cancel()
+            if work is not None:
+                work.cancel("gone")
 
     def _sweep(self) -> None:
         """Cancel the messages in flight past their deadline (the oldest first); arm the timer for the next."""
@@ -108,14 +177,11 @@ class Dispatcher:
             if work.deadline > now:
                 self._sweeper = self._loop.call_at(work.deadline, self._sweep)
                 return
-            if work.cancelled is None:
-                work.cancelled = "timeout"
-                work.task.cancel()
+            work.cancel("timeout")
 
-    def _begin(self, client: GatewayConnection) -> _Work:
-        task = asyncio.current_task()
-        assert task is not None
-        work = self._in_flight[client] = _Work(task, self._loop.time() + self.hook_timeout)
+    def _begin(self, client: GatewayConnection, begun: float, first: object) -> _Work:
+        """Note `client`'s message in flight, begun at `begun` (loop time): its handler suspended, yielding `first`."""
+        work = self._in_flight[client] = _Work(asyncio.current_task(), begun + self.hook_timeout, first)
         if self._sweeper is None:
             self._sweeper = self._loop.call_at(work.deadline, self._sweep)
         return work
@@ -159,19 +225,25 @@ class Dispatcher:
             client.drop(errors.RATE_LIMIT_EXCEEDED)
         return False
 
-    async def dispatch(self, client: GatewayConnection, text: str) -> None:
-        """Handle one text message from `client`; every failure is answered, none escapes.
+    def dispatch(self, client: GatewayConnection, text: str) -> Coroutine[Any, Any, None]:
+        """Handle one text message from `client`; every failure is answered, none escapes. Returns the coroutine
+        that handles it (await it, or drive it by hand): without a rate limit, the handling itself, no
+        coroutine around it.
 
         With a byte rate limit, what the answers hold beyond the message's own size (a `history` answer, a
         replay, a plugin's large reply) is charged to the client's byte bucket too: a 40-byte request must
         not fetch a megabyte per message the limit allows.
         """
         if client.state is not State.OPEN:
-            return  # read after the client was closed (a flood still buffered): nothing is handled or answered
+            return _nothing()  # read after the client was closed (a flood still buffered): nothing is handled
+        if client.limiter is None:
+            return self._handle(client, text)
+        return self._limited(client, text)
+
+    async def _limited(self, client: GatewayConnection, text: str) -> None:
+        """`dispatch` for a client with rate limits."""
         limiter = client.limiter
-        if limiter is None:
-            await self._handle(client, text)
-            return
+        assert limiter is not None
         if not self.within_rate(client, len(text)):
             return
         replied = client.replied
@@ -181,10 +253,17 @@ class Dispatcher:
     async def _handle(self, client: GatewayConnection, text: str) -> None:
         """Handle one message. One with an `id` (docs/protocol.md, "Request ids") is handled with a `Reply`
         on the client and in `REPLYING`, so that every answer to it carries the id, errors included; an
-        invalid `id` is answered `invalid JSON format` without it. Without an id: one dict lookup."""
+        invalid `id` is answered `invalid JSON format` without it. Without an id: one dict lookup.
+
+        The handler is driven by hand: one that finishes without suspending (the common publish, subscribe,
+        ping, with no hook that waits) completes here, and this coroutine with it, without a loop turn, and costs
+        no bookkeeping. Only one that suspends is noted as in flight (`_begin`), with its deadline, and the
+        rest awaited (`_Rest`): it is cancelled where it waits, by whichever task drives it, once past
+        `hook_timeout` or once its client goes."""
         kind = None
-        work = self._begin(client)
+        work = None
         replying = None
+        begun = self._loop.time()  # (its deadline runs from here: before any hook's own limit starts)
         try:
             obj = self._decoder.parse(text)
             request_id = obj.get("id")
@@ -201,13 +280,22 @@ class Dispatcher:
                 if client.protocol >= PROTOCOL:  # the guide's clients get the guide's bytes: no detail
                     raise ClientError(errors.UNKNOWN_TYPE, self.registry.unknown(kind))
                 raise ClientError(errors.UNKNOWN_TYPE)
-            await handler(client, message)
+            awaitable = handler(client, message)
+            step: Coroutine[Any, Any, Any] | Generator[Any, None, Any] = (
+                awaitable if type(awaitable) is CoroutineType else awaitable.__await__()  # (any other: its iterator)
+            )
+            try:
+                first = step.send(None)
+            except StopIteration:
+                return  # done without suspending (`finally` below still runs)
+            work = self._begin(client, begun, first)
+            await _Rest(step, first, work)
         except ClientError as err:
             self.reject(client, err)
         except ClientGone:
             log.debug("client %s left while its %r was handled", client.id, kind, extra={"client_id": client.id})
         except asyncio.CancelledError:
-            if not work.take_back():  # (another cancellation spreads)
+            if work is None or not work.take_back():  # (another cancellation spreads)
                 raise
             if work.cancelled == "gone" or client.state is not State.OPEN:
                 log.debug(
@@ -227,11 +315,15 @@ class Dispatcher:
         finally:
             if replying is not None:
                 client.replying = None
-                REPLYING.reset(replying)
-            del self._in_flight[client]
-            if work.cancelled is not None:
-                work.take_back()  # (cancelled, and the handler swallowed it: taken back all the same)
-            self._waiting_on(client)  # forgets what it awaited, whoever cancelled it (else it holds the client)
+                try:
+                    REPLYING.reset(replying)
+                except ValueError:  # it ended in another context than it began (a task made for its rest)
+                    REPLYING.set(None)
+            if work is not None:
+                del self._in_flight[client]
+                if work.cancelled is not None:
+                    work.take_back()  # (cancelled, and the handler swallowed it: taken back all the same)
+                self._waiting_on(client)  # forgets what it awaited, whoever cancelled it (else it holds the client)
 
     def reject(self, client: GatewayConnection, err: ClientError) -> None:
         """Count `err` and answer it to the client."""

@@ -27,7 +27,7 @@ from .history import Position, Replay
 from .hub import Hub
 from .idempotency import SERVER_SCOPE, AlreadyPublished, Duplicate, Scope, check_key, claim_id
 from .metrics import Metrics
-from .plugins import HookTimedOut, Plugins
+from .plugins import HookTimedOut, Plugins, within
 from .presence import Presence, PresenceError, PresenceStore
 from .protocol import Decoder
 from .routing import Router
@@ -237,7 +237,7 @@ class Gateway:
         None: subscribed, in the room already, or the client left."""
         timeout = self._plugins.hook_timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with within(timeout):  # (in a message driven by hand: the message's own deadline)
                 await self.server_subscribe(client, room)
             return None
         except ClientGone:

@@ -1,6 +1,7 @@
 """Prometheus metrics, in a registry owned by one application (tests build many apps).
 
-Nothing here is called per recipient: a fan-out is counted once, adding N.
+Nothing here is called per recipient: a fan-out is counted once, adding N. Message counts move as plain
+integers and reach their Prometheus counters in batches (`Metrics.publish_counts`, every second and on scrape).
 Under gunicorn with `PROMETHEUS_MULTIPROC_DIR` set, prometheus-client keeps
 values in per-process files and a scrape sums them over the workers.
 """
@@ -136,22 +137,47 @@ class Metrics:
         # Children of labelled counters are looked up once, not per message.
         self._received_by_type = {kind: self.received.labels(kind) for kind in message_types}
         self._received_other = self.received.labels("unknown")
+        # Per message, only plain integers move: the Prometheus counters (a lock each, and a file write in
+        # multiprocess mode) take them in batches, at every `sample` and `exposition` (`publish_counts`).
+        self._received_pending = dict.fromkeys(self._received_by_type, 0)
+        self._received_other_pending = 0
         self._delivered_total = 0
+        self._delivered_published = 0
         self._received_total = 0
         self._rate = Throughput()
 
     # --- counting (cheap: one call per message or per fan-out) ------------------------
 
     def message_received(self, kind: str) -> None:
-        """Count one client message; types no plugin handles share the label `unknown`."""
+        """Count one client message; types no plugin handles share the label `unknown`. Reaches
+        `websocket_messages_received_total` at the next `publish_counts` (within a second: `sample`)."""
         self._received_total += 1
-        self._received_by_type.get(kind, self._received_other).inc()
+        pending = self._received_pending
+        if kind in pending:
+            pending[kind] += 1
+        else:
+            self._received_other_pending += 1
 
     def messages_delivered(self, count: int) -> None:
-        """Count `count` messages queued to clients (a whole fan-out at once)."""
-        if count:
-            self._delivered_total += count
-            self.delivered.inc(count)
+        """Count `count` messages queued to clients (a whole fan-out at once). Reaches
+        `websocket_messages_delivered_total` at the next `publish_counts` (within a second: `sample`)."""
+        self._delivered_total += count
+
+    def publish_counts(self) -> None:
+        """Hand the messages counted since the last call to their Prometheus counters (one `inc` per counter
+        that moved, not one per message)."""
+        pending = self._received_pending
+        for kind, count in pending.items():
+            if count:
+                self._received_by_type[kind].inc(count)
+                pending[kind] = 0
+        if self._received_other_pending:
+            self._received_other.inc(self._received_other_pending)
+            self._received_other_pending = 0
+        delivered = self._delivered_total
+        if delivered != self._delivered_published:
+            self.delivered.inc(delivered - self._delivered_published)
+            self._delivered_published = delivered
 
     def error(self, reason: str) -> None:
         """Count one error; `reason` is from a fixed, documented set (never a room or client id)."""
@@ -190,13 +216,16 @@ class Metrics:
     # --- gauges and exposition -----------------------------------------------------
 
     def sample(self, clients: int, rooms: int, now: float | None = None) -> None:
-        """Refresh the gauges: called every second by the gateway, and on each scrape."""
+        """Refresh the gauges and publish the message counts: called every second by the gateway, and on each
+        scrape."""
+        self.publish_counts()
         self.clients.set(clients)
         self.rooms.set(rooms)
         self.throughput.set(self._rate.sample(time.monotonic() if now is None else now, self._delivered_total))
 
     def exposition(self) -> bytes:
         """The Prometheus text format: this app's registry, or every worker's files in multiprocess mode."""
+        self.publish_counts()
         if values.ValueClass is values.MutexValue:
             return generate_latest(self.registry)
         merged = CollectorRegistry()

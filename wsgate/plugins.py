@@ -12,6 +12,7 @@ results, so `load_plugins` refuses it, and any generator function, at start-up
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import importlib
 import importlib.metadata
@@ -58,6 +59,16 @@ TABLE_HOOKS = frozenset({"wsgate_message_handlers", "wsgate_services"})
 
 BuiltinFactory = Callable[[Settings], object | None]
 """Builds a built-in plugin from the settings, or returns None when its settings leave it off."""
+
+
+def within(timeout: float) -> contextlib.AbstractAsyncContextManager[object]:
+    """`asyncio.timeout(timeout)` (seconds) inside a task. Outside any task, that is in a client message's handling
+    that a reader drives by hand until it first suspends (`Dispatcher.dispatch`), no timer of its own, which
+    asyncio cannot set there: that message's deadline (the dispatcher's, the same `hook_timeout`, started
+    first) bounds it, and names what it awaited (`Plugins.waiting_on`)."""
+    if asyncio.current_task() is None:
+        return contextlib.nullcontext()
+    return asyncio.timeout(timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,7 +565,7 @@ class Plugins:
             self._awaiting[client] = what
         cancelled = False
         try:
-            async with asyncio.timeout(self.hook_timeout):
+            async with within(self.hook_timeout):
                 return await result
         except TimeoutError:
             self.fault(what, "%s did not finish within plugins.hook_timeout (%gs); cancelled", what, self.hook_timeout)

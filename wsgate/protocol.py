@@ -12,7 +12,7 @@ import math
 import re
 import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
@@ -100,6 +100,29 @@ class Message:
         return self.room
 
 
+def _message_maker() -> Callable[[str, str | None, Any, dict[str, Any], str | int | None], Message]:
+    """`Message(...)` for the decoder, at about half the cost: a frozen dataclass's `__init__` sets each field
+    through `object.__setattr__`; this sets its slots directly (the same object, equal to the constructor's)."""
+    new = object.__new__
+    kind, room, data, fields, request_id = (
+        getattr(Message, name).__set__ for name in ("type", "room", "data", "fields", "id")
+    )
+
+    def make(type_: str, room_: str | None, data_: Any, fields_: dict[str, Any], id_: str | int | None) -> Message:
+        message: Message = new(Message)
+        kind(message, type_)
+        room(message, room_)
+        data(message, data_)
+        fields(message, fields_)
+        request_id(message, id_)
+        return message
+
+    return make
+
+
+_new_message = _message_maker()
+
+
 MAX_NUMBER_DIGITS = 100
 """Default of `websocket.limits.max_number_digits`: the stdlib's conversions of long numbers are quadratic."""
 
@@ -120,7 +143,11 @@ def _has_control(room: str) -> bool:
 class Decoder:
     """Turns client frames into Messages, enforcing the input limits (`[websocket.limits]`)."""
 
-    __slots__ = ("_max_room_length", "_max_depth", "_room_pattern", "_max_digits")
+    __slots__ = ("_max_room_length", "_max_depth", "_room_pattern", "_max_digits", "_accepted")
+
+    ACCEPTED_ROOMS = 10_000
+    """Room names remembered as accepted (`check_room` runs once per name, not per message); the memory is
+    emptied when full (room names are unbounded): at most this many names of `max_room_name_length`."""
 
     def __init__(
         self,
@@ -133,6 +160,7 @@ class Decoder:
         self._max_depth = max_depth
         self._room_pattern = room_pattern  # compiled once, with the settings (RE2: linear in the name)
         self._max_digits = max_digits
+        self._accepted: set[str] = set()  # room names check_room accepted (a pure function of the name)
 
     def loads(self, text: str | bytes) -> Any:
         """`loads` with this decoder's digit limit (the HTTP API's bodies too)."""
@@ -167,11 +195,18 @@ class Decoder:
         if not isinstance(kind, str):
             raise ClientError(errors.INVALID_JSON, "field 'type' must be a string")
         room = obj.get("room")
-        if room is not None:
-            if not isinstance(room, str):
-                raise ClientError(errors.INVALID_JSON, "field 'room' must be a string")
-            self.check_room(room)
-        return Message(kind, room, obj.get("data"), obj, obj.get("id"))
+        if room is not None and (type(room) is not str or room not in self._accepted):
+            self._accept(room)
+        return _new_message(kind, room, obj.get("data"), obj, obj.get("id"))
+
+    def _accept(self, room: object) -> None:
+        """Check a message's `room` field (ClientError when it is not acceptable) and remember it if it is."""
+        if not isinstance(room, str):
+            raise ClientError(errors.INVALID_JSON, "field 'room' must be a string")
+        self.check_room(room)
+        if len(self._accepted) >= self.ACCEPTED_ROOMS:
+            self._accepted.clear()
+        self._accepted.add(room)
 
     def required_room(self, obj: Mapping[str, Any]) -> str:
         """The `room` field of a JSON object that must name one (an HTTP API body, a server-side command): a
@@ -240,8 +275,11 @@ def _depth_exceeds(obj: Any, limit: int) -> bool:
 
 
 # orjson reads integers beyond 64 bits as floats, and numbers beyond the double range as 0.0 (or refuses
-# them): a run of 20 digits, or an exponent of three digits, sends the message to the stdlib parser, which
-# keeps integers exact and checks each number (digits inside strings only cost speed).
+# them). So a text orjson decodes without a single float is taken as it is: its integers are exact, of at most
+# EXACT_DIGITS digits (max_number_digits is at least 40). Otherwise a run of 20 digits, or an exponent of three
+# digits, sends the message to the stdlib parser, which keeps integers exact and checks each number (digits
+# inside strings only cost speed).
+EXACT_DIGITS: Final = 20  # the digits of 2**64 - 1, the largest integer orjson decodes as an int
 _NEEDS_STDLIB = re.compile(r"\d{20}|[eE][+-]?0*[1-9]\d{2}")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _NONZERO_MANTISSA = re.compile(r"^[^eE]*[1-9]")
@@ -263,11 +301,15 @@ def loads(text: str | bytes, max_digits: int = MAX_NUMBER_DIGITS) -> Any:
         except UnicodeDecodeError:
             raise ClientError(errors.INVALID_JSON, "the text is not valid UTF-8") from None
     raw = text
-    if _NEEDS_STDLIB.search(raw) is None:
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            pass  # the stdlib parser says precisely why, or accepts what orjson cannot (a lone surrogate)
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass  # the stdlib parser says precisely why, or accepts what orjson cannot (a lone surrogate)
+    else:  # without a float, every number was an integer orjson kept exactly: at most EXACT_DIGITS digits
+        if max_digits >= EXACT_DIGITS and not _holds_float(parsed):
+            return parsed
+        if _NEEDS_STDLIB.search(raw) is None:
+            return parsed
 
     def parse_int(literal: str) -> int:
         _check_digits(literal, max_digits)
@@ -287,6 +329,25 @@ def loads(text: str | bytes, max_digits: int = MAX_NUMBER_DIGITS) -> Any:
         except UnicodeEncodeError:
             raise ClientError(errors.INVALID_JSON, LONE_SURROGATE) from None
     return obj
+
+
+def _holds_float(obj: Any) -> bool:
+    """Whether a float is anywhere in `obj` (as orjson decodes JSON: dicts, lists, strings, ints, floats, bools and
+    None). A walk of the decoded values, containers only on its stack: cheaper than a regular expression over
+    every character of the text."""
+    kind = type(obj)
+    if kind is not dict and kind is not list:
+        return kind is float
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        for value in item.values() if type(item) is dict else item:
+            kind = type(value)
+            if kind is float:
+                return True
+            if kind is dict or kind is list:
+                stack.append(value)
+    return False
 
 
 def _check_digits(literal: str, max_digits: int) -> None:
