@@ -36,7 +36,7 @@ from tests.fakes import RecordingTransport  # noqa: E402
 from wsgate import protocol  # noqa: E402
 from wsgate.app import create_app  # noqa: E402
 from wsgate.clients import GatewayConnection  # noqa: E402
-from wsgate.keys import DECODER, DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, ROUTER, SETTINGS  # noqa: E402
+from wsgate.keys import DECODER, DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, ROUTER, SCHEDULE, SETTINGS  # noqa: E402
 from wsgate.testing import make_settings  # noqa: E402
 from wsgate.wire import text_frame  # noqa: E402
 
@@ -96,6 +96,7 @@ async def build(rooms: int, limits: bool) -> tuple[Any, list[tuple[GatewayConnec
                 remote="127.0.0.1",
                 settings=app[SETTINGS].websocket,
                 flusher=app[FLUSHER],
+                schedule=app[SCHEDULE],
                 metrics=app[METRICS],
                 on_drop=hub.remove,
                 gateway=app[GATEWAY],

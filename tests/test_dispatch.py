@@ -144,7 +144,7 @@ async def test_a_message_driven_by_hand_through_an_async_hook_is_handled_and_bou
     from wsgate import hookimpl
     from wsgate.app import create_app
     from wsgate.clients import GatewayConnection
-    from wsgate.keys import DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, SETTINGS
+    from wsgate.keys import DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, SCHEDULE, SETTINGS
     from wsgate.testing import make_settings
 
     class Slow:
@@ -162,6 +162,7 @@ async def test_a_message_driven_by_hand_through_an_async_hook_is_handled_and_bou
         remote="127.0.0.1",
         settings=app[SETTINGS].websocket,
         flusher=app[FLUSHER],
+        schedule=app[SCHEDULE],
         metrics=app[METRICS],
         on_drop=app[HUB].remove,
         gateway=app[GATEWAY],
