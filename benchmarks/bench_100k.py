@@ -10,8 +10,8 @@ several `loadgen.py hold` processes, each connecting from a loopback address of 
 
 Figures: the RSS per connection (the workers' summed RSS after minus before, over the clients), the time to
 connect them all, the workers' CPU while the clients sit idle over a window longer than one ping interval
-(default keepalive: a ping every 54 s, answered by picows on its own), as a fraction of one core for all workers
-together, and the time for one broadcast from one client to reach every client (across workers, through Redis).
+(default keepalive: a ping every 54 s, which the generator's clients answer), as a fraction of one core for all
+workers together, and the time for one broadcast from one client to reach every client (across workers, through Redis).
 They are printed, and written as a section of benchmarks/RESULTS.md (replacing this script's earlier one).
 
 Loopback only; everything it starts is killed on the way out, on failure too; past `--deadline` it fails.
@@ -247,8 +247,8 @@ def write_section(output: Path, figures: dict[str, Any], command: str) -> None:
 
 Measured {datetime.date.today().isoformat()} on {machine()}, with `{command}`: wsgate under gunicorn,
 {f["workers"]} workers on one port (reuse_port: {f["reuse_port"]}), sharing Redis; load generator: {f["generators"]}
-process(es) (picows on uvloop), each from a loopback address of its own. Each client connects, reads `connected` and
-subscribes to a room of its own. Nothing is pinned: the workers and the generators share every core.
+process(es) (raw clients on uvloop), each from a loopback address of its own. Each client connects, reads
+`connected` and subscribes to a room of its own. Nothing is pinned: the workers and the generators share every core.
 
 | figure | value |
 |---|---|

@@ -1,4 +1,6 @@
-"""The load generator: picows clients (compiled, so the generator is not the bottleneck) on uvloop.
+"""The load generator, on uvloop: picows clients (compiled, so the generator is not the bottleneck) where every
+message is handled, and raw clients (Subscriber: a bare asyncio.Protocol, as little Python per connect and per
+frame as can be) for the many subscribers that only count bytes and the idle clients whose connect is timed.
 
 One scenario per run; prints one JSON object with the figures and the generator's
 own CPU use (a fraction of one core: near 1.0 means the figure is void).
@@ -20,88 +22,241 @@ import os
 import random
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 PAD = "x" * 40  # with the envelope, a ~100-byte message
 CONNECT_CONCURRENCY = 200
+ANSWER_TIMEOUT_S = 30.0
+"""How long a raw client waits for `subscribed` once its socket is connected; then its connect counts as failed."""
 SOURCES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")  # (connect() then never searches a full port range)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # (Linux; named in Python 3.12)
+"""A socket bound to a source address with this option gets its port from connect(), unique for the address pair;
+a plain bind() to port 0 searches the source address's ports for one no socket holds, TIME_WAITs included (the
+machine's, from every earlier run within a minute): that search, in the kernel, cost the generator 0.2 to 0.8 ms
+of CPU per connect with 50,000 to 70,000 TIME_WAITs, against 0.03 ms with the option."""
 
 
-class Counter(asyncio.Protocol):
-    """A subscriber that only counts bytes once subscribed: no per-frame Python work at all.
+TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA  # opcodes (RFC 6455 5.2)
 
-    Every benchmark message has the same size, so deliveries = bytes / frame size.
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One final frame as a client must send it: masked (RFC 6455 5.3). The mask comes from `random`, not from the
+    system's entropy: the server only unmasks it."""
+    size = len(payload)
+    mask = random.randbytes(4)
+    if size < 126:
+        head = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 1 << 16:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+    keys = (mask * (size // 4 + 1))[:size]
+    return head + mask + (int.from_bytes(payload, "big") ^ int.from_bytes(keys, "big")).to_bytes(size, "big")
+
+
+class Refused(Exception):
+    """The server answered a connect with something else than `connected` (at `max_connections`: an error, then
+    close 1013), or a subscribe with something else than `subscribed`."""
+
+
+class Subscriber(asyncio.Protocol):
+    """A client on the bare protocol, as cheap per connect as Python allows: the connect figures measure the server.
+
+    It writes the upgrade request; once the 101 has arrived, a subscribe to `room` (RFC 6455 4.1: a client waits
+    for the 101); it parses the server's frames, `connected` then `subscribed` (`subscribed` resolves then, or fails
+    with Refused on any other answer, or ConnectionResetError if the server hangs up). After that:
+
+    - `count_bytes` (the fan-out's many subscribers): it only counts bytes, no per-frame Python work at all; every
+      benchmark message has the same size, so deliveries = bytes / frame size.
+    - otherwise (idle clients): it parses the frames, answers a ping with a pong (else the server drops it after
+      `websocket.pong_wait`), and counts data frames (`received`; `on_message` is called after each).
     """
 
-    def __init__(self, host: str, room: str) -> None:
-        self.host, self.room = host, room
-        self.upgraded = asyncio.get_running_loop().create_future()
-        self.subscribed = asyncio.get_running_loop().create_future()
+    def __init__(self, request: bytes, room: str, count_bytes: bool = False) -> None:
+        self.request, self.room, self.count_bytes = request, room, count_bytes
+        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
         self.buffer = b""
+        self.upgraded = self.connected = self.closed = False
         self.bytes = 0
+        self.received = 0
+        self.on_message: Callable[[Subscriber], None] | None = None
+
+    @staticmethod
+    def upgrade_request(host: str, path: str) -> bytes:
+        """The HTTP upgrade, the same for every client (the key too: the server only checks its form)."""
+        key = base64.b64encode(os.urandom(16)).decode()
+        return (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(  # type: ignore[attr-defined]
-            f"GET /ws HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is no subclass of it)
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ConnectionResetError(f"closed by the server before `subscribed` ({exc or 'no error'})"))
+
+    def send(self, obj: object) -> None:
+        assert self.transport is not None
+        self.transport.write(client_frame(TEXT, json.dumps(obj, separators=(",", ":")).encode()))
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, error: Exception) -> None:
+        if not self.subscribed.done():  # (or cancelled, with the task that waited)
+            self.subscribed.set_exception(error)
+            self.abort()
 
     def data_received(self, data: bytes) -> None:
-        if self.subscribed.done():
+        if self.count_bytes and self.subscribed.done():
             self.bytes += len(data)
             return
-        self.buffer += data
-        if not self.upgraded.done():
-            head, sep, self.buffer = self.buffer.partition(b"\r\n\r\n")
-            if not sep:
-                self.buffer = head
+        buffer = self.buffer + data if self.buffer else data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end == -1:
+                self.buffer = buffer
                 return
-            self.upgraded.set_result(None)
-            payload = json.dumps({"type": "subscribe", "room": self.room}).encode()
-            mask = os.urandom(4)
-            self.transport.write(
-                bytes((0x81, 0x80 | len(payload)))
-                + mask  # type: ignore[attr-defined]
-                + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            )
-        while len(self.buffer) >= 2:  # parse frames only until `subscribed`
-            size = self.buffer[1] & 0x7F
+            status = buffer[: buffer.find(b"\r\n")]
+            if status[9:12] != b"101":
+                self._fail(Refused(f"the upgrade was answered with {status.decode(errors='replace')!r}"))
+                return
+            self.upgraded = True
+            assert self.transport is not None
+            self.transport.write(client_frame(TEXT, f'{{"type":"subscribe","room":{json.dumps(self.room)}}}'.encode()))
+            buffer = buffer[end + 4 :]
+        at = 0
+        while len(buffer) - at >= 2:
+            opcode, size = buffer[at] & 0x0F, buffer[at + 1] & 0x7F  # (a server's frames are not masked)
             head = 2 if size < 126 else 4 if size == 126 else 10
             if size >= 126:
-                if len(self.buffer) < head:
-                    return
-                size = int.from_bytes(self.buffer[2:head], "big")
-            if len(self.buffer) < head + size:
+                if len(buffer) - at < head:
+                    break
+                size = int.from_bytes(buffer[at + 2 : at + head], "big")
+            if len(buffer) - at < head + size:
+                break
+            self._frame(opcode, buffer[at + head : at + head + size])
+            at += head + size
+            if self.count_bytes and self.subscribed.done():
+                self.bytes = len(buffer) - at
+                at = len(buffer)
+        self.buffer = buffer[at:]
+
+    def _frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == PING:
+            assert self.transport is not None
+            self.transport.write(client_frame(PONG, payload))
+        elif opcode == CLOSE:
+            self.closed = True
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            self._fail(Refused(f"closed by the server with {code} before `subscribed`: {payload[2:]!r}"))
+            self.abort()
+        elif opcode in (TEXT, BINARY):
+            if self.subscribed.done():
+                self.received += 1
+                if self.on_message is not None:
+                    self.on_message(self)
                 return
-            payload, self.buffer = self.buffer[head : head + size], self.buffer[head + size :]
-            if b'"subscribed"' in payload:
-                self.bytes = len(self.buffer)
+            # the server sends nothing else before `subscribed`: a look for the type's word will do (not a parse)
+            if not self.connected and b'"connected"' in payload:
+                self.connected = True
+            elif self.connected and b'"subscribed"' in payload:
                 self.subscribed.set_result(None)
-                return
+            else:
+                answer = payload.decode(errors="replace")
+                self._fail(Refused(f"{'subscribe' if self.connected else 'connect'} answered with {answer}"))
+
+    def time_out(self) -> None:
+        self._fail(TimeoutError(f"no `subscribed` within {ANSWER_TIMEOUT_S:.0f} s"))
 
 
-async def counters(url: str, count: int, room: str) -> list[Counter]:
-    host, port = url.split("//")[1].split("/")[0].split(":")
+async def connect_subscribers(
+    url: str,
+    count: int,
+    room: Callable[[int], str],
+    *,
+    count_bytes: bool = False,
+    sources: Sequence[str] = (),
+    retries: int = 0,
+    stats: dict[str, int] | None = None,
+) -> list[Subscriber]:
+    """`count` raw clients (Subscriber), each upgraded, `connected` and subscribed to `room(i)` (i: 0 to count - 1):
+    the issue's connect (handshake, `connected`, `subscribed`).
+
+    `sources`: loopback addresses the clients connect from, in turn (each address has its own ephemeral ports).
+    `retries`: a refused or failed connect (a full worker answers 1013) is tried again that many times, after a
+    short random pause; `stats["retries"]` counts them, `stats["retries_<exception>"]` by cause (Refused: the server
+    said no; TimeoutError: no answer in 30 s; ConnectionResetError: it hung up).
+
+    CONNECT_CONCURRENCY connects at a time, each by one of as many tasks (not a task per client: the generator's
+    own cost per connect is what the connect figures must not measure). The clients come in the order they
+    subscribed.
+    """
+    authority, _, path = url.split("//", 1)[1].partition("/")
+    host, _, port = authority.rpartition(":")
+    request = Subscriber.upgrade_request(authority, "/" + path)
     loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-    async def one() -> Counter:
-        async with gate:
-            _, counter = await loop.create_connection(lambda: Counter(host, room), host, int(port))
-            await asyncio.wait_for(counter.subscribed, 30)
-            return counter
+    async def attempt(i: int) -> Subscriber:
+        client = Subscriber(request, room(i), count_bytes)
+        sock = socket.socket()
+        try:
+            if sources:  # the port is chosen by connect(), for the address pair: see IP_BIND_ADDRESS_NO_PORT
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((sources[i % len(sources)], 0))
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (host, int(port)))
+        except BaseException:
+            sock.close()
+            raise
+        await loop.create_connection(lambda: client, sock=sock)
+        timer = loop.call_later(ANSWER_TIMEOUT_S, client.time_out)
+        try:
+            await client.subscribed
+        except BaseException:
+            client.abort()
+            raise
+        finally:
+            timer.cancel()
+        return client
 
-    return list(await asyncio.gather(*(one() for _ in range(count))))
+    async def one(i: int) -> Subscriber:
+        for tried in range(retries + 1):
+            try:
+                return await attempt(i)
+            except (Refused, OSError) as error:
+                if tried == retries:
+                    raise
+                why = f"retries_{type(error).__name__}"
+            if stats is not None:
+                stats["retries"] = stats.get("retries", 0) + 1
+                stats[why] = stats.get(why, 0) + 1
+            await asyncio.sleep(random.uniform(0.05, 0.25))  # back off (a pause, not a wait for an event)
+        raise AssertionError("unreachable")
+
+    clients: list[Subscriber] = []
+    pending = iter(range(count))
+
+    async def connector() -> None:
+        for i in pending:
+            clients.append(await one(i))
+
+    await asyncio.gather(*(connector() for _ in range(min(count, CONNECT_CONCURRENCY))))
+    return clients
 
 
 class Client(WSListener):
@@ -145,78 +300,36 @@ class Client(WSListener):
         assert self.transport is not None
         self.transport.send(WSMsgType.TEXT, json.dumps(obj, separators=(",", ":")).encode())
 
-    async def request(self, obj: object) -> dict:
+    async def request(self, obj: object) -> dict[str, Any]:
         self.waiter = asyncio.get_running_loop().create_future()
         self.send(obj)
-        reply = json.loads(await asyncio.wait_for(self.waiter, 30))
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(self.waiter, 30))
         self.waiter = None
         return reply
 
 
-class Refused(Exception):
-    """The server answered a connect with something else than `connected` (at `max_connections`: an error, then
-    close 1013), or a subscribe with something else than `subscribed`."""
-
-
-async def connect(
-    url: str,
-    count: int,
-    factory: Callable[[], Client] = Client,
-    *,
-    room: Callable[[int], str] | None = None,
-    sources: Sequence[str] = (),
-    retries: int = 0,
-    stats: dict[str, int] | None = None,
-) -> list[Client]:
-    """`count` connected clients whose `connected` message has been read.
-
-    `room(i)`: client `i` (0 to count - 1) also subscribes to that room before it counts as connected (the
-    issue's connect: handshake, `connected`, `subscribed`). `sources`: loopback addresses the clients connect
-    from, in turn (each address has its own ephemeral ports). `retries`: a refused or failed connect (a full
-    worker answers 1013) is tried again that many times, after a short random pause; `stats["retries"]` counts
-    them, `stats["retries_<exception>"]` by cause (Refused: the server said no; TimeoutError: no answer in 30 s).
-    """
+async def connect(url: str, count: int, factory: Callable[[], Client] = Client) -> list[Client]:
+    """`count` picows clients whose `connected` message has been read (for the scenarios that work per message;
+    clients that only connect and sit idle are Subscribers)."""
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     loop = asyncio.get_running_loop()
 
-    async def attempt(i: int) -> Client:
-        client = factory()
-        client.waiter = loop.create_future()
-        local_addr = (sources[i % len(sources)], 0) if sources else None
-        transport, _ = await ws_connect(lambda: client, url, max_frame_size=1 << 20, local_addr=local_addr)
-        try:
+    async def one() -> Client:
+        async with gate:
+            client = factory()
+            client.waiter = loop.create_future()
+            transport, _ = await ws_connect(lambda: client, url, max_frame_size=1 << 20)
             reply = json.loads(await asyncio.wait_for(client.waiter, 30))
             client.waiter = None
             if reply.get("type") != "connected":
+                transport.disconnect(graceful=False)
                 raise Refused(f"connect answered with {reply}")
-            if room is not None:
-                reply = await client.request({"type": "subscribe", "room": room(i)})
-                if reply.get("type") != "subscribed":
-                    raise Refused(f"subscribe answered with {reply}")
-        except BaseException:
-            transport.disconnect(graceful=False)
-            raise
-        return client
+            return client
 
-    async def one(i: int) -> Client:
-        for tried in range(retries + 1):
-            async with gate:
-                try:
-                    return await attempt(i)
-                except (Refused, OSError) as error:
-                    if tried == retries:
-                        raise
-                    why = f"retries_{type(error).__name__}"
-            if stats is not None:
-                stats["retries"] = stats.get("retries", 0) + 1
-                stats[why] = stats.get(why, 0) + 1
-            await asyncio.sleep(random.uniform(0.05, 0.25))  # back off (a pause, not a wait for an event)
-        raise AssertionError("unreachable")
-
-    return list(await asyncio.gather(*(one(i) for i in range(count))))
+    return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
-def message(seq: int, offsets: bool = False) -> dict:
+def message(seq: int, offsets: bool = False) -> dict[str, Any]:
     """Fixed-size data (zero-padded numbers in strings), so every delivered frame has the same length.
 
     `offsets`: the room keeps history, so the server adds `"offset": seq` (the publisher is the room's
@@ -249,7 +362,9 @@ class CpuClock:
         return usage.ru_utime + usage.ru_stime
 
 
-async def fanout(urls: list[str], subscribers: int, window: int, duration: float, sampled: int = 20) -> dict:
+async def fanout(
+    urls: list[str], subscribers: int, window: int, duration: float, sampled: int = 20
+) -> dict[str, float]:
     """1 publisher keeping `window` messages in flight to `subscribers` in one room (spread over `urls`).
 
     `sampled` subscribers parse every message for latency; the rest only count bytes.
@@ -258,10 +373,11 @@ async def fanout(urls: list[str], subscribers: int, window: int, duration: float
     samplers = await connect(urls[0], sampled)
     for client in samplers:
         assert (await client.request({"type": "subscribe", "room": "bench"}))["type"] == "subscribed"
-    rest: list[Counter] = []
+    rest: list[Subscriber] = []
     share = subscribers - sampled
     for i, url in enumerate(urls):
-        rest += await counters(url, share // len(urls) + (1 if i < share % len(urls) else 0), "bench")
+        count = share // len(urls) + (1 if i < share % len(urls) else 0)
+        rest += await connect_subscribers(url, count, lambda i: "bench", count_bytes=True)
     state = {"sent": 0, "running": True, "offsets": False}
 
     def on_own_copy(publisher: Client, payload: bytes) -> None:
@@ -317,7 +433,7 @@ async def settle(clients: list[Client], expected: int, timeout: float = 10.0) ->
         await asyncio.sleep(0.3)
 
 
-async def many_rooms(url: str, rooms: int, window: int, duration: float) -> dict:
+async def many_rooms(url: str, rooms: int, window: int, duration: float) -> dict[str, float]:
     """`rooms` rooms of 2 clients; in each, one client keeps `window` messages in flight."""
     clients = await connect(url, rooms * 2)
     running = {"on": True}
@@ -349,19 +465,19 @@ def user_room(i: int) -> str:
     return f"user-{i}"
 
 
-async def idle(url: str, connections: int) -> dict:
+async def idle(url: str, connections: int) -> dict[str, float]:
     """Connect `connections` clients, each subscribed to a room of its own; time it (handshake, `connected`,
     `subscribed`); then time one broadcast reaching all of them."""
     with CpuClock() as cpu:
         started = time.monotonic()
-        clients = await connect(url, connections, room=user_room, sources=SOURCES)
+        clients = await connect_subscribers(url, connections, user_room, sources=SOURCES)
         connect_s = time.monotonic() - started
     print(json.dumps({"connected": connections}), flush=True)  # run.py measures server memory now
     sys.stdin.readline()
     done = asyncio.Event()
     remaining = {"n": len(clients)}
 
-    def arrived(client: Client, payload: bytes) -> None:
+    def arrived(client: Subscriber) -> None:
         remaining["n"] -= 1
         if remaining["n"] == 0:
             done.set()
@@ -375,7 +491,7 @@ async def idle(url: str, connections: int) -> dict:
     return {"connect_s": connect_s, "broadcast_s": broadcast_s, "loadgen_cpu": cpu.share}
 
 
-async def latency(url: str, subscribers: int, rate: float, duration: float) -> dict:
+async def latency(url: str, subscribers: int, rate: float, duration: float) -> dict[str, float]:
     """`subscribers` in one room, one publisher at a steady `rate` messages/s."""
     subs = await connect(url, subscribers)
     for client in subs:
@@ -420,12 +536,12 @@ async def hold(url: str, sources: Sequence[str], base: int, retries: int) -> Non
     - `{"do": "status"}`: answers `{"open": n, "closed": k}` (closed: clients the server closed).
     """
     loop = asyncio.get_running_loop()
-    clients: list[Client] = []
+    clients: list[Subscriber] = []
     stats: dict[str, int] = {}
     arrived = {"n": 0, "last_at": 0.0}
     everyone = asyncio.Event()
 
-    def on_message(client: Client, payload: bytes) -> None:
+    def on_message(client: Subscriber) -> None:
         if client.received == 1:  # its first message since `arm`
             arrived["n"] += 1
             arrived["last_at"] = time.monotonic()
@@ -454,13 +570,8 @@ async def hold(url: str, sources: Sequence[str], base: int, retries: int) -> Non
             try:
                 with CpuClock() as cpu:
                     started = time.monotonic()
-                    clients += await connect(
-                        url,
-                        count,
-                        room=room,
-                        sources=sources,
-                        retries=retries,
-                        stats=stats,
+                    clients += await connect_subscribers(
+                        url, count, room, sources=sources, retries=retries, stats=stats
                     )
                     seconds = time.monotonic() - started
             except Exception as error:  # the coordinator says what failed
