@@ -382,10 +382,10 @@ def write_results(rows: list[tuple[str, ...]], args: argparse.Namespace) -> None
 
 Measured {datetime.date.today().isoformat()} on {os.cpu_count()} cores ({cpu}), Python {platform.python_version()},
 with `make bench` ({"benchmarks/run.py --runs " + str(args.runs)}). The server under test runs pinned to core 0,
-the load generator (picows clients on uvloop) to core 1. Each figure is the median of {args.runs} runs (min and max
-beside it). "vs first server" is the ratio to the first server of the scenario, measured in the same run
-(higher is better: deliveries divide, latencies and seconds are inverted). A load-generator CPU near 100% would
-make a figure void.
+the load generator (on uvloop: raw asyncio clients for idle and connect-scaling, picows for the rest) to core 1.
+Each figure is the median of {args.runs} runs (min and max beside it). "vs first server" is the ratio to the first
+server of the scenario, measured in the same run (higher is better: deliveries divide, latencies and seconds are
+inverted). A load-generator CPU near 100% would make a figure void.
 
 - naive: benchmarks/baselines/naive_hub.py, json.dumps + `await send_str` per recipient.
 - wsgate: `python -m wsgate`, in-memory broker, example plugins disabled.
