@@ -17,9 +17,9 @@ from typing import Any
 
 from aiohttp.web import RequestHandler
 
-from wsgate import Client, Message, hookimpl
+from wsgate import Client, Message, errors, hookimpl
 from wsgate.aiohttp_private import QUEUE_LIMIT
-from wsgate.testing import StartServer, eventually
+from wsgate.testing import StartServer, eventually, wait_until
 
 
 def _alive(kind: type) -> int:
@@ -107,3 +107,99 @@ async def test_frames_sent_with_the_handshake_are_handled_after_connected(wsgate
         types.append(json.loads(await reader.readexactly(size))["type"])
     assert types == ["connected", "pong"]
     writer.close()
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame (RFC 6455 section 5.3), payload under 126 bytes."""
+    mask = os.urandom(4)
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _open_raw(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    first = await asyncio.wait_for(reader.readexactly(2), 10)
+    size = first[1] & 0x7F
+    if size == 126:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+    return first[0] & 0x0F, await reader.readexactly(size)
+
+
+async def test_a_compressed_burst_over_the_deflate_writers_limit_reaches_the_client_whole(
+    wsgate_server: StartServer,
+) -> None:
+    """permessage-deflate: aiohttp's writer, now the connection's, waits on the connection's flow control."""
+    server = await wsgate_server(websocket={"compression": True})
+    peer = await server.connect(compress=15)
+    conn = server.hub.connections[peer.id]
+    sent = [os.urandom(3000).hex() for _ in range(80)]  # about 500 KB once compressed: over the writer's 256 KiB
+    for n, data in enumerate(sent):
+        conn.enqueue(json.dumps({"type": "notice", "n": n, "data": data}).encode())
+    got = [await peer.recv() for _ in sent]
+    assert [message["data"] for message in got] == sent
+
+
+async def test_a_bad_frame_queued_behind_a_waiting_message_closes_with_1002_after_it(
+    wsgate_server: StartServer,
+) -> None:
+    counts = Counts()
+    server = await wsgate_server(counts, plugins={"hook_timeout": "60s"})
+    reader, writer = await _open_raw(server.test_server.port)  # type: ignore[arg-type]
+    assert json.loads((await _read_frame(reader))[1])["type"] == "connected"
+    writer.write(
+        _frame(0x1, json.dumps({"type": "count", "data": 0}).encode())
+        + _frame(0x1, json.dumps({"type": "count", "data": 1}).encode())
+        + _frame(0x3, b"")  # a reserved opcode: a protocol error (RFC 6455 section 5.2)
+    )
+    await asyncio.wait_for(counts.waiting.wait(), 10)
+    counts.go.set()
+    opcode, payload = await _read_frame(reader)
+    assert (opcode, int.from_bytes(payload[:2], "big")) == (0x8, 1002)
+    assert counts.seen == [0, 1]  # what came before the bad frame was handled
+    writer.close()
+
+
+async def test_a_client_close_that_crosses_the_servers_ends_the_handshake_at_once(wsgate_server: StartServer) -> None:
+    """The server closes (a token expired) while the client's own close is on its way: no wait for another."""
+    server = await wsgate_server(websocket={"write_wait": "60s"})  # a wait for an answer would outlast the test
+    reader, writer = await _open_raw(server.test_server.port)  # type: ignore[arg-type]
+    await _read_frame(reader)  # connected
+    conn = next(iter(server.hub.connections.values()))
+    conn.drop(errors.TOKEN_EXPIRED)
+    conn.data_received(_frame(0x8, (1000).to_bytes(2, "big")))  # the client's close, in the same turn
+    await wait_until(conn.closed)
+    writer.close()
+
+
+class Order:
+    """Records when a client's disconnect hook starts and ends, and when wsgate_shutdown runs."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    @hookimpl
+    async def wsgate_client_disconnected(self, client: Client) -> None:
+        self.events.append("disconnect-start")
+        await asyncio.sleep(0.2)  # (a slow hook: the plugin's behaviour under test, not the test waiting)
+        self.events.append("disconnect-done")
+
+    @hookimpl
+    async def wsgate_shutdown(self) -> None:
+        self.events.append("shutdown")
+
+
+async def test_every_disconnect_hook_has_run_before_wsgate_shutdown(wsgate_server: StartServer) -> None:
+    order = Order()
+    server = await wsgate_server(order)
+    await server.connect()
+    await server.test_server.close()
+    assert order.events == ["disconnect-start", "disconnect-done", "shutdown"]

@@ -17,7 +17,8 @@ than a test deep in the suite. What each use relies on, and why no public API se
   sets (`_ws_protocol`, `_writer`, `_reader`) and reads (`_max_msg_size`, `_compress`), `RequestHandler.transport`
   (set to None, so aiohttp does not close the socket when the view returns), `RequestHandler._reading_paused`,
   `RequestHandler._manager` (`Server.connection_lost`, so the server forgets the handler), `WebSocketResponse.
-  _writer` (the deflate writer, kept for a connection that negotiated compression) and aiohttp's frame parser
+  _writer` (the deflate writer, kept for a connection that negotiated compression; it reads its protocol's
+  `_paused` and awaits its `_drain_helper()`, which the connection provides) and aiohttp's frame parser
   `aiohttp._websocket.reader.WebSocketReader` with its queue `WebSocketDataQueue` (subclassed: messages are
   handed to the connection as they are parsed, and queued, bounded in bytes, only while one is handled; its
   `_buffer`, `_protocol` and `read`).

@@ -266,6 +266,8 @@ async def _refresh_gauges(app: web.Application) -> None:
 
 
 async def _close_clients(app: web.Application) -> None:
-    """On shutdown every client gets close code 1001 (a no-op if the CLI drained already)."""
+    """On shutdown every client gets close code 1001 (a no-op if the CLI drained already); then every client's end,
+    its `wsgate_client_disconnected` hooks included, has run before `wsgate_shutdown` (bounded by hook_timeout)."""
     settings = app[SETTINGS]
     await app[HUB].drain(settings.shutdown, settings.websocket.timeout)
+    await app[SESSIONS].all_ended(settings.plugins.hook_timeout)

@@ -1,6 +1,6 @@
 """One connected client: identity, rooms, a bounded outbox, keepalive; and the Flusher.
 
-The view's handler task is the only reader. Everything that sends to the client
+Everything that sends to the client
 appends a complete, pre-built WebSocket frame to its outbox: no await, no encode,
 no per-recipient call beyond the append. At the end of the event-loop turn the
 Flusher writes each outbox that got frames with ONE transport write, however many
@@ -82,6 +82,18 @@ class Released:
                 self._waiter = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._waiter)
         return True
+
+
+class _ParseError(Exception):
+    """An error aiohttp's parser met while messages were queued, raised by `_next` after them (its cause)."""
+
+
+async def _next(inbox: Any) -> WSMessage | None:
+    """The inbox's next queued message; a parse error comes out as `_ParseError` (not mixed with a handler's)."""
+    try:
+        return await inbox.next()  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise _ParseError from exc
 
 
 class State(enum.Enum):
@@ -419,9 +431,9 @@ class Connection(asyncio.Protocol):
         hold: bool = False,
     ) -> None:
         """Take the socket `aiohttp_private.take_over` moved here: `on_text(conn, text)` handles each text
-        message (a coroutine, driven by hand), `on_binary(conn, data)` each binary one, and `on_end(conn)` runs
-        once the socket is gone and this connection released (`stop`). Messages aiohttp parsed before the
-        hand-over (sent with the handshake) come first.
+        message (a coroutine, awaited in the reader task), `on_binary(conn, data)` each binary one, and
+        `on_end(conn)` runs once the socket is gone and this connection released (`stop`). Messages aiohttp
+        parsed before the hand-over (sent with the handshake) come first.
 
         `hold`: what the client sends is queued (bounded in bytes, as while a message is handled) until
         `release`: for work before its first message, e.g. the `wsgate_client_connected` hooks.
@@ -491,6 +503,11 @@ class Connection(asyncio.Protocol):
         await asyncio.shield(self._drain_waiter)
 
     _drain_helper = _drain  # the name aiohttp's deflate writer waits on (`aiohttp_private.take_over`)
+
+    @property
+    def _paused(self) -> bool:
+        """What aiohttp's deflate writer reads of its protocol (`aiohttp_private.take_over`): writes paused."""
+        return self._write_paused
 
     def pause_reading(self) -> None:
         """Stop reading the socket (aiohttp's queue is full: `aiohttp_private.Inbox`)."""
@@ -563,7 +580,7 @@ class Connection(asyncio.Protocol):
             if text is not None:
                 await on_text(self, text)
             batch = 1
-            while (message := await inbox.next()) is not None:
+            while (message := await _next(inbox)) is not None:
                 self.last_seen = self._loop.time()
                 if message.type is WSMsgType.TEXT:
                     if self.state is State.OPEN:
@@ -574,20 +591,26 @@ class Connection(asyncio.Protocol):
                         await asyncio.sleep(0)
                 else:
                     self._control(message)
-        except WebSocketError as error:  # a bad frame after the queued messages
-            self.frame_error(error)
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 raise
+        except _ParseError as error:  # a bad frame after the queued messages (any error aiohttp's parser raised)
+            self.frame_error(error.__cause__ or error)
+        except Exception:  # never expected: the dispatcher answers every failure of a message
+            log.exception("client %s: reading its messages failed; closing", self.id, extra={"client_id": self.id})
+            self.drop(errors.INTERNAL_CLOSE)
         finally:
             self.reader_task = None
             self.handling = False
 
     def _peer_close(self, data: int) -> None:
-        """The client's close frame (`data`: its code, 0 for none): answered (section 5.5.1) unless ours was
-        sent first, then the socket is closed, within `write_wait`."""
-        if self._peer_closed is not None and not self._peer_closed.done():
-            self._peer_closed.set_result(None)  # the answer to our close: `_close` ends the handshake
+        """The client's close frame (`data`: its code, 0 for none). While open: answered (section 5.5.1), then the
+        socket is closed, within `write_wait`. While the server closes (its close sent, or about to be): that
+        close's handshake is complete, whichever frame came first."""
+        if self._peer_closed is None:
+            self._peer_closed = self._loop.create_future()
+        if not self._peer_closed.done():
+            self._peer_closed.set_result(None)  # the answer to our close, or its crossing it: `_handshake` ends
         if self.state is not State.OPEN:
             return
         self._peer_code = data or None
@@ -617,10 +640,6 @@ class Connection(asyncio.Protocol):
             self._expiry = None
         if when is not None and self.state is State.OPEN:
             self._expiry = self._loop.call_later(max(0.0, when - time.time()), self.drop, errors.TOKEN_EXPIRED)
-
-    def touch(self) -> None:
-        """Note that the client sent something (any frame, pongs included)."""
-        self.last_seen = self._loop.time()
 
     @property
     def close_reason(self) -> str:
@@ -657,7 +676,7 @@ class Connection(asyncio.Protocol):
     def lost(self) -> None:
         """The socket is gone (the peer closed or reset it), whatever the reader is doing, e.g. awaiting a hook
         for this client's message: the client goes now, out of its rooms, its work in flight cancelled
-        (`on_drop`); the reader then finds the socket closed and releases the rest (`stop`)."""
+        (`on_drop`); `connection_lost` then releases the rest (`stop`)."""
         if self.state is not State.OPEN:
             return
         self.state = State.CLOSING

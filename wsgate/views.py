@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -241,6 +242,7 @@ async def _open(request: web.Request, version: int) -> web.StreamResponse:
     log.info("client %s connected from %s", conn.id, conn.remote, extra={"client_id": conn.id, "remote": conn.remote})
     conn.address = hub.claimed.pop(request.protocol, None)  # counted against its address until its socket goes
     upgraded = take_over(request, ws, conn)  # (no await since the upgrade: the socket is the connection's now)
+    sessions.live.add(conn)
     conn.start()
     conn.expire_at(expires_at_of(identity))
     conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn, dispatcher)))
@@ -266,9 +268,12 @@ class Sessions:
     - `gone(conn)`: dropped or closed by the server: out of the hub, its work in flight cancelled;
     - `ended(conn)`: its socket is gone and everything it held released: out of the hub, its address's count
       released, `wsgate_client_disconnected` told.
+
+    `live` holds every connection whose end has not run yet, the closing ones too: the shutdown awaits them
+    (`all_ended`) before `wsgate_shutdown`, so that every disconnect hook has run by then (docs/plugins.md).
     """
 
-    __slots__ = ("_hub", "_dispatcher", "_plugins", "text", "binary", "gone", "ended")
+    __slots__ = ("_hub", "_dispatcher", "_plugins", "text", "binary", "gone", "ended", "live", "_none_left")
 
     def __init__(self, hub: Hub, dispatcher: Dispatcher, plugins: Plugins) -> None:
         self._hub, self._dispatcher, self._plugins = hub, dispatcher, plugins
@@ -276,6 +281,18 @@ class Sessions:
         self.binary = self._binary
         self.gone = self._gone
         self.ended = self._ended
+        self.live: set[GatewayConnection] = set()
+        self._none_left: asyncio.Event | None = None
+
+    async def all_ended(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) until every connection's end has run, its disconnect hooks included."""
+        if self.live:
+            self._none_left = asyncio.Event()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._none_left.wait()
+            except TimeoutError:
+                log.warning("shutdown: %d clients still ending after %ss", len(self.live), timeout)
 
     def _binary(self, conn: GatewayConnection, data: bytes) -> None:
         if self._dispatcher.within_rate(conn, len(data)):
@@ -293,8 +310,13 @@ class Sessions:
             if conn.address is not None:
                 self._hub.release_address(conn.address)
         finally:
-            if self._plugins.watches_clients:
-                await self._plugins.notify("wsgate_client_disconnected", conn)
+            try:
+                if self._plugins.watches_clients:
+                    await self._plugins.notify("wsgate_client_disconnected", conn)
+            finally:
+                self.live.discard(conn)
+                if not self.live and self._none_left is not None:
+                    self._none_left.set()
 
 
 SESSIONS = web.AppKey("wsgate.sessions", Sessions)
