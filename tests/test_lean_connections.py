@@ -19,6 +19,7 @@ from aiohttp.web import RequestHandler
 
 from wsgate import Client, Message, errors, hookimpl
 from wsgate.aiohttp_private import QUEUE_LIMIT
+from wsgate.cli import tune_collector
 from wsgate.testing import StartServer, eventually, wait_until
 
 
@@ -203,3 +204,19 @@ async def test_every_disconnect_hook_has_run_before_wsgate_shutdown(wsgate_serve
     await server.connect()
     await server.test_server.close()
     assert order.events == ["disconnect-start", "disconnect-done", "shutdown"]
+
+
+def test_the_collector_is_tuned_for_a_long_running_server() -> None:
+    """runtime.gc_threshold (docs/performance.md, "Connect rate"): young collections every 10,000 allocations, and
+    start-up's objects out of the collector's sight; 0 keeps Python's threshold."""
+    saved = gc.get_threshold()
+    try:
+        tune_collector(10_000)
+        assert gc.get_threshold() == (10_000, *saved[1:])
+        assert gc.get_freeze_count() > 0
+        gc.set_threshold(*saved)
+        tune_collector(0)
+        assert gc.get_threshold() == saved
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)

@@ -17,6 +17,7 @@ from aiohttp.worker import GunicornWebWorker
 
 from .admission import GatewayRunner
 from .aiohttp_private import gunicorn_access_log_format
+from .cli import tune_collector
 from .keys import SETTINGS
 
 WORKER_BOOT_ERROR = 3  # gunicorn's arbiter stops when a worker exits with this
@@ -34,6 +35,7 @@ class GatewayWorker(GunicornWebWorker):
 
         async def make_runner() -> web.AppRunner:
             app = await make_app() if inspect.iscoroutinefunction(make_app) else make_app
+            tune_collector(app[SETTINGS].runtime.gc_threshold)
             cfg = self.cfg
             broker = app[SETTINGS].broker
             if cfg.workers > 1 and not broker.url and not broker.unshared_workers:

@@ -596,6 +596,12 @@ class DashboardSettings(Table):
 
 class RuntimeSettings(Table):
     uvloop: Flag = setting(False, "Run on uvloop when installed (the [speed] extra); off: measured slower for fan-out")
+    gc_threshold: Int = setting(
+        10_000,
+        "Allocations between two young-generation garbage collections (Python's default is 700, which made "
+        "each connect cost more the more clients were connected); 0 keeps Python's",
+        minimum=0,
+    )
 
 
 class MetricsSettings(Table):
