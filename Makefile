@@ -113,7 +113,7 @@ bench: $(VENV)/.installed-bench $(TEST_PLUGINS)/.installed
 bench-100k: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_100k.py
 
-# The cost of one inbound message, step by step, in-process (benchmarks/inbound-profile.md): defaults, then limits on.
+# The cost of one inbound message, step by step, in-process (benchmarks/RESULTS.md, "The cost of one inbound message"): defaults, then limits on.
 profile-inbound: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/profile_inbound.py
 	$(BIN)/python benchmarks/profile_inbound.py --limits
