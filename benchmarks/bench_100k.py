@@ -269,7 +269,7 @@ process(es) (raw clients on uvloop), each from a loopback address of its own. Ea
         text = text.rstrip("\n") + "\n\n" + body
     else:
         end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end + 1 :] if end != -1 else "")
+        text = text[:start] + body + ("\n" + text[end + 1 :] if end != -1 else "")
     output.write_text(text)
 
 
