@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 FAULT_LOG_INTERVAL = 10.0  # seconds between two log lines about a fault that can recur per client
 READ_BATCH = 32  # messages one client may have handled in one read before others get a turn (< send_queue_size)
+OVERLAP = 32
+"""Publishes of one client whose outcome may be pending while its next messages are read (`Connection.overlap`)."""
 
 TextHandler = Callable[[Any, str], Coroutine[Any, Any, None]]  # (called with the connection itself)
 BinaryHandler = Callable[[Any, bytes], None]
@@ -227,6 +229,7 @@ class Connection(asyncio.Protocol):
         "_ending",
         "_peer_code",
         "_cutoff",
+        "_overlapping",
     )
 
     def __init__(
@@ -297,6 +300,7 @@ class Connection(asyncio.Protocol):
         self._ending = False
         self._peer_code: int | None = None  # the code of the client's close frame, when it closed first
         self._cutoff: asyncio.TimerHandle | None = None  # aborts a socket that does not take its close in time
+        self._overlapping: list[asyncio.Task[None]] | None = None  # publishes whose outcome is pending (`overlap`)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} rooms={len(self.rooms)}>"
@@ -621,6 +625,43 @@ class Connection(asyncio.Protocol):
             transport.close()  # after what is buffered; a peer that does not read it is cut at write_wait
             self._cut_off()
 
+    # --- publishes in flight ------------------------------------------------------------
+
+    async def overlap(self, outcome: Awaitable[object]) -> None:
+        """Let this client's next message be read while `outcome` (a publish's answer, its place in every order
+        already fixed: `Router.begin`) is pending; its error, if any, is answered then, with the request id of the
+        message it answers. Waits while OVERLAP are pending. A message of another kind waits for all (`settled`):
+        whatever it does comes after them, as if each publish had been awaited."""
+        reply = self.replying if self.replying is not None and REPLYING.get() is self.replying else None
+        pending = self._overlapping
+        if pending is None:
+            pending = self._overlapping = []
+        task = self._loop.create_task(self._settle(outcome, reply))
+        pending.append(task)
+        task.add_done_callback(pending.remove)
+        while len(pending) > OVERLAP:
+            await asyncio.wait([pending[0]])
+
+    @property
+    def overlapping(self) -> bool:
+        """Whether publishes of this client are pending (`overlap`)."""
+        return bool(self._overlapping)
+
+    async def settled(self) -> None:
+        """Wait until no publish of this client is pending."""
+        while self._overlapping:
+            await asyncio.wait(list(self._overlapping))
+
+    async def _settle(self, outcome: Awaitable[object], reply: Reply | None) -> None:
+        try:
+            await outcome
+        except errors.ClientError as err:
+            self._metrics.error(err.kind.label)
+            payload = protocol.encode_error(err, coded=self.protocol >= protocol.PROTOCOL)
+            self.notify(payload if reply is None else protocol.with_id(payload, reply.id))
+        except Exception:  # never expected: the gateway turns every failure of a publish into a ClientError
+            log.exception("client %s: a publish failed", self.id, extra={"client_id": self.id})
+
     # --- life cycle --------------------------------------------------------------
 
     def start(self) -> None:
@@ -777,6 +818,9 @@ class Connection(asyncio.Protocol):
             if self.reader_task is not None:
                 self.reader_task.cancel()
                 await asyncio.gather(self.reader_task, return_exceptions=True)
+            for task in list(self._overlapping or ()):  # (the router still delivers them to the room's members)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
             if self._closer is not None:
                 await asyncio.gather(self._closer, return_exceptions=True)
         finally:  # (a cancellation spreads, but everything is released first)

@@ -14,7 +14,7 @@ from .connection import REPLYING, Reply, State
 from .errors import ClientError, ClientGone
 from .metrics import Metrics
 from .plugins import HookTimedOut
-from .protocol import PROTOCOL, Decoder, encode_id
+from .protocol import PROTOCOL, PUBLISH, Decoder, encode_id
 from .ratelimit import Verdict
 from .registry import HandlerRegistry
 from .supervision import Throttled
@@ -280,6 +280,8 @@ class Dispatcher:
                 if client.protocol >= PROTOCOL:  # the guide's clients get the guide's bytes: no detail
                     raise ClientError(errors.UNKNOWN_TYPE, self.registry.unknown(kind))
                 raise ClientError(errors.UNKNOWN_TYPE)
+            if client.overlapping and kind != PUBLISH:  # after the client's publishes still pending, as if awaited
+                await client.settled()
             awaitable = handler(client, message)
             step: Coroutine[Any, Any, Any] | Generator[Any, None, Any] = (
                 awaitable if type(awaitable) is CoroutineType else awaitable.__await__()  # (any other: its iterator)

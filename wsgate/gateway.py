@@ -12,7 +12,7 @@ import contextlib
 import heapq
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any
 
 from . import errors, protocol
@@ -98,12 +98,40 @@ class Gateway:
         idempotency_key: str | None = None,
         publisher: Client | str | None = None,
     ) -> int:
+        return await self._begin_publish(room, data, type, client_id, skip, idempotency_key, publisher)
+
+    async def client_publish(
+        self, client: Client, room: str, data: Any, *, skip: Client | None = None, idempotency_key: str | None = None
+    ) -> None:
+        conn = _connection(client)
+        publisher = None if idempotency_key is None else client
+        outcome = self._begin_publish(room, data, protocol.MESSAGE, conn.id, skip, idempotency_key, publisher)
+        if idempotency_key is not None and not self._router.keeps_history(room):
+            await outcome  # a claim in a room without history is ordered once Redis took it: the client waits
+        else:
+            await conn.overlap(outcome)  # (its place in every order is fixed: the client's next message may be read)
+
+    def _begin_publish(
+        self,
+        room: str,
+        data: Any,
+        type: str,
+        client_id: str | None,
+        skip: Client | None,
+        idempotency_key: str | None,
+        publisher: Client | str | None,
+    ) -> Coroutine[Any, Any, int]:
+        """A publish up to its first wait (`Router.begin`: its place in every order is fixed on return, and bad
+        input refused), and the coroutine of its answer."""
         message = protocol.encode(type, room=room, data=data, client_id=client_id)
         claim = None if idempotency_key is None else claim_id(_scope(publisher), room, check_key(idempotency_key))
+        started = self._router.begin(room, message, skip=None if skip is None else _connection(skip), claim=claim)
+        return self._outcome(started)
+
+    async def _outcome(self, started: int | asyncio.Future[int]) -> int:
+        """A publish's answer, as `publish` gives it (`wsgate.types.Gateway.publish`)."""
         try:
-            return await self._router.publish(
-                room, message, skip=None if skip is None else _connection(skip), claim=claim
-            )
+            return started if isinstance(started, int) else await started
         except AlreadyPublished as exc:  # a retry: delivered nowhere, not refused; the first's delivery is the answer
             return Duplicate(exc.first)
         except OutcomeUnknown as exc:  # Redis took it and did not answer: kept and delivered once, or not at all

@@ -87,7 +87,7 @@ class Router:
         """Whether messages to `room` get offsets (`history.rooms`)."""
         return self._history_rooms.match(room)
 
-    async def publish(
+    def begin(
         self,
         room: str | None,
         message: bytes,
@@ -95,8 +95,14 @@ class Router:
         history: bool | None = None,
         skip: Connection | None = None,
         claim: bytes | None = None,
-    ) -> int:
-        """Send `message` (one encoded JSON object) to `room`'s members on every node (None: every client).
+    ) -> int | Waiter:
+        """`publish` up to its first wait: on return the message has its place in every order (the room's, its
+        publisher's), and what is left is the answer; except with a `claim` in a room without history, ordered
+        only once the broker took the claim (its publisher must await the answer before publishing again). An
+        int: delivered now (the local clients it was queued for); else the future of that int, or of the errors
+        below.
+
+        Send `message` (one encoded JSON object) to `room`'s members on every node (None: every client).
 
         `history`: keep it in the room's history; by default, when `history.rooms` matches the room
         (presence events pass False: they are not publications). `skip`: a local connection left out of this
@@ -120,7 +126,7 @@ class Router:
             stamped = self._broker.append(room, head) if claim is None else self._broker.append(room, head, claim)
         elif claim is not None:
             assert room is not None
-            return await self._publish_once(room, message, skip, claim)
+            return self._begin_once(room, message, skip, claim)
         else:
             self._broker.relay(room, message)
             if not self._pending:  # the common case: no offset pending, deliver now
@@ -133,10 +139,23 @@ class Router:
             self._answer(entry, stamped)
         else:
             stamped.add_done_callback(lambda done: self._answer(entry, done))
-        return await waiter
+        return waiter
 
-    async def _publish_once(self, room: str, message: bytes, skip: Connection | None, claim: bytes) -> int:
-        """`publish` with a claim in a room without history: relayed once the broker took the claim
+    async def publish(
+        self,
+        room: str | None,
+        message: bytes,
+        *,
+        history: bool | None = None,
+        skip: Connection | None = None,
+        claim: bytes | None = None,
+    ) -> int:
+        """`begin`, then its answer: how many local clients the message was queued for (see `begin`)."""
+        started = self.begin(room, message, history=history, skip=skip, claim=claim)
+        return started if isinstance(started, int) else await started
+
+    def _begin_once(self, room: str, message: bytes, skip: Connection | None, claim: bytes) -> Waiter:
+        """`begin` with a claim in a room without history: relayed once the broker took the claim
         (`relay_once`), then delivered here (`_sent_once`)."""
         sent = self._broker.relay_once(room, message, claim)
         waiter = self._waiter(skip)
@@ -144,7 +163,7 @@ class Router:
             self._sent_once(room, waiter, skip, sent)
         else:
             sent.add_done_callback(functools.partial(self._sent_once, room, waiter, skip))
-        return await waiter
+        return waiter
 
     def _waiter(self, skip: Connection | None) -> Waiter:
         """What a publisher awaits: a future of the router's own, never the broker's, so that its cancellation (its

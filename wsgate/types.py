@@ -166,6 +166,17 @@ class Gateway(Protocol):
         was kept, every member on every node gets it once; publishing it again may deliver it twice).
         """
 
+    async def client_publish(
+        self, client: Client, room: str, data: Any, *, skip: Client | None = None, idempotency_key: str | None = None
+    ) -> None:
+        """A client's own publish (the built-in `publish` message): as `publish` from `client` (its id stamped as
+        `client_id`, its keys its own), but it returns once the message has its place in every order, and its
+        errors are answered to `client` (with the message's request id) when its outcome is known. Meanwhile the
+        client's next messages are read: its publishes to rooms with history on Redis overlap (at most
+        `wsgate.connection.OVERLAP` at once), and any other message of its waits until they are answered. A
+        publish with an `idempotency_key` to a room without history returns only once Redis took its claim (its
+        place in the order is fixed then)."""
+
     async def broadcast(
         self, data: Any, *, type: str = MESSAGE, client_id: str | None = None, skip: Client | None = None
     ) -> int:

@@ -62,13 +62,8 @@ async def publish(client: Client, message: Message) -> None:
     if room not in client.rooms:
         raise ClientError(errors.NOT_SUBSCRIBED)
     await client.gateway.authorize(client, protocol.PUBLISH, room)
-    key = message.fields.get("idempotency_key")
-    if key is None:  # absent or null (the field's absence, as for "id"): the guide's publish
-        await client.gateway.publish(room, message.data, client_id=client.id, skip=skip)
-    else:  # checked by the gateway (`invalid JSON format`); the client's keys are its user's, or its connection's
-        await client.gateway.publish(
-            room, message.data, client_id=client.id, skip=skip, idempotency_key=key, publisher=client
-        )
+    key = message.fields.get("idempotency_key")  # absent or null: the guide's publish (else checked by the gateway)
+    await client.gateway.client_publish(client, room, message.data, skip=skip, idempotency_key=key)
 
 
 async def broadcast(client: Client, message: Message) -> None:
