@@ -152,7 +152,7 @@ async def test_a_message_driven_by_hand_through_an_async_hook_is_handled_and_bou
         async def wsgate_authorize(self, client: Any, action: str, room: str | None) -> bool | None:
             if room == "stuck":
                 await asyncio.Event().wait()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # (one loop turn: a hook that suspends once, not a wait for time)
             return None
 
     app = await create_app(make_settings(plugins={"hook_timeout": "100ms"}), plugins=[Slow()])

@@ -21,6 +21,7 @@ from wsgate import Client, Message, errors, hookimpl
 from wsgate.aiohttp_private import QUEUE_LIMIT
 from wsgate.cli import tune_collector
 from wsgate.testing import StartServer, eventually, wait_until
+from wsgate.views import SESSIONS
 
 
 def _alive(kind: type) -> int:
@@ -182,15 +183,19 @@ async def test_a_client_close_that_crosses_the_servers_ends_the_handshake_at_onc
 
 
 class Order:
-    """Records when a client's disconnect hook starts and ends, and when wsgate_shutdown runs."""
+    """Records when a client's disconnect hook starts and ends, and when wsgate_shutdown runs; the hook waits until
+    the test lets it go (`go`)."""
 
     def __init__(self) -> None:
         self.events: list[str] = []
+        self.started = asyncio.Event()
+        self.go = asyncio.Event()
 
     @hookimpl
     async def wsgate_client_disconnected(self, client: Client) -> None:
         self.events.append("disconnect-start")
-        await asyncio.sleep(0.2)  # (a slow hook: the plugin's behaviour under test, not the test waiting)
+        self.started.set()
+        await self.go.wait()
         self.events.append("disconnect-done")
 
     @hookimpl
@@ -202,7 +207,13 @@ async def test_every_disconnect_hook_has_run_before_wsgate_shutdown(wsgate_serve
     order = Order()
     server = await wsgate_server(order)
     await server.connect()
-    await server.test_server.close()
+    sessions = server.test_server.app[SESSIONS]
+    closing = asyncio.create_task(server.test_server.close())
+    await wait_until(order.started)  # the hook runs, and waits
+    # the shutdown either waits for it (the fix) or has gone on to wsgate_shutdown without it (the fault)
+    await eventually(lambda: sessions._none_left is not None or "shutdown" in order.events)
+    order.go.set()
+    await closing
     assert order.events == ["disconnect-start", "disconnect-done", "shutdown"]
 
 

@@ -887,13 +887,17 @@ class Connection(asyncio.Protocol):
         if self._blocked or transport.is_closing():
             self._need_writer()
             return
+        self._write_control(transport)
+        self._check_buffer(transport)
+
+    def _write_control(self, transport: asyncio.WriteTransport) -> None:
+        """Write the pending pong (the latest ping's answer) and the due ping, if any."""
         if self._pong is not None:
             transport.write(control_frame(PONG_OPCODE, self._pong))
             self._pong = None
         if self._ping_due:
             transport.write(PING_FRAME)
             self._ping_due = False
-        self._check_buffer(transport)
 
     def _need_writer(self) -> None:
         """Make sure a writer task runs: one exists only while something has to wait (most clients: never)."""
@@ -913,12 +917,7 @@ class Connection(asyncio.Protocol):
                 if self._pong is not None or self._ping_due:
                     if transport.is_closing():
                         return
-                    if self._pong is not None:
-                        transport.write(control_frame(PONG_OPCODE, self._pong))
-                        self._pong = None
-                    if self._ping_due:
-                        transport.write(PING_FRAME)
-                        self._ping_due = False
+                    self._write_control(transport)
                     async with asyncio.timeout(write_wait):
                         await self._drain()
                 while outbox and not self._raw:
