@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 import uuid
@@ -300,7 +301,7 @@ class Connection(asyncio.Protocol):
         self._ending = False
         self._peer_code: int | None = None  # the code of the client's close frame, when it closed first
         self._cutoff: asyncio.TimerHandle | None = None  # aborts a socket that does not take its close in time
-        self._overlapping: list[asyncio.Task[None]] | None = None  # publishes whose outcome is pending (`overlap`)
+        self._overlapping: list[asyncio.Future[Any]] | None = None  # publishes whose outcome is pending (`overlap`)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} rooms={len(self.rooms)}>"
@@ -627,20 +628,20 @@ class Connection(asyncio.Protocol):
 
     # --- publishes in flight ------------------------------------------------------------
 
-    async def overlap(self, outcome: Awaitable[object]) -> None:
-        """Let this client's next message be read while `outcome` (a publish's answer, its place in every order
-        already fixed: `Router.begin`) is pending; its error, if any, is answered then, with the request id of the
-        message it answers. Waits while OVERLAP are pending. A message of another kind waits for all (`settled`):
-        whatever it does comes after them, as if each publish had been awaited."""
+    async def overlap(self, outcome: asyncio.Future[Any], check: Callable[[asyncio.Future[Any]], object]) -> None:
+        """Let this client's next message be read while `outcome` (the future of a publish's answer, its place in
+        every order already fixed: `Router.begin`) is pending. When it is done, `check(outcome)` gives the answer or
+        raises its ClientError, which is answered then, with the request id of the message it answers. Waits while
+        OVERLAP are pending. A message of another kind waits for all (`settled`): whatever it does comes after them,
+        as if each publish had been awaited. A done-callback, not a task: a pending publish costs one list slot."""
         reply = self.replying if self.replying is not None and REPLYING.get() is self.replying else None
         pending = self._overlapping
         if pending is None:
             pending = self._overlapping = []
-        task = self._loop.create_task(self._settle(outcome, reply))
-        pending.append(task)
-        task.add_done_callback(pending.remove)
+        pending.append(outcome)
+        outcome.add_done_callback(functools.partial(self._settle, pending, check, reply))
         while len(pending) > OVERLAP:
-            await asyncio.wait([pending[0]])
+            await asyncio.wait((pending[0],))
 
     @property
     def overlapping(self) -> bool:
@@ -650,15 +651,27 @@ class Connection(asyncio.Protocol):
     async def settled(self) -> None:
         """Wait until no publish of this client is pending."""
         while self._overlapping:
-            await asyncio.wait(list(self._overlapping))
+            await asyncio.wait(tuple(self._overlapping))
 
-    async def _settle(self, outcome: Awaitable[object], reply: Reply | None) -> None:
+    def _settle(
+        self,
+        pending: list[asyncio.Future[Any]],
+        check: Callable[[asyncio.Future[Any]], object],
+        reply: Reply | None,
+        outcome: asyncio.Future[Any],
+    ) -> None:
+        """A pending publish was answered (`overlap`): its error, if any, goes to the client, unless it has gone."""
+        pending.remove(outcome)
         try:
-            await outcome
+            check(outcome)
         except errors.ClientError as err:
+            if pending is not self._overlapping:  # the connection stopped (`stop`): nobody to answer
+                return
             self._metrics.error(err.kind.label)
             payload = protocol.encode_error(err, coded=self.protocol >= protocol.PROTOCOL)
             self.notify(payload if reply is None else protocol.with_id(payload, reply.id))
+        except asyncio.CancelledError:
+            pass
         except Exception:  # never expected: the gateway turns every failure of a publish into a ClientError
             log.exception("client %s: a publish failed", self.id, extra={"client_id": self.id})
 
@@ -818,9 +831,8 @@ class Connection(asyncio.Protocol):
             if self.reader_task is not None:
                 self.reader_task.cancel()
                 await asyncio.gather(self.reader_task, return_exceptions=True)
-            for task in list(self._overlapping or ()):  # (the router still delivers them to the room's members)
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            self._overlapping = None  # its publishes still pending are answered to nobody (`_settle`); the router
+            # still delivers them to the room's members
             if self._closer is not None:
                 await asyncio.gather(self._closer, return_exceptions=True)
         finally:  # (a cancellation spreads, but everything is released first)

@@ -12,7 +12,7 @@ import contextlib
 import heapq
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from . import errors, protocol
@@ -98,18 +98,21 @@ class Gateway:
         idempotency_key: str | None = None,
         publisher: Client | str | None = None,
     ) -> int:
-        return await self._begin_publish(room, data, type, client_id, skip, idempotency_key, publisher)
+        return await _outcome(self._begin_publish(room, data, type, client_id, skip, idempotency_key, publisher))
 
     async def client_publish(
         self, client: Client, room: str, data: Any, *, skip: Client | None = None, idempotency_key: str | None = None
     ) -> None:
         conn = _connection(client)
         publisher = None if idempotency_key is None else client
-        outcome = self._begin_publish(room, data, protocol.MESSAGE, conn.id, skip, idempotency_key, publisher)
+        started = self._begin_publish(room, data, protocol.MESSAGE, conn.id, skip, idempotency_key, publisher)
+        if isinstance(started, int):
+            return  # delivered: nothing is pending
         if idempotency_key is not None and not self._router.keeps_history(room):
-            await outcome  # a claim in a room without history is ordered once Redis took it: the client waits
+            await _outcome(started)  # a claim in a room without history is ordered once Redis took it: the client waits
         else:
-            await conn.overlap(outcome)  # (its place in every order is fixed: the client's next message may be read)
+            # (its place in every order is fixed: the client's next message may be read)
+            await conn.overlap(started, _publish_answer)
 
     def _begin_publish(
         self,
@@ -120,29 +123,13 @@ class Gateway:
         skip: Client | None,
         idempotency_key: str | None,
         publisher: Client | str | None,
-    ) -> Coroutine[Any, Any, int]:
+    ) -> int | asyncio.Future[int]:
         """A publish up to its first wait (`Router.begin`: its place in every order is fixed on return, and bad
-        input refused), and the coroutine of its answer."""
+        input refused): the count of local clients it was queued for, or the future of that count
+        (`_publish_answer`)."""
         message = protocol.encode(type, room=room, data=data, client_id=client_id)
         claim = None if idempotency_key is None else claim_id(_scope(publisher), room, check_key(idempotency_key))
-        started = self._router.begin(room, message, skip=None if skip is None else _connection(skip), claim=claim)
-        return self._outcome(started)
-
-    async def _outcome(self, started: int | asyncio.Future[int]) -> int:
-        """A publish's answer, as `publish` gives it (`wsgate.types.Gateway.publish`)."""
-        try:
-            return started if isinstance(started, int) else await started
-        except AlreadyPublished as exc:  # a retry: delivered nowhere, not refused; the first's delivery is the answer
-            return Duplicate(exc.first)
-        except OutcomeUnknown as exc:  # Redis took it and did not answer: kept and delivered once, or not at all
-            raise ClientError(
-                errors.PUBLISH_OUTCOME_UNKNOWN,
-                f"the message may have been kept and delivered: "
-                f"{exc}; if Redis kept it, every member gets it once (publishing it again may "
-                "deliver it twice, unless it carries the same idempotency_key)",
-            ) from None
-        except BrokerError as exc:  # certainly not kept: nobody got it
-            raise ClientError(errors.HISTORY_UNAVAILABLE, f"the message was not sent: {exc}") from None
+        return self._router.begin(room, message, skip=None if skip is None else _connection(skip), claim=claim)
 
     async def broadcast(
         self, data: Any, *, type: str = protocol.MESSAGE, client_id: str | None = None, skip: Client | None = None
@@ -456,6 +443,34 @@ def _scope(publisher: Client | str | None) -> Scope:
         return Scope("server", publisher)
     user_id = user_id_of(publisher.identity)
     return Scope("client", publisher.id) if user_id is None else Scope("user", user_id)
+
+
+async def _outcome(started: int | asyncio.Future[int]) -> int:
+    """A publish's answer, as `publish` gives it (`wsgate.types.Gateway.publish`), once `Router.begin` started it."""
+    if isinstance(started, int):
+        return started
+    try:
+        return await started
+    except Exception:
+        return _publish_answer(started)
+
+
+def _publish_answer(started: asyncio.Future[int]) -> int:
+    """The answer of a publish whose future is done: the count of local clients it was queued for, a Duplicate
+    for a retry, or the ClientError the client is told (PUBLISH_OUTCOME_UNKNOWN, HISTORY_UNAVAILABLE)."""
+    try:
+        return started.result()
+    except AlreadyPublished as exc:  # a retry: delivered nowhere, not refused; the first's delivery is the answer
+        return Duplicate(exc.first)
+    except OutcomeUnknown as exc:  # Redis took it and did not answer: kept and delivered once, or not at all
+        raise ClientError(
+            errors.PUBLISH_OUTCOME_UNKNOWN,
+            f"the message may have been kept and delivered: "
+            f"{exc}; if Redis kept it, every member gets it once (publishing it again may "
+            "deliver it twice, unless it carries the same idempotency_key)",
+        ) from None
+    except BrokerError as exc:  # certainly not kept: nobody got it
+        raise ClientError(errors.HISTORY_UNAVAILABLE, f"the message was not sent: {exc}") from None
 
 
 def _connection(client: Client) -> GatewayConnection:
