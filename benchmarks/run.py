@@ -61,12 +61,12 @@ SCENARIOS: dict[str, tuple[list[str], tuple[str, ...], tuple[str, ...]]] = {
     ),
     "many-rooms-2000x2": (
         ["many_rooms", "--rooms", "2000", "--window", "4"],
-        ("naive", "wsgate"),
+        ("naive", "wsgate", "floor"),
         ("deliveries_per_s",),
     ),
     "idle-10000": (
         ["idle", "--connections", "10000"],
-        ("naive", "wsgate"),
+        ("naive", "wsgate", "floor"),
         ("rss_kb_per_connection", "connect_s", "server_cpu_ms_per_connect", "broadcast_s"),
     ),
     "connect-scaling": (
@@ -166,8 +166,8 @@ def start_server(kind: str, prefix: str) -> tuple[list[subprocess.Popen[bytes]],
     procs, urls = [], []
     for _ in range(nodes):
         port = free_port()
-        if kind == "naive":
-            command = [PYTHON, str(HERE / "baselines" / "naive_hub.py"), "--port", str(port)]
+        if kind in ("naive", "floor"):
+            command = [PYTHON, str(HERE / "baselines" / f"{kind}_hub.py"), "--port", str(port)]
         else:
             command = [PYTHON, "-m", "wsgate", "--host", "127.0.0.1", "--port", str(port)]
         procs.append(

@@ -8,9 +8,17 @@ saw when each publish was awaited: its own copies, then the answer to its next r
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
-from wsgate.testing import Peer, Server, StartServer
+import pytest
+
+from wsgate.connection import OVERLAP
+from wsgate.testing import Peer, Server, StartServer, eventually
+from wsgate.views import SESSIONS
+
+from .conftest import PrivateRedis
 
 HISTORY = {"rooms": ["kept:*"], "size": 1000}
 
@@ -68,3 +76,33 @@ async def test_a_publish_whose_outcome_is_an_error_is_answered_with_its_own_requ
         for key in await store.keys(f"{broker_prefix}*"):
             await store.delete(key)
         await store.aclose()
+
+
+async def test_a_client_that_leaves_with_publishes_pending_leaves_them_to_the_room_and_nothing_behind(
+    wsgate_server: StartServer, private_redis: PrivateRedis, broker_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its socket goes while its publishes wait for Redis (paused: CLIENT PAUSE WRITE holds every script): the
+    room's members on both nodes still get every one, in order, once Redis answers, and its connection ends
+    without an error logged, an answer attempted or a task left."""
+    import redis.asyncio as aioredis
+
+    broker = {"url": private_redis.url, "prefix": broker_prefix}
+    a, b = [await wsgate_server(broker=broker, history=HISTORY) for _ in range(2)]
+    sender, member_a, member_b = await joined(a, "kept:3"), await joined(a, "kept:3"), await joined(b, "kept:3")
+    conn, sessions = a.hub.connections[sender.id], a.app[SESSIONS]
+    control: Any = aioredis.from_url(private_redis.url)
+    try:
+        await control.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
+        for n in range(OVERLAP):
+            await sender.send({"type": "publish", "room": "kept:3", "data": n})
+        await eventually(lambda: conn.overlapping and not conn.handling)  # all read, none answered
+        await sender.ws.close()
+        await eventually(lambda: conn not in sessions.live)  # ended: its end ran, with OVERLAP pending
+    finally:
+        await control.execute_command("CLIENT", "UNPAUSE")
+        await control.aclose()
+    for peer in (member_a, member_b):
+        assert [(await peer.recv())["data"] for _ in range(OVERLAP)] == list(range(OVERLAP))
+    assert not conn.overlapping
+    assert not [task for task in asyncio.all_tasks() if conn.id in task.get_name()]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
