@@ -1,4 +1,4 @@
-"""Run every benchmark scenario against wsgate and the naive baseline; print and record the table.
+"""Run every benchmark scenario against wsgate and the naive baseline (and the floor); print and record the table.
 
     make bench              # or: .venv/bin/python benchmarks/run.py [--runs 3] [--only fanout-1000-w32]
 
@@ -313,7 +313,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run just these scenarios")
-    parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
+    parser.add_argument(
+        "--output", help="where the table goes (default: RESULTS.md for a whole run; with --only, printed only)"
+    )
     args = parser.parse_args()
     if shutil.which("taskset") is None:
         sys.exit("benchmarks need taskset (util-linux)")
@@ -375,7 +377,10 @@ def write_results(rows: list[tuple[str, ...]], args: argparse.Namespace) -> None
         ),
         platform.processor(),
     )
-    output = Path(args.output)
+    if args.output is None and args.only:  # a few scenarios never replace the whole run's table
+        print("(not recorded: --only without --output)")
+        return
+    output = Path(args.output or HERE / "RESULTS.md")
     old = output.read_text() if output.exists() else ""
     kept = old[old.index("\n## ") :] if "\n## " in old else ""  # sections of other scripts (bench_100k.py)
     output.write_text(f"""# Benchmark results
@@ -388,6 +393,8 @@ server of the scenario, measured in the same run (higher is better: deliveries d
 inverted). A load-generator CPU near 100% would make a figure void.
 
 - naive: benchmarks/baselines/naive_hub.py, json.dumps + `await send_str` per recipient.
+- floor: benchmarks/baselines/floor_hub.py, the benchmark's work alone in the fewest Python steps asyncio allows
+  (a bare protocol per socket, the upgrade parsed by hand, no checks, no `timestamp`): a lower bound, not a server.
 - wsgate: `python -m wsgate`, in-memory broker, example plugins disabled.
 - wsgate-2-nodes: two wsgate processes sharing Redis (both on core 0); subscribers split over both, the publisher
   on the first.

@@ -9,14 +9,15 @@ saw when each publish was awaited: its own copies, then the answer to its next r
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
 import pytest
 
+from wsgate.clients import GatewayConnection
 from wsgate.connection import OVERLAP
-from wsgate.testing import Peer, Server, StartServer, eventually
-from wsgate.views import SESSIONS
+from wsgate.testing import TIMEOUT, Peer, Server, StartServer, eventually
 
 from .conftest import PrivateRedis
 
@@ -78,31 +79,62 @@ async def test_a_publish_whose_outcome_is_an_error_is_answered_with_its_own_requ
         await store.aclose()
 
 
-async def test_a_client_that_leaves_with_publishes_pending_leaves_them_to_the_room_and_nothing_behind(
-    wsgate_server: StartServer, private_redis: PrivateRedis, broker_prefix: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Its socket goes while its publishes wait for Redis (paused: CLIENT PAUSE WRITE holds every script): the
-    room's members on both nodes still get every one, in order, once Redis answers, and its connection ends
-    without an error logged, an answer attempted or a task left."""
+async def leave_with_publishes_pending(server: Server, redis_url: str, sender: Peer, room: str) -> None:
+    """`sender` publishes OVERLAP messages to `room` while Redis holds every script (CLIENT PAUSE WRITE), then
+    closes once all are read and none answered; Redis answers once its connection has ended."""
     import redis.asyncio as aioredis
 
-    broker = {"url": private_redis.url, "prefix": broker_prefix}
-    a, b = [await wsgate_server(broker=broker, history=HISTORY) for _ in range(2)]
-    sender, member_a, member_b = await joined(a, "kept:3"), await joined(a, "kept:3"), await joined(b, "kept:3")
-    conn, sessions = a.hub.connections[sender.id], a.app[SESSIONS]
-    control: Any = aioredis.from_url(private_redis.url)
+    conn = server.hub.connections[sender.id]
+    control: Any = aioredis.from_url(redis_url)
     try:
         await control.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
         for n in range(OVERLAP):
-            await sender.send({"type": "publish", "room": "kept:3", "data": n})
-        await eventually(lambda: conn.overlapping and not conn.handling)  # all read, none answered
+            await sender.send({"type": "publish", "room": room, "data": n})
+        await eventually(lambda: conn.overlapping == OVERLAP)  # all read, none answered
         await sender.ws.close()
-        await eventually(lambda: conn not in sessions.live)  # ended: its end ran, with OVERLAP pending
+        await asyncio.wait_for(conn.closed.wait(), TIMEOUT)  # ended, its publishes still pending
+        assert conn.overlapping == 0
     finally:
         await control.execute_command("CLIENT", "UNPAUSE")
         await control.aclose()
+
+
+async def test_a_client_that_leaves_with_publishes_pending_leaves_them_to_the_room_and_nothing_behind(
+    wsgate_server: StartServer, private_redis: PrivateRedis, broker_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its socket goes while its publishes wait for Redis: the room's members on both nodes still get every one,
+    in order, once Redis answers, and nothing holds its connection after that, no error logged."""
+    broker = {"url": private_redis.url, "prefix": broker_prefix, "connect_timeout": "30s"}
+    a, b = [await wsgate_server(broker=broker, history=HISTORY) for _ in range(2)]
+    sender, member_a, member_b = await joined(a, "kept:3"), await joined(a, "kept:3"), await joined(b, "kept:3")
+    await leave_with_publishes_pending(a, private_redis.url, sender, "kept:3")
     for peer in (member_a, member_b):
         assert [(await peer.recv())["data"] for _ in range(OVERLAP)] == list(range(OVERLAP))
-    assert not conn.overlapping
-    assert not [task for task in asyncio.all_tasks() if conn.id in task.get_name()]
+    gc.collect()  # (answered: its futures' callbacks let it go)
+    assert not [o for o in gc.get_objects() if type(o) is GatewayConnection and o.id == sender.id]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_client_that_leaves_with_publishes_pending_is_not_answered_their_errors(
+    wsgate_server: StartServer, private_redis: PrivateRedis, broker_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis refuses them (WRONGTYPE) after the client has gone: none is answered or counted as answered, and
+    nothing is logged as an error."""
+    import redis.asyncio as aioredis
+
+    broker = {"url": private_redis.url, "prefix": broker_prefix, "connect_timeout": "30s"}
+    server = await wsgate_server(broker=broker, history=HISTORY)
+    sender, member = await joined(server, "kept:4"), await joined(server, "kept:4")
+    store: Any = aioredis.from_url(private_redis.url)
+    try:
+        for key in server.broker._names.history_keys("kept:4"):  # type: ignore[attr-defined]
+            await store.set(key, "not a history")
+    finally:
+        await store.aclose()
+    refused = server.metrics.error_count("history_unavailable")
+    await leave_with_publishes_pending(server, private_redis.url, sender, "kept:4")
+    # the member's publish is refused after them (Redis answers in order): by its answer, theirs have come
+    answer = await member.request({"type": "publish", "room": "kept:4", "data": "after", "id": "after"})
+    assert (answer["type"], answer["error"], answer.get("id")) == ("error", "history is unavailable", "after"), answer
+    assert server.metrics.error_count("history_unavailable") == refused + 1  # the member's alone
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -644,9 +644,9 @@ class Connection(asyncio.Protocol):
             await asyncio.wait((pending[0],))
 
     @property
-    def overlapping(self) -> bool:
-        """Whether publishes of this client are pending (`overlap`)."""
-        return bool(self._overlapping)
+    def overlapping(self) -> int:
+        """How many publishes of this client are pending (`overlap`): 0 to OVERLAP."""
+        return len(self._overlapping) if self._overlapping else 0
 
     async def settled(self) -> None:
         """Wait until no publish of this client is pending."""

@@ -1,10 +1,11 @@
-"""The floor: the spec's connect, subscribe and publish in the fewest Python steps asyncio allows, and nothing else.
+"""The floor: the benchmark's connect, subscribe and publish in the fewest Python steps asyncio allows, nothing else.
 
 A bare `asyncio.Protocol` per socket: the upgrade parsed by hand (no aiohttp, no request object), client frames
 unmasked in place, a publish encoded once and written to each member at once (no outbox, no task, no limit, no
-check beyond what the benchmark's clients send, no keepalive, no metrics). Not a server anyone should run: it is
-what Python and asyncio cost on this machine for the benchmark's work alone, so that run.py can show how much of
-wsgate's time is its own (`floor` beside `naive` and `wsgate` in many-rooms-2000x2 and idle-10000).
+check beyond what the benchmark's clients send, no keepalive, no metrics, and no `timestamp` in its messages: a
+clock read and a few bytes less than the spec's). Not a server anyone should run: it is what Python and asyncio
+cost on this machine for the benchmark's work alone, so that run.py can show how much of wsgate's time is its own
+(`floor` beside `naive` and `wsgate` in many-rooms-2000x2 and idle-10000).
 """
 
 from __future__ import annotations
