@@ -37,9 +37,10 @@ define with_test_redis
 	fi
 endef
 
-# Debian packages some tests run (tests/test_nginx.py, tests/test_systemd.py), installed with apt-get when missing
-# (as root, or through sudo without a password); otherwise one line says which tests will skip.
-DEBIAN_TOOLS := nginx:/usr/sbin/nginx systemd:/usr/bin/systemd-analyze nodejs:/usr/bin/node npm:/usr/bin/npm
+# Debian packages some tests run (tests/test_nginx.py, tests/test_systemd.py, tests/test_browser.py), installed with
+# apt-get when missing (as root, or through sudo without a password); otherwise one line says which tests will skip.
+DEBIAN_TOOLS := nginx:/usr/sbin/nginx systemd:/usr/bin/systemd-analyze nodejs:/usr/bin/node npm:/usr/bin/npm \
+	chromium:/usr/bin/chromium
 
 debian-tools:
 	@for entry in $(DEBIAN_TOOLS); do \
