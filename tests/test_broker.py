@@ -195,6 +195,14 @@ async def test_figures_of_every_live_node(presence_stores: list[PresenceStore]) 
     assert sorted(await b.share_figures(b'{"node":"b"}')) == expected
 
 
+async def test_figures_shared_without_reading_the_others(presence_stores: list[PresenceStore]) -> None:
+    """`others=False` (no dashboard open): this node's figures are written all the same, nothing is read."""
+    a, b = presence_stores
+    assert await a.share_figures(b'{"node":"a"}', others=False) == []
+    expected = [b'{"node":"b"}'] if isinstance(b, MemoryPresenceStore) else [b'{"node":"a"}', b'{"node":"b"}']
+    assert sorted(await b.share_figures(b'{"node":"b"}')) == expected
+
+
 # --- Redis: several nodes ------------------------------------------------------------------
 
 

@@ -403,12 +403,12 @@ class Gateway:
             "clients_sample": [{"client_id": c.id, "remote": c.remote, "rooms": len(c.rooms)} for c in recent],
         }
 
-    async def share_figures(self, figures: Mapping[str, Any]) -> list[dict[str, Any]]:
+    async def share_figures(self, figures: Mapping[str, Any], *, others: bool = True) -> list[dict[str, Any]]:
         encoded = protocol.dumps(dict(figures))
         try:
-            return [protocol.loads(node) for node in await self._presence_store.share_figures(encoded)]
+            return [protocol.loads(node) for node in await self._presence_store.share_figures(encoded, others=others)]
         except (PresenceError, ClientError):  # Redis away, or a node's figures garbled: show this node alone
-            return [dict(figures)]
+            return [dict(figures)] if others else []
 
 
 def _answer_joined(conn: GatewayConnection, room: str, data: dict[str, Any], server: bool) -> bool:

@@ -253,6 +253,7 @@ class Gateway(Protocol):
         `received` and `delivered` (messages so far), `errors` (by reason), `broker` (ok or degraded)
         and `clients_sample` (the newest clients: id, address, rooms)."""
 
-    async def share_figures(self, figures: Mapping[str, Any]) -> list[dict[str, Any]]:
+    async def share_figures(self, figures: Mapping[str, Any], *, others: bool = True) -> list[dict[str, Any]]:
         """Share this node's `figures` (any JSON object) and return every live node's, this one's
-        included; only this node's when the others cannot be reached."""
+        included; only this node's when the others cannot be reached. `others=False`: share only, and
+        return nothing (reading and decoding every node's figures costs each node more, the more nodes there are)."""

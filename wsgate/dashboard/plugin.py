@@ -84,7 +84,9 @@ class Dashboard:
     def wsgate_startup(self, gateway: Gateway) -> None:
         self._task = gateway.spawn(
             "dashboard-figures",
-            lambda: report_figures(gateway, lambda: {watcher.id for watcher in self._watchers}, self._show),
+            lambda: report_figures(
+                gateway, lambda: {watcher.id for watcher in self._watchers}, self._show, lambda: bool(self._watchers)
+            ),
         )
 
     @hookimpl
@@ -213,13 +215,19 @@ async def report_figures(
     gateway: Gateway,
     operators: Callable[[], set[str]] = set,
     show: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+    watching: Callable[[], bool] | None = None,
 ) -> None:
     """Every STATS_INTERVAL seconds: this node's figures (`_figures`, its dashboard's `operators()` client ids
     marked), shared with every node (`Gateway.share_figures`: with the Redis broker, `<prefix>:stats`, where an
     entry outlives its node's last report by presence.redis.STATS_TTL at most); `show(node, nodes)` gets this
-    node's figures and every live node's. Every node with the Redis broker runs it, the dashboard's through the
-    plugin and the others through `wsgate.app` (task `figures`): the Nodes table lists them all
-    (docs/operations.md), not only the nodes that serve the dashboard."""
+    node's figures and every live node's, while `watching()` (None: always). Every node with the Redis broker runs
+    it, the dashboard's through the plugin and the others through `wsgate.app` (task `figures`): the Nodes table
+    lists them all (docs/operations.md), not only the nodes that serve the dashboard.
+
+    Every node's figures are read and decoded only for a `show` that is watched, and every TOP_ROOMS_EVERY
+    reports (which drops the entries of nodes that stopped reporting): reading them every second cost each node
+    more, the more nodes there were, for a page nobody had open (benchmarks/RESULTS.md, "What is left of issue
+    25")."""
     before, then = gateway.stats(top_rooms=0, sample_clients=0), time.monotonic()
     top_rooms: list[Any] = []
     for report in itertools.count():
@@ -231,8 +239,10 @@ async def report_figures(
         stats["top_rooms"] = top_rooms
         figures = _figures(stats, before, max(now - then, 1e-6), operators())
         before, then = stats, now
-        nodes = await gateway.share_figures(figures)
-        if show is not None:
+        watched = show is not None and (watching is None or watching())
+        nodes = await gateway.share_figures(figures, others=watched or fresh)
+        if watched:
+            assert show is not None
             show(figures, nodes)
 
 

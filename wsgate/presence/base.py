@@ -35,9 +35,9 @@ class PresenceStore(Protocol):
     async def members(self, room: str) -> list[bytes]:
         """The encoded members of `room` on the other live nodes. Raises PresenceError."""
 
-    async def share_figures(self, figures: bytes) -> list[bytes]:
-        """Publish this node's figures (encoded JSON); returns every live node's, this one's included.
-        Raises PresenceError."""
+    async def share_figures(self, figures: bytes, *, others: bool = True) -> list[bytes]:
+        """Publish this node's figures (encoded JSON); returns every live node's, this one's included, or nothing
+        when not asked for the `others` (nobody looks at them: the write alone). Raises PresenceError."""
 
     async def close(self) -> None:
         """Stop; this node's members vanish from the other nodes' answers."""

@@ -23,8 +23,8 @@ class MemoryPresenceStore:
     async def members(self, room: str) -> list[bytes]:
         return []
 
-    async def share_figures(self, figures: bytes) -> list[bytes]:
-        return [figures]
+    async def share_figures(self, figures: bytes, *, others: bool = True) -> list[bytes]:
+        return [figures] if others else []
 
     async def close(self) -> None:
         pass

@@ -149,9 +149,9 @@ class RedisPresenceStore:
             raise PresenceError(f"reading the presence of {room!r} from Redis failed: {describe(exc)}") from None
         return found
 
-    async def share_figures(self, figures: bytes) -> list[bytes]:
-        """Every node keeps its figures in one hash, <prefix>:stats, stamped with the time; stale ones are dropped,
-        and the hash itself expires STATS_TTL after the last report of any node."""
+    async def share_figures(self, figures: bytes, *, others: bool = True) -> list[bytes]:
+        """Every node keeps its figures in one hash, <prefix>:stats, stamped with the time; stale ones are dropped
+        when the hash is read (`others`), and the hash itself expires STATS_TTL after the last report of any node."""
         import redis.asyncio as aioredis
 
         key, now = self._names.stats, time.time()
@@ -159,6 +159,8 @@ class RedisPresenceStore:
             async with asyncio.timeout(self._settings.connect_timeout):
                 await self._redis.hset(key, self._node_id, b"%.3f " % now + figures)
                 await self._redis.pexpire(key, int(STATS_TTL * 1000))  # gone too once every node stopped reporting
+                if not others:
+                    return []
                 found: dict[bytes, bytes] = await self._redis.hgetall(key)
                 fresh: list[bytes] = []
                 stale: list[bytes] = []
