@@ -200,9 +200,8 @@ class Dashboard:
     # --- figures --------------------------------------------------------------------------
 
     def _show(self, node: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
-        """Push this node's figures and every live node's to the watchers still logged in."""
-        if not self._watchers:
-            return
+        """Push this node's figures and every live node's to the watchers still logged in (`report_figures` calls
+        it only while someone watches)."""
         payload = protocol.encode("dashboard_stats", data={"node": node, "nodes": nodes})
         for watcher in list(self._watchers):
             if self._is_operator(watcher):
