@@ -112,3 +112,20 @@ async def test_the_adapter_sees_each_socket_from_accept_to_its_end() -> None:
         await eventually(lambda: events == ["made", "lost"] and not web_server.connections)
     finally:
         await server.close()
+
+
+def test_the_upgrades_response_can_be_held_and_taken() -> None:
+    """`DetachedResponse` holds its 101 (`_send_headers_immediately`) and `held_head` takes it from aiohttp's
+    `StreamWriter` (`_headers_buf`, `_headers_written`); `send_head` writes it through `send_headers()`."""
+    from aiohttp.http_writer import StreamWriter
+
+    assert calls(web.StreamResponse._write_headers, "ifself._send_headers_immediately:writer.send_headers()"), changed(
+        web.StreamResponse, "_write_headers", "it no longer holds the headers when _send_headers_immediately is off"
+    )
+    assert calls(StreamWriter.write_headers, "self._headers_buf=buf"), changed(
+        StreamWriter, "write_headers", "it no longer keeps the serialized headers in _headers_buf"
+    )
+    for attribute in ("_headers_written", "_headers_buf"):
+        assert calls(StreamWriter.send_headers, f"self.{attribute}"), changed(
+            StreamWriter, "send_headers", f"it no longer uses {attribute}"
+        )

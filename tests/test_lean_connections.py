@@ -13,6 +13,7 @@ import base64
 import gc
 import json
 import os
+from asyncio import selector_events
 from typing import Any
 
 from aiohttp.web import RequestHandler
@@ -108,6 +109,29 @@ async def test_frames_sent_with_the_handshake_are_handled_after_connected(wsgate
             size = int.from_bytes(await reader.readexactly(2), "big")
         types.append(json.loads(await reader.readexactly(size))["type"])
     assert types == ["connected", "pong"]
+    writer.close()
+
+
+async def test_the_101_and_connected_leave_in_one_write(wsgate_server: StartServer, monkeypatch: Any) -> None:
+    """The upgrade's response is held (`DetachedResponse`) and written with `connected` in one system call
+    (`Connection.write_head`): one write per connect less. (A refusal after the upgrade writes the 101 before
+    its frames: `DetachedResponse.send_head`; tests/test_limits.py and test_shutdown.py read those.)"""
+    server = await wsgate_server()
+    port = server.test_server.port
+    writes: list[bytes] = []
+    original = selector_events._SelectorSocketTransport.write
+
+    def write(transport: Any, data: Any) -> None:
+        if transport.get_extra_info("sockname")[1] == port:  # the server's side of a socket
+            writes.append(bytes(data))
+        original(transport, data)
+
+    monkeypatch.setattr(selector_events._SelectorSocketTransport, "write", write)
+    reader, writer = await _open_raw(port)
+    opcode, payload = await _read_frame(reader)
+    assert (opcode, json.loads(payload)["type"]) == (1, "connected")
+    assert len(writes) == 1, writes
+    assert writes[0].startswith(b"HTTP/1.1 101") and b'"type":"connected"' in writes[0]
     writer.close()
 
 

@@ -21,7 +21,10 @@ than a test deep in the suite. What each use relies on, and why no public API se
   `_paused` and awaits its `_drain_helper()`, which the connection provides) and aiohttp's frame parser
   `aiohttp._websocket.reader.WebSocketReader` with its queue `WebSocketDataQueue` (subclassed: messages are
   handed to the connection as they are parsed, and queued, bounded in bytes, only while one is handled; its
-  `_buffer`, `_protocol` and `read`).
+  `_buffer`, `_protocol` and `read`). The upgrade's response is held back (`StreamResponse.
+  _send_headers_immediately`, False, as aiohttp's own `Response` has it) and taken from aiohttp's `StreamWriter`
+  (`_headers_buf`, `_headers_written`, `send_headers()`), so that the connection writes it with `connected` in
+  one system call.
   aiohttp has no public way to detach an upgraded socket from its request handler.
 - `GunicornWebWorker._get_valid_log_format` (`gunicorn_access_log_format`): how aiohttp's worker turns
   gunicorn's `--access-logformat` into aiohttp's (gunicorn's default becomes aiohttp's default; a
@@ -42,7 +45,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from aiohttp import WSMessage, web
+from aiohttp import WSMessage, WSMsgType, web
 from aiohttp._websocket import reader as _ws_reader
 from aiohttp.web import RequestHandler
 
@@ -198,6 +201,18 @@ class Upgraded(NamedTuple):
     inbox: Inbox
     deflate: Any  # aiohttp's WebSocketWriter for a connection that negotiated permessage-deflate, else None
     paused: bool  # aiohttp's handler had paused reading the socket (its queue was full)
+    head: bytes  # the upgrade's response (101) not yet written: the receiver writes it before its first frame
+
+
+def held_head(ws: DetachedResponse) -> bytes:
+    """Take the upgrade's response that `ws.prepare` serialized but did not write (b"" when it was written)."""
+    writer = ws._payload_writer
+    head = getattr(writer, "_headers_buf", None)
+    if not head or writer._headers_written:  # type: ignore[union-attr]
+        return b""
+    writer._headers_buf = None  # type: ignore[union-attr]
+    writer._headers_written = True  # type: ignore[union-attr]
+    return bytes(head)
 
 
 def take_over(request: web.BaseRequest, ws: DetachedResponse, receiver: Receiver) -> Upgraded:
@@ -207,7 +222,9 @@ def take_over(request: web.BaseRequest, ws: DetachedResponse, receiver: Receiver
 
     Must be called without an await since `ws.prepare` returned. The parser and its queue are the ones the
     upgrade installed (`DetachedResponse._post_start`): what a client sent with its handshake, parsed or not, is
-    kept, in order.
+    kept, in order. The upgrade's response, not written yet, comes back in `Upgraded.head` for the receiver to
+    write before its first frame (one system call for the 101 and `connected`); under permessage-deflate, whose
+    frames go through aiohttp's writer, it is written here.
     """
     handler = request.protocol
     transport = request.transport
@@ -218,22 +235,27 @@ def take_over(request: web.BaseRequest, ws: DetachedResponse, receiver: Receiver
     transport.set_protocol(receiver)  # type: ignore[arg-type]
     deflate = ws._writer if ws.compress else None
     if deflate is not None:
+        ws.send_head()
         deflate.protocol = receiver  # type: ignore[assignment]  # its drain waits on the receiver's flow control
     handler.transport = None  # aiohttp closes its handler's transport when the view returns: no longer its own
     manager = handler._manager
     if manager is not None:
         manager.connection_lost(handler, None)  # the server forgets the handler (once its task has ended)
-    return Upgraded(ws.parser, ws.inbox, deflate, paused)
+    return Upgraded(ws.parser, ws.inbox, deflate, paused, held_head(ws))
 
 
 class DetachedResponse(web.WebSocketResponse):
     """A WebSocketResponse whose socket `take_over` moves to a wsgate connection.
 
     Its upgrade installs wsgate's queue (`Inbox`) under aiohttp's parser (`_post_start`, aiohttp's own but for
-    the queue, and without aiohttp's heartbeat: wsgate's keepalive is the connection's). aiohttp's end of the
-    request (`write_eof`) then neither sends a close frame nor touches the socket, no longer aiohttp's. Before
-    the hand-over (a refusal at capacity, a drain), `close` works as aiohttp's.
+    the queue, and without aiohttp's heartbeat: wsgate's keepalive is the connection's). Its response (the 101)
+    is held back until `take_over` hands it to the connection, or until the first frame aiohttp sends itself.
+    aiohttp's end of the request (`write_eof`) then neither sends a close frame nor touches the socket, no
+    longer aiohttp's. Before the hand-over (a refusal at capacity, a drain), `send_frame` and `close` work as
+    aiohttp's, after the 101.
     """
+
+    _send_headers_immediately = False  # (written with the first frames: `take_over`, `send_head`)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -252,7 +274,17 @@ class DetachedResponse(web.WebSocketResponse):
         request.protocol.set_parser(self.parser)
         request.protocol.keep_alive(False)
 
+    def send_head(self) -> None:
+        """Write the held response now (before a frame aiohttp sends itself); nothing once it is written."""
+        if self._payload_writer is not None:
+            self._payload_writer.send_headers()
+
+    async def send_frame(self, message: bytes, opcode: WSMsgType, compress: int | None = None) -> None:
+        self.send_head()
+        await super().send_frame(message, opcode, compress)
+
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        self.send_head()
         if self.inbox is not None:
             self.inbox.start_queuing()  # (aiohttp reads the client's close frame from it)
         return await super().close(code=code, message=message, drain=drain)

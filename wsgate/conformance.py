@@ -64,6 +64,7 @@ async def echo_view(request: web.Request) -> web.StreamResponse:
     )
     hub.admit(conn)
     upgraded = take_over(request, ws, conn)
+    conn.write_head(upgraded.head)
     conn.start()
     conn.attach(upgraded, _echo_text, _echo_binary, partial(_gone, hub))
     return ws

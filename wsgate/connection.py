@@ -413,6 +413,15 @@ class Connection(asyncio.Protocol):
         self._clear()
         self._check_buffer(transport)
 
+    def write_head(self, head: bytes) -> None:
+        """Write the upgrade's response (`Upgraded.head`; b"": written already) now, with the frames queued since
+        (`connected`): one system call. Called right after `aiohttp_private.take_over`, before anything else can
+        write to the socket."""
+        if head:
+            self._outbox.insert(0, head)
+            self._queued += len(head)
+            self.flush()
+
     def _clear(self) -> None:
         self._outbox.clear()
         self._queued = 0

@@ -242,10 +242,11 @@ async def _open(request: web.Request, version: int) -> web.StreamResponse:
     log.info("client %s connected from %s", conn.id, conn.remote, extra={"client_id": conn.id, "remote": conn.remote})
     conn.address = hub.claimed.pop(request.protocol, None)  # counted against its address until its socket goes
     upgraded = take_over(request, ws, conn)  # (no await since the upgrade: the socket is the connection's now)
+    conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn, dispatcher)))
+    conn.write_head(upgraded.head)  # the 101 and `connected`, in one system call
     sessions.live.add(conn)
     conn.start()
     conn.expire_at(expires_at_of(identity))
-    conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn, dispatcher)))
     hooks = plugins.watches_clients or bool(subs_of(identity))
     conn.attach(upgraded, sessions.text, sessions.binary, sessions.ended, hold=hooks)
     if hooks:  # what it sends meanwhile is queued, and handled after (its first message comes after them)
@@ -347,9 +348,12 @@ async def upgrade(ws: web.WebSocketResponse, request: web.Request) -> AbstractSt
     an "Unhandled exception" traceback as it closes it.
     """
     try:
-        return await ws.prepare(request)
+        stream = await ws.prepare(request)
     except ConnectionError:  # reset, or a broken pipe
         return None
+    if request.transport is None or request.transport.is_closing():  # (the 101 is held: DetachedResponse)
+        return None
+    return stream
 
 
 def client_left() -> web.Response:
