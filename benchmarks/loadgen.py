@@ -437,14 +437,21 @@ async def many_rooms(url: str, rooms: int, window: int, duration: float) -> dict
     """`rooms` rooms of 2 clients; in each, one client keeps `window` messages in flight."""
     clients = await connect(url, rooms * 2)
     running = {"on": True}
+    text = WSMsgType.TEXT
 
     def again(publisher: Client, payload: bytes) -> None:
+        # json.dumps({"type": "publish", "room": room, "data": [ns, 0, PAD]}) byte for byte, from a template:
+        # encoding each message with json took the generator's core before the servers' (the floor's 98%)
         if running["on"]:
-            publisher.send({"type": "publish", "room": publisher.room, "data": [time.monotonic_ns(), 0, PAD]})  # type: ignore[attr-defined]
+            head, tail = publisher.template  # type: ignore[attr-defined]
+            publisher.transport.send(text, head + b"%d" % time.monotonic_ns() + tail)  # type: ignore[union-attr]
 
     for i, client in enumerate(clients):
         room = f"room-{i // 2}"
         client.room = room  # type: ignore[attr-defined]
+        sample = json.dumps({"type": "publish", "room": room, "data": [0, 0, PAD]}, separators=(",", ":")).encode()
+        head, tail = sample.split(b"[0,0,", 1)
+        client.template = (head + b"[", b",0," + tail)  # type: ignore[attr-defined]
         assert (await client.request({"type": "subscribe", "room": room}))["type"] == "subscribed"
         if i % 2 == 0:
             client.on_message = again
