@@ -206,12 +206,12 @@ class Upgraded(NamedTuple):
 
 def held_head(ws: DetachedResponse) -> bytes:
     """Take the upgrade's response that `ws.prepare` serialized but did not write (b"" when it was written)."""
-    writer = ws._payload_writer
-    head = getattr(writer, "_headers_buf", None)
-    if not head or writer._headers_written:  # type: ignore[union-attr]
+    writer: Any = ws._payload_writer
+    head = writer._headers_buf  # (an AttributeError, not a silent b"", if aiohttp renames it: no 101 would go)
+    if not head or writer._headers_written:
         return b""
-    writer._headers_buf = None  # type: ignore[union-attr]
-    writer._headers_written = True  # type: ignore[union-attr]
+    writer._headers_buf = None
+    writer._headers_written = True
     return bytes(head)
 
 
