@@ -115,7 +115,7 @@ async def test_frames_sent_with_the_handshake_are_handled_after_connected(wsgate
 async def test_the_101_and_connected_leave_in_one_write(wsgate_server: StartServer, monkeypatch: Any) -> None:
     """The upgrade's response is held (`DetachedResponse`) and written with `connected` in one system call
     (`Connection.write_head`): one write per connect less. (A refusal after the upgrade writes the 101 before
-    its frames: `DetachedResponse.send_head`; tests/test_limits.py and test_shutdown.py read those.)"""
+    its frames, `DetachedResponse.send_head`: tests/test_limits.py's client over `max_connections` reads them.)"""
     server = await wsgate_server()
     port = server.test_server.port
     writes: list[bytes] = []
