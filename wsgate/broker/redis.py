@@ -153,6 +153,7 @@ class RedisBroker:
         self._writable = True  # the probe's write was taken (False: Redis refused it)
         self._outgoing: deque[_Outgoing] = deque()
         self._outgoing_ready = asyncio.Event()
+        self._behind = 0  # messages queued while the batch in flight was sent, counted at its answer (`_linger`)
         self._overdue_since: float | None = None  # loop time a batch Redis took went without its answer
         self._wanted: set[str] = set()  # rooms with local members
         self._subscribed: set[str] = set()  # rooms Redis has been asked for on the current connection
@@ -393,13 +394,21 @@ class RedisBroker:
     # --- sending ----------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
+        """Send what is queued, one batch at a time. The batch after one that held several messages, or behind
+        which messages were queued while it was in flight, may first wait for more (`_linger`); any other goes at
+        once."""
         backoff = BACKOFF_START
         while not self._closed:
             await self._outgoing_ready.wait()
             self._outgoing_ready.clear()
+            expected = 0  # the batch answered, and what was queued while it was in flight (`_send_batch`)
             while self._outgoing and not self._closed:
+                if expected > 1:
+                    await self._linger(min(expected, PIPELINE_BATCH))
                 batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), PIPELINE_BATCH))]
+                self._behind = 0
                 if not await self._exchange(batch):
+                    expected = 0  # (what goes again goes as soon as the backoff is over)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
@@ -407,6 +416,24 @@ class RedisBroker:
                     log.info("broker: publishing to Redis works again")
                     self._sending = True
                 backoff = BACKOFF_START
+                expected = len(batch) + self._behind  # (1: a publisher that awaits each publish: no wait)
+
+    async def _linger(self, expected: int) -> None:
+        """Wait at most `broker.linger` until `expected` messages are queued: the answered batch's size plus what
+        was queued while it was in flight. A publisher with many messages in flight answers each delivered batch
+        with as many new ones; without the wait, its messages split into two batches that alternate, each
+        delivered in a loop turn of its own (twice the socket writes per message on every node;
+        benchmarks/RESULTS.md, 2026-12-06). A publisher that awaits each publish (batches of one, nothing queued
+        behind) never waits, and a batch that starts after the queue was empty goes at once."""
+        if self._settings.linger <= 0:
+            return
+        try:
+            async with asyncio.timeout(self._settings.linger):
+                while len(self._outgoing) < expected and not self._closed:
+                    self._outgoing_ready.clear()
+                    await self._outgoing_ready.wait()
+        except TimeoutError:
+            pass
 
     async def _exchange(self, batch: list[_Outgoing]) -> bool:
         """Send one batch and settle every message in it; returns whether Redis answered.
@@ -549,6 +576,7 @@ class RedisBroker:
                     )
                 )
         results = await exchange(self._redis, commands, attempt)
+        self._behind = len(self._outgoing)  # queued while in flight (before anyone learns of these answers)
         refused = 0
         for item, result in zip(batch, results[loads:], strict=False):
             if isinstance(result, Exception):

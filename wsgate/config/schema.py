@@ -439,6 +439,14 @@ class BrokerSettings(Table):
         "Allow several gunicorn workers with the in-memory broker (each keeps its own rooms: a publish "
         "reaches only its worker's clients); without it they refuse to start",
     )
+    linger: Duration = setting(
+        0.001,
+        "How long a batch for Redis may wait for more messages (0: never). Only right after Redis answered the "
+        "previous batch, while messages are queued, and only until as many are queued as the answered batch and "
+        "the queue held together: a publisher with many in flight gets full batches, a lone publish never waits",
+        minimum=0,
+        maximum=1.0,
+    )
     publish_queue: Int = setting(
         10000,
         "Messages waiting to go to Redis; beyond this they reach local clients only (counted), and messages "
