@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from typing import Any
 
 import aiohttp
 import pytest
@@ -126,3 +127,24 @@ def _env() -> dict[str, str]:
     from .processes import environment
 
     return environment(WEBSOCKET_ENABLED="true", WSGATE_SECURITY__REQUEST_TIMEOUT="1s")
+
+
+def test_after_shutdown_a_late_accept_retry_is_quiet_and_everything_else_goes_to_the_previous_handler() -> None:
+    """Found under load: asyncio's accept() retry, due a second after the server ran out of descriptors, fired
+    after shutdown had put the previous handler back, and logged a traceback (`AfterShutdown`)."""
+    from wsgate.admission import AfterShutdown
+
+    class Retry:
+        def __repr__(self) -> str:
+            return "<TimerHandle BaseSelectorEventLoop._start_serving(...)>"
+
+    seen: list[dict[str, Any]] = []
+    handler = AfterShutdown(lambda loop, context: seen.append(context))
+    loop = asyncio.new_event_loop()
+    try:
+        handler(loop, {"message": "late", "exception": ValueError("Invalid file descriptor: -1"), "handle": Retry()})
+        other = {"message": "something else", "exception": RuntimeError("boom")}
+        handler(loop, other)
+    finally:
+        loop.close()
+    assert seen == [other]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -78,6 +79,28 @@ def guard_connections(server: web.Server, hub: Hub, metrics: Metrics) -> None:
     watch_connections(server, connection_made, connection_lost)
 
 
+def late_accept_retry(context: dict[str, Any]) -> bool:
+    """Whether a loop exception is asyncio's retry of accept() (scheduled a second after it ran out of
+    descriptors) running after the listening socket was closed at shutdown: nothing to do, nothing to report."""
+    return isinstance(context.get("exception"), ValueError) and "_start_serving" in repr(context.get("handle"))
+
+
+class AfterShutdown:
+    """The loop's exception handler once the gateway has stopped: the one it had before (`previous`; None:
+    asyncio's default), except for a late accept() retry (`late_accept_retry`), which can still fire then."""
+
+    def __init__(self, previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None) -> None:
+        self._previous = previous
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if late_accept_retry(context):
+            return
+        if self._previous is None:
+            loop.default_exception_handler(context)
+        else:
+            self._previous(loop, context)
+
+
 class AcceptErrors:
     """A loop exception handler that turns asyncio's per-attempt accept() tracebacks (EMFILE, ENFILE,
     ENOBUFS, ENOMEM) into one warning per `interval`, and passes everything else on."""
@@ -86,8 +109,8 @@ class AcceptErrors:
         self._warn = Throttled(log, interval)
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if isinstance(context.get("exception"), ValueError) and "_start_serving" in repr(context.get("handle")):
-            return  # asyncio's retry of accept() ran after the listening socket was closed (shutdown): nothing to do
+        if late_accept_retry(context):
+            return
         if "out of system resource" not in str(context.get("message", "")):
             loop.default_exception_handler(context)
             return

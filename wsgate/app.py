@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable
 import aiohttp_cors
 from aiohttp import web
 
-from .admission import AcceptErrors
+from .admission import AcceptErrors, AfterShutdown
 from .api import broadcast_view, disconnect_view, publish_view, subscribe_view, unsubscribe_view
 from .broker import describe_broker, make_broker
 from .broker.redis_schema import new_sender_id
@@ -254,7 +254,7 @@ async def _run(app: web.Application) -> AsyncIterator[None]:
         app[ROUTER].close()
         await supervisor.stop()
         app[METRICS].publish_counts()  # the last second's messages too (a worker's files outlive it)
-        loop.set_exception_handler(previous_handler)
+        loop.set_exception_handler(AfterShutdown(previous_handler))  # (an accept() retry may still be due)
 
 
 async def _refresh_gauges(app: web.Application) -> None:
