@@ -337,31 +337,38 @@ async def test_losing_redis_refuses_history_and_recovers(private_redis: PrivateR
 async def test_a_batch_waits_for_a_busy_publishers_next_message_and_never_for_a_lone_one(
     start_node: Callable[[Broker], Awaitable[Node]], redis_url: str, broker_prefix: str
 ) -> None:
-    """`broker.linger` (here its most, 1 s): after Redis answers a batch, the next waits until as many messages
-    are queued as the answered batch and the queue held together (a publisher with several in flight answers
-    each delivered batch with new ones); a publish that finds the queue empty goes at once."""
+    """`broker.linger` (here its most, 1 s): after Redis answers a batch with a message queued behind it, the next
+    batch waits until as many messages are queued as the answered batch and the queue held together (a publisher
+    with several in flight answers each delivered batch with new ones); a publish that finds the queue empty, or
+    a publisher that awaits each publish, never waits."""
     broker = redis_broker(redis_url, broker_prefix, linger=1.0)
     node = await start_node(broker)
     batches: list[int] = []
-    taken = asyncio.Event()
-    send_batch = broker._send_batch
+    taken, lingering = asyncio.Event(), asyncio.Event()
+    send_batch, linger = broker._send_batch, broker._linger
 
     async def spy(batch: list[Any], attempt: Any) -> int:
         batches.append(len(batch))
         taken.set()
         return await send_batch(batch, attempt)
 
+    async def spy_linger(expected: int) -> None:
+        lingering.set()
+        await linger(expected)
+
     broker._send_batch = spy  # type: ignore[method-assign]
+    broker._linger = spy_linger  # type: ignore[method-assign]
     async with asyncio.timeout(0.9):  # under the linger: none of these waits for it
         for n in range(1, 4):
             await node.broker.append("h1", b'{"n":%d' % n)
-    assert batches == [1, 1, 1]
+    assert batches == [1, 1, 1] and not lingering.is_set()
     taken.clear()
     first = node.broker.append("h1", b'{"n":4')
     await taken.wait()  # sent, not answered yet (Redis's answer is read after this task's turn)
     second = node.broker.append("h1", b'{"n":5')  # queued behind it
     await first
-    third = node.broker.append("h1", b'{"n":6')  # the publisher's next: the batch waited for it
+    await lingering.wait()  # the sender has the answer and waits: a broken linger would have sent the 5th alone
+    third = node.broker.append("h1", b'{"n":6')  # the publisher's next: it joins the 5th
     stamped = await asyncio.gather(second, third)
     assert batches == [1, 1, 1, 1, 2]
     assert [stamp_of(m)[0] for m in stamped] == [5, 6]

@@ -89,7 +89,11 @@ class AfterShutdown:
     """The loop's exception handler once the gateway has stopped: the one it had before (`previous`; None:
     asyncio's default), except for a late accept() retry (`late_accept_retry`), which can still fire then."""
 
+    _previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
+
     def __init__(self, previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None) -> None:
+        while isinstance(previous, AfterShutdown):  # (a loop that served before: one wrapper, not a chain)
+            previous = previous._previous
         self._previous = previous
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -403,8 +403,8 @@ class RedisBroker:
             self._outgoing_ready.clear()
             expected = 0  # the batch answered, and what was queued while it was in flight (`_send_batch`)
             while self._outgoing and not self._closed:
-                if expected > 1:
-                    await self._linger(min(expected, PIPELINE_BATCH))
+                if expected > 1:  # (no more than the queue may hold: a full queue refuses the rest)
+                    await self._linger(min(expected, PIPELINE_BATCH, self._settings.publish_queue))
                 batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), PIPELINE_BATCH))]
                 self._behind = 0
                 if not await self._exchange(batch):

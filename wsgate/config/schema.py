@@ -443,7 +443,8 @@ class BrokerSettings(Table):
         0.001,
         "How long a batch for Redis may wait for more messages (0: never). Only right after Redis answered the "
         "previous batch, while messages are queued, and only until as many are queued as the answered batch and "
-        "the queue held together: a publisher with many in flight gets full batches, a lone publish never waits",
+        "the queue held together: a publisher with many in flight gets full batches, a lone publish never waits; a "
+        "publish that waited may wait this long beyond connect_timeout for its answer",
         minimum=0,
         maximum=1.0,
     )
