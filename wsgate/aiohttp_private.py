@@ -26,6 +26,9 @@ than a test deep in the suite. What each use relies on, and why no public API se
   (`_headers_buf`, `_headers_written`, `send_headers()`), so that the connection writes it with `connected` in
   one system call.
   aiohttp has no public way to detach an upgraded socket from its request handler.
+- The handshake wsgate answers itself (`upgraded_here`, `http_date`, `SERVER`): the same frame parser and queue
+  as `take_over`'s, and the `Date` and `Server` values of aiohttp's 101 (`aiohttp.helpers.rfc822_formatted_time`,
+  `aiohttp.http.SERVER_SOFTWARE`), so that a 101 from `wsgate.frontdoor` is byte for byte aiohttp's.
 - `GunicornWebWorker._get_valid_log_format` (`gunicorn_access_log_format`): how aiohttp's worker turns
   gunicorn's `--access-logformat` into aiohttp's (gunicorn's default becomes aiohttp's default; a
   gunicorn-style `%(name)s` format is refused with a ValueError). A worker that builds its own runner must
@@ -47,6 +50,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from aiohttp import WSMessage, WSMsgType, web
 from aiohttp._websocket import reader as _ws_reader
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web import RequestHandler
 
 if TYPE_CHECKING:
@@ -58,8 +63,9 @@ SocketLost = Callable[[RequestHandler], None]
 RunnerFactory = Callable[..., web.AppRunner]
 
 
-def watch_connections(server: web.Server, made: SocketMade, lost: SocketLost) -> None:
-    """Call `made(handler, transport)` when `server` accepts a socket and `lost(handler)` when it is gone.
+def watch_connections(server: web.Server, made: SocketMade | None, lost: SocketLost) -> None:
+    """Call `made(handler, transport)` (unless None) when `server` accepts a socket and `lost(handler)` when
+    it is gone.
 
     `made` runs after aiohttp's own `Server.connection_made` (the handler is then in `server.connections`);
     `lost` runs before aiohttp's `Server.connection_lost`, which runs whatever `lost` raises. Both are
@@ -73,7 +79,8 @@ def watch_connections(server: web.Server, made: SocketMade, lost: SocketLost) ->
 
     def connection_made(handler: RequestHandler, transport: asyncio.Transport) -> None:
         server_made(handler, transport)
-        made(handler, transport)
+        if made is not None:
+            made(handler, transport)
 
     def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
         try:
@@ -242,6 +249,25 @@ def take_over(request: web.BaseRequest, ws: DetachedResponse, receiver: Receiver
     if manager is not None:
         manager.connection_lost(handler, None)  # the server forgets the handler (once its task has ended)
     return Upgraded(ws.parser, ws.inbox, deflate, paused, held_head(ws))
+
+
+def upgraded_here(receiver: Receiver, max_msg_size: int, head: bytes) -> Upgraded:
+    """What `take_over` gives, for a socket whose handshake wsgate answered itself (`wsgate.frontdoor`): aiohttp's
+    frame parser over a queue already handed to `receiver`, no deflate (never negotiated there), and the 101
+    (`head`) for the receiver to write with its first frame."""
+    inbox = Inbox(receiver)
+    inbox.hand_to(receiver)
+    parser = _ws_reader.WebSocketReader(inbox, max_msg_size, compress=False, decode_text=True)
+    return Upgraded(parser, inbox, None, False, head)
+
+
+def http_date() -> str:
+    """The `Date` header's value aiohttp writes now (`helpers.rfc822_formatted_time`, cached per second)."""
+    return rfc822_formatted_time()
+
+
+SERVER = SERVER_SOFTWARE
+"""The `Server` header's value aiohttp writes (`aiohttp.http.SERVER_SOFTWARE`)."""
 
 
 class DetachedResponse(web.WebSocketResponse):

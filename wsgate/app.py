@@ -167,7 +167,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     app[COMMANDS] = Commands(gateway, broker, decoder, metrics, answer_wait=answer_wait)
     app[FLUSHER] = Flusher()
     app[SCHEDULE] = Schedule()
-    app[SESSIONS] = Sessions(hub, app[DISPATCHER], loaded)
+    app[SESSIONS] = Sessions(hub, app[DISPATCHER], loaded, metrics, gateway)
     app[SUPERVISOR] = supervisor
     app[STARTED_AT] = time.monotonic()
     http_routes = [app.router.add_get("/health", health_view), app.router.add_get("/ready", ready_view)]

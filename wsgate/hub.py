@@ -88,10 +88,15 @@ class Hub:
         if count > 0:
             self.addresses[address] = count
 
+    @property
+    def full(self) -> bool:
+        """Whether `max_connections` is reached: `admit` would refuse."""
+        limit = self._limits.max_connections
+        return bool(limit) and len(self.connections) >= limit
+
     def admit(self, conn: Connection) -> bool:
         """Add a new connection; False when `max_connections` is reached."""
-        limit = self._limits.max_connections
-        if limit and len(self.connections) >= limit:
+        if self.full:
             return False
         self.connections[conn.id] = conn
         self._index_user(conn)

@@ -12,17 +12,17 @@ from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 
 from . import __version__, errors, protocol
-from .aiohttp_private import DetachedResponse, take_over
+from .aiohttp_private import DetachedResponse, Upgraded, take_over
 from .auth import SUBPROTOCOL, expires_at_of, subs_of, unauthorized, user_id_of
 from .broker import describe_broker
 from .clients import GatewayConnection
 from .dispatch import Dispatcher
 from .errors import ClientError, CloseReason, close_text
+from .gateway import Gateway
 from .hub import Hub
 from .keys import (
     BROKER,
     DASHBOARD,
-    DISPATCHER,
     FLUSHER,
     GATEWAY,
     HUB,
@@ -221,42 +221,15 @@ async def _open(request: web.Request, version: int) -> web.StreamResponse:
     if hub.draining:  # began while we authenticated or upgraded: drain() would not see this client
         await _close(ws, errors.SHUTTING_DOWN, advise)
         return ws
-    dispatcher, sessions = app[DISPATCHER], app[SESSIONS]
-    conn = GatewayConnection(
-        request.transport,
-        remote=request.remote,
-        settings=ws_settings,
-        flusher=app[FLUSHER],
-        schedule=app[SCHEDULE],
-        metrics=metrics,
-        on_drop=sessions.gone,
-        identity=identity,
-        gateway=app[GATEWAY],
-        protocol_version=version,
-        compressed=bool(ws.compress),
-    )
+    sessions = app[SESSIONS]
+    conn = new_connection(app, request.transport, request.remote, identity, version, compressed=bool(ws.compress))
     if not hub.admit(conn):
         await _refuse_full(ws, metrics, advise)
         return ws
-    metrics.connection_opened()
-    log.info("client %s connected from %s", conn.id, conn.remote, extra={"client_id": conn.id, "remote": conn.remote})
-    conn.address = hub.claimed.pop(request.protocol, None)  # counted against its address until its socket goes
+    address = hub.claimed.pop(request.protocol, None)  # counted against its address until its socket goes
     upgraded = take_over(request, ws, conn)  # (no await since the upgrade: the socket is the connection's now)
-    conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn, dispatcher)))
-    conn.write_head(upgraded.head)  # the 101 and `connected`, in one system call
-    sessions.live.add(conn)
-    conn.start()
-    conn.expire_at(expires_at_of(identity))
-    hooks = plugins.watches_clients or bool(subs_of(identity))
-    conn.attach(upgraded, sessions.text, sessions.binary, sessions.ended, hold=hooks)
-    if hooks:  # what it sends meanwhile is queued, and handled after (its first message comes after them)
-        try:
-            if plugins.watches_clients:  # (each plugin's within plugins.hook_timeout; ends when the client goes)
-                await dispatcher.until_gone(conn, plugins.notify("wsgate_client_connected", conn))
-            if subs_of(identity):  # the server's subscriptions (Identity.subs), before the client's first message
-                await dispatcher.until_gone(conn, app[GATEWAY].subscribe_identity(conn))
-        finally:
-            conn.release()
+    if sessions.begin(conn, upgraded, address):  # what it sends meanwhile is queued, handled after the hooks
+        await sessions.welcome(conn)
     return ws  # (aiohttp ends the request: the socket is no longer its own, see aiohttp_private.take_over)
 
 
@@ -274,10 +247,23 @@ class Sessions:
     (`all_ended`) before `wsgate_shutdown`, so that every disconnect hook has run by then (docs/plugins.md).
     """
 
-    __slots__ = ("_hub", "_dispatcher", "_plugins", "text", "binary", "gone", "ended", "live", "_none_left")
+    __slots__ = (
+        "_hub",
+        "_dispatcher",
+        "_plugins",
+        "_metrics",
+        "_gateway",
+        "text",
+        "binary",
+        "gone",
+        "ended",
+        "live",
+        "_none_left",
+    )
 
-    def __init__(self, hub: Hub, dispatcher: Dispatcher, plugins: Plugins) -> None:
-        self._hub, self._dispatcher, self._plugins = hub, dispatcher, plugins
+    def __init__(self, hub: Hub, dispatcher: Dispatcher, plugins: Plugins, metrics: Metrics, gateway: Gateway) -> None:
+        self._hub, self._dispatcher, self._plugins, self._metrics = hub, dispatcher, plugins, metrics
+        self._gateway = gateway
         self.text = dispatcher.dispatch
         self.binary = self._binary
         self.gone = self._gone
@@ -294,6 +280,40 @@ class Sessions:
                     await self._none_left.wait()
             except TimeoutError:
                 log.warning("shutdown: %d clients still ending after %ss", len(self.live), timeout)
+
+    def begin(self, conn: GatewayConnection, upgraded: Upgraded, address: str | None) -> bool:
+        """Start an admitted connection whose socket is now its own (`aiohttp_private.take_over`, or
+        `upgraded_here` at the front door): counted and logged, its address claim (`Hub.claim_address`) its own,
+        `connected` written with the 101, its keepalive and token expiry running, its messages read.
+
+        Returns whether hooks must run before its first message (`wsgate_client_connected`, the server's
+        subscriptions): the connection then holds what the client sends until `release`.
+        """
+        self._metrics.connection_opened()
+        log.info(
+            "client %s connected from %s", conn.id, conn.remote, extra={"client_id": conn.id, "remote": conn.remote}
+        )
+        conn.address = address
+        conn.enqueue(protocol.encode(protocol.CONNECTED, data=_connected_data(conn, self._dispatcher)))
+        conn.write_head(upgraded.head)  # the 101 and `connected`, in one system call
+        self.live.add(conn)
+        conn.start()
+        conn.expire_at(expires_at_of(conn.identity))
+        hooks = self._plugins.watches_clients or bool(subs_of(conn.identity))
+        conn.attach(upgraded, self.text, self.binary, self.ended, hold=hooks)
+        return hooks
+
+    async def welcome(self, conn: GatewayConnection) -> None:
+        """What runs before the first message of a connection `begin` held: the `wsgate_client_connected` hooks
+        (each plugin's within plugins.hook_timeout), then the server's subscriptions (`Identity.subs`); both end
+        when the client goes. Then its queued messages are handled."""
+        try:
+            if self._plugins.watches_clients:
+                await self._dispatcher.until_gone(conn, self._plugins.notify("wsgate_client_connected", conn))
+            if subs_of(conn.identity):
+                await self._dispatcher.until_gone(conn, self._gateway.subscribe_identity(conn))
+        finally:
+            conn.release()
 
     def _binary(self, conn: GatewayConnection, data: bytes) -> None:
         if self._dispatcher.within_rate(conn, len(data)):
@@ -322,6 +342,32 @@ class Sessions:
 
 SESSIONS = web.AppKey("wsgate.sessions", Sessions)
 BINARY_NOT_SUPPORTED = ClientError(errors.BINARY_NOT_SUPPORTED, "send JSON messages as text frames")
+
+
+def new_connection(
+    app: web.Application,
+    transport: Any,
+    remote: str | None,
+    identity: object,
+    version: int,
+    *,
+    compressed: bool,
+) -> GatewayConnection:
+    """The connection for an upgraded socket (`transport`), not admitted yet (`Hub.admit`); `version` is the
+    protocol it asked for (`protocol.negotiate`), `identity` what authentication returned (None: anonymous)."""
+    return GatewayConnection(
+        transport,
+        remote=remote,
+        settings=app[SETTINGS].websocket,
+        flusher=app[FLUSHER],
+        schedule=app[SCHEDULE],
+        metrics=app[METRICS],
+        on_drop=app[SESSIONS].gone,
+        identity=identity,
+        gateway=app[GATEWAY],
+        protocol_version=version,
+        compressed=compressed,
+    )
 
 
 def _connected_data(conn: GatewayConnection, dispatcher: Dispatcher) -> dict[str, Any]:

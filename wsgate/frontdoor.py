@@ -1,0 +1,230 @@
+"""The front door: every accepted socket's first protocol, before aiohttp's.
+
+It does two things for every socket, whatever comes next:
+
+- **The address limit.** `websocket.limits.max_connections_per_ip` counts sockets from accept() on, whatever
+  their stage (headers under way, HTTP, WebSocket): one over the limit gets
+  `429 {"error": "too many connections from this address"}` at once and is closed (slowloris: aiohttp counts
+  nothing before a request is parsed).
+- **The plain WebSocket upgrade.** When the first bytes read are the plain opening handshake of `/ws`
+  (`wsgate.handshake.read_opening`) and nothing about it needs aiohttp's request (no authentication plugin,
+  no `security.allowed_hosts`, no access log, no compression; an allowed origin; room on the server), the
+  front door answers it itself: the same 101, the same connection, the same `connected`, without aiohttp's
+  request handler, request, routing, response and their tasks. That is most of what a connect costs
+  (docs/performance.md, "Connect rate").
+
+Everything else (HTTP, a refused or unusual handshake, a handshake split over two reads) is handed, with the
+bytes read, to aiohttp's request handler, which answers as it always has: the view (`wsgate.views.ws_view`)
+makes every decision the front door declined to. A socket that sends nothing is closed after
+`security.request_timeout`, as aiohttp closes one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web import RequestHandler
+
+from . import protocol
+from .aiohttp_private import SERVER, http_date, upgraded_here, watch_connections
+from .errors import ClientError
+from .handshake import read_opening, switching_protocols
+from .keys import HUB, METRICS, PLUGINS, SCHEDULE, SETTINGS
+from .origins import origin_allowed
+from .views import SESSIONS, new_connection
+
+log = logging.getLogger(__name__)
+
+WS_PATH = "/ws"
+TOO_MANY_FROM_ADDRESS = "too many connections from this address"
+_REFUSAL = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+)
+REFUSAL_LINGER = 1.0  # seconds a refused socket stays open so its peer can read the 429
+
+
+class FrontDoors:
+    """The protocol factory a `GatewayRunner`'s sites listen with: a `FrontDoor` per accepted socket, in front of
+    aiohttp's `web.Server` (`server`, whose request handlers it hands sockets to).
+
+    Reading an attribute it lacks reads the server's (`requests_count`, `connections`, ...): aiohttp's sites and
+    gunicorn worker, and tests, use `runner.server` as the `web.Server` it is.
+    """
+
+    def __init__(self, app: web.Application, server: web.Server, access_log: logging.Logger | None) -> None:
+        self.server = server
+        self.app = app
+        settings = app[SETTINGS]
+        plugins = app[PLUGINS]
+        self.hub, self.metrics, self.schedule, self.sessions = app[HUB], app[METRICS], app[SCHEDULE], app[SESSIONS]
+        self.request_timeout = settings.security.request_timeout
+        self.allowed_origins = settings.security.allowed_origins
+        self.max_message_size = settings.websocket.max_message_size
+        self._access_log = access_log
+        self.answers = (  # what the front door may decide alone; any other case is the view's
+            settings.websocket.enabled
+            and not settings.websocket.compression
+            and not settings.security.allowed_hosts
+            and not settings.auth.required
+            and not plugins.authenticates
+        )
+        self.pending: set[FrontDoor] = set()  # sockets whose first bytes have not come yet
+        self.welcoming: set[asyncio.Task[None]] = set()  # `Sessions.welcome` of the connections upgraded here
+        watch_connections(server, None, self._lost)
+
+    def __call__(self) -> FrontDoor:
+        return FrontDoor(self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
+
+    def close_pending(self) -> None:
+        """Close every socket still waiting for its first bytes (the server is stopping)."""
+        for door in list(self.pending):
+            door.close()
+
+    def upgrade(self, transport: asyncio.Transport, data: bytes, address: str) -> bool:
+        """Answer the plain opening handshake in `data` (see the module); False, with nothing done, for
+        anything else."""
+        hub = self.hub
+        if (
+            not self.answers
+            or hub.draining
+            or hub.full
+            or (self._access_log is not None and self._access_log.isEnabledFor(logging.INFO))
+            or (opening := read_opening(data, WS_PATH)) is None
+        ):
+            return False
+        try:
+            version = protocol.negotiate(opening.protocol)
+        except ClientError:
+            return False  # (the view's 400 says why)
+        if opening.origin is not None and not origin_allowed(opening.origin, opening.host, self.allowed_origins):
+            return False  # (the view's 403, or the dashboard's own page)
+        head = switching_protocols(opening.key, http_date(), SERVER)
+        conn = new_connection(self.app, transport, address or None, None, version, compressed=False)
+        upgraded = upgraded_here(conn, self.max_message_size, head)
+        if not hub.admit(conn):
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # as aiohttp's handler (tcp_keepalive)
+        transport.set_protocol(conn)
+        if self.sessions.begin(conn, upgraded, address):
+            welcome = asyncio.get_running_loop().create_task(self.sessions.welcome(conn))
+            self.welcoming.add(welcome)  # (the loop keeps only a weak reference to a task)
+            welcome.add_done_callback(self.welcoming.discard)
+        if len(data) > opening.length:  # frames sent with the handshake (held, while welcomed, as the view's)
+            conn.data_received(data[opening.length :])
+        return True
+
+    def hand_over(self, transport: asyncio.Transport, data: bytes, address: str) -> None:
+        """Give the socket, and `data` read from it, to a new aiohttp request handler."""
+        handler = self.server()
+        self.hub.claimed[handler] = address  # (released with the handler: `_lost`)
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if data:
+            handler.data_received(data)
+
+    def refuse(self, transport: asyncio.Transport) -> None:
+        """The 429 for a socket over its address's limit, then FIN; closed after `REFUSAL_LINGER` whatever
+        happens. Called by the event loop: nothing may escape (a peer that reset first is aborted at once)."""
+        self.metrics.error("address_limit")  # counted, not logged: a storm must not flood the log too
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)
+        body = b'{"error": "%s"}' % TOO_MANY_FROM_ADDRESS.encode()
+        try:
+            transport.pause_reading()  # its request is never parsed
+            transport.write(_REFUSAL % (len(body), body))
+            if transport.can_write_eof():
+                transport.write_eof()  # the answer, then FIN: closing at once would reset it away
+        except (OSError, RuntimeError):  # the peer reset it first (ENOTCONN from shutdown()): nobody to answer
+            transport.abort()
+
+    def _lost(self, handler: RequestHandler) -> None:
+        address = self.hub.claimed.pop(handler, None)  # (an upgraded socket's claim went with it to its connection)
+        if address is not None:
+            self.hub.release_address(address)
+
+
+class FrontDoor(asyncio.Protocol):
+    """One accepted socket until its first bytes: claimed against its address, then upgraded here or handed to
+    aiohttp (`FrontDoors`). `due` is the request timeout (the shared schedule's callback)."""
+
+    __slots__ = ("_doors", "_transport", "_address", "_tick")
+
+    def __init__(self, doors: FrontDoors) -> None:
+        self._doors = doors
+        self._transport: asyncio.Transport | None = None
+        self._address: str | None = None  # claimed (`Hub.claim_address`) while this protocol holds the socket
+        self._tick: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        doors = self._doors
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else ""
+        if not doors.hub.claim_address(address):
+            doors.refuse(transport)
+            return
+        if not doors.answers:  # nothing to decide here: aiohttp's handler from the start (its timeouts too)
+            doors.hand_over(transport, b"", address)
+            return
+        self._address = address
+        self._tick = doors.schedule.at(asyncio.get_running_loop().time() + doors.request_timeout, self)
+        doors.pending.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        transport, address = self._transport, self._address
+        if transport is None or address is None:
+            return  # refused: its bytes are not read
+        self._leave()
+        doors = self._doors
+        try:
+            if doors.upgrade(transport, data, address):
+                return
+        except Exception:  # a defect: this client is closed, the server goes on
+            log.exception("the front door failed on a handshake from %s", address)
+            if transport.get_protocol() is self:  # (else the connection it became releases the claim)
+                doors.hub.release_address(address)
+            transport.abort()
+            return
+        doors.hand_over(transport, data, address)
+
+    def eof_received(self) -> bool | None:
+        return None  # closed before a request: the transport closes, connection_lost follows
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        address = self._address
+        self._leave()
+        if address is not None:
+            self._doors.hub.release_address(address)
+
+    def due(self) -> None:
+        """`security.request_timeout` passed without a byte: closed, as aiohttp closes such a socket (its claim
+        is released when the socket is gone: `connection_lost`)."""
+        self._tick = None
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket before its first bytes (`due`, or the server stopping)."""
+        if self._tick is not None:
+            self._doors.schedule.cancel(self._tick, self)
+            self._tick = None
+        self._doors.pending.discard(self)
+        if self._transport is not None:
+            self._transport.close()
+
+    def _leave(self) -> None:
+        """This protocol no longer holds the socket (upgraded, handed over, or gone): its claim moves on."""
+        if self._tick is not None:
+            self._doors.schedule.cancel(self._tick, self)
+            self._tick = None
+        self._doors.pending.discard(self)
+        self._address = None
