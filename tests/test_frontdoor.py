@@ -13,13 +13,17 @@ import json
 import logging
 import os
 from typing import Any
+from unittest import mock
 
 import pytest
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_parser import HttpRequestParser
 
 from wsgate import Client, hookimpl
 from wsgate.frontdoor import FrontDoors
 from wsgate.handshake import MAX_HEAD, Opening, accept_key, read_opening
 from wsgate.testing import Server, StartServer, eventually, wait_until
+from wsgate.views import SESSIONS
 
 from .test_lean_connections import _frame, _read_frame
 
@@ -87,12 +91,48 @@ def test_what_browsers_send_is_plain() -> None:
         head().replace(b"Connection: Upgrade", b"Connection: upgrades"),
         head()[:-2],  # not complete in this read
         head("X-Long: " + "x" * MAX_HEAD),
+        head("User-Agent: a", "User-Agent: b"),  # any repeated header (aiohttp refuses some)
+        head(*(f"X-{n}: y" for n in range(130))),  # aiohttp refuses more than 128
+        head("Expect: 100-continue"),
+        head("Sec-WebSocket-Key1: x"),
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS to a plain port
     ],
 )
 def test_anything_else_is_not_plain(data: bytes) -> None:
     """None is no verdict: aiohttp answers these (tests below)."""
     assert read_opening(data, "/ws") is None
+
+
+AGREEMENT = [
+    head(),
+    head(target="/ws?protocol=1"),
+    head("User-Agent: a", "User-Agent: b"),
+    head("Content-Type: a", "Content-Type: b"),
+    head(*(f"X-{n}: y" for n in range(130))),
+    head("Sec-WebSocket-Key1: x"),
+    head("X-Folded: a", " b"),
+    head("X-Ctl: a\x01b"),
+    head("Host: other.example"),
+    head("Content-Length: 5"),
+    head("Transfer-Encoding: chunked"),
+    head(start="GET /ws HTTP/1.1 "),
+    head(start="GET  /ws HTTP/1.1"),
+    head(start="GET /ws\tHTTP/1.1"),
+    head().replace(b"\r\n", b"\n"),
+]
+
+
+@pytest.mark.parametrize("data", AGREEMENT)
+async def test_what_aiohttps_parser_refuses_is_never_plain(data: bytes) -> None:
+    """aiohttp's own request parser (its C one where built) over the same bytes: whatever it refuses, the front
+    door hands to it (its answer, a 400, is then aiohttp's)."""
+    parser = HttpRequestParser(mock.Mock(), asyncio.get_running_loop(), 2**16)
+    try:
+        parser.feed_data(data)
+    except BadHttpMessage:
+        assert read_opening(data, "/ws") is None
+    else:
+        assert data != AGREEMENT[0] or read_opening(data, "/ws") is not None
 
 
 def test_the_accept_key_is_rfc_6455s() -> None:
@@ -183,10 +223,12 @@ async def test_what_the_front_door_declines_is_answered_by_aiohttp_and_the_view(
     wsgate_server: StartServer, data: bytes, status: bytes
 ) -> None:
     server = await wsgate_server(plugins=NO_PLUGINS)
+    assert doors_of(server).answers
     answer, _, writer = await exchange(server, data)
     assert answer.split(b" ")[1] == status, answer
     assert doors_of(server).server.requests_count == 1
     writer.close()
+    await eventually(lambda: not server.hub.addresses)  # the claim went with the socket to aiohttp, and back
 
 
 async def test_the_front_door_steps_aside_for_what_needs_aiohttps_request(
@@ -275,4 +317,53 @@ async def test_a_failing_front_door_closes_only_that_client(wsgate_server: Start
     monkeypatch.undo()
     assert (await server.connect()).id
     assert doors.server.requests_count == 0
+    writer.close()
+
+
+async def test_an_origin_that_is_no_url_is_refused_by_the_view_without_a_traceback(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await wsgate_server(plugins=NO_PLUGINS)
+    answer, _, writer = await exchange(server, head("Origin: http://[x"))
+    assert answer.startswith(b"HTTP/1.1 403")
+    assert not [r for r in caplog.records if r.exc_info]
+    writer.close()
+
+
+async def test_the_address_limit_and_shutdown_at_the_front_door(wsgate_server: StartServer) -> None:
+    """Over `max_connections_per_ip`, the 429 at once; at shutdown, a socket still silent is closed."""
+    server = await wsgate_server(plugins=NO_PLUGINS, websocket={"limits": {"max_connections_per_ip": 1}})
+    assert doors_of(server).answers
+    port = server.test_server.port
+    assert port is not None
+    silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
+    await eventually(lambda: len(doors_of(server).pending) == 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head())
+    answer = await asyncio.wait_for(reader.read(), 10)
+    assert answer.startswith(b"HTTP/1.1 429") and b"too many connections from this address" in answer
+    await server.test_server.close()
+    assert await asyncio.wait_for(silent_reader.read(), 10) == b""
+    assert not server.hub.addresses
+    for w in (silent, writer):
+        w.close()
+
+
+@pytest.mark.parametrize("where", ["wsgate.views.Sessions.begin", "wsgate.frontdoor.upgraded_here"])
+async def test_a_failing_upgrade_leaves_nothing_of_its_client(
+    wsgate_server: StartServer, monkeypatch: Any, where: str
+) -> None:
+    server = await wsgate_server(plugins=NO_PLUGINS)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(where, broken)
+    port = server.test_server.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head())
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    await eventually(lambda: not server.hub.connections and not server.hub.addresses)
+    assert not server.app[SESSIONS].live
     writer.close()

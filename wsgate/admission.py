@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.log import access_logger
+from aiohttp.web_log import AccessLogger
 
 from .frontdoor import FrontDoors
 from .supervision import Throttled
@@ -85,6 +86,7 @@ class GatewayRunner(web.AppRunner):
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._access_log: logging.Logger | None = kwargs.get("access_log", access_logger)  # (aiohttp's default)
+        self._own_access_log = kwargs.get("access_log_class", AccessLogger) is AccessLogger
         self._doors: FrontDoors | None = None
 
     async def setup(self) -> None:
@@ -93,11 +95,13 @@ class GatewayRunner(web.AppRunner):
         await super().setup()
         server = super().server
         assert server is not None  # set by setup, or it raised
-        self._doors = FrontDoors(self.app, server, self._access_log)
+        self._doors = FrontDoors(self.app, server, self._access_log, own_access_log=self._own_access_log)
 
     @property
     def server(self) -> web.Server | None:
         """What sites listen with: the front door, which reads as aiohttp's `web.Server` behind it."""
+        if super().server is None:  # (not set up yet, or cleaned up)
+            return None
         return self._doors  # type: ignore[return-value]  # (a protocol factory, as the Server; see FrontDoors)
 
     async def shutdown(self) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from contextlib import suppress
 from typing import Any
 
 from aiohttp import web
@@ -56,7 +57,9 @@ class FrontDoors:
     gunicorn worker, and tests, use `runner.server` as the `web.Server` it is.
     """
 
-    def __init__(self, app: web.Application, server: web.Server, access_log: logging.Logger | None) -> None:
+    def __init__(
+        self, app: web.Application, server: web.Server, access_log: logging.Logger | None, *, own_access_log: bool
+    ) -> None:
         self.server = server
         self.app = app
         settings = app[SETTINGS]
@@ -72,6 +75,8 @@ class FrontDoors:
             and not settings.security.allowed_hosts
             and not settings.auth.required
             and not plugins.authenticates
+            and not app.middlewares  # (an embedding application's own)
+            and own_access_log  # (a custom access logger class may log anything: aiohttp's request calls it)
         )
         self.pending: set[FrontDoor] = set()  # sockets whose first bytes have not come yet
         self.welcoming: set[asyncio.Task[None]] = set()  # `Sessions.welcome` of the connections upgraded here
@@ -109,13 +114,22 @@ class FrontDoors:
         head = switching_protocols(opening.key, http_date(), SERVER)
         conn = new_connection(self.app, transport, address or None, None, version, compressed=False)
         upgraded = upgraded_here(conn, self.max_message_size, head)
-        if not hub.admit(conn):
-            return False
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # as aiohttp's handler (tcp_keepalive)
-        transport.set_protocol(conn)
-        if self.sessions.begin(conn, upgraded, address):
+            with suppress(OSError):  # (a socket the peer reset: aiohttp's tcp_keepalive passes it too)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # as aiohttp's handler
+        if not hub.admit(conn):
+            return False
+        try:
+            transport.set_protocol(conn)
+            hooks = self.sessions.begin(conn, upgraded, address)
+        except BaseException:  # a defect: nothing of this client may stay (its end never runs: not attached)
+            hub.remove(conn)
+            self.sessions.live.discard(conn)
+            hub.release_address(address)
+            transport.set_protocol(Abandoned())
+            raise
+        if hooks:
             welcome = asyncio.get_running_loop().create_task(self.sessions.welcome(conn))
             self.welcoming.add(welcome)  # (the loop keeps only a weak reference to a task)
             welcome.add_done_callback(self.welcoming.discard)
@@ -150,6 +164,10 @@ class FrontDoors:
         address = self.hub.claimed.pop(handler, None)  # (an upgraded socket's claim went with it to its connection)
         if address is not None:
             self.hub.release_address(address)
+
+
+class Abandoned(asyncio.Protocol):
+    """The protocol of a socket the front door failed on, aborted: what it still reports goes nowhere."""
 
 
 class FrontDoor(asyncio.Protocol):
@@ -189,9 +207,9 @@ class FrontDoor(asyncio.Protocol):
         try:
             if doors.upgrade(transport, data, address):
                 return
-        except Exception:  # a defect: this client is closed, the server goes on
+        except Exception:  # a defect: this client is closed (its claim released), the server goes on
             log.exception("the front door failed on a handshake from %s", address)
-            if transport.get_protocol() is self:  # (else the connection it became releases the claim)
+            if transport.get_protocol() is self:  # (else `upgrade` released everything already)
                 doors.hub.release_address(address)
             transport.abort()
             return

@@ -3,9 +3,9 @@
 `read_opening` recognises the handshake a WebSocket client sends when nothing about it needs judging: one
 `GET` of the gateway's path over HTTP/1.1, complete in the first bytes read, with a well-formed key, version 13,
 and at most a `protocol` query parameter. Anything else, malformed, unusual or merely rare (an obsolete line
-folding, a repeated header, a body, a subprotocol offer, another version), gives None, and aiohttp's request
-handling answers it as it always has, its errors included (`wsgate.frontdoor`). So this module only has to be
-right about what it accepts, never about what a refusal says.
+folding, any repeated header, many headers, a body, an `Expect`, a subprotocol offer, another version), gives
+None, and aiohttp's request handling answers it as it always has, its errors included (`wsgate.frontdoor`). So
+this module only has to be right about what it accepts, never about what a refusal says.
 
 `switching_protocols` is the 101 for an accepted key, byte for byte the one aiohttp writes (section 4.2.2;
 `tests/test_frontdoor.py` compares the two).
@@ -31,7 +31,9 @@ _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 se
 _VALUE = re.compile(r"[\t\x20-\x7e]*")  # visible ASCII, spaces and tabs: no control character
 _PROTOCOL = re.compile(r"protocol=([0-9]{1,3})")
 _READ = frozenset({"host", "origin", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version"})
-_NOT_PLAIN = frozenset({"content-length", "transfer-encoding", "sec-websocket-protocol"})
+_NOT_PLAIN = frozenset({"content-length", "transfer-encoding", "expect", "sec-websocket-protocol"})
+MAX_FIELDS = 64
+"""Header lines: more is not plain (aiohttp refuses more than 128)."""
 
 
 class Opening(NamedTuple):
@@ -68,16 +70,21 @@ def read_opening(data: bytes, path: str) -> Opening | None:
         if not target.startswith(path + "?") or (query := _PROTOCOL.fullmatch(target, len(path) + 1)) is None:
             return None
         asked = query[1]
+    if len(lines) > MAX_FIELDS + 1:
+        return None
     fields: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         if not colon or not _NAME.fullmatch(name) or not _VALUE.fullmatch(value):
             return None
         name = name.lower()
-        if name in _NOT_PLAIN or (name in _READ and name in fields):
-            return None
-        if name in _READ:
-            fields[name] = value.strip(" \t")
+        if (
+            name in fields
+            or name in _NOT_PLAIN
+            or (name.startswith("sec-websocket-key") and name != "sec-websocket-key")
+        ):
+            return None  # (a repeated header: aiohttp refuses some, and a browser sends none)
+        fields[name] = value.strip(" \t")
     connection = fields.get("connection", "").lower()
     if (
         fields.get("upgrade", "").lower() != "websocket"

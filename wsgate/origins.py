@@ -83,7 +83,15 @@ def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
     """
     if allowed:
         return "*" in allowed or origin in allowed
-    return urlsplit(origin).netloc.lower() == host.lower()
+    return _netloc(origin) == host.lower()
+
+
+def _netloc(origin: str) -> str | None:
+    """The host[:port] of an Origin, lowercased; None for one that is no URL (`http://[x`)."""
+    try:
+        return urlsplit(origin).netloc.lower()
+    except ValueError:
+        return None
 
 
 UNKNOWN_HOST = "unknown host"
@@ -124,4 +132,4 @@ def host_guard(allowed: tuple[str, ...]) -> Any:
 def same_host(request: web.Request) -> bool:
     """The request comes from a page of this host, or from no page at all (no Origin: not a browser form)."""
     origin = request.headers.get("Origin")
-    return origin is None or urlsplit(origin).netloc.lower() == request.host.lower()
+    return origin is None or _netloc(origin) == request.host.lower()
