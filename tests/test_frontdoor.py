@@ -300,26 +300,6 @@ async def test_a_socket_that_sends_nothing_is_closed_after_the_request_timeout(w
     await eventually(lambda: not server.hub.addresses and not doors_of(server).pending)
 
 
-async def test_a_failing_front_door_closes_only_that_client(wsgate_server: StartServer, monkeypatch: Any) -> None:
-    server = await wsgate_server(plugins=NO_PLUGINS)
-    doors = doors_of(server)
-
-    def broken(*args: Any, **kwargs: Any) -> bytes:
-        raise RuntimeError("a defect")
-
-    monkeypatch.setattr("wsgate.frontdoor.switching_protocols", broken)
-    port = server.test_server.port
-    assert port is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(head())
-    assert await asyncio.wait_for(reader.read(), 10) == b""
-    await eventually(lambda: not server.hub.connections and not server.hub.addresses)
-    monkeypatch.undo()
-    assert (await server.connect()).id
-    assert doors.server.requests_count == 0
-    writer.close()
-
-
 async def test_an_origin_that_is_no_url_is_refused_by_the_view_without_a_traceback(
     wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -349,8 +329,10 @@ async def test_the_address_limit_and_shutdown_at_the_front_door(wsgate_server: S
         w.close()
 
 
-@pytest.mark.parametrize("where", ["wsgate.views.Sessions.begin", "wsgate.frontdoor.upgraded_here"])
-async def test_a_failing_upgrade_leaves_nothing_of_its_client(
+@pytest.mark.parametrize(
+    "where", ["wsgate.frontdoor.switching_protocols", "wsgate.frontdoor.upgraded_here", "wsgate.views.Sessions.begin"]
+)
+async def test_a_failing_upgrade_closes_that_client_and_leaves_nothing_of_it(
     wsgate_server: StartServer, monkeypatch: Any, where: str
 ) -> None:
     server = await wsgate_server(plugins=NO_PLUGINS)
@@ -366,4 +348,7 @@ async def test_a_failing_upgrade_leaves_nothing_of_its_client(
     assert await asyncio.wait_for(reader.read(), 10) == b""
     await eventually(lambda: not server.hub.connections and not server.hub.addresses)
     assert not server.app[SESSIONS].live
+    monkeypatch.undo()
+    assert (await server.connect()).id  # the server goes on
+    assert doors_of(server).server.requests_count == 0
     writer.close()
