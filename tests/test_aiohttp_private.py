@@ -26,6 +26,7 @@ RELIED_ON: list[tuple[type[Any], str, list[str]]] = [
     (web.Server, "connection_lost", ["self", "handler", "exc"]),
     (TestServer, "_make_runner", ["self", "kwargs"]),
     (GunicornWebWorker, "_get_valid_log_format", ["self", "source_format"]),
+    (RequestHandler, "_process_keepalive", ["self"]),
 ]
 
 
@@ -129,3 +130,17 @@ def test_the_upgrades_response_can_be_held_and_taken() -> None:
         assert calls(StreamWriter.send_headers, f"self.{attribute}"), changed(
             StreamWriter, "send_headers", f"it no longer uses {attribute}"
         )
+
+
+def test_a_request_handler_closes_an_unfinished_request_when_its_keepalive_timer_says() -> None:
+    """`close_unfinished_at` moves the timer `connection_made` starts (`_keepalive_handle`, due at
+    `_next_keepalive_close_time`), which closes a socket still waiting for a complete request."""
+    assert calls(
+        RequestHandler.connection_made, "self._keepalive_handle=loop.call_at(close_time,self._process_keepalive)"
+    ), changed(RequestHandler, "connection_made", "it no longer starts the keep-alive timer so")
+    assert calls(RequestHandler._process_keepalive, "close_time=self._next_keepalive_close_time"), changed(
+        RequestHandler, "_process_keepalive", "it no longer reads _next_keepalive_close_time"
+    )
+    assert calls(RequestHandler._process_keepalive, "ifself._waiterandnotself._waiter.done():self.force_close()"), (
+        changed(RequestHandler, "_process_keepalive", "it no longer closes a handler waiting for a request")
+    )

@@ -352,3 +352,21 @@ async def test_a_failing_upgrade_closes_that_client_and_leaves_nothing_of_it(
     assert (await server.connect()).id  # the server goes on
     assert doors_of(server).server.requests_count == 0
     writer.close()
+
+
+async def test_a_request_begun_late_still_ends_at_the_request_timeout_from_accept(wsgate_server: StartServer) -> None:
+    """A client that sends its first bytes just before `security.request_timeout`, then no more: aiohttp, which
+    gets the socket then, closes it at the deadline counted from accept(), not a whole timeout later."""
+    server = await wsgate_server(plugins=NO_PLUGINS, security={"request_timeout": "3s"})
+    port = server.test_server.port
+    assert port is not None
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    accepted = loop.time()
+    await eventually(lambda: len(doors_of(server).pending) == 1)
+    await asyncio.sleep(2.5)  # (the slow client itself: nothing to wait for)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finished
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    assert loop.time() - accepted < 4.5  # (a fresh timeout from the hand-over would close it at 5.5 s)
+    await eventually(lambda: not server.hub.addresses)
+    writer.close()

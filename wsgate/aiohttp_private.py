@@ -6,6 +6,9 @@ than a test deep in the suite. What each use relies on, and why no public API se
 - `web.Server.connection_made` / `connection_lost` (`watch_connections`): every `RequestHandler` calls them
   on its server (`self._manager`) when a socket is accepted and when it is gone, before any request is
   parsed. aiohttp has no public per-socket callback (signals and middlewares start at a parsed request).
+- `RequestHandler._keepalive_handle`, `_next_keepalive_close_time`, `_process_keepalive` (`close_unfinished_at`):
+  a socket the front door hands over keeps the deadline it had from accept(), rather than a fresh keep-alive
+  timeout from the hand-over (which would let a client take twice `security.request_timeout`).
 - `BaseTestServer._make_runner` (`production_test_server`): `TestServer.start_server` builds an `AppRunner`
   with `handler_cancellation=True`; neither the runner's class nor that flag can be chosen publicly.
 - The upgraded socket's hand-over (`take_over`, `Inbox`): after `WebSocketResponse.prepare`, the socket is moved
@@ -90,6 +93,22 @@ def watch_connections(server: web.Server, made: SocketMade | None, lost: SocketL
 
     server.connection_made = connection_made  # type: ignore[method-assign]
     server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+
+def close_unfinished_at(handler: RequestHandler, deadline: float) -> None:
+    """Make `handler` close its socket at loop time `deadline` if no complete request has come by then, instead
+    of a whole keep-alive timeout after its `connection_made` (the socket was accepted earlier, by the front door).
+
+    Private: `RequestHandler._keepalive_handle`, `_next_keepalive_close_time` and `_process_keepalive`, the timer
+    `connection_made` starts (aiohttp's only protection against a socket that never completes a request); no
+    public API sets when it fires.
+    """
+    handle = handler._keepalive_handle
+    if handle is None:  # (no keep-alive timeout)
+        return
+    handle.cancel()
+    handler._next_keepalive_close_time = deadline
+    handler._keepalive_handle = asyncio.get_running_loop().call_at(deadline, handler._process_keepalive)
 
 
 def production_test_server(app: web.Application, runner: RunnerFactory, **kwargs: Any) -> TestServer:

@@ -31,7 +31,7 @@ from aiohttp import web
 from aiohttp.web import RequestHandler
 
 from . import protocol
-from .aiohttp_private import SERVER, http_date, upgraded_here, watch_connections
+from .aiohttp_private import SERVER, close_unfinished_at, http_date, upgraded_here, watch_connections
 from .errors import ClientError
 from .handshake import read_opening, switching_protocols
 from .keys import HUB, METRICS, PLUGINS, SCHEDULE, SETTINGS
@@ -137,12 +137,15 @@ class FrontDoors:
             conn.data_received(data[opening.length :])
         return True
 
-    def hand_over(self, transport: asyncio.Transport, data: bytes, address: str) -> None:
-        """Give the socket, and `data` read from it, to a new aiohttp request handler."""
+    def hand_over(self, transport: asyncio.Transport, data: bytes, address: str, deadline: float | None) -> None:
+        """Give the socket, and `data` read from it, to a new aiohttp request handler, which closes it at loop
+        time `deadline` (None: `request_timeout` from now) unless a complete request has come by then."""
         handler = self.server()
         self.hub.claimed[handler] = address  # (released with the handler: `_lost`)
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if deadline is not None:
+            close_unfinished_at(handler, deadline)
         if data:
             handler.data_received(data)
 
@@ -174,13 +177,14 @@ class FrontDoor(asyncio.Protocol):
     """One accepted socket until its first bytes: claimed against its address, then upgraded here or handed to
     aiohttp (`FrontDoors`). `due` is the request timeout (the shared schedule's callback)."""
 
-    __slots__ = ("_doors", "_transport", "_address", "_tick")
+    __slots__ = ("_doors", "_transport", "_address", "_tick", "_deadline")
 
     def __init__(self, doors: FrontDoors) -> None:
         self._doors = doors
         self._transport: asyncio.Transport | None = None
         self._address: str | None = None  # claimed (`Hub.claim_address`) while this protocol holds the socket
         self._tick: int | None = None
+        self._deadline = 0.0  # loop time: `security.request_timeout` after accept()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         doors = self._doors
@@ -192,10 +196,11 @@ class FrontDoor(asyncio.Protocol):
             doors.refuse(transport)
             return
         if not doors.answers:  # nothing to decide here: aiohttp's handler from the start (its timeouts too)
-            doors.hand_over(transport, b"", address)
+            doors.hand_over(transport, b"", address, None)
             return
         self._address = address
-        self._tick = doors.schedule.at(asyncio.get_running_loop().time() + doors.request_timeout, self)
+        self._deadline = asyncio.get_running_loop().time() + doors.request_timeout
+        self._tick = doors.schedule.at(self._deadline, self)
         doors.pending.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -213,7 +218,7 @@ class FrontDoor(asyncio.Protocol):
                 doors.hub.release_address(address)
             transport.abort()
             return
-        doors.hand_over(transport, data, address)
+        doors.hand_over(transport, data, address, self._deadline)  # (its deadline runs from accept())
 
     def eof_received(self) -> bool | None:
         return None  # closed before a request: the transport closes, connection_lost follows
