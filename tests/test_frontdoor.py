@@ -173,10 +173,11 @@ async def test_the_plain_upgrade_is_answered_at_the_front_door_byte_for_byte_as_
     doors = doors_of(server)
     assert doors.answers
     front, front_reader, front_writer = await exchange(server, head())
-    assert doors.server.requests_count == 0
+    assert (doors.server.requests_count, doors.upgraded) == (0, 1)
     data = head()
     aiohttp_answer, reader, writer = await exchange(server, data[:20], data[20:])  # split: aiohttp's
-    assert doors.server.requests_count == 1
+    assert (doors.server.requests_count, doors.upgraded) == (1, 1)
+    assert doors.requests_count == 2  # what gunicorn's --max-requests counts: both
     assert front.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert without_date(front) == without_date(aiohttp_answer)
     connected = [json.loads((await _read_frame(r))[1]) for r in (front_reader, reader)]

@@ -62,6 +62,40 @@ async def test_gunicorn_serves_the_protocol_and_shuts_down_gracefully(tmp_path: 
         await server.kill()
 
 
+async def test_a_worker_serves_upgrades_at_the_front_door_and_counts_them_for_max_requests(tmp_path: Path) -> None:
+    """Without an authentication plugin or access log, gunicorn's worker answers the plain upgrade at the front
+    door (`wsgate.frontdoor`); each counts as a request for `--max-requests`, as aiohttp's requests do."""
+    settings = tmp_path / "gunicorn.toml"
+    settings.write_text('[websocket]\nenabled = true\n[plugins]\ndisabled = ["token_auth", "users", "echo"]\n')
+    server = await spawn(
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "wsgate.app:create_app",
+        "--worker-class",
+        "wsgate.worker.GatewayWorker",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--max-requests",
+        "2",
+        env=environment(WSGATE_SETTINGS=str(settings)),
+    )
+    try:
+        server.port = int((await server.wait_for_line(r"Listening at: http://127\.0\.0\.1:(\d+)")).group(1))
+        async with aiohttp.ClientSession() as session:
+            sockets = [await session.ws_connect(server.url("/ws")) for _ in range(3)]
+            for ws in sockets:
+                assert (await ws.receive_json())["type"] == "connected"
+            await server.wait_for_line(r"Max requests, shutting down")  # 3 upgrades, none of them aiohttp's request
+            for ws in sockets:
+                await ws.close()
+        assert "Traceback" not in "".join(server.lines)
+    finally:
+        await server.kill()
+
+
 async def test_two_workers_scrape_shows_the_sum_and_sigterm_closes_everyone(tmp_path: Path) -> None:
     """gunicorn -w 2 with the config module and PROMETHEUS_MULTIPROC_DIR: /metrics sums both workers."""
     from prometheus_client.parser import text_string_to_metric_families

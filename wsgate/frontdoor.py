@@ -80,10 +80,16 @@ class FrontDoors:
         )
         self.pending: set[FrontDoor] = set()  # sockets whose first bytes have not come yet
         self.welcoming: set[asyncio.Task[None]] = set()  # `Sessions.welcome` of the connections upgraded here
+        self.upgraded = 0  # handshakes answered here
         watch_connections(server, None, self._lost)
 
     def __call__(self) -> FrontDoor:
         return FrontDoor(self)
+
+    @property
+    def requests_count(self) -> int:
+        """Requests served: aiohttp's and the upgrades answered here (gunicorn's `--max-requests` reads it)."""
+        return self.server.requests_count + self.upgraded
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.server, name)
@@ -129,6 +135,7 @@ class FrontDoors:
             hub.release_address(address)
             transport.set_protocol(Abandoned())
             raise
+        self.upgraded += 1
         if hooks:
             welcome = asyncio.get_running_loop().create_task(self.sessions.welcome(conn))
             self.welcoming.add(welcome)  # (the loop keeps only a weak reference to a task)
