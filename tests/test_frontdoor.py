@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import re
 from typing import Any
 from unittest import mock
 
@@ -21,7 +22,7 @@ from aiohttp.http_parser import HttpRequestParser
 
 from wsgate import Client, hookimpl
 from wsgate.frontdoor import FrontDoors
-from wsgate.handshake import MAX_HEAD, Opening, accept_key, read_opening
+from wsgate.handshake import MAX_HEAD, accept_key, read_opening
 from wsgate.testing import Server, StartServer, eventually, wait_until
 from wsgate.views import SESSIONS
 
@@ -49,11 +50,12 @@ def test_what_browsers_send_is_plain() -> None:
         "Cache-Control: no-cache",
         target="/ws?protocol=2",
     )
-    assert read_opening(chrome + b"\x81\x85", "/ws") == Opening(
-        len(chrome), "2", "gw.example", "https://app.example", KEY
-    )
+    opening = read_opening(chrome + b"\x81\x85", "/ws")  # (followed by the client's first frame)
+    assert opening is not None
+    assert opening[:6] == (len(chrome), "2", "gw.example", "https://app.example", KEY, "/ws?protocol=2")
+    assert opening.headers["user-agent"] == "Mozilla/5.0" and len(opening.headers) == 9
     firefox = head(target="/ws").replace(b"Connection: Upgrade", b"Connection: keep-alive, Upgrade")
-    assert read_opening(firefox, "/ws") == Opening(len(firefox), None, "gw.example", None, KEY)
+    assert read_opening(firefox, "/ws")[:6] == (len(firefox), None, "gw.example", None, KEY, "/ws")  # type: ignore[index]
     lower = head().replace(b"Upgrade: websocket", b"upgrade:WebSocket").replace(b"Host:", b"HOST:")
     assert read_opening(lower, "/ws") is not None
 
@@ -247,11 +249,6 @@ async def test_the_front_door_steps_aside_for_what_needs_aiohttps_request(
     assert (await _read_frame(reader))[1][:2] == (1013).to_bytes(2, "big")
     assert doors_of(full).server.requests_count == 1 and list(full.hub.connections) == [first.id]
     writer.close()
-    logged = await wsgate_server(plugins=NO_PLUGINS)
-    caplog.set_level(logging.INFO, logger="aiohttp.access")  # an access log line per upgrade is aiohttp's
-    await logged.connect()
-    assert doors_of(logged).server.requests_count == 1
-    assert any(r.name == "aiohttp.access" and '"GET /ws' in r.getMessage() for r in caplog.records)
 
 
 class Welcome:
@@ -371,3 +368,26 @@ async def test_a_request_begun_late_still_ends_at_the_request_timeout_from_accep
     assert loop.time() - accepted < 4.5  # (a fresh timeout from the hand-over would close it at 5.5 s)
     await eventually(lambda: not server.hub.addresses)
     writer.close()
+
+
+async def test_the_access_log_line_of_an_upgrade_at_the_front_door_is_aiohttps(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await wsgate_server(plugins=NO_PLUGINS)
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    data = head("Referer: https://app.example/chat", "User-Agent: test-agent/1.0", target="/ws?protocol=2")
+    writers = []
+    for parts in ((data,), (data[:20], data[20:])):  # at the front door, then split: aiohttp's
+        _, _, writer = await exchange(server, *parts)
+        writers.append(writer)
+    assert (doors_of(server).upgraded, doors_of(server).server.requests_count) == (1, 1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert len(lines) == 2
+    front, aiohttps = (re.sub(r"\[[^]]*\]", "[time]", line) for line in lines)
+    assert (
+        front
+        == aiohttps
+        == '127.0.0.1 [time] "GET /ws?protocol=2 HTTP/1.1" 101 0 "https://app.example/chat" "test-agent/1.0"'
+    )
+    for writer in writers:
+        writer.close()

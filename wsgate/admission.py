@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.log import access_logger
 from aiohttp.web_log import AccessLogger
 
-from .frontdoor import FrontDoors
+from .frontdoor import AccessLog, FrontDoors
 from .supervision import Throttled
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,11 @@ class GatewayRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        self._access_log: logging.Logger | None = kwargs.get("access_log", access_logger)  # (aiohttp's default)
-        self._own_access_log = kwargs.get("access_log_class", AccessLogger) is AccessLogger
+        self._access = AccessLog(  # (aiohttp's defaults where not given)
+            kwargs.get("access_log", access_logger),
+            kwargs.get("access_log_format", AccessLogger.LOG_FORMAT),
+            kwargs.get("access_log_class", AccessLogger) is AccessLogger,
+        )
         self._doors: FrontDoors | None = None
 
     async def setup(self) -> None:
@@ -95,7 +98,7 @@ class GatewayRunner(web.AppRunner):
         await super().setup()
         server = super().server
         assert server is not None  # set by setup, or it raised
-        self._doors = FrontDoors(self.app, server, self._access_log, own_access_log=self._own_access_log)
+        self._doors = FrontDoors(self.app, server, self._access)
 
     @property
     def server(self) -> web.Server | None:

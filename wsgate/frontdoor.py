@@ -8,10 +8,10 @@ It does two things for every socket, whatever comes next:
   nothing before a request is parsed).
 - **The plain WebSocket upgrade.** When the first bytes read are the plain opening handshake of `/ws`
   (`wsgate.handshake.read_opening`) and nothing about it needs aiohttp's request (no authentication plugin,
-  no `security.allowed_hosts`, no access log, no compression; an allowed origin; room on the server), the
-  front door answers it itself: the same 101, the same connection, the same `connected`, without aiohttp's
-  request handler, request, routing, response and their tasks. That is most of what a connect costs
-  (docs/performance.md, "Connect rate").
+  no `security.allowed_hosts`, no compression, no custom access logger class; an allowed origin; room on the
+  server), the front door answers it itself: the same 101, the same connection, the same `connected`, the
+  same access log line, without aiohttp's request handler, request, routing, response and their tasks. That
+  is most of what a connect costs (docs/performance.md, "Connect rate").
 
 Everything else (HTTP, a refused or unusual handshake, a handshake split over two reads) is handed, with the
 bytes read, to aiohttp's request handler, which answers as it always has: the view (`wsgate.views.ws_view`)
@@ -25,15 +25,18 @@ import asyncio
 import logging
 import socket
 from contextlib import suppress
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from aiohttp.web import RequestHandler
+from aiohttp.web_log import AccessLogger
+from multidict import CIMultiDict
 
 from . import protocol
 from .aiohttp_private import SERVER, close_unfinished_at, http_date, upgraded_here, watch_connections
 from .errors import ClientError
-from .handshake import read_opening, switching_protocols
+from .handshake import Opening, read_opening, switching_protocols
 from .keys import HUB, METRICS, PLUGINS, SCHEDULE, SETTINGS
 from .origins import origin_allowed
 from .views import SESSIONS, new_connection
@@ -57,9 +60,7 @@ class FrontDoors:
     gunicorn worker, and tests, use `runner.server` as the `web.Server` it is.
     """
 
-    def __init__(
-        self, app: web.Application, server: web.Server, access_log: logging.Logger | None, *, own_access_log: bool
-    ) -> None:
+    def __init__(self, app: web.Application, server: web.Server, access: AccessLog) -> None:
         self.server = server
         self.app = app
         settings = app[SETTINGS]
@@ -68,7 +69,7 @@ class FrontDoors:
         self.request_timeout = settings.security.request_timeout
         self.allowed_origins = settings.security.allowed_origins
         self.max_message_size = settings.websocket.max_message_size
-        self._access_log = access_log
+        self._access = AccessLogger(access.logger, access.format) if access.logger is not None else None
         self.answers = (  # what the front door may decide alone; any other case is the view's
             settings.websocket.enabled
             and not settings.websocket.compression
@@ -76,7 +77,7 @@ class FrontDoors:
             and not settings.auth.required
             and not plugins.authenticates
             and not app.middlewares  # (an embedding application's own)
-            and own_access_log  # (a custom access logger class may log anything: aiohttp's request calls it)
+            and access.own_class  # (a custom access logger class may read anything of aiohttp's request)
         )
         self.pending: set[FrontDoor] = set()  # sockets whose first bytes have not come yet
         self.welcoming: set[asyncio.Task[None]] = set()  # `Sessions.welcome` of the connections upgraded here
@@ -103,13 +104,7 @@ class FrontDoors:
         """Answer the plain opening handshake in `data` (see the module); False, with nothing done, for
         anything else."""
         hub = self.hub
-        if (
-            not self.answers
-            or hub.draining
-            or hub.full
-            or (self._access_log is not None and self._access_log.isEnabledFor(logging.INFO))
-            or (opening := read_opening(data, WS_PATH)) is None
-        ):
+        if not self.answers or hub.draining or hub.full or (opening := read_opening(data, WS_PATH)) is None:
             return False
         try:
             version = protocol.negotiate(opening.protocol)
@@ -136,6 +131,8 @@ class FrontDoors:
             transport.set_protocol(Abandoned())
             raise
         self.upgraded += 1
+        if self._access is not None and self._access.enabled:
+            self._access.log(Handshake(address, opening), Answer(head), 0.0)  # type: ignore[arg-type]
         if hooks:
             welcome = asyncio.get_running_loop().create_task(self.sessions.welcome(conn))
             self.welcoming.add(welcome)  # (the loop keeps only a weak reference to a task)
@@ -174,6 +171,41 @@ class FrontDoors:
         address = self.hub.claimed.pop(handler, None)  # (an upgraded socket's claim went with it to its connection)
         if address is not None:
             self.hub.release_address(address)
+
+
+class AccessLog(NamedTuple):
+    """The runner's access log: aiohttp's `access_log` logger (None: off), its `access_log_format`, and whether
+    its `access_log_class` is aiohttp's own `AccessLogger` (the only one the front door may call)."""
+
+    logger: logging.Logger | None
+    format: str
+    own_class: bool
+
+
+class Handshake:
+    """What aiohttp's `AccessLogger` reads of a request (`%a`, `%r`, `%{Name}i`), for a handshake answered at
+    the front door: its line is then the one aiohttp writes for the same request."""
+
+    __slots__ = ("remote", "path_qs", "headers")
+    method = "GET"
+    version = HttpVersion11
+
+    def __init__(self, address: str, opening: Opening) -> None:
+        self.remote = address or None
+        self.path_qs = opening.target
+        self.headers = CIMultiDict(opening.headers)
+
+
+class Answer:
+    """What aiohttp's `AccessLogger` reads of a response (`%s`, `%b`, `%{Name}o`): the 101 written (`head`)."""
+
+    __slots__ = ("headers",)
+    status = 101
+    body_length = 0
+
+    def __init__(self, head: bytes) -> None:
+        lines = head.decode("ascii").split("\r\n")[1:-2]
+        self.headers = CIMultiDict(line.partition(": ")[::2] for line in lines)
 
 
 class Abandoned(asyncio.Protocol):

@@ -39,13 +39,16 @@ MAX_FIELDS = 64
 class Opening(NamedTuple):
     """A plain opening handshake: what the gateway decides on. Shape: `length` in bytes (the head and its blank
     line; what follows in the same read are the client's first frames), `protocol` the `?protocol=` value as
-    sent (None: absent), `host` and `origin` the header values, `key` the `Sec-WebSocket-Key`."""
+    sent (None: absent), `host` and `origin` the header values, `key` the `Sec-WebSocket-Key`; `target` and
+    `headers` (names lowercased, values stripped) for the access log."""
 
     length: int
     protocol: str | None
     host: str
     origin: str | None
     key: str
+    target: str
+    headers: dict[str, str]
 
 
 def read_opening(data: bytes, path: str) -> Opening | None:
@@ -94,7 +97,7 @@ def read_opening(data: bytes, path: str) -> Opening | None:
         or not (host := fields.get("host"))
     ):
         return None
-    return Opening(end + 4, asked, host, fields.get("origin"), key)
+    return Opening(end + 4, asked, host, fields.get("origin"), key, target, fields)
 
 
 def accept_key(key: str) -> bytes:

@@ -629,11 +629,7 @@ class LoggingSettings(Table):
     format: Annotated[Text, OneOf(LOG_FORMATS)] = setting(
         "text", "text: one readable line per record; json: one JSON object per line"
     )
-    access_log: Flag = setting(
-        True,
-        "Log every HTTP request (python -m wsgate; gunicorn has its own flag); off, a plain WebSocket handshake "
-        "skips aiohttp's request handling (cheaper connects)",
-    )
+    access_log: Flag = setting(True, "Log every HTTP request (python -m wsgate; gunicorn has its own flag)")
 
 
 class Settings(Table):
