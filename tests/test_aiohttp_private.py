@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.worker import GunicornWebWorker
 
-from wsgate.aiohttp_private import production_test_server, watch_connections
+from wsgate.aiohttp_private import _close_unfinished, close_unfinished_at, production_test_server, watch_connections
 from wsgate.testing import eventually
 
 # (owner, attribute, the parameters the adapter passes or receives, in order)
@@ -144,3 +145,23 @@ def test_a_request_handler_closes_an_unfinished_request_when_its_keepalive_timer
     assert calls(RequestHandler._process_keepalive, "ifself._waiterandnotself._waiter.done():self.force_close()"), (
         changed(RequestHandler, "_process_keepalive", "it no longer closes a handler waiting for a request")
     )
+
+
+async def test_an_unfinished_request_is_closed_at_its_deadline_even_before_the_handlers_loop_starts() -> None:
+    """On Python 3.11 a handler's request loop starts in a task of its own: a deadline timer may run first, when
+    aiohttp's own check (`_process_keepalive`) sees no waiter and closes nothing. `_close_unfinished` closes a
+    socket whose handler parsed no request (`_request_count`), whatever its loop's state."""
+    assert calls(RequestHandler.data_received, "self._request_count+=1"), changed(
+        RequestHandler, "data_received", "it no longer counts the requests it parsed in _request_count"
+    )
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    handler = web.Server(lambda request: web.Response())()
+    transport.set_protocol(handler)
+    handler.connection_made(transport)  # (its request loop: a task not started yet)
+    handler.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")  # unfinished
+    close_unfinished_at(handler, loop.time() + 60)
+    _close_unfinished(handler)  # what the timer calls at the deadline, here before the loop's first step
+    assert transport.is_closing()
+    theirs.close()

@@ -17,13 +17,16 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.http_parser import HttpRequestParser
 
 from wsgate import Client, hookimpl
+from wsgate.admission import GatewayRunner
+from wsgate.app import create_app
 from wsgate.frontdoor import FrontDoors
 from wsgate.handshake import MAX_HEAD, accept_key, read_opening
-from wsgate.testing import Server, StartServer, eventually, wait_until
+from wsgate.testing import Server, StartServer, eventually, make_settings, wait_until
 from wsgate.views import SESSIONS
 
 from .test_lean_connections import _frame, _read_frame
@@ -391,3 +394,21 @@ async def test_the_access_log_line_of_an_upgrade_at_the_front_door_is_aiohttps(
     )
     for writer in writers:
         writer.close()
+
+
+async def test_an_embedding_applications_response_hooks_send_upgrades_to_aiohttp() -> None:
+    """An `on_response_prepare` handler or a middleware may change any response, the 101 too: the front door
+    then answers nothing (wsgate's own CORS handler, which leaves `/ws` alone, does not count)."""
+    for extra in (None, "on_response_prepare", "middleware"):
+        app = await create_app(make_settings(plugins=NO_PLUGINS))
+        if extra == "on_response_prepare":
+            app.on_response_prepare.append(lambda request, response: asyncio.sleep(0))
+        elif extra == "middleware":
+            app.middlewares.append(web.middleware(lambda request, handler: handler(request)))
+        runner = GatewayRunner(app)
+        await runner.setup()
+        try:
+            assert isinstance(runner.server, FrontDoors)
+            assert runner.server.answers is (extra is None), extra
+        finally:
+            await runner.cleanup()

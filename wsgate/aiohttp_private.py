@@ -6,7 +6,8 @@ than a test deep in the suite. What each use relies on, and why no public API se
 - `web.Server.connection_made` / `connection_lost` (`watch_connections`): every `RequestHandler` calls them
   on its server (`self._manager`) when a socket is accepted and when it is gone, before any request is
   parsed. aiohttp has no public per-socket callback (signals and middlewares start at a parsed request).
-- `RequestHandler._keepalive_handle`, `_next_keepalive_close_time`, `_process_keepalive` (`close_unfinished_at`):
+- `RequestHandler._keepalive_handle`, `_next_keepalive_close_time`, `_process_keepalive`, `_request_count`
+  (`close_unfinished_at`):
   a socket the front door hands over keeps the deadline it had from accept(), rather than a fresh keep-alive
   timeout from the hand-over (which would let a client take twice `security.request_timeout`).
 - `BaseTestServer._make_runner` (`production_test_server`): `TestServer.start_server` builds an `AppRunner`
@@ -100,15 +101,26 @@ def close_unfinished_at(handler: RequestHandler, deadline: float) -> None:
     of a whole keep-alive timeout after its `connection_made` (the socket was accepted earlier, by the front door).
 
     Private: `RequestHandler._keepalive_handle`, `_next_keepalive_close_time` and `_process_keepalive`, the timer
-    `connection_made` starts (aiohttp's only protection against a socket that never completes a request); no
-    public API sets when it fires.
+    `connection_made` starts (aiohttp's only protection against a socket that never completes a request), and
+    `_request_count` (requests parsed on this socket); no public API sets when the timer fires.
     """
     handle = handler._keepalive_handle
     if handle is None:  # (no keep-alive timeout)
         return
     handle.cancel()
     handler._next_keepalive_close_time = deadline
-    handler._keepalive_handle = asyncio.get_running_loop().call_at(deadline, handler._process_keepalive)
+    handler._keepalive_handle = asyncio.get_running_loop().call_at(deadline, _close_unfinished, handler)
+
+
+def _close_unfinished(handler: RequestHandler) -> None:
+    """At the deadline: closed if no request was ever parsed, whether or not its request loop has started (on
+    Python 3.11 it starts in a task of its own, which a timer due at once may precede: aiohttp's own check would
+    then see no waiter and never close it); otherwise aiohttp's own keep-alive check."""
+    if handler._request_count == 0:
+        handler._keepalive_handle = None
+        handler.force_close()
+    else:
+        handler._process_keepalive()
 
 
 def production_test_server(app: web.Application, runner: RunnerFactory, **kwargs: Any) -> TestServer:

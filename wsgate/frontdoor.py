@@ -69,7 +69,7 @@ class FrontDoors:
         self.request_timeout = settings.security.request_timeout
         self.allowed_origins = settings.security.allowed_origins
         self.max_message_size = settings.websocket.max_message_size
-        self._access = AccessLogger(access.logger, access.format) if access.logger is not None else None
+        self._access: AccessLogger | None = None
         self.answers = (  # what the front door may decide alone; any other case is the view's
             settings.websocket.enabled
             and not settings.websocket.compression
@@ -77,8 +77,14 @@ class FrontDoors:
             and not settings.auth.required
             and not plugins.authenticates
             and not app.middlewares  # (an embedding application's own)
+            and all(_cors(prepare) for prepare in app.on_response_prepare)  # (idem: it may add headers to a 101)
             and access.own_class  # (a custom access logger class may read anything of aiohttp's request)
         )
+        if self.answers and access.logger is not None:
+            try:
+                self._access = AccessLogger(access.logger, access.format)
+            except Exception:  # a format aiohttp cannot use: its handler fails alike on every request
+                self.answers = False
         self.pending: set[FrontDoor] = set()  # sockets whose first bytes have not come yet
         self.welcoming: set[asyncio.Task[None]] = set()  # `Sessions.welcome` of the connections upgraded here
         self.upgraded = 0  # handshakes answered here
@@ -104,6 +110,7 @@ class FrontDoors:
         """Answer the plain opening handshake in `data` (see the module); False, with nothing done, for
         anything else."""
         hub = self.hub
+        started = asyncio.get_running_loop().time() if self._access is not None else 0.0
         if not self.answers or hub.draining or hub.full or (opening := read_opening(data, WS_PATH)) is None:
             return False
         try:
@@ -113,7 +120,7 @@ class FrontDoors:
         if opening.origin is not None and not origin_allowed(opening.origin, opening.host, self.allowed_origins):
             return False  # (the view's 403, or the dashboard's own page)
         head = switching_protocols(opening.key, http_date(), SERVER)
-        conn = new_connection(self.app, transport, address or None, None, version, compressed=False)
+        conn = new_connection(self.app, transport, address, None, version, compressed=False)  # (the view's remote)
         upgraded = upgraded_here(conn, self.max_message_size, head)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
@@ -132,7 +139,8 @@ class FrontDoors:
             raise
         self.upgraded += 1
         if self._access is not None and self._access.enabled:
-            self._access.log(Handshake(address, opening), Answer(head), 0.0)  # type: ignore[arg-type]
+            took = asyncio.get_running_loop().time() - started  # (aiohttp's: from the request to its response)
+            self._access.log(Handshake(address, opening), Answer(head), took)  # type: ignore[arg-type]
         if hooks:
             welcome = asyncio.get_running_loop().create_task(self.sessions.welcome(conn))
             self.welcoming.add(welcome)  # (the loop keeps only a weak reference to a task)
@@ -173,6 +181,12 @@ class FrontDoors:
             self.hub.release_address(address)
 
 
+def _cors(prepare: Any) -> bool:
+    """Whether an `on_response_prepare` handler is aiohttp-cors's (wsgate's CORS for its HTTP endpoints, which
+    leaves `/ws`, not a CORS resource, alone)."""
+    return type(getattr(prepare, "__self__", None)).__module__.startswith("aiohttp_cors.")
+
+
 class AccessLog(NamedTuple):
     """The runner's access log: aiohttp's `access_log` logger (None: off), its `access_log_format`, and whether
     its `access_log_class` is aiohttp's own `AccessLogger` (the only one the front door may call)."""
@@ -191,7 +205,7 @@ class Handshake:
     version = HttpVersion11
 
     def __init__(self, address: str, opening: Opening) -> None:
-        self.remote = address or None
+        self.remote = address
         self.path_qs = opening.target
         self.headers = CIMultiDict(opening.headers)
 
@@ -249,15 +263,13 @@ class FrontDoor(asyncio.Protocol):
         self._leave()
         doors = self._doors
         try:
-            if doors.upgrade(transport, data, address):
-                return
+            if not doors.upgrade(transport, data, address):
+                doors.hand_over(transport, data, address, self._deadline)  # (its deadline runs from accept())
         except Exception:  # a defect: this client is closed (its claim released), the server goes on
             log.exception("the front door failed on a handshake from %s", address)
-            if transport.get_protocol() is self:  # (else `upgrade` released everything already)
+            if transport.get_protocol() is self:  # (else `upgrade` or the handler released it already)
                 doors.hub.release_address(address)
             transport.abort()
-            return
-        doors.hand_over(transport, data, address, self._deadline)  # (its deadline runs from accept())
 
     def eof_received(self) -> bool | None:
         return None  # closed before a request: the transport closes, connection_lost follows
