@@ -412,3 +412,46 @@ async def test_an_embedding_applications_response_hooks_send_upgrades_to_aiohttp
             assert runner.server.answers is (extra is None), extra
         finally:
             await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        head().replace(KEY.encode(), b"dGhl\xddIHNhbXBsZSBub25jZQ=="),
+        head().replace(b"Upgrade: websocket", b"Upgrade: websocket\xdd"),
+        head().replace(b"Connection: Upgrade", b"Connection: Upgrade\xdd"),
+        head().replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 13\xdd"),
+    ],
+)
+async def test_a_handshake_header_that_is_not_ascii_gets_a_400_not_a_traceback(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture, data: bytes
+) -> None:
+    """Not plain (the front door declines it), and aiohttp's handshake raises ValueError reading it: the view's
+    JSON 400, as for any malformed handshake (it was a 500 and an `Error handling request` traceback)."""
+    server = await wsgate_server(plugins=NO_PLUGINS)
+    answer, reader, writer = await exchange(server, data)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    length = int(re.search(rb"Content-Length: (\d+)", answer)[1])  # type: ignore[index]
+    body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+    assert body["error"] == "Upgrade Required" or body["detail"].startswith("the opening handshake is malformed")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    writer.close()
+
+
+async def test_a_refused_socket_is_closed_as_soon_as_its_peer_closes(
+    wsgate_server: StartServer, monkeypatch: Any
+) -> None:
+    """The 429's socket is read (and what comes dropped) so that the peer's end frees it at once: not held for
+    `REFUSAL_LINGER` (one address at its limit could otherwise hold connect rate x linger descriptors)."""
+    monkeypatch.setattr("wsgate.frontdoor.REFUSAL_LINGER", 600.0)
+    server = await wsgate_server(plugins=NO_PLUGINS, websocket={"limits": {"max_connections_per_ip": 1}})
+    held = await server.connect()
+    baseline = len(os.listdir("/proc/self/fd"))
+    port = server.test_server.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 429")
+    writer.close()
+    await writer.wait_closed()
+    await eventually(lambda: len(os.listdir("/proc/self/fd")) <= baseline)
+    assert (await held.request({"type": "ping"}))["type"] == "pong"

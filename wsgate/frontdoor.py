@@ -162,13 +162,13 @@ class FrontDoors:
             handler.data_received(data)
 
     def refuse(self, transport: asyncio.Transport) -> None:
-        """The 429 for a socket over its address's limit, then FIN; closed after `REFUSAL_LINGER` whatever
-        happens. Called by the event loop: nothing may escape (a peer that reset first is aborted at once)."""
+        """The 429 for a socket over its address's limit, then FIN; closed when its peer closes or resets it (what
+        it sends is read and dropped, so that its end is seen), at the latest after `REFUSAL_LINGER`. Called by
+        the event loop: nothing may escape (a peer that reset first is aborted at once)."""
         self.metrics.error("address_limit")  # counted, not logged: a storm must not flood the log too
         asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.abort)
         body = b'{"error": "%s"}' % TOO_MANY_FROM_ADDRESS.encode()
         try:
-            transport.pause_reading()  # its request is never parsed
             transport.write(_REFUSAL % (len(body), body))
             if transport.can_write_eof():
                 transport.write_eof()  # the answer, then FIN: closing at once would reset it away
@@ -259,7 +259,7 @@ class FrontDoor(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         transport, address = self._transport, self._address
         if transport is None or address is None:
-            return  # refused: its bytes are not read
+            return  # refused: its bytes are dropped
         self._leave()
         doors = self._doors
         try:

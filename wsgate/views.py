@@ -397,6 +397,8 @@ async def upgrade(ws: web.WebSocketResponse, request: web.Request) -> AbstractSt
         stream = await ws.prepare(request)
     except ConnectionError:  # reset, or a broken pipe
         return None
+    except ValueError as error:  # a header aiohttp's handshake cannot read (not ASCII: a key b64decode refuses)
+        raise web.HTTPBadRequest(text=f"a handshake header is not ASCII ({type(error).__name__})") from None
     if request.transport is None or request.transport.is_closing():  # (the 101 is held: DetachedResponse)
         return None
     return stream
