@@ -10,14 +10,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .processes import environment, spawn
+from .processes import Process, environment, spawn
 
 pytestmark = pytest.mark.slow  # gunicorn processes started and stopped
 
 
-async def test_gunicorn_serves_the_protocol_and_shuts_down_gracefully(tmp_path: Path) -> None:
-    settings = tmp_path / "gunicorn.toml"
-    settings.write_text("[websocket]\nenabled = true\n[websocket.limits]\nmax_connections = 10\n")
+async def one_worker(settings: Path, *options: str) -> Process:
+    """gunicorn with one wsgate worker on a free port (`server.port` set once it listens), settings from `settings`."""
     server = await spawn(
         sys.executable,
         "-m",
@@ -29,12 +28,22 @@ async def test_gunicorn_serves_the_protocol_and_shuts_down_gracefully(tmp_path: 
         "127.0.0.1:0",
         "--workers",
         "1",
-        "--graceful-timeout",
-        "10",
+        *options,
         env=environment(WSGATE_SETTINGS=str(settings)),
     )
     try:
         server.port = int((await server.wait_for_line(r"Listening at: http://127\.0\.0\.1:(\d+)")).group(1))
+    except BaseException:
+        await server.kill()
+        raise
+    return server
+
+
+async def test_gunicorn_serves_the_protocol_and_shuts_down_gracefully(tmp_path: Path) -> None:
+    settings = tmp_path / "gunicorn.toml"
+    settings.write_text("[websocket]\nenabled = true\n[websocket.limits]\nmax_connections = 10\n")
+    server = await one_worker(settings, "--graceful-timeout", "10")
+    try:
         await server.wait_for_line(r"Booting worker")
         async with aiohttp.ClientSession() as session:
             # the worker may still be importing the app: the first request waits for it
@@ -67,23 +76,8 @@ async def test_a_worker_serves_upgrades_at_the_front_door_and_counts_them_for_ma
     door (`wsgate.frontdoor`); each counts as a request for `--max-requests`, as aiohttp's requests do."""
     settings = tmp_path / "gunicorn.toml"
     settings.write_text('[websocket]\nenabled = true\n[plugins]\ndisabled = ["token_auth", "users", "echo"]\n')
-    server = await spawn(
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "wsgate.app:create_app",
-        "--worker-class",
-        "wsgate.worker.GatewayWorker",
-        "--bind",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--max-requests",
-        "2",
-        env=environment(WSGATE_SETTINGS=str(settings)),
-    )
+    server = await one_worker(settings, "--max-requests", "2")
     try:
-        server.port = int((await server.wait_for_line(r"Listening at: http://127\.0\.0\.1:(\d+)")).group(1))
         async with aiohttp.ClientSession() as session:
             sockets = [await session.ws_connect(server.url("/ws")) for _ in range(3)]
             for ws in sockets:
