@@ -108,6 +108,7 @@ class GatewayRunner(web.AppRunner):
         return self._doors  # type: ignore[return-value]  # (a protocol factory, as the Server; see FrontDoors)
 
     async def shutdown(self) -> None:
+        """Close the sockets still silent at the front door, then aiohttp's shutdown (the app's on_shutdown)."""
         if self._doors is not None:
             self._doors.close_pending()
         await super().shutdown()
