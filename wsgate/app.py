@@ -68,6 +68,7 @@ from .schedule import Schedule
 from .supervision import Supervisor
 from .views import (
     SESSIONS,
+    WS_PATH,
     Sessions,
     client_js_view,
     health_view,
@@ -181,14 +182,14 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         http_routes.append(app.router.add_post("/api/disconnect", disconnect_view))
     module_routes = []
     if settings.websocket.enabled:
-        app.router.add_get("/ws", ws_view, allow_head=False)  # not CORS: browsers do not apply it to WebSockets
-        app.router.add_route("*", "/ws", ws_method_not_allowed)  # the handshake is a GET (RFC 6455 section 4.1)
+        app.router.add_get(WS_PATH, ws_view, allow_head=False)  # not CORS: browsers do not apply it to WebSockets
+        app.router.add_route("*", WS_PATH, ws_method_not_allowed)  # the handshake is a GET (RFC 6455 section 4.1)
         module_routes.append(app.router.add_get("/client.js", client_js_view))
         if (dashboard := loaded.get("dashboard")) is not None:
             app[DASHBOARD] = dashboard
             dashboard_web.add_routes(app)
     else:
-        app.router.add_get("/ws", ws_disabled_view)  # says why, rather than a bare 404
+        app.router.add_get(WS_PATH, ws_disabled_view)  # says why, rather than a bare 404
     _allow_cross_origin(
         app, http_routes, settings.cors.allowed_origins, module_routes, settings.security.allowed_origins
     )

@@ -39,11 +39,10 @@ from .errors import ClientError
 from .handshake import Opening, read_opening, switching_protocols
 from .keys import HUB, METRICS, PLUGINS, SCHEDULE, SETTINGS
 from .origins import origin_allowed
-from .views import SESSIONS, new_connection
+from .views import SESSIONS, WS_PATH, new_connection
 
 log = logging.getLogger(__name__)
 
-WS_PATH = "/ws"
 TOO_MANY_FROM_ADDRESS = "too many connections from this address"
 _REFUSAL = (
     b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=utf-8\r\n"

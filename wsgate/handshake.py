@@ -30,7 +30,6 @@ _KEY = re.compile(r"[A-Za-z0-9+/]{21}[AQgw]==")  # base64 of 16 bytes, canonical
 _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110 section 5.1): no space, no fold
 _VALUE = re.compile(r"[\t\x20-\x7e]*")  # visible ASCII, spaces and tabs: no control character
 _PROTOCOL = re.compile(r"protocol=([0-9]{1,3})")
-_READ = frozenset({"host", "origin", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version"})
 _NOT_PLAIN = frozenset({"content-length", "transfer-encoding", "expect", "sec-websocket-protocol"})
 MAX_FIELDS = 64
 """Header lines: more is not plain (aiohttp refuses more than 128)."""

@@ -41,6 +41,8 @@ from .wire import close_fields
 log = logging.getLogger(__name__)
 
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
+WS_PATH = "/ws"
+"""The WebSocket endpoint's path (the guide's)."""
 
 
 async def client_js_view(request: web.Request) -> web.FileResponse:
