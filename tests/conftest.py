@@ -13,8 +13,10 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 from hypothesis import settings as hypothesis_settings
 
 from faults.harness import RedisServer
@@ -24,6 +26,16 @@ from wsgate.testing import TIMEOUT, Peer, Server, StartServer
 # Property tests run on shared CI machines: no per-example deadline (their cost is the example count).
 hypothesis_settings.register_profile("wsgate", deadline=None)
 hypothesis_settings.load_profile("wsgate")
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """The event loops a test runs on: asyncio's; also uvloop's (`runtime.uvloop`) for a test marked `every_loop`,
+    code whose transports and callbacks uvloop gives otherwise (its transports are no asyncio.Transport)."""
+    if item.get_closest_marker("every_loop") is not None:
+        return LOOPS
+    return {"asyncio": LOOPS["asyncio"]}
 
 
 @pytest.fixture(autouse=True)

@@ -298,3 +298,44 @@ async def test_a_start_up_hook_that_hangs_stops_the_process_with_one_line(tmp_pa
         "wsgate: plugin 'slow_start': wsgate_startup did not finish within plugins.startup_timeout (0.3s)"
     )
     assert "Traceback" not in stderr
+
+
+async def test_runtime_uvloop_serves_both_handshake_paths_and_shuts_down() -> None:
+    """On uvloop (its transports are no asyncio.Transport): the front door's plain handshake and aiohttp's (a
+    subprotocol offer, declined by the front door), a publish between them, /health, then SIGTERM's 1001."""
+    server = await start_wsgate(env=environment(WSGATE_RUNTIME__UVLOOP="true", WEBSOCKET_TIMEOUT="5s"))
+    try:
+        assert any("event loop: uvloop" in line for line in server.lines), server.lines
+        async with aiohttp.ClientSession() as session:
+            plain = await session.ws_connect(server.url("/ws"))
+            offered = await session.ws_connect(server.url("/ws"), protocols=("chat",))
+            for ws in (plain, offered):
+                assert (await ws.receive_json())["type"] == "connected"
+                await ws.send_json({"type": "subscribe", "room": "r"})
+                assert (await ws.receive_json())["type"] == "subscribed"
+            await plain.send_json({"type": "publish", "room": "r", "data": "hi"})
+            for ws in (plain, offered):
+                assert (await ws.receive_json())["data"] == "hi"
+            async with session.get(server.url("/health")) as health:
+                assert health.status == 200
+            server.proc.send_signal(signal.SIGTERM)
+            for ws in (plain, offered):
+                closing = await ws.receive(timeout=5)
+                assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+        assert await server.finish(timeout=5) == 0
+        assert "Traceback" not in "".join(server.lines)
+    finally:
+        await server.kill()
+
+
+async def test_runtime_uvloop_without_uvloop_installed_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "uvloop.py").write_text("raise ImportError('no uvloop here')\n")  # shadows the installed one
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    env = environment(WSGATE_RUNTIME__UVLOOP="true", PYTHONPATH=path)
+    for command in ((), ("check",)):
+        code, stderr = await run_wsgate(*command, env=env)
+        assert code == 2, stderr
+        assert stderr.strip().splitlines()[-1] == (
+            "wsgate: runtime.uvloop = true: uvloop is not installed (pip install 'wsgate[speed]', or set it to false)"
+        ), stderr
+        assert "Traceback" not in stderr

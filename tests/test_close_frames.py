@@ -19,6 +19,8 @@ from wsgate.testing import TIMEOUT, StartServer
 from wsgate.types import Handler
 from wsgate.wire import MAX_CLOSE_REASON, SENDABLE_CODES, close_fields, control_frame, data_frame
 
+pytestmark = pytest.mark.every_loop  # asyncio's loop and uvloop's (tests/conftest.py)
+
 
 class Closer:
     """`drop` closes the sender with the message's `code` and `reason` (a ValueError is answered `refused`);

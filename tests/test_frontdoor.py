@@ -31,6 +31,8 @@ from wsgate.views import SESSIONS
 
 from .test_lean_connections import _frame, _read_frame
 
+pytestmark = pytest.mark.every_loop  # (tests/conftest.py: asyncio's loop and uvloop's, as `runtime.uvloop` picks)
+
 NO_PLUGINS = {"disabled": ["token_auth", "users", "echo"]}  # the example plugins `make test` installs
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3's example
 

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from wsgate.keepalive import TIMER_SLACK, Action, Keepalive
 from wsgate.testing import TIMEOUT, Peer, StartServer, wait_until
 
+pytestmark = pytest.mark.every_loop  # asyncio's loop and uvloop's (tests/conftest.py)
+
 FAST = {"ping_interval": "100ms", "pong_wait": "300ms"}
 
 

@@ -14,6 +14,8 @@ from wsgate.testing import Server, StartServer, wait_until
 
 from .conftest import StalledClient
 
+pytestmark = pytest.mark.every_loop  # asyncio's loop and uvloop's (tests/conftest.py)
+
 
 async def test_drain_closes_clients_with_1001_and_refuses_new_ones(server: Server) -> None:
     clients = [await server.connect() for _ in range(3)]

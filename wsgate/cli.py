@@ -12,7 +12,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  hooks: {', '.join(info.hooks) or '-'}")
                 print(f"  message types: {', '.join(info.message_types) or '-'}")
         elif args.command == "check":
+            event_loop(settings.runtime.uvloop)  # (a missing uvloop is a mistake in the settings too)
             app = asyncio.run(create_app(settings))  # loads plugins, builds tables and services (connects nothing)
             plugins = app[PLUGINS]
             mistakes = [*unknown_variables(), *plugins.problems]  # names that name nothing: warnings at start-up
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(app[GATEWAY].services)} services; {describe_source(args.settings)}"
             )
         else:
-            run_loop(serve(settings, describe_source(args.settings)), settings.runtime.uvloop)
+            run = event_loop(settings.runtime.uvloop)
+            run(serve(settings, describe_source(args.settings)))
     except (ConfigError, PluginError, BrokerError, MetricsError) as exc:  # (a built-in plugin's bad setting)
         return _fail(Redactor(secrets).redact(str(exc)), EXIT_USAGE)
     except ListenError as exc:
@@ -100,17 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_loop(main: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
-    """asyncio.run, on uvloop when it is installed and wanted (it makes every socket operation cheaper)."""
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            uvloop.run(main)
-            return
-    asyncio.run(main)
+def event_loop(use_uvloop: bool) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """What runs the server: `asyncio.run`, or `uvloop.run` with `runtime.uvloop` (the [speed] extra). Wanted and
+    not installed: ConfigError naming the key (not a silent fall back to asyncio)."""
+    if not use_uvloop:
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        raise ConfigError(
+            "runtime.uvloop = true: uvloop is not installed (pip install 'wsgate[speed]', or set it to false)"
+        ) from None
+    return uvloop.run
 
 
 def tune_collector(threshold: int) -> None:
@@ -152,6 +155,7 @@ async def serve(settings: Settings, settings_source: str = "settings: given by t
             raise ListenError(f"cannot listen on {ws.host}:{ws.port}: {exc.strerror or exc}") from None
         plugins = app[PLUGINS]
         log.info("%s", settings_source)
+        log.info("event loop: %s", type(loop).__module__.partition(".")[0])  # asyncio, or uvloop (runtime.uvloop)
         log.info("broker: %s", describe_broker(settings))  # memory, or the Redis URL with its password masked
         log.info("plugins: %s", ", ".join(f"{name} ({source})" for name, source in plugins.sources.items()) or "none")
         for address in runner.addresses:

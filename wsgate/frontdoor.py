@@ -25,7 +25,7 @@ import asyncio
 import logging
 import socket
 from contextlib import suppress
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
@@ -240,8 +240,7 @@ class FrontDoor(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         doors = self._doors
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        transport = self._transport = cast(asyncio.Transport, transport)  # (uvloop's is no subclass of it)
         peer = transport.get_extra_info("peername")
         address = peer[0] if isinstance(peer, tuple) else ""
         if not doors.hub.claim_address(address):

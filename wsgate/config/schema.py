@@ -604,7 +604,10 @@ class DashboardSettings(Table):
 
 
 class RuntimeSettings(Table):
-    uvloop: Flag = setting(False, "Run on uvloop when installed (the [speed] extra); off: measured slower for fan-out")
+    uvloop: Flag = setting(
+        False,
+        "Run on uvloop (the [speed] extra; without it, start-up stops naming this key); off: measured slower for fan-out",
+    )
     gc_threshold: Int = setting(
         10_000,
         "Allocations between two young-generation garbage collections (Python's default is 700, which made "
