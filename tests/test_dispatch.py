@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from wsgate import protocol
+from wsgate.connection import Resumed
 from wsgate.dispatch import Dispatcher
 from wsgate.protocol import ClientError, Decoder, Message
 from wsgate.registry import HandlerRegistry
@@ -39,30 +40,6 @@ async def test_dispatcher_answers_every_failure_and_lets_nothing_escape() -> Non
     assert parts.metrics.error_count("handler_error") == 1
 
 
-class _Resumed:
-    """Awaits the rest of a coroutine that already yielded `first` (what a reader driving `dispatch` by hand makes
-    a task of when the message suspends)."""
-
-    def __init__(self, coroutine: Any, first: Any) -> None:
-        self.coroutine, self.first = coroutine, first
-
-    def __await__(self) -> Any:
-        value = self.first
-        while True:
-            try:
-                sent = yield value
-            except BaseException as exc:
-                try:
-                    value = self.coroutine.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            try:
-                value = self.coroutine.send(sent)
-            except StopIteration as stop:
-                return stop.value
-
-
 async def _by_hand(dispatcher: Dispatcher, conn: Any, text: str) -> asyncio.Task[Any] | None:
     """Drive `dispatch` outside any task, as a protocol-driven reader does: None when it completed at once, else
     the task made for its rest."""
@@ -75,7 +52,7 @@ async def _by_hand(dispatcher: Dispatcher, conn: Any, text: str) -> asyncio.Task
             return None
 
         async def rest() -> Any:
-            return await _Resumed(coroutine, first)
+            return await Resumed(coroutine, first)
 
         return asyncio.get_running_loop().create_task(rest())
 
@@ -93,7 +70,7 @@ async def test_a_message_that_does_not_wait_completes_without_a_task_and_leaves_
         client.enqueue(protocol.encode("answer"))
 
     registry.register("test", {"answer": answer})
-    dispatcher = Dispatcher(registry, parts.metrics, Decoder())
+    dispatcher = Dispatcher(registry, parts.metrics, Decoder(), eager=frozenset({"answer"}))
     for text in ('{"type":"answer"}', '{"type":"answer","id":7}', "{", '{"type":"nope"}'):
         assert await _by_hand(dispatcher, conn, text) is None
     assert not dispatcher._in_flight and dispatcher._sweeper is None
@@ -121,7 +98,7 @@ async def test_a_message_driven_by_hand_that_waits_is_cancelled_at_its_deadline_
             raise
 
     registry.register("test", {"hang": hang})
-    dispatcher = Dispatcher(registry, parts.metrics, Decoder(), hook_timeout=0.05)
+    dispatcher = Dispatcher(registry, parts.metrics, Decoder(), hook_timeout=0.05, eager=frozenset({"hang"}))
     timing_out = await _by_hand(dispatcher, conn, '{"type":"hang","id":"a"}')
     leaving = await _by_hand(dispatcher, gone, '{"type":"hang"}')
     assert timing_out is not None and leaving is not None
@@ -136,12 +113,13 @@ async def test_a_message_driven_by_hand_that_waits_is_cancelled_at_its_deadline_
 
 
 async def test_a_message_driven_by_hand_through_an_async_hook_is_handled_and_bounded_by_its_own_deadline() -> None:
-    """asyncio sets no timer outside a task: a hook awaited before the message's first suspension runs under the
-    message's deadline instead (`plugins.within`), answered `internal error` with the hook named, as in a task."""
+    """asyncio sets no timer outside a task: a hook awaited before the message's first suspension (an eager
+    handler's, through an eager hook) runs under the message's deadline instead (`plugins.within`), answered
+    `internal error` with the hook named, as in a task."""
     import json
 
     from tests.fakes import RecordingTransport
-    from wsgate import hookimpl
+    from wsgate import eager, hookimpl
     from wsgate.app import create_app
     from wsgate.clients import GatewayConnection
     from wsgate.keys import DISPATCHER, FLUSHER, GATEWAY, HUB, METRICS, SCHEDULE, SETTINGS
@@ -149,11 +127,22 @@ async def test_a_message_driven_by_hand_through_an_async_hook_is_handled_and_bou
 
     class Slow:
         @hookimpl
+        @eager
         async def wsgate_authorize(self, client: Any, action: str, room: str | None) -> bool | None:
             if room == "stuck":
                 await asyncio.Event().wait()
             await asyncio.sleep(0)  # (one loop turn: a hook that suspends once, not a wait for time)
             return None
+
+        @hookimpl
+        def wsgate_message_handlers(self) -> dict[str, Any]:
+            @eager
+            async def check(client: Any, message: Message) -> None:
+                assert asyncio.current_task() is None  # (started by hand)
+                await client.gateway.authorize(client, "publish", message.room)
+                client.enqueue(protocol.encode("checked", room=message.room))
+
+            return {"check": check}
 
     app = await create_app(make_settings(plugins={"hook_timeout": "100ms"}), plugins=[Slow()])
     transport = RecordingTransport()
@@ -170,12 +159,12 @@ async def test_a_message_driven_by_hand_through_an_async_hook_is_handled_and_bou
     assert app[HUB].admit(conn)
     dispatcher = app[DISPATCHER]
     for room in ("free", "stuck"):
-        task = await _by_hand(dispatcher, conn, json.dumps({"type": "subscribe", "room": room, "id": room}))
+        task = await _by_hand(dispatcher, conn, json.dumps({"type": "check", "room": room, "id": room}))
         assert task is not None  # (the hook suspends)
         await asyncio.wait_for(task, 2)
     await turn()
-    subscribed, timed_out = transport.messages()[-2:]
-    assert (subscribed["type"], subscribed["id"]) == ("subscribed", "free")
+    checked, timed_out = transport.messages()[-2:]
+    assert (checked["type"], checked["id"]) == ("checked", "free")
     assert (timed_out["error"], timed_out["id"]) == (protocol.INTERNAL_ERROR, "stuck")
     assert app[METRICS].error_count("hook_timeout") == 1
     assert not dispatcher._in_flight and app[DISPATCHER]._waiting_on(conn) is None

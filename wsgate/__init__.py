@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from .auth import Identity  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
 from .protocol import ClientError, ClientGone, Message  # noqa: E402
-from .types import Client, Gateway, Handler, Position  # noqa: E402
+from .types import Client, Gateway, Handler, Position, eager  # noqa: E402
 
 __all__ = [
     "Client",
@@ -24,5 +24,6 @@ __all__ = [
     "Message",
     "Position",
     "__version__",
+    "eager",
     "hookimpl",
 ]

@@ -160,7 +160,12 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     app[ROUTER] = router
     app[DECODER] = decoder
     app[DISPATCHER] = Dispatcher(
-        registry, metrics, decoder, hook_timeout=settings.plugins.hook_timeout, waiting_on=loaded.waiting_on
+        registry,
+        metrics,
+        decoder,
+        hook_timeout=settings.plugins.hook_timeout,
+        waiting_on=loaded.waiting_on,
+        eager=registry.eager_types() if loaded.authorizes_eagerly else frozenset(),
     )
     app[GATEWAY] = gateway
     # an API command's answer waits for its round trip through Redis, then its own connections' turn

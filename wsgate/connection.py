@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from typing import Any, overload
 
 from aiohttp import WebSocketError, WSMessage, WSMsgType
@@ -89,6 +89,35 @@ class Released:
 
 class _ParseError(Exception):
     """An error aiohttp's parser met while messages were queued, raised by `_next` after them (its cause)."""
+
+
+class Resumed:
+    """Awaits the rest of a coroutine driven by hand until it first suspended, yielding `first`: what the task
+    made for the rest awaits (`Connection.received`). A bare yield (`first` None, `asyncio.sleep(0)`) goes on at
+    once: the task's own first step is already a later loop turn."""
+
+    __slots__ = ("_coroutine", "_first")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], first: object) -> None:
+        self._coroutine, self._first = coroutine, first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, value = self._coroutine, self._first
+        try:
+            if value is None:
+                value = coroutine.send(None)
+            while True:
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    coroutine.close()
+                    raise
+                except BaseException as exc:  # thrown in by the task (its cancellation)
+                    value = coroutine.throw(exc)
+                else:
+                    value = coroutine.send(sent)
+        except StopIteration as stop:
+            return stop.value
 
 
 async def _next(inbox: Any) -> WSMessage | None:
@@ -231,6 +260,7 @@ class Connection(asyncio.Protocol):
         "_peer_code",
         "_cutoff",
         "_overlapping",
+        "_burst",
     )
 
     def __init__(
@@ -302,6 +332,7 @@ class Connection(asyncio.Protocol):
         self._peer_code: int | None = None  # the code of the client's close frame, when it closed first
         self._cutoff: asyncio.TimerHandle | None = None  # aborts a socket that does not take its close in time
         self._overlapping: list[asyncio.Future[Any]] | None = None  # publishes whose outcome is pending (`overlap`)
+        self._burst = 0  # text messages handled by hand in this read (`received`)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.value} rooms={len(self.rooms)}>"
@@ -469,6 +500,7 @@ class Connection(asyncio.Protocol):
             self.reader_task = self._loop.create_task(self._read_queued(None))
 
     def data_received(self, data: bytes) -> None:
+        self._burst = 0
         self._parser.feed_data(data)  # -> received() for each message, frame_error() for a bad frame
 
     def eof_received(self) -> bool | None:
@@ -537,9 +569,14 @@ class Connection(asyncio.Protocol):
                 self._transport.resume_reading()
 
     def received(self, message: WSMessage) -> bool:
-        """One message as it is parsed, in `data_received`; whether this client is now busy with it: a text
-        message is handled in a reader task (`_read_queued`), and what follows is queued by the inbox until
-        the task has taken it. Never raises: an exception here would stop aiohttp's parser for good."""
+        """One message as it is parsed, in `data_received`; whether this client is now busy with it.
+
+        A text message is handled at once, driven by hand in a context of its own (as a task would run it): one
+        that finishes without waiting (an eager handler's: `wsgate.eager`) costs no task and no loop turn. One
+        that suspends gets a reader task for the rest (`_read_queued`), and what follows is queued by the inbox
+        until the task has taken it. Past READ_BATCH messages in one read, the rest goes to a reader task too,
+        after a loop turn (the flusher writes the answers so far first, as `_read_queued` lets it every
+        READ_BATCH). Never raises: an exception here would stop aiohttp's parser for good."""
         try:
             self.last_seen = self._loop.time()
             if message.type is not WSMsgType.TEXT:
@@ -547,8 +584,21 @@ class Connection(asyncio.Protocol):
                 return False
             if self.state is not State.OPEN:
                 return False  # read after the client was closed (a flood still buffered): not handled
+            assert self._on_text is not None
             self.handling = True
-            self.reader_task = self._loop.create_task(self._read_queued(message.data))
+            if self._burst >= READ_BATCH:
+                self.reader_task = self._loop.create_task(self._read_queued(message.data))
+                return True
+            self._burst += 1
+            context = copy_context()
+            coroutine = self._on_text(self, message.data)
+            try:
+                first = context.run(coroutine.send, None)
+            except StopIteration:
+                self.handling = False
+                return False
+            rest = Resumed(coroutine, first)
+            self.reader_task = self._loop.create_task(self._read_queued(None, rest), context=context)
             return True
         except Exception:  # never expected: a bug in wsgate
             log.exception("client %s: handling a frame failed; closing", self.id, extra={"client_id": self.id})
@@ -584,14 +634,16 @@ class Connection(asyncio.Protocol):
         self._loop.call_soon(self._on_drop, self)
         self._closer = self._loop.create_task(self._close(code, "", True, answer=False), name=f"wsgate-close-{self.id}")
 
-    async def _read_queued(self, text: str | None) -> None:
-        """The reader task: handle `text` (None: none), then what was queued meanwhile, in order, each awaited;
-        every READ_BATCH messages, a loop turn for the others. It ends once the queue is empty (reading resumes
-        then, if the queue had filled: `aiohttp_private.Inbox`)."""
+    async def _read_queued(self, text: str | None, rest: Resumed | None = None) -> None:
+        """The reader task: handle `text` (None: none), or the `rest` of a message that suspended, then what was
+        queued meanwhile, in order, each awaited; every READ_BATCH messages, a loop turn for the others. It ends
+        once the queue is empty (reading resumes then, if the queue had filled: `aiohttp_private.Inbox`)."""
         inbox, on_text = self._inbox, self._on_text
         assert on_text is not None
         try:
-            if text is not None:
+            if rest is not None:
+                await rest
+            elif text is not None:
                 await on_text(self, text)
             batch = 1
             while (message := await _next(inbox)) is not None:

@@ -128,11 +128,14 @@ class Dispatcher:
 
     A message whose handler finishes without suspending costs no bookkeeping at all, and `dispatch` then
     completes without suspending either: a reader may drive it by hand (`coroutine.send(None)`) and make a task
-    only for a message that suspends. Such a message is noted as in flight when it suspends: messages in flight are
-    kept in the order they began (all have the same limit), and one timer per dispatcher, armed only while
-    some are in flight, cancels those past their deadline (`_sweep`). Cancelling is `Task.cancel` on the task
-    that drives the rest, taken back with `Task.uncancel` once the message has ended (as `asyncio.timeout`
-    does), or, before that task has resumed it once, the cancellation of the future it waits on (`_Work`).
+    only for a message that suspends. Driven by hand, only the handlers of the `eager` types start there
+    (`wsgate.eager`: they need no current task before they first suspend); any other suspends first, with a
+    bare yield, so that it starts in the task the reader makes for the rest. Such a message is noted as in flight
+    when it suspends: messages in flight are kept in the order they began (all have the same limit), and one
+    timer per dispatcher, armed only while some are in flight, cancels those past their deadline (`_sweep`).
+    Cancelling is `Task.cancel` on the task that drives the rest, taken back with `Task.uncancel` once the
+    message has ended (as `asyncio.timeout` does), or, before that task has resumed it once, the cancellation of
+    the future it waits on (`_Work`).
     """
 
     def __init__(
@@ -143,8 +146,10 @@ class Dispatcher:
         *,
         hook_timeout: float = HOOK_TIMEOUT,
         waiting_on: Callable[[GatewayConnection], str | None] = lambda client: None,
+        eager: frozenset[str] = frozenset(),
     ) -> None:
         self.registry = registry
+        self._eager = eager  # types whose handler may start outside a task (`wsgate.eager`)
         self._types = registry.types()  # (the registry is filled before the dispatcher is built)
         self._metrics = metrics
         self._decoder = decoder
@@ -282,6 +287,8 @@ class Dispatcher:
                 raise ClientError(errors.UNKNOWN_TYPE)
             if client.overlapping and kind != PUBLISH:  # after the client's publishes still pending, as if awaited
                 await client.settled()
+            if kind not in self._eager and asyncio.current_task() is None:
+                await asyncio.sleep(0)  # driven by hand: the handler starts in the task made for the rest
             awaitable = handler(client, message)
             step: Coroutine[Any, Any, Any] | Generator[Any, None, Any] = (
                 awaitable if type(awaitable) is CoroutineType else awaitable.__await__()  # (any other: its iterator)

@@ -34,7 +34,7 @@ from .errors import ClientError
 from .redaction import redact
 from .registry import HandlerRegistry, PluginError
 from .supervision import Throttled
-from .types import Client, Gateway
+from .types import Client, Gateway, is_eager
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +355,8 @@ class Plugins:
         # Per-message and per-connection hooks are skipped entirely when nobody implements them.
         self.authenticates = self._implemented("wsgate_authenticate")
         self.authorizes = self._implemented("wsgate_authorize")
+        # eager handlers start outside a task only while every authorization hook may too (`wsgate.eager`)
+        self.authorizes_eagerly = all(is_eager(impl.function) for impl in self._impls("wsgate_authorize"))
         self.watches_clients = self._implemented("wsgate_client_connected") or self._implemented(
             "wsgate_client_disconnected"
         )

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Mapping
 
 from .errors import WsgateError
-from .types import Handler
+from .types import Handler, is_eager
 
 
 class PluginError(WsgateError):
@@ -43,6 +43,10 @@ class HandlerRegistry:
     def types(self) -> list[str]:
         """Every message type handled, sorted."""
         return sorted(self._handlers)
+
+    def eager_types(self) -> frozenset[str]:
+        """The types whose handler is marked `wsgate.eager`."""
+        return frozenset(kind for kind, handler in self._handlers.items() if is_eager(handler))
 
     def closest(self, kind: str) -> str | None:
         """The handled type `kind` is most likely a typo of (`Subscribe`, `subscibe`, `pubish`), compared

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Set
-from typing import Any, Protocol, overload, runtime_checkable
+from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 
 from .errors import CloseReason
 from .history import Position
 from .protocol import MESSAGE, Message
 
-__all__ = ["Client", "Gateway", "Handler", "Members", "Position"]
+__all__ = ["Client", "Gateway", "Handler", "Members", "Position", "eager", "is_eager"]
 
 
 class Members(list[bytes]):
@@ -101,6 +101,30 @@ class Client(Protocol):
 
 Handler = Callable[[Client, Message], Awaitable[Any]]
 """`async def handler(client, message)`: handles one message type for one client."""
+
+_EAGER = "__wsgate_eager__"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def eager(function: _F) -> _F:
+    """Mark a message handler, or a `wsgate_authorize` implementation, safe to start outside any task.
+
+    A message whose handler is eager (and every `wsgate_authorize` implementation too, when there are any) starts
+    at once in the connection's read callback, and costs no task and no loop turn when it finishes without
+    waiting. When it first suspends, a task is made for the rest. The rule it must keep: before its first `await`
+    that suspends, it uses nothing that needs a current task: `asyncio.timeout`, `asyncio.current_task`,
+    `asyncio.TaskGroup`, a redis-py command (it reads under `asyncio.timeout`), or anything built on them. It runs
+    in a context of its own, as in a task. Unmarked handlers always start in a task (docs/plugins.md, "Eager
+    handlers"). Returns `function`, marked.
+    """
+    setattr(function, _EAGER, True)
+    return function
+
+
+def is_eager(function: object) -> bool:
+    """Whether `function` was marked with `eager`."""
+    return getattr(function, _EAGER, False) is True
 
 
 @runtime_checkable

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from wsgate import Client, hookimpl
+from wsgate import Client, eager, hookimpl
 from wsgate.keys import GATEWAY
 from wsgate.rooms import glob_match
 
@@ -59,6 +59,7 @@ def _user_of(tokens: Mapping[str, Any], given: str) -> Any:
 
 
 @hookimpl
+@eager  # (nothing here needs a current task: the gateway may start eager handlers outside one)
 def wsgate_authorize(client: Client, action: str, room: str | None) -> bool | None:
     """Anonymous clients may not subscribe or publish to a private room."""
     if room is None or client.identity is not None:

@@ -6,13 +6,17 @@ as a third-party plugin would.
 `subscribe` to a room that keeps history reports the room's `offset` and `epoch`;
 with `"since": {"offset": K, "epoch": E}` it first sends every message after K
 that the client missed, then live ones, with no gap and no duplicate.
+
+`unsubscribe`, `publish`, `broadcast` and `ping` are `eager`: nothing they do before they first wait needs a
+current task. `subscribe`, `history` and `presence` may read Redis first (redis-py reads under `asyncio.timeout`),
+so they start in a task.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from wsgate import Client, ClientError, Handler, Message, Position, errors, hookimpl, protocol
+from wsgate import Client, ClientError, Handler, Message, Position, eager, errors, hookimpl, protocol
 
 MAX_OFFSET = 2**53  # exact in every client's numbers (and in Redis's Lua)
 
@@ -40,6 +44,7 @@ async def subscribe(client: Client, message: Message) -> None:
     await client.gateway.subscribe(client, room, since=since)
 
 
+@eager
 async def unsubscribe(client: Client, message: Message) -> None:
     room = message.require_room()
     client.gateway.unsubscribe(client, room)
@@ -56,6 +61,7 @@ def _skip_self(client: Client, message: Message) -> Client | None:
     return client if skip_self else None
 
 
+@eager
 async def publish(client: Client, message: Message) -> None:
     room = message.require_room()
     skip = _skip_self(client, message)
@@ -66,6 +72,7 @@ async def publish(client: Client, message: Message) -> None:
     await client.gateway.client_publish(client, room, message.data, skip=skip, idempotency_key=key)
 
 
+@eager
 async def broadcast(client: Client, message: Message) -> None:
     skip = _skip_self(client, message)
     protocol.refuse_idempotency_key(message.fields)  # a publish's field only: never ignored
@@ -73,6 +80,7 @@ async def broadcast(client: Client, message: Message) -> None:
     await client.gateway.broadcast(message.data, client_id=client.id, skip=skip)
 
 
+@eager
 async def ping(client: Client, message: Message) -> None:
     client.enqueue(protocol.encode(protocol.PONG))
 

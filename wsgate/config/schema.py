@@ -606,7 +606,7 @@ class DashboardSettings(Table):
 class RuntimeSettings(Table):
     uvloop: Flag = setting(
         False,
-        "Run on uvloop (the [speed] extra; without it, start-up stops naming this key); off: measured slower for fan-out",
+        "Run on uvloop (the [speed] extra; without it, start-up stops naming this key); off: slower for fan-out here",
     )
     gc_threshold: Int = setting(
         10_000,

@@ -1,0 +1,147 @@
+"""Eager handlers (`wsgate.eager`): a message whose handler may start outside a task is handled at once in the
+connection's read callback, and costs a task only when it waits; every other handler starts in a task, so that
+`asyncio.timeout` and `asyncio.current_task` work in it as they always did."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import json
+import os
+from typing import Any
+
+from wsgate import Client, Message, eager, hookimpl, protocol
+from wsgate.keys import DISPATCHER
+from wsgate.testing import StartServer, eventually
+
+SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("SEEN", default="unset")
+
+
+class Handlers:
+    """`plain` (unmarked) and `quick` (eager) record whether they started in a task; `plain` enters
+    `asyncio.timeout` before its first await, which needs one. `mark` sets a context variable and answers what
+    it found."""
+
+    def __init__(self) -> None:
+        self.started_in_task: dict[str, bool] = {}
+
+    @hookimpl
+    def wsgate_message_handlers(self) -> dict[str, Any]:
+        async def plain(client: Client, message: Message) -> None:
+            self.started_in_task["plain"] = asyncio.current_task() is not None
+            async with asyncio.timeout(5):
+                await asyncio.sleep(0)
+            client.enqueue(protocol.encode("plain_done"))
+
+        @eager
+        async def quick(client: Client, message: Message) -> None:
+            self.started_in_task["quick"] = asyncio.current_task() is not None
+            client.enqueue(protocol.encode("quick_done"))
+
+        @eager
+        async def mark(client: Client, message: Message) -> None:
+            client.enqueue(protocol.encode("marked", data={"before": SEEN.get()}))
+            SEEN.set(str(message.data))
+
+        return {"plain": plain, "quick": quick, "mark": mark}
+
+
+async def test_an_eager_handler_starts_by_hand_and_any_other_in_a_task(wsgate_server: StartServer) -> None:
+    handlers = Handlers()
+    server = await wsgate_server(handlers)
+    assert {"quick", "mark", "publish", "ping"} <= server.app[DISPATCHER]._eager
+    assert "plain" not in server.app[DISPATCHER]._eager
+    peer = await server.connect()
+    for kind in ("plain", "quick", "plain"):
+        await peer.send({"type": kind})
+        assert (await peer.recv())["type"] == f"{kind}_done"
+    assert handlers.started_in_task == {"plain": True, "quick": False}
+
+
+async def test_an_eager_handler_runs_in_a_context_of_its_own(wsgate_server: StartServer) -> None:
+    """As in a task: a context variable one message sets is not what the next one finds."""
+    server = await wsgate_server(Handlers())
+    peer = await server.connect()
+    for n in range(3):
+        await peer.send({"type": "mark", "data": n})
+        assert (await peer.recv())["data"] == {"before": "unset"}
+
+
+class Guard:
+    """A `wsgate_authorize` hook that enters `asyncio.timeout` before its first await, unmarked or `eager`."""
+
+    def __init__(self, marked: bool) -> None:
+        self.calls = 0
+
+        async def authorize(client: Client, action: str, room: str | None) -> bool | None:
+            self.calls += 1
+            async with asyncio.timeout(5):
+                await asyncio.sleep(0)
+            return None
+
+        self.wsgate_authorize = hookimpl(eager(authorize) if marked else authorize)
+
+
+async def test_an_unmarked_authorization_hook_keeps_every_handler_in_a_task(wsgate_server: StartServer) -> None:
+    """The built-in `publish` is eager, and calls `wsgate_authorize`: with one hook that is not, it starts in a
+    task, where the hook's `asyncio.timeout` works."""
+    guard = Guard(marked=False)
+    server = await wsgate_server(guard)
+    assert server.app[DISPATCHER]._eager == frozenset()
+    peer = await server.connect()
+    await peer.subscribe("room")
+    await peer.send({"type": "publish", "room": "room", "data": "hello"})
+    message = await peer.recv()
+    assert (message["type"], message["data"]) == ("message", "hello")
+    assert guard.calls == 2  # the subscribe's and the publish's
+
+
+async def test_an_eager_authorization_hook_leaves_publish_eager(wsgate_server: StartServer) -> None:
+    server = await wsgate_server(Guard(marked=True))
+    assert "publish" in server.app[DISPATCHER]._eager
+
+
+def _ping_frame() -> bytes:
+    payload = json.dumps({"type": "ping"}).encode()
+    mask = os.urandom(4)
+    return bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def test_a_burst_in_one_read_is_answered_whole_within_a_small_outbox(wsgate_server: StartServer) -> None:
+    """300 pings in one write, with room for 64 answers in the outbox: handled by hand 32 at a time (READ_BATCH),
+    the flusher writing between, as a reader task does; the client is never taken for a slow consumer."""
+    server = await wsgate_server(websocket={"send_queue_size": 64})
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.test_server.port)  # type: ignore[arg-type]
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 101")
+    await eventually(lambda: len(server.hub.connections) == 1)
+    writer.write(_ping_frame() * 300)
+    types = []
+    while len(types) < 301:
+        first = await asyncio.wait_for(reader.readexactly(2), 10)
+        assert first[0] == 0x81, first  # text frames only: no close
+        size = first[1] & 0x7F
+        if size == 126:
+            size = int.from_bytes(await reader.readexactly(2), "big")
+        types.append(json.loads(await reader.readexactly(size))["type"])
+    assert types == ["connected"] + ["pong"] * 300
+    assert len(server.hub.connections) == 1
+    writer.close()
+
+
+async def test_the_docs_eager_handler(wsgate_server: StartServer, tmp_path: Any) -> None:
+    """docs/plugins.md's `shout.py`, "Eager handlers"."""
+    from .test_docs_examples import page_block, write_module
+
+    shout = write_module(tmp_path, "shout", page_block("plugins.md", "# shout.py"))
+    server = await wsgate_server(shout)
+    assert "shout" in server.app[DISPATCHER]._eager
+    peer = await server.connect()
+    await peer.send({"type": "shout", "data": "hello"})
+    answer = await peer.recv()
+    assert (answer["type"], answer["data"]) == ("shouted", "HELLO")
