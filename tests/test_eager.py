@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import functools
 import json
 import os
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from wsgate import Client, Message, eager, hookimpl, protocol
 from wsgate.keys import DISPATCHER
 from wsgate.testing import StartServer, eventually
+from wsgate.types import is_eager
 
 SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("SEEN", default="unset")
 
@@ -145,3 +147,105 @@ async def test_the_docs_eager_handler(wsgate_server: StartServer, tmp_path: Any)
     await peer.send({"type": "shout", "data": "hello"})
     answer = await peer.recv()
     assert (answer["type"], answer["data"]) == ("shouted", "HELLO")
+
+
+class Stray:
+    """Handlers that meet a cancellation nobody asked for: a future cancelled before it is awaited (by hand, before
+    any wait) or while it is awaited (in the task made for the rest), eager or not."""
+
+    @hookimpl
+    def wsgate_message_handlers(self) -> dict[str, Any]:
+        async def at_once(client: Client, message: Message) -> None:
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future
+
+        async def while_waiting(client: Client, message: Message) -> None:
+            future = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(future.cancel)
+            await future
+
+        return {
+            "eager_at_once": eager(at_once),
+            "eager_while_waiting": eager(while_waiting),
+            "plain_while_waiting": while_waiting,
+        }
+
+
+async def test_a_cancellation_nobody_asked_for_is_an_internal_error_and_the_client_goes_on(
+    wsgate_server: StartServer,
+) -> None:
+    """Not a client gone, not a deadline: the handler's own failure. Answered, and the next message is handled
+    (it once left the client's messages queued for good, or escaped the read callback and aborted the socket)."""
+    server = await wsgate_server(Stray())
+    peer = await server.connect()
+    for kind in ("eager_at_once", "eager_while_waiting", "plain_while_waiting"):
+        await peer.send({"type": kind, "id": kind})
+        answer = await peer.recv()
+        assert (answer["type"], answer["error"], answer["id"]) == ("error", "internal error", kind)
+        assert (await peer.request({"type": "ping"}))["type"] == "pong"
+    assert len(server.hub.connections) == 1
+
+
+def test_the_mark_is_the_function_s_own() -> None:
+    """A wrapper that `functools.wraps` copied the mark to may add what needs a task: not eager unless marked. A
+    bound method's function takes the mark."""
+
+    @eager
+    async def handler(client: Client, message: Message) -> None: ...
+
+    @functools.wraps(handler)
+    async def traced(client: Client, message: Message) -> None:
+        async with asyncio.timeout(1):
+            await handler(client, message)
+
+    class Plugin:
+        async def method(self, client: Client, message: Message) -> None: ...
+
+    bound = Plugin().method
+    assert (is_eager(handler), is_eager(traced), is_eager(bound)) == (True, False, False)
+    assert eager(bound) is bound and is_eager(bound) and is_eager(Plugin.method)
+
+
+async def test_a_wrapped_eager_handler_starts_in_a_task(wsgate_server: StartServer) -> None:
+    """The built-in `publish`, wrapped by a plugin that enters `asyncio.timeout` first: it works (in a task)."""
+    from wsgate.builtin.messages import publish
+
+    @functools.wraps(publish)
+    async def timed(client: Client, message: Message) -> None:
+        async with asyncio.timeout(5):
+            await publish(client, message)
+
+    class Timed:
+        @hookimpl
+        def wsgate_message_handlers(self) -> dict[str, Any]:
+            return {"timed_publish": timed}
+
+    server = await wsgate_server(Timed())
+    assert "timed_publish" not in server.app[DISPATCHER]._eager
+    peer = await server.connect()
+    await peer.subscribe("room")
+    await peer.send({"type": "timed_publish", "room": "room", "data": "hi"})
+    assert (await peer.recv())["data"] == "hi"
+
+
+async def test_a_task_factory_without_a_context_argument_still_takes_the_rest(wsgate_server: StartServer) -> None:
+    """An embedding application's task factory of the older form `factory(loop, coroutine)`: a message that
+    waits, eager or not, still gets its task."""
+    loop = asyncio.get_running_loop()
+    made: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coroutine: Any) -> asyncio.Task[Any]:
+        made.append(coroutine.__qualname__)
+        return asyncio.Task(coroutine, loop=loop)
+
+    server = await wsgate_server(Stray())
+    peer = await server.connect()
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        assert (await peer.subscribe("room"))["type"] == "subscribed"  # not eager: begun in a task
+        await peer.send({"type": "eager_while_waiting"})  # eager, and it waits: its rest in a task
+        assert (await peer.recv())["error"] == "internal error"
+    finally:
+        loop.set_task_factory(None)
+    assert made.count("Connection._read_queued") >= 2

@@ -9,9 +9,10 @@ whose socket is full is left to its own writer task, which waits (at most
 `write_wait`) for it to drain: a slow peer only ever slows itself.
 
 After the upgrade the connection is the socket's protocol (`aiohttp_private.take_over`): frames are parsed
-as bytes arrive. Control frames are handled at once; a text message starts a reader task that handles it,
-then what arrived meanwhile (queued, bounded in bytes), in order, and ends. An idle connection holds no task
-and no buffer (docs/performance.md, "Memory per connection").
+as bytes arrive. Control frames are handled at once. A text message whose handler is eager (`wsgate.eager`) is
+handled at once too, and costs a task only if it waits; any other starts a reader task. The reader task handles
+the rest of that message, then what arrived meanwhile (queued, bounded in bytes), in order, and ends. An idle
+connection holds no task and no buffer (docs/performance.md, "Memory per connection").
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from contextvars import ContextVar, copy_context
-from typing import Any, overload
+from typing import Any, Final, overload
 
 from aiohttp import WebSocketError, WSMessage, WSMsgType
 
@@ -89,6 +90,10 @@ class Released:
 
 class _ParseError(Exception):
     """An error aiohttp's parser met while messages were queued, raised by `_next` after them (its cause)."""
+
+
+_DONE: Final = object()
+"""What `next(coroutine steps, _DONE)` gives for a coroutine that finished without suspending."""
 
 
 class Resumed:
@@ -441,8 +446,11 @@ class Connection(asyncio.Protocol):
             self._clear()
             return
         transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
-        self._clear()
-        self._check_buffer(transport)
+        outbox.clear()  # (`_clear` and `_check_buffer`, written out: twice per delivered message, not a call each)
+        self._queued = 0
+        if transport.get_write_buffer_size() > self._high_water:
+            self._blocked = True
+            self._need_writer()
 
     def write_head(self, head: bytes) -> None:
         """Write the upgrade's response (`Upgraded.head`; b"": written already) now, with the frames queued since
@@ -592,15 +600,17 @@ class Connection(asyncio.Protocol):
             self._burst += 1
             context = copy_context()
             coroutine = self._on_text(self, message.data)
-            try:
-                first = context.run(coroutine.send, None)
-            except StopIteration:
+            first = context.run(next, coroutine.__await__(), _DONE)  # (a default: when done, no StopIteration)
+            if first is _DONE:
                 self.handling = False
                 return False
-            rest = Resumed(coroutine, first)
-            self.reader_task = self._loop.create_task(self._read_queued(None, rest), context=context)
+            # the rest in a task made in that context (so in a copy of it: any task factory takes that call)
+            self.reader_task = context.run(self._loop.create_task, self._read_queued(None, Resumed(coroutine, first)))
             return True
-        except Exception:  # never expected: a bug in wsgate
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:  # never expected (the dispatcher answers every failure of a message): a bug in wsgate
+            self.handling = self.reader_task is not None
             log.exception("client %s: handling a frame failed; closing", self.id, extra={"client_id": self.id})
             self.drop(errors.INTERNAL_CLOSE)
         return False

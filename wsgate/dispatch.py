@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import CoroutineType
-from typing import Any
+from typing import Any, Final
 
 from . import errors
 from .clients import GatewayConnection
@@ -109,6 +109,10 @@ class _Rest:
             except StopIteration as stop:
                 return stop.value
             # (it caught the exception and waits again: hand that up too)
+
+
+_DONE: Final = object()
+"""What `next(handler steps, _DONE)` gives for a handler that finished without suspending."""
 
 
 async def _nothing() -> None:
@@ -268,7 +272,6 @@ class Dispatcher:
         kind = None
         work = None
         replying = None
-        begun = self._loop.time()  # (its deadline runs from here: before any hook's own limit starts)
         try:
             obj = self._decoder.parse(text)
             request_id = obj.get("id")
@@ -289,13 +292,15 @@ class Dispatcher:
                 await client.settled()
             if kind not in self._eager and asyncio.current_task() is None:
                 await asyncio.sleep(0)  # driven by hand: the handler starts in the task made for the rest
+            begun = self._loop.time()  # (its deadline runs from here, after the waits above: `_sweep`'s order)
             awaitable = handler(client, message)
-            step: Coroutine[Any, Any, Any] | Generator[Any, None, Any] = (
-                awaitable if type(awaitable) is CoroutineType else awaitable.__await__()  # (any other: its iterator)
-            )
-            try:
-                first = step.send(None)
-            except StopIteration:
+            step: Coroutine[Any, Any, Any] | Generator[Any, None, Any]
+            if type(awaitable) is CoroutineType:
+                step, steps = awaitable, awaitable.__await__()
+            else:
+                step = steps = awaitable.__await__()  # (any other awaitable: its iterator)
+            first = next(steps, _DONE)  # (`next` with a default: one done without suspending raises nothing)
+            if first is _DONE:
                 return  # done without suspending (`finally` below still runs)
             work = self._begin(client, begun, first)
             await _Rest(step, first, work)
@@ -304,7 +309,14 @@ class Dispatcher:
         except ClientGone:
             log.debug("client %s left while its %r was handled", client.id, kind, extra={"client_id": client.id})
         except asyncio.CancelledError:
-            if work is None or not work.take_back():  # (another cancellation spreads)
+            if work is None or work.cancelled is None:  # not this dispatcher's
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the task driving it is cancelled (its client went, shutdown): it spreads
+                # nobody cancelled it: a future the handler awaited was cancelled under it (by hand: a done one)
+                self._failed(client, kind)
+                return
+            if not work.take_back():  # (another cancellation spreads)
                 raise
             if work.cancelled == "gone" or client.state is not State.OPEN:
                 log.debug(
@@ -319,8 +331,7 @@ class Dispatcher:
                 self.timed_out(awaited or f"plugin {owner!r}: handler for {kind!r}", self.hook_timeout)
                 client.send_error(hook_timed_out(self.hook_timeout))  # (counted as hook_timeout)
         except Exception:
-            log.exception("handler for %r failed (client %s)", kind, client.id, extra={"client_id": client.id})
-            self.reject(client, ClientError(errors.INTERNAL_ERROR))
+            self._failed(client, kind)
         finally:
             if replying is not None:
                 client.replying = None
@@ -333,6 +344,12 @@ class Dispatcher:
                 if work.cancelled is not None:
                     work.take_back()  # (cancelled, and the handler swallowed it: taken back all the same)
                 self._waiting_on(client)  # forgets what it awaited, whoever cancelled it (else it holds the client)
+
+    def _failed(self, client: GatewayConnection, kind: str | None) -> None:
+        """A handler failed (raised, or met a cancellation nobody asked for): logged with the traceback, and the
+        client answered `internal error`; its next message is handled as usual."""
+        log.exception("handler for %r failed (client %s)", kind, client.id, extra={"client_id": client.id})
+        self.reject(client, ClientError(errors.INTERNAL_ERROR))
 
     def reject(self, client: GatewayConnection, err: ClientError) -> None:
         """Count `err` and answer it to the client."""

@@ -113,18 +113,23 @@ def eager(function: _F) -> _F:
     A message whose handler is eager (and every `wsgate_authorize` implementation too, when there are any) starts
     at once in the connection's read callback, and costs no task and no loop turn when it finishes without
     waiting. When it first suspends, a task is made for the rest. The rule it must keep: before its first `await`
-    that suspends, it uses nothing that needs a current task: `asyncio.timeout`, `asyncio.current_task`,
-    `asyncio.TaskGroup`, a redis-py command (it reads under `asyncio.timeout`), or anything built on them. It runs
-    in a context of its own, as in a task. Unmarked handlers always start in a task (docs/plugins.md, "Eager
-    handlers"). Returns `function`, marked.
+    that suspends, it uses nothing that needs a current task: `asyncio.timeout`, `asyncio.TaskGroup`, an aiohttp
+    client request with a timeout, a redis-py command (it reads under `asyncio.timeout`), or anything built on them
+    (docs/plugins.md, "Eager handlers"). Unmarked handlers always start in a task. Returns `function`, marked.
+
+    The mark names the function itself: a wrapper that `functools.wraps` copies it to is not eager unless marked
+    too (it may add what needs a task). A bound method marks its function.
     """
-    setattr(function, _EAGER, True)
+    target = getattr(function, "__func__", function)
+    setattr(target, _EAGER, target)
     return function
 
 
 def is_eager(function: object) -> bool:
-    """Whether `function` was marked with `eager`."""
-    return getattr(function, _EAGER, False) is True
+    """Whether `function` (or a bound method's function) was marked with `eager`, itself and not a function it
+    wraps."""
+    target = getattr(function, "__func__", function)
+    return getattr(target, _EAGER, None) is target
 
 
 @runtime_checkable
