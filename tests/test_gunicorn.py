@@ -90,6 +90,20 @@ async def test_a_worker_serves_upgrades_at_the_front_door_and_counts_them_for_ma
         await server.kill()
 
 
+async def test_runtime_uvloop_under_gunicorn_is_said_to_do_nothing(tmp_path: Path) -> None:
+    """The worker's event loop is made before the settings are read: asyncio's, said at start-up, not silently."""
+    settings = tmp_path / "gunicorn.toml"
+    settings.write_text("[websocket]\nenabled = true\n[runtime]\nuvloop = true\n")
+    server = await one_worker(settings)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.url("/ws")) as ws:
+                assert (await ws.receive_json())["type"] == "connected"
+        await server.wait_for_line(r"runtime\.uvloop has no effect under gunicorn")
+    finally:
+        await server.kill()
+
+
 async def test_two_workers_scrape_shows_the_sum_and_sigterm_closes_everyone(tmp_path: Path) -> None:
     """gunicorn -w 2 with the config module and PROMETHEUS_MULTIPROC_DIR: /metrics sums both workers."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -36,6 +36,8 @@ class GatewayWorker(GunicornWebWorker):
         async def make_runner() -> web.AppRunner:
             app = await make_app() if inspect.iscoroutinefunction(make_app) else make_app
             tune_collector(app[SETTINGS].runtime.gc_threshold)
+            if app[SETTINGS].runtime.uvloop:  # (the worker made its loop before any setting could be read)
+                self.log.warning("runtime.uvloop has no effect under gunicorn: its worker runs asyncio's event loop")
             cfg = self.cfg
             broker = app[SETTINGS].broker
             if cfg.workers > 1 and not broker.url and not broker.unshared_workers:
