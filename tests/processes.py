@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
@@ -81,6 +85,22 @@ async def run_wsgate(*args: str, env: dict[str, str] | None = None) -> tuple[int
     process = await spawn(sys.executable, "-m", "wsgate", *args, env=env)
     code = await process.finish(START_TIMEOUT)
     return code, "".join(process.lines)
+
+
+async def publish_then_sigterm(
+    server: Process, sockets: Sequence[aiohttp.ClientWebSocketResponse], room: str, timeout: float
+) -> None:
+    """`sockets[0]` publishes "hi" to `room` and every socket (each subscribed to it) gets it; then SIGTERM
+    closes each with 1001, and the process exits 0 within `timeout` seconds, without a traceback."""
+    await sockets[0].send_json({"type": "publish", "room": room, "data": "hi"})
+    for ws in sockets:
+        assert (await ws.receive_json())["data"] == "hi"
+    server.proc.send_signal(signal.SIGTERM)
+    for ws in sockets:
+        closing = await ws.receive(timeout=timeout)
+        assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+    assert await server.finish(timeout=timeout) == 0
+    assert "Traceback" not in "".join(server.lines)
 
 
 def require_tool(found: bool, tests: str, missing: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .processes import ROOT, environment, run_wsgate, spawn, start_wsgate
+from .processes import ROOT, environment, publish_then_sigterm, run_wsgate, spawn, start_wsgate
 
 
 async def test_help_lists_the_flags() -> None:
@@ -302,7 +302,7 @@ async def test_a_start_up_hook_that_hangs_stops_the_process_with_one_line(tmp_pa
 
 async def test_runtime_uvloop_serves_both_handshake_paths_and_shuts_down() -> None:
     """On uvloop (its transports are no asyncio.Transport): the front door's plain handshake and aiohttp's (a
-    subprotocol offer, declined by the front door), a publish between them, /health, then SIGTERM's 1001."""
+    subprotocol offer, declined by the front door), /health, a publish between them, then SIGTERM's 1001."""
     server = await start_wsgate(env=environment(WSGATE_RUNTIME__UVLOOP="true", WEBSOCKET_TIMEOUT="5s"))
     try:
         assert any("event loop: uvloop" in line for line in server.lines), server.lines
@@ -313,17 +313,9 @@ async def test_runtime_uvloop_serves_both_handshake_paths_and_shuts_down() -> No
                 assert (await ws.receive_json())["type"] == "connected"
                 await ws.send_json({"type": "subscribe", "room": "r"})
                 assert (await ws.receive_json())["type"] == "subscribed"
-            await plain.send_json({"type": "publish", "room": "r", "data": "hi"})
-            for ws in (plain, offered):
-                assert (await ws.receive_json())["data"] == "hi"
             async with session.get(server.url("/health")) as health:
                 assert health.status == 200
-            server.proc.send_signal(signal.SIGTERM)
-            for ws in (plain, offered):
-                closing = await ws.receive(timeout=5)
-                assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1001)
-        assert await server.finish(timeout=5) == 0
-        assert "Traceback" not in "".join(server.lines)
+            await publish_then_sigterm(server, (plain, offered), "r", timeout=5)
     finally:
         await server.kill()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .processes import Process, environment, spawn
+from .processes import Process, environment, publish_then_sigterm, spawn
 
 pytestmark = pytest.mark.slow  # gunicorn processes started and stopped
 
@@ -58,15 +58,7 @@ async def test_gunicorn_serves_the_protocol_and_shuts_down_gracefully(tmp_path: 
                     assert (await ws.receive_json())["type"] == "connected"
                     await ws.send_json({"type": "subscribe", "room": "g"})
                     assert (await ws.receive_json())["data"]["room"] == "g"
-                await a.send_json({"type": "publish", "room": "g", "data": "hi"})
-                for ws in (a, b):
-                    assert (await ws.receive_json())["data"] == "hi"
-                server.proc.send_signal(signal.SIGTERM)
-                for ws in (a, b):
-                    closing = await ws.receive(timeout=10)
-                    assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1001)
-        assert await server.finish(timeout=15) == 0
-        assert "Traceback" not in "".join(server.lines)
+                await publish_then_sigterm(server, (a, b), "g", timeout=15)
     finally:
         await server.kill()
 
