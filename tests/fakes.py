@@ -29,12 +29,13 @@ class RecordingTransport:
     def __init__(self) -> None:
         self.written = b""
         self.writes = 0
+        self.held = 0  # bytes the socket holds unsent: set it over 65,536 for a peer that does not read
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return 0, 65536
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.held
 
     def is_closing(self) -> bool:
         return False

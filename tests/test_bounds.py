@@ -23,9 +23,43 @@ PING = 0x9
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
-    """One client frame (masked, as RFC 6455 5.3 requires), payload under 126 bytes."""
+    """One client frame (masked, as RFC 6455 5.3 requires), payload under 64 KiB."""
     mask = os.urandom(4)
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    size = len(payload)
+    head = bytes([0x80 | opcode, 0x80 | size]) if size < 126 else struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize(
+    ("limits", "count", "pad"),
+    [({"send_queue_size": 16}, 20, 10), ({"send_queue_bytes": 65_536}, 32, 2_100)],
+    ids=["over send_queue_size", "over send_queue_bytes"],
+)
+async def test_a_burst_in_one_read_closes_no_one_who_reads(
+    wsgate_server: StartServer, limits: dict[str, int], count: int, pad: int
+) -> None:
+    """One client's publishes in one write, more than a member's outbox holds (the adversary's input): handled in
+    one loop turn, they once closed every member as a slow consumer, readers included. The sockets take the
+    writes, so both members get every message, in order, and stay."""
+    small = {"max_answer_bytes": 32_768}  # (answers must fit in send_queue_bytes)
+    server = await wsgate_server(websocket=limits, history=small, presence=small)
+    reader = await server.connect()
+    await reader.subscribe("x")
+    raw_reader, raw_writer = await asyncio.open_connection("127.0.0.1", server.test_server.port)  # type: ignore[arg-type]
+    raw_writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        + masked_frame(0x1, b'{"type":"subscribe","room":"x","id":"s"}')
+    )
+    await eventually(lambda: len(server.hub.rooms.get("x", ())) == 2)
+    raw_writer.write(
+        b"".join(
+            masked_frame(0x1, b'{"type":"publish","room":"x","data":[%d,"%s"]}' % (n, b"p" * pad)) for n in range(count)
+        )
+    )
+    assert [(await reader.recv())["data"][0] for _ in range(count)] == list(range(count))
+    assert len(server.hub.connections) == 2 and server.metrics.error_count("slow_consumer") == 0
+    raw_writer.close()
 
 
 BATCH = 100  # sockets of a storm sent before waiting for the server to count them
@@ -116,11 +150,12 @@ async def test_plugin_replies_count_against_the_byte_bound(wsgate_server: StartS
     try:
         await stalled.join(server.test_server.port, "any")  # type: ignore[arg-type]
         conn = next(iter(server.hub.rooms["any"]))
-        sent = 0
-        while conn.state.value == "open" and sent < 200:
+        sent = 0  # (what the socket takes while it is below its high-water mark goes there, as it goes)
+        while conn.state.value == "open" and sent < 10_000:
             conn.send({"type": "notice", "data": "y" * 1000})
             sent += 1
-        assert sent < 200 and conn.close_reason == "slow consumer"
+            assert conn.state.value != "open" or conn.held_bytes() <= 65_536
+        assert sent < 10_000 and conn.close_reason == "slow consumer"
         await wait_until(conn.closed)
     finally:
         stalled.close()

@@ -404,7 +404,7 @@ class Connection(asyncio.Protocol):
             len(outbox) >= self._outbox_limit
             or self._queued + size > self._byte_limit
             or (self._blocked and not self.fits(size))
-        ):
+        ) and not self._room_made(size):
             self._too_slow(f"{len(outbox)} messages, {self.held_bytes()} bytes queued")
             return False
         outbox.append(frame)
@@ -413,6 +413,16 @@ class Connection(asyncio.Protocol):
             self._marked = True
             self._flusher.mark(self)
         return True
+
+    def _room_made(self, size: int) -> bool:
+        """The outbox is full for `size` more bytes. While the socket takes writes (below its high-water mark),
+        that is a burst within one loop turn, not a slow reader: what is queued is written now, and whether the
+        frame may then wait is decided again (the socket's buffer counting once over its mark). A reader that
+        keeps up is never closed for the size of a burst; one whose socket is full is (`put`)."""
+        if self._blocked or not self._outbox or not self._raw:
+            return False
+        self.flush()
+        return size <= self._byte_limit and (not self._blocked or self.fits(size))
 
     def held_bytes(self) -> int:
         """Bytes held for this client: its outbox, and the transport's buffer once it is over its high-water
