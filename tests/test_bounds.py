@@ -32,7 +32,7 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
 
 @pytest.mark.parametrize(
     ("limits", "count", "pad"),
-    [({"send_queue_size": 16}, 20, 10), ({"send_queue_bytes": 65_536}, 32, 2_100)],
+    [({"send_queue_size": 16}, 20, 10), ({"send_queue_bytes": 65_536, "max_message_size": 32_768}, 32, 2_100)],
     ids=["over send_queue_size", "over send_queue_bytes"],
 )
 async def test_a_burst_in_one_read_closes_no_one_who_reads(
@@ -142,7 +142,7 @@ async def test_a_subscriber_that_never_reads_is_bounded_in_bytes_not_messages(ws
 async def test_plugin_replies_count_against_the_byte_bound(wsgate_server: StartServer) -> None:
     """A plugin's `client.send` to a client that never reads: the same bound as fan-out."""
     server = await wsgate_server(
-        websocket={"send_queue_bytes": 65_536},
+        websocket={"send_queue_bytes": 65_536, "max_message_size": 32_768},
         history={"max_answer_bytes": 32_768},
         presence={"max_answer_bytes": 32_768},
     )

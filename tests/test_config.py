@@ -142,6 +142,11 @@ def test_settings_are_immutable() -> None:
             "invalid setting history.max_answer_bytes = 1048576: expected at most websocket.send_queue_bytes = 65536 (an answer must fit in what may wait for one client)",
         ),
         (
+            "[history]\nmax_answer_bytes = 1024\n[presence]\nmax_answer_bytes = 1024\n",
+            {"WEBSOCKET_SEND_QUEUE_BYTES": "65536"},
+            "invalid setting websocket.max_message_size = 512000: expected at most websocket.send_queue_bytes (WEBSOCKET_SEND_QUEUE_BYTES) = 65536 (a message as large as a client may send must fit in what may wait for each member it goes to)",
+        ),
+        (
             "[history]\nmax_answer_bytes = 1024\n",
             {"WEBSOCKET_SEND_QUEUE_BYTES": "65536"},
             "invalid setting presence.max_answer_bytes = 1048576: expected at most websocket.send_queue_bytes (WEBSOCKET_SEND_QUEUE_BYTES) = 65536 (an answer must fit in what may wait for one client)",

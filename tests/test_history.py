@@ -523,7 +523,7 @@ async def test_live_messages_held_for_a_recovering_client_are_bounded_in_bytes(w
     server = await wsgate_server(
         history={**HISTORY, "max_answer_bytes": 32_768},
         presence={"max_answer_bytes": 32_768},
-        websocket={"send_queue_bytes": 65_536},
+        websocket={"send_queue_bytes": 65_536, "max_message_size": 32_768},
     )
     client = await server.connect()
     conn = server.hub.connections[client.id]

@@ -40,6 +40,12 @@ def check_relations(settings: Settings, label: Callable[[str], str] = str) -> No
                 f"{label('websocket.send_queue_bytes')} = {ws.send_queue_bytes} (an answer must fit in what "
                 "may wait for one client)"
             )
+    if ws.max_message_size > ws.send_queue_bytes:
+        raise ConfigError(
+            f"invalid setting {label('websocket.max_message_size')} = {ws.max_message_size}: expected at most "
+            f"{label('websocket.send_queue_bytes')} = {ws.send_queue_bytes} (a message as large as a client may "
+            "send must fit in what may wait for each member it goes to)"
+        )
     if ws.pong_wait <= ws.ping_interval:
         raise ConfigError(
             f"invalid setting {label('websocket.pong_wait')} = {show_duration(ws.pong_wait)}: expected a "
