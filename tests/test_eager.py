@@ -20,6 +20,15 @@ from wsgate.types import is_eager
 SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("SEEN", default="unset")
 
 
+async def suspend_once() -> None:
+    """Suspend once, until a callback the loop runs next sets a future: a handler that waits (for an event, not
+    for time)."""
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+    loop.call_soon(woken.set_result, None)
+    await woken
+
+
 class Handlers:
     """`plain` (unmarked) and `quick` (eager) record whether they started in a task; `plain` enters
     `asyncio.timeout` before its first await, which needs one. `mark` sets a context variable and answers what
@@ -33,7 +42,7 @@ class Handlers:
         async def plain(client: Client, message: Message) -> None:
             self.started_in_task["plain"] = asyncio.current_task() is not None
             async with asyncio.timeout(5):
-                await asyncio.sleep(0)
+                await suspend_once()
             client.enqueue(protocol.encode("plain_done"))
 
         @eager
@@ -79,7 +88,7 @@ class Guard:
         async def authorize(client: Client, action: str, room: str | None) -> bool | None:
             self.calls += 1
             async with asyncio.timeout(5):
-                await asyncio.sleep(0)
+                await suspend_once()
             return None
 
         self.wsgate_authorize = hookimpl(eager(authorize) if marked else authorize)
