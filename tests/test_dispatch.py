@@ -99,13 +99,18 @@ async def test_a_message_driven_by_hand_that_waits_is_cancelled_at_its_deadline_
 
     registry.register("test", {"hang": hang})
     dispatcher = Dispatcher(registry, parts.metrics, Decoder(), hook_timeout=0.05, eager=frozenset({"hang"}))
+    # the leaving client's deadline is far off, so that a stalled test process cannot time it out first
+    patient = Dispatcher(registry, parts.metrics, Decoder(), hook_timeout=60, eager=frozenset({"hang"}))
+    leaving = await _by_hand(patient, gone, '{"type":"hang"}')
+    assert leaving is not None
+    patient.client_gone(gone)  # before its task resumed it once: through the future it waits on
+    await asyncio.wait_for(leaving, 2)
+    assert cancelled == [gone.id]
     timing_out = await _by_hand(dispatcher, conn, '{"type":"hang","id":"a"}')
-    leaving = await _by_hand(dispatcher, gone, '{"type":"hang"}')
-    assert timing_out is not None and leaving is not None
-    dispatcher.client_gone(gone)  # before its task resumed it once: through the future it waits on
-    await asyncio.wait_for(asyncio.gather(timing_out, leaving), 2)
+    assert timing_out is not None
+    await asyncio.wait_for(timing_out, 2)
     assert cancelled == [gone.id, conn.id]
-    assert not dispatcher._in_flight
+    assert not dispatcher._in_flight and not patient._in_flight
     await turn()
     (answer,) = transport.messages()
     assert (answer["error"], answer["id"]) == (protocol.INTERNAL_ERROR, "a")

@@ -32,7 +32,7 @@ from wsgate.testing import TIMEOUT, Peer, Server, StartServer, eventually, wait_
 
 from .conftest import PrivateRedis
 from .test_auth import NO_EXAMPLE_AUTH, SECRET, bearer, token
-from .test_publish_outcome import STALL, Stall, kept, stall  # noqa: F401 (the fixture)
+from .test_publish_outcome import NO_PROBE, STALL, Stall, kept, stall  # noqa: F401 (the fixture)
 from .test_safe_publish import joined, nothing_more, received
 
 HISTORY = {"rooms": ["kept:*"], "size": 100}
@@ -461,7 +461,7 @@ async def test_a_keyed_publish_into_a_stall_holds_no_other_publish_and_a_retry_i
     so every member gets it once (the sender's node learns it), and the retry with the key, on the other node, is
     answered as a duplicate. A keyed publish refused before anything was written (certainly not sent) leaves
     its key free: its retry is delivered."""
-    broker = {"url": private_redis.url, "prefix": broker_prefix, "connect_timeout": "1s"}
+    broker = {"url": private_redis.url, "prefix": broker_prefix, "connect_timeout": "1s", **NO_PROBE}
     a, b = [await wsgate_server(broker=broker, history=HISTORY, **JWT) for _ in range(2)]
     sender, other, member_a = [await user(a, name, "plain:20") for name in ("alice", "bob", "carol")]
     member_b = await user(b, "dave", "plain:20")
@@ -500,7 +500,7 @@ async def test_a_retry_after_an_unknown_outcome_in_a_room_with_history_is_kept_o
     broker_prefix: str,
     stall: Stall,  # noqa: F811 (the fixture)
 ) -> None:
-    broker = {"url": private_redis.url, "prefix": broker_prefix, "connect_timeout": "1s"}
+    broker = {"url": private_redis.url, "prefix": broker_prefix, "connect_timeout": "1s", **NO_PROBE}
     a, b = [await wsgate_server(broker=broker, history=HISTORY, **JWT) for _ in range(2)]
     sender, member_b = await user(a, "alice", "kept:21"), await user(b, "bob", "kept:21")
     await stall.begin(STALL)

@@ -35,7 +35,8 @@ async def test_pings_every_ping_interval_and_answering_keeps_the_client(wsgate_s
         pings.append(await next_ping(client))
         await client.ws.pong()
     gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
-    assert all(0.05 < gap < 1.0 for gap in gaps), gaps
+    # every interval, never a burst: the mean gap (two pings may be read together after a stall of this process)
+    assert all(gap < 1.0 for gap in gaps) and sum(gaps) / len(gaps) > 0.08, gaps
     assert (await client.request({"type": "ping"}))["type"] == "pong"
     assert (await server.health())[1]["clients"] == 1
 
@@ -45,12 +46,11 @@ async def test_a_silent_client_is_dropped_after_pong_wait(wsgate_server: StartSe
     silent = await server.connect(autoping=False)  # never answers pings, never sends
     await silent.subscribe("room")
     conn = server.hub.connections[silent.id]
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    heard = conn.last_seen  # the server's clock: when it last heard from the client (the subscribe)
     closing = await silent.closed()
     assert closing.data == 1001
     assert closing.extra == "keepalive timeout"
-    assert loop.time() - started >= 0.25
+    assert asyncio.get_running_loop().time() - heard >= 0.3 - TIMER_SLACK  # pong_wait after it
     await wait_until(conn.closed)
     assert (await server.counts())[1] == {"status": "healthy", "clients": 0, "rooms": 0}
 

@@ -26,6 +26,9 @@ pytestmark = pytest.mark.slow  # Redis stalls waited out
 HISTORY = {"rooms": ["chat:*"], "size": 100}
 KEY = "test-api-key"
 STALL = 2.5  # seconds Redis sleeps: longer than broker.connect_timeout (1s), shorter than the answer's wait
+# The subscription's probe (every 5 s by default) off: its command, caught in a stall, would take the pool's
+# one idle connection and put a publish behind a new connection's set-up, "not sent" instead of "unknown"
+NO_PROBE = {"probe_interval": "1h"}
 
 
 class Stall:
@@ -73,7 +76,7 @@ async def stall(private_redis: PrivateRedis) -> AsyncIterator[Stall]:
 
 
 async def two_nodes(wsgate_server: StartServer, url: str, prefix: str) -> tuple[Server, Server]:
-    broker = {"url": url, "prefix": prefix, "connect_timeout": "1s"}
+    broker = {"url": url, "prefix": prefix, "connect_timeout": "1s", **NO_PROBE}
     a = await wsgate_server(broker=broker, history=HISTORY, api={"key": KEY})
     b = await wsgate_server(broker=broker, history=HISTORY, api={"key": KEY})
     return a, b

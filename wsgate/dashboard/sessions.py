@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from types import MappingProxyType
 
 from ..auth import Identity
@@ -61,8 +62,11 @@ class LoginThrottle:
     FORGET_AFTER = 600.0  # seconds without an attempt after which a key starts over
     KEYS_KEPT = 10_000  # records kept at most (the oldest go first)
 
-    def __init__(self, free: int = FREE, base: float = BASE, most: float = MOST) -> None:
-        self._free, self._base, self._most = free, base, most
+    def __init__(
+        self, free: int = FREE, base: float = BASE, most: float = MOST, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """`clock`: seconds, monotonic (a test's own clock makes the waits exact)."""
+        self._free, self._base, self._most, self._clock = free, base, most, clock
         self._records: dict[str, tuple[int, float, float]] = {}  # key -> (failures, not before, last seen)
         self._signing_key = secrets.token_bytes(32)
 
@@ -73,7 +77,7 @@ class LoginThrottle:
 
     def admit(self, key: str) -> float:
         """0.0: check this attempt now (call `finish` before any await); otherwise the seconds to wait."""
-        now = time.monotonic()
+        now = self._clock()
         record = self._records.get(key)
         if record is None or now - record[2] > self.FORGET_AFTER:
             return 0.0
@@ -85,7 +89,7 @@ class LoginThrottle:
         if succeeded:
             self._records.pop(key, None)
             return
-        now = time.monotonic()
+        now = self._clock()
         failures, _, last = self._records.pop(key, (0, 0.0, now))  # (re-inserted: the newest go last)
         failures = 1 if now - last > self.FORGET_AFTER else failures + 1
         extra = failures - self._free
