@@ -11,10 +11,13 @@ import asyncio
 import os
 import socket
 import struct
+from typing import Any
 
 import aiohttp
 import pytest
 
+from wsgate import Client, ClientError, Message, hookimpl
+from wsgate.sdk.publisher import HttpPublisher, PublishError, RedisPublisher
 from wsgate.testing import TIMEOUT, Server, StartServer, eventually, wait_until
 
 from .conftest import StalledClient
@@ -226,3 +229,122 @@ async def test_what_is_written_no_longer_counts(server: Server) -> None:
         assert len((await client.recv())["data"]) == 2_000_000
         await eventually(lambda: conn.held_bytes() == 0)
     assert conn.state.value == "open"
+
+
+# --- a message too large for any member's queue: refused to its publisher, never closing the members ------------
+
+TIGHT = {"send_queue_bytes": 65_536, "max_message_size": 65_536}
+SMALL = {"max_answer_bytes": 32_768}  # (answers must fit in send_queue_bytes)
+GROWS = '{"type":"%s",%s"data":[%s],"id":"big"}'  # 1e15 is 4 bytes sent, 18 delivered: "1000000000000000.0"
+
+
+async def answer_to(peer: Any, request_id: str) -> dict[str, Any]:
+    while (message := await peer.recv()).get("id") != request_id:
+        pass
+    return message
+
+
+@pytest.mark.parametrize("room", ["plain", "kept:1", None])  # a room, a room with history, a broadcast
+async def test_a_publish_that_grows_past_send_queue_bytes_as_it_is_encoded_is_refused_and_closes_no_one(
+    wsgate_server: StartServer, room: str | None
+) -> None:
+    """The adversary's next input: with `max_message_size` = `send_queue_bytes` (allowed), 60 KB of `1e15`s is
+    under the first and 220 KB once encoded for delivery: every member of the room was closed as a slow consumer.
+    Now the publisher is told, nobody gets it, nobody is closed."""
+    server = await wsgate_server(websocket=TIGHT, history={"rooms": ["kept:*"], **SMALL}, presence=SMALL)
+    publisher, member = await server.connect(), await server.connect()
+    if room is not None:
+        for peer in (publisher, member):
+            await peer.subscribe(room)
+    kind, where = ("publish", f'"room":"{room}",') if room else ("broadcast", "")
+    text = GROWS % (kind, where, ",".join(["1e15"] * 12_000))
+    assert len(text) < TIGHT["max_message_size"]
+    await publisher.send(text)
+    refused = await answer_to(publisher, "big")
+    assert (refused["type"], refused["error"]) == ("error", "message is too large"), refused
+    assert "bytes once encoded" in refused["detail"]
+    after = {"type": "publish", "room": room, "data": "after"} if room else {"type": "broadcast", "data": "after"}
+    await publisher.send(after)
+    assert (await member.recv())["data"] == "after"  # the refused one never came; the member is still here
+    assert len(server.hub.connections) == 2 and server.metrics.error_count("slow_consumer") == 0
+    assert server.metrics.error_count("message_too_large") == 1
+
+
+class Pushes:
+    """A plugin that pushes what its client asks for: `big_room` to a room through the gateway, `big_reply` to
+    the client alone."""
+
+    def __init__(self) -> None:
+        self.gateway: Any = None
+        self.refused: list[str] = []
+
+    @hookimpl
+    def wsgate_startup(self, gateway: Any) -> None:
+        self.gateway = gateway
+
+    @hookimpl
+    def wsgate_message_handlers(self) -> dict[str, Any]:
+        async def big_room(client: Client, message: Message) -> None:
+            try:
+                await self.gateway.publish("news", "x" * 70_000)
+            except ClientError as err:
+                self.refused.append(str(err))
+            client.enqueue(b'{"type":"done"}')
+
+        async def big_reply(client: Client, message: Message) -> None:
+            await client.send({"type": "big", "data": "x" * 70_000})
+
+        return {"big_room": big_room, "big_reply": big_reply}
+
+
+async def test_plugin_code_gets_an_error_for_a_message_no_client_could_be_sent(wsgate_server: StartServer) -> None:
+    """Plugin code's publish of a message over `send_queue_bytes` closed every member; its reply that large
+    closed its client. The publish raises ClientError `message is too large`, the reply ValueError (answered
+    `internal error`); nobody is closed, and the HTTP API answers 413."""
+    pushes = Pushes()
+    server = await wsgate_server(pushes, websocket=TIGHT, history=SMALL, presence=SMALL, api={"key": "k"})
+    client, member = await server.connect(), await server.connect()
+    await member.subscribe("news")
+    assert (await client.request({"type": "big_room"}))["type"] == "done"
+    assert pushes.refused == ["message is too large"]
+    answer = await client.request({"type": "big_reply", "id": 1})
+    assert (answer["error"], answer["id"]) == ("internal error", 1)
+    headers = {"Authorization": "Bearer k"}
+    body = {"room": "news", "data": "x" * 70_000}
+    async with server.session.post(server.url("/api/publish"), json=body, headers=headers) as resp:
+        assert resp.status == 413
+        assert (await resp.json())["error"] == "message is too large"
+    await server.gateway.publish("news", "small")
+    assert (await member.recv())["data"] == "small"
+    assert (await client.request({"type": "ping"}))["type"] == "pong"
+    assert len(server.hub.connections) == 2 and server.metrics.error_count("slow_consumer") == 0
+
+
+@pytest.mark.parametrize("room", ["news", "kept:2", None])  # a room, a room with history, a broadcast
+async def test_the_publishers_outside_the_gateway_are_refused_a_message_too_large(
+    wsgate_server: StartServer, redis_url: str, broker_prefix: str, room: str | None
+) -> None:
+    """RedisPublisher writes to Redis itself: it reads the largest message the gateways announce and refuses one
+    over it (413, as the HTTP API and so HttpPublisher answer); nothing is sent, nobody is closed."""
+    server = await wsgate_server(
+        broker={"url": redis_url, "prefix": broker_prefix},
+        websocket=TIGHT,
+        history={"rooms": ["kept:*"], **SMALL},
+        presence=SMALL,
+        api={"key": "k"},
+    )
+    member = await server.connect()
+    if room is not None:
+        await member.subscribe(room)
+    async with (
+        RedisPublisher(redis_url, prefix=broker_prefix) as through_redis,
+        HttpPublisher(server.url("/"), "k") as through_http,
+    ):
+        for publisher in (through_redis, through_http):
+            big = "x" * 70_000
+            with pytest.raises(PublishError) as refused:
+                await (publisher.publish(room, big) if room else publisher.broadcast(big))
+            assert (refused.value.status, str(refused.value)) == (413, "message is too large")
+        await (through_redis.publish(room, "small") if room else through_redis.broadcast("small"))
+    assert (await member.recv())["data"] == "small"
+    assert len(server.hub.connections) == 1 and server.metrics.error_count("slow_consumer") == 0

@@ -66,6 +66,7 @@ def test_the_protocol_texts_are_the_error_values_texts() -> None:
             "INVALID_TOKEN",
             "UNSUPPORTED_PROTOCOL",
             "UPGRADE_REQUIRED",
+            "MESSAGE_TOO_LARGE",
         )
     }
     assert len({kind.code for kind in errors.CLIENT_ERRORS}) == len(errors.CLIENT_ERRORS)

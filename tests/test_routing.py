@@ -12,14 +12,17 @@ from typing import Any
 
 import pytest
 
-from wsgate import Client, Message, hookimpl, protocol
+from wsgate import Client, ClientError, Message, errors, hookimpl, protocol
 from wsgate.broker import BrokerError, MemoryBroker
-from wsgate.history import Position, stamp, stamp_of
+from wsgate.config import WebSocketSettings
+from wsgate.connection import State
+from wsgate.history import FRAME_HEAD_BYTES, STAMP_BYTES, Position, largest_message, new_epoch, stamp, stamp_of
 from wsgate.rooms import RoomPatterns
 from wsgate.routing import Router
 from wsgate.sdk.client import GatewayClient
 from wsgate.sdk.publisher import HttpPublisher, RedisPublisher
 from wsgate.testing import Peer, Server, StartServer, eventually
+from wsgate.wire import text_frame
 
 from .fakes import Parts, turn
 
@@ -428,3 +431,35 @@ async def test_router_close_stops_its_timers_and_reads(monkeypatch: pytest.Monke
     assert router._wakes
     router.close()
     assert not router._wakes
+
+
+@pytest.mark.parametrize("offset", [1, 2**63 - 1, 2**64 - 1])  # (Redis's INCR stops at 2**63 - 1)
+def test_a_stamp_adds_at_most_stamp_bytes(offset: int) -> None:
+    for epoch in (new_epoch(), "f" * 24):
+        assert len(stamp(b'{"a":1', offset, epoch)) - len(b'{"a":1}') <= STAMP_BYTES
+    assert len(text_frame(b"x" * 70_000)) - 70_000 == FRAME_HEAD_BYTES  # (the longest head: 8 bytes of length)
+
+
+@pytest.mark.parametrize("room", ["h1", "p1", None])  # with history (stamped), without, a broadcast
+async def test_the_largest_message_the_router_takes_fits_a_members_queue_stamped_and_framed(room: str | None) -> None:
+    """`Router.begin` refuses a message whose frame could not wait for any client (`send_queue_bytes`): the
+    largest it takes reaches a member whose queue it fills, one byte more is refused and reaches nobody."""
+    limit = 65_536
+    parts = Parts()
+    parts.settings = WebSocketSettings(send_queue_bytes=limit)
+    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, send_queue_bytes=limit)
+    conn, transport = parts.connect()
+    if room is not None:
+        parts.hub.join(conn, room)
+    conn._blocked = True  # its socket full: what it is sent waits, and counts against the limit
+    largest = largest_message(limit)
+
+    def message(size: int) -> bytes:
+        head = b'{"type":"message","data":"'
+        return head + b"x" * (size - len(head) - 2) + b'"}'
+
+    with pytest.raises(ClientError) as refused:
+        router.begin(room, message(largest + 1))
+    assert refused.value.kind is errors.MESSAGE_TOO_LARGE
+    assert await router.publish(room, message(largest)) == 1
+    assert conn.state is State.OPEN and 0 < limit - conn.held_bytes() <= STAMP_BYTES + FRAME_HEAD_BYTES

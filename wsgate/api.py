@@ -60,6 +60,7 @@ _MISSED = {  # a command's answer when this node has no outcome of its own (`com
 _STATUS = {
     errors.HISTORY_UNAVAILABLE: 503,  # not sent (nobody got it): try again later
     errors.PUBLISH_OUTCOME_UNKNOWN: 504,  # the broker did not answer in time: kept once, or not at all
+    errors.MESSAGE_TOO_LARGE: 413,  # encoded for delivery, over what may wait for a client: nobody got it
 }
 
 View = Callable[[web.Request], Awaitable[web.Response]]

@@ -124,7 +124,9 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         room_removed=room_removed,
         presence=presence,
     )
-    router = Router(hub, broker, RoomPatterns(settings.history.rooms), metrics)
+    router = Router(
+        hub, broker, RoomPatterns(settings.history.rooms), metrics, send_queue_bytes=settings.websocket.send_queue_bytes
+    )
     limits = settings.websocket.limits
     decoder = Decoder(
         limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern, limits.max_number_digits

@@ -361,7 +361,8 @@ class Connection(asyncio.Protocol):
 
     def enqueue(self, payload: bytes) -> None:
         """Queue one encoded message for this client alone (counted as one delivery); ValueError, and nothing
-        queued, when it is not valid UTF-8 (`wire.data_frame`).
+        queued, when it is not valid UTF-8 (`wire.data_frame`), or its frame alone is over `send_queue_bytes`
+        (it could never wait for this client: a plugin's mistake, not a slow reader).
 
         Queued while this client's message with an `id` is handled (in that handling's context: `REPLYING`),
         it is a reply and gets that `id` (`protocol.with_id`); otherwise it goes as it is (one attribute test).
@@ -373,8 +374,14 @@ class Connection(asyncio.Protocol):
 
     def notify(self, payload: bytes) -> None:
         """Queue one encoded message for this client alone that answers no request of its own (never given a
-        request id): the `unsubscribed` of a room a refreshed token no longer allows, a push."""
+        request id): the `unsubscribed` of a room a refreshed token no longer allows, a push. ValueError as
+        `enqueue`."""
         frame = text_frame(payload)
+        if len(frame) > self._byte_limit:
+            raise ValueError(
+                f"a message of {len(payload)} bytes cannot be sent: at most websocket.send_queue_bytes = "
+                f"{self._byte_limit} bytes may wait for a client"
+            )
         if self.put(frame):
             self.replied += len(frame)
             self._metrics.messages_delivered(1)

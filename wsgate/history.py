@@ -19,6 +19,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 OFFSET_FIELD = b',"offset":'
 
@@ -44,6 +45,25 @@ class Replay:
     recovered: bool
     messages: list[bytes] = field(default_factory=list)
     kept: list[bytes] = field(default_factory=list)
+
+
+STAMP_BYTES: Final = 80
+"""The most `stamp` adds to a message, in bytes: `,"offset":` and up to 20 digits, `,"epoch":"`, an epoch of up
+to 24 characters (`new_epoch`: 21) and `"}`, less the brace it replaces (65), rounded up."""
+FRAME_HEAD_BYTES: Final = 10
+"""The longest head of the frame a message goes in (`wire.data_frame`; RFC 6455 section 5.2: two bytes, and
+eight of payload length)."""
+
+
+def largest_message(send_queue_bytes: int) -> int:
+    """The longest encoded message (bytes) whose frame, stamped in a room with history, fits in `send_queue_bytes`
+    (what may wait for one client): a longer one could never be queued for any member (`Router.begin`)."""
+    return send_queue_bytes - STAMP_BYTES - FRAME_HEAD_BYTES
+
+
+def too_large(size: int, largest: int) -> str:
+    """The detail of `message is too large` for an encoded message of `size` bytes (`largest_message`)."""
+    return f"{size} bytes once encoded; at most {largest} fit in what may wait for a client"
 
 
 def stamp(head: bytes, offset: int, epoch: str) -> bytes:

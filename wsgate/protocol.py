@@ -71,6 +71,7 @@ PRESENCE_UNAVAILABLE: Final = errors.PRESENCE_UNAVAILABLE.text
 INVALID_TOKEN: Final = errors.INVALID_TOKEN.text
 UNSUPPORTED_PROTOCOL: Final = errors.UNSUPPORTED_PROTOCOL.text  # (HTTP 400 before the upgrade)
 UPGRADE_REQUIRED: Final = errors.UPGRADE_REQUIRED.text  # (HTTP 426 or 400 before the upgrade)
+MESSAGE_TOO_LARGE: Final = errors.MESSAGE_TOO_LARGE.text  # (HTTP 413 from the API)
 
 # Close codes (RFC 6455 section 7.4.1); the reasons sent with them are `wsgate.errors.CloseReason`s.
 CLOSE_GOING_AWAY: Final = errors.GOING_AWAY  # server shutdown, keepalive timeout

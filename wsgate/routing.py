@@ -48,11 +48,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 
+from . import errors
 from .broker import Broker
 from .broker.base import OutcomeUnknown
 from .connection import Connection
-from .history import Position
+from .errors import ClientError
+from .history import Position, largest_message, too_large
 from .hub import Hub
 from .metrics import Metrics
 from .ordering import GAP_WAIT, Action, CancelWake, Deliver, Done, Fail, Gap, Pending, Read, Wake
@@ -69,9 +72,19 @@ class Router:
     ones; drives the hub's `Ordering` (`wsgate.ordering`) for rooms with history."""
 
     def __init__(
-        self, hub: Hub, broker: Broker, history_rooms: RoomPatterns, metrics: Metrics, *, gap_wait: float = GAP_WAIT
+        self,
+        hub: Hub,
+        broker: Broker,
+        history_rooms: RoomPatterns,
+        metrics: Metrics,
+        *,
+        gap_wait: float = GAP_WAIT,
+        send_queue_bytes: int = 0,
     ) -> None:
+        """`send_queue_bytes`: what may wait for one client (`websocket.send_queue_bytes`; 0: no bound); a message
+        whose frame, stamped, would not fit in it is refused (`begin`)."""
         self._hub = hub
+        self._largest = largest_message(send_queue_bytes) if send_queue_bytes else sys.maxsize
         self._order = hub.ordering
         self._pending = self._order.pending  # (never rebound: read on the fast path)
         self._broker = broker
@@ -116,7 +129,12 @@ class Router:
         AlreadyPublished when a publish with it went out within the window, on any node (nothing is delivered or
         kept). In a room without history it makes the publish raise as one with history does (BrokerError,
         OutcomeUnknown): the claim needs the broker.
+
+        Raises ClientError(`message is too large`) before anything happens when `message`'s frame would not fit
+        in what may wait for one client (`send_queue_bytes`): delivered, it would close every member it went to.
         """
+        if len(message) > self._largest:
+            raise ClientError(errors.MESSAGE_TOO_LARGE, too_large(len(message), self._largest))
         kept = room is not None and (self._history_rooms.match(room) if history is None else history)
         if kept:
             assert room is not None

@@ -63,17 +63,18 @@ class Client(Protocol):
         """Send one JSON object to this client alone (stamped with `timestamp` if it has none).
 
         Queued at once: awaiting the result is allowed and completes immediately.
-        Raises `ClientError` (`invalid JSON format`) for data JSON cannot carry. Sent while this client's
-        message with an `id` is handled, it gets that `id` as its last key, unless it has an `id` of its own
-        (docs/protocol.md, "Request ids").
+        Raises `ClientError` (`invalid JSON format`) for data JSON cannot carry, ValueError for an object
+        larger, encoded, than `websocket.send_queue_bytes` (it could never wait for a client). Sent while this
+        client's message with an `id` is handled, it gets that `id` as its last key, unless it has an `id` of
+        its own (docs/protocol.md, "Request ids").
         """
 
     def enqueue(self, message: bytes) -> None:
         """Send one message that is already encoded JSON (`wsgate.protocol.encode`) to this client alone.
 
-        Raises ValueError when `message` is not valid UTF-8 (a text frame must be, RFC 6455 section 8.1).
-        Queued while this client's message with an `id` is handled, a JSON object gets that `id` as its last key
-        (docs/protocol.md, "Request ids").
+        Raises ValueError when `message` is not valid UTF-8 (a text frame must be, RFC 6455 section 8.1), or
+        larger than `websocket.send_queue_bytes`. Queued while this client's message with an `id` is handled, a
+        JSON object gets that `id` as its last key (docs/protocol.md, "Request ids").
         """
 
     @overload
@@ -189,9 +190,10 @@ class Gateway(Protocol):
         is still kept and reaches every other member, the same user's other connections included.
         In a room with history the message gets the room's next `offset` and its `epoch`. Returns how many
         local clients it was queued for. Raises `ClientError`:
-        `invalid JSON format` for data JSON cannot carry, `history is unavailable` when the
-        room keeps history and the history store did not keep it (then nobody got it), `publish outcome
-        unknown` when the store took it and did not answer within `broker.connect_timeout` (then, if it
+        `invalid JSON format` for data JSON cannot carry, `message is too large` when the message, encoded, would
+        not fit in what may wait for one client (`websocket.send_queue_bytes`: nobody got it), `history is
+        unavailable` when the room keeps history and the history store did not keep it (then nobody got it),
+        `publish outcome unknown` when the store took it and did not answer within `broker.connect_timeout` (then, if it
         was kept, every member on every node gets it once; publishing it again may deliver it twice).
         """
 
@@ -211,7 +213,7 @@ class Gateway(Protocol):
     ) -> int:
         """Send `{"type": type, "data": data}` to every connected client on every node (the spec's
         Broadcast / NotifyAllClients), but `skip` (one client of this node, as for `publish`). Returns how
-        many local clients it was queued for."""
+        many local clients it was queued for. Raises `ClientError` `message is too large` as `publish` does."""
 
     # --- rooms ------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ implementations."""
 from __future__ import annotations
 
 from ..config import Settings
+from ..history import largest_message
 from ..metrics import Metrics
 from ..redaction import redact_url
 from ..supervision import Supervisor
@@ -26,6 +27,7 @@ def make_broker(settings: Settings, metrics: Metrics, node_id: bytes, supervisor
         history=settings.history,
         supervisor=supervisor,
         idempotency_window=settings.publish.idempotency_window,
+        largest_message=largest_message(settings.websocket.send_queue_bytes),
     )
 
 

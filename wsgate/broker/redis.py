@@ -123,9 +123,11 @@ class RedisBroker:
         history: HistorySettings | None = None,
         supervisor: Supervisor | None = None,
         idempotency_window: float = WINDOW,
+        largest_message: int = 0,
     ) -> None:
         self._settings = settings
         self._idempotency_window = idempotency_window
+        self._largest_message = largest_message  # (announced to RedisPublisher; 0: no bound)
         self._supervisor = supervisor or Supervisor(metrics)
         self._history = history or HistorySettings()
         self._metrics = metrics
@@ -226,8 +228,9 @@ class RedisBroker:
         ]
 
     async def _prepare(self) -> None:
-        """Load the history script (sent by its SHA from now on) and announce the history settings
-        to publishers outside the gateway (`RedisPublisher`). Run at start and on every reconnect."""
+        """Load the history script (sent by its SHA from now on) and announce the history settings, and the
+        longest message a client can be sent (`history.largest_message`), to publishers outside the gateway
+        (`RedisPublisher`). Run at start and on every reconnect."""
         await self._redis.script_load(PUBLISH_SCRIPT)
         history = self._history
         await self._redis.set(
@@ -238,6 +241,7 @@ class RedisBroker:
                     "size": history.size,
                     "ttl": history.ttl,
                     "idempotency_window": self._idempotency_window,
+                    "largest_message": self._largest_message,
                 }
             ),
         )

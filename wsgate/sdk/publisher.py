@@ -54,6 +54,7 @@ from ..broker.redis_schema import (
     publish_args,
 )
 from ..errors import ClientError
+from ..history import too_large
 from ..idempotency import WINDOW, check_key, claim_id, publisher_scope
 from ..rooms import RoomPatterns
 
@@ -193,6 +194,14 @@ class HttpPublisher(_Closing):
         return LocalClients(int(count), duplicate=answer.get("duplicate") is True)
 
 
+def _check_size(message: bytes, announced: dict[str, Any]) -> None:
+    """PublishError (413, `message is too large`) for a message longer than the gateways can send a client (the
+    `largest_message` they announce): it would close every member it went to, so it is not sent."""
+    largest = announced.get("largest_message") or 0
+    if largest and len(message) > largest:
+        raise PublishError(413, protocol.MESSAGE_TOO_LARGE, too_large(len(message), largest))
+
+
 class RedisPublisher(_Closing):
     """Publishes onto the Redis broker's channels; every gateway node delivers it to its clients.
 
@@ -201,7 +210,8 @@ class RedisPublisher(_Closing):
     gives them: a resuming client misses nothing published this way.
 
     Each command waits at most `timeout` seconds for Redis. Raises PublishError (status 503)
-    when Redis cannot be reached or refuses (nothing was sent), and PublishOutcomeUnknown
+    when Redis cannot be reached or refuses (nothing was sent), PublishError (413, `message is too large`) for a
+    message longer, encoded, than the gateways can send a client (nothing was sent), and PublishOutcomeUnknown
     (status 504) when the command was written and no answer came within `timeout`. Commands
     are never retried blindly: a message for a room with history carries a message id, and
     after a lost connection it is sent once more with that id (Redis runs an id once), which
@@ -254,6 +264,7 @@ class RedisPublisher(_Closing):
         claim = None if idempotency_key is None else self._claim(room, idempotency_key)
         message = protocol.encode(type, room=room, data=data, client_id=self._server_id)
         rooms, history = await self._history_settings()
+        _check_size(message, history)
         channel = self._names.channel(room)
         window = float(history.get("idempotency_window", WINDOW))
         if not rooms.match(room):
@@ -278,6 +289,7 @@ class RedisPublisher(_Closing):
         """Returns how many gateway nodes received it (see the class for what it raises)."""
         self._check_open()
         message = protocol.encode(type, data=data, client_id=self._server_id)
+        _check_size(message, (await self._history_settings())[1])
         return Nodes(int(await self._run([("PUBLISH", self._names.broadcast, self._sender + message)])))
 
     def _claim(self, room: str, key: str) -> bytes:
