@@ -9,7 +9,10 @@ import logging
 import aiohttp
 import pytest
 
-from wsgate.testing import Server, StartServer, wait_until
+from wsgate.testing import TIMEOUT, Server, StartServer, wait_until
+from wsgate.wire import frame_payloads
+
+from .test_bounds import masked_frame
 
 
 async def assert_still_usable(client) -> None:  # type: ignore[no-untyped-def]
@@ -241,3 +244,59 @@ async def test_malformed_http_requests_are_logged_as_one_throttled_line(
     assert len(records) == 1, [r.getMessage() for r in records]
     assert records[0].levelno == logging.WARNING and records[0].exc_info is None
     assert records[0].getMessage().startswith("refused 1 malformed HTTP requests since the last report, the last")
+
+
+def _rsv1(frame: bytes) -> bytes:
+    return bytes([frame[0] | 0x40]) + frame[1:]
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        (masked_frame(0x1, b"\xff\xfe"), 1007),  # text that is not UTF-8
+        (masked_frame(0x3, b"x"), 1002),  # a reserved opcode
+        (_rsv1(masked_frame(0x1, b"{}")), 1002),  # RSV1 without an extension that defines it
+        (masked_frame(0x1, b'{"type":"ping","pad":"' + b"x" * 3000 + b'"}'), 1009),  # over max_message_size
+    ],
+)
+@pytest.mark.parametrize("first", ["ping", "subscribe"])  # handled in the read callback, or in a reader task
+async def test_a_bad_frame_after_good_ones_in_one_read_closes_after_their_answers(
+    wsgate_server: StartServer, bad: bytes, code: int, first: str
+) -> None:
+    """Messages handled before a bad frame in the same read took effect; their answers are sent before the close
+    (they were dropped with it: a client could not know its publish went out)."""
+    server = await wsgate_server(websocket={"max_message_size": 2048})
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.test_server.port)  # type: ignore[arg-type]
+    good = [{"type": first, "room": "r", "id": "a"}, {"type": "ping", "id": "b"}]
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        + b"".join(masked_frame(0x1, json.dumps(message).encode()) for message in good)
+        + bad
+    )
+    received = await asyncio.wait_for(reader.read(), TIMEOUT)  # all of it: the server closes the socket
+    frames = list(frame_payloads(received.partition(b"\r\n\r\n")[2]))
+    answers = [json.loads(payload) for opcode, payload in frames if opcode == 0x1]
+    assert [(answer["type"], answer.get("id")) for answer in answers] == [
+        ("connected", None),
+        ("subscribed" if first == "subscribe" else "pong", "a"),
+        ("pong", "b"),
+    ]
+    (closing,) = [payload for opcode, payload in frames if opcode == 0x8]
+    assert int.from_bytes(closing[:2], "big") == code
+    writer.close()
+
+
+async def test_with_deflate_too_a_bad_frame_closes_after_the_answers_before_it(wsgate_server: StartServer) -> None:
+    """As above, on a connection that negotiated permessage-deflate: its writer sends the answers, then the close."""
+    server = await wsgate_server(websocket={"compression": True})
+    ws = await server.session.ws_connect(server.url("/ws"), compress=15)
+    assert json.loads((await ws.receive(timeout=TIMEOUT)).data)["type"] == "connected"
+    await asyncio.gather(  # (one write each, back to back: read together)
+        ws.send_str('{"type":"ping","id":"a"}'),
+        ws.send_str('{"type":"ping","id":"b"}'),
+        ws._writer.send_frame(b"\xff\xfe", aiohttp.WSMsgType.TEXT),
+    )
+    answers = [json.loads((await ws.receive(timeout=TIMEOUT)).data)["id"] for _ in range(2)]
+    closing = await ws.receive(timeout=TIMEOUT)
+    assert (answers, closing.type, closing.data) == (["a", "b"], aiohttp.WSMsgType.CLOSE, 1007)

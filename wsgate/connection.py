@@ -646,7 +646,8 @@ class Connection(asyncio.Protocol):
 
     def frame_error(self, error: BaseException) -> None:
         """A frame aiohttp's parser refused (RFC 6455 section 7.4.1: 1002 a protocol error, 1007 invalid UTF-8,
-        1009 too big): closed with its code, as aiohttp closes."""
+        1009 too big): closed with its code, as aiohttp closes. The messages before it took effect: their
+        answers go out first (a client would not know its publish went out), unless its socket is full."""
         code = int(error.code) if isinstance(error, WebSocketError) else PROTOCOL_ERROR
         if code == errors.MESSAGE_TOO_BIG.code:
             self._metrics.error(errors.MESSAGE_TOO_BIG.label)
@@ -655,9 +656,11 @@ class Connection(asyncio.Protocol):
             why = None
         if self.state is not State.OPEN:
             return
+        self.flush()  # (with deflate, the writer takes them, and the close waits for it: `_close`, patient)
         self.state = State.CLOSING
         self.close_cause, self.close_code = why, code
-        self._clear()
+        if self._raw:
+            self._clear()  # what a full socket could not take
         self._loop.call_soon(self._on_drop, self)
         self._closer = self._loop.create_task(self._close(code, "", True, answer=False), name=f"wsgate-close-{self.id}")
 
