@@ -9,17 +9,28 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp._websocket.writer import WebSocketWriter
 from aiohttp.test_utils import BaseTestServer, TestServer
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.worker import GunicornWebWorker
 
-from wsgate.aiohttp_private import _close_unfinished, close_unfinished_at, production_test_server, watch_connections
+from wsgate.aiohttp_private import (
+    _close_unfinished,
+    close_unfinished_at,
+    deflate_now,
+    production_test_server,
+    watch_connections,
+)
 from wsgate.testing import eventually
+from wsgate.wire import TEXT_OPCODE, frame_payloads
+
+from .fakes import RecordingTransport
 
 # (owner, attribute, the parameters the adapter passes or receives, in order)
 RELIED_ON: list[tuple[type[Any], str, list[str]]] = [
@@ -28,6 +39,7 @@ RELIED_ON: list[tuple[type[Any], str, list[str]]] = [
     (TestServer, "_make_runner", ["self", "kwargs"]),
     (GunicornWebWorker, "_get_valid_log_format", ["self", "source_format"]),
     (RequestHandler, "_process_keepalive", ["self"]),
+    (WebSocketWriter, "_send_compressed_frame_sync", ["self", "message", "opcode", "compress"]),
 ]
 
 
@@ -165,3 +177,19 @@ async def test_an_unfinished_request_is_closed_at_its_deadline_even_before_the_h
     _close_unfinished(handler)  # what the timer calls at the deadline, here before the loop's first step
     assert transport.is_closing()
     theirs.close()
+
+
+def test_deflate_now_writes_a_compressed_frame_before_it_returns() -> None:
+    """`deflate_now`: a frame of any size is compressed and written at once (aiohttp's `send_frame` compresses
+    one over 16 KiB in its executor, later), RSV1 set, its payload the message deflated (RFC 7692 section 7.2.1),
+    with the context taken over from one frame to the next, as negotiated."""
+    transport = RecordingTransport()
+    writer = WebSocketWriter(None, transport, compress=15)  # type: ignore[arg-type]
+    messages = [b'{"type":"message","data":"%s"}' % (b"x" * size) for size in (10, 100_000)]
+    for message in messages:
+        deflate_now(writer, message, TEXT_OPCODE)
+    inflate = zlib.decompressobj(-15)
+    frames = transport.written
+    assert [frames[0] & 0x40, frames[0] & 0x0F] == [0x40, TEXT_OPCODE]
+    found = [inflate.decompress(payload + b"\x00\x00\xff\xff") for _, payload in frame_payloads(frames)]
+    assert found == messages

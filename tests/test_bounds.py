@@ -8,6 +8,7 @@ Sockets are closed on every path, whatever the peer does first.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import socket
 import struct
@@ -23,6 +24,7 @@ from wsgate.testing import TIMEOUT, Server, StartServer, eventually, wait_until
 from .conftest import StalledClient
 
 PING = 0x9
+SMALL_ANSWERS: dict[str, Any] = {"history": {"max_answer_bytes": 32_768}, "presence": {"max_answer_bytes": 32_768}}
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
@@ -38,15 +40,18 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
     [({"send_queue_size": 16}, 20, 10), ({"send_queue_bytes": 65_536, "max_message_size": 32_768}, 32, 2_100)],
     ids=["over send_queue_size", "over send_queue_bytes"],
 )
+@pytest.mark.parametrize("compression", [False, True], ids=["raw", "deflate"])
 async def test_a_burst_in_one_read_closes_no_one_who_reads(
-    wsgate_server: StartServer, limits: dict[str, int], count: int, pad: int
+    wsgate_server: StartServer, limits: dict[str, int], count: int, pad: int, compression: bool
 ) -> None:
     """One client's publishes in one write, more than a member's outbox holds (the adversary's input): handled in
     one loop turn, they once closed every member as a slow consumer, readers included. The sockets take the
-    writes, so both members get every message, in order, and stay."""
+    writes, so both members get every message, in order, and stay. With permessage-deflate too: the frames are
+    compressed as they would be written (they waited for aiohttp's executor, counted as the reader's)."""
     small = {"max_answer_bytes": 32_768}  # (answers must fit in send_queue_bytes)
-    server = await wsgate_server(websocket=limits, history=small, presence=small)
-    reader = await server.connect()
+    server = await wsgate_server(websocket={**limits, "compression": compression}, history=small, presence=small)
+    reader = await server.connect(compress=15 if compression else 0)  # (offers permessage-deflate, or not)
+    assert server.hub.connections[reader.id]._raw is not compression
     await reader.subscribe("x")
     raw_reader, raw_writer = await asyncio.open_connection("127.0.0.1", server.test_server.port)  # type: ignore[arg-type]
     raw_writer.write(
@@ -63,6 +68,25 @@ async def test_a_burst_in_one_read_closes_no_one_who_reads(
     assert [(await reader.recv())["data"][0] for _ in range(count)] == list(range(count))
     assert len(server.hub.connections) == 2 and server.metrics.error_count("slow_consumer") == 0
     raw_writer.close()
+
+
+async def test_large_messages_to_deflate_readers_close_none_of_them(wsgate_server: StartServer) -> None:
+    """The adversary's input: with compression on, a publisher's messages of 493 KB (here 100 KB: over the 16 KiB
+    aiohttp compresses in its executor) closed every deflate reader as a slow consumer: they waited, uncompressed,
+    for the executor. Compressed and written at once, each reader gets every one."""
+    limits = {"compression": True, "send_queue_bytes": 262_144, "max_message_size": 131_072}
+    server = await wsgate_server(websocket=limits, **SMALL_ANSWERS)
+    readers = [await server.connect(compress=15) for _ in range(3)]
+    publisher = await server.connect()
+    for peer in (*readers, publisher):
+        await peer.subscribe("x")
+    for n in range(8):  # 800 KB in flight to each reader, its bound 256 KiB
+        await publisher.send(
+            {"type": "publish", "room": "x", "data": [n, base64.b64encode(os.urandom(75_000)).decode()]}
+        )
+    for reader in readers:
+        assert [(await reader.recv())["data"][0] for _ in range(8)] == list(range(8))
+    assert len(server.hub.connections) == 4 and server.metrics.error_count("slow_consumer") == 0
 
 
 BATCH = 100  # sockets of a storm sent before waiting for the server to count them

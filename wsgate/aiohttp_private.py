@@ -21,8 +21,8 @@ than a test deep in the suite. What each use relies on, and why no public API se
   sets (`_ws_protocol`, `_writer`, `_reader`) and reads (`_max_msg_size`, `_compress`), `RequestHandler.transport`
   (set to None, so aiohttp does not close the socket when the view returns), `RequestHandler._reading_paused`,
   `RequestHandler._manager` (`Server.connection_lost`, so the server forgets the handler), `WebSocketResponse.
-  _writer` (the deflate writer, kept for a connection that negotiated compression; it reads its protocol's
-  `_paused` and awaits its `_drain_helper()`, which the connection provides) and aiohttp's frame parser
+  _writer` (the deflate writer, kept for a connection that negotiated compression, whose frames wsgate compresses
+  and writes at once through its `_send_compressed_frame_sync`: `deflate_now`) and aiohttp's frame parser
   `aiohttp._websocket.reader.WebSocketReader` with its queue `WebSocketDataQueue` (subclassed: messages are
   handed to the connection as they are parsed, and queued, bounded in bytes, only while one is handled; its
   `_buffer`, `_protocol` and `read`). The upgrade's response is held back (`StreamResponse.
@@ -274,12 +274,20 @@ def take_over(request: web.BaseRequest, ws: DetachedResponse, receiver: Receiver
     deflate = ws._writer if ws.compress else None
     if deflate is not None:
         ws.send_head()
-        deflate.protocol = receiver  # type: ignore[assignment]  # its drain waits on the receiver's flow control
+        deflate.protocol = receiver  # type: ignore[assignment]  # (not the handler: it is freed)
     handler.transport = None  # aiohttp closes its handler's transport when the view returns: no longer its own
     manager = handler._manager
     if manager is not None:
         manager.connection_lost(handler, None)  # the server forgets the handler (once its task has ended)
     return Upgraded(ws.parser, ws.inbox, deflate, paused, held_head(ws))
+
+
+def deflate_now(writer: Any, payload: bytes, opcode: int) -> None:
+    """Compress `payload` and write it as one frame through `writer` (the deflate writer `take_over` kept), now,
+    on the event loop: `WebSocketWriter._send_compressed_frame_sync`, as aiohttp does itself for payloads up to
+    16 KiB (above, its `send_frame` compresses in its executor, in a task a cancellation cannot stop, and the
+    frames wait meanwhile: counted as a slow client's). ClientConnectionResetError once the transport closes."""
+    writer._send_compressed_frame_sync(payload, opcode, None)
 
 
 def upgraded_here(receiver: Receiver, max_msg_size: int, head: bytes) -> Upgraded:

@@ -30,7 +30,7 @@ from typing import Any, Final, overload
 from aiohttp import WebSocketError, WSMessage, WSMsgType
 
 from . import errors, protocol
-from .aiohttp_private import Upgraded
+from .aiohttp_private import Upgraded, deflate_now
 from .config import WebSocketSettings
 from .errors import CloseReason, close_text, plugin_close
 from .keepalive import Action, Keepalive
@@ -426,7 +426,7 @@ class Connection(asyncio.Protocol):
         that is a burst within one loop turn, not a slow reader: what is queued is written now, and whether the
         frame may then wait is decided again (the socket's buffer counting once over its mark). A reader that
         keeps up is never closed for the size of a burst; one whose socket is full is (`put`)."""
-        if self._blocked or not self._outbox or not self._raw:
+        if self._blocked or not self._outbox:
             return False
         self.flush()
         return size <= self._byte_limit and (not self._blocked or self.fits(size))
@@ -450,24 +450,34 @@ class Connection(asyncio.Protocol):
         self.drop(errors.SLOW_CONSUMER)
 
     def flush(self) -> None:
-        """Write the whole outbox with one system call, unless the socket is full (then the writer waits)."""
+        """Write the whole outbox with one system call, unless the socket is full (then the writer waits); under
+        permessage-deflate, each frame compressed now (`_deflate_all`)."""
         self._marked = False
         outbox = self._outbox
         if self._blocked or not outbox or self.state is not State.OPEN:
-            return
-        if not self._raw:
-            self._need_writer()  # deflate: the writer sends frame by frame through aiohttp
             return
         transport = self._transport
         if transport is None or transport.is_closing():
             self._clear()
             return
-        transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+        if self._raw:
+            transport.write(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+        else:
+            self._deflate_all(outbox)
         outbox.clear()  # (`_clear` and `_check_buffer`, written out: twice per delivered message, not a call each)
         self._queued = 0
         if transport.get_write_buffer_size() > self._high_water:
             self._blocked = True
             self._need_writer()
+
+    def _deflate_all(self, outbox: list[bytes]) -> None:
+        """Compress and write every frame of `outbox` (`aiohttp_private.deflate_now`), on the event loop: what a
+        deflate client is sent is written as soon as it would be a raw client's, so that the time compression
+        takes is the server's, never counted as the client's slowness; a burst is slowed by it instead."""
+        deflate = self._deflate
+        for entry in outbox:
+            for opcode, payload in frame_payloads(entry):  # an entry may hold several frames (a replay)
+                deflate_now(deflate, payload, opcode)
 
     def write_head(self, head: bytes) -> None:
         """Write the upgrade's response (`Upgraded.head`; b"": written already) now, with the frames queued since
@@ -573,13 +583,6 @@ class Connection(asyncio.Protocol):
             self._drain_waiter = self._loop.create_future()
         await asyncio.shield(self._drain_waiter)
 
-    _drain_helper = _drain  # the name aiohttp's deflate writer waits on (`aiohttp_private.take_over`)
-
-    @property
-    def _paused(self) -> bool:
-        """What aiohttp's deflate writer reads of its protocol (`aiohttp_private.take_over`): writes paused."""
-        return self._write_paused
-
     def pause_reading(self) -> None:
         """Stop reading the socket (aiohttp's queue is full: `aiohttp_private.Inbox`)."""
         if not self._reading_paused:
@@ -656,11 +659,10 @@ class Connection(asyncio.Protocol):
             why = None
         if self.state is not State.OPEN:
             return
-        self.flush()  # (with deflate, the writer takes them, and the close waits for it: `_close`, patient)
+        self.flush()
         self.state = State.CLOSING
         self.close_cause, self.close_code = why, code
-        if self._raw:
-            self._clear()  # what a full socket could not take
+        self._clear()  # what a full socket could not take
         self._loop.call_soon(self._on_drop, self)
         self._closer = self._loop.create_task(self._close(code, "", True, answer=False), name=f"wsgate-close-{self.id}")
 
@@ -1009,7 +1011,7 @@ class Connection(asyncio.Protocol):
 
     async def _write_loop(self) -> None:
         """What may have to wait: a full socket, control frames behind it, deflate; each bounded by write_wait."""
-        outbox, write_wait, transport = self._outbox, self._write_wait, self._transport
+        write_wait, transport = self._write_wait, self._transport
         try:
             while True:
                 if self._blocked:
@@ -1023,13 +1025,7 @@ class Connection(asyncio.Protocol):
                     self._write_control(transport)
                     async with asyncio.timeout(write_wait):
                         await self._drain()
-                while outbox and not self._raw:
-                    entry = outbox.pop(0)
-                    self._queued -= len(entry)
-                    for opcode, payload in frame_payloads(entry):  # an entry may hold several frames
-                        async with asyncio.timeout(write_wait):
-                            await self._deflate.send_frame(payload, opcode)
-                if not (self._blocked or self._pong is not None or self._ping_due or (outbox and not self._raw)):
+                if not (self._blocked or self._pong is not None or self._ping_due):
                     return  # nothing left that waits: the next need starts a new writer
         except TimeoutError:
             self._metrics.error(errors.WRITE_TIMEOUT.label)
