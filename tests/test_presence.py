@@ -11,6 +11,10 @@ import aiohttp
 import jwt
 import pytest
 
+from wsgate import ClientError, errors
+from wsgate.config import PresenceSettings
+from wsgate.presence import Presence
+from wsgate.presence.memory import MemoryPresenceStore
 from wsgate.testing import Peer, Server, StartServer
 
 from .processes import environment, start_wsgate
@@ -144,3 +148,59 @@ async def test_a_presence_answer_is_bounded_in_bytes_and_says_so(wsgate_server: 
     assert {m["client_id"] for m in listed} <= {c.id for c in clients}
     small = await clients[0].request({"type": "presence", "room": "chat:none"})
     assert small["data"] == {"count": 0, "members": []}  # nothing cut: the answer's shape is as before
+
+
+# --- a presence_diff too large for one message (the adversary's input: 1,400 joins in one interval crashed the
+# presence task, `message is too large`, and lost the diffs of that interval) ------------------------------------
+
+
+def _presence(max_answer_bytes: int = 1024) -> Presence:
+    settings = PresenceSettings(rooms=("p:*",), events=True, max_answer_bytes=max_answer_bytes)
+    return Presence(settings, MemoryPresenceStore())
+
+
+async def test_a_diff_over_max_answer_bytes_or_too_large_for_a_client_is_sent_in_parts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sent: list[bytes] = []
+
+    async def publish(room: str, message: bytes) -> int:  # a client may be sent at most 600 bytes
+        if len(message) > 600:
+            raise ClientError(errors.MESSAGE_TOO_LARGE, "over 600 bytes")
+        sent.append(message)
+        return 1
+
+    joins = [{"client_id": f"c{n:03}"} for n in range(100)]
+    leaves = [{"client_id": f"l{n:03}"} for n in range(7)]
+    huge = {"client_id": "huge", "claims": {"bio": "x" * 700}}
+    await _presence()._announce(publish, "p:1", [*joins, huge], leaves)
+    diffs = [json.loads(message)["data"] for message in sent]
+    assert [m for diff in diffs for m in diff["joins"]] == joins  # each once, in order: all but the one too large
+    assert [m for diff in diffs for m in diff["leaves"]] == leaves
+    assert len(diffs) > 1 and all(diff["joins"] or diff["leaves"] for diff in diffs)
+    assert "a member of room 'p:1' is too large to announce" in caplog.text
+    sent.clear()
+    await _presence(max_answer_bytes=2048)._announce(publish, "p:1", joins, [])  # under 600: none split for it
+    assert [m for message in sent for m in json.loads(message)["data"]["joins"]] == joins
+
+
+async def test_a_burst_of_joins_over_max_answer_bytes_reaches_the_watchers_in_parts(
+    wsgate_server: StartServer,
+) -> None:
+    presence = {"rooms": ["p:*"], "events": True, "interval": "300ms", "max_answer_bytes": 1024}
+    server = await wsgate_server(presence=presence)
+    watcher = await server.connect()
+    await watcher.subscribe("p:big")
+    assert (await watcher.recv())["type"] == "presence_diff"  # its own join
+    crowd = [await server.connect() for _ in range(80)]  # about 4 KB of members
+    for client in crowd:
+        await client.send({"type": "subscribe", "room": "p:big"})
+    seen: list[str] = []
+    while len(seen) < len(crowd):
+        diff = await watcher.recv()
+        assert diff["type"] == "presence_diff", diff
+        assert len(json.dumps(diff["data"]["joins"])) <= 1024
+        seen += [member["client_id"] for member in diff["data"]["joins"]]
+    assert sorted(seen) == sorted(client.id for client in crowd)  # each once
+    for client in crowd:
+        await client.ws.close()

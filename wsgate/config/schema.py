@@ -565,7 +565,8 @@ class PresenceSettings(Table):
     max_answer_bytes: Int = setting(
         1_048_576,
         "Bytes of members one `presence` answer may list (the first that fit; `count` stays the "
-        "room's whole count, and `truncated` says some were left out); at most websocket.send_queue_bytes",
+        "room's whole count, and `truncated` says some were left out; a `presence_diff` listing more is sent "
+        "in parts); at most websocket.send_queue_bytes",
         minimum=1024,
     )
 

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from .. import protocol
+from .. import errors, protocol
 from ..auth import claims_of, user_id_of
 from ..config import PresenceSettings, Settings
 from ..metrics import Metrics
@@ -131,10 +131,40 @@ class Presence:
             joins, self._joins = self._joins, {}
             leaves, self._leaves = self._leaves, {}
             for room in joins.keys() | leaves.keys():
-                data = {"joins": list(joins.get(room, {}).values()), "leaves": list(leaves.get(room, {}).values())}
-                if data["joins"] or data["leaves"]:
-                    message = protocol.encode(protocol.PRESENCE_DIFF, room=room, data=data)
-                    await publish(room, message)  # to the members on every node
+                joined, left = list(joins.get(room, {}).values()), list(leaves.get(room, {}).values())
+                if joined or left:
+                    await self._announce(publish, room, joined, left)
+
+    async def _announce(self, publish: Publish, room: str, joins: list[Any], leaves: list[Any]) -> None:
+        """Send `room`'s `presence_diff` to its members on every node: one message, or, when it would list more
+        than `presence.max_answer_bytes` of members or be too large for a client (`message is too large`), its
+        halves, each the same way. A single member too large even alone is logged and not announced."""
+        message = protocol.encode(protocol.PRESENCE_DIFF, room=room, data={"joins": joins, "leaves": leaves})
+        several = len(joins) + len(leaves) > 1
+        if several and len(message) > self._settings.max_answer_bytes:
+            await self._announce_halves(publish, room, joins, leaves)
+            return
+        try:
+            await publish(room, message)
+        except protocol.ClientError as err:
+            if err.kind is not errors.MESSAGE_TOO_LARGE:
+                raise
+            if several:
+                await self._announce_halves(publish, room, joins, leaves)
+            else:
+                log.warning("presence: a member of room %r is too large to announce (%s); not announced", room, err)
+
+    async def _announce_halves(self, publish: Publish, room: str, joins: list[Any], leaves: list[Any]) -> None:
+        """`_announce` of the first half of the members (joins first), then of the rest: two or more, each
+        half has at least one."""
+        half = (len(joins) + len(leaves)) // 2
+        if half <= len(joins):
+            await self._announce(publish, room, joins[:half], [])
+            await self._announce(publish, room, joins[half:], leaves)
+        else:
+            cut = half - len(joins)
+            await self._announce(publish, room, joins, leaves[:cut])
+            await self._announce(publish, room, [], leaves[cut:])
 
 
 def make_presence_store(settings: Settings, metrics: Metrics, node_id: bytes, supervisor: Supervisor) -> PresenceStore:
