@@ -372,3 +372,23 @@ async def test_the_publishers_outside_the_gateway_are_refused_a_message_too_larg
         await (through_redis.publish(room, "small") if room else through_redis.broadcast("small"))
     assert (await member.recv())["data"] == "small"
     assert len(server.hub.connections) == 1 and server.metrics.error_count("slow_consumer") == 0
+
+
+@pytest.mark.parametrize("room", ["news", "kept:3", None])  # a room, a room with history, a broadcast
+async def test_a_message_from_a_node_that_allows_more_is_delivered_to_nobody_and_closes_no_one(
+    wsgate_server: StartServer, redis_url: str, broker_prefix: str, room: str | None
+) -> None:
+    """The adversary's input: nodes with different `send_queue_bytes` (a rolling change of it); a message another
+    node accepted, over this node's limit, closed every member here. It is delivered to nobody here, counted and
+    logged; the next message goes through, in a room with history too (its offset leaves no gap)."""
+    broker = {"url": redis_url, "prefix": broker_prefix}
+    small = await wsgate_server(broker=broker, websocket=TIGHT, history={"rooms": ["kept:*"], **SMALL}, presence=SMALL)
+    large = await wsgate_server(broker=broker, history={"rooms": ["kept:*"]})
+    member = await small.connect()
+    if room is not None:
+        await member.subscribe(room)
+    for data in ("x" * 100_000, "after"):
+        await (large.gateway.publish(room, data) if room else large.gateway.broadcast(data))
+    assert (await member.recv())["data"] == "after"
+    assert small.metrics.error_count("message_too_large") == 1
+    assert len(small.hub.connections) == 1 and small.metrics.error_count("slow_consumer") == 0

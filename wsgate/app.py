@@ -120,6 +120,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         settings.websocket.limits,
         metrics,
         send_queue_size=settings.websocket.send_queue_size,
+        send_queue_bytes=settings.websocket.send_queue_bytes,
         room_added=broker.room_added,
         room_removed=room_removed,
         presence=presence,

@@ -16,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 from collections.abc import Callable
 
 from . import errors
 from .auth import user_id_of
 from .config import LimitsSettings, ShutdownSettings
-from .connection import Connection, State
+from .connection import FAULT_LOG_INTERVAL, Connection, State
 from .errors import ClientError, ClientGone
 from .history import Position
 from .metrics import Metrics
 from .ordering import Held, Ordering
 from .presence import Presence
+from .supervision import Throttled
 from .wire import text_frame
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,14 @@ class Hub:
         room_added: RoomInterest,
         room_removed: RoomInterest,
         presence: Presence | None = None,
+        send_queue_bytes: int = 0,
     ) -> None:
+        """`send_queue_bytes`: what may wait for one client (0: no bound); a message whose frame is larger is
+        delivered to nobody (`deliver`)."""
         self._limits = limits
         self._metrics = metrics
+        self._frame_limit = send_queue_bytes or sys.maxsize
+        self._too_large = Throttled(log, FAULT_LOG_INTERVAL)
         self._hold_limit = HOLD_FACTOR * send_queue_size  # messages held for one recovering client
         self._room_added = room_added
         self._room_removed = room_removed
@@ -214,6 +221,8 @@ class Hub:
         if not targets:
             return 0
         frame = text_frame(message)
+        if len(frame) > self._frame_limit:
+            return self._undeliverable(room, len(frame))
         if self.fences and room is not None and (fenced := self.fences.get(room)):
             skip_fenced = self.ordering.fenced_off(room, fenced, message)
             if skip_fenced:
@@ -228,10 +237,27 @@ class Hub:
         if not targets:
             return 0
         frame = text_frame(message)
+        if len(frame) > self._frame_limit:
+            return self._undeliverable(room, len(frame))
         left_out = {skip}
         if self.fences and room is not None and (fenced := self.fences.get(room)):
             left_out |= self.ordering.fenced_off(room, fenced, message)
         return sum([conn.put(frame) for conn in targets if conn not in left_out])
+
+    def _undeliverable(self, room: str | None, size: int) -> int:
+        """A frame of `size` bytes over `send_queue_bytes`, which no client could be sent: delivered to nobody,
+        counted (`message_too_large`) and logged (at most once per FAULT_LOG_INTERVAL), rather than closing every
+        member as a slow consumer. This node's publishers are refused such a message (`Router.begin`); it comes
+        from a node or a RedisPublisher that allows more (`websocket.send_queue_bytes` differs between nodes)."""
+        self._metrics.error(errors.MESSAGE_TOO_LARGE.label)
+        self._too_large(
+            "a message of %d bytes for %s is over websocket.send_queue_bytes (%d): delivered to nobody here; "
+            "do the nodes share one send_queue_bytes?",
+            size,
+            "every client" if room is None else f"room {room!r}",
+            self._frame_limit,
+        )
+        return 0
 
     def _hold(self, held: dict[Connection, Held], message: bytes) -> None:
         """Hold `message` for each recovering client; one that would hold more than ten outboxes' worth, or more
