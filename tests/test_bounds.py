@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from wsgate import Client, ClientError, Message, hookimpl
+from wsgate import Client, ClientError, Message, hookimpl, protocol
+from wsgate.history import largest_message
 from wsgate.sdk.publisher import HttpPublisher, PublishError, RedisPublisher
 from wsgate.testing import TIMEOUT, Server, StartServer, eventually, wait_until
 
@@ -392,3 +393,22 @@ async def test_a_message_from_a_node_that_allows_more_is_delivered_to_nobody_and
     assert (await member.recv())["data"] == "after"
     assert small.metrics.error_count("message_too_large") == 1
     assert len(small.hub.connections) == 1 and small.metrics.error_count("slow_consumer") == 0
+
+
+async def test_the_largest_message_a_room_with_history_takes_fits_a_history_answer(wsgate_server: StartServer) -> None:
+    """The adversary's input: a message just under what a client may be sent, kept, made every `history` answer
+    an `internal error` (the answer's envelope around it did not fit). The largest message taken leaves room for
+    that envelope, a long room name and the longest request id."""
+    server = await wsgate_server(websocket=TIGHT, history={"rooms": ["kept:*"], **SMALL}, presence=SMALL)
+    room = "kept:" + "r" * 251  # max_room_name_length (256)
+    overhead = len(protocol.encode(protocol.MESSAGE, room=room, data=""))
+    size = largest_message(TIGHT["send_queue_bytes"], 256) - overhead + 8  # (the timestamp's digits, at most)
+    while True:  # the largest the gateway takes
+        try:
+            await server.gateway.publish(room, "x" * size)
+            break
+        except ClientError:
+            size -= 1
+    reader = await server.connect()
+    answer = await reader.request({"type": "history", "room": room, "id": "i" * 64})
+    assert (answer["type"], answer["id"], len(answer["data"]["messages"][-1]["data"])) == ("history", "i" * 64, size)

@@ -441,18 +441,18 @@ def test_a_stamp_adds_at_most_stamp_bytes(offset: int) -> None:
 
 
 @pytest.mark.parametrize("room", ["h1", "p1", None])  # with history (stamped), without, a broadcast
-async def test_the_largest_message_the_router_takes_fits_a_members_queue_stamped_and_framed(room: str | None) -> None:
-    """`Router.begin` refuses a message whose frame could not wait for any client (`send_queue_bytes`): the
-    largest it takes reaches a member whose queue it fills, one byte more is refused and reaches nobody."""
+async def test_the_router_refuses_a_message_longer_than_largest_and_delivers_the_largest(room: str | None) -> None:
+    """`Router.begin` refuses a message longer than `largest` (`message is too large`), delivered nowhere; the
+    largest it takes reaches a member whose queue it may fill."""
     limit = 65_536
     parts = Parts()
     parts.settings = WebSocketSettings(send_queue_bytes=limit)
-    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, send_queue_bytes=limit)
+    largest = largest_message(limit, 256)
+    router = Router(parts.hub, parts.broker, RoomPatterns(("h*",)), parts.metrics, largest=largest)
     conn, transport = parts.connect()
     if room is not None:
         parts.hub.join(conn, room)
     conn._blocked = True  # its socket full: what it is sent waits, and counts against the limit
-    largest = largest_message(limit)
 
     def message(size: int) -> bytes:
         head = b'{"type":"message","data":"'
@@ -462,4 +462,4 @@ async def test_the_largest_message_the_router_takes_fits_a_members_queue_stamped
         router.begin(room, message(largest + 1))
     assert refused.value.kind is errors.MESSAGE_TOO_LARGE
     assert await router.publish(room, message(largest)) == 1
-    assert conn.state is State.OPEN and 0 < limit - conn.held_bytes() <= STAMP_BYTES + FRAME_HEAD_BYTES
+    assert conn.state is State.OPEN and conn.held_bytes() <= limit

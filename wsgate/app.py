@@ -35,6 +35,7 @@ from .dashboard import web as dashboard_web
 from .dashboard.plugin import report_figures
 from .dispatch import Dispatcher
 from .gateway import Gateway
+from .history import largest_message
 from .hub import Hub
 from .keys import (
     BROKER,
@@ -125,9 +126,8 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         room_removed=room_removed,
         presence=presence,
     )
-    router = Router(
-        hub, broker, RoomPatterns(settings.history.rooms), metrics, send_queue_bytes=settings.websocket.send_queue_bytes
-    )
+    largest = largest_message(settings.websocket.send_queue_bytes, settings.websocket.limits.max_room_name_length)
+    router = Router(hub, broker, RoomPatterns(settings.history.rooms), metrics, largest=largest)
     limits = settings.websocket.limits
     decoder = Decoder(
         limits.max_room_name_length, limits.max_json_depth, limits.room_name_pattern, limits.max_number_digits

@@ -263,10 +263,11 @@ UPGRADE_REQUIRED: Final = ErrorKind(115, "WebSocket upgrade required", "not_webs
 """A request to `/ws` that is not a WebSocket opening handshake (RFC 6455 section 4.2.1), such as a plain
 GET: refused with HTTP 426 (400 for a malformed handshake), with a detail saying what is missing."""
 MESSAGE_TOO_LARGE: Final = ErrorKind(116, "message is too large", "message_too_large")
-"""A message that, encoded as its members get it, would not fit in what may wait for one client
-(`websocket.send_queue_bytes`): refused to its publisher (a client, plugin code, the HTTP API: 413), delivered
-nowhere, rather than closing every member as a slow consumer. A client's publish grows as it is encoded (`1e15`
-becomes `1000000000000000.0`, and the envelope is added), so one under `max_message_size` can meet it."""
+"""A message that, encoded as its members get it or in a `history` answer, would not fit in what may wait for one
+client (`websocket.send_queue_bytes`, less about 2 KiB: `history.largest_message`): refused to its publisher (a
+client, plugin code, the HTTP API: 413), delivered nowhere, rather than closing every member as a slow consumer.
+A client's publish grows as it is encoded (`1e15` becomes `1000000000000000.0`, and the envelope is added), so
+one under `max_message_size` can meet it."""
 TOO_MANY_ROOMS: Final = ErrorKind(120, "too many rooms", "too_many_rooms")
 """`websocket.limits.max_rooms_per_client` reached."""
 RATE_LIMITED: Final = ErrorKind(121, "rate limit exceeded", "rate_limited", temporary=True)

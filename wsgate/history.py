@@ -55,10 +55,17 @@ FRAME_HEAD_BYTES: Final = 10
 eight of payload length)."""
 
 
-def largest_message(send_queue_bytes: int) -> int:
-    """The longest encoded message (bytes) whose frame, stamped in a room with history, fits in `send_queue_bytes`
-    (what may wait for one client): a longer one could never be queued for any member (`Router.begin`)."""
-    return send_queue_bytes - STAMP_BYTES - FRAME_HEAD_BYTES
+ANSWER_BYTES: Final = 1024
+"""The most a `history` answer adds around one message but the room's name, in bytes: its envelope, position and
+time (about 150), and a request id (up to 64 characters, JSON-escaped: 386), rounded up."""
+
+
+def largest_message(send_queue_bytes: int, max_room_name_length: int) -> int:
+    """The longest encoded message (bytes) that fits in `send_queue_bytes` (what may wait for one client) as its
+    members get it (stamped in a room with history, framed) and in a `history` answer (`ANSWER_BYTES`, and the
+    room's name again: at most 4 bytes of UTF-8 per character, quoted). A longer one could never be sent to a
+    client: `Router.begin` refuses it."""
+    return send_queue_bytes - STAMP_BYTES - FRAME_HEAD_BYTES - ANSWER_BYTES - (4 * max_room_name_length + 2)
 
 
 def too_large(size: int, largest: int) -> str:

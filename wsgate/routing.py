@@ -55,7 +55,7 @@ from .broker import Broker
 from .broker.base import OutcomeUnknown
 from .connection import Connection
 from .errors import ClientError
-from .history import Position, largest_message, too_large
+from .history import Position, too_large
 from .hub import Hub
 from .metrics import Metrics
 from .ordering import GAP_WAIT, Action, CancelWake, Deliver, Done, Fail, Gap, Pending, Read, Wake
@@ -79,12 +79,12 @@ class Router:
         metrics: Metrics,
         *,
         gap_wait: float = GAP_WAIT,
-        send_queue_bytes: int = 0,
+        largest: int = 0,
     ) -> None:
-        """`send_queue_bytes`: what may wait for one client (`websocket.send_queue_bytes`; 0: no bound); a message
-        whose frame, stamped, would not fit in it is refused (`begin`)."""
+        """`largest`: the longest encoded message a client may be sent (`history.largest_message`; 0: no bound);
+        a longer one is refused (`begin`)."""
         self._hub = hub
-        self._largest = largest_message(send_queue_bytes) if send_queue_bytes else sys.maxsize
+        self._largest = largest or sys.maxsize
         self._order = hub.ordering
         self._pending = self._order.pending  # (never rebound: read on the fast path)
         self._broker = broker
@@ -130,8 +130,8 @@ class Router:
         kept). In a room without history it makes the publish raise as one with history does (BrokerError,
         OutcomeUnknown): the claim needs the broker.
 
-        Raises ClientError(`message is too large`) before anything happens when `message`'s frame would not fit
-        in what may wait for one client (`send_queue_bytes`): delivered, it would close every member it went to.
+        Raises ClientError(`message is too large`) before anything happens when `message` is longer than
+        `largest`: it would not fit in what may wait for one client, as delivered or in a `history` answer.
         """
         if len(message) > self._largest:
             raise ClientError(errors.MESSAGE_TOO_LARGE, too_large(len(message), self._largest))

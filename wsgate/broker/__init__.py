@@ -27,7 +27,9 @@ def make_broker(settings: Settings, metrics: Metrics, node_id: bytes, supervisor
         history=settings.history,
         supervisor=supervisor,
         idempotency_window=settings.publish.idempotency_window,
-        largest_message=largest_message(settings.websocket.send_queue_bytes),
+        largest_message=largest_message(
+            settings.websocket.send_queue_bytes, settings.websocket.limits.max_room_name_length
+        ),
     )
 
 
