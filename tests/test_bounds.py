@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from wsgate import Client, ClientError, Message, hookimpl, protocol
-from wsgate.history import largest_message
+from wsgate.overhead import largest_message
 from wsgate.sdk.publisher import HttpPublisher, PublishError, RedisPublisher
 from wsgate.testing import TIMEOUT, Server, StartServer, eventually, wait_until
 

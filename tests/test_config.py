@@ -139,7 +139,12 @@ def test_settings_are_immutable() -> None:
         (
             "[websocket]\nsend_queue_bytes = 65536\n",
             {},
-            "invalid setting history.max_answer_bytes = 1048576: expected at most websocket.send_queue_bytes = 65536 (an answer must fit in what may wait for one client)",
+            "invalid setting history.max_answer_bytes = 1048576: expected at most 62476, websocket.send_queue_bytes = 65536 less 3060 for its envelope and a frame head for each of history.size = 100 messages (an answer must fit in what may wait for one client)",
+        ),
+        (  # equal was allowed: the replay's frame heads, or the answer's envelope, then closed the client
+            "[websocket]\nsend_queue_bytes = 65536\n[history]\nmax_answer_bytes = 65536\nsize = 300\n",
+            {},
+            "invalid setting history.max_answer_bytes = 65536: expected at most 60476, websocket.send_queue_bytes = 65536 less 5060 for its envelope and a frame head for each of history.size = 300 messages (an answer must fit in what may wait for one client)",
         ),
         (
             "[history]\nmax_answer_bytes = 1024\n[presence]\nmax_answer_bytes = 1024\n",
@@ -149,7 +154,7 @@ def test_settings_are_immutable() -> None:
         (
             "[history]\nmax_answer_bytes = 1024\n",
             {"WEBSOCKET_SEND_QUEUE_BYTES": "65536"},
-            "invalid setting presence.max_answer_bytes = 1048576: expected at most websocket.send_queue_bytes (WEBSOCKET_SEND_QUEUE_BYTES) = 65536 (an answer must fit in what may wait for one client)",
+            "invalid setting presence.max_answer_bytes = 1048576: expected at most 63476, websocket.send_queue_bytes (WEBSOCKET_SEND_QUEUE_BYTES) = 65536 less 2060 for its envelope (an answer must fit in what may wait for one client)",
         ),
         (
             "",

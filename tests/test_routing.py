@@ -16,7 +16,8 @@ from wsgate import Client, ClientError, Message, errors, hookimpl, protocol
 from wsgate.broker import BrokerError, MemoryBroker
 from wsgate.config import WebSocketSettings
 from wsgate.connection import State
-from wsgate.history import FRAME_HEAD_BYTES, STAMP_BYTES, Position, largest_message, new_epoch, stamp, stamp_of
+from wsgate.history import Position, new_epoch, stamp, stamp_of
+from wsgate.overhead import FRAME_HEAD_BYTES, STAMP_BYTES, largest_message
 from wsgate.rooms import RoomPatterns
 from wsgate.routing import Router
 from wsgate.sdk.client import GatewayClient

@@ -35,7 +35,6 @@ from .dashboard import web as dashboard_web
 from .dashboard.plugin import report_figures
 from .dispatch import Dispatcher
 from .gateway import Gateway
-from .history import largest_message
 from .hub import Hub
 from .keys import (
     BROKER,
@@ -60,6 +59,7 @@ from .logs import configure_logging, quiet_malformed_requests
 from .looplag import watch_loop_lag
 from .metrics import Metrics
 from .origins import host_guard
+from .overhead import FRAME_HEAD_BYTES, largest_message
 from .plugins import load_plugins
 from .presence import Presence, make_presence_store
 from .protocol import Decoder
@@ -122,6 +122,7 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         metrics,
         send_queue_size=settings.websocket.send_queue_size,
         send_queue_bytes=settings.websocket.send_queue_bytes,
+        replay_bytes=settings.history.max_answer_bytes + FRAME_HEAD_BYTES * settings.history.size,
         room_added=broker.room_added,
         room_removed=room_removed,
         presence=presence,

@@ -19,7 +19,6 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
 
 OFFSET_FIELD = b',"offset":'
 
@@ -45,32 +44,6 @@ class Replay:
     recovered: bool
     messages: list[bytes] = field(default_factory=list)
     kept: list[bytes] = field(default_factory=list)
-
-
-STAMP_BYTES: Final = 80
-"""The most `stamp` adds to a message, in bytes: `,"offset":` and up to 20 digits, `,"epoch":"`, an epoch of up
-to 24 characters (`new_epoch`: 21) and `"}`, less the brace it replaces (65), rounded up."""
-FRAME_HEAD_BYTES: Final = 10
-"""The longest head of the frame a message goes in (`wire.data_frame`; RFC 6455 section 5.2: two bytes, and
-eight of payload length)."""
-
-
-ANSWER_BYTES: Final = 1024
-"""The most a `history` answer adds around one message but the room's name, in bytes: its envelope, position and
-time (about 150), and a request id (up to 64 characters, JSON-escaped: 386), rounded up."""
-
-
-def largest_message(send_queue_bytes: int, max_room_name_length: int) -> int:
-    """The longest encoded message (bytes) that fits in `send_queue_bytes` (what may wait for one client) as its
-    members get it (stamped in a room with history, framed) and in a `history` answer (`ANSWER_BYTES`, and the
-    room's name again: at most 4 bytes of UTF-8 per character, quoted). A longer one could never be sent to a
-    client: `Router.begin` refuses it."""
-    return send_queue_bytes - STAMP_BYTES - FRAME_HEAD_BYTES - ANSWER_BYTES - (4 * max_room_name_length + 2)
-
-
-def too_large(size: int, largest: int) -> str:
-    """The detail of `message is too large` for an encoded message of `size` bytes (`largest_message`)."""
-    return f"{size} bytes once encoded; at most {largest} fit in what may wait for a client"
 
 
 def stamp(head: bytes, offset: int, epoch: str) -> bytes:

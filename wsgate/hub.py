@@ -27,6 +27,7 @@ from .errors import ClientError, ClientGone
 from .history import Position
 from .metrics import Metrics
 from .ordering import Held, Ordering
+from .overhead import FRAME_HEAD_BYTES
 from .presence import Presence
 from .supervision import Throttled
 from .wire import text_frame
@@ -55,12 +56,16 @@ class Hub:
         room_removed: RoomInterest,
         presence: Presence | None = None,
         send_queue_bytes: int = 0,
+        replay_bytes: int = 0,
     ) -> None:
         """`send_queue_bytes`: what may wait for one client (0: no bound); a message whose frame is larger is
-        delivered to nobody (`deliver`)."""
+        delivered to nobody (`deliver`). `replay_bytes`: the most a recovery's replay holds, framed
+        (`history.max_answer_bytes` and a frame head per kept message): what is held for a recovering client
+        leaves room for it (`_hold`), as both go to the client together."""
         self._limits = limits
         self._metrics = metrics
         self._frame_limit = send_queue_bytes or sys.maxsize
+        self._replay_bytes = replay_bytes
         self._too_large = Throttled(log, FAULT_LOG_INTERVAL)
         self._hold_limit = HOLD_FACTOR * send_queue_size  # messages held for one recovering client
         self._room_added = room_added
@@ -261,10 +266,12 @@ class Hub:
 
     def _hold(self, held: dict[Connection, Held], message: bytes) -> None:
         """Hold `message` for each recovering client; one that would hold more than ten outboxes' worth, or more
-        bytes than `send_queue_bytes` allows with what is queued for it, is closed as a slow consumer."""
+        bytes than `send_queue_bytes` allows with what is queued for it and the replay to come (`replay_bytes`;
+        the held messages framed), is closed as a slow consumer."""
         for conn, messages in held.items():
             # the read (bounded by broker.connect_timeout) is too slow, or the room too busy for this client
-            if len(messages) >= self._hold_limit or not conn.fits(messages.size + len(message)):
+            framed = messages.size + len(message) + FRAME_HEAD_BYTES * (len(messages) + 1)
+            if len(messages) >= self._hold_limit or not conn.fits(framed + self._replay_bytes):
                 if conn.state is State.OPEN:
                     self._metrics.error(errors.SLOW_CONSUMER.label)
                     log.warning(

@@ -55,10 +55,11 @@ from .broker import Broker
 from .broker.base import OutcomeUnknown
 from .connection import Connection
 from .errors import ClientError
-from .history import Position, too_large
+from .history import Position
 from .hub import Hub
 from .metrics import Metrics
 from .ordering import GAP_WAIT, Action, CancelWake, Deliver, Done, Fail, Gap, Pending, Read, Wake
+from .overhead import too_large
 from .rooms import RoomPatterns
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ implementations."""
 from __future__ import annotations
 
 from ..config import Settings
-from ..history import largest_message
 from ..metrics import Metrics
+from ..overhead import largest_message
 from ..redaction import redact_url
 from ..supervision import Supervisor
 from .base import Broker, BrokerError, Commanded, Receive

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..overhead import FRAME_HEAD_BYTES, answer_overhead
 from .errors import ConfigError
 from .schema import Settings, show_duration
 
@@ -30,15 +31,22 @@ def check_relations(settings: Settings, label: Callable[[str], str] = str) -> No
             f"at most a quarter of {label('websocket.timeout')}, {show_duration(ws.timeout / 4)} (the drain "
             f'gets half of it, and closing takes time too), with {label("shutdown.mode")} = "restart"'
         )
-    for key, answer_bytes in (
-        ("history.max_answer_bytes", settings.history.max_answer_bytes),
-        ("presence.max_answer_bytes", settings.presence.max_answer_bytes),
+    envelope = answer_overhead(ws.limits.max_room_name_length)
+    history = settings.history
+    for key, answer_bytes, reserve, why in (  # (what an answer lists, and around it: `history.answer_overhead`)
+        (
+            "history.max_answer_bytes",
+            history.max_answer_bytes,
+            envelope + FRAME_HEAD_BYTES * history.size,
+            f"its envelope and a frame head for each of {label('history.size')} = {history.size} messages",
+        ),
+        ("presence.max_answer_bytes", settings.presence.max_answer_bytes, envelope, "its envelope"),
     ):
-        if answer_bytes > ws.send_queue_bytes:
+        if answer_bytes + reserve > ws.send_queue_bytes:
             raise ConfigError(
-                f"invalid setting {label(key)} = {answer_bytes}: expected at most "
-                f"{label('websocket.send_queue_bytes')} = {ws.send_queue_bytes} (an answer must fit in what "
-                "may wait for one client)"
+                f"invalid setting {label(key)} = {answer_bytes}: expected at most {ws.send_queue_bytes - reserve}, "
+                f"{label('websocket.send_queue_bytes')} = {ws.send_queue_bytes} less {reserve} for {why} "
+                "(an answer must fit in what may wait for one client)"
             )
     if ws.max_message_size > ws.send_queue_bytes:
         raise ConfigError(

@@ -537,7 +537,8 @@ class HistorySettings(Table):
         1_048_576,
         "Bytes of messages one `history` answer or one recovery (`subscribe` with `since`) may hold: "
         "a `history` answer holds the newest messages that fit (page back with `before`), a recovery that "
-        "does not fit answers `recovered: false`; at most websocket.send_queue_bytes",
+        "does not fit answers `recovered: false`; at most websocket.send_queue_bytes, less the answer's "
+        "envelope (about 2 KiB) and 10 bytes per message of history.size",
         minimum=1024,
     )
     max_rooms: Int = setting(
@@ -566,7 +567,7 @@ class PresenceSettings(Table):
         1_048_576,
         "Bytes of members one `presence` answer may list (the first that fit; `count` stays the "
         "room's whole count, and `truncated` says some were left out; a `presence_diff` listing more is sent "
-        "in parts); at most websocket.send_queue_bytes",
+        "in parts); at most websocket.send_queue_bytes, less the answer's envelope (about 2 KiB)",
         minimum=1024,
     )
 

@@ -54,8 +54,8 @@ from ..broker.redis_schema import (
     publish_args,
 )
 from ..errors import ClientError
-from ..history import too_large
 from ..idempotency import WINDOW, check_key, claim_id, publisher_scope
+from ..overhead import too_large
 from ..rooms import RoomPatterns
 
 
