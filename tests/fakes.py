@@ -57,14 +57,23 @@ class RecordingTransport:
 class Parts:
     """A hub, router and memory broker wired as create_app wires them."""
 
-    def __init__(self, send_queue_size: int = 100, limits: LimitsSettings | None = None) -> None:
+    def __init__(
+        self,
+        send_queue_size: int = 100,
+        limits: LimitsSettings | None = None,
+        *,
+        send_queue_bytes: int = 4_194_304,
+        replay_bytes: int = 0,
+    ) -> None:
         self.metrics = Metrics()
         self.broker = MemoryBroker()
-        self.settings = WebSocketSettings(send_queue_size=send_queue_size)
+        self.settings = WebSocketSettings(send_queue_size=send_queue_size, send_queue_bytes=send_queue_bytes)
         self.hub = Hub(
             limits or LimitsSettings(),
             self.metrics,
             send_queue_size=send_queue_size,
+            send_queue_bytes=send_queue_bytes,
+            replay_bytes=replay_bytes,
             room_added=self.broker.room_added,
             room_removed=self.broker.room_removed,
         )

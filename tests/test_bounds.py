@@ -16,13 +16,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp._websocket.writer import WebSocketWriter
 
 from wsgate import Client, ClientError, Message, hookimpl, protocol
+from wsgate.connection import State
 from wsgate.overhead import largest_message
 from wsgate.sdk.publisher import HttpPublisher, PublishError, RedisPublisher
 from wsgate.testing import TIMEOUT, Server, StartServer, eventually, wait_until
 
 from .conftest import StalledClient
+from .fakes import Parts, RecordingTransport, turn
 
 PING = 0x9
 SMALL_ANSWERS: dict[str, Any] = {"history": {"max_answer_bytes": 32_768}, "presence": {"max_answer_bytes": 32_768}}
@@ -412,3 +415,60 @@ async def test_the_largest_message_a_room_with_history_takes_fits_a_history_answ
     reader = await server.connect()
     answer = await reader.request({"type": "history", "room": room, "id": "i" * 64})
     assert (answer["type"], answer["id"], len(answer["data"]["messages"][-1]["data"])) == ("history", "i" * 64, size)
+
+
+# --- the review's findings on the above, without sockets -----------------------------------------------------
+
+
+class ResetAfterOneWrite(RecordingTransport):
+    """A socket whose peer reset it: the first write fails, and asyncio closes the transport."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.closing = True
+
+
+async def test_a_deflate_member_whose_socket_resets_mid_fan_out_raises_nothing_into_it() -> None:
+    """aiohttp's synchronous deflate raises once the transport is closing (a raw write never did): from a fan-out
+    it stopped the delivery to the members after it, and from Redis's receive loop it looked like a lost Redis."""
+    parts = Parts(send_queue_size=2)
+    reset, transport = parts.connect()
+    reset._transport = transport = ResetAfterOneWrite()
+    reset._raw, reset._deflate = False, WebSocketWriter(None, transport, compress=15)  # type: ignore[arg-type]
+    other, other_transport = parts.connect()
+    for conn in (reset, other):
+        parts.hub.join(conn, "r")
+    for n in range(4):  # past its outbox: written at once (`_room_made`), the first write resets
+        assert parts.hub.deliver("r", b'{"type":"message","data":%d}' % n) == 2
+    await turn()
+    assert [m["data"] for m in other_transport.messages()] == [0, 1, 2, 3] and transport.writes == 1
+
+
+async def test_a_message_too_large_is_not_held_for_a_recovering_member() -> None:
+    """From a node that allows more: held for a member reading its history, it closed that member."""
+    parts = Parts(send_queue_bytes=65_536)
+    conn, _ = parts.connect()
+    parts.hub.join(conn, "h1", hold=True)
+    assert parts.hub.deliver("h1", b'{"data":"%s"}' % (b"x" * 70_000)) == 0
+    assert conn.state is State.OPEN and not parts.hub.holding["h1"][conn]
+    assert parts.metrics.error_count("message_too_large") == 1
+
+
+async def test_only_a_recovery_keeps_room_for_its_replay() -> None:
+    """What is held for a subscriber without `since` (no replay comes) may use the whole bound; a recovering one
+    leaves `replay_bytes` free."""
+    parts = Parts(send_queue_bytes=65_536, replay_bytes=60_000)
+    plain, recovering = parts.connect()[0], parts.connect()[0]
+    parts.hub.join(plain, "h1", hold=True)
+    parts.hub.join(recovering, "h1", hold=True, replay=True)
+    for n in range(10):  # 10 KB each
+        parts.hub.deliver("h1", b'{"data":"%s","n":%d}' % (b"x" * 1000, n))
+    assert plain.state is State.OPEN and len(parts.hub.holding["h1"][plain]) == 10
+    assert recovering.state is State.CLOSING  # past 65,536 - 60,000

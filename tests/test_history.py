@@ -530,7 +530,7 @@ async def test_live_messages_held_for_a_recovering_client_are_bounded_in_bytes(w
     client = await server.connect()
     conn = server.hub.connections[client.id]
     hub = server.hub
-    hub.join(conn, "chat:b", hold=True)  # as subscribe does before reading the history
+    hub.join(conn, "chat:b", hold=True, replay=True)  # as subscribe with `since` does before reading the history
     message = b'{"type":"message","room":"chat:b","data":"%s","offset":%d,"epoch":"e"}'
     for n in range(20):  # 22 KB: held
         hub.deliver("chat:b", message % (b"x" * 1000, n + 1))

@@ -389,7 +389,7 @@ class Connection(asyncio.Protocol):
     def enqueue_many(self, payloads: list[bytes]) -> None:
         """Queue encoded messages for this client alone as ONE outbox entry (a history replay).
 
-        A replay takes one slot of `send_queue_size` (with deflate too: the writer splits it), and
+        A replay takes one slot of `send_queue_size` (with deflate too: its frames are compressed one by one), and
         its bytes count against `send_queue_bytes` like any other.
         """
         frames = b"".join(text_frame(payload) for payload in payloads)
@@ -474,9 +474,11 @@ class Connection(asyncio.Protocol):
         """Compress and write every frame of `outbox` (`aiohttp_private.deflate_now`), on the event loop: what a
         deflate client is sent is written as soon as it would be a raw client's, so that the time compression
         takes is the server's, never counted as the client's slowness; a burst is slowed by it instead."""
-        deflate = self._deflate
+        deflate, transport = self._deflate, self._transport
         for entry in outbox:
             for opcode, payload in frame_payloads(entry):  # an entry may hold several frames (a replay)
+                if transport.is_closing():  # a write failed (the peer reset): aiohttp's would raise
+                    return  # (what is left goes with the socket: connection_lost releases the client)
                 deflate_now(deflate, payload, opcode)
 
     def write_head(self, head: bytes) -> None:
@@ -856,7 +858,7 @@ class Connection(asyncio.Protocol):
         try:
             async with asyncio.timeout(timeout):
                 if self._writer is not None and not self._writer.done():
-                    await asyncio.wait([self._writer])  # it waits for a full socket to drain, and deflates
+                    await asyncio.wait([self._writer])  # it waits for a full socket to drain
                 if self._outbox and not self._transport.is_closing():
                     frames = b"".join(self._outbox)  # bounded by send_queue_bytes: one write, then wait for it
                     self._clear()
@@ -1010,7 +1012,7 @@ class Connection(asyncio.Protocol):
             self._writer = asyncio.create_task(self._write_loop(), name=f"wsgate-writer-{self.id}")
 
     async def _write_loop(self) -> None:
-        """What may have to wait: a full socket, control frames behind it, deflate; each bounded by write_wait."""
+        """What may have to wait: a full socket, and control frames behind it; each bounded by write_wait."""
         write_wait, transport = self._write_wait, self._transport
         try:
             while True:

@@ -264,7 +264,7 @@ UPGRADE_REQUIRED: Final = ErrorKind(115, "WebSocket upgrade required", "not_webs
 GET: refused with HTTP 426 (400 for a malformed handshake), with a detail saying what is missing."""
 MESSAGE_TOO_LARGE: Final = ErrorKind(116, "message is too large", "message_too_large")
 """A message that, encoded as its members get it or in a `history` answer, would not fit in what may wait for one
-client (`websocket.send_queue_bytes`, less about 2 KiB: `history.largest_message`): refused to its publisher (a
+client (`websocket.send_queue_bytes`, less about 2 KiB: `overhead.largest_message`): refused to its publisher (a
 client, plugin code, the HTTP API: 413), delivered nowhere, rather than closing every member as a slow consumer.
 A client's publish grows as it is encoded (`1e15` becomes `1000000000000000.0`, and the envelope is added), so
 one under `max_message_size` can meet it."""

@@ -199,7 +199,7 @@ class Gateway:
         what was held."""
         hub = self._hub
         already = room in conn.rooms  # live already: it has missed nothing since it joined
-        count = hub.join(conn, room, hold=not already)
+        count = hub.join(conn, room, hold=not already, replay=since is not None)
         replay: Replay | None = None
         try:
             await self._broker.wait_receiving(room)

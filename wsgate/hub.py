@@ -64,7 +64,8 @@ class Hub:
         leaves room for it (`_hold`), as both go to the client together."""
         self._limits = limits
         self._metrics = metrics
-        self._frame_limit = send_queue_bytes or sys.maxsize
+        # the longest message whose frame fits (its head at most FRAME_HEAD_BYTES)
+        self._message_limit = send_queue_bytes - FRAME_HEAD_BYTES if send_queue_bytes else sys.maxsize
         self._replay_bytes = replay_bytes
         self._too_large = Throttled(log, FAULT_LOG_INTERVAL)
         self._hold_limit = HOLD_FACTOR * send_queue_size  # messages held for one recovering client
@@ -142,14 +143,15 @@ class Hub:
         for room in list(conn.rooms):
             self._leave(conn, room)
 
-    def join(self, conn: Connection, room: str, *, hold: bool = False) -> int:
+    def join(self, conn: Connection, room: str, *, hold: bool = False, replay: bool = False) -> int:
         """Add `conn` to `room` (joining twice is harmless); returns the room's member count.
 
         Raises ClientGone when `conn` is no longer open and admitted (every caller may have awaited
         since it last looked), ClientError at the room limits.
 
-        `hold`: the client is recovering history. Messages for it are held back, not sent,
-        until `release` hands them over (so replayed and live messages can be put in order).
+        `hold`: the client is reading the room's position or history. Messages for it are held back, not
+        sent, until `release` hands them over (so replayed and live messages can be put in order). `replay`:
+        a replay will go out with them (a `subscribe` with `since`): they leave room for it (`replay_bytes`).
         """
         if conn.state is not State.OPEN or self.connections.get(conn.id) is not conn:
             raise ClientGone(conn.id)  # a handler awaited (a hook, Redis) and the client went meanwhile
@@ -166,7 +168,7 @@ class Hub:
         if limit and self._count(room) >= limit:
             raise ClientError(errors.ROOM_FULL)
         if hold:
-            self.ordering.hold(room, conn)
+            self.ordering.hold(room, conn, self._replay_bytes if replay else 0)
         else:
             members.add(conn)
         conn.rooms.add(room)
@@ -218,6 +220,8 @@ class Hub:
         out (a publish's `"skip_self": true`), handled by a branch of its own, so a delivery that skips nobody
         does no per-recipient work for it.
         """
+        if len(message) > self._message_limit:
+            return self._undeliverable(room, len(message))
         if skip is not None:
             return self._deliver_skipping(room, message, skip)
         if self.holding and room is not None and (held := self.holding.get(room)):
@@ -226,8 +230,6 @@ class Hub:
         if not targets:
             return 0
         frame = text_frame(message)
-        if len(frame) > self._frame_limit:
-            return self._undeliverable(room, len(frame))
         if self.fences and room is not None and (fenced := self.fences.get(room)):
             skip_fenced = self.ordering.fenced_off(room, fenced, message)
             if skip_fenced:
@@ -242,15 +244,14 @@ class Hub:
         if not targets:
             return 0
         frame = text_frame(message)
-        if len(frame) > self._frame_limit:
-            return self._undeliverable(room, len(frame))
         left_out = {skip}
         if self.fences and room is not None and (fenced := self.fences.get(room)):
             left_out |= self.ordering.fenced_off(room, fenced, message)
         return sum([conn.put(frame) for conn in targets if conn not in left_out])
 
     def _undeliverable(self, room: str | None, size: int) -> int:
-        """A frame of `size` bytes over `send_queue_bytes`, which no client could be sent: delivered to nobody,
+        """A message of `size` bytes whose frame is over `send_queue_bytes`, which no client could be sent (nor
+        hold while its history is read): delivered to nobody,
         counted (`message_too_large`) and logged (at most once per FAULT_LOG_INTERVAL), rather than closing every
         member as a slow consumer. This node's publishers are refused such a message (`Router.begin`); it comes
         from a node or a RedisPublisher that allows more (`websocket.send_queue_bytes` differs between nodes)."""
@@ -260,7 +261,7 @@ class Hub:
             "do the nodes share one send_queue_bytes?",
             size,
             "every client" if room is None else f"room {room!r}",
-            self._frame_limit,
+            self._message_limit + FRAME_HEAD_BYTES,
         )
         return 0
 
@@ -271,7 +272,7 @@ class Hub:
         for conn, messages in held.items():
             # the read (bounded by broker.connect_timeout) is too slow, or the room too busy for this client
             framed = messages.size + len(message) + FRAME_HEAD_BYTES * (len(messages) + 1)
-            if len(messages) >= self._hold_limit or not conn.fits(framed + self._replay_bytes):
+            if len(messages) >= self._hold_limit or not conn.fits(framed + messages.reserve):
                 if conn.state is State.OPEN:
                     self._metrics.error(errors.SLOW_CONSUMER.label)
                     log.warning(

@@ -130,13 +130,15 @@ Action = Deliver[W] | Done[W] | Fail[W] | Read | Wake | CancelWake | Gap
 
 
 class Held(list[bytes]):
-    """Live messages held for one recovering member, in order, and their `size` in bytes."""
+    """Live messages held for one recovering member, in order, and their `size` in bytes; `reserve`: the bytes
+    kept free for the replay they will go out with (0 without one)."""
 
-    __slots__ = ("size",)
+    __slots__ = ("reserve", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, reserve: int = 0) -> None:
         super().__init__()
         self.size = 0
+        self.reserve = reserve
 
 
 class Pending(Generic[W]):
@@ -293,9 +295,10 @@ class Ordering(Generic[M, W]):
 
     # --- events: recovering members ------------------------------------------------------------
 
-    def hold(self, room: str, member: M) -> None:
-        """`member` joins `room` and reads its history: live messages for it are held until `release`."""
-        self.holding.setdefault(room, {})[member] = Held()
+    def hold(self, room: str, member: M, reserve: int = 0) -> None:
+        """`member` joins `room` and reads its history: live messages for it are held until `release`
+        (`reserve`: see `Held`)."""
+        self.holding.setdefault(room, {})[member] = Held(reserve)
 
     def release(self, room: str, member: M, read_up_to: Position | None, stays: bool) -> list[bytes]:
         """End `member`'s hold: returns what was held for it that its read up to `read_up_to` did not include,

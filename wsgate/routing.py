@@ -82,7 +82,7 @@ class Router:
         gap_wait: float = GAP_WAIT,
         largest: int = 0,
     ) -> None:
-        """`largest`: the longest encoded message a client may be sent (`history.largest_message`; 0: no bound);
+        """`largest`: the longest encoded message a client may be sent (`overhead.largest_message`; 0: no bound);
         a longer one is refused (`begin`)."""
         self._hub = hub
         self._largest = largest or sys.maxsize

@@ -229,7 +229,7 @@ class RedisBroker:
 
     async def _prepare(self) -> None:
         """Load the history script (sent by its SHA from now on) and announce the history settings, and the
-        longest message a client can be sent (`history.largest_message`), to publishers outside the gateway
+        longest message a client can be sent (`overhead.largest_message`), to publishers outside the gateway
         (`RedisPublisher`). Run at start and on every reconnect."""
         await self._redis.script_load(PUBLISH_SCRIPT)
         history = self._history

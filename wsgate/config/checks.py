@@ -33,7 +33,7 @@ def check_relations(settings: Settings, label: Callable[[str], str] = str) -> No
         )
     envelope = answer_overhead(ws.limits.max_room_name_length)
     history = settings.history
-    for key, answer_bytes, reserve, why in (  # (what an answer lists, and around it: `history.answer_overhead`)
+    for key, answer_bytes, reserve, why in (  # (what an answer lists, and around it: `overhead.answer_overhead`)
         (
             "history.max_answer_bytes",
             history.max_answer_bytes,
