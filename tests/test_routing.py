@@ -464,3 +464,34 @@ async def test_the_router_refuses_a_message_longer_than_largest_and_delivers_the
     assert refused.value.kind is errors.MESSAGE_TOO_LARGE
     assert await router.publish(room, message(largest)) == 1
     assert conn.state is State.OPEN and conn.held_bytes() <= limit
+
+
+async def test_a_delivery_that_fails_answers_its_publisher_rather_than_leaving_it_waiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The review: a delivery that raised (a member's write) was logged, and its publisher, in a room with
+    history, waited for good. It gets the exception (its client: `internal error`); the next publish goes on."""
+    parts = Parts()
+    broker = SlowHistory()
+    router = Router(parts.hub, broker, RoomPatterns(("h*",)), parts.metrics)
+    conn, transport = parts.connect()
+    parts.hub.join(conn, "h1")
+    deliver = parts.hub.deliver
+
+    def failing(room: str | None, message: bytes, skip: Any = None) -> int:
+        raise RuntimeError("a member's write failed")
+
+    parts.hub.deliver = failing  # type: ignore[method-assign]
+    first = asyncio.create_task(router.publish("h1", protocol.encode("message", room="h1", data=1)))
+    await turn()
+    future, stamped = broker.pending.pop()
+    future.set_result(stamped)
+    with pytest.raises(RuntimeError, match="a member's write failed"):
+        await asyncio.wait_for(first, 5)
+    assert "carrying out Deliver failed" in caplog.text
+    parts.hub.deliver = deliver  # type: ignore[method-assign]
+    second = asyncio.create_task(router.publish("h1", protocol.encode("message", room="h1", data=2)))
+    await turn()
+    future, stamped = broker.pending.pop()
+    future.set_result(stamped)
+    assert await asyncio.wait_for(second, 5) == 1

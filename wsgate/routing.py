@@ -241,12 +241,17 @@ class Router:
 
     def _carry_out(self, actions: list[Action[Waiter]]) -> None:
         """Do what the core asked, in order. The core's state has already moved on: an action that fails is
-        logged and the rest still run, so no publisher is left waiting."""
+        logged, its publisher gets the exception (answered `internal error`), and the rest still run, so no
+        publisher is left waiting."""
         for action in actions:
             try:
                 self._carry_out_one(action)
-            except Exception:
+            except Exception as exc:
                 log.exception("routing: carrying out %s failed", type(action).__name__)
+                waiter = getattr(action, "waiter", None)
+                if waiter is not None and not waiter.done():
+                    self._skips.pop(waiter, None)
+                    waiter.set_exception(exc)
 
     def _carry_out_one(self, action: Action[Waiter]) -> None:
         if isinstance(action, Deliver):
