@@ -251,10 +251,10 @@ class Hub:
 
     def _undeliverable(self, room: str | None, size: int) -> int:
         """A message of `size` bytes whose frame is over `send_queue_bytes`, which no client could be sent (nor
-        hold while its history is read): delivered to nobody,
-        counted (`message_too_large`) and logged (at most once per FAULT_LOG_INTERVAL), rather than closing every
-        member as a slow consumer. This node's publishers are refused such a message (`Router.begin`); it comes
-        from a node or a RedisPublisher that allows more (`websocket.send_queue_bytes` differs between nodes)."""
+        hold while its history is read): delivered to nobody, counted (`message_too_large`) and logged (at most
+        once per FAULT_LOG_INTERVAL), rather than closing every member as a slow consumer. This node's publishers
+        are refused such a message (`Router.begin`); it comes from a node or a RedisPublisher that allows more
+        (`websocket.send_queue_bytes` differs between nodes)."""
         self._metrics.error(errors.MESSAGE_TOO_LARGE.label)
         self._too_large(
             "a message of %d bytes for %s is over websocket.send_queue_bytes (%d): delivered to nobody here; "
