@@ -28,7 +28,7 @@ from .conftest import StalledClient
 from .fakes import Parts, RecordingTransport, turn
 
 PING = 0x9
-SMALL_ANSWERS: dict[str, Any] = {"history": {"max_answer_bytes": 32_768}, "presence": {"max_answer_bytes": 32_768}}
+SMALL = {"max_answer_bytes": 32_768}  # (answers must fit in send_queue_bytes)
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
@@ -52,8 +52,7 @@ async def test_a_burst_in_one_read_closes_no_one_who_reads(
     one loop turn, they once closed every member as a slow consumer, readers included. The sockets take the
     writes, so both members get every message, in order, and stay. With permessage-deflate too: the frames are
     compressed as they would be written (they waited for aiohttp's executor, counted as the reader's)."""
-    small = {"max_answer_bytes": 32_768}  # (answers must fit in send_queue_bytes)
-    server = await wsgate_server(websocket={**limits, "compression": compression}, history=small, presence=small)
+    server = await wsgate_server(websocket={**limits, "compression": compression}, history=SMALL, presence=SMALL)
     reader = await server.connect(compress=15 if compression else 0)  # (offers permessage-deflate, or not)
     assert server.hub.connections[reader.id]._raw is not compression
     await reader.subscribe("x")
@@ -79,7 +78,7 @@ async def test_large_messages_to_deflate_readers_close_none_of_them(wsgate_serve
     aiohttp compresses in its executor) closed every deflate reader as a slow consumer: they waited, uncompressed,
     for the executor. Compressed and written at once, each reader gets every one."""
     limits = {"compression": True, "send_queue_bytes": 262_144, "max_message_size": 131_072}
-    server = await wsgate_server(websocket=limits, **SMALL_ANSWERS)
+    server = await wsgate_server(websocket=limits, history=SMALL, presence=SMALL)
     readers = [await server.connect(compress=15) for _ in range(3)]
     publisher = await server.connect()
     for peer in (*readers, publisher):
@@ -262,7 +261,6 @@ async def test_what_is_written_no_longer_counts(server: Server) -> None:
 # --- a message too large for any member's queue: refused to its publisher, never closing the members ------------
 
 TIGHT = {"send_queue_bytes": 65_536, "max_message_size": 65_536}
-SMALL = {"max_answer_bytes": 32_768}  # (answers must fit in send_queue_bytes)
 GROWS = '{"type":"%s",%s"data":[%s],"id":"big"}'  # 1e15 is 4 bytes sent, 18 delivered: "1000000000000000.0"
 
 

@@ -108,7 +108,8 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
     metrics = Metrics(registry.owners())
     node_id = new_sender_id()
     supervisor = Supervisor(metrics)
-    broker = make_broker(settings, metrics, node_id, supervisor)
+    largest = largest_message(settings.websocket.send_queue_bytes, settings.websocket.limits.max_room_name_length)
+    broker = make_broker(settings, metrics, node_id, supervisor, largest)
     presence_store = make_presence_store(settings, metrics, node_id, supervisor)
     presence = Presence(settings.presence, presence_store)
     router: Router
@@ -127,7 +128,6 @@ async def create_app(settings: Settings | None = None, plugins: Iterable[object]
         room_removed=room_removed,
         presence=presence,
     )
-    largest = largest_message(settings.websocket.send_queue_bytes, settings.websocket.limits.max_room_name_length)
     router = Router(hub, broker, RoomPatterns(settings.history.rooms), metrics, largest=largest)
     limits = settings.websocket.limits
     decoder = Decoder(

@@ -92,8 +92,9 @@ class _ParseError(Exception):
     """An error aiohttp's parser met while messages were queued, raised by `_next` after them (its cause)."""
 
 
-_DONE: Final = object()
-"""What `next(coroutine steps, _DONE)` gives for a coroutine that finished without suspending."""
+DONE: Final = object()
+"""What `next(coroutine steps, DONE)` gives for a coroutine that finished without suspending (here, and in
+`Dispatcher.dispatch`)."""
 
 
 class Resumed:
@@ -622,8 +623,8 @@ class Connection(asyncio.Protocol):
             self._burst += 1
             context = copy_context()
             coroutine = self._on_text(self, message.data)
-            first = context.run(next, coroutine.__await__(), _DONE)  # (a default: when done, no StopIteration)
-            if first is _DONE:
+            first = context.run(next, coroutine.__await__(), DONE)  # (a default: when done, no StopIteration)
+            if first is DONE:
                 self.handling = False
                 return False
             # the rest in a task made in that context (so in a copy of it: any task factory takes that call)

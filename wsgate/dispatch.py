@@ -6,11 +6,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import CoroutineType
-from typing import Any, Final
+from typing import Any
 
 from . import errors
 from .clients import GatewayConnection
-from .connection import REPLYING, Reply, State
+from .connection import DONE, REPLYING, Reply, State
 from .errors import ClientError, ClientGone
 from .metrics import Metrics
 from .plugins import HookTimedOut
@@ -109,10 +109,6 @@ class _Rest:
             except StopIteration as stop:
                 return stop.value
             # (it caught the exception and waits again: hand that up too)
-
-
-_DONE: Final = object()
-"""What `next(handler steps, _DONE)` gives for a handler that finished without suspending."""
 
 
 async def _nothing() -> None:
@@ -299,8 +295,8 @@ class Dispatcher:
                 step, steps = awaitable, awaitable.__await__()
             else:
                 step = steps = awaitable.__await__()  # (any other awaitable: its iterator)
-            first = next(steps, _DONE)  # (`next` with a default: one done without suspending raises nothing)
-            if first is _DONE:
+            first = next(steps, DONE)  # (`next` with a default: one done without suspending raises nothing)
+            if first is DONE:
                 return  # done without suspending (`finally` below still runs)
             work = self._begin(client, begun, first)
             await _Rest(step, first, work)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ..config import Settings
 from ..metrics import Metrics
-from ..overhead import largest_message
 from ..redaction import redact_url
 from ..supervision import Supervisor
 from .base import Broker, BrokerError, Commanded, Receive
@@ -14,8 +13,11 @@ from .memory import MemoryBroker
 __all__ = ["Broker", "BrokerError", "Commanded", "MemoryBroker", "Receive", "describe_broker", "make_broker"]
 
 
-def make_broker(settings: Settings, metrics: Metrics, node_id: bytes, supervisor: Supervisor) -> Broker:
-    """The broker `broker.url` asks for: in-memory when empty, Redis otherwise."""
+def make_broker(
+    settings: Settings, metrics: Metrics, node_id: bytes, supervisor: Supervisor, largest_message: int = 0
+) -> Broker:
+    """The broker `broker.url` asks for: in-memory when empty, Redis otherwise (`largest_message`: what the Redis
+    broker announces to `RedisPublisher`, `overhead.largest_message`; 0: no bound)."""
     if not settings.broker.url:
         return MemoryBroker(settings.history, idempotency_window=settings.publish.idempotency_window)
     from .redis import RedisBroker  # only Redis users need redis-py
@@ -27,9 +29,7 @@ def make_broker(settings: Settings, metrics: Metrics, node_id: bytes, supervisor
         history=settings.history,
         supervisor=supervisor,
         idempotency_window=settings.publish.idempotency_window,
-        largest_message=largest_message(
-            settings.websocket.send_queue_bytes, settings.websocket.limits.max_room_name_length
-        ),
+        largest_message=largest_message,
     )
 
 
