@@ -358,7 +358,7 @@ async def test_a_batch_waits_for_a_busy_publishers_next_message_and_never_for_a_
 
     broker._send_batch = spy  # type: ignore[method-assign]
     broker._linger = spy_linger  # type: ignore[method-assign]
-    async with asyncio.timeout(0.9):  # under the linger: none of these waits for it
+    async with asyncio.timeout(TIMEOUT):  # none of these waits for the linger (`lingering` is not set)
         for n in range(1, 4):
             await node.broker.append("h1", b'{"n":%d' % n)
     assert batches == [1, 1, 1] and not lingering.is_set()

@@ -184,12 +184,12 @@ async def test_an_admin_token_login_ends_with_the_token(wsgate_server: StartServ
     server = await wsgate_server(
         dashboard={"enabled": True}, auth={"jwt": {"secret": SECRET}, **GUARDED}, plugins={"disabled": ["token_auth"]}
     )
-    admin = jwt.encode({"sub": "root", "exp": int(time.time()) + 2, "admin": True}, SECRET, algorithm="HS256")
+    admin = jwt.encode({"sub": "root", "exp": int(time.time()) + 3, "admin": True}, SECRET, algorithm="HS256")
     cookie = (await login(server, admin)).cookies["wsgate_dashboard"].value
     ops = await granted(server, cookie)
     closing = await ops.closed()
     assert (closing.data, closing.extra) == (1008, "dashboard session ended: expired")
-    assert time.time() < jwt.decode(admin, options={"verify_signature": False})["exp"] + 1
+    assert time.time() < jwt.decode(admin, options={"verify_signature": False})["exp"] + 1.5
 
 
 async def test_a_new_login_from_the_same_browser_ends_the_old_one(wsgate_server: StartServer) -> None:
@@ -229,7 +229,10 @@ async def test_other_sites_cannot_use_an_operator_login(wsgate_server: StartServ
 
 
 @pytest.mark.slow
-async def test_operators_watch_publish_tail_and_disconnect(wsgate_server: StartServer) -> None:
+async def test_operators_watch_publish_tail_and_disconnect(
+    wsgate_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("wsgate.dashboard.plugin.TOP_ROOMS_EVERY", 1)  # (every report finds them: see test_browser)
     server = await wsgate_server(dashboard=DASHBOARD)
     cookie = (await login(server, PASSWORD)).cookies["wsgate_dashboard"].value
     ops = await operator(server, cookie)

@@ -10,6 +10,7 @@ from wsgate.connection import Resumed
 from wsgate.dispatch import Dispatcher
 from wsgate.protocol import ClientError, Decoder, Message
 from wsgate.registry import HandlerRegistry
+from wsgate.testing import TIMEOUT
 
 from .fakes import Parts, turn
 
@@ -104,11 +105,11 @@ async def test_a_message_driven_by_hand_that_waits_is_cancelled_at_its_deadline_
     leaving = await _by_hand(patient, gone, '{"type":"hang"}')
     assert leaving is not None
     patient.client_gone(gone)  # before its task resumed it once: through the future it waits on
-    await asyncio.wait_for(leaving, 2)
+    await asyncio.wait_for(leaving, TIMEOUT)
     assert cancelled == [gone.id]
     timing_out = await _by_hand(dispatcher, conn, '{"type":"hang","id":"a"}')
     assert timing_out is not None
-    await asyncio.wait_for(timing_out, 2)
+    await asyncio.wait_for(timing_out, TIMEOUT)
     assert cancelled == [gone.id, conn.id]
     assert not dispatcher._in_flight and not patient._in_flight
     await turn()
@@ -166,7 +167,7 @@ async def test_a_message_driven_by_hand_through_an_async_hook_is_handled_and_bou
     for room in ("free", "stuck"):
         task = await _by_hand(dispatcher, conn, json.dumps({"type": "check", "room": room, "id": room}))
         assert task is not None  # (the hook suspends)
-        await asyncio.wait_for(task, 2)
+        await asyncio.wait_for(task, TIMEOUT)
     await turn()
     checked, timed_out = transport.messages()[-2:]
     assert (checked["type"], checked["id"]) == ("checked", "free")

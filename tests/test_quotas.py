@@ -148,7 +148,7 @@ async def test_a_connection_storm_from_one_address_leaves_the_server_responsive(
         # while the storm goes on, the bystander is served
         reply = await bystander.request({"type": "publish", "room": "news", "data": "still here"})
         assert reply["data"] == "still here"
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(130):  # past the kernel's 6 SYN retries (63 s) for connects over the backlog
             await burst
         assert outcomes == {"open": 100, "429": 1900}
         assert server.hub.addresses == {"127.0.0.2": 100, "127.0.0.1": 1}

@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+import jwt
 import pytest
 
 from wsgate.sdk.client import GatewayClient
@@ -34,7 +35,8 @@ async def test_a_connection_is_closed_when_its_token_expires(wsgate_server: Star
     expiring = short_token()
     client = Peer(await server.raw(**bearer(expiring)))
     hello = await client.recv()
-    assert abs(hello["data"]["expires_at"] / 1000 - time.time()) < 3  # told when, in milliseconds
+    # told when, in milliseconds: the token's exp (leeway 0 s)
+    assert hello["data"]["expires_at"] == jwt.decode(expiring, options={"verify_signature": False})["exp"] * 1000
     await client.subscribe("private-1")
     closing = await client.closed()
     assert (closing.data, closing.extra) == (4001, "token expired")
@@ -149,7 +151,7 @@ async def test_the_python_client_refreshes_by_itself(wsgate_server: StartServer)
         async with asyncio.timeout(10):
             while client.refreshes < 2:  # two refreshes: past two expiries on one connection
                 await asyncio.sleep(0.05)  # the client's own timer works: there is no event to wait on
-        assert client.connects == 1 and len(issued) == 3
+        assert client.connects == 1 and len(issued) >= 3  # (a third refresh may be on its way: the loop polls)
         await client.ping()
 
 
