@@ -393,7 +393,7 @@ async def fanout(
         client.latencies = []
     for _ in range(window):
         state["sent"] += 1
-        publisher.send(message(state["sent"]))
+        publisher.send(message(state["sent"], bool(state["offsets"])))  # (padded like the rest: one frame size)
     await asyncio.sleep(1.0)  # warm-up
     frame_size = samplers[0].frame_size
 
