@@ -35,8 +35,9 @@ async def test_pings_every_ping_interval_and_answering_keeps_the_client(wsgate_s
         pings.append(await next_ping(client))
         await client.ws.pong()
     gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
-    # every interval, never a burst: the mean gap (two pings may be read together after a stall of this process)
-    assert all(gap < 1.0 for gap in gaps) and sum(gaps) / len(gaps) > 0.08, gaps
+    # every interval (no gap of 2 s: 20 intervals; a loaded machine may stall this process for one), never a
+    # burst: the mean gap (two pings may be read together after a stall of this process)
+    assert all(gap < 2.0 for gap in gaps) and sum(gaps) / len(gaps) > 0.08, gaps
     assert (await client.request({"type": "ping"}))["type"] == "pong"
     assert (await server.health())[1]["clients"] == 1
 
