@@ -251,30 +251,42 @@ def _rsv1(frame: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("bad", "code"),
+    ("bad", "code", "reason"),
     [
-        (masked_frame(0x1, b"\xff\xfe"), 1007),  # text that is not UTF-8
-        (masked_frame(0x3, b"x"), 1002),  # a reserved opcode
-        (_rsv1(masked_frame(0x1, b"{}")), 1002),  # RSV1 without an extension that defines it
-        (masked_frame(0x1, b'{"type":"ping","pad":"' + b"x" * 3000 + b'"}'), 1009),  # over max_message_size
+        (masked_frame(0x1, b"\xff\xfe"), 1007, b"Invalid UTF-8"),  # text that is not UTF-8
+        (masked_frame(0x3, b"x"), 1002, b"Unexpected opcode=3"),  # a reserved opcode
+        (_rsv1(masked_frame(0x1, b"{}")), 1002, b"Received frame with non-zero reserved bits"),  # RSV1, no extension
+        (masked_frame(0x1, b'{"type":"ping","pad":"' + b"x" * 3000 + b'"}'), 1009, b"message too big"),
+        # the same kind, found by the second adversary: the client's own close, and a half-close, right after
+        (masked_frame(0x8, (1000).to_bytes(2, "big")), 1000, b""),
+        (b"", None, None),  # a half-close: the client shuts its sending side down, no close frame at all
     ],
+    ids=["1007", "1002 opcode", "1002 rsv1", "1009", "client close", "half-close"],
 )
 @pytest.mark.parametrize("first", ["ping", "subscribe"])  # handled in the read callback, or in a reader task
 async def test_a_bad_frame_after_good_ones_in_one_read_closes_after_their_answers(
-    wsgate_server: StartServer, bad: bytes, code: int, first: str
+    wsgate_server: StartServer, bad: bytes, code: int | None, reason: bytes | None, first: str
 ) -> None:
     """Messages handled before a bad frame in the same read took effect; their answers are sent before the close
-    (they were dropped with it: a client could not know its publish went out)."""
+    (they were dropped with it: a client could not know its publish went out). The close says why: "message
+    too big", or aiohttp parser's words (it had no reason)."""
     server = await wsgate_server(websocket={"max_message_size": 2048})
     reader, writer = await asyncio.open_connection("127.0.0.1", server.test_server.port)  # type: ignore[arg-type]
     good = [{"type": first, "room": "r", "id": "a"}, {"type": "ping", "id": "b"}]
-    writer.write(
+    head = (
         b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        + b"".join(masked_frame(0x1, json.dumps(message).encode()) for message in good)
-        + bad
     )
-    received = await asyncio.wait_for(reader.read(), TIMEOUT)  # all of it: the server closes the socket
+    frames = b"".join(masked_frame(0x1, json.dumps(message).encode()) for message in good) + bad
+    received = b""
+    if bad:
+        writer.write(head + frames)
+    else:  # once connected (a FIN before the 101 is a client that left during its handshake)
+        writer.write(head)
+        received = await asyncio.wait_for(reader.readuntil(b'"connected"'), TIMEOUT)
+        writer.write(frames)
+        writer.write_eof()
+    received += await asyncio.wait_for(reader.read(), TIMEOUT)  # all of it: the server closes the socket
     frames = list(frame_payloads(received.partition(b"\r\n\r\n")[2]))
     answers = [json.loads(payload) for opcode, payload in frames if opcode == 0x1]
     assert [(answer["type"], answer.get("id")) for answer in answers] == [
@@ -282,8 +294,13 @@ async def test_a_bad_frame_after_good_ones_in_one_read_closes_after_their_answer
         ("subscribed" if first == "subscribe" else "pong", "a"),
         ("pong", "b"),
     ]
-    (closing,) = [payload for opcode, payload in frames if opcode == 0x8]
-    assert int.from_bytes(closing[:2], "big") == code
+    closings = [payload for opcode, payload in frames if opcode == 0x8]
+    if code is None:
+        assert closings == []
+    else:
+        assert int.from_bytes(closings[0][:2], "big") == code
+        assert closings[0][2:].startswith(reason), closings  # type: ignore[arg-type]
+        assert (not reason) == (not closings[0][2:])
     writer.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
@@ -10,7 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgate.keepalive import TIMER_SLACK, Action, Keepalive
-from wsgate.testing import TIMEOUT, Peer, StartServer, wait_until
+from wsgate.testing import TIMEOUT, Peer, StartServer, eventually, wait_until
+
+from .test_lean_connections import _frame, _open_raw, _read_frame
 
 pytestmark = pytest.mark.every_loop  # asyncio's loop and uvloop's (tests/conftest.py)
 
@@ -150,3 +153,26 @@ def test_a_client_never_heard_is_closed_on_time_when_the_loop_is_on_time() -> No
             now = verdict.at
         verdict = alive.check(now, 0.0)
     assert verdict.action is Action.CLOSE and now == 1.5
+
+
+async def test_the_bytes_of_a_message_still_arriving_are_a_sign_of_life(wsgate_server: StartServer) -> None:
+    """The second adversary: one 400 KB message uploaded at 40 KB/s was cut for "keepalive timeout" while its
+    bytes arrived (only whole messages counted). Any bytes read count now: `last_seen` moves with half a frame."""
+    server = await wsgate_server()
+    port = server.test_server.port
+    assert port is not None
+    reader, writer = await _open_raw(port)
+    try:
+        assert (await _read_frame(reader))[0] == 0x1  # connected
+        (conn,) = server.hub.connections.values()
+        conn.last_seen = 0.0  # (long ago: any read moves it)
+        message = json.dumps({"type": "ping", "id": "long", "pad": "x" * 40}).encode()  # (under 126 bytes)
+        frame = _frame(0x1, message)
+        writer.write(frame[:40])  # half of it
+        await eventually(lambda: conn.last_seen > 0.0)
+        writer.write(frame[40:])
+        while (answer := await _read_frame(reader))[0] != 0x1:
+            pass
+        assert json.loads(answer[1])["id"] == "long"
+    finally:
+        writer.close()

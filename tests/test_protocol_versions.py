@@ -3,7 +3,9 @@ in close reasons and discovery in `connected`; a client that asks for nothing ge
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Mapping
 
 import aiohttp
@@ -304,27 +306,78 @@ async def test_a_plain_get_on_ws_is_answered_with_json(wsgate_server: StartServe
         }
 
 
+UPGRADE = {"Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
 @pytest.mark.parametrize(
-    ("headers", "detail"),
+    ("headers", "status", "detail"),
     [
-        ({"Sec-WebSocket-Version": "13"}, "No CONNECTION upgrade hdr"),  # no Connection: Upgrade
-        (
-            {"Connection": "Upgrade", "Sec-WebSocket-Version": "99", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
-            "Unsupported version",
-        ),
-        ({"Connection": "Upgrade", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "short"}, "Handshake error"),
+        ({"Sec-WebSocket-Version": "13"}, 400, "No CONNECTION upgrade hdr"),  # no Connection: Upgrade
+        # RFC 6455 section 4.2.2: another version is a 426 naming the one the server speaks (aiohttp took 7 and 8)
+        ({**UPGRADE, "Sec-WebSocket-Version": "99"}, 426, "Sec-WebSocket-Version '99' is not supported: 13 is"),
+        ({**UPGRADE, "Sec-WebSocket-Version": "8"}, 426, "Sec-WebSocket-Version '8' is not supported: 13 is"),
+        ({**UPGRADE, "Sec-WebSocket-Version": "13, 8"}, 400, "Sec-WebSocket-Version is not a number"),
+        ({**UPGRADE, "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "short"}, 400, "Handshake error"),
     ],
 )
 async def test_a_malformed_handshake_is_answered_with_json(
-    wsgate_server: StartServer, headers: dict[str, str], detail: str
+    wsgate_server: StartServer, headers: dict[str, str], status: int, detail: str
 ) -> None:
     server = await wsgate_server()
     async with server.session.get(server.url("/ws"), headers={"Upgrade": "websocket", **headers}) as resp:
         body = await resp.json()
-        assert resp.status == 400
+        assert resp.status == status
         assert body["error"] == "WebSocket upgrade required"
         assert body["detail"].startswith(f"the opening handshake is malformed: {detail}"), body
+        if status == 426:
+            assert resp.headers["Sec-WebSocket-Version"] == "13"
     assert not server.hub.connections
+
+
+@pytest.mark.parametrize(
+    ("head", "detail"),
+    [
+        # a body: aiohttp read it from the socket after the upgrade, and logged a traceback for each such request
+        (b"Content-Length: 5\r\n", "an opening handshake has no body"),
+        (b"Transfer-Encoding: chunked\r\n", "an opening handshake has no body"),
+        (b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "Sec-WebSocket-Key is repeated"),
+        (b"Sec-WebSocket-Version: 13\r\n", "Sec-WebSocket-Version is repeated"),
+    ],
+)
+async def test_a_handshake_aiohttp_would_take_but_rfc_6455_refuses_is_a_400(
+    wsgate_server: StartServer, caplog: pytest.LogCaptureFixture, head: bytes, detail: str
+) -> None:
+    """The second adversary's inputs, on aiohttp's path (the front door declines anything but a plain
+    handshake): each was upgraded. Nothing is logged at ERROR, and the server serves on."""
+    server = await wsgate_server()
+    port = server.test_server.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + head + b"\r\n"
+    )
+    status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert status.startswith(b"HTTP/1.1 400"), status
+    assert detail.encode() in await asyncio.wait_for(reader.read(4096), TIMEOUT)
+    writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert (await (await server.connect()).request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_an_http_1_0_handshake_is_a_400(wsgate_server: StartServer) -> None:
+    """RFC 6455 section 4.2.1: an HTTP/1.1 request; aiohttp answered HTTP/1.0 with a 101."""
+    server = await wsgate_server()
+    port = server.test_server.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /ws HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    answer = await asyncio.wait_for(reader.read(4096), TIMEOUT)
+    assert answer.startswith(b"HTTP/1.0 400") and b"needs HTTP/1.1" in answer, answer
+    writer.close()
 
 
 CONNECTED_2 = "\n".join(

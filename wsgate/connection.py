@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 FAULT_LOG_INTERVAL = 10.0  # seconds between two log lines about a fault that can recur per client
 READ_BATCH = 32  # messages one client may have handled in one read before others get a turn (< send_queue_size)
+PONGS = 16
+"""Pongs one client may have waiting (`Connection.queue_pong`): beyond, only the latest ping is answered."""
 OVERLAP = 32
 """Publishes of one client whose outcome may be pending while its next messages are read (`Connection.overlap`)."""
 
@@ -242,7 +244,7 @@ class Connection(asyncio.Protocol):
         "_alive",
         "handling",
         "_ping_due",
-        "_pong",
+        "_pongs",
         "_timer",
         "_writer",
         "_closer",
@@ -315,7 +317,7 @@ class Connection(asyncio.Protocol):
         self._alive = Keepalive(self.last_seen, settings.ping_interval, settings.pong_wait)  # the verdicts
         self.handling = False  # one of this client's messages is being handled (what follows is queued)
         self._ping_due = False
-        self._pong: bytes | None = None
+        self._pongs: list[bytes] | None = None  # the payloads of the pings to answer (at most PONGS)
         self._timer: asyncio.Handle | None = None  # the keepalive's next loop turn (a suspected silence)
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -539,10 +541,14 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._burst = 0
+        self.last_seen = self._loop.time()  # any bytes are a sign of life: a long message still arriving, too
         self._parser.feed_data(data)  # -> received() for each message, frame_error() for a bad frame
 
     def eof_received(self) -> bool | None:
-        return None  # the client half-closed without a close frame: the transport closes; connection_lost follows
+        """The client half-closed without a close frame: what its messages were answered goes out first (it may
+        still read), then the transport closes; connection_lost follows."""
+        self.flush()
+        return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """The socket is gone (closed by either side, reset): the client goes now, out of its rooms, its work in
@@ -609,7 +615,6 @@ class Connection(asyncio.Protocol):
         after a loop turn (the flusher writes the answers so far first, as `_read_queued` lets it every
         READ_BATCH). Never raises: an exception here would stop aiohttp's parser for good."""
         try:
-            self.last_seen = self._loop.time()
             if message.type is not WSMsgType.TEXT:
                 self._control(message)
                 return False
@@ -652,14 +657,17 @@ class Connection(asyncio.Protocol):
 
     def frame_error(self, error: BaseException) -> None:
         """A frame aiohttp's parser refused (RFC 6455 section 7.4.1: 1002 a protocol error, 1007 invalid UTF-8,
-        1009 too big): closed with its code, as aiohttp closes. The messages before it took effect: their
-        answers go out first (a client would not know its publish went out), unless its socket is full."""
+        1009 too big): closed with its code, as aiohttp closes, and a reason: "message too big" (with its advice
+        under protocol 2), else the parser's own words ("Received frame with non-zero reserved bits"; the code
+        tells a protocol-2 client what to do). The messages before it took effect: their answers go out first (a
+        client would not know its publish went out), unless its socket is full."""
         code = int(error.code) if isinstance(error, WebSocketError) else PROTOCOL_ERROR
         if code == errors.MESSAGE_TOO_BIG.code:
             self._metrics.error(errors.MESSAGE_TOO_BIG.label)
-            why = errors.MESSAGE_TOO_BIG
+            why: CloseReason | None = errors.MESSAGE_TOO_BIG
+            reason = close_text(errors.MESSAGE_TOO_BIG, advise=self.protocol >= protocol.PROTOCOL)
         else:
-            why = None
+            why, reason = None, str(error) if isinstance(error, WebSocketError) else "protocol error"
         if self.state is not State.OPEN:
             return
         self.flush()
@@ -667,7 +675,9 @@ class Connection(asyncio.Protocol):
         self.close_cause, self.close_code = why, code
         self._clear()  # what a full socket could not take
         self._loop.call_soon(self._on_drop, self)
-        self._closer = self._loop.create_task(self._close(code, "", True, answer=False), name=f"wsgate-close-{self.id}")
+        self._closer = self._loop.create_task(
+            self._close(code, reason, True, answer=False), name=f"wsgate-close-{self.id}"
+        )
 
     async def _read_queued(self, text: str | None, rest: Resumed | None = None) -> None:
         """The reader task: handle `text` (None: none), or the `rest` of a message that suspended, then what was
@@ -715,6 +725,7 @@ class Connection(asyncio.Protocol):
         if self.state is not State.OPEN:
             return
         self._peer_code = data or None
+        self.flush()  # the answers to the messages before it took effect: they go out before the close's answer
         self.lost()
         transport = self._transport
         if not transport.is_closing():
@@ -981,13 +992,21 @@ class Connection(asyncio.Protocol):
     # --- writer and keepalive ----------------------------------------------------
 
     def queue_pong(self, payload: bytes) -> None:
-        """Answer a client's ping without the reader ever waiting on a write.
+        """Answer a client's ping without the reader ever waiting on a write: on the next loop turn, with the
+        other pings of the same read, in one write (one system call per ping let the adversary's 43,000 pings
+        in a read stall every client for up to a second).
 
-        Only the latest ping is answered while earlier answers wait (RFC 6455 5.5.3): a client that
-        floods pings and never reads holds one pending pong, never a buffer that grows.
+        At most PONGS wait; past that only the latest ping is answered (RFC 6455 section 5.5.3 allows it), so
+        a client that floods pings and never reads holds at most PONGS pongs (2 KiB), never a buffer that grows.
         """
-        self._pong = payload
-        self._send_control()
+        pongs = self._pongs
+        if pongs is None:
+            self._pongs = [payload]
+            self._loop.call_soon(self._send_control)
+        elif len(pongs) < PONGS:
+            pongs.append(payload)
+        else:
+            pongs[-1] = payload
 
     def _send_control(self) -> None:
         """Write a due ping or pong straight to the socket, or leave it to the writer when it must wait."""
@@ -1000,9 +1019,9 @@ class Connection(asyncio.Protocol):
 
     def _write_control(self, transport: asyncio.WriteTransport) -> None:
         """Write the pending pong (the latest ping's answer) and the due ping, if any."""
-        if self._pong is not None:
-            transport.write(control_frame(PONG_OPCODE, self._pong))
-            self._pong = None
+        if self._pongs is not None:
+            pongs, self._pongs = self._pongs, None
+            transport.write(b"".join([control_frame(PONG_OPCODE, payload) for payload in pongs]))
         if self._ping_due:
             transport.write(PING_FRAME)
             self._ping_due = False
@@ -1022,13 +1041,13 @@ class Connection(asyncio.Protocol):
                         await self._drain()
                     self._blocked = False
                     self.flush()
-                if self._pong is not None or self._ping_due:
+                if self._pongs is not None or self._ping_due:
                     if transport.is_closing():
                         return
                     self._write_control(transport)
                     async with asyncio.timeout(write_wait):
                         await self._drain()
-                if not (self._blocked or self._pong is not None or self._ping_due):
+                if not (self._blocked or self._pongs is not None or self._ping_due):
                     return  # nothing left that waits: the next need starts a new writer
         except TimeoutError:
             self._metrics.error(errors.WRITE_TIMEOUT.label)

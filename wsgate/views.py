@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion11
 
 from . import __version__, errors, protocol
 from .aiohttp_private import DetachedResponse, Upgraded, take_over
@@ -394,7 +395,26 @@ async def upgrade(ws: web.WebSocketResponse, request: web.Request) -> AbstractSt
 
     The view then returns `client_left()`: the unprepared WebSocketResponse would make aiohttp log
     an "Unhandled exception" traceback as it closes it.
+
+    Raises HTTPException (400, or 426 with `Sec-WebSocket-Version: 13`) for what aiohttp's handshake lets
+    through and section 4.2.1 refuses: HTTP/1.0, a body (aiohttp would read it from the socket after the
+    upgrade, and log a traceback for each such request), a repeated key or version, a version other than 13.
     """
+    if request.version < HttpVersion11:
+        raise web.HTTPBadRequest(text="an opening handshake needs HTTP/1.1 (RFC 6455 section 4.2.1)")
+    if request.body_exists:
+        raise web.HTTPBadRequest(text="an opening handshake has no body (RFC 6455 section 4.1)")
+    headers = request.headers
+    for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version"):
+        if len(headers.getall(name, ())) > 1:
+            raise web.HTTPBadRequest(text=f"{name} is repeated")
+    if (version := headers.get("Sec-WebSocket-Version", "13")) != "13":  # (missing: aiohttp's 400)
+        if not (version.isascii() and version.isdigit()):  # not a version at all (section 4.1: 1*DIGIT)
+            raise web.HTTPBadRequest(text="Sec-WebSocket-Version is not a number")
+        raise web.HTTPUpgradeRequired(
+            text=f"Sec-WebSocket-Version {version[:16]!r} is not supported: 13 is",
+            headers={"Sec-WebSocket-Version": "13"},
+        )
     try:
         stream = await ws.prepare(request)
     except ConnectionError:  # reset, or a broken pipe
