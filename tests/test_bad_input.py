@@ -277,14 +277,15 @@ async def test_a_bad_frame_after_good_ones_in_one_read_closes_after_their_answer
         b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
-    frames = b"".join(masked_frame(0x1, json.dumps(message).encode()) for message in good) + bad
+    sent = b"".join(masked_frame(0x1, json.dumps(message).encode()) for message in good)
+    sent += masked_frame(0x9, b"last") + bad  # a ping read before the close is answered (section 5.5.2)
     received = b""
     if bad:
-        writer.write(head + frames)
+        writer.write(head + sent)
     else:  # once connected (a FIN before the 101 is a client that left during its handshake)
         writer.write(head)
         received = await asyncio.wait_for(reader.readuntil(b'"connected"'), TIMEOUT)
-        writer.write(frames)
+        writer.write(sent)
         writer.write_eof()
     received += await asyncio.wait_for(reader.read(), TIMEOUT)  # all of it: the server closes the socket
     frames = list(frame_payloads(received.partition(b"\r\n\r\n")[2]))
@@ -294,6 +295,7 @@ async def test_a_bad_frame_after_good_ones_in_one_read_closes_after_their_answer
         ("subscribed" if first == "subscribe" else "pong", "a"),
         ("pong", "b"),
     ]
+    assert [payload for opcode, payload in frames if opcode == 0xA] == [b"last"]
     closings = [payload for opcode, payload in frames if opcode == 0x8]
     if code is None:
         assert closings == []

@@ -32,6 +32,8 @@ class Closer:
 
     async def drop(self, client: Client, message: Message) -> None:
         try:
+            if message.data.get("last") is not None:  # a last word before the close
+                client.send({"type": "last", "data": message.data["last"]})
             client.drop(message.data["code"], message.data["reason"])
         except ValueError as exc:
             client.send({"type": "refused", "data": str(exc)})
@@ -134,3 +136,20 @@ def test_frames_wsgate_builds_are_valid_or_refused() -> None:
     assert control_frame(0xA, b"p" * 125)[:2] == b"\x8a\x7d"
     with pytest.raises(ValueError, match="125"):
         control_frame(0xA, b"p" * 126)
+
+
+async def test_what_a_plugin_sends_before_it_drops_its_client_arrives_before_the_close(
+    wsgate_server: StartServer,
+) -> None:
+    """The reviewer's input, of the kind the adversary found (answers dropped by a close): `client.send` then
+    `client.drop` lost the message (drop emptied the outbox). It goes first now, as does the answer to a
+    message read before the one that closes (a rate limit's close, a plugin's)."""
+    server = await wsgate_server(Closer())
+    client = await server.connect()
+    await client.send({"type": "ping", "id": "before"})
+    await client.send({"type": "drop", "data": {"code": 4000, "reason": "bye", "last": "word"}})
+    got = [await client.recv() for _ in range(2)]
+    assert [(m["type"], m.get("id"), m.get("data")) for m in got][1] == ("last", None, "word")
+    assert got[0]["type"] == "pong"
+    closing = await client.closed()
+    assert (closing.data, closing.extra) == (4000, "bye")

@@ -329,8 +329,8 @@ async def test_a_malformed_handshake_is_answered_with_json(
         assert resp.status == status
         assert body["error"] == "WebSocket upgrade required"
         assert body["detail"].startswith(f"the opening handshake is malformed: {detail}"), body
-        if status == 426:
-            assert resp.headers["Sec-WebSocket-Version"] == "13"
+        if status == 426:  # (RFC 9110 section 15.5.22: a 426 names the protocol to upgrade to)
+            assert (resp.headers["Sec-WebSocket-Version"], resp.headers["Upgrade"]) == ("13", "websocket")
     assert not server.hub.connections
 
 
@@ -365,18 +365,19 @@ async def test_a_handshake_aiohttp_would_take_but_rfc_6455_refuses_is_a_400(
     assert (await (await server.connect()).request({"type": "ping"}))["type"] == "pong"
 
 
-async def test_an_http_1_0_handshake_is_a_400(wsgate_server: StartServer) -> None:
-    """RFC 6455 section 4.2.1: an HTTP/1.1 request; aiohttp answered HTTP/1.0 with a 101."""
+@pytest.mark.parametrize("version", [b"1.0", b"2.0"])
+async def test_a_handshake_not_over_http_1_1_is_a_400(wsgate_server: StartServer, version: bytes) -> None:
+    """RFC 6455 section 4.2.1: an HTTP/1.1 request; aiohttp answered HTTP/1.0 (and "HTTP/2.0") with a 101."""
     server = await wsgate_server()
     port = server.test_server.port
     assert port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
-        b"GET /ws HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"GET /ws HTTP/" + version + b"\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     answer = await asyncio.wait_for(reader.read(4096), TIMEOUT)
-    assert answer.startswith(b"HTTP/1.0 400") and b"needs HTTP/1.1" in answer, answer
+    assert b" 400 " in answer.partition(b"\r\n")[0] and b"needs HTTP/1.1" in answer, answer
     writer.close()
 
 

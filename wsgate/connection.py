@@ -32,7 +32,7 @@ from aiohttp import WebSocketError, WSMessage, WSMsgType
 from . import errors, protocol
 from .aiohttp_private import Upgraded, deflate_now
 from .config import WebSocketSettings
-from .errors import CloseReason, close_text, plugin_close
+from .errors import CloseReason, Reconnect, close_text, plugin_close
 from .keepalive import Action, Keepalive
 from .metrics import Metrics
 from .ratelimit import RateLimiter
@@ -311,7 +311,7 @@ class Connection(asyncio.Protocol):
         self._marked = False  # in the flusher's list for this turn
         self._blocked = False  # the socket is full: the writer task waits for it to drain
         self._write_wait = settings.write_wait
-        self.last_seen = self.opened_at = self._loop.time()  # when the client last sent a frame (loop time)
+        self.last_seen = self.opened_at = self._loop.time()  # when bytes from the client were last read (loop time)
         limits = settings.limits
         self.limiter = RateLimiter(limits, self.last_seen) if RateLimiter.needed(limits) else None
         self._alive = Keepalive(self.last_seen, settings.ping_interval, settings.pong_wait)  # the verdicts
@@ -545,9 +545,11 @@ class Connection(asyncio.Protocol):
         self._parser.feed_data(data)  # -> received() for each message, frame_error() for a bad frame
 
     def eof_received(self) -> bool | None:
-        """The client half-closed without a close frame: what its messages were answered goes out first (it may
-        still read), then the transport closes; connection_lost follows."""
+        """The client half-closed without a close frame: the answers its messages have so far, and its pings',
+        go out first (it may still read), then the transport closes; connection_lost follows (a message whose
+        handler still awaits something is cancelled then)."""
         self.flush()
+        self._answer_pings()
         return None
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -657,20 +659,23 @@ class Connection(asyncio.Protocol):
 
     def frame_error(self, error: BaseException) -> None:
         """A frame aiohttp's parser refused (RFC 6455 section 7.4.1: 1002 a protocol error, 1007 invalid UTF-8,
-        1009 too big): closed with its code, as aiohttp closes, and a reason: "message too big" (with its advice
-        under protocol 2), else the parser's own words ("Received frame with non-zero reserved bits"; the code
-        tells a protocol-2 client what to do). The messages before it took effect: their answers go out first (a
-        client would not know its publish went out), unless its socket is full."""
+        1009 too big): closed with its code, as aiohttp closes, and a reason: "message too big", else the
+        parser's own words ("Received frame with non-zero reserved bits"); under protocol 2 with its advice
+        (`backoff`). The messages before it took effect: their answers go out first (a client would not know its
+        publish went out), unless its socket is full."""
         code = int(error.code) if isinstance(error, WebSocketError) else PROTOCOL_ERROR
         if code == errors.MESSAGE_TOO_BIG.code:
             self._metrics.error(errors.MESSAGE_TOO_BIG.label)
             why: CloseReason | None = errors.MESSAGE_TOO_BIG
-            reason = close_text(errors.MESSAGE_TOO_BIG, advise=self.protocol >= protocol.PROTOCOL)
+            words = errors.MESSAGE_TOO_BIG
         else:
-            why, reason = None, str(error) if isinstance(error, WebSocketError) else "protocol error"
+            text = str(error) if isinstance(error, WebSocketError) else "protocol error"
+            why, words = None, CloseReason(code, text, "protocol_error", Reconnect.BACKOFF)
+        reason = close_text(words, advise=self.protocol >= protocol.PROTOCOL)
         if self.state is not State.OPEN:
             return
         self.flush()
+        self._answer_pings()
         self.state = State.CLOSING
         self.close_cause, self.close_code = why, code
         self._clear()  # what a full socket could not take
@@ -726,6 +731,7 @@ class Connection(asyncio.Protocol):
             return
         self._peer_code = data or None
         self.flush()  # the answers to the messages before it took effect: they go out before the close's answer
+        self._answer_pings()  # (a ping read before the close is answered: section 5.5.2)
         self.lost()
         transport = self._transport
         if not transport.is_closing():
@@ -823,6 +829,12 @@ class Connection(asyncio.Protocol):
         if self.state is not State.OPEN:
             return
         reason = close_text(why, advise=self.protocol >= protocol.PROTOCOL)  # (never raises: before any change)
+        # A peer closed for not reading gets no wait for its writer; any other is let take what is being written,
+        # and what was queued for it before (a plugin's `send` then `drop`, the answer before a rate limit's close).
+        patient = why not in (errors.SLOW_CONSUMER, errors.WRITE_TIMEOUT)
+        if patient:
+            self.flush()
+            self._answer_pings()
         self.state = State.CLOSING
         self.close_cause = why
         self.close_code = code = why.code
@@ -830,8 +842,6 @@ class Connection(asyncio.Protocol):
         # Leave the rooms now (next turn: we may be inside a fan-out over one of them),
         # not after a close handshake that a stalled peer can hold up for write_wait.
         self._loop.call_soon(self._on_drop, self)
-        # A peer closed for not reading gets no wait for its writer; any other is let take what is being written.
-        patient = why not in (errors.SLOW_CONSUMER, errors.WRITE_TIMEOUT)
         self._closer = asyncio.create_task(self._close(code, reason, patient), name=f"wsgate-close-{self.id}")
 
     def lost(self) -> None:
@@ -1018,13 +1028,25 @@ class Connection(asyncio.Protocol):
         self._check_buffer(transport)
 
     def _write_control(self, transport: asyncio.WriteTransport) -> None:
-        """Write the pending pong (the latest ping's answer) and the due ping, if any."""
-        if self._pongs is not None:
-            pongs, self._pongs = self._pongs, None
-            transport.write(b"".join([control_frame(PONG_OPCODE, payload) for payload in pongs]))
+        """Write the pending pongs and the due ping, if any, in one write."""
+        frames = self._take_pongs()
         if self._ping_due:
-            transport.write(PING_FRAME)
+            frames += PING_FRAME
             self._ping_due = False
+        if frames:
+            transport.write(frames)
+
+    def _take_pongs(self) -> bytes:
+        """The pending pongs' frames (b"": none), taken."""
+        pongs, self._pongs = self._pongs, None
+        return b"".join([control_frame(PONG_OPCODE, payload) for payload in pongs]) if pongs else b""
+
+    def _answer_pings(self) -> None:
+        """Before a close: write the pending pongs now, unless the socket is full (a ping read before the close
+        is answered, RFC 6455 section 5.5.2; the next loop turn's write would find the socket closing)."""
+        transport = self._transport
+        if self._pongs is not None and not self._blocked and transport is not None and not transport.is_closing():
+            transport.write(self._take_pongs())
 
     def _need_writer(self) -> None:
         """Make sure a writer task runs: one exists only while something has to wait (most clients: never)."""

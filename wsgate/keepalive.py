@@ -66,7 +66,7 @@ class Keepalive:
         return self._next_ping
 
     def check(self, now: float, heard: float, *, busy: bool = False) -> Verdict:
-        """The verdict at `now`, for a client last heard at `heard` (the last frame the reader took).
+        """The verdict at `now`, for a client last heard at `heard` (the last bytes read from it).
 
         `busy`: the reader is handling one of this client's messages (frames may be waiting behind it).
         """

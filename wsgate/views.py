@@ -126,7 +126,8 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
 
     Every refusal before the upgrade is JSON, `{"error": text, "detail": why}`: 503 (draining), 400 (an
     unsupported `?protocol=N`), 403 (origin), 401 and 503 (authentication), then 426 for a request that is not
-    a WebSocket handshake (a plain GET) and 400 for a malformed one.
+    a WebSocket handshake (a plain GET) or for a `Sec-WebSocket-Version` other than 13, and 400 for a malformed
+    one (`upgrade`).
     """
     app = request.app
     hub, metrics, settings = app[HUB], app[METRICS], app[SETTINGS]
@@ -216,7 +217,11 @@ async def _open(request: web.Request, version: int) -> web.StreamResponse:
                 "detail": f"the opening handshake is malformed: {refusal.text or refusal.reason}",
             },
             status=refusal.status,
-            headers={k: v for k, v in refusal.headers.items() if k.lower().startswith("sec-websocket")},
+            headers={
+                k: v
+                for k, v in refusal.headers.items()
+                if k.lower().startswith("sec-websocket") or k.lower() in ("upgrade", "connection")
+            },
         )
     if stream is None:
         return client_left()
@@ -397,10 +402,11 @@ async def upgrade(ws: web.WebSocketResponse, request: web.Request) -> AbstractSt
     an "Unhandled exception" traceback as it closes it.
 
     Raises HTTPException (400, or 426 with `Sec-WebSocket-Version: 13`) for what aiohttp's handshake lets
-    through and section 4.2.1 refuses: HTTP/1.0, a body (aiohttp would read it from the socket after the
-    upgrade, and log a traceback for each such request), a repeated key or version, a version other than 13.
+    through and section 4.2.1 refuses: HTTP/1.0 (or an HTTP/2.0 request line), a body (aiohttp would read it
+    from the socket after the upgrade, and log a traceback for each such request), a repeated key or version,
+    a version other than 13.
     """
-    if request.version < HttpVersion11:
+    if request.version != HttpVersion11:  # (HTTP/1.0; an "HTTP/2.0" request line: HTTP/2 has no 101)
         raise web.HTTPBadRequest(text="an opening handshake needs HTTP/1.1 (RFC 6455 section 4.2.1)")
     if request.body_exists:
         raise web.HTTPBadRequest(text="an opening handshake has no body (RFC 6455 section 4.1)")
@@ -413,7 +419,7 @@ async def upgrade(ws: web.WebSocketResponse, request: web.Request) -> AbstractSt
             raise web.HTTPBadRequest(text="Sec-WebSocket-Version is not a number")
         raise web.HTTPUpgradeRequired(
             text=f"Sec-WebSocket-Version {version[:16]!r} is not supported: 13 is",
-            headers={"Sec-WebSocket-Version": "13"},
+            headers={"Sec-WebSocket-Version": "13", "Upgrade": "websocket", "Connection": "Upgrade"},  # (RFC 9110)
         )
     try:
         stream = await ws.prepare(request)
