@@ -664,16 +664,15 @@ class Connection(asyncio.Protocol):
         (`backoff`). The messages before it took effect: their answers go out first (a client would not know its
         publish went out), unless its socket is full."""
         code = int(error.code) if isinstance(error, WebSocketError) else PROTOCOL_ERROR
+        why: CloseReason | None = None
         if code == errors.MESSAGE_TOO_BIG.code:
             self._metrics.error(errors.MESSAGE_TOO_BIG.label)
-            why: CloseReason | None = errors.MESSAGE_TOO_BIG
-            words = errors.MESSAGE_TOO_BIG
-        else:
-            text = str(error) if isinstance(error, WebSocketError) else "protocol error"
-            why, words = None, CloseReason(code, text, "protocol_error", Reconnect.BACKOFF)
-        reason = close_text(words, advise=self.protocol >= protocol.PROTOCOL)
+            why = errors.MESSAGE_TOO_BIG
         if self.state is not State.OPEN:
             return
+        text = str(error) if isinstance(error, WebSocketError) else "protocol error"
+        words = why or CloseReason(code, text, "protocol_error", Reconnect.BACKOFF)
+        reason = close_text(words, advise=self.protocol >= protocol.PROTOCOL)
         self.flush()
         self._answer_pings()
         self.state = State.CLOSING
